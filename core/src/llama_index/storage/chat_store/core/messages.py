@@ -1,0 +1,437 @@
+"""The chat message model, wire-compatible with LlamaIndex's ``ChatMessage`` JSON.
+
+Every backend writes messages with :func:`message_to_json` and reads them with
+:func:`message_from_json`; nothing else in the project serializes a message.
+
+Compatibility rules (see the project's format reference):
+
+* ``message_to_json(message_from_json(line)) == line`` for every line
+  LlamaIndex writes. Field order, compact separators, raw non-ASCII text,
+  ``NaN``/``inf`` as ``null`` and base64 text for binary payloads all follow
+  from using pydantic's serializer with the same field layout.
+* Roles and block types this version does not know are kept as they are
+  (a role as its string, a block as an opaque dict) and written back unchanged.
+* The legacy shape ``{"role", "content", "additional_kwargs"}`` is read too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticSerializationError
+
+from llama_index.storage.chat_store.core.errors import (
+    CorruptDataError,
+    InvalidMessageError,
+    SerializationError,
+)
+
+__all__ = [
+    "AudioBlock",
+    "CachePoint",
+    "ChatMessage",
+    "CitableBlock",
+    "CitationBlock",
+    "ContentBlock",
+    "DocumentBlock",
+    "ImageBlock",
+    "MessageRole",
+    "TextBlock",
+    "ThinkingBlock",
+    "ToolCallBlock",
+    "VideoBlock",
+    "coerce_message",
+    "coerce_messages",
+    "copy_message",
+    "message_from_json",
+    "message_to_json",
+]
+
+
+class MessageRole(str, Enum):
+    """The role of a message's author (LlamaIndex's values)."""
+
+    SYSTEM = "system"
+    DEVELOPER = "developer"
+    USER = "user"
+    ASSISTANT = "assistant"
+    FUNCTION = "function"
+    TOOL = "tool"
+    CHATBOT = "chatbot"
+    MODEL = "model"
+
+
+_ROLES = {role.value: role for role in MessageRole}
+
+
+def _as_base64(value: Any) -> Any:
+    """Return raw bytes base64-encoded; bytes that already are base64 pass unchanged.
+
+    LlamaIndex stores binary payloads as base64 text inside ``bytes`` fields;
+    values read from JSON are strings and are taken as already encoded.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+        try:
+            base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            return base64.b64encode(raw)
+        return raw
+    return value
+
+
+def _as_path_str(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+_Payload = Annotated[bytes | None, BeforeValidator(_as_base64)]
+_PathStr = Annotated[str | None, BeforeValidator(_as_path_str)]
+_UrlStr = Annotated[str | None, BeforeValidator(lambda v: v if v is None else str(v))]
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextBlock(_Block):
+    """Plain text."""
+
+    block_type: Literal["text"] = "text"
+    text: str
+
+
+class ImageBlock(_Block):
+    """An image by base64 payload, path or URL."""
+
+    block_type: Literal["image"] = "image"
+    image: _Payload = None
+    path: _PathStr = None
+    url: _UrlStr = None
+    image_mimetype: str | None = None
+    detail: str | None = None
+
+
+class AudioBlock(_Block):
+    """Audio by base64 payload, path or URL."""
+
+    block_type: Literal["audio"] = "audio"
+    audio: _Payload = None
+    path: _PathStr = None
+    url: _UrlStr = None
+    format: str | None = None
+
+
+class VideoBlock(_Block):
+    """Video by base64 payload, path or URL."""
+
+    block_type: Literal["video"] = "video"
+    video: _Payload = None
+    path: _PathStr = None
+    url: _UrlStr = None
+    video_mimetype: str | None = None
+    detail: str | None = None
+    fps: int | float | None = None
+
+
+class DocumentBlock(_Block):
+    """A document (PDF, text, ...) by base64 payload, path or URL."""
+
+    block_type: Literal["document"] = "document"
+    data: _Payload = None
+    path: _PathStr = None
+    url: _UrlStr = None
+    title: str | None = "input_document"
+    document_mimetype: str | None = None
+
+
+class CachePoint(_Block):
+    """A prompt-caching marker."""
+
+    block_type: Literal["cache"] = "cache"
+    cache_control: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "ephemeral", "ttl": "5m"}
+    )
+
+
+class ThinkingBlock(_Block):
+    """Model reasoning text."""
+
+    block_type: Literal["thinking"] = "thinking"
+    content: str | None = None
+    num_tokens: int | None = None
+    additional_information: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCallBlock(_Block):
+    """A tool call made by the model."""
+
+    block_type: Literal["tool_call"] = "tool_call"
+    tool_call_id: str | None = None
+    tool_name: str
+    tool_kwargs: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class CitableBlock(_Block):
+    """Content the model may cite."""
+
+    block_type: Literal["citable"] = "citable"
+    title: str
+    source: str
+    content: list[ContentBlock] = Field(default_factory=list)
+
+
+class CitationBlock(_Block):
+    """A citation of cited content."""
+
+    block_type: Literal["citation"] = "citation"
+    cited_content: ContentBlock
+    source: str
+    title: str
+    additional_location_info: dict[str, Any] = Field(default_factory=dict)
+
+
+_BLOCK_CLASSES: dict[str, type[_Block]] = {
+    cls.model_fields["block_type"].default: cls
+    for cls in (
+        TextBlock,
+        ImageBlock,
+        AudioBlock,
+        VideoBlock,
+        DocumentBlock,
+        CachePoint,
+        CitableBlock,
+        CitationBlock,
+        ThinkingBlock,
+        ToolCallBlock,
+    )
+}
+_OPAQUE = "opaque"
+
+
+class _OpaqueBlock(dict):  # type: ignore[type-arg]
+    """A block of a known type whose fields did not validate, kept exactly as read."""
+
+
+def _block_tag(value: Any) -> str:
+    """Pick the block class for a value; anything unfamiliar stays an opaque dict."""
+    if isinstance(value, _OpaqueBlock):
+        return _OPAQUE
+    if isinstance(value, _Block):
+        return str(value.block_type)  # type: ignore[attr-defined]
+    if isinstance(value, Mapping):
+        cls = _BLOCK_CLASSES.get(value.get("block_type"))  # type: ignore[arg-type]
+        if cls is not None and value.keys() <= cls.model_fields.keys():
+            return str(value["block_type"])
+    return _OPAQUE
+
+
+def _keep_unreadable_block(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Keep a block whose fields do not validate as an opaque dict instead of failing."""
+    try:
+        return handler(value)
+    except ValidationError:
+        if isinstance(value, Mapping) and "block_type" in value:
+            return _OpaqueBlock(value)
+        raise
+
+
+ContentBlock = Annotated[
+    Annotated[TextBlock, Tag("text")]
+    | Annotated[ImageBlock, Tag("image")]
+    | Annotated[AudioBlock, Tag("audio")]
+    | Annotated[VideoBlock, Tag("video")]
+    | Annotated[DocumentBlock, Tag("document")]
+    | Annotated[CachePoint, Tag("cache")]
+    | Annotated[CitableBlock, Tag("citable")]
+    | Annotated[CitationBlock, Tag("citation")]
+    | Annotated[ThinkingBlock, Tag("thinking")]
+    | Annotated[ToolCallBlock, Tag("tool_call")]
+    | Annotated[dict[str, Any], Tag(_OPAQUE)],
+    Discriminator(_block_tag),
+    WrapValidator(_keep_unreadable_block),
+]
+"""A content block: one of the known block classes, or an opaque dict for a block
+type this version does not know (kept and written back unchanged)."""
+
+CitableBlock.model_rebuild()
+CitationBlock.model_rebuild()
+
+
+def _encode_bytes(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {k: _encode_bytes(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_bytes(v) for v in value]
+    if isinstance(value, BaseModel):
+        return _encode_bytes(value.model_dump())
+    return value
+
+
+class ChatMessage(BaseModel):
+    r"""One chat message: a role, content blocks and free-form ``additional_kwargs``.
+
+    ``ChatMessage(role="user", content="hi")`` builds one text block. The
+    ``content`` property joins the text blocks with ``"\\n"`` (``None`` when
+    there are none). A role string outside :class:`MessageRole` is kept as is.
+    """
+
+    role: MessageRole | str = MessageRole.USER
+    additional_kwargs: dict[str, Any] = Field(default_factory=dict)
+    blocks: list[ContentBlock] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy_content(cls, data: Any) -> Any:
+        # Before LlamaIndex 0.12.3 messages had "content"; when both are given, content wins.
+        if isinstance(data, dict) and "content" in data:
+            data = dict(data)
+            content = data.pop("content")
+            if content is None:
+                data["blocks"] = []
+            elif isinstance(content, str):
+                data["blocks"] = [TextBlock(text=content)]
+            elif isinstance(content, list):
+                data["blocks"] = content
+            else:
+                raise ValueError(
+                    f"content must be a str, a list of blocks or None, not {content!r}"
+                )
+        return data
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _known_role(cls, value: Any) -> Any:
+        if isinstance(value, str) and not isinstance(value, MessageRole):
+            return _ROLES.get(value, value)
+        return value
+
+    @field_validator("additional_kwargs", mode="before")
+    @classmethod
+    def _kwargs_none(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_serializer("role")
+    def _role_value(self, role: MessageRole | str) -> str:
+        return role.value if isinstance(role, MessageRole) else role
+
+    @field_serializer("additional_kwargs")
+    def _kwargs_json(self, value: dict[str, Any]) -> dict[str, Any]:
+        # LlamaIndex writes bytes as base64 text and nested models as dicts.
+        return _encode_bytes(value) if value else value
+
+    @property
+    def content(self) -> str | None:
+        """The text blocks joined with newlines, or ``None`` when there are none."""
+        texts = [b.text for b in self.blocks if isinstance(b, TextBlock)]
+        return "\n".join(texts) if texts else None
+
+    @content.setter
+    def content(self, value: str | None) -> None:
+        others: list[ContentBlock] = [b for b in self.blocks if not isinstance(b, TextBlock)]
+        self.blocks = others if value is None else [*others, TextBlock(text=value)]
+
+    def __str__(self) -> str:
+        role = self.role.value if isinstance(self.role, MessageRole) else self.role
+        return f"{role}: {self.content}"
+
+
+def message_to_json(message: ChatMessage) -> str:
+    """Serialize a message to LlamaIndex's compact JSON.
+
+    Raises:
+        SerializationError: ``additional_kwargs`` holds a value JSON cannot carry.
+    """
+    try:
+        return message.model_dump_json()
+    except (PydanticSerializationError, ValueError, TypeError) as exc:
+        raise SerializationError(f"cannot serialize message: {exc}") from exc
+
+
+def message_from_json(
+    data: str | bytes | bytearray, *, key: str | None = None, position: int | None = None
+) -> ChatMessage:
+    """Parse one message written by this project or by any LlamaIndex version.
+
+    Args:
+        data: The message JSON.
+        key: The conversation key it was read from, named in the error.
+        position: Its position in the conversation, named in the error.
+
+    Raises:
+        CorruptDataError: The data is not a message.
+    """
+    try:
+        return ChatMessage.model_validate_json(data)
+    except ValidationError as exc:
+        where = "" if key is None else f" at key {key!r}"
+        if position is not None:
+            where += f" position {position}"
+        preview = bytes(data[:80]) if isinstance(data, (bytes, bytearray)) else data[:80]
+        raise CorruptDataError(
+            f"stored data{where} is not a chat message ({exc.error_count()} errors; "
+            f"starts with {preview!r})"
+        ) from exc
+
+
+def coerce_message(value: Any) -> ChatMessage:
+    """Return a private :class:`ChatMessage` for a value given as a message.
+
+    Accepts our :class:`ChatMessage` (copied, so later changes by the caller do
+    not reach the store), a LlamaIndex ``ChatMessage`` (converted through its
+    JSON, losslessly), or a dict in the wire shape.
+
+    Raises:
+        InvalidMessageError: The value is not a message.
+    """
+    if isinstance(value, ChatMessage):
+        return copy_message(value)
+    if isinstance(value, Mapping):
+        try:
+            return ChatMessage.model_validate(value)
+        except ValidationError as exc:
+            raise InvalidMessageError(f"not a chat message: {exc}") from exc
+    if isinstance(value, BaseModel) and type(value).__name__ == "ChatMessage":
+        try:
+            return ChatMessage.model_validate_json(value.model_dump_json())
+        except ValidationError as exc:
+            raise InvalidMessageError(f"cannot convert {type(value).__qualname__}: {exc}") from exc
+    raise InvalidMessageError(
+        f"expected a ChatMessage or a dict in its JSON shape, got {type(value).__qualname__}"
+    )
+
+
+def coerce_messages(values: Iterable[Any]) -> list[ChatMessage]:
+    """Apply :func:`coerce_message` to each value (a single message is rejected).
+
+    Raises:
+        InvalidMessageError: ``values`` is not a list of messages.
+    """
+    if isinstance(values, (str, bytes, Mapping, BaseModel)) or not isinstance(values, Iterable):
+        raise InvalidMessageError(f"expected a list of messages, got {type(values).__qualname__}")
+    return [coerce_message(v) for v in values]
+
+
+def copy_message(message: ChatMessage) -> ChatMessage:
+    """Return a deep copy: changing it never changes the original."""
+    return message.model_copy(deep=True)

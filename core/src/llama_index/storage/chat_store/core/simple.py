@@ -1,0 +1,298 @@
+"""An in-memory chat store, persisted to a JSON file in LlamaIndex's format."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import (
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
+from typing_extensions import NotRequired, TypedDict
+
+from llama_index.storage.chat_store.core.errors import CorruptDataError
+from llama_index.storage.chat_store.core.messages import (
+    ChatMessage,
+    coerce_message,
+    coerce_messages,
+    copy_message,
+)
+from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["DEFAULT_PERSIST_PATH", "SimpleChatStore"]
+
+DEFAULT_PERSIST_PATH = "chat_store.json"
+
+
+class _StoreFile(TypedDict):
+    store: dict[str, list[ChatMessage]]
+    class_name: NotRequired[str]
+
+
+_FILE = TypeAdapter(_StoreFile)
+
+
+class SimpleChatStore(BaseChatStore):
+    """Conversations in a dict in memory; ``persist`` writes them to a JSON file.
+
+    The file format is LlamaIndex's (``{"store": {key: [message, ...]},
+    "class_name": "SimpleChatStore"}``), and every historical LlamaIndex encoding
+    of it loads. Thread-safe; keys come back in first-insertion order (a key that
+    is emptied and refilled moves to the end). Not shared across processes.
+    """
+
+    store: dict[str, list[ChatMessage]] = {}
+
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Drop empty conversations given to the constructor (they hold no messages)."""
+        self.store = {k: list(v) for k, v in self.store.items() if v}
+
+    @model_serializer(mode="wrap")
+    def _dump_locked(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        with self._lock:
+            data: dict[str, Any] = handler(self)
+        data["class_name"] = self.class_name()
+        return data
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Return ``messages[offset:][:limit]`` as copies (``[]`` for a missing key)."""
+        key = self._check_key(key)
+        check_window(offset, limit)
+        with self._lock:
+            part = window(self.store.get(key, ()), offset, limit)
+            return [copy_message(m) for m in part]
+
+    def count_messages(self, key: str) -> int:
+        """Return the number of messages under ``key``."""
+        key = self._check_key(key)
+        with self._lock:
+            return len(self.store.get(key, ()))
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield the keys in first-insertion order (a snapshot taken at the first step)."""
+        with self._lock:
+            keys = list(self.store)
+        yield from keys
+
+    def get_keys(self) -> list[str]:
+        """Return the keys in first-insertion order."""
+        with self._lock:
+            return list(self.store)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Append ``message`` (or insert it at ``idx`` like ``list.insert``)."""
+        key = self._check_key(key)
+        message = coerce_message(message)
+        with self._lock:
+            messages = self.store.setdefault(key, [])
+            if idx is None:
+                messages.append(message)
+            else:
+                messages.insert(idx, message)
+            self._changed()
+
+    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Append ``messages`` in order."""
+        key = self._check_key(key)
+        new = coerce_messages(messages)
+        if not new:
+            return
+        with self._lock:
+            self.store.setdefault(key, []).extend(new)
+            self._changed()
+
+    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Replace the conversation (``[]`` removes the key)."""
+        key = self._check_key(key)
+        new = coerce_messages(messages)
+        with self._lock:
+            if new:
+                self.store[key] = new
+            else:
+                self.store.pop(key, None)
+            self._changed()
+
+    def delete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Remove the conversation and return its messages (``None`` if it had none)."""
+        key = self._check_key(key)
+        with self._lock:
+            removed = self.store.pop(key, None)
+            if removed is not None:
+                self._changed()
+            return removed or None
+
+    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Remove the message at ``idx``; ``None`` when out of range."""
+        key = self._check_key(key)
+        with self._lock:
+            messages = self.store.get(key)
+            if not messages or not -len(messages) <= idx < len(messages):
+                return None
+            removed = messages.pop(idx)
+            self._drop_if_empty(key)
+            return removed
+
+    def delete_last_message(self, key: str) -> ChatMessage | None:
+        """Remove and return the last message (``None`` when empty)."""
+        return self.delete_message(key, -1)
+
+    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Remove the first ``n`` messages and return them in order."""
+        key = self._check_key(key)
+        if n <= 0:
+            return []
+        with self._lock:
+            messages = self.store.get(key)
+            if not messages:
+                return []
+            removed = messages[:n]
+            del messages[:n]
+            self._drop_if_empty(key)
+            return removed
+
+    def clear(self) -> None:
+        """Remove every conversation."""
+        with self._lock:
+            self.store.clear()
+            self._changed()
+
+    def _drop_if_empty(self, key: str) -> None:
+        if not self.store.get(key, True):
+            del self.store[key]
+        self._changed()
+
+    def _changed(self) -> None:
+        """Hook called under the lock after every change (file-backed subclasses persist)."""
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def persist(
+        self, persist_path: str | os.PathLike[str] = DEFAULT_PERSIST_PATH, fs: Any = None
+    ) -> None:
+        """Write the store to ``persist_path`` in LlamaIndex's file format.
+
+        On the local filesystem the write is atomic (temp file, fsync, rename): a
+        crash leaves the previous file or the new one, never a torn one. Missing
+        parent directories are created. ``fs`` is an optional fsspec filesystem;
+        its writes are as atomic as that filesystem makes them.
+
+        Raises:
+            OSError: The file cannot be written (the previous file is untouched).
+        """
+        with self._lock:
+            text = self.model_dump_json()
+        if fs is None:
+            _write_atomically(Path(persist_path), text)
+        else:
+            parent = os.path.dirname(os.fspath(persist_path))
+            if parent:
+                fs.makedirs(parent, exist_ok=True)
+            with fs.open(os.fspath(persist_path), "w", encoding="utf-8") as f:
+                f.write(text)
+
+    @classmethod
+    def from_persist_path(
+        cls, persist_path: str | os.PathLike[str] = DEFAULT_PERSIST_PATH, fs: Any = None
+    ) -> Self:
+        """Load a store written by ``persist`` or by any LlamaIndex version.
+
+        A missing file loads as an empty store.
+
+        Raises:
+            CorruptDataError: The file is not a chat store file (names the path).
+        """
+        path = os.fspath(persist_path)
+        try:
+            if fs is None:
+                data = Path(path).read_bytes()
+            else:
+                if not fs.exists(path):
+                    return cls()
+                with fs.open(path, "rb") as f:
+                    data = f.read()
+        except FileNotFoundError:
+            return cls()
+        return cls._from_file_bytes(data, source=path)
+
+    @classmethod
+    def _from_file_bytes(cls, data: bytes, *, source: str) -> Self:
+        try:
+            if data.lstrip()[:1] == b'"':
+                # LlamaIndex 0.10.x wrote the JSON document as a JSON string.
+                inner = json.loads(data)
+                if not isinstance(inner, str):
+                    raise ValueError("a JSON string that does not hold a document")
+                data = inner.encode("utf-8")
+            parsed = _FILE.validate_json(data)
+        except (ValidationError, ValueError) as exc:
+            raise CorruptDataError(
+                f"{source} is not a chat store file ({type(exc).__name__}: {str(exc)[:300]})"
+            ) from exc
+        return cls(store=parsed["store"])
+
+    def json(self, **kwargs: Any) -> str:
+        """Return the file format as a string (the seed's name for ``model_dump_json``)."""
+        return self.model_dump_json(**kwargs)
+
+    @classmethod
+    def parse_raw(cls, b: str | bytes, **kwargs: Any) -> Self:
+        """Load from a string in any of the file encodings (the seed's name).
+
+        Raises:
+            CorruptDataError: The text is not a chat store document.
+        """
+        data = b.encode("utf-8") if isinstance(b, str) else b
+        return cls._from_file_bytes(data, source="the given text")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows).
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,333 @@
+"""The chat store protocol every backend implements.
+
+A backend subclasses :class:`BaseChatStore`, implements the sync methods and,
+where it has an async driver, the ``a*`` methods. The base class provides:
+
+* ``a*`` defaults that run the sync method in a worker thread;
+* the seed's ``async_*`` names as final delegates to the ``a*`` methods (a
+  subclass that defines one is rejected at class creation);
+* argument checks every backend calls (:meth:`BaseChatStore._check_key`,
+  :func:`check_window`), so keys and windows mean the same everywhere;
+* ``class_name`` in dumps, ``to_dict``/``from_dict``, context managers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+from llama_index.storage.chat_store.core.capabilities import Capability
+from llama_index.storage.chat_store.core.errors import InvalidKeyError
+from llama_index.storage.chat_store.core.messages import ChatMessage
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["MAX_KEY_BYTES", "MAX_KEY_CHARS", "BaseChatStore", "check_window", "window"]
+
+MAX_KEY_CHARS = 256
+"""Every backend accepts keys up to this many characters (and :data:`MAX_KEY_BYTES`)."""
+MAX_KEY_BYTES = 1024
+"""Every backend accepts keys up to this many UTF-8 bytes."""
+
+_T = TypeVar("_T")
+
+# The seed's async names; each delegates to the ``a*`` method of the same name.
+_ASYNC_ALIASES = (
+    "get_messages",
+    "count_messages",
+    "add_message",
+    "add_messages",
+    "set_messages",
+    "delete_messages",
+    "delete_message",
+    "delete_last_message",
+    "delete_oldest_messages",
+    "get_keys",
+)
+
+
+def check_window(offset: int, limit: int | None) -> None:
+    """Validate a ``get_messages`` window.
+
+    Raises:
+        ValueError: ``limit`` is negative, or either is not an int.
+    """
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__qualname__}")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int or None, got {type(limit).__qualname__}")
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {limit}")
+
+
+def window(items: Sequence[_T], offset: int, limit: int | None) -> Sequence[_T]:
+    """Return ``items[offset:][:limit]`` (negative offset counts from the end)."""
+    part = items[offset:]
+    return part if limit is None else part[:limit]
+
+
+class BaseChatStore(BaseModel, ABC):
+    """Ordered message histories of many conversations, each under a string key.
+
+    Keys: any ``str`` without NUL, up to 256 characters and 1,024 UTF-8 bytes,
+    works on every backend; anything else raises :class:`InvalidKeyError`.
+    Messages are :class:`ChatMessage` values (a LlamaIndex ``ChatMessage`` or a
+    dict in the wire shape is converted); anything else raises
+    :class:`InvalidMessageError`. Messages returned are new objects: changing
+    them never changes the store. A missing key reads as an empty conversation.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    max_key_bytes: ClassVar[int] = MAX_KEY_BYTES
+    """The longest key in UTF-8 bytes this backend stores (never below 1,024)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [f"async_{n}" for n in _ASYNC_ALIASES if f"async_{n}" in cls.__dict__]
+        if overridden:
+            raise TypeError(
+                f"{cls.__qualname__} overrides {', '.join(overridden)}: implement the 'a*' "
+                "method instead; async_* names always delegate to it"
+            )
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Return the name written as ``class_name`` in dumps (unique per store class)."""
+        return cls.__name__
+
+    @model_serializer(mode="wrap")
+    def _dump_with_class_name(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        data["class_name"] = self.class_name()
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration (with ``class_name``, without secrets)."""
+        return self.model_dump()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **secrets: Any) -> Self:
+        """Rebuild a store from :meth:`to_dict` output plus the secrets it left out."""
+        fields = {k: v for k, v in data.items() if k != "class_name"}
+        return cls(**fields, **secrets)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """The optional behaviour this instance has."""
+        return frozenset()
+
+    def _check_key(self, key: Any) -> str:
+        """Return ``key`` if it is a valid conversation key.
+
+        Raises:
+            InvalidKeyError: Not a str, empty, contains NUL, or longer than the limits.
+        """
+        if not isinstance(key, str):
+            raise InvalidKeyError(f"key must be a str, got {type(key).__qualname__}")
+        if not key:
+            raise InvalidKeyError("key must not be empty")
+        if "\x00" in key:
+            raise InvalidKeyError(f"key must not contain NUL: {key!r}")
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if size > type(self).max_key_bytes:
+            raise InvalidKeyError(
+                f"key is {size} UTF-8 bytes; {type(self).__name__} stores at most "
+                f"{type(self).max_key_bytes}"
+            )
+        return key
+
+    # -- sync API: every backend implements these ---------------------------------------------
+
+    @abstractmethod
+    def get_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Return ``messages[offset:][:limit]`` in insertion order (``[]`` for a missing key).
+
+        A negative ``offset`` counts from the end (``offset=-20``: the last 20).
+
+        Raises:
+            ValueError: ``limit`` is negative.
+        """
+
+    @abstractmethod
+    def count_messages(self, key: str) -> int:
+        """Return the number of messages under ``key`` (0 for a missing key)."""
+
+    @abstractmethod
+    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Append ``message`` atomically, or insert it at ``idx`` like ``list.insert``."""
+
+    @abstractmethod
+    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Append ``messages`` atomically, in order (``[]`` changes nothing)."""
+
+    @abstractmethod
+    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Replace the conversation atomically (``[]`` removes the key)."""
+
+    @abstractmethod
+    def delete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Remove the conversation; return its messages in order, or ``None`` if it had none."""
+
+    @abstractmethod
+    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Remove the message at ``idx`` (negative counts from the end); ``None`` if out of range.
+
+        Two concurrent callers never receive the same message.
+        """
+
+    @abstractmethod
+    def delete_last_message(self, key: str) -> ChatMessage | None:
+        """Remove and return the last message; ``None`` when there is none."""
+
+    @abstractmethod
+    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Remove the first ``n`` messages (fewer if shorter); return them in order."""
+
+    @abstractmethod
+    def iter_keys(self) -> Iterator[str]:
+        """Yield the keys of this store that hold messages, in pages (constant memory)."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Remove every conversation of this store (its namespace or table only)."""
+
+    def get_keys(self) -> list[str]:
+        """Return the keys of this store that hold messages, without duplicates."""
+        return list(self.iter_keys())
+
+    def close(self) -> None:
+        """Release clients and pools; the store reconnects if used again."""
+
+    # -- async API: worker-thread defaults, overridden by backends with async drivers --------
+
+    async def aget_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Async :meth:`get_messages`."""
+        return await asyncio.to_thread(self.get_messages, key, offset=offset, limit=limit)
+
+    async def acount_messages(self, key: str) -> int:
+        """Async :meth:`count_messages`."""
+        return await asyncio.to_thread(self.count_messages, key)
+
+    async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Async :meth:`add_message`."""
+        await asyncio.to_thread(self.add_message, key, message, idx)
+
+    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`add_messages`."""
+        await asyncio.to_thread(self.add_messages, key, messages)
+
+    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`set_messages`."""
+        await asyncio.to_thread(self.set_messages, key, messages)
+
+    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Async :meth:`delete_messages`."""
+        return await asyncio.to_thread(self.delete_messages, key)
+
+    async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Async :meth:`delete_message`."""
+        return await asyncio.to_thread(self.delete_message, key, idx)
+
+    async def adelete_last_message(self, key: str) -> ChatMessage | None:
+        """Async :meth:`delete_last_message`."""
+        return await asyncio.to_thread(self.delete_last_message, key)
+
+    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Async :meth:`delete_oldest_messages`."""
+        return await asyncio.to_thread(self.delete_oldest_messages, key, n)
+
+    async def aget_keys(self) -> list[str]:
+        """Async :meth:`get_keys`."""
+        return [key async for key in self.aiter_keys()]
+
+    async def aiter_keys(self) -> AsyncIterator[str]:
+        """Async :meth:`iter_keys`."""
+        for key in await asyncio.to_thread(self.get_keys):
+            yield key
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`."""
+        await asyncio.to_thread(self.clear)
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        await asyncio.to_thread(self.close)
+
+    # -- the seed's async names: final, always delegating to the a* methods -----------------
+
+    async def async_get_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Alias of :meth:`aget_messages` (the seed's name)."""
+        return await self.aget_messages(key, offset=offset, limit=limit)
+
+    async def async_count_messages(self, key: str) -> int:
+        """Alias of :meth:`acount_messages`."""
+        return await self.acount_messages(key)
+
+    async def async_add_message(
+        self, key: str, message: ChatMessage, idx: int | None = None
+    ) -> None:
+        """Alias of :meth:`aadd_message` (the seed's name)."""
+        await self.aadd_message(key, message, idx)
+
+    async def async_add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Alias of :meth:`aadd_messages`."""
+        await self.aadd_messages(key, messages)
+
+    async def async_set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Alias of :meth:`aset_messages` (the seed's name)."""
+        await self.aset_messages(key, messages)
+
+    async def async_delete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Alias of :meth:`adelete_messages` (the seed's name)."""
+        return await self.adelete_messages(key)
+
+    async def async_delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Alias of :meth:`adelete_message` (the seed's name)."""
+        return await self.adelete_message(key, idx)
+
+    async def async_delete_last_message(self, key: str) -> ChatMessage | None:
+        """Alias of :meth:`adelete_last_message` (the seed's name)."""
+        return await self.adelete_last_message(key)
+
+    async def async_delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Alias of :meth:`adelete_oldest_messages`."""
+        return await self.adelete_oldest_messages(key, n)
+
+    async def async_get_keys(self) -> list[str]:
+        """Alias of :meth:`aget_keys` (the seed's name)."""
+        return await self.aget_keys()
+
+    # -- context managers ----------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,118 @@
+"""The message model reads and writes LlamaIndex's JSON byte for byte."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from llama_index.storage.chat_store.core import (
+    ChatMessage,
+    CorruptDataError,
+    ImageBlock,
+    InvalidMessageError,
+    MessageRole,
+    SerializationError,
+    TextBlock,
+    coerce_message,
+    coerce_messages,
+    message_from_json,
+    message_to_json,
+)
+
+DATA = Path(__file__).parent / "data"
+LLAMA_INDEX_LINES = DATA.joinpath("messages.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
+
+
+@pytest.mark.parametrize("line", LLAMA_INDEX_LINES, ids=range(len(LLAMA_INDEX_LINES)))
+def test_llama_index_json_round_trips_byte_identically(line: str) -> None:
+    assert message_to_json(message_from_json(line)) == line
+
+
+def test_known_blocks_parse_into_their_classes() -> None:
+    kinds = {
+        type(block).__name__
+        for line in LLAMA_INDEX_LINES
+        for block in message_from_json(line).blocks
+    }
+    assert kinds == {
+        "TextBlock", "ImageBlock", "AudioBlock", "VideoBlock", "DocumentBlock", "CachePoint",
+        "CitableBlock", "CitationBlock", "ThinkingBlock", "ToolCallBlock",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("legacy", "blocks"),
+    [
+        ('{"role": "assistant", "content": "old style", "additional_kwargs": {}}',
+         [{"block_type": "text", "text": "old style"}]),
+        ('{"role": "assistant", "content": null, "additional_kwargs": {"tool_calls": [1]}}', []),
+        ('{"role": "user", "content": [{"block_type": "text", "text": "x"}]}',
+         [{"block_type": "text", "text": "x"}]),
+        ('{"role": "user", "content": "wins", "blocks": [{"block_type": "text", "text": "loses"}]}',
+         [{"block_type": "text", "text": "wins"}]),
+        ('{"role": "user", "additional_kwargs": null}', []),
+    ],
+)  # fmt: skip
+def test_legacy_content_shapes_load(legacy: str, blocks: list[dict[str, str]]) -> None:
+    message = message_from_json(legacy)
+    assert json.loads(message_to_json(message))["blocks"] == blocks
+
+
+def test_unknown_roles_and_blocks_survive() -> None:
+    line = (
+        '{"role":"critic","additional_kwargs":{},"blocks":[{"block_type":"hologram","z":[1,2.5]},'
+        '{"block_type":"text","text":"t","future":true},{"block_type":"image","image":42}]}'
+    )
+    message = message_from_json(line)
+    assert message.role == "critic"
+    assert all(isinstance(b, dict) for b in message.blocks)
+    assert message_to_json(message) == line
+
+
+def test_content_property_and_constructor() -> None:
+    message = ChatMessage(role="user", content="a")
+    message.blocks.append(TextBlock(text="b"))
+    assert message.content == "a\nb"
+    assert ChatMessage(role="user").content is None
+    assert message.role is MessageRole.USER
+    message.content = "c"
+    assert message.content == "c"
+    assert str(message) == "user: c"
+
+
+def test_payloads_are_kept() -> None:
+    message = ChatMessage(
+        additional_kwargs={"b": b"\x00\xff", "nan": math.nan, "f": 0.1, "big": 10**20},
+        blocks=[ImageBlock(image=b"\x00\x01raw"), TextBlock(text="x")],
+    )
+    data = json.loads(message_to_json(message))
+    assert data["additional_kwargs"] == {"b": "AP8=", "nan": None, "f": 0.1, "big": 10**20}
+    assert data["blocks"][0]["image"] == "AAFyYXc="
+
+
+def test_unserializable_kwargs_raise_serialization_error() -> None:
+    with pytest.raises(SerializationError):
+        message_to_json(ChatMessage(content="x", additional_kwargs={"o": object()}))
+
+
+@pytest.mark.parametrize("bad", ["", "not json", "[]", '{"role": "user", "blocks": 5}', '"str"'])
+def test_corrupt_json_raises_corrupt_data_error(bad: str) -> None:
+    with pytest.raises(CorruptDataError, match="'k' position 3"):
+        message_from_json(bad, key="k", position=3)
+
+
+def test_coerce_accepts_messages_and_dicts_and_copies() -> None:
+    original = ChatMessage(content="x", additional_kwargs={"l": [1]})
+    copy = coerce_message(original)
+    copy.additional_kwargs["l"].append(2)
+    assert original.additional_kwargs == {"l": [1]}
+    assert coerce_message({"role": "user", "content": "d"}).content == "d"
+    with pytest.raises(InvalidMessageError):
+        coerce_message("text")
+    with pytest.raises(InvalidMessageError):
+        coerce_message({"role": "user", "blocks": 5})
+    with pytest.raises(InvalidMessageError):
+        coerce_messages(ChatMessage(content="single"))  # type: ignore[arg-type]
