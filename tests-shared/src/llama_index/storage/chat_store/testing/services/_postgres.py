@@ -8,15 +8,24 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from llama_index.storage.chat_store.testing.services._process import (
     LocalServer,
     ServiceUnavailableError,
     running_as_root,
 )
+from llama_index.storage.chat_store.testing.services._provide import (
+    docker_container,
+    local,
+    provide,
+)
 
-__all__ = ["postgres_bindir", "start_postgres"]
+__all__ = ["postgres_bindir", "postgres_url", "start_postgres"]
 
 HOW_TO = (
     "install PostgreSQL server binaries (Debian/Ubuntu: apt-get install postgresql; they are "
@@ -92,6 +101,30 @@ def start_postgres() -> LocalServer:
     return server.start()
 
 
-def postgres_url(server: LocalServer, database: str = "postgres") -> str:
+def server_url(server: LocalServer, database: str = "postgres") -> str:
     """Return the libpq URL of a server started by :func:`start_postgres`."""
     return f"postgresql://{USER}@127.0.0.1:{server.port}/{database}"
+
+
+def _postgres_container() -> tuple[str, Callable[[], None]]:
+    def factory() -> Any:
+        from testcontainers.postgres import PostgresContainer
+
+        return PostgresContainer("postgres:15", driver=None)
+
+    def url_of(c: Any) -> str:
+        return str(c.get_connection_url())
+
+    return docker_container(factory, url_of)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL (``postgresql://...``) of a real PostgreSQL database for this test session."""
+    url, stop = provide(
+        "PostgreSQL", "CHAT_STORE_TEST_POSTGRES_URL",
+        local(start_postgres, server_url),
+        _postgres_container, HOW_TO,
+    )  # fmt: skip
+    yield url
+    stop()

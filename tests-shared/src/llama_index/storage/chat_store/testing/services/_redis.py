@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from llama_index.storage.chat_store.testing.services._process import (
     LocalServer,
     ServiceUnavailableError,
 )
+from llama_index.storage.chat_store.testing.services._provide import (
+    docker_container,
+    local,
+    provide,
+)
 
-__all__ = ["redis_ping", "start_redis"]
+__all__ = ["redis_ping", "redis_url", "start_redis"]
 
 HOW_TO = (
     "install redis-server (Debian/Ubuntu: apt-get install redis-server; macOS: brew install "
@@ -44,3 +53,27 @@ def start_redis(*extra_args: str) -> LocalServer:
                 "--save", "", "--appendonly", "no", "--daemonize", "no", *extra_args]  # fmt: skip
 
     return LocalServer("redis-server", command, redis_ping).start()
+
+
+def _redis_container() -> tuple[str, Callable[[], None]]:
+    def factory() -> Any:
+        from testcontainers.redis import RedisContainer
+
+        return RedisContainer("redis:7")
+
+    def url_of(c: Any) -> str:
+        return f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
+
+    return docker_container(factory, url_of)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of a real Redis server for this test session (database 0, disposable)."""
+    url, stop = provide(
+        "Redis", "CHAT_STORE_TEST_REDIS_URL",
+        local(start_redis, lambda s: f"redis://127.0.0.1:{s.port}/0"),
+        _redis_container, HOW_TO,
+    )  # fmt: skip
+    yield url
+    stop()
