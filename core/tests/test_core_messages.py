@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +24,8 @@ from llama_index.storage.chat_store.core import (
     message_from_json,
     message_to_json,
 )
+from llama_index.storage.chat_store.testing import every_block_type, tricky_messages
+from llama_index.storage.chat_store.testing.services import ReferencePython
 
 DATA = Path(__file__).parent / "data"
 LLAMA_INDEX_LINES = DATA.joinpath("messages.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
@@ -116,3 +121,38 @@ def test_coerce_accepts_messages_and_dicts_and_copies() -> None:
         coerce_message({"role": "user", "blocks": 5})
     with pytest.raises(InvalidMessageError):
         coerce_messages(ChatMessage(content="single"))  # type: ignore[arg-type]
+
+
+def test_llama_index_reads_what_we_write(
+    llama_index_reference: Callable[[Sequence[str]], ReferencePython],
+) -> None:
+    """Our JSON of every block type and payload parses in llama-index-core and comes back equal,
+    except for fields LlamaIndex fills in at construction (mimetypes we left unset).
+    Unknown block types are excluded: LlamaIndex rejects them."""
+    ours = [message_to_json(m) for m in every_block_type() + tricky_messages()[:-1]]
+    ours += LLAMA_INDEX_LINES
+    script = (
+        "import json, sys\n"
+        "from llama_index.core.base.llms.types import ChatMessage\n"
+        "lines = json.load(sys.stdin)\n"
+        "print(json.dumps([ChatMessage.model_validate_json(l).model_dump_json() for l in lines]))\n"
+    )
+    reference = llama_index_reference([])
+    done = subprocess.run(
+        [str(reference.python), "-c", script], input=json.dumps(ours), capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    for mine, theirs in zip(ours, json.loads(done.stdout), strict=True):
+        assert _without_filled_in(json.loads(mine), json.loads(theirs)) == json.loads(mine)
+
+
+def _without_filled_in(mine: Any, theirs: Any) -> Any:
+    """Drop from ``theirs`` what LlamaIndex derived where ``mine`` had None."""
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        return {
+            k: (None if mine.get(k) is None else _without_filled_in(mine.get(k), v))
+            for k, v in theirs.items()
+        }
+    if isinstance(mine, list) and isinstance(theirs, list):
+        return [_without_filled_in(a, b) for a, b in zip(mine, theirs, strict=False)]
+    return theirs

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import pytest
 
+from llama_index.storage.chat_store.core import ChatMessage, message_to_json
 from llama_index.storage.chat_store.testing.services import (
+    ReferencePython,
     ServiceUnavailableError,
     provide,
     start_redis,
@@ -61,3 +64,18 @@ def test_environment_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     url, stop = provide("Nope", "CHAT_STORE_TEST_NOPE_URL", None, None, "")
     assert url == "nope://elsewhere"
     stop()
+
+
+def test_llama_index_reference_runs_real_llama_index(
+    llama_index_reference: Callable[[Sequence[str]], ReferencePython],
+) -> None:
+    ours = ChatMessage(role="user", content="héllo", additional_kwargs={"b": b"\x00"})
+    reference = llama_index_reference([])
+    script = (
+        "import sys\n"
+        "from llama_index.core.base.llms.types import ChatMessage\n"
+        "m = ChatMessage.model_validate_json(sys.argv[1])\n"
+        "print(m.model_dump_json())\n"
+    )
+    line = message_to_json(ours)
+    assert reference.run(script, line).strip() == line
