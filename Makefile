@@ -8,7 +8,7 @@ endif
 PACKAGES := $(shell scripts/packages)
 PKG ?=
 
-.PHONY: install test test-package lint typecheck build smoke bench demo clean help
+.PHONY: install services test test-package lint typecheck build smoke bench demo clean help
 
 help:  ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -16,13 +16,16 @@ help:  ## Show the targets.
 install:  ## Install the whole workspace into .venv (every package, dev tools).
 	$(UV) sync --locked --all-packages --all-groups
 
-test:  ## Run every package's tests, each in its own environment, starting the servers they need.
+services:  ## Install the server binaries and emulators the tests start (only what is missing).
+	.ci/install-services
+
+test: services  ## Run every package's tests, each in its own environment, starting the servers they need.
 	@failed=""; for pkg in $(PACKAGES); do \
 	  scripts/test-package $$pkg -q || failed="$$failed $$pkg"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED packages:$$failed"; exit 1; fi
 
-test-package:  ## Run one package's tests: make test-package PKG=integrations/redis
+test-package: services  ## Run one package's tests: make test-package PKG=integrations/redis
 	@test -n "$(PKG)" || { echo "usage: make test-package PKG=core"; exit 2; }
 	scripts/test-package $(PKG) -q
 
