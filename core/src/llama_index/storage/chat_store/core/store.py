@@ -33,6 +33,8 @@ from llama_index.storage.chat_store.core.messages import ChatMessage
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from llama_index.storage.chat_store.core.interop import LlamaIndexChatStore
+
 __all__ = ["MAX_KEY_BYTES", "MAX_KEY_CHARS", "BaseChatStore", "check_window", "window"]
 
 MAX_KEY_CHARS = 256
@@ -214,6 +216,20 @@ class BaseChatStore(BaseModel, ABC):
 
     def close(self) -> None:
         """Release clients and pools; the store reconnects if used again."""
+
+    def as_llama_index(self) -> LlamaIndexChatStore:
+        """Return this store as LlamaIndex's ``BaseChatStore``, for its memory modules.
+
+        ``ChatMemoryBuffer.from_defaults(chat_store=store.as_llama_index(),
+        chat_store_key="user1")``. The adapter calls this store for everything.
+
+        Raises:
+            BackendImportError: ``llama-index-core`` is not installed (the
+                ``llama-index`` extra).
+        """
+        from llama_index.storage.chat_store.core.interop import LlamaIndexChatStore
+
+        return LlamaIndexChatStore(self)
 
     # -- async API: worker-thread defaults, overridden by backends with async drivers --------
 
