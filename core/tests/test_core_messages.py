@@ -105,8 +105,9 @@ def test_unserializable_kwargs_raise_serialization_error() -> None:
 
 @pytest.mark.parametrize("bad", ["", "not json", "[]", '{"role": "user", "blocks": 5}', '"str"'])
 def test_corrupt_json_raises_corrupt_data_error(bad: str) -> None:
-    with pytest.raises(CorruptDataError, match="'k' position 3"):
+    with pytest.raises(CorruptDataError, match="'k' position 3") as caught:
         message_from_json(bad, key="k", position=3)
+    assert (caught.value.key, caught.value.position, caught.value.data) == ("k", 3, bad)
 
 
 def test_coerce_accepts_messages_and_dicts_and_copies() -> None:

@@ -65,7 +65,26 @@ class PayloadTooLargeError(SerializationError):
 
 
 class CorruptDataError(ChatStoreError, ValueError):
-    """Stored data cannot be read as messages (names the key and position, or the file)."""
+    """Stored data cannot be read as messages (names the key and position, or the file).
+
+    Attributes:
+        key: The conversation key the data was read from, when known.
+        position: Its position in the conversation, when known.
+        data: The unreadable data as stored, when known (so a repair can keep it).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        position: int | None = None,
+        data: str | bytes | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.position = position
+        self.data = data
 
 
 class CapabilityNotSupportedError(ChatStoreError, NotImplementedError):

@@ -390,7 +390,10 @@ def message_from_json(
         preview = bytes(data[:80]) if isinstance(data, (bytes, bytearray)) else data[:80]
         raise CorruptDataError(
             f"stored data{where} is not a chat message ({exc.error_count()} errors; "
-            f"starts with {preview!r})"
+            f"starts with {preview!r})",
+            key=key,
+            position=position,
+            data=bytes(data) if isinstance(data, bytearray) else data,
         ) from exc
 
 
