@@ -245,7 +245,7 @@ def test_copy_refuses_a_conflicting_destination_unless_replace(run: Run, json_ur
 
 def test_adopt_calls_the_store_or_explains(run: Run, rawlist: type, json_url: URL) -> None:
     _fill("rawlist://a", {"k1": numbered(1), "k2": numbered(1)})
-    assert run("adopt", "rawlist://a").out == "adopted 2 keys\n"
+    assert run("adopt", "rawlist://a").err == "adopted 2 keys\n"
     refused = run("adopt", json_url("a"))
     assert refused.code == 1
     assert "JsonFileChatStore has nothing to adopt" in refused.err
@@ -332,3 +332,28 @@ def test_usage_errors_exit_2(run: Run) -> None:
     assert run("import", "memory://", "--resume", "--replace").code == 2
     assert run("show", "memory://", "k", "--last", "-1").code == 2
     assert run("export", "memory://", "--batch", "0").code == 2
+
+
+def test_copy_reports_conversations_written_to_during_the_copy() -> None:
+    from llama_index.storage.chat_store.cli._progress import Progress
+    from llama_index.storage.chat_store.cli._transfer import Existing, copy_store
+    from llama_index.storage.chat_store.core import SimpleChatStore
+
+    class BusySource(SimpleChatStore):
+        """A source another writer appends to right after the copy read its last page."""
+
+        def get_messages(
+            self, key: str, *, offset: int = 0, limit: int | None = None
+        ) -> list[ChatMessage]:
+            page = super().get_messages(key, offset=offset, limit=limit)
+            if key == "busy" and not page:
+                self.add_message(key, ChatMessage(content="late"))
+            return page
+
+    src, dst = BusySource(), SimpleChatStore()
+    src.add_messages("calm", numbered(3))
+    src.add_messages("busy", numbered(3))
+    summary = copy_store(
+        src, dst, keys=None, existing=Existing.ERROR, batch=3, progress=Progress("t", quiet=True)
+    )
+    assert summary.mismatched == ["busy"]

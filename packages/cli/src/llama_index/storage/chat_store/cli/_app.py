@@ -197,11 +197,13 @@ def _cmd_adopt(args: argparse.Namespace) -> int:
             )
         result = adopt()
     if isinstance(result, int) and not isinstance(result, bool):
-        _print(f"adopted {result} keys")
+        _note(f"adopted {result} keys")
     elif isinstance(result, (list, tuple, set, frozenset)):
-        _print(f"adopted {len(result)} keys")
+        for key in result:
+            _print(str(key))
+        _note(f"adopted {len(result)} keys")
     else:
-        _print("adopted")
+        _note("adopted")
     return 0
 
 
