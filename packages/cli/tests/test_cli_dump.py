@@ -73,3 +73,15 @@ def test_broken_dumps_raise_corrupt_data_error_naming_the_line(
 
 def test_blank_lines_are_ignored() -> None:
     assert len(list(read_dump([GOOD_HEADER, "", GOOD, "  ", END1, ""]))) == 1
+
+
+def test_hand_written_lines_in_any_json_spelling_are_read() -> None:
+    spaced = '{ "message": {"role": "user", "content": "old style"}, "key": "k" }'
+    ((key, message),) = list(read_dump([GOOD_HEADER, spaced, END1]))
+    assert (key, message.content) == ("k", "old style")
+
+
+def test_invalid_utf8_is_a_malformed_line() -> None:
+    line = GOOD.replace('"a"', '"\udcff"').encode("utf-8", "surrogateescape")
+    with pytest.raises(CorruptDataError, match=r"^dump line 2: not a chat message"):
+        list(read_dump([GOOD_HEADER.encode(), line, END1.encode()]))

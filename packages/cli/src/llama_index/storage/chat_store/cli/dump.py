@@ -113,6 +113,37 @@ def _end(line: dict[str, Any], number: int, source: str) -> DumpTotals:
     return DumpTotals(keys=keys, messages=messages)
 
 
+_DECODER = json.JSONDecoder()
+_KEY = '{"key":'
+_MESSAGE = ',"message":'
+
+
+def _split_line(text: str) -> tuple[str, str] | None:
+    """Split a line as :func:`dump_line` writes it into (key, message JSON), without parsing it.
+
+    The message text goes to ``message_from_json`` exactly as written; any other
+    spelling of a message line (spaces, other key order) returns None and is
+    parsed as plain JSON instead.
+    """
+    if not text.startswith(_KEY):
+        return None
+    try:
+        key, end = _DECODER.raw_decode(text, len(_KEY))
+    except ValueError:
+        return None
+    body = text.rstrip("\r\n")
+    if not isinstance(key, str) or not text.startswith(_MESSAGE, end) or body[-1:] != "}":
+        return None
+    return key, body[end + len(_MESSAGE) : -1]
+
+
+def _message_line(line: dict[str, Any], number: int, source: str) -> tuple[str, str]:
+    key, message = line.get("key"), line.get("message")
+    if not isinstance(key, str) or not isinstance(message, dict):
+        raise _malformed(number, 'expected {"key": <string>, "message": {...}}', source)
+    return key, json.dumps(message, ensure_ascii=False)
+
+
 def read_dump(
     lines: Iterable[str | bytes], *, source: str = "dump"
 ) -> Iterator[tuple[str, ChatMessage]]:
@@ -139,15 +170,17 @@ def read_dump(
             continue
         if totals is not None:
             raise _malformed(number, "data after the end line", source)
-        line = _parse(raw, number, source)
-        if "end" in line:
-            totals = _end(line, number, source)
-            continue
-        key, message = line.get("key"), line.get("message")
-        if not isinstance(key, str) or not isinstance(message, dict):
-            raise _malformed(number, 'expected {"key": <string>, "message": {...}}', source)
+        text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+        split = _split_line(text)
+        if split is None:
+            line = _parse(text, number, source)
+            if "end" in line:
+                totals = _end(line, number, source)
+                continue
+            split = _message_line(line, number, source)
+        key, message = split
         try:
-            parsed = message_from_json(json.dumps(message, ensure_ascii=False))
+            parsed = message_from_json(message)
         except CorruptDataError as exc:
             raise _malformed(number, f"not a chat message for key {key!r} ({exc})", source) from exc
         keys.add(key)
