@@ -357,10 +357,11 @@ class Engine:
             for stored in table.scan(low, high, backward):
                 if len(rows) >= page:
                     return rows, stored.key
-                if row_filter is not None and not row_filter(stored.cells):
-                    continue
                 projected = self._project(table, stored, columns)
+                # As in the service, a filter sees only the columns the request reads.
                 if projected is None:
+                    continue
+                if row_filter is not None and not row_filter(projected.cells):
                     continue
                 weight = row_size(projected.key, projected.cells)
                 if rows and size + weight > MAX_RANGE_BYTES:
