@@ -144,7 +144,7 @@ def test_auto_layout_follows_the_primary_key(new_store: Callable[..., Any]) -> N
         assert _texts(store.get_messages("k")) == ["x"]
 
 
-def test_window_and_insert_at_the_front_stay_o1(new_store: Callable[..., Any]) -> None:
+def test_front_insert_after_dropping_the_oldest_keeps_order(new_store: Callable[..., Any]) -> None:
     store = new_store()()
     store.add_messages("k", [ChatMessage(content=f"m{i}") for i in range(5)])
     store.add_message("k", ChatMessage(content="first"), idx=0)
