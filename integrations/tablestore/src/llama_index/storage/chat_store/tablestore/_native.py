@@ -153,16 +153,21 @@ def _read_meta(t: Tables, key: str) -> Op[Meta | None]:
 
 
 def _read_window(
-    t: Tables, key: str, meta: Meta, start: int, stop: int
+    t: Tables, key: str, meta: Meta, start: int, stop: int, *, writers: bool = False
 ) -> Op[list[_Stored] | None]:
-    """Read rows ``start <= seq < stop`` of the meta's generation; ``None`` if inconsistent."""
+    """Read rows ``start <= seq < stop`` of the meta's generation; ``None`` if inconsistent.
+
+    ``writers``: also read each row's writer id (needed only to delete the rows safely; the
+    SDK decodes cells in pure Python, so every column read costs).
+    """
+    columns = ["message", "c", "w"] if writers else ["message", "c"]
     found: list[_Stored] = []
     next_pk: Any = _pk(key, meta.gen, start)
     end = _pk(key, meta.gen, stop)
     while next_pk and len(found) < stop - start:
         _, next_pk, rows, _ = yield Call(
             "get_range", (t.messages, ts.Direction.FORWARD, next_pk, end),
-            {"columns_to_get": ["message", "w", "c"], "limit": stop - start - len(found),
+            {"columns_to_get": columns, "limit": stop - start - len(found),
              "max_version": 1},
         )  # fmt: skip
         for row in rows:
@@ -469,7 +474,7 @@ def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
         meta = yield from _read_meta(t, key)
         if meta is None or meta.size == 0:
             return None
-        rows = yield from _read_window(t, key, meta, meta.tail - 1, meta.tail)
+        rows = yield from _read_window(t, key, meta, meta.tail - 1, meta.tail, writers=True)
         if rows is not None:
             message = _parse(key, meta, rows)[0]
             new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1) if meta.size > 1 else None
@@ -487,7 +492,7 @@ def delete_oldest(t: Tables, key: str, n: int) -> Op[list[ChatMessage]]:
         if meta is None or n <= 0:
             return []
         take = min(n, meta.size)
-        rows = yield from _read_window(t, key, meta, meta.head, meta.head + take)
+        rows = yield from _read_window(t, key, meta, meta.head, meta.head + take, writers=True)
         if rows is not None:
             messages = _parse(key, meta, rows)
             new = (
