@@ -107,8 +107,13 @@ class AzureChatStore(BaseChatStore):
     _native: NativeLayout | None = PrivateAttr(default=None)
     _legacy: LlamaIndexLayout | None = PrivateAttr(default=None)
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Check the configuration (never connects)."""
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        # Checked here, not in a validator, so callers get ConfigurationError itself
+        # rather than pydantic's ValidationError wrapping it.
+        self._configure()
+
+    def _configure(self) -> None:
         if self.layout == "llama_index":
             self.chat_table_name = sanitize_table_name(self.chat_table_name)
             self.metadata_table_name = sanitize_table_name(self.metadata_table_name)
