@@ -9,18 +9,27 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import (
+    Field,
     PrivateAttr,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_serializer,
 )
+from pydantic_core import PydanticSerializationError
 from typing_extensions import NotRequired, TypedDict
 
-from llama_index.storage.chat_store.core.errors import CorruptDataError
+from llama_index.storage.chat_store.core.capabilities import Capability
+from llama_index.storage.chat_store.core.errors import (
+    ConfigurationError,
+    CorruptDataError,
+    SerializationError,
+)
 from llama_index.storage.chat_store.core.messages import (
     ChatMessage,
     coerce_message,
@@ -32,7 +41,7 @@ from llama_index.storage.chat_store.core.store import BaseChatStore, check_windo
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["DEFAULT_PERSIST_PATH", "SimpleChatStore"]
+__all__ = ["DEFAULT_PERSIST_PATH", "JsonFileChatStore", "SimpleChatStore"]
 
 DEFAULT_PERSIST_PATH = "chat_store.json"
 
@@ -70,6 +79,20 @@ class SimpleChatStore(BaseChatStore):
             data: dict[str, Any] = handler(self)
         data["class_name"] = self.class_name()
         return data
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build an empty in-memory store from ``memory://`` (``options`` go to the constructor).
+
+        Raises:
+            ConfigurationError: The URL is not ``memory://`` (it takes no host, path or query).
+        """
+        parts = urlsplit(url)
+        if parts.scheme.split("+", 1)[0].lower() != "memory" or any(
+            (parts.netloc, parts.path, parts.query, parts.fragment)
+        ):
+            raise ConfigurationError(f"{cls.__name__} takes the URL 'memory://', got {url!r}")
+        return cls(**options)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -187,6 +210,10 @@ class SimpleChatStore(BaseChatStore):
     def _changed(self) -> None:
         """Hook called under the lock after every change (file-backed subclasses persist)."""
 
+    def _file_text(self) -> str:
+        """Return the persisted file's text (called under the lock)."""
+        return self.model_dump_json()
+
     # -- persistence -----------------------------------------------------------------------
 
     def persist(
@@ -203,7 +230,7 @@ class SimpleChatStore(BaseChatStore):
             OSError: The file cannot be written (the previous file is untouched).
         """
         with self._lock:
-            text = self.model_dump_json()
+            text = self._file_text()
         if fs is None:
             _write_atomically(Path(persist_path), text)
         else:
@@ -266,6 +293,114 @@ class SimpleChatStore(BaseChatStore):
         """
         data = b.encode("utf-8") if isinstance(b, str) else b
         return cls._from_file_bytes(data, source="the given text")
+
+
+class JsonFileChatStore(SimpleChatStore):
+    """A :class:`SimpleChatStore` written through to a JSON file on every change.
+
+    Every change rewrites the whole file atomically (temp file, fsync, rename),
+    so each write costs O(size of the store): meant for small apps, demos and
+    tests. The file is in LlamaIndex's ``SimpleChatStore`` format, so
+    ``SimpleChatStore.from_persist_path`` (ours or LlamaIndex's) reads it. The
+    file is read once, when the store is built; a missing file is an empty store
+    and is created by the first change. One process at a time: the store is
+    PERSISTENT, not SHARED (another process's writes are not seen and would be
+    overwritten). If a write fails, the store reloads the file, so memory and
+    file never disagree, and the error is raised.
+
+    URL: ``json:///absolute/path/chat_store.json``.
+    """
+
+    path: str
+    """The JSON file (made absolute)."""
+    store: dict[str, list[ChatMessage]] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _absolute(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            return os.path.abspath(os.fspath(value))
+        return value
+
+    def __init__(self, **data: Any) -> None:
+        """Open the JSON file ``path`` (read now; created by the first change).
+
+        Raises:
+            ConfigurationError: ``store=`` was given (the file holds the conversations).
+            CorruptDataError: The file is not a chat store file (names the path).
+        """
+        if data.get("store"):
+            raise ConfigurationError(
+                f"{type(self).__name__} reads its conversations from its file; "
+                "add them with add_messages/set_messages instead of store="
+            )
+        super().__init__(**data)
+        self.store = _read_store_file(self.path)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a store from ``json:///absolute/path.json`` (``options`` go to the constructor).
+
+        Raises:
+            ConfigurationError: The URL has a host other than ``localhost``, a
+                relative or empty path, or a query.
+        """
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if (
+            parts.scheme.split("+", 1)[0].lower() != "json"
+            or parts.netloc not in ("", "localhost")
+            or not os.path.isabs(path)
+            or parse_qsl(parts.query)
+            or parts.fragment
+        ):
+            raise ConfigurationError(
+                f"{cls.__name__} takes a URL like 'json:///absolute/path/chat_store.json' "
+                f"(three slashes, no query), got {url!r}"
+            )
+        return cls(path=path, **options)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """PERSISTENT: a new instance over the same file sees the data."""
+        return frozenset({Capability.PERSISTENT})
+
+    @classmethod
+    def from_persist_path(
+        cls, persist_path: str | os.PathLike[str] = DEFAULT_PERSIST_PATH, fs: Any = None
+    ) -> Self:
+        """Open ``persist_path`` as a write-through store (``fs`` is not supported).
+
+        Raises:
+            ConfigurationError: ``fs`` was given.
+            CorruptDataError: The file is not a chat store file.
+        """
+        if fs is not None:
+            raise ConfigurationError(f"{cls.__name__} writes only to the local filesystem")
+        return cls(path=os.fspath(persist_path))
+
+    def _file_text(self) -> str:
+        try:
+            return _FILE.dump_json({"store": self.store, "class_name": "SimpleChatStore"}).decode()
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise SerializationError(f"cannot serialize the store for {self.path}: {exc}") from exc
+
+    def _changed(self) -> None:
+        try:
+            _write_atomically(Path(self.path), self._file_text())
+        except BaseException:
+            # The change is in memory but not on disk: go back to what the file holds.
+            self.store = _read_store_file(self.path)
+            raise
+
+
+def _read_store_file(path: str) -> dict[str, list[ChatMessage]]:
+    """Return the conversations in a chat store file (``{}`` when it does not exist)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return {}
+    return SimpleChatStore._from_file_bytes(data, source=path).store
 
 
 def _write_atomically(path: Path, text: str) -> None:
