@@ -22,6 +22,7 @@ from llama_index.storage.chat_store.core import (
     PayloadTooLargeError,
     message_to_json,
 )
+from llama_index.storage.chat_store.core.registry import chat_store_from_dict, chat_store_from_url
 from llama_index.storage.chat_store.testing.samples import numbered
 from llama_index.storage.chat_store.testing.services import (
     AZURITE_ACCOUNT,
@@ -195,6 +196,15 @@ def test_from_url_with_key_and_from_environment(
     from_env = AzureChatStore.from_url(f"azuretable:///{table}?layout=native")
     assert [m.content for m in from_env.get_messages("k")] == ["via url"]
     assert AZURITE_KEY not in repr(from_env) + from_env.model_dump_json()
+
+
+def test_core_registry_builds_the_store(azurite_table_endpoint: str, table: str) -> None:
+    url = f"azuretable://{AZURITE_ACCOUNT}/{table}?endpoint={azurite_table_endpoint}"
+    store = chat_store_from_url(url, account_key=AZURITE_KEY)
+    assert isinstance(store, AzureChatStore)
+    store.add_message("k", ChatMessage(content="x"))
+    rebuilt = chat_store_from_dict(store.to_dict(), account_key=AZURITE_KEY)
+    assert rebuilt.count_messages("k") == 1
 
 
 def test_entry_points_are_registered() -> None:
