@@ -32,6 +32,13 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on every platform
+        return "unknown"
+
+
 def _rows(results: Results) -> list[tuple[str, str, int]]:
     plan = results.plan
     rows = [(op, shown, n) for op, shown in OPERATIONS for n in plan.lengths]
@@ -58,7 +65,9 @@ def markdown(results: Results, chart_name: str | None) -> str:
         " store inside the reference interpreter, so no IPC is counted), against the same server"
         " in the same run.",
         "",
-        f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
+        f"(load average {_load()} at the end: other work slows every implementation alike, "
+        "so read the ratios), "
         f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d %H:%M')} "
         f"in {results.seconds:.0f} s.",
         "",
