@@ -11,10 +11,11 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import TablestoreConnection, free_port
 
 
-class TestTablestoreNativeConformance(ChatStoreConformance):
+class TestTablestoreNativeConformance(ChatStoreConformance, LlamaIndexMemoryTests):
     layout = "native"
 
     @pytest.fixture
