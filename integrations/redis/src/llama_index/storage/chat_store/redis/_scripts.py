@@ -1,0 +1,314 @@
+"""The Lua scripts behind every chat store operation (shared by the redis and upstash stores).
+
+Each operation is ONE script call: one round trip (one HTTP request on Upstash), atomic on the
+server. Conversation scripts take ``KEYS = [conversation, registry]`` and
+``ARGV = [member, ttl_ms, ...]`` where ``member`` is the key as the caller wrote it (the
+registry's member) and ``ttl_ms`` says what to do with the expiry:
+
+* ``> 0``: the conversation and its registry entry expire ``ttl_ms`` from now (sliding);
+* ``0``: they never expire (a store without ``ttl``);
+* ``-1``: leave the expiry alone (reads without ``refresh_on_read``).
+
+The registry is a sorted set of members scored by expiry in epoch milliseconds (``+inf``
+for conversations without expiry), so listing never scans the keyspace and expired
+conversations drop out by score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ADOPT",
+    "APPEND",
+    "CLEAR_PAGE",
+    "COUNT",
+    "DELETE_ALL",
+    "DELETE_AT",
+    "INSERT",
+    "KEYS_PAGE",
+    "POP_FIRST",
+    "POP_LAST",
+    "REPLACE",
+    "WINDOW",
+    "Script",
+]
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, called by its SHA1 (EVALSHA) and loaded with EVAL when the server lacks it."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324
+
+
+# An element no message can equal: message JSON never holds a raw NUL byte. Removing or
+# inserting at an index marks the spot with it, so LREM/LINSERT act on exactly that spot.
+_TOMBSTONE = r"'\0chat-store-tombstone\0'"
+
+_CONVERSATION = r"""
+local conv, reg, member, ttl = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local TOMBSTONE = __TOMBSTONE__
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Record the member with its expiry; the registry itself lives as long as its longest entry.
+local function register(ms)
+  if ms > 0 then
+    local now = now_ms()
+    local fresh = redis.call('EXISTS', reg) == 0
+    redis.call('ZADD', reg, string.format('%d', now + ms), member)
+    redis.call('ZREMRANGEBYSCORE', reg, '-inf', string.format('%d', now))
+    local left = redis.call('PTTL', reg)
+    if fresh or (left >= 0 and left < ms) then redis.call('PEXPIRE', reg, ms) end
+  else
+    redis.call('ZADD', reg, '+inf', member)
+    redis.call('PERSIST', reg)
+  end
+end
+
+-- After a change: an emptied conversation leaves the registry; otherwise its expiry slides.
+local function touch()
+  if ttl < 0 then return end
+  if redis.call('EXISTS', conv) == 0 then
+    redis.call('ZREM', reg, member)
+    return
+  end
+  if ttl > 0 then redis.call('PEXPIRE', conv, ttl) else redis.call('PERSIST', conv) end
+  register(ttl)
+end
+
+-- RPUSH ARGV[first..] in chunks: unpack() of thousands of values overflows Lua's C stack.
+local function push(first)
+  for i = first, #ARGV, 1000 do
+    redis.call('RPUSH', conv, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+end
+""".replace("__TOMBSTONE__", _TOMBSTONE)
+
+
+def _conversation(name: str, body: str) -> Script:
+    return Script(name, _CONVERSATION + body)
+
+
+APPEND = _conversation(
+    "append",
+    r"""
+push(3)
+touch()
+""",
+)
+"""ARGV[3..]: messages to append."""
+
+INSERT = _conversation(
+    "insert",
+    r"""
+local n = redis.call('LLEN', conv)
+local i = tonumber(ARGV[3])
+if i < 0 then i = math.max(n + i, 0) end
+if i >= n then
+  redis.call('RPUSH', conv, ARGV[4])
+elseif i == 0 then
+  redis.call('LPUSH', conv, ARGV[4])
+else
+  local kept = redis.call('LINDEX', conv, i)
+  redis.call('LSET', conv, i, TOMBSTONE)
+  redis.call('LINSERT', conv, 'BEFORE', TOMBSTONE, ARGV[4])
+  redis.call('LSET', conv, i + 1, kept)
+end
+touch()
+""",
+)
+"""ARGV[3]: index (``list.insert`` semantics), ARGV[4]: the message."""
+
+REPLACE = _conversation(
+    "replace",
+    r"""
+redis.call('LLEN', conv)  -- WRONGTYPE instead of destroying a value that is not a conversation
+redis.call('DEL', conv)
+push(3)
+touch()
+""",
+)
+"""ARGV[3..]: the new messages (none: the conversation is removed)."""
+
+DELETE_ALL = _conversation(
+    "delete_all",
+    r"""
+local items = redis.call('LRANGE', conv, 0, -1)
+redis.call('DEL', conv)
+redis.call('ZREM', reg, member)
+return items
+""",
+)
+"""Returns every message, oldest first."""
+
+DELETE_AT = _conversation(
+    "delete_at",
+    r"""
+local n = redis.call('LLEN', conv)
+local i = tonumber(ARGV[3])
+if i < 0 then i = n + i end
+if i < 0 or i >= n then return false end
+local item
+if i == n - 1 then
+  item = redis.call('RPOP', conv)
+elseif i == 0 then
+  item = redis.call('LPOP', conv)
+else
+  item = redis.call('LINDEX', conv, i)
+  redis.call('LSET', conv, i, TOMBSTONE)
+  redis.call('LREM', conv, 1, TOMBSTONE)
+end
+touch()
+return {item, i}
+""",
+)
+"""ARGV[3]: index (negative from the end). Returns ``[message, position]`` or nil."""
+
+POP_LAST = _conversation(
+    "pop_last",
+    r"""
+local item = redis.call('RPOP', conv)
+if not item then return false end
+local position = redis.call('LLEN', conv)
+touch()
+return {item, position}
+""",
+)
+"""Returns ``[message, position]`` or nil."""
+
+POP_FIRST = _conversation(
+    "pop_first",
+    r"""
+local items = redis.call('LPOP', conv, ARGV[3])
+if not items then return {} end
+touch()
+return items
+""",
+)
+"""ARGV[3]: how many (> 0). Returns the messages removed, oldest first."""
+
+WINDOW = _conversation(
+    "window",
+    r"""
+local n = redis.call('LLEN', conv)
+local start, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+if start < 0 then start = math.max(n + start, 0) end
+if n > 0 then touch() end
+if start >= n or limit == 0 then return {start, {}} end
+local stop = n - 1
+if limit > 0 then stop = math.min(start + limit - 1, stop) end
+return {start, redis.call('LRANGE', conv, start, stop)}
+""",
+)
+"""ARGV[3]: offset (negative from the end), ARGV[4]: limit (-1: none).
+
+Returns ``[start, messages]``: only the window travels, never the whole conversation.
+"""
+
+COUNT = _conversation(
+    "count",
+    r"""
+local n = redis.call('LLEN', conv)
+if n > 0 then touch() end
+return n
+""",
+)
+
+ADOPT = _conversation(
+    "adopt",
+    r"""
+local kind = redis.call('TYPE', conv)['ok']
+if kind ~= 'list' then return 0 end
+local left = redis.call('PTTL', conv)
+if left > 0 then register(left) else register(0) end
+return 1
+""",
+)
+"""Register an existing list (written by LlamaIndex) with the expiry it already has."""
+
+KEYS_PAGE = Script(
+    "keys_page",
+    r"""
+local reg, ns, count = KEYS[1], ARGV[1], tonumber(ARGV[4])
+local after_score, after_member = ARGV[2], ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', reg, '-inf', string.format('%d', now))
+
+-- Byte order, as Redis orders equal scores (Lua's own '<' follows the server's locale).
+local function not_after(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a <= #b
+end
+
+local start = 0
+if after_score ~= '' then
+  if redis.call('ZSCORE', reg, after_member) == after_score then
+    start = redis.call('ZRANK', reg, after_member) + 1
+  else
+    -- The cursor's entry moved or left: continue after (score, member) in the set's order.
+    local lo = redis.call('ZCOUNT', reg, '-inf', '(' .. after_score)
+    local hi = lo + redis.call('ZCOUNT', reg, after_score, after_score)
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if not_after(redis.call('ZRANGE', reg, mid, mid)[1], after_member) then
+        lo = mid + 1
+      else
+        hi = mid
+      end
+    end
+    start = lo
+  end
+end
+
+local page = redis.call('ZRANGE', reg, start, start + count - 1, 'WITHSCORES')
+local out = {'', ''}
+for i = 1, #page, 2 do
+  -- A conversation emptied or deleted behind our back (e.g. by LlamaIndex) leaves the registry.
+  if redis.call('EXISTS', ns .. page[i]) == 1 then
+    out[#out + 1] = page[i]
+  else
+    redis.call('ZREM', reg, page[i])
+  end
+end
+if #page == 2 * count then
+  out[1], out[2] = page[#page], page[#page - 1]
+end
+return out
+""",
+)
+"""KEYS[1]: registry; ARGV: namespace, cursor score, cursor member, page size.
+
+Returns ``[cursor score, cursor member, live members...]`` (an empty cursor score: the end).
+Every entry present for the whole iteration is listed exactly once; one whose conversation
+changes meanwhile (its expiry moves) may be listed again.
+"""
+
+CLEAR_PAGE = Script(
+    "clear_page",
+    r"""
+local reg, ns, count = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local members = redis.call('ZRANGE', reg, 0, count - 1)
+for _, m in ipairs(members) do
+  if redis.call('TYPE', ns .. m)['ok'] == 'list' then redis.call('DEL', ns .. m) end
+end
+if #members > 0 then redis.call('ZREM', reg, unpack(members)) end
+return redis.call('ZCARD', reg)
+""",
+)
+"""KEYS[1]: registry; ARGV: namespace, page size. Returns how many entries are left."""
