@@ -5,9 +5,10 @@ Shared by the redis and upstash stores: they differ only in how a script call tr
 * A conversation is one LIST at ``namespace + key`` whose elements are message JSON (core's
   serializer), oldest first. With the default empty namespace this is exactly the layout of
   LlamaIndex's ``RedisChatStore`` / ``UpstashChatStore``, so their data reads as is.
-* The registry, a sorted set at ``namespace + "\0keys"``, lists this store's conversations
-  scored by expiry (see :mod:`._scripts`). Its name holds a NUL byte, which no conversation key
-  may contain, so it can never collide with a conversation.
+* The registry, two sorted sets at ``namespace + "\0keys"`` (every member, ordered by name)
+  and ``namespace + "\0expiry"`` (expiring members by expiry), lists this store's
+  conversations (see :mod:`._scripts`). The names hold a NUL byte, which no conversation key
+  may contain, so they can never collide with a conversation.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ __all__ = ["KEYS_PAGE_SIZE", "KeysPage", "ListLayout", "Op", "has_hash_tag", "re
 T = TypeVar("T")
 KEYS_PAGE_SIZE = 100
 """Registry entries read per round trip when listing or clearing."""
-_REGISTRY = "\x00keys"
+_INDEX = "\x00keys"
+_EXPIRY = "\x00expiry"
 _KEEP_EXPIRY = "-1"
 
 
@@ -55,7 +57,7 @@ class KeysPage:
     """Live keys of one registry page and the cursor to the next (``None``: the last page)."""
 
     keys: list[str]
-    cursor: tuple[str, str] | None
+    cursor: str | None
 
 
 def _text(value: Any) -> str:
@@ -85,9 +87,9 @@ class ListLayout:
     refresh_on_read: bool = False
 
     @property
-    def registry(self) -> str:
-        """The registry's key."""
-        return self.namespace + _REGISTRY
+    def registry(self) -> tuple[str, str]:
+        """The registry's keys: the index (every member) and the expiry set."""
+        return self.namespace + _INDEX, self.namespace + _EXPIRY
 
     def conversation(self, key: str) -> str:
         """The LIST key holding conversation ``key``."""
@@ -96,7 +98,7 @@ class ListLayout:
     def _call(
         self, script: Script, key: str, args: Sequence[str], decode: Callable[[Any], T]
     ) -> Op[T]:
-        return Op(script, (self.conversation(key), self.registry), (key, *args), decode, key)
+        return Op(script, (self.conversation(key), *self.registry), (key, *args), decode, key)
 
     def _write(self) -> str:
         return str(self.ttl_ms)
@@ -162,16 +164,15 @@ class ListLayout:
         """Count the messages."""
         return self._call(_scripts.COUNT, key, [self._read()], int)
 
-    def keys_page(self, cursor: tuple[str, str] | None) -> Op[KeysPage]:
+    def keys_page(self, cursor: str | None) -> Op[KeysPage]:
         """Read one registry page after ``cursor`` (``None``: from the start)."""
-        score, member = cursor or ("", "")
-        args = (self.namespace, score, member, str(KEYS_PAGE_SIZE))
-        return Op(_scripts.KEYS_PAGE, (self.registry,), args, _keys_page)
+        args = (self.namespace, cursor or "", str(KEYS_PAGE_SIZE))
+        return Op(_scripts.KEYS_PAGE, self.registry, args, _keys_page)
 
     def clear_page(self) -> Op[int]:
         """Remove one page of conversations; the reply is how many remain registered."""
         args = (self.namespace, str(KEYS_PAGE_SIZE))
-        return Op(_scripts.CLEAR_PAGE, (self.registry,), args, int)
+        return Op(_scripts.CLEAR_PAGE, self.registry, args, int)
 
 
 def _none(reply: Any) -> None:
@@ -204,8 +205,8 @@ def _positioned(key: str) -> Callable[[Any], ChatMessage | None]:
 
 
 def _keys_page(reply: Any) -> KeysPage:
-    score, member, *keys = (_text(v) for v in reply)
-    return KeysPage(keys, (score, member) if score else None)
+    cursor, *keys = (_text(v) for v in reply)
+    return KeysPage(keys, cursor or None)
 
 
 _UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "READONLY")

@@ -215,9 +215,10 @@ class ListChatStore(BaseChatStore):
     def iter_keys(self) -> Iterator[str]:
         """Yield this store's live conversation keys from its registry, a page per call.
 
-        A key whose conversation changes during the iteration may be yielded twice.
+        Keys come in byte order. A key present for the whole iteration is yielded exactly
+        once, however its conversation changes meanwhile.
         """
-        cursor: tuple[str, str] | None = None
+        cursor: str | None = None
         while True:
             page: KeysPage = self._run(self._layout.keys_page(cursor))
             yield from page.keys
@@ -226,8 +227,8 @@ class ListChatStore(BaseChatStore):
             cursor = page.cursor
 
     def get_keys(self) -> list[str]:
-        """Return this store's live conversation keys, each once (never scans the keyspace)."""
-        return list(dict.fromkeys(self.iter_keys()))
+        """Return this store's live conversation keys (never scans the keyspace)."""
+        return list(self.iter_keys())
 
     def clear(self) -> None:
         """Remove every conversation in this store's registry, then the registry."""
@@ -305,7 +306,7 @@ class ListChatStore(BaseChatStore):
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""
-        cursor: tuple[str, str] | None = None
+        cursor: str | None = None
         while True:
             page: KeysPage = await self._arun(self._layout.keys_page(cursor))
             for key in page.keys:
@@ -316,7 +317,7 @@ class ListChatStore(BaseChatStore):
 
     async def aget_keys(self) -> list[str]:
         """Async :meth:`get_keys`."""
-        return list(dict.fromkeys([key async for key in self.aiter_keys()]))
+        return [key async for key in self.aiter_keys()]
 
     async def aclear(self) -> None:
         """Async :meth:`clear`."""

@@ -1,17 +1,26 @@
 """The Lua scripts behind every chat store operation (shared by the redis and upstash stores).
 
 Each operation is ONE script call: one round trip (one HTTP request on Upstash), atomic on the
-server. Conversation scripts take ``KEYS = [conversation, registry]`` and
-``ARGV = [member, ttl_ms, ...]`` where ``member`` is the key as the caller wrote it (the
-registry's member) and ``ttl_ms`` says what to do with the expiry:
+server. Conversation scripts take ``KEYS = [conversation, index, expiry]`` and
+``ARGV = [member, ttl_ms, ...]`` where ``member`` is the key as the caller wrote it and
+``ttl_ms`` says what to do with the expiry:
 
 * ``> 0``: the conversation and its registry entry expire ``ttl_ms`` from now (sliding);
 * ``0``: they never expire (a store without ``ttl``);
 * ``-1``: leave the expiry alone (reads without ``refresh_on_read``).
 
-The registry is a sorted set of members scored by expiry in epoch milliseconds (``+inf``
-for conversations without expiry), so listing never scans the keyspace and expired
-conversations drop out by score.
+The registry is two sorted sets beside the conversations:
+
+* the index: every member with score 0, so it is ordered by member and pages with
+  ZRANGEBYLEX from a cursor that writes never move (a listing is stable while the
+  conversations it lists keep changing);
+* the expiry set: members of expiring conversations scored by their expiry in epoch
+  milliseconds, so entries of expired conversations are found and removed by score
+  (a few on every write, all on every listing) instead of piling up.
+
+A member is listed only while its conversation exists, which Redis's own key expiry
+decides exactly; the index and the expiry set themselves expire with their longest-lived
+conversation.
 """
 
 from __future__ import annotations
@@ -53,7 +62,8 @@ class Script:
 _TOMBSTONE = r"'\0chat-store-tombstone\0'"
 
 _CONVERSATION = r"""
-local conv, reg, member, ttl = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local conv, idx, exp, member, ttl = KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2])
+local ns = string.sub(conv, 1, #conv - #member)
 local TOMBSTONE = __TOMBSTONE__
 
 local function now_ms()
@@ -61,28 +71,43 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Record the member with its expiry; the registry itself lives as long as its longest entry.
+-- Forget up to `limit` members whose expiry has passed (unless their conversation lives on).
+local function purge(now, limit)
+  local due = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, limit)
+  for _, m in ipairs(due) do
+    redis.call('ZREM', exp, m)
+    if redis.call('EXISTS', ns .. m) == 0 then redis.call('ZREM', idx, m) end
+  end
+end
+
+-- List the member; with an expiry, the registry lives as long as its longest-lived entry.
 local function register(ms)
+  local fresh = redis.call('EXISTS', idx) == 0
+  redis.call('ZADD', idx, 0, member)
   if ms > 0 then
     local now = now_ms()
-    local fresh = redis.call('EXISTS', reg) == 0
-    redis.call('ZADD', reg, string.format('%d', now + ms), member)
-    redis.call('ZREMRANGEBYSCORE', reg, '-inf', string.format('%d', now))
-    local left = redis.call('PTTL', reg)
-    if fresh or (left >= 0 and left < ms) then redis.call('PEXPIRE', reg, ms) end
+    redis.call('ZADD', exp, string.format('%d', now + ms), member)
+    purge(now, 8)
+    local left = redis.call('PTTL', idx)
+    if fresh or (left >= 0 and left < ms) then
+      redis.call('PEXPIRE', idx, ms)
+      redis.call('PEXPIRE', exp, ms)
+    end
   else
-    redis.call('ZADD', reg, '+inf', member)
-    redis.call('PERSIST', reg)
+    redis.call('ZREM', exp, member)
+    redis.call('PERSIST', idx)
   end
+end
+
+local function unregister()
+  redis.call('ZREM', idx, member)
+  redis.call('ZREM', exp, member)
 end
 
 -- After a change: an emptied conversation leaves the registry; otherwise its expiry slides.
 local function touch()
   if ttl < 0 then return end
-  if redis.call('EXISTS', conv) == 0 then
-    redis.call('ZREM', reg, member)
-    return
-  end
+  if redis.call('EXISTS', conv) == 0 then return unregister() end
   if ttl > 0 then redis.call('PEXPIRE', conv, ttl) else redis.call('PERSIST', conv) end
   register(ttl)
 end
@@ -146,7 +171,7 @@ DELETE_ALL = _conversation(
     r"""
 local items = redis.call('LRANGE', conv, 0, -1)
 redis.call('DEL', conv)
-redis.call('ZREM', reg, member)
+unregister()
 return items
 """,
 )
@@ -240,75 +265,48 @@ return 1
 KEYS_PAGE = Script(
     "keys_page",
     r"""
-local reg, ns, count = KEYS[1], ARGV[1], tonumber(ARGV[4])
-local after_score, after_member = ARGV[2], ARGV[3]
+local idx, exp, ns, cursor, count = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', reg, '-inf', string.format('%d', now))
-
--- Byte order, as Redis orders equal scores (Lua's own '<' follows the server's locale).
-local function not_after(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a <= #b
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now)) do
+  redis.call('ZREM', exp, m)
+  if redis.call('EXISTS', ns .. m) == 0 then redis.call('ZREM', idx, m) end
 end
-
-local start = 0
-if after_score ~= '' then
-  if redis.call('ZSCORE', reg, after_member) == after_score then
-    start = redis.call('ZRANK', reg, after_member) + 1
-  else
-    -- The cursor's entry moved or left: continue after (score, member) in the set's order.
-    local lo = redis.call('ZCOUNT', reg, '-inf', '(' .. after_score)
-    local hi = lo + redis.call('ZCOUNT', reg, after_score, after_score)
-    while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
-      if not_after(redis.call('ZRANGE', reg, mid, mid)[1], after_member) then
-        lo = mid + 1
-      else
-        hi = mid
-      end
-    end
-    start = lo
-  end
-end
-
-local page = redis.call('ZRANGE', reg, start, start + count - 1, 'WITHSCORES')
-local out = {'', ''}
-for i = 1, #page, 2 do
+local low = '-'
+if cursor ~= '' then low = '(' .. cursor end
+local page = redis.call('ZRANGEBYLEX', idx, low, '+', 'LIMIT', 0, count)
+local out = {''}
+for _, m in ipairs(page) do
   -- A conversation emptied or deleted behind our back (e.g. by LlamaIndex) leaves the registry.
-  if redis.call('EXISTS', ns .. page[i]) == 1 then
-    out[#out + 1] = page[i]
+  if redis.call('EXISTS', ns .. m) == 1 then
+    out[#out + 1] = m
   else
-    redis.call('ZREM', reg, page[i])
+    redis.call('ZREM', idx, m)
+    redis.call('ZREM', exp, m)
   end
 end
-if #page == 2 * count then
-  out[1], out[2] = page[#page], page[#page - 1]
-end
+if #page == count then out[1] = page[#page] end
 return out
 """,
 )
-"""KEYS[1]: registry; ARGV: namespace, cursor score, cursor member, page size.
+"""KEYS: index, expiry set; ARGV: namespace, cursor (last member listed, "" to start), size.
 
-Returns ``[cursor score, cursor member, live members...]`` (an empty cursor score: the end).
-Every entry present for the whole iteration is listed exactly once; one whose conversation
-changes meanwhile (its expiry moves) may be listed again.
+Returns ``[cursor, live members...]`` (an empty cursor: the last page). Members come in
+byte order; each one present for the whole iteration is listed exactly once.
 """
 
 CLEAR_PAGE = Script(
     "clear_page",
     r"""
-local reg, ns, count = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local members = redis.call('ZRANGE', reg, 0, count - 1)
+local idx, exp, ns, count = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local members = redis.call('ZRANGE', idx, 0, count - 1)
 for _, m in ipairs(members) do
   if redis.call('TYPE', ns .. m)['ok'] == 'list' then redis.call('DEL', ns .. m) end
 end
-if #members > 0 then redis.call('ZREM', reg, unpack(members)) end
-return redis.call('ZCARD', reg)
+if #members > 0 then redis.call('ZREM', idx, unpack(members)) end
+local left = redis.call('ZCARD', idx)
+if left == 0 then redis.call('DEL', exp) end
+return left
 """,
 )
-"""KEYS[1]: registry; ARGV: namespace, page size. Returns how many entries are left."""
+"""KEYS: index, expiry set; ARGV: namespace, page size. Returns how many entries are left."""

@@ -123,8 +123,20 @@ class RedisChatStore(ListChatStore):
             data = {**data, "redis_url": url, "password": password or given}
         return data
 
-    def model_post_init(self, context: Any) -> None:
-        """Check the configuration (without connecting)."""
+    def __init__(self, redis_url: str | None = None, **data: Any) -> None:
+        """Build the store from its fields (see the class docstring); never connects.
+
+        Raises:
+            ConfigurationError: Not a Redis URL, or Redis Cluster without a hash-tagged
+                namespace.
+        """
+        if redis_url is not None:  # positional, as in LlamaIndex's RedisChatStore
+            data["redis_url"] = redis_url
+        super().__init__(**data)
+        self._check_configuration()
+
+    def _check_configuration(self) -> None:
+        # Outside pydantic validation, which would turn ConfigurationError into ValidationError.
         if self.redis_client is None and urlsplit(self.redis_url).scheme not in {
             "redis", "rediss", "unix",
         }:  # fmt: skip
