@@ -229,7 +229,7 @@ def reply_error(message: str, op: Op[Any] | None, where: str) -> ChatStoreError:
         )
     if code in {"WRONGPASS", "NOAUTH", "NOPERM"} or "invalid password" in message:
         return AuthenticationError(f"{where} rejected the credentials: {message}")
-    if code in {"MOVED", "ASK", "CROSSSLOT"} or "non local key" in message:
+    if code in {"MOVED", "ASK", "CROSSSLOT"} or "same slot" in message or "non local" in message:
         return ConfigurationError(
             f"{where} is a Redis Cluster: use cluster=True and a namespace with a hash tag "
             f"such as '{{app}}:' so a conversation and its registry share a slot ({message})"

@@ -21,7 +21,13 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.redis._layout import Op, has_hash_tag, reply_error
 from llama_index.storage.chat_store.redis._list_store import ListChatStore, LoopClients
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.retry import Retry
 
 if TYPE_CHECKING:
@@ -220,7 +226,12 @@ class RedisChatStore(ListChatStore):
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError | RedisClusterException):
             return BackendUnavailableError(f"cannot reach {where}: {exc}")
         if isinstance(exc, redis.ResponseError):
-            return reply_error(str(exc), op, where)
+            # redis-py strips the error code (MOVED, CROSSSLOT...) from some messages.
+            code = getattr(exc, "status_code", None) or ""
+            message = str(exc) if str(exc).startswith(code) else f"{code} {exc}"
+            if isinstance(exc, MovedError | AskError):
+                message = f"MOVED {exc}"
+            return reply_error(message, op, where)
         return ChatStoreError(f"{where} failed: {exc}")
 
     # -- transport ---------------------------------------------------------------------------
