@@ -136,6 +136,8 @@ def test_corrupt_element_names_key_and_position(url: str) -> None:
         raw.lset("k", 1, "{not json")
     with pytest.raises(CorruptDataError, match=r"'k' position 1"):
         store.get_messages("k")
+    with pytest.raises(CorruptDataError, match=r"'k' position -1"):  # counted from the end
+        store.get_messages("k", offset=-1)
     assert [m.content for m in store.get_messages("k", limit=1)] == ["ok"]
     with pytest.raises(CorruptDataError, match=r"'k' position 1.*removed"):
         store.delete_last_message("k")

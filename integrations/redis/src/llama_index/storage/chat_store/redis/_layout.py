@@ -40,11 +40,14 @@ _EXPIRY = "\x00expiry"
 _KEEP_EXPIRY = "-1"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built on every call, and frozen __init__ is slower
 class Op(Generic[T]):
-    """One script call and how to read its reply."""
+    """One round trip and how to read its reply.
 
-    script: Script
+    A script call, or with ``script=None`` the single command ``args`` (e.g. a plain LRANGE).
+    """
+
+    script: Script | None
     keys: tuple[str, ...]
     args: tuple[str, ...]
     decode: Callable[[Any], T]
@@ -151,7 +154,19 @@ class ListLayout:
     # -- reads -------------------------------------------------------------------------------
 
     def window(self, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
-        """Read ``messages[offset:][:limit]`` without reading the rest."""
+        """Read ``messages[offset:][:limit]`` without reading the rest.
+
+        A plain LRANGE where the window's ends are known without the length; a script (LLEN
+        then LRANGE) otherwise, or when reads refresh the expiry.
+        """
+        conv = self.conversation(key)
+        if self._read() == _KEEP_EXPIRY and limit != 0:
+            if offset >= 0:
+                stop = -1 if limit is None else offset + limit - 1
+                return Op(None, (), ("LRANGE", conv, str(offset), str(stop)),
+                          _messages(key, offset), key)  # fmt: skip
+            if limit is None or limit >= -offset:
+                return Op(None, (), ("LRANGE", conv, str(offset), "-1"), _tail(key), key)
         args = [self._read(), str(offset), str(-1 if limit is None else limit)]
 
         def decode(reply: Any) -> list[ChatMessage]:
@@ -162,6 +177,8 @@ class ListLayout:
 
     def count(self, key: str) -> Op[int]:
         """Count the messages."""
+        if self._read() == _KEEP_EXPIRY:
+            return Op(None, (), ("LLEN", self.conversation(key)), int, key)
         return self._call(_scripts.COUNT, key, [self._read()], int)
 
     def keys_page(self, cursor: str | None) -> Op[KeysPage]:
@@ -190,6 +207,14 @@ def _messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any],
             if not removed:
                 raise
             raise CorruptDataError(f"{exc} (the data was removed from Redis)") from exc
+
+    return decode
+
+
+def _tail(key: str) -> Callable[[Any], list[ChatMessage]]:
+    # The last len(items) messages: positions counted from the end (-len(items) .. -1).
+    def decode(items: Any) -> list[ChatMessage]:
+        return _messages(key, -len(items or []))(items)
 
     return decode
 
@@ -236,4 +261,5 @@ def reply_error(message: str, op: Op[Any] | None, where: str) -> ChatStoreError:
         )
     if code in _UNAVAILABLE:
         return BackendUnavailableError(f"{where} cannot serve requests now: {message}")
-    return ChatStoreError(f"{where} failed{f' running {op.script.name}' if op else ''}: {message}")
+    what = "" if op is None else f" running {op.script.name if op.script else op.args[0]}"
+    return ChatStoreError(f"{where} failed{what}: {message}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 import redis
 import redis.asyncio
@@ -17,9 +17,10 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     ConfigurationError,
+    mask_url,
 )
 from llama_index.storage.chat_store.redis._layout import Op, has_hash_tag, reply_error
-from llama_index.storage.chat_store.redis._list_store import ListChatStore, LoopClients
+from llama_index.storage.chat_store.redis._list_store import Clients, ListChatStore
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
@@ -112,9 +113,9 @@ class RedisChatStore(ListChatStore):
     redis_client: SyncClient | None = Field(default=None, exclude=True, repr=False)
     aredis_client: AsyncClient | None = Field(default=None, exclude=True, repr=False)
 
-    _client: SyncClient | None = PrivateAttr(default=None)
-    _aclients: LoopClients[AsyncClient] = PrivateAttr(default_factory=LoopClients)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    @cached_property
+    def _clients(self) -> Clients[SyncClient, AsyncClient]:
+        return Clients(self._new_sync_client, self._new_async_client)
 
     @model_validator(mode="before")
     @classmethod
@@ -186,7 +187,9 @@ class RedisChatStore(ListChatStore):
             return f"Redis at {self.redis_url}"
         parts = urlsplit(self.redis_url)
         user, _, host = parts.netloc.rpartition("@")
-        return f"Redis at {_join(parts.scheme, f'{user}:***@{host}', parts.path, parts.query)}"
+        # The password was moved out of the URL: put a placeholder back for core to mask.
+        netloc = f"{user}:password@{host}"
+        return f"Redis at {mask_url(_join(parts.scheme, netloc, parts.path, parts.query))}"
 
     def _options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"socket_connect_timeout": self.connect_timeout}
@@ -197,27 +200,25 @@ class RedisChatStore(ListChatStore):
             options["retry"] = Retry(NoBackoff(), 0)
         return options
 
+    def _new_sync_client(self) -> SyncClient:
+        if self.cluster:
+            return redis.RedisCluster.from_url(self.redis_url, **self._options())
+        return redis.Redis.from_url(self.redis_url, **self._options())
+
+    def _new_async_client(self) -> AsyncClient:
+        if self.cluster:
+            return redis.asyncio.RedisCluster.from_url(self.redis_url, **self._options())
+        return redis.asyncio.Redis.from_url(self.redis_url, **self._options())
+
     def _sync_client(self) -> SyncClient:
         if self.redis_client is not None:
             return self.redis_client
-        with self._lock:
-            if self._client is None:
-                if self.cluster:
-                    self._client = redis.RedisCluster.from_url(self.redis_url, **self._options())
-                else:
-                    self._client = redis.Redis.from_url(self.redis_url, **self._options())
-            return self._client
+        return self._clients.sync()
 
     def _async_client(self) -> AsyncClient:
         if self.aredis_client is not None:
             return self.aredis_client
-
-        def create() -> AsyncClient:
-            if self.cluster:
-                return redis.asyncio.RedisCluster.from_url(self.redis_url, **self._options())
-            return redis.asyncio.Redis.from_url(self.redis_url, **self._options())
-
-        return self._aclients.get(create)
+        return self._clients.for_loop()
 
     def _error(self, exc: Exception, op: Op[Any] | None = None) -> ChatStoreError:
         where = self._where()
@@ -239,6 +240,8 @@ class RedisChatStore(ListChatStore):
     def _execute(self, op: Op[Any]) -> Any:
         try:
             client = self._sync_client()
+            if op.script is None:
+                return client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
             try:
                 return client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
             except NoScriptError:
@@ -251,6 +254,8 @@ class RedisChatStore(ListChatStore):
             return await asyncio.to_thread(self._execute, op)
         try:
             client = self._async_client()
+            if op.script is None:
+                return await client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
             try:
                 return await client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
             except NoScriptError:
@@ -270,14 +275,13 @@ class RedisChatStore(ListChatStore):
 
     def close(self) -> None:
         """Close the sync client's connections (an injected client is left open)."""
-        with self._lock:
-            client, self._client = self._client, None
+        client = self._clients.take_sync()
         if client is not None:
             client.close()
 
     async def aclose(self) -> None:
         """Close this event loop's async client and the sync client."""
-        client = self._aclients.pop_current()
+        client = self._clients.take_loop()
         if client is not None:
             await client.aclose()
         self.close()

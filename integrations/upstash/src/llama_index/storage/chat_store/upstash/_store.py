@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 import upstash_redis
 import upstash_redis.asyncio
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import Field, SecretStr
 from upstash_redis.errors import UpstashError
 
 from llama_index.storage.chat_store.core import (
@@ -19,7 +20,7 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
 )
 from llama_index.storage.chat_store.redis._layout import Op, reply_error
-from llama_index.storage.chat_store.redis._list_store import ListChatStore, LoopClients
+from llama_index.storage.chat_store.redis._list_store import Clients, ListChatStore
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -68,8 +69,12 @@ class UpstashChatStore(ListChatStore):
     rest_retries: int = Field(default=1, ge=0)
     rest_retry_interval: float = Field(default=3.0, ge=0)
 
-    _client: upstash_redis.Redis | None = PrivateAttr(default=None)
-    _aclients: LoopClients[upstash_redis.asyncio.Redis] = PrivateAttr(default_factory=LoopClients)
+    @cached_property
+    def _clients(self) -> Clients[upstash_redis.Redis, upstash_redis.asyncio.Redis]:
+        return Clients(
+            lambda: upstash_redis.Redis(**self._options()),
+            lambda: upstash_redis.asyncio.Redis(**self._options()),
+        )
 
     def __init__(
         self,
@@ -139,12 +144,6 @@ class UpstashChatStore(ListChatStore):
             "allow_telemetry": False,
         }
 
-    def _sync_client(self) -> upstash_redis.Redis:
-        client = self._client
-        if client is None:
-            client = self._client = upstash_redis.Redis(**self._options())
-        return client
-
     def _error(self, exc: Exception, op: Op[Any] | None) -> ChatStoreError:
         if isinstance(exc, UpstashError):
             return reply_error(str(exc), op, self._where())
@@ -156,9 +155,11 @@ class UpstashChatStore(ListChatStore):
     # -- transport ---------------------------------------------------------------------------
 
     def _execute(self, op: Op[Any]) -> Any:
-        client = self._sync_client()
+        client = self._clients.sync()
         keys, args = list(op.keys), list(op.args)
         try:
+            if op.script is None:
+                return client.execute(args)
             try:
                 return client.evalsha(op.script.sha, keys=keys, args=args)
             except UpstashError as exc:
@@ -169,9 +170,11 @@ class UpstashChatStore(ListChatStore):
             raise self._error(exc, op) from exc
 
     async def _aexecute(self, op: Op[Any]) -> Any:
-        client = self._aclients.get(lambda: upstash_redis.asyncio.Redis(**self._options()))
+        client = self._clients.for_loop()
         keys, args = list(op.keys), list(op.args)
         try:
+            if op.script is None:
+                return await client.execute(args)
             try:
                 return await client.evalsha(op.script.sha, keys=keys, args=args)
             except UpstashError as exc:
@@ -182,7 +185,7 @@ class UpstashChatStore(ListChatStore):
             raise self._error(exc, op) from exc
 
     def _scan_lists(self, pattern: str) -> Iterator[str]:
-        client, cursor = self._sync_client(), 0
+        client, cursor = self._clients.sync(), 0
         while True:
             try:
                 cursor, names = client.scan(cursor, match=pattern, count=1000, type="list")
@@ -194,13 +197,13 @@ class UpstashChatStore(ListChatStore):
 
     def close(self) -> None:
         """Close the sync client's HTTP connections."""
-        client, self._client = self._client, None
+        client = self._clients.take_sync()
         if client is not None:
             client.close()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
         """Close this event loop's async client and the sync client."""
-        client = self._aclients.pop_current()
+        client = self._clients.take_loop()
         if client is not None:
             await client.close()
         self.close()
