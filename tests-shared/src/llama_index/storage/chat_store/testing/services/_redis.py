@@ -29,11 +29,12 @@ HOW_TO = (
 
 
 def redis_ping(port: int, host: str = "127.0.0.1") -> bool:
-    """Return whether a Redis server answers PING on the port."""
+    """Return whether a Redis server answers PING on the port (with or without a password)."""
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            # A server with requirepass answers NOAUTH: it is up all the same.
+            return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 

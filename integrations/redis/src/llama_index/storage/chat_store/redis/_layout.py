@@ -1,0 +1,265 @@
+r"""Where a chat store keeps its data in Redis, and how each operation becomes one script call.
+
+Shared by the redis and upstash stores: they differ only in how a script call travels.
+
+* A conversation is one LIST at ``namespace + key`` whose elements are message JSON (core's
+  serializer), oldest first. With the default empty namespace this is exactly the layout of
+  LlamaIndex's ``RedisChatStore`` / ``UpstashChatStore``, so their data reads as is.
+* The registry, two sorted sets at ``namespace + "\0keys"`` (every member, ordered by name)
+  and ``namespace + "\0expiry"`` (expiring members by expiry), lists this store's
+  conversations (see :mod:`._scripts`). The names hold a NUL byte, which no conversation key
+  may contain, so they can never collide with a conversation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from llama_index.storage.chat_store.core import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ChatMessage,
+    ChatStoreError,
+    ConfigurationError,
+    CorruptDataError,
+    message_from_json,
+    message_to_json,
+)
+from llama_index.storage.chat_store.redis import _scripts
+from llama_index.storage.chat_store.redis._scripts import Script
+
+__all__ = ["KEYS_PAGE_SIZE", "KeysPage", "ListLayout", "Op", "has_hash_tag", "reply_error"]
+
+T = TypeVar("T")
+KEYS_PAGE_SIZE = 100
+"""Registry entries read per round trip when listing or clearing."""
+_INDEX = "\x00keys"
+_EXPIRY = "\x00expiry"
+_KEEP_EXPIRY = "-1"
+
+
+@dataclass(slots=True)  # not frozen: built on every call, and frozen __init__ is slower
+class Op(Generic[T]):
+    """One round trip and how to read its reply.
+
+    A script call, or with ``script=None`` the single command ``args`` (e.g. a plain LRANGE).
+    """
+
+    script: Script | None
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    decode: Callable[[Any], T]
+    key: str | None = None
+    """The conversation key, named in errors."""
+
+
+@dataclass(frozen=True)
+class KeysPage:
+    """Live keys of one registry page and the cursor to the next (``None``: the last page)."""
+
+    keys: list[str]
+    cursor: str | None
+
+
+def _text(value: Any) -> str:
+    # redis-py returns bytes; upstash-redis returns str (already decoded from base64).
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def has_hash_tag(namespace: str) -> bool:
+    """Return whether every key under ``namespace`` hashes to one Redis Cluster slot."""
+    opening = namespace.find("{")
+    closing = namespace.find("}", opening + 1)
+    return opening >= 0 and closing > opening + 1
+
+
+@dataclass(frozen=True)
+class ListLayout:
+    """Key names and script calls for one store configuration.
+
+    Args:
+        namespace: Prefix of every key ("" = LlamaIndex's raw keys).
+        ttl_ms: Expiry after each change in milliseconds (0: never).
+        refresh_on_read: Reads also slide the expiry.
+    """
+
+    namespace: str = ""
+    ttl_ms: int = 0
+    refresh_on_read: bool = False
+
+    @property
+    def registry(self) -> tuple[str, str]:
+        """The registry's keys: the index (every member) and the expiry set."""
+        return self.namespace + _INDEX, self.namespace + _EXPIRY
+
+    def conversation(self, key: str) -> str:
+        """The LIST key holding conversation ``key``."""
+        return self.namespace + key
+
+    def _call(
+        self, script: Script, key: str, args: Sequence[str], decode: Callable[[Any], T]
+    ) -> Op[T]:
+        return Op(script, (self.conversation(key), *self.registry), (key, *args), decode, key)
+
+    def _write(self) -> str:
+        return str(self.ttl_ms)
+
+    def _read(self) -> str:
+        return str(self.ttl_ms) if self.refresh_on_read and self.ttl_ms else _KEEP_EXPIRY
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def append(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
+        """Append ``messages`` (at least one)."""
+        return self._call(
+            _scripts.APPEND, key, [self._write(), *map(message_to_json, messages)], _none
+        )
+
+    def insert(self, key: str, idx: int, message: ChatMessage) -> Op[None]:
+        """Insert ``message`` before position ``idx`` (``list.insert`` semantics)."""
+        args = [self._write(), str(idx), message_to_json(message)]
+        return self._call(_scripts.INSERT, key, args, _none)
+
+    def replace(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
+        """Replace the conversation (no messages: remove it)."""
+        args = [self._write(), *map(message_to_json, messages)]
+        return self._call(_scripts.REPLACE, key, args, _none)
+
+    def delete_all(self, key: str) -> Op[list[ChatMessage]]:
+        """Remove the conversation; the reply is its messages."""
+        return self._call(
+            _scripts.DELETE_ALL, key, [self._write()], _messages(key, 0, removed=True)
+        )
+
+    def delete_at(self, key: str, idx: int) -> Op[ChatMessage | None]:
+        """Remove the message at ``idx``; the reply is that message or ``None``."""
+        return self._call(_scripts.DELETE_AT, key, [self._write(), str(idx)], _positioned(key))
+
+    def pop_last(self, key: str) -> Op[ChatMessage | None]:
+        """Remove the last message; the reply is that message or ``None``."""
+        return self._call(_scripts.POP_LAST, key, [self._write()], _positioned(key))
+
+    def pop_first(self, key: str, n: int) -> Op[list[ChatMessage]]:
+        """Remove the first ``n`` (> 0) messages; the reply is them, oldest first."""
+        return self._call(
+            _scripts.POP_FIRST, key, [self._write(), str(n)], _messages(key, 0, removed=True)
+        )
+
+    def adopt(self, key: str) -> Op[bool]:
+        """Register an existing list at ``key`` keeping its expiry; the reply says if it was one."""
+        return self._call(_scripts.ADOPT, key, [_KEEP_EXPIRY], bool)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def window(self, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
+        """Read ``messages[offset:][:limit]`` without reading the rest.
+
+        A plain LRANGE where the window's ends are known without the length; a script (LLEN
+        then LRANGE) otherwise, or when reads refresh the expiry.
+        """
+        conv = self.conversation(key)
+        if self._read() == _KEEP_EXPIRY and limit != 0:
+            if offset >= 0:
+                stop = -1 if limit is None else offset + limit - 1
+                return Op(None, (), ("LRANGE", conv, str(offset), str(stop)),
+                          _messages(key, offset), key)  # fmt: skip
+            if limit is None or limit >= -offset:
+                return Op(None, (), ("LRANGE", conv, str(offset), "-1"), _tail(key), key)
+        args = [self._read(), str(offset), str(-1 if limit is None else limit)]
+
+        def decode(reply: Any) -> list[ChatMessage]:
+            start, items = reply
+            return _messages(key, int(start))(items)
+
+        return self._call(_scripts.WINDOW, key, args, decode)
+
+    def count(self, key: str) -> Op[int]:
+        """Count the messages."""
+        if self._read() == _KEEP_EXPIRY:
+            return Op(None, (), ("LLEN", self.conversation(key)), int, key)
+        return self._call(_scripts.COUNT, key, [self._read()], int)
+
+    def keys_page(self, cursor: str | None) -> Op[KeysPage]:
+        """Read one registry page after ``cursor`` (``None``: from the start)."""
+        args = (self.namespace, cursor or "", str(KEYS_PAGE_SIZE))
+        return Op(_scripts.KEYS_PAGE, self.registry, args, _keys_page)
+
+    def clear_page(self) -> Op[int]:
+        """Remove one page of conversations; the reply is how many remain registered."""
+        args = (self.namespace, str(KEYS_PAGE_SIZE))
+        return Op(_scripts.CLEAR_PAGE, self.registry, args, int)
+
+
+def _none(reply: Any) -> None:
+    return None
+
+
+def _messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any], list[ChatMessage]]:
+    def decode(items: Any) -> list[ChatMessage]:
+        try:
+            return [
+                message_from_json(item, key=key, position=start + i)
+                for i, item in enumerate(items or [])
+            ]
+        except CorruptDataError as exc:
+            if not removed:
+                raise
+            raise CorruptDataError(f"{exc} (the data was removed from Redis)") from exc
+
+    return decode
+
+
+def _tail(key: str) -> Callable[[Any], list[ChatMessage]]:
+    # The last len(items) messages: positions counted from the end (-len(items) .. -1).
+    def decode(items: Any) -> list[ChatMessage]:
+        return _messages(key, -len(items or []))(items)
+
+    return decode
+
+
+def _positioned(key: str) -> Callable[[Any], ChatMessage | None]:
+    def decode(reply: Any) -> ChatMessage | None:
+        if not reply:
+            return None
+        item, position = reply
+        return _messages(key, int(position), removed=True)([item])[0]
+
+    return decode
+
+
+def _keys_page(reply: Any) -> KeysPage:
+    cursor, *keys = (_text(v) for v in reply)
+    return KeysPage(keys, cursor or None)
+
+
+_UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "READONLY")
+
+
+def reply_error(message: str, op: Op[Any] | None, where: str) -> ChatStoreError:
+    """Return the core error for an error reply from Redis (or Upstash) to ``op``.
+
+    Args:
+        message: The server's error text (e.g. ``WRONGTYPE Operation against ...``).
+        op: The call that failed (its conversation key is named), if any.
+        where: The server, password masked.
+    """
+    words = message.split()
+    code = words[0] if words else ""
+    if "WRONGTYPE" in message:
+        return CorruptDataError(
+            f"the value at key {op and op.key!r} on {where} is not a list of chat messages "
+            f"({message})"
+        )
+    if code in {"WRONGPASS", "NOAUTH", "NOPERM"} or "invalid password" in message:
+        return AuthenticationError(f"{where} rejected the credentials: {message}")
+    if code in {"MOVED", "ASK", "CROSSSLOT"} or "same slot" in message or "non local" in message:
+        return ConfigurationError(
+            f"{where} is a Redis Cluster: use cluster=True and a namespace with a hash tag "
+            f"such as '{{app}}:' so a conversation and its registry share a slot ({message})"
+        )
+    if code in _UNAVAILABLE:
+        return BackendUnavailableError(f"{where} cannot serve requests now: {message}")
+    what = "" if op is None else f" running {op.script.name if op.script else op.args[0]}"
+    return ChatStoreError(f"{where} failed{what}: {message}")

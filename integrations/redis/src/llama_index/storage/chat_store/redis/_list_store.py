@@ -1,0 +1,343 @@
+"""The chat store API over the Redis list layout, shared by the redis and upstash stores.
+
+A subclass says only how one script call travels (:meth:`ListChatStore._execute` and
+:meth:`ListChatStore._aexecute`, raising core errors) and how to scan for existing lists;
+the statements, replies, checks and paging are written once, here and in :mod:`._layout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import cached_property
+from typing import Any, Generic, TypeVar
+
+from pydantic import AliasChoices, Field
+
+from llama_index.storage.chat_store.core import (
+    BaseChatStore,
+    Capability,
+    ChatMessage,
+    CorruptDataError,
+    InvalidKeyError,
+    coerce_message,
+    coerce_messages,
+)
+from llama_index.storage.chat_store.core.store import check_window
+from llama_index.storage.chat_store.redis._layout import KeysPage, ListLayout, Op
+
+__all__ = ["Clients", "ListChatStore"]
+
+T = TypeVar("T")
+S = TypeVar("S")
+A = TypeVar("A")
+
+
+def _index(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__qualname__}")
+    return value
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+class Clients(Generic[S, A]):
+    """A store's driver clients: one sync client, and one async client per event loop.
+
+    Both are created on first use. Async drivers bind their connections to the loop that
+    opened them, so a store used from ``asyncio.run`` twice, from pytest-asyncio's per-test
+    loops or from a worker thread needs a client per loop. Clients of loops that have closed
+    are dropped (their sockets cannot be closed from another loop; the garbage collector
+    reclaims them). Kept outside pydantic's private attributes, whose access costs about a
+    microsecond each on every call.
+    """
+
+    def __init__(self, new_sync: Callable[[], S], new_async: Callable[[], A]) -> None:
+        self._new_sync, self._new_async = new_sync, new_async
+        self._sync: S | None = None
+        self._loops: dict[asyncio.AbstractEventLoop, A] = {}
+        self._lock = threading.Lock()
+
+    def sync(self) -> S:
+        """Return the sync client, creating it if needed."""
+        client = self._sync
+        if client is None:
+            with self._lock:
+                client = self._sync
+                if client is None:
+                    client = self._sync = self._new_sync()
+        return client
+
+    def take_sync(self) -> S | None:
+        """Forget and return the sync client (the caller closes it)."""
+        with self._lock:
+            client, self._sync = self._sync, None
+            return client
+
+    def for_loop(self) -> A:
+        """Return the running loop's async client, creating it if needed."""
+        loop = asyncio.get_running_loop()
+        client = self._loops.get(loop)
+        if client is None:
+            with self._lock:
+                self._drop_closed()
+                client = self._loops.get(loop)
+                if client is None:
+                    client = self._loops[loop] = self._new_async()
+        return client
+
+    def take_loop(self) -> A | None:
+        """Forget and return the running loop's async client (the caller closes it)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._drop_closed()
+            return self._loops.pop(loop, None)
+
+    def _drop_closed(self) -> None:
+        for loop in [loop for loop in self._loops if loop.is_closed()]:
+            del self._loops[loop]
+
+
+class ListChatStore(BaseChatStore):
+    """A chat store keeping each conversation as one Redis list (see :mod:`._layout`).
+
+    Every operation is one script call: one round trip, atomic on the server, so concurrent
+    writers never lose a message and two concurrent removals never return the same one.
+    """
+
+    namespace: str = ""
+    """Prefix of every key. Empty (the default) reads and writes LlamaIndex's raw keys."""
+    ttl: int | None = Field(default=None, gt=0, validation_alias=AliasChoices("ttl", "ttl_seconds"))
+    """Seconds a conversation lives after its last change (``None``: forever)."""
+    refresh_on_read: bool = False
+    """Reads also push the expiry to now + ttl."""
+
+    @cached_property
+    def _layout(self) -> ListLayout:
+        ttl_ms = 0 if self.ttl is None else self.ttl * 1000
+        return ListLayout(self.namespace, ttl_ms, self.refresh_on_read)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """Persistent, shared across processes, expiring, natively async."""
+        return frozenset(
+            {Capability.PERSISTENT, Capability.SHARED, Capability.TTL, Capability.NATIVE_ASYNC}
+        )
+
+    # -- transport: what a subclass provides ------------------------------------------------
+
+    @abstractmethod
+    def _execute(self, op: Op[Any]) -> Any:
+        """Run one script call and return the raw reply, raising core errors."""
+
+    @abstractmethod
+    async def _aexecute(self, op: Op[Any]) -> Any:
+        """Async :meth:`_execute`."""
+
+    @abstractmethod
+    def _scan_lists(self, pattern: str) -> Iterator[str]:
+        """Yield the names of LIST keys matching the glob ``pattern`` (may repeat a name)."""
+
+    def _run(self, op: Op[T]) -> T:
+        return op.decode(self._execute(op))
+
+    async def _arun(self, op: Op[T]) -> T:
+        return op.decode(await self._aexecute(op))
+
+    # -- the calls, built once for both paths -----------------------------------------------
+
+    def _get_op(self, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
+        key = self._check_key(key)
+        check_window(offset, limit)
+        return self._layout.window(key, offset, limit)
+
+    def _add_op(self, key: str, message: ChatMessage, idx: int | None) -> Op[None]:
+        key = self._check_key(key)
+        message = coerce_message(message)
+        if idx is None:
+            return self._layout.append(key, [message])
+        return self._layout.insert(key, _index("idx", idx), message)
+
+    def _add_many_op(self, key: str, messages: Sequence[ChatMessage]) -> Op[None] | None:
+        key = self._check_key(key)
+        coerced = coerce_messages(messages)
+        return self._layout.append(key, coerced) if coerced else None
+
+    def _set_op(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
+        key = self._check_key(key)
+        return self._layout.replace(key, coerce_messages(messages))
+
+    def _pop_first_op(self, key: str, n: int) -> Op[list[ChatMessage]] | None:
+        key = self._check_key(key)
+        return self._layout.pop_first(key, n) if _index("n", n) > 0 else None
+
+    # -- sync API ----------------------------------------------------------------------------
+
+    def get_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Return ``messages[offset:][:limit]`` (``[]`` for a missing key).
+
+        Only the window is read from Redis (one LRANGE inside the script).
+
+        Raises:
+            CorruptDataError: The key holds something other than chat messages.
+            BackendUnavailableError: Redis cannot be reached.
+        """
+        return self._run(self._get_op(key, offset, limit))
+
+    def count_messages(self, key: str) -> int:
+        """Return the number of messages (0 for a missing key)."""
+        return self._run(self._layout.count(self._check_key(key)))
+
+    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Append ``message``, or insert it at ``idx`` like ``list.insert``; atomic."""
+        self._run(self._add_op(key, message, idx))
+
+    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Append ``messages`` in one atomic call (``[]`` changes nothing)."""
+        op = self._add_many_op(key, messages)
+        if op is not None:
+            self._run(op)
+
+    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Replace the conversation atomically (``[]`` removes it).
+
+        Raises:
+            CorruptDataError: The key holds a value that is not a list (left untouched).
+        """
+        self._run(self._set_op(key, messages))
+
+    def delete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Remove the conversation; return its messages, or ``None`` if there were none."""
+        return self._run(self._layout.delete_all(self._check_key(key))) or None
+
+    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Remove the message at ``idx``, keeping the others' order and the expiry."""
+        key = self._check_key(key)
+        return self._run(self._layout.delete_at(key, _index("idx", idx)))
+
+    def delete_last_message(self, key: str) -> ChatMessage | None:
+        """Remove and return the last message (``None`` when there is none)."""
+        return self._run(self._layout.pop_last(self._check_key(key)))
+
+    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Remove and return the first ``n`` messages (fewer if shorter)."""
+        op = self._pop_first_op(key, n)
+        return [] if op is None else self._run(op)
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield this store's live conversation keys from its registry, a page per call.
+
+        Keys come in byte order. A key present for the whole iteration is yielded exactly
+        once, however its conversation changes meanwhile.
+        """
+        cursor: str | None = None
+        while True:
+            page: KeysPage = self._run(self._layout.keys_page(cursor))
+            yield from page.keys
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    def get_keys(self) -> list[str]:
+        """Return this store's live conversation keys (never scans the keyspace)."""
+        return list(self.iter_keys())
+
+    def clear(self) -> None:
+        """Remove every conversation in this store's registry, then the registry."""
+        while self._run(self._layout.clear_page()):
+            pass
+
+    def adopt(self, match: str = "*") -> list[str]:
+        """Register existing conversations (e.g. written by LlamaIndex) so get_keys lists them.
+
+        Scans the database for LIST keys under the namespace matching the glob ``match``,
+        checks that their first and last elements are chat messages, and registers each with
+        the expiry it already has; the data is not changed. Lists of other data and keys this
+        store cannot take (too long) are skipped. Running it again is harmless.
+
+        Returns:
+            The keys adopted.
+        """
+        plain = ListLayout(self.namespace)
+        adopted: list[str] = []
+        for name in dict.fromkeys(self._scan_lists(_glob_escape(self.namespace) + match)):
+            key = name[len(self.namespace) :]
+            try:
+                self._check_key(key)
+                self._run(plain.window(key, 0, 1))
+                self._run(plain.window(key, -1, 1))
+            except (InvalidKeyError, CorruptDataError):
+                continue
+            if self._run(plain.adopt(key)):
+                adopted.append(key)
+        return adopted
+
+    # -- async API ---------------------------------------------------------------------------
+
+    async def aget_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Async :meth:`get_messages`."""
+        return await self._arun(self._get_op(key, offset, limit))
+
+    async def acount_messages(self, key: str) -> int:
+        """Async :meth:`count_messages`."""
+        return await self._arun(self._layout.count(self._check_key(key)))
+
+    async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Async :meth:`add_message`."""
+        await self._arun(self._add_op(key, message, idx))
+
+    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`add_messages`."""
+        op = self._add_many_op(key, messages)
+        if op is not None:
+            await self._arun(op)
+
+    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`set_messages`."""
+        await self._arun(self._set_op(key, messages))
+
+    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Async :meth:`delete_messages`."""
+        return await self._arun(self._layout.delete_all(self._check_key(key))) or None
+
+    async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Async :meth:`delete_message`."""
+        key = self._check_key(key)
+        return await self._arun(self._layout.delete_at(key, _index("idx", idx)))
+
+    async def adelete_last_message(self, key: str) -> ChatMessage | None:
+        """Async :meth:`delete_last_message`."""
+        return await self._arun(self._layout.pop_last(self._check_key(key)))
+
+    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Async :meth:`delete_oldest_messages`."""
+        op = self._pop_first_op(key, n)
+        return [] if op is None else await self._arun(op)
+
+    async def aiter_keys(self) -> AsyncIterator[str]:
+        """Async :meth:`iter_keys`."""
+        cursor: str | None = None
+        while True:
+            page: KeysPage = await self._arun(self._layout.keys_page(cursor))
+            for key in page.keys:
+                yield key
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    async def aget_keys(self) -> list[str]:
+        """Async :meth:`get_keys`."""
+        return [key async for key in self.aiter_keys()]
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`."""
+        while await self._arun(self._layout.clear_page()):
+            pass

@@ -1,0 +1,318 @@
+"""The Lua scripts behind every chat store operation (shared by the redis and upstash stores).
+
+Each operation is ONE script call: one round trip (one HTTP request on Upstash), atomic on the
+server. Conversation scripts take ``KEYS = [conversation, index, expiry]`` and
+``ARGV = [member, ttl_ms, ...]`` where ``member`` is the key as the caller wrote it and
+``ttl_ms`` says what to do with the expiry:
+
+* ``> 0``: the conversation and its registry entry expire ``ttl_ms`` from now (sliding);
+* ``0``: they never expire (a store without ``ttl``);
+* ``-1``: leave the expiry alone (reads without ``refresh_on_read``).
+
+The registry is two sorted sets beside the conversations:
+
+* the index: every member with score 0, so it is ordered by member and pages with
+  ZRANGEBYLEX from a cursor that writes never move (a listing is stable while the
+  conversations it lists keep changing);
+* the expiry set: members of expiring conversations scored by their expiry in epoch
+  milliseconds, so entries of expired conversations are found and removed by score
+  (a few on every write, all on every listing) instead of piling up.
+
+A member is listed only while its conversation exists, which Redis's own key expiry
+decides exactly; the index and the expiry set themselves expire with their longest-lived
+conversation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ADOPT",
+    "APPEND",
+    "CLEAR_PAGE",
+    "COUNT",
+    "DELETE_ALL",
+    "DELETE_AT",
+    "INSERT",
+    "KEYS_PAGE",
+    "POP_FIRST",
+    "POP_LAST",
+    "REPLACE",
+    "WINDOW",
+    "Script",
+]
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, called by its SHA1 (EVALSHA) and loaded with EVAL when the server lacks it."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())  # noqa: S324
+
+
+# An element no message can equal: message JSON never holds a raw NUL byte. Removing or
+# inserting at an index marks the spot with it, so LREM/LINSERT act on exactly that spot.
+_TOMBSTONE = r"'\0chat-store-tombstone\0'"
+
+_CONVERSATION = r"""
+local conv, idx, exp, member, ttl = KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2])
+local ns = string.sub(conv, 1, #conv - #member)
+local TOMBSTONE = __TOMBSTONE__
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Forget up to `limit` members whose expiry has passed (unless their conversation lives on).
+local function purge(now, limit)
+  local due = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'LIMIT', 0, limit)
+  for _, m in ipairs(due) do
+    redis.call('ZREM', exp, m)
+    if redis.call('EXISTS', ns .. m) == 0 then redis.call('ZREM', idx, m) end
+  end
+end
+
+-- List the member; with an expiry, the registry lives as long as its longest-lived entry.
+-- (Each redis.call costs about a microsecond: the common paths make as few as they can.)
+local function register(ms)
+  local added = redis.call('ZADD', idx, 0, member)
+  if ms > 0 then
+    local now = now_ms()
+    redis.call('ZADD', exp, string.format('%d', now + ms), member)
+    purge(now, 8)
+    local left = redis.call('PTTL', idx)
+    local fresh = left == -1 and added == 1 and redis.call('ZCARD', idx) == 1
+    if fresh or (left >= 0 and left < ms) then
+      redis.call('PEXPIRE', idx, ms)
+      redis.call('PEXPIRE', exp, ms)
+    end
+  else
+    redis.call('PERSIST', idx)
+  end
+end
+
+local function unregister()
+  redis.call('ZREM', idx, member)
+  redis.call('ZREM', exp, member)
+end
+
+-- After a change that left `n` messages: an emptied conversation leaves the registry;
+-- otherwise its expiry slides (or is removed, for a store without ttl).
+local function touch(n)
+  if ttl < 0 then return end
+  if n == 0 then return unregister() end
+  if ttl > 0 then
+    redis.call('PEXPIRE', conv, ttl)
+  elseif redis.call('PERSIST', conv) == 1 then
+    redis.call('ZREM', exp, member)  -- it had an expiry until now
+  end
+  register(ttl)
+end
+
+-- RPUSH ARGV[first..] in chunks (unpack() of thousands of values overflows Lua's C stack);
+-- returns the new length.
+local function push(first)
+  local n = 0
+  for i = first, #ARGV, 1000 do
+    n = redis.call('RPUSH', conv, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  return n
+end
+""".replace("__TOMBSTONE__", _TOMBSTONE)
+
+
+def _conversation(name: str, body: str) -> Script:
+    return Script(name, _CONVERSATION + body)
+
+
+APPEND = _conversation(
+    "append",
+    r"""
+touch(push(3))
+""",
+)
+"""ARGV[3..]: messages to append."""
+
+INSERT = _conversation(
+    "insert",
+    r"""
+local n = redis.call('LLEN', conv)
+local i = tonumber(ARGV[3])
+if i < 0 then i = math.max(n + i, 0) end
+if i >= n then
+  redis.call('RPUSH', conv, ARGV[4])
+elseif i == 0 then
+  redis.call('LPUSH', conv, ARGV[4])
+else
+  local kept = redis.call('LINDEX', conv, i)
+  redis.call('LSET', conv, i, TOMBSTONE)
+  redis.call('LINSERT', conv, 'BEFORE', TOMBSTONE, ARGV[4])
+  redis.call('LSET', conv, i + 1, kept)
+end
+touch(n + 1)
+""",
+)
+"""ARGV[3]: index (``list.insert`` semantics), ARGV[4]: the message."""
+
+REPLACE = _conversation(
+    "replace",
+    r"""
+redis.call('LLEN', conv)  -- WRONGTYPE instead of destroying a value that is not a conversation
+redis.call('DEL', conv)
+touch(push(3))
+""",
+)
+"""ARGV[3..]: the new messages (none: the conversation is removed)."""
+
+DELETE_ALL = _conversation(
+    "delete_all",
+    r"""
+local items = redis.call('LRANGE', conv, 0, -1)
+redis.call('DEL', conv)
+unregister()
+return items
+""",
+)
+"""Returns every message, oldest first."""
+
+DELETE_AT = _conversation(
+    "delete_at",
+    r"""
+local n = redis.call('LLEN', conv)
+local i = tonumber(ARGV[3])
+if i < 0 then i = n + i end
+if i < 0 or i >= n then return false end
+local item
+if i == n - 1 then
+  item = redis.call('RPOP', conv)
+elseif i == 0 then
+  item = redis.call('LPOP', conv)
+else
+  item = redis.call('LINDEX', conv, i)
+  redis.call('LSET', conv, i, TOMBSTONE)
+  redis.call('LREM', conv, 1, TOMBSTONE)
+end
+touch(n - 1)
+return {item, i}
+""",
+)
+"""ARGV[3]: index (negative from the end). Returns ``[message, position]`` or nil."""
+
+POP_LAST = _conversation(
+    "pop_last",
+    r"""
+local item = redis.call('RPOP', conv)
+if not item then return false end
+local position = redis.call('LLEN', conv)
+touch(position)
+return {item, position}
+""",
+)
+"""Returns ``[message, position]`` or nil."""
+
+POP_FIRST = _conversation(
+    "pop_first",
+    r"""
+local items = redis.call('LPOP', conv, ARGV[3])
+if not items then return {} end
+touch(redis.call('LLEN', conv))
+return items
+""",
+)
+"""ARGV[3]: how many (> 0). Returns the messages removed, oldest first."""
+
+WINDOW = _conversation(
+    "window",
+    r"""
+local n = redis.call('LLEN', conv)
+local start, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+if start < 0 then start = math.max(n + start, 0) end
+if n > 0 then touch(n) end
+if start >= n or limit == 0 then return {start, {}} end
+local stop = n - 1
+if limit > 0 then stop = math.min(start + limit - 1, stop) end
+return {start, redis.call('LRANGE', conv, start, stop)}
+""",
+)
+"""ARGV[3]: offset (negative from the end), ARGV[4]: limit (-1: none).
+
+Returns ``[start, messages]``: only the window travels, never the whole conversation.
+"""
+
+COUNT = _conversation(
+    "count",
+    r"""
+local n = redis.call('LLEN', conv)
+if n > 0 then touch(n) end
+return n
+""",
+)
+
+ADOPT = _conversation(
+    "adopt",
+    r"""
+local kind = redis.call('TYPE', conv)['ok']
+if kind ~= 'list' then return 0 end
+local left = redis.call('PTTL', conv)
+if left > 0 then register(left) else register(0) end
+return 1
+""",
+)
+"""Register an existing list (written by LlamaIndex) with the expiry it already has."""
+
+KEYS_PAGE = Script(
+    "keys_page",
+    r"""
+local idx, exp, ns, cursor, count = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now)) do
+  redis.call('ZREM', exp, m)
+  if redis.call('EXISTS', ns .. m) == 0 then redis.call('ZREM', idx, m) end
+end
+local low = '-'
+if cursor ~= '' then low = '(' .. cursor end
+local page = redis.call('ZRANGEBYLEX', idx, low, '+', 'LIMIT', 0, count)
+local out = {''}
+for _, m in ipairs(page) do
+  -- A conversation emptied or deleted behind our back (e.g. by LlamaIndex) leaves the registry.
+  if redis.call('EXISTS', ns .. m) == 1 then
+    out[#out + 1] = m
+  else
+    redis.call('ZREM', idx, m)
+    redis.call('ZREM', exp, m)
+  end
+end
+if #page == count then out[1] = page[#page] end
+return out
+""",
+)
+"""KEYS: index, expiry set; ARGV: namespace, cursor (last member listed, "" to start), size.
+
+Returns ``[cursor, live members...]`` (an empty cursor: the last page). Members come in
+byte order; each one present for the whole iteration is listed exactly once.
+"""
+
+CLEAR_PAGE = Script(
+    "clear_page",
+    r"""
+local idx, exp, ns, count = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local members = redis.call('ZRANGE', idx, 0, count - 1)
+for _, m in ipairs(members) do
+  if redis.call('TYPE', ns .. m)['ok'] == 'list' then redis.call('DEL', ns .. m) end
+end
+if #members > 0 then redis.call('ZREM', idx, unpack(members)) end
+local left = redis.call('ZCARD', idx)
+if left == 0 then redis.call('DEL', exp) end
+return left
+""",
+)
+"""KEYS: index, expiry set; ARGV: namespace, page size. Returns how many entries are left."""

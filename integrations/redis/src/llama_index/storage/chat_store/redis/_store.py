@@ -1,0 +1,287 @@
+"""RedisChatStore: the list layout over redis-py (sync) and redis.asyncio (async)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Union
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+
+import redis
+import redis.asyncio
+from llama_index.storage.chat_store.core import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ChatStoreError,
+    ConfigurationError,
+    mask_url,
+)
+from llama_index.storage.chat_store.redis._layout import Op, has_hash_tag, reply_error
+from llama_index.storage.chat_store.redis._list_store import Clients, ListChatStore
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
+from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["RedisChatStore"]
+
+SyncClient = Union[redis.Redis, redis.RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
+AsyncClient = Union[redis.asyncio.Redis, redis.asyncio.RedisCluster]  # noqa: UP007
+
+# Options of ours carried in a URL's query; everything else in the query goes to redis-py.
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "namespace": str,
+    "ttl": int,
+    "ttl_seconds": int,
+    "cluster": lambda v: v.lower() in {"1", "true", "yes", "on"},
+    "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
+    "connect_timeout": float,
+}
+
+
+def _split_url(url: str) -> tuple[str, str | None]:
+    """Return ``url`` without its password (netloc or ``?password=``), and the password."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    password = next((v for k, v in query if k == "password"), None)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}@{hostinfo}" if user else hostinfo
+        password = unquote(parts.password)
+    rest = urlencode([(k, v) for k, v in query if k != "password"])
+    return _join(parts.scheme, netloc, parts.path, rest), password
+
+
+def _join(scheme: str, netloc: str, path: str, query: str) -> str:
+    # urlunsplit drops the '//' of schemes it does not know (unix:///path -> unix:/path).
+    return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
+
+
+class RedisChatStore(ListChatStore):
+    """Chat histories in Redis: one LIST per conversation, every operation one atomic script.
+
+    Example:
+        >>> store = RedisChatStore(redis_url="redis://localhost:6379", ttl=300)
+        >>> store.add_message("user1", ChatMessage(role="user", content="hi"))
+
+    The default layout is LlamaIndex's own (the list at the raw key), so data written by
+    LlamaIndex's ``RedisChatStore`` reads as is and LlamaIndex reads what this store writes;
+    :meth:`adopt` makes ``get_keys`` list conversations LlamaIndex wrote. A registry (a
+    sorted set next to the conversations) lists this store's keys without scanning the
+    database. In Redis Cluster pass ``cluster=True`` and a namespace with a hash tag
+    (``namespace="{app1}:"``): each script touches a conversation and the registry, which
+    must share a slot.
+
+    Constructing the store never connects; the first operation does. Clients are created
+    lazily, the async one per event loop. Redis errors become core errors:
+    ``BackendUnavailableError`` (unreachable), ``AuthenticationError`` (bad password),
+    ``CorruptDataError`` (a key holding something other than messages). Commands are never
+    retried automatically (a retried append could duplicate a message).
+
+    Args:
+        redis_url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL. A password in it is
+            moved to ``password`` so dumps never show it.
+        password: The Redis password (kept secret).
+        namespace: Prefix of every key; "" (default) uses the raw keys, as LlamaIndex does.
+        ttl: Seconds a conversation lives after its last change (alias ``ttl_seconds``).
+        refresh_on_read: Reads also push the expiry forward.
+        cluster: The server is a Redis Cluster.
+        connect_timeout: Seconds to wait for a connection.
+        redis_client: A sync client to use instead of one built from the URL (not closed by
+            the store).
+        aredis_client: A ``redis.asyncio`` client to use for async calls (bound to the loop
+            it was created in; not closed by the store).
+    """
+
+    redis_url: str = "redis://localhost:6379"
+    password: SecretStr | None = Field(default=None, exclude=True)
+    cluster: bool = False
+    connect_timeout: float | None = 5.0
+    redis_client: SyncClient | None = Field(default=None, exclude=True, repr=False)
+    aredis_client: AsyncClient | None = Field(default=None, exclude=True, repr=False)
+
+    @cached_property
+    def _clients(self) -> Clients[SyncClient, AsyncClient]:
+        return Clients(self._new_sync_client, self._new_async_client)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_out_of_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("redis_url"), str):
+            url, password = _split_url(data["redis_url"])
+            given = data.get("password")
+            if isinstance(given, SecretStr):
+                given = given.get_secret_value()
+            if password is not None and given is not None and given != password:
+                raise ValueError("redis_url and password name two different passwords")
+            data = {**data, "redis_url": url, "password": password or given}
+        return data
+
+    def __init__(self, redis_url: str | None = None, **data: Any) -> None:
+        """Build the store from its fields (see the class docstring); never connects.
+
+        Raises:
+            ConfigurationError: Not a Redis URL, or Redis Cluster without a hash-tagged
+                namespace.
+        """
+        if redis_url is not None:  # positional, as in LlamaIndex's RedisChatStore
+            data["redis_url"] = redis_url
+        super().__init__(**data)
+        self._check_configuration()
+
+    def _check_configuration(self) -> None:
+        # Outside pydantic validation, which would turn ConfigurationError into ValidationError.
+        if self.redis_client is None and urlsplit(self.redis_url).scheme not in {
+            "redis", "rediss", "unix",
+        }:  # fmt: skip
+            raise ConfigurationError(
+                f"redis_url must be a redis://, rediss:// or unix:// URL, got {self._where()}"
+            )
+        clustered = self.cluster or isinstance(self.redis_client, redis.RedisCluster)
+        if clustered and not has_hash_tag(self.namespace):
+            raise ConfigurationError(
+                "Redis Cluster needs a namespace with a hash tag, e.g. namespace='{app1}:', so "
+                "every script's keys (a conversation and the registry) share one slot; got "
+                f"namespace={self.namespace!r}"
+            )
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a store from ``redis://[[user]:password@]host[:port][/db][?options]``.
+
+        ``rediss://`` connects with TLS, ``unix:///path/redis.sock?db=0`` through a socket.
+        Query options of the store: ``namespace``, ``ttl``, ``cluster``, ``refresh_on_read``,
+        ``connect_timeout``; other query options go to redis-py. Keyword ``options`` win.
+        """
+        parts = urlsplit(url)
+        ours: dict[str, Any] = {}
+        theirs = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            convert = _URL_OPTIONS.get(name)
+            if convert is None:
+                theirs.append((name, value))
+            else:
+                ours[name] = convert(value)
+        redis_url = _join(parts.scheme, parts.netloc, parts.path, urlencode(theirs))
+        return cls(redis_url=redis_url, **{**ours, **options})
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        if self.redis_client is not None:
+            return "Redis (the client passed as redis_client)"
+        if self.password is None:
+            return f"Redis at {self.redis_url}"
+        parts = urlsplit(self.redis_url)
+        user, _, host = parts.netloc.rpartition("@")
+        # The password was moved out of the URL: put a placeholder back for core to mask.
+        netloc = f"{user}:password@{host}"
+        return f"Redis at {mask_url(_join(parts.scheme, netloc, parts.path, parts.query))}"
+
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"socket_connect_timeout": self.connect_timeout}
+        if self.password is not None:
+            options["password"] = self.password.get_secret_value()
+        if not self.cluster:
+            # A retried append could store a message twice; callers see the failure instead.
+            options["retry"] = Retry(NoBackoff(), 0)
+        return options
+
+    def _new_sync_client(self) -> SyncClient:
+        if self.cluster:
+            return redis.RedisCluster.from_url(self.redis_url, **self._options())
+        return redis.Redis.from_url(self.redis_url, **self._options())
+
+    def _new_async_client(self) -> AsyncClient:
+        if self.cluster:
+            return redis.asyncio.RedisCluster.from_url(self.redis_url, **self._options())
+        return redis.asyncio.Redis.from_url(self.redis_url, **self._options())
+
+    def _sync_client(self) -> SyncClient:
+        if self.redis_client is not None:
+            return self.redis_client
+        return self._clients.sync()
+
+    def _async_client(self) -> AsyncClient:
+        if self.aredis_client is not None:
+            return self.aredis_client
+        return self._clients.for_loop()
+
+    def _error(self, exc: Exception, op: Op[Any] | None = None) -> ChatStoreError:
+        where = self._where()
+        if isinstance(exc, redis.AuthenticationError):
+            return AuthenticationError(f"{where} rejected the credentials: {exc}")
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | RedisClusterException):
+            return BackendUnavailableError(f"cannot reach {where}: {exc}")
+        if isinstance(exc, redis.ResponseError):
+            # redis-py strips the error code (MOVED, CROSSSLOT...) from some messages.
+            code = getattr(exc, "status_code", None) or ""
+            message = str(exc) if str(exc).startswith(code) else f"{code} {exc}"
+            if isinstance(exc, MovedError | AskError):
+                message = f"MOVED {exc}"
+            return reply_error(message, op, where)
+        return ChatStoreError(f"{where} failed: {exc}")
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _execute(self, op: Op[Any]) -> Any:
+        try:
+            client = self._sync_client()
+            if op.script is None:
+                return client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
+            try:
+                return client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+            except NoScriptError:
+                return client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+        except (RedisError, RedisClusterException) as exc:
+            raise self._error(exc, op) from exc
+
+    async def _aexecute(self, op: Op[Any]) -> Any:
+        if self.redis_client is not None and self.aredis_client is None:
+            return await asyncio.to_thread(self._execute, op)
+        try:
+            client = self._async_client()
+            if op.script is None:
+                return await client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
+            try:
+                return await client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+            except NoScriptError:
+                return await client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+        except (RedisError, RedisClusterException) as exc:
+            raise self._error(exc, op) from exc
+
+    def _scan_lists(self, pattern: str) -> Iterator[str]:
+        try:
+            for name in self._sync_client().scan_iter(match=pattern, count=1000, _type="list"):
+                try:
+                    yield name.decode("utf-8") if isinstance(name, bytes) else name
+                except UnicodeDecodeError:
+                    continue  # not a key any store could have written
+        except (RedisError, RedisClusterException) as exc:
+            raise self._error(exc) from exc
+
+    def close(self) -> None:
+        """Close the sync client's connections (an injected client is left open)."""
+        client = self._clients.take_sync()
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close this event loop's async client and the sync client."""
+        client = self._clients.take_loop()
+        if client is not None:
+            await client.aclose()
+        self.close()

@@ -1,0 +1,157 @@
+"""Credentials, a server killed and restarted, unix sockets, and data that is not ours.
+
+Uses a redis-server of its own (password-protected, with a unix socket) so it can stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from llama_index.storage.chat_store.core import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ChatMessage,
+    ConfigurationError,
+    CorruptDataError,
+)
+from llama_index.storage.chat_store.redis import RedisChatStore
+from llama_index.storage.chat_store.testing.services import LocalServer, start_redis
+
+PASSWORD = "s3cret-Pa55"
+
+
+@pytest.fixture(scope="module")
+def socket_dir() -> Iterator[Path]:
+    # A short path: unix socket paths are limited to ~100 bytes.
+    with tempfile.TemporaryDirectory(prefix="rcs-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="module")
+def server(socket_dir: Path) -> Iterator[LocalServer]:
+    server = start_redis("--requirepass", PASSWORD, "--unixsocket", str(socket_dir / "redis.sock"))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def url(server: LocalServer) -> Iterator[str]:
+    server.start()  # a test may have stopped it
+    yield f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    with redis.Redis.from_url(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0") as raw:
+        raw.flushdb()
+
+
+def test_password_never_shows(url: str) -> None:
+    store = RedisChatStore(redis_url=url, namespace="app:")
+    shown = [repr(store), str(store), str(store.to_dict()), store.model_dump_json()]
+    assert not [text for text in shown if PASSWORD in text]
+    assert store.to_dict()["redis_url"].startswith("redis://127.0.0.1:")
+    store.add_message("k", ChatMessage(content="x"))
+    rebuilt = RedisChatStore.from_dict(store.to_dict(), password=PASSWORD)
+    assert rebuilt.count_messages("k") == 1
+
+
+def test_wrong_or_missing_password_is_an_authentication_error(url: str) -> None:
+    wrong = RedisChatStore(redis_url=url.replace(PASSWORD, "nope"))
+    missing = RedisChatStore(redis_url=url.replace(f":{PASSWORD}@", ""))
+    for store in (wrong, missing):
+        with pytest.raises(AuthenticationError):
+            store.get_messages("k")
+        with pytest.raises(AuthenticationError):
+            asyncio.run(store.aadd_message("k", ChatMessage(content="x")))
+    with pytest.raises(AuthenticationError) as info:
+        wrong.add_message("k", ChatMessage(content="x"))
+    assert "nope" not in str(info.value)
+    assert ":***@127.0.0.1" in str(info.value)
+
+
+def test_server_killed_mid_run_then_back(server: LocalServer, url: str) -> None:
+    store = RedisChatStore(redis_url=url, namespace="app:")
+    store.add_message("k", ChatMessage(content="before"))
+    asyncio.run(store.aadd_message("k", ChatMessage(content="before, async")))
+    server.stop()
+    with pytest.raises(BackendUnavailableError) as info:
+        store.add_message("k", ChatMessage(content="lost"))
+    assert PASSWORD not in str(info.value)
+    assert f"127.0.0.1:{server.port}" in str(info.value)
+    with pytest.raises(BackendUnavailableError):
+        store.get_keys()
+
+    async def while_down() -> None:
+        with pytest.raises(BackendUnavailableError):
+            await store.aget_messages("k")
+
+    asyncio.run(while_down())
+    server.start()  # no persistence: the data is gone, the store works again
+    store.add_message("k", ChatMessage(content="after"))
+    assert [m.content for m in store.get_messages("k")] == ["after"]
+    assert asyncio.run(store.acount_messages("k")) == 1
+    assert store.get_keys() == ["k"]
+
+
+def test_unix_socket_url(url: str, socket_dir: Path) -> None:
+    socket_url = f"unix://:{PASSWORD}@{socket_dir / 'redis.sock'}?db=0&namespace=sock:&ttl=60"
+    store = RedisChatStore.from_url(socket_url)
+    assert (store.namespace, store.ttl) == ("sock:", 60)
+    assert PASSWORD not in store.redis_url
+    store.add_message("k", ChatMessage(content="via socket"))
+    assert asyncio.run(store.aget_messages("k"))[0].content == "via socket"
+    with RedisChatStore(redis_url=url) as tcp:
+        assert tcp.count_messages("sock:k") == 1
+
+
+def test_non_list_value_is_corrupt_and_left_alone(url: str) -> None:
+    store = RedisChatStore(redis_url=url)
+    with redis.Redis.from_url(url) as raw:
+        raw.set("session", "some other app's value")
+        calls = [
+            lambda: store.get_messages("session"),
+            lambda: store.count_messages("session"),
+            lambda: store.add_message("session", ChatMessage(content="x")),
+            lambda: store.add_message("session", ChatMessage(content="x"), idx=0),
+            lambda: store.set_messages("session", [ChatMessage(content="x")]),
+            lambda: store.delete_messages("session"),
+            lambda: store.delete_message("session", 0),
+            lambda: store.delete_last_message("session"),
+            lambda: store.delete_oldest_messages("session", 1),
+            lambda: asyncio.run(store.aget_messages("session")),
+        ]
+        for call in calls:
+            with pytest.raises(CorruptDataError, match="'session'"):
+                call()
+        assert raw.get("session") == b"some other app's value"
+
+
+def test_corrupt_element_names_key_and_position(url: str) -> None:
+    store = RedisChatStore(redis_url=url)
+    store.add_messages("k", [ChatMessage(content="ok"), ChatMessage(content="ok too")])
+    with redis.Redis.from_url(url) as raw:
+        raw.lset("k", 1, "{not json")
+    with pytest.raises(CorruptDataError, match=r"'k' position 1"):
+        store.get_messages("k")
+    with pytest.raises(CorruptDataError, match=r"'k' position -1"):  # counted from the end
+        store.get_messages("k", offset=-1)
+    assert [m.content for m in store.get_messages("k", limit=1)] == ["ok"]
+    with pytest.raises(CorruptDataError, match=r"'k' position 1.*removed"):
+        store.delete_last_message("k")
+    assert store.count_messages("k") == 1
+
+
+def test_configuration_errors_come_before_any_connection() -> None:
+    with pytest.raises(ConfigurationError, match="hash tag"):
+        RedisChatStore(redis_url="redis://127.0.0.1:1", cluster=True, namespace="app:")
+    with pytest.raises(ConfigurationError, match="redis://"):
+        RedisChatStore(redis_url="http://127.0.0.1:1")
+    store = RedisChatStore.from_url("rediss://user:pw@example.invalid:6380/2?ttl=5&cluster=true"
+                                    "&namespace=%7Bapp%7D:&ssl_cert_reqs=none")  # fmt: skip
+    assert (store.ttl, store.cluster, store.namespace) == (5, True, "{app}:")
+    assert store.redis_url == "rediss://user@example.invalid:6380/2?ssl_cert_reqs=none"
+    assert store.password is not None
+    assert store.password.get_secret_value() == "pw"

@@ -1,0 +1,209 @@
+"""UpstashChatStore: the Redis store's layout and scripts over Upstash's REST API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import httpx
+import upstash_redis
+import upstash_redis.asyncio
+from pydantic import Field, SecretStr
+from upstash_redis.errors import UpstashError
+
+from llama_index.storage.chat_store.core import (
+    BackendUnavailableError,
+    ChatStoreError,
+    ConfigurationError,
+)
+from llama_index.storage.chat_store.redis._layout import Op, reply_error
+from llama_index.storage.chat_store.redis._list_store import Clients, ListChatStore
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["UpstashChatStore"]
+
+_URL_ENV = "UPSTASH_REDIS_REST_URL"
+_TOKEN_ENV = "UPSTASH_REDIS_REST_TOKEN"  # noqa: S105 (the variable's name, not a token)
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "namespace": str,
+    "ttl": int,
+    "ttl_seconds": int,
+    "rest_retries": int,
+    "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
+}
+
+
+class UpstashChatStore(ListChatStore):
+    """Chat histories in Upstash Redis over its REST API, one HTTP request per operation.
+
+    Example:
+        >>> store = UpstashChatStore(redis_url="https://eu1-x.upstash.io", redis_token="...",
+        ...                          ttl=300)
+        >>> store.add_message("user1", ChatMessage(role="user", content="hi"))
+
+    The same layout and Lua scripts as ``RedisChatStore`` (one list per conversation at the
+    raw key by default, as LlamaIndex's ``UpstashChatStore`` writes it; a registry for
+    ``get_keys``); every operation is one EVALSHA, atomic on the server. Sync calls use
+    ``upstash_redis.Redis``, async calls ``upstash_redis.asyncio.Redis`` (one per event loop).
+    Errors: ``AuthenticationError`` for a wrong token, ``BackendUnavailableError`` when the
+    endpoint cannot be reached, ``CorruptDataError`` for a key holding other data.
+
+    Args:
+        redis_url: The REST URL (``UPSTASH_REDIS_REST_URL`` when omitted).
+        redis_token: The REST token, kept secret (``UPSTASH_REDIS_REST_TOKEN`` when omitted).
+        ttl: Seconds a conversation lives after its last change (alias ``ttl_seconds``).
+        namespace: Prefix of every key; "" (default) uses the raw keys, as LlamaIndex does.
+        refresh_on_read: Reads also push the expiry forward.
+        rest_retries: Times the client retries a failed request (a retried write may apply
+            twice if the first attempt reached the server; 0 never retries).
+        rest_retry_interval: Seconds between retries.
+    """
+
+    redis_url: str = ""
+    redis_token: SecretStr | None = Field(default=None, exclude=True)
+    rest_retries: int = Field(default=1, ge=0)
+    rest_retry_interval: float = Field(default=3.0, ge=0)
+
+    @cached_property
+    def _clients(self) -> Clients[upstash_redis.Redis, upstash_redis.asyncio.Redis]:
+        return Clients(
+            lambda: upstash_redis.Redis(**self._options()),
+            lambda: upstash_redis.asyncio.Redis(**self._options()),
+        )
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        redis_token: str | SecretStr | None = None,
+        ttl: int | None = None,
+        **data: Any,
+    ) -> None:
+        """Build the store (see the class docstring); never connects.
+
+        Raises:
+            ConfigurationError: No URL or no token, from the arguments or the environment.
+        """
+        data["redis_url"] = redis_url or data.get("redis_url") or os.environ.get(_URL_ENV, "")
+        data["redis_token"] = redis_token or data.get("redis_token") or os.environ.get(_TOKEN_ENV)
+        if ttl is not None:
+            data["ttl"] = ttl
+        super().__init__(**data)
+        if urlsplit(self.redis_url).scheme not in {"http", "https"}:
+            raise ConfigurationError(
+                f"redis_url must be the database's REST URL (https://...; or set {_URL_ENV}), "
+                f"got {self.redis_url!r}"
+            )
+        if self.redis_token is None or not self.redis_token.get_secret_value():
+            raise ConfigurationError(f"redis_token is required (or set {_TOKEN_ENV})")
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Return ``UpstashChatStore``."""
+        return "UpstashChatStore"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a store from ``upstash+https://HOST[?token=...&namespace=...&ttl=...]``.
+
+        The token may also be the URL's password (``upstash+https://:TOKEN@HOST``) or come
+        from ``UPSTASH_REDIS_REST_TOKEN``. ``upstash+http://`` is for local emulators.
+        Keyword ``options`` win over the query.
+        """
+        parts = urlsplit(url)
+        scheme = parts.scheme.partition("+")[2] or "https"
+        ours: dict[str, Any] = {}
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name == "token":
+                ours["redis_token"] = value
+            elif name in _URL_OPTIONS:
+                ours[name] = _URL_OPTIONS[name](value)
+            else:
+                raise ConfigurationError(f"unknown option {name!r} in an upstash URL")
+        if parts.password:
+            ours["redis_token"] = unquote(parts.password)
+        host = parts.netloc.rpartition("@")[2]
+        return cls(redis_url=f"{scheme}://{host}{parts.path}".rstrip("/"), **{**ours, **options})
+
+    # -- clients -----------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"Upstash at {self.redis_url}"
+
+    def _options(self) -> dict[str, Any]:
+        assert self.redis_token is not None  # checked in __init__
+        return {
+            "url": self.redis_url,
+            "token": self.redis_token.get_secret_value(),
+            "rest_retries": self.rest_retries,
+            "rest_retry_interval": self.rest_retry_interval,
+            "allow_telemetry": False,
+        }
+
+    def _error(self, exc: Exception, op: Op[Any] | None) -> ChatStoreError:
+        if isinstance(exc, UpstashError):
+            return reply_error(str(exc), op, self._where())
+        if isinstance(exc, httpx.HTTPError | OSError):
+            return BackendUnavailableError(f"cannot reach {self._where()}: {exc!r}")
+        # A reply that is not JSON: a proxy or gateway answered instead of Upstash.
+        return BackendUnavailableError(f"{self._where()} sent an unexpected reply: {exc}")
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _execute(self, op: Op[Any]) -> Any:
+        client = self._clients.sync()
+        keys, args = list(op.keys), list(op.args)
+        try:
+            if op.script is None:
+                return client.execute(args)
+            try:
+                return client.evalsha(op.script.sha, keys=keys, args=args)
+            except UpstashError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                return client.eval(op.script.source, keys=keys, args=args)
+        except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
+            raise self._error(exc, op) from exc
+
+    async def _aexecute(self, op: Op[Any]) -> Any:
+        client = self._clients.for_loop()
+        keys, args = list(op.keys), list(op.args)
+        try:
+            if op.script is None:
+                return await client.execute(args)
+            try:
+                return await client.evalsha(op.script.sha, keys=keys, args=args)
+            except UpstashError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                return await client.eval(op.script.source, keys=keys, args=args)
+        except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
+            raise self._error(exc, op) from exc
+
+    def _scan_lists(self, pattern: str) -> Iterator[str]:
+        client, cursor = self._clients.sync(), 0
+        while True:
+            try:
+                cursor, names = client.scan(cursor, match=pattern, count=1000, type="list")
+            except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
+                raise self._error(exc, None) from exc
+            yield from names
+            if int(cursor) == 0:
+                return
+
+    def close(self) -> None:
+        """Close the sync client's HTTP connections."""
+        client = self._clients.take_sync()
+        if client is not None:
+            client.close()  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        """Close this event loop's async client and the sync client."""
+        client = self._clients.take_loop()
+        if client is not None:
+            await client.close()
+        self.close()
