@@ -40,7 +40,9 @@ def test_layout_auto_detects_the_key_schema(moto: Any) -> None:
     native = moto.store("native")
     seed = moto.store("llama_index")
     for made in (native, seed):
-        auto = DynamoDBChatStore(table_name=made.table_name, endpoint_url=moto.url, **moto.credentials)
+        auto = DynamoDBChatStore(
+            table_name=made.table_name, endpoint_url=moto.url, **moto.credentials
+        )
         auto.add_message("k", ChatMessage(content="x"))
     assert {i["SessionId"]["S"] for i in items_of(moto, seed)} == {"k"}
     assert "History" in items_of(moto, seed)[0]
@@ -165,7 +167,8 @@ def test_numbers_never_come_back_as_decimal(moto: Any) -> None:
         store.add_message("k", message)
         got = store.get_messages("k")[0].additional_kwargs
         assert got == {"i": 3, "f": 1.0, "big": 10**20}
-        assert type(got["i"]) is int and type(got["f"]) is float
+        assert type(got["i"]) is int
+        assert type(got["f"]) is float
 
 
 def test_corrupt_meta_item_raises(native_store: DynamoDBChatStore, moto: Any) -> None:
@@ -210,7 +213,9 @@ def test_dump_carries_no_secret(moto: Any) -> None:
         session_kwargs={"aws_secret_access_key": "s3cr3t"}, ttl_seconds=5,
     )  # fmt: skip
     dumped = json.dumps(store.to_dict())
-    assert "s3cr3t" not in dumped and "t0ken" not in dumped and "s3cr3t" not in repr(store)
+    assert "s3cr3t" not in dumped
+    assert "t0ken" not in dumped
+    assert "s3cr3t" not in repr(store)
     assert store.to_dict()["ttl"] == 5
 
 
