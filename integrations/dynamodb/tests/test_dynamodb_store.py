@@ -236,3 +236,16 @@ def test_async_does_not_block_the_event_loop(native_store: DynamoDBChatStore) ->
         return ticks
 
     assert asyncio.run(main()) > 10
+
+
+def test_core_registry_builds_the_store(moto: Any) -> None:
+    from llama_index.storage.chat_store.core import chat_store_from_dict, chat_store_from_url
+
+    made = moto.store("native")
+    url = f"dynamodb://{made.table_name}?region=us-east-1&endpoint_url={moto.url}"
+    store = chat_store_from_url(url, aws_access_key_id="testing", aws_secret_access_key=moto.secret)
+    assert isinstance(store, DynamoDBChatStore)
+    store.add_message("k", ChatMessage(content="x"))
+    rebuilt = chat_store_from_dict(store.to_dict(), aws_secret_access_key=moto.secret)
+    assert isinstance(rebuilt, DynamoDBChatStore)
+    assert rebuilt.count_messages("k") == 1
