@@ -1,0 +1,10 @@
+"""Chat history in Amazon DynamoDB: one item per message, exact concurrent appends.
+
+``DynamoDBChatStore(table_name=..., ...)`` keeps LlamaIndex's constructor; on the seed's
+hash-key-only table it reads and writes LlamaIndex's single-item layout.
+"""
+
+from llama_index.storage.chat_store.dynamodb._native import KEYS_INDEX
+from llama_index.storage.chat_store.dynamodb._store import DynamoDBChatStore
+
+__all__ = ["KEYS_INDEX", "DynamoDBChatStore"]

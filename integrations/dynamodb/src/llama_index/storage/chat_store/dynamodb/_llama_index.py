@@ -1,0 +1,425 @@
+"""LlamaIndex's layout: one item per conversation on the seed's hash-key-only table.
+
+Item: ``{SessionId: key, History: [message as a DynamoDB map, ...], TTL: epoch seconds}``,
+read and written so LlamaIndex's ``DynamoDBChatStore`` reads what we write and we read what it
+wrote. On top of that:
+
+* every write is conditioned on a version attribute and the length of ``History`` (LlamaIndex
+  writes no version; the length catches its appends), so concurrent appends are never lost;
+* a DynamoDB map cannot carry every JSON value exactly (floats come back as ``Decimal`` with
+  their formatting normalised, 1e300 is out of DynamoDB's number range), so a message whose map
+  is not exact also gets its JSON text in ``ChatStoreExact`` at the same index. The text is
+  used only while it still matches the map at that index, so a write by LlamaIndex that
+  reorders or replaces ``History`` can never pair a message with another one's text;
+* the whole conversation must fit one 400 KB item: a write that would not is refused with
+  :class:`PayloadTooLargeError` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from llama_index.storage.chat_store.core import CorruptDataError, PayloadTooLargeError
+from llama_index.storage.chat_store.dynamodb._client import (
+    MAX_ITEM_BYTES,
+    Table,
+    item_size,
+    with_retries,
+)
+from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
+
+__all__ = ["LlamaIndexLayout", "llama_index_table_definition"]
+
+_HISTORY = "History"
+_EXACT = "ChatStoreExact"
+_VERSION = "ChatStoreVersion"
+
+
+def llama_index_table_definition(table: str, pk: str) -> dict[str, Any]:
+    """Return CreateTable parameters for the seed's table (hash key only, on demand)."""
+    return {
+        "TableName": table,
+        "AttributeDefinitions": [{"AttributeName": pk, "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": pk, "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+# -- JSON <-> DynamoDB map -----------------------------------------------------------------
+
+
+def _number(value: Decimal | int) -> dict[str, Any] | None:
+    """Return a typed number, or None when DynamoDB cannot hold it exactly."""
+    try:
+        number = Decimal(value)
+        if number.is_zero():
+            return {"N": "0"}
+        digits = len(number.normalize().as_tuple().digits)
+        if digits > 38 or not -130 <= number.adjusted() <= 125:
+            return None
+    except (InvalidOperation, ValueError):
+        return None
+    return {"N": str(value)}
+
+
+def _to_attribute(value: Any, inexact: list[bool]) -> dict[str, Any]:
+    """Return the typed attribute for a JSON value; flag values a map cannot carry exactly."""
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, (int, Decimal)):
+        if isinstance(value, Decimal):
+            inexact.append(True)  # DynamoDB drops a float's formatting (1.0 comes back as 1)
+        typed = _number(value)
+        if typed is None:
+            inexact.append(True)
+            return {"S": str(value)}
+        return typed
+    if isinstance(value, list):
+        return {"L": [_to_attribute(v, inexact) for v in value]}
+    if isinstance(value, dict):
+        return {"M": {str(k): _to_attribute(v, inexact) for k, v in value.items()}}
+    raise TypeError(f"not a JSON value: {type(value).__qualname__}")
+
+
+def message_to_map(message_json: str) -> tuple[dict[str, Any], bool]:
+    """Return the DynamoDB map LlamaIndex reads for a message, and whether it is exact."""
+    inexact: list[bool] = []
+    value = _to_attribute(json.loads(message_json, parse_float=Decimal), inexact)
+    return value, not inexact
+
+
+def _from_attribute(value: Any) -> Any:
+    ((kind, inner),) = value.items()
+    if kind == "NULL":
+        return None
+    if kind in ("S", "BOOL"):
+        return inner
+    if kind == "N":
+        # Integers come back as integers (never Decimal); anything with a point or an
+        # exponent was a float.
+        return float(inner) if any(c in inner for c in ".eE") else int(inner)
+    if kind == "B":
+        return _binary_text(bytes(inner))
+    if kind == "L":
+        return [_from_attribute(v) for v in inner]
+    if kind == "M":
+        return {k: _from_attribute(v) for k, v in inner.items()}
+    if kind in ("SS", "NS", "BS"):
+        return [_from_attribute({kind[0]: v}) for v in inner]
+    raise TypeError(f"unknown DynamoDB type {kind!r}")
+
+
+def _binary_text(raw: bytes) -> str:
+    # LlamaIndex writes image/audio/document payloads as bytes holding base64 text; in JSON
+    # those fields carry that text. Any other binary is base64-encoded like bytes in JSON.
+    try:
+        base64.b64decode(raw, validate=True)
+        return raw.decode("ascii")
+    except (binascii.Error, ValueError):
+        return base64.b64encode(raw).decode("ascii")
+
+
+def map_to_json(value: Any) -> str:
+    """Return the message JSON of a DynamoDB map written by LlamaIndex or by us.
+
+    Raises:
+        TypeError: The value is not made of DynamoDB attribute values.
+    """
+    return json.dumps(_from_attribute(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def _plain(value: Any) -> Any:
+    """Return a typed value with numbers as Decimals, for comparing maps."""
+    ((kind, inner),) = value.items()
+    if kind == "N":
+        return ("N", Decimal(inner))
+    if kind == "L":
+        return ("L", [_plain(v) for v in inner])
+    if kind == "M":
+        return ("M", {k: _plain(v) for k, v in inner.items()})
+    if kind == "B":
+        return ("B", bytes(inner))
+    return (kind, inner)
+
+
+# -- the layout ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    """A conversation item as read (``exists`` False: none)."""
+
+    exists: bool = False
+    history: list[Any] = field(default_factory=list)
+    exact: list[Any] = field(default_factory=list)
+    version: int | None = None
+    expires: int | None = None
+    has_exact: bool = False
+    size: int = 0
+
+
+class LlamaIndexLayout:
+    """Reads and writes conversations in LlamaIndex's single-item layout, with our atomicity."""
+
+    def __init__(self, table: Table) -> None:
+        self.t = table
+
+    def _key(self, key: str) -> dict[str, Any]:
+        return {self.t.pk: text(key)}
+
+    def _read(self, key: str) -> _Item:
+        reply = self.t.call(
+            "read a conversation", "get_item", Key=self._key(key), ConsistentRead=True
+        )
+        raw = reply.get("Item")
+        if raw is None:
+            return _Item()
+        history = raw.get(_HISTORY, {"L": []})
+        exact = raw.get(_EXACT, {"L": []})
+        if "L" not in history or "L" not in exact:
+            raise CorruptDataError(
+                f"the item of key {key!r} in DynamoDB table {self.t.name!r} has no "
+                f"{_HISTORY!r} list: {raw!r:.200}"
+            )
+        ttl = raw.get(self.t.ttl_attribute, {}).get("N")
+        version = raw.get(_VERSION, {}).get("N")
+        return _Item(
+            exists=True,
+            history=history["L"],
+            exact=exact["L"],
+            version=None if version is None else int(version),
+            expires=None if ttl is None else int(Decimal(ttl)),
+            has_exact=_EXACT in raw,
+            size=item_size(raw),
+        )
+
+    def _live(self, item: _Item, now: float) -> list[Any]:
+        if item.expires is not None and item.expires <= now:
+            return []
+        return item.history
+
+    def _texts(self, key: str, item: _Item, lo: int, hi: int) -> list[tuple[int, str]]:
+        out = []
+        for position in range(lo, hi):
+            value = item.history[position]
+            exact = item.exact[position] if position < len(item.exact) else None
+            try:
+                if exact is not None and "S" in exact:
+                    as_map, _ = message_to_map(exact["S"])
+                    if _plain(as_map) == _plain(value):
+                        out.append((position, exact["S"]))
+                        continue
+                out.append((position, map_to_json(value)))
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise CorruptDataError(
+                    f"message at key {key!r} position {position} in DynamoDB table "
+                    f"{self.t.name!r} is not a LlamaIndex message map: {value!r:.200}"
+                ) from exc
+        return out
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, key: str, offset: int, limit: int | None) -> list[tuple[int, str]]:
+        """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
+        item = self._read(key)
+        history = self._live(item, time.time())
+        lo, _, _ = slice(offset, None).indices(len(history))
+        hi = len(history) if limit is None else min(len(history), lo + limit)
+        return self._texts(key, item, lo, hi) if lo < hi else []
+
+    def count(self, key: str) -> int:
+        """Return the number of messages."""
+        return len(self._live(self._read(key), time.time()))
+
+    def iter_key_pages(self) -> Iterator[list[str]]:
+        """Yield pages of keys with a non-empty, unexpired ``History`` (a table scan)."""
+        e = Expr()
+        params: dict[str, Any] = {
+            "ProjectionExpression": f"{e.n(self.t.pk)}, {e.n(self.t.ttl_attribute)}",
+            "FilterExpression": f"size({e.n(_HISTORY)}) > {e.v(num(0))}",
+            **e.params(),
+        }
+        while True:
+            page = self.t.call("list keys", "scan", **params)
+            now = time.time()
+            keys = []
+            for raw in page.get("Items", []):
+                expires = raw.get(self.t.ttl_attribute, {}).get("N")
+                if expires is None or int(Decimal(expires)) > now:
+                    keys.append(raw[self.t.pk]["S"])
+            yield keys
+            if "LastEvaluatedKey" not in page:
+                return
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _guard(self, e: Expr, item: _Item) -> str:
+        if not item.exists:
+            return f"attribute_not_exists({e.n(self.t.pk)})"
+        version = (
+            f"attribute_not_exists({e.n(_VERSION)})"
+            if item.version is None
+            else f"{e.n(_VERSION)} = {e.v(num(item.version))}"
+        )
+        return f"{version} AND size({e.n(_HISTORY)}) = {e.v(num(len(item.history)))}"
+
+    def _check_size(self, key: str, size: int) -> None:
+        if size > MAX_ITEM_BYTES:
+            raise PayloadTooLargeError(
+                f"conversation {key!r} would need a {size}-byte DynamoDB item; LlamaIndex's "
+                f"layout keeps a conversation in one item of at most {MAX_ITEM_BYTES} bytes "
+                "(400 KB). Nothing was written. Use the recommended table "
+                "(DynamoDBChatStore(...).create_table()) for conversations without a ceiling."
+            )
+
+    def _write(self, key: str, item: _Item, messages: Sequence[str], now: float) -> None:
+        """Replace the item's conversation with ``messages``, conditioned on what was read.
+
+        Raises:
+            ConflictError: The item changed since it was read.
+            PayloadTooLargeError: The conversation does not fit one item.
+        """
+        e = Expr()
+        condition = self._guard(e, item)
+        if not messages:
+            if item.exists:
+                self.t.conditional(
+                    "delete a conversation", "delete_item", Key=self._key(key),
+                    ConditionExpression=condition, **e.params(),
+                )  # fmt: skip
+            return
+        history, exact = [], []
+        for message in messages:
+            as_map, is_exact = message_to_map(message)
+            history.append(as_map)
+            exact.append({"NULL": True} if is_exact else {"S": message})
+        record = {
+            **self._key(key),
+            _HISTORY: {"L": history},
+            _VERSION: num((item.version or 0) + 1),
+        }
+        if any("S" in x for x in exact):
+            record[_EXACT] = {"L": exact}
+        if self.t.ttl is not None:
+            record[self.t.ttl_attribute] = num(self.t.expiry(now))
+        self._check_size(key, item_size(record))
+        self.t.conditional(
+            "write a conversation", "put_item", Item=record,
+            ConditionExpression=condition, **e.params(),
+        )  # fmt: skip
+
+    def _append(self, key: str, item: _Item, messages: Sequence[str], now: float) -> None:
+        """Append with list_append (only the new messages travel), conditioned on the read."""
+        e = Expr()
+        condition = self._guard(e, item)
+        if not item.exists or not self._live(item, now):
+            # A new or expired conversation: write the whole item.
+            self._write(key, item, messages, now)
+            return
+        maps, exact, added = [], [], 0
+        for message in messages:
+            as_map, is_exact = message_to_map(message)
+            maps.append(as_map)
+            exact.append({"NULL": True} if is_exact else {"S": message})
+            added += item_size({"x": as_map}) + (0 if is_exact else len(message.encode()) + 8)
+        self._check_size(key, item.size + added + 64)
+        h = e.n(_HISTORY)
+        sets = [
+            f"{h} = list_append({h}, {e.v({'L': maps})})",
+            f"{e.n(_VERSION)} = {e.v(num((item.version or 0) + 1))}",
+        ]
+        if len(item.exact) == len(item.history) and item.has_exact:
+            sets.append(f"{e.n(_EXACT)} = list_append({e.n(_EXACT)}, {e.v({'L': exact})})")
+        elif any("S" in v for v in exact) or item.has_exact:
+            padding: list[Any] = [{"NULL": True}] * len(item.history)
+            sets.append(f"{e.n(_EXACT)} = {e.v({'L': padding + exact})}")
+        if self.t.ttl is not None:
+            sets.append(f"{e.n(self.t.ttl_attribute)} = {e.v(num(self.t.expiry(now)))}")
+        self.t.conditional(
+            "append messages", "update_item", Key=self._key(key),
+            UpdateExpression=f"SET {', '.join(sets)}",
+            ConditionExpression=condition, **e.params(),
+        )  # fmt: skip
+
+    def _change(self, key: str, what: str, step: Any) -> Any:
+        """Run ``step(item, current texts, now) -> (new list | None, result)`` until it wins."""
+
+        def attempt() -> Any:
+            now = time.time()
+            item = self._read(key)
+            current = [t for _, t in self._texts(key, item, 0, len(self._live(item, now)))]
+            new, result = step(item, current, now)
+            if new is not None:
+                self._write(key, item, new, now)
+            return result
+
+        return with_retries(attempt, limit=self.t.attempts, what=what, key=key)
+
+    def append(self, key: str, messages: Sequence[str]) -> None:
+        """Append messages atomically."""
+
+        def attempt() -> None:
+            now = time.time()
+            self._append(key, self._read(key), messages, now)
+
+        with_retries(attempt, limit=self.t.attempts, what="append messages", key=key)
+
+    def insert(self, key: str, idx: int, message: str) -> None:
+        """Insert like ``list.insert``."""
+
+        def step(item: _Item, current: list[str], now: float) -> tuple[list[str], None]:
+            current.insert(idx, message)
+            return current, None
+
+        self._change(key, "insert a message", step)
+
+    def replace(self, key: str, messages: Sequence[str]) -> None:
+        """Replace the conversation (``[]`` removes it)."""
+        self._change(key, "replace a conversation", lambda item, cur, now: (list(messages), None))
+
+    def delete_all(self, key: str) -> list[str] | None:
+        """Remove the conversation; return its messages, or None if it had none."""
+
+        def step(item: _Item, current: list[str], now: float) -> tuple[list[str] | None, Any]:
+            if not current:
+                return None, None
+            return [], current
+
+        result: list[str] | None = self._change(key, "delete a conversation", step)
+        return result
+
+    def delete_at(self, key: str, idx: int) -> tuple[int, str] | None:
+        """Remove the message at ``idx``; ``(position, JSON)`` or None when out of range."""
+
+        def step(item: _Item, current: list[str], now: float) -> tuple[list[str] | None, Any]:
+            if not -len(current) <= idx < len(current):
+                return None, None
+            position = idx % len(current)
+            removed = current.pop(position)
+            return current, (position, removed)
+
+        result: tuple[int, str] | None = self._change(key, "delete a message", step)
+        return result
+
+    def delete_oldest(self, key: str, n: int) -> list[str]:
+        """Remove and return the first ``n`` messages."""
+
+        def step(item: _Item, current: list[str], now: float) -> tuple[list[str] | None, Any]:
+            if n <= 0 or not current:
+                return None, []
+            return current[n:], current[:n]
+
+        result: list[str] = self._change(key, "delete the oldest messages", step)
+        return result

@@ -1,0 +1,5 @@
+"""The seed's import path: ``from llama_index.storage.chat_store.dynamodb.base import ...``."""
+
+from llama_index.storage.chat_store.dynamodb._store import DynamoDBChatStore
+
+__all__ = ["DynamoDBChatStore"]
