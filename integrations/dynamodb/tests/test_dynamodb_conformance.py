@@ -10,6 +10,7 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import free_port
 
 ITEM_LIMIT = (
@@ -56,7 +57,7 @@ class _DynamoDBConformance(ChatStoreConformance):
         super().test_large_messages_round_trip(store)
 
 
-class TestDynamoDBNativeConformance(_DynamoDBConformance):
+class TestDynamoDBNativeConformance(_DynamoDBConformance, LlamaIndexMemoryTests):
     LAYOUT = "native"
 
     @pytest.fixture
