@@ -25,6 +25,7 @@ BENCH = Backend(
     raw=lambda url: DictOfJsonStrings(),
     reference=None,
     notes=["declared in a temporary workspace"],
+    long_conversation=5_000,
 )
 """
 
@@ -44,6 +45,7 @@ def test_plan_scales_every_volume() -> None:
     quick = Plan.from_scale(0.01, 15)
     assert (quick.lengths, quick.volumes) == ((10, 100), (10, 1_000))
     assert Plan.from_scale(0.0001, 3).lengths == (10,)
+    assert Plan.from_scale(1, 15, long_conversation=2_000).lengths == (10, 2_000)
 
 
 def test_declarations_come_from_the_tree(workspace: Path) -> None:
@@ -71,7 +73,7 @@ def test_a_declared_backend_gets_its_table_and_chart(
     table = (out / "toy.md").read_text()
     assert "BENCH_SCALE=0.01" in table
     number = r"[\d.]+ µs"
-    row = rf"\| add_message \| 100 \| {number} \| {number} \| — \| [\d.]+x \| — \|"
+    row = rf"\| add_message \| 50 \| {number} \| {number} \| — \| [\d.]+x \| — \|"
     assert re.search(row, table)
     assert "| persist | 1,000 |" in table  # SimpleChatStore and the dict floor both persist
     assert "declared in a temporary workspace" in table

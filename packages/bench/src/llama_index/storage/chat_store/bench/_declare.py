@@ -64,6 +64,9 @@ class Backend:
         raw: Builds the raw-driver floor for that URL, or None when there is none.
         reference: LlamaIndex's store, or None when LlamaIndex has none.
         notes: Extra lines printed under the table (layout differences worth knowing).
+        long_conversation: The long conversation's length at ``BENCH_SCALE=1`` (scaled like
+            every volume). Lower it for a server that cannot hold 10,000 messages in every
+            implementation's layout, or serves them too slowly for a run of minutes.
     """
 
     title: str
@@ -72,6 +75,7 @@ class Backend:
     raw: Callable[[str], RawDriver] | None
     reference: Reference | None
     notes: Sequence[str] = field(default_factory=tuple)
+    long_conversation: int = 10_000
 
 
 @contextmanager

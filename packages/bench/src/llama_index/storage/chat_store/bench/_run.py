@@ -36,14 +36,14 @@ class Plan:
     volume_repeats: int
 
     @classmethod
-    def from_scale(cls, scale: float, repeats: int) -> Plan:
+    def from_scale(cls, scale: float, repeats: int, long_conversation: int = 10_000) -> Plan:
         def scaled(n: int) -> int:
             return max(10, round(n * scale))
 
         return cls(
             scale=scale,
             repeats=repeats,
-            lengths=tuple(sorted({10, scaled(10_000)})),
+            lengths=tuple(sorted({10, scaled(long_conversation)})),
             volumes=tuple(sorted({scaled(1_000), scaled(100_000)})),
             volume_repeats=max(3, min(repeats, 7)),
         )
@@ -155,6 +155,7 @@ class _ReferenceProcess:
 def run_backend(name: str, backend: Backend, plan: Plan, log: IO[str] = sys.stderr) -> Results:
     """Measure every operation of ``backend`` for each implementation it declares."""
     started = time.monotonic()
+    plan = Plan.from_scale(plan.scale, plan.repeats, backend.long_conversation)
     labels = {"ours": f"{backend.title}, from this repository"}
     with (
         tempfile.TemporaryDirectory(prefix=f"chat-store-bench-{name}-") as workdir,
