@@ -1,0 +1,5 @@
+"""PostgreSQL chat store for LlamaIndex apps: one row per message, atomic appends and pops."""
+
+from llama_index.storage.chat_store.postgres.store import PostgresChatStore
+
+__all__ = ["PostgresChatStore"]
