@@ -328,7 +328,7 @@ def _llama_index(t: str, element: str) -> Statements:
         insert_at=text(
             f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
             f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
-            f"SET value = COALESCE(t.value[:{insert_pos}], excluded.value[0:0]) || excluded.value "
+            f"SET value = COALESCE(t.value[1:{insert_pos}], excluded.value[0:0]) || excluded.value "
             f"|| COALESCE(t.value[{insert_pos} + 1:], excluded.value[0:0])"
         ),
         replace=text(
@@ -346,7 +346,7 @@ def _llama_index(t: str, element: str) -> Statements:
             "WHERE t.key = CAST(:key AS text) FOR UPDATE), "
             "hit AS (SELECT key, p, value[p + 1] AS message FROM cur "
             "WHERE p >= 0 AND p < COALESCE(cardinality(value), 0)), "
-            f"upd AS (UPDATE {t} AS t SET value = t.value[:hit.p] || t.value[hit.p + 2:] "
+            f"upd AS (UPDATE {t} AS t SET value = t.value[1:hit.p] || t.value[hit.p + 2:] "
             "FROM hit WHERE t.key = hit.key) "
             "SELECT p, CAST(message AS text) FROM hit"
         ),
