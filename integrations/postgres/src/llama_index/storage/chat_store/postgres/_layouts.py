@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import TextClause, text
-from sqlalchemy.dialects import postgresql
 
 __all__ = [
     "ADVISORY_LOCK",
@@ -47,7 +46,6 @@ __all__ = [
 
 LayoutName = Literal["native", "google", "llama_index"]
 
-_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
 
 # Bound once; NULL when the writer has no ttl (the conversation never expires).
 _EXPIRES = (
@@ -59,10 +57,11 @@ _EXPIRES = (
 def quote(identifier: str) -> str:
     """Quote one identifier (any text: quotes, semicolons and unicode stay data).
 
-    A colon is escaped for ``text()``, which would otherwise read ``:name`` inside a
-    quoted identifier as a bind parameter.
+    Always quoted, so the name is used exactly as given. A colon is escaped for
+    ``text()``, which would otherwise read ``:name`` inside the quotes as a bind parameter.
     """
-    return _PREPARER.quote_identifier(identifier).replace(":", "\\:")
+    quoted = '"' + identifier.replace('"', '""') + '"'
+    return quoted.replace(":", "\\:")
 
 
 def conversations_table(table: str) -> str:

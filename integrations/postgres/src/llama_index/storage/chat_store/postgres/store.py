@@ -289,9 +289,18 @@ class PostgresChatStore(BaseChatStore):
         """Return the coroutine function opening one asyncpg connection."""
         import asyncpg
 
-        dsn = self.connection_string
+        parts = urlsplit(self.connection_string)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        options: dict[str, Any] = {}
+        for name, value in query:
+            # libpq's connect_timeout is asyncpg's timeout argument; asyncpg would send it to
+            # the server as a setting, which the server rejects.
+            if name == "connect_timeout":
+                options["timeout"] = float(value)
+        kept = urlencode([(k, v) for k, v in query if k != "connect_timeout"])
+        dsn = urlunsplit(parts._replace(query=kept))
         password = self.password.get_secret_value() if self.password is not None else None
-        options = dict(self.async_connect_options)
+        options.update(self.async_connect_options)
 
         async def connect() -> Any:
             return await asyncpg.connect(dsn, password=password, **options)
