@@ -119,6 +119,8 @@ class PostgresChatStore(BaseChatStore):
     """Serialise schema creation with ``pg_advisory_xact_lock`` (not on YugabyteDB < 2.25)."""
     _llama_index_prefix: ClassVar[str] = ""
     """Prefix of the table name LlamaIndex's own store creates (YugabyteDB: ``data_``)."""
+    _sync_only_options: ClassVar[frozenset[str]] = frozenset()
+    """URL query options only the sync driver understands (left out of the asyncpg DSN)."""
     _url_schemes: ClassVar[tuple[str, ...]] = (
         "postgresql",
         "postgres",
@@ -297,8 +299,9 @@ class PostgresChatStore(BaseChatStore):
             # the server as a setting, which the server rejects.
             if name == "connect_timeout":
                 options["timeout"] = float(value)
-        kept = urlencode([(k, v) for k, v in query if k != "connect_timeout"])
-        dsn = urlunsplit(parts._replace(query=kept))
+        dropped = {"connect_timeout", *self._sync_only_options}
+        kept = urlencode([(k, v) for k, v in query if k not in dropped])
+        dsn = urlunsplit(parts._replace(scheme="postgresql", query=kept))
         password = self.password.get_secret_value() if self.password is not None else None
         options.update(self.async_connect_options)
 
