@@ -190,6 +190,8 @@ class SyncConnections:
     def _connection(self) -> Iterator[PoolProxiedConnection]:
         try:
             connection = self._acquire()
+        except ChatStoreError:
+            raise
         except Exception as exc:
             raise self._translated(exc) from exc
         try:
@@ -322,6 +324,8 @@ class AsyncConnections:
             if connection is None or connection.is_closed():
                 try:
                     connection = await self._connect()
+                except ChatStoreError:
+                    raise
                 except Exception as exc:
                     raise (
                         translate_error(exc, self._where)

@@ -38,6 +38,7 @@ from llama_index.storage.chat_store.postgres._drivers import (
     SyncConnections,
 )
 from llama_index.storage.chat_store.postgres._layouts import LayoutName, Statements
+from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -134,6 +135,7 @@ class PostgresChatStore(BaseChatStore):
     _resolved: _Resolved | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _user_engine: Engine | None = PrivateAttr(default=None)
+    _connector: ConnectorEngine | None = PrivateAttr(default=None)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -250,18 +252,24 @@ class PostgresChatStore(BaseChatStore):
     @classmethod
     def from_engine(
         cls,
-        engine: Engine | AsyncEngine,
+        engine: Engine | AsyncEngine | ConnectorEngine,
         async_engine: AsyncEngine | None = None,
         **options: Any,
     ) -> Self:
-        """Build a store over SQLAlchemy engine(s) the caller made (and keeps owning).
+        """Build a store over an engine the caller made (and keeps owning).
 
-        A sync ``Engine`` serves the sync methods through its own pool and options. The async
-        methods connect with asyncpg to the same URL and credentials (an ``AsyncEngine``,
-        as ``engine`` or ``async_engine``, contributes its URL).
+        A SQLAlchemy ``Engine`` serves the sync methods through its own pool and options;
+        the async methods connect with asyncpg to the same URL and credentials (an
+        ``AsyncEngine``, as ``engine`` or ``async_engine``, contributes its URL). A
+        :class:`ConnectorEngine` serves both through its callables.
         """
         from sqlalchemy.ext.asyncio import AsyncEngine
 
+        if isinstance(engine, ConnectorEngine):
+            store = cls(connection_string=engine.url, password=engine.password, **options)
+            if engine.uses_connector:
+                store._connector = engine
+            return store
         sync_engine = engine if isinstance(engine, Engine) else None
         if isinstance(engine, AsyncEngine):
             async_engine = engine
@@ -276,6 +284,10 @@ class PostgresChatStore(BaseChatStore):
         store._user_engine = sync_engine
         return store
 
+    def _connector_engine(self) -> ConnectorEngine | None:
+        """The connector serving this store, if connections do not come from the URL."""
+        return self._connector
+
     # -- connections ---------------------------------------------------------------------
 
     def _sync_url(self) -> URL:
@@ -285,10 +297,16 @@ class PostgresChatStore(BaseChatStore):
         return url
 
     def _make_sync_engine(self) -> Engine:
+        connector = self._connector_engine()
+        if connector is not None:
+            return connector.sync_engine()
         return create_engine(self._sync_url(), **self.engine_options)
 
     def _async_connect(self) -> Callable[[], Awaitable[Any]]:
         """Return the coroutine function opening one asyncpg connection."""
+        connector = self._connector_engine()
+        if connector is not None:
+            return connector.aconnect
         import asyncpg
 
         parts = urlsplit(self.connection_string)
@@ -615,9 +633,33 @@ class PostgresChatStore(BaseChatStore):
         rows = self._connections().fetch(st.sweep, {})
         return int(rows[0][0])
 
-    def init_table(self) -> None:
-        """Create the tables now instead of on first use (idempotent)."""
+    def init_table(self, overwrite_existing: bool = False) -> None:
+        """Create the tables now instead of on first use (idempotent).
+
+        Args:
+            overwrite_existing: Drop this store's tables first (their data is lost).
+        """
+        if overwrite_existing:
+            layout = self._default_layout if self.layout == "auto" else self.layout
+            with self._connections().transaction() as tx:
+                for statement in _layouts.drop_statements(
+                    layout, self.schema_name, self.table_name
+                ):
+                    tx.fetch(statement, {})
+            self._resolved = None
         self._statements()
+
+    async def ainit_table(self, overwrite_existing: bool = False) -> None:
+        """Async :meth:`init_table`."""
+        if overwrite_existing:
+            layout = self._default_layout if self.layout == "auto" else self.layout
+            async with self._aconnections().transaction() as tx:
+                for statement in _layouts.drop_statements(
+                    layout, self.schema_name, self.table_name
+                ):
+                    await tx.fetch(statement, {})
+            self._resolved = None
+        await self._astatements()
 
     def close(self) -> None:
         """Release held connections; the store reconnects if used again."""
