@@ -10,11 +10,14 @@ secret). Without callables it is just a ``postgresql://`` URL and its password.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine, create_engine
 
 from llama_index.storage.chat_store.core import ConfigurationError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["ConnectorEngine"]
 
@@ -48,6 +51,11 @@ class ConnectorEngine:
         self._aconnect = aconnect
         self.sync_driver = sync_driver
         self.engine_options = dict(engine_options or {})
+
+    @classmethod
+    def from_url(cls, url: str, password: str | None = None, **options: Any) -> Self:
+        """Build an engine from a URL of this engine's kind (here: a ``postgresql://`` URL)."""
+        return cls(url, password=password, **options)
 
     @property
     def uses_connector(self) -> bool:

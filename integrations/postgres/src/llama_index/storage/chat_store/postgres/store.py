@@ -122,6 +122,8 @@ class PostgresChatStore(BaseChatStore):
     """Prefix of the table name LlamaIndex's own store creates (YugabyteDB: ``data_``)."""
     _sync_only_options: ClassVar[frozenset[str]] = frozenset()
     """URL query options only the sync driver understands (left out of the asyncpg DSN)."""
+    _engine_class: ClassVar[type[ConnectorEngine] | None] = None
+    """Builds connections from this class's own URL scheme (``alloydb://``, ``cloudsql://``)."""
     _url_schemes: ClassVar[tuple[str, ...]] = (
         "postgresql",
         "postgres",
@@ -152,6 +154,15 @@ class PostgresChatStore(BaseChatStore):
                 netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
                 data["connection_string"] = urlunsplit(parts._replace(netloc=netloc))
         return data
+
+    @model_validator(mode="after")
+    def _ttl_needs_native_layout(self) -> Self:
+        layout = self._default_layout if self.layout == "auto" else self.layout
+        if self.ttl is not None and layout != "native":
+            raise ConfigurationError(
+                f"ttl needs the native layout (an expiry per conversation); {layout!r} has none"
+            )
+        return self
 
     @field_validator("table_name", "schema_name")
     @classmethod
@@ -206,6 +217,16 @@ class PostgresChatStore(BaseChatStore):
         query = parse_qsl(parts.query, keep_blank_values=True)
         fields = {_STORE_OPTIONS[k]: v for k, v in query if k in _STORE_OPTIONS}
         kept = urlencode([(k, v) for k, v in query if k not in _STORE_OPTIONS])
+        if cls._engine_class is not None:
+            engine_args = {
+                k: options.pop(k) for k in ("connector", "async_connector") if k in options
+            }
+            engine = cls._engine_class.from_url(
+                urlunsplit(parts._replace(query=kept)),
+                password=options.pop("password", None),
+                **engine_args,
+            )
+            return cls.from_engine(engine, **{**fields, **options})
         connection_string = urlunsplit(parts._replace(scheme=cls._canonical_scheme(), query=kept))
         return cls(connection_string=connection_string, **{**fields, **options})
 
@@ -286,7 +307,31 @@ class PostgresChatStore(BaseChatStore):
 
     def _connector_engine(self) -> ConnectorEngine | None:
         """The connector serving this store, if connections do not come from the URL."""
+        engine_class = self._engine_class
+        scheme = urlsplit(self.connection_string).scheme
+        if self._connector is None and engine_class is not None and scheme in self._url_schemes:
+            # A store rebuilt from its dump (from_dict) reconnects through its own URL.
+            password = self.password.get_secret_value() if self.password is not None else None
+            self._connector = engine_class.from_url(self.connection_string, password=password)
         return self._connector
+
+    @classmethod
+    def create_sync(
+        cls, engine: ConnectorEngine, table_name: str, schema_name: str = "public"
+    ) -> Self:
+        """Open (creating if missing) the table of ``engine``'s database; return the store."""
+        store = cls.from_engine(engine, table_name=table_name, schema_name=schema_name)
+        store.init_table()
+        return store
+
+    @classmethod
+    async def create(
+        cls, engine: ConnectorEngine, table_name: str, schema_name: str = "public"
+    ) -> Self:
+        """Async :meth:`create_sync`."""
+        store = cls.from_engine(engine, table_name=table_name, schema_name=schema_name)
+        await store.ainit_table()
+        return store
 
     # -- connections ---------------------------------------------------------------------
 
