@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
@@ -21,6 +22,7 @@ from llama_index.storage.chat_store.core import (
     TextBlock,
     coerce_message,
     coerce_messages,
+    copy_message,
     message_from_json,
     message_to_json,
 )
@@ -156,3 +158,31 @@ def _without_filled_in(mine: Any, theirs: Any) -> Any:
     if isinstance(mine, list) and isinstance(theirs, list):
         return [_without_filled_in(a, b) for a, b in zip(mine, theirs, strict=False)]
     return theirs
+
+
+def _scribble(value: Any) -> None:
+    """Change every container reachable from ``value``, in place."""
+    if isinstance(value, BaseModel):
+        for item in vars(value).values():
+            _scribble(item)
+    elif isinstance(value, dict):
+        for item in list(value.values()):
+            _scribble(item)
+        value["scribbled"] = True
+    elif isinstance(value, list):
+        for item in value:
+            _scribble(item)
+        value.append("scribbled")
+    elif isinstance(value, set):
+        value.add("scribbled")
+
+
+def test_copy_message_is_a_deep_copy_of_every_shape() -> None:
+    odd = ChatMessage(content="x", additional_kwargs={"t": (1, [2]), "s": {3}, "n": {"l": [[4]]}})
+    for original in [*every_block_type(), *tricky_messages(), odd]:
+        before = original.model_dump_json()
+        copied = copy_message(original)
+        assert copied == original
+        assert copied.__pydantic_fields_set__ == original.__pydantic_fields_set__
+        _scribble(copied)
+        assert original.model_dump_json() == before

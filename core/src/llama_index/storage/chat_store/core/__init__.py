@@ -35,7 +35,13 @@ from llama_index.storage.chat_store.core.messages import (
     message_from_json,
     message_to_json,
 )
-from llama_index.storage.chat_store.core.simple import SimpleChatStore
+from llama_index.storage.chat_store.core.registry import (
+    chat_store_from_dict,
+    chat_store_from_url,
+    mask_url,
+    registered_schemes,
+)
+from llama_index.storage.chat_store.core.simple import JsonFileChatStore, SimpleChatStore
 from llama_index.storage.chat_store.core.store import MAX_KEY_BYTES, MAX_KEY_CHARS, BaseChatStore
 
 __all__ = [
@@ -60,6 +66,7 @@ __all__ = [
     "ImageBlock",
     "InvalidKeyError",
     "InvalidMessageError",
+    "JsonFileChatStore",
     "MessageRole",
     "PayloadTooLargeError",
     "SerializationError",
@@ -69,9 +76,13 @@ __all__ = [
     "ToolCallBlock",
     "UnknownSchemeError",
     "VideoBlock",
+    "chat_store_from_dict",
+    "chat_store_from_url",
     "coerce_message",
     "coerce_messages",
     "copy_message",
+    "mask_url",
     "message_from_json",
     "message_to_json",
+    "registered_schemes",
 ]

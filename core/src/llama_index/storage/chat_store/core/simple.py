@@ -9,18 +9,27 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import (
+    Field,
     PrivateAttr,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_serializer,
 )
+from pydantic_core import PydanticSerializationError
 from typing_extensions import NotRequired, TypedDict
 
-from llama_index.storage.chat_store.core.errors import CorruptDataError
+from llama_index.storage.chat_store.core.capabilities import Capability
+from llama_index.storage.chat_store.core.errors import (
+    ConfigurationError,
+    CorruptDataError,
+    SerializationError,
+)
 from llama_index.storage.chat_store.core.messages import (
     ChatMessage,
     coerce_message,
@@ -32,7 +41,7 @@ from llama_index.storage.chat_store.core.store import BaseChatStore, check_windo
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["DEFAULT_PERSIST_PATH", "SimpleChatStore"]
+__all__ = ["DEFAULT_PERSIST_PATH", "JsonFileChatStore", "SimpleChatStore"]
 
 DEFAULT_PERSIST_PATH = "chat_store.json"
 
@@ -58,6 +67,12 @@ class SimpleChatStore(BaseChatStore):
 
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
 
+    @property
+    def _guard(self) -> threading.RLock:
+        # pydantic serves private attributes through __getattr__ (about 1.3 µs per access,
+        # more than a whole append); reading its slot directly costs a dict lookup.
+        return self.__pydantic_private__["_lock"]  # type: ignore[index,no-any-return]
+
     def model_post_init(self, context: Any, /) -> None:
         """Drop empty conversations given to the constructor (they hold no messages)."""
         self.store = {k: list(v) for k, v in self.store.items() if v}
@@ -66,10 +81,24 @@ class SimpleChatStore(BaseChatStore):
     def _dump_locked(
         self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
     ) -> dict[str, Any]:
-        with self._lock:
+        with self._guard:
             data: dict[str, Any] = handler(self)
         data["class_name"] = self.class_name()
         return data
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build an empty in-memory store from ``memory://`` (``options`` go to the constructor).
+
+        Raises:
+            ConfigurationError: The URL is not ``memory://`` (it takes no host, path or query).
+        """
+        parts = urlsplit(url)
+        if parts.scheme.split("+", 1)[0].lower() != "memory" or any(
+            (parts.netloc, parts.path, parts.query, parts.fragment)
+        ):
+            raise ConfigurationError(f"{cls.__name__} takes the URL 'memory://', got {url!r}")
+        return cls(**options)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -79,25 +108,25 @@ class SimpleChatStore(BaseChatStore):
         """Return ``messages[offset:][:limit]`` as copies (``[]`` for a missing key)."""
         key = self._check_key(key)
         check_window(offset, limit)
-        with self._lock:
+        with self._guard:
             part = window(self.store.get(key, ()), offset, limit)
             return [copy_message(m) for m in part]
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages under ``key``."""
         key = self._check_key(key)
-        with self._lock:
+        with self._guard:
             return len(self.store.get(key, ()))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys in first-insertion order (a snapshot taken at the first step)."""
-        with self._lock:
+        with self._guard:
             keys = list(self.store)
         yield from keys
 
     def get_keys(self) -> list[str]:
         """Return the keys in first-insertion order."""
-        with self._lock:
+        with self._guard:
             return list(self.store)
 
     # -- writes ----------------------------------------------------------------------------
@@ -106,7 +135,7 @@ class SimpleChatStore(BaseChatStore):
         """Append ``message`` (or insert it at ``idx`` like ``list.insert``)."""
         key = self._check_key(key)
         message = coerce_message(message)
-        with self._lock:
+        with self._guard:
             messages = self.store.setdefault(key, [])
             if idx is None:
                 messages.append(message)
@@ -120,7 +149,7 @@ class SimpleChatStore(BaseChatStore):
         new = coerce_messages(messages)
         if not new:
             return
-        with self._lock:
+        with self._guard:
             self.store.setdefault(key, []).extend(new)
             self._changed()
 
@@ -128,7 +157,7 @@ class SimpleChatStore(BaseChatStore):
         """Replace the conversation (``[]`` removes the key)."""
         key = self._check_key(key)
         new = coerce_messages(messages)
-        with self._lock:
+        with self._guard:
             if new:
                 self.store[key] = new
             else:
@@ -138,7 +167,7 @@ class SimpleChatStore(BaseChatStore):
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Remove the conversation and return its messages (``None`` if it had none)."""
         key = self._check_key(key)
-        with self._lock:
+        with self._guard:
             removed = self.store.pop(key, None)
             if removed is not None:
                 self._changed()
@@ -147,7 +176,7 @@ class SimpleChatStore(BaseChatStore):
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove the message at ``idx``; ``None`` when out of range."""
         key = self._check_key(key)
-        with self._lock:
+        with self._guard:
             messages = self.store.get(key)
             if not messages or not -len(messages) <= idx < len(messages):
                 return None
@@ -164,7 +193,7 @@ class SimpleChatStore(BaseChatStore):
         key = self._check_key(key)
         if n <= 0:
             return []
-        with self._lock:
+        with self._guard:
             messages = self.store.get(key)
             if not messages:
                 return []
@@ -175,7 +204,7 @@ class SimpleChatStore(BaseChatStore):
 
     def clear(self) -> None:
         """Remove every conversation."""
-        with self._lock:
+        with self._guard:
             self.store.clear()
             self._changed()
 
@@ -186,6 +215,10 @@ class SimpleChatStore(BaseChatStore):
 
     def _changed(self) -> None:
         """Hook called under the lock after every change (file-backed subclasses persist)."""
+
+    def _file_text(self) -> str:
+        """Return the persisted file's text (called under the lock)."""
+        return self.model_dump_json()
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -202,8 +235,8 @@ class SimpleChatStore(BaseChatStore):
         Raises:
             OSError: The file cannot be written (the previous file is untouched).
         """
-        with self._lock:
-            text = self.model_dump_json()
+        with self._guard:
+            text = self._file_text()
         if fs is None:
             _write_atomically(Path(persist_path), text)
         else:
@@ -266,6 +299,114 @@ class SimpleChatStore(BaseChatStore):
         """
         data = b.encode("utf-8") if isinstance(b, str) else b
         return cls._from_file_bytes(data, source="the given text")
+
+
+class JsonFileChatStore(SimpleChatStore):
+    """A :class:`SimpleChatStore` written through to a JSON file on every change.
+
+    Every change rewrites the whole file atomically (temp file, fsync, rename),
+    so each write costs O(size of the store): meant for small apps, demos and
+    tests. The file is in LlamaIndex's ``SimpleChatStore`` format, so
+    ``SimpleChatStore.from_persist_path`` (ours or LlamaIndex's) reads it. The
+    file is read once, when the store is built; a missing file is an empty store
+    and is created by the first change. One process at a time: the store is
+    PERSISTENT, not SHARED (another process's writes are not seen and would be
+    overwritten). If a write fails, the store reloads the file, so memory and
+    file never disagree, and the error is raised.
+
+    URL: ``json:///absolute/path/chat_store.json``.
+    """
+
+    path: str
+    """The JSON file (made absolute)."""
+    store: dict[str, list[ChatMessage]] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _absolute(cls, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            return os.path.abspath(os.fspath(value))
+        return value
+
+    def __init__(self, **data: Any) -> None:
+        """Open the JSON file ``path`` (read now; created by the first change).
+
+        Raises:
+            ConfigurationError: ``store=`` was given (the file holds the conversations).
+            CorruptDataError: The file is not a chat store file (names the path).
+        """
+        if data.get("store"):
+            raise ConfigurationError(
+                f"{type(self).__name__} reads its conversations from its file; "
+                "add them with add_messages/set_messages instead of store="
+            )
+        super().__init__(**data)
+        self.store = _read_store_file(self.path)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a store from ``json:///absolute/path.json`` (``options`` go to the constructor).
+
+        Raises:
+            ConfigurationError: The URL has a host other than ``localhost``, a
+                relative or empty path, or a query.
+        """
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if (
+            parts.scheme.split("+", 1)[0].lower() != "json"
+            or parts.netloc not in ("", "localhost")
+            or not os.path.isabs(path)
+            or parse_qsl(parts.query)
+            or parts.fragment
+        ):
+            raise ConfigurationError(
+                f"{cls.__name__} takes a URL like 'json:///absolute/path/chat_store.json' "
+                f"(three slashes, no query), got {url!r}"
+            )
+        return cls(path=path, **options)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """PERSISTENT: a new instance over the same file sees the data."""
+        return frozenset({Capability.PERSISTENT})
+
+    @classmethod
+    def from_persist_path(
+        cls, persist_path: str | os.PathLike[str] = DEFAULT_PERSIST_PATH, fs: Any = None
+    ) -> Self:
+        """Open ``persist_path`` as a write-through store (``fs`` is not supported).
+
+        Raises:
+            ConfigurationError: ``fs`` was given.
+            CorruptDataError: The file is not a chat store file.
+        """
+        if fs is not None:
+            raise ConfigurationError(f"{cls.__name__} writes only to the local filesystem")
+        return cls(path=os.fspath(persist_path))
+
+    def _file_text(self) -> str:
+        try:
+            return _FILE.dump_json({"store": self.store, "class_name": "SimpleChatStore"}).decode()
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise SerializationError(f"cannot serialize the store for {self.path}: {exc}") from exc
+
+    def _changed(self) -> None:
+        try:
+            _write_atomically(Path(self.path), self._file_text())
+        except BaseException:
+            # The change is in memory but not on disk: go back to what the file holds.
+            self.store = _read_store_file(self.path)
+            raise
+
+
+def _read_store_file(path: str) -> dict[str, list[ChatMessage]]:
+    """Return the conversations in a chat store file (``{}`` when it does not exist)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return {}
+    return SimpleChatStore._from_file_bytes(data, source=path).store
 
 
 def _write_atomically(path: Path, text: str) -> None:

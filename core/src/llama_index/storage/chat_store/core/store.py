@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from llama_index.storage.chat_store.core.capabilities import Capability
-from llama_index.storage.chat_store.core.errors import InvalidKeyError
+from llama_index.storage.chat_store.core.errors import CapabilityNotSupportedError, InvalidKeyError
 from llama_index.storage.chat_store.core.messages import ChatMessage
 
 if TYPE_CHECKING:
@@ -119,6 +119,20 @@ class BaseChatStore(BaseModel, ABC):
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration (with ``class_name``, without secrets)."""
         return self.model_dump()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a store from a URL of one of this backend's schemes (it does not connect yet).
+
+        ``options`` are constructor arguments that the URL does not carry (or
+        overrides of its query parameters). :func:`chat_store_from_url` picks the
+        class by the URL's scheme and calls this.
+
+        Raises:
+            CapabilityNotSupportedError: This store class has no URL form.
+            ConfigurationError: The URL does not describe a valid configuration.
+        """
+        raise CapabilityNotSupportedError(f"{cls.__qualname__} cannot be built from a URL")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **secrets: Any) -> Self:

@@ -590,6 +590,28 @@ class ChatStoreConformance:
         popped = [t for r in results for t in r]
         assert sorted(popped, key=str) == sorted([f"m{i}" for i in range(40)], key=str)
 
+    def test_concurrent_deletes_by_index_never_share(self, store: BaseChatStore) -> None:
+        """Concurrent delete_message(key, 0) calls each remove a different message, oldest first.
+
+        If this fails: delete by index reads the element and removes it in two steps.
+        """
+        store.add_messages("k", numbered(40))
+        barrier = threading.Barrier(4)
+
+        def delete_first() -> list[str | None]:
+            barrier.wait(timeout=30)
+            got = []
+            while (message := store.delete_message("k", 0)) is not None:
+                got.append(message.content)
+            return got
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = [f.result() for f in [pool.submit(delete_first) for _ in range(4)]]
+        for got in results:
+            assert got == sorted(got, key=lambda t: int(str(t)[1:]))
+        popped = [t for r in results for t in r]
+        assert sorted(popped, key=str) == sorted([f"m{i}" for i in range(40)], key=str)
+
     @requires(Capability.SHARED)
     def test_processes_append_and_pop(
         self, store: BaseChatStore, store_factory: Callable[[], BaseChatStore]

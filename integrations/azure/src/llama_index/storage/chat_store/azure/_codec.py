@@ -1,0 +1,290 @@
+"""How keys, table names and messages map onto Azure Table entities (no I/O here).
+
+Facts this module encodes (Azure Table Storage; Azurite enforces the same):
+
+* PartitionKey and RowKey are at most 1 KiB of UTF-16 (512 code units) and must not
+  contain slash, backslash, ``#``, ``?`` or the control characters U+0000-U+001F, U+007F-U+009F.
+* A string property holds at most 64 KiB of UTF-16 (32,768 code units), a binary
+  property 64 KiB; an entity holds at most 255 properties and 1 MiB in total.
+* An entity-group transaction holds at most 100 operations and 4 MiB of payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from llama_index.storage.chat_store.core import (
+    ChatMessage,
+    ConfigurationError,
+    CorruptDataError,
+    PayloadTooLargeError,
+    message_from_json,
+    message_to_json,
+)
+
+__all__ = [
+    "BATCH_MAX_OPS",
+    "BATCH_MAX_WIRE_BYTES",
+    "HASHED_PREFIX",
+    "check_entity_size",
+    "decode_key",
+    "decode_llama_index_message",
+    "decode_payload",
+    "encode_key",
+    "encode_llama_index_message",
+    "encode_payload",
+    "entity_wire_size",
+    "sanitize_table_name",
+    "validate_table_name",
+]
+
+KEY_MAX_UTF16_UNITS = 512
+PROPERTY_MAX_BYTES = 65_536
+ENTITY_MAX_BYTES = 1_048_576
+COSMOS_ENTITY_MAX_BYTES = 2_097_152
+BATCH_MAX_OPS = 100
+# The service allows 4 MiB per transaction; keep room for the multipart framing.
+BATCH_MAX_WIRE_BYTES = 4 * 1_048_576 - 256 * 1024
+
+# Characters Azure forbids in PartitionKey/RowKey, plus "%" (our escape character).
+_ESCAPED = frozenset("/\\#?%") | frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
+_ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
+HASHED_PREFIX = "%h"
+"""Keys too long once escaped are stored under ``%h`` + SHA-256; the entity keeps the key."""
+
+_TABLE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+_RESERVED_TABLE_NAMES = frozenset({"tables"})
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def encode_key(key: str) -> str:
+    """Return the PartitionKey/RowKey for a conversation key.
+
+    Keys Azure accepts as they are stay unchanged (so data written by LlamaIndex
+    under plain keys is found); percent, slash, backslash, ``#``, ``?`` and control
+    characters become ``%XX``.
+    A key still too long after escaping maps to ``%h<sha256>`` and the caller keeps
+    the real key in a ``Key`` property.
+    """
+    escaped = "".join(f"%{ord(c):02X}" if c in _ESCAPED else c for c in key)
+    if _utf16_units(escaped) <= KEY_MAX_UTF16_UNITS:
+        return escaped
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return HASHED_PREFIX + digest
+
+
+def decode_key(encoded: str, stored_key: Any = None) -> str:
+    """Invert :func:`encode_key`; ``stored_key`` is the entity's ``Key`` property, if any."""
+    if isinstance(stored_key, str):
+        return stored_key
+    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), encoded)
+
+
+def validate_table_name(name: str, what: str) -> str:
+    """Return ``name`` if Azure accepts it as a table name.
+
+    Raises:
+        ConfigurationError: Not 3-63 alphanumerics starting with a letter, or reserved.
+    """
+    if not isinstance(name, str) or not _TABLE_NAME_RE.match(name):
+        raise ConfigurationError(
+            f"{what} {name!r} is not a valid Azure table name: use 3-63 letters and digits, "
+            "starting with a letter (layout='llama_index' applies LlamaIndex's sanitizing "
+            "instead)"
+        )
+    if name.lower() in _RESERVED_TABLE_NAMES:
+        raise ConfigurationError(f"{what} {name!r} is reserved by Azure")
+    return name
+
+
+def sanitize_table_name(name: str) -> str:
+    """Apply LlamaIndex's table-name rules (so both find the same tables).
+
+    Non-alphanumerics are removed, a leading digit gets an ``A`` prefix, names are
+    padded with ``A`` to 3 characters and cut at 63.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9]", "", name)
+    if cleaned[:1].isdigit():
+        cleaned = "A" + cleaned
+    if len(cleaned) < 3:
+        cleaned += "A" * (3 - len(cleaned))
+    return cleaned[:63]
+
+
+# -- native message payloads ------------------------------------------------------------------
+
+
+def encode_payload(message: ChatMessage) -> dict[str, Any]:
+    """Return the properties holding one message in the native layout.
+
+    A message whose JSON fits one string property (32,768 UTF-16 code units) is stored
+    readable as ``Message``. A larger one is stored zlib-compressed UTF-8 in binary
+    properties ``Chunk0..ChunkN`` with ``Chunks`` (their number) and ``Codec``
+    (``"zlib"``): UTF-16 would double ASCII text, and the 1 MiB entity limit should
+    hold as much conversation as possible.
+    """
+    text = message_to_json(message)
+    if 2 * _utf16_units(text) <= PROPERTY_MAX_BYTES:
+        return {"Message": text}
+    data = zlib.compress(text.encode("utf-8", "surrogatepass"), 6)
+    chunks = [data[i : i + PROPERTY_MAX_BYTES] for i in range(0, len(data), PROPERTY_MAX_BYTES)]
+    payload: dict[str, Any] = {f"Chunk{i}": chunk for i, chunk in enumerate(chunks)}
+    payload["Chunks"] = len(chunks)
+    payload["Codec"] = "zlib"
+    return payload
+
+
+def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> ChatMessage:
+    """Parse the message held by an entity written by :func:`encode_payload`.
+
+    Raises:
+        CorruptDataError: Missing or mistyped properties, or not a message.
+    """
+    text = props.get("Message")
+    if isinstance(text, str):
+        return message_from_json(text, key=key, position=position)
+    count = props.get("Chunks")
+    parts = [props.get(f"Chunk{i}") for i in range(count)] if isinstance(count, int) else []
+    codec = props.get("Codec")
+    if not parts or not all(isinstance(p, bytes) for p in parts) or codec not in (None, "zlib"):
+        raise CorruptDataError(
+            f"stored entity at key {key!r} position {position} holds no message "
+            f"(properties: {sorted(props)[:10]})"
+        )
+    data = b"".join(parts)  # type: ignore[arg-type]
+    if codec == "zlib":
+        try:
+            data = zlib.decompress(data)
+        except zlib.error as exc:
+            raise CorruptDataError(
+                f"stored entity at key {key!r} position {position} is not valid zlib data"
+            ) from exc
+    return message_from_json(data, key=key, position=position)
+
+
+def _value_size(value: Any) -> int:
+    if isinstance(value, str):
+        return 4 + 2 * _utf16_units(value)
+    if isinstance(value, (bytes, bytearray)):
+        return 4 + len(value)
+    return 8
+
+
+def check_entity_size(
+    entity: Mapping[str, Any], *, key: str, cosmos: bool = False, splits: bool = True
+) -> None:
+    """Raise before the call when the service would reject the entity as too large.
+
+    The size follows Azure's documented accounting: 4 bytes, the keys in UTF-16, and per
+    property 8 bytes + its name in UTF-16 + its value.
+
+    Raises:
+        PayloadTooLargeError: Over 1 MiB (2 MiB on Cosmos DB), too many properties, or a
+            single property over 64 KiB where properties are not split.
+    """
+    limit = COSMOS_ENTITY_MAX_BYTES if cosmos else ENTITY_MAX_BYTES
+    size = 4
+    for name, value in entity.items():
+        if name in ("PartitionKey", "RowKey"):
+            size += 2 * _utf16_units(value)
+            continue
+        size += 8 + 2 * _utf16_units(name) + _value_size(value)
+        if not cosmos and not splits and _value_size(value) - 4 > PROPERTY_MAX_BYTES:
+            raise PayloadTooLargeError(f"a property of the message at key {key!r} exceeds 64 KiB")
+    if size > limit or len(entity) > 252:
+        raise PayloadTooLargeError(
+            f"the message at key {key!r} needs an entity of {size:,} bytes; Azure Tables "
+            f"stores at most {limit:,} bytes per entity ({'Cosmos DB' if cosmos else 'Storage'})"
+        )
+
+
+def entity_wire_size(entity: Mapping[str, Any]) -> int:
+    """Estimate an entity's bytes in a transaction body (JSON, binary as base64)."""
+    size = 64
+    for name, value in entity.items():
+        size += len(name) + 48
+        if isinstance(value, (bytes, bytearray)):
+            size += (len(value) + 2) // 3 * 4
+        elif isinstance(value, str):
+            size += len(json.dumps(value).encode("utf-8"))
+        else:
+            size += 24
+    return size
+
+
+# -- LlamaIndex's AzureChatStore layout -----------------------------------------------------
+
+_PART = "_part_"
+
+
+def _split_llama_index(name: str, text: str) -> dict[str, str]:
+    """Split like LlamaIndex: 64 KiB slices of the UTF-16 encoding (with its BOM)."""
+    data = text.encode("utf-16")
+    if len(data) < PROPERTY_MAX_BYTES:
+        return {name: text}
+    parts: dict[str, str] = {}
+    start, index = 0, 1
+    while start < len(data):
+        end = min(start + PROPERTY_MAX_BYTES, len(data))
+        # Unlike LlamaIndex (which drops the halves), never cut a surrogate pair.
+        if end < len(data) and 0xD800 <= int.from_bytes(data[end - 2 : end], "little") < 0xDC00:
+            end -= 2
+        chunk = data[start:end]
+        parts[f"{name}{_PART}{index}"] = chunk.decode(
+            "utf-16" if start == 0 else "utf-16-le", "surrogatepass"
+        )
+        start, index = end, index + 1
+    return parts
+
+
+def encode_llama_index_message(message: ChatMessage, *, cosmos: bool) -> dict[str, Any]:
+    """Return the properties LlamaIndex's AzureChatStore writes for a message.
+
+    Each top-level field of the message JSON (``role``, ``additional_kwargs``,
+    ``blocks``) is a property holding ``json.dumps`` of its value, split into
+    ``<name>_part_N`` at 64 KiB of UTF-16 on Table Storage.
+    """
+    fields = json.loads(message_to_json(message))
+    props: dict[str, Any] = {}
+    for name, value in fields.items():
+        text = json.dumps(value)
+        if cosmos:
+            props[name] = text
+        else:
+            props.update(_split_llama_index(name, text))
+    return props
+
+
+def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: int) -> ChatMessage:
+    """Parse an entity written by LlamaIndex's AzureChatStore (or by us in its layout).
+
+    Raises:
+        CorruptDataError: A property is not JSON, or the result is not a message.
+    """
+    fields: dict[str, Any] = {}
+    parts: dict[str, dict[int, str]] = {}
+    for name, value in props.items():
+        if name in ("PartitionKey", "RowKey", "Timestamp") or not isinstance(value, str):
+            continue
+        base, sep, index = name.rpartition(_PART)
+        if sep and index.isdigit():
+            parts.setdefault(base, {})[int(index)] = value
+        else:
+            fields[name] = value
+    for base, pieces in parts.items():
+        fields[base] = "".join(pieces[i] for i in sorted(pieces))
+    try:
+        document = {name: json.loads(text) for name, text in fields.items()}
+    except ValueError as exc:
+        raise CorruptDataError(
+            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc}"
+        ) from exc
+    return message_from_json(json.dumps(document), key=key, position=position)

@@ -1,0 +1,474 @@
+"""Table I/O as plain request objects, run by a sync or an async driver.
+
+Every store operation is written once, as a generator that yields request objects
+(:class:`Get`, :class:`Query`, :class:`Batch`, :class:`Put`, :class:`Remove`) and
+receives their results. :func:`run_sync` executes the requests with the sync
+``azure.data.tables`` client, :func:`run_async` with ``azure.data.tables.aio``: the
+logic is shared, only the I/O call differs, and no event loop hides in a sync call.
+
+A failed optimistic-concurrency condition (HTTP 409/412, or 404 on a conditional
+write) is thrown into the generator as :class:`ConflictError` so it can re-read and retry;
+every other failure becomes one of core's errors with the driver error chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import EntityProperty, TableClient, UpdateMode
+from azure.data.tables.aio import TableClient as AsyncTableClient
+from llama_index.storage.chat_store.azure._codec import (
+    BATCH_MAX_OPS,
+    BATCH_MAX_WIRE_BYTES,
+    entity_wire_size,
+)
+from llama_index.storage.chat_store.core import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ChatStoreError,
+    PayloadTooLargeError,
+)
+
+__all__ = [
+    "Action",
+    "AsyncClients",
+    "Batch",
+    "ConflictError",
+    "Get",
+    "Plan",
+    "Put",
+    "Query",
+    "Remove",
+    "Row",
+    "Sleep",
+    "backoff",
+    "chunks",
+    "fits",
+    "run_async",
+    "run_sync",
+]
+
+_T = TypeVar("_T")
+
+
+class Row(NamedTuple):
+    """An entity's properties (Edm wrappers removed) and its ETag."""
+
+    props: dict[str, Any]
+    etag: str
+
+
+@dataclass(frozen=True)
+class Get:
+    """Point read; result: :class:`Row` or ``None``."""
+
+    table: str
+    pk: str
+    rk: str
+
+
+@dataclass(frozen=True)
+class Query:
+    """One page of a parameterised query; result: ``(rows, continuation or None)``."""
+
+    table: str
+    filter: str
+    params: Mapping[str, Any]
+    select: tuple[str, ...] | None = None
+    page_size: int | None = None
+    token: Any = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """An entity-group transaction (one partition, at most 100 operations).
+
+    ``actions`` are ``(verb, entity, etag or None)`` with verb ``create``, ``upsert``,
+    ``update`` (replace) or ``delete``; an etag makes the operation conditional.
+    Result: the ETags in order.
+    """
+
+    table: str
+    actions: Sequence[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Put:
+    """Write one entity (``create``, ``upsert`` or conditional ``update``); result: ETag."""
+
+    table: str
+    entity: dict[str, Any]
+    verb: str = "upsert"
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Back off before retrying after a conflict; result: ``None``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Delete one entity (conditional when ``etag`` is given); missing is fine unconditionally."""
+
+    table: str
+    pk: str
+    rk: str
+    etag: str | None = None
+
+
+Op = Get | Query | Batch | Put | Remove | Sleep
+Action = tuple[str, dict[str, Any], str | None]
+"""A transaction operation: ``(verb, entity, etag or None)``."""
+Plan = Generator[Op, Any, _T]
+
+
+def backoff(attempt: int) -> Sleep:
+    """Return a jittered, growing pause before retrying after a conflict."""
+    return Sleep(min(0.5, 0.002 * (2 ** min(attempt, 8))) * random.uniform(0.5, 1.5))
+
+
+def fits(actions: Sequence[Action]) -> bool:
+    """Return whether the actions fit one transaction (100 operations, 4 MiB)."""
+    if len(actions) > BATCH_MAX_OPS:
+        return False
+    return sum(entity_wire_size(e) for _, e, _ in actions) <= BATCH_MAX_WIRE_BYTES
+
+
+def chunks(actions: Sequence[Action]) -> list[list[Action]]:
+    """Cut actions into transactions within the operation and payload limits."""
+    out: list[list[Action]] = []
+    current: list[Action] = []
+    size = 0
+    for action in actions:
+        wire = entity_wire_size(action[1])
+        if current and (len(current) >= BATCH_MAX_OPS or size + wire > BATCH_MAX_WIRE_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(action)
+        size += wire
+    if current:
+        out.append(current)
+    return out
+
+
+class ConflictError(Exception):
+    """An optimistic-concurrency condition failed (409, 412, or 404 on a conditional write)."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(f"condition failed ({status})")
+        self.status = status
+
+
+class TableMissingError(Exception):
+    """The table vanished after we created it (deleted by someone else)."""
+
+
+def _unwrap(entity: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, EntityProperty) else v for k, v in entity.items()}
+
+
+def _etag(entity: Any) -> str:
+    return str(entity.metadata["etag"])
+
+
+def _translate(exc: Exception, where: str) -> Exception:
+    """Map an SDK exception to :class:`ConflictError` or one of core's errors."""
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return BackendUnavailableError(f"Azure Table service at {where} is unreachable: {exc}")
+    if isinstance(exc, ClientAuthenticationError):
+        return AuthenticationError(f"Azure Table service at {where} rejected the credentials")
+    if not isinstance(exc, HttpResponseError):
+        return exc
+    status = exc.status_code
+    code = str(getattr(exc, "error_code", "") or "")
+    if "TableNotFound" in code or "TABLE_NOT_FOUND" in code:
+        return TableMissingError(code)
+    if status == 403:
+        return AuthenticationError(
+            f"Azure Table service at {where} rejected the credentials ({code or 403}): check "
+            "the account key, SAS token or role assignment"
+        )
+    if status in (404, 409, 412) or isinstance(exc, (ResourceExistsError, ResourceNotFoundError)):
+        return ConflictError(status)
+    too_large = ("TooLarge", "TOO_LARGE", "RequestBodyTooLarge")
+    if status == 413 or any(word in code for word in too_large):
+        return PayloadTooLargeError(f"Azure Table service at {where} refused the size: {code}")
+    if status is not None and status >= 500:
+        return BackendUnavailableError(
+            f"Azure Table service at {where} failed ({status} {code}); retry later"
+        )
+    return ChatStoreError(f"Azure Table service at {where} answered {status} {code}: {exc}")
+
+
+def _batch_actions(batch: Batch) -> list[Any]:
+    actions: list[Any] = []
+    for verb, entity, etag in batch.actions:
+        options: dict[str, Any] = _condition(etag)
+        if verb in ("upsert", "update"):
+            options["mode"] = UpdateMode.REPLACE
+        actions.append((verb, entity, options) if options else (verb, entity))
+    return actions
+
+
+def _condition(etag: str | None) -> dict[str, Any]:
+    if etag is None:
+        return {}
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+def _conditional_delete(op: Remove) -> list[Any]:
+    # delete_entity() treats "not found" as success even with an ETag; a one-operation
+    # transaction reports it, so two callers never both believe they removed the entity.
+    entity = {"PartitionKey": op.pk, "RowKey": op.rk}
+    return _batch_actions(Batch(op.table, [("delete", entity, op.etag)]))
+
+
+# -- sync --------------------------------------------------------------------------------
+
+
+def _exec_sync(client: TableClient, op: Op) -> Any:
+    if isinstance(op, Get):
+        try:
+            entity = client.get_entity(op.pk, op.rk)
+        except ResourceNotFoundError as exc:
+            if "TableNotFound" in str(getattr(exc, "error_code", "")):
+                raise
+            return None
+        return Row(_unwrap(entity), _etag(entity))
+    if isinstance(op, Query):
+        pages = client.query_entities(
+            op.filter,
+            parameters=dict(op.params),
+            select=list(op.select) if op.select else None,
+            results_per_page=op.page_size,
+        ).by_page(continuation_token=op.token)
+        rows = [Row(_unwrap(e), _etag(e)) for e in next(pages, [])]
+        return rows, pages.continuation_token  # type: ignore[attr-defined]
+    if isinstance(op, Batch):
+        results = client.submit_transaction(_batch_actions(op))
+        return [str(r.get("etag", "")) for r in results]
+    if isinstance(op, Put):
+        if op.verb == "create":
+            result = client.create_entity(op.entity)
+        elif op.verb == "upsert":
+            result = client.upsert_entity(op.entity, mode=UpdateMode.REPLACE)
+        else:
+            result = client.update_entity(op.entity, mode=UpdateMode.REPLACE, **_condition(op.etag))
+        return str(result.get("etag", ""))
+    assert isinstance(op, Remove)
+    if op.etag is None:
+        client.delete_entity(op.pk, op.rk)
+    else:
+        client.submit_transaction(_conditional_delete(op))
+    return None
+
+
+def run_sync(
+    plan: Plan[_T],
+    client_for: Callable[[str], TableClient],
+    where: str,
+    ensure: Callable[..., None],
+) -> _T:
+    """Run a plan with the sync client; ``ensure`` creates the tables (once per store)."""
+    ensure()
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            op = plan.throw(error) if error is not None else plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        error = None
+        if isinstance(op, Sleep):
+            time.sleep(op.seconds)
+            result = None
+            continue
+        for attempt in range(2):
+            try:
+                result = _exec_sync(client_for(op.table), op)
+                break
+            except Exception as exc:
+                translated = _translate(exc, where)
+                if isinstance(translated, TableMissingError) and attempt == 0:
+                    ensure(force=True)
+                    continue
+                if isinstance(translated, ConflictError):
+                    error = translated
+                    break
+                if translated is exc:
+                    raise
+                if isinstance(translated, TableMissingError):
+                    raise ChatStoreError(f"table {op.table!r} is missing at {where}") from exc
+                raise translated from exc
+
+
+# -- async -------------------------------------------------------------------------------
+
+
+async def _exec_async(client: AsyncTableClient, op: Op) -> Any:
+    if isinstance(op, Get):
+        try:
+            entity = await client.get_entity(op.pk, op.rk)
+        except ResourceNotFoundError as exc:
+            if "TableNotFound" in str(getattr(exc, "error_code", "")):
+                raise
+            return None
+        return Row(_unwrap(entity), _etag(entity))
+    if isinstance(op, Query):
+        pages = client.query_entities(
+            op.filter,
+            parameters=dict(op.params),
+            select=list(op.select) if op.select else None,
+            results_per_page=op.page_size,
+        ).by_page(continuation_token=op.token)
+        rows: list[Row] = []
+        async for page in pages:
+            rows = [Row(_unwrap(e), _etag(e)) async for e in page]
+            break
+        return rows, pages.continuation_token  # type: ignore[attr-defined]
+    if isinstance(op, Batch):
+        results = await client.submit_transaction(_batch_actions(op))
+        return [str(r.get("etag", "")) for r in results]
+    if isinstance(op, Put):
+        if op.verb == "create":
+            result = await client.create_entity(op.entity)
+        elif op.verb == "upsert":
+            result = await client.upsert_entity(op.entity, mode=UpdateMode.REPLACE)
+        else:
+            result = await client.update_entity(
+                op.entity, mode=UpdateMode.REPLACE, **_condition(op.etag)
+            )
+        return str(result.get("etag", ""))
+    assert isinstance(op, Remove)
+    if op.etag is None:
+        await client.delete_entity(op.pk, op.rk)
+    else:
+        await client.submit_transaction(_conditional_delete(op))
+    return None
+
+
+async def run_async(
+    plan: Plan[_T],
+    client_for: Callable[[str], Awaitable[AsyncTableClient]],
+    where: str,
+    ensure: Callable[..., Awaitable[None]],
+) -> _T:
+    """Run a plan with the async client of the running event loop."""
+    await ensure()
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            op = plan.throw(error) if error is not None else plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        error = None
+        if isinstance(op, Sleep):
+            await asyncio.sleep(op.seconds)
+            result = None
+            continue
+        for attempt in range(2):
+            try:
+                result = await _exec_async(await client_for(op.table), op)
+                break
+            except Exception as exc:
+                translated = _translate(exc, where)
+                if isinstance(translated, TableMissingError) and attempt == 0:
+                    await ensure(force=True)
+                    continue
+                if isinstance(translated, ConflictError):
+                    error = translated
+                    break
+                if translated is exc:
+                    raise
+                if isinstance(translated, TableMissingError):
+                    raise ChatStoreError(f"table {op.table!r} is missing at {where}") from exc
+                raise translated from exc
+
+
+# -- async clients, one set per event loop -------------------------------------------------
+
+
+class AsyncClients:
+    """Async table clients created lazily for each running event loop.
+
+    aiohttp sessions belong to the loop that opened them. For each loop a suspended
+    async generator holds the clients; ``asyncio.run`` (and pytest-asyncio) close
+    every live async generator at loop shutdown (``shutdown_asyncgens``), so the
+    generator's ``finally`` closes the clients inside their own loop, before it ends.
+    """
+
+    def __init__(self, factory: Callable[[str], AsyncTableClient]) -> None:
+        self._factory = factory
+        self._by_loop: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopClients]] = {}
+
+    async def get(self, table: str) -> AsyncTableClient:
+        """Return the client of ``table`` for the running loop."""
+        loop = asyncio.get_running_loop()
+        entry = self._by_loop.get(id(loop))
+        if entry is None or entry[0]() is not loop:
+            self._forget_dead()
+            holder = _LoopClients()
+            keeper = holder.keep_until_shutdown(self._by_loop, id(loop))
+            await keeper.asend(None)
+            holder.keeper = keeper
+            entry = (weakref.ref(loop), holder)
+            self._by_loop[id(loop)] = entry
+        return entry[1].client(table, self._factory)
+
+    def _forget_dead(self) -> None:
+        for loop_id, (ref, _) in list(self._by_loop.items()):
+            loop = ref()
+            if loop is None or loop.is_closed():
+                self._by_loop.pop(loop_id, None)
+
+    async def aclose(self) -> None:
+        """Close the running loop's clients (others close when their loop shuts down)."""
+        entry = self._by_loop.pop(id(asyncio.get_running_loop()), None)
+        if entry is not None and entry[1].keeper is not None:
+            await entry[1].keeper.aclose()
+
+
+class _LoopClients:
+    def __init__(self) -> None:
+        self.clients: dict[str, AsyncTableClient] = {}
+        self.keeper: AsyncGenerator[None, None] | None = None
+
+    def client(self, table: str, factory: Callable[[str], AsyncTableClient]) -> AsyncTableClient:
+        found = self.clients.get(table)
+        if found is None:
+            found = self.clients[table] = factory(table)
+        return found
+
+    async def close(self) -> None:
+        clients, self.clients = list(self.clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    async def keep_until_shutdown(
+        self, registry: dict[int, Any], loop_id: int
+    ) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            if registry.get(loop_id, (None, None))[1] is self:
+                registry.pop(loop_id, None)
+            await self.close()

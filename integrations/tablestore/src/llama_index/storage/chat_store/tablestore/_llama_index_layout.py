@@ -1,0 +1,151 @@
+"""LlamaIndex's layout: one row per conversation, its messages as a JSON array string.
+
+Table ``llama_index_chat_store_v1`` (by default), primary key ``session_id STRING``, column
+``history``. LlamaIndex rewrites the row on every change with no condition, so concurrent
+writers lose messages. Here every change is a read-modify-write made conditional on the
+``history`` value read (``EXPECT_NOT_EXIST`` for a new row), retried on conflict: atomic, also
+against LlamaIndex's own writers. The whole conversation must fit the 2 MB value limit;
+larger writes raise :class:`PayloadTooLargeError` before any call.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from llama_index.storage.chat_store.core import (
+    ChatMessage,
+    ChatStoreError,
+    CorruptDataError,
+    PayloadTooLargeError,
+    message_from_json,
+)
+from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
+from llama_index.storage.chat_store.tablestore._sdk import ts
+
+__all__ = ["PRIMARY_KEY", "clear", "keys_page", "mutate", "read"]
+
+PRIMARY_KEY = [("session_id", "STRING")]
+MAX_VALUE_BYTES = 2 * 1024 * 1024
+_WRITE_ATTEMPTS = 200
+_PAGE_ROWS = 1000
+
+R = TypeVar("R")
+
+
+def _history(table: str, key: str) -> Op[str | None]:
+    _, row, _ = yield Call(
+        "get_row", (table, [("session_id", key)]), {"columns_to_get": ["history"], "max_version": 1}
+    )
+    if row is None:
+        return None
+    for name, value, *_ in row.attribute_columns or ():
+        if name == "history":
+            if not isinstance(value, str):
+                raise CorruptDataError(f"conversation {key!r}: history is not text")
+            return value
+    return None
+
+
+def _parse(key: str, history: str | None) -> list[ChatMessage]:
+    if history is None:
+        return []
+    try:
+        items = json.loads(history)
+    except ValueError as exc:
+        raise CorruptDataError(f"conversation {key!r}: history is not JSON ({exc})") from exc
+    if not isinstance(items, list):
+        raise CorruptDataError(f"conversation {key!r}: history is not a JSON array")
+    return [
+        message_from_json(json.dumps(item, ensure_ascii=False), key=key, position=i)
+        for i, item in enumerate(items)
+    ]
+
+
+def read(table: str, key: str) -> Op[list[ChatMessage]]:
+    """Return the conversation's messages (``[]`` when the row is missing)."""
+    history = yield from _history(table, key)
+    return _parse(key, history)
+
+
+def _encode(key: str, jsons: Sequence[str]) -> str:
+    text = "[" + ", ".join(jsons) + "]"
+    size = len(text.encode("utf-8"))
+    if size > MAX_VALUE_BYTES:
+        raise PayloadTooLargeError(
+            f"conversation {key!r} would be {size} bytes; LlamaIndex's layout keeps a whole "
+            f"conversation in one value of at most {MAX_VALUE_BYTES} bytes (use layout='native')"
+        )
+    return text
+
+
+def mutate(
+    table: str,
+    key: str,
+    change: Callable[[list[ChatMessage]], tuple[list[ChatMessage], R]],
+    to_json: Callable[[ChatMessage], str],
+) -> Op[R]:
+    """Apply ``change`` to the conversation atomically; return its result.
+
+    ``change`` gets the current messages and returns the new list and the result. The write
+    is conditional on the value read, so a concurrent change (ours or LlamaIndex's) makes it
+    retry instead of being overwritten.
+    """
+    pk = [("session_id", key)]
+    for attempt in range(_WRITE_ATTEMPTS):
+        history = yield from _history(table, key)
+        current = _parse(key, history)
+        new, result = change(list(current))
+        if [to_json(m) for m in new] == [to_json(m) for m in current]:
+            return result
+        if history is None:
+            condition = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
+        else:
+            same = ts.SingleColumnCondition(
+                "history", history, ts.ComparatorType.EQUAL, pass_if_missing=False
+            )
+            condition = ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, same)
+        try:
+            if new:
+                row = ts.Row(pk, [("history", _encode(key, [to_json(m) for m in new]))])
+                yield Call("put_row", (table, row, condition))
+            elif history is not None:
+                yield Call("delete_row", (table, ts.Row(pk), condition))
+        except ConflictError:
+            yield Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
+            continue
+        return result
+    raise ChatStoreError(f"conversation {key!r} in table {table!r}: too much contention")
+
+
+def keys_page(table: str, start: Any) -> Op[tuple[list[str], Any]]:
+    """Return one page of non-empty conversation keys and where the next page starts."""
+    first = start or [("session_id", ts.INF_MIN)]
+    _, next_pk, rows, _ = yield Call(
+        "get_range", (table, ts.Direction.FORWARD, first, [("session_id", ts.INF_MAX)]),
+        {"columns_to_get": ["history"], "limit": _PAGE_ROWS, "max_version": 1},
+    )  # fmt: skip
+    keys = []
+    for row in rows:
+        history = next((c[1] for c in row.attribute_columns or () if c[0] == "history"), "")
+        if isinstance(history, str) and history.strip() not in ("", "[]"):
+            keys.append(row.primary_key[0][1])
+    return keys, next_pk
+
+
+def clear(table: str) -> Op[None]:
+    """Delete every row of the table, page by page."""
+    low, high = [("session_id", ts.INF_MIN)], [("session_id", ts.INF_MAX)]
+    while True:
+        _, _, rows, _ = yield Call(
+            "get_range", (table, ts.Direction.FORWARD, low, high),
+            {"columns_to_get": ["session_id"], "limit": 200, "max_version": 1},
+        )  # fmt: skip
+        if not rows:
+            return
+        request = ts.BatchWriteRowRequest()
+        items = [ts.DeleteRowItem(ts.Row(r.primary_key), ts.Condition("IGNORE")) for r in rows]
+        request.add(ts.TableInBatchWriteRowItem(table, items))
+        yield Call("batch_write_row", (request,))

@@ -1,0 +1,563 @@
+"""Our layout: one row per message, one meta row per conversation, conditional writes.
+
+Messages table, primary key ``(session_id STRING, gen INTEGER, seq INTEGER)``: a message row
+holds ``message`` (the message JSON), ``w`` (the id of the write that put it there) and ``c``
+(the conversation version that committed it). Meta table ``<table>_meta``, primary key
+``session_id``: ``gen``, ``head``, ``tail``, ``ver``. A conversation is exactly the rows
+``(key, gen, head <= seq < tail)``; rows outside that window are invisible leftovers.
+
+Tablestore has no multi-row transactions (without local transactions), so the meta row is
+the commit point: a writer puts its message rows where no reader looks yet (``seq >= tail``
+with ``EXPECT_NOT_EXIST``, so two writers never share a slot), then moves ``tail`` with a
+write conditional on ``ver``. Exactly one of several concurrent writers commits; the others
+delete their rows (conditional on their ``w``) and retry, so no acknowledged message is
+lost and each writer's order is kept. Readers read the meta row, then exactly the window it
+names, and retry if a row is missing or was written by a later version. Replacing a
+conversation writes a new generation and flips ``gen`` (atomic for readers), then deletes the
+old generation. Popping from either end moves ``head``/``tail`` first, so two concurrent
+pops never return the same message. A writer that died between its rows and its commit
+leaves rows in the next writer's way: after a few unchanged looks at the meta row, that
+writer bumps ``ver`` (a fence: the dead write can never commit) and deletes them.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from llama_index.storage.chat_store.core import (
+    ChatMessage,
+    ChatStoreError,
+    CorruptDataError,
+    message_from_json,
+)
+from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
+from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, ts
+
+__all__ = [
+    "MESSAGE_PRIMARY_KEY",
+    "META_PRIMARY_KEY",
+    "Tables",
+    "add",
+    "clear",
+    "count",
+    "delete_all",
+    "delete_at",
+    "delete_oldest",
+    "get",
+    "insert",
+    "keys_page",
+    "pop_last",
+    "set_all",
+]
+
+MESSAGE_PRIMARY_KEY = [("session_id", "STRING"), ("gen", "INTEGER"), ("seq", "INTEGER")]
+META_PRIMARY_KEY = [("session_id", "STRING")]
+_META_COLUMNS = ["gen", "head", "tail", "ver"]
+BATCH_ROWS = 200
+"""BatchWriteRow takes at most 200 rows."""
+BATCH_BYTES = 3 * 1024 * 1024
+"""BatchWriteRow takes at most 4 MB; keep a margin for keys and names."""
+PAGE_ROWS = 1000
+_READ_ATTEMPTS = 30
+_WRITE_ATTEMPTS = 200
+_STUCK_LOOKS = 3
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The two tables of a native store."""
+
+    messages: str
+    meta: str
+
+
+@dataclass(frozen=True)
+class Meta:
+    """A conversation's commit record."""
+
+    gen: int
+    head: int
+    tail: int
+    ver: int
+
+    @property
+    def size(self) -> int:
+        return self.tail - self.head
+
+
+@dataclass(frozen=True)
+class _Stored:
+    seq: int
+    json: str
+    writer: str
+
+
+def _backoff(attempt: int) -> Sleep:
+    return Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
+
+
+def _new_gen() -> int:
+    return random.getrandbits(62) + 1
+
+
+def _pk(key: str, gen: Any, seq: Any) -> list[tuple[str, Any]]:
+    return [("session_id", key), ("gen", gen), ("seq", seq)]
+
+
+def _columns(row: Any) -> dict[str, Any]:
+    return {column[0]: column[1] for column in row.attribute_columns or ()}
+
+
+def _if_version(ver: int) -> Any:
+    return ts.Condition(
+        ts.RowExistenceExpectation.EXPECT_EXIST,
+        ts.SingleColumnCondition("ver", ver, ts.ComparatorType.EQUAL, pass_if_missing=False),
+    )
+
+
+def _if_writer(writer: str) -> Any:
+    return ts.Condition(
+        ts.RowExistenceExpectation.IGNORE,
+        ts.SingleColumnCondition("w", writer, ts.ComparatorType.EQUAL, pass_if_missing=False),
+    )
+
+
+def _slice(size: int, offset: int, limit: int | None) -> tuple[int, int]:
+    start = offset if offset >= 0 else max(0, size + offset)
+    start = min(start, size)
+    stop = size if limit is None else min(size, start + limit)
+    return start, max(start, stop)
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+def _read_meta(t: Tables, key: str) -> Op[Meta | None]:
+    _, row, _ = yield Call(
+        "get_row", (t.meta, [("session_id", key)]),
+        {"columns_to_get": _META_COLUMNS, "max_version": 1},
+    )  # fmt: skip
+    if row is None:
+        return None
+    values = _columns(row)
+    fields = [values.get(name) for name in _META_COLUMNS]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in fields):
+        raise CorruptDataError(
+            f"the meta row of conversation {key!r} in table {t.meta!r} is unreadable: {values!r}"
+        )
+    return Meta(*fields)  # type: ignore[arg-type]
+
+
+def _read_window(
+    t: Tables, key: str, meta: Meta, start: int, stop: int, *, writers: bool = False
+) -> Op[list[_Stored] | None]:
+    """Read rows ``start <= seq < stop`` of the meta's generation; ``None`` if inconsistent.
+
+    ``writers``: also read each row's writer id (needed only to delete the rows safely; the
+    SDK decodes cells in pure Python, so every column read costs).
+    """
+    columns = ["message", "c", "w"] if writers else ["message", "c"]
+    found: list[_Stored] = []
+    next_pk: Any = _pk(key, meta.gen, start)
+    end = _pk(key, meta.gen, stop)
+    while next_pk and len(found) < stop - start:
+        _, next_pk, rows, _ = yield Call(
+            "get_range", (t.messages, ts.Direction.FORWARD, next_pk, end),
+            {"columns_to_get": columns, "limit": stop - start - len(found),
+             "max_version": 1},
+        )  # fmt: skip
+        for row in rows:
+            values = _columns(row)
+            seq = row.primary_key[2][1]
+            version = values.get("c", 0)
+            if not isinstance(version, int) or version > meta.ver:
+                return None  # a later write: the meta row we read is stale
+            text = values.get("message")
+            if not isinstance(text, str):
+                raise CorruptDataError(
+                    f"conversation {key!r} position {seq - meta.head}: the row holds no "
+                    f"message text in table {t.messages!r}"
+                )
+            found.append(_Stored(seq, text, str(values.get("w", ""))))
+    if [s.seq for s in found] != list(range(start, stop)):
+        return None
+    return found
+
+
+def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:
+    return [message_from_json(r.json, key=key, position=r.seq - meta.head) for r in rows]
+
+
+def _consistent(t: Tables, key: str, meta: Meta | None, start: int, stop: int) -> Op[Any]:
+    """Read positions ``[start, stop)``; ``None`` when the caller must re-read the meta row."""
+    if meta is None or start >= stop:
+        return []
+    return (yield from _read_window(t, key, meta, meta.head + start, meta.head + stop))
+
+
+def get(t: Tables, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
+    """Return ``messages[offset:][:limit]`` from one consistent snapshot."""
+    for attempt in range(_READ_ATTEMPTS):
+        meta = yield from _read_meta(t, key)
+        start, stop = _slice(meta.size if meta else 0, offset, limit)
+        rows = yield from _consistent(t, key, meta, start, stop)
+        if rows is not None:
+            return _parse(key, meta, rows) if meta else []
+        yield _backoff(attempt)
+    raise CorruptDataError(
+        f"conversation {key!r} in table {t.messages!r}: rows its meta row names are missing"
+    )
+
+
+def count(t: Tables, key: str) -> Op[int]:
+    """Return the number of messages (one GetRow of the meta row)."""
+    meta = yield from _read_meta(t, key)
+    return meta.size if meta else 0
+
+
+def keys_page(t: Tables, start: Any) -> Op[tuple[list[str], Any]]:
+    """Return one page of keys from the meta table and where the next page starts."""
+    first = start or [("session_id", ts.INF_MIN)]
+    _, next_pk, rows, _ = yield Call(
+        "get_range", (t.meta, ts.Direction.FORWARD, first, [("session_id", ts.INF_MAX)]),
+        {"columns_to_get": ["head", "tail"], "limit": PAGE_ROWS, "max_version": 1},
+    )  # fmt: skip
+    keys = []
+    for row in rows:
+        values = _columns(row)
+        if values.get("tail", 0) != values.get("head", 0):
+            keys.append(row.primary_key[0][1])
+    return keys, next_pk
+
+
+# -- writes --------------------------------------------------------------------------------
+
+
+def _chunks(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
+    chunks: list[list[Any]] = [[]]
+    total = 0
+    for item, size in zip(items, sizes, strict=True):
+        if chunks[-1] and (len(chunks[-1]) >= BATCH_ROWS or total + size > BATCH_BYTES):
+            chunks.append([])
+            total = 0
+        chunks[-1].append(item)
+        total += size
+    return [c for c in chunks if c]
+
+
+def _batch(table: str, items: list[Any]) -> Op[list[Any]]:
+    """Run one BatchWriteRow; return each row's result in request order."""
+    request = ts.BatchWriteRowRequest()
+    request.add(ts.TableInBatchWriteRowItem(table, items))
+    response = yield Call("batch_write_row", (request,))
+    results = [
+        *response.table_of_put.get(table, []),
+        *response.table_of_update.get(table, []),
+        *response.table_of_delete.get(table, []),
+    ]
+    results.sort(key=lambda item: item.index)
+    for item in results:
+        if not item.is_ok and item.error_code != CONDITION_FAILED:
+            raise ChatStoreError(
+                f"Tablestore rejected a row of table {table!r} ({item.error_code}: "
+                f"{item.error_message})"
+            )
+    return results
+
+
+def _put_rows(
+    t: Tables, key: str, gen: int, first: int, jsons: Sequence[str], writer: str, ver: int
+) -> Op[bool]:
+    """Put message rows at ``first...`` where none exist; False if a slot was taken."""
+    rows = [
+        ts.Row(_pk(key, gen, first + i), [("message", text), ("w", writer), ("c", ver)])
+        for i, text in enumerate(jsons)
+    ]
+    absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
+    if len(rows) == 1:
+        try:
+            yield Call("put_row", (t.messages, rows[0], absent))
+        except ConflictError:
+            return False
+        return True
+    items = [ts.PutRowItem(row, absent) for row in rows]
+    for chunk in _chunks(items, [len(text.encode("utf-8")) for text in jsons]):
+        results = yield from _batch(t.messages, chunk)
+        if not all(item.is_ok for item in results):
+            return False
+    return True
+
+
+def _delete_rows(t: Tables, key: str, gen: int, rows: Sequence[tuple[int, str | None]]) -> Op[None]:
+    """Delete rows by seq, each only if still written by the given writer (None: any)."""
+    items = [
+        ts.DeleteRowItem(
+            ts.Row(_pk(key, gen, seq)),
+            _if_writer(writer) if writer else ts.Condition(ts.RowExistenceExpectation.IGNORE),
+        )
+        for seq, writer in rows
+    ]
+    for chunk in _chunks(items, [0] * len(items)):
+        yield from _batch(t.messages, chunk)
+
+
+def _delete_generation(t: Tables, key: str, gen: int) -> Op[None]:
+    """Delete every row of a retired generation (reading primary keys only)."""
+    while True:
+        low, high = _pk(key, gen, ts.INF_MIN), _pk(key, gen, ts.INF_MAX)
+        _, _, rows, _ = yield Call(
+            "get_range", (t.messages, ts.Direction.FORWARD, low, high),
+            {"columns_to_get": ["seq"], "limit": BATCH_ROWS, "max_version": 1},
+        )  # fmt: skip
+        if not rows:
+            return
+        yield from _delete_rows(t, key, gen, [(row.primary_key[2][1], None) for row in rows])
+
+
+def _commit(t: Tables, key: str, old: Meta | None, new: Meta | None) -> Op[bool]:
+    """Replace the meta row if it is still ``old``; False when another writer moved it."""
+    pk = [("session_id", key)]
+    try:
+        if new is None:
+            assert old is not None
+            yield Call("delete_row", (t.meta, ts.Row(pk), _if_version(old.ver)))
+        elif old is None:
+            values = [(name, getattr(new, name)) for name in _META_COLUMNS]
+            absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
+            yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
+        else:
+            changes = {"put": [(name, getattr(new, name)) for name in _META_COLUMNS]}
+            yield Call("update_row", (t.meta, ts.Row(pk, changes), _if_version(old.ver)))
+    except ConflictError:
+        return False
+    return True
+
+
+class _Writer:
+    """One logical write's attempts: a fresh writer id each time, stuck-slot detection."""
+
+    def __init__(self, t: Tables, key: str) -> None:
+        self.t = t
+        self.key = key
+        self.looks: dict[tuple[int, int], int] = {}
+
+    def place(
+        self, meta: Meta | None, base: Meta, first: int, jsons: Sequence[str], new: Meta
+    ) -> Op[bool]:
+        """Put rows at ``first...`` of ``base.gen`` and commit ``new`` over ``meta``."""
+        writer = uuid.uuid4().hex
+        placed = yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)
+        if placed and (yield from _commit(self.t, self.key, meta, new)):
+            return True
+        if placed or len(jsons) > 1:
+            own = [(first + i, writer) for i in range(len(jsons))]
+            yield from _delete_rows(self.t, self.key, base.gen, own)
+        if not placed and meta is not None:
+            yield from self._unblock(meta, first, len(jsons))
+        return False
+
+    def _unblock(self, meta: Meta, first: int, n: int) -> Op[None]:
+        spot = (meta.ver, first)
+        self.looks[spot] = self.looks.get(spot, 0) + 1
+        if self.looks[spot] < _STUCK_LOOKS:
+            return
+        # The meta row has not moved across several conflicts: the rows in the way belong to
+        # a writer that died before committing. Fence it off, then remove its rows.
+        if not (yield from _commit(self.t, self.key, meta, replace(meta, ver=meta.ver + 1))):
+            return
+        _, _, rows, _ = yield Call(
+            "get_range",
+            (self.t.messages, ts.Direction.FORWARD, _pk(self.key, meta.gen, first),
+             _pk(self.key, meta.gen, first + n)),
+            {"columns_to_get": ["w"], "max_version": 1},
+        )  # fmt: skip
+        blocking = [(row.primary_key[2][1], str(_columns(row).get("w", ""))) for row in rows]
+        yield from _delete_rows(self.t, self.key, meta.gen, blocking)
+
+
+def _gave_up(t: Tables, key: str) -> ChatStoreError:
+    return ChatStoreError(
+        f"conversation {key!r} in table {t.messages!r}: too much contention, gave up after "
+        f"{_WRITE_ATTEMPTS} attempts"
+    )
+
+
+def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Op[bool]:
+    base = meta or Meta(gen=_new_gen(), head=0, tail=0, ver=0)
+    new = replace(base, tail=base.tail + len(jsons), ver=base.ver + 1)
+    return (yield from w.place(meta, base, base.tail, jsons, new))
+
+
+def add(t: Tables, key: str, jsons: Sequence[str]) -> Op[None]:
+    """Append messages atomically (one commit for the whole batch)."""
+    w = _Writer(t, key)
+    for attempt in range(_WRITE_ATTEMPTS):
+        meta = yield from _read_meta(t, key)
+        if (yield from _append_once(w, meta, jsons)):
+            return
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def _rewrite_once(t: Tables, key: str, meta: Meta | None, jsons: Sequence[str]) -> Op[bool]:
+    """Write ``jsons`` as a new generation and flip to it; False if ``meta`` moved."""
+    if not jsons:
+        if meta is None:
+            return True
+        if not (yield from _commit(t, key, meta, None)):
+            return False
+        yield from _delete_generation(t, key, meta.gen)
+        return True
+    new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=(meta.ver if meta else 0) + 1)
+    writer = uuid.uuid4().hex
+    placed = yield from _put_rows(t, key, new.gen, 0, jsons, writer, new.ver)
+    if placed and (yield from _commit(t, key, meta, new)):
+        if meta is not None:
+            yield from _delete_generation(t, key, meta.gen)
+        return True
+    yield from _delete_generation(t, key, new.gen)
+    return False
+
+
+def set_all(t: Tables, key: str, jsons: Sequence[str]) -> Op[None]:
+    """Replace the conversation: readers see the old one or the new one, never a mix."""
+    for attempt in range(_WRITE_ATTEMPTS):
+        meta = yield from _read_meta(t, key)
+        if (yield from _rewrite_once(t, key, meta, jsons)):
+            return
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def _snapshot(t: Tables, key: str) -> Op[tuple[Meta | None, list[_Stored]]]:
+    for attempt in range(_READ_ATTEMPTS):
+        meta = yield from _read_meta(t, key)
+        rows = yield from _consistent(t, key, meta, 0, meta.size if meta else 0)
+        if rows is not None:
+            return meta, rows
+        yield _backoff(attempt)
+    raise CorruptDataError(
+        f"conversation {key!r} in table {t.messages!r}: rows its meta row names are missing"
+    )
+
+
+def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
+    """Insert like ``list.insert``: O(1) at either end, a generation rewrite in the middle."""
+    w = _Writer(t, key)
+    for attempt in range(_WRITE_ATTEMPTS):
+        meta = yield from _read_meta(t, key)
+        size = meta.size if meta else 0
+        position = idx if idx >= 0 else max(0, size + idx)
+        if meta is None or position >= size:
+            done = yield from _append_once(w, meta, [text])
+        elif position == 0:
+            new = replace(meta, head=meta.head - 1, ver=meta.ver + 1)
+            done = yield from w.place(meta, meta, meta.head - 1, [text], new)
+        else:
+            snapshot, rows = yield from _snapshot(t, key)
+            jsons = [r.json for r in rows]
+            jsons.insert(position, text)
+            done = snapshot == meta and (yield from _rewrite_once(t, key, snapshot, jsons))
+        if done:
+            return
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
+    """Remove and return the last message; concurrent pops never share one."""
+    for attempt in range(_WRITE_ATTEMPTS):
+        meta = yield from _read_meta(t, key)
+        if meta is None or meta.size == 0:
+            return None
+        rows = yield from _read_window(t, key, meta, meta.tail - 1, meta.tail, writers=True)
+        if rows is not None:
+            message = _parse(key, meta, rows)[0]
+            new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1) if meta.size > 1 else None
+            if (yield from _commit(t, key, meta, new)):
+                yield from _delete_rows(t, key, meta.gen, [(rows[0].seq, rows[0].writer)])
+                return message
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def delete_oldest(t: Tables, key: str, n: int) -> Op[list[ChatMessage]]:
+    """Remove and return the first ``n`` messages (moves ``head``; no renumbering)."""
+    for attempt in range(_WRITE_ATTEMPTS):
+        meta = yield from _read_meta(t, key)
+        if meta is None or n <= 0:
+            return []
+        take = min(n, meta.size)
+        rows = yield from _read_window(t, key, meta, meta.head, meta.head + take, writers=True)
+        if rows is not None:
+            messages = _parse(key, meta, rows)
+            new = (
+                replace(meta, head=meta.head + take, ver=meta.ver + 1) if take < meta.size else None
+            )
+            if (yield from _commit(t, key, meta, new)):
+                if new is None:
+                    yield from _delete_generation(t, key, meta.gen)
+                else:
+                    yield from _delete_rows(t, key, meta.gen, [(r.seq, r.writer) for r in rows])
+                return messages
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def delete_at(t: Tables, key: str, idx: int) -> Op[ChatMessage | None]:
+    """Remove the message at ``idx``: O(1) at either end, a generation rewrite in between."""
+    for attempt in range(_WRITE_ATTEMPTS):
+        meta = yield from _read_meta(t, key)
+        size = meta.size if meta else 0
+        position = idx + size if idx < 0 else idx
+        if meta is None or not 0 <= position < size:
+            return None
+        if position == size - 1:
+            return (yield from pop_last(t, key))
+        if position == 0:
+            removed = yield from delete_oldest(t, key, 1)
+            return removed[0] if removed else None
+        snapshot, rows = yield from _snapshot(t, key)
+        if snapshot == meta:
+            message = _parse(key, meta, rows[position : position + 1])[0]
+            jsons = [r.json for i, r in enumerate(rows) if i != position]
+            if (yield from _rewrite_once(t, key, meta, jsons)):
+                return message
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def delete_all(t: Tables, key: str) -> Op[list[ChatMessage] | None]:
+    """Remove the conversation and return its messages (``None`` when it had none)."""
+    for attempt in range(_WRITE_ATTEMPTS):
+        meta, rows = yield from _snapshot(t, key)
+        if meta is None:
+            return None
+        messages = _parse(key, meta, rows)
+        if (yield from _commit(t, key, meta, None)):
+            yield from _delete_generation(t, key, meta.gen)
+            return messages or None
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def clear(t: Tables) -> Op[None]:
+    """Delete every row of both tables, page by page."""
+    for table, pk in ((t.meta, META_PRIMARY_KEY), (t.messages, MESSAGE_PRIMARY_KEY)):
+        low = [(name, ts.INF_MIN) for name, _ in pk]
+        high = [(name, ts.INF_MAX) for name, _ in pk]
+        while True:
+            _, _, rows, _ = yield Call(
+                "get_range", (table, ts.Direction.FORWARD, low, high),
+                {"columns_to_get": [pk[0][0]], "limit": BATCH_ROWS, "max_version": 1},
+            )  # fmt: skip
+            if not rows:
+                break
+            items = [
+                ts.DeleteRowItem(ts.Row(row.primary_key), ts.Condition("IGNORE")) for row in rows
+            ]
+            yield from _batch(table, items)

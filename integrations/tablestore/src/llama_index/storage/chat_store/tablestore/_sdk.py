@@ -1,0 +1,127 @@
+"""The ``tablestore`` SDK, imported quietly, and its errors in our hierarchy.
+
+``import tablestore`` logs two WARNING lines on Python < 3.12 (its C++ codec is built for
+3.12 only) and emits ImportWarnings; users of this package should not see that. Only those
+records are dropped, only during our import; every other log record and warning passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from typing import Any
+
+from llama_index.storage.chat_store.core import (
+    AuthenticationError,
+    BackendImportError,
+    BackendUnavailableError,
+    ChatStoreError,
+    ConfigurationError,
+)
+
+__all__ = ["CONDITION_FAILED", "SDK_LOGGER", "translate", "ts"]
+
+
+class _DropCodecNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Native" not in record.getMessage()
+
+
+def _import_quietly() -> Any:
+    notice_filter = _DropCodecNotices()
+    loggers = [logging.getLogger(f"tablestore.{name}") for name in ("encoder", "decoder")]
+    for logger in loggers:
+        logger.addFilter(notice_filter)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=ImportWarning, module=r"tablestore\b.*")
+            warnings.filterwarnings("ignore", message=r".*(native|C\+\+).*", category=ImportWarning)
+            import tablestore
+    except ImportError as exc:  # pragma: no cover (a dependency of this package)
+        raise BackendImportError(
+            "the tablestore SDK is missing: pip install llama-index-storage-chat-store-tablestore"
+        ) from exc
+    finally:
+        for logger in loggers:
+            logger.removeFilter(notice_filter)
+    return tablestore
+
+
+ts: Any = _import_quietly()
+
+SDK_LOGGER = "llama_index.storage.chat_store.tablestore.sdk"
+"""The logger our clients give the SDK (its DEBUG traces stay available)."""
+
+
+class _DropReraisedErrors(logging.Filter):
+    # The SDK logs ERROR for every failed request and then raises; we raise our own error for
+    # each (conditional-write conflicts are routine), so those records are only noise.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+logging.getLogger(SDK_LOGGER).addFilter(_DropReraisedErrors())
+
+CONDITION_FAILED = "OTSConditionCheckFail"
+_AUTH_CODES = {"OTSAuthFailed", "OTSNoPermissionAccess", "OTSAccessKeyIdNotExist"}
+_UNAVAILABLE_CODES = {
+    "OTSServerBusy", "OTSServerUnavailable", "OTSInternalServerError", "OTSTimeout",
+    "OTSPartitionUnavailable", "OTSTableNotReady", "OTSNotEnoughCapacityUnit",
+    "OTSOperationThrottled", "OTSRowOperationConflict",
+}  # fmt: skip
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp
+    import urllib3.exceptions
+
+    return (
+        urllib3.exceptions.HTTPError,
+        aiohttp.ClientError,
+        asyncio.TimeoutError,
+        TimeoutError,
+        OSError,
+    )
+
+
+_NETWORK_ERRORS = _network_errors()
+
+
+def translate(exc: BaseException, where: str, table: str) -> ChatStoreError | None:
+    """Return our error for a driver error (``None`` when it is not the driver's).
+
+    Args:
+        exc: What the SDK or the transport raised.
+        where: The endpoint and instance, named in the message (never a secret).
+        table: The table the call was about.
+    """
+    if isinstance(exc, ts.OTSServiceError):
+        code, message = exc.get_error_code(), exc.get_error_message()
+        if code in _AUTH_CODES:
+            return AuthenticationError(
+                f"Tablestore at {where} rejected the credentials ({code}: {message})"
+            )
+        if code == "OTSObjectNotExist":
+            return ConfigurationError(
+                f"table {table!r} does not exist on Tablestore {where} ({message}); call "
+                "create_table_if_not_exist() once"
+            )
+        status = exc.get_http_status() or 0
+        if code in _UNAVAILABLE_CODES or status >= 500:
+            return BackendUnavailableError(
+                f"Tablestore at {where} is unavailable ({code}: {message})"
+            )
+        return ChatStoreError(
+            f"Tablestore at {where} failed on table {table!r} ({code}: {message})"
+        )
+    if isinstance(exc, ts.OTSClientError):
+        status = exc.get_http_status() or 0
+        if status >= 500:
+            return BackendUnavailableError(f"Tablestore at {where} is unavailable ({exc})")
+        return ChatStoreError(f"Tablestore client error talking to {where}: {exc}")
+    if isinstance(exc, _NETWORK_ERRORS):
+        return BackendUnavailableError(
+            f"cannot reach Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"
+        )
+    return None

@@ -1,0 +1,517 @@
+"""TablestoreChatStore: chat histories in Alibaba Cloud Tablestore."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pydantic import Field, PrivateAttr, SecretStr
+
+from llama_index.storage.chat_store.core import (
+    BaseChatStore,
+    Capability,
+    ChatMessage,
+    ChatStoreError,
+    ConfigurationError,
+    PayloadTooLargeError,
+    coerce_message,
+    coerce_messages,
+    message_to_json,
+)
+from llama_index.storage.chat_store.core.store import check_window, window
+from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
+from llama_index.storage.chat_store.tablestore import _native as native
+from llama_index.storage.chat_store.tablestore._io import Call, Op, run_async, run_sync
+from llama_index.storage.chat_store.tablestore._sdk import SDK_LOGGER, translate, ts
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["DEFAULT_TABLE_NAME", "TablestoreChatStore"]
+
+DEFAULT_TABLE_NAME = "llama_index_chat_store_v1"
+MAX_VALUE_BYTES = 2 * 1024 * 1024
+"""Tablestore's limit for one attribute value (a message in our layout)."""
+
+R = TypeVar("R")
+Layout = Literal["auto", "native", "llama_index"]
+_URL_OPTIONS = {"access_key_id", "access_key_secret", "sts_token", "layout", "scheme"}
+
+
+async def _close_with_loop(client: Any) -> AsyncIterator[None]:
+    # Registered with the event loop on first iteration; the loop's shutdown (asyncio.run,
+    # pytest-asyncio) closes it, so the HTTP session never outlives its loop unclosed.
+    try:
+        yield
+    finally:
+        await client.close()
+
+
+class TablestoreChatStore(BaseChatStore):
+    """Chat histories in an Alibaba Cloud Tablestore table.
+
+    ``layout="native"`` (ours) keeps one row per message in ``table_name`` (primary key
+    ``session_id, gen, seq``) and one meta row per conversation in ``<table_name>_meta``:
+    appends and pops are O(1) and atomic through conditional writes, windows and counts
+    never read the whole conversation, and concurrent writers never lose a message.
+    ``layout="llama_index"`` reads and writes LlamaIndex's ``TablestoreChatStore`` table (one
+    row per conversation, ``history`` = JSON array), with conditional writes.
+    ``layout="auto"`` (default) picks the layout from the table's primary key and creates
+    native tables in :meth:`create_table_if_not_exist`.
+
+    Credentials come from the arguments or the ``TABLESTORE_ACCESS_KEY_ID`` /
+    ``TABLESTORE_ACCESS_KEY_SECRET`` environment variables. Constructing a store never
+    connects. Raises :class:`BackendUnavailableError` when Tablestore cannot be reached,
+    :class:`AuthenticationError` for rejected credentials, :class:`ConfigurationError` when
+    the table does not exist (call :meth:`create_table_if_not_exist` once), and
+    :class:`PayloadTooLargeError` for a message over 2 MB before any call.
+    """
+
+    endpoint: str | None = None
+    instance_name: str | None = None
+    access_key_id: str | None = None
+    access_key_secret: SecretStr | None = Field(default=None, exclude=True)
+    sts_token: SecretStr | None = Field(default=None, exclude=True)
+    table_name: str = DEFAULT_TABLE_NAME
+    layout: Layout = "auto"
+    client_options: dict[str, Any] = Field(default_factory=dict)
+    tablestore_client: Any = Field(default=None, exclude=True, repr=False)
+
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _client: Any = PrivateAttr(default=None)
+    _async_clients: Any = PrivateAttr(default_factory=weakref.WeakKeyDictionary)
+    _resolved: str | None = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        tablestore_client: Any = None,
+        endpoint: str | None = None,
+        instance_name: str | None = None,
+        access_key_id: str | None = None,
+        access_key_secret: str | SecretStr | None = None,
+        table_name: str = DEFAULT_TABLE_NAME,
+        **kwargs: Any,
+    ) -> None:
+        """Configure the store (the seed's signature; nothing connects yet).
+
+        Args:
+            tablestore_client: An ``OTSClient`` to use instead of the connection arguments.
+            endpoint: ``https://INSTANCE.REGION.ots.aliyuncs.com``.
+            instance_name: The Tablestore instance.
+            access_key_id: Defaults to ``$TABLESTORE_ACCESS_KEY_ID``.
+            access_key_secret: Defaults to ``$TABLESTORE_ACCESS_KEY_SECRET``.
+            table_name: The messages table (the meta table is ``<table_name>_meta``).
+            **kwargs: ``layout``, ``sts_token``; anything else goes to ``OTSClient``.
+
+        Raises:
+            ConfigurationError: Neither a client nor a complete set of connection arguments.
+        """
+        fields = {k: kwargs.pop(k) for k in ("layout", "sts_token") if k in kwargs}
+        options = {**kwargs.pop("client_options", {}), **kwargs}
+        if tablestore_client is None:
+            access_key_id = access_key_id or os.environ.get("TABLESTORE_ACCESS_KEY_ID")
+            access_key_secret = access_key_secret or os.environ.get("TABLESTORE_ACCESS_KEY_SECRET")
+            missing = [name for name, value in (
+                ("endpoint", endpoint), ("instance_name", instance_name),
+                ("access_key_id", access_key_id), ("access_key_secret", access_key_secret),
+            ) if not value]  # fmt: skip
+            if missing:
+                raise ConfigurationError(
+                    f"TablestoreChatStore needs {', '.join(missing)} (or tablestore_client=)"
+                )
+            if not str(endpoint).startswith(("http://", "https://")):
+                raise ConfigurationError(
+                    f"endpoint must start with https:// or http://: {endpoint}"
+                )
+        super().__init__(
+            tablestore_client=tablestore_client, endpoint=endpoint, instance_name=instance_name,
+            access_key_id=access_key_id, access_key_secret=access_key_secret,
+            table_name=table_name, client_options=options, **fields,
+        )  # fmt: skip
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a store from ``tablestore://INSTANCE@ENDPOINT-HOST[:PORT]/TABLE``.
+
+        Query options: ``access_key_id``, ``access_key_secret``, ``sts_token``, ``layout``,
+        ``scheme`` (``https`` by default; ``http`` for a local emulator). Keyword options
+        override them. Credentials default to the ``TABLESTORE_ACCESS_KEY_*`` variables.
+
+        Raises:
+            ConfigurationError: The URL is not a tablestore URL or has unknown options.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "tablestore" or not parts.username or not parts.hostname:
+            raise ConfigurationError(
+                "expected tablestore://INSTANCE@ENDPOINT-HOST/TABLE, got a URL without "
+                f"{'an instance' if parts.scheme == 'tablestore' else 'the tablestore scheme'}"
+            )
+        query = dict(parse_qsl(parts.query))
+        unknown = set(query) - _URL_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown tablestore URL options: {', '.join(sorted(unknown))}"
+            )
+        scheme = query.pop("scheme", "https")
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        table = unquote(parts.path.strip("/")) or DEFAULT_TABLE_NAME
+        settings: dict[str, Any] = {
+            "endpoint": f"{scheme}://{host}",
+            "instance_name": unquote(parts.username),
+            "table_name": table,
+            **query,
+            **options,
+        }
+        return cls(**settings)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """PERSISTENT, SHARED and NATIVE_ASYNC (``AsyncOTSClient``)."""
+        return frozenset({Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC})
+
+    # -- clients and drivers ------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        if self.endpoint:
+            return f"{self.endpoint} (instance {self.instance_name})"
+        client = self.tablestore_client
+        return f"{getattr(client, 'host', '?')} (instance {client.protocol.instance_name})"
+
+    def _translate(self, exc: BaseException) -> ChatStoreError | None:
+        return translate(exc, self._where, self.table_name)
+
+    def _client_arguments(self) -> dict[str, Any]:
+        if self.tablestore_client is not None:
+            client = self.tablestore_client
+            return {
+                "end_point": client.host + client.path,
+                "instance_name": client.protocol.instance_name,
+                "credentials_provider": client.credentials_provider,
+                "retry_policy": client.retry_policy,
+                "logger_name": SDK_LOGGER,
+            }
+        assert self.access_key_secret is not None
+        extra = {"sts_token": self.sts_token.get_secret_value()} if self.sts_token else {}
+        return {
+            "end_point": self.endpoint,
+            "access_key_id": self.access_key_id,
+            "access_key_secret": self.access_key_secret.get_secret_value(),
+            "instance_name": self.instance_name,
+            "logger_name": SDK_LOGGER,
+            **extra,
+            **self.client_options,
+        }
+
+    def _sync_client(self) -> Any:
+        if self.tablestore_client is not None:
+            return self.tablestore_client
+        with self._lock:
+            if self._client is None:
+                self._client = ts.OTSClient(**self._client_arguments())
+            return self._client
+
+    async def _async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            entry = self._async_clients.get(loop)
+            if entry is not None:
+                return entry[0]
+            client = ts.AsyncOTSClient(**self._client_arguments())
+            closer = _close_with_loop(client)
+            self._async_clients[loop] = (client, closer)
+        await closer.__anext__()
+        return client
+
+    def _run(self, op: Op[R]) -> R:
+        return run_sync(self._sync_client(), op, self._translate)
+
+    async def _arun(self, op: Op[R]) -> R:
+        return await run_async(await self._async_client(), op, self._translate)
+
+    def close(self) -> None:
+        """Release the sync client's connections; the store reconnects if used again."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.connection.pool.clear()
+
+    async def aclose(self) -> None:
+        """Close this event loop's async client and the sync client."""
+        self.close()
+        with self._lock:
+            entry = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[1].aclose()
+
+    # -- layout -------------------------------------------------------------------------
+
+    @property
+    def _tables(self) -> native.Tables:
+        return native.Tables(self.table_name, f"{self.table_name}_meta")
+
+    def _layout_op(self) -> Op[str]:
+        if self._resolved is None:
+            if self.layout != "auto":
+                self._resolved = self.layout
+            else:
+                described = yield Call("describe_table", (self.table_name,))
+                names = [column[0] for column in described.table_meta.schema_of_primary_key]
+                self._resolved = "llama_index" if names == ["session_id"] else "native"
+        return self._resolved
+
+    def _create_op(self) -> Op[None]:
+        existing = set((yield Call("list_table", ())))
+        wanted: list[tuple[str, list[tuple[str, str]]]] = []
+        if self.table_name in existing:
+            layout = yield from self._layout_op()
+        else:
+            layout = "llama_index" if self.layout == "llama_index" else "native"
+            self._resolved = layout
+            primary_key = (
+                legacy.PRIMARY_KEY if layout == "llama_index" else native.MESSAGE_PRIMARY_KEY
+            )
+            wanted.append((self.table_name, primary_key))
+        if layout == "native" and self._tables.meta not in existing:
+            wanted.append((self._tables.meta, native.META_PRIMARY_KEY))
+        for name, primary_key in wanted:
+            meta = ts.TableMeta(name, primary_key)
+            options = ts.TableOptions(time_to_live=-1, max_version=1)
+            throughput = ts.ReservedThroughput(ts.CapacityUnit(0, 0))
+            yield Call("create_table", (meta, options, throughput))
+
+    def create_table_if_not_exist(self) -> None:
+        """Create the table(s) this store needs when missing (idempotent).
+
+        With ``layout="auto"`` an existing table is used in the layout its primary key shows;
+        a missing one is created in our layout (messages table plus ``<table>_meta``).
+        """
+        self._run(self._create_op())
+
+    async def acreate_table_if_not_exist(self) -> None:
+        """Async :meth:`create_table_if_not_exist`."""
+        await self._arun(self._create_op())
+
+    # -- operations, once for both drivers ------------------------------------------------
+
+    def _jsons(self, messages: Sequence[ChatMessage]) -> list[str]:
+        jsons = [message_to_json(m) for m in messages]
+        for text in jsons:
+            size = len(text.encode("utf-8"))
+            if size > MAX_VALUE_BYTES:
+                raise PayloadTooLargeError(
+                    f"a message of {size} bytes exceeds Tablestore's {MAX_VALUE_BYTES}-byte "
+                    "limit for one value; nothing was written"
+                )
+        return jsons
+
+    def _get_op(self, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
+        if (yield from self._layout_op()) == "native":
+            return (yield from native.get(self._tables, key, offset, limit))
+        messages = yield from legacy.read(self.table_name, key)
+        return list(window(messages, offset, limit))
+
+    def _count_op(self, key: str) -> Op[int]:
+        if (yield from self._layout_op()) == "native":
+            return (yield from native.count(self._tables, key))
+        return len((yield from legacy.read(self.table_name, key)))
+
+    def _add_op(self, key: str, messages: list[ChatMessage], idx: int | None) -> Op[None]:
+        jsons = self._jsons(messages)
+        if (yield from self._layout_op()) == "native":
+            if idx is None:
+                yield from native.add(self._tables, key, jsons)
+            else:
+                yield from native.insert(self._tables, key, idx, jsons[0])
+            return
+
+        def change(current: list[ChatMessage]) -> tuple[list[ChatMessage], None]:
+            if idx is None:
+                return current + messages, None
+            current.insert(idx, messages[0])
+            return current, None
+
+        yield from legacy.mutate(self.table_name, key, change, message_to_json)
+
+    def _set_op(self, key: str, messages: list[ChatMessage]) -> Op[None]:
+        jsons = self._jsons(messages)
+        if (yield from self._layout_op()) == "native":
+            yield from native.set_all(self._tables, key, jsons)
+        else:
+            yield from legacy.mutate(
+                self.table_name, key, lambda _: (messages, None), message_to_json
+            )
+
+    def _delete_all_op(self, key: str) -> Op[list[ChatMessage] | None]:
+        if (yield from self._layout_op()) == "native":
+            return (yield from native.delete_all(self._tables, key))
+        return (yield from legacy.mutate(
+            self.table_name, key, lambda current: ([], current or None), message_to_json
+        ))  # fmt: skip
+
+    def _delete_at_op(self, key: str, idx: int) -> Op[ChatMessage | None]:
+        if (yield from self._layout_op()) == "native":
+            return (yield from native.delete_at(self._tables, key, idx))
+
+        def change(current: list[ChatMessage]) -> tuple[list[ChatMessage], ChatMessage | None]:
+            if not -len(current) <= idx < len(current):
+                return current, None
+            removed = current.pop(idx)
+            return current, removed
+
+        return (yield from legacy.mutate(self.table_name, key, change, message_to_json))
+
+    def _pop_op(self, key: str) -> Op[ChatMessage | None]:
+        if (yield from self._layout_op()) == "native":
+            return (yield from native.pop_last(self._tables, key))
+        return (yield from self._delete_at_op(key, -1))
+
+    def _oldest_op(self, key: str, n: int) -> Op[list[ChatMessage]]:
+        if n <= 0:
+            return []
+        if (yield from self._layout_op()) == "native":
+            return (yield from native.delete_oldest(self._tables, key, n))
+        return (yield from legacy.mutate(
+            self.table_name, key, lambda current: (current[n:], current[:n]), message_to_json
+        ))  # fmt: skip
+
+    def _keys_op(self, start: Any) -> Op[tuple[list[str], Any]]:
+        if (yield from self._layout_op()) == "native":
+            return (yield from native.keys_page(self._tables, start))
+        return (yield from legacy.keys_page(self.table_name, start))
+
+    def _clear_op(self) -> Op[None]:
+        if (yield from self._layout_op()) == "native":
+            yield from native.clear(self._tables)
+        else:
+            yield from legacy.clear(self.table_name)
+
+    # -- sync API -----------------------------------------------------------------------
+
+    def get_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Return ``messages[offset:][:limit]`` (native layout: reads only that window)."""
+        key = self._check_key(key)
+        check_window(offset, limit)
+        return self._run(self._get_op(key, offset, limit))
+
+    def count_messages(self, key: str) -> int:
+        """Return the number of messages (native layout: one GetRow of the meta row)."""
+        return self._run(self._count_op(self._check_key(key)))
+
+    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Append atomically, or insert at ``idx`` like ``list.insert``."""
+        key = self._check_key(key)
+        self._run(self._add_op(key, [coerce_message(message)], idx))
+
+    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Append a batch atomically (one commit; ``[]`` makes no call)."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages)
+        if batch:
+            self._run(self._add_op(key, batch, None))
+
+    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Replace the conversation atomically for readers (``[]`` removes the key)."""
+        key = self._check_key(key)
+        self._run(self._set_op(key, coerce_messages(messages)))
+
+    def delete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Remove the conversation; return its messages, or ``None`` if it had none."""
+        return self._run(self._delete_all_op(self._check_key(key)))
+
+    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Remove the message at ``idx``; ``None`` when out of range."""
+        return self._run(self._delete_at_op(self._check_key(key), idx))
+
+    def delete_last_message(self, key: str) -> ChatMessage | None:
+        """Remove and return the last message; concurrent callers never get the same one."""
+        return self._run(self._pop_op(self._check_key(key)))
+
+    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Remove and return the first ``n`` messages."""
+        return self._run(self._oldest_op(self._check_key(key), n))
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield the keys holding messages, a page of meta rows at a time."""
+        start: Any = None
+        while True:
+            keys, start = self._run(self._keys_op(start))
+            yield from keys
+            if not start:
+                return
+
+    def clear(self) -> None:
+        """Remove every conversation of this store (every row of its table(s))."""
+        self._run(self._clear_op())
+
+    def clear_store(self) -> None:
+        """Remove every conversation (the seed's name for :meth:`clear`)."""
+        self.clear()
+
+    # -- async API (AsyncOTSClient, one per event loop) -----------------------------------
+
+    async def aget_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Async :meth:`get_messages`."""
+        key = self._check_key(key)
+        check_window(offset, limit)
+        return await self._arun(self._get_op(key, offset, limit))
+
+    async def acount_messages(self, key: str) -> int:
+        """Async :meth:`count_messages`."""
+        return await self._arun(self._count_op(self._check_key(key)))
+
+    async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Async :meth:`add_message`."""
+        key = self._check_key(key)
+        await self._arun(self._add_op(key, [coerce_message(message)], idx))
+
+    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`add_messages`."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages)
+        if batch:
+            await self._arun(self._add_op(key, batch, None))
+
+    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`set_messages`."""
+        key = self._check_key(key)
+        await self._arun(self._set_op(key, coerce_messages(messages)))
+
+    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Async :meth:`delete_messages`."""
+        return await self._arun(self._delete_all_op(self._check_key(key)))
+
+    async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Async :meth:`delete_message`."""
+        return await self._arun(self._delete_at_op(self._check_key(key), idx))
+
+    async def adelete_last_message(self, key: str) -> ChatMessage | None:
+        """Async :meth:`delete_last_message`."""
+        return await self._arun(self._pop_op(self._check_key(key)))
+
+    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Async :meth:`delete_oldest_messages`."""
+        return await self._arun(self._oldest_op(self._check_key(key), n))
+
+    async def aiter_keys(self) -> AsyncIterator[str]:
+        """Async :meth:`iter_keys`."""
+        start: Any = None
+        while True:
+            keys, start = await self._arun(self._keys_op(start))
+            for key in keys:
+                yield key
+            if not start:
+                return
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`."""
+        await self._arun(self._clear_op())

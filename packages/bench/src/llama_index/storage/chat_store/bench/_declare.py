@@ -1,0 +1,94 @@
+"""What a backend declares to get its benchmark rows (see the package README)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from llama_index.storage.chat_store.core import BaseChatStore
+from llama_index.storage.chat_store.testing.services import LocalServer
+
+__all__ = ["Backend", "RawDriver", "Reference", "service"]
+
+
+@runtime_checkable
+class RawDriver(Protocol):
+    """The floor: the same work done with the bare client over message JSON strings.
+
+    No validation, no parsing, no bookkeeping: what the backend's driver costs at the least.
+    A driver that also has ``persist(path)`` and ``load(path)`` gets persist/load rows.
+    """
+
+    label: str
+    """Shown in the report, e.g. ``"redis-py RPUSH/LRANGE"``."""
+
+    def add(self, key: str, message: str) -> None: ...
+    def add_many(self, key: str, messages: Sequence[str]) -> None: ...
+    def get_all(self, key: str) -> list[str]: ...
+    def get_last(self, key: str, n: int) -> list[str]: ...
+    def count(self, key: str) -> int: ...
+    def delete_last(self, key: str) -> str | None: ...
+    def delete(self, key: str) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reference:
+    """LlamaIndex's own store for this backend, run in the reference interpreter.
+
+    Attributes:
+        requirements: Pip requirements beyond ``llama-index-core`` (pinned, e.g.
+            ``["llama-index-storage-chat-store-redis==0.8.0"]``).
+        source: Python source defining ``make_store(url: str)`` that returns LlamaIndex's
+            store on the server at ``url``. It runs in the reference interpreter, never here.
+        label: Shown in the report.
+    """
+
+    requirements: Sequence[str]
+    source: str
+    label: str = "LlamaIndex"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend's benchmark declaration (the ``BENCH`` object of a ``*_bench.py`` file).
+
+    Attributes:
+        title: Shown as the report's heading, e.g. ``"RedisChatStore (redis-server 7)"``.
+        server: Returns a context manager giving the URL of a real server for the whole run
+            (see :func:`service`); every implementation uses this same server.
+        ours: Builds our store for that URL (it may add a namespace or table of its own).
+        raw: Builds the raw-driver floor for that URL, or None when there is none.
+        reference: LlamaIndex's store, or None when LlamaIndex has none.
+        notes: Extra lines printed under the table (layout differences worth knowing).
+    """
+
+    title: str
+    server: Callable[[], AbstractContextManager[str]]
+    ours: Callable[[str], BaseChatStore]
+    raw: Callable[[str], RawDriver] | None
+    reference: Reference | None
+    notes: Sequence[str] = field(default_factory=tuple)
+
+
+@contextmanager
+def service(
+    env_var: str, start: Callable[[], LocalServer], url_of: Callable[[LocalServer], str]
+) -> Iterator[str]:
+    """Yield a server URL: ``env_var`` if set, else a local server from a tests-shared launcher.
+
+    Example: ``service("CHAT_STORE_TEST_REDIS_URL", start_redis,
+    lambda s: f"redis://127.0.0.1:{s.port}/0")``. The local server is removed afterwards.
+    """
+    url = os.environ.get(env_var)
+    if url:
+        yield url
+        return
+    server = start()
+    try:
+        yield url_of(server)
+    finally:
+        server.cleanup()

@@ -1,0 +1,183 @@
+"""The operations measured, and how one sample of each is taken.
+
+Standard library only: this module's source also runs inside the LlamaIndex reference
+interpreter (see ``_worker.py``), so the three implementations are timed by the same code.
+An *adapter* gives one implementation the verbs below; messages are referred to by index
+into the adapter's own list of sample messages (built before any timing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+# (operation, shown as) in table order. Volume operations take a whole store of N messages.
+OPERATIONS = (
+    ("add", "add_message"),
+    ("add_many", "add_messages(20)"),
+    ("get_all", "get_messages (all)"),
+    ("get_last", "get_messages (last 20)"),
+    ("count", "count_messages"),
+    ("delete_last", "delete_last_message"),
+)
+VOLUME_OPERATIONS = (("persist", "persist"), ("load", "load (from_persist_path)"))
+BATCH = 20
+MESSAGES_PER_CONVERSATION = 100  # volume stores hold conversations of this length
+
+_WORDS = (
+    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "the", "model",
+    "thinks", "about", "tools,", "tokens,", "memory", "buffers,", "retrieval,", "agents", "and",
+    "the", "price", "of", "coffee", "in", "Zürich", "東京", "✓",
+)  # fmt: skip
+
+
+def sample_messages(count: int = 200) -> list[str]:
+    """Return ``count`` varied messages as LlamaIndex wire JSON (deterministic)."""
+    out = []
+    for i in range(count):
+        words = [_WORDS[(i * 7 + j * 3) % len(_WORDS)] for j in range(8 + (i * 13) % 40)]
+        kwargs: dict[str, Any] = {}
+        if i % 5 == 4:
+            kwargs = {
+                "tool_calls": [
+                    {
+                        "id": f"call_{i}",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q": 1}'},
+                    }
+                ]
+            }
+        message = {
+            "role": "user" if i % 2 == 0 else "assistant",
+            "additional_kwargs": kwargs,
+            "blocks": [{"block_type": "text", "text": " ".join(words)}],
+        }
+        out.append(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+    return out
+
+
+class Adapter:
+    """One implementation's verbs; subclasses implement them over a store or a raw client.
+
+    ``persist``/``load``/``new_volume`` are optional: an adapter whose ``supports_volume`` is
+    False gets no volume rows.
+    """
+
+    supports_volume = False
+
+    def fill(self, key: str, n: int) -> None:  # untimed set-up: the fastest way to hold n
+        raise NotImplementedError
+
+    def add(self, key: str, i: int) -> None:
+        raise NotImplementedError
+
+    def add_many(self, key: str, start: int, n: int) -> None:
+        raise NotImplementedError
+
+    def get_all(self, key: str) -> object:
+        raise NotImplementedError
+
+    def get_last(self, key: str, n: int) -> object:
+        raise NotImplementedError
+
+    def count(self, key: str) -> int:
+        raise NotImplementedError
+
+    def delete_last(self, key: str) -> object:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def new_volume(self, n: int) -> None:  # a separate store holding n messages
+        raise NotImplementedError
+
+    def persist(self, path: str) -> None:
+        raise NotImplementedError
+
+    def load(self, path: str) -> None:
+        raise NotImplementedError
+
+
+class Sampler:
+    """Take timed samples of one adapter; each operation leaves the conversation's length as is."""
+
+    def __init__(self, adapter: Adapter, workdir: str) -> None:
+        self.adapter = adapter
+        self.workdir = workdir
+        self._next = 0
+        self._volume = -1
+        self._persisted = -1
+
+    def fill(self, key: str, n: int) -> None:
+        self.adapter.fill(key, n)
+
+    def _message(self) -> int:
+        self._next += 1
+        return self._next
+
+    def sample(self, op: str, key: str, length: int) -> float:
+        """Return the seconds one ``op`` took on ``key`` (holding ``length`` messages)."""
+        a = self.adapter
+        clock = time.perf_counter
+        if op == "add":
+            i = self._message()
+            t0 = clock()
+            a.add(key, i)
+            took = clock() - t0
+            a.delete_last(key)
+        elif op == "add_many":
+            start = self._message()
+            t0 = clock()
+            a.add_many(key, start, BATCH)
+            took = clock() - t0
+            for _ in range(BATCH):
+                a.delete_last(key)
+        elif op == "get_all":
+            t0 = clock()
+            a.get_all(key)
+            took = clock() - t0
+        elif op == "get_last":
+            t0 = clock()
+            a.get_last(key, BATCH)
+            took = clock() - t0
+        elif op == "count":
+            t0 = clock()
+            a.count(key)
+            took = clock() - t0
+        elif op == "delete_last":
+            t0 = clock()
+            a.delete_last(key)
+            took = clock() - t0
+            a.add(key, self._message())
+        elif op in ("persist", "load"):
+            took = self._volume_sample(op, length)
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+        return took
+
+    def _volume_sample(self, op: str, n: int) -> float:
+        a = self.adapter
+        path = os.path.join(self.workdir, f"volume-{n}.json")
+        if self._volume != n:
+            a.new_volume(n)
+            self._volume = n
+            self._persisted = -1
+        clock = time.perf_counter
+        if op == "persist":
+            t0 = clock()
+            a.persist(path)
+            took = clock() - t0
+            self._persisted = n
+            return took
+        if self._persisted != n:
+            a.persist(path)
+            self._persisted = n
+        t0 = clock()
+        a.load(path)
+        return clock() - t0

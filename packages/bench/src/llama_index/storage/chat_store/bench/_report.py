@@ -1,0 +1,149 @@
+"""Write one backend's results: a markdown table and a latency chart beside it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from llama_index.storage.chat_store.bench._ops import OPERATIONS, VOLUME_OPERATIONS
+from llama_index.storage.chat_store.bench._run import Results
+
+IMPLS = ("ours", "raw", "llama_index")
+COLORS = {"ours": "#1f77b4", "raw": "#7f7f7f", "llama_index": "#d62728"}
+SHORT = {"ours": "ours", "raw": "raw floor", "llama_index": "LlamaIndex"}
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3g} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b <= 0:
+        return "—"
+    return f"{a / b:.2f}x"
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on every platform
+        return "unknown"
+
+
+def _rows(results: Results) -> list[tuple[str, str, int]]:
+    plan = results.plan
+    rows = [(op, shown, n) for op, shown in OPERATIONS for n in plan.lengths]
+    rows += [(op, shown, n) for op, shown in VOLUME_OPERATIONS for n in plan.volumes]
+    return [row for row in rows if results.median("ours", row[0], row[2]) is not None]
+
+
+def markdown(results: Results, chart_name: str | None) -> str:
+    """Return the report: heading, conditions, the table, the implementations and the chart."""
+    plan = results.plan
+    lines = [
+        f"# Benchmark: {results.name} — {results.backend.title}",
+        "",
+        f"BENCH_SCALE={plan.scale:g}: conversations of "
+        f"{' and '.join(f'{n:,}' for n in plan.lengths)} messages"
+        + (
+            f"; persist/load of {' and '.join(f'{n:,}' for n in plan.volumes)} messages"
+            if any(op == "persist" for op, _, _ in _rows(results))
+            else ""
+        )
+        + f". Median of {plan.repeats} interleaved repeats"
+        + (f" ({plan.volume_repeats} for persist/load)" if plan.volumes else "")
+        + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
+        " store inside the reference interpreter, so no IPC is counted), against the same server"
+        " in the same run.",
+        "",
+        f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
+        f"(load average {_load()} at the end: other work slows every implementation alike, "
+        "so read the ratios), "
+        f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d %H:%M')} "
+        f"in {results.seconds:.0f} s.",
+        "",
+        "| operation | messages | ours | raw floor | LlamaIndex | ours/raw | ours/LlamaIndex |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for op, shown, n in _rows(results):
+        ours, raw, ref = (results.median(impl, op, n) for impl in IMPLS)
+        lines.append(
+            f"| {shown} | {n:,} | {_time(ours)} | {_time(raw)} | {_time(ref)} | "
+            f"{_ratio(ours, raw)} | {_ratio(ours, ref)} |"
+        )
+    lines += ["", "Implementations:", ""]
+    lines += [f"- {SHORT[impl]}: {label}" for impl, label in results.labels.items()]
+    lines += [f"- {note}" for note in results.backend.notes]
+    if chart_name:
+        lines += ["", f"![latency by conversation length]({chart_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: Results, path: Path) -> None:
+    """Draw latency against conversation length, one panel per operation, one line per impl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
+
+    rows = _rows(results)
+    ops = list(dict.fromkeys((op, shown) for op, shown, _ in rows))
+    columns = 4
+    nrows = (len(ops) + columns - 1) // columns
+    fig, axes = plt.subplots(nrows, columns, figsize=(4.2 * columns, 3.4 * nrows), squeeze=False)
+    for ax, (op, shown) in zip(axes.flat, ops, strict=False):
+        lengths = [n for o, _, n in rows if o == op]
+        for impl in IMPLS:
+            points = [(n, results.median(impl, op, n)) for n in lengths]
+            xs = [n for n, v in points if v is not None]
+            ys = [v * 1e3 for _, v in points if v is not None]
+            if xs:
+                ax.plot(xs, ys, marker="o", color=COLORS[impl], label=SHORT[impl])
+        ax.set_title(shown, fontsize=11)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
+        ax.xaxis.set_minor_locator(NullLocator())
+        low, high = ax.get_ylim()
+        if high / low < 100:  # show at least two decades so the major ticks carry labels
+            middle = (high * low) ** 0.5
+            ax.set_ylim(middle / 10, middle * 10)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _time(v / 1e3)))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("messages" if op in ("persist", "load") else "conversation length")
+        ax.set_ylabel("median latency")
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in list(axes.flat)[len(ops) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=len(handles))
+    fig.suptitle(
+        f"{results.name}: {results.backend.title} (BENCH_SCALE={results.plan.scale:g})",
+        x=0.01,
+        ha="left",
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(results: Results, out: Path) -> Path:
+    """Write ``<out>/<name>.md`` and ``<out>/<name>.png``; print the table; return the md path."""
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"{results.name}.png"
+    chart(results, png)
+    text = markdown(results, png.name)
+    md = out / f"{results.name}.md"
+    md.write_text(text, encoding="utf-8")
+    sys.stdout.write(text + f"\n(written to {md} and {png})\n\n")
+    return md

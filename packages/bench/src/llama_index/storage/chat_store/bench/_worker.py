@@ -1,0 +1,112 @@
+"""The LlamaIndex side of a benchmark, run as a script by the reference interpreter.
+
+``python _worker.py REFERENCE_SOURCE_FILE URL WORKDIR`` builds LlamaIndex's store with the
+``make_store(url)`` function the backend's reference source defines, then answers one JSON
+command per line on stdin with one JSON reply per line. Timing happens here, with the same
+``Sampler`` the harness uses in-process, so the pipe is never measured. Standard library plus
+``llama_index.core`` (only in the reference environment): this file runs beside ``_ops.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING or __package__:
+    from llama_index.storage.chat_store.bench._ops import (
+        MESSAGES_PER_CONVERSATION,
+        Adapter,
+        Sampler,
+        sample_messages,
+    )
+else:  # run as a script: _ops.py sits beside this file (and sys.path[0] is this folder)
+    from _ops import MESSAGES_PER_CONVERSATION, Adapter, Sampler, sample_messages
+
+
+class LlamaIndexAdapter(Adapter):
+    """The verbs over a LlamaIndex ``BaseChatStore``, used the way LlamaIndex code uses it.
+
+    LlamaIndex's store has no batch append, no window and no count: ``add_many`` appends one
+    by one, ``get_last`` slices ``get_messages``, ``count`` is ``len(get_messages(key))``.
+    """
+
+    def __init__(self, make_store: Callable[[str], Any], url: str) -> None:
+        chat_message = importlib.import_module("llama_index.core.llms").ChatMessage
+        self.make_store = make_store
+        self.url = url
+        self.messages = [chat_message.model_validate_json(m) for m in sample_messages()]
+        self.store = make_store(url)
+        self.supports_volume = hasattr(self.store, "persist")
+        self.volume: Any = None
+
+    def _m(self, i: int) -> Any:
+        return self.messages[i % len(self.messages)]
+
+    def fill(self, key: str, n: int) -> None:
+        self.store.set_messages(key, [self._m(i) for i in range(n)])
+
+    def add(self, key: str, i: int) -> None:
+        self.store.add_message(key, self._m(i))
+
+    def add_many(self, key: str, start: int, n: int) -> None:
+        for j in range(n):
+            self.store.add_message(key, self._m(start + j))
+
+    def get_all(self, key: str) -> object:
+        return self.store.get_messages(key)
+
+    def get_last(self, key: str, n: int) -> object:
+        return self.store.get_messages(key)[-n:]
+
+    def count(self, key: str) -> int:
+        return len(self.store.get_messages(key))
+
+    def delete_last(self, key: str) -> object:
+        return self.store.delete_last_message(key)
+
+    def delete(self, key: str) -> None:
+        self.store.delete_messages(key)
+
+    def new_volume(self, n: int) -> None:
+        self.volume = self.make_store(self.url)
+        for c in range(0, n, MESSAGES_PER_CONVERSATION):
+            size = min(MESSAGES_PER_CONVERSATION, n - c)
+            self.volume.set_messages(f"v{c}", [self._m(c + i) for i in range(size)])
+
+    def persist(self, path: str) -> None:
+        self.volume.persist(persist_path=path)
+
+    def load(self, path: str) -> None:
+        type(self.volume).from_persist_path(persist_path=path)
+
+
+def main() -> None:
+    source_file, url, workdir = sys.argv[1:4]
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+    namespace: dict[str, Any] = {"__name__": "llama_index_reference"}
+    with open(source_file, encoding="utf-8") as f:
+        exec(compile(f.read(), source_file, "exec"), namespace)  # noqa: S102 (the backend's own reference code)
+    adapter = LlamaIndexAdapter(namespace["make_store"], url)
+    sampler = Sampler(adapter, workdir)
+    replies.write(json.dumps({"ready": True, "volume": adapter.supports_volume}) + "\n")
+    for line in sys.stdin:
+        command = json.loads(line)
+        try:
+            verb = command.pop("verb")
+            if verb == "exit":
+                break
+            result = getattr(sampler if verb in ("sample", "fill") else adapter, verb)(**command)
+            replies.write(json.dumps({"result": result}) + "\n")
+        except Exception:
+            replies.write(json.dumps({"error": traceback.format_exc()}) + "\n")
+    adapter.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Core's own benchmark rows (``<name>_bench.py`` files, found like the integrations' ones)."""

@@ -1,0 +1,102 @@
+"""The harness finds declarations in the tree, measures, and writes the table and the chart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from llama_index.storage.chat_store.bench._cli import declarations, find_root, main
+from llama_index.storage.chat_store.bench._run import Plan
+
+# A backend declared the way an integration would, in a workspace laid out like ours.
+DECLARATION = """
+from contextlib import nullcontext
+
+from llama_index.storage.chat_store.bench import Backend
+from llama_index.storage.chat_store.bench.backends.simple_bench import DictOfJsonStrings
+from llama_index.storage.chat_store.core import SimpleChatStore
+
+BENCH = Backend(
+    title="a test backend",
+    server=lambda: nullcontext("memory://"),
+    ours=lambda url: SimpleChatStore(),
+    raw=lambda url: DictOfJsonStrings(),
+    reference=None,
+    notes=["declared in a temporary workspace"],
+)
+"""
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    (tmp_path / "pyproject.toml").write_text("[tool.uv.workspace]\nmembers = []\n")
+    bench = tmp_path / "integrations" / "toy" / "bench"
+    bench.mkdir(parents=True)
+    (bench / "toy_bench.py").write_text(DECLARATION)
+    return tmp_path
+
+
+def test_plan_scales_every_volume() -> None:
+    full = Plan.from_scale(1, 15)
+    assert (full.lengths, full.volumes) == ((10, 10_000), (1_000, 100_000))
+    quick = Plan.from_scale(0.01, 15)
+    assert (quick.lengths, quick.volumes) == ((10, 100), (10, 1_000))
+    assert Plan.from_scale(0.0001, 3).lengths == (10,)
+
+
+def test_declarations_come_from_the_tree(workspace: Path) -> None:
+    assert find_root(workspace / "integrations" / "toy") == workspace
+    found = declarations(workspace)
+    assert list(found) == ["simple", "toy"]
+    assert found["toy"] == workspace / "integrations" / "toy" / "bench" / "toy_bench.py"
+
+
+def test_two_declarations_with_one_name_are_refused(workspace: Path) -> None:
+    other = workspace / "integrations" / "other" / "bench"
+    other.mkdir(parents=True)
+    (other / "toy_bench.py").write_text(DECLARATION)
+    with pytest.raises(SystemExit, match="two benchmark declarations named 'toy'"):
+        declarations(workspace)
+
+
+def test_a_declared_backend_gets_its_table_and_chart(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = workspace / "results"
+    code = main(["toy", "--root", str(workspace), "--out", str(out), "--scale", "0.01",
+                 "--repeats", "3"])  # fmt: skip
+    assert code == 0
+    table = (out / "toy.md").read_text()
+    assert "BENCH_SCALE=0.01" in table
+    number = r"[\d.]+ µs"
+    row = rf"\| add_message \| 100 \| {number} \| {number} \| — \| [\d.]+x \| — \|"
+    assert re.search(row, table)
+    assert "| persist | 1,000 |" in table  # SimpleChatStore and the dict floor both persist
+    assert "declared in a temporary workspace" in table
+    assert (out / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert table in capsys.readouterr().out
+
+
+def test_a_failing_backend_fails_the_run_but_not_the_others(workspace: Path) -> None:
+    broken = workspace / "integrations" / "broken" / "bench"
+    broken.mkdir(parents=True)
+    (broken / "broken_bench.py").write_text("BENCH = 'not a Backend'\n")
+    out = workspace / "results"
+    code = main(["broken", "toy", "--root", str(workspace), "--out", str(out), "--scale", "0.001",
+                 "--repeats", "1"])  # fmt: skip
+    assert code == 1
+    assert (out / "toy.md").exists()
+    assert not (out / "broken.md").exists()
+
+
+def test_simple_rows_run_beside_llama_index(tmp_path: Path) -> None:
+    """The real thing at a tiny scale: our store, the floor and LlamaIndex's, one table."""
+    code = main(["simple", "--out", str(tmp_path), "--scale", "0.001", "--repeats", "2"])
+    assert code == 0
+    table = (tmp_path / "simple.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| get_messages (all) |")]
+    assert rows
+    assert all("—" not in row for row in rows), rows  # all three implementations measured
+    assert "llama-index-core==0.14.25" in table
