@@ -83,6 +83,7 @@ class Statements:
     get_tail: TextClause  # key, tail, limit
     count: TextClause  # key -> (n,)
     append: TextClause  # key, messages (text[]), n, ttl
+    append_one: TextClause  # key, message, ttl -> a row if done (else run ``append``)
     insert_at: TextClause  # key, idx, messages (one), ttl  [native: after lock_for_insert]
     replace: TextClause  # key, messages, n, ttl  [native: after lock_for_replace]
     delete_all: TextClause  # key
@@ -184,6 +185,15 @@ def _native(m: str, c: str) -> Statements:
             f"WITH {upsert} INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
         ),
+        # The common case, a live conversation: a plain UPDATE of its row is cheaper than the
+        # upsert. No row back means "missing or expired": the caller runs ``append``.
+        append_one=text(
+            f"WITH conv AS (UPDATE {c} SET message_count = message_count + 1, "
+            f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) "
+            "AND (expires_at IS NULL OR expires_at > now()) RETURNING 1) "
+            f"INSERT INTO {m} (key, message) "
+            "SELECT CAST(:key AS text), CAST(:message AS json) FROM conv RETURNING id"
+        ),
         insert_at=text(
             f"WITH tail AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id >= "
             f"(SELECT id FROM {m} WHERE key = CAST(:key AS text) ORDER BY id "
@@ -251,6 +261,10 @@ def _google(m: str) -> Statements:
         append=text(
             f"INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {_NEW_ROWS}"
+        ),
+        append_one=text(
+            f"INSERT INTO {m} (key, message) "
+            "VALUES (CAST(:key AS text), CAST(:message AS json)) RETURNING id"
         ),
         # One statement: the tail from the insert position moves behind the new message.
         insert_at=text(
@@ -323,6 +337,11 @@ def _llama_index(t: str, element: str) -> Statements:
             f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
             f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
             "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value"
+        ),
+        append_one=text(
+            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"ARRAY[CAST(:message AS {element})]) ON CONFLICT (key) DO UPDATE "
+            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value RETURNING 1"
         ),
         insert_at=text(
             f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "

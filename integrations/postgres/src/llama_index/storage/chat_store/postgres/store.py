@@ -48,7 +48,7 @@ __all__ = ["PostgresChatStore"]
 
 LayoutOption = Literal["auto", "native", "google", "llama_index"]
 _KEYS_PAGE = 100
-_DDL_RACE_STATES = {"23505", "42P07", "42710"}
+_DDL_RACE_STATES = {"23505", "42P07", "42710", "40P01"}
 # Query options of our URLs that configure the store rather than the connection.
 _STORE_OPTIONS = {"table": "table_name", "schema": "schema_name", "layout": "layout", "ttl": "ttl"}
 
@@ -473,6 +473,12 @@ class PostgresChatStore(BaseChatStore):
                     with connections.transaction() as tx:
                         if self._ddl_advisory_lock:
                             tx.fetch(_layouts.ADVISORY_LOCK, {"lock": self._lock_id()})
+                            # Look again under the lock: another session may have just made
+                            # them, and even a no-op CREATE INDEX locks the table against
+                            # writers already using it (a deadlock with their appends).
+                            columns = tx.fetch(_layouts.DETECT, names)
+                            exists = tx.fetch(_layouts.SCHEMA_EXISTS, {"schema": self.schema_name})
+                            resolved = self._resolve(columns, bool(exists[0][0]))
                         for statement in resolved.ddl:
                             tx.fetch(statement, {})
                 break
@@ -500,6 +506,11 @@ class PostgresChatStore(BaseChatStore):
                     async with connections.transaction() as tx:
                         if self._ddl_advisory_lock:
                             await tx.fetch(_layouts.ADVISORY_LOCK, {"lock": self._lock_id()})
+                            columns = await tx.fetch(_layouts.DETECT, names)
+                            exists = await tx.fetch(
+                                _layouts.SCHEMA_EXISTS, {"schema": self.schema_name}
+                            )
+                            resolved = self._resolve(columns, bool(exists[0][0]))
                         for statement in resolved.ddl:
                             await tx.fetch(statement, {})
                 break
@@ -525,6 +536,9 @@ class PostgresChatStore(BaseChatStore):
     def _append_params(self, key: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         texts = [message_to_json(m) for m in messages]
         return {"key": key, "messages": texts, "n": len(texts), "ttl": self._ttl()}
+
+    def _append_one_params(self, key: str, message: ChatMessage) -> dict[str, Any]:
+        return {"key": key, "message": message_to_json(message), "ttl": self._ttl()}
 
     @staticmethod
     def _parse(key: str, rows: list[Row], st: Statements) -> list[ChatMessage]:
@@ -581,7 +595,10 @@ class PostgresChatStore(BaseChatStore):
         message = coerce_message(message)
         st = self._statements()
         if idx is None:
-            self._connections().fetch(st.append, self._append_params(key, [message]))
+            params = self._append_one_params(key, message)
+            connections = self._connections()
+            if not connections.fetch(st.append_one, params):
+                connections.fetch(st.append, self._append_params(key, [message]))
             return
         params = {**self._append_params(key, [message]), "idx": idx}
         if st.layout == "llama_index":
@@ -756,7 +773,8 @@ class PostgresChatStore(BaseChatStore):
         st = await self._astatements()
         connections = self._aconnections()
         if idx is None:
-            await connections.fetch(st.append, self._append_params(key, [message]))
+            if not await connections.fetch(st.append_one, self._append_one_params(key, message)):
+                await connections.fetch(st.append, self._append_params(key, [message]))
             return
         params = {**self._append_params(key, [message]), "idx": idx}
         if st.layout == "llama_index":
