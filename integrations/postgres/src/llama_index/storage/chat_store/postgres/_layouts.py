@@ -87,7 +87,8 @@ class Statements:
     insert_at: TextClause  # key, idx, messages (one), ttl  [native: after lock_for_insert]
     replace: TextClause  # key, messages, n, ttl  [native: after lock_for_replace]
     delete_all: TextClause  # key
-    delete_at: TextClause  # key, idx (negative from the end), ttl
+    delete_from_start: TextClause  # key, offset (message at that position), ttl
+    delete_from_end: TextClause  # key, offset (0 = the last message), ttl
     delete_oldest: TextClause  # key, n, ttl
     keys_page: TextClause  # after, page -> (key,)
     clear: TextClause
@@ -137,19 +138,15 @@ def _rows_common(m: str, live: str) -> dict[str, TextClause]:
     }
 
 
-def _pick(m: str, live: str) -> str:
-    """One row by position: from the start for idx >= 0, from the end for idx < 0.
+def _pick(m: str, live: str, direction: str) -> str:
+    """The id of the message ``:offset`` rows from the start (ASC) or the end (DESC).
 
     ``SKIP LOCKED``: two concurrent pops take two different rows instead of the second
     one finding its row gone and returning nothing.
     """
-    base = f"FROM {m} WHERE key = CAST(:key AS text){live}"
     return (
-        f"SELECT id FROM (SELECT id {base} AND CAST(:idx AS bigint) >= 0 ORDER BY id "
-        "OFFSET GREATEST(CAST(:idx AS bigint), 0) LIMIT 1 FOR UPDATE SKIP LOCKED) AS a "
-        f"UNION ALL SELECT id FROM (SELECT id {base} AND CAST(:idx AS bigint) < 0 "
-        "ORDER BY id DESC OFFSET GREATEST(-1 - CAST(:idx AS bigint), 0) LIMIT 1 "
-        "FOR UPDATE SKIP LOCKED) AS b"
+        f"SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id {direction} "
+        "OFFSET CAST(:offset AS bigint) LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
 
 
@@ -220,9 +217,14 @@ def _native(m: str, c: str) -> Statements:
             "SELECT id, message FROM gone WHERE NOT EXISTS "
             "(SELECT 1 FROM conv WHERE expires_at <= now()) ORDER BY id"
         ),
-        delete_at=text(
+        delete_from_start=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
-            f"AND id IN ({_pick(m, live)}) "
+            f"AND id = ({_pick(m, live, 'ASC')}) "
+            f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
+        ),
+        delete_from_end=text(
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
+            f"AND id = ({_pick(m, live, 'DESC')}) "
             f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
         ),
         delete_oldest=text(
@@ -287,7 +289,12 @@ def _google(m: str) -> Statements:
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
             "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
         ),
-        delete_at=text(f"DELETE FROM {m} WHERE id IN ({_pick(m, '')}) RETURNING id, message::text"),
+        delete_from_start=text(
+            f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'ASC')}) RETURNING id, message::text"
+        ),
+        delete_from_end=text(
+            f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) RETURNING id, message::text"
+        ),
         delete_oldest=text(
             f"WITH gone AS (DELETE FROM {m} WHERE id IN (SELECT id FROM {m} "
             "WHERE key = CAST(:key AS text) ORDER BY id LIMIT CAST(:n AS bigint) FOR UPDATE) "
@@ -311,10 +318,6 @@ def _llama_index(t: str, element: str) -> Statements:
     insert_pos = (
         f"CASE WHEN CAST(:idx AS bigint) < 0 THEN GREATEST({size} + CAST(:idx AS bigint), 0) "
         f"ELSE LEAST(CAST(:idx AS bigint), {size}) END"
-    )
-    delete_pos = (
-        f"CASE WHEN CAST(:idx AS bigint) < 0 THEN {size} + CAST(:idx AS bigint) "
-        "ELSE CAST(:idx AS bigint) END"
     )
     start = (
         "CASE WHEN CAST(:offset AS bigint) < 0 "
@@ -359,17 +362,8 @@ def _llama_index(t: str, element: str) -> Statements:
             f"WITH t AS (DELETE FROM {t} WHERE key = CAST(:key AS text) RETURNING value) "
             f"SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} ORDER BY u.n"
         ),
-        # FOR UPDATE returns the newest version of the row, so the position is computed on
-        # what the UPDATE changes.
-        delete_at=text(
-            f"WITH cur AS (SELECT t.key, t.value, {delete_pos} AS p FROM {t} AS t "
-            "WHERE t.key = CAST(:key AS text) FOR UPDATE), "
-            "hit AS (SELECT key, p, value[p + 1] AS message FROM cur "
-            "WHERE p >= 0 AND p < COALESCE(cardinality(value), 0)), "
-            f"upd AS (UPDATE {t} AS t SET value = t.value[1:hit.p] || t.value[hit.p + 2:] "
-            "FROM hit WHERE t.key = hit.key) "
-            "SELECT p, CAST(message AS text) FROM hit"
-        ),
+        delete_from_start=_llama_index_delete(t, "CAST(:offset AS bigint)"),
+        delete_from_end=_llama_index_delete(t, f"{size} - 1 - CAST(:offset AS bigint)"),
         delete_oldest=text(
             f"WITH t AS (SELECT key, value FROM {t} WHERE key = CAST(:key AS text) FOR UPDATE), "
             f"upd AS (UPDATE {t} AS d SET value = d.value[CAST(:n AS bigint) + 1:] FROM t "
@@ -386,6 +380,23 @@ def _llama_index(t: str, element: str) -> Statements:
         lock_for_insert=None,
         lock_for_replace=None,
         sweep=None,
+    )
+
+
+def _llama_index_delete(t: str, position: str) -> TextClause:
+    """Remove the array element at 0-based ``position`` (an SQL expression over ``t.value``).
+
+    FOR UPDATE returns the newest version of the row, so the position is computed on what
+    the UPDATE changes.
+    """
+    return text(
+        f"WITH cur AS (SELECT t.key, t.value, {position} AS p FROM {t} AS t "
+        "WHERE t.key = CAST(:key AS text) FOR UPDATE), "
+        "hit AS (SELECT key, p, value[p + 1] AS message FROM cur "
+        "WHERE p >= 0 AND p < COALESCE(cardinality(value), 0)), "
+        f"upd AS (UPDATE {t} AS t SET value = t.value[1:hit.p] || t.value[hit.p + 2:] "
+        "FROM hit WHERE t.key = hit.key) "
+        "SELECT p, CAST(message AS text) FROM hit"
     )
 
 

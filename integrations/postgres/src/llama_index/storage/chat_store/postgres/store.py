@@ -533,6 +533,11 @@ class PostgresChatStore(BaseChatStore):
             return st.get_tail, {"key": key, "tail": -offset, "limit": limit}
         return st.get_head, {"key": key, "offset": offset, "limit": limit}
 
+    def _delete_at(self, st: Statements, key: str, idx: int) -> tuple[TextClause, dict[str, Any]]:
+        if idx < 0:
+            return st.delete_from_end, {"key": key, "offset": -1 - idx, "ttl": self._ttl()}
+        return st.delete_from_start, {"key": key, "offset": idx, "ttl": self._ttl()}
+
     def _append_params(self, key: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         texts = [message_to_json(m) for m in messages]
         return {"key": key, "messages": texts, "n": len(texts), "ttl": self._ttl()}
@@ -652,8 +657,8 @@ class PostgresChatStore(BaseChatStore):
         Two concurrent callers never receive the same message.
         """
         key = self._check_key(key)
-        params = {"key": key, "idx": idx, "ttl": self._ttl()}
-        removed = self._read(key, self._statements().delete_at, params)
+        clause, params = self._delete_at(self._statements(), key, idx)
+        removed = self._read(key, clause, params)
         return removed[0] if removed else None
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
@@ -825,8 +830,8 @@ class PostgresChatStore(BaseChatStore):
         """Async :meth:`delete_message`."""
         key = self._check_key(key)
         st = await self._astatements()
-        params = {"key": key, "idx": idx, "ttl": self._ttl()}
-        removed = await self._aread(key, st.delete_at, params)
+        clause, params = self._delete_at(st, key, idx)
+        removed = await self._aread(key, clause, params)
         return removed[0] if removed else None
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
