@@ -374,6 +374,9 @@ class PostgresChatStore(BaseChatStore):
         return connect
 
     def _connections(self) -> SyncConnections:
+        ready = self._sync
+        if ready is not None:  # the hot path takes no lock
+            return ready
         with self._lock:
             if self._sync is None:
                 if self._user_engine is not None:
@@ -384,6 +387,9 @@ class PostgresChatStore(BaseChatStore):
             return self._sync
 
     def _aconnections(self) -> AsyncConnections:
+        ready = self._async
+        if ready is not None:  # the hot path takes no lock
+            return ready
         with self._lock:
             if self._async is None:
                 self._async = AsyncConnections(
