@@ -13,6 +13,7 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.postgres import PostgresChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import free_port
 
 PASSWORD = "not-a-real-password-7Q"  # trust auth ignores it; it must still never leak
@@ -54,7 +55,7 @@ class _PostgresFixtures(ChatStoreConformance):
         return {"password": PASSWORD}
 
 
-class TestPostgresConformance(_PostgresFixtures):
+class TestPostgresConformance(_PostgresFixtures, LlamaIndexMemoryTests):
     """Our layout, with a ttl long enough never to fire except in the TTL tests."""
 
     options = {"ttl": 3600}
