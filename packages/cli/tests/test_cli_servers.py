@@ -205,7 +205,7 @@ def test_check_finds_and_repair_moves_aside_a_corrupt_redis_entry(
     client = redis.Redis.from_url(redis_url)
     try:
         (conv,) = [n for n in _raw_lists(client, namespace) if n.endswith(b"conv")]
-        client.lset(conv, 3, b"\x00 not a message")
+        client.lset(conv, 3, "\x00 not a message")
     finally:
         client.close()
 
