@@ -8,6 +8,7 @@ each destination is an empty, isolated store on a server from the tests-shared f
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -194,20 +195,36 @@ def _raw_lists(client: redis.Redis, namespace: str) -> list[bytes]:
     return [name for name in names if client.type(name) == b"list"]
 
 
-def test_check_finds_and_repair_moves_aside_a_corrupt_redis_entry(
-    redis_url: str, tmp_path: Path
-) -> None:
+GARBAGE = {"redis": "\x00 not a message"}
+
+
+def _corrupt_redis(request: pytest.FixtureRequest, key: str, position: int) -> str:
+    """A Redis store whose conversation ``key`` holds garbage at ``position``; its URL."""
+    base: str = request.getfixturevalue("redis_url")
     namespace = f"check-{uuid.uuid4().hex}:"
-    url = f"{redis_url}?namespace={namespace}"
+    url = f"{base}?namespace={namespace}"
     with chat_store_from_url(url) as store:
-        store.add_messages("conv", numbered(5))
+        store.add_messages(key, numbered(5))
         store.add_messages("fine", numbered(3))
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(base)
     try:
-        (conv,) = [n for n in _raw_lists(client, namespace) if n.endswith(b"conv")]
-        client.lset(conv, 3, "\x00 not a message")
+        (raw,) = [n for n in _raw_lists(client, namespace) if n.endswith(key.encode())]
+        client.lset(raw, position, GARBAGE["redis"])
     finally:
         client.close()
+    return url
+
+
+CORRUPT: dict[str, Callable[[pytest.FixtureRequest, str, int], str]] = {
+    "redis": _corrupt_redis,
+}
+
+
+@pytest.mark.parametrize("backend", sorted(CORRUPT))
+def test_check_finds_and_repair_moves_aside_a_corrupt_entry(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = CORRUPT[backend](request, "conv", 3)
 
     found = _run("check", url, "-q")
     assert found.returncode == 1
@@ -218,7 +235,9 @@ def test_check_finds_and_repair_moves_aside_a_corrupt_redis_entry(
     aside = tmp_path / "aside.jsonl"
     repaired = _run("check", url, "-q", "--repair", "--aside", str(aside))
     assert repaired.returncode == 0, repaired.stderr
-    assert "not a message" in aside.read_text(encoding="utf-8")
+    (record,) = [json.loads(line) for line in aside.read_text(encoding="utf-8").splitlines()]
+    assert (record["key"], record["position"]) == ("conv", 3)
+    assert GARBAGE[backend].strip("\x00 ") in record["data"]
     with chat_store_from_url(url) as store:
         assert [m.content for m in store.get_messages("conv")] == ["m0", "m1", "m2", "m4"]
         assert store.count_messages("fine") == 3
