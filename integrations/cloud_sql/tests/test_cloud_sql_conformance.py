@@ -1,0 +1,85 @@
+"""Cloud SQL's PostgresChatStore against the suite: from_instance through a local connector.
+
+The connector has the methods and arguments of Google's Cloud SQL connector and opens a
+plain connection to the session's PostgreSQL (pg8000 for sync, asyncpg for async).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pg8000.dbapi
+import pytest
+
+from llama_index.storage.chat_store.cloud_sql import PostgresChatStore, PostgresEngine
+from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
+from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.services import LocalConnector, free_port
+
+PASSWORD = "cloudsql-not-a-real-password-4W"
+
+
+def make_store(host: str, port: int, database: str, schema: str) -> PostgresChatStore:
+    """Build a store the way the seed does; module-level so worker processes can unpickle it."""
+    local = LocalConnector(host, port)
+    engine = PostgresEngine.from_instance(
+        "my-project", "us-central1", "my-instance", database, user="test", password=PASSWORD,
+        connector=local, async_connector=local,
+    )  # fmt: skip
+    return PostgresChatStore.from_engine(engine, table_name="chat_history", schema_name=schema)
+
+
+def server(postgres_url: str) -> tuple[str, int, str]:
+    parts = urlsplit(postgres_url)
+    return str(parts.hostname), int(parts.port or 5432), parts.path.lstrip("/")
+
+
+class TestCloudSQLConformance(ChatStoreConformance):
+    @pytest.fixture(autouse=True)
+    def _local_default_connectors(self, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Stores rebuilt from their dump (cloudsql:// URL) connect locally too."""
+        host, port, _ = server(postgres_url)
+        local = staticmethod(lambda quota_project: LocalConnector(host, port))
+        monkeypatch.setattr(PostgresEngine, "connector_factory", local)
+        monkeypatch.setattr(PostgresEngine, "async_connector_factory", local)
+
+    @pytest.fixture
+    def store_factory(self, postgres_url: str) -> Callable[[], BaseChatStore]:
+        return functools.partial(make_store, *server(postgres_url), f"s_{uuid.uuid4().hex[:12]}")
+
+    @pytest.fixture
+    def other_store(self, postgres_url: str) -> Iterator[BaseChatStore]:
+        store = make_store(*server(postgres_url), f"o_{uuid.uuid4().hex[:12]}")
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def unreachable_store(self) -> BaseChatStore:
+        return make_store("127.0.0.1", free_port(), "postgres", "public")
+
+    @pytest.fixture
+    def make_corrupt(
+        self, store: PostgresChatStore, postgres_url: str
+    ) -> Callable[[str], BaseChatStore]:
+        def corrupt(key: str) -> BaseChatStore:
+            store.add_message(key, ChatMessage(content="fine"))
+            host, port, database = server(postgres_url)
+            raw = pg8000.dbapi.connect(user="test", host=host, port=port, database=database)
+            cursor = raw.cursor()
+            cursor.execute(
+                f'INSERT INTO "{store.schema_name}".chat_history (key, message) '
+                "VALUES (%s, CAST(%s AS json))",
+                (key, '{"role": "user", "blocks": 42}'),
+            )
+            raw.commit()
+            raw.close()
+            return store
+
+        return corrupt
+
+    @pytest.fixture
+    def secrets(self) -> dict[str, str]:
+        return {"password": PASSWORD}

@@ -1,0 +1,393 @@
+"""Connections: held driver connections running one autocommit statement per operation.
+
+SQLAlchemy's ``begin``/``commit`` around a statement costs several round trips, and a
+pool checkout with reset costs one more. The hot path here is one statement on a
+connection this store already holds: a sync DBAPI connection (psycopg 3, psycopg2,
+pg8000: whichever the SQLAlchemy engine's dialect uses) or an asyncpg connection.
+Transactions are explicit and only where an operation needs two statements.
+
+Statements are SQLAlchemy ``text()`` clauses compiled once per dialect (``$1`` for
+asyncpg, ``%(name)s`` for psycopg, ``%s`` for pg8000).
+
+Async connections belong to one event loop, so each loop gets its own set, created
+lazily; a set left behind by a closed loop is dropped when noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import TextClause
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
+
+from llama_index.storage.chat_store.core import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ChatStoreError,
+)
+
+__all__ = ["AsyncConnections", "Compiled", "Runner", "SyncConnections", "translate_error"]
+
+Row = Sequence[Any]
+Params = dict[str, Any]
+
+# SQLSTATE classes: 08 connection exception, 57P01-03 server shutting down/starting,
+# 28 authentication, 42501 insufficient privilege.
+_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+_AUTH_STATES = ("28", "42501")
+_AUTH_PHRASES = ("authentication failed", "no password supplied", "password is required")
+_UNAVAILABLE_PHRASES = (
+    "connection refused",
+    "could not connect",
+    "server closed the connection",
+    "connection is closed",
+    "connection was closed",
+    "the connection is lost",
+    "terminating connection",
+    "connection already closed",
+    "consuming input failed",
+    "network is unreachable",
+    "timeout",
+    "timed out",
+    "the database system is",
+    "broken pipe",
+    "connection reset",
+    "no connection to the server",
+    "unexpectedly",
+)
+
+
+class Compiled:
+    """A statement compiled for one dialect, with its parameter order if positional."""
+
+    __slots__ = ("names", "sql")
+
+    def __init__(self, clause: TextClause, dialect: Dialect) -> None:
+        compiled = clause.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        positional = compiled.positional
+        self.names: tuple[str, ...] | None = (
+            tuple(compiled.positiontup or ()) if positional else None
+        )
+
+    def args(self, params: Params) -> tuple[Any, ...]:
+        """Return the values in positional order (positional paramstyles only)."""
+        assert self.names is not None
+        return tuple(params[name] for name in self.names)
+
+
+def _sqlstate(exc: BaseException) -> str:
+    for attr in ("sqlstate", "pgcode"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str):
+            return value
+    first = exc.args[0] if exc.args else None
+    if isinstance(first, dict):  # pg8000 puts the server's error fields in a dict
+        return str(first.get("C", ""))
+    return ""
+
+
+def translate_error(exc: BaseException, where: str) -> ChatStoreError | None:
+    """Map a driver error to core's errors (``None``: not a connection/credential problem).
+
+    Args:
+        exc: The driver's (or SQLAlchemy's) exception.
+        where: The server, password masked, named in the message.
+    """
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    state = _sqlstate(cause)
+    text = str(cause).lower()
+    if state.startswith(_AUTH_STATES) or any(p in text for p in _AUTH_PHRASES):
+        return AuthenticationError(f"{where} rejected the credentials: {cause}")
+    if (
+        state.startswith(_UNAVAILABLE_STATES)
+        or isinstance(cause, (OSError, asyncio.TimeoutError, EOFError))
+        or (not state and any(p in text for p in _UNAVAILABLE_PHRASES))
+        or (type(cause).__name__ in {"InterfaceError", "OperationalError"} and not state)
+    ):
+        return BackendUnavailableError(f"cannot reach {where}: {cause}")
+    return None
+
+
+class Runner(Protocol):
+    """Runs statements on one connection (inside or outside a transaction)."""
+
+    def fetch(self, clause: TextClause, params: Params) -> list[Row]: ...
+
+
+class _SyncRunner:
+    def __init__(self, owner: SyncConnections, connection: PoolProxiedConnection) -> None:
+        self._owner = owner
+        self._connection = connection
+
+    def fetch(self, clause: TextClause, params: Params) -> list[Row]:
+        compiled = self._owner.compiled(clause)
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(
+                compiled.sql, params if compiled.names is None else compiled.args(params)
+            )
+            return list(cursor.fetchall()) if cursor.description is not None else []
+        finally:
+            cursor.close()
+
+
+class SyncConnections:
+    """Sync DBAPI connections held from a SQLAlchemy engine, in autocommit mode.
+
+    Thread-safe: each call takes an idle connection (or opens one) and gives it back.
+    """
+
+    def __init__(
+        self, engine_factory: Callable[[], Engine], where: str, *, owns_engine: bool = True
+    ) -> None:
+        self._engine_factory = engine_factory
+        self._engine: Engine | None = None
+        self._owns_engine = owns_engine
+        self._where = where
+        self._idle: list[PoolProxiedConnection] = []
+        self._lock = threading.Lock()
+        self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
+
+    def _get_engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._engine_factory()
+            return self._engine
+
+    def compiled(self, clause: TextClause) -> Compiled:
+        """Return ``clause`` compiled for this engine's dialect (cached)."""
+        hit = self._compiled.get(id(clause))
+        if hit is not None and hit[0] is clause:
+            return hit[1]
+        compiled = Compiled(clause, self._get_engine().dialect)
+        self._compiled[id(clause)] = (clause, compiled)
+        return compiled
+
+    def _acquire(self) -> PoolProxiedConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        connection = self._get_engine().raw_connection()
+        connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+        return connection
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[PoolProxiedConnection]:
+        try:
+            connection = self._acquire()
+        except ChatStoreError:
+            raise
+        except Exception as exc:
+            raise self._translated(exc) from exc
+        try:
+            yield connection
+        except ChatStoreError:
+            self._release(connection)
+            raise
+        except Exception as exc:
+            error = translate_error(exc, self._where)
+            if isinstance(error, BackendUnavailableError):
+                # The server went away: every held connection is likely dead too.
+                with contextlib.suppress(Exception):
+                    connection.invalidate()
+                self._drop_idle()
+                raise error from exc
+            self._release(connection)
+            raise (error or ChatStoreError(f"{self._where}: {exc}")) from exc
+        else:
+            self._release(connection)
+
+    def _translated(self, exc: Exception) -> ChatStoreError:
+        return translate_error(exc, self._where) or BackendUnavailableError(
+            f"cannot connect to {self._where}: {exc}"
+        )
+
+    def _release(self, connection: PoolProxiedConnection) -> None:
+        with self._lock:
+            self._idle.append(connection)
+
+    def fetch(self, clause: TextClause, params: Params) -> list[Row]:
+        """Run one autocommit statement; return its rows."""
+        with self._connection() as connection:
+            return _SyncRunner(self, connection).fetch(clause, params)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Runner]:
+        """Run statements in one transaction (rolled back on any error)."""
+        with self._connection() as connection:
+            runner = _SyncRunner(self, connection)
+            driver = connection.driver_connection
+            driver.autocommit = False  # type: ignore[union-attr]
+            try:
+                yield runner
+                connection.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    connection.rollback()
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    driver.autocommit = True  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Return held connections and dispose of the engine if this store made it."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            engine, self._engine = self._engine, None
+        for connection in idle:
+            with contextlib.suppress(Exception):
+                connection.close()
+        if engine is not None and self._owns_engine:
+            engine.dispose()
+        elif engine is not None:
+            self._engine = engine
+
+
+AsyncConnect = Callable[[], Awaitable[Any]]
+"""Opens one asyncpg connection (``asyncpg.connect``, a Google connector, a user's engine)."""
+
+
+class _LoopConnections:
+    def __init__(self, limit: int) -> None:
+        self.idle: list[Any] = []
+        self.slots = asyncio.Semaphore(limit)
+
+
+class _AsyncRunner:
+    def __init__(self, owner: AsyncConnections, connection: Any) -> None:
+        self._owner = owner
+        self._connection = connection
+
+    async def fetch(self, clause: TextClause, params: Params) -> list[Row]:
+        compiled = self._owner.compiled(clause)
+        rows: list[Row] = await self._connection.fetch(compiled.sql, *compiled.args(params))
+        return rows
+
+
+class AsyncConnections:
+    """asyncpg connections per event loop, held and reused without a reset round trip."""
+
+    def __init__(self, connect: AsyncConnect, where: str, *, limit: int = 10) -> None:
+        from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+
+        self._connect = connect
+        self._where = where
+        self._limit = limit
+        self._dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
+
+    def compiled(self, clause: TextClause) -> Compiled:
+        """Return ``clause`` compiled for asyncpg (cached)."""
+        hit = self._compiled.get(id(clause))
+        if hit is not None and hit[0] is clause:
+            return hit[1]
+        compiled = Compiled(clause, self._dialect)
+        self._compiled[id(clause)] = (clause, compiled)
+        return compiled
+
+    def _state(self) -> _LoopConnections:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            state = self._loops.get(loop)
+            if state is None:
+                for other, stale in list(self._loops.items()):
+                    if other.is_closed():
+                        del self._loops[other]
+                        _abandon(stale.idle)
+                state = self._loops[loop] = _LoopConnections(self._limit)
+            return state
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        state = self._state()
+        async with state.slots:
+            connection = state.idle.pop() if state.idle else None
+            if connection is None or connection.is_closed():
+                try:
+                    connection = await self._connect()
+                except ChatStoreError:
+                    raise
+                except Exception as exc:
+                    raise (
+                        translate_error(exc, self._where)
+                        or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
+                    ) from exc
+            try:
+                yield connection
+            except ChatStoreError:
+                state.idle.append(connection)
+                raise
+            except Exception as exc:
+                error = translate_error(exc, self._where)
+                if isinstance(error, BackendUnavailableError):
+                    _abandon([connection, *state.idle])
+                    state.idle.clear()
+                    raise error from exc
+                state.idle.append(connection)
+                raise (error or ChatStoreError(f"{self._where}: {exc}")) from exc
+            else:
+                state.idle.append(connection)
+
+    async def fetch(self, clause: TextClause, params: Params) -> list[Row]:
+        """Run one autocommit statement; return its rows."""
+        async with self._connection() as connection:
+            return await _AsyncRunner(self, connection).fetch(clause, params)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_AsyncRunner]:
+        """Run statements in one transaction (rolled back on any error)."""
+        async with self._connection() as connection, connection.transaction():
+            yield _AsyncRunner(self, connection)
+
+    async def aclose(self) -> None:
+        """Close this loop's connections; drop those of other loops."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            states = list(self._loops.items())
+            self._loops.clear()
+        for owner, state in states:
+            if owner is loop:
+                for connection in state.idle:
+                    with contextlib.suppress(Exception):
+                        await connection.close(timeout=2)
+            else:
+                _abandon(state.idle)
+
+    def close(self) -> None:
+        """Drop every loop's connections without awaiting (from sync code)."""
+        with self._lock:
+            states = list(self._loops.items())
+            self._loops.clear()
+        for loop, state in states:
+            if loop.is_closed():
+                _abandon(state.idle)
+            else:
+                # Transports are not thread-safe: close them on their own loop.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_abandon, state.idle)
+
+
+def _abandon(connections: list[Any]) -> None:
+    """Close connections without awaiting (their loop may be closed or elsewhere)."""
+    for connection in connections:
+        with contextlib.suppress(Exception):
+            connection.terminate()

@@ -1,0 +1,469 @@
+# Identifiers below are quoted by the PostgreSQL dialect and every value is a bind
+# parameter, so building the statement text from them is safe.
+# ruff: noqa: S608
+"""The SQL of each table layout the Postgres family reads and writes.
+
+Every statement is a SQLAlchemy ``text()`` clause with named bind parameters;
+identifiers are quoted by the PostgreSQL dialect and always schema-qualified.
+Values are never part of the SQL text. Each operation is one statement except
+``replace`` and ``insert_at`` on the native layout, which are one transaction of
+two (lock the conversation row, then change it).
+
+Three layouts:
+
+* ``native`` (ours): one row per message in ``<table>`` plus one row per
+  conversation in ``<table>_conversations`` (count and expiry), so counts,
+  ``get_keys`` and sliding expiry never scan messages.
+* ``google``: Google's ``llama-index-alloydb-pg`` / ``llama-index-cloud-sql-pg``
+  table (one row per message, nothing else; Google's writers share it).
+* ``llama_index``: LlamaIndex's ``PostgresChatStore`` table (one row per
+  conversation, an array of JSON messages), updated by single statements.
+
+Every read returns ``(position-or-id, message_text)`` rows; ``message_text`` is the
+stored JSON as text (``json`` keeps the bytes written; LlamaIndex's ``jsonb`` is
+already normalised by the server).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import TextClause, text
+
+__all__ = [
+    "ADVISORY_LOCK",
+    "DETECT",
+    "SCHEMA_EXISTS",
+    "LayoutName",
+    "Statements",
+    "conversations_table",
+    "create_statements",
+    "drop_statements",
+    "quote",
+    "statements_for",
+]
+
+LayoutName = Literal["native", "google", "llama_index"]
+
+
+# Bound once; NULL when the writer has no ttl (the conversation never expires).
+_EXPIRES = (
+    "CASE WHEN CAST(:ttl AS double precision) IS NULL THEN NULL "
+    "ELSE now() + CAST(:ttl AS double precision) * interval '1 second' END"
+)
+
+
+def quote(identifier: str) -> str:
+    """Quote one identifier (any text: quotes, semicolons and unicode stay data).
+
+    Always quoted, so the name is used exactly as given. A colon is escaped for
+    ``text()``, which would otherwise read ``:name`` inside the quotes as a bind parameter.
+    """
+    quoted = '"' + identifier.replace('"', '""') + '"'
+    return quoted.replace(":", "\\:")
+
+
+def conversations_table(table: str) -> str:
+    """Return the name of the native layout's per-conversation table."""
+    return f"{table}_conversations"
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements of one layout over one table.
+
+    Reads yield ``(id_or_position, message_text)``. ``positions`` says whether the
+    first column is already the 0-based position (array layout) or a row id.
+    """
+
+    layout: LayoutName
+    positions: bool
+    get_head: TextClause  # key, offset, limit
+    get_tail: TextClause  # key, tail, limit
+    count: TextClause  # key -> (n,)
+    append: TextClause  # key, messages (text[]), n, ttl
+    append_one: TextClause  # key, message, ttl -> a row if done (else run ``append``)
+    insert_at: TextClause  # key, idx, messages (one), ttl  [native: after lock_for_insert]
+    replace: TextClause  # key, messages, n, ttl  [native: after lock_for_replace]
+    delete_all: TextClause  # key
+    delete_from_start: TextClause  # key, offset (message at that position), ttl
+    delete_from_end: TextClause  # key, offset (0 = the last message), ttl
+    delete_oldest: TextClause  # key, n, ttl
+    keys_page: TextClause  # after, page -> (key,)
+    clear: TextClause
+    position_of: TextClause | None  # key, id -> (n,)  (row layouts)
+    lock_for_insert: TextClause | None  # key -> (count,)  (native)
+    lock_for_replace: TextClause | None  # key  (native)
+    sweep: TextClause | None  # -> (conversations removed,)  (native)
+
+
+def _name(schema: str, table: str) -> str:
+    return f"{quote(schema)}.{quote(table)}"
+
+
+def statements_for(
+    layout: LayoutName, schema: str, table: str, element_type: str = "json"
+) -> Statements:
+    """Build the statements of ``layout`` for ``schema.table``.
+
+    Args:
+        layout: Which table layout.
+        schema: Schema name (any text).
+        table: Table name (any text; for ``llama_index`` the real table, ``data_`` included).
+        element_type: ``json`` or ``jsonb``: the array element type of the ``llama_index`` layout.
+    """
+    if layout == "native":
+        return _native(_name(schema, table), _name(schema, conversations_table(table)))
+    if layout == "google":
+        return _google(_name(schema, table))
+    return _llama_index(_name(schema, table), element_type)
+
+
+def _rows_common(m: str, live: str) -> dict[str, TextClause]:
+    """Row-per-message reads shared by the native and Google layouts."""
+    return {
+        "get_head": text(
+            f"SELECT id, message::text FROM {m} WHERE key = CAST(:key AS text){live} "
+            "ORDER BY id LIMIT CAST(:limit AS bigint) OFFSET CAST(:offset AS bigint)"
+        ),
+        "get_tail": text(
+            f"SELECT id, message FROM (SELECT id, message::text AS message FROM {m} "
+            f"WHERE key = CAST(:key AS text){live} ORDER BY id DESC "
+            "LIMIT CAST(:tail AS bigint)) AS t ORDER BY id LIMIT CAST(:limit AS bigint)"
+        ),
+        "position_of": text(
+            f"SELECT count(*) FROM {m} WHERE key = CAST(:key AS text) AND id < CAST(:id AS bigint)"
+        ),
+    }
+
+
+def _pick(m: str, live: str, direction: str) -> str:
+    """The id of the message ``:offset`` rows from the start (ASC) or the end (DESC).
+
+    ``SKIP LOCKED``: two concurrent pops take two different rows instead of the second
+    one finding its row gone and returning nothing.
+    """
+    return (
+        f"SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id {direction} "
+        "OFFSET CAST(:offset AS bigint) LIMIT 1 FOR UPDATE SKIP LOCKED"
+    )
+
+
+_NEW_ROWS = "unnest(CAST(:messages AS text[])) WITH ORDINALITY AS u(message, n) ORDER BY u.n"
+
+
+def _native(m: str, c: str) -> Statements:
+    expired = f"EXISTS (SELECT 1 FROM {c} WHERE key = CAST(:key AS text) AND expires_at <= now())"
+    live = f" AND NOT {expired}"
+    touch = (
+        f"conv AS (UPDATE {c} SET message_count = message_count - (SELECT count(*) FROM gone), "
+        f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) AND EXISTS (SELECT 1 FROM gone))"
+    )
+    # The message INSERT reads from the conversation upsert, so it runs after the row lock
+    # is held: concurrent appends to one key get ids in commit order.
+    upsert = (
+        f"stale AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND {expired}), "
+        f"conv AS (INSERT INTO {c} AS c (key, message_count, expires_at) "
+        f"VALUES (CAST(:key AS text), CAST(:n AS bigint), {_EXPIRES}) "
+        "ON CONFLICT (key) DO UPDATE SET message_count = CASE WHEN c.expires_at <= now() "
+        "THEN excluded.message_count ELSE c.message_count + excluded.message_count END, "
+        "expires_at = excluded.expires_at RETURNING 1)"
+    )
+    return Statements(
+        layout="native",
+        positions=False,
+        **_rows_common(m, live),
+        count=text(
+            f"SELECT message_count FROM {c} WHERE key = CAST(:key AS text) AND message_count > 0 "
+            "AND (expires_at IS NULL OR expires_at > now())"
+        ),
+        append=text(
+            f"WITH {upsert} INSERT INTO {m} (key, message) "
+            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
+        ),
+        # The common case, a live conversation: a plain UPDATE of its row is cheaper than the
+        # upsert. No row back means "missing or expired": the caller runs ``append``.
+        append_one=text(
+            f"WITH conv AS (UPDATE {c} SET message_count = message_count + 1, "
+            f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) "
+            "AND (expires_at IS NULL OR expires_at > now()) RETURNING 1) "
+            f"INSERT INTO {m} (key, message) "
+            "SELECT CAST(:key AS text), CAST(:message AS json) FROM conv RETURNING id"
+        ),
+        insert_at=text(
+            f"WITH tail AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id >= "
+            f"(SELECT id FROM {m} WHERE key = CAST(:key AS text) ORDER BY id "
+            "OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, message), "
+            f"conv AS (UPDATE {c} SET message_count = message_count + 1, expires_at = {_EXPIRES} "
+            "WHERE key = CAST(:key AS text) RETURNING 1) "
+            f"INSERT INTO {m} (key, message) SELECT CAST(:key AS text), s.message FROM conv, "
+            "(SELECT 0 AS g, CAST(0 AS bigint) AS id, CAST(u.message AS json) AS message "
+            "FROM unnest(CAST(:messages AS text[])) AS u(message) "
+            "UNION ALL SELECT 1, id, message FROM tail) AS s ORDER BY s.g, s.id"
+        ),
+        replace=text(
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text)), "
+            f"conv AS (UPDATE {c} SET message_count = CAST(:n AS bigint), expires_at = {_EXPIRES} "
+            "WHERE key = CAST(:key AS text) RETURNING 1) "
+            f"INSERT INTO {m} (key, message) "
+            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
+        ),
+        delete_all=text(
+            f"WITH conv AS (DELETE FROM {c} WHERE key = CAST(:key AS text) "
+            "RETURNING expires_at), "
+            f"gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
+            "RETURNING id, message::text AS message) "
+            "SELECT id, message FROM gone WHERE NOT EXISTS "
+            "(SELECT 1 FROM conv WHERE expires_at <= now()) ORDER BY id"
+        ),
+        delete_from_start=text(
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
+            f"AND id = ({_pick(m, live, 'ASC')}) "
+            f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
+        ),
+        delete_from_end=text(
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
+            f"AND id = ({_pick(m, live, 'DESC')}) "
+            f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
+        ),
+        delete_oldest=text(
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id IN "
+            f"(SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id "
+            "LIMIT CAST(:n AS bigint) "
+            f"FOR UPDATE) RETURNING id, message::text AS message), {touch} "
+            "SELECT id, message FROM gone ORDER BY id"
+        ),
+        keys_page=text(
+            f"SELECT key FROM {c} WHERE message_count > 0 "
+            "AND (expires_at IS NULL OR expires_at > now()) AND key > CAST(:after AS text) "
+            "ORDER BY key LIMIT CAST(:page AS bigint)"
+        ),
+        clear=text(f"WITH conv AS (DELETE FROM {c}) DELETE FROM {m}"),
+        lock_for_insert=text(
+            f"SELECT CASE WHEN expires_at <= now() THEN 0 ELSE message_count END FROM {c} "
+            "WHERE key = CAST(:key AS text) FOR UPDATE"
+        ),
+        lock_for_replace=text(
+            f"INSERT INTO {c} AS c (key, message_count) VALUES (CAST(:key AS text), 0) "
+            "ON CONFLICT (key) DO UPDATE SET message_count = c.message_count"
+        ),
+        sweep=text(
+            f"WITH dead AS (DELETE FROM {c} WHERE expires_at <= now() OR message_count <= 0 "
+            f"RETURNING key), gone AS (DELETE FROM {m} WHERE key IN (SELECT key FROM dead)) "
+            "SELECT count(*) FROM dead"
+        ),
+    )
+
+
+def _google(m: str) -> Statements:
+    return Statements(
+        layout="google",
+        positions=False,
+        **_rows_common(m, ""),
+        count=text(f"SELECT count(*) FROM {m} WHERE key = CAST(:key AS text)"),
+        append=text(
+            f"INSERT INTO {m} (key, message) "
+            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {_NEW_ROWS}"
+        ),
+        append_one=text(
+            f"INSERT INTO {m} (key, message) "
+            "VALUES (CAST(:key AS text), CAST(:message AS json)) RETURNING id"
+        ),
+        # One statement: the tail from the insert position moves behind the new message.
+        insert_at=text(
+            f"WITH tail AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id >= "
+            f"(SELECT id FROM {m} WHERE key = CAST(:key AS text) ORDER BY id "
+            "OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, message) "
+            f"INSERT INTO {m} (key, message) SELECT CAST(:key AS text), s.message FROM "
+            "(SELECT 0 AS g, CAST(0 AS bigint) AS id, CAST(u.message AS json) AS message "
+            "FROM unnest(CAST(:messages AS text[])) AS u(message) "
+            "UNION ALL SELECT 1, id, message FROM tail) AS s ORDER BY s.g, s.id"
+        ),
+        replace=text(
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text)) "
+            f"INSERT INTO {m} (key, message) "
+            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {_NEW_ROWS}"
+        ),
+        delete_all=text(
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
+            "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
+        ),
+        delete_from_start=text(
+            f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'ASC')}) RETURNING id, message::text"
+        ),
+        delete_from_end=text(
+            f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) RETURNING id, message::text"
+        ),
+        delete_oldest=text(
+            f"WITH gone AS (DELETE FROM {m} WHERE id IN (SELECT id FROM {m} "
+            "WHERE key = CAST(:key AS text) ORDER BY id LIMIT CAST(:n AS bigint) FOR UPDATE) "
+            "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
+        ),
+        keys_page=text(
+            f"SELECT key FROM {m} WHERE key > CAST(:after AS text) GROUP BY key "
+            "ORDER BY key LIMIT CAST(:page AS bigint)"
+        ),
+        clear=text(f"DELETE FROM {m}"),
+        lock_for_insert=None,
+        lock_for_replace=None,
+        sweep=None,
+    )
+
+
+def _llama_index(t: str, element: str) -> Statements:
+    array = f"{element}[]"
+    size = "COALESCE(cardinality(t.value), 0)"
+    # list.insert semantics: negative counts from the end, both ends clamp.
+    insert_pos = (
+        f"CASE WHEN CAST(:idx AS bigint) < 0 THEN GREATEST({size} + CAST(:idx AS bigint), 0) "
+        f"ELSE LEAST(CAST(:idx AS bigint), {size}) END"
+    )
+    start = (
+        "CASE WHEN CAST(:offset AS bigint) < 0 "
+        f"THEN GREATEST({size} + CAST(:offset AS bigint), 0) ELSE CAST(:offset AS bigint) END"
+    )
+    unnest = "unnest(t.value) WITH ORDINALITY AS u(message, n)"
+    return Statements(
+        layout="llama_index",
+        positions=True,
+        get_head=text(
+            f"SELECT u.n - 1, CAST(u.message AS text) FROM {t} AS t, {unnest} "
+            f"WHERE t.key = CAST(:key AS text) AND u.n > {start} "
+            "ORDER BY u.n LIMIT CAST(:limit AS bigint)"
+        ),
+        get_tail=text(
+            f"SELECT u.n - 1, CAST(u.message AS text) FROM {t} AS t, {unnest} "
+            f"WHERE t.key = CAST(:key AS text) AND u.n > {size} - CAST(:tail AS bigint) "
+            "ORDER BY u.n LIMIT CAST(:limit AS bigint)"
+        ),
+        count=text(f"SELECT {size} FROM {t} AS t WHERE t.key = CAST(:key AS text)"),
+        append=text(
+            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
+            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value"
+        ),
+        append_one=text(
+            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"ARRAY[CAST(:message AS {element})]) ON CONFLICT (key) DO UPDATE "
+            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value RETURNING 1"
+        ),
+        insert_at=text(
+            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
+            f"SET value = COALESCE(t.value[1:{insert_pos}], excluded.value[0:0]) || excluded.value "
+            f"|| COALESCE(t.value[{insert_pos} + 1:], excluded.value[0:0])"
+        ),
+        replace=text(
+            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        ),
+        delete_all=text(
+            f"WITH t AS (DELETE FROM {t} WHERE key = CAST(:key AS text) RETURNING value) "
+            f"SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} ORDER BY u.n"
+        ),
+        delete_from_start=_llama_index_delete(t, "CAST(:offset AS bigint)"),
+        delete_from_end=_llama_index_delete(t, f"{size} - 1 - CAST(:offset AS bigint)"),
+        delete_oldest=text(
+            f"WITH t AS (SELECT key, value FROM {t} WHERE key = CAST(:key AS text) FOR UPDATE), "
+            f"upd AS (UPDATE {t} AS d SET value = d.value[CAST(:n AS bigint) + 1:] FROM t "
+            "WHERE d.key = t.key AND CAST(:n AS bigint) > 0) "
+            f"SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} "
+            "WHERE u.n <= CAST(:n AS bigint) ORDER BY u.n"
+        ),
+        keys_page=text(
+            f"SELECT key FROM {t} WHERE COALESCE(cardinality(value), 0) > 0 "
+            "AND key > CAST(:after AS text) ORDER BY key LIMIT CAST(:page AS bigint)"
+        ),
+        clear=text(f"DELETE FROM {t}"),
+        position_of=None,
+        lock_for_insert=None,
+        lock_for_replace=None,
+        sweep=None,
+    )
+
+
+def _llama_index_delete(t: str, position: str) -> TextClause:
+    """Remove the array element at 0-based ``position`` (an SQL expression over ``t.value``).
+
+    FOR UPDATE returns the newest version of the row, so the position is computed on what
+    the UPDATE changes.
+    """
+    return text(
+        f"WITH cur AS (SELECT t.key, t.value, {position} AS p FROM {t} AS t "
+        "WHERE t.key = CAST(:key AS text) FOR UPDATE), "
+        "hit AS (SELECT key, p, value[p + 1] AS message FROM cur "
+        "WHERE p >= 0 AND p < COALESCE(cardinality(value), 0)), "
+        f"upd AS (UPDATE {t} AS t SET value = t.value[1:hit.p] || t.value[hit.p + 2:] "
+        "FROM hit WHERE t.key = hit.key) "
+        "SELECT p, CAST(message AS text) FROM hit"
+    )
+
+
+# -- schema: detection and idempotent creation ----------------------------------------------
+
+DETECT = text(
+    "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "
+    "FROM pg_catalog.pg_class AS c "
+    "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+    "JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid "
+    "AND a.attnum > 0 AND NOT a.attisdropped "
+    "WHERE n.nspname = CAST(:schema AS text) AND c.relkind IN ('r', 'p') "
+    "AND c.relname = ANY(CAST(:names AS text[]))"
+)
+"""Columns ``(table, column, type)`` of the tables named ``names`` in ``schema``."""
+
+SCHEMA_EXISTS = text(
+    "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = CAST(:schema AS text)"
+)
+
+ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(CAST(:lock AS bigint))")
+"""Serialises concurrent first use on PostgreSQL (``IF NOT EXISTS`` alone can still race)."""
+
+
+def create_statements(
+    layout: LayoutName,
+    schema: str,
+    table: str,
+    *,
+    element_type: str = "json",
+    create_schema: bool = False,
+) -> list[TextClause]:
+    """Return the DDL creating ``layout``'s tables if missing (each statement idempotent)."""
+    name = _name(schema, table)
+    ddl = [f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}"] if create_schema else []
+    if layout == "native":
+        conv = conversations_table(table)
+        ddl += [
+            f"CREATE TABLE IF NOT EXISTS {name} ("
+            "id BIGINT GENERATED BY DEFAULT AS IDENTITY, key TEXT NOT NULL, "
+            "message JSON NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+            # (key, id), not id alone: the one index serves every statement (all filter on
+            # key), and a prepared statement's generic plan cannot pick an id-ordered scan
+            # that filters a small conversation out of a big table.
+            "PRIMARY KEY (key, id))",
+            f"CREATE TABLE IF NOT EXISTS {_name(schema, conv)} (key TEXT PRIMARY KEY, "
+            "message_count BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ)",
+            f"CREATE INDEX IF NOT EXISTS {quote(conv + '_expires_at')} "
+            f"ON {_name(schema, conv)} (expires_at) WHERE expires_at IS NOT NULL",
+        ]
+    elif layout == "google":
+        ddl += [
+            f"CREATE TABLE IF NOT EXISTS {name} "
+            "(id SERIAL PRIMARY KEY, key VARCHAR NOT NULL, message JSON NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {quote(table + '_idx_key')} ON {name} (key)",
+        ]
+    else:
+        ddl += [
+            f"CREATE TABLE IF NOT EXISTS {name} (id SERIAL PRIMARY KEY, key VARCHAR NOT NULL, "
+            f"value {element_type.upper()}[], "
+            f"CONSTRAINT {quote(table + ':unique_key')} UNIQUE (key))",
+            f"CREATE INDEX IF NOT EXISTS {quote(table + ':idx_key')} ON {name} (key)",
+        ]
+    return [text(statement) for statement in ddl]
+
+
+def drop_statements(layout: LayoutName, schema: str, table: str) -> list[TextClause]:
+    """Return the DDL dropping ``layout``'s tables if present."""
+    tables = [table, conversations_table(table)] if layout == "native" else [table]
+    return [text(f"DROP TABLE IF EXISTS {_name(schema, t)}") for t in tables]

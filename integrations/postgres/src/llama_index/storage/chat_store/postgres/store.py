@@ -1,0 +1,901 @@
+"""PostgresChatStore: chat histories in PostgreSQL, one row per message.
+
+One store class serves the whole Postgres family; YugabyteDB, AlloyDB and Cloud SQL
+subclass it and change only how connections are made, which table layout is used and
+whether schema changes take an advisory lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from sqlalchemy import TextClause
+from sqlalchemy.engine import URL, Engine, create_engine, make_url
+
+from llama_index.storage.chat_store.core import (
+    BaseChatStore,
+    Capability,
+    ChatMessage,
+    ConfigurationError,
+    CorruptDataError,
+    coerce_message,
+    coerce_messages,
+    message_from_json,
+    message_to_json,
+)
+from llama_index.storage.chat_store.core.store import check_window
+from llama_index.storage.chat_store.postgres import _layouts
+from llama_index.storage.chat_store.postgres._drivers import (
+    AsyncConnections,
+    Row,
+    Runner,
+    SyncConnections,
+)
+from llama_index.storage.chat_store.postgres._layouts import LayoutName, Statements
+from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from typing_extensions import Self
+
+__all__ = ["PostgresChatStore"]
+
+LayoutOption = Literal["auto", "native", "google", "llama_index"]
+_KEYS_PAGE = 100
+_DDL_RACE_STATES = {"23505", "42P07", "42710", "40P01"}
+# Query options of our URLs that configure the store rather than the connection.
+_STORE_OPTIONS = {"table": "table_name", "schema": "schema_name", "layout": "layout", "ttl": "ttl"}
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """The table this store uses, found (or created) on first use."""
+
+    statements: Statements
+    ddl: list[TextClause]
+
+
+class _NeedsPosition(Exception):  # noqa: N818 (internal signal, never escapes)
+    """A row failed to parse; its position is looked up before raising CorruptDataError."""
+
+    def __init__(self, row_id: int, data: str) -> None:
+        self.row_id = row_id
+        self.data = data
+
+
+class PostgresChatStore(BaseChatStore):
+    """Chat histories in PostgreSQL: one row per message, atomic single-statement operations.
+
+    Constructing a store never connects; the first operation does, and creates the tables
+    if missing (idempotent, safe under concurrent first use). Sync calls use psycopg 3,
+    async calls asyncpg; each runs one autocommit statement on a held connection.
+
+    Layouts (``layout=``): ``native`` (ours: ``<table>`` one row per message plus
+    ``<table>_conversations`` with counts and expiry), ``llama_index`` (LlamaIndex's
+    ``PostgresChatStore`` table: one row per key holding a ``JSON[]``/``JSONB[]`` array;
+    ``<table>`` or ``data_<table>``), ``google`` (the AlloyDB / Cloud SQL table), or
+    ``auto`` (default): use whichever layout the existing table has, else create ``native``.
+
+    Errors: a dead server raises :class:`BackendUnavailableError` (the store recovers when
+    it is back), rejected credentials :class:`AuthenticationError`, an unreadable row
+    :class:`CorruptDataError` naming the key and position.
+
+    Args:
+        connection_string: ``postgresql://user@host:port/db?sslmode=...`` (a password in it
+            moves to ``password``); query options are kept for the drivers.
+        password: The database password (never shown in repr or dumps).
+        table_name: The messages table (the conversations table adds ``_conversations``).
+        schema_name: Schema of every table, created if missing.
+        layout: ``auto``, ``native``, ``llama_index`` or ``google``.
+        ttl: Seconds after its last change when a conversation expires (native layout).
+        use_jsonb: Element type when this store creates a ``llama_index`` table.
+        engine_options: Keyword arguments for SQLAlchemy ``create_engine`` (sync path).
+        async_connect_options: Keyword arguments for ``asyncpg.connect`` (async path).
+        max_async_connections: Connections per event loop for the async path.
+    """
+
+    connection_string: str
+    password: SecretStr | None = Field(default=None, exclude=True)
+    table_name: str = "chatstore"
+    schema_name: str = "public"
+    layout: LayoutOption = "auto"
+    ttl: float | None = Field(default=None, gt=0)
+    use_jsonb: bool = False
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+    async_connect_options: dict[str, Any] = Field(default_factory=dict)
+    max_async_connections: int = Field(default=10, ge=1)
+
+    # What a subclass changes.
+    _sync_driver: ClassVar[str] = "postgresql+psycopg"
+    """SQLAlchemy driver name of the sync engine built from ``connection_string``."""
+    _default_layout: ClassVar[LayoutName] = "native"
+    """Layout created when ``auto`` finds no table."""
+    _ddl_advisory_lock: ClassVar[bool] = True
+    """Serialise schema creation with ``pg_advisory_xact_lock`` (not on YugabyteDB < 2.25)."""
+    _llama_index_prefix: ClassVar[str] = ""
+    """Prefix of the table name LlamaIndex's own store creates (YugabyteDB: ``data_``)."""
+    _sync_only_options: ClassVar[frozenset[str]] = frozenset()
+    """URL query options only the sync driver understands (left out of the asyncpg DSN)."""
+    _engine_class: ClassVar[type[ConnectorEngine] | None] = None
+    """Builds connections from this class's own URL scheme (``alloydb://``, ``cloudsql://``)."""
+    _url_schemes: ClassVar[tuple[str, ...]] = (
+        "postgresql",
+        "postgres",
+        "postgresql+asyncpg",
+        "postgresql+psycopg",
+        "postgresql+psycopg2",
+    )
+
+    _sync: SyncConnections | None = PrivateAttr(default=None)
+    _async: AsyncConnections | None = PrivateAttr(default=None)
+    _resolved: _Resolved | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _user_engine: Engine | None = PrivateAttr(default=None)
+    _connector: ConnectorEngine | None = PrivateAttr(default=None)
+
+    # -- configuration -------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_out_of_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("connection_string"), str):
+            parts = urlsplit(data["connection_string"])
+            if parts.password is not None:
+                data = dict(data)
+                data.setdefault("password", unquote(parts.password))
+                host = parts.netloc.rsplit("@", 1)[1]
+                user = parts.username or ""
+                netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
+                data["connection_string"] = urlunsplit(parts._replace(netloc=netloc))
+        return data
+
+    @model_validator(mode="after")
+    def _ttl_needs_native_layout(self) -> Self:
+        layout = self._default_layout if self.layout == "auto" else self.layout
+        if self.ttl is not None and layout != "native":
+            raise ConfigurationError(
+                f"ttl needs the native layout (an expiry per conversation); {layout!r} has none"
+            )
+        return self
+
+    @field_validator("table_name", "schema_name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not value or "\x00" in value:
+            raise ValueError("table and schema names must be non-empty and without NUL")
+        # PostgreSQL cuts identifiers at 63 bytes; derived names must stay distinct.
+        if len(value.encode("utf-8")) > 40:
+            raise ValueError(f"name {value!r} is longer than 40 UTF-8 bytes")
+        return value
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Return ``PostgresChatStore``."""
+        return "PostgresChatStore"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """PERSISTENT, SHARED, NATIVE_ASYNC, and TTL when ``ttl`` is set."""
+        found = {Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC}
+        if self.ttl is not None:
+            found.add(Capability.TTL)
+        return frozenset(found)
+
+    def _where(self) -> str:
+        """The server and database, password masked, for error messages."""
+        parts = urlsplit(self.connection_string)
+        netloc = parts.netloc
+        if self.password is not None and "@" in netloc:
+            user, host = netloc.rsplit("@", 1)
+            netloc = f"{user}:***@{host}"
+        where = urlunsplit(parts._replace(netloc=netloc))
+        return f"PostgreSQL at {where} (table {self.schema_name}.{self.table_name})"
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> Self:
+        """Build a store from a ``postgresql://`` / ``postgresql+asyncpg://`` URL.
+
+        Query options ``table``, ``schema``, ``layout`` and ``ttl`` configure the store;
+        every other option (``sslmode``, ``connect_timeout``, ...) goes to the drivers.
+        Keyword ``options`` are store fields (``table_name``, ``engine_options``, ...).
+
+        Raises:
+            ConfigurationError: The scheme is not one of this store's.
+        """
+        parts = urlsplit(uri)
+        if parts.scheme not in cls._url_schemes:
+            raise ConfigurationError(
+                f"{cls.__name__} takes {', '.join(s + '://' for s in cls._url_schemes)} URLs, "
+                f"got {parts.scheme}://"
+            )
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        fields = {_STORE_OPTIONS[k]: v for k, v in query if k in _STORE_OPTIONS}
+        kept = urlencode([(k, v) for k, v in query if k not in _STORE_OPTIONS])
+        if cls._engine_class is not None:
+            engine_args = {
+                k: options.pop(k) for k in ("connector", "async_connector") if k in options
+            }
+            engine = cls._engine_class.from_url(
+                urlunsplit(parts._replace(query=kept)),
+                password=options.pop("password", None),
+                **engine_args,
+            )
+            return cls.from_engine(engine, **{**fields, **options})
+        connection_string = urlunsplit(parts._replace(scheme=cls._canonical_scheme(), query=kept))
+        return cls(connection_string=connection_string, **{**fields, **options})
+
+    @classmethod
+    def _canonical_scheme(cls) -> str:
+        return "postgresql"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Same as :meth:`from_uri` (the registry's entry point)."""
+        return cls.from_uri(url, **options)
+
+    @classmethod
+    def from_params(
+        cls,
+        host: str | None = None,
+        port: str | int | None = None,
+        database: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        table_name: str = "chatstore",
+        schema_name: str = "public",
+        use_jsonb: bool = False,
+        **options: Any,
+    ) -> Self:
+        """Build a store from connection parameters (the seed's signature)."""
+        netloc = quote(user or "", safe="")
+        netloc = f"{netloc}@" if netloc else ""
+        netloc += host or "localhost"
+        if port is not None:
+            netloc += f":{port}"
+        connection_string = urlunsplit(
+            (cls._canonical_scheme(), netloc, f"/{quote(database or '', safe='')}", "", "")
+        )
+        return cls(
+            connection_string=connection_string,
+            password=password,
+            table_name=table_name,
+            schema_name=schema_name,
+            use_jsonb=use_jsonb,
+            **options,
+        )
+
+    @classmethod
+    def from_engine(
+        cls,
+        engine: Engine | AsyncEngine | ConnectorEngine,
+        async_engine: AsyncEngine | None = None,
+        **options: Any,
+    ) -> Self:
+        """Build a store over an engine the caller made (and keeps owning).
+
+        A SQLAlchemy ``Engine`` serves the sync methods through its own pool and options;
+        the async methods connect with asyncpg to the same URL and credentials (an
+        ``AsyncEngine``, as ``engine`` or ``async_engine``, contributes its URL). A
+        :class:`ConnectorEngine` serves both through its callables.
+        """
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        if isinstance(engine, ConnectorEngine):
+            store = cls(connection_string=engine.url, password=engine.password, **options)
+            if engine.uses_connector:
+                store._connector = engine
+            return store
+        sync_engine = engine if isinstance(engine, Engine) else None
+        if isinstance(engine, AsyncEngine):
+            async_engine = engine
+        url = (sync_engine or async_engine).url  # type: ignore[union-attr]
+        password = url.password
+        connection_string = url.set(drivername=cls._canonical_scheme(), password=None)
+        store = cls(
+            connection_string=connection_string.render_as_string(hide_password=False),
+            password=str(password) if password is not None else None,
+            **options,
+        )
+        store._user_engine = sync_engine
+        return store
+
+    def _connector_engine(self) -> ConnectorEngine | None:
+        """The connector serving this store, if connections do not come from the URL."""
+        engine_class = self._engine_class
+        scheme = urlsplit(self.connection_string).scheme
+        if self._connector is None and engine_class is not None and scheme in self._url_schemes:
+            # A store rebuilt from its dump (from_dict) reconnects through its own URL.
+            password = self.password.get_secret_value() if self.password is not None else None
+            self._connector = engine_class.from_url(self.connection_string, password=password)
+        return self._connector
+
+    @classmethod
+    def create_sync(
+        cls, engine: ConnectorEngine, table_name: str, schema_name: str = "public"
+    ) -> Self:
+        """Open (creating if missing) the table of ``engine``'s database; return the store."""
+        store = cls.from_engine(engine, table_name=table_name, schema_name=schema_name)
+        store.init_table()
+        return store
+
+    @classmethod
+    async def create(
+        cls, engine: ConnectorEngine, table_name: str, schema_name: str = "public"
+    ) -> Self:
+        """Async :meth:`create_sync`."""
+        store = cls.from_engine(engine, table_name=table_name, schema_name=schema_name)
+        await store.ainit_table()
+        return store
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _sync_url(self) -> URL:
+        url = make_url(self.connection_string).set(drivername=self._sync_driver)
+        if self.password is not None:
+            url = url.set(password=self.password.get_secret_value())
+        return url
+
+    def _make_sync_engine(self) -> Engine:
+        connector = self._connector_engine()
+        if connector is not None:
+            return connector.sync_engine()
+        return create_engine(self._sync_url(), **self.engine_options)
+
+    def _async_connect(self) -> Callable[[], Awaitable[Any]]:
+        """Return the coroutine function opening one asyncpg connection."""
+        connector = self._connector_engine()
+        if connector is not None:
+            return connector.aconnect
+        import asyncpg
+
+        parts = urlsplit(self.connection_string)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        options: dict[str, Any] = {}
+        for name, value in query:
+            # libpq's connect_timeout is asyncpg's timeout argument; asyncpg would send it to
+            # the server as a setting, which the server rejects.
+            if name == "connect_timeout":
+                options["timeout"] = float(value)
+        dropped = {"connect_timeout", *self._sync_only_options}
+        kept = urlencode([(k, v) for k, v in query if k not in dropped])
+        dsn = urlunsplit(parts._replace(scheme="postgresql", query=kept))
+        password = self.password.get_secret_value() if self.password is not None else None
+        options.update(self.async_connect_options)
+
+        async def connect() -> Any:
+            return await asyncpg.connect(dsn, password=password, **options)
+
+        return connect
+
+    def _connections(self) -> SyncConnections:
+        ready = self._sync
+        if ready is not None:  # the hot path takes no lock
+            return ready
+        with self._lock:
+            if self._sync is None:
+                if self._user_engine is not None:
+                    engine = self._user_engine
+                    self._sync = SyncConnections(lambda: engine, self._where(), owns_engine=False)
+                else:
+                    self._sync = SyncConnections(self._make_sync_engine, self._where())
+            return self._sync
+
+    def _aconnections(self) -> AsyncConnections:
+        ready = self._async
+        if ready is not None:  # the hot path takes no lock
+            return ready
+        with self._lock:
+            if self._async is None:
+                self._async = AsyncConnections(
+                    self._async_connect(), self._where(), limit=self.max_async_connections
+                )
+            return self._async
+
+    # -- the table -----------------------------------------------------------------------
+
+    def _candidates(self) -> list[str]:
+        table = self.table_name
+        return [table, f"data_{table}", _layouts.conversations_table(table)]
+
+    def _resolve(self, columns: list[Row], schema_exists: bool) -> _Resolved:
+        """Pick the layout from the existing tables' columns; list the DDL still needed."""
+        tables: dict[str, dict[str, str]] = {}
+        for table, column, type_ in columns:
+            tables.setdefault(table, {})[column] = type_
+        wanted = self.layout
+        table = self.table_name
+        found = tables.get(table)
+        legacy = tables.get(f"data_{table}")
+        if found is None and legacy is not None and "value" in legacy:
+            table, found = f"data_{table}", legacy
+        if found is None:
+            layout: LayoutName = self._default_layout if wanted == "auto" else wanted
+            if layout == "llama_index":
+                table = f"{self._llama_index_prefix}{table}"
+            return self._resolved_for(layout, table, "jsonb" if self.use_jsonb else "json", [
+                *_layouts.create_statements(
+                    layout, self.schema_name, table,
+                    element_type="jsonb" if self.use_jsonb else "json",
+                    create_schema=not schema_exists,
+                )
+            ])  # fmt: skip
+        detected, element = self._detect(table, found, tables)
+        if wanted not in ("auto", detected):
+            raise ConfigurationError(
+                f"table {self.schema_name}.{table} already holds the {detected!r} layout, not "
+                f"{wanted!r}: pass layout={detected!r} (or 'auto'), or choose another table_name"
+            )
+        return self._resolved_for(detected, table, element, [])
+
+    def _detect(
+        self, table: str, columns: dict[str, str], tables: dict[str, dict[str, str]]
+    ) -> tuple[LayoutName, str]:
+        value = columns.get("value", "")
+        if {"key", "value"} <= columns.keys() and value.endswith("[]"):
+            return "llama_index", value[:-2]
+        if {"id", "key", "message"} <= columns.keys():
+            if _layouts.conversations_table(table) in tables:
+                return "native", "json"
+            return "google", "json"
+        raise ConfigurationError(
+            f"table {self.schema_name}.{table} exists but is not a chat store table "
+            f"(columns {sorted(columns)}); choose another table_name"
+        )
+
+    def _resolved_for(
+        self, layout: LayoutName, table: str, element: str, ddl: list[TextClause]
+    ) -> _Resolved:
+        if self.ttl is not None and layout != "native":
+            raise ConfigurationError(
+                f"ttl needs the native layout; table {self.schema_name}.{table} uses {layout!r}"
+            )
+        statements = _layouts.statements_for(layout, self.schema_name, table, element)
+        return _Resolved(statements=statements, ddl=ddl)
+
+    def _lock_id(self) -> int:
+        digest = hashlib.sha256(f"{self.schema_name}.{self.table_name}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def _statements(self) -> Statements:
+        resolved = self._resolved
+        if resolved is not None:
+            return resolved.statements
+        connections = self._connections()
+        for attempt in range(2):
+            names = {"schema": self.schema_name, "names": self._candidates()}
+            columns = connections.fetch(_layouts.DETECT, names)
+            schema_exists = bool(
+                connections.fetch(_layouts.SCHEMA_EXISTS, {"schema": self.schema_name})[0][0]
+            )
+            resolved = self._resolve(columns, schema_exists)
+            try:
+                if resolved.ddl:
+                    with connections.transaction() as tx:
+                        if self._ddl_advisory_lock:
+                            tx.fetch(_layouts.ADVISORY_LOCK, {"lock": self._lock_id()})
+                            # Look again under the lock: another session may have just made
+                            # them, and even a no-op CREATE INDEX locks the table against
+                            # writers already using it (a deadlock with their appends).
+                            columns = tx.fetch(_layouts.DETECT, names)
+                            exists = tx.fetch(_layouts.SCHEMA_EXISTS, {"schema": self.schema_name})
+                            resolved = self._resolve(columns, bool(exists[0][0]))
+                        for statement in resolved.ddl:
+                            tx.fetch(statement, {})
+                break
+            except Exception as exc:
+                if attempt or not _ddl_race(exc):
+                    raise
+        assert resolved is not None
+        self._resolved = resolved
+        return resolved.statements
+
+    async def _astatements(self) -> Statements:
+        resolved = self._resolved
+        if resolved is not None:
+            return resolved.statements
+        connections = self._aconnections()
+        for attempt in range(2):
+            names = {"schema": self.schema_name, "names": self._candidates()}
+            columns = await connections.fetch(_layouts.DETECT, names)
+            schema_rows = await connections.fetch(
+                _layouts.SCHEMA_EXISTS, {"schema": self.schema_name}
+            )
+            resolved = self._resolve(columns, bool(schema_rows[0][0]))
+            try:
+                if resolved.ddl:
+                    async with connections.transaction() as tx:
+                        if self._ddl_advisory_lock:
+                            await tx.fetch(_layouts.ADVISORY_LOCK, {"lock": self._lock_id()})
+                            columns = await tx.fetch(_layouts.DETECT, names)
+                            exists = await tx.fetch(
+                                _layouts.SCHEMA_EXISTS, {"schema": self.schema_name}
+                            )
+                            resolved = self._resolve(columns, bool(exists[0][0]))
+                        for statement in resolved.ddl:
+                            await tx.fetch(statement, {})
+                break
+            except Exception as exc:
+                if attempt or not _ddl_race(exc):
+                    raise
+        assert resolved is not None
+        self._resolved = resolved
+        return resolved.statements
+
+    # -- parameters and results (shared by sync and async) -------------------------------
+
+    def _ttl(self) -> float | None:
+        return float(self.ttl) if self.ttl is not None else None
+
+    def _window(
+        self, st: Statements, key: str, offset: int, limit: int | None
+    ) -> tuple[TextClause, dict[str, Any]]:
+        if offset < 0:
+            return st.get_tail, {"key": key, "tail": -offset, "limit": limit}
+        return st.get_head, {"key": key, "offset": offset, "limit": limit}
+
+    def _delete_at(self, st: Statements, key: str, idx: int) -> tuple[TextClause, dict[str, Any]]:
+        if idx < 0:
+            return st.delete_from_end, {"key": key, "offset": -1 - idx, "ttl": self._ttl()}
+        return st.delete_from_start, {"key": key, "offset": idx, "ttl": self._ttl()}
+
+    def _append_params(self, key: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
+        texts = [message_to_json(m) for m in messages]
+        return {"key": key, "messages": texts, "n": len(texts), "ttl": self._ttl()}
+
+    def _append_one_params(self, key: str, message: ChatMessage) -> dict[str, Any]:
+        return {"key": key, "message": message_to_json(message), "ttl": self._ttl()}
+
+    @staticmethod
+    def _parse(key: str, rows: list[Row], st: Statements) -> list[ChatMessage]:
+        messages = []
+        for ident, data in rows:
+            if st.positions:
+                messages.append(message_from_json(data, key=key, position=ident))
+                continue
+            try:
+                messages.append(message_from_json(data, key=key))
+            except CorruptDataError as exc:
+                raise _NeedsPosition(ident, data) from exc
+        return messages
+
+    @staticmethod
+    def _insert_position(idx: int, count: int) -> int:
+        if idx < 0:
+            return max(count + idx, 0)
+        return min(idx, count)
+
+    # -- sync API ------------------------------------------------------------------------
+
+    def _read(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[ChatMessage]:
+        st = self._statements()
+        rows = self._connections().fetch(clause, params)
+        try:
+            return self._parse(key, rows, st)
+        except _NeedsPosition as bad:
+            assert st.position_of is not None
+            found = self._connections().fetch(st.position_of, {"key": key, "id": bad.row_id})
+            message_from_json(bad.data, key=key, position=int(found[0][0]))
+            raise AssertionError("unreachable: the row did not parse") from None
+
+    def get_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Return ``messages[offset:][:limit]`` (one indexed statement; ``[]`` if missing)."""
+        key = self._check_key(key)
+        check_window(offset, limit)
+        if limit == 0:
+            return []
+        clause, params = self._window(self._statements(), key, offset, limit)
+        return self._read(key, clause, params)
+
+    def count_messages(self, key: str) -> int:
+        """Return the number of messages under ``key`` (0 if missing or expired)."""
+        key = self._check_key(key)
+        rows = self._connections().fetch(self._statements().count, {"key": key})
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Append ``message`` in one statement, or insert it at ``idx`` (one transaction)."""
+        key = self._check_key(key)
+        message = coerce_message(message)
+        st = self._statements()
+        if idx is None:
+            params = self._append_one_params(key, message)
+            connections = self._connections()
+            if not connections.fetch(st.append_one, params):
+                connections.fetch(st.append, self._append_params(key, [message]))
+            return
+        params = {**self._append_params(key, [message]), "idx": idx}
+        if st.layout == "llama_index":
+            self._connections().fetch(st.insert_at, params)
+            return
+        with self._connections().transaction() as tx:
+            count = self._locked_count(tx, st, key)
+            position = self._insert_position(idx, count)
+            if position >= count:
+                tx.fetch(st.append, params)
+            else:
+                tx.fetch(st.insert_at, {**params, "idx": position})
+
+    def _locked_count(self, tx: Runner, st: Statements, key: str) -> int:
+        lock = st.lock_for_insert if st.lock_for_insert is not None else st.count
+        rows = tx.fetch(lock, {"key": key})
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Append ``messages`` in order in one statement (``[]`` changes nothing)."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages)
+        if batch:
+            self._connections().fetch(self._statements().append, self._append_params(key, batch))
+
+    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Replace the conversation atomically; ``[]`` removes it."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages)
+        st = self._statements()
+        if not batch:
+            self._connections().fetch(st.delete_all, {"key": key})
+            return
+        params = self._append_params(key, batch)
+        if st.lock_for_replace is None:
+            self._connections().fetch(st.replace, params)
+            return
+        with self._connections().transaction() as tx:
+            tx.fetch(st.lock_for_replace, {"key": key})
+            tx.fetch(st.replace, params)
+
+    def delete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Remove the conversation; return its messages in order (``None`` if none)."""
+        key = self._check_key(key)
+        removed = self._read(key, self._statements().delete_all, {"key": key})
+        return removed or None
+
+    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Remove and return the message at ``idx`` (``None`` if out of range).
+
+        Two concurrent callers never receive the same message.
+        """
+        key = self._check_key(key)
+        clause, params = self._delete_at(self._statements(), key, idx)
+        removed = self._read(key, clause, params)
+        return removed[0] if removed else None
+
+    def delete_last_message(self, key: str) -> ChatMessage | None:
+        """Remove and return the last message (``None`` when empty)."""
+        return self.delete_message(key, -1)
+
+    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Remove the first ``n`` messages; return them in order."""
+        key = self._check_key(key)
+        if n <= 0:
+            return []
+        params = {"key": key, "n": n, "ttl": self._ttl()}
+        return self._read(key, self._statements().delete_oldest, params)
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield the keys holding messages, in pages of 100 (constant memory)."""
+        st = self._statements()
+        after = ""
+        while True:
+            rows = self._connections().fetch(st.keys_page, {"after": after, "page": _KEYS_PAGE})
+            for (key,) in rows:
+                yield key
+            if len(rows) < _KEYS_PAGE:
+                return
+            after = rows[-1][0]
+
+    def clear(self) -> None:
+        """Remove every conversation in this store's table."""
+        self._connections().fetch(self._statements().clear, {})
+
+    def sweep(self) -> int:
+        """Purge expired conversations (and emptied bookkeeping rows); return how many.
+
+        Expired conversations are already invisible to reads; this reclaims their space.
+        """
+        st = self._statements()
+        if st.sweep is None:
+            return 0
+        rows = self._connections().fetch(st.sweep, {})
+        return int(rows[0][0])
+
+    def init_table(self, overwrite_existing: bool = False) -> None:
+        """Create the tables now instead of on first use (idempotent).
+
+        Args:
+            overwrite_existing: Drop this store's tables first (their data is lost).
+        """
+        if overwrite_existing:
+            layout = self._default_layout if self.layout == "auto" else self.layout
+            with self._connections().transaction() as tx:
+                for statement in _layouts.drop_statements(
+                    layout, self.schema_name, self.table_name
+                ):
+                    tx.fetch(statement, {})
+            self._resolved = None
+        self._statements()
+
+    async def ainit_table(self, overwrite_existing: bool = False) -> None:
+        """Async :meth:`init_table`."""
+        if overwrite_existing:
+            layout = self._default_layout if self.layout == "auto" else self.layout
+            async with self._aconnections().transaction() as tx:
+                for statement in _layouts.drop_statements(
+                    layout, self.schema_name, self.table_name
+                ):
+                    await tx.fetch(statement, {})
+            self._resolved = None
+        await self._astatements()
+
+    def close(self) -> None:
+        """Release held connections; the store reconnects if used again."""
+        with self._lock:
+            sync, self._sync = self._sync, None
+            async_, self._async = self._async, None
+        if sync is not None:
+            sync.close()
+        if async_ is not None:
+            async_.close()
+
+    # -- async API -----------------------------------------------------------------------
+
+    async def _aread(
+        self, key: str, clause: TextClause, params: dict[str, Any]
+    ) -> list[ChatMessage]:
+        st = await self._astatements()
+        rows = await self._aconnections().fetch(clause, params)
+        try:
+            return self._parse(key, rows, st)
+        except _NeedsPosition as bad:
+            assert st.position_of is not None
+            found = await self._aconnections().fetch(st.position_of, {"key": key, "id": bad.row_id})
+            message_from_json(bad.data, key=key, position=int(found[0][0]))
+            raise AssertionError("unreachable: the row did not parse") from None
+
+    async def aget_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Async :meth:`get_messages`."""
+        key = self._check_key(key)
+        check_window(offset, limit)
+        if limit == 0:
+            return []
+        clause, params = self._window(await self._astatements(), key, offset, limit)
+        return await self._aread(key, clause, params)
+
+    async def acount_messages(self, key: str) -> int:
+        """Async :meth:`count_messages`."""
+        key = self._check_key(key)
+        st = await self._astatements()
+        rows = await self._aconnections().fetch(st.count, {"key": key})
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+    async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Async :meth:`add_message`."""
+        key = self._check_key(key)
+        message = coerce_message(message)
+        st = await self._astatements()
+        connections = self._aconnections()
+        if idx is None:
+            if not await connections.fetch(st.append_one, self._append_one_params(key, message)):
+                await connections.fetch(st.append, self._append_params(key, [message]))
+            return
+        params = {**self._append_params(key, [message]), "idx": idx}
+        if st.layout == "llama_index":
+            await connections.fetch(st.insert_at, params)
+            return
+        async with connections.transaction() as tx:
+            lock = st.lock_for_insert if st.lock_for_insert is not None else st.count
+            rows = await tx.fetch(lock, {"key": key})
+            count = int(rows[0][0]) if rows and rows[0][0] is not None else 0
+            position = self._insert_position(idx, count)
+            if position >= count:
+                await tx.fetch(st.append, params)
+            else:
+                await tx.fetch(st.insert_at, {**params, "idx": position})
+
+    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`add_messages`."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages)
+        if batch:
+            st = await self._astatements()
+            await self._aconnections().fetch(st.append, self._append_params(key, batch))
+
+    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`set_messages`."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages)
+        st = await self._astatements()
+        connections = self._aconnections()
+        if not batch:
+            await connections.fetch(st.delete_all, {"key": key})
+            return
+        params = self._append_params(key, batch)
+        if st.lock_for_replace is None:
+            await connections.fetch(st.replace, params)
+            return
+        async with connections.transaction() as tx:
+            await tx.fetch(st.lock_for_replace, {"key": key})
+            await tx.fetch(st.replace, params)
+
+    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Async :meth:`delete_messages`."""
+        key = self._check_key(key)
+        st = await self._astatements()
+        return await self._aread(key, st.delete_all, {"key": key}) or None
+
+    async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Async :meth:`delete_message`."""
+        key = self._check_key(key)
+        st = await self._astatements()
+        clause, params = self._delete_at(st, key, idx)
+        removed = await self._aread(key, clause, params)
+        return removed[0] if removed else None
+
+    async def adelete_last_message(self, key: str) -> ChatMessage | None:
+        """Async :meth:`delete_last_message`."""
+        return await self.adelete_message(key, -1)
+
+    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Async :meth:`delete_oldest_messages`."""
+        key = self._check_key(key)
+        if n <= 0:
+            return []
+        st = await self._astatements()
+        return await self._aread(key, st.delete_oldest, {"key": key, "n": n, "ttl": self._ttl()})
+
+    async def aiter_keys(self) -> AsyncIterator[str]:
+        """Async :meth:`iter_keys`."""
+        st = await self._astatements()
+        after = ""
+        while True:
+            rows = await self._aconnections().fetch(
+                st.keys_page, {"after": after, "page": _KEYS_PAGE}
+            )
+            for (key,) in rows:
+                yield key
+            if len(rows) < _KEYS_PAGE:
+                return
+            after = rows[-1][0]
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`."""
+        st = await self._astatements()
+        await self._aconnections().fetch(st.clear, {})
+
+    async def asweep(self) -> int:
+        """Async :meth:`sweep`."""
+        st = await self._astatements()
+        if st.sweep is None:
+            return 0
+        rows = await self._aconnections().fetch(st.sweep, {})
+        return int(rows[0][0])
+
+    async def aclose(self) -> None:
+        """Close this loop's connections and the sync ones; reconnects if used again."""
+        with self._lock:
+            sync, self._sync = self._sync, None
+            async_, self._async = self._async, None
+        if sync is not None:
+            sync.close()
+        if async_ is not None:
+            await async_.aclose()
+
+
+def _ddl_race(exc: BaseException) -> bool:
+    """Whether a DDL error is another session creating the same objects first."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if state in _DDL_RACE_STATES:
+            return True
+        cause = cause.__cause__ or getattr(cause, "orig", None)
+    return False

@@ -1,0 +1,138 @@
+"""PostgresChatStore against the conformance suite on a real PostgreSQL, in every layout."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
+from llama_index.storage.chat_store.postgres import PostgresChatStore
+from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.services import free_port
+
+PASSWORD = "not-a-real-password-7Q"  # trust auth ignores it; it must still never leak
+NOT_A_MESSAGE = '{"role": "user", "blocks": 42}'
+
+
+class _PostgresFixtures(ChatStoreConformance):
+    options: dict[str, Any] = {}
+
+    @pytest.fixture
+    def store_factory(
+        self, database_url_for_module: str, schema_name: str
+    ) -> Callable[[], BaseChatStore]:
+        return functools.partial(
+            PostgresChatStore.from_uri,
+            database_url_for_module,
+            schema_name=schema_name,
+            password=PASSWORD,
+            **self.options,
+        )
+
+    @pytest.fixture
+    def other_store(self, database_url_for_module: str) -> Iterator[BaseChatStore]:
+        store = PostgresChatStore.from_uri(
+            database_url_for_module, schema_name=f"o_{uuid.uuid4().hex[:12]}", **self.options
+        )
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def unreachable_store(self) -> BaseChatStore:
+        return PostgresChatStore.from_uri(
+            f"postgresql://test:{PASSWORD}@127.0.0.1:{free_port()}/postgres?connect_timeout=2",
+            **self.options,
+        )
+
+    @pytest.fixture
+    def secrets(self) -> dict[str, str]:
+        return {"password": PASSWORD}
+
+
+class TestPostgresConformance(_PostgresFixtures):
+    """Our layout, with a ttl long enough never to fire except in the TTL tests."""
+
+    options = {"ttl": 3600}
+
+    @pytest.fixture
+    def ttl_store_factory(
+        self, database_url_for_module: str
+    ) -> Iterator[Callable[[int], BaseChatStore]]:
+        made: list[BaseChatStore] = []
+
+        def make(seconds: int) -> BaseChatStore:
+            store = PostgresChatStore.from_uri(
+                database_url_for_module, schema_name=f"t_{uuid.uuid4().hex[:12]}", ttl=seconds
+            )
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            store.close()
+
+    @pytest.fixture
+    def make_corrupt(
+        self, store: PostgresChatStore, database_url_for_module: str
+    ) -> Callable[[str], BaseChatStore]:
+        def corrupt(key: str) -> BaseChatStore:
+            store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
+            table = f'"{store.schema_name}".chatstore'
+            with psycopg.connect(database_url_for_module, autocommit=True) as raw:
+                raw.execute(
+                    f"UPDATE {table} SET message = %s::json "
+                    f"WHERE id = (SELECT max(id) FROM {table} WHERE key = %s)",
+                    (NOT_A_MESSAGE, key),
+                )
+            return store
+
+        return corrupt
+
+
+class TestPostgresGoogleLayoutConformance(_PostgresFixtures):
+    """The AlloyDB / Cloud SQL table layout (no bookkeeping rows, no TTL)."""
+
+    options = {"layout": "google"}
+
+    @pytest.fixture
+    def make_corrupt(
+        self, store: PostgresChatStore, database_url_for_module: str
+    ) -> Callable[[str], BaseChatStore]:
+        def corrupt(key: str) -> BaseChatStore:
+            store.add_message(key, ChatMessage(content="fine"))
+            with psycopg.connect(database_url_for_module, autocommit=True) as raw:
+                raw.execute(
+                    f'INSERT INTO "{store.schema_name}".chatstore (key, message) '
+                    "VALUES (%s, %s::json)",
+                    (key, NOT_A_MESSAGE),
+                )
+            return store
+
+        return corrupt
+
+
+class TestPostgresLlamaIndexLayoutConformance(_PostgresFixtures):
+    """LlamaIndex's own table (one row per key, an array of JSON), written atomically."""
+
+    options = {"layout": "llama_index"}
+
+    @pytest.fixture
+    def make_corrupt(
+        self, store: PostgresChatStore, database_url_for_module: str
+    ) -> Callable[[str], BaseChatStore]:
+        def corrupt(key: str) -> BaseChatStore:
+            store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
+            with psycopg.connect(database_url_for_module, autocommit=True) as raw:
+                raw.execute(
+                    f'UPDATE "{store.schema_name}".chatstore SET value[2] = %s::json '
+                    "WHERE key = %s",
+                    (NOT_A_MESSAGE, key),
+                )
+            return store
+
+        return corrupt

@@ -1,0 +1,180 @@
+"""Faults and hostile configuration: restarts, wrong passwords, names that look like SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from llama_index.storage.chat_store.core import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ChatMessage,
+)
+from llama_index.storage.chat_store.postgres import PostgresChatStore
+from llama_index.storage.chat_store.testing.services import LocalServer, start_postgres
+
+SCRAM_USER, SCRAM_PASSWORD = "scram_user", "right-password-Z9"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalServer]:
+    """A server of our own, so restarting it disturbs no other test.
+
+    ``scram_user`` must authenticate with a password; every other user is trusted.
+    """
+    server = start_postgres()
+    url = f"postgresql://test@127.0.0.1:{server.port}/postgres"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {SCRAM_USER} LOGIN PASSWORD '{SCRAM_PASSWORD}' SUPERUSER")
+        hba = admin.execute("SHOW hba_file").fetchone()[0]  # type: ignore[index]
+        with open(hba, encoding="utf-8") as f:
+            rules = f.read()
+        with open(hba, "w", encoding="utf-8") as f:
+            f.write(f"host all {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n{rules}")
+        admin.execute("SELECT pg_reload_conf()")
+    yield server
+    server.cleanup()
+
+
+def _url(server: LocalServer, user: str = "test", password: str | None = None) -> str:
+    auth = f"{user}:{password}" if password else user
+    return f"postgresql://{auth}@127.0.0.1:{server.port}/postgres?connect_timeout=3"
+
+
+def test_restart_mid_run_raises_then_recovers(server: LocalServer) -> None:
+    """A restart breaks held connections: BackendUnavailableError, then the same store works."""
+    store = PostgresChatStore.from_uri(_url(server), schema_name=f"r_{uuid.uuid4().hex[:8]}")
+    store.add_message("k", ChatMessage(content="before"))
+    asyncio.run(store.aadd_message("k", ChatMessage(content="before async")))
+    with psycopg.connect(_url(server), autocommit=True) as raw:
+        raw.execute("CHECKPOINT")  # the test server runs with synchronous_commit=off
+    server.stop()
+    with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1"):
+        store.add_message("k", ChatMessage(content="lost"))
+    with pytest.raises(BackendUnavailableError):
+        asyncio.run(store.aget_messages("k"))
+    server.start()
+    deadline = time.monotonic() + 10
+    while True:  # the first call after the restart may still meet a dead pooled connection
+        try:
+            store.add_message("k", ChatMessage(content="after"))
+            break
+        except BackendUnavailableError:
+            assert time.monotonic() < deadline
+    assert [m.content for m in store.get_messages("k")] == ["before", "before async", "after"]
+    assert asyncio.run(store.acount_messages("k")) == 3
+    store.close()
+
+
+def test_wrong_password_is_authentication_error(server: LocalServer) -> None:
+    """Rejected credentials raise AuthenticationError (sync and async), password not shown."""
+    store = PostgresChatStore.from_uri(_url(server, SCRAM_USER, "wrong-password"))
+    with pytest.raises(AuthenticationError) as info:
+        store.get_messages("k")
+    assert "wrong-password" not in str(info.value)
+    with pytest.raises(AuthenticationError):
+        asyncio.run(store.aget_messages("k"))
+    good = PostgresChatStore.from_uri(
+        _url(server, SCRAM_USER, SCRAM_PASSWORD), schema_name=f"a_{uuid.uuid4().hex[:8]}"
+    )
+    good.add_message("k", ChatMessage(content="ok"))
+    assert asyncio.run(good.acount_messages("k")) == 1
+    assert SCRAM_PASSWORD not in repr(good) + str(good.to_dict())
+    good.close()
+
+
+@pytest.mark.parametrize(
+    ("schema", "table"),
+    [('we"ird; DROP TABLE x; --', "tab'le;--"), ("схема ✓", "таблица :x %s")],
+)
+def test_hostile_schema_and_table_names_are_data(
+    server: LocalServer, schema: str, table: str
+) -> None:
+    """Quotes, semicolons, colons, percent signs and unicode in names stay identifiers."""
+    store = PostgresChatStore.from_uri(_url(server), schema_name=schema, table_name=table, ttl=60)
+    store.add_messages("k", [ChatMessage(content="a"), ChatMessage(content="b")])
+    store.add_message("k", ChatMessage(content="mid"), idx=1)
+    assert [m.content for m in store.get_messages("k")] == ["a", "mid", "b"]
+    assert asyncio.run(store.adelete_last_message("k")).content == "b"  # type: ignore[union-attr]
+    assert store.get_keys() == ["k"]
+    with psycopg.connect(_url(server), autocommit=True) as raw:
+        names = {
+            row[0]
+            for row in raw.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
+            )
+        }
+    assert names == {table, f"{table}_conversations"}
+    store.close()
+
+
+def test_concurrent_first_use_creates_tables_once(server: LocalServer) -> None:
+    """Many stores touching a new schema at once all succeed (advisory lock around DDL)."""
+    schema = f"c_{uuid.uuid4().hex[:8]}"
+
+    def first_use(i: int) -> None:
+        with PostgresChatStore.from_uri(_url(server), schema_name=schema) as store:
+            store.add_message("k", ChatMessage(content=f"m{i}"))
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        list(pool.map(first_use, range(6)))
+    with PostgresChatStore.from_uri(_url(server), schema_name=schema) as store:
+        assert store.count_messages("k") == 6
+
+
+def test_sweep_purges_expired_conversations(server: LocalServer) -> None:
+    """sweep() deletes expired conversations' rows; live ones stay."""
+    schema = f"w_{uuid.uuid4().hex[:8]}"
+    short = PostgresChatStore.from_uri(_url(server), schema_name=schema, ttl=0.5)
+    long = PostgresChatStore.from_uri(_url(server), schema_name=schema, ttl=600)
+    short.add_messages("old", [ChatMessage(content="x")] * 3)
+    long.add_messages("new", [ChatMessage(content="y")])
+    time.sleep(0.8)
+    assert short.get_keys() == ["new"]
+    assert short.sweep() == 1
+    with psycopg.connect(_url(server), autocommit=True) as raw:
+        left = raw.execute(f'SELECT key FROM "{schema}".chatstore').fetchall()
+    assert left == [("new",)]
+    short.add_message("old", ChatMessage(content="fresh"))
+    assert [m.content for m in short.get_messages("old")] == ["fresh"]
+
+
+def test_uri_options_reach_the_drivers(server: LocalServer) -> None:
+    """sslmode and other query options are kept; store options come out of the query."""
+    store = PostgresChatStore.from_uri(
+        f"postgresql+asyncpg://test:pw@127.0.0.1:{server.port}/postgres"
+        "?sslmode=disable&application_name=chat-test&table=tbl&schema=opts&layout=native",
+        engine_options={"pool_pre_ping": True},
+    )
+    assert (store.table_name, store.schema_name, store.layout) == ("tbl", "opts", "native")
+    assert "sslmode=disable" in store.connection_string
+    assert "pw" not in store.connection_string
+    store.add_message("k", ChatMessage(content="x"))
+    assert asyncio.run(store.acount_messages("k")) == 1
+    with psycopg.connect(_url(server), autocommit=True) as raw:
+        apps = raw.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chat-test'"
+        ).fetchone()
+    assert apps is not None
+    assert apps[0] >= 1
+    store.close()
+
+
+def test_from_engine_uses_the_callers_engine(server: LocalServer) -> None:
+    """from_engine runs sync calls on the caller's engine and leaves it open."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"postgresql+psycopg://test@127.0.0.1:{server.port}/postgres")
+    store = PostgresChatStore.from_engine(engine, schema_name=f"e_{uuid.uuid4().hex[:8]}")
+    store.add_message("k", ChatMessage(content="x"))
+    assert asyncio.run(store.aget_messages("k"))[0].content == "x"
+    store.close()
+    with engine.connect() as still_open:
+        assert still_open.exec_driver_sql("SELECT 1").scalar() == 1
+    engine.dispose()

@@ -1,0 +1,94 @@
+"""YugabyteDBChatStore: the Postgres store through YugabyteDB's smart driver."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, urlencode, urlunsplit
+
+from llama_index.storage.chat_store.postgres import PostgresChatStore
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["YugabyteDBChatStore"]
+
+_SMART_DRIVER_OPTIONS = frozenset(
+    {
+        "load_balance",
+        "topology_keys",
+        "yb_servers_refresh_interval",
+        "fallback_to_topology_keys_only",
+        "failed_host_ttl_seconds",
+    }
+)
+
+
+class YugabyteDBChatStore(PostgresChatStore):
+    """Chat histories in YugabyteDB: the Postgres store's layouts and statements.
+
+    Sync calls go through the smart driver (``psycopg2-yugabytedb`` with the
+    ``sqlalchemy-yugabytedb`` dialect), so ``load_balance``, ``topology_keys`` and the
+    other smart-driver options of the URL spread connections over the cluster's nodes.
+    Async calls use asyncpg to the host in the URL (no load balancing).
+
+    Schema creation uses only portable DDL and no advisory lock (missing before YugabyteDB
+    2.25): ``IF NOT EXISTS``, and a lost creation race is retried once. LlamaIndex's own
+    ``YugabyteDBChatStore`` table (``data_<table>``) is detected and used in place.
+    """
+
+    _sync_driver: ClassVar[str] = "yugabytedb+psycopg2"
+    _ddl_advisory_lock: ClassVar[bool] = False
+    _llama_index_prefix: ClassVar[str] = "data_"
+    _sync_only_options: ClassVar[frozenset[str]] = _SMART_DRIVER_OPTIONS
+    _url_schemes: ClassVar[tuple[str, ...]] = ("yugabytedb", "yugabytedb+psycopg2")
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Return ``YugabyteDBChatStore``."""
+        return "YugabyteDBChatStore"
+
+    @classmethod
+    def _canonical_scheme(cls) -> str:
+        return "yugabytedb"
+
+    @classmethod
+    def from_params(  # type: ignore[override]
+        cls,
+        host: str | None = None,
+        port: str | int | None = 5433,
+        database: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        load_balance: bool = False,
+        topology_keys: str | None = None,
+        yb_servers_refresh_interval: int = 300,
+        fallback_to_topology_keys_only: bool = False,
+        failed_host_ttl_seconds: int = 5,
+        table_name: str = "chatstore",
+        schema_name: str = "public",
+        use_jsonb: bool = False,
+        **options: Any,
+    ) -> Self:
+        """Build a store from connection and smart-driver parameters (the seed's signature)."""
+        query: dict[str, str] = {"load_balance": str(load_balance).lower()}
+        if topology_keys is not None:
+            query["topology_keys"] = topology_keys
+        query["yb_servers_refresh_interval"] = str(yb_servers_refresh_interval)
+        if fallback_to_topology_keys_only:
+            query["fallback_to_topology_keys_only"] = "true"
+        query["failed_host_ttl_seconds"] = str(failed_host_ttl_seconds)
+        netloc = f"{quote(user, safe='')}@" if user else ""
+        netloc += host or "localhost"
+        if port is not None:
+            netloc += f":{port}"
+        connection_string = urlunsplit(
+            ("yugabytedb", netloc, f"/{quote(database or '', safe='')}", urlencode(query), "")
+        )
+        return cls(
+            connection_string=connection_string,
+            password=password,
+            table_name=table_name,
+            schema_name=schema_name,
+            use_jsonb=use_jsonb,
+            **options,
+        )

@@ -1,0 +1,130 @@
+"""YugabyteDBChatStore against the suite, through the smart driver with load balancing on.
+
+PostgreSQL with YugabyteDB's two SQL shims stands in for the cluster (see the
+``yugabytedb_url`` fixture), so ``load_balance=true`` runs the driver's real code path.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
+from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.services import free_port
+from llama_index.storage.chat_store.yugabytedb import YugabyteDBChatStore
+
+PASSWORD = "yb-not-a-real-password-3K"
+NOT_A_MESSAGE = '{"role": "user", "blocks": 42}'
+SMART = "&topology_keys=cloud1.datacenter1.rack1&yb_servers_refresh_interval=60"
+
+
+def libpq_url(yugabytedb_url: str) -> str:
+    parts = urlsplit(yugabytedb_url)
+    return urlunsplit(parts._replace(scheme="postgresql", query=""))
+
+
+def schema() -> str:
+    return f"s_{uuid.uuid4().hex[:12]}"
+
+
+class _YugabyteFixtures(ChatStoreConformance):
+    options: dict[str, Any] = {}
+
+    @pytest.fixture
+    def store_factory(self, yugabytedb_url: str) -> Callable[[], BaseChatStore]:
+        return functools.partial(
+            YugabyteDBChatStore.from_uri,
+            yugabytedb_url + SMART,
+            schema_name=schema(),
+            password=PASSWORD,
+            **self.options,
+        )
+
+    @pytest.fixture
+    def other_store(self, yugabytedb_url: str) -> Iterator[BaseChatStore]:
+        store = YugabyteDBChatStore.from_uri(yugabytedb_url, schema_name=schema(), **self.options)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def unreachable_store(self) -> BaseChatStore:
+        # Without load balancing: the smart driver keeps ONE process-wide balancer per
+        # load_balance value, which would route this store to the live test server's address
+        # (learned from yb_servers()), fail on the missing database and then shun that
+        # address for failed_host_ttl_seconds, breaking the next tests.
+        return YugabyteDBChatStore.from_uri(
+            f"yugabytedb+psycopg2://yugabyte:{PASSWORD}@127.0.0.1:{free_port()}/yugabyte"
+            "?load_balance=false&connect_timeout=2",
+            **self.options,
+        )
+
+    @pytest.fixture
+    def secrets(self) -> dict[str, str]:
+        return {"password": PASSWORD}
+
+    def _corrupt(self, yugabytedb_url: str, sql: str, params: tuple[Any, ...]) -> None:
+        with psycopg2.connect(libpq_url(yugabytedb_url)) as raw, raw.cursor() as cursor:
+            cursor.execute(sql, params)
+
+
+class TestYugabyteDBConformance(_YugabyteFixtures):
+    options = {"ttl": 3600}
+
+    @pytest.fixture
+    def ttl_store_factory(self, yugabytedb_url: str) -> Iterator[Callable[[int], BaseChatStore]]:
+        made: list[BaseChatStore] = []
+
+        def make(seconds: int) -> BaseChatStore:
+            store = YugabyteDBChatStore.from_uri(yugabytedb_url, schema_name=schema(), ttl=seconds)
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            store.close()
+
+    @pytest.fixture
+    def make_corrupt(
+        self, store: YugabyteDBChatStore, yugabytedb_url: str
+    ) -> Callable[[str], BaseChatStore]:
+        def corrupt(key: str) -> BaseChatStore:
+            store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
+            table = f'"{store.schema_name}".chatstore'
+            self._corrupt(
+                yugabytedb_url,
+                f"UPDATE {table} SET message = %s::json "
+                f"WHERE id = (SELECT max(id) FROM {table} WHERE key = %s)",
+                (NOT_A_MESSAGE, key),
+            )
+            return store
+
+        return corrupt
+
+
+class TestYugabyteDBLlamaIndexLayoutConformance(_YugabyteFixtures):
+    """LlamaIndex's YugabyteDBChatStore table (``data_<table>``), written atomically."""
+
+    options = {"layout": "llama_index"}
+
+    @pytest.fixture
+    def make_corrupt(
+        self, store: YugabyteDBChatStore, yugabytedb_url: str
+    ) -> Callable[[str], BaseChatStore]:
+        def corrupt(key: str) -> BaseChatStore:
+            store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
+            self._corrupt(
+                yugabytedb_url,
+                f'UPDATE "{store.schema_name}".data_chatstore SET value[2] = %s::json '
+                "WHERE key = %s",
+                (NOT_A_MESSAGE, key),
+            )
+            return store
+
+        return corrupt
