@@ -1,9 +1,11 @@
 """The chat-store command against real servers: migration by copy, resuming a killed copy,
-unreachable servers, and check/adopt on Redis.
+unreachable servers, check on Redis and PostgreSQL, adopt on Redis, and the PostgreSQL
+LlamaIndex-layout migration.
 
 Every test runs the installed console script in a subprocess, the way a user does. The source
 is a JSON file store of 10,000 messages in 100 conversations (hostile keys, every block type);
-each destination is an empty, isolated store on a server from the tests-shared fixtures.
+each destination is an empty, isolated store (a Redis namespace, a PostgreSQL schema) on a server
+from the tests-shared fixtures.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
@@ -78,8 +82,14 @@ def _redis_destination(request: pytest.FixtureRequest) -> str:
     return f"{url}?namespace=cli-{uuid.uuid4().hex}:"
 
 
+def _postgres_destination(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue("postgres_url")
+    return f"{url}?schema=cli_{uuid.uuid4().hex[:12]}"
+
+
 DESTINATIONS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "redis": _redis_destination,
+    "postgres": _postgres_destination,
 }
 
 
@@ -170,6 +180,7 @@ def test_export_and_import_round_trip_through_the_server(
 
 UNREACHABLE: dict[str, Callable[[int], str]] = {
     "redis": lambda port: f"redis://:hunter2secret@127.0.0.1:{port}/0",
+    "postgres": lambda port: f"postgresql://u:hunter2secret@127.0.0.1:{port}/db?connect_timeout=2",
 }
 
 
@@ -195,7 +206,7 @@ def _raw_lists(client: redis.Redis, namespace: str) -> list[bytes]:
     return [name for name in names if client.type(name) == b"list"]
 
 
-GARBAGE = {"redis": "\x00 not a message"}
+GARBAGE = {"redis": "\x00 not a message", "postgres": '{"blocks": 3}'}
 
 
 def _corrupt_redis(request: pytest.FixtureRequest, key: str, position: int) -> str:
@@ -215,8 +226,31 @@ def _corrupt_redis(request: pytest.FixtureRequest, key: str, position: int) -> s
     return url
 
 
+def _corrupt_postgres(request: pytest.FixtureRequest, key: str, position: int) -> str:
+    """A PostgreSQL store (native layout) whose row at ``position`` of ``key`` is valid JSON but
+    not a message; its URL."""
+    base: str = request.getfixturevalue("postgres_url")
+    schema = f"check_{uuid.uuid4().hex[:12]}"
+    url = f"{base}?schema={schema}&table=messages"
+    with chat_store_from_url(url) as store:
+        store.add_messages(key, numbered(5))
+        store.add_messages("fine", numbered(3))
+    with psycopg.connect(base, autocommit=True) as conn:
+        table = sql.Identifier(schema, "messages")
+        updated = conn.execute(
+            sql.SQL(
+                "UPDATE {t} SET message = %s WHERE id = "
+                "(SELECT id FROM {t} WHERE key = %s ORDER BY id OFFSET %s LIMIT 1)"
+            ).format(t=table),
+            [GARBAGE["postgres"], key, position],
+        )
+        assert updated.rowcount == 1
+    return url
+
+
 CORRUPT: dict[str, Callable[[pytest.FixtureRequest, str, int], str]] = {
     "redis": _corrupt_redis,
+    "postgres": _corrupt_postgres,
 }
 
 
@@ -244,6 +278,21 @@ def test_check_finds_and_repair_moves_aside_a_corrupt_entry(
     clean = _run("check", url, "-q")
     assert clean.returncode == 0, clean.stderr
     assert clean.stderr == "checked 2 conversations: no corrupt entries\n"
+
+
+def test_copy_migrates_the_llama_index_postgres_layout_to_the_native_one(
+    postgres_url: str,
+) -> None:
+    schema = f"migrate_{uuid.uuid4().hex[:12]}"
+    old = f"{postgres_url}?schema={schema}&table=chatstore&layout=llama_index"
+    with chat_store_from_url(old) as store:
+        for i in range(20):
+            store.add_messages(*_conversation(i))
+    new = f"{postgres_url}?schema={schema}&table=messages&layout=native"
+    result = _run("copy", old, new)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "copied 2000 messages in 20 conversations; counts verified\n"
+    assert _contents(new) == _contents(old)
 
 
 def test_adopt_registers_lists_written_in_llama_index_layout(redis_url: str) -> None:
