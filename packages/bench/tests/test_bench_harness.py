@@ -39,6 +39,22 @@ def workspace(tmp_path: Path) -> Path:
     return tmp_path
 
 
+# A benchmark that is not a backend, declared by a package the way packages/cli does.
+TASK = """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Echo:
+    def run(self, scale):
+        return f"# echo\\n\\nran at BENCH_SCALE={scale:g}\\n"
+
+BENCH = Echo()
+"""
+
+
 def test_plan_scales_every_volume() -> None:
     full = Plan.from_scale(1, 15)
     assert (full.lengths, full.volumes) == ((10, 10_000), (1_000, 100_000))
@@ -53,6 +69,19 @@ def test_declarations_come_from_the_tree(workspace: Path) -> None:
     found = declarations(workspace)
     assert list(found) == ["simple", "toy"]
     assert found["toy"] == workspace / "integrations" / "toy" / "bench" / "toy_bench.py"
+
+
+def test_a_package_task_is_found_run_and_its_report_written(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = workspace / "packages" / "echo" / "bench"
+    bench.mkdir(parents=True)
+    (bench / "echo_bench.py").write_text(TASK)
+    assert list(declarations(workspace)) == ["simple", "toy", "echo"]
+    out = workspace / "results"
+    assert main(["echo", "--root", str(workspace), "--out", str(out), "--scale", "0.5"]) == 0
+    assert (out / "echo.md").read_text() == "# echo\n\nran at BENCH_SCALE=0.5\n"
+    assert "ran at BENCH_SCALE=0.5" in capsys.readouterr().out
 
 
 def test_two_declarations_with_one_name_are_refused(workspace: Path) -> None:

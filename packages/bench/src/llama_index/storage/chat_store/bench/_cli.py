@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from llama_index.storage.chat_store.bench._declare import Backend
+from llama_index.storage.chat_store.bench._declare import Backend, Task
 from llama_index.storage.chat_store.bench._report import write
 from llama_index.storage.chat_store.bench._run import Plan, run_backend
 
@@ -27,14 +27,15 @@ def find_root(start: Path) -> Path | None:
 
 
 def declarations(root: Path | None) -> dict[str, Path]:
-    """Map backend name -> declaration file: core's own rows, then ``integrations/*/bench/``.
+    """Map name -> declaration file: core's rows, then ``{integrations,packages}/*/bench/``.
 
     Raises:
         SystemExit: Two files declare the same backend name.
     """
     files = sorted(BUILTIN.glob(f"*{SUFFIX}"))
     if root is not None:
-        files += sorted(root.glob(f"integrations/*/bench/*{SUFFIX}"))
+        for members in ("integrations", "packages"):
+            files += sorted(root.glob(f"{members}/*/bench/*{SUFFIX}"))
     found: dict[str, Path] = {}
     for path in files:
         name = path.name[: -len(SUFFIX)]
@@ -44,17 +45,32 @@ def declarations(root: Path | None) -> dict[str, Path]:
     return found
 
 
-def load(name: str, path: Path) -> Backend:
+def load(name: str, path: Path) -> Backend | Task:
     """Import a declaration file and return its ``BENCH`` object."""
     spec = importlib.util.spec_from_file_location(f"chat_store_bench_{name}", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look their module up there
     spec.loader.exec_module(module)
     bench = getattr(module, "BENCH", None)
-    if not isinstance(bench, Backend):
-        raise TypeError(f"{path} must define BENCH = Backend(...), found {type(bench).__name__}")
+    if not isinstance(bench, (Backend, Task)):
+        raise TypeError(
+            f"{path} must define BENCH = Backend(...) or a Task, found {type(bench).__name__}"
+        )
     return bench
+
+
+def run(name: str, bench: Backend | Task, plan: Plan, out: Path) -> None:
+    """Run one declaration and write its report into ``out``."""
+    if isinstance(bench, Backend):
+        write(run_backend(name, bench, plan), out)
+        return
+    report = bench.run(plan.scale)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / f"{name}.md"
+    md.write_text(report, encoding="utf-8")
+    sys.stdout.write(report + f"\n(written to {md})\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in args.backends or list(found):
         try:
-            write(run_backend(name, load(name, found[name]), plan), out)
+            run(name, load(name, found[name]), plan, out)
         except Exception:
             traceback.print_exc()
             failed.append(name)

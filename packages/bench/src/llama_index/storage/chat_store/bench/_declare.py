@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 from llama_index.storage.chat_store.core import BaseChatStore
 from llama_index.storage.chat_store.testing.services import LocalServer
 
-__all__ = ["Backend", "RawDriver", "Reference", "service"]
+__all__ = ["Backend", "RawDriver", "Reference", "Task", "service"]
 
 
 @runtime_checkable
@@ -76,6 +76,20 @@ class Backend:
     reference: Reference | None
     notes: Sequence[str] = field(default_factory=tuple)
     long_conversation: int = 10_000
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A benchmark that is not a store beside its floor (a command, a tool): it measures itself.
+
+    A ``*_bench.py`` file may define ``BENCH`` as any object with this method instead of a
+    :class:`Backend`. The harness prints the report ``run`` returns and writes it to
+    ``<name>.md``; an exception fails the run (use one for a limit the benchmark guards).
+    """
+
+    def run(self, scale: float) -> str:
+        """Measure at ``scale`` (``BENCH_SCALE``) and return the report as markdown."""
+        ...
 
 
 @contextmanager

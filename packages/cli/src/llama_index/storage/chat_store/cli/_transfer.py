@@ -10,6 +10,7 @@ holding a whole number of batches, which is what ``--resume`` continues from.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
@@ -55,7 +56,7 @@ class Summary:
 
 
 def _keys(store: BaseChatStore, only: list[str] | None) -> Iterable[str]:
-    return only if only else store.iter_keys()
+    return list(dict.fromkeys(only)) if only else store.iter_keys()
 
 
 def _pages(store: BaseChatStore, key: str, start: int, size: int) -> Iterator[list[ChatMessage]]:
@@ -70,21 +71,31 @@ def _pages(store: BaseChatStore, key: str, start: int, size: int) -> Iterator[li
             return
 
 
+def _stream(
+    store: BaseChatStore, keys: list[str] | None, page: int
+) -> Iterator[tuple[str, list[ChatMessage]]]:
+    for key in _keys(store, keys):
+        for messages in _pages(store, key, 0, page):
+            yield key, messages
+
+
 def export_store(
     store: BaseChatStore, out: IO[bytes], *, keys: list[str] | None, page: int, progress: Progress
 ) -> Summary:
     """Write every conversation of ``store`` (or only ``keys``) to ``out`` as a dump."""
     summary = Summary()
+    stream = _stream(store, keys, page)
+    # The first read happens before any output: an unreachable store leaves ``out`` empty.
+    first = next(stream, None)
     out.write(dump_header().encode() + b"\n")
-    for key in _keys(store, keys):
-        written = 0
-        for messages in _pages(store, key, 0, page):
-            out.write("".join(dump_line(key, m) + "\n" for m in messages).encode("utf-8"))
-            written += len(messages)
-            progress.update(len(messages))
-        if written:
+    previous = None
+    for key, messages in itertools.chain([first] if first else [], stream):
+        out.write("".join(dump_line(key, m) + "\n" for m in messages).encode("utf-8"))
+        if key != previous:
             summary.keys += 1
-            summary.messages += written
+            previous = key
+        summary.messages += len(messages)
+        progress.update(len(messages))
     out.write(dump_end(DumpTotals(keys=summary.keys, messages=summary.messages)).encode() + b"\n")
     out.flush()
     return summary
