@@ -51,7 +51,7 @@ smoke: build  ## Install the built wheels into a throwaway venv (no index) and i
 	scripts/smoke dist
 
 bench: install  ## Benchmark every backend beside its raw driver and LlamaIndex (BENCH_SCALE=0.01 for a quick run).
-	.venv/bin/chat-store-bench
+	.venv/bin/chat-store-bench $(BENCH_ARGS)
 
 demo:  ## Write a conversation to a JSON file, then read it back in a second process.
 	$(UV) run --locked --package llama-index-storage-chat-store-core python examples/quickstart.py write demo_chat_store.json
