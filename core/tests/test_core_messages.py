@@ -126,6 +126,18 @@ def test_coerce_accepts_messages_and_dicts_and_copies() -> None:
         coerce_messages(ChatMessage(content="single"))  # type: ignore[arg-type]
 
 
+def test_coerce_without_copy_returns_our_message_and_still_converts() -> None:
+    # For stores that serialize at once: no copy of our own messages, the same checks.
+    original = ChatMessage(content="x")
+    assert coerce_message(original, copy=False) is original
+    assert coerce_messages([original], copy=False)[0] is original
+    assert coerce_message({"role": "user", "content": "d"}, copy=False).content == "d"
+    with pytest.raises(InvalidMessageError):
+        coerce_message("text", copy=False)
+    with pytest.raises(InvalidMessageError):
+        coerce_messages(original, copy=False)  # type: ignore[arg-type]
+
+
 def test_llama_index_reads_what_we_write(
     llama_index_reference: Callable[[Sequence[str]], ReferencePython],
 ) -> None:

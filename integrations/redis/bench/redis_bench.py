@@ -66,7 +66,12 @@ BENCH = Backend(
     ),
     notes=[
         "Ours: every call is one EVALSHA (one round trip) that also keeps the registry (for "
-        "get_keys without scans) and the expiry in step; reads are windowed inside the script.",
+        "get_keys without scans) and the expiry in step; reads are windowed inside the script. "
+        "Our own client sends it on a pooled connection without redis-py's command layer.",
+        "Each sample is one call after other operations, so caches are cold: a script's "
+        "commands cost several times their warm time on the server. delete_last_message runs "
+        "five (RPOP, LLEN, expiry, registry) where LlamaIndex's RPOP is one, which is most of "
+        "what separates the two there.",
         "LlamaIndex: one command per call; get_messages always reads the whole list, "
         "add_message is RPUSH (+ EXPIRE with a ttl).",
     ],

@@ -400,18 +400,24 @@ def message_from_json(
         ) from exc
 
 
-def coerce_message(value: Any) -> ChatMessage:
+def coerce_message(value: Any, *, copy: bool = True) -> ChatMessage:
     """Return a private :class:`ChatMessage` for a value given as a message.
 
     Accepts our :class:`ChatMessage` (copied, so later changes by the caller do
     not reach the store), a LlamaIndex ``ChatMessage`` (converted through its
     JSON, losslessly), or a dict in the wire shape.
 
+    Args:
+        value: The message given.
+        copy: Copy our own :class:`ChatMessage`. A store that serializes the message
+            before returning (and keeps no reference to it) passes ``False``: the JSON
+            is its private copy, and copying first would only cost time.
+
     Raises:
         InvalidMessageError: The value is not a message.
     """
     if isinstance(value, ChatMessage):
-        return copy_message(value)
+        return copy_message(value) if copy else value
     if isinstance(value, Mapping):
         try:
             return ChatMessage.model_validate(value)
@@ -427,15 +433,19 @@ def coerce_message(value: Any) -> ChatMessage:
     )
 
 
-def coerce_messages(values: Iterable[Any]) -> list[ChatMessage]:
+def coerce_messages(values: Iterable[Any], *, copy: bool = True) -> list[ChatMessage]:
     """Apply :func:`coerce_message` to each value (a single message is rejected).
+
+    Args:
+        values: The messages given.
+        copy: As for :func:`coerce_message`.
 
     Raises:
         InvalidMessageError: ``values`` is not a list of messages.
     """
     if isinstance(values, (str, bytes, Mapping, BaseModel)) or not isinstance(values, Iterable):
         raise InvalidMessageError(f"expected a list of messages, got {type(values).__qualname__}")
-    return [coerce_message(v) for v in values]
+    return [coerce_message(v, copy=copy) for v in values]
 
 
 def copy_message(message: ChatMessage) -> ChatMessage:

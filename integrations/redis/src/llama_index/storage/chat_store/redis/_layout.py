@@ -206,9 +206,13 @@ def _messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any],
         except CorruptDataError as exc:
             if not removed:
                 raise
-            raise CorruptDataError(f"{exc} (the data was removed from Redis)") from exc
+            raise _removed(exc) from exc
 
     return decode
+
+
+def _removed(exc: CorruptDataError) -> CorruptDataError:
+    return CorruptDataError(f"{exc} (the data was removed from Redis)")
 
 
 def _tail(key: str) -> Callable[[Any], list[ChatMessage]]:
@@ -224,7 +228,10 @@ def _positioned(key: str) -> Callable[[Any], ChatMessage | None]:
         if not reply:
             return None
         item, position = reply
-        return _messages(key, int(position), removed=True)([item])[0]
+        try:
+            return message_from_json(item, key=key, position=int(position))
+        except CorruptDataError as exc:
+            raise _removed(exc) from exc
 
     return decode
 

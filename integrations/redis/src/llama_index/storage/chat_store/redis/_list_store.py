@@ -157,19 +157,19 @@ class ListChatStore(BaseChatStore):
 
     def _add_op(self, key: str, message: ChatMessage, idx: int | None) -> Op[None]:
         key = self._check_key(key)
-        message = coerce_message(message)
+        message = coerce_message(message, copy=False)  # serialized before we return
         if idx is None:
             return self._layout.append(key, [message])
         return self._layout.insert(key, _index("idx", idx), message)
 
     def _add_many_op(self, key: str, messages: Sequence[ChatMessage]) -> Op[None] | None:
         key = self._check_key(key)
-        coerced = coerce_messages(messages)
+        coerced = coerce_messages(messages, copy=False)
         return self._layout.append(key, coerced) if coerced else None
 
     def _set_op(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
         key = self._check_key(key)
-        return self._layout.replace(key, coerce_messages(messages))
+        return self._layout.replace(key, coerce_messages(messages, copy=False))
 
     def _pop_first_op(self, key: str, n: int) -> Op[list[ChatMessage]] | None:
         key = self._check_key(key)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from functools import cached_property
+from collections.abc import Callable, Iterable, Iterator
+from functools import cache, cached_property
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -63,6 +64,27 @@ def _split_url(url: str) -> tuple[str, str | None]:
         password = unquote(parts.password)
     rest = urlencode([(k, v) for k, v in query if k != "password"])
     return _join(parts.scheme, netloc, parts.path, rest), password
+
+
+def _pack(words: int, head: bytes, args: Iterable[str]) -> bytes:
+    """Return one command in the Redis wire protocol (RESP).
+
+    Args:
+        words: How many words the command has in all (``head``'s and ``args``').
+        head: Its first words, already packed (see :func:`_bulk`).
+        args: The other words, sent UTF-8 encoded.
+    """
+    parts = [b"*%d\r\n" % words, head]
+    for arg in args:
+        data = arg.encode()
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
+
+
+@cache
+def _bulk(*words: str) -> bytes:
+    """Pack ``words`` as RESP bulk strings (the fixed head of a command; cached)."""
+    return b"".join(b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words)
 
 
 def _join(scheme: str, netloc: str, path: str, query: str) -> str:
@@ -240,6 +262,8 @@ class RedisChatStore(ListChatStore):
     def _execute(self, op: Op[Any]) -> Any:
         try:
             client = self._sync_client()
+            if self.redis_client is None and isinstance(client, redis.Redis):
+                return self._send(client, op)
             if op.script is None:
                 return client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
             try:
@@ -248,6 +272,38 @@ class RedisChatStore(ListChatStore):
                 return client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
         except (RedisError, RedisClusterException) as exc:
             raise self._error(exc, op) from exc
+
+    @staticmethod
+    def _send(client: redis.Redis, op: Op[Any]) -> Any:
+        """Run ``op`` on a pooled connection of our own client, skipping the command layer.
+
+        redis-py's ``execute_command`` spends more time than the round trip itself on retries
+        (we allow none), observability hooks and reply callbacks (scripts have none); this is
+        the same exchange with the packing done once per call. The connection disconnects
+        itself on a socket error, as under ``execute_command``.
+        """
+        script = op.script
+        if script is None:
+            packed = _pack(len(op.args), b"", op.args)
+        else:
+            words = 3 + len(op.keys) + len(op.args)
+            head = _bulk("EVALSHA", script.sha, str(len(op.keys)))
+            packed = _pack(words, head, chain(op.keys, op.args))
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command((packed,))  # type: ignore[no-untyped-call,unused-ignore]
+            try:
+                return conn.read_response()
+            except NoScriptError:
+                if script is None:
+                    raise
+            head = _bulk("EVAL", script.source, str(len(op.keys)))
+            packed = _pack(words, head, chain(op.keys, op.args))
+            conn.send_packed_command((packed,))  # type: ignore[no-untyped-call,unused-ignore]
+            return conn.read_response()
+        finally:
+            pool.release(conn)
 
     async def _aexecute(self, op: Op[Any]) -> Any:
         if self.redis_client is not None and self.aredis_client is None:
