@@ -126,6 +126,15 @@ def test_coerce_accepts_messages_and_dicts_and_copies() -> None:
         coerce_messages(ChatMessage(content="single"))  # type: ignore[arg-type]
 
 
+def test_coerce_without_copy_checks_but_does_not_copy() -> None:
+    original = ChatMessage(content="x", additional_kwargs={"l": [1]})
+    assert coerce_message(original, copy=False) is original
+    converted = coerce_message({"role": "user", "content": "d"}, copy=False)
+    assert converted.content == "d"
+    with pytest.raises(InvalidMessageError):
+        coerce_message("text", copy=False)
+
+
 def test_llama_index_reads_what_we_write(
     llama_index_reference: Callable[[Sequence[str]], ReferencePython],
 ) -> None:

@@ -400,18 +400,24 @@ def message_from_json(
         ) from exc
 
 
-def coerce_message(value: Any) -> ChatMessage:
+def coerce_message(value: Any, *, copy: bool = True) -> ChatMessage:
     """Return a private :class:`ChatMessage` for a value given as a message.
 
     Accepts our :class:`ChatMessage` (copied, so later changes by the caller do
     not reach the store), a LlamaIndex ``ChatMessage`` (converted through its
     JSON, losslessly), or a dict in the wire shape.
 
+    Args:
+        value: The value given as a message.
+        copy: ``False`` returns our :class:`ChatMessage` itself, uncopied: only for a
+            caller that serializes it at once and keeps no reference (a store writing
+            it to a server). A store that keeps message objects must copy.
+
     Raises:
         InvalidMessageError: The value is not a message.
     """
     if isinstance(value, ChatMessage):
-        return copy_message(value)
+        return copy_message(value) if copy else value
     if isinstance(value, Mapping):
         try:
             return ChatMessage.model_validate(value)
