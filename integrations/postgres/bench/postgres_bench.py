@@ -116,5 +116,7 @@ BENCH = Backend(
         "LlamaIndex: one row per conversation holding a JSON[] array (append rewrites it), "
         "a SQLAlchemy session with BEGIN/COMMIT per call.",
         "The floor has no per-conversation row, so its count is COUNT(*) over the index.",
+        "These are sync calls; the async append (aadd_message) against raw asyncpg is in "
+        "postgres-async.md (integrations/postgres/bench/postgres_async.py).",
     ],
 )

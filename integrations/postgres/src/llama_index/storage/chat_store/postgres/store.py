@@ -603,7 +603,7 @@ class PostgresChatStore(BaseChatStore):
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Append ``message`` in one statement, or insert it at ``idx`` (one transaction)."""
         key = self._check_key(key)
-        message = coerce_message(message)
+        message = coerce_message(message, copy=False)  # serialized at once, never kept
         st = self._statements()
         if idx is None:
             params = self._append_one_params(key, message)
@@ -780,7 +780,7 @@ class PostgresChatStore(BaseChatStore):
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
         key = self._check_key(key)
-        message = coerce_message(message)
+        message = coerce_message(message, copy=False)  # serialized at once, never kept
         st = await self._astatements()
         connections = self._aconnections()
         if idx is None:

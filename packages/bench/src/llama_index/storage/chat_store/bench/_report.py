@@ -61,6 +61,7 @@ def markdown(results: Results, chart_name: str | None) -> str:
         )
         + f". Median of {plan.repeats} interleaved repeats"
         + (f" ({plan.volume_repeats} for persist/load)" if plan.volumes else "")
+        + ", each timed call right after an untimed one of the same operation"
         + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
         " store inside the reference interpreter, so no IPC is counted), against the same server"
         " in the same run.",

@@ -200,6 +200,11 @@ def _measure(
         for length in plan.lengths:
             for op, _ in OPERATIONS:
                 for impl in turn:
+                    # An untimed call first: the timed one must not pay for waking up after
+                    # another implementation's long call (an idle client and server backend
+                    # measured 3-5x slower on their next statement), and rotation alone
+                    # always puts the same implementation right after the slowest one.
+                    impls[impl].sample(op, _key(name, impl, length), length)
                     took = impls[impl].sample(op, _key(name, impl, length), length)
                     if repeat:
                         results.samples.setdefault((impl, op, length), []).append(took)
