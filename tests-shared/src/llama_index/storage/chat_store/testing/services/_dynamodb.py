@@ -1,6 +1,6 @@
 """A real moto server speaking DynamoDB's HTTP API on a free loopback port, and a fault proxy.
 
-moto runs as a child process, never as ``mock_aws``: the store under test talks HTTP to it
+moto runs as a server, never in-process: the store under test talks HTTP to it
 through the real boto3 stack (signing, retries, error parsing). It needs ``moto[server]`` in
 the test environment. :func:`serve_moto` runs moto's own application with two corrections
 that bring it closer to DynamoDB, checked against moto 5.2:
