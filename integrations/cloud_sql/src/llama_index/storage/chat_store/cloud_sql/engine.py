@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from llama_index.storage.chat_store.core import BackendImportError, ConfigurationError
-from llama_index.storage.chat_store.postgres import ConnectorEngine
+from llama_index.storage.chat_store.postgres import ConnectorEngine, connector_login
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from llama_index.storage.chat_store.cloud_sql.store import PostgresChatStore
 
 __all__ = ["PostgresEngine"]
 
@@ -98,13 +95,7 @@ class PostgresEngine(ConnectorEngine):
             ConfigurationError: Only one of ``user`` / ``password``, or neither and no
                 ``iam_account_email``.
         """
-        if bool(user) != bool(password):
-            raise ConfigurationError(
-                "give both user and password, or neither (IAM authentication as iam_account_email)"
-            )
-        db_user = user or iam_account_email
-        if not db_user:
-            raise ConfigurationError("IAM authentication needs iam_account_email=")
+        db_user = connector_login(user, password, iam_account_email)
         name = f"{project_id}:{region}:{instance}"
         kwargs = {
             "user": db_user,
@@ -113,28 +104,6 @@ class PostgresEngine(ConnectorEngine):
             "enable_iam_auth": not password,
             "ip_type": ip_type,
         }
-        sync_lock = threading.Lock()
-        sync_holder: list[Any] = [connector] if connector is not None else []
-
-        def connect() -> Any:
-            with sync_lock:
-                if not sync_holder:
-                    sync_holder.append(cls.connector_factory(quota_project))
-            return sync_holder[0].connect(name, "pg8000", **kwargs)
-
-        per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
-
-        async def aconnect() -> Any:
-            chosen = async_connector
-            if chosen is None:
-                loop = asyncio.get_running_loop()
-                chosen = per_loop.get(loop)
-                if chosen is None:
-                    chosen = per_loop[loop] = cls.async_connector_factory(quota_project)
-            return await chosen.connect_async(name, "asyncpg", **kwargs)
-
         query = {"user": db_user, "ip_type": ip_type}
         if quota_project:
             query["quota_project"] = quota_project
@@ -142,12 +111,15 @@ class PostgresEngine(ConnectorEngine):
             f"cloudsql://{quote(project_id, safe='')}/{quote(region, safe='')}/"
             f"{quote(instance, safe='')}/{quote(database, safe='')}?{urlencode(query)}"
         )
-        return cls(
+        return cls.from_connectors(
             url,
             password=password,
-            connect=connect,
-            aconnect=aconnect,
-            sync_driver="postgresql+pg8000",
+            open_sync=lambda c: c.connect(name, "pg8000", **kwargs),
+            open_async=lambda c: c.connect_async(name, "asyncpg", **kwargs),
+            make_connector=lambda: cls.connector_factory(quota_project),
+            make_async_connector=lambda: cls.async_connector_factory(quota_project),
+            connector=connector,
+            async_connector=async_connector,
             engine_options=engine_options,
         )
 
@@ -186,36 +158,12 @@ class PostgresEngine(ConnectorEngine):
 
     @classmethod
     def from_engine_args(cls, url: str, **engine_options: Any) -> PostgresEngine:
-        """Connect with a plain PostgreSQL URL (``postgresql+asyncpg://user:pw@host/db``)."""
-        parts = urlsplit(url)
-        password = unquote(parts.password) if parts.password is not None else None
-        if password is not None:  # the URL is shown in errors and dumps: keep it secret-free
-            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", "@", 1))
-        return cls(urlunsplit(parts), password=password, engine_options=engine_options)
+        """Connect with a plain PostgreSQL URL (the seed's name for ``from_connection_string``)."""
+        return cls.from_connection_string(url, **engine_options)
 
     @classmethod
-    def from_engine(cls, engine: AsyncEngine | Engine, **_: Any) -> PostgresEngine:
-        """Connect to the database of a SQLAlchemy engine (its URL and credentials)."""
-        return cls.from_engine_args(engine.url.render_as_string(hide_password=False))
-
-    def init_chat_store_table(
-        self, table_name: str, schema_name: str = "public", overwrite_existing: bool = False
-    ) -> None:
-        """Create Google's chat store table (idempotent; ``overwrite_existing`` drops it)."""
+    def chat_store_class(cls) -> type[PostgresChatStore]:
+        """The store class :meth:`init_chat_store_table` creates Google's table for."""
         from llama_index.storage.chat_store.cloud_sql.store import PostgresChatStore
 
-        with PostgresChatStore.from_engine(
-            self, table_name=table_name, schema_name=schema_name
-        ) as store:
-            store.init_table(overwrite_existing=overwrite_existing)
-
-    async def ainit_chat_store_table(
-        self, table_name: str, schema_name: str = "public", overwrite_existing: bool = False
-    ) -> None:
-        """Async :meth:`init_chat_store_table`."""
-        from llama_index.storage.chat_store.cloud_sql.store import PostgresChatStore
-
-        async with PostgresChatStore.from_engine(
-            self, table_name=table_name, schema_name=schema_name
-        ) as store:
-            await store.ainit_table(overwrite_existing=overwrite_existing)
+        return PostgresChatStore

@@ -1,6 +1,6 @@
 """PostgreSQL chat store for LlamaIndex apps: one row per message, atomic appends and pops."""
 
-from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
+from llama_index.storage.chat_store.postgres.engine import ConnectorEngine, connector_login
 from llama_index.storage.chat_store.postgres.store import PostgresChatStore
 
-__all__ = ["ConnectorEngine", "PostgresChatStore"]
+__all__ = ["ConnectorEngine", "PostgresChatStore", "connector_login"]

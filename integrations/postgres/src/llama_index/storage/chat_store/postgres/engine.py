@@ -9,17 +9,41 @@ secret). Without callables it is just a ``postgresql://`` URL and its password.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sqlalchemy.engine import Engine, create_engine
 
 from llama_index.storage.chat_store.core import ConfigurationError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
     from typing_extensions import Self
 
-__all__ = ["ConnectorEngine"]
+    from llama_index.storage.chat_store.postgres.store import PostgresChatStore
+
+__all__ = ["ConnectorEngine", "connector_login"]
+
+
+def connector_login(user: str | None, password: str | None, iam_account_email: str | None) -> str:
+    """Return the database user for a cloud connector: password login, or IAM as an email.
+
+    Raises:
+        ConfigurationError: Only one of ``user`` / ``password``, or neither and no
+            ``iam_account_email``.
+    """
+    if bool(user) != bool(password):
+        raise ConfigurationError(
+            "give both user and password, or neither (IAM authentication as iam_account_email)"
+        )
+    login = user or iam_account_email
+    if not login:
+        raise ConfigurationError("IAM authentication needs iam_account_email=")
+    return login
 
 
 class ConnectorEngine:
@@ -56,6 +80,107 @@ class ConnectorEngine:
     def from_url(cls, url: str, password: str | None = None, **options: Any) -> Self:
         """Build an engine from a URL of this engine's kind (here: a ``postgresql://`` URL)."""
         return cls(url, password=password, **options)
+
+    @classmethod
+    def from_connection_string(cls, url: str, **engine_options: Any) -> Self:
+        """Connect with a plain PostgreSQL URL (``postgresql+asyncpg://user:pw@host/db``).
+
+        The password moves out of the URL, which is shown in errors and dumps.
+        """
+        parts = urlsplit(url)
+        password = unquote(parts.password) if parts.password is not None else None
+        if password is not None:
+            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", "@", 1))
+        return cls(urlunsplit(parts), password=password, engine_options=engine_options)
+
+    @classmethod
+    def from_engine(cls, engine: AsyncEngine | Engine, **_: Any) -> Self:
+        """Connect to the database of a SQLAlchemy engine (its URL and credentials)."""
+        return cls.from_connection_string(engine.url.render_as_string(hide_password=False))
+
+    @classmethod
+    def from_connectors(
+        cls,
+        url: str,
+        *,
+        password: str | None,
+        open_sync: Callable[[Any], Any],
+        open_async: Callable[[Any], Awaitable[Any]],
+        make_connector: Callable[[], Any],
+        make_async_connector: Callable[[], Any],
+        connector: Any = None,
+        async_connector: Any = None,
+        engine_options: dict[str, Any] | None = None,
+    ) -> Self:
+        """Build an engine whose connections come from cloud connectors (never connects here).
+
+        Args:
+            url: Names the database in errors and dumps (no secret).
+            password: The database password, if any.
+            open_sync: ``open_sync(connector)`` opens one pg8000 connection.
+            open_async: ``await open_async(connector)`` opens one asyncpg connection.
+            make_connector: Makes the sync connector on first use, when none is given.
+            make_async_connector: Makes one async connector per event loop (Google's are
+                bound to the loop that made them), when none is given.
+            connector: A sync connector to use instead.
+            async_connector: An async connector to use instead (on every loop).
+            engine_options: Extra ``create_engine`` arguments.
+        """
+        lock = threading.Lock()
+        held: list[Any] = [] if connector is None else [connector]
+
+        def connect() -> Any:
+            with lock:
+                if not held:
+                    held.append(make_connector())
+            return open_sync(held[0])
+
+        per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+        async def aconnect() -> Any:
+            chosen = async_connector
+            if chosen is None:
+                loop = asyncio.get_running_loop()
+                chosen = per_loop.get(loop)
+                if chosen is None:
+                    chosen = per_loop[loop] = make_async_connector()
+            return await open_async(chosen)
+
+        return cls(
+            url,
+            password=password,
+            connect=connect,
+            aconnect=aconnect,
+            sync_driver="postgresql+pg8000",
+            engine_options=engine_options,
+        )
+
+    @classmethod
+    def chat_store_class(cls) -> type[PostgresChatStore]:
+        """The store class :meth:`init_chat_store_table` creates tables for."""
+        from llama_index.storage.chat_store.postgres.store import PostgresChatStore
+
+        return PostgresChatStore
+
+    def init_chat_store_table(
+        self, table_name: str, schema_name: str = "public", overwrite_existing: bool = False
+    ) -> None:
+        """Create the store's table (idempotent; ``overwrite_existing`` drops it first)."""
+        with self.chat_store_class().from_engine(
+            self, table_name=table_name, schema_name=schema_name
+        ) as store:
+            store.init_table(overwrite_existing=overwrite_existing)
+
+    async def ainit_chat_store_table(
+        self, table_name: str, schema_name: str = "public", overwrite_existing: bool = False
+    ) -> None:
+        """Async :meth:`init_chat_store_table`."""
+        async with self.chat_store_class().from_engine(
+            self, table_name=table_name, schema_name=schema_name
+        ) as store:
+            await store.ainit_table(overwrite_existing=overwrite_existing)
 
     @property
     def uses_connector(self) -> bool:
