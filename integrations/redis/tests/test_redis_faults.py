@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,6 +96,41 @@ def test_server_killed_mid_run_then_back(server: LocalServer, url: str) -> None:
     assert [m.content for m in store.get_messages("k")] == ["after"]
     assert asyncio.run(store.acount_messages("k")) == 1
     assert store.get_keys() == ["k"]
+
+
+def test_connection_the_server_closed_while_idle_is_reopened(url: str) -> None:
+    store = RedisChatStore(redis_url=url, namespace="app:")
+    store.add_message("k", ChatMessage(content="one"))
+    with redis.Redis.from_url(url) as admin:
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    time.sleep(0.6)  # idle long enough that the store polls the connection before using it
+    store.add_message("k", ChatMessage(content="two"))
+    assert [m.content for m in store.get_messages("k")] == ["one", "two"]
+
+
+def test_a_timed_out_exchange_never_leaves_its_reply_behind(url: str) -> None:
+    store = RedisChatStore.from_url(url + "?socket_timeout=0.1", namespace="app:")
+    store.add_messages("k", [ChatMessage(content="a"), ChatMessage(content="b")])
+
+    def block_the_server() -> None:  # a busy script holds the server for about 0.4 s
+        with redis.Redis.from_url(url) as other:
+            other.eval(_BUSY_SCRIPT, 0, 400_000)
+
+    blocker = threading.Thread(target=block_the_server)
+    blocker.start()
+    time.sleep(0.05)
+    with pytest.raises(BackendUnavailableError):
+        store.count_messages("k")  # answered after the timeout, on a connection we dropped
+    blocker.join()
+    assert [m.content for m in store.get_messages("k")] == ["a", "b"]
+    assert store.count_messages("k") == 2
+
+
+_BUSY_SCRIPT = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+"""
 
 
 def test_unix_socket_url(url: str, socket_dir: Path) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache, cached_property
-from itertools import chain
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -23,12 +24,14 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.redis._layout import Op, has_hash_tag, reply_error
 from llama_index.storage.chat_store.redis._list_store import Clients, ListChatStore
 from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection
 from redis.exceptions import (
     AskError,
     MovedError,
     NoScriptError,
     RedisClusterException,
     RedisError,
+    ResponseError,
 )
 from redis.retry import Retry
 
@@ -39,6 +42,9 @@ __all__ = ["RedisChatStore"]
 
 SyncClient = Union[redis.Redis, redis.RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 AsyncClient = Union[redis.asyncio.Redis, redis.asyncio.RedisCluster]  # noqa: UP007
+
+_CHECK_AFTER = 0.5
+"""Seconds idle after which a connection is polled before use (see :class:`_Own`)."""
 
 # Options of ours carried in a URL's query; everything else in the query goes to redis-py.
 _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -66,18 +72,20 @@ def _split_url(url: str) -> tuple[str, str | None]:
     return _join(parts.scheme, netloc, parts.path, rest), password
 
 
-def _pack(words: int, head: bytes, args: Iterable[str]) -> bytes:
+def _pack(head: bytes, words: int, *groups: Iterable[str]) -> bytes:
     """Return one command in the Redis wire protocol (RESP).
 
     Args:
-        words: How many words the command has in all (``head``'s and ``args``').
         head: Its first words, already packed (see :func:`_bulk`).
-        args: The other words, sent UTF-8 encoded.
+        words: How many words the command has in all (``head``'s and the groups').
+        groups: The other words, sent UTF-8 encoded.
     """
     parts = [b"*%d\r\n" % words, head]
-    for arg in args:
-        data = arg.encode()
-        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    add = parts.append
+    for group in groups:
+        for word in group:
+            data = word.encode()
+            add(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
 
@@ -90,6 +98,86 @@ def _bulk(*words: str) -> bytes:
 def _join(scheme: str, netloc: str, path: str, query: str) -> str:
     # urlunsplit drops the '//' of schemes it does not know (unix:///path -> unix:/path).
     return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
+
+
+class _Direct:
+    """Script calls over a single server's pooled connections, without redis-py's layers.
+
+    redis-py 8's pool records metrics and polls the socket on every checkout, and its command
+    layer handles retries (we allow none) and reply callbacks (scripts have none): together
+    more time than the client's share of the round trip. Here idle connections wait in a list
+    (``pop``/``append`` are atomic, so threads share it without a lock). A connection idle
+    longer than :data:`_CHECK_AFTER` seconds is polled first, as the pool would, so one the
+    server closed meanwhile (a restart, its ``timeout``) is reopened instead of failing the
+    call; one whose exchange did not finish is disconnected, never reused half-read.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+        self._idle: list[tuple[float, AbstractConnection]] = []
+        self._pid = os.getpid()
+
+    def _connection(self) -> AbstractConnection:
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
+            self._idle, self._pid = [], os.getpid()
+        try:
+            used, conn = self._idle.pop()
+        except IndexError:
+            return self._pool.connection_class(**self._pool.connection_kwargs)  # type: ignore[no-any-return]
+        if monotonic() - used > _CHECK_AFTER:
+            try:
+                stale = conn.can_read()  # data nobody asked for: never expected
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                stale = True  # closed by the server
+            if stale:
+                conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
+        return conn
+
+    def call(self, op: Op[Any]) -> Any:
+        """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it)."""
+        script = op.script
+        words = len(op.args) if script is None else 3 + len(op.keys) + len(op.args)
+        if script is None:
+            packed = _pack(b"", words, op.args)
+        else:
+            packed = _pack(_bulk("EVALSHA", script.sha, str(len(op.keys))), words, op.keys, op.args)
+        conn = self._connection()
+        try:
+            conn.send_packed_command((packed,), False)  # type: ignore[no-untyped-call,unused-ignore]
+            try:
+                return conn.read_response()
+            except NoScriptError:
+                if script is None:
+                    raise
+            head = _bulk("EVAL", script.source, str(len(op.keys)))
+            conn.send_packed_command((_pack(head, words, op.keys, op.args),), False)  # type: ignore[no-untyped-call,unused-ignore]
+            return conn.read_response()
+        except ResponseError:
+            raise  # a whole error reply was read: the connection is fine
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
+            raise
+        finally:
+            self._idle.append((monotonic(), conn))
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
+
+
+class _Own:
+    """The sync client a store built itself (closed with the store), and its direct path."""
+
+    def __init__(self, client: SyncClient) -> None:
+        self.client = client
+        self.direct = _Direct(client.connection_pool) if isinstance(client, redis.Redis) else None
+
+    def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
+        self.client.close()
 
 
 class RedisChatStore(ListChatStore):
@@ -136,7 +224,7 @@ class RedisChatStore(ListChatStore):
     aredis_client: AsyncClient | None = Field(default=None, exclude=True, repr=False)
 
     @cached_property
-    def _clients(self) -> Clients[SyncClient, AsyncClient]:
+    def _clients(self) -> Clients[_Own, AsyncClient]:
         return Clients(self._new_sync_client, self._new_async_client)
 
     @model_validator(mode="before")
@@ -222,10 +310,10 @@ class RedisChatStore(ListChatStore):
             options["retry"] = Retry(NoBackoff(), 0)
         return options
 
-    def _new_sync_client(self) -> SyncClient:
+    def _new_sync_client(self) -> _Own:
         if self.cluster:
-            return redis.RedisCluster.from_url(self.redis_url, **self._options())
-        return redis.Redis.from_url(self.redis_url, **self._options())
+            return _Own(redis.RedisCluster.from_url(self.redis_url, **self._options()))
+        return _Own(redis.Redis.from_url(self.redis_url, **self._options()))
 
     def _new_async_client(self) -> AsyncClient:
         if self.cluster:
@@ -235,7 +323,7 @@ class RedisChatStore(ListChatStore):
     def _sync_client(self) -> SyncClient:
         if self.redis_client is not None:
             return self.redis_client
-        return self._clients.sync()
+        return self._clients.sync().client
 
     def _async_client(self) -> AsyncClient:
         if self.aredis_client is not None:
@@ -261,9 +349,13 @@ class RedisChatStore(ListChatStore):
 
     def _execute(self, op: Op[Any]) -> Any:
         try:
-            client = self._sync_client()
-            if self.redis_client is None and isinstance(client, redis.Redis):
-                return self._send(client, op)
+            if self.redis_client is None:
+                own = self._clients.sync()
+                if own.direct is not None:
+                    return own.direct.call(op)
+                client: SyncClient = own.client
+            else:
+                client = self.redis_client
             if op.script is None:
                 return client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
             try:
@@ -272,38 +364,6 @@ class RedisChatStore(ListChatStore):
                 return client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
         except (RedisError, RedisClusterException) as exc:
             raise self._error(exc, op) from exc
-
-    @staticmethod
-    def _send(client: redis.Redis, op: Op[Any]) -> Any:
-        """Run ``op`` on a pooled connection of our own client, skipping the command layer.
-
-        redis-py's ``execute_command`` spends more time than the round trip itself on retries
-        (we allow none), observability hooks and reply callbacks (scripts have none); this is
-        the same exchange with the packing done once per call. The connection disconnects
-        itself on a socket error, as under ``execute_command``.
-        """
-        script = op.script
-        if script is None:
-            packed = _pack(len(op.args), b"", op.args)
-        else:
-            words = 3 + len(op.keys) + len(op.args)
-            head = _bulk("EVALSHA", script.sha, str(len(op.keys)))
-            packed = _pack(words, head, chain(op.keys, op.args))
-        pool = client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command((packed,))  # type: ignore[no-untyped-call,unused-ignore]
-            try:
-                return conn.read_response()
-            except NoScriptError:
-                if script is None:
-                    raise
-            head = _bulk("EVAL", script.source, str(len(op.keys)))
-            packed = _pack(words, head, chain(op.keys, op.args))
-            conn.send_packed_command((packed,))  # type: ignore[no-untyped-call,unused-ignore]
-            return conn.read_response()
-        finally:
-            pool.release(conn)
 
     async def _aexecute(self, op: Op[Any]) -> Any:
         if self.redis_client is not None and self.aredis_client is None:
@@ -331,9 +391,9 @@ class RedisChatStore(ListChatStore):
 
     def close(self) -> None:
         """Close the sync client's connections (an injected client is left open)."""
-        client = self._clients.take_sync()
-        if client is not None:
-            client.close()
+        own = self._clients.take_sync()
+        if own is not None:
+            own.close()
 
     async def aclose(self) -> None:
         """Close this event loop's async client and the sync client."""
