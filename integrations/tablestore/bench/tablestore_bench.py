@@ -16,7 +16,7 @@ from llama_index.storage.chat_store.tablestore._sdk import ts  # the SDK, import
 # The services package re-exports these at run time; mypy sees them in their module.
 from llama_index.storage.chat_store.testing.services._tablestore import (
     TablestoreConnection,
-    start_tablestore,
+    start_tablestore_process,
 )
 
 _BATCH = 200  # rows per BatchWriteRow (Tablestore's limit)
@@ -24,14 +24,14 @@ _BATCH = 200  # rows per BatchWriteRow (Tablestore's limit)
 
 @contextmanager
 def _server() -> Iterator[str]:
-    """``CHAT_STORE_TEST_TABLESTORE_URL`` if set, else the emulator on a free loopback port."""
+    """``CHAT_STORE_TEST_TABLESTORE_URL`` if set, else the emulator in a process of its own."""
     url = os.environ.get("CHAT_STORE_TEST_TABLESTORE_URL")
     if url:
         yield url
         return
-    emulator = start_tablestore()
+    emulator, emulator_url = start_tablestore_process()
     try:
-        yield emulator.url
+        yield emulator_url
     finally:
         emulator.cleanup()
 
@@ -189,7 +189,7 @@ BENCH = Backend(
         "Conversations of 2,000 messages at BENCH_SCALE=1, not 10,000 (long_conversation): "
         "LlamaIndex's store keeps a conversation as one JSON value, and Tablestore caps a value "
         "at 2 MB (10,000 of these messages take about 3 MB).",
-        "The emulator (tests-shared) is pure Python running in the harness process: encoding "
+        "The emulator (tests-shared) is pure Python, in a process of its own: encoding "
         "rows is its main cost (about 100 ms of a 2,000-row get_range, ~0.05 ms per row), "
         "where a real Tablestore answers from C++ across a network round trip. It weighs on "
         "ours and the floor (a row per message) and hardly on LlamaIndex (one cell), so whole "

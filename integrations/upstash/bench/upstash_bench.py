@@ -1,8 +1,8 @@
 """Upstash: UpstashChatStore beside upstash-redis and LlamaIndex's UpstashChatStore.
 
-Both run against the Upstash REST bridge of tests-shared (stdlib HTTP in front of a local
-redis-server), so the figures show client overhead plus one loopback HTTP request, not
-Upstash's network latency.
+All three run against the Upstash REST bridge of tests-shared (stdlib HTTP in front of a local
+redis-server) in a process of its own, so the figures show client overhead plus one loopback
+HTTP request, not Upstash's network latency.
 """
 # ruff: noqa: D102 (the RawDriver protocol documents each verb)
 
@@ -16,7 +16,10 @@ from uuid import uuid4
 import upstash_redis
 
 from llama_index.storage.chat_store.bench import Backend, Reference
-from llama_index.storage.chat_store.testing.services import start_redis, start_upstash_bridge
+from llama_index.storage.chat_store.testing.services import (
+    start_redis,
+    start_upstash_bridge_process,
+)
 from llama_index.storage.chat_store.upstash import UpstashChatStore
 
 
@@ -24,11 +27,13 @@ from llama_index.storage.chat_store.upstash import UpstashChatStore
 def bridge() -> Iterator[str]:
     """Yield ``upstash+http://HOST:PORT?token=...`` of a bridge over a fresh redis-server."""
     server = start_redis()
-    rest = start_upstash_bridge(f"redis://127.0.0.1:{server.port}/0")
     try:
-        yield f"upstash+http://127.0.0.1:{rest.port}?token={rest.token}"
+        rest, endpoint = start_upstash_bridge_process(f"redis://127.0.0.1:{server.port}/0")
+        try:
+            yield f"upstash+{endpoint.url}?token={endpoint.token}"
+        finally:
+            rest.cleanup()
     finally:
-        rest.stop()
         server.cleanup()
 
 

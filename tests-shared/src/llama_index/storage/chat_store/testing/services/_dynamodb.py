@@ -27,7 +27,6 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +35,7 @@ import pytest
 from llama_index.storage.chat_store.testing.services._process import (
     LocalServer,
     ServiceUnavailableError,
+    start_python_server,
 )
 from llama_index.storage.chat_store.testing.services._provide import (
     docker_container,
@@ -86,10 +86,7 @@ def start_moto() -> LocalServer:
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
         raise ServiceUnavailableError("moto[server] is not installed in this environment")
 
-    def command(port: int, workdir: Path) -> list[str]:
-        return [sys.executable, "-m", __name__, str(port)]
-
-    return LocalServer("moto-server", command, moto_ping).start()
+    return start_python_server("moto-server", __name__, ready=moto_ping)
 
 
 def _moto_container() -> tuple[str, Callable[[], None]]:

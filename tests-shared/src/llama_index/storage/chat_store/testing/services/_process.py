@@ -9,12 +9,20 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["LocalServer", "ServiceUnavailableError", "free_port", "running_as_root"]
+__all__ = [
+    "LocalServer",
+    "ServiceUnavailableError",
+    "free_port",
+    "listening",
+    "running_as_root",
+    "start_python_server",
+]
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -136,3 +144,29 @@ class LocalServer:
             return self._log.read_text(errors="replace")[-size:]
         except OSError:
             return "(no log)"
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Return whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_python_server(
+    name: str, module: str, *args: str, ready: Callable[[int], bool] = listening
+) -> LocalServer:
+    """Run ``python -m MODULE PORT ARGS...`` as a child process until it serves on PORT.
+
+    For the servers written in Python (moto, the Upstash bridge, the Tablestore emulator) when
+    they must not share the caller's interpreter: a benchmark measuring clients in its own
+    process would otherwise slow them with the server's threads (one GIL), and not the clients
+    it runs in other processes.
+    """
+
+    def command(port: int, workdir: Path) -> list[str]:
+        return [sys.executable, "-m", module, str(port), *args]
+
+    return LocalServer(name, command, ready).start()

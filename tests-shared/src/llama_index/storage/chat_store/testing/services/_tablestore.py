@@ -18,7 +18,10 @@ instance instead.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import secrets
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,8 +30,10 @@ from urllib.parse import quote, unquote, urlsplit
 import pytest
 
 from llama_index.storage.chat_store.testing.services._process import (
+    LocalServer,
     ServiceUnavailableError,
     free_port,
+    start_python_server,
 )
 from llama_index.storage.chat_store.testing.services._provide import provide
 
@@ -41,6 +46,7 @@ __all__ = [
     "TablestoreConnection",
     "TablestoreEmulator",
     "start_tablestore",
+    "start_tablestore_process",
     "tablestore_connection",
     "tablestore_url",
 ]
@@ -85,7 +91,14 @@ class TablestoreEmulator:
         instance_name, access_key_id, access_key_secret: What clients must present.
     """
 
-    def __init__(self, instance_name: str = "chat-store-test") -> None:
+    def __init__(
+        self,
+        instance_name: str = "chat-store-test",
+        *,
+        port: int | None = None,
+        access_key_id: str | None = None,
+        access_key_secret: str | None = None,
+    ) -> None:
         try:
             from llama_index.storage.chat_store.testing.services._tablestore_emulator._server import (  # noqa: E501
                 EmulatorServer,
@@ -93,7 +106,10 @@ class TablestoreEmulator:
         except ImportError as exc:
             raise ServiceUnavailableError(f"the tablestore SDK is not installed ({exc})") from exc
         self._server: EmulatorServer = EmulatorServer(
-            free_port(), instance_name, f"test-key-{secrets.token_hex(4)}", secrets.token_hex(16)
+            port or free_port(),
+            instance_name,
+            access_key_id or f"test-key-{secrets.token_hex(4)}",
+            access_key_secret or secrets.token_hex(16),
         )
         atexit.register(self.cleanup)
 
@@ -125,10 +141,7 @@ class TablestoreEmulator:
     @property
     def url(self) -> str:
         """``http://KEY_ID:KEY_SECRET@127.0.0.1:PORT/INSTANCE`` (:class:`TablestoreConnection`)."""
-        return (
-            f"http://{quote(self.access_key_id, safe='')}:{quote(self.access_key_secret, safe='')}"
-            f"@127.0.0.1:{self.port}/{self.instance_name}"
-        )
+        return _url(self.access_key_id, self.access_key_secret, self.port, self.instance_name)
 
     @property
     def running(self) -> bool:
@@ -158,6 +171,28 @@ def start_tablestore(instance_name: str = "chat-store-test") -> TablestoreEmulat
     return TablestoreEmulator(instance_name).start()
 
 
+def start_tablestore_process(instance_name: str = "chat-store-test") -> tuple[LocalServer, str]:
+    """Run a Tablestore emulator in a child process of its own (see :func:`start_python_server`).
+
+    Returns:
+        The server (stop it with ``cleanup()``) and its :class:`TablestoreConnection` URL.
+
+    Raises:
+        ServiceUnavailableError: The tablestore SDK is not installed.
+    """
+    if importlib.util.find_spec("tablestore") is None:
+        raise ServiceUnavailableError("the tablestore SDK is not installed")
+    key_id, secret = f"test-key-{secrets.token_hex(4)}", secrets.token_hex(16)
+    server = start_python_server("tablestore-emulator", __name__, instance_name, key_id, secret)
+    return server, _url(key_id, secret, server.port, instance_name)
+
+
+def _url(key_id: str, secret: str, port: int, instance_name: str) -> str:
+    return (
+        f"http://{quote(key_id, safe='')}:{quote(secret, safe='')}@127.0.0.1:{port}/{instance_name}"
+    )
+
+
 def _local() -> tuple[str, Callable[[], None]]:
     emulator = start_tablestore()
     return emulator.url, emulator.cleanup
@@ -175,3 +210,11 @@ def tablestore_url() -> Iterator[str]:
 def tablestore_connection(tablestore_url: str) -> TablestoreConnection:
     """The endpoint, instance and credentials of this session's Tablestore."""
     return TablestoreConnection.from_url(tablestore_url)
+
+
+if __name__ == "__main__":  # start_tablestore_process: PORT INSTANCE KEY_ID KEY_SECRET
+    _port, _instance, _key_id, _secret = sys.argv[1:5]
+    TablestoreEmulator(
+        _instance, port=int(_port), access_key_id=_key_id, access_key_secret=_secret
+    ).start()
+    threading.Event().wait()

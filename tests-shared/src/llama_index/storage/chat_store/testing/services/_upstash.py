@@ -27,6 +27,7 @@ import os
 import queue
 import secrets
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,9 +36,19 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._process import free_port
+from llama_index.storage.chat_store.testing.services._process import (
+    LocalServer,
+    free_port,
+    start_python_server,
+)
 
-__all__ = ["UpstashBridge", "UpstashEndpoint", "start_upstash_bridge", "upstash_rest"]
+__all__ = [
+    "UpstashBridge",
+    "UpstashEndpoint",
+    "start_upstash_bridge",
+    "start_upstash_bridge_process",
+    "upstash_rest",
+]
 
 UNAUTHORIZED = "WRONGPASS invalid or missing auth token"
 
@@ -148,9 +159,10 @@ class UpstashBridge:
     Args:
         redis_url: ``redis://[:password@]host:port[/db]`` of the Redis behind the bridge.
         token: The bearer token clients must send (random by default).
+        port: The loopback port to serve on (a free one by default).
     """
 
-    def __init__(self, redis_url: str, token: str | None = None) -> None:
+    def __init__(self, redis_url: str, token: str | None = None, port: int | None = None) -> None:
         parts = urlsplit(redis_url)
         self._redis = (
             parts.hostname or "127.0.0.1",
@@ -159,7 +171,7 @@ class UpstashBridge:
             int(parts.path.strip("/") or 0),
         )
         self.token = token or secrets.token_urlsafe(24)
-        self.port = free_port()
+        self.port = port or free_port()
         self._pool: queue.LifoQueue[_Resp] = queue.LifoQueue()
         self._server: ThreadingHTTPServer | None = None
         self._connections: set[socket.socket] = set()
@@ -306,6 +318,18 @@ def start_upstash_bridge(redis_url: str, token: str | None = None) -> UpstashBri
     return UpstashBridge(redis_url, token).start()
 
 
+def start_upstash_bridge_process(
+    redis_url: str, token: str | None = None
+) -> tuple[LocalServer, UpstashEndpoint]:
+    """Run an :class:`UpstashBridge` in a child process of its own; stop it with ``cleanup()``.
+
+    See :func:`start_python_server` for why a benchmark wants that.
+    """
+    token = token or secrets.token_urlsafe(24)
+    server = start_python_server("upstash-bridge", __name__, redis_url, token)
+    return server, UpstashEndpoint(f"http://127.0.0.1:{server.port}", token)
+
+
 @pytest.fixture(scope="session")
 def upstash_rest(redis_url: str) -> Iterator[UpstashEndpoint]:
     """An Upstash REST endpoint for this test session (URL and token).
@@ -320,3 +344,9 @@ def upstash_rest(redis_url: str) -> Iterator[UpstashEndpoint]:
     bridge = start_upstash_bridge(redis_url)
     yield bridge.endpoint
     bridge.stop()
+
+
+if __name__ == "__main__":  # start_upstash_bridge_process: PORT REDIS_URL TOKEN
+    _port, _redis_url, _token = sys.argv[1:4]
+    UpstashBridge(_redis_url, _token, int(_port)).start()
+    threading.Event().wait()
