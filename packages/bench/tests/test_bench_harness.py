@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from llama_index.storage.chat_store.bench._cli import declarations, find_root, main
+from llama_index.storage.chat_store.bench._report import _interval
 from llama_index.storage.chat_store.bench._run import Plan
 
 # A backend declared the way an integration would, in a workspace laid out like ours.
@@ -97,17 +98,29 @@ def test_a_declared_backend_gets_its_table_and_chart(
 ) -> None:
     out = workspace / "results"
     code = main(["toy", "--root", str(workspace), "--out", str(out), "--scale", "0.01",
-                 "--repeats", "3"])  # fmt: skip
+                 "--repeats", "5"])  # fmt: skip
     assert code == 0
     table = (out / "toy.md").read_text()
     assert "BENCH_SCALE=0.01" in table
     number = r"[\d.]+ µs"
-    row = rf"\| add_message \| 50 \| {number} \| {number} \| — \| [\d.]+x \| — \|"
+    ratio = r"[\d.]+x \([\d.]+-[\d.]+\)"  # with its bootstrap interval
+    row = rf"\| add_message \| 50 \| {number} \| {number} \| — \| {ratio} \| — \|"
     assert re.search(row, table)
     assert "| persist | 1,000 |" in table  # SimpleChatStore and the dict floor both persist
     assert "declared in a temporary workspace" in table
     assert (out / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in capsys.readouterr().out
+
+
+def test_the_ratio_interval_brackets_the_ratio_and_narrows_with_agreement() -> None:
+    slow = [2.0 + 0.01 * i for i in range(21)]
+    fast = [1.0 + 0.005 * i for i in range(21)]
+    low, high = _interval(slow, fast)
+    assert low <= 2.0 <= high
+    assert high - low < 0.2
+    noisy = [1.0 + 0.5 * (i % 2) for i in range(21)]
+    low, high = _interval(noisy, fast)
+    assert high - low > 0.2
 
 
 def test_a_failing_backend_fails_the_run_but_not_the_others(workspace: Path) -> None:

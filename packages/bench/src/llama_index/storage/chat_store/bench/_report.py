@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,10 +28,27 @@ def _time(seconds: float | None) -> str:
     return f"{seconds:.3g} s"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b <= 0:
+def _ratio(results: Results, a: str, b: str, op: str, n: int) -> str:
+    """``a``'s median over ``b``'s, with a 90 % bootstrap interval when both have repeats."""
+    top, bottom = results.samples.get((a, op, n)), results.samples.get((b, op, n))
+    if not top or not bottom or statistics.median(bottom) <= 0:
         return "—"
-    return f"{a / b:.2f}x"
+    ratio = f"{statistics.median(top) / statistics.median(bottom):.2f}x"
+    if min(len(top), len(bottom)) < 5:
+        return ratio
+    low, high = _interval(top, bottom)
+    return f"{ratio} ({low:.2f}-{high:.2f})"
+
+
+def _interval(top: list[float], bottom: list[float], draws: int = 1000) -> tuple[float, float]:
+    # Percentile bootstrap of the ratio of medians; seeded, so a report is reproducible.
+    rng = random.Random(0)
+    ratios = sorted(
+        statistics.median(rng.choices(top, k=len(top)))
+        / statistics.median(rng.choices(bottom, k=len(bottom)))
+        for _ in range(draws)
+    )
+    return ratios[int(draws * 0.05)], ratios[int(draws * 0.95) - 1]
 
 
 def _load() -> str:
@@ -64,7 +83,8 @@ def markdown(results: Results, chart_name: str | None) -> str:
         + ", each timed call right after an untimed one of the same operation"
         + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
         " store inside the reference interpreter, so no IPC is counted), against the same server"
-        " in the same run.",
+        " in the same run. In brackets: a 90 % bootstrap interval of each ratio; where it holds"
+        " 1.00, this run cannot tell the two apart.",
         "",
         f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
         f"(load average {_load()} at the end: other work slows every implementation alike, "
@@ -79,7 +99,8 @@ def markdown(results: Results, chart_name: str | None) -> str:
         ours, raw, ref = (results.median(impl, op, n) for impl in IMPLS)
         lines.append(
             f"| {shown} | {n:,} | {_time(ours)} | {_time(raw)} | {_time(ref)} | "
-            f"{_ratio(ours, raw)} | {_ratio(ours, ref)} |"
+            f"{_ratio(results, 'ours', 'raw', op, n)} | "
+            f"{_ratio(results, 'ours', 'llama_index', op, n)} |"
         )
     lines += ["", "Implementations:", ""]
     lines += [f"- {SHORT[impl]}: {label}" for impl, label in results.labels.items()]
