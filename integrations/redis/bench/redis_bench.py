@@ -67,7 +67,9 @@ BENCH = Backend(
     notes=[
         "Ours: every call is one EVALSHA (one round trip) that also keeps the registry (for "
         "get_keys without scans) and the expiry in step; reads are windowed inside the script. "
-        "Our own client sends it on a pooled connection without redis-py's command layer.",
+        "It goes out on an idle connection of our own client, without redis-py's pool "
+        "checkout (metrics and a socket poll per call) and command layer; the raw floor uses "
+        "redis-py as an application would.",
         "Each sample is one call after other operations, so caches are cold: a script's "
         "commands cost several times their warm time on the server. delete_last_message runs "
         "five (RPOP, LLEN, expiry, registry) where LlamaIndex's RPOP is one, which is most of "
