@@ -1,5 +1,6 @@
 """Chat history storage for LlamaIndex apps: message model, store protocol, SimpleChatStore."""
 
+from llama_index.storage.chat_store.core._lazy import Lazy, PerLoop
 from llama_index.storage.chat_store.core.capabilities import Capability
 from llama_index.storage.chat_store.core.errors import (
     AuthenticationError,
@@ -67,8 +68,10 @@ __all__ = [
     "InvalidKeyError",
     "InvalidMessageError",
     "JsonFileChatStore",
+    "Lazy",
     "MessageRole",
     "PayloadTooLargeError",
+    "PerLoop",
     "SerializationError",
     "SimpleChatStore",
     "TextBlock",

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
@@ -46,7 +45,6 @@ from llama_index.storage.chat_store.core import (
 
 __all__ = [
     "Action",
-    "AsyncClients",
     "Batch",
     "ConflictError",
     "Get",
@@ -56,6 +54,7 @@ __all__ = [
     "Remove",
     "Row",
     "Sleep",
+    "TableClients",
     "backoff",
     "chunks",
     "fits",
@@ -367,7 +366,7 @@ async def _exec_async(client: AsyncTableClient, op: Op) -> Any:
 
 async def run_async(
     plan: Plan[_T],
-    client_for: Callable[[str], Awaitable[AsyncTableClient]],
+    client_for: Callable[[str], AsyncTableClient],
     where: str,
     ensure: Callable[..., Awaitable[None]],
 ) -> _T:
@@ -387,7 +386,7 @@ async def run_async(
             continue
         for attempt in range(2):
             try:
-                result = await _exec_async(await client_for(op.table), op)
+                result = await _exec_async(client_for(op.table), op)
                 break
             except Exception as exc:
                 translated = _translate(exc, where)
@@ -407,68 +406,25 @@ async def run_async(
 # -- async clients, one set per event loop -------------------------------------------------
 
 
-class AsyncClients:
-    """Async table clients created lazily for each running event loop.
+class TableClients:
+    """One event loop's async table clients, one per table, made on first use.
 
-    aiohttp sessions belong to the loop that opened them. For each loop a suspended
-    async generator holds the clients; ``asyncio.run`` (and pytest-asyncio) close
-    every live async generator at loop shutdown (``shutdown_asyncgens``), so the
-    generator's ``finally`` closes the clients inside their own loop, before it ends.
+    aiohttp sessions belong to the loop that opened them, so a store keeps one set per
+    loop in a core ``PerLoop``, which also closes the set inside its loop at shutdown.
     """
 
-    def __init__(self, factory: Callable[[str], AsyncTableClient]) -> None:
-        self._factory = factory
-        self._by_loop: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopClients]] = {}
-
-    async def get(self, table: str) -> AsyncTableClient:
-        """Return the client of ``table`` for the running loop."""
-        loop = asyncio.get_running_loop()
-        entry = self._by_loop.get(id(loop))
-        if entry is None or entry[0]() is not loop:
-            self._forget_dead()
-            holder = _LoopClients()
-            keeper = holder.keep_until_shutdown(self._by_loop, id(loop))
-            await keeper.asend(None)
-            holder.keeper = keeper
-            entry = (weakref.ref(loop), holder)
-            self._by_loop[id(loop)] = entry
-        return entry[1].client(table, self._factory)
-
-    def _forget_dead(self) -> None:
-        for loop_id, (ref, _) in list(self._by_loop.items()):
-            loop = ref()
-            if loop is None or loop.is_closed():
-                self._by_loop.pop(loop_id, None)
-
-    async def aclose(self) -> None:
-        """Close the running loop's clients (others close when their loop shuts down)."""
-        entry = self._by_loop.pop(id(asyncio.get_running_loop()), None)
-        if entry is not None and entry[1].keeper is not None:
-            await entry[1].keeper.aclose()
-
-
-class _LoopClients:
     def __init__(self) -> None:
-        self.clients: dict[str, AsyncTableClient] = {}
-        self.keeper: AsyncGenerator[None, None] | None = None
+        self._clients: dict[str, AsyncTableClient] = {}
 
     def client(self, table: str, factory: Callable[[str], AsyncTableClient]) -> AsyncTableClient:
-        found = self.clients.get(table)
+        """Return the client of ``table``, made by ``factory(table)`` the first time."""
+        found = self._clients.get(table)
         if found is None:
-            found = self.clients[table] = factory(table)
+            found = self._clients[table] = factory(table)
         return found
 
     async def close(self) -> None:
-        clients, self.clients = list(self.clients.values()), {}
+        """Close every client (in the loop they belong to)."""
+        clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
-
-    async def keep_until_shutdown(
-        self, registry: dict[int, Any], loop_id: int
-    ) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            if registry.get(loop_id, (None, None))[1] is self:
-                registry.pop(loop_id, None)
-            await self.close()

@@ -24,8 +24,8 @@ from llama_index.storage.chat_store.azure._codec import (
     validate_table_name,
 )
 from llama_index.storage.chat_store.azure._io import (
-    AsyncClients,
     Plan,
+    TableClients,
     _translate,
     run_async,
     run_sync,
@@ -39,6 +39,7 @@ from llama_index.storage.chat_store.core import (
     Capability,
     ChatMessage,
     ConfigurationError,
+    PerLoop,
     coerce_message,
     coerce_messages,
 )
@@ -102,7 +103,9 @@ class AzureChatStore(BaseChatStore):
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _sync_clients: dict[str, TableClient] = PrivateAttr(default_factory=dict)
-    _async_clients: AsyncClients | None = PrivateAttr(default=None)
+    _async_clients: PerLoop[TableClients] = PrivateAttr(
+        default_factory=lambda: PerLoop(TableClients, aclose=TableClients.close)
+    )
     _tables_ready: bool = PrivateAttr(default=False)
     _native: NativeLayout | None = PrivateAttr(default=None)
     _legacy: LlamaIndexLayout | None = PrivateAttr(default=None)
@@ -379,12 +382,8 @@ class AzureChatStore(BaseChatStore):
                     client = self._sync_clients[table] = self._new_sync_client(table)
         return client
 
-    async def _async_client(self, table: str) -> AsyncTableClient:
-        if self._async_clients is None:
-            with self._lock:
-                if self._async_clients is None:
-                    self._async_clients = AsyncClients(self._new_async_client)
-        return await self._async_clients.get(table)
+    def _async_client(self, table: str) -> AsyncTableClient:
+        return self._async_clients.get().client(table, self._new_async_client)
 
     def _tables(self) -> tuple[str, ...]:
         if self._legacy is not None:
@@ -408,7 +407,7 @@ class AzureChatStore(BaseChatStore):
             return
         for table in self._tables():
             try:
-                await (await self._async_client(table)).create_table()
+                await self._async_client(table).create_table()
             except ResourceExistsError:
                 pass
             except Exception as exc:
@@ -430,8 +429,9 @@ class AzureChatStore(BaseChatStore):
 
     async def aclose(self) -> None:
         """Close this event loop's async clients (and the sync ones)."""
-        if self._async_clients is not None:
-            await self._async_clients.aclose()
+        clients = self._async_clients.take()
+        if clients is not None:
+            await clients.close()
         self.close()
 
     # -- plans --------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -31,6 +30,7 @@ from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
     ChatStoreError,
+    PerLoop,
 )
 
 __all__ = ["AsyncConnections", "Compiled", "Runner", "SyncConnections", "translate_error"]
@@ -287,12 +287,11 @@ class AsyncConnections:
 
         self._connect = connect
         self._where = where
-        self._limit = limit
         self._dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections] = (
-            weakref.WeakKeyDictionary()
+        # A closed loop's connections cannot be closed politely: terminate them.
+        self._loops = PerLoop(
+            lambda: _LoopConnections(limit), on_drop=lambda stale: _abandon(stale.idle)
         )
-        self._lock = threading.Lock()
         self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
 
     def compiled(self, clause: TextClause) -> Compiled:
@@ -304,21 +303,9 @@ class AsyncConnections:
         self._compiled[id(clause)] = (clause, compiled)
         return compiled
 
-    def _state(self) -> _LoopConnections:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            state = self._loops.get(loop)
-            if state is None:
-                for other, stale in list(self._loops.items()):
-                    if other.is_closed():
-                        del self._loops[other]
-                        _abandon(stale.idle)
-                state = self._loops[loop] = _LoopConnections(self._limit)
-            return state
-
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
-        state = self._state()
+        state = self._loops.get()
         async with state.slots:
             connection = state.idle.pop() if state.idle else None
             if connection is None or connection.is_closed():
@@ -361,10 +348,7 @@ class AsyncConnections:
     async def aclose(self) -> None:
         """Close this loop's connections; drop those of other loops."""
         loop = asyncio.get_running_loop()
-        with self._lock:
-            states = list(self._loops.items())
-            self._loops.clear()
-        for owner, state in states:
+        for owner, state in self._loops.take_all():
             if owner is loop:
                 for connection in state.idle:
                     with contextlib.suppress(Exception):
@@ -374,16 +358,11 @@ class AsyncConnections:
 
     def close(self) -> None:
         """Drop every loop's connections without awaiting (from sync code)."""
-        with self._lock:
-            states = list(self._loops.items())
-            self._loops.clear()
-        for loop, state in states:
-            if loop.is_closed():
-                _abandon(state.idle)
-            else:
-                # Transports are not thread-safe: close them on their own loop.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_abandon, state.idle)
+        for loop, state in self._loops.take_all():
+            # Transports are not thread-safe: close them on their own loop (closed loops'
+            # connections were terminated by take_all's on_drop).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_abandon, state.idle)
 
 
 def _abandon(connections: list[Any]) -> None:

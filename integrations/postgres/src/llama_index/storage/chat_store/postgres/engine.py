@@ -9,16 +9,13 @@ secret). Without callables it is just a ``postgresql://`` URL and its password.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sqlalchemy.engine import Engine, create_engine
 
-from llama_index.storage.chat_store.core import ConfigurationError
+from llama_index.storage.chat_store.core import ConfigurationError, Lazy, PerLoop
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -126,26 +123,14 @@ class ConnectorEngine:
             async_connector: An async connector to use instead (on every loop).
             engine_options: Extra ``create_engine`` arguments.
         """
-        lock = threading.Lock()
-        held: list[Any] = [] if connector is None else [connector]
+        sync_connector = Lazy(make_connector)
+        async_connectors = PerLoop(make_async_connector)
 
         def connect() -> Any:
-            with lock:
-                if not held:
-                    held.append(make_connector())
-            return open_sync(held[0])
-
-        per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+            return open_sync(connector if connector is not None else sync_connector.get())
 
         async def aconnect() -> Any:
-            chosen = async_connector
-            if chosen is None:
-                loop = asyncio.get_running_loop()
-                chosen = per_loop.get(loop)
-                if chosen is None:
-                    chosen = per_loop[loop] = make_async_connector()
+            chosen = async_connector if async_connector is not None else async_connectors.get()
             return await open_async(chosen)
 
         return cls(

@@ -7,12 +7,10 @@ the statements, replies, checks and paging are written once, here and in :mod:`.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import AliasChoices, Field
 
@@ -28,11 +26,9 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.core.store import check_window
 from llama_index.storage.chat_store.redis._layout import KeysPage, ListLayout, Op
 
-__all__ = ["Clients", "ListChatStore"]
+__all__ = ["ListChatStore"]
 
 T = TypeVar("T")
-S = TypeVar("S")
-A = TypeVar("A")
 
 
 def _index(name: str, value: Any) -> int:
@@ -43,63 +39,6 @@ def _index(name: str, value: Any) -> int:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
-
-
-class Clients(Generic[S, A]):
-    """A store's driver clients: one sync client, and one async client per event loop.
-
-    Both are created on first use. Async drivers bind their connections to the loop that
-    opened them, so a store used from ``asyncio.run`` twice, from pytest-asyncio's per-test
-    loops or from a worker thread needs a client per loop. Clients of loops that have closed
-    are dropped (their sockets cannot be closed from another loop; the garbage collector
-    reclaims them). Kept outside pydantic's private attributes, whose access costs about a
-    microsecond each on every call.
-    """
-
-    def __init__(self, new_sync: Callable[[], S], new_async: Callable[[], A]) -> None:
-        self._new_sync, self._new_async = new_sync, new_async
-        self._sync: S | None = None
-        self._loops: dict[asyncio.AbstractEventLoop, A] = {}
-        self._lock = threading.Lock()
-
-    def sync(self) -> S:
-        """Return the sync client, creating it if needed."""
-        client = self._sync
-        if client is None:
-            with self._lock:
-                client = self._sync
-                if client is None:
-                    client = self._sync = self._new_sync()
-        return client
-
-    def take_sync(self) -> S | None:
-        """Forget and return the sync client (the caller closes it)."""
-        with self._lock:
-            client, self._sync = self._sync, None
-            return client
-
-    def for_loop(self) -> A:
-        """Return the running loop's async client, creating it if needed."""
-        loop = asyncio.get_running_loop()
-        client = self._loops.get(loop)
-        if client is None:
-            with self._lock:
-                self._drop_closed()
-                client = self._loops.get(loop)
-                if client is None:
-                    client = self._loops[loop] = self._new_async()
-        return client
-
-    def take_loop(self) -> A | None:
-        """Forget and return the running loop's async client (the caller closes it)."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            self._drop_closed()
-            return self._loops.pop(loop, None)
-
-    def _drop_closed(self) -> None:
-        for loop in [loop for loop in self._loops if loop.is_closed()]:
-            del self._loops[loop]
 
 
 class ListChatStore(BaseChatStore):

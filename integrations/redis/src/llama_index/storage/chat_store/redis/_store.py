@@ -19,10 +19,12 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     ConfigurationError,
+    Lazy,
+    PerLoop,
     mask_url,
 )
 from llama_index.storage.chat_store.redis._layout import Op, has_hash_tag, reply_error
-from llama_index.storage.chat_store.redis._list_store import Clients, ListChatStore
+from llama_index.storage.chat_store.redis._list_store import ListChatStore
 from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.exceptions import (
@@ -223,9 +225,15 @@ class RedisChatStore(ListChatStore):
     redis_client: SyncClient | None = Field(default=None, exclude=True, repr=False)
     aredis_client: AsyncClient | None = Field(default=None, exclude=True, repr=False)
 
+    # cached_property, not PrivateAttr: a pydantic private attribute costs about a
+    # microsecond on every access, and these are read on every call.
     @cached_property
-    def _clients(self) -> Clients[_Own, AsyncClient]:
-        return Clients(self._new_sync_client, self._new_async_client)
+    def _own_sync(self) -> Lazy[_Own]:
+        return Lazy(self._new_sync_client)
+
+    @cached_property
+    def _own_async(self) -> PerLoop[AsyncClient]:
+        return PerLoop(self._new_async_client)
 
     @model_validator(mode="before")
     @classmethod
@@ -323,12 +331,12 @@ class RedisChatStore(ListChatStore):
     def _sync_client(self) -> SyncClient:
         if self.redis_client is not None:
             return self.redis_client
-        return self._clients.sync().client
+        return self._own_sync.get().client
 
     def _async_client(self) -> AsyncClient:
         if self.aredis_client is not None:
             return self.aredis_client
-        return self._clients.for_loop()
+        return self._own_async.get()
 
     def _error(self, exc: Exception, op: Op[Any] | None = None) -> ChatStoreError:
         where = self._where()
@@ -350,7 +358,7 @@ class RedisChatStore(ListChatStore):
     def _execute(self, op: Op[Any]) -> Any:
         try:
             if self.redis_client is None:
-                own = self._clients.sync()
+                own = self._own_sync.get()
                 if own.direct is not None:
                     return own.direct.call(op)
                 client: SyncClient = own.client
@@ -391,13 +399,13 @@ class RedisChatStore(ListChatStore):
 
     def close(self) -> None:
         """Close the sync client's connections (an injected client is left open)."""
-        own = self._clients.take_sync()
+        own = self._own_sync.take()
         if own is not None:
             own.close()
 
     async def aclose(self) -> None:
         """Close this event loop's async client and the sync client."""
-        client = self._clients.take_loop()
+        client = self._own_async.take()
         if client is not None:
             await client.aclose()
         self.close()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
-import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -18,7 +15,9 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     ChatStoreError,
     ConfigurationError,
+    Lazy,
     PayloadTooLargeError,
+    PerLoop,
     coerce_message,
     coerce_messages,
     message_to_json,
@@ -41,15 +40,6 @@ MAX_VALUE_BYTES = 2 * 1024 * 1024
 R = TypeVar("R")
 Layout = Literal["auto", "native", "llama_index"]
 _URL_OPTIONS = {"access_key_id", "access_key_secret", "sts_token", "layout", "scheme"}
-
-
-async def _close_with_loop(client: Any) -> AsyncIterator[None]:
-    # Registered with the event loop on first iteration; the loop's shutdown (asyncio.run,
-    # pytest-asyncio) closes it, so the HTTP session never outlives its loop unclosed.
-    try:
-        yield
-    finally:
-        await client.close()
 
 
 class TablestoreChatStore(BaseChatStore):
@@ -82,9 +72,8 @@ class TablestoreChatStore(BaseChatStore):
     client_options: dict[str, Any] = Field(default_factory=dict)
     tablestore_client: Any = Field(default=None, exclude=True, repr=False)
 
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _client: Any = PrivateAttr(default=None)
-    _async_clients: Any = PrivateAttr(default_factory=weakref.WeakKeyDictionary)
+    _own_sync: Lazy[Any] = PrivateAttr()
+    _own_async: PerLoop[Any] = PrivateAttr()
     _resolved: str | None = PrivateAttr(default=None)
 
     def __init__(
@@ -208,46 +197,38 @@ class TablestoreChatStore(BaseChatStore):
             **self.client_options,
         }
 
+    def model_post_init(self, context: Any, /) -> None:
+        """Prepare the clients, made on first use: one sync, one async per event loop."""
+        self._own_sync = Lazy(lambda: ts.OTSClient(**self._client_arguments()))
+        # An AsyncOTSClient's HTTP session belongs to its loop: closed there at shutdown.
+        self._own_async = PerLoop(
+            lambda: ts.AsyncOTSClient(**self._client_arguments()),
+            aclose=lambda client: client.close(),
+        )
+
     def _sync_client(self) -> Any:
         if self.tablestore_client is not None:
             return self.tablestore_client
-        with self._lock:
-            if self._client is None:
-                self._client = ts.OTSClient(**self._client_arguments())
-            return self._client
-
-    async def _async_client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            entry = self._async_clients.get(loop)
-            if entry is not None:
-                return entry[0]
-            client = ts.AsyncOTSClient(**self._client_arguments())
-            closer = _close_with_loop(client)
-            self._async_clients[loop] = (client, closer)
-        await closer.__anext__()
-        return client
+        return self._own_sync.get()
 
     def _run(self, op: Op[R]) -> R:
         return run_sync(self._sync_client(), op, self._translate)
 
     async def _arun(self, op: Op[R]) -> R:
-        return await run_async(await self._async_client(), op, self._translate)
+        return await run_async(self._own_async.get(), op, self._translate)
 
     def close(self) -> None:
         """Release the sync client's connections; the store reconnects if used again."""
-        with self._lock:
-            client, self._client = self._client, None
+        client = self._own_sync.take()
         if client is not None:
             client.connection.pool.clear()
 
     async def aclose(self) -> None:
         """Close this event loop's async client and the sync client."""
         self.close()
-        with self._lock:
-            entry = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if entry is not None:
-            await entry[1].aclose()
+        client = self._own_async.take()
+        if client is not None:
+            await client.close()
 
     # -- layout -------------------------------------------------------------------------
 

@@ -18,9 +18,11 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     ConfigurationError,
+    Lazy,
+    PerLoop,
 )
 from llama_index.storage.chat_store.redis._layout import Op, reply_error
-from llama_index.storage.chat_store.redis._list_store import Clients, ListChatStore
+from llama_index.storage.chat_store.redis._list_store import ListChatStore
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -69,12 +71,15 @@ class UpstashChatStore(ListChatStore):
     rest_retries: int = Field(default=1, ge=0)
     rest_retry_interval: float = Field(default=3.0, ge=0)
 
+    # cached_property, not PrivateAttr: a pydantic private attribute costs about a
+    # microsecond on every access, and these are read on every call.
     @cached_property
-    def _clients(self) -> Clients[upstash_redis.Redis, upstash_redis.asyncio.Redis]:
-        return Clients(
-            lambda: upstash_redis.Redis(**self._options()),
-            lambda: upstash_redis.asyncio.Redis(**self._options()),
-        )
+    def _own_sync(self) -> Lazy[upstash_redis.Redis]:
+        return Lazy(lambda: upstash_redis.Redis(**self._options()))
+
+    @cached_property
+    def _own_async(self) -> PerLoop[upstash_redis.asyncio.Redis]:
+        return PerLoop(lambda: upstash_redis.asyncio.Redis(**self._options()))
 
     def __init__(
         self,
@@ -155,7 +160,7 @@ class UpstashChatStore(ListChatStore):
     # -- transport ---------------------------------------------------------------------------
 
     def _execute(self, op: Op[Any]) -> Any:
-        client = self._clients.sync()
+        client = self._own_sync.get()
         keys, args = list(op.keys), list(op.args)
         try:
             if op.script is None:
@@ -170,7 +175,7 @@ class UpstashChatStore(ListChatStore):
             raise self._error(exc, op) from exc
 
     async def _aexecute(self, op: Op[Any]) -> Any:
-        client = self._clients.for_loop()
+        client = self._own_async.get()
         keys, args = list(op.keys), list(op.args)
         try:
             if op.script is None:
@@ -185,7 +190,7 @@ class UpstashChatStore(ListChatStore):
             raise self._error(exc, op) from exc
 
     def _scan_lists(self, pattern: str) -> Iterator[str]:
-        client, cursor = self._clients.sync(), 0
+        client, cursor = self._own_sync.get(), 0
         while True:
             try:
                 cursor, names = client.scan(cursor, match=pattern, count=1000, type="list")
@@ -197,13 +202,13 @@ class UpstashChatStore(ListChatStore):
 
     def close(self) -> None:
         """Close the sync client's HTTP connections."""
-        client = self._clients.take_sync()
+        client = self._own_sync.take()
         if client is not None:
             client.close()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
         """Close this event loop's async client and the sync client."""
-        client = self._clients.take_loop()
+        client = self._own_async.take()
         if client is not None:
             await client.close()
         self.close()
