@@ -112,11 +112,7 @@ def test_a_timed_out_exchange_never_leaves_its_reply_behind(url: str) -> None:
     store = RedisChatStore.from_url(url + "?socket_timeout=0.1", namespace="app:")
     store.add_messages("k", [ChatMessage(content="a"), ChatMessage(content="b")])
 
-    def block_the_server() -> None:  # a busy script holds the server for about 0.4 s
-        with redis.Redis.from_url(url) as other:
-            other.eval(_BUSY_SCRIPT, 0, 400_000)
-
-    blocker = threading.Thread(target=block_the_server)
+    blocker = threading.Thread(target=_block_the_server, args=(url,))
     blocker.start()
     time.sleep(0.05)
     with pytest.raises(BackendUnavailableError):
@@ -124,6 +120,42 @@ def test_a_timed_out_exchange_never_leaves_its_reply_behind(url: str) -> None:
     blocker.join()
     assert [m.content for m in store.get_messages("k")] == ["a", "b"]
     assert store.count_messages("k") == 2
+
+
+def test_async_connection_the_server_closed_while_idle_is_reopened(url: str) -> None:
+    store = RedisChatStore(redis_url=url, namespace="app:")
+
+    async def scenario() -> None:
+        await store.aadd_message("k", ChatMessage(content="one"))
+        with redis.Redis.from_url(url) as admin:
+            assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        await asyncio.sleep(0.6)
+        await store.aadd_message("k", ChatMessage(content="two"))
+        assert [m.content for m in await store.aget_messages("k")] == ["one", "two"]
+        await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_async_call_never_leaves_its_reply_behind(url: str) -> None:
+    store = RedisChatStore(redis_url=url, namespace="app:")
+
+    async def scenario() -> None:
+        await store.aadd_messages("k", [ChatMessage(content="a"), ChatMessage(content="b")])
+        blocker = asyncio.create_task(asyncio.to_thread(_block_the_server, url))
+        await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.TimeoutError):  # cancelled while waiting for the reply
+            await asyncio.wait_for(store.acount_messages("k"), timeout=0.1)
+        await blocker
+        assert [m.content for m in await store.aget_messages("k")] == ["a", "b"]
+        assert await store.acount_messages("k") == 2
+
+    asyncio.run(scenario())
+
+
+def _block_the_server(url: str) -> None:  # a busy script holds the server for about 0.4 s
+    with redis.Redis.from_url(url) as other:
+        other.eval(_BUSY_SCRIPT, 0, 400_000)
 
 
 _BUSY_SCRIPT = """

@@ -25,6 +25,7 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.redis._layout import Op, has_hash_tag, reply_error
 from llama_index.storage.chat_store.redis._list_store import ListChatStore
+from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.exceptions import (
@@ -137,22 +138,15 @@ class _Direct:
 
     def call(self, op: Op[Any]) -> Any:
         """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it)."""
-        script = op.script
-        words = len(op.args) if script is None else 3 + len(op.keys) + len(op.args)
-        if script is None:
-            packed = _pack(b"", words, op.args)
-        else:
-            packed = _pack(_bulk("EVALSHA", script.sha, str(len(op.keys))), words, op.keys, op.args)
         conn = self._connection()
         try:
-            conn.send_packed_command((packed,), False)  # type: ignore[no-untyped-call,unused-ignore]
+            conn.send_packed_command((_packed(op),), False)  # type: ignore[no-untyped-call,unused-ignore]
             try:
                 return conn.read_response()
             except NoScriptError:
-                if script is None:
+                if op.script is None:
                     raise
-            head = _bulk("EVAL", script.source, str(len(op.keys)))
-            conn.send_packed_command((_pack(head, words, op.keys, op.args),), False)  # type: ignore[no-untyped-call,unused-ignore]
+            conn.send_packed_command((_packed(op, load=True),), False)  # type: ignore[no-untyped-call,unused-ignore]
             return conn.read_response()
         except ResponseError:
             raise  # a whole error reply was read: the connection is fine
@@ -169,6 +163,67 @@ class _Direct:
             conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
 
 
+class _AsyncDirect:
+    """:class:`_Direct` for one event loop's ``redis.asyncio`` client.
+
+    Used from one loop only, so its idle list needs no lock (nothing awaits between a
+    ``pop`` and its use). A connection whose exchange was interrupted (cancelled, timed out,
+    cut) is dropped: redis-py has already begun to close it.
+    """
+
+    def __init__(self, pool: redis.asyncio.ConnectionPool) -> None:
+        self._pool = pool
+        self._idle: list[tuple[float, AsyncConnection]] = []
+
+    async def _connection(self) -> AsyncConnection:
+        try:
+            used, conn = self._idle.pop()
+        except IndexError:
+            return self._pool.connection_class(**self._pool.connection_kwargs)  # type: ignore[no-any-return,unused-ignore]
+        if monotonic() - used > _CHECK_AFTER:
+            try:
+                stale = await conn.can_read()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                stale = True
+            if stale:
+                await conn.disconnect(nowait=True)
+        return conn
+
+    async def call(self, op: Op[Any]) -> Any:
+        """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it)."""
+        conn = await self._connection()
+        try:
+            await conn.send_packed_command((_packed(op),), False)
+            try:
+                reply = await conn.read_response()
+            except NoScriptError:
+                if op.script is None:
+                    raise
+                await conn.send_packed_command((_packed(op, load=True),), False)
+                reply = await conn.read_response()
+        except ResponseError:
+            self._idle.append((monotonic(), conn))  # a whole error reply was read
+            raise
+        self._idle.append((monotonic(), conn))
+        return reply
+
+    async def aclose(self) -> None:
+        """Close the idle connections."""
+        idle, self._idle = self._idle, []
+        for _, conn in idle:
+            await conn.disconnect()
+
+
+def _packed(op: Op[Any], *, load: bool = False) -> bytes:
+    """``op`` in RESP: its command, or EVALSHA of its script (EVAL with the source: ``load``)."""
+    script = op.script
+    if script is None:
+        return _pack(b"", len(op.args), op.args)
+    keys = str(len(op.keys))
+    head = _bulk("EVAL", script.source, keys) if load else _bulk("EVALSHA", script.sha, keys)
+    return _pack(head, 3 + len(op.keys) + len(op.args), op.keys, op.args)
+
+
 class _Own:
     """The sync client a store built itself (closed with the store), and its direct path."""
 
@@ -180,6 +235,23 @@ class _Own:
         if self.direct is not None:
             self.direct.close()
         self.client.close()
+
+
+class _AsyncOwn:
+    """One event loop's async client a store built itself, and its direct path."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.direct = (
+            _AsyncDirect(client.connection_pool)
+            if isinstance(client, redis.asyncio.Redis)
+            else None
+        )
+
+    async def aclose(self) -> None:
+        if self.direct is not None:
+            await self.direct.aclose()
+        await self.client.aclose()
 
 
 class RedisChatStore(ListChatStore):
@@ -232,7 +304,7 @@ class RedisChatStore(ListChatStore):
         return Lazy(self._new_sync_client)
 
     @cached_property
-    def _own_async(self) -> PerLoop[AsyncClient]:
+    def _own_async(self) -> PerLoop[_AsyncOwn]:
         return PerLoop(self._new_async_client)
 
     @model_validator(mode="before")
@@ -323,20 +395,15 @@ class RedisChatStore(ListChatStore):
             return _Own(redis.RedisCluster.from_url(self.redis_url, **self._options()))
         return _Own(redis.Redis.from_url(self.redis_url, **self._options()))
 
-    def _new_async_client(self) -> AsyncClient:
+    def _new_async_client(self) -> _AsyncOwn:
         if self.cluster:
-            return redis.asyncio.RedisCluster.from_url(self.redis_url, **self._options())
-        return redis.asyncio.Redis.from_url(self.redis_url, **self._options())
+            return _AsyncOwn(redis.asyncio.RedisCluster.from_url(self.redis_url, **self._options()))
+        return _AsyncOwn(redis.asyncio.Redis.from_url(self.redis_url, **self._options()))
 
     def _sync_client(self) -> SyncClient:
         if self.redis_client is not None:
             return self.redis_client
         return self._own_sync.get().client
-
-    def _async_client(self) -> AsyncClient:
-        if self.aredis_client is not None:
-            return self.aredis_client
-        return self._own_async.get()
 
     def _error(self, exc: Exception, op: Op[Any] | None = None) -> ChatStoreError:
         where = self._where()
@@ -377,7 +444,13 @@ class RedisChatStore(ListChatStore):
         if self.redis_client is not None and self.aredis_client is None:
             return await asyncio.to_thread(self._execute, op)
         try:
-            client = self._async_client()
+            if self.aredis_client is None:
+                own = self._own_async.get()
+                if own.direct is not None:
+                    return await own.direct.call(op)
+                client: AsyncClient = own.client
+            else:
+                client = self.aredis_client
             if op.script is None:
                 return await client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
             try:
@@ -405,7 +478,7 @@ class RedisChatStore(ListChatStore):
 
     async def aclose(self) -> None:
         """Close this event loop's async client and the sync client."""
-        client = self._own_async.take()
-        if client is not None:
-            await client.aclose()
+        own = self._own_async.take()
+        if own is not None:
+            await own.aclose()
         self.close()
