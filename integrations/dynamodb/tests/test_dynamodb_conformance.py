@@ -45,8 +45,12 @@ class _DynamoDBConformance(ChatStoreConformance):
         )  # fmt: skip
 
     @pytest.fixture
-    def ttl_store_factory(self, moto: Any) -> Callable[[int], BaseChatStore]:
-        return lambda seconds: moto.store(self.LAYOUT, ttl=seconds)
+    def ttl_store_factory(self, moto: Any) -> Callable[..., BaseChatStore]:
+        def make(seconds: int, **options: Any) -> BaseChatStore:
+            store: BaseChatStore = moto.store(self.LAYOUT, ttl=seconds, **options)
+            return store
+
+        return make
 
     @pytest.fixture
     def secrets(self, moto: Any) -> dict[str, str]:

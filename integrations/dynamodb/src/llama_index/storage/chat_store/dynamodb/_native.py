@@ -15,6 +15,10 @@ they lose a race. A replace writes a new generation and flips ``Gen`` conditiona
 (who read only the meta's generation and range) see the old or the new list, never a mix; the
 old generation is deleted afterwards. A reader that finds items missing because a writer
 removed them meanwhile re-reads the meta and tries again.
+
+With ``refresh_on_read``, a read of a live conversation slides its expiry with one conditional
+update of the meta item that leaves ``Ver`` alone (writers are not disturbed) and never
+re-creates or revives a deleted or expired conversation.
 """
 
 from __future__ import annotations
@@ -247,12 +251,42 @@ class NativeLayout:
 
     def get(self, key: str, offset: int, limit: int | None) -> list[tuple[int, str]]:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
-        _, lo, messages = self._read_range(key, offset, limit)
+        meta, lo, messages = self._read_range(key, offset, limit)
+        self._refresh(key, meta)
         return list(enumerate(messages, start=lo))
 
     def count(self, key: str) -> int:
         """Return the number of messages."""
-        return self._read_meta(key).count(time.time())
+        meta = self._read_meta(key)
+        count = meta.count(time.time())
+        self._refresh(key, meta)
+        return count
+
+    def _refresh(self, key: str, meta: _Meta) -> None:
+        """Slide a live conversation's expiry to now + ttl after a read (``refresh_on_read``).
+
+        Only a conversation that still exists, has an expiry and has not expired is touched;
+        ``Ver`` stays as it is, so no writer has to retry. Losing the condition (the
+        conversation changed, expired or went meanwhile) leaves it as it is.
+        """
+        if not self.t.refresh_on_read or self.t.ttl is None:
+            return
+        now = time.time()
+        if not meta.live(now) or meta.expires is None or self.t.expiry(now) <= meta.expires:
+            return
+        self._prepare(key, meta, now)  # message items must outlive the new expiry
+        e = Expr()
+        ttl, floor, new = e.n(self.t.ttl_attribute), e.n(_FLOOR), e.v(num(self.t.expiry(now)))
+        with contextlib.suppress(ConflictError):
+            self.t.conditional(
+                "refresh the expiry", "update_item", Key=self._key(key, _META_SK),
+                UpdateExpression=f"SET {ttl} = {new}",
+                ConditionExpression=(
+                    f"attribute_exists({e.n(_GEN)}) AND {ttl} > {e.v({'N': f'{time.time():.6f}'})}"
+                    f" AND {ttl} < {new} AND {floor} >= {new}"
+                ),
+                **e.params(),
+            )  # fmt: skip
 
     def iter_key_pages(self) -> Iterator[list[str]]:
         """Yield pages of live keys from the sparse keys index (never reading messages).

@@ -46,7 +46,8 @@ _URL_OPTIONS = {
     "region": "region_name", "region_name": "region_name", "endpoint_url": "endpoint_url",
     "profile": "profile_name", "profile_name": "profile_name", "primary_key": "primary_key",
     "sort_key": "sort_key", "ttl": "ttl", "ttl_seconds": "ttl", "ttl_attribute": "ttl_attribute",
-    "layout": "layout", "max_retries": "max_retries", "timeout": "timeout",
+    "refresh_on_read": "refresh_on_read", "layout": "layout", "max_retries": "max_retries",
+    "timeout": "timeout",
     "aws_access_key_id": "aws_access_key_id", "aws_secret_access_key": "aws_secret_access_key",
     "aws_session_token": "aws_session_token",
 }  # fmt: skip
@@ -91,7 +92,8 @@ class DynamoDBChatStore(BaseChatStore):
 
     A message (or, in LlamaIndex's layout, a conversation) over DynamoDB's 400 KB item limit
     raises :class:`PayloadTooLargeError` before anything is written. With ``ttl`` (alias
-    ``ttl_seconds``) every change sets the conversation's expiry to now + ttl; expired
+    ``ttl_seconds``) every change sets the conversation's expiry to now + ttl, and with
+    ``refresh_on_read`` so does every read of a live conversation (both layouts); expired
     conversations are absent from reads at once, while DynamoDB deletes their items later.
 
     Constructing a store does not connect; the first operation does. Errors: a missing table
@@ -115,6 +117,8 @@ class DynamoDBChatStore(BaseChatStore):
         session_kwargs: More ``boto3.Session`` arguments.
         resource_kwargs: More client arguments (``endpoint_url``, ``verify``, ...).
         ttl: Seconds a conversation lives after its last change (alias ``ttl_seconds``).
+        refresh_on_read: Reads of a live conversation (``get_messages``,
+            ``count_messages``) also push its expiry to now + ttl. No effect without ``ttl``.
         ttl_attribute: The attribute DynamoDB's TTL feature is enabled on.
         endpoint_url: Another endpoint (DynamoDB Local, moto, a VPC endpoint).
         layout: ``"auto"`` (from the table's key schema), ``"native"`` or ``"llama_index"``.
@@ -138,6 +142,7 @@ class DynamoDBChatStore(BaseChatStore):
     session_kwargs: dict[str, Any] = Field(default_factory=dict, repr=False)
     resource_kwargs: dict[str, Any] = Field(default_factory=dict, repr=False)
     ttl: int | None = Field(default=None, validation_alias=AliasChoices("ttl", "ttl_seconds"))
+    refresh_on_read: bool = False
     ttl_attribute: str = "TTL"
     endpoint_url: str | None = None
     layout: Layout = "auto"
@@ -171,9 +176,9 @@ class DynamoDBChatStore(BaseChatStore):
         """Build a store from ``dynamodb://TABLE?region=...&endpoint_url=...``.
 
         Query parameters: ``region``, ``endpoint_url``, ``profile``, ``primary_key``,
-        ``sort_key``, ``ttl``, ``ttl_attribute``, ``layout``, ``max_retries``, ``timeout``
-        and the ``aws_*`` credentials (else the usual AWS environment variables and files).
-        Keyword ``options`` override the URL.
+        ``sort_key``, ``ttl``, ``ttl_attribute``, ``refresh_on_read`` (``true``/``false``),
+        ``layout``, ``max_retries``, ``timeout`` and the ``aws_*`` credentials (else the
+        usual AWS environment variables and files). Keyword ``options`` override the URL.
 
         Raises:
             ConfigurationError: Not a ``dynamodb://`` URL, no table, or an unknown parameter.
@@ -243,6 +248,7 @@ class DynamoDBChatStore(BaseChatStore):
             ttl=self.ttl,
             ttl_attribute=self.ttl_attribute,
             errors=Translator(self.table_name, self._endpoint()),
+            refresh_on_read=self.refresh_on_read,
         )
 
     def _storage(self) -> NativeLayout | LlamaIndexLayout:
@@ -327,14 +333,18 @@ class DynamoDBChatStore(BaseChatStore):
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` (``[]`` for a missing or expired key).
 
-        Reads the meta item, then queries only the requested items.
+        Reads the meta item, then queries only the requested items. With ``refresh_on_read``
+        a live conversation's expiry moves to now + ttl.
         """
         key = self._check_key(key)
         check_window(offset, limit)
         return self._parse(key, self._storage().get(key, offset, limit))
 
     def count_messages(self, key: str) -> int:
-        """Return the number of messages (one small read of the meta item)."""
+        """Return the number of messages (one small read of the meta item).
+
+        With ``refresh_on_read`` a live conversation's expiry moves to now + ttl.
+        """
         key = self._check_key(key)
         return self._storage().count(key)
 
