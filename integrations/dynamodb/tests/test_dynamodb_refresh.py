@@ -94,9 +94,9 @@ def test_without_ttl_reads_write_nothing(moto: Any) -> None:
 
 
 def test_a_refresh_pushes_the_message_items_first(moto: Any) -> None:
-    """The conversation's expiry never passes its items'."""
+    """The conversation's expiry never passes its items' (chunks included)."""
     store = moto.store("native", ttl=600, refresh_on_read=True)
-    store.add_messages("k", [ChatMessage(content="s"), ChatMessage(content="t")])
+    store.add_messages("k", [ChatMessage(content="s"), ChatMessage(content="x" * 900_000)])
     client = moto.client()
     set_expiry(moto, store, 1, attribute="Floor")  # items' expiries last pushed long ago
     items = client.scan(TableName=store.table_name, ConsistentRead=True)["Items"]
@@ -113,7 +113,7 @@ def test_a_refresh_pushes_the_message_items_first(moto: Any) -> None:
     conversation = expiry(moto, store)
     assert conversation >= time.time() + 590
     items = client.scan(TableName=store.table_name, ConsistentRead=True)["Items"]
-    assert len(items) == 3  # meta and two message items
+    assert len(items) == 5  # meta, two message items, two chunk items
     assert all(int(i["TTL"]["N"]) >= conversation for i in items)
 
 

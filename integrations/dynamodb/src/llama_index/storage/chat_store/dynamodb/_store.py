@@ -90,8 +90,10 @@ class DynamoDBChatStore(BaseChatStore):
     writable by LlamaIndex's ``DynamoDBChatStore``, with conditional writes added so
     concurrent appends are not lost.
 
-    A message (or, in LlamaIndex's layout, a conversation) over DynamoDB's 400 KB item limit
-    raises :class:`PayloadTooLargeError` before anything is written. With ``ttl`` (alias
+    On the recommended table a message over DynamoDB's 400 KB item limit is split across
+    several items and still reads, counts and moves as one message; a message over
+    16 MB of JSON (or, in LlamaIndex's layout, a conversation over one 400 KB item) raises
+    :class:`PayloadTooLargeError` before anything is written. With ``ttl`` (alias
     ``ttl_seconds``) every change sets the conversation's expiry to now + ttl, and with
     ``refresh_on_read`` so does every read of a live conversation (both layouts); expired
     conversations are absent from reads at once, while DynamoDB deletes their items later.
@@ -333,8 +335,9 @@ class DynamoDBChatStore(BaseChatStore):
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` (``[]`` for a missing or expired key).
 
-        Reads the meta item, then queries only the requested items. With ``refresh_on_read``
-        a live conversation's expiry moves to now + ttl.
+        Reads the meta item, then queries only the requested items (and the extra items of
+        messages split across several). With ``refresh_on_read`` a live conversation's
+        expiry moves to now + ttl.
         """
         key = self._check_key(key)
         check_window(offset, limit)
@@ -372,7 +375,8 @@ class DynamoDBChatStore(BaseChatStore):
         Concurrent appends to one key are all kept, each writer's in order.
 
         Raises:
-            PayloadTooLargeError: The message cannot fit one item (nothing is written).
+            PayloadTooLargeError: The message is over 16 MB of JSON, or cannot fit
+                LlamaIndex's single item (nothing is written).
         """
         key = self._check_key(key)
         data = message_to_json(coerce_message(message))
@@ -387,7 +391,8 @@ class DynamoDBChatStore(BaseChatStore):
         """Append ``messages`` atomically and in order (``[]`` changes nothing).
 
         Raises:
-            PayloadTooLargeError: A message cannot fit one item (nothing is written).
+            PayloadTooLargeError: A message is over 16 MB of JSON, or the conversation cannot
+                fit LlamaIndex's single item (nothing is written).
         """
         key = self._check_key(key)
         data = [message_to_json(m) for m in coerce_messages(messages)]
