@@ -129,22 +129,22 @@ def test_replace_is_atomic_for_concurrent_readers(native_store: DynamoDBChatStor
     assert all(len(prefixes) == 1 for prefixes in seen), seen
 
 
-def test_message_over_the_item_limit_writes_nothing(moto: Any) -> None:
-    for layout in ("native", "llama_index"):
-        store = moto.store(layout)
-        store.add_message("k", ChatMessage(content="kept"))
-        big = ChatMessage(content="x" * 410_000)
-        with pytest.raises(PayloadTooLargeError, match="400 KB"):
-            store.add_message("k", big)
-        with pytest.raises(PayloadTooLargeError):
-            store.add_messages("k", [ChatMessage(content="a"), big])
-        with pytest.raises(PayloadTooLargeError):
-            store.set_messages("k", [big])
-        assert texts(store.get_messages("k")) == ["kept"]
-    fits = ChatMessage(content="y" * 390_000)
+def test_message_over_the_item_limit(moto: Any) -> None:
+    """LlamaIndex's layout refuses it before any write; the recommended one splits it."""
+    big = ChatMessage(content="x" * 410_000)
+    seed = moto.store("llama_index")
+    seed.add_message("k", ChatMessage(content="kept"))
+    with pytest.raises(PayloadTooLargeError, match="400 KB"):
+        seed.add_message("k", big)
+    with pytest.raises(PayloadTooLargeError):
+        seed.add_messages("k", [ChatMessage(content="a"), big])
+    with pytest.raises(PayloadTooLargeError):
+        seed.set_messages("k", [big])
+    assert texts(seed.get_messages("k")) == ["kept"]
     native = moto.store("native")
-    native.add_message("k", fits)
-    assert native.get_messages("k")[0].content == fits.content
+    native.add_message("k", ChatMessage(content="y" * 390_000))
+    native.add_message("k", big)
+    assert [m.content for m in native.get_messages("k")] == ["y" * 390_000, big.content]
 
 
 def test_llama_index_layout_refuses_growth_past_one_item(llama_store: DynamoDBChatStore) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -46,13 +47,17 @@ class TestRedisClusterConformance(ChatStoreConformance):
     @pytest.fixture
     def ttl_store_factory(
         self, redis_cluster_url: str, namespace: str
-    ) -> Iterator[Callable[[int], BaseChatStore]]:
+    ) -> Iterator[Callable[..., BaseChatStore]]:
         made: list[RedisChatStore] = []
 
-        def make(seconds: int) -> BaseChatStore:
+        def make(seconds: int, **options: Any) -> BaseChatStore:
             made.append(
                 RedisChatStore(
-                    redis_url=redis_cluster_url, namespace=namespace, ttl=seconds, cluster=True
+                    redis_url=redis_cluster_url,
+                    namespace=namespace,
+                    ttl=seconds,
+                    cluster=True,
+                    **options,
                 )
             )
             return made[-1]

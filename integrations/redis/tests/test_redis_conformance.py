@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -51,13 +52,11 @@ class TestRedisConformance(ChatStoreConformance, LlamaIndexMemoryTests):
         return RedisChatStore(redis_url=f"redis://127.0.0.1:{free_port()}/0", namespace=namespace)
 
     @pytest.fixture
-    def ttl_store_factory(
-        self, url: str, namespace: str
-    ) -> Iterator[Callable[[int], BaseChatStore]]:
+    def ttl_store_factory(self, url: str, namespace: str) -> Iterator[Callable[..., BaseChatStore]]:
         made: list[RedisChatStore] = []
 
-        def make(seconds: int) -> BaseChatStore:
-            made.append(RedisChatStore(redis_url=url, namespace=namespace, ttl=seconds))
+        def make(seconds: int, **options: Any) -> BaseChatStore:
+            made.append(RedisChatStore(redis_url=url, namespace=namespace, ttl=seconds, **options))
             return made[-1]
 
         yield make

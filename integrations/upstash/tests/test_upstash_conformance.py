@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -54,10 +55,10 @@ class TestUpstashConformance(ChatStoreConformance, LlamaIndexMemoryTests):
     @pytest.fixture
     def ttl_store_factory(
         self, upstash_rest: UpstashEndpoint, namespace: str
-    ) -> Iterator[Callable[[int], BaseChatStore]]:
+    ) -> Iterator[Callable[..., BaseChatStore]]:
         made: list[UpstashChatStore] = []
 
-        def make(seconds: int) -> BaseChatStore:
+        def make(seconds: int, **options: Any) -> BaseChatStore:
             made.append(
                 UpstashChatStore(
                     upstash_rest.url,
@@ -65,6 +66,7 @@ class TestUpstashConformance(ChatStoreConformance, LlamaIndexMemoryTests):
                     ttl=seconds,
                     namespace=namespace,
                     rest_retries=0,
+                    **options,
                 )
             )
             return made[-1]

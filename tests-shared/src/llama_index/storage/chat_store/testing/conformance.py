@@ -11,8 +11,9 @@ the fixtures below; every test method then runs against that backend.
   same server (another namespace, table or prefix).
 * ``unreachable_store`` (required when SHARED): the same configuration pointed at a
   dead port.
-* ``ttl_store_factory`` (required when TTL): ``ttl_store_factory(seconds)`` builds
-  an empty isolated store with that ttl.
+* ``ttl_store_factory`` (required when TTL): ``ttl_store_factory(seconds, **options)``
+  builds an empty isolated store with that ttl and the other constructor ``options``
+  (the suite passes ``refresh_on_read=True`` to stores that have that option).
 * ``make_corrupt`` (required): ``make_corrupt(key)`` puts unreadable data at
   position 1 of conversation ``key`` of ``store`` (message 0 stays readable) and
   returns the store to read it with; reading must raise ``CorruptDataError``.
@@ -124,8 +125,8 @@ class ChatStoreConformance:
         pytest.fail(_override_hint("unreachable_store"))
 
     @pytest.fixture
-    def ttl_store_factory(self) -> Callable[[int], BaseChatStore]:
-        """``factory(seconds)``: an empty isolated store with that ttl."""
+    def ttl_store_factory(self) -> Callable[..., BaseChatStore]:
+        """``factory(seconds, **options)``: an empty isolated store with that ttl and options."""
         pytest.fail(_override_hint("ttl_store_factory"))
 
     @pytest.fixture
@@ -828,6 +829,47 @@ class ChatStoreConformance:
         assert time.monotonic() - started > 3.5
         assert store.count_messages("k") == 4
         assert store.get_keys() == ["k"]
+
+    @requires(Capability.TTL)
+    def test_ttl_refresh_on_read(
+        self, store: BaseChatStore, ttl_store_factory: Callable[..., BaseChatStore]
+    ) -> None:
+        """Reads slide the expiry only with refresh_on_read=True, and never revive a dead chat.
+
+        If this fails: get_messages or count_messages does not refresh the expiry (or not
+        the one get_keys reads), reads refresh without being asked to, or a read of an
+        expired conversation brings it back.
+        """
+        if "refresh_on_read" not in type(store).model_fields:
+            pytest.skip(f"{type(store).__name__} has no refresh_on_read option")
+        try:
+            reader = ttl_store_factory(2, refresh_on_read=True)
+        except TypeError as exc:
+            pytest.fail(f"ttl_store_factory must take options, factory(seconds, **options): {exc}")
+        plain = ttl_store_factory(2)
+        reader.add_messages("k", numbered(2))
+        plain.add_messages("p", numbered(2))
+
+        def get() -> None:
+            reader.get_messages("k", offset=-1)
+            plain.get_messages("p", offset=-1)
+
+        def count() -> None:
+            reader.count_messages("k")
+
+        # Each phase outlasts ttl plus a second of rounding (some backends keep whole
+        # seconds), so the conversation survives it only if that phase's reads refresh it.
+        for read in (get, count):
+            for _ in range(4):
+                time.sleep(0.8)
+                read()
+            assert plain.count_messages("p") == 0
+            assert reader.get_keys() == ["k"]
+        assert reader.count_messages("k") == 2
+        time.sleep(3.2)  # no reads: it expires
+        assert reader.count_messages("k") == 0
+        assert reader.get_messages("k") == []
+        assert reader.get_keys() == []
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float) -> None:

@@ -203,6 +203,7 @@ class Table:
         ttl: Seconds a conversation lives after its last change, or None.
         ttl_attribute: The attribute DynamoDB's TTL feature reads (epoch seconds).
         errors: Maps driver errors to core errors.
+        refresh_on_read: Reads of a live conversation also slide its expiry.
         attempts: How many times an operation that lost a race is retried.
     """
 
@@ -212,6 +213,7 @@ class Table:
     ttl: int | None
     ttl_attribute: str
     errors: Translator
+    refresh_on_read: bool = False
     attempts: int = 200
 
     def expiry(self, now: float, factor: int = 1) -> int:

@@ -12,13 +12,17 @@ wrote. On top of that:
   used only while it still matches the map at that index, so a write by LlamaIndex that
   reorders or replaces ``History`` can never pair a message with another one's text;
 * the whole conversation must fit one 400 KB item: a write that would not is refused with
-  :class:`PayloadTooLargeError` before anything is sent.
+  :class:`PayloadTooLargeError` before anything is sent;
+* the expiry is the item's TTL attribute, as LlamaIndex writes it (``ttl_seconds``): every
+  change sets it, and with ``refresh_on_read`` a read of a live conversation slides it with a
+  conditional update of that attribute alone (LlamaIndex's reads never do).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +33,7 @@ from typing import Any
 from llama_index.storage.chat_store.core import CorruptDataError, PayloadTooLargeError
 from llama_index.storage.chat_store.dynamodb._client import (
     MAX_ITEM_BYTES,
+    ConflictError,
     Table,
     item_size,
     with_retries,
@@ -236,11 +241,40 @@ class LlamaIndexLayout:
         history = self._live(item, time.time())
         lo, _, _ = slice(offset, None).indices(len(history))
         hi = len(history) if limit is None else min(len(history), lo + limit)
-        return self._texts(key, item, lo, hi) if lo < hi else []
+        found = self._texts(key, item, lo, hi) if lo < hi else []
+        self._refresh(key, item)
+        return found
 
     def count(self, key: str) -> int:
         """Return the number of messages."""
-        return len(self._live(self._read(key), time.time()))
+        item = self._read(key)
+        count = len(self._live(item, time.time()))
+        self._refresh(key, item)
+        return count
+
+    def _refresh(self, key: str, item: _Item) -> None:
+        """Slide a live conversation's expiry to now + ttl after a read (``refresh_on_read``).
+
+        Only the TTL attribute changes, and only while it is still in the future: writers
+        (ours and LlamaIndex's) are not disturbed, and an expired or deleted conversation
+        stays so.
+        """
+        if not self.t.refresh_on_read or self.t.ttl is None:
+            return
+        now = time.time()
+        if not self._live(item, now) or item.expires is None or self.t.expiry(now) <= item.expires:
+            return
+        e = Expr()
+        ttl, new = e.n(self.t.ttl_attribute), e.v(num(self.t.expiry(now)))
+        with contextlib.suppress(ConflictError):  # changed, expired or deleted meanwhile
+            self.t.conditional(
+                "refresh the expiry", "update_item", Key=self._key(key),
+                UpdateExpression=f"SET {ttl} = {new}",
+                ConditionExpression=(
+                    f"{ttl} > {e.v({'N': f'{time.time():.6f}'})} AND {ttl} < {new}"
+                ),
+                **e.params(),
+            )  # fmt: skip
 
     def iter_key_pages(self) -> Iterator[list[str]]:
         """Yield pages of keys with a non-empty, unexpired ``History`` (a table scan)."""

@@ -7,14 +7,24 @@ Table: partition key ``SessionId`` (S), numeric sort key. In a conversation's pa
   every change; every write is conditioned on it), ``NextGen`` (generation counter),
   ``ChatStoreKey`` (a copy of the key, only while the conversation holds messages: the hash
   key of the sparse index ``get_keys`` scans), the TTL attribute (the conversation's expiry),
-  ``Floor`` (no message item expires before it) and, during a large append, a lease;
-* message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON.
+  ``Floor`` (no message item expires before it), ``Chunked`` (the generation has held a
+  chunked message) and, during a large append, a lease;
+* message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON;
+* chunk items at negative sort keys holding the rest of messages over one item (``_chunks``).
 
 Appends are one TransactWriteItems (meta update conditioned on ``Ver`` + puts), retried when
 they lose a race. A replace writes a new generation and flips ``Gen`` conditionally, so readers
 (who read only the meta's generation and range) see the old or the new list, never a mix; the
 old generation is deleted afterwards. A reader that finds items missing because a writer
 removed them meanwhile re-reads the meta and tries again.
+
+With ``refresh_on_read``, a read of a live conversation slides its expiry with one conditional
+update of the meta item that leaves ``Ver`` alone (writers are not disturbed) and never
+re-creates or revives a deleted or expired conversation.
+
+An operation that fails after writing the chunks of messages too large for its transaction
+(they are then written first, unreferenced) may leave those chunk items behind; they carry
+the conversation's expiry when there is a ttl.
 """
 
 from __future__ import annotations
@@ -23,14 +33,22 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ConfigurationError,
     CorruptDataError,
-    PayloadTooLargeError,
+)
+from llama_index.storage.chat_store.dynamodb._chunks import (
+    PARTS,
+    PARTS_ID,
+    Fresh,
+    Head,
+    encode,
+    part_of,
+    valid,
 )
 from llama_index.storage.chat_store.dynamodb._client import (
     MAX_ITEM_BYTES,
@@ -50,7 +68,7 @@ KEYS_INDEX = "ChatStoreKeys"
 _KEY_COPY = "ChatStoreKey"
 _MESSAGE = "Message"
 _GEN, _FIRST, _END, _VER, _NEXT = "Gen", "First", "End", "Ver", "NextGen"
-_FLOOR, _LEASE, _LEASE_ID = "Floor", "Lease", "LeaseId"
+_FLOOR, _LEASE, _LEASE_ID, _CHUNKED = "Floor", "Lease", "LeaseId", "Chunked"
 _META_SK = 0
 _GEN_SPAN = 10**13
 _SEQ0 = 5 * 10**12
@@ -95,6 +113,7 @@ class _Meta:
     expires: int | None = None
     floor: int | None = None
     lease: int | None = None
+    chunked: bool = False
 
     def live(self, now: float) -> bool:
         """Whether the conversation has a generation and has not expired."""
@@ -110,16 +129,30 @@ class _Meta:
 
 @dataclass(frozen=True)
 class _Plan:
-    """The new state of a conversation after a change, and the item writes that make it."""
+    """The new state of a conversation after a change, and the item writes that make it.
+
+    ``puts`` are heads to write at sequence numbers of generation ``gen``; ``deletes`` are
+    sequence numbers of the meta's generation to remove; ``dropped`` are heads of removed
+    chunked messages whose chunk items go once the change is committed; ``chunked`` says
+    that a new generation written elsewhere (not in ``puts``) holds chunked messages.
+    """
 
     gen: int
     first: int
     end: int
-    puts: dict[int, str]
+    puts: dict[int, Head]
     deletes: list[int]
     new_gen: bool = False
     fresh: bool = False
     appends_only: bool = False
+    dropped: list[Head] = field(default_factory=list)
+    chunked: bool = False
+
+
+def _fits(puts: list[dict[str, Any]], deletes: list[dict[str, Any]]) -> bool:
+    """Whether the writes fit one transaction beside the meta update."""
+    size = sum(item_size(p["Put"]["Item"]) for p in puts)
+    return len(puts) + len(deletes) <= _TXN_MESSAGES and size <= MAX_TRANSACTION_BYTES
 
 
 class NativeLayout:
@@ -141,24 +174,52 @@ class NativeLayout:
     def _key(self, key: str, sk: int) -> dict[str, Any]:
         return {self.t.pk: text(key), self.sk: num(sk)}
 
-    def _message_item(
-        self, key: str, gen: int, seq: int, message: str, now: float
-    ) -> dict[str, Any]:
-        item = {**self._key(key, gen * _GEN_SPAN + seq), _MESSAGE: text(message)}
+    def _message_item(self, key: str, gen: int, seq: int, head: Head, now: float) -> dict[str, Any]:
+        item = {**self._key(key, gen * _GEN_SPAN + seq), _MESSAGE: text(head.text)}
+        if head.chunked:
+            item[PARTS] = num(head.parts)
+            item[PARTS_ID] = num(head.token)
         if self.t.ttl is not None:
             item[self.t.ttl_attribute] = num(self.t.expiry(now, 2))
         return item
 
-    def check_sizes(self, key: str, messages: Sequence[str], start: int = 0) -> None:
-        """Raise :class:`PayloadTooLargeError` before any write if a message cannot fit an item."""
-        for i, message in enumerate(messages):
-            size = item_size(self._message_item(key, 10**21, _SEQ0, message, 0.0))
-            if size > MAX_ITEM_BYTES:
-                raise PayloadTooLargeError(
-                    f"message at position {start + i} of key {key!r} needs a {size}-byte "
-                    f"DynamoDB item; items hold at most {MAX_ITEM_BYTES} bytes (400 KB). "
-                    "Nothing was written."
-                )
+    def _chunk_items(self, key: str, fresh: Fresh) -> list[dict[str, Any]]:
+        items = []
+        for sort_key, part in fresh.sort_keys_and_texts():
+            item = {**self._key(key, sort_key), _MESSAGE: text(part)}
+            if fresh.expires is not None:
+                item[self.t.ttl_attribute] = num(fresh.expires)
+            items.append(item)
+        return items
+
+    def _encode(self, key: str, messages: Sequence[str]) -> tuple[list[Head], Fresh]:
+        """Return the heads and chunks of new messages, sized for this key's items.
+
+        Raises:
+            PayloadTooLargeError: A message is over the size the layout stores (nothing is
+                written).
+        """
+        # The largest item beside its text: a chunked head (or a chunk) with an expiry.
+        widest = Head("", 999, 1 << 101)
+        template = self._message_item(key, 10**21, _SEQ0, widest, 0.0)
+        template[self.sk] = num(-(10**40))
+        template[self.t.ttl_attribute] = num(10**12)
+        return encode(key, messages, MAX_ITEM_BYTES - item_size(template))
+
+    def _parse_head(self, item: dict[str, Any], *, with_text: bool = True) -> Head | None:
+        """Return the head an item holds, or None if it is not a readable message item."""
+        value = item.get(_MESSAGE, {}).get("S")
+        if value is None:
+            if with_text:
+                return None
+            value = ""
+        if PARTS not in item:
+            return Head(value)
+        try:
+            parts, token = int(item[PARTS]["N"]), int(item[PARTS_ID]["N"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return Head(value, parts, token) if valid(parts, token) else None
 
     def _read_meta(self, key: str) -> _Meta:
         reply = self.t.call(
@@ -182,6 +243,7 @@ class NativeLayout:
                 expires=opt(self.t.ttl_attribute),
                 floor=opt(_FLOOR),
                 lease=opt(_LEASE),
+                chunked=_CHUNKED in item,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDataError(
@@ -189,38 +251,77 @@ class NativeLayout:
                 f"{item!r:.200}"
             ) from exc
 
-    def _query(self, key: str, gen: int, lo: int, hi: int) -> list[tuple[int, str | None]]:
-        """Return ``(seq, message JSON)`` of the items ``lo <= seq < hi`` of a generation."""
+    def _query_range(
+        self, key: str, lo: int, hi: int, *, limit: int, projection: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Return the first ``limit`` items with sort keys ``lo <= sk <= hi``, in order."""
         e = Expr()
         params: dict[str, Any] = {
             "KeyConditionExpression": (
-                f"{e.n(self.t.pk)} = {e.v(text(key))} AND {e.n(self.sk)} BETWEEN "
-                f"{e.v(num(gen * _GEN_SPAN + lo))} AND {e.v(num(gen * _GEN_SPAN + hi - 1))}"
+                f"{e.n(self.t.pk)} = {e.v(text(key))} AND "
+                f"{e.n(self.sk)} BETWEEN {e.v(num(lo))} AND {e.v(num(hi))}"
             ),
             "ConsistentRead": True,
-            "Limit": hi - lo,
-            **e.params(),
+            "Limit": limit,
         }
-        out: list[tuple[int, str | None]] = []
+        if projection:
+            params["ProjectionExpression"] = ", ".join(e.n(a) for a in projection)
+        params.update(e.params())
+        out: list[dict[str, Any]] = []
         while True:
             page = self.t.call("read messages", "query", **params)
-            for item in page.get("Items", []):
-                value = item.get(_MESSAGE, {})
-                out.append((int(item[self.sk]["N"]) - gen * _GEN_SPAN, value.get("S")))
-            if "LastEvaluatedKey" not in page or len(out) >= hi - lo:
+            out.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page or len(out) >= limit:
                 return out
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-            params["Limit"] = hi - lo - len(out)
+            params["Limit"] = limit - len(out)
+
+    def _query(
+        self, key: str, gen: int, lo: int, hi: int, *, with_text: bool = True
+    ) -> list[tuple[int, Head | None]]:
+        """Return ``(seq, head)`` of the items ``lo <= seq < hi`` of a generation.
+
+        ``with_text=False`` reads only what locates chunks (the heads' text is ``""``).
+        """
+        base = gen * _GEN_SPAN
+        projection = () if with_text else (self.sk, PARTS, PARTS_ID)
+        items = self._query_range(
+            key, base + lo, base + hi - 1, limit=hi - lo, projection=projection
+        )
+        return [
+            (int(item[self.sk]["N"]) - base, self._parse_head(item, with_text=with_text))
+            for item in items
+        ]
+
+    def _read_chunks(self, key: str, head: Head) -> list[str] | None:
+        """Return parts ``1 ..`` of a chunked message, or None if any is missing."""
+        keys = head.chunk_sort_keys()
+        found: dict[int, str | None] = {}
+        for item in self._query_range(key, keys[-1], keys[0], limit=len(keys)):
+            found[part_of(int(item[self.sk]["N"]), head.token)] = item.get(_MESSAGE, {}).get("S")
+        texts = [found.get(part) for part in range(1, head.parts)]
+        return None if any(t is None for t in texts) else [t for t in texts if t is not None]
+
+    def _join(self, key: str, head: Head) -> str | None:
+        """Return the whole message JSON of a head, or None if a chunk is missing."""
+        if not head.chunked:
+            return head.text
+        rest = self._read_chunks(key, head)
+        return None if rest is None else head.text + "".join(rest)
 
     # -- reads -----------------------------------------------------------------------------
 
     def _read_range(
-        self, key: str, offset: int, limit: int | None, meta: _Meta | None = None
-    ) -> tuple[_Meta, int, list[str]]:
-        """Return the meta, the first position and ``messages[offset:][:limit]``, consistently.
+        self, key: str, offset: int, limit: int | None, meta: _Meta | None = None,
+        *, whole: bool = True,
+    ) -> tuple[_Meta, int, list[Head], list[str]]:  # fmt: skip
+        """Return the meta, first position, heads and JSON of ``messages[offset:][:limit]``.
+
+        The JSON list is empty unless ``whole``; everything comes from one meta state.
 
         Raises:
-            CorruptDataError: A message item is missing or unreadable while the meta is unchanged.
+            CorruptDataError: A message item or chunk is missing or unreadable while the meta
+                is unchanged.
         """
         for _ in range(self.t.attempts):
             meta = meta or self._read_meta(key)
@@ -228,31 +329,67 @@ class NativeLayout:
             lo, _, _ = slice(offset, None).indices(count)
             hi = count if limit is None else min(count, lo + limit)
             if lo >= hi:
-                return meta, lo, []
+                return meta, lo, [], []
             assert meta.gen is not None
             got = self._query(key, meta.gen, meta.first + lo, meta.first + hi)
             expected = list(range(meta.first + lo, meta.first + hi))
-            if [seq for seq, _ in got] == expected and all(m is not None for _, m in got):
-                return meta, lo, [m for _, m in got if m is not None]
+            heads = [h for _, h in got if h is not None]
+            texts: list[str | None] = []
+            if [seq for seq, _ in got] == expected and len(heads) == len(expected):
+                texts = [self._join(key, h) for h in heads] if whole else []
+                if all(t is not None for t in texts):
+                    return meta, lo, heads, [t for t in texts if t is not None]
             again = self._read_meta(key)
             if again.same(meta):
                 seqs = dict(got)
-                bad = next(s for s in expected if seqs.get(s) is None)
+                missing = [s - meta.first for s in expected if seqs.get(s) is None]
+                bad = missing[0] if missing else lo + texts.index(None)
                 raise CorruptDataError(
-                    f"message at key {key!r} position {bad - meta.first} is missing or has no "
-                    f"string {_MESSAGE!r} attribute in DynamoDB table {self.t.name!r}"
+                    f"message at key {key!r} position {bad} is missing, has no "
+                    f"string {_MESSAGE!r} attribute or lost a chunk in DynamoDB table "
+                    f"{self.t.name!r}"
                 )
             meta = again
         raise BackendUnavailableError(f"key {key!r} kept changing while being read")
 
     def get(self, key: str, offset: int, limit: int | None) -> list[tuple[int, str]]:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
-        _, lo, messages = self._read_range(key, offset, limit)
+        meta, lo, _, messages = self._read_range(key, offset, limit)
+        self._refresh(key, meta)
         return list(enumerate(messages, start=lo))
 
     def count(self, key: str) -> int:
         """Return the number of messages."""
-        return self._read_meta(key).count(time.time())
+        meta = self._read_meta(key)
+        count = meta.count(time.time())
+        self._refresh(key, meta)
+        return count
+
+    def _refresh(self, key: str, meta: _Meta) -> None:
+        """Slide a live conversation's expiry to now + ttl after a read (``refresh_on_read``).
+
+        Only a conversation that still exists, has an expiry and has not expired is touched;
+        ``Ver`` stays as it is, so no writer has to retry. Losing the condition (the
+        conversation changed, expired or went meanwhile) leaves it as it is.
+        """
+        if not self.t.refresh_on_read or self.t.ttl is None:
+            return
+        now = time.time()
+        if not meta.live(now) or meta.expires is None or self.t.expiry(now) <= meta.expires:
+            return
+        self._prepare(key, meta, now)  # message items must outlive the new expiry
+        e = Expr()
+        ttl, floor, new = e.n(self.t.ttl_attribute), e.n(_FLOOR), e.v(num(self.t.expiry(now)))
+        with contextlib.suppress(ConflictError):
+            self.t.conditional(
+                "refresh the expiry", "update_item", Key=self._key(key, _META_SK),
+                UpdateExpression=f"SET {ttl} = {new}",
+                ConditionExpression=(
+                    f"attribute_exists({e.n(_GEN)}) AND {ttl} > {e.v({'N': f'{time.time():.6f}'})}"
+                    f" AND {ttl} < {new} AND {floor} >= {new}"
+                ),
+                **e.params(),
+            )  # fmt: skip
 
     def iter_key_pages(self) -> Iterator[list[str]]:
         """Yield pages of live keys from the sparse keys index (never reading messages).
@@ -324,6 +461,16 @@ class NativeLayout:
         removes = [e.n(_LEASE), e.n(_LEASE_ID)]
         if plan.new_gen:
             sets.append(f"{e.n(_NEXT)} = {e.v(num(plan.gen))}")
+        # Sticky for a generation: replaces and expiry extensions then look for chunks.
+        chunked = (
+            plan.chunked
+            or any(h.chunked for h in plan.puts.values())
+            or (meta.chunked and plan.gen == meta.gen)
+        )
+        if chunked:
+            sets.append(f"{e.n(_CHUNKED)} = {e.v(num(1))}")
+        else:
+            removes.append(e.n(_CHUNKED))
         if self.t.ttl is not None:
             sets.append(f"{e.n(self.t.ttl_attribute)} = {e.v(num(self.t.expiry(now)))}")
             if plan.fresh or meta.floor is None:
@@ -346,14 +493,21 @@ class NativeLayout:
         assert self.t.ttl is not None
         return self.t.expiry(now, 2) - self.t.ttl // 2
 
+    def _chunked_heads(self, key: str, meta: _Meta) -> list[Head]:
+        """Return the chunked heads of the meta's generation (reading no message text)."""
+        if not meta.chunked or meta.gen is None or meta.first == meta.end:
+            return []
+        got = self._query(key, meta.gen, meta.first, meta.end, with_text=False)
+        return [h for _, h in got if h is not None and h.chunked]
+
     def _prepare(self, key: str, meta: _Meta, now: float) -> _Meta:
         """Make every message item outlive the expiry this change will set (sliding TTL).
 
-        Message items carry an expiry of their own (so DynamoDB removes abandoned ones)
-        that must never come before the conversation's. Rather than rewriting every item on
-        every change, items get ``now + 2 ttl`` and the meta a ``Floor`` below all of them;
-        only when the new expiry would pass the floor are the items' expiries pushed
-        forward, at most once per half ttl.
+        Message items (chunks included) carry an expiry of their own (so DynamoDB removes
+        abandoned ones) that must never come before the conversation's. Rather than
+        rewriting every item on every change, items get ``now + 2 ttl`` and the meta a
+        ``Floor`` below all of them; only when the new expiry would pass the floor are the
+        items' expiries pushed forward, at most once per half ttl.
         """
         if self.t.ttl is None or not meta.live(now) or meta.count(now) == 0:
             return meta
@@ -361,14 +515,17 @@ class NativeLayout:
             return meta
         assert meta.gen is not None
         target = self.t.expiry(now, 2)
-        for seq in range(meta.first, meta.end):
+        sort_keys = [meta.gen * _GEN_SPAN + seq for seq in range(meta.first, meta.end)]
+        for head in self._chunked_heads(key, meta):
+            sort_keys.extend(head.chunk_sort_keys())
+        for sort_key in sort_keys:
             e = Expr()
             ttl = e.n(self.t.ttl_attribute)
             mark = e.v(num(target))
             with contextlib.suppress(ConflictError):  # gone, or already later
                 self.t.conditional(
                     "extend message expiry", "update_item",
-                    Key=self._key(key, meta.gen * _GEN_SPAN + seq),
+                    Key=self._key(key, sort_key),
                     UpdateExpression=f"SET {ttl} = {mark}",
                     ConditionExpression=(
                         f"attribute_exists({e.n(self.t.pk)}) AND "
@@ -388,23 +545,46 @@ class NativeLayout:
             )  # fmt: skip
         return replace(meta, floor=floor)
 
-    def _apply(self, key: str, meta: _Meta, plan: _Plan, now: float, what: str) -> None:
+    def _write_chunks(self, key: str, fresh: Fresh, now: float, what: str) -> None:
+        """Store new chunk items outside the transaction, once (unreferenced until committed).
+
+        They expire a ttl later than the message items of this attempt would, so retries
+        within that time reuse them; a commit later than that writes them again.
+        """
+        if not fresh.rest:
+            return
+        if fresh.written and (fresh.expires is None or fresh.expires >= self.t.expiry(now, 2)):
+            return
+        fresh.expires = None if self.t.ttl is None else self.t.expiry(now, 3)
+        requests = [{"PutRequest": {"Item": i}} for i in self._chunk_items(key, fresh)]
+        self.t.batch_write(what, requests)
+        fresh.written = True
+
+    def _apply(
+        self, key: str, meta: _Meta, plan: _Plan, now: float, what: str, fresh: Fresh
+    ) -> None:
         """Commit a plan: one transaction when it fits, else the large-write paths.
 
         Raises:
             ConflictError: The meta changed since it was read.
         """
         puts = [
-            {"Put": {"Item": self._message_item(key, plan.gen, seq, m, now)}}
-            for seq, m in sorted(plan.puts.items())
+            {"Put": {"Item": self._message_item(key, plan.gen, seq, head, now)}}
+            for seq, head in sorted(plan.puts.items())
         ]
         deletes = [
             {"Delete": {"Key": self._key(key, (meta.gen or 0) * _GEN_SPAN + seq)}}
             for seq in plan.deletes
         ]
         meta_action = self._meta_action(key, meta, plan, now)
-        size = sum(item_size(p["Put"]["Item"]) for p in puts)
-        if len(puts) + len(deletes) <= _TXN_MESSAGES and size <= MAX_TRANSACTION_BYTES:
+        if fresh.rest and not fresh.written:
+            fresh.expires = None if self.t.ttl is None else self.t.expiry(now, 2)
+            chunks = [{"Put": {"Item": i}} for i in self._chunk_items(key, fresh)]
+            if _fits(puts + chunks, deletes):
+                self.t.transact(what, [meta_action, *puts, *chunks, *deletes])
+                return
+        self._write_chunks(key, fresh, now, what)
+        if _fits(puts, deletes):
             self.t.transact(what, [meta_action, *puts, *deletes])
         elif plan.appends_only:
             self._leased_append(key, meta, plan, puts, now, what)
@@ -462,8 +642,21 @@ class NativeLayout:
         requests = [{"DeleteRequest": {"Key": self._key(key, gen * _GEN_SPAN + s)}} for s in seqs]
         self.t.batch_write(what, requests)
 
-    def _change(self, key: str, what: str, step: Any) -> Any:
-        """Run ``step(meta, now) -> (plan | None, result)`` until its commit wins the race."""
+    def _delete_chunks(self, key: str, heads: Sequence[Head], what: str) -> None:
+        requests = [
+            {"DeleteRequest": {"Key": self._key(key, sort_key)}}
+            for head in heads
+            for sort_key in head.chunk_sort_keys()
+        ]
+        self.t.batch_write(what, requests)
+
+    def _change(self, key: str, what: str, step: Any, fresh: Fresh | None = None) -> Any:
+        """Run ``step(meta, now) -> (plan | None, result)`` until its commit wins the race.
+
+        ``fresh`` holds the chunks of the messages the change adds; the chunks of messages
+        it removes are deleted once it is committed.
+        """
+        adding = fresh or Fresh()
 
         def attempt() -> Any:
             now = time.time()
@@ -471,9 +664,10 @@ class NativeLayout:
             plan, result = step(meta, now)
             if plan is not None:
                 try:
-                    self._apply(key, meta, plan, now, what)
+                    self._apply(key, meta, plan, now, what, adding)
                 except _TooLargeError:
                     self._rewrite(key, meta, plan, now, what)
+                self._delete_chunks(key, plan.dropped, what)
             return result
 
         return with_retries(attempt, limit=self.t.attempts, what=what, key=key)
@@ -481,56 +675,73 @@ class NativeLayout:
     # -- writes ----------------------------------------------------------------------------
 
     def append(self, key: str, messages: Sequence[str]) -> None:
-        """Append messages atomically (one transaction, or a leased batch when large)."""
+        """Append messages atomically (one transaction, or a leased batch when large).
+
+        Raises:
+            PayloadTooLargeError: A message is over the size the layout stores (nothing is
+                written).
+        """
+        heads, fresh = self._encode(key, messages)
 
         def step(meta: _Meta, now: float) -> tuple[_Plan, None]:
-            return self._append_plan(meta, now, messages), None
+            return self._append_plan(meta, now, heads), None
 
-        self.check_sizes(key, messages)
-        self._change(key, "append messages", step)
+        self._change(key, "append messages", step, fresh)
 
     def insert(self, key: str, idx: int, message: str) -> None:
-        """Insert like ``list.insert``: shift the shorter side of the conversation."""
-        self.check_sizes(key, [message])
+        """Insert like ``list.insert``: shift the shorter side of the conversation.
+
+        Moved messages are rewritten as their head items only (chunks stay where they are).
+        """
+        heads, fresh = self._encode(key, [message])
+        new = heads[0]
 
         def step(meta: _Meta, now: float) -> tuple[_Plan, None]:
             count = meta.count(now)
             pos = min(max(idx + count, 0) if idx < 0 else idx, count)
             if pos == count or not meta.live(now):
-                return self._append_plan(meta, now, [message]), None
+                return self._append_plan(meta, now, [new]), None
             assert meta.gen is not None
             if pos <= count - pos:  # move the head one step down
-                moved = self._read_items(key, meta, 0, pos)
+                moved, _ = self._read_items(key, meta, 0, pos, whole=False)
                 puts = {meta.first - 1 + i: m for i, m in enumerate(moved)}
-                puts[meta.first - 1 + pos] = message
+                puts[meta.first - 1 + pos] = new
                 return _Plan(meta.gen, meta.first - 1, meta.end, puts, []), None
-            moved = self._read_items(key, meta, pos, count)
+            moved, _ = self._read_items(key, meta, pos, count, whole=False)
             puts = {meta.first + pos + 1 + i: m for i, m in enumerate(moved)}
-            puts[meta.first + pos] = message
+            puts[meta.first + pos] = new
             return _Plan(meta.gen, meta.first, meta.end + 1, puts, []), None
 
-        self._change(key, "insert a message", step)
+        self._change(key, "insert a message", step, fresh)
 
-    def _append_plan(self, meta: _Meta, now: float, messages: Sequence[str]) -> _Plan:
+    def _append_plan(self, meta: _Meta, now: float, heads: Sequence[Head]) -> _Plan:
         if meta.live(now):
             assert meta.gen is not None
-            puts = {meta.end + i: m for i, m in enumerate(messages)}
-            return _Plan(meta.gen, meta.first, meta.end + len(messages), puts, [],
+            puts = {meta.end + i: h for i, h in enumerate(heads)}
+            return _Plan(meta.gen, meta.first, meta.end + len(heads), puts, [],
                          fresh=meta.count(now) == 0, appends_only=True)  # fmt: skip
         gen = self._new_gen(meta, now)
-        puts = {_SEQ0 + i: m for i, m in enumerate(messages)}
-        return _Plan(gen, _SEQ0, _SEQ0 + len(messages), puts, [], True, True, True)
+        puts = {_SEQ0 + i: h for i, h in enumerate(heads)}
+        return _Plan(gen, _SEQ0, _SEQ0 + len(heads), puts, [], True, True, True)
 
-    def _read_items(self, key: str, meta: _Meta, lo: int, hi: int) -> list[str]:
-        """Return messages at positions ``[lo, hi)`` of exactly this meta state.
+    def _read_items(
+        self, key: str, meta: _Meta, lo: int, hi: int, *, whole: bool
+    ) -> tuple[list[Head], list[str]]:
+        """Return the heads (and when ``whole`` the JSON) at ``[lo, hi)`` of exactly this meta.
 
         Raises:
             ConflictError: The conversation changed meanwhile (the caller starts over).
         """
-        read_meta, _, messages = self._read_range(key, lo, hi - lo, meta)
+        read_meta, _, heads, messages = self._read_range(key, lo, hi - lo, meta, whole=whole)
         if not read_meta.same(meta):
             raise ConflictError("changed while reading")
-        return messages
+        return heads, messages
+
+    def _removed(self, key: str, meta: _Meta, pos: int, head: Head) -> str:
+        """Return the whole JSON of the message at ``pos`` whose head was read already."""
+        if not head.chunked:
+            return head.text
+        return self._read_items(key, meta, pos, pos + 1, whole=True)[1][0]
 
     def delete_at(self, key: str, idx: int) -> tuple[int, str] | None:
         """Remove the message at ``idx``; return ``(position, JSON)`` or None if out of range."""
@@ -542,21 +753,24 @@ class NativeLayout:
             assert meta.gen is not None
             pos = idx % count
             if pos == count - 1 or pos == 0:
-                removed = self._read_items(key, meta, pos, pos + 1)[0]
+                heads, texts = self._read_items(key, meta, pos, pos + 1, whole=True)
+                head, removed = heads[0], texts[0]
                 first = meta.first + (1 if pos == 0 and count > 1 else 0)
                 end = meta.end - (0 if pos == 0 and count > 1 else 1)
                 plan = _Plan(meta.gen, first, end, {}, [meta.first + pos])
             elif pos < count - pos:  # move the head one step up
-                moved = self._read_items(key, meta, 0, pos + 1)
-                removed = moved[pos]
+                moved, _ = self._read_items(key, meta, 0, pos + 1, whole=False)
+                head = moved[pos]
+                removed = self._removed(key, meta, pos, head)
                 puts = {meta.first + 1 + i: m for i, m in enumerate(moved[:pos])}
                 plan = _Plan(meta.gen, meta.first + 1, meta.end, puts, [meta.first])
             else:
-                moved = self._read_items(key, meta, pos, count)
-                removed = moved[0]
+                moved, _ = self._read_items(key, meta, pos, count, whole=False)
+                head = moved[0]
+                removed = self._removed(key, meta, pos, head)
                 puts = {meta.first + pos + i: m for i, m in enumerate(moved[1:])}
                 plan = _Plan(meta.gen, meta.first, meta.end - 1, puts, [meta.end - 1])
-            return plan, (pos, removed)
+            return replace(plan, dropped=[head] if head.chunked else []), (pos, removed)
 
         result: tuple[int, str] | None = self._change(key, "delete a message", step)
         return result
@@ -569,10 +783,11 @@ class NativeLayout:
             if k <= 0:
                 return None, []
             assert meta.gen is not None
-            removed = self._read_items(key, meta, 0, k)
+            heads, removed = self._read_items(key, meta, 0, k, whole=True)
             deletes = list(range(meta.first, meta.first + k))
             first = meta.first + k if k < meta.count(now) else meta.end
-            return _Plan(meta.gen, first, meta.end, {}, deletes), removed
+            dropped = [h for h in heads if h.chunked]
+            return _Plan(meta.gen, first, meta.end, {}, deletes, dropped=dropped), removed
 
         result: list[str] = self._change(key, "delete the oldest messages", step)
         return result
@@ -585,34 +800,42 @@ class NativeLayout:
             if count == 0:
                 return None, None
             assert meta.gen is not None
-            removed = self._read_items(key, meta, 0, count)
+            heads, removed = self._read_items(key, meta, 0, count, whole=True)
             deletes = list(range(meta.first, meta.end))
-            return _Plan(meta.gen, meta.end, meta.end, {}, deletes), removed
+            dropped = [h for h in heads if h.chunked]
+            return _Plan(meta.gen, meta.end, meta.end, {}, deletes, dropped=dropped), removed
 
         result: list[str] | None = self._change(key, "delete a conversation", step)
         return result
 
     def replace(self, key: str, messages: Sequence[str]) -> None:
-        """Replace the conversation atomically (``[]`` removes it)."""
+        """Replace the conversation atomically (``[]`` removes it).
+
+        Raises:
+            PayloadTooLargeError: A message is over the size the layout stores (nothing is
+                written).
+        """
         if not messages:
             self.delete_all(key)
             return
-        self.check_sizes(key, messages)
+        heads, fresh = self._encode(key, messages)
 
         def step(meta: _Meta, now: float) -> tuple[_Plan, None]:
             gen = self._new_gen(meta, now)
-            puts = {_SEQ0 + i: m for i, m in enumerate(messages)}
+            puts = {_SEQ0 + i: h for i, h in enumerate(heads)}
             old = list(range(meta.first, meta.end)) if meta.gen is not None else []
-            return _Plan(gen, _SEQ0, _SEQ0 + len(messages), puts, old, True, True), None
+            dropped = self._chunked_heads(key, meta)
+            plan = _Plan(gen, _SEQ0, _SEQ0 + len(heads), puts, old, True, True, dropped=dropped)
+            return plan, None
 
-        self._change(key, "replace a conversation", step)
+        self._change(key, "replace a conversation", step, fresh)
 
     def _rewrite(self, key: str, meta: _Meta, plan: _Plan, now: float, what: str) -> None:
         """Commit a plan too large for one transaction by writing a whole new generation.
 
         The new generation is reserved on the meta first (so no other writer uses it), its
         items are written while invisible, then the meta flips to it conditionally and the
-        old generation is deleted.
+        old generation is deleted. Chunks stay where they are: the new heads point at them.
 
         Raises:
             ConflictError: The meta changed since it was read (the new items are removed again).
@@ -621,7 +844,7 @@ class NativeLayout:
             final = [plan.puts[s] for s in range(plan.first, plan.end)]
         else:
             assert meta.gen is not None
-            current = self._read_items(key, meta, 0, meta.count(now))
+            current, _ = self._read_items(key, meta, 0, meta.count(now), whole=False)
             by_seq = dict(zip(range(meta.first, meta.end), current, strict=True))
             by_seq.update(plan.puts)
             final = [by_seq[s] for s in range(plan.first, plan.end)]
@@ -640,12 +863,13 @@ class NativeLayout:
         gen = int(reply["Attributes"][_NEXT]["N"])
         reserved = replace(meta, ver=(meta.ver or 0) + 1, next_gen=gen)
         requests = [
-            {"PutRequest": {"Item": self._message_item(key, gen, _SEQ0 + i, m, now)}}
-            for i, m in enumerate(final)
+            {"PutRequest": {"Item": self._message_item(key, gen, _SEQ0 + i, h, now)}}
+            for i, h in enumerate(final)
         ]
         try:
             self.t.batch_write(what, requests)
-            flip = _Plan(gen, _SEQ0, _SEQ0 + len(final), {}, [], new_gen=False, fresh=True)
+            flip = _Plan(gen, _SEQ0, _SEQ0 + len(final), {}, [], new_gen=False, fresh=True,
+                         chunked=any(h.chunked for h in final))  # fmt: skip
             self.t.transact(what, [self._meta_action(key, reserved, flip, now)])
         except BaseException:
             self._delete_seqs(key, gen, range(_SEQ0, _SEQ0 + len(final)), "clean up")

@@ -46,7 +46,8 @@ _URL_OPTIONS = {
     "region": "region_name", "region_name": "region_name", "endpoint_url": "endpoint_url",
     "profile": "profile_name", "profile_name": "profile_name", "primary_key": "primary_key",
     "sort_key": "sort_key", "ttl": "ttl", "ttl_seconds": "ttl", "ttl_attribute": "ttl_attribute",
-    "layout": "layout", "max_retries": "max_retries", "timeout": "timeout",
+    "refresh_on_read": "refresh_on_read", "layout": "layout", "max_retries": "max_retries",
+    "timeout": "timeout",
     "aws_access_key_id": "aws_access_key_id", "aws_secret_access_key": "aws_secret_access_key",
     "aws_session_token": "aws_session_token",
 }  # fmt: skip
@@ -89,9 +90,12 @@ class DynamoDBChatStore(BaseChatStore):
     writable by LlamaIndex's ``DynamoDBChatStore``, with conditional writes added so
     concurrent appends are not lost.
 
-    A message (or, in LlamaIndex's layout, a conversation) over DynamoDB's 400 KB item limit
-    raises :class:`PayloadTooLargeError` before anything is written. With ``ttl`` (alias
-    ``ttl_seconds``) every change sets the conversation's expiry to now + ttl; expired
+    On the recommended table a message over DynamoDB's 400 KB item limit is split across
+    several items and still reads, counts and moves as one message; a message over
+    16 MB of JSON (or, in LlamaIndex's layout, a conversation over one 400 KB item) raises
+    :class:`PayloadTooLargeError` before anything is written. With ``ttl`` (alias
+    ``ttl_seconds``) every change sets the conversation's expiry to now + ttl, and with
+    ``refresh_on_read`` so does every read of a live conversation (both layouts); expired
     conversations are absent from reads at once, while DynamoDB deletes their items later.
 
     Constructing a store does not connect; the first operation does. Errors: a missing table
@@ -115,6 +119,8 @@ class DynamoDBChatStore(BaseChatStore):
         session_kwargs: More ``boto3.Session`` arguments.
         resource_kwargs: More client arguments (``endpoint_url``, ``verify``, ...).
         ttl: Seconds a conversation lives after its last change (alias ``ttl_seconds``).
+        refresh_on_read: Reads of a live conversation (``get_messages``,
+            ``count_messages``) also push its expiry to now + ttl. No effect without ``ttl``.
         ttl_attribute: The attribute DynamoDB's TTL feature is enabled on.
         endpoint_url: Another endpoint (DynamoDB Local, moto, a VPC endpoint).
         layout: ``"auto"`` (from the table's key schema), ``"native"`` or ``"llama_index"``.
@@ -138,6 +144,7 @@ class DynamoDBChatStore(BaseChatStore):
     session_kwargs: dict[str, Any] = Field(default_factory=dict, repr=False)
     resource_kwargs: dict[str, Any] = Field(default_factory=dict, repr=False)
     ttl: int | None = Field(default=None, validation_alias=AliasChoices("ttl", "ttl_seconds"))
+    refresh_on_read: bool = False
     ttl_attribute: str = "TTL"
     endpoint_url: str | None = None
     layout: Layout = "auto"
@@ -171,9 +178,9 @@ class DynamoDBChatStore(BaseChatStore):
         """Build a store from ``dynamodb://TABLE?region=...&endpoint_url=...``.
 
         Query parameters: ``region``, ``endpoint_url``, ``profile``, ``primary_key``,
-        ``sort_key``, ``ttl``, ``ttl_attribute``, ``layout``, ``max_retries``, ``timeout``
-        and the ``aws_*`` credentials (else the usual AWS environment variables and files).
-        Keyword ``options`` override the URL.
+        ``sort_key``, ``ttl``, ``ttl_attribute``, ``refresh_on_read`` (``true``/``false``),
+        ``layout``, ``max_retries``, ``timeout`` and the ``aws_*`` credentials (else the
+        usual AWS environment variables and files). Keyword ``options`` override the URL.
 
         Raises:
             ConfigurationError: Not a ``dynamodb://`` URL, no table, or an unknown parameter.
@@ -243,6 +250,7 @@ class DynamoDBChatStore(BaseChatStore):
             ttl=self.ttl,
             ttl_attribute=self.ttl_attribute,
             errors=Translator(self.table_name, self._endpoint()),
+            refresh_on_read=self.refresh_on_read,
         )
 
     def _storage(self) -> NativeLayout | LlamaIndexLayout:
@@ -327,14 +335,19 @@ class DynamoDBChatStore(BaseChatStore):
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` (``[]`` for a missing or expired key).
 
-        Reads the meta item, then queries only the requested items.
+        Reads the meta item, then queries only the requested items (and the extra items of
+        messages split across several). With ``refresh_on_read`` a live conversation's
+        expiry moves to now + ttl.
         """
         key = self._check_key(key)
         check_window(offset, limit)
         return self._parse(key, self._storage().get(key, offset, limit))
 
     def count_messages(self, key: str) -> int:
-        """Return the number of messages (one small read of the meta item)."""
+        """Return the number of messages (one small read of the meta item).
+
+        With ``refresh_on_read`` a live conversation's expiry moves to now + ttl.
+        """
         key = self._check_key(key)
         return self._storage().count(key)
 
@@ -362,7 +375,8 @@ class DynamoDBChatStore(BaseChatStore):
         Concurrent appends to one key are all kept, each writer's in order.
 
         Raises:
-            PayloadTooLargeError: The message cannot fit one item (nothing is written).
+            PayloadTooLargeError: The message is over 16 MB of JSON, or cannot fit
+                LlamaIndex's single item (nothing is written).
         """
         key = self._check_key(key)
         data = message_to_json(coerce_message(message))
@@ -377,7 +391,8 @@ class DynamoDBChatStore(BaseChatStore):
         """Append ``messages`` atomically and in order (``[]`` changes nothing).
 
         Raises:
-            PayloadTooLargeError: A message cannot fit one item (nothing is written).
+            PayloadTooLargeError: A message is over 16 MB of JSON, or the conversation cannot
+                fit LlamaIndex's single item (nothing is written).
         """
         key = self._check_key(key)
         data = [message_to_json(m) for m in coerce_messages(messages)]
