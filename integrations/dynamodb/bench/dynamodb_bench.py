@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 from uuid import uuid4
@@ -153,12 +152,8 @@ def make_store(url):
 # The long conversation: 20,000 messages at full scale (2,000 at BENCH_SCALE=0.1).
 _LONG = 20_000
 # LlamaIndex's store keeps a conversation in one item: from roughly 1,300 of the bench's
-# messages on, it cannot even be filled. It runs when the long conversation fits (BENCH_SCALE
-# up to 0.05, e.g. CI's 0.01); CHAT_STORE_BENCH_DYNAMODB_LLAMA_INDEX=1/0 forces it on/off.
-_FITS = float(os.environ.get("BENCH_SCALE", "1")) * _LONG <= 1_000
-_WITH_LLAMA_INDEX = (
-    os.environ.get("CHAT_STORE_BENCH_DYNAMODB_LLAMA_INDEX", "1" if _FITS else "0") != "0"
-)
+# messages on, it cannot even be filled, so runs with longer conversations leave it out.
+_LLAMA_INDEX_HOLDS = 1_000
 
 BENCH = Backend(
     title="DynamoDBChatStore (moto server; one item per message plus a meta item)",
@@ -171,9 +166,8 @@ BENCH = Backend(
     reference=Reference(
         requirements=["llama-index-storage-chat-store-dynamodb==0.6.0"],
         source=LLAMA_INDEX_DYNAMODB,
-    )
-    if _WITH_LLAMA_INDEX
-    else None,
+    ),
+    reference_holds=_LLAMA_INDEX_HOLDS,
     notes=[
         "ours: an append is GetItem(meta) + TransactWriteItems(meta update conditioned on its "
         "version + put); get_messages(offset=-20) is GetItem(meta) + one Query of 20 items; "

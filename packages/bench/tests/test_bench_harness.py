@@ -123,6 +123,22 @@ def test_the_ratio_interval_brackets_the_ratio_and_narrows_with_agreement() -> N
     assert high - low > 0.2
 
 
+def test_a_reference_that_cannot_hold_the_conversations_is_left_out(workspace: Path) -> None:
+    declaration = DECLARATION.replace(
+        "reference=None,",
+        "reference=Reference(requirements=['no-such-package==0'], source=''),\n"
+        "    reference_holds=20,",
+    ).replace("import Backend", "import Backend, Reference")
+    (workspace / "integrations" / "toy" / "bench" / "toy_bench.py").write_text(declaration)
+    out = workspace / "results"
+    code = main(["toy", "--root", str(workspace), "--out", str(out), "--scale", "0.01",
+                 "--repeats", "1"])  # fmt: skip
+    assert code == 0  # the reference interpreter (an uninstallable one) was never built
+    table = (out / "toy.md").read_text()
+    assert "cannot hold 50 messages, left out of this run" in table
+    assert "| add_message | 50 |" in table
+
+
 def test_a_failing_backend_fails_the_run_but_not_the_others(workspace: Path) -> None:
     broken = workspace / "integrations" / "broken" / "bench"
     broken.mkdir(parents=True)

@@ -67,6 +67,8 @@ class Backend:
         long_conversation: The long conversation's length at ``BENCH_SCALE=1`` (scaled like
             every volume). Lower it for a server that cannot hold 10,000 messages in every
             implementation's layout, or serves them too slowly for a run of minutes.
+        reference_holds: The longest conversation LlamaIndex's store can hold (e.g. under an
+            item size limit); a run with longer conversations leaves LlamaIndex out and says so.
     """
 
     title: str
@@ -76,6 +78,7 @@ class Backend:
     reference: Reference | None
     notes: Sequence[str] = field(default_factory=tuple)
     long_conversation: int = 10_000
+    reference_holds: int | None = None
 
 
 @runtime_checkable

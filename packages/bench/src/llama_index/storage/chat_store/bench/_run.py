@@ -168,7 +168,13 @@ def run_backend(name: str, backend: Backend, plan: Plan, log: IO[str] = sys.stde
                 raw = RawAdapter(backend.raw, url)
                 impls["raw"] = _InProcess(raw, workdir)
                 labels["raw"] = raw.driver.label
-            if backend.reference is not None:
+            holds = backend.reference_holds
+            if backend.reference is not None and holds is not None and max(plan.lengths) > holds:
+                labels["llama_index"] = (
+                    f"{backend.reference.label}: its store cannot hold {max(plan.lengths):,} "
+                    "messages, left out of this run"
+                )
+            elif backend.reference is not None:
                 print(f"[{name}] starting the LlamaIndex reference interpreter", file=log)
                 impls["llama_index"] = _ReferenceProcess(backend.reference, url, workdir)
                 reqs = [LLAMA_INDEX_CORE, *backend.reference.requirements]
