@@ -18,6 +18,9 @@ old generation. Popping from either end moves ``head``/``tail`` first, so two co
 pops never return the same message. A writer that died between its rows and its commit
 leaves rows in the next writer's way: after a few unchanged looks at the meta row, that
 writer bumps ``ver`` (a fence: the dead write can never commit) and deletes them.
+
+Commits are conditional on ``gen`` and ``ver`` together: ``ver`` starts again at 1 when a
+deleted conversation is recreated, under a new random ``gen``.
 """
 
 from __future__ import annotations
@@ -112,11 +115,15 @@ def _columns(row: Any) -> dict[str, Any]:
     return {column[0]: column[1] for column in row.attribute_columns or ()}
 
 
-def _if_version(ver: int) -> Any:
-    return ts.Condition(
-        ts.RowExistenceExpectation.EXPECT_EXIST,
-        ts.SingleColumnCondition("ver", ver, ts.ComparatorType.EQUAL, pass_if_missing=False),
-    )
+def _if_current(meta: Meta) -> Any:
+    # Generation and version: ``ver`` starts again at 1 when a deleted conversation is
+    # recreated, but under a new random generation, so an old state never matches again.
+    both = ts.CompositeColumnCondition(ts.LogicalOperator.AND)
+    for name in ("gen", "ver"):
+        both.add_sub_condition(ts.SingleColumnCondition(
+            name, getattr(meta, name), ts.ComparatorType.EQUAL, pass_if_missing=False
+        ))  # fmt: skip
+    return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, both)
 
 
 def _if_writer(writer: str) -> Any:
@@ -324,14 +331,14 @@ def _commit(t: Tables, key: str, old: Meta | None, new: Meta | None) -> Op[bool]
     try:
         if new is None:
             assert old is not None
-            yield Call("delete_row", (t.meta, ts.Row(pk), _if_version(old.ver)))
+            yield Call("delete_row", (t.meta, ts.Row(pk), _if_current(old)))
         elif old is None:
             values = [(name, getattr(new, name)) for name in _META_COLUMNS]
             absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
             yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
         else:
             changes = {"put": [(name, getattr(new, name)) for name in _META_COLUMNS]}
-            yield Call("update_row", (t.meta, ts.Row(pk, changes), _if_version(old.ver)))
+            yield Call("update_row", (t.meta, ts.Row(pk, changes), _if_current(old)))
     except ConflictError:
         return False
     return True
