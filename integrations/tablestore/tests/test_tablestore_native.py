@@ -11,6 +11,7 @@ from llama_index.storage.chat_store.core import ChatMessage
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.tablestore import _native as native
 from llama_index.storage.chat_store.tablestore._io import Op, run_sync
+from llama_index.storage.chat_store.testing.samples import numbered
 
 
 class _Client:
@@ -36,10 +37,51 @@ def _run(store: TablestoreChatStore, op: Op[Any], client: _Client | None = None)
     return run_sync(client or _Client(store._sync_client()), op, store._translate)
 
 
+def _pop(store: TablestoreChatStore) -> tuple[str | None, list[str]]:
+    client = _Client(store._sync_client())
+    popped = _run(store, native.pop_last(store._tables, "k"), client)
+    return (popped.content if popped else None), client.calls
+
+
 @pytest.fixture
 def make_store(new_store: Callable[..., Any]) -> Callable[[], TablestoreChatStore]:
     """Instances over one new native table (each with its own memory)."""
     return new_store(layout="native")  # type: ignore[no-any-return]
+
+
+def test_pop_reads_meta_and_last_row_in_one_request(
+    make_store: Callable[[], TablestoreChatStore],
+) -> None:
+    """A pop after the store's own write is a BatchGetRow, the commit and the row's delete."""
+    store = make_store()
+    store.add_messages("k", numbered(3))
+    assert _pop(store) == ("m2", ["batch_get_row", "update_row", "batch_write_row"])
+    # A new instance remembers nothing: it reads the meta row, then the last row.
+    assert _pop(make_store()) == ("m1", ["get_row", "get_range", "update_row", "batch_write_row"])
+
+
+_CHANGES: dict[str, Callable[[TablestoreChatStore], object]] = {
+    "append": lambda other: other.add_message("k", ChatMessage(content="other")),
+    "pop": lambda other: other.delete_last_message("k"),
+    "replace": lambda other: other.set_messages("k", numbered(3, "r")),
+    "delete": lambda other: other.delete_messages("k"),
+}
+
+
+@pytest.mark.parametrize("change", list(_CHANGES))
+def test_a_stale_memory_costs_a_pop_nothing(
+    make_store: Callable[[], TablestoreChatStore], change: str
+) -> None:
+    """After another instance changed the conversation, a pop costs what a new instance's does."""
+    store, other = make_store(), make_store()
+    results = []
+    for popper in (store, None):
+        store.set_messages("k", numbered(3))
+        _CHANGES[change](other)
+        popped, calls = _pop(popper or make_store())
+        results.append((popped, len(calls)))
+    assert results[0][0] == results[1][0]
+    assert results[0][1] <= results[1][1]
 
 
 def test_commit_never_matches_a_recreated_conversation(
