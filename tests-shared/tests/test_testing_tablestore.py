@@ -168,6 +168,33 @@ def test_batch_write_reports_each_row_and_enforces_200(client: Any) -> None:
     assert _code(lambda: client.batch_write_row(too_many)) == "OTSParameterInvalid"
 
 
+def test_batch_get_reads_rows_of_several_tables_and_enforces_100(client: Any) -> None:
+    client.create_table(
+        ts.TableMeta("u", [("id", "STRING")]), ts.TableOptions(),
+        ts.ReservedThroughput(ts.CapacityUnit(0, 0)),
+    )  # fmt: skip
+    client.put_row("t", ts.Row(_pk("k", 0), [("n", 0), ("text", "a")]))
+    client.put_row("u", ts.Row([("id", "x")], [("n", 7)]))
+    request = ts.BatchGetRowRequest()
+    request.add(ts.TableInBatchGetRowItem("t", [_pk("k", 0), _pk("k", 1)], ["n"], max_version=1))
+    request.add(ts.TableInBatchGetRowItem("u", [[("id", "x")]], max_version=1))
+    response = client.batch_get_row(request)
+    found, missing = response.get_result_by_table("t")
+    assert found.is_ok
+    assert found.row.primary_key == _pk("k", 0)
+    assert found.row.attribute_columns[0][:2] == ("n", 0)
+    assert len(found.row.attribute_columns) == 1
+    assert missing.is_ok
+    assert missing.row is None
+    assert response.get_result_by_table("u")[0].row.attribute_columns[0][:2] == ("n", 7)
+    absent_table = ts.BatchGetRowRequest()
+    absent_table.add(ts.TableInBatchGetRowItem("nope", [[("id", "x")]]))
+    assert _code(lambda: client.batch_get_row(absent_table)) == "OTSObjectNotExist"
+    too_many = ts.BatchGetRowRequest()
+    too_many.add(ts.TableInBatchGetRowItem("t", [_pk("k", i) for i in range(101)]))
+    assert _code(lambda: client.batch_get_row(too_many)) == "OTSParameterInvalid"
+
+
 def test_limits_on_values_and_keys(client: Any) -> None:
     big = "x" * (2 * 1024 * 1024 + 1)
     assert _code(lambda: client.put_row("t", ts.Row(_pk("k", 0), [("v", big)]))) == (

@@ -177,10 +177,12 @@ BENCH = Backend(
     notes=[
         "Conversations of 2,000 messages at BENCH_SCALE=1, not 10,000 (long_conversation): "
         "the length the Azure issue asks for, on an emulator that holds every entity in memory.",
-        "ours: an append is a point read of the meta entity plus one entity-group transaction "
-        "(message rows and meta If-Match its ETag); count is that point read; the last 20 are "
-        "the point read plus one range query of 20 RowKeys; a pop reads meta and the last row "
-        "(to return it), then commits both in one transaction.",
+        "ours: the store remembers the meta entity it last saw of each conversation, so an "
+        "append is one entity-group transaction (message rows and meta If-Match its ETag) and "
+        "a pop is one range query (meta and the remembered last row, to return it) plus the "
+        "transaction; another instance's change in between costs one request more. Count is a "
+        "point read of the meta entity; the last 20 are that point read plus one range query "
+        "of 20 RowKeys.",
         "A two-operation entity-group transaction took 6-16 ms on this shared machine against "
         "about 2 ms for one create_entity: the sync azure-data-tables client builds the "
         "multipart body with two fresh thread pools and parses the reply with the email "

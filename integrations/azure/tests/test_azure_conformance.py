@@ -20,6 +20,7 @@ from llama_index.storage.chat_store.testing.services import (
     azurite_connection_string,
     free_port,
 )
+from llama_index.storage.chat_store.testing.shared_writers import SharedWriterTests
 
 
 def new_table() -> str:
@@ -32,7 +33,7 @@ def drop_table(endpoint: str, table: str) -> None:
         client.delete_table()
 
 
-class TestAzureNativeConformance(ChatStoreConformance, LlamaIndexMemoryTests):
+class TestAzureNativeConformance(ChatStoreConformance, LlamaIndexMemoryTests, SharedWriterTests):
     layout = "native"
 
     @pytest.fixture

@@ -6,14 +6,16 @@ import asyncio
 import base64
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
+from typing import Any
 
 import pytest
 from azure.data.tables import TableClient
 
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._codec import HASHED_PREFIX, encode_key
+from llama_index.storage.chat_store.azure._io import Plan, run_sync
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
@@ -217,3 +219,79 @@ def test_entry_points_are_registered() -> None:
 def test_cosmos_mode_uses_the_cosmos_endpoint() -> None:
     store = AzureChatStore.from_account_and_key("acct", "a2V5", service_mode="cosmos")
     assert store._where == "https://acct.table.cosmos.azure.com"
+
+
+@pytest.fixture
+def make_store(azurite_table_endpoint: str, table: str) -> Iterator[Callable[[], AzureChatStore]]:
+    """More instances over the table of ``store`` (each with its own memory)."""
+    made: list[AzureChatStore] = []
+
+    def make() -> AzureChatStore:
+        made.append(AzureChatStore.from_account_and_key(
+            AZURITE_ACCOUNT, AZURITE_KEY, endpoint=azurite_table_endpoint, chat_table_name=table
+        ))  # fmt: skip
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.close()
+
+
+def _requests(store: AzureChatStore, plan: Plan[Any]) -> tuple[Any, int]:
+    """Run a store plan on the store's real client; return its result and requests sent."""
+    sent = 0
+
+    def client_for(table: str) -> TableClient:
+        nonlocal sent
+        sent += 1
+        return store._sync_client(table)
+
+    return run_sync(plan, client_for, store._where, store._ensure_tables), sent
+
+
+def _append(store: AzureChatStore) -> int:
+    return _requests(store, store._add_plan("k", ChatMessage(content="new"), None))[1]
+
+
+def _pop(store: AzureChatStore) -> int:
+    return _requests(store, store._layout.pop_last("k"))[1]
+
+
+def test_writes_plan_on_the_last_meta_seen(
+    store: AzureChatStore, make_store: Callable[[], AzureChatStore]
+) -> None:
+    """After its own write or read, an append is one request and a pop two; reads always read."""
+    store.add_messages("k", numbered(3))
+    assert _append(store) == 1  # the transaction alone
+    assert _pop(store) == 2  # meta entity and last row in one query, then the transaction
+    assert _requests(store, store._set_plan("k", numbered(2)))[1] == 1
+    assert _requests(store, store._layout.count_messages("k")) == (2, 1)
+    # A new instance remembers nothing: it reads the meta entity first.
+    assert _append(make_store()) == 2
+    assert _pop(make_store()) == 3
+
+
+_CHANGES: dict[str, Callable[[AzureChatStore], object]] = {
+    "append": lambda other: other.add_message("k", ChatMessage(content="other")),
+    "pop": lambda other: other.delete_last_message("k"),
+    "replace": lambda other: other.set_messages("k", numbered(3, "r")),
+    "delete": lambda other: other.delete_messages("k"),
+}
+
+
+@pytest.mark.parametrize("write", [_append, _pop])
+@pytest.mark.parametrize("change", list(_CHANGES))
+def test_a_stale_meta_costs_at_most_one_request(
+    store: AzureChatStore,
+    make_store: Callable[[], AzureChatStore],
+    change: str,
+    write: Callable[[AzureChatStore], int],
+) -> None:
+    """A write planned on a meta another instance has changed since costs one request more."""
+    other = make_store()
+    sent = []
+    for writer in (store, None):
+        store.set_messages("k", numbered(3))
+        _CHANGES[change](other)
+        sent.append(write(writer or make_store()))
+    assert sent[0] <= sent[1] + 1

@@ -196,9 +196,10 @@ BENCH = Backend(
         "reads of long conversations look worse here than they would on the service.",
         "ours: an append is a meta-row read, a conditional put of the message row and a "
         "conditional update of the meta row; count reads the meta row; a window is the meta "
-        "row plus one get_range of just its rows; a pop is a meta read, a one-row read, the "
-        "conditional meta update and a delete. The meta read (the commit point) is the extra "
-        "request that makes short reads slower than LlamaIndex's single get_row.",
+        "row plus one get_range of just its rows; a pop is one BatchGetRow (the meta row and "
+        "the last row the store last saw), the conditional meta update and a delete. The meta "
+        "read (the commit point) is the extra request that makes short reads slower than "
+        "LlamaIndex's single get_row.",
         "LlamaIndex: every append and every delete_last_message reads, parses and rewrites the "
         "whole conversation (get_row + put_row of one value), with no condition; get-last-20 "
         "and count read it whole too.",

@@ -17,13 +17,20 @@ In the store's table:
 * The keys partition ``%keys`` (never produced by :func:`encode_key`) lists the
   conversations with messages; one entity per key, written before the first message
   commits and removed after the last one goes, then re-checked against the meta entity.
+* Each store remembers the last meta entity it saw of each conversation (its own commits
+  and reads; at most :data:`CACHED_CONVERSATIONS`). Appends and replaces plan on it
+  without reading first: one transaction. A stale one only fails the If-Match (an ETag
+  never comes back once the entity changed), and the meta read that follows — needed
+  anyway to tell whether a lost reply had committed — plans the immediate retry. A pop
+  reads the meta entity and the remembered last row in one range query. Reads
+  (messages, counts, keys) always read the meta entity.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from azure.data.tables import EdmType, EntityProperty
@@ -48,14 +55,17 @@ from llama_index.storage.chat_store.azure._io import (
     fits,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core.cache import LruCache
 
-__all__ = ["KEYS_PARTITION", "NativeLayout"]
+__all__ = ["CACHED_CONVERSATIONS", "KEYS_PARTITION", "NativeLayout"]
 
 META = "meta"
 KEYS_PARTITION = "%keys"
 _SEQ_OFFSET = 10**18
 _MAX_ATTEMPTS = 200
 _PAGE = 1000
+CACHED_CONVERSATIONS = 4096
+"""How many conversations' last-seen meta entities a store remembers."""
 
 
 def _new_gen() -> str:
@@ -97,14 +107,20 @@ class NativeLayout:
 
     def __init__(self, table: str) -> None:
         self.table = table
+        # The last meta entity seen of each non-empty conversation, to plan writes without
+        # reading it first. Only ever a hint: every commit is If-Match its ETag.
+        self._seen: LruCache[str, Meta] = LruCache(CACHED_CONVERSATIONS)
 
-    # -- reading ------------------------------------------------------------------------
+    # -- the meta entity ----------------------------------------------------------------
 
     def read_meta(self, key: str) -> Plan[Meta]:
         pk = encode_key(key)
         row = yield Get(self.table, pk, META)
         if row is None:
-            return Meta(key, pk, _new_gen(), 0, 0, "", None)
+            return self._learn(Meta(key, pk, _new_gen(), 0, 0, "", None))
+        return self._learn(self._parse_meta(key, pk, row))
+
+    def _parse_meta(self, key: str, pk: str, row: Row) -> Meta:
         props = row.props
         gen, head, nxt = props.get("Gen"), props.get("Head"), props.get("Next")
         if not (isinstance(gen, str) and isinstance(head, int) and isinstance(nxt, int)):
@@ -112,6 +128,27 @@ class NativeLayout:
         if nxt < head or props.get("Key", key) != key:
             raise CorruptDataError(f"the meta entity of key {key!r} is inconsistent: {props!r}")
         return Meta(key, pk, gen, head, nxt, str(props.get("Op", "")), row.etag)
+
+    def _learn(self, meta: Meta) -> Meta:
+        """Remember ``meta`` as the latest state seen of its conversation; return it.
+
+        Empty conversations are not remembered: their meta entity is about to be deleted,
+        and a first write must list the key before it commits anyway.
+        """
+        if meta.etag and meta.count > 0:
+            self._seen.put(meta.key, meta)
+        else:
+            self._seen.discard(meta.key)
+        return meta
+
+    def _meta_to_write(self, key: str) -> Plan[tuple[Meta, bool]]:
+        """Return the meta to plan a write on and whether it is the remembered one (unread)."""
+        seen = self._seen.get(key)
+        if seen is not None:
+            return seen, True
+        return (yield from self.read_meta(key)), False
+
+    # -- reading ------------------------------------------------------------------------
 
     def _rows(self, meta: Meta, lo: int, hi: int) -> Plan[list[Row]]:
         """Read the rows of positions ``[lo, hi)`` (fewer if they changed meanwhile)."""
@@ -149,6 +186,29 @@ class NativeLayout:
             yield backoff(attempt)
         raise ChatStoreError(f"key {key!r} changed during every read attempt")
 
+    def _last_row(self, seen: Meta) -> Plan[tuple[Meta | None, Row | None]]:
+        """Read the meta entity and, if ``seen`` is still current, its last row: one query.
+
+        Hex generations sort before ``meta``, so the RowKeys from ``seen``'s last row up to
+        the meta entity normally hold just those two. Returns the meta entity read (None
+        when other rows crowd it out of the page) and the row, which is only returned when
+        the meta's ETag is ``seen``'s: then the conversation did not change between the
+        moment ``seen`` was read and the commit that is conditional on that ETag, so the
+        row is the one that meta names even if the query is not a snapshot.
+        """
+        last = seen.row_key(seen.next - 1)
+        rows, _ = yield Query(
+            self.table,
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi",
+            {"pk": seen.pk, "lo": last, "hi": META},
+            page_size=2,
+        )
+        found = {row.props.get("RowKey"): row for row in rows}
+        if META not in found:
+            return None, None
+        meta = self._learn(self._parse_meta(seen.key, seen.pk, found[META]))
+        return meta, found.get(last) if meta.etag == seen.etag else None
+
     def get_messages(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
         for attempt in range(_MAX_ATTEMPTS):
             meta = yield from self.read_meta(key)
@@ -182,20 +242,32 @@ class NativeLayout:
 
     # -- building blocks ----------------------------------------------------------------
 
-    def _meta_entity(self, meta: Meta, gen: str, head: int, nxt: int, op: str) -> dict[str, Any]:
-        return {
-            "PartitionKey": meta.pk,
+    def _meta_action(self, old: Meta, new: Meta) -> Action:
+        """The transaction operation turning meta entity ``old`` into ``new`` (If-Match)."""
+        entity = {
+            "PartitionKey": old.pk,
             "RowKey": META,
-            "Key": meta.key,
-            "Gen": gen,
-            "Head": _int64(head),
-            "Next": _int64(nxt),
-            "Op": op,
+            "Key": old.key,
+            "Gen": new.gen,
+            "Head": _int64(new.head),
+            "Next": _int64(new.next),
+            "Op": new.op,
         }
+        return ("create", entity, None) if old.etag is None else ("update", entity, old.etag)
 
-    def _meta_action(self, meta: Meta, gen: str, head: int, nxt: int, op: str) -> Action:
-        entity = self._meta_entity(meta, gen, head, nxt, op)
-        return ("create", entity, None) if meta.etag is None else ("update", entity, meta.etag)
+    def _commit(self, new: Meta, actions: list[Action]) -> Plan[Meta]:
+        """Run one transaction whose first action writes meta ``new``; return it with its ETag.
+
+        Raises ConflictError (thrown in by the driver) when the meta entity changed.
+        """
+        etags = yield Batch(self.table, actions)
+        return self._learn(replace(new, etag=str(etags[0]) or None))
+
+    def _put_meta(self, old: Meta, new: Meta) -> Plan[Meta]:
+        """Write meta ``new`` alone, If-Match ``old``'s ETag; return it with its ETag."""
+        verb, entity, etag = self._meta_action(old, new)
+        written = yield Put(self.table, entity, verb, etag)
+        return self._learn(replace(new, etag=str(written) or None))
 
     def _row(self, meta: Meta, gen: str, seq: int, payload: dict[str, Any]) -> dict[str, Any]:
         row_key = f"{gen}:{seq + _SEQ_OFFSET:019d}"
@@ -234,7 +306,7 @@ class NativeLayout:
                 for _, entity, _ in actions:
                     yield Remove(self.table, pk, entity["RowKey"])
 
-    def _unlist(self, meta: Meta, etag: str) -> Plan[None]:
+    def _unlist(self, emptied: Meta) -> Plan[None]:
         """Drop an emptied conversation from the keys partition, then its meta entity.
 
         The meta entity is deleted If-Match the ETag our emptying write returned. A writer
@@ -242,85 +314,101 @@ class NativeLayout:
         again. A writer that read the empty meta before us fails its own conditional
         commit on the deleted meta and lists the key again when it retries.
         """
-        yield Remove(self.table, KEYS_PARTITION, meta.pk)
+        yield Remove(self.table, KEYS_PARTITION, emptied.pk)
+        if emptied.etag is None:  # no ETag to delete it safely by: an empty meta is harmless
+            return
         try:
-            yield Remove(self.table, meta.pk, META, etag=etag)
+            yield Remove(self.table, emptied.pk, META, etag=emptied.etag)
         except ConflictError:
-            again = yield from self.read_meta(meta.key)
+            again = yield from self.read_meta(emptied.key)
             if again.count > 0:
                 yield from self._list_key(again)
 
-    def _replace(self, meta: Meta, payloads: Sequence[dict[str, Any]], op: str) -> Plan[str | None]:
-        """Make ``payloads`` the whole conversation (meta as read); return the meta ETag.
+    def _rewrite(
+        self, meta: Meta, payloads: Sequence[dict[str, Any]], op: str
+    ) -> tuple[Meta, list[Action]]:
+        """Return the meta and the operations making ``payloads`` the whole conversation.
 
-        Returns None when the meta entity changed since it was read (nothing visible
-        changed; the caller re-reads and retries).
+        The operations are the meta flip, the rows of a new generation, then the deletes of
+        the visible rows of ``meta``.
         """
-        gen = _new_gen()
-        rows = [("upsert", self._row(meta, gen, i, p), None) for i, p in enumerate(payloads)]
-        flip = self._meta_action(meta, gen, 0, len(payloads), op)
+        new = replace(meta, gen=_new_gen(), head=0, next=len(payloads), op=op)
+        rows = [("upsert", self._row(meta, new.gen, i, p), None) for i, p in enumerate(payloads)]
         drops = [self._delete(meta, s) for s in range(meta.head, meta.next)]
-        if fits([flip, *rows, *drops]):
+        return new, [self._meta_action(meta, new), *rows, *drops]
+
+    def _replace(self, meta: Meta, new: Meta, actions: list[Action]) -> Plan[Meta | None]:
+        """Commit a :meth:`_rewrite`; return the new meta, or None when ``meta`` had changed.
+
+        One transaction when it fits; else the new rows first, then the conditional flip,
+        then the old generation's deletion (nothing visible changes when the flip fails).
+        """
+        if fits(actions):
             try:
-                etags = yield Batch(self.table, [flip, *rows, *drops])
+                return (yield from self._commit(new, actions))
             except ConflictError:
                 return None
-            return str(etags[0])
+        rows = [a for a in actions[1:] if a[0] == "upsert"]
         for chunk in chunks(rows):
             yield Batch(self.table, chunk)
         try:
-            etag = yield Put(self.table, flip[1], "create" if meta.etag is None else "update",
-                             meta.etag)  # fmt: skip
+            committed = yield from self._put_meta(meta, new)
         except ConflictError:
-            yield from self._delete_generation(meta.pk, gen)
+            yield from self._delete_generation(meta.pk, new.gen)
             return None
         if meta.etag is not None:
             yield from self._delete_generation(meta.pk, meta.gen)
-        return str(etag)
+        return committed
 
-    def _empty(self, meta: Meta, op: str) -> Plan[str | None]:
-        """Remove every visible message (meta as read); return the new meta ETag or None."""
-        flip = self._meta_action(meta, _new_gen(), 0, 0, op)
-        drops = [self._delete(meta, s) for s in range(meta.head, meta.next)]
-        if fits([flip, *drops]):
-            try:
-                etags = yield Batch(self.table, [flip, *drops])
-            except ConflictError:
-                return None
-            return str(etags[0])
+    def _empty(self, meta: Meta, op: str) -> Plan[Meta | None]:
+        """Remove every visible message (meta as read); return the new meta or None."""
+        new = replace(meta, gen=_new_gen(), head=0, next=0, op=op)
+        actions = [self._meta_action(meta, new)]
+        actions += [self._delete(meta, s) for s in range(meta.head, meta.next)]
         try:
-            etag = yield Put(self.table, flip[1], "update", meta.etag)
+            if fits(actions):
+                return (yield from self._commit(new, actions))
+            committed = yield from self._put_meta(meta, new)
         except ConflictError:
             return None
         yield from self._delete_generation(meta.pk, meta.gen)
-        return str(etag)
+        return committed
 
     # -- writing ------------------------------------------------------------------------
 
     def append(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
         op = _op_id()
+        meta, unread = yield from self._meta_to_write(key)
         for attempt in range(_MAX_ATTEMPTS):
-            meta = yield from self.read_meta(key)
             if meta.count == 0:
                 yield from self._list_key(meta)
-            gen = meta.gen
-            rows = [("upsert", self._row(meta, gen, meta.next + i, p), None)
+            new = replace(meta, next=meta.next + len(payloads), op=op)
+            rows = [("upsert", self._row(meta, meta.gen, meta.next + i, p), None)
                     for i, p in enumerate(payloads)]  # fmt: skip
-            actions = [self._meta_action(meta, gen, meta.head, meta.next + len(rows), op), *rows]
+            actions = [self._meta_action(meta, new), *rows]
             if fits(actions):
                 try:
-                    yield Batch(self.table, actions)
+                    yield from self._commit(new, actions)
                     return
                 except ConflictError:
-                    if (yield from self._committed(key, op)):
+                    meta = yield from self.read_meta(key)
+                    if meta.op == op:
                         return
+                    if unread:  # the remembered meta was stale: one retry on the fresh read
+                        unread = False
+                        continue
+            elif unread:  # a rewrite costs too much to risk on a stale meta
+                meta, unread = (yield from self.read_meta(key)), False
+                continue
             else:
                 existing = yield from self._rows(meta, 0, meta.count)
                 if len(existing) == meta.count:
                     old = [_payload(r) for r in existing]
-                    if (yield from self._replace(meta, [*old, *payloads], op)) is not None:
+                    new, rewrite = self._rewrite(meta, [*old, *payloads], op)
+                    if (yield from self._replace(meta, new, rewrite)) is not None:
                         return
             yield backoff(attempt)
+            meta = yield from self.read_meta(key)
         raise ChatStoreError(f"too much contention appending to key {key!r}")
 
     def replace(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
@@ -328,15 +416,24 @@ class NativeLayout:
             yield from self.delete_all(key, decode=False)
             return
         op = _op_id()
+        meta, unread = yield from self._meta_to_write(key)
         for attempt in range(_MAX_ATTEMPTS):
-            meta = yield from self.read_meta(key)
+            new, actions = self._rewrite(meta, payloads, op)
+            if unread and not fits(actions):  # staging costs too much to risk on a stale meta
+                meta, unread = (yield from self.read_meta(key)), False
+                continue
             if meta.count == 0:
                 yield from self._list_key(meta)
-            if (yield from self._replace(meta, payloads, op)) is not None:
+            if (yield from self._replace(meta, new, actions)) is not None:
                 return
-            if (yield from self._committed(key, op)):
+            meta = yield from self.read_meta(key)
+            if meta.op == op:
                 return
+            if unread:  # the remembered meta was stale: one retry on the fresh read
+                unread = False
+                continue
             yield backoff(attempt)
+            meta = yield from self.read_meta(key)
         raise ChatStoreError(f"too much contention replacing key {key!r}")
 
     def delete_all(self, key: str, *, decode: bool = True) -> Plan[list[ChatMessage] | None]:
@@ -347,9 +444,9 @@ class NativeLayout:
                 return None
             messages = [decode_payload(r.props, key=key, position=i)
                         for i, r in enumerate(rows)] if decode else []  # fmt: skip
-            etag = yield from self._empty(meta, op)
-            if etag is not None:
-                yield from self._unlist(meta, etag)
+            emptied = yield from self._empty(meta, op)
+            if emptied is not None:
+                yield from self._unlist(emptied)
                 return messages
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
@@ -371,18 +468,19 @@ class NativeLayout:
                 target = rows[-1] if len(rows) == i + 1 else None
                 shifted = [("upsert", self._row(meta, meta.gen, meta.head + j + 1, _payload(r)),
                             None) for j, r in enumerate(rows[:-1])]  # fmt: skip
-                actions = [self._meta_action(meta, meta.gen, meta.head + 1, meta.next, op),
-                           *shifted, self._delete(meta, meta.head)]  # fmt: skip
+                new = replace(meta, head=meta.head + 1, op=op)
+                actions = [self._meta_action(meta, new), *shifted, self._delete(meta, meta.head)]
             else:
                 rows = yield from self._rows(meta, i, n)
                 target = rows[0] if len(rows) == n - i else None
                 shifted = [("upsert", self._row(meta, meta.gen, meta.head + i + j, _payload(r)),
                             None) for j, r in enumerate(rows[1:])]  # fmt: skip
-                actions = [self._meta_action(meta, meta.gen, meta.head, meta.next - 1, op),
-                           *shifted, self._delete(meta, meta.next - 1)]  # fmt: skip
+                new = replace(meta, next=meta.next - 1, op=op)
+                actions = [self._meta_action(meta, new), *shifted,
+                           self._delete(meta, meta.next - 1)]  # fmt: skip
             if target is not None:
                 message = decode_payload(target.props, key=key, position=i)
-                done = yield from self._commit_or_rewrite(meta, actions, i, None, op)
+                done = yield from self._commit_or_rewrite(meta, new, actions, i, None)
                 if done:
                     return message
             yield backoff(attempt)
@@ -402,17 +500,17 @@ class NativeLayout:
                 complete = len(rows) == p
                 moved = [("upsert", self._row(meta, meta.gen, meta.head - 1 + j, _payload(r)),
                           None) for j, r in enumerate(rows)]  # fmt: skip
-                new = ("upsert", self._row(meta, meta.gen, meta.head - 1 + p, payload), None)
-                head, nxt = meta.head - 1, meta.next
+                added = ("upsert", self._row(meta, meta.gen, meta.head - 1 + p, payload), None)
+                new = replace(meta, head=meta.head - 1, op=op)
             else:
                 rows = yield from self._rows(meta, p, n)
                 complete = len(rows) == n - p
                 moved = [("upsert", self._row(meta, meta.gen, meta.head + p + 1 + j, _payload(r)),
                           None) for j, r in enumerate(rows)]  # fmt: skip
-                new = ("upsert", self._row(meta, meta.gen, meta.head + p, payload), None)
-                head, nxt = meta.head, meta.next + 1
-            actions = [self._meta_action(meta, meta.gen, head, nxt, op), *moved, new]
-            if complete and (yield from self._commit_or_rewrite(meta, actions, p, payload, op)):
+                added = ("upsert", self._row(meta, meta.gen, meta.head + p, payload), None)
+                new = replace(meta, next=meta.next + 1, op=op)
+            actions = [self._meta_action(meta, new), *moved, added]
+            if complete and (yield from self._commit_or_rewrite(meta, new, actions, p, payload)):
                 return
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention inserting into key {key!r}")
@@ -420,10 +518,10 @@ class NativeLayout:
     def _commit_or_rewrite(
         self,
         meta: Meta,
+        new: Meta,
         actions: list[Action],
         position: int,
         insert: dict[str, Any] | None,
-        op: str,
     ) -> Plan[bool]:
         """Commit a shift in one transaction, or rewrite the conversation when it is too big.
 
@@ -431,10 +529,10 @@ class NativeLayout:
         """
         if fits(actions):
             try:
-                yield Batch(self.table, actions)
+                yield from self._commit(new, actions)
                 return True
             except ConflictError:
-                return (yield from self._committed(meta.key, op))
+                return (yield from self._committed(meta.key, new.op))
         rows = yield from self._rows(meta, 0, meta.count)
         if len(rows) != meta.count:
             return False
@@ -443,24 +541,32 @@ class NativeLayout:
             del payloads[position]
         else:
             payloads.insert(position, insert)
-        return (yield from self._replace(meta, payloads, op)) is not None
+        rewritten, rewrite = self._rewrite(meta, payloads, new.op)
+        return (yield from self._replace(meta, rewritten, rewrite)) is not None
 
     def pop_last(self, key: str) -> Plan[ChatMessage | None]:
         op = _op_id()
+        seen = self._seen.get(key)
         for attempt in range(_MAX_ATTEMPTS):
-            meta = yield from self.read_meta(key)
+            meta, row = None, None
+            if seen is not None:
+                meta, row = yield from self._last_row(seen)
+                seen = None
+            if meta is None:
+                meta = yield from self.read_meta(key)
             if meta.count == 0:
                 return None
             if meta.count == 1:
                 removed = yield from self.delete_all(key)
                 return removed[-1] if removed else None
-            row = yield Get(self.table, meta.pk, meta.row_key(meta.next - 1))
+            if row is None:
+                row = yield Get(self.table, meta.pk, meta.row_key(meta.next - 1))
             if row is not None:
                 message = decode_payload(row.props, key=key, position=meta.count - 1)
-                actions = [self._meta_action(meta, meta.gen, meta.head, meta.next - 1, op),
-                           self._delete(meta, meta.next - 1)]  # fmt: skip
+                new = replace(meta, next=meta.next - 1, op=op)
+                actions = [self._meta_action(meta, new), self._delete(meta, meta.next - 1)]
                 try:
-                    yield Batch(self.table, actions)
+                    yield from self._commit(new, actions)
                     return message
                 except ConflictError:
                     if (yield from self._committed(key, op)):
@@ -482,14 +588,15 @@ class NativeLayout:
             if len(rows) == m:
                 messages = [decode_payload(r.props, key=key, position=i)
                             for i, r in enumerate(rows)]  # fmt: skip
-                flip = self._meta_action(meta, meta.gen, meta.head + m, meta.next, op)
-                drops = [self._delete(meta, meta.head + i) for i in range(m)]
+                new = replace(meta, head=meta.head + m, op=op)
+                actions = [self._meta_action(meta, new)]
+                actions += [self._delete(meta, meta.head + i) for i in range(m)]
                 try:
-                    if fits([flip, *drops]):
-                        yield Batch(self.table, [flip, *drops])
+                    if fits(actions):
+                        yield from self._commit(new, actions)
                     else:
-                        yield Put(self.table, flip[1], "update", meta.etag)
-                        for chunk in chunks(drops):
+                        yield from self._put_meta(meta, new)
+                        for chunk in chunks(actions[1:]):
                             yield Batch(self.table, chunk)
                     return messages
                 except ConflictError:
@@ -500,6 +607,7 @@ class NativeLayout:
 
     def clear_plans(self) -> list[Callable[[], Plan[bool]]]:
         """Plans to repeat until they return False, emptying the store's table."""
+        self._seen.clear()
         return [self.clear_page]
 
     def clear_page(self) -> Plan[bool]:

@@ -18,6 +18,14 @@ old generation. Popping from either end moves ``head``/``tail`` first, so two co
 pops never return the same message. A writer that died between its rows and its commit
 leaves rows in the next writer's way: after a few unchanged looks at the meta row, that
 writer bumps ``ver`` (a fence: the dead write can never commit) and deletes them.
+
+Commits are conditional on ``gen`` and ``ver`` together: ``ver`` starts again at 1 when a
+deleted conversation is recreated, under a new random ``gen``. A store remembers the last
+meta row it saw of each conversation (:attr:`Tables.seen`), only to know which row a pop
+should read together with the meta row (one BatchGetRow). Appends still read the meta row
+first: planned on a remembered row that another instance has since changed, an append would
+put its rows into a slot the conversation no longer ends at, and undoing them (a failed
+commit, then a delete) would cost up to three requests instead of the one it saves.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llama_index.storage.chat_store.core import (
@@ -34,10 +42,12 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
 )
+from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
 from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, ts
 
 __all__ = [
+    "CACHED_CONVERSATIONS",
     "MESSAGE_PRIMARY_KEY",
     "META_PRIMARY_KEY",
     "Tables",
@@ -65,14 +75,8 @@ PAGE_ROWS = 1000
 _READ_ATTEMPTS = 30
 _WRITE_ATTEMPTS = 200
 _STUCK_LOOKS = 3
-
-
-@dataclass(frozen=True)
-class Tables:
-    """The two tables of a native store."""
-
-    messages: str
-    meta: str
+CACHED_CONVERSATIONS = 4096
+"""How many conversations' last-seen meta rows a store remembers."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,29 @@ class Meta:
     @property
     def size(self) -> int:
         return self.tail - self.head
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The two tables of a native store, and what the store last saw of each conversation.
+
+    ``seen`` only ever hints which rows to read: every commit is conditional on the meta
+    row as read in the same operation.
+    """
+
+    messages: str
+    meta: str
+    seen: LruCache[str, Meta] = field(
+        default_factory=lambda: LruCache(CACHED_CONVERSATIONS), compare=False, repr=False
+    )
+
+    def learn(self, key: str, meta: Meta | None) -> Meta | None:
+        """Remember ``meta`` (None: no meta row) as the latest state seen of ``key``."""
+        if meta is None:
+            self.seen.discard(key)
+        else:
+            self.seen.put(key, meta)
+        return meta
 
 
 @dataclass(frozen=True)
@@ -112,11 +139,15 @@ def _columns(row: Any) -> dict[str, Any]:
     return {column[0]: column[1] for column in row.attribute_columns or ()}
 
 
-def _if_version(ver: int) -> Any:
-    return ts.Condition(
-        ts.RowExistenceExpectation.EXPECT_EXIST,
-        ts.SingleColumnCondition("ver", ver, ts.ComparatorType.EQUAL, pass_if_missing=False),
-    )
+def _if_current(meta: Meta) -> Any:
+    # Generation and version: ``ver`` starts again at 1 when a deleted conversation is
+    # recreated, but under a new random generation, so an old state never matches again.
+    both = ts.CompositeColumnCondition(ts.LogicalOperator.AND)
+    for name in ("gen", "ver"):
+        both.add_sub_condition(ts.SingleColumnCondition(
+            name, getattr(meta, name), ts.ComparatorType.EQUAL, pass_if_missing=False
+        ))  # fmt: skip
+    return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, both)
 
 
 def _if_writer(writer: str) -> Any:
@@ -141,7 +172,11 @@ def _read_meta(t: Tables, key: str) -> Op[Meta | None]:
         "get_row", (t.meta, [("session_id", key)]),
         {"columns_to_get": _META_COLUMNS, "max_version": 1},
     )  # fmt: skip
-    if row is None:
+    return t.learn(key, _parse_meta(t, key, row))
+
+
+def _parse_meta(t: Tables, key: str, row: Any) -> Meta | None:
+    if row is None or not row.attribute_columns:
         return None
     values = _columns(row)
     fields = [values.get(name) for name in _META_COLUMNS]
@@ -171,21 +206,58 @@ def _read_window(
              "max_version": 1},
         )  # fmt: skip
         for row in rows:
-            values = _columns(row)
-            seq = row.primary_key[2][1]
-            version = values.get("c", 0)
-            if not isinstance(version, int) or version > meta.ver:
-                return None  # a later write: the meta row we read is stale
-            text = values.get("message")
-            if not isinstance(text, str):
-                raise CorruptDataError(
-                    f"conversation {key!r} position {seq - meta.head}: the row holds no "
-                    f"message text in table {t.messages!r}"
-                )
-            found.append(_Stored(seq, text, str(values.get("w", ""))))
+            stored = _stored(t, key, meta, row)
+            if stored is None:
+                return None
+            found.append(stored)
     if [s.seq for s in found] != list(range(start, stop)):
         return None
     return found
+
+
+def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
+    """Decode a message row read under ``meta``; ``None`` if a later write put it there."""
+    values = _columns(row)
+    seq = row.primary_key[2][1]
+    version = values.get("c", 0)
+    if not isinstance(version, int) or version > meta.ver:
+        return None  # a later write: the meta row we read is stale
+    text = values.get("message")
+    if not isinstance(text, str):
+        raise CorruptDataError(
+            f"conversation {key!r} position {seq - meta.head}: the row holds no "
+            f"message text in table {t.messages!r}"
+        )
+    return _Stored(seq, text, str(values.get("w", "")))
+
+
+def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Op[tuple[Meta | None, _Stored | None]]:
+    """Read the meta row and the last row ``seen`` names in one BatchGetRow.
+
+    The row is returned only when the meta row still is ``seen``: then nothing changed
+    between the moment ``seen`` was read and a commit conditional on it, so the row (read
+    in between) is the one that meta names, even though the batch is not a snapshot.
+    """
+    request = ts.BatchGetRowRequest()
+    request.add(ts.TableInBatchGetRowItem(
+        t.meta, [[("session_id", key)]], _META_COLUMNS, max_version=1
+    ))  # fmt: skip
+    request.add(ts.TableInBatchGetRowItem(
+        t.messages, [_pk(key, seen.gen, seen.tail - 1)], ["message", "c", "w"], max_version=1
+    ))  # fmt: skip
+    response = yield Call("batch_get_row", (request,))
+    [meta_item] = response.get_result_by_table(t.meta)
+    [row_item] = response.get_result_by_table(t.messages)
+    for item in (meta_item, row_item):
+        if not item.is_ok:
+            raise ChatStoreError(
+                f"Tablestore could not read conversation {key!r} from table "
+                f"{item.table_name!r} ({item.error_code}: {item.error_message})"
+            )
+    meta = t.learn(key, _parse_meta(t, key, meta_item.row))
+    if meta != seen or row_item.row is None or not row_item.row.attribute_columns:
+        return meta, None
+    return meta, _stored(t, key, meta, row_item.row)
 
 
 def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:
@@ -324,16 +396,17 @@ def _commit(t: Tables, key: str, old: Meta | None, new: Meta | None) -> Op[bool]
     try:
         if new is None:
             assert old is not None
-            yield Call("delete_row", (t.meta, ts.Row(pk), _if_version(old.ver)))
+            yield Call("delete_row", (t.meta, ts.Row(pk), _if_current(old)))
         elif old is None:
             values = [(name, getattr(new, name)) for name in _META_COLUMNS]
             absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
             yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
         else:
             changes = {"put": [(name, getattr(new, name)) for name in _META_COLUMNS]}
-            yield Call("update_row", (t.meta, ts.Row(pk, changes), _if_version(old.ver)))
+            yield Call("update_row", (t.meta, ts.Row(pk, changes), _if_current(old)))
     except ConflictError:
         return False
+    t.learn(key, new)
     return True
 
 
@@ -469,12 +542,24 @@ def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
 
 
 def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
-    """Remove and return the last message; concurrent pops never share one."""
+    """Remove and return the last message; concurrent pops never share one.
+
+    With a remembered meta row, its last row is read together with the meta row (one
+    request instead of two); when that meta row turns out stale, the read serves as the
+    meta read and the right row is read after it.
+    """
+    seen = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
-        meta = yield from _read_meta(t, key)
+        rows: list[_Stored] | None = None
+        if seen is not None:
+            meta, row = yield from _meta_and_last_row(t, key, seen)
+            rows, seen = ([row] if row else None), None
+        else:
+            meta = yield from _read_meta(t, key)
         if meta is None or meta.size == 0:
             return None
-        rows = yield from _read_window(t, key, meta, meta.tail - 1, meta.tail, writers=True)
+        if rows is None:
+            rows = yield from _read_window(t, key, meta, meta.tail - 1, meta.tail, writers=True)
         if rows is not None:
             message = _parse(key, meta, rows)[0]
             new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1) if meta.size > 1 else None
@@ -547,6 +632,7 @@ def delete_all(t: Tables, key: str) -> Op[list[ChatMessage] | None]:
 
 def clear(t: Tables) -> Op[None]:
     """Delete every row of both tables, page by page."""
+    t.seen.clear()
     for table, pk in ((t.meta, META_PRIMARY_KEY), (t.messages, MESSAGE_PRIMARY_KEY)):
         low = [(name, ts.INF_MIN) for name, _ in pk]
         high = [(name, ts.INF_MAX) for name, _ in pk]

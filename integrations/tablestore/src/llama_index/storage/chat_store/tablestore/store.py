@@ -75,6 +75,7 @@ class TablestoreChatStore(BaseChatStore):
     _own_sync: Lazy[Any] = PrivateAttr()
     _own_async: PerLoop[Any] = PrivateAttr()
     _resolved: str | None = PrivateAttr(default=None)
+    _native_tables: native.Tables | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -234,7 +235,12 @@ class TablestoreChatStore(BaseChatStore):
 
     @property
     def _tables(self) -> native.Tables:
-        return native.Tables(self.table_name, f"{self.table_name}_meta")
+        # One per store: it carries what this store last saw of each conversation.
+        tables = self._native_tables
+        if tables is None or tables.messages != self.table_name:
+            tables = native.Tables(self.table_name, f"{self.table_name}_meta")
+            self._native_tables = tables
+        return tables
 
     def _layout_op(self) -> Op[str]:
         if self._resolved is None:

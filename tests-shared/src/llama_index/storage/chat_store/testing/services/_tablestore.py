@@ -4,10 +4,11 @@ No Tablestore emulator exists anywhere, so this one is ours. It serves the SDK's
 protocol on a loopback port (protobuf bodies, PlainBuffer rows with CRC-8, signed requests
 and responses, protobuf errors), so the unmodified ``OTSClient`` and ``AsyncOTSClient`` run
 against it. It covers tables (create, list, describe, delete), PutRow, GetRow, UpdateRow,
-DeleteRow, GetRange in both directions with limits and continuation keys, BatchWriteRow, row
-existence and column conditions, and enforces the service's limits (2 MB per attribute value,
-1 KB per primary key value, BatchWriteRow 200 rows / 4 MB, GetRange pages of 5000 rows /
-4 MB, 5 MB per request body, 64 tables per instance).
+DeleteRow, GetRange in both directions with limits and continuation keys, BatchGetRow,
+BatchWriteRow, row existence and column conditions, and enforces the service's limits (2 MB
+per attribute value, 1 KB per primary key value, BatchGetRow 100 rows, BatchWriteRow 200
+rows / 4 MB, GetRange pages of 5000 rows / 4 MB, 5 MB per request body, 64 tables per
+instance).
 
 The emulator needs the ``tablestore`` SDK (the ``tablestore`` extra of this package); it is
 imported only when a test asks for the service. Set ``CHAT_STORE_TEST_TABLESTORE_URL`` to

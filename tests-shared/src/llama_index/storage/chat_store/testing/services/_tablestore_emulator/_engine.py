@@ -30,6 +30,7 @@ __all__ = [
     "EXPECT_NOT_EXIST",
     "IGNORE",
     "MAX_ATTRIBUTE_BYTES",
+    "MAX_BATCH_GET_ROWS",
     "MAX_BATCH_WRITE_BYTES",
     "MAX_BATCH_WRITE_ROWS",
     "MAX_PK_BYTES",
@@ -46,6 +47,7 @@ MAX_ATTRIBUTE_BYTES = 2 * 1024 * 1024
 """A STRING or BINARY attribute value holds at most 2 MB."""
 MAX_PK_BYTES = 1024
 """A STRING or BINARY primary key value holds at most 1 KB."""
+MAX_BATCH_GET_ROWS = 100
 MAX_BATCH_WRITE_ROWS = 200
 MAX_BATCH_WRITE_BYTES = 4 * 1024 * 1024
 MAX_RANGE_ROWS = 5000

@@ -30,6 +30,7 @@ import tablestore.protobuf.table_store_pb2 as pb
 from google.protobuf.message import DecodeError
 
 from llama_index.storage.chat_store.testing.services._tablestore_emulator._engine import (
+    MAX_BATCH_GET_ROWS,
     MAX_BATCH_WRITE_BYTES,
     MAX_BATCH_WRITE_ROWS,
     Engine,
@@ -152,6 +153,7 @@ class _Api:
             "UpdateRow": self.update_row,
             "DeleteRow": self.delete_row,
             "GetRange": self.get_range,
+            "BatchGetRow": self.batch_get_row,
             "BatchWriteRow": self.batch_write_row,
         }
 
@@ -258,6 +260,40 @@ class _Api:
                 [(n, v) for (n, _), v in zip(table.primary_key, next_key, strict=True)]
             )
         _consumed(res.consumed, read=max(1, len(rows)))
+        return res
+
+    def batch_get_row(self, body: bytes) -> Any:
+        req = pb.BatchGetRowRequest.FromString(body)
+        keys = [[read_row(key).primary_key for key in t.primary_key] for t in req.tables]
+        count = sum(len(k) for k in keys)
+        if count > MAX_BATCH_GET_ROWS:
+            limit = MAX_BATCH_GET_ROWS
+            raise OTSError(
+                400, "OTSParameterInvalid", f"Rows count exceeds the upper limit: {limit}."
+            )
+        names = [t.table_name for t in req.tables]
+        if len(set(names)) != len(names) or any(not k for k in keys):
+            raise OTSError(400, "OTSParameterInvalid", "Duplicated or empty table in request.")
+        # The whole request fails on a missing table or a bad primary key (no row is read).
+        tables = [self.engine.table(name) for name in names]
+        for table, table_keys in zip(tables, keys, strict=True):
+            checked = [table.check_key(key) for key in table_keys]
+            if len(set(checked)) != len(checked):
+                raise OTSError(
+                    400, "OTSParameterInvalid", f"Duplicated primary key in '{table.name}'."
+                )
+        res = pb.BatchGetRowResponse()
+        for table_req, table, table_keys in zip(req.tables, tables, keys, strict=True):
+            table_res = res.tables.add(table_name=table.name)
+            row_filter = _row_filter(table_req.filter) if table_req.filter else None
+            for key in table_keys:
+                # Each row is read on its own (atomically), not the batch as one snapshot.
+                stored = self.engine.get_row(table.name, key, list(table_req.columns_to_get))
+                if stored is not None and row_filter and not row_filter(stored.cells):
+                    stored = None
+                row_res = table_res.rows.add(is_ok=True)
+                row_res.row = write_rows([_encode_row(table, stored)]) if stored else b""
+                _consumed(row_res.consumed, read=1)
         return res
 
     def batch_write_row(self, body: bytes) -> Any:
