@@ -63,12 +63,15 @@ class TestPostgresConformance(_PostgresFixtures, LlamaIndexMemoryTests):
     @pytest.fixture
     def ttl_store_factory(
         self, database_url_for_module: str
-    ) -> Iterator[Callable[[int], BaseChatStore]]:
+    ) -> Iterator[Callable[..., BaseChatStore]]:
         made: list[BaseChatStore] = []
 
-        def make(seconds: int) -> BaseChatStore:
+        def make(seconds: int, **options: Any) -> BaseChatStore:
             store = PostgresChatStore.from_uri(
-                database_url_for_module, schema_name=f"t_{uuid.uuid4().hex[:12]}", ttl=seconds
+                database_url_for_module,
+                schema_name=f"t_{uuid.uuid4().hex[:12]}",
+                ttl=seconds,
+                **options,
             )
             made.append(store)
             return store

@@ -30,10 +30,25 @@ def test_schemes_resolve_and_round_trip(url: str) -> None:
 
 
 def test_wrong_scheme_and_bad_options_are_configuration_errors() -> None:
-    """A foreign scheme, ttl on a layout without expiry, or a too-long name are refused."""
+    """A foreign scheme, ttl on a layout without expiry, refresh_on_read without ttl, or a
+    too-long name are refused."""
     with pytest.raises(ConfigurationError):
         PostgresChatStore.from_uri("redis://localhost/0")
     with pytest.raises(ValueError, match="ttl"):
         PostgresChatStore.from_uri("postgresql://h/db", layout="llama_index", ttl=5)
+    with pytest.raises(ValueError, match="refresh_on_read needs ttl"):
+        PostgresChatStore.from_uri("postgresql://h/db?refresh_on_read=true")
     with pytest.raises(ValueError, match="40"):
         PostgresChatStore.from_uri("postgresql://h/db", table_name="x" * 41)
+
+
+def test_refresh_on_read_is_a_url_option() -> None:
+    """``refresh_on_read`` in the query configures the store and leaves the driver options."""
+    store = PostgresChatStore.from_uri(
+        "postgresql://h/db?ttl=60&refresh_on_read=true&sslmode=require"
+    )
+    assert (store.ttl, store.refresh_on_read) == (60, True)
+    assert "refresh_on_read" not in store.connection_string
+    assert not PostgresChatStore.from_uri(
+        "postgresql://h/db?ttl=60&refresh_on_read=false"
+    ).refresh_on_read

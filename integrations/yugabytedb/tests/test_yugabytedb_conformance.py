@@ -79,11 +79,13 @@ class TestYugabyteDBConformance(_YugabyteFixtures, LlamaIndexMemoryTests):
     options = {"ttl": 3600}
 
     @pytest.fixture
-    def ttl_store_factory(self, yugabytedb_url: str) -> Iterator[Callable[[int], BaseChatStore]]:
+    def ttl_store_factory(self, yugabytedb_url: str) -> Iterator[Callable[..., BaseChatStore]]:
         made: list[BaseChatStore] = []
 
-        def make(seconds: int) -> BaseChatStore:
-            store = YugabyteDBChatStore.from_uri(yugabytedb_url, schema_name=schema(), ttl=seconds)
+        def make(seconds: int, **options: Any) -> BaseChatStore:
+            store = YugabyteDBChatStore.from_uri(
+                yugabytedb_url, schema_name=schema(), ttl=seconds, **options
+            )
             made.append(store)
             return store
 

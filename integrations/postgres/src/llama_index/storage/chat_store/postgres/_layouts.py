@@ -79,9 +79,9 @@ class Statements:
 
     layout: LayoutName
     positions: bool
-    get_head: TextClause  # key, offset, limit
-    get_tail: TextClause  # key, tail, limit
-    count: TextClause  # key -> (n,)
+    get_head: TextClause  # key, offset, limit, ttl (refresh_on_read)
+    get_tail: TextClause  # key, tail, limit, ttl (refresh_on_read)
+    count: TextClause  # key, ttl (refresh_on_read) -> (n,)
     append: TextClause  # key, messages (text[]), n, ttl
     append_one: TextClause  # key, message, ttl -> a row if done (else run ``append``)
     insert_at: TextClause  # key, idx, messages (one), ttl  [native: after lock_for_insert]
@@ -103,7 +103,12 @@ def _name(schema: str, table: str) -> str:
 
 
 def statements_for(
-    layout: LayoutName, schema: str, table: str, element_type: str = "json"
+    layout: LayoutName,
+    schema: str,
+    table: str,
+    element_type: str = "json",
+    *,
+    refresh_on_read: bool = False,
 ) -> Statements:
     """Build the statements of ``layout`` for ``schema.table``.
 
@@ -112,23 +117,29 @@ def statements_for(
         schema: Schema name (any text).
         table: Table name (any text; for ``llama_index`` the real table, ``data_`` included).
         element_type: ``json`` or ``jsonb``: the array element type of the ``llama_index`` layout.
+        refresh_on_read: Native layout: windows and counts also set a live conversation's
+            expiry to now + ``:ttl`` (in the same statement).
     """
     if layout == "native":
-        return _native(_name(schema, table), _name(schema, conversations_table(table)))
+        conversations = _name(schema, conversations_table(table))
+        return _native(_name(schema, table), conversations, refresh_on_read)
     if layout == "google":
         return _google(_name(schema, table))
     return _llama_index(_name(schema, table), element_type)
 
 
-def _rows_common(m: str, live: str) -> dict[str, TextClause]:
-    """Row-per-message reads shared by the native and Google layouts."""
+def _rows_common(m: str, live: str, refresh: str = "") -> dict[str, TextClause]:
+    """Row-per-message reads shared by the native and Google layouts.
+
+    ``refresh`` is a ``WITH`` clause put before the windows (see ``_refresh``).
+    """
     return {
         "get_head": text(
-            f"SELECT id, message::text FROM {m} WHERE key = CAST(:key AS text){live} "
+            f"{refresh}SELECT id, message::text FROM {m} WHERE key = CAST(:key AS text){live} "
             "ORDER BY id LIMIT CAST(:limit AS bigint) OFFSET CAST(:offset AS bigint)"
         ),
         "get_tail": text(
-            f"SELECT id, message FROM (SELECT id, message::text AS message FROM {m} "
+            f"{refresh}SELECT id, message FROM (SELECT id, message::text AS message FROM {m} "
             f"WHERE key = CAST(:key AS text){live} ORDER BY id DESC "
             "LIMIT CAST(:tail AS bigint)) AS t ORDER BY id LIMIT CAST(:limit AS bigint)"
         ),
@@ -153,7 +164,21 @@ def _pick(m: str, live: str, direction: str) -> str:
 _NEW_ROWS = "unnest(CAST(:messages AS text[])) WITH ORDINALITY AS u(message, n) ORDER BY u.n"
 
 
-def _native(m: str, c: str) -> Statements:
+def _refresh(c: str) -> str:
+    """A ``WITH`` clause setting a live conversation's expiry to now + ``:ttl``.
+
+    A data-modifying CTE runs whether or not the read uses it, and the read sees the
+    snapshot from before it: one statement both reads and slides the expiry. The row
+    must be live, so a read never revives an expired conversation.
+    """
+    return (
+        f"WITH touched AS (UPDATE {c} SET expires_at = {_EXPIRES} "
+        "WHERE key = CAST(:key AS text) AND (expires_at IS NULL OR expires_at > now())) "
+    )
+
+
+def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
+    refresh = _refresh(c) if refresh_on_read else ""
     expired = f"EXISTS (SELECT 1 FROM {c} WHERE key = CAST(:key AS text) AND expires_at <= now())"
     live = f" AND NOT {expired}"
     touch = (
@@ -173,10 +198,10 @@ def _native(m: str, c: str) -> Statements:
     return Statements(
         layout="native",
         positions=False,
-        **_rows_common(m, live),
+        **_rows_common(m, live, refresh),
         count=text(
-            f"SELECT message_count FROM {c} WHERE key = CAST(:key AS text) AND message_count > 0 "
-            "AND (expires_at IS NULL OR expires_at > now())"
+            f"{refresh}SELECT message_count FROM {c} WHERE key = CAST(:key AS text) "
+            "AND message_count > 0 AND (expires_at IS NULL OR expires_at > now())"
         ),
         append=text(
             f"WITH {upsert} INSERT INTO {m} (key, message) "

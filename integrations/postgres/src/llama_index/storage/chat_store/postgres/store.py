@@ -50,7 +50,13 @@ LayoutOption = Literal["auto", "native", "google", "llama_index"]
 _KEYS_PAGE = 100
 _DDL_RACE_STATES = {"23505", "42P07", "42710", "40P01"}
 # Query options of our URLs that configure the store rather than the connection.
-_STORE_OPTIONS = {"table": "table_name", "schema": "schema_name", "layout": "layout", "ttl": "ttl"}
+_STORE_OPTIONS = {
+    "table": "table_name",
+    "schema": "schema_name",
+    "layout": "layout",
+    "ttl": "ttl",
+    "refresh_on_read": "refresh_on_read",
+}
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,9 @@ class PostgresChatStore(BaseChatStore):
         schema_name: Schema of every table, created if missing.
         layout: ``auto``, ``native``, ``llama_index`` or ``google``.
         ttl: Seconds after its last change when a conversation expires (native layout).
+        refresh_on_read: Reads of a live conversation (``get_messages``,
+            ``count_messages``) also push its expiry to now + ttl, in the same statement.
+            Needs ``ttl``.
         use_jsonb: Element type when this store creates a ``llama_index`` table.
         engine_options: Keyword arguments for SQLAlchemy ``create_engine`` (sync path).
         async_connect_options: Keyword arguments for ``asyncpg.connect`` (async path).
@@ -106,6 +115,7 @@ class PostgresChatStore(BaseChatStore):
     schema_name: str = "public"
     layout: LayoutOption = "auto"
     ttl: float | None = Field(default=None, gt=0)
+    refresh_on_read: bool = False
     use_jsonb: bool = False
     engine_options: dict[str, Any] = Field(default_factory=dict)
     async_connect_options: dict[str, Any] = Field(default_factory=dict)
@@ -162,6 +172,10 @@ class PostgresChatStore(BaseChatStore):
             raise ConfigurationError(
                 f"ttl needs the native layout (an expiry per conversation); {layout!r} has none"
             )
+        if self.refresh_on_read and self.ttl is None:
+            raise ConfigurationError(
+                "refresh_on_read needs ttl (reads slide the expiry ttl sets); pass ttl= too"
+            )
         return self
 
     @field_validator("table_name", "schema_name")
@@ -201,7 +215,8 @@ class PostgresChatStore(BaseChatStore):
     def from_uri(cls, uri: str, **options: Any) -> Self:
         """Build a store from a ``postgresql://`` / ``postgresql+asyncpg://`` URL.
 
-        Query options ``table``, ``schema``, ``layout`` and ``ttl`` configure the store;
+        Query options ``table``, ``schema``, ``layout``, ``ttl`` and ``refresh_on_read``
+        (``true``/``false``) configure the store;
         every other option (``sslmode``, ``connect_timeout``, ...) goes to the drivers.
         Keyword ``options`` are store fields (``table_name``, ``engine_options``, ...).
 
@@ -455,7 +470,9 @@ class PostgresChatStore(BaseChatStore):
             raise ConfigurationError(
                 f"ttl needs the native layout; table {self.schema_name}.{table} uses {layout!r}"
             )
-        statements = _layouts.statements_for(layout, self.schema_name, table, element)
+        statements = _layouts.statements_for(
+            layout, self.schema_name, table, element, refresh_on_read=self.refresh_on_read
+        )
         return _Resolved(statements=statements, ddl=ddl)
 
     def _lock_id(self) -> int:
@@ -535,9 +552,13 @@ class PostgresChatStore(BaseChatStore):
     def _window(
         self, st: Statements, key: str, offset: int, limit: int | None
     ) -> tuple[TextClause, dict[str, Any]]:
+        ttl = self._ttl()  # used only by refresh_on_read statements
         if offset < 0:
-            return st.get_tail, {"key": key, "tail": -offset, "limit": limit}
-        return st.get_head, {"key": key, "offset": offset, "limit": limit}
+            return st.get_tail, {"key": key, "tail": -offset, "limit": limit, "ttl": ttl}
+        return st.get_head, {"key": key, "offset": offset, "limit": limit, "ttl": ttl}
+
+    def _count_params(self, key: str) -> dict[str, Any]:
+        return {"key": key, "ttl": self._ttl()}  # ttl: used only by refresh_on_read
 
     def _delete_at(self, st: Statements, key: str, idx: int) -> tuple[TextClause, dict[str, Any]]:
         if idx < 0:
@@ -586,7 +607,11 @@ class PostgresChatStore(BaseChatStore):
     def get_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
     ) -> list[ChatMessage]:
-        """Return ``messages[offset:][:limit]`` (one indexed statement; ``[]`` if missing)."""
+        """Return ``messages[offset:][:limit]`` (one indexed statement; ``[]`` if missing).
+
+        With ``refresh_on_read`` the same statement pushes a live conversation's expiry
+        to now + ttl (an expired one stays expired).
+        """
         key = self._check_key(key)
         check_window(offset, limit)
         if limit == 0:
@@ -595,9 +620,13 @@ class PostgresChatStore(BaseChatStore):
         return self._read(key, clause, params)
 
     def count_messages(self, key: str) -> int:
-        """Return the number of messages under ``key`` (0 if missing or expired)."""
+        """Return the number of messages under ``key`` (0 if missing or expired).
+
+        With ``refresh_on_read`` the same statement pushes a live conversation's expiry
+        to now + ttl.
+        """
         key = self._check_key(key)
-        rows = self._connections().fetch(self._statements().count, {"key": key})
+        rows = self._connections().fetch(self._statements().count, self._count_params(key))
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
@@ -774,7 +803,7 @@ class PostgresChatStore(BaseChatStore):
         """Async :meth:`count_messages`."""
         key = self._check_key(key)
         st = await self._astatements()
-        rows = await self._aconnections().fetch(st.count, {"key": key})
+        rows = await self._aconnections().fetch(st.count, self._count_params(key))
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
