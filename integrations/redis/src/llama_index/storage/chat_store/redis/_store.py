@@ -47,7 +47,7 @@ SyncClient = Union[redis.Redis, redis.RedisCluster]  # noqa: UP007 (a runtime al
 AsyncClient = Union[redis.asyncio.Redis, redis.asyncio.RedisCluster]  # noqa: UP007
 
 _CHECK_AFTER = 0.5
-"""Seconds idle after which a connection is polled before use (see :class:`_Own`)."""
+"""Seconds idle after which a connection is polled before use (see :class:`_Direct`)."""
 
 # Options of ours carried in a URL's query; everything else in the query goes to redis-py.
 _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
