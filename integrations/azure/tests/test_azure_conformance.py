@@ -13,7 +13,6 @@ from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._codec import encode_key
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, PayloadTooLargeError
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -33,7 +32,7 @@ def drop_table(endpoint: str, table: str) -> None:
         client.delete_table()
 
 
-class TestAzureNativeConformance(ChatStoreConformance, LlamaIndexMemoryTests, SharedWriterTests):
+class TestAzureNativeConformance(ChatStoreConformance, SharedWriterTests):
     layout = "native"
 
     @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 from llama_index.storage.chat_store.cloud_sql import PostgresChatStore, PostgresEngine
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import LocalConnector, free_port
 
 PASSWORD = "cloudsql-not-a-real-password-4W"
@@ -38,7 +37,7 @@ def server(postgres_url: str) -> tuple[str, int, str]:
     return str(parts.hostname), int(parts.port or 5432), parts.path.lstrip("/")
 
 
-class TestCloudSQLConformance(ChatStoreConformance, LlamaIndexMemoryTests):
+class TestCloudSQLConformance(ChatStoreConformance):
     @pytest.fixture(autouse=True)
     def _local_default_connectors(self, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
         """Stores rebuilt from their dump (cloudsql:// URL) connect locally too."""

@@ -10,7 +10,6 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import free_port
 
 ITEM_LIMIT = (
@@ -58,7 +57,7 @@ class _DynamoDBConformance(ChatStoreConformance):
         return {"aws_secret_access_key": moto.secret}
 
 
-class TestDynamoDBNativeConformance(_DynamoDBConformance, LlamaIndexMemoryTests):
+class TestDynamoDBNativeConformance(_DynamoDBConformance):
     LAYOUT = "native"
 
     @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.postgres import PostgresChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import free_port
 
 PASSWORD = "not-a-real-password-7Q"  # trust auth ignores it; it must still never leak
@@ -55,7 +54,7 @@ class _PostgresFixtures(ChatStoreConformance):
         return {"password": PASSWORD}
 
 
-class TestPostgresConformance(_PostgresFixtures, LlamaIndexMemoryTests):
+class TestPostgresConformance(_PostgresFixtures):
     """Our layout, with a ttl long enough never to fire except in the TTL tests."""
 
     options = {"ttl": 3600}

@@ -17,7 +17,6 @@ import redis
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import free_port
 
 
@@ -27,7 +26,7 @@ def _with_db(url: str, db: int) -> str:
     return f"{head}/{db}" if last.isdigit() and "//" in head else f"{base}/{db}"
 
 
-class TestRedisConformance(ChatStoreConformance, LlamaIndexMemoryTests):
+class TestRedisConformance(ChatStoreConformance):
     @pytest.fixture
     def namespace(self) -> str:
         return f"t-{uuid.uuid4().hex}:"

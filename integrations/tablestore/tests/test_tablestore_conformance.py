@@ -11,13 +11,12 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import TablestoreConnection, free_port
 from llama_index.storage.chat_store.testing.shared_writers import SharedWriterTests
 
 
 class TestTablestoreNativeConformance(
-    ChatStoreConformance, LlamaIndexMemoryTests, SharedWriterTests
+    ChatStoreConformance, SharedWriterTests
 ):
     layout = "native"
 

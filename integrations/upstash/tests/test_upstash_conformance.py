@@ -13,12 +13,11 @@ import redis
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import UpstashEndpoint, free_port
 from llama_index.storage.chat_store.upstash import UpstashChatStore
 
 
-class TestUpstashConformance(ChatStoreConformance, LlamaIndexMemoryTests):
+class TestUpstashConformance(ChatStoreConformance):
     @pytest.fixture
     def namespace(self) -> str:
         return f"t-{uuid.uuid4().hex}:"

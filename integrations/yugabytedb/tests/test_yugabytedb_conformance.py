@@ -17,7 +17,6 @@ import pytest
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
 from llama_index.storage.chat_store.testing.services import free_port
 from llama_index.storage.chat_store.yugabytedb import YugabyteDBChatStore
 
@@ -75,7 +74,7 @@ class _YugabyteFixtures(ChatStoreConformance):
             cursor.execute(sql, params)
 
 
-class TestYugabyteDBConformance(_YugabyteFixtures, LlamaIndexMemoryTests):
+class TestYugabyteDBConformance(_YugabyteFixtures):
     options = {"ttl": 3600}
 
     @pytest.fixture

@@ -1,45 +1,46 @@
-"""The chat message model, wire-compatible with LlamaIndex's ``ChatMessage`` JSON.
+"""Chat messages: the model in use, and the one way to serialize and parse them.
 
-Every backend writes messages with :func:`message_to_json` and reads them with
-:func:`message_from_json`; nothing else in the project serializes a message.
+``ChatMessage``, ``MessageRole`` and the block classes are LlamaIndex's own when
+``llama-index-core`` is installed, else core's wire-identical model (see
+:mod:`llama_index.storage.chat_store.core._mode`). Every backend writes messages with
+:func:`message_to_json` and reads them with :func:`message_from_json` (one parse per message,
+straight into the model in use); nothing else in the project serializes a message.
 
 Compatibility rules (see the project's format reference):
 
-* ``message_to_json(message_from_json(line)) == line`` for every line
-  LlamaIndex writes. Field order, compact separators, raw non-ASCII text,
-  ``NaN``/``inf`` as ``null`` and base64 text for binary payloads all follow
-  from using pydantic's serializer with the same field layout.
-* Roles and block types this version does not know are kept as they are
-  (a role as its string, a block as an opaque dict) and written back unchanged.
-* The legacy shape ``{"role", "content", "additional_kwargs"}`` is read too.
+* ``message_to_json(message_from_json(line)) == line`` for every line LlamaIndex writes.
+* The legacy shape ``{"role", "content", "additional_kwargs"}`` is read in both modes.
+* Without ``llama-index-core``, roles and block types this version does not know are kept as
+  they are and written back unchanged. With it, such a stored message raises
+  :class:`SerializationError` naming its key and position, and the stored data stays intact.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
-import os
 from collections.abc import Iterable, Mapping
-from enum import Enum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
-    field_serializer,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
+from llama_index.storage.chat_store.core import _model
+from llama_index.storage.chat_store.core._mode import (
+    LLAMA_INDEX,
+    AudioBlock,
+    CachePoint,
+    ChatMessage,
+    CitableBlock,
+    CitationBlock,
+    ContentBlock,
+    DocumentBlock,
+    ImageBlock,
+    MessageRole,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+    VideoBlock,
+)
 from llama_index.storage.chat_store.core.errors import (
     CorruptDataError,
     InvalidMessageError,
@@ -53,6 +54,7 @@ __all__ = [
     "CitableBlock",
     "CitationBlock",
     "ContentBlock",
+    "DecodedMessage",
     "DocumentBlock",
     "ImageBlock",
     "MessageRole",
@@ -67,296 +69,37 @@ __all__ = [
     "message_to_json",
 ]
 
-
-class MessageRole(str, Enum):
-    """The role of a message's author (LlamaIndex's values)."""
-
-    SYSTEM = "system"
-    DEVELOPER = "developer"
-    USER = "user"
-    ASSISTANT = "assistant"
-    FUNCTION = "function"
-    TOOL = "tool"
-    CHATBOT = "chatbot"
-    MODEL = "model"
-
-
-_ROLES = {role.value: role for role in MessageRole}
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _as_base64(value: Any) -> Any:
-    """Return raw bytes base64-encoded; bytes that already are base64 pass unchanged.
+def _legacy_content(value: Any) -> Any:
+    """Read the pre-0.12.3 shape: ``content`` becomes ``blocks`` (it wins over both given).
 
-    LlamaIndex stores binary payloads as base64 text inside ``bytes`` fields;
-    values read from JSON are strings and are taken as already encoded.
+    LlamaIndex's model reads ``content`` only in its constructor, not when validating stored
+    data, so every parse goes through this first.
     """
-    if isinstance(value, (bytes, bytearray)):
-        raw = bytes(value)
-        try:
-            base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError):
-            return base64.b64encode(raw)
-        return raw
-    return value
-
-
-def _as_path_str(value: Any) -> Any:
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
-_Payload = Annotated[bytes | None, BeforeValidator(_as_base64)]
-_PathStr = Annotated[str | None, BeforeValidator(_as_path_str)]
-_UrlStr = Annotated[str | None, BeforeValidator(lambda v: v if v is None else str(v))]
-
-
-class _Block(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextBlock(_Block):
-    """Plain text."""
-
-    block_type: Literal["text"] = "text"
-    text: str
-
-
-class ImageBlock(_Block):
-    """An image by base64 payload, path or URL."""
-
-    block_type: Literal["image"] = "image"
-    image: _Payload = None
-    path: _PathStr = None
-    url: _UrlStr = None
-    image_mimetype: str | None = None
-    detail: str | None = None
-
-
-class AudioBlock(_Block):
-    """Audio by base64 payload, path or URL."""
-
-    block_type: Literal["audio"] = "audio"
-    audio: _Payload = None
-    path: _PathStr = None
-    url: _UrlStr = None
-    format: str | None = None
-
-
-class VideoBlock(_Block):
-    """Video by base64 payload, path or URL."""
-
-    block_type: Literal["video"] = "video"
-    video: _Payload = None
-    path: _PathStr = None
-    url: _UrlStr = None
-    video_mimetype: str | None = None
-    detail: str | None = None
-    fps: int | float | None = None
-
-
-class DocumentBlock(_Block):
-    """A document (PDF, text, ...) by base64 payload, path or URL."""
-
-    block_type: Literal["document"] = "document"
-    data: _Payload = None
-    path: _PathStr = None
-    url: _UrlStr = None
-    title: str | None = "input_document"
-    document_mimetype: str | None = None
-
-
-class CachePoint(_Block):
-    """A prompt-caching marker."""
-
-    block_type: Literal["cache"] = "cache"
-    cache_control: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "ephemeral", "ttl": "5m"}
-    )
-
-
-class ThinkingBlock(_Block):
-    """Model reasoning text."""
-
-    block_type: Literal["thinking"] = "thinking"
-    content: str | None = None
-    num_tokens: int | None = None
-    additional_information: dict[str, Any] = Field(default_factory=dict)
-
-
-class ToolCallBlock(_Block):
-    """A tool call made by the model."""
-
-    block_type: Literal["tool_call"] = "tool_call"
-    tool_call_id: str | None = None
-    tool_name: str
-    tool_kwargs: dict[str, Any] | str = Field(default_factory=dict)
-
-
-class CitableBlock(_Block):
-    """Content the model may cite."""
-
-    block_type: Literal["citable"] = "citable"
-    title: str
-    source: str
-    content: list[ContentBlock] = Field(default_factory=list)
-
-
-class CitationBlock(_Block):
-    """A citation of cited content."""
-
-    block_type: Literal["citation"] = "citation"
-    cited_content: ContentBlock
-    source: str
-    title: str
-    additional_location_info: dict[str, Any] = Field(default_factory=dict)
-
-
-_BLOCK_CLASSES: dict[str, type[_Block]] = {
-    cls.model_fields["block_type"].default: cls
-    for cls in (
-        TextBlock,
-        ImageBlock,
-        AudioBlock,
-        VideoBlock,
-        DocumentBlock,
-        CachePoint,
-        CitableBlock,
-        CitationBlock,
-        ThinkingBlock,
-        ToolCallBlock,
-    )
-}
-# Looked up once: Model.model_fields is a slow property (several µs) and runs for every block read.
-_BLOCK_FIELDS = {tag: frozenset(cls.model_fields) for tag, cls in _BLOCK_CLASSES.items()}
-_OPAQUE = "opaque"
-
-
-class _OpaqueBlock(dict):  # type: ignore[type-arg]
-    """A block of a known type whose fields did not validate, kept exactly as read."""
-
-
-def _block_tag(value: Any) -> str:
-    """Pick the block class for a value; anything unfamiliar stays an opaque dict."""
-    # A plain dict (every block read from JSON) first: isinstance against Mapping is slow.
-    if type(value) is dict or (isinstance(value, Mapping) and not isinstance(value, _OpaqueBlock)):
-        fields = _BLOCK_FIELDS.get(value.get("block_type"))  # type: ignore[arg-type]
-        if fields is not None and value.keys() <= fields:
-            return str(value["block_type"])
-    elif isinstance(value, _Block):
-        return str(value.block_type)  # type: ignore[attr-defined]
-    return _OPAQUE
-
-
-def _keep_unreadable_block(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """Keep a block whose fields do not validate as an opaque dict instead of failing."""
-    try:
-        return handler(value)
-    except ValidationError:
-        if isinstance(value, Mapping) and "block_type" in value:
-            return _OpaqueBlock(value)
-        raise
-
-
-ContentBlock = Annotated[
-    Annotated[TextBlock, Tag("text")]
-    | Annotated[ImageBlock, Tag("image")]
-    | Annotated[AudioBlock, Tag("audio")]
-    | Annotated[VideoBlock, Tag("video")]
-    | Annotated[DocumentBlock, Tag("document")]
-    | Annotated[CachePoint, Tag("cache")]
-    | Annotated[CitableBlock, Tag("citable")]
-    | Annotated[CitationBlock, Tag("citation")]
-    | Annotated[ThinkingBlock, Tag("thinking")]
-    | Annotated[ToolCallBlock, Tag("tool_call")]
-    | Annotated[dict[str, Any], Tag(_OPAQUE)],
-    Discriminator(_block_tag),
-    WrapValidator(_keep_unreadable_block),
-]
-"""A content block: one of the known block classes, or an opaque dict for a block
-type this version does not know (kept and written back unchanged)."""
-
-CitableBlock.model_rebuild()
-CitationBlock.model_rebuild()
-
-
-def _encode_bytes(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, dict):
-        return {k: _encode_bytes(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode_bytes(v) for v in value]
-    if isinstance(value, BaseModel):
-        return _encode_bytes(value.model_dump())
-    return value
-
-
-class ChatMessage(BaseModel):
-    r"""One chat message: a role, content blocks and free-form ``additional_kwargs``.
-
-    ``ChatMessage(role="user", content="hi")`` builds one text block. The
-    ``content`` property joins the text blocks with ``"\\n"`` (``None`` when
-    there are none). A role string outside :class:`MessageRole` is kept as is.
-    """
-
-    role: MessageRole | str = MessageRole.USER
-    additional_kwargs: dict[str, Any] = Field(default_factory=dict)
-    blocks: list[ContentBlock] = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_legacy_content(cls, data: Any) -> Any:
-        # Before LlamaIndex 0.12.3 messages had "content"; when both are given, content wins.
-        if isinstance(data, dict) and "content" in data:
-            data = dict(data)
-            content = data.pop("content")
-            if content is None:
-                data["blocks"] = []
-            elif isinstance(content, str):
-                data["blocks"] = [TextBlock(text=content)]
-            elif isinstance(content, list):
-                data["blocks"] = content
-            else:
-                raise ValueError(
-                    f"content must be a str, a list of blocks or None, not {content!r}"
-                )
-        return data
-
-    @field_validator("role", mode="before")
-    @classmethod
-    def _known_role(cls, value: Any) -> Any:
-        if isinstance(value, str) and not isinstance(value, MessageRole):
-            return _ROLES.get(value, value)
+    if type(value) is not dict:
         return value
+    if value.get("additional_kwargs", ()) is None:  # some old writers stored null
+        value = {**value, "additional_kwargs": {}}
+    if "content" in value:
+        value = dict(value)
+        content = value.pop("content")
+        if content is None:
+            value["blocks"] = []
+        elif isinstance(content, str):
+            value["blocks"] = [{"block_type": "text", "text": content}]
+        elif isinstance(content, list):
+            value["blocks"] = content
+        else:
+            raise ValueError(f"content must be a str, a list of blocks or None, not {content!r}")
+    return value
 
-    @field_validator("additional_kwargs", mode="before")
-    @classmethod
-    def _kwargs_none(cls, value: Any) -> Any:
-        return {} if value is None else value
 
-    @field_serializer("role")
-    def _role_value(self, role: MessageRole | str) -> str:
-        return role.value if isinstance(role, MessageRole) else role
+DecodedMessage = Annotated[ChatMessage, BeforeValidator(_legacy_content)]
+"""The model in use, also reading the legacy ``content`` shape (for fields of stored data)."""
 
-    @field_serializer("additional_kwargs")
-    def _kwargs_json(self, value: dict[str, Any]) -> dict[str, Any]:
-        # LlamaIndex writes bytes as base64 text and nested models as dicts.
-        return _encode_bytes(value) if value else value
-
-    @property
-    def content(self) -> str | None:
-        """The text blocks joined with newlines, or ``None`` when there are none."""
-        texts = [b.text for b in self.blocks if isinstance(b, TextBlock)]
-        return "\n".join(texts) if texts else None
-
-    @content.setter
-    def content(self, value: str | None) -> None:
-        others: list[ContentBlock] = [b for b in self.blocks if not isinstance(b, TextBlock)]
-        self.blocks = others if value is None else [*others, TextBlock(text=value)]
-
-    def __str__(self) -> str:
-        role = self.role.value if isinstance(self.role, MessageRole) else self.role
-        return f"{role}: {self.content}"
+_DECODE: TypeAdapter[ChatMessage] = TypeAdapter(DecodedMessage)
 
 
 def message_to_json(message: ChatMessage) -> str:
@@ -383,13 +126,23 @@ def message_from_json(
 
     Raises:
         CorruptDataError: The data is not a message.
+        SerializationError: With ``llama-index-core`` installed, the data is a message that
+            LlamaIndex's model cannot hold (an unknown role or block type); names the key,
+            the position and what it cannot hold. The stored data is not changed.
     """
     try:
-        return ChatMessage.model_validate_json(data)
+        return _DECODE.validate_json(data)
     except ValidationError as exc:
         where = "" if key is None else f" at key {key!r}"
         if position is not None:
             where += f" position {position}"
+        problem = _unrepresentable_json(data) if LLAMA_INDEX else None
+        if problem is not None:
+            raise SerializationError(
+                f"the stored message{where} has a {problem} that LlamaIndex's ChatMessage "
+                "cannot hold; the stored data is intact (read it without llama-index-core "
+                "installed, or move it with `chat-store export`)"
+            ) from exc
         preview = bytes(data[:80]) if isinstance(data, (bytes, bytearray)) else data[:80]
         raise CorruptDataError(
             f"stored data{where} is not a chat message ({exc.error_count()} errors; "
@@ -400,34 +153,44 @@ def message_from_json(
         ) from exc
 
 
+def _unrepresentable_json(data: str | bytes | bytearray) -> str | None:
+    """Name what LlamaIndex cannot hold in a message core's own model reads, else ``None``."""
+    try:
+        return _model.unrepresentable(_model.ChatMessage.model_validate_json(data))
+    except ValidationError:
+        return None
+
+
 def coerce_message(value: Any, *, copy: bool = True) -> ChatMessage:
     """Return a private :class:`ChatMessage` for a value given as a message.
 
-    Accepts our :class:`ChatMessage` (copied, so later changes by the caller do
-    not reach the store), a LlamaIndex ``ChatMessage`` (converted through its
-    JSON, losslessly), or a dict in the wire shape.
+    Accepts a :class:`ChatMessage` of the model in use (copied, so later changes by the
+    caller do not reach the store), a dict in the wire shape (legacy ``content`` too), or
+    another pydantic ``ChatMessage`` model (converted through its JSON, losslessly).
 
     Args:
         value: The message given.
-        copy: Copy our own :class:`ChatMessage`. A store that serializes the message
+        copy: Copy a :class:`ChatMessage` given. A store that serializes the message
             before returning (and keeps no reference to it) passes ``False``: the JSON
             is its private copy, and copying first would only cost time.
 
     Raises:
-        InvalidMessageError: The value is not a message.
+        InvalidMessageError: The value is not a message (or, with ``llama-index-core``
+            installed, a message LlamaIndex's model cannot hold).
     """
-    if isinstance(value, ChatMessage):
+    if type(value) is ChatMessage:
         return copy_message(value) if copy else value
-    if isinstance(value, Mapping):
-        try:
-            return ChatMessage.model_validate(value)
-        except ValidationError as exc:
-            raise InvalidMessageError(f"not a chat message: {exc}") from exc
-    if isinstance(value, BaseModel) and type(value).__name__ == "ChatMessage":
-        try:
-            return ChatMessage.model_validate_json(value.model_dump_json())
-        except ValidationError as exc:
-            raise InvalidMessageError(f"cannot convert {type(value).__qualname__}: {exc}") from exc
+    try:
+        if isinstance(value, ChatMessage):  # a subclass: keep only the model's own fields
+            return _DECODE.validate_json(value.model_dump_json())
+        if isinstance(value, Mapping):
+            return _DECODE.validate_python(dict(value))
+        if isinstance(value, BaseModel) and type(value).__name__ == "ChatMessage":
+            return _DECODE.validate_json(value.model_dump_json())
+    except ValidationError as exc:
+        raise InvalidMessageError(
+            f"cannot use this {type(value).__qualname__} as a chat message: {exc}"
+        ) from exc
     raise InvalidMessageError(
         f"expected a ChatMessage or a dict in its JSON shape, got {type(value).__qualname__}"
     )
@@ -458,7 +221,7 @@ def copy_message(message: ChatMessage) -> ChatMessage:
 
 
 # Values that need no copy. Anything not listed and not a dict, list or model is deep-copied.
-_ATOMIC = frozenset({str, int, float, bool, type(None), bytes, MessageRole})
+_ATOMIC = frozenset({str, int, float, bool, type(None), bytes, MessageRole, _model.MessageRole})
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 

@@ -32,6 +32,7 @@ from llama_index.storage.chat_store.core.errors import (
 )
 from llama_index.storage.chat_store.core.messages import (
     ChatMessage,
+    DecodedMessage,
     coerce_message,
     coerce_messages,
     copy_message,
@@ -47,7 +48,7 @@ DEFAULT_PERSIST_PATH = "chat_store.json"
 
 
 class _StoreFile(TypedDict):
-    store: dict[str, list[ChatMessage]]
+    store: dict[str, list[DecodedMessage]]
     class_name: NotRequired[str]
 
 
@@ -63,7 +64,7 @@ class SimpleChatStore(BaseChatStore):
     is emptied and refilled moves to the end). Not shared across processes.
     """
 
-    store: dict[str, list[ChatMessage]] = {}
+    store: dict[str, list[DecodedMessage]] = {}
 
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
 
@@ -319,7 +320,7 @@ class JsonFileChatStore(SimpleChatStore):
 
     path: str
     """The JSON file (made absolute)."""
-    store: dict[str, list[ChatMessage]] = Field(default_factory=dict, exclude=True, repr=False)
+    store: dict[str, list[DecodedMessage]] = Field(default_factory=dict, exclude=True, repr=False)
 
     @field_validator("path", mode="before")
     @classmethod

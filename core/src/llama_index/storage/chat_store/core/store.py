@@ -14,26 +14,30 @@ where it has an async driver, the ``a*`` methods. The base class provides:
 from __future__ import annotations
 
 import asyncio
+import difflib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     SerializationInfo,
     SerializerFunctionWrapHandler,
+    ValidationError,
     model_serializer,
 )
 
+from llama_index.storage.chat_store.core._mode import LLAMA_INDEX, LlamaIndexBaseChatStore
 from llama_index.storage.chat_store.core.capabilities import Capability
-from llama_index.storage.chat_store.core.errors import CapabilityNotSupportedError, InvalidKeyError
+from llama_index.storage.chat_store.core.errors import (
+    BackendImportError,
+    CapabilityNotSupportedError,
+    InvalidKeyError,
+)
 from llama_index.storage.chat_store.core.messages import ChatMessage
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-    from llama_index.storage.chat_store.core.interop import LlamaIndexChatStore
 
 __all__ = ["MAX_KEY_BYTES", "MAX_KEY_CHARS", "BaseChatStore", "check_window", "window"]
 
@@ -80,8 +84,12 @@ def window(items: Sequence[_T], offset: int, limit: int | None) -> Sequence[_T]:
     return part if limit is None else part[:limit]
 
 
-class BaseChatStore(BaseModel, ABC):
+class BaseChatStore(LlamaIndexBaseChatStore, ABC):
     """Ordered message histories of many conversations, each under a string key.
+
+    With ``llama-index-core`` installed this is a subclass of LlamaIndex's
+    ``BaseChatStore`` (every store goes straight into ``ChatMemoryBuffer``), and
+    messages are LlamaIndex's ``ChatMessage``; without it, core's own model.
 
     Keys: any ``str`` without NUL, up to 256 characters and 1,024 UTF-8 bytes,
     works on every backend; anything else raises :class:`InvalidKeyError`.
@@ -91,7 +99,7 @@ class BaseChatStore(BaseModel, ABC):
     them never changes the store. A missing key reads as an empty conversation.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     max_key_bytes: ClassVar[int] = MAX_KEY_BYTES
     """The longest key in UTF-8 bytes this backend stores (never below 1,024)."""
@@ -104,6 +112,33 @@ class BaseChatStore(BaseModel, ABC):
                 f"{cls.__qualname__} overrides {', '.join(overridden)}: implement the 'a*' "
                 "method instead; async_* names always delegate to it"
             )
+
+    def __init__(self, /, **data: Any) -> None:
+        """Build the store from its fields (see the class docstring); never connects.
+
+        Raises:
+            TypeError: An argument this store does not take (named, with the closest
+                one it does take).
+        """
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+            if not unknown:
+                raise
+            raise TypeError(self._unknown_arguments(unknown)) from None
+
+    @classmethod
+    def _unknown_arguments(cls, names: list[str]) -> str:
+        known = [n for n, f in cls.model_fields.items() if not n.startswith("_")]
+        hints = []
+        for name in names:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return (
+            f"{cls.__name__} got unexpected argument{'s' if len(names) > 1 else ''} "
+            f"{', '.join(hints)}; it takes: {', '.join(sorted(known))}"
+        )
 
     @classmethod
     def class_name(cls) -> str:
@@ -118,9 +153,12 @@ class BaseChatStore(BaseModel, ABC):
         data["class_name"] = self.class_name()
         return data
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the configuration (with ``class_name``, without secrets)."""
-        return self.model_dump()
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """Return the configuration (with ``class_name``, without secrets).
+
+        ``kwargs`` go to ``model_dump`` (as in LlamaIndex's ``to_dict``).
+        """
+        return self.model_dump(**kwargs)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -137,7 +175,7 @@ class BaseChatStore(BaseModel, ABC):
         raise CapabilityNotSupportedError(f"{cls.__qualname__} cannot be built from a URL")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **secrets: Any) -> Self:
+    def from_dict(cls, data: dict[str, Any], **secrets: Any) -> Self:  # type: ignore[override,unused-ignore]
         """Rebuild a store from :meth:`to_dict` output plus the secrets it left out."""
         fields = {k: v for k, v in data.items() if k != "class_name"}
         return cls(**fields, **secrets)
@@ -231,19 +269,22 @@ class BaseChatStore(BaseModel, ABC):
     def close(self) -> None:
         """Release clients and pools; the store reconnects if used again."""
 
-    def as_llama_index(self) -> LlamaIndexChatStore:
-        """Return this store as LlamaIndex's ``BaseChatStore``, for its memory modules.
+    def as_llama_index(self) -> Self:
+        """Return this store: it already is LlamaIndex's ``BaseChatStore`` (kept for old code).
 
-        ``ChatMemoryBuffer.from_defaults(chat_store=store.as_llama_index(),
-        chat_store_key="user1")``. The adapter calls this store for everything.
+        ``ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key="user1")`` takes
+        the store itself.
 
         Raises:
-            BackendImportError: ``llama-index-core`` is not installed (the
-                ``llama-index`` extra).
+            BackendImportError: ``llama-index-core`` is not installed (the ``llama-index``
+                extra), so the store cannot be one of LlamaIndex's.
         """
-        from llama_index.storage.chat_store.core.interop import LlamaIndexChatStore
-
-        return LlamaIndexChatStore(self)
+        if not LLAMA_INDEX:
+            raise BackendImportError(
+                "using a chat store with LlamaIndex needs llama-index-core: "
+                "pip install 'llama-index-storage-chat-store-core[llama-index]'"
+            )
+        return self
 
     # -- async API: worker-thread defaults, overridden by backends with async drivers --------
 

@@ -54,10 +54,22 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.testing import _workers
 from llama_index.storage.chat_store.testing.samples import (
     HOSTILE_KEYS,
+    LLAMA_INDEX_INSTALLED,
     every_block_type,
     numbered,
     tricky_messages,
 )
+
+# One suite, two modes: with llama-index-core installed every store is LlamaIndex's and runs
+# LlamaIndex's own memory modules; without it, the stand-alone checks.
+if LLAMA_INDEX_INSTALLED:
+    from llama_index.storage.chat_store.testing.llama_index_memory import (
+        LlamaIndexMemoryTests as _ModeTests,
+    )
+else:
+    from llama_index.storage.chat_store.testing.standalone import (  # type: ignore[assignment]
+        StandaloneTests as _ModeTests,
+    )
 
 __all__ = ["ChatStoreConformance", "requires"]
 
@@ -95,8 +107,13 @@ def _override_hint(name: str) -> str:
     )
 
 
-class ChatStoreConformance:
-    """Conformance tests for a :class:`BaseChatStore` implementation."""
+class ChatStoreConformance(_ModeTests):
+    """Conformance tests for a :class:`BaseChatStore` implementation.
+
+    With ``llama-index-core`` installed it also runs LlamaIndex's memory modules over the
+    store (``llama_index_memory.LlamaIndexMemoryTests``); without it, the stand-alone checks
+    (``standalone.StandaloneTests``).
+    """
 
     # -- fixtures a backend overrides -----------------------------------------------------
 

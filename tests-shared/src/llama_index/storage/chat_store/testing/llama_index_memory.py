@@ -1,13 +1,9 @@
-"""LlamaIndex's memory modules running on a chat store, through core's interop adapters.
+"""LlamaIndex's memory modules running on a chat store handed to them as it is.
 
-Add :class:`LlamaIndexMemoryTests` to a backend's conformance class (it uses the
-same ``store`` fixture)::
-
-    class TestRedisConformance(ChatStoreConformance, LlamaIndexMemoryTests): ...
-
-It needs the real ``llama-index-core`` (``llama-index-storage-chat-store-testing[llama-index]``
-in the backend's test group) and no network: the LLM is llama-index-core's own
-``MockLLM``.
+:class:`~llama_index.storage.chat_store.testing.ChatStoreConformance` includes these tests
+when ``llama-index-core`` is installed (``llama-index-storage-chat-store-testing[llama-index]``),
+so every backend runs them in its LlamaIndex test environment; they use the same ``store``
+fixture and no network (the LLM is llama-index-core's own ``MockLLM``).
 """
 
 from __future__ import annotations
@@ -17,21 +13,21 @@ import asyncio
 import pytest
 
 from llama_index.core.base.llms.types import ChatMessage as LlamaIndexChatMessage
+from llama_index.core.base.llms.types import MessageRole as LlamaIndexMessageRole
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.llms import MockLLM
 from llama_index.core.memory import ChatMemoryBuffer, ChatSummaryMemoryBuffer, Memory
+from llama_index.core.storage.chat_store.base import BaseChatStore as LlamaIndexBaseChatStore
 from llama_index.core.storage.chat_store.base_db import MessageStatus
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
     ChatMessage,
     InvalidKeyError,
-    SerializationError,
+    MessageRole,
 )
 from llama_index.storage.chat_store.core.interop import (
     DEFAULT_ARCHIVE_SUFFIX,
-    LlamaIndexChatStore,
     LlamaIndexMemoryStore,
-    to_llama_index_message,
 )
 from llama_index.storage.chat_store.testing.samples import every_block_type, numbered
 
@@ -72,11 +68,10 @@ class LlamaIndexMemoryTests:
     def test_chat_engine_keeps_history_in_store(self, store: BaseChatStore) -> None:
         """A SimpleChatEngine's ChatMemoryBuffer writes each turn to the store, in order.
 
-        If this fails: the adapter's get/add/set methods do not reach the store, or
-        messages do not convert (see LlamaIndexChatStore).
+        If this fails: get/add/set do not reach the store as LlamaIndex calls them.
         """
         memory = ChatMemoryBuffer.from_defaults(
-            token_limit=3000, chat_store=store.as_llama_index(), chat_store_key="user1"
+            token_limit=3000, chat_store=store, chat_store_key="user1"
         )
         engine = SimpleChatEngine.from_defaults(llm=MockLLM(max_tokens=3), memory=memory)
         assert engine.chat("Hello").response == _REPLY
@@ -85,13 +80,13 @@ class LlamaIndexMemoryTests:
         assert _texts(memory.get_all()) == ["Hello", _REPLY, "And again", _REPLY]
 
     async def test_chat_engine_keeps_history_in_store_async(self, store: BaseChatStore) -> None:
-        """The async chat path (achat) writes each turn through the async adapter methods.
+        """The async chat path (achat) writes each turn through the async store methods.
 
-        If this fails: LlamaIndexChatStore's async methods (aget_messages,
+        If this fails: the async methods LlamaIndex calls (aget_messages,
         async_add_message, aset_messages) are wrong.
         """
         memory = ChatMemoryBuffer.from_defaults(
-            token_limit=3000, chat_store=store.as_llama_index(), chat_store_key="user1"
+            token_limit=3000, chat_store=store, chat_store_key="user1"
         )
         engine = SimpleChatEngine.from_defaults(llm=MockLLM(max_tokens=3), memory=memory)
         assert (await engine.achat("Hello")).response == _REPLY
@@ -104,11 +99,11 @@ class LlamaIndexMemoryTests:
     def test_chat_memory_buffer_sees_existing_history(self, store: BaseChatStore) -> None:
         """History written with the store's own API is what the memory returns, windowed.
 
-        If this fails: get_messages through the adapter loses or reorders messages.
+        If this fails: get_messages loses or reorders messages.
         """
         store.add_messages("user1", numbered(30))
         memory = ChatMemoryBuffer.from_defaults(
-            token_limit=40, chat_store=store.as_llama_index(), chat_store_key="user1"
+            token_limit=40, chat_store=store, chat_store_key="user1"
         )
         recent = memory.get()
         assert 0 < len(recent) < 30
@@ -119,12 +114,12 @@ class LlamaIndexMemoryTests:
     def test_chat_summary_memory_buffer_summarizes_into_store(self, store: BaseChatStore) -> None:
         """ChatSummaryMemoryBuffer past its limit replaces old turns by a summary in the store.
 
-        If this fails: set_messages through the adapter does not replace atomically.
+        If this fails: set_messages does not replace atomically.
         """
         memory = ChatSummaryMemoryBuffer.from_defaults(
             llm=MockLLM(max_tokens=3),
             token_limit=120,
-            chat_store=store.as_llama_index(),
+            chat_store=store,
             chat_store_key="user1",
         )
         for i in range(8):
@@ -137,61 +132,46 @@ class LlamaIndexMemoryTests:
         assert _texts(stored)[-1] == _texts(_turn(7))[-1]
         assert len(stored) < 16
 
-    def test_every_block_type_survives_the_adapter(self, store: BaseChatStore) -> None:
-        """Messages of every block type cross the adapter both ways without losing data.
+    def test_store_is_llama_index_base_chat_store(self, store: BaseChatStore) -> None:
+        """The store is LlamaIndex's BaseChatStore and deals in LlamaIndex's message classes.
 
-        If this fails: the conversion is not through the shared JSON format.
+        If this fails: core's switch did not pick LlamaIndex's classes although
+        llama-index-core is installed.
+        """
+        assert isinstance(store, LlamaIndexBaseChatStore)
+        assert store.as_llama_index() is store
+        assert ChatMessage is LlamaIndexChatMessage
+        assert MessageRole is LlamaIndexMessageRole
+
+    def test_every_block_type_comes_back_equal(self, store: BaseChatStore) -> None:
+        """LlamaIndex messages of every block type come back == to the ones written.
+
+        If this fails: a backend stores messages through something other than core's
+        serializer, or parses them into another class.
         """
         originals = every_block_type()
-        adapter = store.as_llama_index()
         for message in originals:
-            adapter.add_message("user1", to_llama_index_message(message))
-        assert [m.model_dump_json() for m in adapter.get_messages("user1")] == [
-            to_llama_index_message(m).model_dump_json() for m in originals
-        ]
-        for ours, theirs in zip(originals, store.get_messages("user1"), strict=True):
-            # LlamaIndex may fill in what it derives (a MIME type); nothing else changes.
-            stored = theirs.model_dump(mode="json")
-            for key, value in ours.model_dump(mode="json").items():
-                if key != "blocks":
-                    assert stored[key] == value
-            for mine, kept in zip(
-                ours.model_dump(mode="json")["blocks"], stored["blocks"], strict=True
-            ):
-                assert {k: v for k, v in mine.items() if v is not None}.items() <= kept.items()
+            store.add_message("user1", message)
+        back = store.get_messages("user1")
+        assert all(type(m) is LlamaIndexChatMessage for m in back)
+        assert back == originals
 
-    def test_unrepresentable_message_raises_serialization_error(self, store: BaseChatStore) -> None:
-        """Reading a block type LlamaIndex does not know raises SerializationError naming it.
-
-        If this fails: the adapter hands LlamaIndex data it would mangle or reject.
-        """
-        store.add_message(
-            "user1",
-            ChatMessage.model_validate(
-                {"role": "user", "blocks": [{"block_type": "hologram", "frames": 3}]}
-            ),
-        )
-        with pytest.raises(SerializationError, match="hologram"):
-            store.as_llama_index().get_messages("user1")
-
-    def test_adapter_deletes(self, store: BaseChatStore) -> None:
+    def test_deletes_return_llama_index_messages(self, store: BaseChatStore) -> None:
         """delete_message / delete_last_message / delete_messages return LlamaIndex messages.
 
-        If this fails: the adapter drops the return values LlamaIndex relies on.
+        If this fails: a delete path parses into another class, or drops the return value.
         """
-        adapter = store.as_llama_index()
-        assert isinstance(adapter, LlamaIndexChatStore)
         store.add_messages("user1", numbered(4))
-        assert adapter.get_keys() == ["user1"]
-        removed = adapter.delete_message("user1", 1)
-        assert isinstance(removed, LlamaIndexChatMessage)
+        assert store.get_keys() == ["user1"]
+        removed = store.delete_message("user1", 1)
+        assert type(removed) is LlamaIndexChatMessage
         assert removed.content == "m1"
-        last = adapter.delete_last_message("user1")
-        assert last is not None
+        last = store.delete_last_message("user1")
+        assert type(last) is LlamaIndexChatMessage
         assert last.content == "m3"
-        assert adapter.delete_message("user1", 9) is None
-        assert _texts(adapter.delete_messages("user1") or []) == ["m0", "m2"]
-        assert adapter.delete_messages("user1") is None
+        assert store.delete_message("user1", 9) is None
+        assert _texts(store.delete_messages("user1") or []) == ["m0", "m2"]
+        assert store.delete_messages("user1") is None
 
     # -- Memory (LlamaIndexMemoryStore) ------------------------------------------------------
 
@@ -240,8 +220,8 @@ class LlamaIndexMemoryTests:
         If this fails: LlamaIndexMemoryStore's windowing across the two keys is off.
         """
         memory_store = LlamaIndexMemoryStore(store)
-        await memory_store.add_messages("s", _li(numbered(5, "a")), status=MessageStatus.ARCHIVED)
-        await memory_store.add_messages("s", _li(numbered(5, "b")))
+        await memory_store.add_messages("s", numbered(5, "a"), status=MessageStatus.ARCHIVED)
+        await memory_store.add_messages("s", numbered(5, "b"))
         assert await memory_store.count_messages("s") == 5
         assert await memory_store.count_messages("s", status=None) == 10
         assert await memory_store.count_messages("s", status="archived") == 5
@@ -259,7 +239,7 @@ class LlamaIndexMemoryTests:
         If this fails: a status operation touches the wrong list.
         """
         memory_store = LlamaIndexMemoryStore(store)
-        await memory_store.add_messages("s", _li(numbered(6)))
+        await memory_store.add_messages("s", numbered(6))
         moved = await memory_store.archive_oldest_messages("s", 2)
         assert _texts(moved) == ["m0", "m1"]
         dropped = await memory_store.delete_oldest_messages("s", 1)
@@ -268,7 +248,7 @@ class LlamaIndexMemoryTests:
         assert removed is not None
         assert removed.content == "m5"
         assert _texts(await memory_store.get_messages("s", status=None)) == ["m0", "m1", "m3", "m4"]
-        await memory_store.set_messages("s", _li(numbered(2, "n")))
+        await memory_store.set_messages("s", numbered(2, "n"))
         assert _texts(await memory_store.get_messages("s", status=None)) == ["n0", "n1"]
         assert await memory_store.archive_oldest_messages("s", 0) == []
         with pytest.raises(InvalidKeyError):
@@ -284,7 +264,3 @@ class LlamaIndexMemoryTests:
         asyncio.run(memory.aput(LlamaIndexChatMessage(role="assistant", content="two")))
         asyncio.run(memory.aput(LlamaIndexChatMessage(role="user", content="three")))
         assert _texts(memory.get_all()) == ["one", "two", "three"]
-
-
-def _li(messages: list[ChatMessage]) -> list[LlamaIndexChatMessage]:
-    return [to_llama_index_message(m) for m in messages]

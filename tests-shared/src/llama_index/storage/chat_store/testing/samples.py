@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 from llama_index.storage.chat_store.core import (
     AudioBlock,
     CachePoint,
@@ -15,9 +17,27 @@ from llama_index.storage.chat_store.core import (
     ThinkingBlock,
     ToolCallBlock,
     VideoBlock,
+    message_from_json,
 )
 
-__all__ = ["HOSTILE_KEYS", "every_block_type", "numbered", "tricky_messages"]
+__all__ = [
+    "HOSTILE_KEYS",
+    "LLAMA_INDEX_INSTALLED",
+    "UNKNOWN_TYPES_JSON",
+    "every_block_type",
+    "numbered",
+    "tricky_messages",
+    "unknown_types_message",
+]
+
+LLAMA_INDEX_INSTALLED = find_spec("llama_index.core") is not None
+"""Whether core runs on LlamaIndex's message classes (``llama-index-core`` is installed)."""
+
+UNKNOWN_TYPES_JSON = (
+    '{"role":"critic","additional_kwargs":{},"blocks":[{"block_type":"hologram",'
+    '"frames":[1,2.5,{"z":null}]},{"block_type":"text","text":"t","future_field":1}]}'
+)
+"""A message of a later version: a role and a block type this one does not know."""
 
 HOSTILE_KEYS = [
     "user/1",
@@ -60,7 +80,9 @@ def every_block_type() -> list[ChatMessage]:
         ChatMessage(role="user", blocks=[AudioBlock(audio=b"RIFF\x00\x01\x02WAVE", format="wav")]),
         ChatMessage(role="user", blocks=[VideoBlock(url="https://e.com/v.mp4", fps=30)]),
         ChatMessage(role="user", blocks=[DocumentBlock(data=b"%PDF-1.4\x00", title="t")]),
-        ChatMessage(role="user", blocks=[CachePoint()]),
+        ChatMessage(
+            role="user", blocks=[CachePoint(cache_control={"type": "ephemeral", "ttl": "5m"})]
+        ),
         ChatMessage(
             role="user",
             blocks=[CitableBlock(title="T", source="S", content=[TextBlock(text="c")])],
@@ -85,7 +107,12 @@ def every_block_type() -> list[ChatMessage]:
 
 
 def tricky_messages() -> list[ChatMessage]:
-    """Return messages with payloads that naive storage mangles."""
+    """Return messages with payloads that naive storage mangles.
+
+    Without ``llama-index-core``, also a message with a role and a block type this version
+    does not know (:func:`unknown_types_message`); LlamaIndex's model cannot hold one.
+    """
+    later = [] if LLAMA_INDEX_INSTALLED else [unknown_types_message()]
     return [
         ChatMessage(role=MessageRole.SYSTEM, content="ünïcödé ✓ 日本語 😀 \u2028 \x7f"),
         ChatMessage(role="user", content="quotes ' \" \\ </script> \x00 NUL and \x1b escape"),
@@ -109,14 +136,13 @@ def tricky_messages() -> list[ChatMessage]:
             },
         ),
         ChatMessage(role="tool", content="result", additional_kwargs={"tool_call_id": "call_1"}),
-        ChatMessage.model_validate(
-            {
-                "role": "critic",
-                "additional_kwargs": {},
-                "blocks": [
-                    {"block_type": "hologram", "frames": [1, 2.5, {"z": None}]},
-                    {"block_type": "text", "text": "t", "future_field": 1},
-                ],
-            }
-        ),
+        *later,
     ]
+
+
+def unknown_types_message() -> ChatMessage:
+    """Return core's own model of a message with an unknown role and block type.
+
+    Only without ``llama-index-core``: LlamaIndex's ``ChatMessage`` rejects it.
+    """
+    return message_from_json(UNKNOWN_TYPES_JSON)
