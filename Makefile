@@ -47,7 +47,7 @@ typecheck: install  ## mypy --strict, once per package.
 build:  ## Build every wheel and sdist into dist/ (without workspace sources).
 	rm -rf dist && $(UV) build --all-packages --no-sources --out-dir dist
 
-smoke: build  ## Install the built wheels into a throwaway venv (no index) and import each package.
+smoke: build  ## Install the wheels into a throwaway venv (no index) and import each package; then one backend by name with the index reachable, proving ours wins.
 	scripts/smoke dist
 
 bench: install  ## Benchmark every backend beside its raw driver and LlamaIndex (BENCH_SCALE=0.01 for a quick run).
