@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,7 +77,7 @@ def test_failed_write_leaves_memory_equal_to_the_file(tmp_path: Path) -> None:
     path = tmp_path / "chat_store.json"
     store = JsonFileChatStore(path=path)
     store.add_message("k", ChatMessage(content="kept"))
-    with pytest.raises(SerializationError, match=r"chat_store\.json"):
+    with pytest.raises(SerializationError):  # rejected before memory or file change
         store.add_message("k", ChatMessage(content="bad", additional_kwargs={"x": object()}))
     assert [m.content for m in store.get_messages("k")] == ["kept"]
     store.add_message("k", ChatMessage(content="next"))  # the store is not wedged
@@ -112,3 +115,31 @@ def test_corrupt_file_names_the_path(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("[1, 2]", "utf-8")
     with pytest.raises(CorruptDataError, match=r"bad\.json"):
         chat_store_from_url(f"json://localhost{tmp_path}/bad.json")
+
+
+def test_rewrites_keep_the_file_mode_and_new_files_follow_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "chat_store.json"
+    store = JsonFileChatStore(path=path)
+    store.add_message("k", ChatMessage(content="x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    path.chmod(0o640)
+    store.add_message("k", ChatMessage(content="y"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_temp_files_of_killed_writers_are_cleaned_up(tmp_path: Path) -> None:
+    path = tmp_path / "chat_store.json"
+    old = tmp_path / ".chat_store.json.deadbeef.tmp"
+    fresh = tmp_path / ".chat_store.json.cafe.tmp"
+    other = tmp_path / ".other.json.dead.tmp"
+    for leftover in (old, fresh, other):
+        leftover.write_text("{", encoding="utf-8")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    os.utime(other, (time.time() - 3600, time.time() - 3600))
+    JsonFileChatStore(path=path).add_message("k", ChatMessage(content="x"))
+    # A minute-old temp of this file is a dead writer's; a fresh one may be a live writer's.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["chat_store.json", fresh.name, other.name]
+    )

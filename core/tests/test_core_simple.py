@@ -12,6 +12,7 @@ import pytest
 from llama_index.storage.chat_store.core import (
     ChatMessage,
     CorruptDataError,
+    SerializationError,
     SimpleChatStore,
     message_to_json,
 )
@@ -67,9 +68,11 @@ def test_corrupt_file_raises_naming_the_path(tmp_path: Path, content: str) -> No
 def test_failed_persist_keeps_previous_file(tmp_path: Path) -> None:
     path = tmp_path / "chat_store.json"
     SimpleChatStore.parse_raw(CURRENT).persist(path)
-    store = SimpleChatStore()
-    store.add_message("k", ChatMessage(content="x", additional_kwargs={"bad": object()}))
-    with pytest.raises(ValueError, match="serialize"):
+    # add_message refuses such a message; the constructor takes what it is given.
+    store = SimpleChatStore(
+        store={"k": [ChatMessage(content="x", additional_kwargs={"bad": object()})]}
+    )
+    with pytest.raises(SerializationError, match="serialize"):
         store.persist(path)
     assert path.read_text(encoding="utf-8") == CURRENT
     assert [p.name for p in tmp_path.iterdir()] == ["chat_store.json"]
@@ -122,3 +125,27 @@ def test_fsspec_filesystem(tmp_path: Path) -> None:
     assert [message_to_json(m) for m in again.get_messages("user1")] == [
         message_to_json(m) for m in store.get_messages("user1")
     ]
+
+
+def test_concurrent_persists_never_write_an_older_snapshot_last(tmp_path: Path) -> None:
+    # Each thread appends, then persists: the file must end up with every message, since the
+    # last persist to run started after every append.
+    path = tmp_path / "chat_store.json"
+    for round_ in range(30):
+        store = SimpleChatStore()
+        barrier = threading.Barrier(8)
+
+        def work(
+            i: int, store: SimpleChatStore = store, barrier: threading.Barrier = barrier
+        ) -> None:
+            barrier.wait()
+            store.add_message("k", ChatMessage(content=f"m{i}"))
+            store.persist(path)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        saved = SimpleChatStore.from_persist_path(path).get_messages("k")
+        assert sorted(m.content or "" for m in saved) == [f"m{i}" for i in range(8)], round_

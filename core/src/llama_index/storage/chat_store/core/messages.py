@@ -110,8 +110,8 @@ def message_to_json(message: ChatMessage) -> str:
     """
     try:
         return message.model_dump_json()
-    except (PydanticSerializationError, ValueError, TypeError) as exc:
-        raise SerializationError(f"cannot serialize message: {exc}") from exc
+    except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
+        raise SerializationError(f"cannot serialize message: {str(exc)[:300]}") from exc
 
 
 def message_from_json(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
-import tempfile
+import secrets
+import stat
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +40,7 @@ from llama_index.storage.chat_store.core.messages import (
     coerce_message,
     coerce_messages,
     copy_message,
+    message_to_json,
 )
 from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
 
@@ -67,6 +72,7 @@ class SimpleChatStore(BaseChatStore):
     store: dict[str, list[DecodedMessage]] = {}
 
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+    _persist_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
     def _guard(self) -> threading.RLock:
@@ -135,7 +141,7 @@ class SimpleChatStore(BaseChatStore):
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Append ``message`` (or insert it at ``idx`` like ``list.insert``)."""
         key = self._check_key(key)
-        message = coerce_message(message)
+        message = _private_saveable(message)
         with self._guard:
             messages = self.store.setdefault(key, [])
             if idx is None:
@@ -147,7 +153,7 @@ class SimpleChatStore(BaseChatStore):
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Append ``messages`` in order."""
         key = self._check_key(key)
-        new = coerce_messages(messages)
+        new = [_private_saveable(m) for m in coerce_messages(messages, copy=False)]
         if not new:
             return
         with self._guard:
@@ -157,7 +163,7 @@ class SimpleChatStore(BaseChatStore):
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace the conversation (``[]`` removes the key)."""
         key = self._check_key(key)
-        new = coerce_messages(messages)
+        new = [_private_saveable(m) for m in coerce_messages(messages, copy=False)]
         with self._guard:
             if new:
                 self.store[key] = new
@@ -218,8 +224,15 @@ class SimpleChatStore(BaseChatStore):
         """Hook called under the lock after every change (file-backed subclasses persist)."""
 
     def _file_text(self) -> str:
-        """Return the persisted file's text (called under the lock)."""
-        return self.model_dump_json()
+        """Return the persisted file's text (called under the lock).
+
+        Raises:
+            SerializationError: A message holds a value JSON cannot carry.
+        """
+        try:
+            return self.model_dump_json()
+        except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
+            raise SerializationError(f"cannot serialize the store: {str(exc)[:300]}") from exc
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -236,16 +249,19 @@ class SimpleChatStore(BaseChatStore):
         Raises:
             OSError: The file cannot be written (the previous file is untouched).
         """
-        with self._guard:
-            text = self._file_text()
-        if fs is None:
-            _write_atomically(Path(persist_path), text)
-        else:
-            parent = os.path.dirname(os.fspath(persist_path))
-            if parent:
-                fs.makedirs(parent, exist_ok=True)
-            with fs.open(os.fspath(persist_path), "w", encoding="utf-8") as f:
-                f.write(text)
+        # One persist at a time, snapshot and write together: otherwise a thread holding an
+        # older snapshot could write after a newer one and the file would go back in time.
+        with self.__pydantic_private__["_persist_lock"]:  # type: ignore[index]
+            with self._guard:
+                text = self._file_text()
+            if fs is None:
+                _write_atomically(Path(persist_path), text)
+            else:
+                parent = os.path.dirname(os.fspath(persist_path))
+                if parent:
+                    fs.makedirs(parent, exist_ok=True)
+                with fs.open(os.fspath(persist_path), "w", encoding="utf-8") as f:
+                    f.write(text)
 
     @classmethod
     def from_persist_path(
@@ -401,6 +417,21 @@ class JsonFileChatStore(SimpleChatStore):
             raise
 
 
+def _private_saveable(value: Any) -> ChatMessage:
+    """Return a private copy of a message given, checked to be writable to the file.
+
+    Checked on the way in, so one bad message never makes every later ``persist`` fail.
+
+    Raises:
+        InvalidMessageError: The value is not a message.
+        SerializationError: The message holds a value JSON cannot carry (an arbitrary
+            object, a lone surrogate, nesting too deep).
+    """
+    message = coerce_message(value, copy=False)
+    message_to_json(message)  # before copying: the copy would recurse as deep as the nesting
+    return copy_message(message) if message is value else message
+
+
 def _read_store_file(path: str) -> dict[str, list[ChatMessage]]:
     """Return the conversations in a chat store file (``{}`` when it does not exist)."""
     try:
@@ -410,20 +441,38 @@ def _read_store_file(path: str) -> dict[str, list[ChatMessage]]:
     return SimpleChatStore._from_file_bytes(data, source=path).store
 
 
+_STALE_AFTER = 60.0
+"""Seconds after which a temp file of ours is taken for one a killed writer left behind."""
+
+
 def _write_atomically(path: Path, text: str) -> None:
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # Like open(): a new file gets 0666 less the umask; an existing file keeps its mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with contextlib.suppress(FileNotFoundError):
+                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(directory)
+    _remove_stale_temp_files(path)
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files of ``path`` that killed writers left (older than a minute)."""
+    cutoff = time.time() - _STALE_AFTER
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -197,7 +197,13 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
             raise InvalidKeyError("key must not be empty")
         if "\x00" in key:
             raise InvalidKeyError(f"key must not contain NUL: {key!r}")
-        size = len(key.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            # A lone surrogate is not text: no backend can store it as the key it is.
+            raise InvalidKeyError(
+                f"key must be valid Unicode text, without lone surrogates: {key!r}"
+            ) from None
         if size > type(self).max_key_bytes:
             raise InvalidKeyError(
                 f"key is {size} UTF-8 bytes; {type(self).__name__} stores at most "

@@ -48,6 +48,7 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     InvalidKeyError,
     InvalidMessageError,
+    SerializationError,
     TextBlock,
     message_to_json,
 )
@@ -105,6 +106,14 @@ def _override_hint(name: str) -> str:
         "ChatStoreConformance subclass (see the module docstring of "
         "llama_index.storage.chat_store.testing.conformance)"
     )
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """Return ``additional_kwargs`` nested ``depth`` dicts deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
 
 
 class ChatStoreConformance(_ModeTests):
@@ -410,9 +419,9 @@ class ChatStoreConformance(_ModeTests):
 
     # -- bad input -------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("key", [None, 1, b"bytes", "", "nul\x00key"])
+    @pytest.mark.parametrize("key", [None, 1, b"bytes", "", "nul\x00key", "lone \ud800 surrogate"])
     def test_invalid_keys_are_rejected(self, store: BaseChatStore, key: Any) -> None:
-        """Non-str, empty and NUL keys raise InvalidKeyError from every method.
+        """Non-str, empty, NUL and lone-surrogate keys raise InvalidKeyError from every method.
 
         If this fails: the method does not call the base class's key check.
         """
@@ -472,6 +481,31 @@ class ChatStoreConformance(_ModeTests):
         with pytest.raises(InvalidMessageError):
             store.set_messages("k", [value])
         assert store.get_keys() == []
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [{"o": object()}, {"s": "lone \ud800"}, _nested(300), _nested(5000)],
+        ids=["object", "lone-surrogate", "nested-300", "nested-5000"],
+    )
+    def test_unsaveable_messages_are_rejected(
+        self, store: BaseChatStore, kwargs: dict[str, Any]
+    ) -> None:
+        """A message JSON cannot carry raises SerializationError, writes nothing, harms nothing.
+
+        If this fails: the store accepts what it can never write back (so a later save of
+        the whole store fails), or a deep value escapes as a raw RecursionError.
+        """
+        store.add_message("k", ChatMessage(content="kept"))
+        bad = ChatMessage(content="x", additional_kwargs=kwargs)
+        with pytest.raises(SerializationError):
+            store.add_message("k", bad)
+        with pytest.raises(SerializationError):
+            store.add_messages("k", [ChatMessage(content="ok"), bad])
+        with pytest.raises(SerializationError):
+            store.set_messages("k", [bad])
+        assert _texts(store.get_messages("k")) == ["kept"]
+        store.add_message("k", ChatMessage(content="after"))
+        assert _texts(store.get_messages("k")) == ["kept", "after"]
 
     def test_dict_messages_are_accepted(self, store: BaseChatStore) -> None:
         """A dict in the wire shape (current or legacy) is converted to a message.
