@@ -66,7 +66,7 @@ class ServiceMode(str, Enum):
 class AzureChatStore(BaseChatStore):
     """Chat history in Azure Table Storage (or the Cosmos DB Table API), one entity per message.
 
-    Build it with one of the seed's constructors (:meth:`from_account_and_key`,
+    Build it with one of LlamaIndex's constructors (:meth:`from_account_and_key`,
     :meth:`from_connection_string`, :meth:`from_sas_token`, :meth:`from_aad_token`,
     :meth:`from_account_and_id`) or :meth:`from_url` (``azuretable://ACCOUNT/TABLE``).
     Constructing never connects; the first operation creates the tables if they are
@@ -147,7 +147,7 @@ class AzureChatStore(BaseChatStore):
         """Persistent, shared and natively async; Azure Tables has no TTL."""
         return frozenset({Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC})
 
-    # -- constructors (the seed's names) ------------------------------------------------
+    # -- constructors (LlamaIndex's names) ------------------------------------------------
 
     @classmethod
     def from_connection_string(

@@ -85,7 +85,7 @@ class DynamoDBChatStore(BaseChatStore):
     key, a sparse index for ``get_keys``) each message is its own item and each conversation
     has a meta item: appends are single conditional transactions (exact under concurrency,
     no ceiling on a conversation's length), replaces of any length are atomic for readers,
-    and windows read only the items asked for. On the seed's hash-key-only table
+    and windows read only the items asked for. On LlamaIndex's hash-key-only table
     (``layout="auto"`` detects it) conversations are LlamaIndex's single items, readable and
     writable by LlamaIndex's ``DynamoDBChatStore``, with conditional writes added so
     concurrent appends are not lost.
@@ -284,7 +284,7 @@ class DynamoDBChatStore(BaseChatStore):
             if range_key is not None:
                 raise ConfigurationError(
                     f"DynamoDB table {self.table_name!r} has a sort key ({range_key!r}); "
-                    "LlamaIndex's layout needs the seed's hash-key-only table"
+                    "LlamaIndex's layout needs LlamaIndex's hash-key-only table"
                 )
             layout = LlamaIndexLayout(table)
         self._layout = layout
@@ -295,7 +295,7 @@ class DynamoDBChatStore(BaseChatStore):
 
         ``layout="native"`` (default) creates the recommended table: partition key
         ``primary_key`` (S), sort key ``sort_key`` (N), the sparse index ``get_keys`` reads,
-        on-demand billing. ``layout="llama_index"`` creates the seed's hash-key-only table.
+        on-demand billing. ``layout="llama_index"`` creates LlamaIndex's hash-key-only table.
         An existing table is left as it is.
         """
         table = self._table()

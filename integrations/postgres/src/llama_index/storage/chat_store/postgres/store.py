@@ -267,7 +267,7 @@ class PostgresChatStore(BaseChatStore):
         use_jsonb: bool = False,
         **options: Any,
     ) -> Self:
-        """Build a store from connection parameters (the seed's signature)."""
+        """Build a store from connection parameters (LlamaIndex's signature)."""
         netloc = quote(user or "", safe="")
         netloc = f"{netloc}@" if netloc else ""
         netloc += host or "localhost"

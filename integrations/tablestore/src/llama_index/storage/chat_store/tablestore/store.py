@@ -87,7 +87,7 @@ class TablestoreChatStore(BaseChatStore):
         table_name: str = DEFAULT_TABLE_NAME,
         **kwargs: Any,
     ) -> None:
-        """Configure the store (the seed's signature; nothing connects yet).
+        """Configure the store (LlamaIndex's signature; nothing connects yet).
 
         Args:
             tablestore_client: An ``OTSClient`` to use instead of the connection arguments.
@@ -439,7 +439,7 @@ class TablestoreChatStore(BaseChatStore):
         self._run(self._clear_op())
 
     def clear_store(self) -> None:
-        """Remove every conversation (the seed's name for :meth:`clear`)."""
+        """Remove every conversation (LlamaIndex's name for :meth:`clear`)."""
         self.clear()
 
     # -- async API (AsyncOTSClient, one per event loop) -----------------------------------

@@ -69,7 +69,7 @@ class YugabyteDBChatStore(PostgresChatStore):
         use_jsonb: bool = False,
         **options: Any,
     ) -> Self:
-        """Build a store from connection and smart-driver parameters (the seed's signature)."""
+        """Build a store from connection and smart-driver parameters (LlamaIndex's signature)."""
         query: dict[str, str] = {"load_balance": str(load_balance).lower()}
         if topology_keys is not None:
             query["topology_keys"] = topology_keys
