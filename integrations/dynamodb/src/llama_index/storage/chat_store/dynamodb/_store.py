@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_serializer
+from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
@@ -127,6 +127,9 @@ class DynamoDBChatStore(BaseChatStore):
         sort_key: The sort key attribute :meth:`create_table` uses for the recommended table.
     """
 
+    # An argument no field takes is an error naming it, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
     max_key_bytes: ClassVar[int] = 2048
     """DynamoDB's limit on a partition key value."""
 
@@ -154,9 +157,44 @@ class DynamoDBChatStore(BaseChatStore):
     _layout: NativeLayout | LlamaIndexLayout | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def __init__(self, table_name: str | None = None, **data: Any) -> None:
-        if table_name is not None:
-            data["table_name"] = table_name
+    def __init__(
+        self,
+        table_name: str | None = None,
+        primary_key: str | None = None,
+        profile_name: str | None = None,
+        region_name: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | SecretStr | None = None,
+        aws_session_token: str | SecretStr | None = None,
+        botocore_session: Any = None,
+        botocore_config: Any = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        session_kwargs: dict[str, Any] | None = None,
+        resource_kwargs: dict[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        ttl_attribute: str | None = None,
+        **data: Any,
+    ) -> None:
+        """Configure the store; never connects. LlamaIndex's signature, positional order included.
+
+        Arguments are described on the class; ``**data`` takes the fields LlamaIndex's
+        store does not have (``ttl``, ``endpoint_url``, ``layout``, ...).
+
+        Raises:
+            TypeError: An argument given both by position and by keyword.
+            ValueError: An argument the store does not know (named in the message).
+        """
+        given = {
+            "table_name": table_name, "primary_key": primary_key, "profile_name": profile_name,
+            "region_name": region_name, "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+            "aws_session_token": aws_session_token, "botocore_session": botocore_session,
+            "botocore_config": botocore_config, "max_retries": max_retries, "timeout": timeout,
+            "session_kwargs": session_kwargs, "resource_kwargs": resource_kwargs,
+            "ttl_seconds": ttl_seconds, "ttl_attribute": ttl_attribute,
+        }  # fmt: skip
+        data.update({name: value for name, value in given.items() if value is not None})
         super().__init__(**data)
 
     def model_post_init(self, context: Any, /) -> None:
