@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -9,12 +10,13 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.exceptions import ResourceExistsError
-from azure.data.tables import TableClient
+from azure.data.tables import TableClient, TableServiceClient
 from azure.data.tables.aio import TableClient as AsyncTableClient
+from azure.data.tables.aio import TableServiceClient as AsyncTableServiceClient
 from llama_index.storage.chat_store.azure._codec import (
     check_entity_size,
     encode_key,
@@ -66,9 +68,12 @@ class ServiceMode(str, Enum):
 class AzureChatStore(BaseChatStore):
     """Chat history in Azure Table Storage (or the Cosmos DB Table API), one entity per message.
 
-    Build it with one of the seed's constructors (:meth:`from_account_and_key`,
+    Build it with one of LlamaIndex's constructors (:meth:`from_account_and_key`,
     :meth:`from_connection_string`, :meth:`from_sas_token`, :meth:`from_aad_token`,
-    :meth:`from_account_and_id`) or :meth:`from_url` (``azuretable://ACCOUNT/TABLE``).
+    :meth:`from_account_and_id`, or ``AzureChatStore(table_service_client,
+    atable_service_client, chat_table_name, metadata_table_name, metadata_partition_key,
+    service_mode)`` with ``azure-data-tables`` service clients) or :meth:`from_url`
+    (``azuretable://ACCOUNT/TABLE``).
     Constructing never connects; the first operation creates the tables if they are
     missing (once per instance).
 
@@ -85,6 +90,9 @@ class AzureChatStore(BaseChatStore):
     the 1 MiB entity limit; raised before anything is written).
     """
 
+    # An argument no field takes is an error naming it, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
     chat_table_name: str = DEFAULT_CHAT_TABLE
     metadata_table_name: str = DEFAULT_METADATA_TABLE
     metadata_partition_key: str | None = None
@@ -100,6 +108,10 @@ class AzureChatStore(BaseChatStore):
     sas_token: SecretStr | None = Field(default=None, exclude=True, repr=False)
     credential: Any = Field(default=None, exclude=True, repr=False)
     async_credential: Any = Field(default=None, exclude=True, repr=False)
+    table_service_client: TableServiceClient | None = Field(default=None, exclude=True, repr=False)
+    atable_service_client: AsyncTableServiceClient | None = Field(
+        default=None, exclude=True, repr=False
+    )
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _sync_clients: dict[str, TableClient] = PrivateAttr(default_factory=dict)
@@ -110,7 +122,59 @@ class AzureChatStore(BaseChatStore):
     _native: NativeLayout | None = PrivateAttr(default=None)
     _legacy: LlamaIndexLayout | None = PrivateAttr(default=None)
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(
+        self,
+        table_service_client: TableServiceClient | None = None,
+        atable_service_client: AsyncTableServiceClient | None = None,
+        chat_table_name: str | None = None,
+        metadata_table_name: str | None = None,
+        metadata_partition_key: str | None = None,
+        service_mode: ServiceMode | str | None = None,
+        **data: Any,
+    ) -> None:
+        """Configure the store; never connects. LlamaIndex's signature, positional order included.
+
+        Args:
+            table_service_client: An ``azure.data.tables.TableServiceClient``; the sync calls
+                use table clients it hands out (its pipeline and credential), and it is never
+                closed by the store.
+            atable_service_client: An ``azure.data.tables.aio.TableServiceClient``; the async
+                calls use its endpoint and credential, with a client per event loop (an aio
+                client belongs to one loop). Without it, async calls run the sync path in a
+                worker thread.
+            chat_table_name: The messages table.
+            metadata_table_name: LlamaIndex's metadata table (``layout="llama_index"``).
+            metadata_partition_key: LlamaIndex's metadata partition (``layout="llama_index"``).
+            service_mode: ``"storage"`` or ``"cosmos"``.
+            **data: The other fields (``layout``, ``account_name``, ``account_key``, ...).
+
+        Raises:
+            TypeError: A service client of the wrong type.
+            ValueError: An argument the store does not know (named in the message).
+            ConfigurationError: No way to reach the service.
+        """
+        given = {
+            "table_service_client": table_service_client,
+            "atable_service_client": atable_service_client,
+            "chat_table_name": chat_table_name, "metadata_table_name": metadata_table_name,
+            "metadata_partition_key": metadata_partition_key, "service_mode": service_mode,
+        }  # fmt: skip
+        data.update({name: value for name, value in given.items() if value is not None})
+        for name, value, kind in (
+            ("table_service_client", table_service_client, TableServiceClient),
+            ("atable_service_client", atable_service_client, AsyncTableServiceClient),
+        ):
+            if value is not None and not isinstance(value, kind):
+                raise TypeError(
+                    f"{name} must be an {kind.__module__}.{kind.__name__}, got "
+                    f"{type(value).__qualname__}; see from_connection_string() and the other "
+                    "class methods for secrets and URLs"
+                )
+        client = table_service_client or atable_service_client
+        if client is not None:
+            # The endpoint names the service in errors and dumps (never a secret).
+            data.setdefault("endpoint", client.url)
+            data.setdefault("account_name", client.account_name)
         super().__init__(**data)
         # Checked here, not in a validator, so callers get ConfigurationError itself
         # rather than pydantic's ValidationError wrapping it.
@@ -136,6 +200,11 @@ class AzureChatStore(BaseChatStore):
             )
         if self.sas_token is not None and self.endpoint is None and self.account_name is None:
             raise ConfigurationError("a SAS token needs an endpoint or an account name")
+        if self.atable_service_client is not None and self.table_service_client is None:
+            raise ConfigurationError(
+                "atable_service_client needs table_service_client too (as in LlamaIndex), "
+                "for the sync calls"
+            )
 
     @classmethod
     def class_name(cls) -> str:
@@ -147,7 +216,7 @@ class AzureChatStore(BaseChatStore):
         """Persistent, shared and natively async; Azure Tables has no TTL."""
         return frozenset({Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC})
 
-    # -- constructors (the seed's names) ------------------------------------------------
+    # -- constructors (LlamaIndex's names) ------------------------------------------------
 
     @classmethod
     def from_connection_string(
@@ -352,6 +421,8 @@ class AzureChatStore(BaseChatStore):
             ) from exc
 
     def _new_sync_client(self, table: str) -> TableClient:
+        if self.table_service_client is not None:
+            return self.table_service_client.get_table_client(table)
         options = self._client_options()
         if self.connection_string is not None:
             return TableClient.from_connection_string(
@@ -364,6 +435,11 @@ class AzureChatStore(BaseChatStore):
 
     def _new_async_client(self, table: str) -> AsyncTableClient:
         options = self._client_options()
+        service = self.atable_service_client
+        if service is not None:
+            # Not service.get_table_client: that shares the service client's HTTP session,
+            # which belongs to the event loop it first ran on.
+            return AsyncTableClient(service.url, table, credential=service.credential, **options)
         if self.connection_string is not None:
             return AsyncTableClient.from_connection_string(
                 self.connection_string.get_secret_value(), table_name=table, **options
@@ -418,6 +494,8 @@ class AzureChatStore(BaseChatStore):
         return run_sync(plan, self._sync_client, self._where, self._ensure_tables)
 
     async def _arun(self, plan: Plan[_T]) -> _T:
+        if self.table_service_client is not None and self.atable_service_client is None:
+            return await asyncio.to_thread(self._run, plan)
         return await run_async(plan, self._async_client, self._where, self._aensure_tables)
 
     def close(self) -> None:

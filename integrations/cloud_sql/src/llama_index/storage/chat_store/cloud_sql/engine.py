@@ -158,7 +158,7 @@ class PostgresEngine(ConnectorEngine):
 
     @classmethod
     def from_engine_args(cls, url: str, **engine_options: Any) -> PostgresEngine:
-        """Connect with a plain PostgreSQL URL (the seed's name for ``from_connection_string``)."""
+        """Connect with a plain PostgreSQL URL (Google's name for ``from_connection_string``)."""
         return cls.from_connection_string(url, **engine_options)
 
     @classmethod

@@ -1,6 +1,6 @@
 """Chat history in Amazon DynamoDB: one item per message, exact concurrent appends.
 
-``DynamoDBChatStore(table_name=..., ...)`` keeps LlamaIndex's constructor; on the seed's
+``DynamoDBChatStore(table_name=..., ...)`` keeps LlamaIndex's constructor; on LlamaIndex's
 hash-key-only table it reads and writes LlamaIndex's single-item layout.
 """
 

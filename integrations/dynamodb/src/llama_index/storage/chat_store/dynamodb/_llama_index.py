@@ -1,4 +1,4 @@
-"""LlamaIndex's layout: one item per conversation on the seed's hash-key-only table.
+"""LlamaIndex's layout: one item per conversation on LlamaIndex's hash-key-only table.
 
 Item: ``{SessionId: key, History: [message as a DynamoDB map, ...], TTL: epoch seconds}``,
 read and written so LlamaIndex's ``DynamoDBChatStore`` reads what we write and we read what it
@@ -48,7 +48,7 @@ _VERSION = "ChatStoreVersion"
 
 
 def llama_index_table_definition(table: str, pk: str) -> dict[str, Any]:
-    """Return CreateTable parameters for the seed's table (hash key only, on demand)."""
+    """Return CreateTable parameters for LlamaIndex's table (hash key only, on demand)."""
     return {
         "TableName": table,
         "AttributeDefinitions": [{"AttributeName": pk, "AttributeType": "S"}],

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_serializer
+from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
@@ -85,7 +85,7 @@ class DynamoDBChatStore(BaseChatStore):
     key, a sparse index for ``get_keys``) each message is its own item and each conversation
     has a meta item: appends are single conditional transactions (exact under concurrency,
     no ceiling on a conversation's length), replaces of any length are atomic for readers,
-    and windows read only the items asked for. On the seed's hash-key-only table
+    and windows read only the items asked for. On LlamaIndex's hash-key-only table
     (``layout="auto"`` detects it) conversations are LlamaIndex's single items, readable and
     writable by LlamaIndex's ``DynamoDBChatStore``, with conditional writes added so
     concurrent appends are not lost.
@@ -127,6 +127,9 @@ class DynamoDBChatStore(BaseChatStore):
         sort_key: The sort key attribute :meth:`create_table` uses for the recommended table.
     """
 
+    # An argument no field takes is an error naming it, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
     max_key_bytes: ClassVar[int] = 2048
     """DynamoDB's limit on a partition key value."""
 
@@ -154,9 +157,44 @@ class DynamoDBChatStore(BaseChatStore):
     _layout: NativeLayout | LlamaIndexLayout | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def __init__(self, table_name: str | None = None, **data: Any) -> None:
-        if table_name is not None:
-            data["table_name"] = table_name
+    def __init__(
+        self,
+        table_name: str | None = None,
+        primary_key: str | None = None,
+        profile_name: str | None = None,
+        region_name: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | SecretStr | None = None,
+        aws_session_token: str | SecretStr | None = None,
+        botocore_session: Any = None,
+        botocore_config: Any = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        session_kwargs: dict[str, Any] | None = None,
+        resource_kwargs: dict[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        ttl_attribute: str | None = None,
+        **data: Any,
+    ) -> None:
+        """Configure the store; never connects. LlamaIndex's signature, positional order included.
+
+        Arguments are described on the class; ``**data`` takes the fields LlamaIndex's
+        store does not have (``ttl``, ``endpoint_url``, ``layout``, ...).
+
+        Raises:
+            TypeError: An argument given both by position and by keyword.
+            ValueError: An argument the store does not know (named in the message).
+        """
+        given = {
+            "table_name": table_name, "primary_key": primary_key, "profile_name": profile_name,
+            "region_name": region_name, "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+            "aws_session_token": aws_session_token, "botocore_session": botocore_session,
+            "botocore_config": botocore_config, "max_retries": max_retries, "timeout": timeout,
+            "session_kwargs": session_kwargs, "resource_kwargs": resource_kwargs,
+            "ttl_seconds": ttl_seconds, "ttl_attribute": ttl_attribute,
+        }  # fmt: skip
+        data.update({name: value for name, value in given.items() if value is not None})
         super().__init__(**data)
 
     def model_post_init(self, context: Any, /) -> None:
@@ -284,7 +322,7 @@ class DynamoDBChatStore(BaseChatStore):
             if range_key is not None:
                 raise ConfigurationError(
                     f"DynamoDB table {self.table_name!r} has a sort key ({range_key!r}); "
-                    "LlamaIndex's layout needs the seed's hash-key-only table"
+                    "LlamaIndex's layout needs LlamaIndex's hash-key-only table"
                 )
             layout = LlamaIndexLayout(table)
         self._layout = layout
@@ -295,7 +333,7 @@ class DynamoDBChatStore(BaseChatStore):
 
         ``layout="native"`` (default) creates the recommended table: partition key
         ``primary_key`` (S), sort key ``sort_key`` (N), the sparse index ``get_keys`` reads,
-        on-demand billing. ``layout="llama_index"`` creates the seed's hash-key-only table.
+        on-demand billing. ``layout="llama_index"`` creates LlamaIndex's hash-key-only table.
         An existing table is left as it is.
         """
         table = self._table()

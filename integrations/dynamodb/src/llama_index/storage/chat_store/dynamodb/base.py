@@ -1,4 +1,4 @@
-"""The seed's import path: ``from llama_index.storage.chat_store.dynamodb.base import ...``."""
+"""LlamaIndex's import path: ``from llama_index.storage.chat_store.dynamodb.base import ...``."""
 
 from llama_index.storage.chat_store.dynamodb._store import DynamoDBChatStore
 

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import TextClause
 from sqlalchemy.engine import URL, Engine, create_engine, make_url
 
@@ -57,6 +64,33 @@ _STORE_OPTIONS = {
     "ttl": "ttl",
     "refresh_on_read": "refresh_on_read",
 }
+
+
+def _bound_engine(maker: Any, name: str) -> Any:
+    """Return the engine a SQLAlchemy ``sessionmaker`` (or the engine itself) is bound to.
+
+    Raises:
+        TypeError: ``maker`` is neither a sessionmaker nor an engine.
+        ConfigurationError: The sessionmaker has no ``bind``.
+    """
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    if maker is None or isinstance(maker, Engine | AsyncEngine):
+        return maker
+    kw = getattr(maker, "kw", None)
+    if not isinstance(kw, dict):
+        raise TypeError(
+            f"{name} must be a SQLAlchemy sessionmaker (as in LlamaIndex) or an engine, got "
+            f"{type(maker).__qualname__}; for a URL use from_uri()"
+        )
+    engine = kw.get("bind")
+    if not isinstance(engine, Engine | AsyncEngine):
+        raise ConfigurationError(f"{name} is not bound to an engine: sessionmaker(engine)")
+    return engine
+
+
+def _same_database(a: URL, b: URL) -> bool:
+    return (a.host, a.port, a.database, a.username) == (b.host, b.port, b.database, b.username)
 
 
 @dataclass(frozen=True)
@@ -107,7 +141,15 @@ class PostgresChatStore(BaseChatStore):
         engine_options: Keyword arguments for SQLAlchemy ``create_engine`` (sync path).
         async_connect_options: Keyword arguments for ``asyncpg.connect`` (async path).
         max_async_connections: Connections per event loop for the async path.
+
+    LlamaIndex's constructor ``PostgresChatStore(session, async_session, table_name,
+    schema_name, use_jsonb)`` works too: the sessionmakers' engines give the connection
+    (the sync engine serves sync calls through its own pool; async calls connect with
+    asyncpg to the same database).
     """
+
+    # An argument no field takes is an error naming it, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     connection_string: str
     password: SecretStr | None = Field(default=None, exclude=True)
@@ -148,6 +190,75 @@ class PostgresChatStore(BaseChatStore):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _user_engine: Engine | None = PrivateAttr(default=None)
     _connector: ConnectorEngine | None = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        session: Any = None,
+        async_session: Any = None,
+        table_name: str | None = None,
+        schema_name: str | None = None,
+        use_jsonb: bool | None = None,
+        **data: Any,
+    ) -> None:
+        """Configure the store; never connects. LlamaIndex's signature, positional order included.
+
+        Args:
+            session: A SQLAlchemy ``sessionmaker`` bound to a sync engine (or the engine).
+            async_session: A ``sessionmaker``/``async_sessionmaker`` bound to an
+                ``AsyncEngine`` (or the engine); only its URL is used.
+            table_name: See the class docstring.
+            schema_name: See the class docstring.
+            use_jsonb: See the class docstring.
+            **data: The other fields (``connection_string``, ``password``, ``ttl``, ...).
+
+        Raises:
+            TypeError: ``session`` is not a sessionmaker or engine.
+            ValueError: An argument the store does not know (named in the message).
+            ConfigurationError: Sessions and a connection string together, or sessions
+                bound to two different databases.
+        """
+        given = {"table_name": table_name, "schema_name": schema_name, "use_jsonb": use_jsonb}
+        data.update({name: value for name, value in given.items() if value is not None})
+        engine = _bound_engine(session, "session")
+        async_engine = _bound_engine(async_session, "async_session")
+        if engine is not None or async_engine is not None:
+            data.update(self._engines_connection(engine, async_engine, data))
+        super().__init__(**data)
+        if isinstance(engine, Engine):
+            self._user_engine = engine
+
+    @classmethod
+    def _engines_connection(
+        cls, engine: Engine | AsyncEngine | None, async_engine: Any, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Return ``connection_string`` and ``password`` for the database of the engines."""
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        if "connection_string" in data:
+            raise ConfigurationError("give session/async_session or connection_string, not both")
+        if isinstance(engine, AsyncEngine):
+            raise ConfigurationError("session is bound to an AsyncEngine; pass it as async_session")
+        if async_engine is not None and not isinstance(async_engine, AsyncEngine):
+            raise ConfigurationError("async_session must be bound to an AsyncEngine")
+        given = engine if engine is not None else async_engine
+        if given is None:
+            raise ConfigurationError("session or async_session is needed")
+        url: URL = given.url
+        if (
+            engine is not None
+            and async_engine is not None
+            and not _same_database(url, async_engine.url)
+        ):
+            raise ConfigurationError(
+                "session and async_session are bound to different databases "
+                f"({url.render_as_string()} and {async_engine.url.render_as_string()})"
+            )
+        password = url.password
+        plain = url.set(drivername=cls._canonical_scheme(), password=None)
+        return {
+            "connection_string": plain.render_as_string(hide_password=False),
+            "password": data.get("password", str(password) if password is not None else None),
+        }
 
     # -- configuration -------------------------------------------------------------------
 
@@ -212,17 +323,30 @@ class PostgresChatStore(BaseChatStore):
         return f"PostgreSQL at {where} (table {self.schema_name}.{self.table_name})"
 
     @classmethod
-    def from_uri(cls, uri: str, **options: Any) -> Self:
+    def from_uri(
+        cls,
+        uri: str,
+        table_name: str | None = None,
+        schema_name: str | None = None,
+        debug: bool = False,
+        use_jsonb: bool | None = None,
+        **options: Any,
+    ) -> Self:
         """Build a store from a ``postgresql://`` / ``postgresql+asyncpg://`` URL.
 
+        The positional parameters are LlamaIndex's (``debug`` echoes the sync engine's SQL).
         Query options ``table``, ``schema``, ``layout``, ``ttl`` and ``refresh_on_read``
         (``true``/``false``) configure the store;
         every other option (``sslmode``, ``connect_timeout``, ...) goes to the drivers.
-        Keyword ``options`` are store fields (``table_name``, ``engine_options``, ...).
+        Keyword ``options`` are store fields (``engine_options``, ``ttl``, ...).
 
         Raises:
             ConfigurationError: The scheme is not one of this store's.
         """
+        given = {"table_name": table_name, "schema_name": schema_name, "use_jsonb": use_jsonb}
+        options.update({name: value for name, value in given.items() if value is not None})
+        if debug:
+            options["engine_options"] = {**options.get("engine_options", {}), "echo": True}
         parts = urlsplit(uri)
         if parts.scheme not in cls._url_schemes:
             raise ConfigurationError(
@@ -264,25 +388,45 @@ class PostgresChatStore(BaseChatStore):
         password: str | None = None,
         table_name: str = "chatstore",
         schema_name: str = "public",
+        connection_string: str | None = None,
+        async_connection_string: str | None = None,
+        debug: bool = False,
         use_jsonb: bool = False,
         **options: Any,
     ) -> Self:
-        """Build a store from connection parameters (the seed's signature)."""
+        """Build a store from connection parameters (LlamaIndex's signature).
+
+        ``connection_string`` (a SQLAlchemy URL) replaces the parameters;
+        ``async_connection_string`` must name the same database (the async path connects
+        with asyncpg to it), and is used alone when it is the only URL given.
+
+        Raises:
+            ConfigurationError: The two connection strings name different databases.
+        """
+        if connection_string is not None or async_connection_string is not None:
+            uri = connection_string or async_connection_string
+            assert uri is not None
+            if (
+                connection_string is not None
+                and async_connection_string is not None
+                and not _same_database(
+                    make_url(connection_string), make_url(async_connection_string)
+                )
+            ):
+                raise ConfigurationError(
+                    "connection_string and async_connection_string name different databases"
+                )
+            return cls.from_uri(uri, table_name, schema_name, debug, use_jsonb, **options)
         netloc = quote(user or "", safe="")
         netloc = f"{netloc}@" if netloc else ""
         netloc += host or "localhost"
         if port is not None:
             netloc += f":{port}"
-        connection_string = urlunsplit(
+        url = urlunsplit(
             (cls._canonical_scheme(), netloc, f"/{quote(database or '', safe='')}", "", "")
         )
-        return cls(
-            connection_string=connection_string,
-            password=password,
-            table_name=table_name,
-            schema_name=schema_name,
-            use_jsonb=use_jsonb,
-            **options,
+        return cls.from_uri(
+            url, table_name, schema_name, debug, use_jsonb, password=password, **options
         )
 
     @classmethod
@@ -309,16 +453,7 @@ class PostgresChatStore(BaseChatStore):
         sync_engine = engine if isinstance(engine, Engine) else None
         if isinstance(engine, AsyncEngine):
             async_engine = engine
-        url = (sync_engine or async_engine).url  # type: ignore[union-attr]
-        password = url.password
-        connection_string = url.set(drivername=cls._canonical_scheme(), password=None)
-        store = cls(
-            connection_string=connection_string.render_as_string(hide_password=False),
-            password=str(password) if password is not None else None,
-            **options,
-        )
-        store._user_engine = sync_engine
-        return store
+        return cls(session=sync_engine, async_session=async_engine, **options)
 
     def _connector_engine(self) -> ConnectorEngine | None:
         """The connector serving this store, if connections do not come from the URL."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache, cached_property
@@ -10,7 +11,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_serializer, model_validator
 
 import redis
 import redis.asyncio
@@ -58,6 +59,43 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
     "connect_timeout": float,
 }
+
+
+# redis-py client options LlamaIndex's ``**kwargs`` may carry, minus those the store sets
+# itself: its own pool, and the reply decoding its scripts rely on.
+_STORE_MANAGED = frozenset(
+    {"connection_pool", "single_connection_client", "decode_responses", "encoding",
+     "encoding_errors"}
+)  # fmt: skip
+_CLIENT_OPTIONS = frozenset(inspect.signature(redis.Redis.__init__).parameters) - {
+    "self", *_STORE_MANAGED,
+}  # fmt: skip
+_SECRET_WORDS = ("password", "secret", "token", "credential")
+
+
+def _client_options_out(field_names: frozenset[str], data: dict[str, Any]) -> dict[str, Any]:
+    """Move the redis-py options in ``data`` into ``client_options``.
+
+    Raises:
+        TypeError: An argument that is neither a store field nor a redis-py client option.
+        ConfigurationError: A redis-py option the store manages itself.
+    """
+    extra = {name: data.pop(name) for name in list(data) if name not in field_names}
+    unknown = sorted(name for name in extra if name not in _CLIENT_OPTIONS)
+    if unknown:
+        managed = [name for name in unknown if name in _STORE_MANAGED]
+        if managed:
+            raise ConfigurationError(
+                f"RedisChatStore sets the redis-py option(s) {', '.join(managed)} itself: its "
+                "scripts need raw replies and a pool of its own"
+            )
+        raise TypeError(
+            f"RedisChatStore got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: "
+            "neither a store field nor a redis-py client option"
+        )
+    if extra:
+        data["client_options"] = {**data.get("client_options", {}), **extra}
+    return data
 
 
 def _split_url(url: str) -> tuple[str, str | None]:
@@ -288,6 +326,10 @@ class RedisChatStore(ListChatStore):
             the store).
         aredis_client: A ``redis.asyncio`` client to use for async calls (bound to the loop
             it was created in; not closed by the store).
+        client_options: redis-py client options (``socket_timeout``, ``ssl_ca_certs``,
+            ``max_connections``, ...) for the clients the store builds. As in LlamaIndex,
+            they may also be given as keyword arguments of their own; dumps leave out the
+            secret ones (``ssl_password``, ``credential_provider``).
     """
 
     redis_url: str = "redis://localhost:6379"
@@ -296,6 +338,7 @@ class RedisChatStore(ListChatStore):
     connect_timeout: float | None = 5.0
     redis_client: SyncClient | None = Field(default=None, exclude=True, repr=False)
     aredis_client: AsyncClient | None = Field(default=None, exclude=True, repr=False)
+    client_options: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     # cached_property, not PrivateAttr: a pydantic private attribute costs about a
     # microsecond on every access, and these are read on every call.
@@ -320,17 +363,37 @@ class RedisChatStore(ListChatStore):
             data = {**data, "redis_url": url, "password": password or given}
         return data
 
-    def __init__(self, redis_url: str | None = None, **data: Any) -> None:
-        """Build the store from its fields (see the class docstring); never connects.
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        redis_client: SyncClient | None = None,
+        aredis_client: AsyncClient | None = None,
+        ttl: int | None = None,
+        **data: Any,
+    ) -> None:
+        """Build the store; never connects. LlamaIndex's signature, positional order included.
+
+        Args:
+            redis_url: See the class docstring.
+            redis_client: See the class docstring.
+            aredis_client: See the class docstring.
+            ttl: See the class docstring.
+            **data: The other fields, and redis-py client options (see ``client_options``).
 
         Raises:
+            TypeError: An argument that is neither a field nor a redis-py client option.
             ConfigurationError: Not a Redis URL, or Redis Cluster without a hash-tagged
                 namespace.
         """
-        if redis_url is not None:  # positional, as in LlamaIndex's RedisChatStore
-            data["redis_url"] = redis_url
-        super().__init__(**data)
+        given = {"redis_url": redis_url, "redis_client": redis_client,
+                 "aredis_client": aredis_client, "ttl": ttl}  # fmt: skip
+        data.update({name: value for name, value in given.items() if value is not None})
+        super().__init__(**_client_options_out(_FIELD_NAMES, data))
         self._check_configuration()
+
+    @field_serializer("client_options")
+    def _without_secrets(self, value: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in value.items() if not any(w in k for w in _SECRET_WORDS)}
 
     def _check_configuration(self) -> None:
         # Outside pydantic validation, which would turn ConfigurationError into ValidationError.
@@ -388,7 +451,7 @@ class RedisChatStore(ListChatStore):
         if not self.cluster:
             # A retried append could store a message twice; callers see the failure instead.
             options["retry"] = Retry(NoBackoff(), 0)
-        return options
+        return {**options, **self.client_options}
 
     def _new_sync_client(self) -> _Own:
         if self.cluster:
@@ -482,3 +545,8 @@ class RedisChatStore(ListChatStore):
         if own is not None:
             await own.aclose()
         self.close()
+
+
+_FIELD_NAMES = frozenset(
+    {*RedisChatStore.model_fields, "ttl_seconds"}  # ttl_seconds: the alias of ttl
+)

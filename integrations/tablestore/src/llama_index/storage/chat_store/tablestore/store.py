@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
@@ -40,6 +41,19 @@ MAX_VALUE_BYTES = 2 * 1024 * 1024
 R = TypeVar("R")
 Layout = Literal["auto", "native", "llama_index"]
 _URL_OPTIONS = {"access_key_id", "access_key_secret", "sts_token", "layout", "scheme"}
+_FIELDS = {"layout", "sts_token"}
+"""Keyword arguments that are store fields; LlamaIndex's ``**kwargs`` are client options."""
+_CLIENT_OPTIONS = (
+    frozenset(inspect.signature(ts.OTSClient.__init__).parameters)
+    - {"self", "kwargs", "end_point", "access_key_id", "access_key_secret", "instance_name"}
+) | {
+    # What the SDK's clients read from their **kwargs (tablestore 6.x); it ignores any
+    # other name, so an unchecked typo would be dropped without a word.
+    "encoding", "socket_timeout", "max_connection", "logger_name", "retry_policy",
+    "ssl_version", "enable_native", "native_fallback", "extra_headers", "force_close",
+    "keepalive_timeout",
+}  # fmt: skip
+_SECRET_WORDS = ("secret", "token", "password", "credential")
 
 
 class TablestoreChatStore(BaseChatStore):
@@ -61,6 +75,9 @@ class TablestoreChatStore(BaseChatStore):
     the table does not exist (call :meth:`create_table_if_not_exist` once), and
     :class:`PayloadTooLargeError` for a message over 2 MB before any call.
     """
+
+    # An argument no field takes is an error naming it, never silently dropped.
+    model_config = ConfigDict(extra="forbid")
 
     endpoint: str | None = None
     instance_name: str | None = None
@@ -87,7 +104,7 @@ class TablestoreChatStore(BaseChatStore):
         table_name: str = DEFAULT_TABLE_NAME,
         **kwargs: Any,
     ) -> None:
-        """Configure the store (the seed's signature; nothing connects yet).
+        """Configure the store (LlamaIndex's signature, positional order included; never connects).
 
         Args:
             tablestore_client: An ``OTSClient`` to use instead of the connection arguments.
@@ -96,20 +113,36 @@ class TablestoreChatStore(BaseChatStore):
             access_key_id: Defaults to ``$TABLESTORE_ACCESS_KEY_ID``.
             access_key_secret: Defaults to ``$TABLESTORE_ACCESS_KEY_SECRET``.
             table_name: The messages table (the meta table is ``<table_name>_meta``).
-            **kwargs: ``layout``, ``sts_token``; anything else goes to ``OTSClient``.
+            **kwargs: ``layout``, ``sts_token``, ``client_options``; anything else is an
+                ``OTSClient`` option (``socket_timeout``, ``max_connection``,
+                ``retry_policy``, ``credentials_provider``, ``region``, ...), as in LlamaIndex.
 
         Raises:
+            TypeError: A keyword argument that is neither a store field nor an ``OTSClient``
+                option (named in the message).
             ConfigurationError: Neither a client nor a complete set of connection arguments.
         """
-        fields = {k: kwargs.pop(k) for k in ("layout", "sts_token") if k in kwargs}
+        fields = {k: kwargs.pop(k) for k in _FIELDS if k in kwargs}
+        unknown = sorted(set(kwargs) - _CLIENT_OPTIONS - {"client_options"})
+        if unknown:
+            raise TypeError(
+                f"TablestoreChatStore got unexpected keyword argument(s) "
+                f"{', '.join(map(repr, unknown))}: neither a store field nor an OTSClient option"
+            )
         options = {**kwargs.pop("client_options", {}), **kwargs}
+        unknown = sorted(set(options) - _CLIENT_OPTIONS)
+        if unknown:
+            raise TypeError(f"client_options has unknown OTSClient option(s) {unknown}")
         if tablestore_client is None:
             access_key_id = access_key_id or os.environ.get("TABLESTORE_ACCESS_KEY_ID")
             access_key_secret = access_key_secret or os.environ.get("TABLESTORE_ACCESS_KEY_SECRET")
-            missing = [name for name, value in (
+            required: list[tuple[str, object]] = [
                 ("endpoint", endpoint), ("instance_name", instance_name),
-                ("access_key_id", access_key_id), ("access_key_secret", access_key_secret),
-            ) if not value]  # fmt: skip
+            ]  # fmt: skip
+            if "credentials_provider" not in options:
+                required += [("access_key_id", access_key_id),
+                             ("access_key_secret", access_key_secret)]  # fmt: skip
+            missing = [name for name, value in required if not value]
             if missing:
                 raise ConfigurationError(
                     f"TablestoreChatStore needs {', '.join(missing)} (or tablestore_client=)"
@@ -123,6 +156,10 @@ class TablestoreChatStore(BaseChatStore):
             access_key_id=access_key_id, access_key_secret=access_key_secret,
             table_name=table_name, client_options=options, **fields,
         )  # fmt: skip
+
+    @field_serializer("client_options")
+    def _without_secrets(self, value: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in value.items() if not any(w in k for w in _SECRET_WORDS)}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -186,12 +223,12 @@ class TablestoreChatStore(BaseChatStore):
                 "retry_policy": client.retry_policy,
                 "logger_name": SDK_LOGGER,
             }
-        assert self.access_key_secret is not None
+        secret = self.access_key_secret
         extra = {"sts_token": self.sts_token.get_secret_value()} if self.sts_token else {}
         return {
             "end_point": self.endpoint,
             "access_key_id": self.access_key_id,
-            "access_key_secret": self.access_key_secret.get_secret_value(),
+            "access_key_secret": secret.get_secret_value() if secret is not None else None,
             "instance_name": self.instance_name,
             "logger_name": SDK_LOGGER,
             **extra,
@@ -439,7 +476,7 @@ class TablestoreChatStore(BaseChatStore):
         self._run(self._clear_op())
 
     def clear_store(self) -> None:
-        """Remove every conversation (the seed's name for :meth:`clear`)."""
+        """Remove every conversation (LlamaIndex's name for :meth:`clear`)."""
         self.clear()
 
     # -- async API (AsyncOTSClient, one per event loop) -----------------------------------

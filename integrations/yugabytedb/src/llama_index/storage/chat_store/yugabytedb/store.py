@@ -34,6 +34,11 @@ class YugabyteDBChatStore(PostgresChatStore):
     Schema creation uses only portable DDL and no advisory lock (missing before YugabyteDB
     2.25): ``IF NOT EXISTS``, and a lost creation race is retried once. LlamaIndex's own
     ``YugabyteDBChatStore`` table (``data_<table>``) is detected and used in place.
+
+    LlamaIndex's constructor ``YugabyteDBChatStore(session, table_name, schema_name,
+    use_jsonb)`` works too (``session``: a ``sessionmaker`` bound to a
+    ``yugabytedb+psycopg2://`` engine, which then serves the sync calls); ``async_session=``
+    is accepted as a keyword, as on :class:`PostgresChatStore`.
     """
 
     _sync_driver: ClassVar[str] = "yugabytedb+psycopg2"
@@ -41,6 +46,32 @@ class YugabyteDBChatStore(PostgresChatStore):
     _llama_index_prefix: ClassVar[str] = "data_"
     _sync_only_options: ClassVar[frozenset[str]] = _SMART_DRIVER_OPTIONS
     _url_schemes: ClassVar[tuple[str, ...]] = ("yugabytedb", "yugabytedb+psycopg2")
+
+    def __init__(
+        self,
+        session: Any = None,
+        table_name: str | None = None,
+        schema_name: str | None = None,
+        use_jsonb: bool | None = None,
+        *,
+        async_session: Any = None,
+        **data: Any,
+    ) -> None:
+        """Configure the store; never connects. LlamaIndex's signature, positional order included.
+
+        Args:
+            session: A SQLAlchemy ``sessionmaker`` bound to a sync engine (or the engine).
+            table_name: The messages table.
+            schema_name: Schema of every table, created if missing.
+            use_jsonb: Element type when this store creates a ``llama_index`` table.
+            async_session: A sessionmaker bound to an ``AsyncEngine`` (only its URL is used).
+            **data: The other fields (see :class:`PostgresChatStore`).
+
+        Raises:
+            TypeError: ``session`` is not a sessionmaker or engine.
+            ValueError: An argument the store does not know (named in the message).
+        """
+        super().__init__(session, async_session, table_name, schema_name, use_jsonb, **data)
 
     @classmethod
     def class_name(cls) -> str:
@@ -66,10 +97,20 @@ class YugabyteDBChatStore(PostgresChatStore):
         failed_host_ttl_seconds: int = 5,
         table_name: str = "chatstore",
         schema_name: str = "public",
+        connection_string: str | None = None,
+        debug: bool = False,
         use_jsonb: bool = False,
         **options: Any,
     ) -> Self:
-        """Build a store from connection and smart-driver parameters (the seed's signature)."""
+        """Build a store from connection and smart-driver parameters (LlamaIndex's signature).
+
+        ``connection_string`` (a ``yugabytedb+psycopg2://`` URL) replaces the connection and
+        smart-driver parameters; ``debug`` echoes the sync engine's SQL.
+        """
+        if connection_string is not None:
+            return cls.from_uri(
+                connection_string, table_name, schema_name, debug, use_jsonb, **options
+            )
         query: dict[str, str] = {"load_balance": str(load_balance).lower()}
         if topology_keys is not None:
             query["topology_keys"] = topology_keys
@@ -81,14 +122,9 @@ class YugabyteDBChatStore(PostgresChatStore):
         netloc += host or "localhost"
         if port is not None:
             netloc += f":{port}"
-        connection_string = urlunsplit(
+        url = urlunsplit(
             ("yugabytedb", netloc, f"/{quote(database or '', safe='')}", urlencode(query), "")
         )
-        return cls(
-            connection_string=connection_string,
-            password=password,
-            table_name=table_name,
-            schema_name=schema_name,
-            use_jsonb=use_jsonb,
-            **options,
+        return cls.from_uri(
+            url, table_name, schema_name, debug, use_jsonb, password=password, **options
         )
