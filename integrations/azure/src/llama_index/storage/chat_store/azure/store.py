@@ -10,7 +10,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr
 
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.exceptions import ResourceExistsError
@@ -89,9 +89,6 @@ class AzureChatStore(BaseChatStore):
     unreadable; names key and position), ``PayloadTooLargeError`` (a message beyond
     the 1 MiB entity limit; raised before anything is written).
     """
-
-    # An argument no field takes is an error naming it, never silently dropped.
-    model_config = ConfigDict(extra="forbid")
 
     chat_table_name: str = DEFAULT_CHAT_TABLE
     metadata_table_name: str = DEFAULT_METADATA_TABLE

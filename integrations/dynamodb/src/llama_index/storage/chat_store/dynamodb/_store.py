@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, SecretStr, field_serializer
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
@@ -126,9 +126,6 @@ class DynamoDBChatStore(BaseChatStore):
         layout: ``"auto"`` (from the table's key schema), ``"native"`` or ``"llama_index"``.
         sort_key: The sort key attribute :meth:`create_table` uses for the recommended table.
     """
-
-    # An argument no field takes is an error naming it, never silently dropped.
-    model_config = ConfigDict(extra="forbid")
 
     max_key_bytes: ClassVar[int] = 2048
     """DynamoDB's limit on a partition key value."""

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -147,9 +146,6 @@ class PostgresChatStore(BaseChatStore):
     (the sync engine serves sync calls through its own pool; async calls connect with
     asyncpg to the same database).
     """
-
-    # An argument no field takes is an error naming it, never silently dropped.
-    model_config = ConfigDict(extra="forbid")
 
     connection_string: str
     password: SecretStr | None = Field(default=None, exclude=True)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import cached_property
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, ConfigDict, Field
+from pydantic import AliasChoices, Field
 
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
@@ -47,10 +47,6 @@ class ListChatStore(BaseChatStore):
     Every operation is one script call: one round trip, atomic on the server, so concurrent
     writers never lose a message and two concurrent removals never return the same one.
     """
-
-    # An argument no field takes is an error naming it, never silently dropped (a typo such
-    # as ``tll=300`` would otherwise leave conversations without expiry).
-    model_config = ConfigDict(extra="forbid")
 
     namespace: str = ""
     """Prefix of every key. Empty (the default) reads and writes LlamaIndex's raw keys."""

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_serializer
+from pydantic import Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
@@ -75,9 +75,6 @@ class TablestoreChatStore(BaseChatStore):
     the table does not exist (call :meth:`create_table_if_not_exist` once), and
     :class:`PayloadTooLargeError` for a message over 2 MB before any call.
     """
-
-    # An argument no field takes is an error naming it, never silently dropped.
-    model_config = ConfigDict(extra="forbid")
 
     endpoint: str | None = None
     instance_name: str | None = None
