@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import json
 import os
@@ -83,6 +84,18 @@ class SimpleChatStore(BaseChatStore):
     def model_post_init(self, context: Any, /) -> None:
         """Drop empty conversations given to the constructor (they hold no messages)."""
         self.store = {k: list(v) for k, v in self.store.items() if v}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the conversations (the store holds no connection and no secret)."""
+        with self._guard:
+            return {"store": {key: list(messages) for key, messages in self.store.items()}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        SimpleChatStore.__init__(self, **state)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        # pydantic's own deep copy would copy the lock too, which cannot be copied.
+        return type(self)(**copy.deepcopy(self.__getstate__(), memo))
 
     @model_serializer(mode="wrap")
     def _dump_locked(
@@ -359,6 +372,13 @@ class JsonFileChatStore(SimpleChatStore):
             )
         super().__init__(**data)
         self.store = _read_store_file(self.path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the path only: the file holds the conversations."""
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        JsonFileChatStore.__init__(self, **state)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:

@@ -140,6 +140,18 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
             f"{', '.join(hints)}; it takes: {', '.join(sorted(known))}"
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Refuse to pickle: a store holds connections, and its secrets must not travel.
+
+        Raises:
+            TypeError: Always, saying how to move a store between processes instead.
+        """
+        raise TypeError(
+            f"a {type(self).__name__} cannot be pickled: it holds connections and secrets. "
+            "Send store.to_dict() (no secrets) and rebuild it with "
+            "chat_store_from_dict(data, **secrets) on the other side"
+        )
+
     @classmethod
     def class_name(cls) -> str:
         """Return the name written as ``class_name`` in dumps (unique per store class)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -831,6 +832,25 @@ class ChatStoreConformance(_ModeTests):
             rebuilt.count_messages("k")
             if Capability.PERSISTENT in store.capabilities:
                 assert rebuilt.count_messages("k") == 1
+
+    def test_pickling_is_refused_or_carries_no_secret(
+        self, store: BaseChatStore, secrets: dict[str, str]
+    ) -> None:
+        """Pickling is refused with a TypeError naming to_dict, or carries data, no secret.
+
+        If this fails: pickling leaks a password, or fails with an obscure driver error
+        (an unpicklable lock or client) instead of saying how to move a store.
+        """
+        store.add_message("k", ChatMessage(content="x"))
+        try:
+            data = pickle.dumps(store)
+        except TypeError as exc:
+            refusal = str(exc)
+            assert "to_dict" in refusal
+            return
+        for name, secret in secrets.items():
+            assert secret.encode() not in data, f"secret {name!r} is in the pickle"
+        assert pickle.loads(data).get_messages("k") == store.get_messages("k")  # noqa: S301
 
     @requires(Capability.SHARED)
     def test_unreachable_server_raises(self, unreachable_store: BaseChatStore) -> None:
