@@ -63,11 +63,14 @@ from llama_index.storage.chat_store.testing.samples import (
 )
 
 # One suite, two modes: with llama-index-core installed every store is LlamaIndex's and runs
-# LlamaIndex's own memory modules; without it, the stand-alone checks.
+# LlamaIndex's own memory modules and documentation examples; without it, the stand-alone checks.
 if LLAMA_INDEX_INSTALLED:
-    from llama_index.storage.chat_store.testing.llama_index_memory import (
-        LlamaIndexMemoryTests as _ModeTests,
-    )
+    from llama_index.storage.chat_store.testing.llama_index_docs import LlamaIndexDocsTests
+    from llama_index.storage.chat_store.testing.llama_index_memory import LlamaIndexMemoryTests
+
+    class _ModeTests(LlamaIndexMemoryTests, LlamaIndexDocsTests):
+        """LlamaIndex's memory modules and its documentation's examples over the store."""
+
 else:
     from llama_index.storage.chat_store.testing.standalone import (  # type: ignore[assignment]
         StandaloneTests as _ModeTests,
@@ -121,8 +124,9 @@ class ChatStoreConformance(_ModeTests):
     """Conformance tests for a :class:`BaseChatStore` implementation.
 
     With ``llama-index-core`` installed it also runs LlamaIndex's memory modules over the
-    store (``llama_index_memory.LlamaIndexMemoryTests``); without it, the stand-alone checks
-    (``standalone.StandaloneTests``).
+    store (``llama_index_memory.LlamaIndexMemoryTests``) and the examples of LlamaIndex's
+    chat-store documentation (``llama_index_docs.LlamaIndexDocsTests``); without it, the
+    stand-alone checks (``standalone.StandaloneTests``).
     """
 
     # -- fixtures a backend overrides -----------------------------------------------------
