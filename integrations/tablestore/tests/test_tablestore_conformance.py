@@ -15,9 +15,7 @@ from llama_index.storage.chat_store.testing.services import TablestoreConnection
 from llama_index.storage.chat_store.testing.shared_writers import SharedWriterTests
 
 
-class TestTablestoreNativeConformance(
-    ChatStoreConformance, SharedWriterTests
-):
+class TestTablestoreNativeConformance(ChatStoreConformance, SharedWriterTests):
     layout = "native"
 
     @pytest.fixture
