@@ -260,7 +260,11 @@ def _measure(
     order = list(impls)
 
     def measured(impl: str, length: int) -> bool:
-        return impl != "llama_index" or holds is None or length <= holds
+        # LlamaIndex's store only where it can hold the conversation; nobody fills a
+        # conversation for operations it does not take (the raw floor has no turn).
+        if impl == "llama_index" and holds is not None and length > holds:
+            return False
+        return any(_takes(impls[impl], op) for op in plan.operations_at(length))
 
     lengths = plan.conversation_lengths()
     for length in lengths:
