@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
@@ -23,6 +24,7 @@ from llama_index.storage.chat_store.core import (
     coerce_message,
     coerce_messages,
     copy_message,
+    copy_messages,
     message_from_json,
     message_to_json,
 )
@@ -235,3 +237,27 @@ def test_copy_message_is_a_deep_copy_of_every_shape() -> None:
         assert copied.__pydantic_fields_set__ == original.__pydantic_fields_set__
         _scribble(copied)
         assert original.model_dump_json() == before
+
+
+@pytest.mark.parametrize("collector", ["enabled", "disabled"])
+def test_copy_messages_copies_a_long_conversation_and_leaves_the_collector_as_it_was(
+    collector: str,
+) -> None:
+    """copy_messages pauses the cyclic collector for a long copy and restores it exactly.
+
+    If this fails: the pause is not undone (or undoes a caller's own gc.disable()).
+    """
+    originals = [*every_block_type(), *tricky_messages()] * 20  # above the pause threshold
+    before = [m.model_dump_json() for m in originals]
+    was_enabled = gc.isenabled()
+    (gc.enable if collector == "enabled" else gc.disable)()
+    try:
+        copies = copy_messages(iter(originals))
+        assert gc.isenabled() is (collector == "enabled")
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+    assert copies == originals
+    assert all(c is not o for c, o in zip(copies, originals, strict=True))
+    for copied in copies:
+        _scribble(copied)
+    assert [m.model_dump_json() for m in originals] == before

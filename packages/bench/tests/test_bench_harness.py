@@ -63,6 +63,17 @@ def test_plan_scales_every_volume() -> None:
     assert (quick.lengths, quick.volumes) == ((10, 100), (10, 1_000))
     assert Plan.from_scale(0.0001, 3).lengths == (10,)
     assert Plan.from_scale(1, 15, long_conversation=2_000).lengths == (10, 2_000)
+    assert full.turn_lengths == (10, 1_000, 10_000)
+    assert quick.turn_lengths == (10, 100)
+
+
+def test_operations_can_be_selected() -> None:
+    plan = Plan.from_scale(1, 15, ops=("turn",))
+    assert plan.conversation_lengths() == [10, 1_000, 10_000]
+    assert plan.operations_at(10_000) == ["turn"]
+    assert Plan.from_scale(1, 15).operations_at(10_000)[-1] == "turn"
+    with pytest.raises(ValueError, match="unknown operation"):
+        Plan.from_scale(1, 15, ops=("tunr",))
 
 
 def test_declarations_come_from_the_tree(workspace: Path) -> None:
@@ -107,6 +118,8 @@ def test_a_declared_backend_gets_its_table_and_chart(
     row = rf"\| add_message \| 50 \| {number} \| {number} \| — \| {ratio} \| — \|"
     assert re.search(row, table)
     assert "| persist | 1,000 |" in table  # SimpleChatStore and the dict floor both persist
+    # The turn: ours through ChatMemoryBuffer; the floor has no turn, and no reference here.
+    assert re.search(rf"\| chat turn \(ChatMemoryBuffer\) \| 10 \| {number} \| — \| — \|", table)
     assert "declared in a temporary workspace" in table
     assert (out / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in capsys.readouterr().out
@@ -127,7 +140,7 @@ def test_a_reference_that_cannot_hold_the_conversations_is_left_out(workspace: P
     declaration = DECLARATION.replace(
         "reference=None,",
         "reference=Reference(requirements=['no-such-package==0'], source=''),\n"
-        "    reference_holds=20,",
+        "    reference_holds=5,",
     ).replace("import Backend", "import Backend, Reference")
     (workspace / "integrations" / "toy" / "bench" / "toy_bench.py").write_text(declaration)
     out = workspace / "results"
@@ -135,8 +148,21 @@ def test_a_reference_that_cannot_hold_the_conversations_is_left_out(workspace: P
                  "--repeats", "1"])  # fmt: skip
     assert code == 0  # the reference interpreter (an uninstallable one) was never built
     table = (out / "toy.md").read_text()
-    assert "cannot hold 50 messages, left out of this run" in table
+    assert "cannot hold 10 messages, left out of this run" in table
     assert "| add_message | 50 |" in table
+
+
+def test_a_run_of_some_operations_gets_its_own_table(workspace: Path) -> None:
+    out = workspace / "results"
+    code = main(["toy", "--root", str(workspace), "--out", str(out), "--scale", "0.01",
+                 "--repeats", "1", "--ops", "turn"])  # fmt: skip
+    assert code == 0
+    assert not (out / "toy.md").exists()  # a full run's table is never overwritten
+    table = (out / "toy-turn.md").read_text()
+    assert "BENCH_SCALE=0.01: chat turns on conversations of 10, 100 messages. Median" in table
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == [
+        "| chat turn (ChatMemoryBuffer)"
+    ] * 2
 
 
 def test_a_failing_backend_fails_the_run_but_not_the_others(workspace: Path) -> None:
@@ -159,4 +185,7 @@ def test_simple_rows_run_beside_llama_index(tmp_path: Path) -> None:
     rows = [line for line in table.splitlines() if line.startswith("| get_messages (all) |")]
     assert rows
     assert all("—" not in row for row in rows), rows  # all three implementations measured
+    turns = [line.split(" | ") for line in table.splitlines() if line.startswith("| chat turn")]
+    assert [row[1] for row in turns] == ["10"]  # 10, 1,000 and 10,000 scaled, never below 10
+    assert all(row[2] != "—" and row[4] != "—" for row in turns), turns  # ours and LlamaIndex
     assert "llama-index-core==0.14.25" in table

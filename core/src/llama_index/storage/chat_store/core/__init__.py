@@ -33,6 +33,7 @@ from llama_index.storage.chat_store.core.messages import (
     coerce_message,
     coerce_messages,
     copy_message,
+    copy_messages,
     message_from_json,
     message_to_json,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "coerce_message",
     "coerce_messages",
     "copy_message",
+    "copy_messages",
     "mask_url",
     "message_from_json",
     "message_to_json",

@@ -41,6 +41,7 @@ from llama_index.storage.chat_store.core.messages import (
     coerce_message,
     coerce_messages,
     copy_message,
+    copy_messages,
     message_to_json,
 )
 from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
@@ -129,8 +130,7 @@ class SimpleChatStore(BaseChatStore):
         key = self._check_key(key)
         check_window(offset, limit)
         with self._guard:
-            part = window(self.store.get(key, ()), offset, limit)
-            return [copy_message(m) for m in part]
+            return copy_messages(window(self.store.get(key, ()), offset, limit))
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages under ``key``."""

@@ -15,7 +15,13 @@ from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, mess
 
 
 class OursAdapter(Adapter):
-    """Our store, through its public API (windowed reads, batch append, count)."""
+    """Our store, through its public API (windowed reads, batch append, count).
+
+    With ``llama-index-core`` installed (a dependency of this package), our store is a
+    LlamaIndex ``BaseChatStore`` and goes straight into ``ChatMemoryBuffer`` for the turn.
+    """
+
+    supports_turn = True
 
     def __init__(self, factory: Callable[[str], BaseChatStore], url: str) -> None:
         self.factory = factory
@@ -29,6 +35,12 @@ class OursAdapter(Adapter):
 
     def _m(self, i: int) -> ChatMessage:
         return self.messages[i % len(self.messages)]
+
+    def chat_store(self) -> BaseChatStore:
+        return self.store
+
+    def message(self, i: int) -> ChatMessage:
+        return self._m(i)
 
     def fill(self, key: str, n: int) -> None:
         self.store.set_messages(key, [self._m(i) for i in range(n)])

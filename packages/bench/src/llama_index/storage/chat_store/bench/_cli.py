@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llama_index.storage.chat_store.bench._declare import Backend, Task
 from llama_index.storage.chat_store.bench._report import write
-from llama_index.storage.chat_store.bench._run import Plan, run_backend
+from llama_index.storage.chat_store.bench._run import OPERATION_NAMES, Plan, run_backend
 
 BUILTIN = Path(__file__).with_name("backends")
 SUFFIX = "_bench.py"
@@ -88,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "15")), help="repeats"
     )
+    parser.add_argument(
+        "--ops",
+        default=",".join(OPERATION_NAMES),
+        help="comma-separated operations to measure (default: all of "
+        f"{','.join(OPERATION_NAMES)}); a run of some writes <backend>-<ops>.md",
+    )
     parser.add_argument("--root", type=Path, help="workspace root (default: found from cwd)")
     parser.add_argument("--out", type=Path, help="results folder (default: ROOT/bench/results)")
     parser.add_argument("--list", action="store_true", help="list the backends found and exit")
@@ -103,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(unknown)}; found: {', '.join(found)}")
     out = args.out or (root or Path.cwd()) / "bench" / "results"
-    plan = Plan.from_scale(args.scale, args.repeats)
+    try:
+        ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
+        plan = Plan.from_scale(args.scale, args.repeats, ops=ops)
+    except ValueError as exc:
+        parser.error(str(exc))
     failed = []
     for name in args.backends or list(found):
         try:

@@ -8,6 +8,7 @@ into the adapter's own list of sample messages (built before any timing).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -23,6 +24,12 @@ OPERATIONS = (
     ("delete_last", "delete_last_message"),
 )
 VOLUME_OPERATIONS = (("persist", "persist"), ("load", "load (from_persist_path)"))
+# A user's chat turn through LlamaIndex's ChatMemoryBuffer, at its own conversation lengths.
+TURN = ("turn", "chat turn (ChatMemoryBuffer)")
+TURN_LENGTHS = (10, 1_000, 10_000)
+# Far above any conversation measured (10,000 messages of ~30 words), so get() returns every
+# message and the turn costs what the store costs, not what truncation saves.
+TURN_TOKEN_LIMIT = 1_000_000_000
 BATCH = 20
 MESSAGES_PER_CONVERSATION = 100  # volume stores hold conversations of this length
 
@@ -58,14 +65,45 @@ def sample_messages(count: int = 200) -> list[str]:
     return out
 
 
+def chat_memory(store: Any, key: str) -> Any:
+    """Return LlamaIndex's ``ChatMemoryBuffer`` over ``store`` as its documentation builds it.
+
+    A whitespace tokenizer (``str.split``) and :data:`TURN_TOKEN_LIMIT`: the memory counts the
+    tokens of the whole conversation on every ``get()`` and returns all of it.
+    """
+    memory = importlib.import_module("llama_index.core.memory")
+    return memory.ChatMemoryBuffer.from_defaults(
+        chat_store=store,
+        chat_store_key=key,
+        token_limit=TURN_TOKEN_LIMIT,
+        tokenizer_fn=str.split,
+    )
+
+
+def chat_turn(memory: Any, user: Any, answer: Any) -> None:
+    """Take one chat turn as a chat engine does: put the user's message, get(), put the answer."""
+    memory.put(user)
+    memory.get()
+    memory.put(answer)
+
+
 class Adapter:
     """One implementation's verbs; subclasses implement them over a store or a raw client.
 
     ``persist``/``load``/``new_volume`` are optional: an adapter whose ``supports_volume`` is
-    False gets no volume rows.
+    False gets no volume rows. An adapter whose ``supports_turn`` is True gets the chat-turn
+    rows: it hands its store to LlamaIndex's ``ChatMemoryBuffer`` (``chat_store``) and its
+    messages to the turn (``message``).
     """
 
     supports_volume = False
+    supports_turn = False
+
+    def chat_store(self) -> Any:  # what ChatMemoryBuffer is given as chat_store
+        raise NotImplementedError
+
+    def message(self, i: int) -> Any:  # sample message i (even: user, odd: assistant)
+        raise NotImplementedError
 
     def fill(self, key: str, n: int) -> None:  # untimed set-up: the fastest way to hold n
         raise NotImplementedError
@@ -113,6 +151,7 @@ class Sampler:
         self._next = 0
         self._volume = -1
         self._persisted = -1
+        self._memories: dict[str, Any] = {}
 
     def fill(self, key: str, n: int) -> None:
         self.adapter.fill(key, n)
@@ -155,6 +194,18 @@ class Sampler:
             a.delete_last(key)
             took = clock() - t0
             a.add(key, self._message())
+        elif op == "turn":
+            # One memory per conversation, built once (untimed), as an app keeps it per session.
+            memory = self._memories.get(key)
+            if memory is None:
+                memory = self._memories[key] = chat_memory(a.chat_store(), key)
+            user = 2 * self._message()
+            question, answer = a.message(user), a.message(user + 1)
+            t0 = clock()
+            chat_turn(memory, question, answer)
+            took = clock() - t0
+            a.delete_last(key)
+            a.delete_last(key)
         elif op in ("persist", "load"):
             took = self._volume_sample(op, length)
         else:

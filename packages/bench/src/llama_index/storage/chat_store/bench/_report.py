@@ -10,8 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from llama_index.storage.chat_store.bench._ops import OPERATIONS, VOLUME_OPERATIONS
-from llama_index.storage.chat_store.bench._run import Results
+from llama_index.storage.chat_store.bench._ops import (
+    OPERATIONS,
+    TURN,
+    TURN_TOKEN_LIMIT,
+    VOLUME_OPERATIONS,
+)
+from llama_index.storage.chat_store.bench._run import OPERATION_NAMES, Plan, Results
 
 IMPLS = ("ours", "raw", "llama_index")
 COLORS = {"ours": "#1f77b4", "raw": "#7f7f7f", "llama_index": "#d62728"}
@@ -61,6 +66,7 @@ def _load() -> str:
 def _rows(results: Results) -> list[tuple[str, str, int]]:
     plan = results.plan
     rows = [(op, shown, n) for op, shown in OPERATIONS for n in plan.lengths]
+    rows += [(TURN[0], TURN[1], n) for n in plan.turn_lengths]
     rows += [(op, shown, n) for op, shown in VOLUME_OPERATIONS for n in plan.volumes]
     return [row for row in rows if results.median("ours", row[0], row[2]) is not None]
 
@@ -68,18 +74,28 @@ def _rows(results: Results) -> list[tuple[str, str, int]]:
 def markdown(results: Results, chart_name: str | None) -> str:
     """Return the report: heading, conditions, the table, the implementations and the chart."""
     plan = results.plan
+    measured = {op for op, _, _ in _rows(results)}
+    store_ops = measured - {TURN[0], "persist", "load"}
+    scope = []
+    if store_ops:
+        scope.append(f"conversations of {' and '.join(f'{n:,}' for n in plan.lengths)} messages")
+    if TURN[0] in measured:
+        scope.append(
+            f"chat turns on conversations of {', '.join(f'{n:,}' for n in plan.turn_lengths)}"
+            " messages"
+        )
+    if "persist" in measured or "load" in measured:
+        scope.append(f"persist/load of {' and '.join(f'{n:,}' for n in plan.volumes)} messages")
     lines = [
         f"# Benchmark: {results.name} — {results.backend.title}",
         "",
-        f"BENCH_SCALE={plan.scale:g}: conversations of "
-        f"{' and '.join(f'{n:,}' for n in plan.lengths)} messages"
+        f"BENCH_SCALE={plan.scale:g}: {'; '.join(scope)}"
+        + f". Median of {plan.repeats} interleaved repeats"
         + (
-            f"; persist/load of {' and '.join(f'{n:,}' for n in plan.volumes)} messages"
-            if any(op == "persist" for op, _, _ in _rows(results))
+            f" ({plan.volume_repeats} for persist/load)"
+            if "persist" in measured or "load" in measured
             else ""
         )
-        + f". Median of {plan.repeats} interleaved repeats"
-        + (f" ({plan.volume_repeats} for persist/load)" if plan.volumes else "")
         + ", each timed call right after an untimed one of the same operation"
         + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
         " store inside the reference interpreter, so no IPC is counted), against the same server"
@@ -102,6 +118,18 @@ def markdown(results: Results, chart_name: str | None) -> str:
             f"{_ratio(results, 'ours', 'raw', op, n)} | "
             f"{_ratio(results, 'ours', 'llama_index', op, n)} |"
         )
+    if TURN[0] in measured:
+        lines += [
+            "",
+            f"A chat turn is what a chat engine does with LlamaIndex's `ChatMemoryBuffer` "
+            "(llama-index-core's own, in each implementation's process) over the store: "
+            "`put` the user's message, `get()`, `put` the answer. The memory is built once "
+            "per conversation, as in "
+            "`ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key=key, "
+            f"token_limit={TURN_TOKEN_LIMIT:_}, tokenizer_fn=str.split)`: a whitespace "
+            "tokenizer and a limit above every conversation, so `get()` reads and counts the "
+            "whole conversation and the store's cost shows. The raw floor has no turn.",
+        ]
     lines += ["", "Implementations:", ""]
     lines += [f"- {SHORT[impl]}: {label}" for impl, label in results.labels.items()]
     lines += [f"- {note}" for note in results.backend.notes]
@@ -159,13 +187,24 @@ def chart(results: Results, path: Path) -> None:
     plt.close(fig)
 
 
+def stem(name: str, plan: Plan) -> str:
+    """The results files' name: ``<name>``, or ``<name>-<ops>`` for a run of some operations.
+
+    A run restricted with ``--ops`` never overwrites the full run's table.
+    """
+    if set(plan.ops) == set(OPERATION_NAMES):
+        return name
+    return "-".join((name, *plan.ops))
+
+
 def write(results: Results, out: Path) -> Path:
-    """Write ``<out>/<name>.md`` and ``<out>/<name>.png``; print the table; return the md path."""
+    """Write ``<out>/<stem>.md`` and ``<out>/<stem>.png``; print the table; return the md path."""
     out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{results.name}.png"
+    name = stem(results.name, results.plan)
+    png = out / f"{name}.png"
     chart(results, png)
     text = markdown(results, png.name)
-    md = out / f"{results.name}.md"
+    md = out / f"{name}.md"
     md.write_text(text, encoding="utf-8")
     sys.stdout.write(text + f"\n(written to {md} and {png})\n\n")
     return md

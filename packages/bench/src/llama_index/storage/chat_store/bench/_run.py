@@ -14,7 +14,13 @@ from typing import IO, Any, Protocol
 
 from llama_index.storage.chat_store.bench._adapters import OursAdapter, RawAdapter
 from llama_index.storage.chat_store.bench._declare import Backend, Reference
-from llama_index.storage.chat_store.bench._ops import OPERATIONS, VOLUME_OPERATIONS, Sampler
+from llama_index.storage.chat_store.bench._ops import (
+    OPERATIONS,
+    TURN,
+    TURN_LENGTHS,
+    VOLUME_OPERATIONS,
+    Sampler,
+)
 
 # The services package re-exports these at run time; mypy sees them in their module.
 from llama_index.storage.chat_store.testing.services._reference import (
@@ -23,20 +29,40 @@ from llama_index.storage.chat_store.testing.services._reference import (
 )
 
 WORKER = Path(__file__).with_name("_worker.py")
+OPERATION_NAMES = tuple(op for op, _ in (*OPERATIONS, TURN, *VOLUME_OPERATIONS))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Volumes and repeats, all derived from BENCH_SCALE."""
+    """Volumes and repeats, all derived from BENCH_SCALE, and the operations to measure."""
 
     scale: float
     repeats: int
     lengths: tuple[int, ...]
     volumes: tuple[int, ...]
     volume_repeats: int
+    turn_lengths: tuple[int, ...] = ()
+    ops: tuple[str, ...] = OPERATION_NAMES
 
     @classmethod
-    def from_scale(cls, scale: float, repeats: int, long_conversation: int = 10_000) -> Plan:
+    def from_scale(
+        cls,
+        scale: float,
+        repeats: int,
+        long_conversation: int = 10_000,
+        ops: tuple[str, ...] = OPERATION_NAMES,
+    ) -> Plan:
+        """Scale every volume (never below 10 messages); ``ops`` selects the operations.
+
+        Raises:
+            ValueError: ``ops`` names an operation that does not exist.
+        """
+        unknown = sorted(set(ops) - set(OPERATION_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown operation(s) {', '.join(unknown)}; known: {', '.join(OPERATION_NAMES)}"
+            )
+
         def scaled(n: int) -> int:
             return max(10, round(n * scale))
 
@@ -46,7 +72,20 @@ class Plan:
             lengths=tuple(sorted({10, scaled(long_conversation)})),
             volumes=tuple(sorted({scaled(1_000), scaled(100_000)})),
             volume_repeats=max(3, min(repeats, 7)),
+            turn_lengths=tuple(sorted({scaled(n) for n in TURN_LENGTHS})),
+            ops=tuple(op for op in OPERATION_NAMES if op in ops),
         )
+
+    def operations_at(self, length: int) -> list[str]:
+        """The operations measured on a conversation of ``length`` messages, in table order."""
+        ops = [op for op, _ in OPERATIONS if length in self.lengths]
+        ops += [TURN[0]] if length in self.turn_lengths else []
+        return [op for op in ops if op in self.ops]
+
+    def conversation_lengths(self) -> list[int]:
+        """Every conversation length some selected operation is measured at."""
+        lengths = set(self.lengths) | set(self.turn_lengths)
+        return sorted(n for n in lengths if self.operations_at(n))
 
 
 @dataclass
@@ -67,6 +106,7 @@ class Results:
 
 class _Implementation(Protocol):
     volume: bool
+    turn: bool
 
     def fill(self, key: str, n: int) -> None: ...
     def sample(self, op: str, key: str, length: int) -> float: ...
@@ -79,6 +119,7 @@ class _InProcess:
         self.adapter = adapter
         self.sampler = Sampler(adapter, workdir)
         self.volume = bool(adapter.supports_volume)
+        self.turn = bool(adapter.supports_turn)
 
     def fill(self, key: str, n: int) -> None:
         self.sampler.fill(key, n)
@@ -111,6 +152,7 @@ class _ReferenceProcess:
         )
         hello = self._reply()
         self.volume = bool(hello["volume"])
+        self.turn = bool(hello.get("turn"))
 
     def _reply(self) -> dict[str, Any]:
         stdout: IO[str] | None = self._proc.stdout
@@ -153,10 +195,16 @@ class _ReferenceProcess:
 
 
 def run_backend(name: str, backend: Backend, plan: Plan, log: IO[str] = sys.stderr) -> Results:
-    """Measure every operation of ``backend`` for each implementation it declares."""
+    """Measure every selected operation of ``backend`` for each implementation it declares.
+
+    LlamaIndex's store is measured on the conversations it can hold (``reference_holds``) and
+    left out of longer ones; a run where it holds none never starts the reference interpreter.
+    """
     started = time.monotonic()
-    plan = Plan.from_scale(plan.scale, plan.repeats, backend.long_conversation)
+    plan = Plan.from_scale(plan.scale, plan.repeats, backend.long_conversation, plan.ops)
     labels = {"ours": f"{backend.title}, from this repository"}
+    lengths = plan.conversation_lengths()
+    holds = backend.reference_holds
     with (
         tempfile.TemporaryDirectory(prefix=f"chat-store-bench-{name}-") as workdir,
         backend.server() as url,
@@ -168,19 +216,24 @@ def run_backend(name: str, backend: Backend, plan: Plan, log: IO[str] = sys.stde
                 raw = RawAdapter(backend.raw, url)
                 impls["raw"] = _InProcess(raw, workdir)
                 labels["raw"] = raw.driver.label
-            holds = backend.reference_holds
-            if backend.reference is not None and holds is not None and max(plan.lengths) > holds:
+            reference = backend.reference
+            if reference is not None and holds is not None and min(lengths, default=0) > holds:
                 labels["llama_index"] = (
-                    f"{backend.reference.label}: its store cannot hold {max(plan.lengths):,} "
+                    f"{reference.label}: its store cannot hold {min(lengths):,} "
                     "messages, left out of this run"
                 )
-            elif backend.reference is not None:
+            elif reference is not None:
                 print(f"[{name}] starting the LlamaIndex reference interpreter", file=log)
-                impls["llama_index"] = _ReferenceProcess(backend.reference, url, workdir)
-                reqs = [LLAMA_INDEX_CORE, *backend.reference.requirements]
-                labels["llama_index"] = f"{backend.reference.label} ({', '.join(reqs)})"
+                impls["llama_index"] = _ReferenceProcess(reference, url, workdir)
+                reqs = [LLAMA_INDEX_CORE, *reference.requirements]
+                labels["llama_index"] = f"{reference.label} ({', '.join(reqs)})"
+                if holds is not None and max(lengths, default=0) > holds:
+                    labels["llama_index"] += (
+                        f"; its store holds at most {holds:,} of these messages, so it is "
+                        "left out of longer conversations"
+                    )
             results = Results(name, backend, plan, labels)
-            _measure(name, impls, plan, results, log)
+            _measure(name, impls, plan, holds, results, log)
         finally:
             for impl in impls.values():
                 impl.close()
@@ -192,20 +245,41 @@ def _key(name: str, impl: str, length: int) -> str:
     return f"chat-store-bench:{name}:{impl}:{length}"
 
 
+def _takes(implementation: _Implementation, op: str) -> bool:
+    return op != TURN[0] or implementation.turn
+
+
 def _measure(
-    name: str, impls: dict[str, _Implementation], plan: Plan, results: Results, log: IO[str]
+    name: str,
+    impls: dict[str, _Implementation],
+    plan: Plan,
+    holds: int | None,
+    results: Results,
+    log: IO[str],
 ) -> None:
     order = list(impls)
-    for length in plan.lengths:
+
+    def measured(impl: str, length: int) -> bool:
+        # LlamaIndex's store only where it can hold the conversation; nobody fills a
+        # conversation for operations it does not take (the raw floor has no turn).
+        if impl == "llama_index" and holds is not None and length > holds:
+            return False
+        return any(_takes(impls[impl], op) for op in plan.operations_at(length))
+
+    lengths = plan.conversation_lengths()
+    for length in lengths:
         for impl in order:
-            impls[impl].fill(_key(name, impl, length), length)
+            if measured(impl, length):
+                impls[impl].fill(_key(name, impl, length), length)
     # Repeat 0 warms up (imports, caches, connections) and is thrown away.
     for repeat in range(plan.repeats + 1):
         print(f"[{name}] repeat {repeat}/{plan.repeats}", file=log)
         turn = order[repeat % len(order) :] + order[: repeat % len(order)]
-        for length in plan.lengths:
-            for op, _ in OPERATIONS:
+        for length in lengths:
+            for op in plan.operations_at(length):
                 for impl in turn:
+                    if not measured(impl, length) or not _takes(impls[impl], op):
+                        continue
                     # An untimed call first: the timed one must not pay for waking up after
                     # another implementation's long call (an idle client and server backend
                     # measured 3-5x slower on their next statement), and rotation alone
@@ -214,11 +288,12 @@ def _measure(
                     took = impls[impl].sample(op, _key(name, impl, length), length)
                     if repeat:
                         results.samples.setdefault((impl, op, length), []).append(took)
-    for length in plan.lengths:
+    for length in lengths:
         for impl in order:
-            impls[impl].delete(_key(name, impl, length))
+            if measured(impl, length):
+                impls[impl].delete(_key(name, impl, length))
     volume = [impl for impl in order if impls[impl].volume]
-    if "ours" not in volume:
+    if "ours" not in volume or not {"persist", "load"} & set(plan.ops):
         return
     for n in plan.volumes:
         # No warm-up round: one persist or load is long enough to amortise first-call costs.
@@ -226,6 +301,8 @@ def _measure(
             print(f"[{name}] persist/load of {n} messages, repeat {repeat + 1}", file=log)
             turn = volume[repeat % len(volume) :] + volume[: repeat % len(volume)]
             for op, _ in VOLUME_OPERATIONS:
+                if op not in plan.ops:
+                    continue
                 for impl in turn:
                     took = impls[impl].sample(op, "", n)
                     results.samples.setdefault((impl, op, n), []).append(took)

@@ -33,7 +33,10 @@ class LlamaIndexAdapter(Adapter):
 
     LlamaIndex's store has no batch append, no window and no count: ``add_many`` appends one
     by one, ``get_last`` slices ``get_messages``, ``count`` is ``len(get_messages(key))``.
+    The chat turn hands the store to LlamaIndex's ``ChatMemoryBuffer``, as ours is.
     """
+
+    supports_turn = True
 
     def __init__(self, make_store: Callable[[str], Any], url: str) -> None:
         chat_message = importlib.import_module("llama_index.core.llms").ChatMessage
@@ -46,6 +49,12 @@ class LlamaIndexAdapter(Adapter):
 
     def _m(self, i: int) -> Any:
         return self.messages[i % len(self.messages)]
+
+    def chat_store(self) -> Any:
+        return self.store
+
+    def message(self, i: int) -> Any:
+        return self._m(i)
 
     def fill(self, key: str, n: int) -> None:
         self.store.set_messages(key, [self._m(i) for i in range(n)])
@@ -94,7 +103,12 @@ def main() -> None:
         exec(compile(f.read(), source_file, "exec"), namespace)  # noqa: S102 (the backend's own reference code)
     adapter = LlamaIndexAdapter(namespace["make_store"], url)
     sampler = Sampler(adapter, workdir)
-    replies.write(json.dumps({"ready": True, "volume": adapter.supports_volume}) + "\n")
+    replies.write(
+        json.dumps(
+            {"ready": True, "volume": adapter.supports_volume, "turn": adapter.supports_turn}
+        )
+        + "\n"
+    )
     for line in sys.stdin:
         command = json.loads(line)
         try:
