@@ -1,4 +1,4 @@
-"""The smart driver really balances, the seed's parameters reach it, LlamaIndex's table works."""
+"""The smart driver really balances, LlamaIndex's parameters reach it, LlamaIndex's table works."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_load_balance_asks_the_cluster_for_its_servers(yugabytedb_url: str) -> N
 
 
 def test_from_params_carries_every_seed_parameter(yugabytedb_url: str) -> None:
-    """from_params puts the seed's smart-driver parameters in the URL, and they connect."""
+    """from_params puts LlamaIndex's smart-driver parameters in the URL, and they connect."""
     parts = urlsplit(yugabytedb_url)
     store = YugabyteDBChatStore.from_params(
         host=parts.hostname, port=parts.port, database=parts.path.lstrip("/"), user="test",

@@ -317,12 +317,12 @@ class SimpleChatStore(BaseChatStore):
         return cls(store=parsed["store"])
 
     def json(self, **kwargs: Any) -> str:
-        """Return the file format as a string (the seed's name for ``model_dump_json``)."""
+        """Return the file format as a string (LlamaIndex's name for ``model_dump_json``)."""
         return self.model_dump_json(**kwargs)
 
     @classmethod
     def parse_raw(cls, b: str | bytes, **kwargs: Any) -> Self:
-        """Load from a string in any of the file encodings (the seed's name).
+        """Load from a string in any of the file encodings (LlamaIndex's name).
 
         Raises:
             CorruptDataError: The text is not a chat store document.

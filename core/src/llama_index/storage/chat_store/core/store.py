@@ -4,7 +4,7 @@ A backend subclasses :class:`BaseChatStore`, implements the sync methods and,
 where it has an async driver, the ``a*`` methods. The base class provides:
 
 * ``a*`` defaults that run the sync method in a worker thread;
-* the seed's ``async_*`` names as final delegates to the ``a*`` methods (a
+* LlamaIndex's ``async_*`` names as final delegates to the ``a*`` methods (a
   subclass that defines one is rejected at class creation);
 * argument checks every backend calls (:meth:`BaseChatStore._check_key`,
   :func:`check_window`), so keys and windows mean the same everywhere;
@@ -48,7 +48,7 @@ MAX_KEY_BYTES = 1024
 
 _T = TypeVar("_T")
 
-# The seed's async names; each delegates to the ``a*`` method of the same name.
+# LlamaIndex's async names; each delegates to the ``a*`` method of the same name.
 _ASYNC_ALIASES = (
     "get_messages",
     "count_messages",
@@ -361,12 +361,12 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         """Async :meth:`close`."""
         await asyncio.to_thread(self.close)
 
-    # -- the seed's async names: final, always delegating to the a* methods -----------------
+    # -- LlamaIndex's async names: final, always delegating to the a* methods --------------
 
     async def async_get_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
     ) -> list[ChatMessage]:
-        """Alias of :meth:`aget_messages` (the seed's name)."""
+        """Alias of :meth:`aget_messages` (LlamaIndex's name)."""
         return await self.aget_messages(key, offset=offset, limit=limit)
 
     async def async_count_messages(self, key: str) -> int:
@@ -376,7 +376,7 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
     async def async_add_message(
         self, key: str, message: ChatMessage, idx: int | None = None
     ) -> None:
-        """Alias of :meth:`aadd_message` (the seed's name)."""
+        """Alias of :meth:`aadd_message` (LlamaIndex's name)."""
         await self.aadd_message(key, message, idx)
 
     async def async_add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
@@ -384,19 +384,19 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         await self.aadd_messages(key, messages)
 
     async def async_set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Alias of :meth:`aset_messages` (the seed's name)."""
+        """Alias of :meth:`aset_messages` (LlamaIndex's name)."""
         await self.aset_messages(key, messages)
 
     async def async_delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Alias of :meth:`adelete_messages` (the seed's name)."""
+        """Alias of :meth:`adelete_messages` (LlamaIndex's name)."""
         return await self.adelete_messages(key)
 
     async def async_delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Alias of :meth:`adelete_message` (the seed's name)."""
+        """Alias of :meth:`adelete_message` (LlamaIndex's name)."""
         return await self.adelete_message(key, idx)
 
     async def async_delete_last_message(self, key: str) -> ChatMessage | None:
-        """Alias of :meth:`adelete_last_message` (the seed's name)."""
+        """Alias of :meth:`adelete_last_message` (LlamaIndex's name)."""
         return await self.adelete_last_message(key)
 
     async def async_delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
@@ -404,7 +404,7 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         return await self.adelete_oldest_messages(key, n)
 
     async def async_get_keys(self) -> list[str]:
-        """Alias of :meth:`aget_keys` (the seed's name)."""
+        """Alias of :meth:`aget_keys` (LlamaIndex's name)."""
         return await self.aget_keys()
 
     # -- context managers ----------------------------------------------------------------

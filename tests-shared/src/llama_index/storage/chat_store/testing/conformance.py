@@ -738,7 +738,7 @@ class ChatStoreConformance(_ModeTests):
 
     @pytest.mark.asyncio
     async def test_async_aliases_delegate(self, store: BaseChatStore) -> None:
-        """The seed's async_X names reach the a* methods.
+        """LlamaIndex's async_X names reach the a* methods.
 
         If this fails: an async_X alias was overridden or the base class is broken.
         """
