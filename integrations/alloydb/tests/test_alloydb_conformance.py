@@ -27,7 +27,7 @@ PASSWORD = "alloy-not-a-real-password-8T"
 
 
 def make_store(host: str, port: int, database: str, schema: str) -> AlloyDBChatStore:
-    """Build a store the way Google's package does; module-level so worker processes can unpickle it."""
+    """Build a store as Google's package does; module-level so worker processes can unpickle it."""
     engine = AlloyDBEngine.from_instance(
         "my-project", "us-central1", "my-cluster", "my-instance", database,
         user="test", password=PASSWORD,

@@ -23,7 +23,7 @@ PASSWORD = "cloudsql-not-a-real-password-4W"
 
 
 def make_store(host: str, port: int, database: str, schema: str) -> PostgresChatStore:
-    """Build a store the way Google's package does; module-level so worker processes can unpickle it."""
+    """Build a store as Google's package does; module-level so worker processes can unpickle it."""
     local = LocalConnector(host, port)
     engine = PostgresEngine.from_instance(
         "my-project", "us-central1", "my-instance", database, user="test", password=PASSWORD,
