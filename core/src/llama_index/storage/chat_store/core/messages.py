@@ -25,7 +25,6 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from llama_index.storage.chat_store.core import _model
 from llama_index.storage.chat_store.core._mode import (
     LLAMA_INDEX,
     AudioBlock,
@@ -157,6 +156,9 @@ def message_from_json(
 
 def _unrepresentable_json(data: str | bytes | bytearray) -> str | None:
     """Name what LlamaIndex cannot hold in a message core's own model reads, else ``None``."""
+    # Imported here: with LlamaIndex's classes in use, only this error path needs core's model.
+    from llama_index.storage.chat_store.core import _model
+
     try:
         return _model.unrepresentable(_model.ChatMessage.model_validate_json(data))
     except ValidationError:
@@ -246,7 +248,7 @@ def copy_messages(messages: Iterable[ChatMessage]) -> list[ChatMessage]:
 # Below this many messages a copy allocates too little for a collection to matter.
 _PAUSE_GC_FROM = 64
 # Values that need no copy. Anything not listed and not a dict, list or model is deep-copied.
-_ATOMIC = frozenset({str, int, float, bool, type(None), bytes, MessageRole, _model.MessageRole})
+_ATOMIC = frozenset({str, int, float, bool, type(None), bytes, MessageRole})
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 # pydantic models keep these in slots; the slots' own setters skip every attribute lookup.
