@@ -181,9 +181,15 @@ def coerce_message(value: Any, *, copy: bool = True) -> ChatMessage:
     Raises:
         InvalidMessageError: The value is not a message (or, with ``llama-index-core``
             installed, a message LlamaIndex's model cannot hold).
+        SerializationError: The message is nested too deeply to copy or store.
     """
     if type(value) is ChatMessage:
-        return copy_message(value) if copy else value
+        if not copy:
+            return value
+        try:
+            return copy_message(value)
+        except RecursionError as exc:  # JSON could not carry it either
+            raise SerializationError("cannot store this message: it is nested too deeply") from exc
     try:
         if isinstance(value, ChatMessage):  # a subclass: keep only the model's own fields
             return _DECODE.validate_json(value.model_dump_json())
