@@ -429,19 +429,19 @@ class TablestoreChatStore(BaseChatStore):
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Append atomically, or insert at ``idx`` like ``list.insert``."""
         key = self._check_key(key)
-        self._run(self._add_op(key, [coerce_message(message)], idx))
+        self._run(self._add_op(key, [coerce_message(message, copy=False)], idx))
 
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Append a batch atomically (one commit; ``[]`` makes no call)."""
         key = self._check_key(key)
-        batch = coerce_messages(messages)
+        batch = coerce_messages(messages, copy=False)
         if batch:
             self._run(self._add_op(key, batch, None))
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace the conversation atomically for readers (``[]`` removes the key)."""
         key = self._check_key(key)
-        self._run(self._set_op(key, coerce_messages(messages)))
+        self._run(self._set_op(key, coerce_messages(messages, copy=False)))
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Remove the conversation; return its messages, or ``None`` if it had none."""
@@ -493,19 +493,19 @@ class TablestoreChatStore(BaseChatStore):
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
         key = self._check_key(key)
-        await self._arun(self._add_op(key, [coerce_message(message)], idx))
+        await self._arun(self._add_op(key, [coerce_message(message, copy=False)], idx))
 
     async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`add_messages`."""
         key = self._check_key(key)
-        batch = coerce_messages(messages)
+        batch = coerce_messages(messages, copy=False)
         if batch:
             await self._arun(self._add_op(key, batch, None))
 
     async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`set_messages`."""
         key = self._check_key(key)
-        await self._arun(self._set_op(key, coerce_messages(messages)))
+        await self._arun(self._set_op(key, coerce_messages(messages, copy=False)))
 
     async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
         """Async :meth:`delete_messages`."""
