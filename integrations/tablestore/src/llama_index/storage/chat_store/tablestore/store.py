@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -27,7 +28,7 @@ from llama_index.storage.chat_store.core.store import check_window, window
 from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
 from llama_index.storage.chat_store.tablestore import _native as native
 from llama_index.storage.chat_store.tablestore._io import Call, Op, run_async, run_sync
-from llama_index.storage.chat_store.tablestore._sdk import SDK_LOGGER, translate, ts
+from llama_index.storage.chat_store.tablestore._sdk import SDK_LOGGER, redact_logger, translate, ts
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -222,7 +223,7 @@ class TablestoreChatStore(BaseChatStore):
             }
         secret = self.access_key_secret
         extra = {"sts_token": self.sts_token.get_secret_value()} if self.sts_token else {}
-        return {
+        arguments = {
             "end_point": self.endpoint,
             "access_key_id": self.access_key_id,
             "access_key_secret": secret.get_secret_value() if secret is not None else None,
@@ -231,9 +232,16 @@ class TablestoreChatStore(BaseChatStore):
             **extra,
             **self.client_options,
         }
+        # The SDK traces request headers (key id, STS token, signature) at DEBUG, also on a
+        # logger the caller named.
+        redact_logger(arguments["logger_name"])
+        return arguments
 
     def model_post_init(self, context: Any, /) -> None:
         """Prepare the clients, made on first use: one sync, one async per event loop."""
+        logger = getattr(self.tablestore_client, "logger", None)
+        if isinstance(logger, logging.Logger):  # a caller's client traces credentials too
+            redact_logger(logger.name)
         self._own_sync = Lazy(lambda: ts.OTSClient(**self._client_arguments()))
         # An AsyncOTSClient's HTTP session belongs to its loop: closed there at shutdown.
         self._own_async = PerLoop(
