@@ -348,7 +348,7 @@ class TablestoreChatStore(BaseChatStore):
     def _count_op(self, key: str) -> Op[int]:
         if (yield from self._layout_op()) == "native":
             return (yield from native.count(self._tables, key))
-        return len((yield from legacy.read(self.table_name, key)))
+        return (yield from legacy.count(self.table_name, key))
 
     def _add_op(self, key: str, messages: list[ChatMessage], idx: int | None) -> Op[None]:
         jsons = self._jsons(messages)
@@ -372,16 +372,12 @@ class TablestoreChatStore(BaseChatStore):
         if (yield from self._layout_op()) == "native":
             yield from native.set_all(self._tables, key, jsons)
         else:
-            yield from legacy.mutate(
-                self.table_name, key, lambda _: (messages, None), message_to_json
-            )
+            yield from legacy.replace(self.table_name, key, jsons)
 
     def _delete_all_op(self, key: str) -> Op[list[ChatMessage] | None]:
         if (yield from self._layout_op()) == "native":
             return (yield from native.delete_all(self._tables, key))
-        return (yield from legacy.mutate(
-            self.table_name, key, lambda current: ([], current or None), message_to_json
-        ))  # fmt: skip
+        return (yield from legacy.remove(self.table_name, key))
 
     def _delete_at_op(self, key: str, idx: int) -> Op[ChatMessage | None]:
         if (yield from self._layout_op()) == "native":
@@ -452,11 +448,21 @@ class TablestoreChatStore(BaseChatStore):
         self._run(self._set_op(key, coerce_messages(messages, copy=False)))
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages, or ``None`` if it had none."""
+        """Remove the conversation; return its messages, or ``None`` if it had none.
+
+        Damaged data never blocks the removal: messages that cannot be read are left out of
+        the result and reported in one WARNING (logger ``llama_index.storage.chat_store.
+        tablestore``) naming the key and their positions; ``[]`` when none was readable.
+        """
         return self._run(self._delete_all_op(self._check_key(key)))
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Remove the message at ``idx``; ``None`` when out of range."""
+        """Remove the message at ``idx``; ``None`` when out of range.
+
+        The position is resolved and removed on one state of the conversation (a concurrent
+        append or pop never shifts it). Raises :class:`CorruptDataError` (removing nothing)
+        when that message cannot be read.
+        """
         return self._run(self._delete_at_op(self._check_key(key), idx))
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
