@@ -20,6 +20,7 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     ConfigurationError,
     CorruptDataError,
+    InvalidKeyError,
     PayloadTooLargeError,
 )
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
@@ -240,3 +241,30 @@ def test_no_credential_in_any_log_record(
         assert set(values) == {"***"}, f"{header} is logged"
     for secret in (token, c.access_key_secret, wrong_secret, c.access_key_id):
         assert secret not in logged
+
+
+@pytest.mark.parametrize("layout", ["native", "llama_index"])
+def test_a_key_with_a_lone_surrogate_is_an_invalid_key(
+    new_store: Callable[..., Any], layout: str
+) -> None:
+    """Every method rejects ``"k\\ud800"`` with InvalidKeyError before any call, sync and async.
+
+    If this fails: the key reached the SDK, which raises a raw UnicodeEncodeError.
+    """
+    store = new_store(layout=layout)()
+    key = "k\ud800"
+    message = ChatMessage(content="x")
+    calls: list[Callable[[], object]] = [
+        lambda: store.get_messages(key), lambda: store.count_messages(key),
+        lambda: store.add_message(key, message), lambda: store.add_messages(key, [message]),
+        lambda: store.set_messages(key, [message]), lambda: store.delete_messages(key),
+        lambda: store.delete_message(key, 0), lambda: store.delete_last_message(key),
+        lambda: store.delete_oldest_messages(key, 1),
+        lambda: asyncio.run(store.aadd_message(key, message)),
+        lambda: asyncio.run(store.aget_messages(key)),
+        lambda: asyncio.run(store.adelete_messages(key)),
+    ]  # fmt: skip
+    for call in calls:
+        with pytest.raises(InvalidKeyError, match="surrogate"):
+            call()
+    assert store.get_keys() == []
