@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     ConfigurationError,
     CorruptDataError,
+    InvalidKeyError,
     PayloadTooLargeError,
 )
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
@@ -27,8 +31,8 @@ from llama_index.storage.chat_store.testing.services import (
 )
 
 
-def _texts(messages: list[ChatMessage] | None) -> list[str | None]:
-    return [m.content for m in messages or []]
+def _texts(messages: Sequence[ChatMessage | None] | None) -> list[str | None]:
+    return [m.content if m else None for m in messages or []]
 
 
 def test_wrong_secret_raises_authentication_error(
@@ -188,3 +192,79 @@ def test_import_is_quiet() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == ""
     assert done.stderr.strip() == "WARNING:tablestore.encoder:later records still pass"
+
+
+@pytest.mark.parametrize("client", ["own", "own, named logger", "injected"])
+def test_no_credential_in_any_log_record(
+    new_store: Callable[..., Any],
+    tablestore_connection: TablestoreConnection,
+    caplog: pytest.LogCaptureFixture,
+    client: str,
+) -> None:
+    """At DEBUG, with an STS token, no log line has the key id, secret, token or a signature.
+
+    If this fails: the SDK's DEBUG trace of request/response headers (``x-ots-ststoken``,
+    ``x-ots-accesskeyid``, ``x-ots-signature``, ``authorization``) reaches a handler
+    unredacted on that logger.
+    """
+    c = tablestore_connection
+    table = new_store()().table_name
+    token = f"sts-{secrets.token_hex(16)}"
+    wrong_secret = f"wrong-{secrets.token_hex(8)}"
+    connection = {
+        "endpoint": c.endpoint, "instance_name": c.instance_name,
+        "access_key_id": c.access_key_id, "table_name": table,
+    }  # fmt: skip
+    if client == "injected":
+        sdk_client = ts.OTSClient(
+            c.endpoint, c.access_key_id, c.access_key_secret, c.instance_name, sts_token=token
+        )
+        store = TablestoreChatStore(tablestore_client=sdk_client, table_name=table)
+    else:
+        options = {"logger_name": "app.tablestore"} if "named" in client else {}
+        store = TablestoreChatStore(
+            **connection, access_key_secret=c.access_key_secret, sts_token=token, **options
+        )
+    rejected = TablestoreChatStore(**connection, access_key_secret=wrong_secret, sts_token=token)
+    caplog.set_level(logging.DEBUG)
+    store.add_messages("k", [ChatMessage(content="a"), ChatMessage(content="b")])
+    assert _texts(store.get_messages("k")) == ["a", "b"]
+    assert _texts([store.delete_last_message("k")]) == ["b"]
+    asyncio.run(store.aadd_message("k", ChatMessage(content="c")))
+    assert _texts(asyncio.run(store.aget_messages("k"))) == ["a", "c"]
+    with pytest.raises(AuthenticationError):
+        rejected.get_messages("k")
+    logged = "\n".join(record.getMessage() for record in caplog.records) + caplog.text
+    for header in ("x-ots-accesskeyid", "x-ots-ststoken", "x-ots-signature", "authorization"):
+        values = re.findall(rf"'{header}': '([^']*)'", logged, re.IGNORECASE)
+        assert values, f"the SDK traced no {header} header: the check would see nothing"
+        assert set(values) == {"***"}, f"{header} is logged"
+    for secret in (token, c.access_key_secret, wrong_secret, c.access_key_id):
+        assert secret not in logged
+
+
+@pytest.mark.parametrize("layout", ["native", "llama_index"])
+def test_a_key_with_a_lone_surrogate_is_an_invalid_key(
+    new_store: Callable[..., Any], layout: str
+) -> None:
+    """Every method rejects ``"k\\ud800"`` with InvalidKeyError before any call, sync and async.
+
+    If this fails: the key reached the SDK, which raises a raw UnicodeEncodeError.
+    """
+    store = new_store(layout=layout)()
+    key = "k\ud800"
+    message = ChatMessage(content="x")
+    calls: list[Callable[[], object]] = [
+        lambda: store.get_messages(key), lambda: store.count_messages(key),
+        lambda: store.add_message(key, message), lambda: store.add_messages(key, [message]),
+        lambda: store.set_messages(key, [message]), lambda: store.delete_messages(key),
+        lambda: store.delete_message(key, 0), lambda: store.delete_last_message(key),
+        lambda: store.delete_oldest_messages(key, 1),
+        lambda: asyncio.run(store.aadd_message(key, message)),
+        lambda: asyncio.run(store.aget_messages(key)),
+        lambda: asyncio.run(store.adelete_messages(key)),
+    ]  # fmt: skip
+    for call in calls:
+        with pytest.raises(InvalidKeyError, match="surrogate"):
+            call()
+    assert store.get_keys() == []

@@ -5,7 +5,8 @@ Table ``llama_index_chat_store_v1`` (by default), primary key ``session_id STRIN
 writers lose messages. Here every change is a read-modify-write made conditional on the
 ``history`` value read (``EXPECT_NOT_EXIST`` for a new row), retried on conflict: atomic, also
 against LlamaIndex's own writers. The whole conversation must fit the 2 MB value limit;
-larger writes raise :class:`PayloadTooLargeError` before any call.
+larger writes raise :class:`PayloadTooLargeError` before any call. Replacing or removing a
+conversation never needs to parse the old value, so damaged data never blocks either.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from llama_index.storage.chat_store.core import (
     message_from_json,
 )
 from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
+from llama_index.storage.chat_store.tablestore._salvage import nothing_readable, readable_messages
 from llama_index.storage.chat_store.tablestore._sdk import ts
 
-__all__ = ["PRIMARY_KEY", "clear", "keys_page", "mutate", "read"]
+__all__ = ["PRIMARY_KEY", "clear", "count", "keys_page", "mutate", "read", "remove", "replace"]
 
 PRIMARY_KEY = [("session_id", "STRING")]
 MAX_VALUE_BYTES = 2 * 1024 * 1024
@@ -35,39 +37,81 @@ _PAGE_ROWS = 1000
 R = TypeVar("R")
 
 
-def _history(table: str, key: str) -> Op[str | None]:
+def _history(table: str, key: str) -> Op[Any]:
+    """Return the row's ``history`` as stored (any type), or ``None`` when there is no row."""
     _, row, _ = yield Call(
         "get_row", (table, [("session_id", key)]), {"columns_to_get": ["history"], "max_version": 1}
     )
     if row is None:
         return None
-    for name, value, *_ in row.attribute_columns or ():
-        if name == "history":
-            if not isinstance(value, str):
-                raise CorruptDataError(f"conversation {key!r}: history is not text")
-            return value
-    return None
+    return next((c[1] for c in row.attribute_columns or () if c[0] == "history"), None)
 
 
-def _parse(key: str, history: str | None) -> list[ChatMessage]:
-    if history is None:
-        return []
+def _items(key: str, history: Any) -> list[Any]:
+    """The JSON array ``history`` holds, or :class:`CorruptDataError` naming the key."""
+    if not isinstance(history, str):
+        raise CorruptDataError(f"conversation {key!r}: history is not text", key=key)
     try:
         items = json.loads(history)
     except ValueError as exc:
-        raise CorruptDataError(f"conversation {key!r}: history is not JSON ({exc})") from exc
+        raise CorruptDataError(
+            f"conversation {key!r}: history is not JSON ({exc})", key=key
+        ) from exc
     if not isinstance(items, list):
-        raise CorruptDataError(f"conversation {key!r}: history is not a JSON array")
+        raise CorruptDataError(f"conversation {key!r}: history is not a JSON array", key=key)
+    return items
+
+
+def _item_json(item: Any) -> str:
+    return json.dumps(item, ensure_ascii=False)
+
+
+def _parse(key: str, history: Any) -> list[ChatMessage]:
+    if history is None:
+        return []
     return [
-        message_from_json(json.dumps(item, ensure_ascii=False), key=key, position=i)
-        for i, item in enumerate(items)
+        message_from_json(_item_json(item), key=key, position=i)
+        for i, item in enumerate(_items(key, history))
     ]
+
+
+def _unchanged(history: Any) -> Any:
+    """The condition that the row still holds ``history`` (``None``: that there is no row)."""
+    if history is None:
+        return ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
+    same = ts.SingleColumnCondition(
+        "history", history, ts.ComparatorType.EQUAL, pass_if_missing=False
+    )
+    return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, same)
+
+
+def _write(table: str, key: str, history: Any, new: str | None) -> Op[bool]:
+    """Write ``new`` (``None``: delete the row) if the row still holds ``history``."""
+    pk = [("session_id", key)]
+    try:
+        if new is not None:
+            yield Call("put_row", (table, ts.Row(pk, [("history", new)]), _unchanged(history)))
+        elif history is not None:
+            yield Call("delete_row", (table, ts.Row(pk), _unchanged(history)))
+    except ConflictError:
+        return False
+    return True
+
+
+def _backoff(attempt: int) -> Sleep:
+    return Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
 
 
 def read(table: str, key: str) -> Op[list[ChatMessage]]:
     """Return the conversation's messages (``[]`` when the row is missing)."""
     history = yield from _history(table, key)
     return _parse(key, history)
+
+
+def count(table: str, key: str) -> Op[int]:
+    """Return the number of messages (the array's length; no message is parsed)."""
+    history = yield from _history(table, key)
+    return 0 if history is None else len(_items(key, history))
 
 
 def _encode(key: str, jsons: Sequence[str]) -> str:
@@ -93,31 +137,51 @@ def mutate(
     is conditional on the value read, so a concurrent change (ours or LlamaIndex's) makes it
     retry instead of being overwritten.
     """
-    pk = [("session_id", key)]
     for attempt in range(_WRITE_ATTEMPTS):
         history = yield from _history(table, key)
         current = _parse(key, history)
         new, result = change(list(current))
         if [to_json(m) for m in new] == [to_json(m) for m in current]:
             return result
+        text = _encode(key, [to_json(m) for m in new]) if new else None
+        if (yield from _write(table, key, history, text)):
+            return result
+        yield _backoff(attempt)
+    raise _contention(table, key)
+
+
+def replace(table: str, key: str, jsons: Sequence[str]) -> Op[None]:
+    """Replace the conversation with ``jsons`` (``[]``: remove it), whatever it held."""
+    text = _encode(key, jsons) if jsons else None
+    for attempt in range(_WRITE_ATTEMPTS):
+        history = yield from _history(table, key)
+        if history == text or (yield from _write(table, key, history, text)):
+            return
+        yield _backoff(attempt)
+    raise _contention(table, key)
+
+
+def remove(table: str, key: str) -> Op[list[ChatMessage] | None]:
+    """Remove the conversation; return its readable messages (see ``_salvage``)."""
+    for attempt in range(_WRITE_ATTEMPTS):
+        history = yield from _history(table, key)
         if history is None:
-            condition = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
-        else:
-            same = ts.SingleColumnCondition(
-                "history", history, ts.ComparatorType.EQUAL, pass_if_missing=False
-            )
-            condition = ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, same)
-        try:
-            if new:
-                row = ts.Row(pk, [("history", _encode(key, [to_json(m) for m in new]))])
-                yield Call("put_row", (table, row, condition))
-            elif history is not None:
-                yield Call("delete_row", (table, ts.Row(pk), condition))
-        except ConflictError:
-            yield Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
-            continue
-        return result
-    raise ChatStoreError(f"conversation {key!r} in table {table!r}: too much contention")
+            return None
+        if (yield from _write(table, key, history, None)):
+            try:
+                items = _items(key, history)
+            except CorruptDataError as exc:
+                return nothing_readable(table, key, str(exc))
+            return readable_messages(table, key, [_item_json(item) for item in items])
+        yield _backoff(attempt)
+    raise _contention(table, key)
+
+
+def _contention(table: str, key: str) -> ChatStoreError:
+    return ChatStoreError(
+        f"conversation {key!r} in table {table!r}: too much contention, gave up after "
+        f"{_WRITE_ATTEMPTS} attempts"
+    )
 
 
 def keys_page(table: str, start: Any) -> Op[tuple[list[str], Any]]:

@@ -26,6 +26,12 @@ should read together with the meta row (one BatchGetRow). Appends still read the
 first: planned on a remembered row that another instance has since changed, an append would
 put its rows into a slot the conversation no longer ends at, and undoing them (a failed
 commit, then a delete) would cost up to three requests instead of the one it saves.
+
+Every removal resolves what to remove on one meta row and commits conditionally on exactly
+that row, so it returns what it removed. Damage (a meta row with tail < head or non-numbers,
+a row missing from a window the unchanged meta row names, text that is not a message) raises
+:class:`CorruptDataError` naming the key (and position), except in ``delete_all`` and
+``set_all``, which replace a damaged conversation conditionally on what they read.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
+from llama_index.storage.chat_store.tablestore._salvage import nothing_readable, readable_messages
 from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, ts
 
 __all__ = [
@@ -91,6 +98,30 @@ class Meta:
     @property
     def size(self) -> int:
         return self.tail - self.head
+
+
+@dataclass(frozen=True)
+class _Damaged:
+    """A meta row that is not a commit record: only replacing or deleting it is possible.
+
+    ``values`` are its columns as read: a write that removes it is conditional on them, so a
+    repair by someone else in between is never overwritten.
+    """
+
+    values: dict[str, Any]
+    problem: CorruptDataError
+
+    @property
+    def gen(self) -> int | None:
+        gen = self.values.get("gen")
+        return gen if isinstance(gen, int) and not isinstance(gen, bool) else None
+
+
+@dataclass(frozen=True)
+class _Gap:
+    """The first row of a window that is missing, or was written after the meta row read."""
+
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -150,6 +181,20 @@ def _if_current(meta: Meta) -> Any:
     return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, both)
 
 
+def _if_unchanged(damaged: _Damaged) -> Any:
+    # Every column as read: a damaged row repaired by someone else in between stays theirs.
+    columns = [
+        ts.SingleColumnCondition(name, value, ts.ComparatorType.EQUAL, pass_if_missing=False)
+        for name, value in damaged.values.items()
+    ]
+    if len(columns) == 1:
+        return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, columns[0])
+    every = ts.CompositeColumnCondition(ts.LogicalOperator.AND)
+    for column in columns:
+        every.add_sub_condition(column)
+    return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, every)
+
+
 def _if_writer(writer: str) -> Any:
     return ts.Condition(
         ts.RowExistenceExpectation.IGNORE,
@@ -167,52 +212,101 @@ def _slice(size: int, offset: int, limit: int | None) -> tuple[int, int]:
 # -- reads ---------------------------------------------------------------------------------
 
 
-def _read_meta(t: Tables, key: str) -> Op[Meta | None]:
+def _read_meta_any(t: Tables, key: str) -> Op[Meta | _Damaged | None]:
+    """Read the meta row; a damaged one is returned, for the operations that can remove it."""
     _, row, _ = yield Call(
         "get_row", (t.meta, [("session_id", key)]),
         {"columns_to_get": _META_COLUMNS, "max_version": 1},
     )  # fmt: skip
-    return t.learn(key, _parse_meta(t, key, row))
+    meta = _parse_meta(t, key, row)
+    t.learn(key, meta if isinstance(meta, Meta) else None)
+    return meta
 
 
-def _parse_meta(t: Tables, key: str, row: Any) -> Meta | None:
+def _read_meta(t: Tables, key: str) -> Op[Meta | None]:
+    """Read the meta row; raise :class:`CorruptDataError` (naming the key) if it is damaged."""
+    meta = yield from _read_meta_any(t, key)
+    if isinstance(meta, _Damaged):
+        raise meta.problem
+    return meta
+
+
+def _parse_meta(t: Tables, key: str, row: Any) -> Meta | _Damaged | None:
     if row is None or not row.attribute_columns:
         return None
     values = _columns(row)
     fields = [values.get(name) for name in _META_COLUMNS]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in fields):
-        raise CorruptDataError(
-            f"the meta row of conversation {key!r} in table {t.meta!r} is unreadable: {values!r}"
-        )
-    return Meta(*fields)  # type: ignore[arg-type]
+        problem = "is unreadable"
+    elif fields[2] < fields[1]:  # type: ignore[operator]
+        problem = "ends before it starts (tail < head)"
+    else:
+        return Meta(*fields)  # type: ignore[arg-type]
+    return _Damaged(values, CorruptDataError(
+        f"the meta row of conversation {key!r} in table {t.meta!r} {problem}: {values!r}; "
+        "delete_messages(key) or set_messages(key, ...) replaces it",
+        key=key,
+    ))  # fmt: skip
+
+
+def _scan(t: Tables, key: str, gen: int, start: int, stop: int, columns: list[str]) -> Op[Any]:
+    """Return the rows ``start <= seq < stop`` of generation ``gen``, as stored."""
+    found: list[Any] = []
+    next_pk: Any = _pk(key, gen, start)
+    while next_pk and len(found) < stop - start:
+        _, next_pk, rows, _ = yield Call(
+            "get_range", (t.messages, ts.Direction.FORWARD, next_pk, _pk(key, gen, stop)),
+            {"columns_to_get": columns, "limit": stop - start - len(found), "max_version": 1},
+        )  # fmt: skip
+        found.extend(rows)
+    return found
 
 
 def _read_window(
     t: Tables, key: str, meta: Meta, start: int, stop: int, *, writers: bool = False
-) -> Op[list[_Stored] | None]:
-    """Read rows ``start <= seq < stop`` of the meta's generation; ``None`` if inconsistent.
+) -> Op[list[_Stored] | _Gap]:
+    """Read rows ``start <= seq < stop`` of the meta's generation, or where they stop making sense.
 
     ``writers``: also read each row's writer id (needed only to delete the rows safely; the
     SDK decodes cells in pure Python, so every column read costs).
     """
     columns = ["message", "c", "w"] if writers else ["message", "c"]
     found: list[_Stored] = []
-    next_pk: Any = _pk(key, meta.gen, start)
-    end = _pk(key, meta.gen, stop)
-    while next_pk and len(found) < stop - start:
-        _, next_pk, rows, _ = yield Call(
-            "get_range", (t.messages, ts.Direction.FORWARD, next_pk, end),
-            {"columns_to_get": columns, "limit": stop - start - len(found),
-             "max_version": 1},
-        )  # fmt: skip
-        for row in rows:
-            stored = _stored(t, key, meta, row)
-            if stored is None:
-                return None
-            found.append(stored)
-    if [s.seq for s in found] != list(range(start, stop)):
-        return None
+    for row in (yield from _scan(t, key, meta.gen, start, stop, columns)):
+        stored = _stored(t, key, meta, row)
+        if stored is None or stored.seq != start + len(found):
+            return _Gap(start + len(found))
+        found.append(stored)
+    if len(found) < stop - start:
+        return _Gap(start + len(found))
     return found
+
+
+def _rows(
+    t: Tables, key: str, meta: Meta, start: int, stop: int, *, writers: bool = False
+) -> Op[list[_Stored] | None]:
+    """Read a window named by ``meta``; ``None`` when the meta row has moved since.
+
+    A row missing from the window while the meta row stays unchanged is not a race (every
+    writer moves the meta row before it deletes rows in the window, and puts new rows
+    outside it): the conversation is damaged, and waiting would not help.
+
+    Raises:
+        CorruptDataError: A row the unchanged meta row names is missing (or newer than it).
+    """
+    rows = yield from _read_window(t, key, meta, start, stop, writers=writers)
+    if not isinstance(rows, _Gap):
+        return rows
+    if (yield from _read_meta(t, key)) != meta:
+        return None
+    position = rows.seq - meta.head
+    raise CorruptDataError(
+        f"conversation {key!r} position {position} in table {t.messages!r}: the row its "
+        "meta row names is missing; delete_messages(key) or set_messages(key, ...) replaces "
+        "the conversation",
+        key=key,
+        position=position,
+    )
 
 
 def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
@@ -226,7 +320,9 @@ def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
     if not isinstance(text, str):
         raise CorruptDataError(
             f"conversation {key!r} position {seq - meta.head}: the row holds no "
-            f"message text in table {t.messages!r}"
+            f"message text in table {t.messages!r}",
+            key=key,
+            position=seq - meta.head,
         )
     return _Stored(seq, text, str(values.get("w", "")))
 
@@ -254,7 +350,11 @@ def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Op[tuple[Meta | None,
                 f"Tablestore could not read conversation {key!r} from table "
                 f"{item.table_name!r} ({item.error_code}: {item.error_message})"
             )
-    meta = t.learn(key, _parse_meta(t, key, meta_item.row))
+    meta = _parse_meta(t, key, meta_item.row)
+    if isinstance(meta, _Damaged):
+        t.learn(key, None)
+        raise meta.problem
+    t.learn(key, meta)
     if meta != seen or row_item.row is None or not row_item.row.attribute_columns:
         return meta, None
     return meta, _stored(t, key, meta, row_item.row)
@@ -264,24 +364,20 @@ def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:
     return [message_from_json(r.json, key=key, position=r.seq - meta.head) for r in rows]
 
 
-def _consistent(t: Tables, key: str, meta: Meta | None, start: int, stop: int) -> Op[Any]:
-    """Read positions ``[start, stop)``; ``None`` when the caller must re-read the meta row."""
-    if meta is None or start >= stop:
-        return []
-    return (yield from _read_window(t, key, meta, meta.head + start, meta.head + stop))
-
-
 def get(t: Tables, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
     """Return ``messages[offset:][:limit]`` from one consistent snapshot."""
     for attempt in range(_READ_ATTEMPTS):
         meta = yield from _read_meta(t, key)
         start, stop = _slice(meta.size if meta else 0, offset, limit)
-        rows = yield from _consistent(t, key, meta, start, stop)
+        if meta is None or start >= stop:
+            return []
+        rows = yield from _rows(t, key, meta, meta.head + start, meta.head + stop)
         if rows is not None:
-            return _parse(key, meta, rows) if meta else []
+            return _parse(key, meta, rows)
         yield _backoff(attempt)
-    raise CorruptDataError(
-        f"conversation {key!r} in table {t.messages!r}: rows its meta row names are missing"
+    raise ChatStoreError(
+        f"conversation {key!r} in table {t.messages!r} changed during each of "
+        f"{_READ_ATTEMPTS} reads; try again"
     )
 
 
@@ -390,20 +486,21 @@ def _delete_generation(t: Tables, key: str, gen: int) -> Op[None]:
         yield from _delete_rows(t, key, gen, [(row.primary_key[2][1], None) for row in rows])
 
 
-def _commit(t: Tables, key: str, old: Meta | None, new: Meta | None) -> Op[bool]:
+def _commit(t: Tables, key: str, old: Meta | _Damaged | None, new: Meta | None) -> Op[bool]:
     """Replace the meta row if it is still ``old``; False when another writer moved it."""
     pk = [("session_id", key)]
+    unchanged = _if_unchanged(old) if isinstance(old, _Damaged) else old and _if_current(old)
     try:
         if new is None:
             assert old is not None
-            yield Call("delete_row", (t.meta, ts.Row(pk), _if_current(old)))
+            yield Call("delete_row", (t.meta, ts.Row(pk), unchanged))
         elif old is None:
             values = [(name, getattr(new, name)) for name in _META_COLUMNS]
             absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
             yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
         else:
             changes = {"put": [(name, getattr(new, name)) for name in _META_COLUMNS]}
-            yield Call("update_row", (t.meta, ts.Row(pk, changes), _if_current(old)))
+            yield Call("update_row", (t.meta, ts.Row(pk, changes), unchanged))
     except ConflictError:
         return False
     t.learn(key, new)
@@ -476,46 +573,46 @@ def add(t: Tables, key: str, jsons: Sequence[str]) -> Op[None]:
     raise _gave_up(t, key)
 
 
-def _rewrite_once(t: Tables, key: str, meta: Meta | None, jsons: Sequence[str]) -> Op[bool]:
-    """Write ``jsons`` as a new generation and flip to it; False if ``meta`` moved."""
+def _rewrite_once(
+    t: Tables, key: str, meta: Meta | _Damaged | None, jsons: Sequence[str]
+) -> Op[bool]:
+    """Write ``jsons`` as a new generation and flip to it; False if ``meta`` moved.
+
+    A damaged meta row is replaced too (conditional on its columns as read).
+    """
+    old_gen = meta.gen if meta is not None else None
     if not jsons:
         if meta is None:
             return True
         if not (yield from _commit(t, key, meta, None)):
             return False
-        yield from _delete_generation(t, key, meta.gen)
+        if old_gen is not None:
+            yield from _delete_generation(t, key, old_gen)
         return True
-    new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=(meta.ver if meta else 0) + 1)
+    ver = meta.ver + 1 if isinstance(meta, Meta) else 1
+    new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=ver)
     writer = uuid.uuid4().hex
     placed = yield from _put_rows(t, key, new.gen, 0, jsons, writer, new.ver)
     if placed and (yield from _commit(t, key, meta, new)):
-        if meta is not None:
-            yield from _delete_generation(t, key, meta.gen)
+        if old_gen is not None:
+            yield from _delete_generation(t, key, old_gen)
         return True
     yield from _delete_generation(t, key, new.gen)
     return False
 
 
 def set_all(t: Tables, key: str, jsons: Sequence[str]) -> Op[None]:
-    """Replace the conversation: readers see the old one or the new one, never a mix."""
+    """Replace the conversation: readers see the old one or the new one, never a mix.
+
+    Works on a damaged conversation too (unreadable meta row or messages): nothing old is
+    read but the meta row.
+    """
     for attempt in range(_WRITE_ATTEMPTS):
-        meta = yield from _read_meta(t, key)
+        meta = yield from _read_meta_any(t, key)
         if (yield from _rewrite_once(t, key, meta, jsons)):
             return
         yield _backoff(attempt)
     raise _gave_up(t, key)
-
-
-def _snapshot(t: Tables, key: str) -> Op[tuple[Meta | None, list[_Stored]]]:
-    for attempt in range(_READ_ATTEMPTS):
-        meta = yield from _read_meta(t, key)
-        rows = yield from _consistent(t, key, meta, 0, meta.size if meta else 0)
-        if rows is not None:
-            return meta, rows
-        yield _backoff(attempt)
-    raise CorruptDataError(
-        f"conversation {key!r} in table {t.messages!r}: rows its meta row names are missing"
-    )
 
 
 def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
@@ -531,14 +628,62 @@ def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
             new = replace(meta, head=meta.head - 1, ver=meta.ver + 1)
             done = yield from w.place(meta, meta, meta.head - 1, [text], new)
         else:
-            snapshot, rows = yield from _snapshot(t, key)
-            jsons = [r.json for r in rows]
+            rows = yield from _rows(t, key, meta, meta.head, meta.tail)
+            jsons = [r.json for r in rows or ()]
             jsons.insert(position, text)
-            done = snapshot == meta and (yield from _rewrite_once(t, key, snapshot, jsons))
+            done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons))
         if done:
             return
         yield _backoff(attempt)
     raise _gave_up(t, key)
+
+
+# Each removal below plans on one meta row and commits conditionally on exactly that row, so
+# what it returns is what it removed. ``_*_once`` is one attempt: (committed, what it removed).
+
+
+def _pop_once(
+    t: Tables, key: str, meta: Meta, rows: list[_Stored] | None
+) -> Op[tuple[bool, ChatMessage | None]]:
+    """Remove the last message ``meta`` names (``rows``: that row, when already read)."""
+    if rows is None:
+        rows = yield from _rows(t, key, meta, meta.tail - 1, meta.tail, writers=True)
+        if rows is None:
+            return False, None
+    message = _parse(key, meta, rows)[0]
+    new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1) if meta.size > 1 else None
+    if not (yield from _commit(t, key, meta, new)):
+        return False, None
+    yield from _delete_rows(t, key, meta.gen, [(rows[0].seq, rows[0].writer)])
+    return True, message
+
+
+def _oldest_once(t: Tables, key: str, meta: Meta, take: int) -> Op[tuple[bool, list[ChatMessage]]]:
+    """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
+    rows = yield from _rows(t, key, meta, meta.head, meta.head + take, writers=True)
+    if rows is None:
+        return False, []
+    messages = _parse(key, meta, rows)
+    new = replace(meta, head=meta.head + take, ver=meta.ver + 1) if take < meta.size else None
+    if not (yield from _commit(t, key, meta, new)):
+        return False, []
+    if new is None:
+        yield from _delete_generation(t, key, meta.gen)
+    else:
+        yield from _delete_rows(t, key, meta.gen, [(r.seq, r.writer) for r in rows])
+    return True, messages
+
+
+def _inside_once(
+    t: Tables, key: str, meta: Meta, position: int
+) -> Op[tuple[bool, ChatMessage | None]]:
+    """Remove the message at ``position`` (not at either end): a generation rewrite."""
+    rows = yield from _rows(t, key, meta, meta.head, meta.tail)
+    if rows is None:
+        return False, None
+    message = _parse(key, meta, rows[position : position + 1])[0]
+    jsons = [r.json for i, r in enumerate(rows) if i != position]
+    return (yield from _rewrite_once(t, key, meta, jsons)), message
 
 
 def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
@@ -550,82 +695,84 @@ def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
     """
     seen = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
-        rows: list[_Stored] | None = None
+        row: _Stored | None = None
         if seen is not None:
             meta, row = yield from _meta_and_last_row(t, key, seen)
-            rows, seen = ([row] if row else None), None
+            seen = None
         else:
             meta = yield from _read_meta(t, key)
         if meta is None or meta.size == 0:
             return None
-        if rows is None:
-            rows = yield from _read_window(t, key, meta, meta.tail - 1, meta.tail, writers=True)
-        if rows is not None:
-            message = _parse(key, meta, rows)[0]
-            new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1) if meta.size > 1 else None
-            if (yield from _commit(t, key, meta, new)):
-                yield from _delete_rows(t, key, meta.gen, [(rows[0].seq, rows[0].writer)])
-                return message
+        done, message = yield from _pop_once(t, key, meta, [row] if row else None)
+        if done:
+            return message
         yield _backoff(attempt)
     raise _gave_up(t, key)
 
 
 def delete_oldest(t: Tables, key: str, n: int) -> Op[list[ChatMessage]]:
-    """Remove and return the first ``n`` messages (moves ``head``; no renumbering)."""
+    """Remove and return the first ``n`` messages."""
     for attempt in range(_WRITE_ATTEMPTS):
         meta = yield from _read_meta(t, key)
-        if meta is None or n <= 0:
+        if meta is None or n <= 0 or meta.size == 0:
             return []
-        take = min(n, meta.size)
-        rows = yield from _read_window(t, key, meta, meta.head, meta.head + take, writers=True)
-        if rows is not None:
-            messages = _parse(key, meta, rows)
-            new = (
-                replace(meta, head=meta.head + take, ver=meta.ver + 1) if take < meta.size else None
-            )
-            if (yield from _commit(t, key, meta, new)):
-                if new is None:
-                    yield from _delete_generation(t, key, meta.gen)
-                else:
-                    yield from _delete_rows(t, key, meta.gen, [(r.seq, r.writer) for r in rows])
-                return messages
+        done, messages = yield from _oldest_once(t, key, meta, min(n, meta.size))
+        if done:
+            return messages
         yield _backoff(attempt)
     raise _gave_up(t, key)
 
 
 def delete_at(t: Tables, key: str, idx: int) -> Op[ChatMessage | None]:
-    """Remove the message at ``idx``: O(1) at either end, a generation rewrite in between."""
+    """Remove the message at ``idx``: O(1) at either end, a generation rewrite in between.
+
+    The position is resolved on the meta row read, and the removal commits only if that
+    meta row is unchanged: a concurrent append never makes it remove the new last message.
+    """
     for attempt in range(_WRITE_ATTEMPTS):
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx + size if idx < 0 else idx
         if meta is None or not 0 <= position < size:
             return None
+        message: ChatMessage | None
         if position == size - 1:
-            return (yield from pop_last(t, key))
-        if position == 0:
-            removed = yield from delete_oldest(t, key, 1)
-            return removed[0] if removed else None
-        snapshot, rows = yield from _snapshot(t, key)
-        if snapshot == meta:
-            message = _parse(key, meta, rows[position : position + 1])[0]
-            jsons = [r.json for i, r in enumerate(rows) if i != position]
-            if (yield from _rewrite_once(t, key, meta, jsons)):
-                return message
+            done, message = yield from _pop_once(t, key, meta, None)
+        elif position == 0:
+            done, taken = yield from _oldest_once(t, key, meta, 1)
+            message = taken[0] if taken else None
+        else:
+            done, message = yield from _inside_once(t, key, meta, position)
+        if done:
+            return message
         yield _backoff(attempt)
     raise _gave_up(t, key)
 
 
 def delete_all(t: Tables, key: str) -> Op[list[ChatMessage] | None]:
-    """Remove the conversation and return its messages (``None`` when it had none)."""
+    """Remove the conversation and return its messages (``None`` when it had none).
+
+    Damaged data never blocks the removal: a damaged meta row is removed conditionally on
+    its columns as read, and messages that cannot be read (missing rows, text that is not
+    a message) are left out of the result and reported (see ``_salvage``).
+    """
     for attempt in range(_WRITE_ATTEMPTS):
-        meta, rows = yield from _snapshot(t, key)
+        meta = yield from _read_meta_any(t, key)
         if meta is None:
             return None
-        messages = _parse(key, meta, rows)
+        rows: list[Any] = []
+        if isinstance(meta, Meta):
+            rows = yield from _scan(t, key, meta.gen, meta.head, meta.tail, ["message"])
         if (yield from _commit(t, key, meta, None)):
-            yield from _delete_generation(t, key, meta.gen)
-            return messages or None
+            if meta.gen is not None:
+                yield from _delete_generation(t, key, meta.gen)
+            if isinstance(meta, _Damaged):
+                return nothing_readable(t.messages, key, str(meta.problem))
+            # Read while the meta row did not move: exactly the rows it named.
+            texts = {row.primary_key[2][1]: _columns(row).get("message") for row in rows}
+            return readable_messages(
+                t.messages, key, [texts.get(seq) for seq in range(meta.head, meta.tail)]
+            )
         yield _backoff(attempt)
     raise _gave_up(t, key)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -20,7 +21,7 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
 )
 
-__all__ = ["CONDITION_FAILED", "SDK_LOGGER", "translate", "ts"]
+__all__ = ["CONDITION_FAILED", "SDK_LOGGER", "redact_logger", "translate", "ts"]
 
 
 class _DropCodecNotices(logging.Filter):
@@ -61,7 +62,41 @@ class _DropReraisedErrors(logging.Filter):
         return record.levelno < logging.ERROR
 
 
+_SECRET_HEADER = re.compile(
+    r"""(?P<name>['"]?(?:x-ots-accesskeyid|x-ots-ststoken|x-ots-signature\w*|authorization)"""
+    r"""['"]?\s*:\s*)(?P<quote>['"])(?P<value>.*?)(?P=quote)""",
+    re.IGNORECASE,
+)
+
+
+class _RedactCredentials(logging.Filter):
+    """Blank the credentials the SDK puts in its DEBUG traces of request and response headers.
+
+    Those traces print the header dicts: the access key id, the STS token, the request
+    signature and the response's ``Authorization`` (key id and signature). The rest of the
+    trace (API, other headers, body) stays for debugging.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET_HEADER.sub(r"\g<name>\g<quote>***\g<quote>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_REDACT = _RedactCredentials()
+
+
+def redact_logger(name: str) -> None:
+    """Make sure the SDK logger ``name`` never emits credentials (idempotent)."""
+    logger = logging.getLogger(name)
+    if _REDACT not in logger.filters:
+        logger.addFilter(_REDACT)
+
+
 logging.getLogger(SDK_LOGGER).addFilter(_DropReraisedErrors())
+redact_logger(SDK_LOGGER)
 
 CONDITION_FAILED = "OTSConditionCheckFail"
 _AUTH_CODES = {"OTSAuthFailed", "OTSNoPermissionAccess", "OTSAccessKeyIdNotExist"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -27,7 +28,7 @@ from llama_index.storage.chat_store.core.store import check_window, window
 from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
 from llama_index.storage.chat_store.tablestore import _native as native
 from llama_index.storage.chat_store.tablestore._io import Call, Op, run_async, run_sync
-from llama_index.storage.chat_store.tablestore._sdk import SDK_LOGGER, translate, ts
+from llama_index.storage.chat_store.tablestore._sdk import SDK_LOGGER, redact_logger, translate, ts
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -222,7 +223,7 @@ class TablestoreChatStore(BaseChatStore):
             }
         secret = self.access_key_secret
         extra = {"sts_token": self.sts_token.get_secret_value()} if self.sts_token else {}
-        return {
+        arguments = {
             "end_point": self.endpoint,
             "access_key_id": self.access_key_id,
             "access_key_secret": secret.get_secret_value() if secret is not None else None,
@@ -231,9 +232,16 @@ class TablestoreChatStore(BaseChatStore):
             **extra,
             **self.client_options,
         }
+        # The SDK traces request headers (key id, STS token, signature) at DEBUG, also on a
+        # logger the caller named.
+        redact_logger(arguments["logger_name"])
+        return arguments
 
     def model_post_init(self, context: Any, /) -> None:
         """Prepare the clients, made on first use: one sync, one async per event loop."""
+        logger = getattr(self.tablestore_client, "logger", None)
+        if isinstance(logger, logging.Logger):  # a caller's client traces credentials too
+            redact_logger(logger.name)
         self._own_sync = Lazy(lambda: ts.OTSClient(**self._client_arguments()))
         # An AsyncOTSClient's HTTP session belongs to its loop: closed there at shutdown.
         self._own_async = PerLoop(
@@ -340,7 +348,7 @@ class TablestoreChatStore(BaseChatStore):
     def _count_op(self, key: str) -> Op[int]:
         if (yield from self._layout_op()) == "native":
             return (yield from native.count(self._tables, key))
-        return len((yield from legacy.read(self.table_name, key)))
+        return (yield from legacy.count(self.table_name, key))
 
     def _add_op(self, key: str, messages: list[ChatMessage], idx: int | None) -> Op[None]:
         jsons = self._jsons(messages)
@@ -364,16 +372,12 @@ class TablestoreChatStore(BaseChatStore):
         if (yield from self._layout_op()) == "native":
             yield from native.set_all(self._tables, key, jsons)
         else:
-            yield from legacy.mutate(
-                self.table_name, key, lambda _: (messages, None), message_to_json
-            )
+            yield from legacy.replace(self.table_name, key, jsons)
 
     def _delete_all_op(self, key: str) -> Op[list[ChatMessage] | None]:
         if (yield from self._layout_op()) == "native":
             return (yield from native.delete_all(self._tables, key))
-        return (yield from legacy.mutate(
-            self.table_name, key, lambda current: ([], current or None), message_to_json
-        ))  # fmt: skip
+        return (yield from legacy.remove(self.table_name, key))
 
     def _delete_at_op(self, key: str, idx: int) -> Op[ChatMessage | None]:
         if (yield from self._layout_op()) == "native":
@@ -429,26 +433,36 @@ class TablestoreChatStore(BaseChatStore):
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Append atomically, or insert at ``idx`` like ``list.insert``."""
         key = self._check_key(key)
-        self._run(self._add_op(key, [coerce_message(message)], idx))
+        self._run(self._add_op(key, [coerce_message(message, copy=False)], idx))
 
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Append a batch atomically (one commit; ``[]`` makes no call)."""
         key = self._check_key(key)
-        batch = coerce_messages(messages)
+        batch = coerce_messages(messages, copy=False)
         if batch:
             self._run(self._add_op(key, batch, None))
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace the conversation atomically for readers (``[]`` removes the key)."""
         key = self._check_key(key)
-        self._run(self._set_op(key, coerce_messages(messages)))
+        self._run(self._set_op(key, coerce_messages(messages, copy=False)))
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages, or ``None`` if it had none."""
+        """Remove the conversation; return its messages, or ``None`` if it had none.
+
+        Damaged data never blocks the removal: messages that cannot be read are left out of
+        the result and reported in one WARNING (logger ``llama_index.storage.chat_store.
+        tablestore``) naming the key and their positions; ``[]`` when none was readable.
+        """
         return self._run(self._delete_all_op(self._check_key(key)))
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Remove the message at ``idx``; ``None`` when out of range."""
+        """Remove the message at ``idx``; ``None`` when out of range.
+
+        The position is resolved and removed on one state of the conversation (a concurrent
+        append or pop never shifts it). Raises :class:`CorruptDataError` (removing nothing)
+        when that message cannot be read.
+        """
         return self._run(self._delete_at_op(self._check_key(key), idx))
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
@@ -493,19 +507,19 @@ class TablestoreChatStore(BaseChatStore):
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
         key = self._check_key(key)
-        await self._arun(self._add_op(key, [coerce_message(message)], idx))
+        await self._arun(self._add_op(key, [coerce_message(message, copy=False)], idx))
 
     async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`add_messages`."""
         key = self._check_key(key)
-        batch = coerce_messages(messages)
+        batch = coerce_messages(messages, copy=False)
         if batch:
             await self._arun(self._add_op(key, batch, None))
 
     async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`set_messages`."""
         key = self._check_key(key)
-        await self._arun(self._set_op(key, coerce_messages(messages)))
+        await self._arun(self._set_op(key, coerce_messages(messages, copy=False)))
 
     async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
         """Async :meth:`delete_messages`."""
