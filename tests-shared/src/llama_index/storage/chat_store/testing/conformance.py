@@ -53,7 +53,7 @@ from llama_index.storage.chat_store.core import (
     TextBlock,
     message_to_json,
 )
-from llama_index.storage.chat_store.testing import _workers
+from llama_index.storage.chat_store.testing import _workers, history
 from llama_index.storage.chat_store.testing.samples import (
     HOSTILE_KEYS,
     LLAMA_INDEX_INSTALLED,
@@ -692,6 +692,30 @@ class ChatStoreConformance(_ModeTests):
         popped = [t for r in results for t in r]
         assert sorted(popped) == sorted(t for t in texts if t)
         assert store.count_messages("k") == 0
+
+    def test_concurrent_history_is_linearizable(
+        self, store: BaseChatStore, store_factory: Callable[[], BaseChatStore]
+    ) -> None:
+        """Concurrent random calls of every kind on one key are explained by a sequential order.
+
+        Clients (processes with their own instance when the store is SHARED, else threads on
+        one) append, insert, pop, delete by position, delete the oldest, replace, delete all,
+        read and count at once; some order of the calls consistent with real time must
+        explain every result, and afterwards count, messages and keys must agree.
+        ``CHAT_STORE_HISTORY_SCALE=20`` runs 20 times as many rounds (a soak).
+
+        If this fails: the printed history shows calls no order explains. Typically two
+        operations lock in different orders or not at all (an insert renumbering rows a pop
+        skips, an append landing while a delete removes the conversation), or a write is
+        planned on a stale read.
+        """
+        report = history.run_histories(store, store_factory)
+        print(
+            f"history: {report.rounds} rounds, {report.calls} calls checked in "
+            f"{report.seconds:.1f} s (seed {report.seed})"
+        )
+        if report.failure is not None:
+            pytest.fail(f"concurrent history check failed, {report.failure}", pytrace=False)
 
     # -- async -----------------------------------------------------------------------------
 
