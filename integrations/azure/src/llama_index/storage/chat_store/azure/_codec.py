@@ -51,9 +51,14 @@ BATCH_MAX_OPS = 100
 # The service allows 4 MiB per transaction; keep room for the multipart framing.
 BATCH_MAX_WIRE_BYTES = 4 * 1_048_576 - 256 * 1024
 
-# Characters Azure forbids in PartitionKey/RowKey, plus "%" (our escape character).
+# Characters Azure forbids in PartitionKey/RowKey, plus "%" (our escape character), become
+# %XX. The line and paragraph separators become %uXXXX: Azurite accepts them in a key but
+# then fails every delete addressed to it (400 InvalidInput), so a conversation under such
+# a key could be written and never removed.
 _ESCAPED = frozenset("/\\#?%") | frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
-_ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
+_ESCAPED_WIDE = frozenset("\u2028\u2029")
+_ESCAPE_RE = re.compile(r"%(?:u([0-9A-F]{4})|([0-9A-F]{2}))")
+
 HASHED_PREFIX = "%h"
 """Keys too long once escaped are stored under ``%h`` + SHA-256; the entity keeps the key."""
 
@@ -70,22 +75,30 @@ def encode_key(key: str) -> str:
 
     Keys Azure accepts as they are stay unchanged (so data written by LlamaIndex
     under plain keys is found); percent, slash, backslash, ``#``, ``?`` and control
-    characters become ``%XX``.
+    characters become ``%XX``, U+2028 and U+2029 ``%u2028`` and ``%u2029``.
     A key still too long after escaping maps to ``%h<sha256>`` and the caller keeps
     the real key in a ``Key`` property.
     """
-    escaped = "".join(f"%{ord(c):02X}" if c in _ESCAPED else c for c in key)
+    escaped = "".join(_escape(c) for c in key)
     if _utf16_units(escaped) <= KEY_MAX_UTF16_UNITS:
         return escaped
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return HASHED_PREFIX + digest
 
 
+def _escape(char: str) -> str:
+    if char in _ESCAPED:
+        return f"%{ord(char):02X}"
+    if char in _ESCAPED_WIDE:
+        return f"%u{ord(char):04X}"
+    return char
+
+
 def decode_key(encoded: str, stored_key: Any = None) -> str:
     """Invert :func:`encode_key`; ``stored_key`` is the entity's ``Key`` property, if any."""
     if isinstance(stored_key, str):
         return stored_key
-    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), encoded)
+    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), encoded)
 
 
 def validate_table_name(name: str, what: str) -> str:
