@@ -39,6 +39,7 @@ __all__ = [
     "encode_llama_index_message",
     "encode_payload",
     "entity_wire_size",
+    "removed_error",
     "sanitize_table_name",
     "validate_table_name",
 ]
@@ -58,7 +59,6 @@ BATCH_MAX_WIRE_BYTES = 4 * 1_048_576 - 256 * 1024
 _ESCAPED = frozenset("/\\#?%") | frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
 _ESCAPED_WIDE = frozenset("\u2028\u2029")
 _ESCAPE_RE = re.compile(r"%(?:u([0-9A-F]{4})|([0-9A-F]{2}))")
-
 HASHED_PREFIX = "%h"
 """Keys too long once escaped are stored under ``%h`` + SHA-256; the entity keeps the key."""
 
@@ -170,7 +170,9 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
     if not parts or not all(isinstance(p, bytes) for p in parts) or codec not in (None, "zlib"):
         raise CorruptDataError(
             f"stored entity at key {key!r} position {position} holds no message "
-            f"(properties: {sorted(props)[:10]})"
+            f"(properties: {sorted(props)[:10]})",
+            key=key,
+            position=position,
         )
     data = b"".join(parts)  # type: ignore[arg-type]
     if codec == "zlib":
@@ -178,9 +180,25 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
             data = zlib.decompress(data)
         except zlib.error as exc:
             raise CorruptDataError(
-                f"stored entity at key {key!r} position {position} is not valid zlib data"
+                f"stored entity at key {key!r} position {position} is not valid zlib data",
+                key=key,
+                position=position,
             ) from exc
     return message_from_json(data, key=key, position=position)
+
+
+def removed_error(exc: CorruptDataError) -> CorruptDataError:
+    """Return the error a removal raises after deleting data it could not parse.
+
+    Corrupt data must be deletable, and a removal must not pretend it returned what it
+    removed: it deletes, then raises this (as the Redis store does).
+    """
+    return CorruptDataError(
+        f"{exc} (removed anyway: corrupt data is deleted, not returned)",
+        key=exc.key,
+        position=exc.position,
+        data=exc.data,
+    )
 
 
 def _value_size(value: Any) -> int:
@@ -298,6 +316,8 @@ def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: 
         document = {name: json.loads(text) for name, text in fields.items()}
     except ValueError as exc:
         raise CorruptDataError(
-            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc}"
+            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc}",
+            key=key,
+            position=position,
         ) from exc
     return message_from_json(json.dumps(document), key=key, position=position)
