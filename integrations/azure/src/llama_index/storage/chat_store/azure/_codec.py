@@ -39,6 +39,7 @@ __all__ = [
     "encode_llama_index_message",
     "encode_payload",
     "entity_wire_size",
+    "removed_error",
     "sanitize_table_name",
     "validate_table_name",
 ]
@@ -51,9 +52,13 @@ BATCH_MAX_OPS = 100
 # The service allows 4 MiB per transaction; keep room for the multipart framing.
 BATCH_MAX_WIRE_BYTES = 4 * 1_048_576 - 256 * 1024
 
-# Characters Azure forbids in PartitionKey/RowKey, plus "%" (our escape character).
+# Characters Azure forbids in PartitionKey/RowKey, plus "%" (our escape character), become
+# %XX. The line and paragraph separators become %uXXXX: Azurite accepts them in a key but
+# then fails every delete addressed to it (400 InvalidInput), so a conversation under such
+# a key could be written and never removed.
 _ESCAPED = frozenset("/\\#?%") | frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
-_ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
+_ESCAPED_WIDE = frozenset("\u2028\u2029")
+_ESCAPE_RE = re.compile(r"%(?:u([0-9A-F]{4})|([0-9A-F]{2}))")
 HASHED_PREFIX = "%h"
 """Keys too long once escaped are stored under ``%h`` + SHA-256; the entity keeps the key."""
 
@@ -70,22 +75,30 @@ def encode_key(key: str) -> str:
 
     Keys Azure accepts as they are stay unchanged (so data written by LlamaIndex
     under plain keys is found); percent, slash, backslash, ``#``, ``?`` and control
-    characters become ``%XX``.
+    characters become ``%XX``, U+2028 and U+2029 ``%u2028`` and ``%u2029``.
     A key still too long after escaping maps to ``%h<sha256>`` and the caller keeps
     the real key in a ``Key`` property.
     """
-    escaped = "".join(f"%{ord(c):02X}" if c in _ESCAPED else c for c in key)
+    escaped = "".join(_escape(c) for c in key)
     if _utf16_units(escaped) <= KEY_MAX_UTF16_UNITS:
         return escaped
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return HASHED_PREFIX + digest
 
 
+def _escape(char: str) -> str:
+    if char in _ESCAPED:
+        return f"%{ord(char):02X}"
+    if char in _ESCAPED_WIDE:
+        return f"%u{ord(char):04X}"
+    return char
+
+
 def decode_key(encoded: str, stored_key: Any = None) -> str:
     """Invert :func:`encode_key`; ``stored_key`` is the entity's ``Key`` property, if any."""
     if isinstance(stored_key, str):
         return stored_key
-    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), encoded)
+    return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), encoded)
 
 
 def validate_table_name(name: str, what: str) -> str:
@@ -157,7 +170,9 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
     if not parts or not all(isinstance(p, bytes) for p in parts) or codec not in (None, "zlib"):
         raise CorruptDataError(
             f"stored entity at key {key!r} position {position} holds no message "
-            f"(properties: {sorted(props)[:10]})"
+            f"(properties: {sorted(props)[:10]})",
+            key=key,
+            position=position,
         )
     data = b"".join(parts)  # type: ignore[arg-type]
     if codec == "zlib":
@@ -165,9 +180,25 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
             data = zlib.decompress(data)
         except zlib.error as exc:
             raise CorruptDataError(
-                f"stored entity at key {key!r} position {position} is not valid zlib data"
+                f"stored entity at key {key!r} position {position} is not valid zlib data",
+                key=key,
+                position=position,
             ) from exc
     return message_from_json(data, key=key, position=position)
+
+
+def removed_error(exc: CorruptDataError) -> CorruptDataError:
+    """Return the error a removal raises after deleting data it could not parse.
+
+    Corrupt data must be deletable, and a removal must not pretend it returned what it
+    removed: it deletes, then raises this (as the Redis store does).
+    """
+    return CorruptDataError(
+        f"{exc} (removed anyway: corrupt data is deleted, not returned)",
+        key=exc.key,
+        position=exc.position,
+        data=exc.data,
+    )
 
 
 def _value_size(value: Any) -> int:
@@ -285,6 +316,8 @@ def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: 
         document = {name: json.loads(text) for name, text in fields.items()}
     except ValueError as exc:
         raise CorruptDataError(
-            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc}"
+            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc}",
+            key=key,
+            position=position,
         ) from exc
     return message_from_json(json.dumps(document), key=key, position=position)

@@ -25,6 +25,7 @@ from llama_index.storage.chat_store.azure._codec import (
     decode_key,
     decode_llama_index_message,
     encode_key,
+    removed_error,
 )
 from llama_index.storage.chat_store.azure._io import (
     Action,
@@ -62,6 +63,35 @@ def _index(row: Row, key: str) -> int:
 
 def _payload(row: Row) -> dict[str, Any]:
     return {k: v for k, v in row.props.items() if k not in _KEY_PROPS}
+
+
+def _decode(
+    key: str, rows: Sequence[Row], start: int
+) -> tuple[list[ChatMessage | None], CorruptDataError | None]:
+    """Parse rows for a removal: None (and the first error) where the data is corrupt.
+
+    The removal goes ahead and raises afterwards (corrupt data must be deletable); a
+    SerializationError (data this mode cannot represent) propagates before anything is
+    removed.
+    """
+    messages: list[ChatMessage | None] = []
+    error: CorruptDataError | None = None
+    for i, row in enumerate(rows):
+        try:
+            messages.append(decode_llama_index_message(row.props, key=key, position=start + i))
+        except CorruptDataError as exc:
+            messages.append(None)
+            error = error or exc
+    return messages, error
+
+
+def _kept(
+    rows: Sequence[Row], messages: Sequence[ChatMessage | None], removed: Sequence[Row]
+) -> list[ChatMessage]:
+    """The messages of the rows this call removed, in order."""
+    gone = {r.props["RowKey"] for r in removed}
+    pairs = zip(rows, messages, strict=True)
+    return [m for r, m in pairs if r.props["RowKey"] in gone and m is not None]
 
 
 class LlamaIndexLayout:
@@ -232,13 +262,12 @@ class LlamaIndexLayout:
         if not rows:
             yield from self._refresh_meta(key)
             return None
-        messages = [decode_llama_index_message(r.props, key=key, position=i)
-                    for i, r in enumerate(rows)]  # fmt: skip
+        messages, error = _decode(key, rows, 0)
         removed = yield from self._remove(key, rows)
         yield from self._refresh_meta(key)
-        gone = {r.props["RowKey"] for r in removed}
-        kept = [m for r, m in zip(rows, messages, strict=True) if r.props["RowKey"] in gone]
-        return kept or None
+        if error is not None:
+            raise removed_error(error) from error
+        return _kept(rows, messages, removed) or None
 
     def pop_last(self, key: str) -> Plan[ChatMessage | None]:
         for attempt in range(_MAX_ATTEMPTS):
@@ -247,13 +276,16 @@ class LlamaIndexLayout:
                 return None
             row = yield Get(self.table, encode_key(key), keys[-1].props["RowKey"])
             if row is not None:
-                message = decode_llama_index_message(row.props, key=key, position=len(keys) - 1)
+                [message], error = _decode(key, [row], len(keys) - 1)
                 try:
                     yield Remove(self.table, encode_key(key), keys[-1].props["RowKey"], row.etag)
-                    yield from self._refresh_meta(key)
-                    return message
                 except ConflictError:
-                    pass
+                    yield backoff(attempt)
+                    continue
+                yield from self._refresh_meta(key)
+                if error is not None:
+                    raise removed_error(error) from error
+                return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
@@ -262,12 +294,12 @@ class LlamaIndexLayout:
         first = rows[: max(n, 0)]
         if not first:
             return []
-        messages = [decode_llama_index_message(r.props, key=key, position=i)
-                    for i, r in enumerate(first)]  # fmt: skip
+        messages, error = _decode(key, first, 0)
         removed = yield from self._remove(key, first)
         yield from self._refresh_meta(key)
-        gone = {r.props["RowKey"] for r in removed}
-        return [m for r, m in zip(first, messages, strict=True) if r.props["RowKey"] in gone]
+        if error is not None:
+            raise removed_error(error) from error
+        return _kept(first, messages, removed)
 
     def _shift(self, key: str, moves: list[Action]) -> Plan[bool]:
         """Run shifting writes (conditional on the rows' ETags); False on a conflict."""
@@ -287,7 +319,7 @@ class LlamaIndexLayout:
             i = idx + n if idx < 0 else idx
             if not 0 <= i < n:
                 return None
-            message = decode_llama_index_message(rows[i].props, key=key, position=i)
+            [message], error = _decode(key, [rows[i]], i)
             # Keep RowKeys contiguous (LlamaIndex appends at MessageCount): move each later
             # message one row down, then drop the last row; all conditional on ETags.
             moves: list[Action] = [
@@ -300,6 +332,8 @@ class LlamaIndexLayout:
                 ("delete", {"PartitionKey": pk, "RowKey": last.props["RowKey"]}, last.etag)
             )
             if (yield from self._shift(key, moves)):
+                if error is not None:
+                    raise removed_error(error) from error
                 return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")

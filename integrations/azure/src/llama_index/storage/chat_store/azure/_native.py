@@ -28,6 +28,7 @@ In the store's table:
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +40,7 @@ from llama_index.storage.chat_store.azure._codec import (
     decode_key,
     decode_payload,
     encode_key,
+    removed_error,
 )
 from llama_index.storage.chat_store.azure._io import (
     Action,
@@ -124,9 +126,13 @@ class NativeLayout:
         props = row.props
         gen, head, nxt = props.get("Gen"), props.get("Head"), props.get("Next")
         if not (isinstance(gen, str) and isinstance(head, int) and isinstance(nxt, int)):
-            raise CorruptDataError(f"the meta entity of key {key!r} is unreadable: {props!r}")
+            raise CorruptDataError(
+                f"the meta entity of key {key!r} is unreadable: {props!r}", key=key
+            )
         if nxt < head or props.get("Key", key) != key:
-            raise CorruptDataError(f"the meta entity of key {key!r} is inconsistent: {props!r}")
+            raise CorruptDataError(
+                f"the meta entity of key {key!r} is inconsistent: {props!r}", key=key
+            )
         return Meta(key, pk, gen, head, nxt, str(props.get("Op", "")), row.etag)
 
     def _learn(self, meta: Meta) -> Meta:
@@ -173,18 +179,38 @@ class NativeLayout:
             if token is None:
                 return rows
 
-    def _stable_rows(
-        self, key: str, lo: int | None, hi: int | None
-    ) -> Plan[tuple[Meta, list[Row]]]:
-        """Read meta then rows ``[lo, hi)`` (None: to the end), retrying if they disagree."""
-        for attempt in range(_MAX_ATTEMPTS):
-            meta = yield from self.read_meta(key)
-            start, stop = lo or 0, meta.count if hi is None else min(hi, meta.count)
-            rows = yield from self._rows(meta, start, stop)
-            if len(rows) == max(0, stop - start):
-                return meta, rows
-            yield backoff(attempt)
-        raise ChatStoreError(f"key {key!r} changed during every read attempt")
+    def _span(self, meta: Meta, lo: int, hi: int) -> Plan[list[Row | None] | None]:
+        """Read the rows of positions ``[lo, hi)`` as ``meta`` names them.
+
+        Returns one entry per position, None where the row is missing while the meta
+        entity still has ``meta``'s ETag (the conversation is corrupt at that version);
+        returns None when the meta entity changed meanwhile (the caller re-reads).
+        """
+        wanted = [meta.row_key(meta.head + p) for p in range(lo, hi)]
+        rows = yield from self._rows(meta, lo, hi)
+        found = {row.props.get("RowKey"): row for row in rows}
+        span = [found.get(row_key) for row_key in wanted]
+        if all(row is not None for row in span):
+            return span
+        # Rows vanish only after the meta entity stops naming them (every change is one
+        # conditional transaction, or a flip before the deletes): if it still has the ETag
+        # we planned on, no writer is mid-way, and the rows are simply not there.
+        again = yield from self.read_meta(meta.key)
+        return span if again.etag == meta.etag else None
+
+    def _rows_at(self, meta: Meta, lo: int, hi: int) -> Plan[list[Row] | None]:
+        """Read rows ``[lo, hi)`` of ``meta``; None when the meta entity changed meanwhile.
+
+        Raises:
+            CorruptDataError: A row the meta entity names is missing (key and position).
+        """
+        span = yield from self._span(meta, lo, hi)
+        if span is None:
+            return None
+        rows = [row for row in span if row is not None]
+        if len(rows) < len(span):
+            raise _missing(meta, lo + span.index(None))
+        return rows
 
     def _last_row(self, seen: Meta) -> Plan[tuple[Meta | None, Row | None]]:
         """Read the meta entity and, if ``seen`` is still current, its last row: one query.
@@ -216,8 +242,8 @@ class NativeLayout:
             span = span if limit is None else span[:limit]
             if not span:
                 return []
-            rows = yield from self._rows(meta, span.start, span.stop)
-            if len(rows) == len(span):
+            rows = yield from self._rows_at(meta, span.start, span.stop)
+            if rows is not None:
                 return [
                     decode_payload(r.props, key=key, position=span.start + i)
                     for i, r in enumerate(rows)
@@ -279,10 +305,18 @@ class NativeLayout:
     def _list_key(self, meta: Meta) -> Plan[None]:
         yield Put(self.table, {"PartitionKey": KEYS_PARTITION, "RowKey": meta.pk, "Key": meta.key})
 
-    def _committed(self, key: str, op: str) -> Plan[bool]:
-        """After a conflict: did our own write commit (its reply lost, the SDK retried)?"""
+    def _committed(self, key: str, op: str) -> Plan[Meta | None]:
+        """After a conflict: the meta entity if our own write committed, else None.
+
+        A commit whose reply was lost is retried by the SDK and then fails its condition.
+        """
         meta = yield from self.read_meta(key)
-        return meta.op == op
+        return meta if meta.op == op else None
+
+    def _finish_removal(self, after: Meta) -> Plan[None]:
+        """Unlist the conversation if the removal that produced ``after`` emptied it."""
+        if after.count == 0:
+            yield from self._unlist(after)
 
     def _delete_generation(self, pk: str, gen: str) -> Plan[None]:
         """Delete every row of a generation (invisible rows: order and atomicity don't matter)."""
@@ -337,13 +371,17 @@ class NativeLayout:
         drops = [self._delete(meta, s) for s in range(meta.head, meta.next)]
         return new, [self._meta_action(meta, new), *rows, *drops]
 
-    def _replace(self, meta: Meta, new: Meta, actions: list[Action]) -> Plan[Meta | None]:
+    def _replace(
+        self, meta: Meta, new: Meta, actions: list[Action], *, staged: bool = False
+    ) -> Plan[Meta | None]:
         """Commit a :meth:`_rewrite`; return the new meta, or None when ``meta`` had changed.
 
-        One transaction when it fits; else the new rows first, then the conditional flip,
-        then the old generation's deletion (nothing visible changes when the flip fails).
+        One transaction when it fits (and not ``staged``); else the new rows first, then the
+        conditional flip, then the old generation's deletion (nothing visible changes when
+        the flip fails). The staged way never names an old row, so it also replaces a
+        conversation whose rows are missing.
         """
-        if fits(actions):
+        if fits(actions) and not staged:
             try:
                 return (yield from self._commit(new, actions))
             except ConflictError:
@@ -360,18 +398,27 @@ class NativeLayout:
             yield from self._delete_generation(meta.pk, meta.gen)
         return committed
 
-    def _empty(self, meta: Meta, op: str) -> Plan[Meta | None]:
-        """Remove every visible message (meta as read); return the new meta or None."""
+    def _empty(self, meta: Meta, rows: Sequence[Row], op: str) -> Plan[Meta | None]:
+        """Remove every visible message (``rows``, read at ``meta``); return the new meta.
+
+        Returns None when the meta entity changed since ``meta`` (and not by this call's
+        own commit, its reply lost). Only rows that exist are deleted, so a conversation
+        missing some is removed all the same.
+        """
         new = replace(meta, gen=_new_gen(), head=0, next=0, op=op)
         actions = [self._meta_action(meta, new)]
-        actions += [self._delete(meta, s) for s in range(meta.head, meta.next)]
+        actions += [("delete", {"PartitionKey": meta.pk, "RowKey": r.props["RowKey"]}, None)
+                    for r in rows]  # fmt: skip
+        one = fits(actions)
         try:
-            if fits(actions):
-                return (yield from self._commit(new, actions))
-            committed = yield from self._put_meta(meta, new)
+            if one:
+                committed: Meta | None = yield from self._commit(new, actions)
+            else:
+                committed = yield from self._put_meta(meta, new)
         except ConflictError:
-            return None
-        yield from self._delete_generation(meta.pk, meta.gen)
+            committed = yield from self._committed(meta.key, op)
+        if committed is not None and not one:
+            yield from self._delete_generation(meta.pk, meta.gen)
         return committed
 
     # -- writing ------------------------------------------------------------------------
@@ -401,8 +448,8 @@ class NativeLayout:
                 meta, unread = (yield from self.read_meta(key)), False
                 continue
             else:
-                existing = yield from self._rows(meta, 0, meta.count)
-                if len(existing) == meta.count:
+                existing = yield from self._rows_at(meta, 0, meta.count)
+                if existing is not None:
                     old = [_payload(r) for r in existing]
                     new, rewrite = self._rewrite(meta, [*old, *payloads], op)
                     if (yield from self._replace(meta, new, rewrite)) is not None:
@@ -417,6 +464,7 @@ class NativeLayout:
             return
         op = _op_id()
         meta, unread = yield from self._meta_to_write(key)
+        staged = False
         for attempt in range(_MAX_ATTEMPTS):
             new, actions = self._rewrite(meta, payloads, op)
             if unread and not fits(actions):  # staging costs too much to risk on a stale meta
@@ -424,11 +472,17 @@ class NativeLayout:
                 continue
             if meta.count == 0:
                 yield from self._list_key(meta)
-            if (yield from self._replace(meta, new, actions)) is not None:
+            if (yield from self._replace(meta, new, actions, staged=staged)) is not None:
                 return
-            meta = yield from self.read_meta(key)
-            if meta.op == op:
+            fresh = yield from self.read_meta(key)
+            if fresh.op == op:
                 return
+            if fresh.etag == meta.etag:
+                # The meta entity held, so a row delete failed: rows it names are missing.
+                # Staging never names old rows, and replacing corrupt data must work.
+                staged = True
+                continue
+            meta = fresh
             if unread:  # the remembered meta was stale: one retry on the fresh read
                 unread = False
                 continue
@@ -437,19 +491,53 @@ class NativeLayout:
         raise ChatStoreError(f"too much contention replacing key {key!r}")
 
     def delete_all(self, key: str, *, decode: bool = True) -> Plan[list[ChatMessage] | None]:
+        """Remove the conversation; return its messages (None if there were none).
+
+        Corrupt data is removed too: with ``decode`` the call then raises
+        CorruptDataError naming the first unreadable position, as the other removals do.
+        """
         op = _op_id()
         for attempt in range(_MAX_ATTEMPTS):
-            meta, rows = yield from self._stable_rows(key, None, None)
+            try:
+                meta = yield from self.read_meta(key)
+            except CorruptDataError as exc:
+                yield from self._purge(key)
+                if decode:
+                    raise removed_error(exc) from exc
+                return None
             if meta.count == 0:
                 return None
-            messages = [decode_payload(r.props, key=key, position=i)
-                        for i, r in enumerate(rows)] if decode else []  # fmt: skip
-            emptied = yield from self._empty(meta, op)
-            if emptied is not None:
-                yield from self._unlist(emptied)
-                return messages
+            span = yield from self._span(meta, 0, meta.count)
+            if span is not None:
+                # SerializationError (a message this mode cannot represent) leaves it intact.
+                messages, error = _decode(meta, span, 0) if decode else ([], None)
+                rows = [row for row in span if row is not None]
+                emptied = yield from self._empty(meta, rows, op)
+                if emptied is not None:
+                    yield from self._unlist(emptied)
+                    if error is not None:
+                        raise removed_error(error) from error
+                    return messages if decode else None
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
+
+    def _purge(self, key: str) -> Plan[None]:
+        """Delete every entity of a conversation whose meta entity is unreadable."""
+        pk = encode_key(key)
+        while True:
+            rows, _ = yield Query(
+                self.table,
+                "PartitionKey eq @pk",
+                {"pk": pk},
+                select=("PartitionKey", "RowKey"),
+                page_size=BATCH_MAX_OPS,
+            )
+            if not rows:
+                break
+            for row in rows:
+                yield Remove(self.table, pk, row.props["RowKey"])
+        self._seen.discard(key)
+        yield Remove(self.table, KEYS_PARTITION, pk)
 
     def delete_at(self, key: str, idx: int) -> Plan[ChatMessage | None]:
         op = _op_id()
@@ -459,30 +547,30 @@ class NativeLayout:
             i = idx + n if idx < 0 else idx
             if not 0 <= i < n:
                 return None
-            if n == 1:
-                removed = yield from self.delete_all(key)
-                return removed[0] if removed else None
             front, back = i, n - 1 - i
             if front <= back:
-                rows = yield from self._rows(meta, 0, i + 1)
-                target = rows[-1] if len(rows) == i + 1 else None
+                rows = yield from self._rows_at(meta, 0, i + 1)
+                target = rows[-1] if rows else None
                 shifted = [("upsert", self._row(meta, meta.gen, meta.head + j + 1, _payload(r)),
-                            None) for j, r in enumerate(rows[:-1])]  # fmt: skip
+                            None) for j, r in enumerate((rows or [])[:-1])]  # fmt: skip
                 new = replace(meta, head=meta.head + 1, op=op)
                 actions = [self._meta_action(meta, new), *shifted, self._delete(meta, meta.head)]
             else:
-                rows = yield from self._rows(meta, i, n)
-                target = rows[0] if len(rows) == n - i else None
+                rows = yield from self._rows_at(meta, i, n)
+                target = rows[0] if rows else None
                 shifted = [("upsert", self._row(meta, meta.gen, meta.head + i + j, _payload(r)),
-                            None) for j, r in enumerate(rows[1:])]  # fmt: skip
+                            None) for j, r in enumerate((rows or [])[1:])]  # fmt: skip
                 new = replace(meta, next=meta.next - 1, op=op)
                 actions = [self._meta_action(meta, new), *shifted,
                            self._delete(meta, meta.next - 1)]  # fmt: skip
             if target is not None:
-                message = decode_payload(target.props, key=key, position=i)
-                done = yield from self._commit_or_rewrite(meta, new, actions, i, None)
-                if done:
-                    return message
+                decoded, error = _decode(meta, [target], i)
+                after = yield from self._commit_or_rewrite(meta, new, actions, i, None)
+                if after is not None:
+                    yield from self._finish_removal(after)
+                    if error is not None:
+                        raise removed_error(error) from error
+                    return decoded[0]
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
 
@@ -496,21 +584,21 @@ class NativeLayout:
                 yield from self.append(key, [payload])
                 return
             if p <= n - p:
-                rows = yield from self._rows(meta, 0, p)
-                complete = len(rows) == p
+                rows = yield from self._rows_at(meta, 0, p)
                 moved = [("upsert", self._row(meta, meta.gen, meta.head - 1 + j, _payload(r)),
-                          None) for j, r in enumerate(rows)]  # fmt: skip
+                          None) for j, r in enumerate(rows or [])]  # fmt: skip
                 added = ("upsert", self._row(meta, meta.gen, meta.head - 1 + p, payload), None)
                 new = replace(meta, head=meta.head - 1, op=op)
             else:
-                rows = yield from self._rows(meta, p, n)
-                complete = len(rows) == n - p
+                rows = yield from self._rows_at(meta, p, n)
                 moved = [("upsert", self._row(meta, meta.gen, meta.head + p + 1 + j, _payload(r)),
-                          None) for j, r in enumerate(rows)]  # fmt: skip
+                          None) for j, r in enumerate(rows or [])]  # fmt: skip
                 added = ("upsert", self._row(meta, meta.gen, meta.head + p, payload), None)
                 new = replace(meta, next=meta.next + 1, op=op)
             actions = [self._meta_action(meta, new), *moved, added]
-            if complete and (yield from self._commit_or_rewrite(meta, new, actions, p, payload)):
+            if rows is not None and (
+                yield from self._commit_or_rewrite(meta, new, actions, p, payload)
+            ):
                 return
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention inserting into key {key!r}")
@@ -522,27 +610,27 @@ class NativeLayout:
         actions: list[Action],
         position: int,
         insert: dict[str, Any] | None,
-    ) -> Plan[bool]:
+    ) -> Plan[Meta | None]:
         """Commit a shift in one transaction, or rewrite the conversation when it is too big.
 
         ``insert`` None: remove ``position``; else insert ``insert`` at ``position``.
+        Returns the meta written, or None when ``meta`` had changed (nothing done).
         """
         if fits(actions):
             try:
-                yield from self._commit(new, actions)
-                return True
+                return (yield from self._commit(new, actions))
             except ConflictError:
                 return (yield from self._committed(meta.key, new.op))
-        rows = yield from self._rows(meta, 0, meta.count)
-        if len(rows) != meta.count:
-            return False
+        rows = yield from self._rows_at(meta, 0, meta.count)
+        if rows is None:
+            return None
         payloads = [_payload(r) for r in rows]
         if insert is None:
             del payloads[position]
         else:
             payloads.insert(position, insert)
         rewritten, rewrite = self._rewrite(meta, payloads, new.op)
-        return (yield from self._replace(meta, rewritten, rewrite)) is not None
+        return (yield from self._replace(meta, rewritten, rewrite))
 
     def pop_last(self, key: str) -> Plan[ChatMessage | None]:
         op = _op_id()
@@ -556,21 +644,22 @@ class NativeLayout:
                 meta = yield from self.read_meta(key)
             if meta.count == 0:
                 return None
-            if meta.count == 1:
-                removed = yield from self.delete_all(key)
-                return removed[-1] if removed else None
             if row is None:
-                row = yield Get(self.table, meta.pk, meta.row_key(meta.next - 1))
+                last = yield from self._rows_at(meta, meta.count - 1, meta.count)
+                row = last[0] if last else None
             if row is not None:
-                message = decode_payload(row.props, key=key, position=meta.count - 1)
+                decoded, error = _decode(meta, [row], meta.count - 1)
                 new = replace(meta, next=meta.next - 1, op=op)
                 actions = [self._meta_action(meta, new), self._delete(meta, meta.next - 1)]
                 try:
-                    yield from self._commit(new, actions)
-                    return message
+                    after: Meta | None = yield from self._commit(new, actions)
                 except ConflictError:
-                    if (yield from self._committed(key, op)):
-                        return message
+                    after = yield from self._committed(key, op)
+                if after is not None:
+                    yield from self._finish_removal(after)
+                    if error is not None:
+                        raise removed_error(error) from error
+                    return decoded[0]
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
@@ -581,29 +670,44 @@ class NativeLayout:
             m = min(max(n, 0), meta.count)
             if m == 0:
                 return []
-            if m == meta.count:
-                removed = yield from self.delete_all(key)
-                return removed or []
-            rows = yield from self._rows(meta, 0, m)
-            if len(rows) == m:
-                messages = [decode_payload(r.props, key=key, position=i)
-                            for i, r in enumerate(rows)]  # fmt: skip
+            rows = yield from self._rows_at(meta, 0, m)
+            if rows is not None:
+                messages, error = _decode(meta, rows, 0)
                 new = replace(meta, head=meta.head + m, op=op)
-                actions = [self._meta_action(meta, new)]
-                actions += [self._delete(meta, meta.head + i) for i in range(m)]
+                # Each row If-Match the ETag read: after the meta moves on, an insert at the
+                # front may reuse a RowKey, and that message must stay.
+                deletes: list[Action] = [
+                    ("delete", {"PartitionKey": meta.pk, "RowKey": r.props["RowKey"]}, r.etag)
+                    for r in rows
+                ]
+                actions = [self._meta_action(meta, new), *deletes]
+                one = fits(actions)
                 try:
-                    if fits(actions):
-                        yield from self._commit(new, actions)
+                    if one:
+                        after: Meta | None = yield from self._commit(new, actions)
                     else:
-                        yield from self._put_meta(meta, new)
-                        for chunk in chunks(actions[1:]):
-                            yield Batch(self.table, chunk)
-                    return messages
+                        after = yield from self._put_meta(meta, new)
                 except ConflictError:
-                    if (yield from self._committed(key, op)):
-                        return messages
+                    after = yield from self._committed(key, op)
+                if after is not None:
+                    if not one:
+                        yield from self._delete_rows(meta.pk, deletes)
+                    yield from self._finish_removal(after)
+                    if error is not None:
+                        raise removed_error(error) from error
+                    return messages
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
+
+    def _delete_rows(self, pk: str, deletes: list[Action]) -> Plan[None]:
+        """Delete rows the meta entity no longer names; one that changed (reused) stays."""
+        for chunk in chunks(deletes):
+            try:
+                yield Batch(self.table, chunk)
+            except ConflictError:
+                for _, entity, etag in chunk:
+                    with contextlib.suppress(ConflictError):
+                        yield Remove(self.table, pk, entity["RowKey"], etag=etag)
 
     def clear_plans(self) -> list[Callable[[], Plan[bool]]]:
         """Plans to repeat until they return False, emptying the store's table."""
@@ -618,7 +722,13 @@ class NativeLayout:
         for row in rows:
             entity = {"PartitionKey": row.props["PartitionKey"], "RowKey": row.props["RowKey"]}
             by_partition.setdefault(entity["PartitionKey"], []).append(("delete", entity, None))
-        for actions in by_partition.values():
+        for pk, actions in by_partition.items():
+            # The meta entity goes first: a reader never finds it naming rows already gone
+            # (which would read as corrupt data rather than as a change).
+            metas = [a for a in actions if a[1]["RowKey"] == META]
+            if pk != KEYS_PARTITION and not metas:  # on a later page
+                yield Remove(self.table, pk, META)
+            actions = metas + [a for a in actions if a[1]["RowKey"] != META]
             for chunk in chunks(actions):
                 try:
                     yield Batch(self.table, chunk)
@@ -633,3 +743,36 @@ _KEY_PROPS = frozenset({"PartitionKey", "RowKey", "Timestamp"})
 
 def _payload(row: Row) -> dict[str, Any]:
     return {k: v for k, v in row.props.items() if k not in _KEY_PROPS}
+
+
+def _missing(meta: Meta, position: int) -> CorruptDataError:
+    return CorruptDataError(
+        f"the message at key {meta.key!r} position {position} is missing: the meta entity "
+        f"names {meta.count} messages of generation {meta.gen!r} (RowKey "
+        f"{meta.row_key(meta.head + position)!r} not found); delete_messages or "
+        "set_messages removes the conversation",
+        key=meta.key,
+        position=position,
+    )
+
+
+def _decode(
+    meta: Meta, rows: Sequence[Row | None], start: int
+) -> tuple[list[ChatMessage], CorruptDataError | None]:
+    """Parse rows read from position ``start`` (None: missing) for a removal.
+
+    Returns the messages and the first CorruptDataError instead of raising it, so the
+    removal can go ahead (corrupt data must be deletable) and raise afterwards. A
+    SerializationError (valid data this mode cannot represent) propagates: nothing is
+    removed then.
+    """
+    messages: list[ChatMessage] = []
+    error: CorruptDataError | None = None
+    for i, row in enumerate(rows):
+        try:
+            if row is None:
+                raise _missing(meta, start + i)
+            messages.append(decode_payload(row.props, key=meta.key, position=start + i))
+        except CorruptDataError as exc:
+            error = error or exc
+    return messages, error

@@ -1,0 +1,494 @@
+"""AzureChatStore data safety: removals racing appends, corrupt conversations, awkward keys.
+
+Races are made deterministic by pausing one instance's plan between two of its requests
+(after its reads, before its write) and running the other instance's call right there;
+free-running rounds with a barrier back them up. Everything runs on a real Azurite.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
+
+from llama_index.storage.chat_store.azure import AzureChatStore
+from llama_index.storage.chat_store.azure._codec import decode_key, encode_key
+from llama_index.storage.chat_store.azure._io import ConflictError, Plan, Sleep, run_sync
+from llama_index.storage.chat_store.core import ChatMessage, CorruptDataError
+from llama_index.storage.chat_store.testing.samples import numbered
+from llama_index.storage.chat_store.testing.services import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    azurite_connection_string,
+)
+
+KEY = "conv"
+LAYOUTS = ["native", "llama_index"]
+
+
+@pytest.fixture
+def table(azurite_table_endpoint: str) -> Iterator[str]:
+    name = f"Z{uuid.uuid4().hex[:16]}"
+    yield name
+    for suffix in ("", "Meta"):
+        client = TableClient.from_connection_string(
+            azurite_connection_string(azurite_table_endpoint), name + suffix
+        )
+        with client:
+            client.delete_table()
+
+
+@pytest.fixture
+def make_store(azurite_table_endpoint: str, table: str) -> Iterator[Callable[..., AzureChatStore]]:
+    """New instances over one table, each with its own memory of meta entities."""
+    made: list[AzureChatStore] = []
+
+    def make(layout: str = "native") -> AzureChatStore:
+        made.append(AzureChatStore.from_account_and_key(
+            AZURITE_ACCOUNT, AZURITE_KEY, endpoint=azurite_table_endpoint,
+            chat_table_name=table, metadata_table_name=table + "Meta", layout=layout,
+        ))  # fmt: skip
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def raw(azurite_table_endpoint: str, table: str) -> Iterator[TableClient]:
+    """The store's table, written directly (to corrupt it)."""
+    client = TableClient.from_connection_string(
+        azurite_connection_string(azurite_table_endpoint), table
+    )
+    with client:
+        yield client
+
+
+def run(
+    store: AzureChatStore,
+    plan: Plan[Any],
+    *,
+    pause_before: int | None = None,
+    meanwhile: Callable[[], object] | None = None,
+    max_requests: int | None = None,
+) -> Any:
+    """Run a store plan; ``meanwhile()`` runs just before its ``pause_before``-th request.
+
+    A plan that finishes with fewer requests runs ``meanwhile()`` after it (a sequential
+    round, so every round checks something). ``max_requests`` fails the test as soon as
+    the plan sends more (a plan that spins on an inconsistency it should report), instead
+    of waiting for it to give up.
+    """
+    sent = 0
+    paused = False
+
+    def paced() -> Plan[Any]:
+        nonlocal sent, paused
+        result: Any = None
+        error: ConflictError | None = None
+        while True:
+            try:
+                op = plan.throw(error) if error is not None else plan.send(result)
+            except StopIteration as stop:
+                return stop.value
+            error = None
+            if not isinstance(op, Sleep):
+                sent += 1
+                if sent == pause_before and meanwhile is not None:
+                    paused = True
+                    meanwhile()
+                if max_requests is not None and sent > max_requests:
+                    pytest.fail(f"the call sent more than {max_requests} requests: it spins")
+            try:
+                result = yield op
+            except ConflictError as exc:
+                error = exc
+
+    result = run_sync(paced(), store._sync_client, store._where, store._ensure_tables)
+    if meanwhile is not None and not paused:
+        meanwhile()
+    return result
+
+
+def _texts(messages: Any) -> list[str]:
+    if messages is None:
+        return []
+    if isinstance(messages, ChatMessage):
+        messages = [messages]
+    return [m.content or "" for m in messages]
+
+
+# -- item 9: a removal that empties the conversation vs an append ---------------------------
+
+_REMOVALS: dict[str, Callable[[AzureChatStore], Plan[Any]]] = {
+    "pop": lambda s: s._layout.pop_last(KEY),
+    "delete_oldest_all": lambda s: s._layout.delete_oldest(KEY, 1),
+    "delete_at_0": lambda s: s._layout.delete_at(KEY, 0),
+    "delete_at_-1": lambda s: s._layout.delete_at(KEY, -1),
+}
+
+
+def _check_outcome(store: AzureChatStore, removal: str, returned: list[str]) -> None:
+    """Some order of the append and the removal explains the result; nothing lost."""
+    final = _texts(store.get_messages(KEY))
+    assert sorted(returned + final) == ["A1", "i0"], (returned, final)
+    if removal in ("pop", "delete_at_-1"):
+        assert (returned, final) in ((["i0"], ["A1"]), (["A1"], ["i0"]))
+    else:  # the first message, whichever order: i0
+        assert (returned, final) == (["i0"], ["A1"])
+    assert store.count_messages(KEY) == len(final)
+    assert store.get_keys() == ([KEY] if final else [])
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "warm"])
+@pytest.mark.parametrize("removal", list(_REMOVALS))
+def test_emptying_removal_racing_an_append_loses_nothing(
+    make_store: Callable[..., AzureChatStore], removal: str, warm: bool
+) -> None:
+    """A removal that would empty [i0] never takes an append made after its read with it.
+
+    The append runs between each pair of the removal's requests in turn (one round per
+    gap). If this fails: a removal re-reads the conversation and deletes what is there by
+    then (delete_all) instead of acting on the meta entity it planned on.
+    """
+    remover, appender, checker = make_store(), make_store(), make_store()
+    for gap in range(2, 7):
+        checker.set_messages(KEY, [ChatMessage(content="i0")])
+        if warm:  # a remembered meta entity: the pop's one-query path
+            remover.count_messages(KEY)
+        returned = run(
+            remover,
+            _REMOVALS[removal](remover),
+            pause_before=gap,
+            meanwhile=lambda: appender.add_message(KEY, ChatMessage(content="A1")),
+        )
+        _check_outcome(checker, removal, _texts(returned))
+        checker.delete_messages(KEY)
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "warm"])
+@pytest.mark.parametrize("removal", list(_REMOVALS))
+def test_append_paused_while_a_removal_empties_the_conversation(
+    make_store: Callable[..., AzureChatStore], removal: str, warm: bool
+) -> None:
+    """An append planned on [i0] and held while another instance empties it still lands.
+
+    If this fails: the append's retry after the emptied (and deleted) meta entity does
+    not list the key again, or overwrites the removal.
+    """
+    remover, checker = make_store(), make_store()
+    returned: list[Any] = []
+    for gap in range(1, 4):
+        checker.set_messages(KEY, [ChatMessage(content="i0")])
+        appender = make_store()
+        if warm:  # a remembered meta entity: the append is one transaction, unread
+            appender.count_messages(KEY)
+        returned.clear()
+        run(
+            appender,
+            appender._add_plan(KEY, ChatMessage(content="A1"), None),
+            pause_before=gap,
+            meanwhile=lambda: returned.append(run(remover, _REMOVALS[removal](remover))),
+        )
+        _check_outcome(checker, removal, _texts(returned[0]) if returned else [])
+        checker.delete_messages(KEY)
+
+
+@pytest.mark.parametrize("removal", list(_REMOVALS))
+def test_emptying_removal_and_append_at_once(
+    make_store: Callable[..., AzureChatStore], removal: str
+) -> None:
+    """Two instances, released together by a barrier, for 12 rounds: nothing lost.
+
+    If this fails: see test_emptying_removal_racing_an_append_loses_nothing (the same
+    race, left to the scheduler).
+    """
+    remover, appender, checker = make_store(), make_store(), make_store()
+    barrier = threading.Barrier(2)
+    returned: list[Any] = []
+
+    def remove() -> None:
+        barrier.wait()
+        returned.append(run(remover, _REMOVALS[removal](remover)))
+
+    for _ in range(12):
+        checker.set_messages(KEY, [ChatMessage(content="i0")])
+        returned.clear()
+        worker = threading.Thread(target=remove)
+        worker.start()
+        barrier.wait()
+        appender.add_message(KEY, ChatMessage(content="A1"))
+        worker.join()
+        _check_outcome(checker, removal, _texts(returned[0]))
+        checker.delete_messages(KEY)
+
+
+def test_delete_oldest_of_every_message_racing_an_append(
+    make_store: Callable[..., AzureChatStore],
+) -> None:
+    """delete_oldest_messages(n=count) returns at most n messages, and only those removed.
+
+    If this fails: it handed off to delete_all, which removed (and returned) the append.
+    """
+    remover, appender, checker = make_store(), make_store(), make_store()
+    for gap in range(2, 6):
+        checker.set_messages(KEY, numbered(4))
+        returned = run(
+            remover,
+            remover._layout.delete_oldest(KEY, 4),
+            pause_before=gap,
+            meanwhile=lambda: appender.add_message(KEY, ChatMessage(content="A1")),
+        )
+        assert _texts(returned) == ["m0", "m1", "m2", "m3"]
+        assert _texts(checker.get_messages(KEY)) == ["A1"]
+        assert checker.get_keys() == [KEY]
+        checker.delete_messages(KEY)
+
+
+# -- item 11: corrupt conversations are reported promptly and can be deleted ----------------
+
+
+def _conversation_rows(raw: TableClient) -> list[dict[str, Any]]:
+    rows = raw.query_entities("PartitionKey eq @pk", parameters={"pk": encode_key(KEY)})
+    return [dict(r) for r in rows]
+
+
+def _drop_row(raw: TableClient, position: int) -> None:
+    rows = [r for r in _conversation_rows(raw) if r["RowKey"] != "meta"]
+    raw.delete_entity(encode_key(KEY), rows[position]["RowKey"])
+
+
+def _meta_past_rows(raw: TableClient, extra: int = 2) -> None:
+    meta = raw.get_entity(encode_key(KEY), "meta")
+    meta["Next"] = EntityProperty(meta["Next"].value + extra, EdmType.INT64)
+    raw.update_entity(meta, mode=UpdateMode.REPLACE)
+
+
+_CORRUPTIONS: dict[str, tuple[Callable[[TableClient], None], int]] = {
+    "missing_row": (lambda raw: _drop_row(raw, 1), 1),
+    "meta_past_rows": (_meta_past_rows, 3),
+}
+
+
+@pytest.fixture(params=list(_CORRUPTIONS))
+def corrupt(
+    request: pytest.FixtureRequest, make_store: Callable[..., AzureChatStore], raw: TableClient
+) -> tuple[AzureChatStore, int]:
+    """[m0, m1, m2] with a hole; returns a store and the first position that is missing."""
+    store = make_store()
+    store.add_messages(KEY, numbered(3))
+    damage, position = _CORRUPTIONS[request.param]
+    damage(raw)
+    return store, position
+
+
+def _assert_gone(store: AzureChatStore, raw: TableClient) -> None:
+    assert store.get_messages(KEY) == []
+    assert store.count_messages(KEY) == 0
+    assert store.get_keys() == []
+    assert _conversation_rows(raw) == []
+
+
+def test_reading_a_conversation_with_a_hole_raises_corrupt_data_at_once(
+    corrupt: tuple[AzureChatStore, int],
+) -> None:
+    """A missing row at a stable meta entity is CorruptDataError naming key and position.
+
+    If this fails: reads treat "rows missing at the same meta version" as "changed under
+    me" and retry until they give up (about 100 s) with a generic error.
+    """
+    store, position = corrupt
+    with pytest.raises(CorruptDataError) as info:
+        run(store, store._get_plan(KEY, 0, None), max_requests=6)
+    assert (info.value.key, info.value.position) == (KEY, position)
+    assert repr(KEY) in str(info.value)
+    assert f"position {position}" in str(info.value)
+    # Windows that avoid the hole still read.
+    assert _texts(store.get_messages(KEY, limit=1)) == ["m0"]
+
+
+def test_delete_messages_removes_a_conversation_with_a_hole(
+    corrupt: tuple[AzureChatStore, int], raw: TableClient
+) -> None:
+    """delete_messages removes it, then raises CorruptDataError (it cannot return it all).
+
+    If this fails: the delete retries on the inconsistency, or tries to delete the missing
+    rows (404 fails the transaction) and never removes the conversation.
+    """
+    store, position = corrupt
+    with pytest.raises(CorruptDataError, match="removed anyway") as info:
+        run(store, store._layout.delete_all(KEY), max_requests=10)
+    assert (info.value.key, info.value.position) == (KEY, position)
+    _assert_gone(store, raw)
+
+
+def test_set_messages_empty_removes_a_conversation_with_a_hole(
+    corrupt: tuple[AzureChatStore, int], raw: TableClient
+) -> None:
+    """set_messages(key, []) removes it without raising (it returns nothing).
+
+    If this fails: replace([]) goes through a delete that cannot handle missing rows.
+    """
+    store, _ = corrupt
+    run(store, store._set_plan(KEY, []), max_requests=10)
+    _assert_gone(store, raw)
+
+
+def test_set_messages_replaces_a_conversation_with_a_hole(
+    corrupt: tuple[AzureChatStore, int], raw: TableClient
+) -> None:
+    """set_messages(key, [x]) replaces it: [x] and no stray rows.
+
+    If this fails: the one-transaction replace deletes the missing rows (404) and
+    retries on the same meta entity until it gives up.
+    """
+    store, _ = corrupt
+    run(store, store._set_plan(KEY, [ChatMessage(content="x")]), max_requests=12)
+    assert _texts(store.get_messages(KEY)) == ["x"]
+    assert len(_conversation_rows(raw)) == 2  # x and the meta entity
+    assert store.get_keys() == [KEY]
+
+
+@pytest.mark.parametrize(
+    "removal",
+    ["pop", "delete_at", "delete_oldest", "insert"],
+)
+def test_other_calls_on_a_hole_raise_corrupt_data_at_once(
+    make_store: Callable[..., AzureChatStore], raw: TableClient, removal: str
+) -> None:
+    """Calls that must read the missing row raise CorruptDataError, promptly, changing nothing.
+
+    If this fails: they retry on the inconsistency until they give up.
+    """
+    store = make_store()
+    store.add_messages(KEY, numbered(3))
+    _drop_row(raw, 2 if removal == "pop" else 0)
+    plans = {
+        "pop": lambda: store._layout.pop_last(KEY),
+        "delete_at": lambda: store._layout.delete_at(KEY, 0),
+        "delete_oldest": lambda: store._layout.delete_oldest(KEY, 2),
+        "insert": lambda: store._add_plan(KEY, ChatMessage(content="x"), 1),
+    }
+    with pytest.raises(CorruptDataError) as info:
+        run(store, plans[removal](), max_requests=6)
+    assert info.value.key == KEY
+    assert info.value.position == (2 if removal == "pop" else 0)
+    assert store.count_messages(KEY) == 3
+
+
+def test_a_meta_entity_that_is_unreadable_is_deletable(
+    make_store: Callable[..., AzureChatStore], raw: TableClient
+) -> None:
+    """A meta entity that is not ours (Gen not text) is CorruptDataError; delete removes it.
+
+    If this fails: delete_messages reads the meta entity first and gives up on it.
+    """
+    store = make_store()
+    store.add_messages(KEY, numbered(2))
+    meta = raw.get_entity(encode_key(KEY), "meta")
+    meta["Gen"] = 7
+    raw.update_entity(meta, mode=UpdateMode.REPLACE)
+    with pytest.raises(CorruptDataError, match=repr(KEY)):
+        store.get_messages(KEY)
+    with pytest.raises(CorruptDataError, match="removed anyway"):
+        store.delete_messages(KEY)
+    _assert_gone(store, raw)
+    store.add_message(KEY, ChatMessage(content="again"))
+    assert _texts(store.get_messages(KEY)) == ["again"]
+
+
+def _corrupt_json(store: AzureChatStore, raw: TableClient, layout: str) -> None:
+    """[m0, m1, m2] with m1 not a message."""
+    store.add_messages(KEY, numbered(3))
+    rows = [r for r in _conversation_rows(raw) if r["RowKey"] != "meta"]
+    row = rows[1]
+    if layout == "native":
+        row["Message"] = '{"role": "user", "blocks": 42}'
+    else:
+        row["blocks"] = "{"
+    raw.upsert_entity(row, mode=UpdateMode.REPLACE)
+
+
+_JSON_REMOVALS: dict[str, tuple[Callable[[AzureChatStore], object], list[str]]] = {
+    "delete_messages": (lambda s: s.delete_messages(KEY), []),
+    "delete_message": (lambda s: s.delete_message(KEY, 1), ["m0", "m2"]),
+    "delete_oldest": (lambda s: s.delete_oldest_messages(KEY, 2), ["m2"]),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("removal", list(_JSON_REMOVALS))
+def test_removing_a_message_that_is_not_json_deletes_it_then_raises(
+    make_store: Callable[..., AzureChatStore], raw: TableClient, layout: str, removal: str
+) -> None:
+    """Removing unparseable data deletes it, then raises CorruptDataError naming its position.
+
+    The rule the Redis store follows: corrupt data is deletable, and a call that must
+    return it says it could not. If this fails: the removal parses before deleting and
+    raises without removing anything.
+    """
+    store = make_store(layout)
+    _corrupt_json(store, raw, layout)
+    call, left = _JSON_REMOVALS[removal]
+    with pytest.raises(CorruptDataError, match="removed anyway") as info:
+        call(store)
+    assert (info.value.key, info.value.position) == (KEY, 1)
+    assert _texts(store.get_messages(KEY)) == left
+    assert store.get_keys() == ([KEY] if left else [])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_popping_a_message_that_is_not_json_deletes_it_then_raises(
+    make_store: Callable[..., AzureChatStore], raw: TableClient, layout: str
+) -> None:
+    """delete_last_message of an unparseable last message removes it and raises.
+
+    If this fails: the pop parses before deleting, so the conversation is stuck.
+    """
+    store = make_store(layout)
+    _corrupt_json(store, raw, layout)
+    store.delete_last_message(KEY)
+    with pytest.raises(CorruptDataError, match="removed anyway") as info:
+        store.delete_last_message(KEY)
+    assert (info.value.key, info.value.position) == (KEY, 1)
+    assert _texts(store.get_messages(KEY)) == ["m0"]
+
+
+# -- item 11: keys Azurite accepts but cannot delete -----------------------------------------
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("key", ["a\u2028b", "\u2029", "x%u2028y\u2028"])
+def test_line_separator_keys_are_written_read_and_deleted(
+    make_store: Callable[..., AzureChatStore], layout: str, key: str
+) -> None:
+    """Keys holding U+2028/U+2029 round-trip and can be deleted (encoded reversibly).
+
+    If this fails: the separators reach a PartitionKey, which Azurite stores but refuses
+    to delete (400 InvalidInput), so the conversation can never be removed.
+    """
+    store = make_store(layout)
+    store.add_messages(key, numbered(3))
+    assert store.get_keys() == [key]
+    assert _texts(store.delete_last_message(key)) == ["m2"]
+    assert _texts(store.delete_message(key, 0)) == ["m0"]
+    assert _texts(store.delete_messages(key)) == ["m1"]
+    assert store.get_keys() == []
+    store.add_message(key, ChatMessage(content="again"))
+    store.clear()
+    assert store.get_keys() == []
+
+
+def test_key_encoding_is_reversible_and_addressable() -> None:
+    """Every escaped form decodes back; no separator reaches a PartitionKey."""
+    for key in ["a\u2028b\u2029", "%u2028", "%25", "%u20", "/%2028\u2028", "plain"]:
+        encoded = encode_key(key)
+        assert "\u2028" not in encoded
+        assert "\u2029" not in encoded
+        assert decode_key(encoded) == key
+    assert encode_key("plain") == "plain"
