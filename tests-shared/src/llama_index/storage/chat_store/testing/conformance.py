@@ -535,6 +535,43 @@ class ChatStoreConformance(_ModeTests):
         text = str(info.value)
         assert key in text or ".json" in text
 
+    def test_corrupt_data_is_never_skipped_and_can_be_removed(
+        self, make_corrupt: Callable[[str], BaseChatStore]
+    ) -> None:
+        """Removals that must return unreadable data raise and remove nothing; set([]) removes.
+
+        A removal that must return a message it cannot read raises CorruptDataError naming
+        the key and removes nothing; set_messages(key, []) and clear() remove a corrupt
+        conversation.
+
+        If this fails: a delete skips or swallows the bad message (the caller never learns
+        it existed), removes data while raising, or corrupt data cannot be removed at all.
+        """
+        key = "corrupt-key"
+        try:
+            store = make_corrupt(key)
+        except CorruptDataError as exc:  # a file store: the whole file is unreadable
+            unreadable = str(exc)
+            assert ".json" in unreadable
+            return
+        for remove in (
+            lambda: store.delete_messages(key),
+            lambda: store.delete_last_message(key),
+            lambda: store.delete_message(key, 1),
+            lambda: store.delete_oldest_messages(key, 2),
+        ):
+            with pytest.raises(CorruptDataError) as info:
+                remove()
+            assert info.value.key == key
+        with pytest.raises(CorruptDataError):  # still there: nothing was removed
+            store.get_messages(key)
+        store.set_messages(key, [])
+        assert store.get_messages(key) == []
+        assert key not in store.get_keys()
+        make_corrupt(key)
+        store.clear()
+        assert store.get_messages(key) == []
+
     # -- payloads --------------------------------------------------------------------------
 
     def test_every_block_type_round_trips(self, store: BaseChatStore) -> None:
