@@ -115,13 +115,21 @@ def test_llama_index_layout_corrupt_messages_are_removed_then_named(
     assert ("k" in llama_store.get_keys()) == bool(left)
 
 
+@pytest.mark.parametrize("depth", [400, 5000])
 @pytest.mark.parametrize("layout", ["native", "llama_index"])
-def test_too_deep_nesting_is_a_serialization_error(moto: Moto, layout: str) -> None:
+def test_too_deep_nesting_is_a_serialization_error(moto: Moto, layout: str, depth: int) -> None:
     deep: Any = "x"
-    for _ in range(400):
+    for _ in range(depth):
         deep = {"a": deep}
+    message = ChatMessage(content="hi", additional_kwargs={"deep": deep})
     store = moto.store(layout)
-    with pytest.raises(SerializationError):
-        store.add_message("k", ChatMessage(content="hi", additional_kwargs={"deep": deep}))
+    for write in (
+        lambda: store.add_message("k", message),
+        lambda: store.add_message("k", message, idx=0),
+        lambda: store.add_messages("k", [message]),
+        lambda: store.set_messages("k", [message]),
+    ):
+        with pytest.raises(SerializationError):
+            write()
     assert store.count_messages("k") == 0
     store.close()

@@ -444,7 +444,9 @@ class DynamoDBChatStore(BaseChatStore):
                 LlamaIndex's single item (nothing is written).
         """
         key = self._check_key(key)
-        data = message_to_json(coerce_message(message))
+        # No copy: the JSON is the private copy (a copy first would only cost time, and
+        # recurse through deep values that the serializer turns into SerializationError).
+        data = message_to_json(coerce_message(message, copy=False))
         if idx is None:
             self._storage().append(key, [data])
         else:
@@ -460,14 +462,14 @@ class DynamoDBChatStore(BaseChatStore):
                 fit LlamaIndex's single item (nothing is written).
         """
         key = self._check_key(key)
-        data = [message_to_json(m) for m in coerce_messages(messages)]
+        data = [message_to_json(m) for m in coerce_messages(messages, copy=False)]
         if data:
             self._storage().append(key, data)
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace the conversation; readers see the old or the new list (``[]`` removes it)."""
         key = self._check_key(key)
-        data = [message_to_json(m) for m in coerce_messages(messages)]
+        data = [message_to_json(m) for m in coerce_messages(messages, copy=False)]
         self._storage().replace(key, data)
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
