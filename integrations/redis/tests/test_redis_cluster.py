@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, ConfigurationError
+from llama_index.storage.chat_store.core import (
+    BaseChatStore,
+    ChatMessage,
+    ConfigurationError,
+    CorruptDataError,
+)
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.services import free_port
@@ -94,3 +99,30 @@ def test_plain_client_on_a_cluster_node_says_what_to_do(redis_cluster_url: str) 
     store = RedisChatStore(redis_url=redis_cluster_url, namespace="plain:")
     with pytest.raises(ConfigurationError, match="cluster=True"):
         store.add_message("k0", ChatMessage(content="x"))
+
+
+@pytest.mark.parametrize("bad", [b"{not json", b"\xff\xfe not UTF-8"])
+def test_a_removal_of_corrupt_data_removes_it_and_names_key_position_and_data(
+    redis_cluster_url: str, bad: bytes
+) -> None:
+    """The Redis-family rule on the cluster too: removed, then CorruptDataError with key,
+    position and the removed data (see test_redis_faults)."""
+    namespace = _namespace()
+    store = RedisChatStore(redis_url=redis_cluster_url, namespace=namespace, cluster=True)
+    raw = redis.RedisCluster.from_url(redis_cluster_url)
+    try:
+        for removal, left in [
+            (lambda: store.delete_message("k", 1), 2),
+            (lambda: store.delete_oldest_messages("k", 2), 1),
+            (lambda: store.delete_messages("k"), 0),
+        ]:
+            store.set_messages("k", [ChatMessage(content=c) for c in "abc"])
+            raw.lset(namespace + "k", 1, bad)
+            with pytest.raises(CorruptDataError, match="removed") as info:
+                removal()
+            assert (info.value.key, info.value.position, info.value.data) == ("k", 1, bad)
+            assert store.count_messages("k") == left
+    finally:
+        store.clear()
+        store.close()
+        raw.close()

@@ -224,3 +224,41 @@ def test_configuration_errors_come_before_any_connection() -> None:
     assert store.redis_url == "rediss://user@example.invalid:6380/2?ssl_cert_reqs=none"
     assert store.password is not None
     assert store.password.get_secret_value() == "pw"
+
+
+REMOVALS = {
+    "delete_messages": lambda s: s.delete_messages("k"),
+    "delete_message": lambda s: s.delete_message("k", 1),
+    "delete_oldest_messages": lambda s: s.delete_oldest_messages("k", 2),
+    "adelete_messages": lambda s: asyncio.run(s.adelete_messages("k")),
+}
+
+
+@pytest.mark.parametrize("bad", [b"{not json", b"\xff\xfe not UTF-8"])
+@pytest.mark.parametrize("removal", sorted(REMOVALS))
+def test_a_removal_of_corrupt_data_removes_it_and_names_key_position_and_data(
+    url: str, removal: str, bad: bytes
+) -> None:
+    """The Redis-family rule: a removal removes what it was asked to, corrupt or not, then
+    raises CorruptDataError naming the key and the first unreadable position, data attached."""
+    store = RedisChatStore(redis_url=url, namespace="removal:")
+    store.add_messages("k", [ChatMessage(content=c) for c in "abc"])
+    with redis.Redis.from_url(url) as raw:
+        raw.lset("removal:k", 1, bad)
+        with pytest.raises(CorruptDataError, match="removed") as info:
+            REMOVALS[removal](store)
+        assert (info.value.key, info.value.position, info.value.data) == ("k", 1, bad)
+        left = 0 if removal.endswith("delete_messages") else 1 if "oldest" in removal else 2
+        assert raw.llen("removal:k") == left
+    assert store.count_messages("k") == left
+    assert ("k" in store.get_keys()) == bool(left)
+
+
+@pytest.mark.parametrize("port", ["99999", "abc", "-1"])
+def test_a_bad_port_is_a_configuration_error_with_the_password_masked(port: str) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+    for build in (lambda: RedisChatStore(redis_url=url), lambda: RedisChatStore.from_url(url)):
+        with pytest.raises(ConfigurationError, match="invalid port") as info:
+            build()
+        assert f"127.0.0.1:{port}" in str(info.value)
+        assert "hunter2" not in str(info.value)

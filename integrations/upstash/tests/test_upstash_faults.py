@@ -15,7 +15,11 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
     CorruptDataError,
 )
-from llama_index.storage.chat_store.testing.services import UpstashBridge, start_upstash_bridge
+from llama_index.storage.chat_store.testing.services import (
+    UpstashBridge,
+    start_redis,
+    start_upstash_bridge,
+)
 from llama_index.storage.chat_store.upstash import UpstashChatStore
 
 
@@ -114,3 +118,59 @@ def test_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         UpstashChatStore("redis://eu1-x.upstash.io:6379", "t")
     with pytest.raises(ConfigurationError, match="unknown option"):
         UpstashChatStore.from_url("upstash+https://eu1-x.upstash.io?token=t&colour=blue")
+
+
+@pytest.mark.parametrize("bad", [b"{not json", b"\xff\xfe not UTF-8"])
+def test_corrupt_elements_are_corrupt_data_naming_key_position_and_data(
+    store: UpstashChatStore, redis_url: str, bad: bytes
+) -> None:
+    """Reads raise CorruptDataError (not a retryable error) and change nothing; removals
+    remove, then raise it with the removed data: the rule of every Redis-family store."""
+    with redis.Redis.from_url(redis_url) as raw:
+        store.set_messages("k", [ChatMessage(content=c) for c in "abc"])
+        raw.lset("faults:k", 1, bad)
+        for read in (
+            lambda: store.get_messages("k"),
+            lambda: store.get_messages("k", offset=1, limit=1),
+            lambda: asyncio.run(store.aget_messages("k")),
+        ):
+            with pytest.raises(CorruptDataError) as info:
+                read()
+            assert (info.value.key, info.value.position, info.value.data) == ("k", 1, bad)
+        assert [m.content for m in store.get_messages("k", limit=1)] == ["a"]
+        assert raw.llen("faults:k") == 3
+        for removal, left in [
+            (lambda: store.delete_message("k", 1), 2),
+            (lambda: store.delete_oldest_messages("k", 2), 1),
+            (lambda: asyncio.run(store.adelete_messages("k")), 0),
+        ]:
+            store.set_messages("k", [ChatMessage(content=c) for c in "abc"])
+            raw.lset("faults:k", 1, bad)
+            with pytest.raises(CorruptDataError, match="removed") as info:
+                removal()
+            assert (info.value.key, info.value.position, info.value.data) == ("k", 1, bad)
+            assert store.count_messages("k") == left
+
+
+def test_the_redis_behind_upstash_down_is_backend_unavailable() -> None:
+    server = start_redis()
+    bridge = start_upstash_bridge(f"redis://127.0.0.1:{server.port}/0")
+    store = UpstashChatStore(bridge.url, bridge.token, rest_retries=0)
+    try:
+        store.add_message("k", ChatMessage(content="before"))
+        server.stop()
+        for call in (
+            lambda: store.get_messages("k"),
+            lambda: store.add_message("k", ChatMessage(content="x")),
+            lambda: asyncio.run(store.acount_messages("k")),
+        ):
+            with pytest.raises(BackendUnavailableError, match="cannot serve") as info:
+                call()
+            assert bridge.token not in str(info.value)
+        server.start()
+        store.add_message("k", ChatMessage(content="after"))
+        assert store.count_messages("k") == 1  # a fresh server: the data did not persist
+    finally:
+        store.close()
+        bridge.stop()
+        server.cleanup()

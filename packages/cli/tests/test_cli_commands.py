@@ -170,10 +170,10 @@ def test_import_resume_refuses_a_destination_that_differs(
     run("export", json_url("a"), "-o", str(tmp_path / "d.jsonl"))
     result = run("import", json_url("b"), "-i", str(tmp_path / "d.jsonl"), "--resume")
     assert result.code == 1
-    assert "not a prefix of the dump's; rerun with --replace" in result.err
+    assert "not a prefix of the dump: they differ at position 0; rerun with --replace" in result.err
     _fill(json_url("c"), {"k": numbered(9)})
     longer = run("import", json_url("c"), "-i", str(tmp_path / "d.jsonl"), "--resume")
-    assert "holds more messages than the dump has for it" in longer.err
+    assert "holds 9 messages, more than the dump's 5 for it" in longer.err
 
 
 def test_import_reads_stdin(

@@ -165,6 +165,46 @@ def test_a_killed_copy_resumes_identical_without_duplicates(source: str, destina
     assert _contents(destination) == _contents(source)
 
 
+def _history_that_ends_the_same(
+    source: list[ChatMessage], have: int, differ: int
+) -> list[ChatMessage]:
+    """The first ``have`` messages of ``source`` with the one at ``differ`` replaced."""
+    held = list(source[:have])
+    held[differ] = ChatMessage(role="user", content=f"another conversation {differ}")
+    return held
+
+
+@pytest.mark.parametrize("command", ["copy", "import"])
+def test_resume_refuses_a_destination_holding_another_history_that_ends_the_same(
+    command: str, destination: str, tmp_path: Path
+) -> None:
+    # Each destination conversation ends with the very message the source holds at that
+    # position, so only a check of every held position tells the histories apart.
+    conversation = numbered(30)
+    source = f"json://{tmp_path / 'source.json'}"
+    with chat_store_from_url(source) as store:
+        store.add_messages("k", conversation)
+    dump = tmp_path / "dump.jsonl"
+    assert _run("export", source, "-o", str(dump)).returncode == 0
+    argv = {
+        "copy": ["copy", source, destination],
+        "import": ["import", destination, "-i", str(dump)],
+    }[command]
+    what = {"copy": "source conversation", "import": "dump"}[command]
+    for have, differ in [(20, 0), (20, 13), (30, 28)]:
+        with chat_store_from_url(destination) as store:
+            store.set_messages("k", _history_that_ends_the_same(conversation, have, differ))
+        before = _contents(destination)
+        refused = _run(*argv, "--resume", "--batch", "4", "-q")
+        assert refused.returncode == 1, (have, differ, refused.stderr)
+        assert refused.stderr == (
+            f"chat-store: error: destination key 'k' already holds {have} messages that are "
+            f"not a prefix of the {what}: they differ at position {differ}; rerun with "
+            "--replace to overwrite it\n"
+        )
+        assert _contents(destination) == before
+
+
 def test_export_and_import_round_trip_through_the_server(
     source: str, destination: str, tmp_path: Path
 ) -> None:

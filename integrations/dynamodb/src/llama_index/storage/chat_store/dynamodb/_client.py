@@ -38,6 +38,7 @@ __all__ = [
     "ConflictError",
     "Table",
     "Translator",
+    "Unreadable",
     "backoff",
     "cancellation_codes",
     "item_size",
@@ -72,6 +73,14 @@ _AUTH = {
 }
 
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A removed message that held no message (corrupt data): what it held, and why."""
+
+    data: str | bytes | None
+    why: str
 
 
 class ConflictError(Exception):

@@ -25,7 +25,7 @@ import binascii
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -35,6 +35,7 @@ from llama_index.storage.chat_store.dynamodb._client import (
     MAX_ITEM_BYTES,
     ConflictError,
     Table,
+    Unreadable,
     item_size,
     with_retries,
 )
@@ -423,37 +424,81 @@ class LlamaIndexLayout:
         """Replace the conversation (``[]`` removes it)."""
         self._change(key, "replace a conversation", lambda item, cur, now: (list(messages), None))
 
-    def delete_all(self, key: str) -> list[str] | None:
-        """Remove the conversation; return its messages, or None if it had none."""
+    def _remove(
+        self, key: str, what: str, pick: Callable[[int], range]
+    ) -> tuple[range, list[str | Unreadable]]:
+        """Remove the positions ``pick(count)`` and return what they held.
 
-        def step(item: _Item, current: list[str], now: float) -> tuple[list[str] | None, Any]:
-            if not current:
-                return None, None
-            return [], current
+        Works on the stored list as it is, so a corrupt message is removed like any other
+        (returned as :class:`Unreadable`) and the messages kept are never rewritten.
+        """
 
-        result: list[str] | None = self._change(key, "delete a conversation", step)
+        def attempt() -> tuple[range, list[str | Unreadable]]:
+            now = time.time()
+            item = self._read(key)
+            count = len(self._live(item, now))
+            chosen = pick(count)
+            if not chosen:
+                return chosen, []
+            removed: list[str | Unreadable] = []
+            for position in chosen:
+                try:
+                    removed.append(self._texts(key, item, position, position + 1)[0][1])
+                except CorruptDataError:
+                    removed.append(Unreadable(repr(item.history[position]), "not a message map"))
+            kept = [i for i in range(count) if i not in chosen]
+            self._write_raw(key, item, kept, now)
+            return chosen, removed
+
+        result: tuple[range, list[str | Unreadable]] = with_retries(
+            attempt, limit=self.t.attempts, what=what, key=key
+        )
         return result
 
-    def delete_at(self, key: str, idx: int) -> tuple[int, str] | None:
+    def _write_raw(self, key: str, item: _Item, kept: list[int], now: float) -> None:
+        """Keep only the stored messages at positions ``kept``, as stored, conditionally."""
+        e = Expr()
+        condition = self._guard(e, item)
+        if not kept:
+            self.t.conditional(
+                "delete a conversation", "delete_item", Key=self._key(key),
+                ConditionExpression=condition, **e.params(),
+            )  # fmt: skip
+            return
+        record = {
+            **self._key(key),
+            _HISTORY: {"L": [item.history[i] for i in kept]},
+            _VERSION: num((item.version or 0) + 1),
+        }
+        exact = [item.exact[i] if i < len(item.exact) else {"NULL": True} for i in kept]
+        if any("S" in x for x in exact):
+            record[_EXACT] = {"L": exact}
+        if self.t.ttl is not None:
+            record[self.t.ttl_attribute] = num(self.t.expiry(now))
+        self.t.conditional(
+            "write a conversation", "put_item", Item=record,
+            ConditionExpression=condition, **e.params(),
+        )  # fmt: skip
+
+    def delete_all(self, key: str) -> list[str | Unreadable] | None:
+        """Remove the conversation; return its messages (corrupt ones too), or None."""
+        _, removed = self._remove(key, "delete a conversation", lambda count: range(count))
+        return removed or None
+
+    def delete_at(self, key: str, idx: int) -> tuple[int, str | Unreadable] | None:
         """Remove the message at ``idx``; ``(position, JSON)`` or None when out of range."""
 
-        def step(item: _Item, current: list[str], now: float) -> tuple[list[str] | None, Any]:
-            if not -len(current) <= idx < len(current):
-                return None, None
-            position = idx % len(current)
-            removed = current.pop(position)
-            return current, (position, removed)
+        def pick(count: int) -> range:
+            if not -count <= idx < count:
+                return range(0)
+            return range(idx % count, idx % count + 1)
 
-        result: tuple[int, str] | None = self._change(key, "delete a message", step)
-        return result
+        chosen, removed = self._remove(key, "delete a message", pick)
+        return (chosen[0], removed[0]) if removed else None
 
-    def delete_oldest(self, key: str, n: int) -> list[str]:
-        """Remove and return the first ``n`` messages."""
-
-        def step(item: _Item, current: list[str], now: float) -> tuple[list[str] | None, Any]:
-            if n <= 0 or not current:
-                return None, []
-            return current[n:], current[:n]
-
-        result: list[str] = self._change(key, "delete the oldest messages", step)
-        return result
+    def delete_oldest(self, key: str, n: int) -> list[str | Unreadable]:
+        """Remove and return the first ``n`` messages (corrupt ones too)."""
+        _, removed = self._remove(
+            key, "delete the oldest messages", lambda count: range(min(max(n, 0), count))
+        )
+        return removed

@@ -56,6 +56,7 @@ from llama_index.storage.chat_store.dynamodb._client import (
     MAX_TRANSACTION_ITEMS,
     ConflictError,
     Table,
+    Unreadable,
     item_size,
     with_retries,
 )
@@ -347,7 +348,9 @@ class NativeLayout:
                 raise CorruptDataError(
                     f"message at key {key!r} position {bad} is missing, has no "
                     f"string {_MESSAGE!r} attribute or lost a chunk in DynamoDB table "
-                    f"{self.t.name!r}"
+                    f"{self.t.name!r}; delete_message({bad}) removes it",
+                    key=key,
+                    position=bad,
                 )
             meta = again
         raise BackendUnavailableError(f"key {key!r} kept changing while being read")
@@ -737,75 +740,110 @@ class NativeLayout:
             raise ConflictError("changed while reading")
         return heads, messages
 
-    def _removed(self, key: str, meta: _Meta, pos: int, head: Head) -> str:
-        """Return the whole JSON of the message at ``pos`` whose head was read already."""
-        if not head.chunked:
-            return head.text
-        return self._read_items(key, meta, pos, pos + 1, whole=True)[1][0]
+    def _read_removed(
+        self, key: str, meta: _Meta, lo: int, hi: int
+    ) -> tuple[list[Head], list[str | Unreadable]]:
+        """Return what positions ``[lo, hi)`` of exactly this meta hold, for a removal.
 
-    def delete_at(self, key: str, idx: int) -> tuple[int, str] | None:
-        """Remove the message at ``idx``; return ``(position, JSON)`` or None if out of range."""
+        Unlike a read, an item that is missing, holds no string message or lost a chunk
+        does not stop a removal (corrupt data must stay deletable): it comes back as
+        :class:`Unreadable`. The heads are those of chunked messages (their chunks go too).
 
-        def step(meta: _Meta, now: float) -> tuple[_Plan | None, tuple[int, str] | None]:
+        Raises:
+            ConflictError: The conversation changed meanwhile (the caller starts over).
+        """
+        assert meta.gen is not None
+        base = meta.gen * _GEN_SPAN
+        items = self._query_range(
+            key, base + meta.first + lo, base + meta.first + hi - 1, limit=hi - lo
+        )
+        by_seq = {int(item[self.sk]["N"]) - base: item for item in items}
+        heads: list[Head] = []
+        found: list[str | Unreadable] = []
+        for seq in range(meta.first + lo, meta.first + hi):
+            item = by_seq.get(seq)
+            head = None if item is None else self._parse_head(item)
+            text = None if head is None else self._join(key, head)
+            if head is not None and head.chunked:
+                heads.append(head)
+            if text is not None:
+                found.append(text)
+            elif item is None:
+                found.append(Unreadable(None, "the item is missing"))
+            else:
+                stored = item.get(_MESSAGE, {})
+                data = stored.get("S", stored.get("B"))
+                why = (
+                    "a chunk is missing"
+                    if head is not None
+                    else (f"its {_MESSAGE!r} attribute is not a string")
+                )
+                found.append(Unreadable(data if isinstance(data, str | bytes) else None, why))
+        if any(isinstance(f, Unreadable) for f in found) and not self._read_meta(key).same(meta):
+            raise ConflictError("changed while reading")
+        return heads, found
+
+    def delete_at(self, key: str, idx: int) -> tuple[int, str | Unreadable] | None:
+        """Remove the message at ``idx``; return ``(position, JSON)`` or None if out of range.
+
+        A corrupt message is removed all the same and returned as :class:`Unreadable`.
+        """
+
+        def step(
+            meta: _Meta, now: float
+        ) -> tuple[_Plan | None, tuple[int, str | Unreadable] | None]:
             count = meta.count(now)
             if not -count <= idx < count:
                 return None, None
             assert meta.gen is not None
             pos = idx % count
+            chunked, (removed,) = self._read_removed(key, meta, pos, pos + 1)
             if pos == count - 1 or pos == 0:
-                heads, texts = self._read_items(key, meta, pos, pos + 1, whole=True)
-                head, removed = heads[0], texts[0]
                 first = meta.first + (1 if pos == 0 and count > 1 else 0)
                 end = meta.end - (0 if pos == 0 and count > 1 else 1)
                 plan = _Plan(meta.gen, first, end, {}, [meta.first + pos])
             elif pos < count - pos:  # move the head one step up
-                moved, _ = self._read_items(key, meta, 0, pos + 1, whole=False)
-                head = moved[pos]
-                removed = self._removed(key, meta, pos, head)
-                puts = {meta.first + 1 + i: m for i, m in enumerate(moved[:pos])}
+                moved, _ = self._read_items(key, meta, 0, pos, whole=False)
+                puts = {meta.first + 1 + i: m for i, m in enumerate(moved)}
                 plan = _Plan(meta.gen, meta.first + 1, meta.end, puts, [meta.first])
             else:
-                moved, _ = self._read_items(key, meta, pos, count, whole=False)
-                head = moved[0]
-                removed = self._removed(key, meta, pos, head)
-                puts = {meta.first + pos + i: m for i, m in enumerate(moved[1:])}
+                moved, _ = self._read_items(key, meta, pos + 1, count, whole=False)
+                puts = {meta.first + pos + i: m for i, m in enumerate(moved)}
                 plan = _Plan(meta.gen, meta.first, meta.end - 1, puts, [meta.end - 1])
-            return replace(plan, dropped=[head] if head.chunked else []), (pos, removed)
+            return replace(plan, dropped=chunked), (pos, removed)
 
-        result: tuple[int, str] | None = self._change(key, "delete a message", step)
+        result: tuple[int, str | Unreadable] | None = self._change(key, "delete a message", step)
         return result
 
-    def delete_oldest(self, key: str, n: int) -> list[str]:
-        """Remove and return the first ``n`` messages (fewer if shorter)."""
+    def delete_oldest(self, key: str, n: int) -> list[str | Unreadable]:
+        """Remove and return the first ``n`` messages (fewer if shorter; corrupt ones too)."""
 
-        def step(meta: _Meta, now: float) -> tuple[_Plan | None, list[str]]:
+        def step(meta: _Meta, now: float) -> tuple[_Plan | None, list[str | Unreadable]]:
             k = min(n, meta.count(now))
             if k <= 0:
                 return None, []
             assert meta.gen is not None
-            heads, removed = self._read_items(key, meta, 0, k, whole=True)
+            dropped, removed = self._read_removed(key, meta, 0, k)
             deletes = list(range(meta.first, meta.first + k))
             first = meta.first + k if k < meta.count(now) else meta.end
-            dropped = [h for h in heads if h.chunked]
             return _Plan(meta.gen, first, meta.end, {}, deletes, dropped=dropped), removed
 
-        result: list[str] = self._change(key, "delete the oldest messages", step)
+        result: list[str | Unreadable] = self._change(key, "delete the oldest messages", step)
         return result
 
-    def delete_all(self, key: str) -> list[str] | None:
-        """Remove the conversation; return its messages, or None if it had none."""
+    def delete_all(self, key: str) -> list[str | Unreadable] | None:
+        """Remove the conversation; return its messages (corrupt ones too), or None."""
 
-        def step(meta: _Meta, now: float) -> tuple[_Plan | None, list[str] | None]:
+        def step(meta: _Meta, now: float) -> tuple[_Plan | None, list[str | Unreadable] | None]:
             count = meta.count(now)
             if count == 0:
                 return None, None
             assert meta.gen is not None
-            heads, removed = self._read_items(key, meta, 0, count, whole=True)
+            dropped, removed = self._read_removed(key, meta, 0, count)
             deletes = list(range(meta.first, meta.end))
-            dropped = [h for h in heads if h.chunked]
             return _Plan(meta.gen, meta.end, meta.end, {}, deletes, dropped=dropped), removed
 
-        result: list[str] | None = self._change(key, "delete a conversation", step)
+        result: list[str | Unreadable] | None = self._change(key, "delete a conversation", step)
         return result
 
     def replace(self, key: str, messages: Sequence[str]) -> None:

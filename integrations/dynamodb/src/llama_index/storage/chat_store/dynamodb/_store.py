@@ -18,13 +18,14 @@ from llama_index.storage.chat_store.core import (
     Capability,
     ChatMessage,
     ConfigurationError,
+    CorruptDataError,
     coerce_message,
     coerce_messages,
     message_from_json,
     message_to_json,
 )
 from llama_index.storage.chat_store.core.store import check_window
-from llama_index.storage.chat_store.dynamodb._client import Table, Translator
+from llama_index.storage.chat_store.dynamodb._client import Table, Translator, Unreadable
 from llama_index.storage.chat_store.dynamodb._llama_index import (
     LlamaIndexLayout,
     llama_index_table_definition,
@@ -365,6 +366,35 @@ class DynamoDBChatStore(BaseChatStore):
     def _parse(self, key: str, pairs: Sequence[tuple[int, str]]) -> list[ChatMessage]:
         return [message_from_json(data, key=key, position=p) for p, data in pairs]
 
+    def _parse_removed(
+        self, key: str, pairs: Sequence[tuple[int, str | Unreadable]]
+    ) -> list[ChatMessage]:
+        """Parse what a removal removed.
+
+        Raises:
+            CorruptDataError: Something removed was not a message: it is gone all the same
+                (corrupt data must stay deletable); names the first such position and holds
+                what was stored there.
+        """
+        out = []
+        removed = "(the data was removed from DynamoDB; the error's data attribute holds it)"
+        for position, data in pairs:
+            if isinstance(data, Unreadable):
+                raise CorruptDataError(
+                    f"message at key {key!r} position {position} in DynamoDB table "
+                    f"{self.table_name!r} is unreadable: {data.why} {removed}",
+                    key=key,
+                    position=position,
+                    data=data.data,
+                )
+            try:
+                out.append(message_from_json(data, key=key, position=position))
+            except CorruptDataError as exc:
+                raise CorruptDataError(
+                    f"{exc} {removed}", key=key, position=position, data=exc.data
+                ) from exc
+        return out
+
     def get_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
     ) -> list[ChatMessage]:
@@ -414,7 +444,9 @@ class DynamoDBChatStore(BaseChatStore):
                 LlamaIndex's single item (nothing is written).
         """
         key = self._check_key(key)
-        data = message_to_json(coerce_message(message))
+        # No copy: the JSON is the private copy (a copy first would only cost time, and
+        # recurse through deep values that the serializer turns into SerializationError).
+        data = message_to_json(coerce_message(message, copy=False))
         if idx is None:
             self._storage().append(key, [data])
         else:
@@ -430,21 +462,21 @@ class DynamoDBChatStore(BaseChatStore):
                 fit LlamaIndex's single item (nothing is written).
         """
         key = self._check_key(key)
-        data = [message_to_json(m) for m in coerce_messages(messages)]
+        data = [message_to_json(m) for m in coerce_messages(messages, copy=False)]
         if data:
             self._storage().append(key, data)
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace the conversation; readers see the old or the new list (``[]`` removes it)."""
         key = self._check_key(key)
-        data = [message_to_json(m) for m in coerce_messages(messages)]
+        data = [message_to_json(m) for m in coerce_messages(messages, copy=False)]
         self._storage().replace(key, data)
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Remove the conversation; return its messages in order, ``None`` if it had none."""
         key = self._check_key(key)
         removed = self._storage().delete_all(key)
-        return None if removed is None else self._parse(key, list(enumerate(removed)))
+        return None if removed is None else self._parse_removed(key, list(enumerate(removed)))
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove the message at ``idx`` (negative from the end); ``None`` if out of range.
@@ -455,7 +487,7 @@ class DynamoDBChatStore(BaseChatStore):
         if isinstance(idx, bool) or not isinstance(idx, int):
             raise TypeError(f"idx must be an int, got {type(idx).__qualname__}")
         removed = self._storage().delete_at(key, idx)
-        return None if removed is None else self._parse(key, [removed])[0]
+        return None if removed is None else self._parse_removed(key, [removed])[0]
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
         """Remove and return the last message; ``None`` when there is none."""
@@ -466,7 +498,8 @@ class DynamoDBChatStore(BaseChatStore):
         key = self._check_key(key)
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"n must be an int, got {type(n).__qualname__}")
-        return self._parse(key, list(enumerate(self._storage().delete_oldest(key, n))))
+        removed = self._storage().delete_oldest(key, n)
+        return self._parse_removed(key, list(enumerate(removed)))
 
     def clear(self) -> None:
         """Delete every item of the table (a scan plus batched deletes; for tests/operators)."""

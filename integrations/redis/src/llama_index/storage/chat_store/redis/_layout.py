@@ -212,7 +212,14 @@ def _messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any],
 
 
 def _removed(exc: CorruptDataError) -> CorruptDataError:
-    return CorruptDataError(f"{exc} (the data was removed from Redis)")
+    # The removal is done (it is atomic, and refusing it would leave corrupt data that no
+    # delete can remove): say so, and keep what was removed on the error for a repair.
+    return CorruptDataError(
+        f"{exc} (the data was removed from Redis; the error's data attribute holds it)",
+        key=exc.key,
+        position=exc.position,
+        data=exc.data,
+    )
 
 
 def _tail(key: str) -> Callable[[Any], list[ChatMessage]]:

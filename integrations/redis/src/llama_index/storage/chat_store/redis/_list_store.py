@@ -46,6 +46,13 @@ class ListChatStore(BaseChatStore):
 
     Every operation is one script call: one round trip, atomic on the server, so concurrent
     writers never lose a message and two concurrent removals never return the same one.
+
+    Corrupt data (an element that is not message JSON, or not UTF-8) follows one rule on
+    every Redis-family store: reads raise :class:`CorruptDataError` naming the key and
+    position and change nothing; a removal removes everything it was asked to (atomically,
+    so corrupt data can always be deleted), then raises :class:`CorruptDataError` naming
+    the key and the first unreadable position it removed, with the raw data on ``data``.
+    ``set_messages(key, [])`` removes a conversation without reading it.
     """
 
     namespace: str = ""
@@ -152,20 +159,40 @@ class ListChatStore(BaseChatStore):
         self._run(self._set_op(key, messages))
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages, or ``None`` if there were none."""
+        """Remove the conversation; return its messages, or ``None`` if there were none.
+
+        Raises:
+            CorruptDataError: Something removed was not a message; it is removed all the
+                same (see the class docstring).
+        """
         return self._run(self._layout.delete_all(self._check_key(key))) or None
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Remove the message at ``idx``, keeping the others' order and the expiry."""
+        """Remove the message at ``idx``, keeping the others' order and the expiry.
+
+        Raises:
+            CorruptDataError: Something removed was not a message; it is removed all the
+                same (see the class docstring).
+        """
         key = self._check_key(key)
         return self._run(self._layout.delete_at(key, _index("idx", idx)))
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
-        """Remove and return the last message (``None`` when there is none)."""
+        """Remove and return the last message (``None`` when there is none).
+
+        Raises:
+            CorruptDataError: Something removed was not a message; it is removed all the
+                same (see the class docstring).
+        """
         return self._run(self._layout.pop_last(self._check_key(key)))
 
     def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove and return the first ``n`` messages (fewer if shorter)."""
+        """Remove and return the first ``n`` messages (fewer if shorter).
+
+        Raises:
+            CorruptDataError: Something removed was not a message; it is removed all the
+                same (see the class docstring).
+        """
         op = self._pop_first_op(key, n)
         return [] if op is None else self._run(op)
 

@@ -382,8 +382,8 @@ class RedisChatStore(ListChatStore):
 
         Raises:
             TypeError: An argument that is neither a field nor a redis-py client option.
-            ConfigurationError: Not a Redis URL, or Redis Cluster without a hash-tagged
-                namespace.
+            ConfigurationError: Not a Redis URL, a port that is not a number from 0 to
+                65535, or Redis Cluster without a hash-tagged namespace.
         """
         given = {"redis_url": redis_url, "redis_client": redis_client,
                  "aredis_client": aredis_client, "ttl": ttl}  # fmt: skip
@@ -403,6 +403,13 @@ class RedisChatStore(ListChatStore):
             raise ConfigurationError(
                 f"redis_url must be a redis://, rediss:// or unix:// URL, got {self._where()}"
             )
+        if self.redis_client is None:
+            try:
+                urlsplit(self.redis_url).port  # noqa: B018 (parsing it is the check)
+            except ValueError as exc:  # redis-py would raise a bare ValueError on first use
+                raise ConfigurationError(
+                    f"redis_url has an invalid port ({exc}): {self._where()}"
+                ) from exc
         clustered = self.cluster or isinstance(self.redis_client, redis.RedisCluster)
         if clustered and not has_hash_tag(self.namespace):
             raise ConfigurationError(

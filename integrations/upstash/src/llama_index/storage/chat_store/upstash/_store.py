@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import binascii
 import os
+from base64 import b64decode
 from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
@@ -28,6 +30,11 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["UpstashChatStore"]
+
+_ENCODING_HEADER = "Upstash-Encoding"
+# Words in an error reply saying that Upstash (or the database behind it) cannot serve now,
+# as opposed to a refused command: worth retrying later, so BackendUnavailableError.
+_UNAVAILABLE_WORDS = ("unavailable", "connection refused", "timed out", "timeout", "try again")
 
 _URL_ENV = "UPSTASH_REDIS_REST_URL"
 _TOKEN_ENV = "UPSTASH_REDIS_REST_TOKEN"  # noqa: S105 (the variable's name, not a token)
@@ -75,11 +82,11 @@ class UpstashChatStore(ListChatStore):
     # microsecond on every access, and these are read on every call.
     @cached_property
     def _own_sync(self) -> Lazy[upstash_redis.Redis]:
-        return Lazy(lambda: upstash_redis.Redis(**self._options()))
+        return Lazy(lambda: _raw_replies(upstash_redis.Redis(**self._options())))
 
     @cached_property
     def _own_async(self) -> PerLoop[upstash_redis.asyncio.Redis]:
-        return PerLoop(lambda: upstash_redis.asyncio.Redis(**self._options()))
+        return PerLoop(lambda: _raw_replies(upstash_redis.asyncio.Redis(**self._options())))
 
     def __init__(
         self,
@@ -146,11 +153,14 @@ class UpstashChatStore(ListChatStore):
             "token": self.redis_token.get_secret_value(),
             "rest_retries": self.rest_retries,
             "rest_retry_interval": self.rest_retry_interval,
+            "rest_encoding": None,  # replies are decoded by _bytes (see _raw_replies)
             "allow_telemetry": False,
         }
 
     def _error(self, exc: Exception, op: Op[Any] | None) -> ChatStoreError:
         if isinstance(exc, UpstashError):
+            if any(word in str(exc).lower() for word in _UNAVAILABLE_WORDS):
+                return BackendUnavailableError(f"{self._where()} cannot serve requests: {exc}")
             return reply_error(str(exc), op, self._where())
         if isinstance(exc, httpx.HTTPError | OSError):
             return BackendUnavailableError(f"cannot reach {self._where()}: {exc!r}")
@@ -164,13 +174,13 @@ class UpstashChatStore(ListChatStore):
         keys, args = list(op.keys), list(op.args)
         try:
             if op.script is None:
-                return client.execute(args)
+                return _bytes(client.execute(args))
             try:
-                return client.evalsha(op.script.sha, keys=keys, args=args)
+                return _bytes(client.evalsha(op.script.sha, keys=keys, args=args))
             except UpstashError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                return client.eval(op.script.source, keys=keys, args=args)
+                return _bytes(client.eval(op.script.source, keys=keys, args=args))
         except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
             raise self._error(exc, op) from exc
 
@@ -179,13 +189,13 @@ class UpstashChatStore(ListChatStore):
         keys, args = list(op.keys), list(op.args)
         try:
             if op.script is None:
-                return await client.execute(args)
+                return _bytes(await client.execute(args))
             try:
-                return await client.evalsha(op.script.sha, keys=keys, args=args)
+                return _bytes(await client.evalsha(op.script.sha, keys=keys, args=args))
             except UpstashError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                return await client.eval(op.script.source, keys=keys, args=args)
+                return _bytes(await client.eval(op.script.source, keys=keys, args=args))
         except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
             raise self._error(exc, op) from exc
 
@@ -193,7 +203,13 @@ class UpstashChatStore(ListChatStore):
         client, cursor = self._own_sync.get(), 0
         while True:
             try:
-                cursor, names = client.scan(cursor, match=pattern, count=1000, type="list")
+                # Lowercase: upstash-redis reformats the reply of a command it knows by
+                # name (SCAN's cursor to an int), which would fail on the raw base64 reply.
+                reply = client.execute(
+                    ["scan", cursor, "MATCH", pattern, "COUNT", 1000, "TYPE", "list"]
+                )
+                raw_cursor, raw_names = _bytes(reply)
+                cursor, names = int(raw_cursor), [n.decode("utf-8") for n in raw_names]
             except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
                 raise self._error(exc, None) from exc
             yield from names
@@ -212,3 +228,37 @@ class UpstashChatStore(ListChatStore):
         if client is not None:
             await client.close()
         self.close()
+
+
+_Client = TypeVar("_Client", upstash_redis.Redis, upstash_redis.asyncio.Redis)
+
+
+def _raw_replies(client: _Client) -> _Client:
+    """Have Upstash send replies base64-encoded and the client leave them so (see _bytes).
+
+    upstash-redis decodes base64 replies to ``str`` itself, and a list element that is not
+    UTF-8 then fails the whole reply with a bare ``UnicodeDecodeError``: the conversation
+    could be neither read nor deleted, nor the bad element named. Built with
+    ``rest_encoding=None`` the client passes the reply through, and the header (kept on
+    ``_headers`` for Upstash's own ratelimit library) still asks Upstash for base64.
+    """
+    client._headers[_ENCODING_HEADER] = "base64"
+    return client
+
+
+def _bytes(reply: Any) -> Any:
+    """Decode a base64-encoded Upstash reply: strings to ``bytes``, as redis-py returns them.
+
+    Raises:
+        ValueError: A string in the reply is not base64 (not an Upstash reply).
+    """
+    if isinstance(reply, list):
+        return [_bytes(item) for item in reply]
+    if isinstance(reply, str):
+        if reply == "OK":  # status replies come unencoded
+            return b"OK"
+        try:
+            return b64decode(reply, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"a reply that is not base64: {reply[:40]!r}") from exc
+    return reply

@@ -101,31 +101,71 @@ def export_store(
     return summary
 
 
-def _same(a: list[ChatMessage], b: list[ChatMessage]) -> bool:
-    return [message_to_json(m) for m in a] == [message_to_json(m) for m in b]
+class _Prefix:
+    """Compare a stream of messages, position by position, with what a conversation holds.
+
+    The conversation is read a page at a time, so memory stays bounded by a page however
+    long the prefix is.
+    """
+
+    def __init__(self, store: BaseChatStore, key: str, length: int, page: int) -> None:
+        self.store, self.key, self.length, self.page = store, key, length, page
+        self.position = 0
+        self._buffer: list[str] = []
+
+    @property
+    def unmatched(self) -> bool:
+        """Whether some held positions have not been matched yet."""
+        return self.position < self.length
+
+    def matches(self, message: ChatMessage) -> bool:
+        """Return whether ``message`` equals the held message at the next position."""
+        if not self._buffer:
+            limit = min(self.page, self.length - self.position)
+            held = self.store.get_messages(self.key, offset=self.position, limit=limit)
+            self._buffer = [message_to_json(m) for m in reversed(held)]
+        if not self._buffer:  # the conversation shrank under us: nothing left to match
+            return False
+        if self._buffer.pop() != message_to_json(message):
+            return False
+        self.position += 1
+        return True
+
+
+def _first_difference(
+    src: BaseChatStore, dst: BaseChatStore, key: str, have: int, page: int
+) -> int | None:
+    """Return the first of the ``have`` positions where ``dst`` and ``src`` differ, or None."""
+    held = _Prefix(dst, key, have, page)
+    for messages in _pages(src, key, 0, page):
+        for message in messages[: have - held.position]:
+            if not held.matches(message):
+                return held.position
+        if held.position == have:
+            return None
+    return held.position  # the source ended before the destination's prefix did
 
 
 def _already_there(
-    key: str, have: int, want: int, tail_matches: bool, existing: Existing, what: str
+    key: str, have: int, want: int, differs_at: int | None, existing: Existing, what: str
 ) -> int:
     """Return where to continue a destination conversation holding ``have`` messages.
 
     Raises:
         ConflictError: The destination holds something else, or a partial copy without --resume.
     """
-    if have == want and tail_matches:
-        return have  # complete already: running the same command twice changes nothing
-    if existing is Existing.RESUME and have < want and tail_matches:
-        return have
-    if tail_matches:
+    if differs_at is not None:
         raise ConflictError(
-            f"destination key {key!r} already holds {have} of the {want} messages of the {what} "
-            "(an interrupted run?); rerun with --resume to continue it, or --replace to "
+            f"destination key {key!r} already holds {have} messages that are not a prefix of "
+            f"the {what}: they differ at position {differs_at}; rerun with --replace to "
             "overwrite it"
         )
+    if have == want or existing is Existing.RESUME:
+        return have  # complete already: running the same command twice changes nothing
     raise ConflictError(
-        f"destination key {key!r} already holds {have} messages that differ from the {what}; "
-        "rerun with --replace to overwrite it"
+        f"destination key {key!r} already holds {have} of the {want} messages of the {what} "
+        "(an interrupted run?); rerun with --resume to continue it, or --replace to "
+        "overwrite it"
     )
 
 
@@ -143,7 +183,9 @@ def copy_store(
     A destination conversation that already equals the source is skipped, so
     copying twice is harmless; with ``existing=RESUME`` a destination holding a
     prefix of the source (an interrupted copy) is continued; ``REPLACE``
-    overwrites. Each conversation's count is compared after it is copied;
+    overwrites. Before skipping or continuing, every message the destination
+    already holds is compared with the source's at the same position, reading
+    both a page at a time. Each conversation's count is compared after it is copied;
     mismatches (a source written to during the copy) are listed in the summary.
 
     Raises:
@@ -158,11 +200,10 @@ def copy_store(
         if have and existing is Existing.REPLACE:
             dst.set_messages(key, [])
         elif have:
-            tail = have <= want and _same(
-                dst.get_messages(key, offset=have - 1, limit=1),
-                src.get_messages(key, offset=have - 1, limit=1),
-            )
-            start = _already_there(key, have, want, tail, existing, "source conversation")
+            # Every position the destination holds is compared, not only the last: a
+            # different conversation that happens to end the same way must not be continued.
+            differs = _first_difference(src, dst, key, have, batch)
+            start = _already_there(key, have, want, differs, existing, "source conversation")
             progress.update(start)
         copied = 0
         for messages in _pages(src, key, start, batch):
@@ -182,8 +223,7 @@ class _Target:
     """A destination conversation while its dump lines stream in."""
 
     key: str
-    skip: int = 0
-    skipped_last: ChatMessage | None = None
+    held: _Prefix | None = None  # with --resume: what the destination held, still to match
     expected: int = 0
     pending: list[ChatMessage] = field(default_factory=list)
 
@@ -205,7 +245,7 @@ class _Importer:
             self.dst.set_messages(key, [])
             target.expected = 0
         elif have and self.existing is Existing.RESUME:
-            target.skip = have
+            target.held = _Prefix(self.dst, key, have, self.batch)
         elif have:
             raise ConflictError(
                 f"destination key {key!r} already holds {have} messages; rerun with --resume "
@@ -216,24 +256,18 @@ class _Importer:
 
     def add(self, target: _Target, message: ChatMessage) -> None:
         self.progress.update(1)
-        if target.skip:
-            target.skip -= 1
-            target.skipped_last = message
-            if not target.skip:
-                self._check_resume_point(target)
+        held = target.held
+        if held is not None and held.unmatched:
+            if not held.matches(message):
+                raise ConflictError(
+                    f"destination key {target.key!r} already holds {held.length} messages that "
+                    f"are not a prefix of the dump: they differ at position {held.position}; "
+                    "rerun with --replace to overwrite it"
+                )
             return
         target.pending.append(message)
         if len(target.pending) >= self.batch:
             self.flush(target)
-
-    def _check_resume_point(self, target: _Target) -> None:
-        assert target.skipped_last is not None
-        last = self.dst.get_messages(target.key, offset=target.expected - 1, limit=1)
-        if not _same(last, [target.skipped_last]):
-            raise ConflictError(
-                f"destination key {target.key!r} holds {target.expected} messages that are not "
-                "a prefix of the dump's; rerun with --replace to overwrite it"
-            )
 
     def flush(self, target: _Target) -> None:
         if target.pending:
@@ -243,9 +277,10 @@ class _Importer:
             target.pending = []
 
     def close(self, target: _Target) -> None:
-        if target.skip:
+        if target.held is not None and target.held.unmatched:
             raise ConflictError(
-                f"destination key {target.key!r} holds more messages than the dump has for it; "
+                f"destination key {target.key!r} holds {target.held.length} messages, more "
+                f"than the dump's {target.held.position} for it; "
                 "rerun with --replace to overwrite it"
             )
         self.flush(target)
