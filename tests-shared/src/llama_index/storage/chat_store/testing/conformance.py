@@ -535,17 +535,21 @@ class ChatStoreConformance(_ModeTests):
         text = str(info.value)
         assert key in text or ".json" in text
 
+    @pytest.mark.parametrize(
+        "removal", ["delete_messages", "delete_last_message", "delete_message", "delete_oldest"]
+    )
     def test_corrupt_data_is_never_skipped_and_can_be_removed(
-        self, make_corrupt: Callable[[str], BaseChatStore]
+        self, make_corrupt: Callable[[str], BaseChatStore], removal: str
     ) -> None:
-        """Removals that must return unreadable data raise and remove nothing; set([]) removes.
+        """A removal of unreadable data removes it, then raises CorruptDataError with the data.
 
-        A removal that must return a message it cannot read raises CorruptDataError naming
-        the key and removes nothing; set_messages(key, []) and clear() remove a corrupt
-        conversation.
+        One rule on every backend: the removal does what it was asked (atomically), and
+        because it cannot return what it removed, it raises CorruptDataError naming the key
+        and position and carrying the stored data (nothing is lost without the caller
+        knowing). set_messages(key, []) and clear() remove a corrupt conversation silently.
 
-        If this fails: a delete skips or swallows the bad message (the caller never learns
-        it existed), removes data while raising, or corrupt data cannot be removed at all.
+        If this fails: a delete skips the bad message, raises without removing it (corrupt
+        data could never be deleted), or the error does not say where the data was.
         """
         key = "corrupt-key"
         try:
@@ -554,23 +558,22 @@ class ChatStoreConformance(_ModeTests):
             unreadable = str(exc)
             assert ".json" in unreadable
             return
-        for remove in (
-            lambda: store.delete_messages(key),
-            lambda: store.delete_last_message(key),
-            lambda: store.delete_message(key, 1),
-            lambda: store.delete_oldest_messages(key, 2),
-        ):
-            with pytest.raises(CorruptDataError) as info:
-                remove()
-            assert info.value.key == key
-        with pytest.raises(CorruptDataError):  # still there: nothing was removed
-            store.get_messages(key)
-        store.set_messages(key, [])
-        assert store.get_messages(key) == []
-        assert key not in store.get_keys()
-        make_corrupt(key)
-        store.clear()
-        assert store.get_messages(key) == []
+        remove: dict[str, Callable[[], Any]] = {
+            "delete_messages": lambda: store.delete_messages(key),
+            "delete_last_message": lambda: store.delete_last_message(key),
+            "delete_message": lambda: store.delete_message(key, 1),
+            "delete_oldest": lambda: store.delete_oldest_messages(key, 2),
+        }
+        with pytest.raises(CorruptDataError) as info:
+            remove[removal]()
+        assert (info.value.key, info.value.position) == (key, 1)
+        assert info.value.data is not None
+        left = [] if removal in ("delete_messages", "delete_oldest") else ["fine"]
+        assert _texts(store.get_messages(key)) == left
+        make_corrupt(key + "2")
+        store.set_messages(key + "2", [])
+        assert store.get_messages(key + "2") == []
+        assert key + "2" not in store.get_keys()
 
     # -- payloads --------------------------------------------------------------------------
 
