@@ -12,7 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
     Field,
@@ -45,7 +45,7 @@ from llama_index.storage.chat_store.postgres._drivers import (
     SyncConnections,
 )
 from llama_index.storage.chat_store.postgres._layouts import LayoutName, Statements
-from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
+from llama_index.storage.chat_store.postgres.engine import ConnectorEngine, split_password
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -262,15 +262,14 @@ class PostgresChatStore(BaseChatStore):
     @model_validator(mode="before")
     @classmethod
     def _password_out_of_url(cls, data: Any) -> Any:
+        # A password in the user info or in the query (libpq takes both) moves to the
+        # ``password`` field, so the URL never carries it into a repr, dump or error.
         if isinstance(data, dict) and isinstance(data.get("connection_string"), str):
-            parts = urlsplit(data["connection_string"])
-            if parts.password is not None:
-                data = dict(data)
-                data.setdefault("password", unquote(parts.password))
-                host = parts.netloc.rsplit("@", 1)[1]
-                user = parts.username or ""
-                netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
-                data["connection_string"] = urlunsplit(parts._replace(netloc=netloc))
+            plain, password = split_password(data["connection_string"])
+            if password is not None:
+                data = {**data, "connection_string": plain}
+                if data.get("password") is None:
+                    data["password"] = password
         return data
 
     @model_validator(mode="after")
