@@ -14,7 +14,10 @@ changed nothing, so it is run again (a few times, after a short random pause); i
 keeps failing the caller gets a :class:`ChatStoreError` saying so.
 
 Async connections belong to one event loop, so each loop gets its own set, created
-lazily; a set left behind by a closed loop is dropped when noticed.
+lazily; a set left behind by a closed loop is dropped when noticed. A call cancelled
+while it waits for the server leaves its connection to asyncpg's own cancellation
+(the next user of the connection waits for it), and a cancelled connect finishes in the
+background and is closed, so nothing is left half-open or unretrieved.
 """
 
 from __future__ import annotations
@@ -364,6 +367,20 @@ class AsyncConnections:
         self._compiled[id(clause)] = (clause, compiled)
         return compiled
 
+    async def _open(self) -> Any:
+        """Open one connection; cancelling the caller never cancels the connect itself.
+
+        asyncpg's connect, cancelled half-way, can leave a future whose exception nobody
+        retrieves (logged as "Future exception was never retrieved"). Shielded, it runs to
+        its end, and a connection nobody waits for any more is closed.
+        """
+        opening = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_unwanted)
+            raise
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
         state = self._loops.get()
@@ -371,7 +388,7 @@ class AsyncConnections:
             connection = state.idle.pop() if state.idle else None
             if connection is None or connection.is_closed():
                 try:
-                    connection = await self._connect()
+                    connection = await self._open()
                 except ChatStoreError:
                     raise
                 except Exception as exc:
@@ -392,6 +409,15 @@ class AsyncConnections:
                     raise error from exc
                 state.idle.append(connection)
                 raise (error or ChatStoreError(f"{self._where}: {exc}")) from exc
+            except BaseException:
+                # Cancelled mid-call: asyncpg asks the server to cancel the statement and
+                # makes the connection's next user wait for that, so it can be reused;
+                # one still inside a transaction (its rollback interrupted) cannot.
+                if connection.is_closed() or connection.is_in_transaction():
+                    _abandon([connection])
+                else:
+                    state.idle.append(connection)
+                raise
             else:
                 state.idle.append(connection)
 
@@ -445,6 +471,14 @@ class AsyncConnections:
             # connections were terminated by take_all's on_drop).
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_abandon, state.idle)
+
+
+def _close_unwanted(opening: asyncio.Future[Any]) -> None:
+    """Close the connection a cancelled caller no longer waits for; retrieve its error."""
+    if opening.cancelled():
+        return
+    if opening.exception() is None:
+        _abandon([opening.result()])
 
 
 def _abandon(connections: list[Any]) -> None:
