@@ -420,7 +420,9 @@ def _llama_index(t: str, element: str) -> Statements:
         delete_from_end=_llama_index_delete(t, f"{size} - 1 - CAST(:offset AS bigint)"),
         delete_oldest=text(
             f"WITH t AS (SELECT key, value FROM {t} WHERE key = CAST(:key AS text) FOR UPDATE), "
-            f"upd AS (UPDATE {t} AS d SET value = d.value[CAST(:n AS bigint) + 1:] FROM t "
+            # Array subscripts are 32-bit: cut n to the array's length first.
+            f"upd AS (UPDATE {t} AS d SET value = "
+            "d.value[LEAST(CAST(:n AS bigint), COALESCE(cardinality(d.value), 0)) + 1:] FROM t "
             "WHERE d.key = t.key AND CAST(:n AS bigint) > 0) "
             f"SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} "
             "WHERE u.n <= CAST(:n AS bigint) ORDER BY u.n"

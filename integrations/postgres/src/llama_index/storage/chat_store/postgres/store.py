@@ -8,6 +8,7 @@ whether schema changes take an advisory lock.
 from __future__ import annotations
 
 import hashlib
+import operator
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ __all__ = ["PostgresChatStore"]
 
 LayoutOption = Literal["auto", "native", "google", "llama_index"]
 _KEYS_PAGE = 100
+# Positions beyond any conversation's length that still fit a bigint parameter.
+_FAR = 2**62
 _DDL_RACE_STATES = {"23505", "42P07", "42710", "40P01"}
 # Query options of our URLs that configure the store rather than the connection.
 _STORE_OPTIONS = {
@@ -708,6 +711,8 @@ class PostgresChatStore(BaseChatStore):
         self, st: Statements, key: str, idx: int
     ) -> tuple[TextClause, dict[str, Any]] | None:
         """The statement removing position ``idx``; ``None`` when no conversation has it."""
+        if not -_FAR <= idx < _FAR:
+            return None
         if idx < 0:
             return st.delete_from_end, {**self._key_params(key), "offset": -1 - idx}
         return st.delete_from_start, {**self._key_params(key), "offset": idx}
@@ -718,6 +723,11 @@ class PostgresChatStore(BaseChatStore):
 
     def _append_one_params(self, key: str, message: ChatMessage) -> dict[str, Any]:
         return {**self._key_params(key), "message": message_to_json(message)}
+
+    @staticmethod
+    def _index(idx: Any) -> int:
+        """``idx`` as an int, as ``list.insert`` takes it (TypeError otherwise)."""
+        return operator.index(idx)
 
     @staticmethod
     def _insert(
@@ -815,8 +825,13 @@ class PostgresChatStore(BaseChatStore):
 
         An insert is one transaction that holds the conversation's lock, so concurrent
         writers of the key see the conversation before or after it, never during.
+
+        Raises:
+            TypeError: ``idx`` is not an int (as ``list.insert`` raises).
         """
         key = self._check_key(key)
+        if idx is not None:
+            idx = self._index(idx)
         message = coerce_message(message, copy=False)  # serialized at once, never kept
         st = self._statements()
         connections = self._connections()
@@ -824,7 +839,7 @@ class PostgresChatStore(BaseChatStore):
             if not connections.fetch(st.append_one, self._append_one_params(key, message)):
                 connections.fetch(st.append, self._append_params(key, [message]))
             return
-        params = {**self._append_params(key, [message]), "idx": idx}
+        params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
         if st.lock is None:
             connections.fetch(st.insert_at, params)
             return
@@ -871,10 +886,13 @@ class PostgresChatStore(BaseChatStore):
         Holds the conversation's lock, so the position is that of the conversation as
         every write committed before left it. Two concurrent callers never receive the
         same message.
+
+        Raises:
+            TypeError: ``idx`` is not an int.
         """
         key = self._check_key(key)
         st = self._statements()
-        found = self._delete_at(st, key, idx)
+        found = self._delete_at(st, key, self._index(idx))
         if found is None:
             return None
         removed = self._messages(key, st, self._change(key, *found))
@@ -890,7 +908,7 @@ class PostgresChatStore(BaseChatStore):
         if n <= 0:
             return []
         st = self._statements()
-        params = {**self._key_params(key), "n": n}
+        params = {**self._key_params(key), "n": min(n, _FAR)}
         return self._messages(key, st, self._change(key, st.delete_oldest, params))
 
     def iter_keys(self) -> Iterator[str]:
@@ -1030,6 +1048,8 @@ class PostgresChatStore(BaseChatStore):
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
         key = self._check_key(key)
+        if idx is not None:
+            idx = self._index(idx)
         message = coerce_message(message, copy=False)  # serialized at once, never kept
         st = await self._astatements()
         connections = self._aconnections()
@@ -1037,7 +1057,7 @@ class PostgresChatStore(BaseChatStore):
             if not await connections.fetch(st.append_one, self._append_one_params(key, message)):
                 await connections.fetch(st.append, self._append_params(key, [message]))
             return
-        params = {**self._append_params(key, [message]), "idx": idx}
+        params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
         if st.lock is None:
             await connections.fetch(st.insert_at, params)
             return
@@ -1081,7 +1101,7 @@ class PostgresChatStore(BaseChatStore):
         """Async :meth:`delete_message`."""
         key = self._check_key(key)
         st = await self._astatements()
-        found = self._delete_at(st, key, idx)
+        found = self._delete_at(st, key, self._index(idx))
         if found is None:
             return None
         removed = await self._amessages(key, st, await self._achange(key, *found))
@@ -1097,7 +1117,7 @@ class PostgresChatStore(BaseChatStore):
         if n <= 0:
             return []
         st = await self._astatements()
-        params = {**self._key_params(key), "n": n}
+        params = {**self._key_params(key), "n": min(n, _FAR)}
         return await self._amessages(key, st, await self._achange(key, st.delete_oldest, params))
 
     async def aiter_keys(self) -> AsyncIterator[str]:
