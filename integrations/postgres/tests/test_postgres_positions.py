@@ -70,3 +70,46 @@ def test_a_bool_idx_counts_as_an_int(store: PostgresChatStore) -> None:
     """idx=True is 1, as for list.insert."""
     store.add_message("k", ChatMessage(content="one"), idx=True)
     assert _texts(store) == ["a", "one", "b"]
+
+
+# Planner settings under which ``id IN (SELECT ... LIMIT n FOR UPDATE)`` becomes a
+# nested-loop semi-join that runs the subquery again for every candidate row.
+_RESCANNING_PLANS = {
+    name: "off"
+    for name in (
+        "enable_hashjoin",
+        "enable_mergejoin",
+        "enable_material",
+        "enable_sort",
+        "enable_hashagg",
+        "enable_memoize",
+    )
+}
+
+
+@pytest.mark.parametrize("layout", ["native", "google", "llama_index"])
+def test_delete_oldest_removes_n_whatever_plan_the_server_picks(
+    database_url_for_module: str, layout: str
+) -> None:
+    """delete_oldest_messages(key, 2) removes 2 of 6, also under a rescanning plan.
+
+    If this fails: the statement picks its ids in a subquery the server may run once per
+    row it deletes, each run past the rows already deleted: the whole conversation goes.
+    """
+    options = " ".join(f"-c {name}={value}" for name, value in _RESCANNING_PLANS.items())
+    store = PostgresChatStore.from_uri(
+        database_url_for_module,
+        schema_name=f"o_{uuid.uuid4().hex[:8]}",
+        layout=layout,
+        engine_options={"connect_args": {"options": options}},
+        async_connect_options={"server_settings": _RESCANNING_PLANS},
+    )
+    six = [ChatMessage(content=f"m{i}") for i in range(6)]
+    store.set_messages("k", six)
+    assert [m.content for m in store.delete_oldest_messages("k", 2)] == ["m0", "m1"]
+    assert store.count_messages("k") == 4
+    store.set_messages("k", six)
+    removed = asyncio.run(store.adelete_oldest_messages("k", 2))
+    assert [m.content for m in removed] == ["m0", "m1"]
+    assert _texts(store) == ["m2", "m3", "m4", "m5"]
+    store.close()

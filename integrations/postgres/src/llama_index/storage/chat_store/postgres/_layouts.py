@@ -180,6 +180,20 @@ def _pick(m: str, live: str, direction: str) -> str:
     )
 
 
+def _first_ids(m: str, live: str) -> str:
+    """The ids of the first ``:n`` messages, as an array computed once per statement.
+
+    Never ``id IN (SELECT ... LIMIT n FOR UPDATE)``: as the inner side of a nested-loop
+    semi-join that subquery is run again for every candidate row, and each run skips the
+    rows this statement already deleted and locks the next ``n``, so the DELETE removed
+    the whole conversation (whenever the planner picked that plan).
+    """
+    return (
+        f"ARRAY(SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id "
+        "LIMIT CAST(:n AS bigint) FOR UPDATE)"
+    )
+
+
 _NEW_ROWS = "unnest(CAST(:messages AS text[])) WITH ORDINALITY AS u(message, n) ORDER BY u.n"
 
 
@@ -272,10 +286,8 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
         ),
         delete_oldest=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id IN "
-            f"(SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id "
-            "LIMIT CAST(:n AS bigint) "
-            f"FOR UPDATE) RETURNING id, message::text AS message), {touch} "
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id = ANY("
+            f"{_first_ids(m, live)}) RETURNING id, message::text AS message), {touch} "
             "SELECT id, message FROM gone ORDER BY id"
         ),
         keys_page=text(
@@ -348,8 +360,7 @@ def _google(m: str) -> Statements:
             f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) RETURNING id, message::text"
         ),
         delete_oldest=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE id IN (SELECT id FROM {m} "
-            "WHERE key = CAST(:key AS text) ORDER BY id LIMIT CAST(:n AS bigint) FOR UPDATE) "
+            f"WITH gone AS (DELETE FROM {m} WHERE id = ANY({_first_ids(m, '')}) "
             "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
         ),
         keys_page=text(
