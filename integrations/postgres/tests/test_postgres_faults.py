@@ -15,9 +15,14 @@ from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
     ChatMessage,
+    chat_store_from_dict,
 )
-from llama_index.storage.chat_store.postgres import PostgresChatStore
-from llama_index.storage.chat_store.testing.services import LocalServer, start_postgres
+from llama_index.storage.chat_store.postgres import ConnectorEngine, PostgresChatStore
+from llama_index.storage.chat_store.testing.services import (
+    LocalServer,
+    free_port,
+    start_postgres,
+)
 
 SCRAM_USER, SCRAM_PASSWORD = "scram_user", "right-password-Z9"
 
@@ -87,6 +92,71 @@ def test_wrong_password_is_authentication_error(server: LocalServer) -> None:
     assert asyncio.run(good.acount_messages("k")) == 1
     assert SCRAM_PASSWORD not in repr(good) + str(good.to_dict())
     good.close()
+
+
+def _shown(store: PostgresChatStore) -> str:
+    """Everything a store shows of itself: repr, str, dumps, its URL."""
+    return " ".join(
+        [
+            repr(store),
+            str(store),
+            str(store.to_dict()),
+            store.model_dump_json(),
+            store.connection_string,
+        ]
+    )
+
+
+def test_password_in_the_query_authenticates_and_is_never_shown(server: LocalServer) -> None:
+    """``?password=`` (libpq's other place for it) moves out of the URL like ``user:pw@``.
+
+    If this fails: only the user-info password is taken out of the connection string, so
+    the query's one shows in repr, str, to_dict() and every error message naming the URL.
+    """
+    url = (
+        f"postgresql://{SCRAM_USER}@127.0.0.1:{server.port}/postgres"
+        f"?connect_timeout=3&password={SCRAM_PASSWORD}"
+    )
+    schema = f"q_{uuid.uuid4().hex[:8]}"
+    store = PostgresChatStore.from_uri(url, schema_name=schema)
+    store.add_message("k", ChatMessage(content="sync"))
+    asyncio.run(store.aadd_message("k", ChatMessage(content="async")))
+    assert store.count_messages("k") == 2
+    assert store.password is not None
+    assert store.password.get_secret_value() == SCRAM_PASSWORD
+    assert SCRAM_PASSWORD not in _shown(store)
+    assert "connect_timeout=3" in store.connection_string
+    rebuilt = chat_store_from_dict(store.to_dict(), password=SCRAM_PASSWORD)
+    assert rebuilt.count_messages("k") == 2
+    engine = ConnectorEngine.from_connection_string(url)
+    assert SCRAM_PASSWORD not in repr(engine) + engine.url
+    over_engine = PostgresChatStore.from_engine(engine, schema_name=schema)
+    assert over_engine.count_messages("k") == 2
+    assert SCRAM_PASSWORD not in _shown(over_engine)
+    for opened in (store, rebuilt, over_engine):
+        opened.close()
+
+
+@pytest.mark.parametrize("async_call", [False, True])
+def test_query_password_stays_out_of_errors(async_call: bool) -> None:
+    """A dead server's error names the URL with the password masked, wherever it was given.
+
+    If this fails: the query's password reaches the error message through the URL.
+    """
+    secret = "query-secret-8Hq"
+    store = PostgresChatStore.from_uri(
+        f"postgresql://someone@127.0.0.1:{free_port()}/db?password={secret}&connect_timeout=2"
+    )
+
+    def count() -> int:
+        return asyncio.run(store.acount_messages("k")) if async_call else store.count_messages("k")
+
+    with pytest.raises(BackendUnavailableError) as info:
+        count()
+    message = str(info.value)
+    assert secret not in message
+    assert "someone:***@127.0.0.1" in message
+    assert secret not in _shown(store)
 
 
 @pytest.mark.parametrize(

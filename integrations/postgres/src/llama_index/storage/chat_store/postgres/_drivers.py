@@ -9,17 +9,26 @@ Transactions are explicit and only where an operation needs two statements.
 Statements are SQLAlchemy ``text()`` clauses compiled once per dialect (``$1`` for
 asyncpg, ``%(name)s`` for psycopg, ``%s`` for pg8000).
 
+A statement or transaction the server aborts for a deadlock or a serialization failure
+changed nothing, so it is run again (a few times, after a short random pause); if it
+keeps failing the caller gets a :class:`ChatStoreError` saying so.
+
 Async connections belong to one event loop, so each loop gets its own set, created
-lazily; a set left behind by a closed loop is dropped when noticed.
+lazily; a set left behind by a closed loop is dropped when noticed. A call cancelled
+while it waits for the server leaves its connection to asyncpg's own cancellation
+(the next user of the connection waits for it), and a cancelled connect finishes in the
+background and is closed, so nothing is left half-open or unretrieved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import TextClause
 from sqlalchemy.engine import Dialect, Engine
@@ -33,15 +42,26 @@ from llama_index.storage.chat_store.core import (
     PerLoop,
 )
 
-__all__ = ["AsyncConnections", "Compiled", "Runner", "SyncConnections", "translate_error"]
+__all__ = [
+    "AsyncConnections",
+    "AsyncRunner",
+    "Compiled",
+    "Runner",
+    "SyncConnections",
+    "translate_error",
+]
 
 Row = Sequence[Any]
 Params = dict[str, Any]
+T = TypeVar("T")
 
 # SQLSTATE classes: 08 connection exception, 57P01-03 server shutting down/starting,
 # 28 authentication, 42501 insufficient privilege.
 _UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
 _AUTH_STATES = ("28", "42501")
+# 40001 serialization failure, 40P01 deadlock detected: the server rolled the work back.
+_CONFLICT_STATES = ("40001", "40P01")
+_ATTEMPTS = 6
 _AUTH_PHRASES = ("authentication failed", "no password supplied", "password is required")
 _UNAVAILABLE_PHRASES = (
     "connection refused",
@@ -113,7 +133,25 @@ def translate_error(exc: BaseException, where: str) -> ChatStoreError | None:
         or (type(cause).__name__ in {"InterfaceError", "OperationalError"} and not state)
     ):
         return BackendUnavailableError(f"cannot reach {where}: {cause}")
+    if state in _CONFLICT_STATES:
+        return ChatStoreError(
+            f"{where} rolled the operation back {_ATTEMPTS} times in a row because of "
+            f"concurrent writers ({cause}); nothing was changed, try again"
+        )
     return None
+
+
+def _is_conflict(error: ChatStoreError) -> bool:
+    """Whether ``error`` is a deadlock or serialization failure (safe to run again)."""
+    cause = error.__cause__
+    if isinstance(cause, DBAPIError) and cause.orig is not None:
+        cause = cause.orig
+    return cause is not None and _sqlstate(cause) in _CONFLICT_STATES
+
+
+def _pause(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` (random, so rivals drift apart)."""
+    return random.uniform(0, 0.005 * 2**attempt)
 
 
 class Runner(Protocol):
@@ -209,6 +247,11 @@ class SyncConnections:
                 raise error from exc
             self._release(connection)
             raise (error or ChatStoreError(f"{self._where}: {exc}")) from exc
+        except BaseException:
+            # Interrupted mid-call (KeyboardInterrupt): the connection's state is unknown.
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            raise
         else:
             self._release(connection)
 
@@ -221,28 +264,49 @@ class SyncConnections:
         with self._lock:
             self._idle.append(connection)
 
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        for tries in range(1, _ATTEMPTS + 1):
+            try:
+                return attempt()
+            except ChatStoreError as error:
+                if tries == _ATTEMPTS or not _is_conflict(error):
+                    raise
+            time.sleep(_pause(tries))
+        raise AssertionError("unreachable")
+
     def fetch(self, clause: TextClause, params: Params) -> list[Row]:
         """Run one autocommit statement; return its rows."""
-        with self._connection() as connection:
-            return _SyncRunner(self, connection).fetch(clause, params)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Runner]:
-        """Run statements in one transaction (rolled back on any error)."""
-        with self._connection() as connection:
-            runner = _SyncRunner(self, connection)
-            driver = connection.driver_connection
-            driver.autocommit = False  # type: ignore[union-attr]
-            try:
-                yield runner
-                connection.commit()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    connection.rollback()
-                raise
-            finally:
-                with contextlib.suppress(Exception):
-                    driver.autocommit = True  # type: ignore[union-attr]
+        def attempt() -> list[Row]:
+            with self._connection() as connection:
+                return _SyncRunner(self, connection).fetch(clause, params)
+
+        return self._retrying(attempt)
+
+    def transaction(self, body: Callable[[Runner], T]) -> T:
+        """Run ``body``'s statements in one transaction; return what ``body`` returns.
+
+        Rolled back on any error; run again from the start after a deadlock or
+        serialization failure, so ``body`` must do nothing but run statements.
+        """
+
+        def attempt() -> T:
+            with self._connection() as connection:
+                driver = connection.driver_connection
+                driver.autocommit = False  # type: ignore[union-attr]
+                try:
+                    result = body(_SyncRunner(self, connection))
+                    connection.commit()
+                    return result
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        connection.rollback()
+                    raise
+                finally:
+                    with contextlib.suppress(Exception):
+                        driver.autocommit = True  # type: ignore[union-attr]
+
+        return self._retrying(attempt)
 
     def close(self) -> None:
         """Return held connections and dispose of the engine if this store made it."""
@@ -268,7 +332,7 @@ class _LoopConnections:
         self.slots = asyncio.Semaphore(limit)
 
 
-class _AsyncRunner:
+class AsyncRunner:
     def __init__(self, owner: AsyncConnections, connection: Any) -> None:
         self._owner = owner
         self._connection = connection
@@ -303,6 +367,20 @@ class AsyncConnections:
         self._compiled[id(clause)] = (clause, compiled)
         return compiled
 
+    async def _open(self) -> Any:
+        """Open one connection; cancelling the caller never cancels the connect itself.
+
+        asyncpg's connect, cancelled half-way, can leave a future whose exception nobody
+        retrieves (logged as "Future exception was never retrieved"). Shielded, it runs to
+        its end, and a connection nobody waits for any more is closed.
+        """
+        opening = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_unwanted)
+            raise
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
         state = self._loops.get()
@@ -310,7 +388,7 @@ class AsyncConnections:
             connection = state.idle.pop() if state.idle else None
             if connection is None or connection.is_closed():
                 try:
-                    connection = await self._connect()
+                    connection = await self._open()
                 except ChatStoreError:
                     raise
                 except Exception as exc:
@@ -331,19 +409,49 @@ class AsyncConnections:
                     raise error from exc
                 state.idle.append(connection)
                 raise (error or ChatStoreError(f"{self._where}: {exc}")) from exc
+            except BaseException:
+                # Cancelled mid-call: asyncpg asks the server to cancel the statement and
+                # makes the connection's next user wait for that, so it can be reused;
+                # one still inside a transaction (its rollback interrupted) cannot.
+                if connection.is_closed() or connection.is_in_transaction():
+                    _abandon([connection])
+                else:
+                    state.idle.append(connection)
+                raise
             else:
                 state.idle.append(connection)
 
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        for tries in range(1, _ATTEMPTS + 1):
+            try:
+                return await attempt()
+            except ChatStoreError as error:
+                if tries == _ATTEMPTS or not _is_conflict(error):
+                    raise
+            await asyncio.sleep(_pause(tries))
+        raise AssertionError("unreachable")
+
     async def fetch(self, clause: TextClause, params: Params) -> list[Row]:
         """Run one autocommit statement; return its rows."""
-        async with self._connection() as connection:
-            return await _AsyncRunner(self, connection).fetch(clause, params)
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_AsyncRunner]:
-        """Run statements in one transaction (rolled back on any error)."""
-        async with self._connection() as connection, connection.transaction():
-            yield _AsyncRunner(self, connection)
+        async def attempt() -> list[Row]:
+            async with self._connection() as connection:
+                return await AsyncRunner(self, connection).fetch(clause, params)
+
+        return await self._retrying(attempt)
+
+    async def transaction(self, body: Callable[[AsyncRunner], Awaitable[T]]) -> T:
+        """Run ``body``'s statements in one transaction; return what ``body`` returns.
+
+        Rolled back on any error; run again from the start after a deadlock or
+        serialization failure, so ``body`` must do nothing but run statements.
+        """
+
+        async def attempt() -> T:
+            async with self._connection() as connection, connection.transaction():
+                return await body(AsyncRunner(self, connection))
+
+        return await self._retrying(attempt)
 
     async def aclose(self) -> None:
         """Close this loop's connections; drop those of other loops."""
@@ -363,6 +471,14 @@ class AsyncConnections:
             # connections were terminated by take_all's on_drop).
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_abandon, state.idle)
+
+
+def _close_unwanted(opening: asyncio.Future[Any]) -> None:
+    """Close the connection a cancelled caller no longer waits for; retrieve its error."""
+    if opening.cancelled():
+        return
+    if opening.exception() is None:
+        _abandon([opening.result()])
 
 
 def _abandon(connections: list[Any]) -> None:

@@ -5,9 +5,19 @@
 
 Every statement is a SQLAlchemy ``text()`` clause with named bind parameters;
 identifiers are quoted by the PostgreSQL dialect and always schema-qualified.
-Values are never part of the SQL text. Each operation is one statement except
-``replace`` and ``insert_at`` on the native layout, which are one transaction of
-two (lock the conversation row, then change it).
+Values are never part of the SQL text.
+
+Locking, the one rule of the row layouts (``native``, ``google``): every writer of a
+conversation takes the conversation's lock FIRST (``lock``: the native layout's
+conversation row, or a per-key advisory lock on Google's table), then touches message
+rows. Appends take it inside their one statement, before any message row exists. An
+operation that reads message rows to decide what to change (insert at an index,
+delete by position, delete all, replace) is a transaction of two statements: ``lock``,
+then the change, whose snapshot (READ COMMITTED: one per statement) is taken after
+the lock is granted, so it sees every write committed before. One order everywhere
+means no deadlocks, and no writer acts on a stale picture of the conversation.
+The ``llama_index`` layout keeps a conversation in one row: each operation is one
+statement on it, and the row lock orders them.
 
 Three layouts:
 
@@ -82,20 +92,26 @@ class Statements:
     get_head: TextClause  # key, offset, limit, ttl (refresh_on_read)
     get_tail: TextClause  # key, tail, limit, ttl (refresh_on_read)
     count: TextClause  # key, ttl (refresh_on_read) -> (n,)
-    append: TextClause  # key, messages (text[]), n, ttl
-    append_one: TextClause  # key, message, ttl -> a row if done (else run ``append``)
-    insert_at: TextClause  # key, idx, messages (one), ttl  [native: after lock_for_insert]
-    replace: TextClause  # key, messages, n, ttl  [native: after lock_for_replace]
-    delete_all: TextClause  # key
-    delete_from_start: TextClause  # key, offset (message at that position), ttl
-    delete_from_end: TextClause  # key, offset (0 = the last message), ttl
-    delete_oldest: TextClause  # key, n, ttl
+    append: TextClause  # key, lock, messages (text[]), n, ttl
+    append_one: TextClause  # key, lock, message, ttl -> a row if done (else run ``append``)
+    insert_at: TextClause  # key, idx, messages (one), ttl  [row layouts: after ``lock``]
+    replace: TextClause  # key, messages, n, ttl  [row layouts: after ``lock_for_replace``]
+    delete_all: TextClause  # key  [row layouts: after ``lock``]
+    delete_from_start: TextClause  # key, offset (message at that position), ttl  [idem]
+    delete_from_end: TextClause  # key, offset (0 = the last message), ttl  [idem]
+    delete_oldest: TextClause  # key, n, ttl  [idem]
     keys_page: TextClause  # after, page -> (key,)
-    clear: TextClause
+    clear: TextClause  # [row layouts: after ``lock_all``]
     position_of: TextClause | None  # key, id -> (n,)  (row layouts)
-    lock_for_insert: TextClause | None  # key -> (count,)  (native)
-    lock_for_replace: TextClause | None  # key  (native)
+    lock: TextClause | None  # key, lock -> native: (live count,) or no row  (row layouts)
+    lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row
+    lock_all: TextClause | None  # locks every conversation of the table  (row layouts)
     sweep: TextClause | None  # -> (conversations removed,)  (native)
+
+    @property
+    def serialised(self) -> bool:
+        """Whether multi-row changes run as ``lock`` + statement transactions (row layouts)."""
+        return self.lock is not None
 
 
 def _name(schema: str, table: str) -> str:
@@ -152,12 +168,29 @@ def _rows_common(m: str, live: str, refresh: str = "") -> dict[str, TextClause]:
 def _pick(m: str, live: str, direction: str) -> str:
     """The id of the message ``:offset`` rows from the start (ASC) or the end (DESC).
 
-    ``SKIP LOCKED``: two concurrent pops take two different rows instead of the second
-    one finding its row gone and returning nothing.
+    Runs under the conversation's lock, so no writer of ours holds these rows. ``FOR
+    UPDATE`` (never ``SKIP LOCKED``, which would pick another message than the one at
+    the position) waits for a foreign writer holding a row (Google's own store on a
+    shared table) and then skips the row if that writer deleted it: the position counts
+    only messages that still exist.
     """
     return (
         f"SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id {direction} "
-        "OFFSET CAST(:offset AS bigint) LIMIT 1 FOR UPDATE SKIP LOCKED"
+        "OFFSET CAST(:offset AS bigint) LIMIT 1 FOR UPDATE"
+    )
+
+
+def _first_ids(m: str, live: str) -> str:
+    """The ids of the first ``:n`` messages, as an array computed once per statement.
+
+    Never ``id IN (SELECT ... LIMIT n FOR UPDATE)``: as the inner side of a nested-loop
+    semi-join that subquery is run again for every candidate row, and each run skips the
+    rows this statement already deleted and locks the next ``n``, so the DELETE removed
+    the whole conversation (whenever the planner picked that plan).
+    """
+    return (
+        f"ARRAY(SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id "
+        "LIMIT CAST(:n AS bigint) FOR UPDATE)"
     )
 
 
@@ -253,10 +286,8 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
         ),
         delete_oldest=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id IN "
-            f"(SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id "
-            "LIMIT CAST(:n AS bigint) "
-            f"FOR UPDATE) RETURNING id, message::text AS message), {touch} "
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id = ANY("
+            f"{_first_ids(m, live)}) RETURNING id, message::text AS message), {touch} "
             "SELECT id, message FROM gone ORDER BY id"
         ),
         keys_page=text(
@@ -265,14 +296,18 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             "ORDER BY key LIMIT CAST(:page AS bigint)"
         ),
         clear=text(f"WITH conv AS (DELETE FROM {c}) DELETE FROM {m}"),
-        lock_for_insert=text(
+        lock=text(
             f"SELECT CASE WHEN expires_at <= now() THEN 0 ELSE message_count END FROM {c} "
             "WHERE key = CAST(:key AS text) FOR UPDATE"
         ),
+        # ``lock``, creating the row if missing: a concurrent first append waits for it.
         lock_for_replace=text(
             f"INSERT INTO {c} AS c (key, message_count) VALUES (CAST(:key AS text), 0) "
             "ON CONFLICT (key) DO UPDATE SET message_count = c.message_count"
         ),
+        # Key order: two clears lock the rows in the same order. A conversation created
+        # after this lock is either wholly seen by the ``clear`` that follows or not at all.
+        lock_all=text(f"SELECT count(*) FROM (SELECT 1 FROM {c} ORDER BY key FOR UPDATE) AS l"),
         sweep=text(
             f"WITH dead AS (DELETE FROM {c} WHERE expires_at <= now() OR message_count <= 0 "
             f"RETURNING key), gone AS (DELETE FROM {m} WHERE key IN (SELECT key FROM dead)) "
@@ -282,20 +317,24 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
 
 
 def _google(m: str) -> Statements:
+    # Google's table has no row per conversation: a transaction-scoped advisory lock on
+    # the key (``:lock``, a hash of schema, table and key) stands in for it. Appends take
+    # it in their statement before the rows get their ids, so ids follow commit order.
+    lock = "SELECT pg_advisory_xact_lock(CAST(:lock AS bigint))"
     return Statements(
         layout="google",
         positions=False,
         **_rows_common(m, ""),
         count=text(f"SELECT count(*) FROM {m} WHERE key = CAST(:key AS text)"),
         append=text(
-            f"INSERT INTO {m} (key, message) "
-            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {_NEW_ROWS}"
+            f"WITH lk AS ({lock}) INSERT INTO {m} (key, message) "
+            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM lk, {_NEW_ROWS}"
         ),
         append_one=text(
-            f"INSERT INTO {m} (key, message) "
-            "VALUES (CAST(:key AS text), CAST(:message AS json)) RETURNING id"
+            f"WITH lk AS ({lock}) INSERT INTO {m} (key, message) "
+            "SELECT CAST(:key AS text), CAST(:message AS json) FROM lk RETURNING id"
         ),
-        # One statement: the tail from the insert position moves behind the new message.
+        # The tail from the insert position moves behind the new message.
         insert_at=text(
             f"WITH tail AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id >= "
             f"(SELECT id FROM {m} WHERE key = CAST(:key AS text) ORDER BY id "
@@ -321,8 +360,7 @@ def _google(m: str) -> Statements:
             f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) RETURNING id, message::text"
         ),
         delete_oldest=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE id IN (SELECT id FROM {m} "
-            "WHERE key = CAST(:key AS text) ORDER BY id LIMIT CAST(:n AS bigint) FOR UPDATE) "
+            f"WITH gone AS (DELETE FROM {m} WHERE id = ANY({_first_ids(m, '')}) "
             "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
         ),
         keys_page=text(
@@ -330,8 +368,10 @@ def _google(m: str) -> Statements:
             "ORDER BY key LIMIT CAST(:page AS bigint)"
         ),
         clear=text(f"DELETE FROM {m}"),
-        lock_for_insert=None,
-        lock_for_replace=None,
+        lock=text(lock),
+        lock_for_replace=text(lock),
+        # Waits for every writer's transaction and holds off new ones (plain reads go on).
+        lock_all=text(f"LOCK TABLE {m} IN EXCLUSIVE MODE"),
         sweep=None,
     )
 
@@ -391,7 +431,9 @@ def _llama_index(t: str, element: str) -> Statements:
         delete_from_end=_llama_index_delete(t, f"{size} - 1 - CAST(:offset AS bigint)"),
         delete_oldest=text(
             f"WITH t AS (SELECT key, value FROM {t} WHERE key = CAST(:key AS text) FOR UPDATE), "
-            f"upd AS (UPDATE {t} AS d SET value = d.value[CAST(:n AS bigint) + 1:] FROM t "
+            # Array subscripts are 32-bit: cut n to the array's length first.
+            f"upd AS (UPDATE {t} AS d SET value = "
+            "d.value[LEAST(CAST(:n AS bigint), COALESCE(cardinality(d.value), 0)) + 1:] FROM t "
             "WHERE d.key = t.key AND CAST(:n AS bigint) > 0) "
             f"SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} "
             "WHERE u.n <= CAST(:n AS bigint) ORDER BY u.n"
@@ -402,8 +444,9 @@ def _llama_index(t: str, element: str) -> Statements:
         ),
         clear=text(f"DELETE FROM {t}"),
         position_of=None,
-        lock_for_insert=None,
+        lock=None,
         lock_for_replace=None,
+        lock_all=None,
         sweep=None,
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy.engine import Engine, create_engine
 
@@ -23,7 +23,30 @@ if TYPE_CHECKING:
 
     from llama_index.storage.chat_store.postgres.store import PostgresChatStore
 
-__all__ = ["ConnectorEngine", "connector_login"]
+__all__ = ["ConnectorEngine", "connector_login", "split_password"]
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """Return ``url`` without its password, and the password (``None`` if it had none).
+
+    libpq takes the password from the user info (``postgresql://user:pw@host/db``) or
+    from the query (``postgresql://user@host/db?password=pw``); the query wins when both
+    are given, as in libpq. Both places are emptied, so the URL can be shown.
+    """
+    parts = urlsplit(url)
+    password = unquote(parts.password) if parts.password is not None else None
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
+        parts = parts._replace(netloc=netloc)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = [value for name, value in query if name == "password"]
+    if given:
+        password = given[-1]
+        kept = [(name, value) for name, value in query if name != "password"]
+        parts = parts._replace(query=urlencode(kept))
+    return urlunsplit(parts), password
 
 
 def connector_login(user: str | None, password: str | None, iam_account_email: str | None) -> str:
@@ -82,13 +105,11 @@ class ConnectorEngine:
     def from_connection_string(cls, url: str, **engine_options: Any) -> Self:
         """Connect with a plain PostgreSQL URL (``postgresql+asyncpg://user:pw@host/db``).
 
-        The password moves out of the URL, which is shown in errors and dumps.
+        The password (in the user info or the query) moves out of the URL, which is shown
+        in errors and dumps.
         """
-        parts = urlsplit(url)
-        password = unquote(parts.password) if parts.password is not None else None
-        if password is not None:
-            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", "@", 1))
-        return cls(urlunsplit(parts), password=password, engine_options=engine_options)
+        plain, password = split_password(url)
+        return cls(plain, password=password, engine_options=engine_options)
 
     @classmethod
     def from_engine(cls, engine: AsyncEngine | Engine, **_: Any) -> Self:

@@ -8,11 +8,12 @@ whether schema changes take an advisory lock.
 from __future__ import annotations
 
 import hashlib
+import operator
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
     Field,
@@ -39,12 +40,13 @@ from llama_index.storage.chat_store.core.store import check_window
 from llama_index.storage.chat_store.postgres import _layouts
 from llama_index.storage.chat_store.postgres._drivers import (
     AsyncConnections,
+    AsyncRunner,
     Row,
     Runner,
     SyncConnections,
 )
 from llama_index.storage.chat_store.postgres._layouts import LayoutName, Statements
-from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
+from llama_index.storage.chat_store.postgres.engine import ConnectorEngine, split_password
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -54,6 +56,8 @@ __all__ = ["PostgresChatStore"]
 
 LayoutOption = Literal["auto", "native", "google", "llama_index"]
 _KEYS_PAGE = 100
+# Positions beyond any conversation's length that still fit a bigint parameter.
+_FAR = 2**62
 _DDL_RACE_STATES = {"23505", "42P07", "42710", "40P01"}
 # Query options of our URLs that configure the store rather than the connection.
 _STORE_OPTIONS = {
@@ -261,15 +265,14 @@ class PostgresChatStore(BaseChatStore):
     @model_validator(mode="before")
     @classmethod
     def _password_out_of_url(cls, data: Any) -> Any:
+        # A password in the user info or in the query (libpq takes both) moves to the
+        # ``password`` field, so the URL never carries it into a repr, dump or error.
         if isinstance(data, dict) and isinstance(data.get("connection_string"), str):
-            parts = urlsplit(data["connection_string"])
-            if parts.password is not None:
-                data = dict(data)
-                data.setdefault("password", unquote(parts.password))
-                host = parts.netloc.rsplit("@", 1)[1]
-                user = parts.username or ""
-                netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
-                data["connection_string"] = urlunsplit(parts._replace(netloc=netloc))
+            plain, password = split_password(data["connection_string"])
+            if password is not None:
+                data = {**data, "connection_string": plain}
+                if data.get("password") is None:
+                    data["password"] = password
         return data
 
     @model_validator(mode="after")
@@ -624,17 +627,21 @@ class PostgresChatStore(BaseChatStore):
             resolved = self._resolve(columns, schema_exists)
             try:
                 if resolved.ddl:
-                    with connections.transaction() as tx:
+
+                    def create(tx: Runner, names: dict[str, Any] = names) -> _Resolved:
+                        # Under the lock, look again: another session may have just made
+                        # the tables, and even a no-op CREATE INDEX locks the table against
+                        # writers already using it (a deadlock with their appends).
                         if self._ddl_advisory_lock:
                             tx.fetch(_layouts.ADVISORY_LOCK, {"lock": self._lock_id()})
-                            # Look again under the lock: another session may have just made
-                            # them, and even a no-op CREATE INDEX locks the table against
-                            # writers already using it (a deadlock with their appends).
-                            columns = tx.fetch(_layouts.DETECT, names)
-                            exists = tx.fetch(_layouts.SCHEMA_EXISTS, {"schema": self.schema_name})
-                            resolved = self._resolve(columns, bool(exists[0][0]))
-                        for statement in resolved.ddl:
+                        columns = tx.fetch(_layouts.DETECT, names)
+                        exists = tx.fetch(_layouts.SCHEMA_EXISTS, {"schema": self.schema_name})
+                        found = self._resolve(columns, bool(exists[0][0]))
+                        for statement in found.ddl:
                             tx.fetch(statement, {})
+                        return found
+
+                    resolved = connections.transaction(create)
                 break
             except Exception as exc:
                 if attempt or not _ddl_race(exc):
@@ -657,16 +664,19 @@ class PostgresChatStore(BaseChatStore):
             resolved = self._resolve(columns, bool(schema_rows[0][0]))
             try:
                 if resolved.ddl:
-                    async with connections.transaction() as tx:
+
+                    async def create(tx: AsyncRunner, names: dict[str, Any] = names) -> _Resolved:
                         if self._ddl_advisory_lock:
                             await tx.fetch(_layouts.ADVISORY_LOCK, {"lock": self._lock_id()})
-                            columns = await tx.fetch(_layouts.DETECT, names)
-                            exists = await tx.fetch(
-                                _layouts.SCHEMA_EXISTS, {"schema": self.schema_name}
-                            )
-                            resolved = self._resolve(columns, bool(exists[0][0]))
-                        for statement in resolved.ddl:
+                        columns = await tx.fetch(_layouts.DETECT, names)
+                        schema = {"schema": self.schema_name}
+                        exists = await tx.fetch(_layouts.SCHEMA_EXISTS, schema)
+                        found = self._resolve(columns, bool(exists[0][0]))
+                        for statement in found.ddl:
                             await tx.fetch(statement, {})
+                        return found
+
+                    resolved = await connections.transaction(create)
                 break
             except Exception as exc:
                 if attempt or not _ddl_race(exc):
@@ -680,6 +690,12 @@ class PostgresChatStore(BaseChatStore):
     def _ttl(self) -> float | None:
         return float(self.ttl) if self.ttl is not None else None
 
+    def _key_params(self, key: str) -> dict[str, Any]:
+        """``key``, its advisory lock id (Google's layout) and ``ttl``: every change binds them."""
+        name = "\x00".join((self.schema_name, self.table_name, key)).encode("utf-8")
+        lock = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+        return {"key": key, "lock": lock, "ttl": self._ttl()}
+
     def _window(
         self, st: Statements, key: str, offset: int, limit: int | None
     ) -> tuple[TextClause, dict[str, Any]]:
@@ -691,17 +707,41 @@ class PostgresChatStore(BaseChatStore):
     def _count_params(self, key: str) -> dict[str, Any]:
         return {"key": key, "ttl": self._ttl()}  # ttl: used only by refresh_on_read
 
-    def _delete_at(self, st: Statements, key: str, idx: int) -> tuple[TextClause, dict[str, Any]]:
+    def _delete_at(
+        self, st: Statements, key: str, idx: int
+    ) -> tuple[TextClause, dict[str, Any]] | None:
+        """The statement removing position ``idx``; ``None`` when no conversation has it."""
+        if not -_FAR <= idx < _FAR:
+            return None
         if idx < 0:
-            return st.delete_from_end, {"key": key, "offset": -1 - idx, "ttl": self._ttl()}
-        return st.delete_from_start, {"key": key, "offset": idx, "ttl": self._ttl()}
+            return st.delete_from_end, {**self._key_params(key), "offset": -1 - idx}
+        return st.delete_from_start, {**self._key_params(key), "offset": idx}
 
     def _append_params(self, key: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         texts = [message_to_json(m) for m in messages]
-        return {"key": key, "messages": texts, "n": len(texts), "ttl": self._ttl()}
+        return {**self._key_params(key), "messages": texts, "n": len(texts)}
 
     def _append_one_params(self, key: str, message: ChatMessage) -> dict[str, Any]:
-        return {"key": key, "message": message_to_json(message), "ttl": self._ttl()}
+        return {**self._key_params(key), "message": message_to_json(message)}
+
+    @staticmethod
+    def _index(idx: Any) -> int:
+        """``idx`` as an int, as ``list.insert`` takes it (TypeError otherwise)."""
+        return operator.index(idx)
+
+    @staticmethod
+    def _insert(
+        st: Statements, params: dict[str, Any], idx: int, count: int
+    ) -> tuple[TextClause, dict[str, Any]]:
+        """The statement inserting at ``idx`` (``list.insert`` rules) into ``count`` messages."""
+        position = max(count + idx, 0) if idx < 0 else min(idx, count)
+        if position >= count:
+            return st.append, params
+        return st.insert_at, {**params, "idx": position}
+
+    @staticmethod
+    def _count(rows: list[Row]) -> int:
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     @staticmethod
     def _parse(key: str, rows: list[Row], st: Statements) -> list[ChatMessage]:
@@ -716,17 +756,9 @@ class PostgresChatStore(BaseChatStore):
                 raise _NeedsPosition(ident, data) from exc
         return messages
 
-    @staticmethod
-    def _insert_position(idx: int, count: int) -> int:
-        if idx < 0:
-            return max(count + idx, 0)
-        return min(idx, count)
-
     # -- sync API ------------------------------------------------------------------------
 
-    def _read(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[ChatMessage]:
-        st = self._statements()
-        rows = self._connections().fetch(clause, params)
+    def _messages(self, key: str, st: Statements, rows: list[Row]) -> list[ChatMessage]:
         try:
             return self._parse(key, rows, st)
         except _NeedsPosition as bad:
@@ -734,6 +766,33 @@ class PostgresChatStore(BaseChatStore):
             found = self._connections().fetch(st.position_of, {"key": key, "id": bad.row_id})
             message_from_json(bad.data, key=key, position=int(found[0][0]))
             raise AssertionError("unreachable: the row did not parse") from None
+
+    def _read(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[ChatMessage]:
+        st = self._statements()
+        return self._messages(key, st, self._connections().fetch(clause, params))
+
+    def _change(
+        self, key: str, clause: TextClause, params: dict[str, Any], lock: TextClause | None = None
+    ) -> list[Row]:
+        """Run a change of conversation ``key``: after its lock (row layouts), in one transaction.
+
+        Args:
+            key: The conversation.
+            clause: The change; its snapshot is taken once the lock is held.
+            params: The change's parameters.
+            lock: The lock statement, if not the layout's ``lock``.
+        """
+        st = self._statements()
+        lock = lock if lock is not None else st.lock
+        if lock is None:
+            return self._connections().fetch(clause, params)
+        key_params = self._key_params(key)
+
+        def locked(tx: Runner) -> list[Row]:
+            tx.fetch(lock, key_params)
+            return tx.fetch(clause, params)
+
+        return self._connections().transaction(locked)
 
     def get_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
@@ -757,36 +816,42 @@ class PostgresChatStore(BaseChatStore):
         to now + ttl.
         """
         key = self._check_key(key)
-        rows = self._connections().fetch(self._statements().count, self._count_params(key))
-        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+        return self._count(
+            self._connections().fetch(self._statements().count, self._count_params(key))
+        )
 
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
-        """Append ``message`` in one statement, or insert it at ``idx`` (one transaction)."""
+        """Append ``message`` in one statement, or insert it at ``idx`` like ``list.insert``.
+
+        An insert is one transaction that holds the conversation's lock, so concurrent
+        writers of the key see the conversation before or after it, never during.
+
+        Raises:
+            TypeError: ``idx`` is not an int (as ``list.insert`` raises).
+        """
         key = self._check_key(key)
+        if idx is not None:
+            idx = self._index(idx)
         message = coerce_message(message, copy=False)  # serialized at once, never kept
         st = self._statements()
+        connections = self._connections()
         if idx is None:
-            params = self._append_one_params(key, message)
-            connections = self._connections()
-            if not connections.fetch(st.append_one, params):
+            if not connections.fetch(st.append_one, self._append_one_params(key, message)):
                 connections.fetch(st.append, self._append_params(key, [message]))
             return
-        params = {**self._append_params(key, [message]), "idx": idx}
-        if st.layout == "llama_index":
-            self._connections().fetch(st.insert_at, params)
+        params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
+        if st.lock is None:
+            connections.fetch(st.insert_at, params)
             return
-        with self._connections().transaction() as tx:
-            count = self._locked_count(tx, st, key)
-            position = self._insert_position(idx, count)
-            if position >= count:
-                tx.fetch(st.append, params)
-            else:
-                tx.fetch(st.insert_at, {**params, "idx": position})
+        lock = st.lock
 
-    def _locked_count(self, tx: Runner, st: Statements, key: str) -> int:
-        lock = st.lock_for_insert if st.lock_for_insert is not None else st.count
-        rows = tx.fetch(lock, {"key": key})
-        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+        def insert(tx: Runner) -> None:
+            rows = tx.fetch(lock, params)
+            if st.layout == "google":  # the advisory lock counts nothing
+                rows = tx.fetch(st.count, params)
+            tx.fetch(*self._insert(st, params, idx, self._count(rows)))
+
+        connections.transaction(insert)
 
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Append ``messages`` in order in one statement (``[]`` changes nothing)."""
@@ -801,30 +866,36 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         st = self._statements()
         if not batch:
-            self._connections().fetch(st.delete_all, {"key": key})
+            self._change(key, st.delete_all, {"key": key})
             return
-        params = self._append_params(key, batch)
-        if st.lock_for_replace is None:
-            self._connections().fetch(st.replace, params)
-            return
-        with self._connections().transaction() as tx:
-            tx.fetch(st.lock_for_replace, {"key": key})
-            tx.fetch(st.replace, params)
+        self._change(key, st.replace, self._append_params(key, batch), st.lock_for_replace)
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages in order (``None`` if none)."""
+        """Remove the conversation; return its messages in order (``None`` if none).
+
+        Holds the conversation's lock: a message appended at the same time is either
+        returned (and removed) or stays, never left behind uncounted.
+        """
         key = self._check_key(key)
-        removed = self._read(key, self._statements().delete_all, {"key": key})
-        return removed or None
+        st = self._statements()
+        return self._messages(key, st, self._change(key, st.delete_all, {"key": key})) or None
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove and return the message at ``idx`` (``None`` if out of range).
 
-        Two concurrent callers never receive the same message.
+        Holds the conversation's lock, so the position is that of the conversation as
+        every write committed before left it. Two concurrent callers never receive the
+        same message.
+
+        Raises:
+            TypeError: ``idx`` is not an int.
         """
         key = self._check_key(key)
-        clause, params = self._delete_at(self._statements(), key, idx)
-        removed = self._read(key, clause, params)
+        st = self._statements()
+        found = self._delete_at(st, key, self._index(idx))
+        if found is None:
+            return None
+        removed = self._messages(key, st, self._change(key, *found))
         return removed[0] if removed else None
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
@@ -836,8 +907,9 @@ class PostgresChatStore(BaseChatStore):
         key = self._check_key(key)
         if n <= 0:
             return []
-        params = {"key": key, "n": n, "ttl": self._ttl()}
-        return self._read(key, self._statements().delete_oldest, params)
+        st = self._statements()
+        params = {**self._key_params(key), "n": min(n, _FAR)}
+        return self._messages(key, st, self._change(key, st.delete_oldest, params))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys holding messages, in pages of 100 (constant memory)."""
@@ -852,8 +924,21 @@ class PostgresChatStore(BaseChatStore):
             after = rows[-1][0]
 
     def clear(self) -> None:
-        """Remove every conversation in this store's table."""
-        self._connections().fetch(self._statements().clear, {})
+        """Remove every conversation in this store's table.
+
+        Waits for the writers at work on the table, so none of their writes is half kept.
+        """
+        st = self._statements()
+        lock_all = st.lock_all
+        if lock_all is None:
+            self._connections().fetch(st.clear, {})
+            return
+
+        def clear(tx: Runner) -> None:
+            tx.fetch(lock_all, {})
+            tx.fetch(st.clear, {})
+
+        self._connections().transaction(clear)
 
     def sweep(self) -> int:
         """Purge expired conversations (and emptied bookkeeping rows); return how many.
@@ -873,24 +958,30 @@ class PostgresChatStore(BaseChatStore):
             overwrite_existing: Drop this store's tables first (their data is lost).
         """
         if overwrite_existing:
-            layout = self._default_layout if self.layout == "auto" else self.layout
-            with self._connections().transaction() as tx:
-                for statement in _layouts.drop_statements(
-                    layout, self.schema_name, self.table_name
-                ):
+            drops = self._drop_statements()
+
+            def drop(tx: Runner) -> None:
+                for statement in drops:
                     tx.fetch(statement, {})
+
+            self._connections().transaction(drop)
             self._resolved = None
         self._statements()
+
+    def _drop_statements(self) -> list[TextClause]:
+        layout = self._default_layout if self.layout == "auto" else self.layout
+        return _layouts.drop_statements(layout, self.schema_name, self.table_name)
 
     async def ainit_table(self, overwrite_existing: bool = False) -> None:
         """Async :meth:`init_table`."""
         if overwrite_existing:
-            layout = self._default_layout if self.layout == "auto" else self.layout
-            async with self._aconnections().transaction() as tx:
-                for statement in _layouts.drop_statements(
-                    layout, self.schema_name, self.table_name
-                ):
+            drops = self._drop_statements()
+
+            async def drop(tx: AsyncRunner) -> None:
+                for statement in drops:
                     await tx.fetch(statement, {})
+
+            await self._aconnections().transaction(drop)
             self._resolved = None
         await self._astatements()
 
@@ -906,11 +997,7 @@ class PostgresChatStore(BaseChatStore):
 
     # -- async API -----------------------------------------------------------------------
 
-    async def _aread(
-        self, key: str, clause: TextClause, params: dict[str, Any]
-    ) -> list[ChatMessage]:
-        st = await self._astatements()
-        rows = await self._aconnections().fetch(clause, params)
+    async def _amessages(self, key: str, st: Statements, rows: list[Row]) -> list[ChatMessage]:
         try:
             return self._parse(key, rows, st)
         except _NeedsPosition as bad:
@@ -918,6 +1005,28 @@ class PostgresChatStore(BaseChatStore):
             found = await self._aconnections().fetch(st.position_of, {"key": key, "id": bad.row_id})
             message_from_json(bad.data, key=key, position=int(found[0][0]))
             raise AssertionError("unreachable: the row did not parse") from None
+
+    async def _aread(
+        self, key: str, clause: TextClause, params: dict[str, Any]
+    ) -> list[ChatMessage]:
+        st = await self._astatements()
+        return await self._amessages(key, st, await self._aconnections().fetch(clause, params))
+
+    async def _achange(
+        self, key: str, clause: TextClause, params: dict[str, Any], lock: TextClause | None = None
+    ) -> list[Row]:
+        """Async :meth:`_change`."""
+        st = await self._astatements()
+        lock = lock if lock is not None else st.lock
+        if lock is None:
+            return await self._aconnections().fetch(clause, params)
+        key_params = self._key_params(key)
+
+        async def locked(tx: AsyncRunner) -> list[Row]:
+            await tx.fetch(lock, key_params)
+            return await tx.fetch(clause, params)
+
+        return await self._aconnections().transaction(locked)
 
     async def aget_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
@@ -934,12 +1043,13 @@ class PostgresChatStore(BaseChatStore):
         """Async :meth:`count_messages`."""
         key = self._check_key(key)
         st = await self._astatements()
-        rows = await self._aconnections().fetch(st.count, self._count_params(key))
-        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+        return self._count(await self._aconnections().fetch(st.count, self._count_params(key)))
 
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
         key = self._check_key(key)
+        if idx is not None:
+            idx = self._index(idx)
         message = coerce_message(message, copy=False)  # serialized at once, never kept
         st = await self._astatements()
         connections = self._aconnections()
@@ -947,19 +1057,19 @@ class PostgresChatStore(BaseChatStore):
             if not await connections.fetch(st.append_one, self._append_one_params(key, message)):
                 await connections.fetch(st.append, self._append_params(key, [message]))
             return
-        params = {**self._append_params(key, [message]), "idx": idx}
-        if st.layout == "llama_index":
+        params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
+        if st.lock is None:
             await connections.fetch(st.insert_at, params)
             return
-        async with connections.transaction() as tx:
-            lock = st.lock_for_insert if st.lock_for_insert is not None else st.count
-            rows = await tx.fetch(lock, {"key": key})
-            count = int(rows[0][0]) if rows and rows[0][0] is not None else 0
-            position = self._insert_position(idx, count)
-            if position >= count:
-                await tx.fetch(st.append, params)
-            else:
-                await tx.fetch(st.insert_at, {**params, "idx": position})
+        lock = st.lock
+
+        async def insert(tx: AsyncRunner) -> None:
+            rows = await tx.fetch(lock, params)
+            if st.layout == "google":  # the advisory lock counts nothing
+                rows = await tx.fetch(st.count, params)
+            await tx.fetch(*self._insert(st, params, idx, self._count(rows)))
+
+        await connections.transaction(insert)
 
     async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`add_messages`."""
@@ -974,30 +1084,27 @@ class PostgresChatStore(BaseChatStore):
         key = self._check_key(key)
         batch = coerce_messages(messages)
         st = await self._astatements()
-        connections = self._aconnections()
         if not batch:
-            await connections.fetch(st.delete_all, {"key": key})
+            await self._achange(key, st.delete_all, {"key": key})
             return
         params = self._append_params(key, batch)
-        if st.lock_for_replace is None:
-            await connections.fetch(st.replace, params)
-            return
-        async with connections.transaction() as tx:
-            await tx.fetch(st.lock_for_replace, {"key": key})
-            await tx.fetch(st.replace, params)
+        await self._achange(key, st.replace, params, st.lock_for_replace)
 
     async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
         """Async :meth:`delete_messages`."""
         key = self._check_key(key)
         st = await self._astatements()
-        return await self._aread(key, st.delete_all, {"key": key}) or None
+        rows = await self._achange(key, st.delete_all, {"key": key})
+        return await self._amessages(key, st, rows) or None
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Async :meth:`delete_message`."""
         key = self._check_key(key)
         st = await self._astatements()
-        clause, params = self._delete_at(st, key, idx)
-        removed = await self._aread(key, clause, params)
+        found = self._delete_at(st, key, self._index(idx))
+        if found is None:
+            return None
+        removed = await self._amessages(key, st, await self._achange(key, *found))
         return removed[0] if removed else None
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
@@ -1010,7 +1117,8 @@ class PostgresChatStore(BaseChatStore):
         if n <= 0:
             return []
         st = await self._astatements()
-        return await self._aread(key, st.delete_oldest, {"key": key, "n": n, "ttl": self._ttl()})
+        params = {**self._key_params(key), "n": min(n, _FAR)}
+        return await self._amessages(key, st, await self._achange(key, st.delete_oldest, params))
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""
@@ -1029,7 +1137,16 @@ class PostgresChatStore(BaseChatStore):
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
         st = await self._astatements()
-        await self._aconnections().fetch(st.clear, {})
+        lock_all = st.lock_all
+        if lock_all is None:
+            await self._aconnections().fetch(st.clear, {})
+            return
+
+        async def clear(tx: AsyncRunner) -> None:
+            await tx.fetch(lock_all, {})
+            await tx.fetch(st.clear, {})
+
+        await self._aconnections().transaction(clear)
 
     async def asweep(self) -> int:
         """Async :meth:`sweep`."""
