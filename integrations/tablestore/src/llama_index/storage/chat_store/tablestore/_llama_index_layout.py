@@ -6,7 +6,9 @@ writers lose messages. Here every change is a read-modify-write made conditional
 ``history`` value read (``EXPECT_NOT_EXIST`` for a new row), retried on conflict: atomic, also
 against LlamaIndex's own writers. The whole conversation must fit the 2 MB value limit;
 larger writes raise :class:`PayloadTooLargeError` before any call. Replacing or removing a
-conversation never needs to parse the old value, so damaged data never blocks either.
+conversation never needs to parse the old value, so damaged data never blocks either: a
+removal that removed something it could not read raises :class:`CorruptDataError` after the
+write, holding what was stored (see :func:`_taken`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from llama_index.storage.chat_store.core import (
     ChatStoreError,
     CorruptDataError,
     PayloadTooLargeError,
+    SerializationError,
     message_from_json,
 )
 from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
-from llama_index.storage.chat_store.tablestore._salvage import nothing_readable, readable_messages
 from llama_index.storage.chat_store.tablestore._sdk import ts
 
-__all__ = ["PRIMARY_KEY", "clear", "count", "keys_page", "mutate", "read", "remove", "replace"]
+__all__ = [
+    "PRIMARY_KEY", "clear", "count", "keys_page", "mutate", "read", "remove", "replace", "take",
+]  # fmt: skip
 
 PRIMARY_KEY = [("session_id", "STRING")]
 MAX_VALUE_BYTES = 2 * 1024 * 1024
@@ -49,16 +53,22 @@ def _history(table: str, key: str) -> Op[Any]:
 
 def _items(key: str, history: Any) -> list[Any]:
     """The JSON array ``history`` holds, or :class:`CorruptDataError` naming the key."""
+    if isinstance(history, (bytes, bytearray)):
+        data: str | bytes = bytes(history)
+    else:
+        data = history if isinstance(history, str) else repr(history)
     if not isinstance(history, str):
-        raise CorruptDataError(f"conversation {key!r}: history is not text", key=key)
+        raise CorruptDataError(f"conversation {key!r}: history is not text", key=key, data=data)
     try:
         items = json.loads(history)
     except ValueError as exc:
         raise CorruptDataError(
-            f"conversation {key!r}: history is not JSON ({exc})", key=key
+            f"conversation {key!r}: history is not JSON ({exc})", key=key, data=data
         ) from exc
     if not isinstance(items, list):
-        raise CorruptDataError(f"conversation {key!r}: history is not a JSON array", key=key)
+        raise CorruptDataError(
+            f"conversation {key!r}: history is not a JSON array", key=key, data=data
+        )
     return items
 
 
@@ -161,18 +171,106 @@ def replace(table: str, key: str, jsons: Sequence[str]) -> Op[None]:
     raise _contention(table, key)
 
 
+def _taken(exc: CorruptDataError) -> CorruptDataError:
+    """The error a removal raises after removing data it could not read.
+
+    Corrupt data must stay deletable, and a removal cannot return what it could not read:
+    it removes, then raises this, naming the key (and position) and holding the data.
+    """
+    return CorruptDataError(
+        f"{exc} (the data was removed from Tablestore; the error's data attribute holds it)",
+        key=exc.key,
+        position=exc.position,
+        data=exc.data,
+    )
+
+
+def _decode(
+    key: str, items: Sequence[Any], positions: Sequence[int]
+) -> tuple[list[ChatMessage], CorruptDataError | None]:
+    """Parse the items a removal is about to remove; the first unreadable one is returned.
+
+    A :class:`SerializationError` (a message this mode cannot represent) propagates before
+    the write: that data is valid and is left intact.
+    """
+    messages: list[ChatMessage] = []
+    error: CorruptDataError | None = None
+    for i in positions:
+        try:
+            messages.append(message_from_json(_item_json(items[i]), key=key, position=i))
+        except CorruptDataError as exc:
+            error = error or exc
+    return messages, error
+
+
+def _kept_json(key: str, position: int, item: Any, to_json: Callable[[ChatMessage], str]) -> str:
+    """An item a removal keeps: re-serialized when it is a message, else as it was."""
+    text = _item_json(item)
+    try:
+        return to_json(message_from_json(text, key=key, position=position))
+    except (CorruptDataError, SerializationError):
+        return text
+
+
 def remove(table: str, key: str) -> Op[list[ChatMessage] | None]:
-    """Remove the conversation; return its readable messages (see ``_salvage``)."""
+    """Remove the conversation; return its messages (``None`` when there was no row).
+
+    Raises:
+        CorruptDataError: Something removed could not be read (the history, naming no
+            position; or a message, naming the first such position). The row is removed
+            all the same; the error holds what was stored.
+    """
     for attempt in range(_WRITE_ATTEMPTS):
         history = yield from _history(table, key)
         if history is None:
             return None
+        messages: list[ChatMessage] = []
+        try:
+            items = _items(key, history)
+        except CorruptDataError as exc:
+            error: CorruptDataError | None = exc
+        else:
+            messages, error = _decode(key, items, range(len(items)))
         if (yield from _write(table, key, history, None)):
-            try:
-                items = _items(key, history)
-            except CorruptDataError as exc:
-                return nothing_readable(table, key, str(exc))
-            return readable_messages(table, key, [_item_json(item) for item in items])
+            if error is not None:
+                raise _taken(error) from error
+            return messages
+        yield _backoff(attempt)
+    raise _contention(table, key)
+
+
+def take(
+    table: str,
+    key: str,
+    select: Callable[[int], Sequence[int]],
+    to_json: Callable[[ChatMessage], str],
+) -> Op[list[ChatMessage]]:
+    """Remove the messages at ``select(size)`` atomically; return them.
+
+    The write is conditional on the value read (like :func:`mutate`); the messages kept
+    are written back as they were when they cannot be read.
+
+    Raises:
+        CorruptDataError: A message removed could not be read: it is removed all the same
+            and the error names its position and holds it. Or, removing nothing, the
+            history is not a JSON array (no position means anything in it).
+    """
+    for attempt in range(_WRITE_ATTEMPTS):
+        history = yield from _history(table, key)
+        if history is None:
+            return []
+        items = _items(key, history)
+        chosen = select(len(items))
+        if not chosen:
+            return []
+        messages, error = _decode(key, items, chosen)
+        kept = [
+            _kept_json(key, i, item, to_json) for i, item in enumerate(items) if i not in chosen
+        ]
+        if (yield from _write(table, key, history, _encode(key, kept) if kept else None)):
+            if error is not None:
+                raise _taken(error) from error
+            return messages
         yield _backoff(attempt)
     raise _contention(table, key)
 

@@ -29,9 +29,11 @@ commit, then a delete) would cost up to three requests instead of the one it sav
 
 Every removal resolves what to remove on one meta row and commits conditionally on exactly
 that row, so it returns what it removed. Damage (a meta row with tail < head or non-numbers,
-a row missing from a window the unchanged meta row names, text that is not a message) raises
-:class:`CorruptDataError` naming the key (and position), except in ``delete_all`` and
-``set_all``, which replace a damaged conversation conditionally on what they read.
+a row missing from a window the unchanged meta row names, a cell that is not a message)
+raises :class:`CorruptDataError` naming the key (and position). Reads and appends raise it
+at once, changing nothing. A removal removes what it was asked all the same (corrupt data
+must stay deletable), then raises it, saying so and holding what was stored (``data``):
+see :func:`_taken`. ``set_all`` replaces a damaged conversation silently.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
-from llama_index.storage.chat_store.tablestore._salvage import nothing_readable, readable_messages
 from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, ts
 
 __all__ = [
@@ -151,7 +152,19 @@ class Tables:
 class _Stored:
     seq: int
     json: str
-    writer: str
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A row in a window a removal read: its message cell as stored, and its writer.
+
+    ``writer`` is ``None`` when the row is missing (or is not the meta row's: then the
+    removal's commit, conditional on that meta row, fails and it reads again).
+    """
+
+    seq: int
+    value: Any
+    writer: str | None
 
 
 def _backoff(attempt: int) -> Sleep:
@@ -263,16 +276,14 @@ def _scan(t: Tables, key: str, gen: int, start: int, stop: int, columns: list[st
 
 
 def _read_window(
-    t: Tables, key: str, meta: Meta, start: int, stop: int, *, writers: bool = False
+    t: Tables, key: str, meta: Meta, start: int, stop: int
 ) -> Op[list[_Stored] | _Gap]:
     """Read rows ``start <= seq < stop`` of the meta's generation, or where they stop making sense.
 
-    ``writers``: also read each row's writer id (needed only to delete the rows safely; the
-    SDK decodes cells in pure Python, so every column read costs).
+    Writer ids are not read (the SDK decodes cells in pure Python, so every column costs).
     """
-    columns = ["message", "c", "w"] if writers else ["message", "c"]
     found: list[_Stored] = []
-    for row in (yield from _scan(t, key, meta.gen, start, stop, columns)):
+    for row in (yield from _scan(t, key, meta.gen, start, stop, ["message", "c"])):
         stored = _stored(t, key, meta, row)
         if stored is None or stored.seq != start + len(found):
             return _Gap(start + len(found))
@@ -282,9 +293,7 @@ def _read_window(
     return found
 
 
-def _rows(
-    t: Tables, key: str, meta: Meta, start: int, stop: int, *, writers: bool = False
-) -> Op[list[_Stored] | None]:
+def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Op[list[_Stored] | None]:
     """Read a window named by ``meta``; ``None`` when the meta row has moved since.
 
     A row missing from the window while the meta row stays unchanged is not a race (every
@@ -294,18 +303,96 @@ def _rows(
     Raises:
         CorruptDataError: A row the unchanged meta row names is missing (or newer than it).
     """
-    rows = yield from _read_window(t, key, meta, start, stop, writers=writers)
+    rows = yield from _read_window(t, key, meta, start, stop)
     if not isinstance(rows, _Gap):
         return rows
     if (yield from _read_meta(t, key)) != meta:
         return None
     position = rows.seq - meta.head
-    raise CorruptDataError(
+    raise _missing(t, key, position)
+
+
+def _missing(t: Tables, key: str, position: int) -> CorruptDataError:
+    return CorruptDataError(
         f"conversation {key!r} position {position} in table {t.messages!r}: the row its "
         "meta row names is missing; delete_messages(key) or set_messages(key, ...) replaces "
         "the conversation",
         key=key,
         position=position,
+    )
+
+
+def _not_text(t: Tables, key: str, position: int, value: Any) -> CorruptDataError:
+    data = bytes(value) if isinstance(value, (bytes, bytearray)) else repr(value)
+    return CorruptDataError(
+        f"conversation {key!r} position {position}: the row holds no message text in table "
+        f"{t.messages!r} (a {type(value).__name__})",
+        key=key,
+        position=position,
+        data=data,
+    )
+
+
+def _removal_window(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Op[list[_Held]]:
+    """Read rows ``start <= seq < stop`` named by ``meta`` for a removal, whatever they hold.
+
+    A row missing, or written after ``meta``, is returned with no writer rather than read
+    again: the removal commits conditionally on ``meta``, so if the meta row moved the
+    commit fails and the removal starts over; if it commits, the meta row did not move
+    since it was read, and the row is really missing (damage, not a race).
+    """
+    found: dict[int, _Held] = {}
+    for row in (yield from _scan(t, key, meta.gen, start, stop, ["message", "c", "w"])):
+        values = _columns(row)
+        version = values.get("c", 0)
+        if isinstance(version, int) and version <= meta.ver:
+            seq = row.primary_key[2][1]
+            found[seq] = _Held(seq, values.get("message"), str(values.get("w", "")))
+    return [found.get(seq, _Held(seq, None, None)) for seq in range(start, stop)]
+
+
+def _unreadable(t: Tables, key: str, meta: Meta, held: _Held) -> CorruptDataError | None:
+    """Why ``held`` cannot be copied as message text; ``None`` if it can."""
+    position = held.seq - meta.head
+    if held.writer is None:
+        return _missing(t, key, position)
+    if not isinstance(held.value, str):
+        return _not_text(t, key, position, held.value)
+    return None
+
+
+def _decode(
+    t: Tables, key: str, meta: Meta, rows: Sequence[_Held]
+) -> tuple[list[ChatMessage], CorruptDataError | None]:
+    """Parse what a removal is about to remove; the first unreadable one is returned, not raised.
+
+    A :class:`SerializationError` (a message this mode cannot represent) propagates before
+    the removal commits: that data is valid and is left intact.
+    """
+    messages: list[ChatMessage] = []
+    error: CorruptDataError | None = None
+    for held in rows:
+        try:
+            problem = _unreadable(t, key, meta, held)
+            if problem is not None:
+                raise problem
+            messages.append(message_from_json(held.value, key=key, position=held.seq - meta.head))
+        except CorruptDataError as exc:
+            error = error or exc
+    return messages, error
+
+
+def _taken(exc: CorruptDataError) -> CorruptDataError:
+    """The error a removal raises after removing data it could not read.
+
+    Corrupt data must stay deletable, and a removal cannot return what it could not read:
+    it removes, then raises this, naming the key and position and holding the data.
+    """
+    return CorruptDataError(
+        f"{exc} (the data was removed from Tablestore; the error's data attribute holds it)",
+        key=exc.key,
+        position=exc.position,
+        data=exc.data,
     )
 
 
@@ -318,21 +405,17 @@ def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
         return None  # a later write: the meta row we read is stale
     text = values.get("message")
     if not isinstance(text, str):
-        raise CorruptDataError(
-            f"conversation {key!r} position {seq - meta.head}: the row holds no "
-            f"message text in table {t.messages!r}",
-            key=key,
-            position=seq - meta.head,
-        )
-    return _Stored(seq, text, str(values.get("w", "")))
+        raise _not_text(t, key, seq - meta.head, text)
+    return _Stored(seq, text)
 
 
-def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Op[tuple[Meta | None, _Stored | None]]:
+def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Op[tuple[Meta | None, _Held | None]]:
     """Read the meta row and the last row ``seen`` names in one BatchGetRow.
 
-    The row is returned only when the meta row still is ``seen``: then nothing changed
-    between the moment ``seen`` was read and a commit conditional on it, so the row (read
-    in between) is the one that meta names, even though the batch is not a snapshot.
+    The row is returned only when the meta row still is ``seen``: then, if a commit
+    conditional on it succeeds, nothing changed between the moment ``seen`` was read and
+    that commit, so the row (read in between) is the one that meta names, even though the
+    batch is not a snapshot (a missing row then is missing, not a race).
     """
     request = ts.BatchGetRowRequest()
     request.add(ts.TableInBatchGetRowItem(
@@ -355,9 +438,16 @@ def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Op[tuple[Meta | None,
         t.learn(key, None)
         raise meta.problem
     t.learn(key, meta)
-    if meta != seen or row_item.row is None or not row_item.row.attribute_columns:
+    if meta != seen:
         return meta, None
-    return meta, _stored(t, key, meta, row_item.row)
+    seq = seen.tail - 1
+    if row_item.row is None or not row_item.row.attribute_columns:
+        return meta, _Held(seq, None, None)
+    values = _columns(row_item.row)
+    version = values.get("c", 0)
+    if not isinstance(version, int) or version > meta.ver:
+        return meta, _Held(seq, None, None)
+    return meta, _Held(seq, values.get("message"), str(values.get("w", "")))
 
 
 def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:
@@ -639,51 +729,59 @@ def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
 
 
 # Each removal below plans on one meta row and commits conditionally on exactly that row, so
-# what it returns is what it removed. ``_*_once`` is one attempt: (committed, what it removed).
+# what it returns is what it removed. ``_*_once`` is one attempt: (committed, what it removed,
+# the first message it removed but could not read). The callers raise that error (see
+# ``_taken``) once the removal is done.
+
+_Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
 
 
-def _pop_once(
-    t: Tables, key: str, meta: Meta, rows: list[_Stored] | None
-) -> Op[tuple[bool, ChatMessage | None]]:
-    """Remove the last message ``meta`` names (``rows``: that row, when already read)."""
-    if rows is None:
-        rows = yield from _rows(t, key, meta, meta.tail - 1, meta.tail, writers=True)
-        if rows is None:
-            return False, None
-    message = _parse(key, meta, rows)[0]
+def _pop_once(t: Tables, key: str, meta: Meta, held: _Held | None) -> Op[_Outcome]:
+    """Remove the last message ``meta`` names (``held``: that row, when already read)."""
+    if held is None:
+        [held] = yield from _removal_window(t, key, meta, meta.tail - 1, meta.tail)
+    messages, error = _decode(t, key, meta, [held])
     new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1) if meta.size > 1 else None
     if not (yield from _commit(t, key, meta, new)):
-        return False, None
-    yield from _delete_rows(t, key, meta.gen, [(rows[0].seq, rows[0].writer)])
-    return True, message
+        return False, [], None
+    if held.writer is not None:
+        yield from _delete_rows(t, key, meta.gen, [(held.seq, held.writer)])
+    return True, messages, error
 
 
-def _oldest_once(t: Tables, key: str, meta: Meta, take: int) -> Op[tuple[bool, list[ChatMessage]]]:
+def _oldest_once(t: Tables, key: str, meta: Meta, take: int) -> Op[_Outcome]:
     """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
-    rows = yield from _rows(t, key, meta, meta.head, meta.head + take, writers=True)
-    if rows is None:
-        return False, []
-    messages = _parse(key, meta, rows)
+    rows = yield from _removal_window(t, key, meta, meta.head, meta.head + take)
+    messages, error = _decode(t, key, meta, rows)
     new = replace(meta, head=meta.head + take, ver=meta.ver + 1) if take < meta.size else None
     if not (yield from _commit(t, key, meta, new)):
-        return False, []
+        return False, [], None
     if new is None:
         yield from _delete_generation(t, key, meta.gen)
     else:
-        yield from _delete_rows(t, key, meta.gen, [(r.seq, r.writer) for r in rows])
-    return True, messages
+        present = [(r.seq, r.writer) for r in rows if r.writer is not None]
+        yield from _delete_rows(t, key, meta.gen, present)
+    return True, messages, error
 
 
-def _inside_once(
-    t: Tables, key: str, meta: Meta, position: int
-) -> Op[tuple[bool, ChatMessage | None]]:
-    """Remove the message at ``position`` (not at either end): a generation rewrite."""
-    rows = yield from _rows(t, key, meta, meta.head, meta.tail)
-    if rows is None:
-        return False, None
-    message = _parse(key, meta, rows[position : position + 1])[0]
-    jsons = [r.json for i, r in enumerate(rows) if i != position]
-    return (yield from _rewrite_once(t, key, meta, jsons)), message
+def _inside_once(t: Tables, key: str, meta: Meta, position: int) -> Op[_Outcome]:
+    """Remove the message at ``position`` (not at either end): a generation rewrite.
+
+    The other messages are copied as stored (text that is not a message included); a
+    missing row or a cell that is not text among them raises :class:`CorruptDataError`
+    removing nothing, since the rewrite could not keep it.
+    """
+    rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
+    kept = [r for i, r in enumerate(rows) if i != position]
+    problem = next(filter(None, (_unreadable(t, key, meta, r) for r in kept)), None)
+    if problem is not None:
+        if (yield from _read_meta(t, key)) != meta:
+            return False, [], None  # read while the conversation changed: read it again
+        raise problem
+    messages, error = _decode(t, key, meta, rows[position : position + 1])
+    if not (yield from _rewrite_once(t, key, meta, [r.value for r in kept])):
+        return False, [], None
+    return True, messages, error
 
 
 def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
@@ -695,7 +793,7 @@ def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
     """
     seen = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
-        row: _Stored | None = None
+        row: _Held | None = None
         if seen is not None:
             meta, row = yield from _meta_and_last_row(t, key, seen)
             seen = None
@@ -703,20 +801,28 @@ def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
             meta = yield from _read_meta(t, key)
         if meta is None or meta.size == 0:
             return None
-        done, message = yield from _pop_once(t, key, meta, [row] if row else None)
+        done, messages, error = yield from _pop_once(t, key, meta, row)
+        if done and error is not None:
+            raise _taken(error) from error
         if done:
-            return message
+            return messages[0]
         yield _backoff(attempt)
     raise _gave_up(t, key)
 
 
 def delete_oldest(t: Tables, key: str, n: int) -> Op[list[ChatMessage]]:
-    """Remove and return the first ``n`` messages."""
+    """Remove and return the first ``n`` messages.
+
+    Raises:
+        CorruptDataError: One of them could not be read; they are removed all the same.
+    """
     for attempt in range(_WRITE_ATTEMPTS):
         meta = yield from _read_meta(t, key)
         if meta is None or n <= 0 or meta.size == 0:
             return []
-        done, messages = yield from _oldest_once(t, key, meta, min(n, meta.size))
+        done, messages, error = yield from _oldest_once(t, key, meta, min(n, meta.size))
+        if done and error is not None:
+            raise _taken(error) from error
         if done:
             return messages
         yield _backoff(attempt)
@@ -728,6 +834,11 @@ def delete_at(t: Tables, key: str, idx: int) -> Op[ChatMessage | None]:
 
     The position is resolved on the meta row read, and the removal commits only if that
     meta row is unchanged: a concurrent append never makes it remove the new last message.
+
+    Raises:
+        CorruptDataError: The message could not be read; it is removed all the same. (Also,
+            removing nothing, when another message of the conversation is missing or not
+            text and the message is neither first nor last: the rewrite could not keep it.)
     """
     for attempt in range(_WRITE_ATTEMPTS):
         meta = yield from _read_meta(t, key)
@@ -735,16 +846,16 @@ def delete_at(t: Tables, key: str, idx: int) -> Op[ChatMessage | None]:
         position = idx + size if idx < 0 else idx
         if meta is None or not 0 <= position < size:
             return None
-        message: ChatMessage | None
         if position == size - 1:
-            done, message = yield from _pop_once(t, key, meta, None)
+            done, messages, error = yield from _pop_once(t, key, meta, None)
         elif position == 0:
-            done, taken = yield from _oldest_once(t, key, meta, 1)
-            message = taken[0] if taken else None
+            done, messages, error = yield from _oldest_once(t, key, meta, 1)
         else:
-            done, message = yield from _inside_once(t, key, meta, position)
+            done, messages, error = yield from _inside_once(t, key, meta, position)
+        if done and error is not None:
+            raise _taken(error) from error
         if done:
-            return message
+            return messages[0]
         yield _backoff(attempt)
     raise _gave_up(t, key)
 
@@ -753,26 +864,30 @@ def delete_all(t: Tables, key: str) -> Op[list[ChatMessage] | None]:
     """Remove the conversation and return its messages (``None`` when it had none).
 
     Damaged data never blocks the removal: a damaged meta row is removed conditionally on
-    its columns as read, and messages that cannot be read (missing rows, text that is not
-    a message) are left out of the result and reported (see ``_salvage``).
+    its columns as read (with the rows of its generation, when that is readable).
+
+    Raises:
+        CorruptDataError: Something removed could not be read (a message, naming the first
+            such position and holding its data; or the meta row, naming no position). The
+            conversation is removed all the same.
     """
     for attempt in range(_WRITE_ATTEMPTS):
         meta = yield from _read_meta_any(t, key)
         if meta is None:
             return None
-        rows: list[Any] = []
+        messages: list[ChatMessage] = []
+        error: CorruptDataError | None = None
         if isinstance(meta, Meta):
-            rows = yield from _scan(t, key, meta.gen, meta.head, meta.tail, ["message"])
+            rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
+            messages, error = _decode(t, key, meta, rows)
         if (yield from _commit(t, key, meta, None)):
             if meta.gen is not None:
                 yield from _delete_generation(t, key, meta.gen)
             if isinstance(meta, _Damaged):
-                return nothing_readable(t.messages, key, str(meta.problem))
-            # Read while the meta row did not move: exactly the rows it named.
-            texts = {row.primary_key[2][1]: _columns(row).get("message") for row in rows}
-            return readable_messages(
-                t.messages, key, [texts.get(seq) for seq in range(meta.head, meta.tail)]
-            )
+                raise _taken(meta.problem) from meta.problem
+            if error is not None:
+                raise _taken(error) from error
+            return messages or None
         yield _backoff(attempt)
     raise _gave_up(t, key)
 

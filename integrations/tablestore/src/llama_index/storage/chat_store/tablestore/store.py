@@ -383,13 +383,11 @@ class TablestoreChatStore(BaseChatStore):
         if (yield from self._layout_op()) == "native":
             return (yield from native.delete_at(self._tables, key, idx))
 
-        def change(current: list[ChatMessage]) -> tuple[list[ChatMessage], ChatMessage | None]:
-            if not -len(current) <= idx < len(current):
-                return current, None
-            removed = current.pop(idx)
-            return current, removed
+        def at(size: int) -> list[int]:
+            return [idx % size] if -size <= idx < size else []
 
-        return (yield from legacy.mutate(self.table_name, key, change, message_to_json))
+        taken = yield from legacy.take(self.table_name, key, at, message_to_json)
+        return taken[0] if taken else None
 
     def _pop_op(self, key: str) -> Op[ChatMessage | None]:
         if (yield from self._layout_op()) == "native":
@@ -401,8 +399,8 @@ class TablestoreChatStore(BaseChatStore):
             return []
         if (yield from self._layout_op()) == "native":
             return (yield from native.delete_oldest(self._tables, key, n))
-        return (yield from legacy.mutate(
-            self.table_name, key, lambda current: (current[n:], current[:n]), message_to_json
+        return (yield from legacy.take(
+            self.table_name, key, lambda size: range(min(n, size)), message_to_json
         ))  # fmt: skip
 
     def _keys_op(self, start: Any) -> Op[tuple[list[str], Any]]:
@@ -450,9 +448,11 @@ class TablestoreChatStore(BaseChatStore):
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Remove the conversation; return its messages, or ``None`` if it had none.
 
-        Damaged data never blocks the removal: messages that cannot be read are left out of
-        the result and reported in one WARNING (logger ``llama_index.storage.chat_store.
-        tablestore``) naming the key and their positions; ``[]`` when none was readable.
+        Damaged data never blocks the removal. When something removed cannot be read, the
+        conversation is removed all the same, then :class:`CorruptDataError` is raised
+        naming the key and the first unreadable position (none when the whole value or the
+        meta row is unreadable), with the stored data in ``data``. ``set_messages(key, [])``
+        removes a damaged conversation without raising.
         """
         return self._run(self._delete_all_op(self._check_key(key)))
 
@@ -460,17 +460,26 @@ class TablestoreChatStore(BaseChatStore):
         """Remove the message at ``idx``; ``None`` when out of range.
 
         The position is resolved and removed on one state of the conversation (a concurrent
-        append or pop never shifts it). Raises :class:`CorruptDataError` (removing nothing)
-        when that message cannot be read.
+        append or pop never shifts it). When that message cannot be read it is removed all
+        the same, then :class:`CorruptDataError` is raised naming the key and position, with
+        the stored data in ``data``.
         """
         return self._run(self._delete_at_op(self._check_key(key), idx))
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
-        """Remove and return the last message; concurrent callers never get the same one."""
+        """Remove and return the last message; concurrent callers never get the same one.
+
+        An unreadable last message is removed, then :class:`CorruptDataError` is raised (key,
+        position, stored data), as in :meth:`delete_message`.
+        """
         return self._run(self._pop_op(self._check_key(key)))
 
     def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove and return the first ``n`` messages."""
+        """Remove and return the first ``n`` messages.
+
+        When one of them cannot be read they are all removed, then :class:`CorruptDataError`
+        is raised naming the key and the first unreadable position, with its stored data.
+        """
         return self._run(self._oldest_op(self._check_key(key), n))
 
     def iter_keys(self) -> Iterator[str]:
