@@ -422,3 +422,45 @@ def test_a_deadlock_with_a_foreign_writer_is_retried(
     assert _text(store.get_messages("k")) == ["m0"]
     assert store.count_messages("k") == 1
     store.close()
+
+
+# A, held at the gate, changes the conversation under an insert at an index (B): the
+# insert must place its message by the conversation A leaves, or by the one before A.
+INSERT_UNDER: dict[str, tuple[list[str], Op]] = {
+    "set_on_missing": ([], replace("s0", MARK, "s2")),
+    "set_on_existing": (PLAIN, replace("s0", MARK, "s2")),
+    "add_messages_on_missing": ([], append_many("s0", MARK, "s2")),
+    "add_messages_on_existing": (PLAIN, append_many("s0", MARK, "s2")),
+    "delete_all": (["m0", MARK, "m2"], delete_all()),
+}
+
+
+@pytest.mark.parametrize("idx", [1, -1])
+@pytest.mark.parametrize("under", list(INSERT_UNDER))
+def test_an_insert_at_an_index_places_by_the_conversation_after_the_lock(
+    racers: Racers, under: str, idx: int
+) -> None:
+    """An insert at an index started while set/add_messages/delete_messages is held.
+
+    The conversation may not exist yet when the insert starts (set_messages or
+    add_messages create it): the insert must still wait for that writer and count its
+    messages, not place the message by the empty conversation it saw first.
+
+    If this fails: the insert's lock found no conversation row to wait for (native: the
+    row is not created by the lock), so it appended at the end of what the other writer
+    then committed instead of inserting at ``idx``.
+    """
+    initial, op = INSERT_UNDER[under]
+    _check(racers, f"k-{uuid.uuid4().hex[:8]}", initial, op, insert(idx, "b"), "sync")
+
+
+@pytest.mark.parametrize("under", ["set_on_missing", "add_messages_on_missing"])
+def test_an_insert_at_an_index_places_by_the_conversation_after_the_lock_async(
+    racers: Racers, under: str
+) -> None:
+    """The same through the async methods.
+
+    If this fails: ``aadd_message`` with an index takes its lock differently from its twin.
+    """
+    initial, op = INSERT_UNDER[under]
+    _check(racers, f"k-{uuid.uuid4().hex[:8]}", initial, op, insert(1, "b"), "async")

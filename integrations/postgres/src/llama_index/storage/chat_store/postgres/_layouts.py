@@ -12,8 +12,9 @@ conversation takes the conversation's lock FIRST (``lock``: the native layout's
 conversation row, or a per-key advisory lock on Google's table), then touches message
 rows. Appends take it inside their one statement, before any message row exists. An
 operation that reads message rows to decide what to change (insert at an index,
-delete by position, delete all, replace) is a transaction of two statements: ``lock``,
-then the change, whose snapshot (READ COMMITTED: one per statement) is taken after
+delete by position, delete all, replace) is a transaction of two statements: ``lock``
+(``lock_for_replace`` for the writers that create the conversation: replace, insert at an
+index), then the change, whose snapshot (READ COMMITTED: one per statement) is taken after
 the lock is granted, so it sees every write committed before. One order everywhere
 means no deadlocks, and no writer acts on a stale picture of the conversation.
 The ``llama_index`` layout keeps a conversation in one row: each operation is one
@@ -104,7 +105,7 @@ class Statements:
     clear: TextClause  # [row layouts: after ``lock_all``]
     position_of: TextClause | None  # key, id -> (n,)  (row layouts)
     lock: TextClause | None  # key, lock -> native: (live count,) or no row  (row layouts)
-    lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row
+    lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row (count)
     lock_all: TextClause | None  # locks every conversation of the table  (row layouts)
     sweep: TextClause | None  # -> (conversations removed,)  (native)
 
@@ -300,10 +301,13 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             f"SELECT CASE WHEN expires_at <= now() THEN 0 ELSE message_count END FROM {c} "
             "WHERE key = CAST(:key AS text) FOR UPDATE"
         ),
-        # ``lock``, creating the row if missing: a concurrent first append waits for it.
+        # ``lock``, creating the row if missing, so it also waits for a writer that is
+        # creating the conversation (``lock`` finds no row then, and would not wait): the
+        # live count after that writer, as ``lock`` returns it.
         lock_for_replace=text(
             f"INSERT INTO {c} AS c (key, message_count) VALUES (CAST(:key AS text), 0) "
-            "ON CONFLICT (key) DO UPDATE SET message_count = c.message_count"
+            "ON CONFLICT (key) DO UPDATE SET message_count = c.message_count "
+            "RETURNING CASE WHEN c.expires_at <= now() THEN 0 ELSE c.message_count END"
         ),
         # Key order: two clears lock the rows in the same order. A conversation created
         # after this lock is either wholly seen by the ``clear`` that follows or not at all.

@@ -843,7 +843,10 @@ class PostgresChatStore(BaseChatStore):
         if st.lock is None:
             connections.fetch(st.insert_at, params)
             return
-        lock = st.lock
+        # The lock that creates the conversation row: with no row, ``lock`` would not wait
+        # for a writer creating the conversation and the message would land at its end.
+        lock = st.lock_for_replace
+        assert lock is not None
 
         def insert(tx: Runner) -> None:
             rows = tx.fetch(lock, params)
@@ -1061,7 +1064,8 @@ class PostgresChatStore(BaseChatStore):
         if st.lock is None:
             await connections.fetch(st.insert_at, params)
             return
-        lock = st.lock
+        lock = st.lock_for_replace  # as in add_message: it waits for a creating writer
+        assert lock is not None
 
         async def insert(tx: AsyncRunner) -> None:
             rows = await tx.fetch(lock, params)
