@@ -32,7 +32,9 @@ Three layouts:
 
 Every read returns ``(position-or-id, message_text)`` rows; ``message_text`` is the
 stored JSON as text (``json`` keeps the bytes written; LlamaIndex's ``jsonb`` is
-already normalised by the server).
+already normalised by the server). Every removal returns ``(position, message_text)``
+in every layout, the position counted from the start of the conversation as it was
+before the removal, so an unreadable removed message is named where it was.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class Statements:
     """The statements of one layout over one table.
 
     Reads yield ``(id_or_position, message_text)``. ``positions`` says whether the
-    first column is already the 0-based position (array layout) or a row id.
+    first column is already the 0-based position (array layout) or a row id. Removals
+    always yield the 0-based position the message had.
     """
 
     layout: LayoutName
@@ -97,6 +100,7 @@ class Statements:
     append_one: TextClause  # key, lock, message, ttl -> a row if done (else run ``append``)
     insert_at: TextClause  # key, idx, messages (one), ttl  [row layouts: after ``lock``]
     replace: TextClause  # key, messages, n, ttl  [row layouts: after ``lock_for_replace``]
+    # Removals yield ``(position, message_text)`` whatever ``positions`` says.
     delete_all: TextClause  # key  [row layouts: after ``lock``]
     delete_from_start: TextClause  # key, offset (message at that position), ttl  [idem]
     delete_from_end: TextClause  # key, offset (0 = the last message), ttl  [idem]
@@ -195,6 +199,24 @@ def _first_ids(m: str, live: str) -> str:
     )
 
 
+# What a removal returns from its ``gone`` CTE (``id, message``): the position each row had.
+# The first ``:n`` messages, or all of them, are removed in id order from position 0.
+_FROM_FIRST = "SELECT row_number() OVER (ORDER BY id) - 1, message FROM gone"
+_AT_OFFSET = "SELECT CAST(:offset AS bigint), message FROM gone"
+
+
+def _counted_before(m: str) -> str:
+    """The removed row's position: the rows before it in the statement's snapshot.
+
+    Every part of one statement sees the snapshot taken before its ``DELETE`` ran, so
+    this counts the conversation as it was.
+    """
+    return (
+        f"SELECT (SELECT count(*) FROM {m} AS b WHERE b.key = CAST(:key AS text) "
+        "AND b.id < gone.id), message FROM gone"
+    )
+
+
 _NEW_ROWS = "unnest(CAST(:messages AS text[])) WITH ORDINALITY AS u(message, n) ORDER BY u.n"
 
 
@@ -273,23 +295,23 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             "RETURNING expires_at), "
             f"gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
             "RETURNING id, message::text AS message) "
-            "SELECT id, message FROM gone WHERE NOT EXISTS "
+            f"{_FROM_FIRST} WHERE NOT EXISTS "
             "(SELECT 1 FROM conv WHERE expires_at <= now()) ORDER BY id"
         ),
         delete_from_start=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
             f"AND id = ({_pick(m, live, 'ASC')}) "
-            f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
+            f"RETURNING id, message::text AS message), {touch} {_AT_OFFSET}"
         ),
         delete_from_end=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
             f"AND id = ({_pick(m, live, 'DESC')}) "
-            f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
+            f"RETURNING id, message::text AS message), {touch} {_counted_before(m)}"
         ),
         delete_oldest=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id = ANY("
             f"{_first_ids(m, live)}) RETURNING id, message::text AS message), {touch} "
-            "SELECT id, message FROM gone ORDER BY id"
+            f"{_FROM_FIRST} ORDER BY id"
         ),
         keys_page=text(
             f"SELECT key FROM {c} WHERE message_count > 0 "
@@ -355,17 +377,19 @@ def _google(m: str) -> Statements:
         ),
         delete_all=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
-            "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
+            f"RETURNING id, message::text AS message) {_FROM_FIRST} ORDER BY id"
         ),
         delete_from_start=text(
-            f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'ASC')}) RETURNING id, message::text"
+            f"WITH gone AS (DELETE FROM {m} WHERE id = ({_pick(m, '', 'ASC')}) "
+            f"RETURNING id, message::text AS message) {_AT_OFFSET}"
         ),
         delete_from_end=text(
-            f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) RETURNING id, message::text"
+            f"WITH gone AS (DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) "
+            f"RETURNING id, message::text AS message) {_counted_before(m)}"
         ),
         delete_oldest=text(
             f"WITH gone AS (DELETE FROM {m} WHERE id = ANY({_first_ids(m, '')}) "
-            "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
+            f"RETURNING id, message::text AS message) {_FROM_FIRST} ORDER BY id"
         ),
         keys_page=text(
             f"SELECT key FROM {m} WHERE key > CAST(:after AS text) GROUP BY key "
