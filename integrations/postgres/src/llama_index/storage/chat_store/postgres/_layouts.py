@@ -108,7 +108,9 @@ class Statements:
     keys_page: TextClause  # after, page -> (key,)
     clear: TextClause  # [row layouts: after ``lock_all``]
     position_of: TextClause | None  # key, id -> (n,)  (row layouts)
-    lock: TextClause | None  # key, lock -> native: (live count,) or no row  (row layouts)
+    # key, lock -> native: (live count,), or no row: no conversation, nothing is locked and
+    # the change must not run (it would act on a conversation created meanwhile, unlocked)
+    lock: TextClause | None  # (row layouts)
     lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row (count)
     lock_all: TextClause | None  # locks every conversation of the table  (row layouts)
     sweep: TextClause | None  # -> (conversations removed,)  (native)

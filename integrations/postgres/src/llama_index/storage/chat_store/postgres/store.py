@@ -799,6 +799,13 @@ class PostgresChatStore(BaseChatStore):
     ) -> list[Row]:
         """Run a change of conversation ``key``: after its lock (row layouts), in one transaction.
 
+        Native layout: when ``lock`` finds no conversation row it locks nothing, so the
+        change is not run: the conversation was empty when the lock ran (every message row
+        has its conversation row), and a change run later would act on a conversation
+        created meanwhile without holding its lock (a concurrent append would not wait, and
+        the change would miss it). Writers that create the conversation (replace, insert
+        at an index) pass ``lock_for_replace``, which always returns its row.
+
         Args:
             key: The conversation.
             clause: The change; its snapshot is taken once the lock is held.
@@ -812,7 +819,8 @@ class PostgresChatStore(BaseChatStore):
         key_params = self._key_params(key)
 
         def locked(tx: Runner) -> list[Row]:
-            tx.fetch(lock, key_params)
+            if not tx.fetch(lock, key_params) and st.layout == "native":
+                return []  # no conversation when the lock ran: nothing to change
             return tx.fetch(clause, params)
 
         return self._connections().transaction(locked)
@@ -1060,7 +1068,8 @@ class PostgresChatStore(BaseChatStore):
         key_params = self._key_params(key)
 
         async def locked(tx: AsyncRunner) -> list[Row]:
-            await tx.fetch(lock, key_params)
+            if not await tx.fetch(lock, key_params) and st.layout == "native":
+                return []  # as in ``_change``
             return await tx.fetch(clause, params)
 
         return await self._aconnections().transaction(locked)
