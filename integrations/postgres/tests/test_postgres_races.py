@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -422,3 +424,177 @@ def test_a_deadlock_with_a_foreign_writer_is_retried(
     assert _text(store.get_messages("k")) == ["m0"]
     assert store.count_messages("k") == 1
     store.close()
+
+
+# A, held at the gate, changes the conversation under an insert at an index (B): the
+# insert must place its message by the conversation A leaves, or by the one before A.
+INSERT_UNDER: dict[str, tuple[list[str], Op]] = {
+    "set_on_missing": ([], replace("s0", MARK, "s2")),
+    "set_on_existing": (PLAIN, replace("s0", MARK, "s2")),
+    "add_messages_on_missing": ([], append_many("s0", MARK, "s2")),
+    "add_messages_on_existing": (PLAIN, append_many("s0", MARK, "s2")),
+    "delete_all": (["m0", MARK, "m2"], delete_all()),
+}
+
+
+@pytest.mark.parametrize("idx", [1, -1])
+@pytest.mark.parametrize("under", list(INSERT_UNDER))
+def test_an_insert_at_an_index_places_by_the_conversation_after_the_lock(
+    racers: Racers, under: str, idx: int
+) -> None:
+    """An insert at an index started while set/add_messages/delete_messages is held.
+
+    The conversation may not exist yet when the insert starts (set_messages or
+    add_messages create it): the insert must still wait for that writer and count its
+    messages, not place the message by the empty conversation it saw first.
+
+    If this fails: the insert's lock found no conversation row to wait for (native: the
+    row is not created by the lock), so it appended at the end of what the other writer
+    then committed instead of inserting at ``idx``.
+    """
+    initial, op = INSERT_UNDER[under]
+    _check(racers, f"k-{uuid.uuid4().hex[:8]}", initial, op, insert(idx, "b"), "sync")
+
+
+@pytest.mark.parametrize("under", ["set_on_missing", "add_messages_on_missing"])
+def test_an_insert_at_an_index_places_by_the_conversation_after_the_lock_async(
+    racers: Racers, under: str
+) -> None:
+    """The same through the async methods.
+
+    If this fails: ``aadd_message`` with an index takes its lock differently from its twin.
+    """
+    initial, op = INSERT_UNDER[under]
+    _check(racers, f"k-{uuid.uuid4().hex[:8]}", initial, op, insert(1, "b"), "async")
+
+
+class _PausedAfterLock:
+    """Holds store B's next transaction right after its first statement (the lock).
+
+    Stands for a slow client between the two statements of a removal: the conversation
+    is created by another writer after B's lock ran and before B's change starts.
+    """
+
+    def __init__(self, store: PostgresChatStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        sync, async_ = store._connections(), store._aconnections()
+        real_sync, real_async = sync.transaction, async_.transaction
+
+        def pause_once() -> None:
+            if not self.paused.is_set():
+                self.paused.set()
+                assert self.resume.wait(_PATIENCE), "never resumed"
+
+        def transaction(body: Callable[[Any], Any]) -> Any:
+            def paused(tx: Any) -> Any:
+                class Tx:
+                    def fetch(self, clause: Any, params: Any) -> Any:
+                        rows = tx.fetch(clause, params)
+                        pause_once()
+                        return rows
+
+                return body(Tx())
+
+            return real_sync(paused)
+
+        async def atransaction(body: Callable[[Any], Awaitable[Any]]) -> Any:
+            async def paused(tx: Any) -> Any:
+                class Tx:
+                    async def fetch(self, clause: Any, params: Any) -> Any:
+                        rows = await tx.fetch(clause, params)
+                        pause_once()  # blocks this loop's thread: only B runs on it
+                        return rows
+
+                return await body(Tx())
+
+            return await real_async(paused)
+
+        monkeypatch.setattr(sync, "transaction", transaction)
+        monkeypatch.setattr(async_, "transaction", atransaction)
+
+
+def _read() -> Op:
+    return Op(
+        "get_messages",
+        lambda s, k: s.get_messages(k),
+        lambda s, k: s.aget_messages(k),
+        lambda items: list(items),
+    )
+
+
+REMOVALS_OF_NEW = {
+    "delete_oldest": delete_oldest(3),
+    "pop": pop(),
+    "delete_first": delete_at(0),
+    "delete_all": delete_all(),
+}
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("removal", list(REMOVALS_OF_NEW))
+def test_a_removal_whose_lock_found_no_conversation_acts_on_none(
+    racers: Racers, monkeypatch: pytest.MonkeyPatch, removal: str, api: str
+) -> None:
+    """B's lock finds no conversation; then A creates it; then B's change runs.
+
+    B (a removal) is paused after its lock. A creates the conversation with ``MARK``.
+    B resumes and is held at the gate if it removes ``MARK``. C appends and a read runs
+    while B is held. Every result and the final conversation must be explained by one
+    order of A, B, C and the read on a plain list.
+
+    If this fails: the native lock (``SELECT ... FOR UPDATE`` on the conversation row)
+    locked nothing because the row did not exist yet, and the change that followed acted
+    on the conversation A committed without holding its lock: C appended meanwhile, the
+    read showed ``MARK`` and ``c``, and B removed ``MARK`` alone (as if before C).
+    """
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    racers.a.set_messages(key, [])
+    b_name = f"racer_b_{racers.b.layout}"
+    a_op, b_op, c_op, read = append_many(MARK), REMOVALS_OF_NEW[removal], append("c"), _read()
+    pause = _PausedAfterLock(racers.b, monkeypatch)
+    a_name = f"racer_a_{racers.a.layout}"
+    seen: Any = None
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        b = pool.submit(b_op.run, racers.b, key, api)
+        _wait_until(f"{b_op.label} takes its lock", lambda: b.done() or pause.paused.is_set())
+        # Google's advisory lock holds A off until B is done; the native row lock did not.
+        a = pool.submit(a_op.run, racers.a, key, api)
+        _wait_until(
+            "A creates the conversation or waits for B's lock",
+            lambda: a.done() or racers.gate.lock_wait(a_name) is not None,
+        )
+        c: concurrent.futures.Future[Any] | None = None
+        with racers.gate.closed():  # now holds B if it removes MARK
+            pause.resume.set()
+            _wait_until(
+                f"{b_op.label} finishes or waits at the gate",
+                lambda: b.done() or racers.gate.lock_wait(b_name) is not None,
+            )
+            if a.done():
+                c = pool.submit(c_op.run, racers.a, key, api)
+                _wait_until(
+                    "C finishes or waits",
+                    lambda: (
+                        c is not None and (c.done() or racers.gate.lock_wait(a_name) is not None)
+                    ),
+                )
+                if c.done():
+                    seen = read.run(racers.b, key, api)
+        results = {"A": a.result(timeout=_PATIENCE), "B": b.result(timeout=_PATIENCE)}
+        c_result = c.result(timeout=_PATIENCE) if c is not None else None
+    if c is None:
+        c_result = c_op.run(racers.a, key, api)
+    if seen is None:
+        seen = read.run(racers.b, key, api)
+    results["C"], results["read"] = c_result, seen
+    final = _text(racers.b.get_messages(key))
+    ops = {"A": a_op, "B": b_op, "C": c_op, "read": read}
+    explained = []
+    for order in itertools.permutations(ops):
+        items: list[str] = []
+        got = {name: ops[name].model(items) for name in order}
+        if got == results and items == final:
+            explained.append(order)
+    assert explained, f"{results} leaving {final}: no order of A, B, C and the read explains it"
+    assert racers.b.count_messages(key) == len(final)

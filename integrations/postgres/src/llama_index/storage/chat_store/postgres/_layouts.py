@@ -12,8 +12,9 @@ conversation takes the conversation's lock FIRST (``lock``: the native layout's
 conversation row, or a per-key advisory lock on Google's table), then touches message
 rows. Appends take it inside their one statement, before any message row exists. An
 operation that reads message rows to decide what to change (insert at an index,
-delete by position, delete all, replace) is a transaction of two statements: ``lock``,
-then the change, whose snapshot (READ COMMITTED: one per statement) is taken after
+delete by position, delete all, replace) is a transaction of two statements: ``lock``
+(``lock_for_replace`` for the writers that create the conversation: replace, insert at an
+index), then the change, whose snapshot (READ COMMITTED: one per statement) is taken after
 the lock is granted, so it sees every write committed before. One order everywhere
 means no deadlocks, and no writer acts on a stale picture of the conversation.
 The ``llama_index`` layout keeps a conversation in one row: each operation is one
@@ -31,7 +32,9 @@ Three layouts:
 
 Every read returns ``(position-or-id, message_text)`` rows; ``message_text`` is the
 stored JSON as text (``json`` keeps the bytes written; LlamaIndex's ``jsonb`` is
-already normalised by the server).
+already normalised by the server). Every removal returns ``(position, message_text)``
+in every layout, the position counted from the start of the conversation as it was
+before the removal, so an unreadable removed message is named where it was.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ class Statements:
     """The statements of one layout over one table.
 
     Reads yield ``(id_or_position, message_text)``. ``positions`` says whether the
-    first column is already the 0-based position (array layout) or a row id.
+    first column is already the 0-based position (array layout) or a row id. Removals
+    always yield the 0-based position the message had.
     """
 
     layout: LayoutName
@@ -96,6 +100,7 @@ class Statements:
     append_one: TextClause  # key, lock, message, ttl -> a row if done (else run ``append``)
     insert_at: TextClause  # key, idx, messages (one), ttl  [row layouts: after ``lock``]
     replace: TextClause  # key, messages, n, ttl  [row layouts: after ``lock_for_replace``]
+    # Removals yield ``(position, message_text)`` whatever ``positions`` says.
     delete_all: TextClause  # key  [row layouts: after ``lock``]
     delete_from_start: TextClause  # key, offset (message at that position), ttl  [idem]
     delete_from_end: TextClause  # key, offset (0 = the last message), ttl  [idem]
@@ -103,8 +108,10 @@ class Statements:
     keys_page: TextClause  # after, page -> (key,)
     clear: TextClause  # [row layouts: after ``lock_all``]
     position_of: TextClause | None  # key, id -> (n,)  (row layouts)
-    lock: TextClause | None  # key, lock -> native: (live count,) or no row  (row layouts)
-    lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row
+    # key, lock -> native: (live count,), or no row: no conversation, nothing is locked and
+    # the change must not run (it would act on a conversation created meanwhile, unlocked)
+    lock: TextClause | None  # (row layouts)
+    lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row (count)
     lock_all: TextClause | None  # locks every conversation of the table  (row layouts)
     sweep: TextClause | None  # -> (conversations removed,)  (native)
 
@@ -194,6 +201,24 @@ def _first_ids(m: str, live: str) -> str:
     )
 
 
+# What a removal returns from its ``gone`` CTE (``id, message``): the position each row had.
+# The first ``:n`` messages, or all of them, are removed in id order from position 0.
+_FROM_FIRST = "SELECT row_number() OVER (ORDER BY id) - 1, message FROM gone"
+_AT_OFFSET = "SELECT CAST(:offset AS bigint), message FROM gone"
+
+
+def _counted_before(m: str) -> str:
+    """The removed row's position: the rows before it in the statement's snapshot.
+
+    Every part of one statement sees the snapshot taken before its ``DELETE`` ran, so
+    this counts the conversation as it was.
+    """
+    return (
+        f"SELECT (SELECT count(*) FROM {m} AS b WHERE b.key = CAST(:key AS text) "
+        "AND b.id < gone.id), message FROM gone"
+    )
+
+
 _NEW_ROWS = "unnest(CAST(:messages AS text[])) WITH ORDINALITY AS u(message, n) ORDER BY u.n"
 
 
@@ -272,23 +297,23 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             "RETURNING expires_at), "
             f"gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
             "RETURNING id, message::text AS message) "
-            "SELECT id, message FROM gone WHERE NOT EXISTS "
+            f"{_FROM_FIRST} WHERE NOT EXISTS "
             "(SELECT 1 FROM conv WHERE expires_at <= now()) ORDER BY id"
         ),
         delete_from_start=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
             f"AND id = ({_pick(m, live, 'ASC')}) "
-            f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
+            f"RETURNING id, message::text AS message), {touch} {_AT_OFFSET}"
         ),
         delete_from_end=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
             f"AND id = ({_pick(m, live, 'DESC')}) "
-            f"RETURNING id, message::text AS message), {touch} SELECT id, message FROM gone"
+            f"RETURNING id, message::text AS message), {touch} {_counted_before(m)}"
         ),
         delete_oldest=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id = ANY("
             f"{_first_ids(m, live)}) RETURNING id, message::text AS message), {touch} "
-            "SELECT id, message FROM gone ORDER BY id"
+            f"{_FROM_FIRST} ORDER BY id"
         ),
         keys_page=text(
             f"SELECT key FROM {c} WHERE message_count > 0 "
@@ -300,10 +325,13 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             f"SELECT CASE WHEN expires_at <= now() THEN 0 ELSE message_count END FROM {c} "
             "WHERE key = CAST(:key AS text) FOR UPDATE"
         ),
-        # ``lock``, creating the row if missing: a concurrent first append waits for it.
+        # ``lock``, creating the row if missing, so it also waits for a writer that is
+        # creating the conversation (``lock`` finds no row then, and would not wait): the
+        # live count after that writer, as ``lock`` returns it.
         lock_for_replace=text(
             f"INSERT INTO {c} AS c (key, message_count) VALUES (CAST(:key AS text), 0) "
-            "ON CONFLICT (key) DO UPDATE SET message_count = c.message_count"
+            "ON CONFLICT (key) DO UPDATE SET message_count = c.message_count "
+            "RETURNING CASE WHEN c.expires_at <= now() THEN 0 ELSE c.message_count END"
         ),
         # Key order: two clears lock the rows in the same order. A conversation created
         # after this lock is either wholly seen by the ``clear`` that follows or not at all.
@@ -351,17 +379,19 @@ def _google(m: str) -> Statements:
         ),
         delete_all=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
-            "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
+            f"RETURNING id, message::text AS message) {_FROM_FIRST} ORDER BY id"
         ),
         delete_from_start=text(
-            f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'ASC')}) RETURNING id, message::text"
+            f"WITH gone AS (DELETE FROM {m} WHERE id = ({_pick(m, '', 'ASC')}) "
+            f"RETURNING id, message::text AS message) {_AT_OFFSET}"
         ),
         delete_from_end=text(
-            f"DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) RETURNING id, message::text"
+            f"WITH gone AS (DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) "
+            f"RETURNING id, message::text AS message) {_counted_before(m)}"
         ),
         delete_oldest=text(
             f"WITH gone AS (DELETE FROM {m} WHERE id = ANY({_first_ids(m, '')}) "
-            "RETURNING id, message::text AS message) SELECT id, message FROM gone ORDER BY id"
+            f"RETURNING id, message::text AS message) {_FROM_FIRST} ORDER BY id"
         ),
         keys_page=text(
             f"SELECT key FROM {m} WHERE key > CAST(:after AS text) GROUP BY key "

@@ -756,6 +756,29 @@ class PostgresChatStore(BaseChatStore):
                 raise _NeedsPosition(ident, data) from exc
         return messages
 
+    @staticmethod
+    def _removed(key: str, rows: list[Row]) -> list[ChatMessage]:
+        """Parse what a removal returned: ``(position it had, message_text)`` rows.
+
+        Raises:
+            CorruptDataError: A removed message is unreadable (the first one, by position).
+                The removal is done (it was atomic, and refusing it would leave corrupt data
+                no delete could remove): the error says so and carries the stored data.
+        """
+        messages = []
+        for position, data in rows:
+            try:
+                messages.append(message_from_json(data, key=key, position=int(position)))
+            except CorruptDataError as exc:
+                raise CorruptDataError(
+                    f"{exc} (the data was removed from PostgreSQL; the error's data "
+                    "attribute holds it)",
+                    key=exc.key,
+                    position=exc.position,
+                    data=exc.data,
+                ) from exc
+        return messages
+
     # -- sync API ------------------------------------------------------------------------
 
     def _messages(self, key: str, st: Statements, rows: list[Row]) -> list[ChatMessage]:
@@ -776,6 +799,13 @@ class PostgresChatStore(BaseChatStore):
     ) -> list[Row]:
         """Run a change of conversation ``key``: after its lock (row layouts), in one transaction.
 
+        Native layout: when ``lock`` finds no conversation row it locks nothing, so the
+        change is not run: the conversation was empty when the lock ran (every message row
+        has its conversation row), and a change run later would act on a conversation
+        created meanwhile without holding its lock (a concurrent append would not wait, and
+        the change would miss it). Writers that create the conversation (replace, insert
+        at an index) pass ``lock_for_replace``, which always returns its row.
+
         Args:
             key: The conversation.
             clause: The change; its snapshot is taken once the lock is held.
@@ -789,7 +819,8 @@ class PostgresChatStore(BaseChatStore):
         key_params = self._key_params(key)
 
         def locked(tx: Runner) -> list[Row]:
-            tx.fetch(lock, key_params)
+            if not tx.fetch(lock, key_params) and st.layout == "native":
+                return []  # no conversation when the lock ran: nothing to change
             return tx.fetch(clause, params)
 
         return self._connections().transaction(locked)
@@ -843,7 +874,10 @@ class PostgresChatStore(BaseChatStore):
         if st.lock is None:
             connections.fetch(st.insert_at, params)
             return
-        lock = st.lock
+        # The lock that creates the conversation row: with no row, ``lock`` would not wait
+        # for a writer creating the conversation and the message would land at its end.
+        lock = st.lock_for_replace
+        assert lock is not None
 
         def insert(tx: Runner) -> None:
             rows = tx.fetch(lock, params)
@@ -875,10 +909,14 @@ class PostgresChatStore(BaseChatStore):
 
         Holds the conversation's lock: a message appended at the same time is either
         returned (and removed) or stays, never left behind uncounted.
+
+        Raises:
+            CorruptDataError: A removed message is unreadable; the conversation is removed
+                all the same (the error names the first such position and holds its data).
         """
         key = self._check_key(key)
         st = self._statements()
-        return self._messages(key, st, self._change(key, st.delete_all, {"key": key})) or None
+        return self._removed(key, self._change(key, st.delete_all, {"key": key})) or None
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove and return the message at ``idx`` (``None`` if out of range).
@@ -889,13 +927,15 @@ class PostgresChatStore(BaseChatStore):
 
         Raises:
             TypeError: ``idx`` is not an int.
+            CorruptDataError: The removed message is unreadable; it is removed all the same
+                (the error holds its data).
         """
         key = self._check_key(key)
         st = self._statements()
         found = self._delete_at(st, key, self._index(idx))
         if found is None:
             return None
-        removed = self._messages(key, st, self._change(key, *found))
+        removed = self._removed(key, self._change(key, *found))
         return removed[0] if removed else None
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
@@ -903,13 +943,18 @@ class PostgresChatStore(BaseChatStore):
         return self.delete_message(key, -1)
 
     def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove the first ``n`` messages; return them in order."""
+        """Remove the first ``n`` messages; return them in order.
+
+        Raises:
+            CorruptDataError: A removed message is unreadable; the ``n`` are removed all the
+                same (the error names the first such position and holds its data).
+        """
         key = self._check_key(key)
         if n <= 0:
             return []
         st = self._statements()
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        return self._messages(key, st, self._change(key, st.delete_oldest, params))
+        return self._removed(key, self._change(key, st.delete_oldest, params))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys holding messages, in pages of 100 (constant memory)."""
@@ -1023,7 +1068,8 @@ class PostgresChatStore(BaseChatStore):
         key_params = self._key_params(key)
 
         async def locked(tx: AsyncRunner) -> list[Row]:
-            await tx.fetch(lock, key_params)
+            if not await tx.fetch(lock, key_params) and st.layout == "native":
+                return []  # as in ``_change``
             return await tx.fetch(clause, params)
 
         return await self._aconnections().transaction(locked)
@@ -1061,7 +1107,8 @@ class PostgresChatStore(BaseChatStore):
         if st.lock is None:
             await connections.fetch(st.insert_at, params)
             return
-        lock = st.lock
+        lock = st.lock_for_replace  # as in add_message: it waits for a creating writer
+        assert lock is not None
 
         async def insert(tx: AsyncRunner) -> None:
             rows = await tx.fetch(lock, params)
@@ -1095,7 +1142,7 @@ class PostgresChatStore(BaseChatStore):
         key = self._check_key(key)
         st = await self._astatements()
         rows = await self._achange(key, st.delete_all, {"key": key})
-        return await self._amessages(key, st, rows) or None
+        return self._removed(key, rows) or None
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Async :meth:`delete_message`."""
@@ -1104,7 +1151,7 @@ class PostgresChatStore(BaseChatStore):
         found = self._delete_at(st, key, self._index(idx))
         if found is None:
             return None
-        removed = await self._amessages(key, st, await self._achange(key, *found))
+        removed = self._removed(key, await self._achange(key, *found))
         return removed[0] if removed else None
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
@@ -1118,7 +1165,7 @@ class PostgresChatStore(BaseChatStore):
             return []
         st = await self._astatements()
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        return await self._amessages(key, st, await self._achange(key, st.delete_oldest, params))
+        return self._removed(key, await self._achange(key, st.delete_oldest, params))
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""
