@@ -9,14 +9,22 @@ Table: partition key ``SessionId`` (S), numeric sort key. In a conversation's pa
   key of the sparse index ``get_keys`` scans), the TTL attribute (the conversation's expiry),
   ``Floor`` (no message item expires before it), ``Chunked`` (the generation has held a
   chunked message) and, during a large append, a lease;
-* message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON;
+* message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON
+  and ``Written`` = the ``Ver`` of the meta that made this content visible;
 * chunk items at negative sort keys holding the rest of messages over one item (``_chunks``).
 
 Appends are one TransactWriteItems (meta update conditioned on ``Ver`` + puts), retried when
 they lose a race. A replace writes a new generation and flips ``Gen`` conditionally, so readers
 (who read only the meta's generation and range) see the old or the new list, never a mix; the
-old generation is deleted afterwards. A reader that finds items missing because a writer
-removed them meanwhile re-reads the meta and tries again.
+old generation is deleted afterwards. Inserts and deletes inside a conversation rewrite the
+items on the shorter side in place, and a pop followed by an append reuses a position, so a
+reader that took its range from meta version ``V`` may find items a later change wrote: every
+item write carries the version it commits (``Written``), and a reader that finds an item
+written after ``V``, or finds items missing because a writer removed them meanwhile, re-reads
+the meta and tries again. Items with ``Written <= V`` are exactly what version ``V`` holds,
+since every item write made after ``V`` carries a later version (it commits with, or after,
+a meta update conditioned on ``Ver >= V``); so a read costs no extra request unless it
+overlapped a change.
 
 With ``refresh_on_read``, a read of a live conversation slides its expiry with one conditional
 update of the meta item that leaves ``Ver`` alone (writers are not disturbed) and never
@@ -56,6 +64,7 @@ from llama_index.storage.chat_store.dynamodb._client import (
     MAX_TRANSACTION_ITEMS,
     ConflictError,
     Table,
+    backoff,
     item_size,
     with_retries,
 )
@@ -69,6 +78,7 @@ _KEY_COPY = "ChatStoreKey"
 _MESSAGE = "Message"
 _GEN, _FIRST, _END, _VER, _NEXT = "Gen", "First", "End", "Ver", "NextGen"
 _FLOOR, _LEASE, _LEASE_ID, _CHUNKED = "Floor", "Lease", "LeaseId", "Chunked"
+_WRITTEN = "Written"
 _META_SK = 0
 _GEN_SPAN = 10**13
 _SEQ0 = 5 * 10**12
@@ -174,8 +184,15 @@ class NativeLayout:
     def _key(self, key: str, sk: int) -> dict[str, Any]:
         return {self.t.pk: text(key), self.sk: num(sk)}
 
-    def _message_item(self, key: str, gen: int, seq: int, head: Head, now: float) -> dict[str, Any]:
-        item = {**self._key(key, gen * _GEN_SPAN + seq), _MESSAGE: text(head.text)}
+    def _message_item(
+        self, key: str, gen: int, seq: int, head: Head, now: float, ver: int
+    ) -> dict[str, Any]:
+        """Return a message item; ``ver`` is the meta version whose commit makes it visible."""
+        item = {
+            **self._key(key, gen * _GEN_SPAN + seq),
+            _MESSAGE: text(head.text),
+            _WRITTEN: num(ver),
+        }
         if head.chunked:
             item[PARTS] = num(head.parts)
             item[PARTS_ID] = num(head.token)
@@ -201,7 +218,7 @@ class NativeLayout:
         """
         # The largest item beside its text: a chunked head (or a chunk) with an expiry.
         widest = Head("", 999, 1 << 101)
-        template = self._message_item(key, 10**21, _SEQ0, widest, 0.0)
+        template = self._message_item(key, 10**21, _SEQ0, widest, 0.0, 10**20)
         template[self.sk] = num(-(10**40))
         template[self.t.ttl_attribute] = num(10**12)
         return encode(key, messages, MAX_ITEM_BYTES - item_size(template))
@@ -278,20 +295,27 @@ class NativeLayout:
 
     def _query(
         self, key: str, gen: int, lo: int, hi: int, *, with_text: bool = True
-    ) -> list[tuple[int, Head | None]]:
-        """Return ``(seq, head)`` of the items ``lo <= seq < hi`` of a generation.
+    ) -> list[tuple[int, Head | None, int]]:
+        """Return ``(seq, head, written)`` of the items ``lo <= seq < hi`` of a generation.
 
-        ``with_text=False`` reads only what locates chunks (the heads' text is ``""``).
+        ``written`` is the meta version that made the item's content visible (0 for items
+        written before items carried it). ``with_text=False`` reads only what locates chunks
+        (the heads' text is ``""``).
         """
         base = gen * _GEN_SPAN
-        projection = () if with_text else (self.sk, PARTS, PARTS_ID)
+        projection = () if with_text else (self.sk, PARTS, PARTS_ID, _WRITTEN)
         items = self._query_range(
             key, base + lo, base + hi - 1, limit=hi - lo, projection=projection
         )
-        return [
-            (int(item[self.sk]["N"]) - base, self._parse_head(item, with_text=with_text))
-            for item in items
-        ]
+        out: list[tuple[int, Head | None, int]] = []
+        for item in items:
+            head = self._parse_head(item, with_text=with_text)
+            try:
+                written = int(item.get(_WRITTEN, {}).get("N", 0))
+            except (TypeError, ValueError):
+                head, written = None, 0
+            out.append((int(item[self.sk]["N"]) - base, head, written))
+        return out
 
     def _read_chunks(self, key: str, head: Head) -> list[str] | None:
         """Return parts ``1 ..`` of a chunked message, or None if any is missing."""
@@ -319,11 +343,16 @@ class NativeLayout:
 
         The JSON list is empty unless ``whole``; everything comes from one meta state.
 
+        An item written after the meta's version (an insert or delete inside moved it, or
+        a pop and an append reused its position) or missing makes the read start over from
+        the meta: only when the meta is unchanged is a missing item corrupt data.
+
         Raises:
             CorruptDataError: A message item or chunk is missing or unreadable while the meta
                 is unchanged.
+            BackendUnavailableError: The conversation changed during every attempt.
         """
-        for _ in range(self.t.attempts):
+        for attempt in range(self.t.attempts):
             meta = meta or self._read_meta(key)
             count = meta.count(time.time())
             lo, _, _ = slice(offset, None).indices(count)
@@ -333,15 +362,20 @@ class NativeLayout:
             assert meta.gen is not None
             got = self._query(key, meta.gen, meta.first + lo, meta.first + hi)
             expected = list(range(meta.first + lo, meta.first + hi))
-            heads = [h for _, h in got if h is not None]
+            heads = [h for _, h, _ in got if h is not None]
+            later = any(written > (meta.ver or 0) for _, _, written in got)
             texts: list[str | None] = []
-            if [seq for seq, _ in got] == expected and len(heads) == len(expected):
+            if [seq for seq, _, _ in got] == expected and len(heads) == len(expected) and not later:
                 texts = [self._join(key, h) for h in heads] if whole else []
                 if all(t is not None for t in texts):
                     return meta, lo, heads, [t for t in texts if t is not None]
             again = self._read_meta(key)
+            if again.same(meta) and later:
+                # Items of a change whose meta update is not visible yet: wait for it.
+                backoff(attempt)
+                continue
             if again.same(meta):
-                seqs = dict(got)
+                seqs = {seq: head for seq, head, _ in got}
                 missing = [s - meta.first for s in expected if seqs.get(s) is None]
                 bad = missing[0] if missing else lo + texts.index(None)
                 raise CorruptDataError(
@@ -498,7 +532,7 @@ class NativeLayout:
         if not meta.chunked or meta.gen is None or meta.first == meta.end:
             return []
         got = self._query(key, meta.gen, meta.first, meta.end, with_text=False)
-        return [h for _, h in got if h is not None and h.chunked]
+        return [h for _, h, _ in got if h is not None and h.chunked]
 
     def _prepare(self, key: str, meta: _Meta, now: float) -> _Meta:
         """Make every message item outlive the expiry this change will set (sliding TTL).
@@ -568,8 +602,9 @@ class NativeLayout:
         Raises:
             ConflictError: The meta changed since it was read.
         """
+        ver = (meta.ver or 0) + 1  # what the meta action sets
         puts = [
-            {"Put": {"Item": self._message_item(key, plan.gen, seq, head, now)}}
+            {"Put": {"Item": self._message_item(key, plan.gen, seq, head, now, ver)}}
             for seq, head in sorted(plan.puts.items())
         ]
         deletes = [
@@ -620,8 +655,12 @@ class NativeLayout:
             ConditionExpression=self._guard(e, meta, now), **e.params(),
         )  # fmt: skip
         leased = replace(meta, ver=(meta.ver or 0) + 1)
+        written = num((leased.ver or 0) + 1)  # the version the final update commits
         try:
-            self.t.batch_write(what, [{"PutRequest": {"Item": p["Put"]["Item"]}} for p in puts])
+            self.t.batch_write(
+                what,
+                [{"PutRequest": {"Item": {**p["Put"]["Item"], _WRITTEN: written}}} for p in puts],
+            )
             self.t.transact(what, [self._meta_action(key, leased, plan, now, lease_id)])
         except BaseException:
             self._release_lease(key, lease_id)
@@ -862,8 +901,9 @@ class NativeLayout:
         )  # fmt: skip
         gen = int(reply["Attributes"][_NEXT]["N"])
         reserved = replace(meta, ver=(meta.ver or 0) + 1, next_gen=gen)
+        flip_ver = (reserved.ver or 0) + 1
         requests = [
-            {"PutRequest": {"Item": self._message_item(key, gen, _SEQ0 + i, h, now)}}
+            {"PutRequest": {"Item": self._message_item(key, gen, _SEQ0 + i, h, now, flip_ver)}}
             for i, h in enumerate(final)
         ]
         try:
