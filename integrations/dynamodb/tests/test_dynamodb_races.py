@@ -118,14 +118,15 @@ _READ_B = [
     [_set(["T0", "T1"])], [_delete_all()], [_pop(), _insert("B0", None)],
     [_delete_at(3), _insert("B0", None)],
 ]  # fmt: skip
-# Removals (each reads what it removes) and inserts against the renumbering changes.
+# Removals (each reads what it removes) and inserts against the renumbering changes, and
+# against a conversation deleted and written anew (its meta item starts over).
 _CHANGES = [
     _delete_at(1), _delete_at(3), _delete_at(0), _delete_at(-1), _pop(), _oldest(2),
     _delete_all(), _insert("A0", 1), _insert("A0", -1), _insert("A0", None),
 ]  # fmt: skip
 _CHANGE_B = [
     [_insert("B0", -1)], [_insert("B0", 1)], [_delete_at(1)], [_delete_at(3)], [_pop()],
-    [_insert("B0", None)],
+    [_insert("B0", None)], [_delete_all(), _set(["T0", "T1", "T2", "T3", "T4"])],
 ]  # fmt: skip
 
 

@@ -4,7 +4,9 @@ Table: partition key ``SessionId`` (S), numeric sort key. In a conversation's pa
 
 * the meta item at sort key 0: ``Gen`` (generation), ``First``/``End`` (the visible sequence
   numbers are ``First <= seq < End``, so position ``p`` is ``First + p``), ``Ver`` (bumped by
-  every change; every write is conditioned on it), ``NextGen`` (generation counter),
+  every change; every write is conditioned on it), ``Epoch`` (a random id the meta item gets
+  when it is created: ``Ver`` starts over when a conversation is deleted and written anew,
+  so writes are conditioned on both), ``NextGen`` (generation counter),
   ``ChatStoreKey`` (a copy of the key, only while the conversation holds messages: the hash
   key of the sparse index ``get_keys`` scans), the TTL attribute (the conversation's expiry),
   ``Floor`` (no message item expires before it), ``Chunked`` (the generation has held a
@@ -78,7 +80,7 @@ _KEY_COPY = "ChatStoreKey"
 _MESSAGE = "Message"
 _GEN, _FIRST, _END, _VER, _NEXT = "Gen", "First", "End", "Ver", "NextGen"
 _FLOOR, _LEASE, _LEASE_ID, _CHUNKED = "Floor", "Lease", "LeaseId", "Chunked"
-_WRITTEN = "Written"
+_WRITTEN, _EPOCH = "Written", "Epoch"
 _META_SK = 0
 _GEN_SPAN = 10**13
 _SEQ0 = 5 * 10**12
@@ -124,6 +126,7 @@ class _Meta:
     floor: int | None = None
     lease: int | None = None
     chunked: bool = False
+    epoch: str | None = None
 
     def live(self, now: float) -> bool:
         """Whether the conversation has a generation and has not expired."""
@@ -261,6 +264,7 @@ class NativeLayout:
                 floor=opt(_FLOOR),
                 lease=opt(_LEASE),
                 chunked=_CHUNKED in item,
+                epoch=item[_EPOCH]["S"] if _EPOCH in item else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDataError(
@@ -459,11 +463,20 @@ class NativeLayout:
     # -- the write machinery ---------------------------------------------------------------
 
     def _guard(self, e: Expr, meta: _Meta, now: float) -> str:
-        version = (
-            f"attribute_not_exists({e.n(_VER)})"
-            if meta.ver is None
-            else f"{e.n(_VER)} = {e.v(num(meta.ver))}"
-        )
+        """Return the condition that the meta item is still exactly ``meta`` (and not leased).
+
+        The epoch tells a meta item written anew after a delete (its ``Ver`` starts over)
+        from the one ``meta`` was read from.
+        """
+        if meta.ver is None:
+            version = f"attribute_not_exists({e.n(_VER)})"
+        else:
+            epoch = (
+                f"attribute_not_exists({e.n(_EPOCH)})"
+                if meta.epoch is None
+                else f"{e.n(_EPOCH)} = {e.v(text(meta.epoch))}"
+            )
+            version = f"{e.n(_VER)} = {e.v(num(meta.ver))} AND {epoch}"
         lease = e.n(_LEASE)
         return f"{version} AND (attribute_not_exists({lease}) OR {lease} < {e.v(num(int(now)))})"
 
@@ -493,6 +506,8 @@ class NativeLayout:
             f"{e.n(_KEY_COPY)} = {e.v(text(key))}",
         ]
         removes = [e.n(_LEASE), e.n(_LEASE_ID)]
+        if meta.epoch is None:  # created now (or written before meta items had an epoch)
+            sets.append(f"{e.n(_EPOCH)} = {e.v(text(uuid.uuid4().hex))}")
         if plan.new_gen:
             sets.append(f"{e.n(_NEXT)} = {e.v(num(plan.gen))}")
         # Sticky for a generation: replaces and expiry extensions then look for chunks.
