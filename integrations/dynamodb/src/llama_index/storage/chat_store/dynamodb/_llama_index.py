@@ -5,7 +5,9 @@ read and written so LlamaIndex's ``DynamoDBChatStore`` reads what we write and w
 wrote. On top of that:
 
 * every write is conditioned on a version attribute and the length of ``History`` (LlamaIndex
-  writes no version; the length catches its appends), so concurrent appends are never lost;
+  writes no version; the length catches its appends), so concurrent appends are never lost,
+  and on a random epoch the item gets when it is created (a conversation deleted and written
+  anew starts its version over; the epoch tells the two apart);
 * a DynamoDB map cannot carry every JSON value exactly (floats come back as ``Decimal`` with
   their formatting normalised, 1e300 is out of DynamoDB's number range), so a message whose map
   is not exact also gets its JSON text in ``ChatStoreExact`` at the same index. The text is
@@ -25,6 +27,7 @@ import binascii
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -46,6 +49,7 @@ __all__ = ["LlamaIndexLayout", "llama_index_table_definition"]
 _HISTORY = "History"
 _EXACT = "ChatStoreExact"
 _VERSION = "ChatStoreVersion"
+_EPOCH = "ChatStoreEpoch"
 
 
 def llama_index_table_definition(table: str, pk: str) -> dict[str, Any]:
@@ -173,6 +177,7 @@ class _Item:
     expires: int | None = None
     has_exact: bool = False
     size: int = 0
+    epoch: str | None = None
 
 
 class LlamaIndexLayout:
@@ -208,6 +213,7 @@ class LlamaIndexLayout:
             expires=None if ttl is None else int(Decimal(ttl)),
             has_exact=_EXACT in raw,
             size=item_size(raw),
+            epoch=raw.get(_EPOCH, {}).get("S"),
         )
 
     def _live(self, item: _Item, now: float) -> list[Any]:
@@ -308,7 +314,13 @@ class LlamaIndexLayout:
             if item.version is None
             else f"{e.n(_VERSION)} = {e.v(num(item.version))}"
         )
-        return f"{version} AND size({e.n(_HISTORY)}) = {e.v(num(len(item.history)))}"
+        epoch = (
+            f"attribute_not_exists({e.n(_EPOCH)})"
+            if item.epoch is None
+            else f"{e.n(_EPOCH)} = {e.v(text(item.epoch))}"
+        )
+        size = f"size({e.n(_HISTORY)}) = {e.v(num(len(item.history)))}"
+        return f"{version} AND {epoch} AND {size}"
 
     def _check_size(self, key: str, size: int) -> None:
         if size > MAX_ITEM_BYTES:
@@ -344,6 +356,7 @@ class LlamaIndexLayout:
             **self._key(key),
             _HISTORY: {"L": history},
             _VERSION: num((item.version or 0) + 1),
+            _EPOCH: text(item.epoch or uuid.uuid4().hex),
         }
         if any("S" in x for x in exact):
             record[_EXACT] = {"L": exact}
@@ -375,6 +388,8 @@ class LlamaIndexLayout:
             f"{h} = list_append({h}, {e.v({'L': maps})})",
             f"{e.n(_VERSION)} = {e.v(num((item.version or 0) + 1))}",
         ]
+        if item.epoch is None:  # written by LlamaIndex or before items had an epoch
+            sets.append(f"{e.n(_EPOCH)} = {e.v(text(uuid.uuid4().hex))}")
         if len(item.exact) == len(item.history) and item.has_exact:
             sets.append(f"{e.n(_EXACT)} = list_append({e.n(_EXACT)}, {e.v({'L': exact})})")
         elif any("S" in v for v in exact) or item.has_exact:

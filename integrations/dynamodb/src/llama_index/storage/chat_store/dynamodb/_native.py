@@ -4,19 +4,29 @@ Table: partition key ``SessionId`` (S), numeric sort key. In a conversation's pa
 
 * the meta item at sort key 0: ``Gen`` (generation), ``First``/``End`` (the visible sequence
   numbers are ``First <= seq < End``, so position ``p`` is ``First + p``), ``Ver`` (bumped by
-  every change; every write is conditioned on it), ``NextGen`` (generation counter),
+  every change; every write is conditioned on it), ``Epoch`` (a random id the meta item gets
+  when it is created: ``Ver`` starts over when a conversation is deleted and written anew,
+  so writes are conditioned on both), ``NextGen`` (generation counter),
   ``ChatStoreKey`` (a copy of the key, only while the conversation holds messages: the hash
   key of the sparse index ``get_keys`` scans), the TTL attribute (the conversation's expiry),
   ``Floor`` (no message item expires before it), ``Chunked`` (the generation has held a
   chunked message) and, during a large append, a lease;
-* message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON;
+* message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON
+  and ``Written`` = the ``Ver`` of the meta that made this content visible;
 * chunk items at negative sort keys holding the rest of messages over one item (``_chunks``).
 
 Appends are one TransactWriteItems (meta update conditioned on ``Ver`` + puts), retried when
 they lose a race. A replace writes a new generation and flips ``Gen`` conditionally, so readers
 (who read only the meta's generation and range) see the old or the new list, never a mix; the
-old generation is deleted afterwards. A reader that finds items missing because a writer
-removed them meanwhile re-reads the meta and tries again.
+old generation is deleted afterwards. Inserts and deletes inside a conversation rewrite the
+items on the shorter side in place, and a pop followed by an append reuses a position, so a
+reader that took its range from meta version ``V`` may find items a later change wrote: every
+item write carries the version it commits (``Written``), and a reader that finds an item
+written after ``V``, or finds items missing because a writer removed them meanwhile, re-reads
+the meta and tries again. Items with ``Written <= V`` are exactly what version ``V`` holds,
+since every item write made after ``V`` carries a later version (it commits with, or after,
+a meta update conditioned on ``Ver >= V``); so a read costs no extra request unless it
+overlapped a change.
 
 With ``refresh_on_read``, a read of a live conversation slides its expiry with one conditional
 update of the meta item that leaves ``Ver`` alone (writers are not disturbed) and never
@@ -57,6 +67,7 @@ from llama_index.storage.chat_store.dynamodb._client import (
     ConflictError,
     Table,
     Unreadable,
+    backoff,
     item_size,
     with_retries,
 )
@@ -70,6 +81,7 @@ _KEY_COPY = "ChatStoreKey"
 _MESSAGE = "Message"
 _GEN, _FIRST, _END, _VER, _NEXT = "Gen", "First", "End", "Ver", "NextGen"
 _FLOOR, _LEASE, _LEASE_ID, _CHUNKED = "Floor", "Lease", "LeaseId", "Chunked"
+_WRITTEN, _EPOCH = "Written", "Epoch"
 _META_SK = 0
 _GEN_SPAN = 10**13
 _SEQ0 = 5 * 10**12
@@ -115,6 +127,7 @@ class _Meta:
     floor: int | None = None
     lease: int | None = None
     chunked: bool = False
+    epoch: str | None = None
 
     def live(self, now: float) -> bool:
         """Whether the conversation has a generation and has not expired."""
@@ -175,8 +188,15 @@ class NativeLayout:
     def _key(self, key: str, sk: int) -> dict[str, Any]:
         return {self.t.pk: text(key), self.sk: num(sk)}
 
-    def _message_item(self, key: str, gen: int, seq: int, head: Head, now: float) -> dict[str, Any]:
-        item = {**self._key(key, gen * _GEN_SPAN + seq), _MESSAGE: text(head.text)}
+    def _message_item(
+        self, key: str, gen: int, seq: int, head: Head, now: float, ver: int
+    ) -> dict[str, Any]:
+        """Return a message item; ``ver`` is the meta version whose commit makes it visible."""
+        item = {
+            **self._key(key, gen * _GEN_SPAN + seq),
+            _MESSAGE: text(head.text),
+            _WRITTEN: num(ver),
+        }
         if head.chunked:
             item[PARTS] = num(head.parts)
             item[PARTS_ID] = num(head.token)
@@ -202,7 +222,7 @@ class NativeLayout:
         """
         # The largest item beside its text: a chunked head (or a chunk) with an expiry.
         widest = Head("", 999, 1 << 101)
-        template = self._message_item(key, 10**21, _SEQ0, widest, 0.0)
+        template = self._message_item(key, 10**21, _SEQ0, widest, 0.0, 10**20)
         template[self.sk] = num(-(10**40))
         template[self.t.ttl_attribute] = num(10**12)
         return encode(key, messages, MAX_ITEM_BYTES - item_size(template))
@@ -245,6 +265,7 @@ class NativeLayout:
                 floor=opt(_FLOOR),
                 lease=opt(_LEASE),
                 chunked=_CHUNKED in item,
+                epoch=item[_EPOCH]["S"] if _EPOCH in item else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDataError(
@@ -279,20 +300,27 @@ class NativeLayout:
 
     def _query(
         self, key: str, gen: int, lo: int, hi: int, *, with_text: bool = True
-    ) -> list[tuple[int, Head | None]]:
-        """Return ``(seq, head)`` of the items ``lo <= seq < hi`` of a generation.
+    ) -> list[tuple[int, Head | None, int]]:
+        """Return ``(seq, head, written)`` of the items ``lo <= seq < hi`` of a generation.
 
-        ``with_text=False`` reads only what locates chunks (the heads' text is ``""``).
+        ``written`` is the meta version that made the item's content visible (0 for items
+        written before items carried it). ``with_text=False`` reads only what locates chunks
+        (the heads' text is ``""``).
         """
         base = gen * _GEN_SPAN
-        projection = () if with_text else (self.sk, PARTS, PARTS_ID)
+        projection = () if with_text else (self.sk, PARTS, PARTS_ID, _WRITTEN)
         items = self._query_range(
             key, base + lo, base + hi - 1, limit=hi - lo, projection=projection
         )
-        return [
-            (int(item[self.sk]["N"]) - base, self._parse_head(item, with_text=with_text))
-            for item in items
-        ]
+        out: list[tuple[int, Head | None, int]] = []
+        for item in items:
+            head = self._parse_head(item, with_text=with_text)
+            try:
+                written = int(item.get(_WRITTEN, {}).get("N", 0))
+            except (TypeError, ValueError):
+                head, written = None, 0
+            out.append((int(item[self.sk]["N"]) - base, head, written))
+        return out
 
     def _read_chunks(self, key: str, head: Head) -> list[str] | None:
         """Return parts ``1 ..`` of a chunked message, or None if any is missing."""
@@ -320,11 +348,16 @@ class NativeLayout:
 
         The JSON list is empty unless ``whole``; everything comes from one meta state.
 
+        An item written after the meta's version (an insert or delete inside moved it, or
+        a pop and an append reused its position) or missing makes the read start over from
+        the meta: only when the meta is unchanged is a missing item corrupt data.
+
         Raises:
             CorruptDataError: A message item or chunk is missing or unreadable while the meta
                 is unchanged.
+            BackendUnavailableError: The conversation changed during every attempt.
         """
-        for _ in range(self.t.attempts):
+        for attempt in range(self.t.attempts):
             meta = meta or self._read_meta(key)
             count = meta.count(time.time())
             lo, _, _ = slice(offset, None).indices(count)
@@ -334,15 +367,20 @@ class NativeLayout:
             assert meta.gen is not None
             got = self._query(key, meta.gen, meta.first + lo, meta.first + hi)
             expected = list(range(meta.first + lo, meta.first + hi))
-            heads = [h for _, h in got if h is not None]
+            heads = [h for _, h, _ in got if h is not None]
+            later = any(written > (meta.ver or 0) for _, _, written in got)
             texts: list[str | None] = []
-            if [seq for seq, _ in got] == expected and len(heads) == len(expected):
+            if [seq for seq, _, _ in got] == expected and len(heads) == len(expected) and not later:
                 texts = [self._join(key, h) for h in heads] if whole else []
                 if all(t is not None for t in texts):
                     return meta, lo, heads, [t for t in texts if t is not None]
             again = self._read_meta(key)
+            if again.same(meta) and later:
+                # Items of a change whose meta update is not visible yet: wait for it.
+                backoff(attempt)
+                continue
             if again.same(meta):
-                seqs = dict(got)
+                seqs = {seq: head for seq, head, _ in got}
                 missing = [s - meta.first for s in expected if seqs.get(s) is None]
                 bad = missing[0] if missing else lo + texts.index(None)
                 raise CorruptDataError(
@@ -428,11 +466,20 @@ class NativeLayout:
     # -- the write machinery ---------------------------------------------------------------
 
     def _guard(self, e: Expr, meta: _Meta, now: float) -> str:
-        version = (
-            f"attribute_not_exists({e.n(_VER)})"
-            if meta.ver is None
-            else f"{e.n(_VER)} = {e.v(num(meta.ver))}"
-        )
+        """Return the condition that the meta item is still exactly ``meta`` (and not leased).
+
+        The epoch tells a meta item written anew after a delete (its ``Ver`` starts over)
+        from the one ``meta`` was read from.
+        """
+        if meta.ver is None:
+            version = f"attribute_not_exists({e.n(_VER)})"
+        else:
+            epoch = (
+                f"attribute_not_exists({e.n(_EPOCH)})"
+                if meta.epoch is None
+                else f"{e.n(_EPOCH)} = {e.v(text(meta.epoch))}"
+            )
+            version = f"{e.n(_VER)} = {e.v(num(meta.ver))} AND {epoch}"
         lease = e.n(_LEASE)
         return f"{version} AND (attribute_not_exists({lease}) OR {lease} < {e.v(num(int(now)))})"
 
@@ -462,6 +509,8 @@ class NativeLayout:
             f"{e.n(_KEY_COPY)} = {e.v(text(key))}",
         ]
         removes = [e.n(_LEASE), e.n(_LEASE_ID)]
+        if meta.epoch is None:  # created now (or written before meta items had an epoch)
+            sets.append(f"{e.n(_EPOCH)} = {e.v(text(uuid.uuid4().hex))}")
         if plan.new_gen:
             sets.append(f"{e.n(_NEXT)} = {e.v(num(plan.gen))}")
         # Sticky for a generation: replaces and expiry extensions then look for chunks.
@@ -501,7 +550,7 @@ class NativeLayout:
         if not meta.chunked or meta.gen is None or meta.first == meta.end:
             return []
         got = self._query(key, meta.gen, meta.first, meta.end, with_text=False)
-        return [h for _, h in got if h is not None and h.chunked]
+        return [h for _, h, _ in got if h is not None and h.chunked]
 
     def _prepare(self, key: str, meta: _Meta, now: float) -> _Meta:
         """Make every message item outlive the expiry this change will set (sliding TTL).
@@ -571,8 +620,9 @@ class NativeLayout:
         Raises:
             ConflictError: The meta changed since it was read.
         """
+        ver = (meta.ver or 0) + 1  # what the meta action sets
         puts = [
-            {"Put": {"Item": self._message_item(key, plan.gen, seq, head, now)}}
+            {"Put": {"Item": self._message_item(key, plan.gen, seq, head, now, ver)}}
             for seq, head in sorted(plan.puts.items())
         ]
         deletes = [
@@ -623,8 +673,12 @@ class NativeLayout:
             ConditionExpression=self._guard(e, meta, now), **e.params(),
         )  # fmt: skip
         leased = replace(meta, ver=(meta.ver or 0) + 1)
+        written = num((leased.ver or 0) + 1)  # the version the final update commits
         try:
-            self.t.batch_write(what, [{"PutRequest": {"Item": p["Put"]["Item"]}} for p in puts])
+            self.t.batch_write(
+                what,
+                [{"PutRequest": {"Item": {**p["Put"]["Item"], _WRITTEN: written}}} for p in puts],
+            )
             self.t.transact(what, [self._meta_action(key, leased, plan, now, lease_id)])
         except BaseException:
             self._release_lease(key, lease_id)
@@ -900,8 +954,9 @@ class NativeLayout:
         )  # fmt: skip
         gen = int(reply["Attributes"][_NEXT]["N"])
         reserved = replace(meta, ver=(meta.ver or 0) + 1, next_gen=gen)
+        flip_ver = (reserved.ver or 0) + 1
         requests = [
-            {"PutRequest": {"Item": self._message_item(key, gen, _SEQ0 + i, h, now)}}
+            {"PutRequest": {"Item": self._message_item(key, gen, _SEQ0 + i, h, now, flip_ver)}}
             for i, h in enumerate(final)
         ]
         try:
