@@ -27,6 +27,7 @@ from llama_index.storage.chat_store.testing.services import (
 )
 
 KEY = "conv"
+NOTHING_REMOVED = r"nothing was removed \(set_messages\('conv', \[\]\) removes the conversation\)"
 LAYOUTS = ["native", "llama_index"]
 
 
@@ -250,6 +251,98 @@ def test_delete_oldest_of_every_message_racing_an_append(
         checker.delete_messages(KEY)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_insert_at_the_front_of_an_empty_conversation_racing_an_append(
+    make_store: Callable[..., AzureChatStore], layout: str
+) -> None:
+    """add_message(idx=0) on [] with an append landing meanwhile ends [A0, x], whichever first.
+
+    The append runs between each pair of the insert's requests in turn. If this fails: the
+    insert saw the conversation empty and handed off to append, which read it again and put
+    the message after x (seen by the concurrent-history check as a pop returning a message
+    that was not last).
+    """
+    inserter, appender, checker = make_store(layout), make_store(layout), make_store(layout)
+    for gap in range(1, 7):
+        checker.delete_messages(KEY)
+        run(
+            inserter,
+            inserter._add_plan(KEY, ChatMessage(content="A0"), 0),
+            pause_before=gap,
+            meanwhile=lambda: appender.add_message(KEY, ChatMessage(content="x")),
+        )
+        assert _texts(checker.get_messages(KEY)) == ["A0", "x"], gap
+        assert checker.count_messages(KEY) == 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_window_read_racing_an_insert_is_one_state(
+    make_store: Callable[..., AzureChatStore], layout: str
+) -> None:
+    """get_messages(offset=-2) of [m0, m1, m2] while X is inserted at -1: old or new state.
+
+    The insert runs between each pair of the read's requests in turn. If this fails: the
+    read took the rows at the positions its meta entity named after an insert rewrote them
+    in place ([m1, X]: a conversation that never existed).
+    """
+    reader, inserter, checker = make_store(layout), make_store(layout), make_store(layout)
+    for gap in range(1, 5):
+        checker.set_messages(KEY, numbered(3))
+        got = run(
+            reader,
+            reader._get_plan(KEY, -2, None),
+            pause_before=gap,
+            meanwhile=lambda: inserter.add_message(KEY, ChatMessage(content="X"), idx=-1),
+        )
+        assert _texts(got) in (["m1", "m2"], ["X", "m2"]), gap
+        assert _texts(checker.get_messages(KEY)) == ["m0", "m1", "X", "m2"]
+
+
+_MODEL_REMOVALS: dict[
+    str, tuple[Callable[[AzureChatStore], Plan[Any]], Callable[[list[str]], Any]]
+] = {
+    "pop": (lambda s: s._layout.pop_last(KEY), lambda xs: (xs[-1:], xs[:-1])),
+    "delete_at_-1": (lambda s: s._layout.delete_at(KEY, -1), lambda xs: (xs[-1:], xs[:-1])),
+    "delete_at_1": (lambda s: s._layout.delete_at(KEY, 1), lambda xs: (xs[1:2], xs[:1] + xs[2:])),
+    "delete_oldest_2": (lambda s: s._layout.delete_oldest(KEY, 2), lambda xs: (xs[:2], xs[2:])),
+    "delete_all": (lambda s: s._layout.delete_all(KEY), lambda xs: (xs, [])),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("removal", list(_MODEL_REMOVALS))
+def test_a_removal_racing_an_append_acts_on_one_state(
+    make_store: Callable[..., AzureChatStore], layout: str, removal: str
+) -> None:
+    """A removal on [m0, m1] with X appended (and the result read) meanwhile is linearizable.
+
+    Either the removal came first (the read shows its result plus X) or after the read
+    (it acted on [m0, m1, X]). The append and read run between each pair of the removal's
+    requests in turn. If this fails: the removal deleted rows it read before the append
+    and returned them although a later read still saw them with X after them (a pop
+    returning a message that was no longer the last).
+    """
+    remover, appender, checker = make_store(layout), make_store(layout), make_store(layout)
+    plan, model = _MODEL_REMOVALS[removal]
+    seen: list[str] = []
+
+    def append_and_read() -> None:
+        appender.add_message(KEY, ChatMessage(content="X"))
+        seen.extend(_texts(checker.get_messages(KEY)))
+
+    for gap in range(1, 7):
+        checker.set_messages(KEY, numbered(2))
+        seen.clear()
+        returned = _texts(run(remover, plan(remover), pause_before=gap, meanwhile=append_and_read))
+        final = _texts(checker.get_messages(KEY))
+        first, rest = model(["m0", "m1"])
+        after, left = model(["m0", "m1", "X"])
+        assert (returned, seen, final) in (
+            (first, [*rest, "X"], [*rest, "X"]),
+            (after, ["m0", "m1", "X"], left),
+        ), (gap, returned, seen, final)
+
+
 # -- item 11: corrupt conversations are reported promptly and can be deleted ----------------
 
 
@@ -312,19 +405,21 @@ def test_reading_a_conversation_with_a_hole_raises_corrupt_data_at_once(
     assert _texts(store.get_messages(KEY, limit=1)) == ["m0"]
 
 
-def test_delete_messages_removes_a_conversation_with_a_hole(
+def test_delete_messages_of_a_conversation_with_a_hole_raises_and_removes_nothing(
     corrupt: tuple[AzureChatStore, int], raw: TableClient
 ) -> None:
-    """delete_messages removes it, then raises CorruptDataError (it cannot return it all).
+    """delete_messages raises CorruptDataError at once (it cannot return it all), removing nothing.
 
-    If this fails: the delete retries on the inconsistency, or tries to delete the missing
-    rows (404 fails the transaction) and never removes the conversation.
+    If this fails: the delete retries on the inconsistency until it gives up, or removes
+    the conversation while raising (the messages it could read are lost to the caller).
     """
     store, position = corrupt
-    with pytest.raises(CorruptDataError, match="removed anyway") as info:
-        run(store, store._layout.delete_all(KEY), max_requests=10)
+    before = _conversation_rows(raw)
+    with pytest.raises(CorruptDataError, match=NOTHING_REMOVED) as info:
+        run(store, store._layout.delete_all(KEY), max_requests=6)
     assert (info.value.key, info.value.position) == (KEY, position)
-    _assert_gone(store, raw)
+    assert _conversation_rows(raw) == before
+    assert store.get_keys() == [KEY]
 
 
 def test_set_messages_empty_removes_a_conversation_with_a_hole(
@@ -381,12 +476,14 @@ def test_other_calls_on_a_hole_raise_corrupt_data_at_once(
     assert store.count_messages(KEY) == 3
 
 
-def test_a_meta_entity_that_is_unreadable_is_deletable(
+def test_a_meta_entity_that_is_unreadable_is_removable(
     make_store: Callable[..., AzureChatStore], raw: TableClient
 ) -> None:
-    """A meta entity that is not ours (Gen not text) is CorruptDataError; delete removes it.
+    """A meta entity that is not ours (Gen not text) is CorruptDataError; set([]) removes it.
 
-    If this fails: delete_messages reads the meta entity first and gives up on it.
+    delete_messages, which would have to return the messages, raises and removes nothing.
+    If this fails: set_messages(key, []) reads the meta entity first and gives up on it,
+    or delete_messages removes the conversation while raising.
     """
     store = make_store()
     store.add_messages(KEY, numbered(2))
@@ -395,8 +492,11 @@ def test_a_meta_entity_that_is_unreadable_is_deletable(
     raw.update_entity(meta, mode=UpdateMode.REPLACE)
     with pytest.raises(CorruptDataError, match=repr(KEY)):
         store.get_messages(KEY)
-    with pytest.raises(CorruptDataError, match="removed anyway"):
+    before = _conversation_rows(raw)
+    with pytest.raises(CorruptDataError, match=NOTHING_REMOVED):
         store.delete_messages(KEY)
+    assert _conversation_rows(raw) == before
+    store.set_messages(KEY, [])
     _assert_gone(store, raw)
     store.add_message(KEY, ChatMessage(content="again"))
     assert _texts(store.get_messages(KEY)) == ["again"]
@@ -414,49 +514,73 @@ def _corrupt_json(store: AzureChatStore, raw: TableClient, layout: str) -> None:
     raw.upsert_entity(row, mode=UpdateMode.REPLACE)
 
 
-_JSON_REMOVALS: dict[str, tuple[Callable[[AzureChatStore], object], list[str]]] = {
-    "delete_messages": (lambda s: s.delete_messages(KEY), []),
-    "delete_message": (lambda s: s.delete_message(KEY, 1), ["m0", "m2"]),
-    "delete_oldest": (lambda s: s.delete_oldest_messages(KEY, 2), ["m2"]),
+_JSON_REMOVALS: dict[str, Callable[[AzureChatStore], object]] = {
+    "delete_messages": lambda s: s.delete_messages(KEY),
+    "delete_message": lambda s: s.delete_message(KEY, 1),
+    "delete_message_-2": lambda s: s.delete_message(KEY, -2),
+    "delete_oldest": lambda s: s.delete_oldest_messages(KEY, 2),
 }
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("removal", list(_JSON_REMOVALS))
-def test_removing_a_message_that_is_not_json_deletes_it_then_raises(
+def test_removing_a_message_that_is_not_json_raises_and_removes_nothing(
     make_store: Callable[..., AzureChatStore], raw: TableClient, layout: str, removal: str
 ) -> None:
-    """Removing unparseable data deletes it, then raises CorruptDataError naming its position.
+    """A removal that must return unparseable data raises CorruptDataError and removes nothing.
 
-    The rule the Redis store follows: corrupt data is deletable, and a call that must
-    return it says it could not. If this fails: the removal parses before deleting and
-    raises without removing anything.
+    The error names key and position and says how to remove the conversation; then
+    set_messages(key, []) does. If this fails: the removal deletes the data, then raises
+    (the readable messages it took are lost to the caller), or skips the bad message.
     """
     store = make_store(layout)
     _corrupt_json(store, raw, layout)
-    call, left = _JSON_REMOVALS[removal]
-    with pytest.raises(CorruptDataError, match="removed anyway") as info:
-        call(store)
+    before = _conversation_rows(raw)
+    with pytest.raises(CorruptDataError, match=NOTHING_REMOVED) as info:
+        _JSON_REMOVALS[removal](store)
     assert (info.value.key, info.value.position) == (KEY, 1)
-    assert _texts(store.get_messages(KEY)) == left
-    assert store.get_keys() == ([KEY] if left else [])
+    assert _conversation_rows(raw) == before
+    assert store.count_messages(KEY) == 3
+    store.set_messages(KEY, [])
+    assert store.get_messages(KEY) == []
+    assert store.get_keys() == []
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_popping_a_message_that_is_not_json_deletes_it_then_raises(
+def test_popping_a_message_that_is_not_json_raises_and_removes_nothing(
     make_store: Callable[..., AzureChatStore], raw: TableClient, layout: str
 ) -> None:
-    """delete_last_message of an unparseable last message removes it and raises.
+    """delete_last_message of an unparseable last message raises; the message stays.
 
-    If this fails: the pop parses before deleting, so the conversation is stuck.
+    If this fails: the pop deletes the message while raising, or skips it.
     """
     store = make_store(layout)
     _corrupt_json(store, raw, layout)
-    store.delete_last_message(KEY)
-    with pytest.raises(CorruptDataError, match="removed anyway") as info:
+    assert _texts(store.delete_last_message(KEY)) == ["m2"]
+    with pytest.raises(CorruptDataError, match=NOTHING_REMOVED) as info:
         store.delete_last_message(KEY)
     assert (info.value.key, info.value.position) == (KEY, 1)
-    assert _texts(store.get_messages(KEY)) == ["m0"]
+    assert store.count_messages(KEY) == 2
+    assert _texts(store.get_messages(KEY, limit=1)) == ["m0"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_removing_readable_messages_next_to_corrupt_data_works(
+    make_store: Callable[..., AzureChatStore], raw: TableClient, layout: str
+) -> None:
+    """Removals that return only readable messages go ahead; the unreadable one moves along.
+
+    If this fails: a removal parses messages it does not return (delete_message shifts the
+    later rows) and refuses because of them.
+    """
+    store = make_store(layout)
+    _corrupt_json(store, raw, layout)
+    assert _texts(store.delete_message(KEY, 0)) == ["m0"]
+    assert _texts(store.delete_last_message(KEY)) == ["m2"]
+    with pytest.raises(CorruptDataError) as info:
+        store.get_messages(KEY)
+    assert (info.value.key, info.value.position) == (KEY, 0)
+    assert store.count_messages(KEY) == 1
 
 
 # -- item 11: keys Azurite accepts but cannot delete -----------------------------------------

@@ -39,8 +39,9 @@ __all__ = [
     "encode_llama_index_message",
     "encode_payload",
     "entity_wire_size",
-    "removed_error",
+    "remedy",
     "sanitize_table_name",
+    "unreadable",
     "validate_table_name",
 ]
 
@@ -187,18 +188,24 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
     return message_from_json(data, key=key, position=position)
 
 
-def removed_error(exc: CorruptDataError) -> CorruptDataError:
-    """Return the error a removal raises after deleting data it could not parse.
+def remedy(key: str | None) -> str:
+    """Say how to remove a corrupt conversation (every CorruptDataError of ours ends so)."""
+    return f"set_messages({key!r}, []) removes the conversation"
 
-    Corrupt data must be deletable, and a removal must not pretend it returned what it
-    removed: it deletes, then raises this (as the Redis store does).
+
+def unreadable(exc: CorruptDataError, *, removal: bool = False) -> CorruptDataError:
+    """Return ``exc`` (key, position and data kept) saying how to remove the conversation.
+
+    With ``removal``, it also says that nothing was removed: a removal that would have to
+    return data it cannot parse neither skips it (the caller would never learn it
+    existed) nor removes it while raising (it would be lost); ``set_messages(key, [])``
+    and ``clear()``, which return nothing, remove it.
     """
-    return CorruptDataError(
-        f"{exc} (removed anyway: corrupt data is deleted, not returned)",
-        key=exc.key,
-        position=exc.position,
-        data=exc.data,
-    )
+    hint = f" ({remedy(exc.key)})"
+    text = str(exc).removesuffix(hint)
+    if removal:
+        text += "; nothing was removed"
+    return CorruptDataError(text + hint, key=exc.key, position=exc.position, data=exc.data)
 
 
 def _value_size(value: Any) -> int:

@@ -14,11 +14,12 @@ every other failure becomes one of core's errors with the driver error chained.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -35,11 +36,13 @@ from llama_index.storage.chat_store.azure._codec import (
     BATCH_MAX_OPS,
     BATCH_MAX_WIRE_BYTES,
     entity_wire_size,
+    unreadable,
 )
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
     ChatStoreError,
+    CorruptDataError,
     PayloadTooLargeError,
 )
 
@@ -58,11 +61,13 @@ __all__ = [
     "backoff",
     "chunks",
     "fits",
+    "removal",
     "run_async",
     "run_sync",
 ]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 class Row(NamedTuple):
@@ -135,7 +140,11 @@ class Remove:
 
 Op = Get | Query | Batch | Put | Remove | Sleep
 Action = tuple[str, dict[str, Any], str | None]
-"""A transaction operation: ``(verb, entity, etag or None)``."""
+"""A transaction operation: ``(verb, entity, etag or None)``.
+
+Verbs: ``create``, ``update`` and ``upsert`` (replacing the entity), ``delete``, and
+``touch`` (the entity stays as it is, its ETag changes: a condition other writers see).
+"""
 Plan = Generator[Op, Any, _T]
 
 
@@ -166,6 +175,23 @@ def chunks(actions: Sequence[Action]) -> list[list[Action]]:
     if current:
         out.append(current)
     return out
+
+
+def removal(func: Callable[_P, Plan[_T]]) -> Callable[_P, Plan[_T]]:
+    """Mark a removal's plan: its CorruptDataError says that nothing was removed.
+
+    Removals check every message they must return before they write anything, so a
+    CorruptDataError can only come from their reads.
+    """
+
+    @functools.wraps(func)
+    def plan(*args: _P.args, **kwargs: _P.kwargs) -> Plan[_T]:
+        try:
+            return (yield from func(*args, **kwargs))
+        except CorruptDataError as exc:
+            raise unreadable(exc, removal=True) from exc
+
+    return plan
 
 
 class ConflictError(Exception):
@@ -223,6 +249,8 @@ def _batch_actions(batch: Batch) -> list[Any]:
         options: dict[str, Any] = _condition(etag)
         if verb in ("upsert", "update"):
             options["mode"] = UpdateMode.REPLACE
+        elif verb == "touch":  # a merge of no properties: changes only the ETag
+            verb, options["mode"] = "update", UpdateMode.MERGE
         actions.append((verb, entity, options) if options else (verb, entity))
     return actions
 

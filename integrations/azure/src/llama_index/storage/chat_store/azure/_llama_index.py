@@ -9,11 +9,14 @@
 
 LlamaIndex appends with read-count-then-write (two writers lose one message) and can
 leave holes in the RowKeys. Here the chat rows are the truth, read in RowKey order:
-appends ``create`` the next RowKeys in one transaction (a concurrent writer that took
-them makes it fail with 409, and it retries further on), removals are conditional on
-each row's ETag, and the metadata entity is brought up to date afterwards. What this
-layout cannot make atomic: a change spanning more than one transaction (over 100 rows
-or 4 MiB) is written in several, and the metadata entity trails the rows briefly.
+appends ``create`` the RowKeys after the last row in one transaction that also touches
+that last row If-Match its ETag (so an append and a removal or insert planned on the same
+last row never both commit), removals and replaces are conditional on each row's ETag
+and retried from a fresh read when one changed, and the metadata entity (only a hint of
+where the last row is) is brought up to date afterwards. What this layout cannot make
+atomic: a change spanning more than one transaction (over 100 rows or 4 MiB) is written
+in several, an append to a conversation with no rows has no row to touch, and the
+metadata entity trails the rows briefly.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from llama_index.storage.chat_store.azure._codec import (
     decode_key,
     decode_llama_index_message,
     encode_key,
-    removed_error,
+    remedy,
+    unreadable,
 )
 from llama_index.storage.chat_store.azure._io import (
     Action,
@@ -40,6 +44,7 @@ from llama_index.storage.chat_store.azure._io import (
     backoff,
     chunks,
     fits,
+    removal,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
 
@@ -57,7 +62,10 @@ def _row_key(index: int) -> str:
 def _index(row: Row, key: str) -> int:
     row_key = row.props.get("RowKey", "")
     if not (isinstance(row_key, str) and row_key.isdigit()):
-        raise CorruptDataError(f"chat row {row_key!r} of key {key!r} is not a LlamaIndex row")
+        raise CorruptDataError(
+            f"chat row {row_key!r} of key {key!r} is not a LlamaIndex row ({remedy(key)})",
+            key=key,
+        )
     return int(row_key)
 
 
@@ -65,33 +73,28 @@ def _payload(row: Row) -> dict[str, Any]:
     return {k: v for k, v in row.props.items() if k not in _KEY_PROPS}
 
 
-def _decode(
-    key: str, rows: Sequence[Row], start: int
-) -> tuple[list[ChatMessage | None], CorruptDataError | None]:
-    """Parse rows for a removal: None (and the first error) where the data is corrupt.
+def _decode(key: str, rows: Sequence[Row], start: int) -> list[ChatMessage]:
+    """Parse rows read from position ``start``.
 
-    The removal goes ahead and raises afterwards (corrupt data must be deletable); a
-    SerializationError (data this mode cannot represent) propagates before anything is
-    removed.
+    Raises:
+        CorruptDataError: A row is not a message (names key, position, how to remove it).
+        SerializationError: Valid data this mode cannot represent.
     """
-    messages: list[ChatMessage | None] = []
-    error: CorruptDataError | None = None
-    for i, row in enumerate(rows):
-        try:
-            messages.append(decode_llama_index_message(row.props, key=key, position=start + i))
-        except CorruptDataError as exc:
-            messages.append(None)
-            error = error or exc
-    return messages, error
+    try:
+        return [
+            decode_llama_index_message(row.props, key=key, position=start + i)
+            for i, row in enumerate(rows)
+        ]
+    except CorruptDataError as exc:
+        raise unreadable(exc) from exc
 
 
 def _kept(
-    rows: Sequence[Row], messages: Sequence[ChatMessage | None], removed: Sequence[Row]
+    rows: Sequence[Row], messages: Sequence[ChatMessage], removed: Sequence[Row]
 ) -> list[ChatMessage]:
     """The messages of the rows this call removed, in order."""
     gone = {r.props["RowKey"] for r in removed}
-    pairs = zip(rows, messages, strict=True)
-    return [m for r, m in pairs if r.props["RowKey"] in gone and m is not None]
+    return [m for r, m in zip(rows, messages, strict=True) if r.props["RowKey"] in gone]
 
 
 class LlamaIndexLayout:
@@ -104,14 +107,19 @@ class LlamaIndexLayout:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _rows(self, key: str, *, keys_only: bool = False) -> Plan[list[Row]]:
+    def _rows(
+        self, key: str, *, keys_only: bool = False, start: str | None = None
+    ) -> Plan[list[Row]]:
+        """Read the conversation's chat rows in RowKey order (from RowKey ``start`` on)."""
         rows: list[Row] = []
         token = None
+        bound = "" if start is None else " and RowKey ge @lo"
+        params = {"pk": encode_key(key)} if start is None else {"pk": encode_key(key), "lo": start}
         while True:
             page, token = yield Query(
                 self.table,
-                "PartitionKey eq @pk",
-                {"pk": encode_key(key)},
+                "PartitionKey eq @pk" + bound,
+                params,
                 select=("RowKey",) if keys_only else None,
                 page_size=_PAGE,
                 token=token,
@@ -124,7 +132,7 @@ class LlamaIndexLayout:
         rows = yield from self._rows(key)
         span = range(len(rows))[offset:]
         span = span if limit is None else span[:limit]
-        return [decode_llama_index_message(rows[i].props, key=key, position=i) for i in span]
+        return _decode(key, rows[span.start : span.stop], span.start)
 
     def count_messages(self, key: str) -> Plan[int]:
         rows = yield from self._rows(key, keys_only=True)
@@ -194,53 +202,115 @@ class LlamaIndexLayout:
 
     # -- writing ------------------------------------------------------------------------
 
-    def append(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
-        pk = encode_key(key)
-        meta = yield Get(self.meta_table, self.partition, pk)
+    def _last_row(self, key: str) -> Plan[Row | None]:
+        """The conversation's last chat row (RowKey and ETag), or None when it has none.
+
+        The metadata's count is only a hint where to look (it trails the rows): the rows
+        from the hinted last one on are read, and all of them when none is there.
+        """
+        meta = yield Get(self.meta_table, self.partition, encode_key(key))
         count = meta.props.get("MessageCount") if meta is not None else None
-        start = count if isinstance(count, int) and count > 0 else 0
+        if isinstance(count, int) and count > 0:
+            rows = yield from self._rows(key, keys_only=True, start=_row_key(count - 1))
+            if rows:
+                return rows[-1]
+        rows = yield from self._rows(key, keys_only=True)
+        return rows[-1] if rows else None
+
+    def _after(
+        self, key: str, last: Row | None, payloads: Sequence[dict[str, Any]]
+    ) -> list[Action]:
+        """Create ``payloads`` after ``last``, which must stay the last row until then.
+
+        ``last`` is touched If-Match its ETag in the same transaction: a removal or an
+        insert that changed it since makes the append fail (and retry), and, the other
+        way round, a removal planned on ``last`` fails once the append committed, so no
+        removal ever takes a row that stopped being the last.
+        """
+        pk = encode_key(key)
+        start = _index(last, key) + 1 if last is not None else 0
+        actions: list[Action] = [
+            ("create", {"PartitionKey": pk, "RowKey": _row_key(start + i), **p}, None)
+            for i, p in enumerate(payloads)
+        ]
+        if last is not None:
+            actions.insert(0, ("touch", {"PartitionKey": pk, "RowKey": last.props["RowKey"]},
+                               last.etag))  # fmt: skip
+        return actions
+
+    def append(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
         done = 0
+        last = yield from self._last_row(key)
         for attempt in range(_MAX_ATTEMPTS):
-            actions: list[Action] = [
-                ("create", {"PartitionKey": pk, "RowKey": _row_key(start + i), **p}, None)
-                for i, p in enumerate(payloads[done:])
-            ]
             try:
-                for chunk in [actions] if fits(actions) else chunks(actions):
-                    yield Batch(self.table, chunk)
-                    start, done = start + len(chunk), done + len(chunk)
-                yield from self._raise_meta(key, start - 1)
+                # Over one transaction an append is not atomic: each further transaction
+                # continues after (and touches) the last row the previous one created.
+                while done < len(payloads):
+                    actions = self._after(key, last, payloads[done:])
+                    if not fits(actions):
+                        actions = chunks(actions)[0]
+                    etags = yield Batch(self.table, actions)
+                    done += sum(1 for a in actions if a[0] == "create")
+                    last = Row(actions[-1][1], str(etags[-1]))
+                assert last is not None
+                yield from self._raise_meta(key, _index(last, key))
                 return
             except ConflictError:
-                # Another writer holds these RowKeys: continue after the last row there is.
-                rows = yield from self._rows(key, keys_only=True)
-                start = _index(rows[-1], key) + 1 if rows else 0
                 yield backoff(attempt)
+                last = yield from self._last_row(key)
         raise ChatStoreError(f"too much contention appending to key {key!r}")
 
     def replace(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
         if not payloads:
-            yield from self.delete_all(key)
+            yield from self.empty(key)
             return
         pk = encode_key(key)
-        rows = yield from self._rows(key, keys_only=True)
-        keep = {_row_key(i) for i in range(len(payloads))}
-        actions: list[Action] = [
-            ("upsert", {"PartitionKey": pk, "RowKey": _row_key(i), **p}, None)
-            for i, p in enumerate(payloads)
-        ]
-        actions += [("delete", {"PartitionKey": pk, "RowKey": r.props["RowKey"]}, None)
-                    for r in rows if r.props["RowKey"] not in keep]  # fmt: skip
-        for chunk in [actions] if fits(actions) else chunks(actions):
-            yield Batch(self.table, chunk)
-        yield from self._refresh_meta(key)
+        for attempt in range(_MAX_ATTEMPTS):
+            rows = yield from self._rows(key, keys_only=True)
+            etags = {r.props["RowKey"]: r.etag for r in rows}
+            keep = [_row_key(i) for i in range(len(payloads))]
+            # Conditional on every row read (rows kept are replaced If-Match, new ones
+            # created), so a change made meanwhile, an append included, is never overwritten.
+            actions: list[Action] = [
+                ("update", {"PartitionKey": pk, "RowKey": rk, **p}, etags[rk])
+                if rk in etags else ("create", {"PartitionKey": pk, "RowKey": rk, **p}, None)
+                for rk, p in zip(keep, payloads, strict=True)
+            ]  # fmt: skip
+            actions += [("delete", {"PartitionKey": pk, "RowKey": rk}, etag)
+                        for rk, etag in etags.items() if rk not in set(keep)]  # fmt: skip
+            if fits(actions):
+                try:
+                    yield Batch(self.table, actions)
+                except ConflictError:
+                    yield backoff(attempt)
+                    continue
+            else:  # several transactions: not atomic, last writer wins
+                for chunk in chunks([(v if v != "update" else "upsert", e, None)
+                                     for v, e, _ in actions]):  # fmt: skip
+                    yield Batch(self.table, chunk)
+            yield from self._refresh_meta(key)
+            return
+        raise ChatStoreError(f"too much contention replacing key {key!r}")
 
-    def _remove(self, key: str, rows: Sequence[Row]) -> Plan[list[Row]]:
-        """Delete rows If-Match their ETags; return those this call removed."""
+    def _remove(self, key: str, rows: Sequence[Row]) -> Plan[list[Row] | None]:
+        """Delete rows If-Match their ETags; return those this call removed.
+
+        Rows that fit one transaction are removed all or none (None: one had changed, so
+        nothing was removed: re-read and retry). More are removed transaction by
+        transaction, and row by row where one fails.
+        """
+        if not rows:
+            return []
         pk = encode_key(key)
         actions: list[Action] = [
             ("delete", {"PartitionKey": pk, "RowKey": r.props["RowKey"]}, r.etag) for r in rows
         ]
+        if fits(actions):
+            try:
+                yield Batch(self.table, actions)
+            except ConflictError:
+                return None
+            return list(rows)
         removed: list[Row] = []
         for chunk in chunks(actions):
             try:
@@ -257,49 +327,74 @@ class LlamaIndexLayout:
             removed += [r for r in rows if r.props["RowKey"] in done]
         return removed
 
+    @removal
     def delete_all(self, key: str) -> Plan[list[ChatMessage] | None]:
-        rows = yield from self._rows(key)
-        if not rows:
-            yield from self._refresh_meta(key)
-            return None
-        messages, error = _decode(key, rows, 0)
-        removed = yield from self._remove(key, rows)
-        yield from self._refresh_meta(key)
-        if error is not None:
-            raise removed_error(error) from error
-        return _kept(rows, messages, removed) or None
+        for attempt in range(_MAX_ATTEMPTS):
+            rows = yield from self._rows(key)
+            if not rows:
+                yield from self._refresh_meta(key)
+                return None
+            messages = _decode(key, rows, 0)  # before removing anything
+            removed = yield from self._remove(key, rows)
+            if removed is not None:
+                yield from self._refresh_meta(key)
+                return _kept(rows, messages, removed) or None
+            yield backoff(attempt)
+        raise ChatStoreError(f"too much contention deleting key {key!r}")
 
+    def empty(self, key: str) -> Plan[None]:
+        """Remove the conversation without reading its messages (works on corrupt data)."""
+        for attempt in range(_MAX_ATTEMPTS):
+            rows = yield from self._rows(key, keys_only=True)
+            if (yield from self._remove(key, rows)) is not None:
+                yield from self._refresh_meta(key)
+                return
+            yield backoff(attempt)
+        raise ChatStoreError(f"too much contention deleting key {key!r}")
+
+    @removal
     def pop_last(self, key: str) -> Plan[ChatMessage | None]:
+        pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             keys = yield from self._rows(key, keys_only=True)
             if not keys:
                 return None
-            row = yield Get(self.table, encode_key(key), keys[-1].props["RowKey"])
-            if row is not None:
-                [message], error = _decode(key, [row], len(keys) - 1)
+            # The row with its ETag, and proof that it is still the last: an append or an
+            # insert that added a row after it also changed it, in one transaction (see
+            # _after), so either this range read sees the new row, or the delete If-Match
+            # the ETag read here fails.
+            rows, _ = yield Query(
+                self.table,
+                "PartitionKey eq @pk and RowKey ge @lo",
+                {"pk": pk, "lo": keys[-1].props["RowKey"]},
+                page_size=2,
+            )
+            if len(rows) == 1 and rows[0].props["RowKey"] == keys[-1].props["RowKey"]:
+                [message] = _decode(key, rows, len(keys) - 1)
                 try:
-                    yield Remove(self.table, encode_key(key), keys[-1].props["RowKey"], row.etag)
+                    yield Remove(self.table, pk, rows[0].props["RowKey"], rows[0].etag)
                 except ConflictError:
                     yield backoff(attempt)
                     continue
                 yield from self._refresh_meta(key)
-                if error is not None:
-                    raise removed_error(error) from error
                 return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
+    @removal
     def delete_oldest(self, key: str, n: int) -> Plan[list[ChatMessage]]:
-        rows = yield from self._rows(key)
-        first = rows[: max(n, 0)]
-        if not first:
-            return []
-        messages, error = _decode(key, first, 0)
-        removed = yield from self._remove(key, first)
-        yield from self._refresh_meta(key)
-        if error is not None:
-            raise removed_error(error) from error
-        return _kept(first, messages, removed)
+        for attempt in range(_MAX_ATTEMPTS):
+            rows = yield from self._rows(key)
+            first = rows[: max(n, 0)]
+            if not first:
+                return []
+            messages = _decode(key, first, 0)  # before removing anything
+            removed = yield from self._remove(key, first)
+            if removed is not None:
+                yield from self._refresh_meta(key)
+                return _kept(first, messages, removed)
+            yield backoff(attempt)
+        raise ChatStoreError(f"too much contention deleting from key {key!r}")
 
     def _shift(self, key: str, moves: list[Action]) -> Plan[bool]:
         """Run shifting writes (conditional on the rows' ETags); False on a conflict."""
@@ -311,6 +406,7 @@ class LlamaIndexLayout:
         yield from self._refresh_meta(key)
         return True
 
+    @removal
     def delete_at(self, key: str, idx: int) -> Plan[ChatMessage | None]:
         pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
@@ -319,7 +415,7 @@ class LlamaIndexLayout:
             i = idx + n if idx < 0 else idx
             if not 0 <= i < n:
                 return None
-            [message], error = _decode(key, [rows[i]], i)
+            [message] = _decode(key, [rows[i]], i)
             # Keep RowKeys contiguous (LlamaIndex appends at MessageCount): move each later
             # message one row down, then drop the last row; all conditional on ETags.
             moves: list[Action] = [
@@ -332,8 +428,6 @@ class LlamaIndexLayout:
                 ("delete", {"PartitionKey": pk, "RowKey": last.props["RowKey"]}, last.etag)
             )
             if (yield from self._shift(key, moves)):
-                if error is not None:
-                    raise removed_error(error) from error
                 return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
@@ -344,9 +438,12 @@ class LlamaIndexLayout:
             rows = yield from self._rows(key)
             n = len(rows)
             p = max(0, n + idx) if idx < 0 else min(idx, n)
-            if p == n:
-                yield from self.append(key, [payload])
-                return
+            if p == n:  # on the rows read: handed to append, it would miss an append meanwhile
+                if (yield from self._shift(key, self._after(key, rows[-1] if rows else None,
+                                                            [payload]))):  # fmt: skip
+                    return
+                yield backoff(attempt)
+                continue
             tail = _row_key(_index(rows[-1], key) + 1)
             moves: list[Action] = [
                 ("create", {"PartitionKey": pk, "RowKey": tail, **_payload(rows[-1])}, None)

@@ -23,7 +23,9 @@ In the store's table:
   never comes back once the entity changed), and the meta read that follows — needed
   anyway to tell whether a lost reply had committed — plans the immediate retry. A pop
   reads the meta entity and the remembered last row in one range query. Reads
-  (messages, counts, keys) always read the meta entity.
+  (messages, counts, keys) always read the meta entity; a message read reads it again
+  after the rows (inserts and deletes inside a conversation rewrite rows in place, so
+  the rows are the ones it named only if it did not change meanwhile).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from llama_index.storage.chat_store.azure._codec import (
     decode_key,
     decode_payload,
     encode_key,
-    removed_error,
+    remedy,
+    unreadable,
 )
 from llama_index.storage.chat_store.azure._io import (
     Action,
@@ -55,6 +58,7 @@ from llama_index.storage.chat_store.azure._io import (
     backoff,
     chunks,
     fits,
+    removal,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
 from llama_index.storage.chat_store.core.cache import LruCache
@@ -127,11 +131,13 @@ class NativeLayout:
         gen, head, nxt = props.get("Gen"), props.get("Head"), props.get("Next")
         if not (isinstance(gen, str) and isinstance(head, int) and isinstance(nxt, int)):
             raise CorruptDataError(
-                f"the meta entity of key {key!r} is unreadable: {props!r}", key=key
+                f"the meta entity of key {key!r} is unreadable: {props!r} ({remedy(key)})",
+                key=key,
             )
         if nxt < head or props.get("Key", key) != key:
             raise CorruptDataError(
-                f"the meta entity of key {key!r} is inconsistent: {props!r}", key=key
+                f"the meta entity of key {key!r} is inconsistent: {props!r} ({remedy(key)})",
+                key=key,
             )
         return Meta(key, pk, gen, head, nxt, str(props.get("Op", "")), row.etag)
 
@@ -243,11 +249,10 @@ class NativeLayout:
             if not span:
                 return []
             rows = yield from self._rows_at(meta, span.start, span.stop)
-            if rows is not None:
-                return [
-                    decode_payload(r.props, key=key, position=span.start + i)
-                    for i, r in enumerate(rows)
-                ]
+            # Inserts and deletes inside the conversation rewrite rows in place: the rows
+            # read are the ones ``meta`` names only if the meta entity held meanwhile.
+            if rows is not None and (yield from self.read_meta(key)).etag == meta.etag:
+                return _decode(meta, rows, span.start)
             yield backoff(attempt)
         raise ChatStoreError(f"key {key!r} changed during every read attempt")
 
@@ -460,7 +465,7 @@ class NativeLayout:
 
     def replace(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
         if not payloads:
-            yield from self.delete_all(key, decode=False)
+            yield from self.empty(key)
             return
         op = _op_id()
         meta, unread = yield from self._meta_to_write(key)
@@ -490,34 +495,53 @@ class NativeLayout:
             meta = yield from self.read_meta(key)
         raise ChatStoreError(f"too much contention replacing key {key!r}")
 
-    def delete_all(self, key: str, *, decode: bool = True) -> Plan[list[ChatMessage] | None]:
+    @removal
+    def delete_all(self, key: str) -> Plan[list[ChatMessage] | None]:
         """Remove the conversation; return its messages (None if there were none).
 
-        Corrupt data is removed too: with ``decode`` the call then raises
-        CorruptDataError naming the first unreadable position, as the other removals do.
+        Raises:
+            CorruptDataError: A message is missing or unreadable, or the meta entity is;
+                nothing is removed then (:meth:`empty` removes it).
+        """
+        op = _op_id()
+        for attempt in range(_MAX_ATTEMPTS):
+            meta = yield from self.read_meta(key)
+            if meta.count == 0:
+                return None
+            rows = yield from self._rows_at(meta, 0, meta.count)
+            if rows is not None:
+                # Decoded before anything is removed: CorruptDataError or SerializationError
+                # (a message this mode cannot represent) leaves the conversation intact.
+                messages = _decode(meta, rows, 0)
+                emptied = yield from self._empty(meta, rows, op)
+                if emptied is not None:
+                    yield from self._unlist(emptied)
+                    return messages
+            yield backoff(attempt)
+        raise ChatStoreError(f"too much contention deleting key {key!r}")
+
+    def empty(self, key: str) -> Plan[None]:
+        """Remove the conversation without reading its messages (works on corrupt data).
+
+        A meta entity that cannot be read is deleted with every entity of its partition;
+        rows a readable meta entity names but that are missing are skipped.
         """
         op = _op_id()
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 meta = yield from self.read_meta(key)
-            except CorruptDataError as exc:
+            except CorruptDataError:
                 yield from self._purge(key)
-                if decode:
-                    raise removed_error(exc) from exc
-                return None
+                return
             if meta.count == 0:
-                return None
+                return
             span = yield from self._span(meta, 0, meta.count)
             if span is not None:
-                # SerializationError (a message this mode cannot represent) leaves it intact.
-                messages, error = _decode(meta, span, 0) if decode else ([], None)
                 rows = [row for row in span if row is not None]
                 emptied = yield from self._empty(meta, rows, op)
                 if emptied is not None:
                     yield from self._unlist(emptied)
-                    if error is not None:
-                        raise removed_error(error) from error
-                    return messages if decode else None
+                    return
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
 
@@ -539,6 +563,7 @@ class NativeLayout:
         self._seen.discard(key)
         yield Remove(self.table, KEYS_PARTITION, pk)
 
+    @removal
     def delete_at(self, key: str, idx: int) -> Plan[ChatMessage | None]:
         op = _op_id()
         for attempt in range(_MAX_ATTEMPTS):
@@ -564,13 +589,11 @@ class NativeLayout:
                 actions = [self._meta_action(meta, new), *shifted,
                            self._delete(meta, meta.next - 1)]  # fmt: skip
             if target is not None:
-                decoded, error = _decode(meta, [target], i)
+                [message] = _decode(meta, [target], i)
                 after = yield from self._commit_or_rewrite(meta, new, actions, i, None)
                 if after is not None:
                     yield from self._finish_removal(after)
-                    if error is not None:
-                        raise removed_error(error) from error
-                    return decoded[0]
+                    return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
 
@@ -580,9 +603,11 @@ class NativeLayout:
             meta = yield from self.read_meta(key)
             n = meta.count
             p = max(0, n + idx) if idx < 0 else min(idx, n)
-            if p == n:
-                yield from self.append(key, [payload])
-                return
+            # Even at the end, the insert commits on the meta read here: handed to append
+            # (which reads the meta again), an insert at 0 of an empty conversation would
+            # land after messages appended meanwhile.
+            if n == 0:
+                yield from self._list_key(meta)
             if p <= n - p:
                 rows = yield from self._rows_at(meta, 0, p)
                 moved = [("upsert", self._row(meta, meta.gen, meta.head - 1 + j, _payload(r)),
@@ -632,6 +657,7 @@ class NativeLayout:
         rewritten, rewrite = self._rewrite(meta, payloads, new.op)
         return (yield from self._replace(meta, rewritten, rewrite))
 
+    @removal
     def pop_last(self, key: str) -> Plan[ChatMessage | None]:
         op = _op_id()
         seen = self._seen.get(key)
@@ -648,7 +674,7 @@ class NativeLayout:
                 last = yield from self._rows_at(meta, meta.count - 1, meta.count)
                 row = last[0] if last else None
             if row is not None:
-                decoded, error = _decode(meta, [row], meta.count - 1)
+                [message] = _decode(meta, [row], meta.count - 1)
                 new = replace(meta, next=meta.next - 1, op=op)
                 actions = [self._meta_action(meta, new), self._delete(meta, meta.next - 1)]
                 try:
@@ -657,12 +683,11 @@ class NativeLayout:
                     after = yield from self._committed(key, op)
                 if after is not None:
                     yield from self._finish_removal(after)
-                    if error is not None:
-                        raise removed_error(error) from error
-                    return decoded[0]
+                    return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
+    @removal
     def delete_oldest(self, key: str, n: int) -> Plan[list[ChatMessage]]:
         op = _op_id()
         for attempt in range(_MAX_ATTEMPTS):
@@ -672,7 +697,7 @@ class NativeLayout:
                 return []
             rows = yield from self._rows_at(meta, 0, m)
             if rows is not None:
-                messages, error = _decode(meta, rows, 0)
+                messages = _decode(meta, rows, 0)
                 new = replace(meta, head=meta.head + m, op=op)
                 # Each row If-Match the ETag read: after the meta moves on, an insert at the
                 # front may reuse a RowKey, and that message must stay.
@@ -693,8 +718,6 @@ class NativeLayout:
                     if not one:
                         yield from self._delete_rows(meta.pk, deletes)
                     yield from self._finish_removal(after)
-                    if error is not None:
-                        raise removed_error(error) from error
                     return messages
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
@@ -748,31 +771,24 @@ def _payload(row: Row) -> dict[str, Any]:
 def _missing(meta: Meta, position: int) -> CorruptDataError:
     return CorruptDataError(
         f"the message at key {meta.key!r} position {position} is missing: the meta entity "
-        f"names {meta.count} messages of generation {meta.gen!r} (RowKey "
-        f"{meta.row_key(meta.head + position)!r} not found); delete_messages or "
-        "set_messages removes the conversation",
+        f"names {meta.count} messages of generation {meta.gen!r}, RowKey "
+        f"{meta.row_key(meta.head + position)!r} not found ({remedy(meta.key)})",
         key=meta.key,
         position=position,
     )
 
 
-def _decode(
-    meta: Meta, rows: Sequence[Row | None], start: int
-) -> tuple[list[ChatMessage], CorruptDataError | None]:
-    """Parse rows read from position ``start`` (None: missing) for a removal.
+def _decode(meta: Meta, rows: Sequence[Row], start: int) -> list[ChatMessage]:
+    """Parse rows read from position ``start``.
 
-    Returns the messages and the first CorruptDataError instead of raising it, so the
-    removal can go ahead (corrupt data must be deletable) and raise afterwards. A
-    SerializationError (valid data this mode cannot represent) propagates: nothing is
-    removed then.
+    Raises:
+        CorruptDataError: A row holds no message (names key, position, how to remove it).
+        SerializationError: Valid data this mode cannot represent.
     """
-    messages: list[ChatMessage] = []
-    error: CorruptDataError | None = None
-    for i, row in enumerate(rows):
-        try:
-            if row is None:
-                raise _missing(meta, start + i)
-            messages.append(decode_payload(row.props, key=meta.key, position=start + i))
-        except CorruptDataError as exc:
-            error = error or exc
-    return messages, error
+    try:
+        return [
+            decode_payload(row.props, key=meta.key, position=start + i)
+            for i, row in enumerate(rows)
+        ]
+    except CorruptDataError as exc:
+        raise unreadable(exc) from exc
