@@ -19,6 +19,9 @@ from llama_index.storage.chat_store.testing import (
     numbered,
     tricky_messages,
 )
+from llama_index.storage.chat_store.testing.samples import (
+    LLAMA_INDEX_INSTALLED,
+)
 
 from .conftest import Run
 
@@ -64,7 +67,10 @@ def test_show_prints_positions_roles_and_block_kinds(run: Run, json_url: URL) ->
     assert "[1] user: <image>" in lines
     assert "[10] assistant: <tool_call>" in lines
     last = run("show", json_url("a"), "tricky", "--last", "2")
-    assert last.out == "[5] tool: result\n[6] critic: <hologram>\n    <text>\n"
+    # Without llama-index-core the last message is one of a later version (unknown types).
+    later = "[6] critic: <hologram>\n    <text>\n"
+    expected = "[4] assistant: <1 tool call(s)>\n[5] tool: result\n"
+    assert last.out == (expected if LLAMA_INDEX_INSTALLED else "[5] tool: result\n" + later)
 
 
 def test_show_json_prints_each_message_as_stored(run: Run, json_url: URL) -> None:
@@ -77,9 +83,9 @@ def test_show_json_prints_each_message_as_stored(run: Run, json_url: URL) -> Non
 
 def test_count_one_key_and_all(run: Run, json_url: URL) -> None:
     _fill(json_url("a"), _sample())
-    assert run("count", json_url("a"), "tricky").out == "7\n"
+    assert run("count", json_url("a"), "tricky").out == f"{len(tricky_messages())}\n"
     assert run("count", json_url("a"), "missing").out == "0\n"
-    total = 3 * len(HOSTILE_KEYS) + 11 + 7
+    total = 3 * len(HOSTILE_KEYS) + 11 + len(tricky_messages())
     assert (
         run("count", json_url("a")).out
         == f"{total} messages in {len(HOSTILE_KEYS) + 2} conversations\n"
@@ -113,7 +119,7 @@ def test_export_writes_to_stdout_and_only_the_keys_asked(run: Run, json_url: URL
     lines = out.split("\n")
     assert json.loads(lines[0]) == {"format": "llama-index-chat-store-dump", "version": 1}
     assert {json.loads(line)["key"] for line in lines[1:-2]} == {"tricky", "user/1"}
-    assert json.loads(lines[-2]) == {"end": {"keys": 2, "messages": 10}}
+    assert json.loads(lines[-2]) == {"end": {"keys": 2, "messages": 3 + len(tricky_messages())}}
 
 
 def test_import_into_memory_verifies_even_without_persistence(
