@@ -1,4 +1,4 @@
-"""SimpleChatStore's file format, persistence and seed API."""
+"""SimpleChatStore's file format, persistence and LlamaIndex API."""
 
 from __future__ import annotations
 

@@ -38,21 +38,21 @@ def test_seed_import_path_is_the_same_class() -> None:
 
 def test_layout_auto_detects_the_key_schema(moto: Any) -> None:
     native = moto.store("native")
-    seed = moto.store("llama_index")
-    for made in (native, seed):
+    theirs = moto.store("llama_index")
+    for made in (native, theirs):
         auto = DynamoDBChatStore(
             table_name=made.table_name, endpoint_url=moto.url, **moto.credentials
         )
         auto.add_message("k", ChatMessage(content="x"))
-    assert {i["SessionId"]["S"] for i in items_of(moto, seed)} == {"k"}
-    assert "History" in items_of(moto, seed)[0]
+    assert {i["SessionId"]["S"] for i in items_of(moto, theirs)} == {"k"}
+    assert "History" in items_of(moto, theirs)[0]
     assert len(items_of(moto, native)) == 2  # the meta item and one message item
 
 
 def test_layout_mismatch_is_a_configuration_error(moto: Any) -> None:
-    seed = moto.store("llama_index")
+    theirs = moto.store("llama_index")
     wrong = DynamoDBChatStore(
-        table_name=seed.table_name, endpoint_url=moto.url, layout="native", **moto.credentials
+        table_name=theirs.table_name, endpoint_url=moto.url, layout="native", **moto.credentials
     )
     with pytest.raises(ConfigurationError, match="no sort key"):
         wrong.count_messages("k")
@@ -132,15 +132,15 @@ def test_replace_is_atomic_for_concurrent_readers(native_store: DynamoDBChatStor
 def test_message_over_the_item_limit(moto: Any) -> None:
     """LlamaIndex's layout refuses it before any write; the recommended one splits it."""
     big = ChatMessage(content="x" * 410_000)
-    seed = moto.store("llama_index")
-    seed.add_message("k", ChatMessage(content="kept"))
+    theirs = moto.store("llama_index")
+    theirs.add_message("k", ChatMessage(content="kept"))
     with pytest.raises(PayloadTooLargeError, match="400 KB"):
-        seed.add_message("k", big)
+        theirs.add_message("k", big)
     with pytest.raises(PayloadTooLargeError):
-        seed.add_messages("k", [ChatMessage(content="a"), big])
+        theirs.add_messages("k", [ChatMessage(content="a"), big])
     with pytest.raises(PayloadTooLargeError):
-        seed.set_messages("k", [big])
-    assert texts(seed.get_messages("k")) == ["kept"]
+        theirs.set_messages("k", [big])
+    assert texts(theirs.get_messages("k")) == ["kept"]
     native = moto.store("native")
     native.add_message("k", ChatMessage(content="y" * 390_000))
     native.add_message("k", big)
