@@ -146,6 +146,13 @@ def delete_all() -> Op:
     )
 
 
+def clear() -> Op:
+    def model(items: list[str]) -> None:
+        items.clear()
+
+    return Op("clear", lambda s, k: s.clear(), lambda s, k: s.aclear(), model)
+
+
 def replace(*texts: str) -> Op:
     def model(items: list[str]) -> None:
         items[:] = texts
@@ -182,6 +189,7 @@ SECOND: dict[str, Op] = {
     "delete_oldest": delete_oldest(2),
     "delete_all": delete_all(),
     "set": replace("b0", "b1"),
+    "clear": clear(),
 }
 
 LAYOUTS = ["native", "google", "llama_index"]

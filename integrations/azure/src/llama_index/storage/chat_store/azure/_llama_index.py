@@ -162,26 +162,41 @@ class LlamaIndexLayout:
             entity["Key"] = key
         return entity
 
-    def _raise_meta(self, key: str, last: int) -> Plan[None]:
-        """Make the metadata say at least ``last`` is the last RowKey (appends)."""
-        for attempt in range(_MAX_ATTEMPTS):
-            row = yield Get(self.meta_table, self.partition, encode_key(key))
-            count = row.props.get("MessageCount") if row is not None else None
-            if isinstance(count, int) and count >= last + 1:
+    def _created(self, key: str, entity: dict[str, Any]) -> Plan[bool]:
+        """Create the metadata entity; False when the row it names was removed meanwhile.
+
+        A creation has no ETag to be conditional on: a removal that emptied the
+        conversation and refreshed the metadata before it would otherwise leave an entity
+        naming rows that are gone (``get_keys`` reads it). Reading that row after the
+        creation closes the gap: a removal after the read refreshes the metadata after it.
+        """
+        yield Put(self.meta_table, entity, "create")
+        return (yield Get(self.table, encode_key(key), entity["LastMessageRowKey"])) is not None
+
+    def _raise_meta(self, key: str, meta: Row | None, last: Row) -> Plan[None]:
+        """Make the metadata say ``last`` is the last row, after an append created it.
+
+        ``meta`` is the metadata as read before the append's first transaction, and the
+        write is conditional on it: when a removal's own refresh changed or removed the
+        entity meanwhile, the write fails and the metadata is recomputed from the rows.
+        """
+        entity = self._meta_entity(key, _index(last, key))
+        try:
+            if meta is not None:
+                yield Put(self.meta_table, entity, "update", meta.etag)
                 return
-            entity = self._meta_entity(key, last)
-            try:
-                if row is None:
-                    yield Put(self.meta_table, entity, "create")
-                else:
-                    yield Put(self.meta_table, entity, "update", row.etag)
+            if (yield from self._created(key, entity)):
                 return
-            except ConflictError:
-                yield backoff(attempt)
-        raise ChatStoreError(f"too much contention on the metadata of key {key!r}")
+        except ConflictError:
+            pass
+        yield from self._refresh_meta(key)
 
     def _refresh_meta(self, key: str) -> Plan[None]:
-        """Recompute the metadata from the chat rows (after removals)."""
+        """Recompute the metadata from the chat rows (after removals).
+
+        Every write is conditional on the entity read before the rows (a creation is
+        checked after it), so the last refresh to commit saw the rows' last change.
+        """
         for attempt in range(_MAX_ATTEMPTS):
             row = yield Get(self.meta_table, self.partition, encode_key(key))
             rows = yield from self._rows(key, keys_only=True)
@@ -192,8 +207,10 @@ class LlamaIndexLayout:
                     return
                 entity = self._meta_entity(key, _index(rows[-1], key))
                 if row is None:
-                    yield Put(self.meta_table, entity, "create")
-                elif any(row.props.get(k) != v for k, v in entity.items()):
+                    if (yield from self._created(key, entity)):
+                        return
+                    continue
+                if any(row.props.get(k) != v for k, v in entity.items()):
                     yield Put(self.meta_table, entity, "update", row.etag)
                 return
             except ConflictError:
@@ -202,8 +219,8 @@ class LlamaIndexLayout:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _last_row(self, key: str) -> Plan[Row | None]:
-        """The conversation's last chat row (RowKey and ETag), or None when it has none.
+    def _last_row(self, key: str) -> Plan[tuple[Row | None, Row | None]]:
+        """The metadata entity and the conversation's last chat row (None when absent).
 
         The metadata's count is only a hint where to look (it trails the rows): the rows
         from the hinted last one on are read, and all of them when none is there.
@@ -213,9 +230,9 @@ class LlamaIndexLayout:
         if isinstance(count, int) and count > 0:
             rows = yield from self._rows(key, keys_only=True, start=_row_key(count - 1))
             if rows:
-                return rows[-1]
+                return meta, rows[-1]
         rows = yield from self._rows(key, keys_only=True)
-        return rows[-1] if rows else None
+        return meta, rows[-1] if rows else None
 
     def _after(
         self, key: str, last: Row | None, payloads: Sequence[dict[str, Any]]
@@ -240,7 +257,7 @@ class LlamaIndexLayout:
 
     def append(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
         done = 0
-        last = yield from self._last_row(key)
+        meta, last = yield from self._last_row(key)
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 # Over one transaction an append is not atomic: each further transaction
@@ -253,11 +270,11 @@ class LlamaIndexLayout:
                     done += sum(1 for a in actions if a[0] == "create")
                     last = Row(actions[-1][1], str(etags[-1]))
                 assert last is not None
-                yield from self._raise_meta(key, _index(last, key))
+                yield from self._raise_meta(key, meta, last)
                 return
             except ConflictError:
                 yield backoff(attempt)
-                last = yield from self._last_row(key)
+                meta, last = yield from self._last_row(key)
         raise ChatStoreError(f"too much contention appending to key {key!r}")
 
     def replace(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:

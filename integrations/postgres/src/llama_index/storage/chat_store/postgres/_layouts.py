@@ -333,9 +333,12 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             "ON CONFLICT (key) DO UPDATE SET message_count = c.message_count "
             "RETURNING CASE WHEN c.expires_at <= now() THEN 0 ELSE c.message_count END"
         ),
-        # Key order: two clears lock the rows in the same order. A conversation created
-        # after this lock is either wholly seen by the ``clear`` that follows or not at all.
-        lock_all=text(f"SELECT count(*) FROM (SELECT 1 FROM {c} ORDER BY key FOR UPDATE) AS l"),
+        # Every writer changes the conversation row first, so this waits for all of them
+        # and holds off new ones (plain reads go on). Locking the rows instead left a gap:
+        # a conversation created after that lock and appended to while ``clear`` deleted
+        # kept the append's rows with no conversation row (the delete's snapshot predates
+        # them).
+        lock_all=text(f"LOCK TABLE {c} IN EXCLUSIVE MODE"),
         sweep=text(
             f"WITH dead AS (DELETE FROM {c} WHERE expires_at <= now() OR message_count <= 0 "
             f"RETURNING key), gone AS (DELETE FROM {m} WHERE key IN (SELECT key FROM dead)) "
