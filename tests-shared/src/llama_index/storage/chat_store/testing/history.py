@@ -2,8 +2,9 @@
 
 Several clients (processes, each with its own store instance, for stores that are
 SHARED; threads on one instance otherwise) issue a seeded random mix of every call on one
-conversation at once. Each call is recorded with its start and end on a clock every process
-shares (``time.monotonic_ns``), its arguments and its result. The checker then looks for a
+conversation at once, every other call through its async twin (``aadd_message``...).
+Each call is recorded with its start and end on a clock every process shares
+(``time.monotonic_ns``), its arguments and its result. The checker then looks for a
 sequential order of the calls, consistent with real time (a call that ended before another
 started comes first), in which a plain Python list explains every result. Such an order
 exists for every correct store; a lost update, a pop that returns the wrong message or a
@@ -21,6 +22,7 @@ not needed to fail are dropped.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -103,6 +105,7 @@ class Call:
             still running (its effect may or may not have happened, its result is unknown).
         result: What it returned, texts for messages, tuples for lists.
         error: ``"Type: message"`` when it raised (its effect may or may not have happened).
+        api: ``"sync"``, or ``"async"`` when it went through the ``a*`` twin.
     """
 
     client: int
@@ -112,6 +115,7 @@ class Call:
     end: int | None
     result: Any = None
     error: str | None = None
+    api: str = "sync"
 
     @property
     def checked(self) -> bool:
@@ -316,6 +320,8 @@ def _show_call(call: Call) -> str:
         text = f"{_METHODS[call.name]}(k, {list(a[0])!r})"
     else:
         text = f"{_METHODS[call.name]}({', '.join(['k', *map(repr, a)])})"
+    if call.api == "async":
+        text = f"await a{text}"
     return f"client {call.client}: {text}" if call.client >= 0 else f"after the round: {text}"
 
 
@@ -401,11 +407,9 @@ def _invoke(store: BaseChatStore, key: str, name: str, args: tuple[Any, ...]) ->
     if name == "insert":
         return store.add_message(key, ChatMessage(content=args[1]), idx=args[0])
     if name == "delete_at":
-        removed = store.delete_message(key, args[0])
-        return None if removed is None else str(removed.content)
+        return _text(store.delete_message(key, args[0]))
     if name == "pop":
-        removed = store.delete_last_message(key)
-        return None if removed is None else str(removed.content)
+        return _text(store.delete_last_message(key))
     if name == "delete_oldest":
         return _texts(store.delete_oldest_messages(key, args[0]))
     if name == "set":
@@ -417,13 +421,52 @@ def _invoke(store: BaseChatStore, key: str, name: str, args: tuple[Any, ...]) ->
     return store.count_messages(key)
 
 
-def _record(store: BaseChatStore, key: str, client: int, name: str, args: tuple[Any, ...]) -> Call:
+async def _ainvoke(store: BaseChatStore, key: str, name: str, args: tuple[Any, ...]) -> Any:
+    """:func:`_invoke` through the async twins."""
+    if name == "append":
+        return await store.aadd_message(key, ChatMessage(content=args[0]))
+    if name == "append_many":
+        return await store.aadd_messages(key, [ChatMessage(content=t) for t in args[0]])
+    if name == "insert":
+        return await store.aadd_message(key, ChatMessage(content=args[1]), idx=args[0])
+    if name == "delete_at":
+        return _text(await store.adelete_message(key, args[0]))
+    if name == "pop":
+        return _text(await store.adelete_last_message(key))
+    if name == "delete_oldest":
+        return _texts(await store.adelete_oldest_messages(key, args[0]))
+    if name == "set":
+        return await store.aset_messages(key, [ChatMessage(content=t) for t in args[0]])
+    if name == "delete_all":
+        return _texts(await store.adelete_messages(key))
+    if name == "get":
+        return _texts(await store.aget_messages(key, offset=args[0], limit=args[1]))
+    return await store.acount_messages(key)
+
+
+def _text(message: ChatMessage | None) -> str | None:
+    return None if message is None else str(message.content)
+
+
+def _record(
+    store: BaseChatStore,
+    key: str,
+    client: int,
+    name: str,
+    args: tuple[Any, ...],
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Call:
+    """Make one call (through the async twin on ``loop`` when given) and record it."""
+    api = "sync" if loop is None else "async"
     start = time.monotonic_ns()
     try:
-        result = _invoke(store, key, name, args)
+        if loop is None:
+            result = _invoke(store, key, name, args)
+        else:
+            result = loop.run_until_complete(_ainvoke(store, key, name, args))
     except Exception as exc:  # recorded; the round then fails on it
-        return Call(client, name, args, start, time.monotonic_ns(), error=_describe(exc))
-    return Call(client, name, args, start, time.monotonic_ns(), result)
+        return Call(client, name, args, start, time.monotonic_ns(), error=_describe(exc), api=api)
+    return Call(client, name, args, start, time.monotonic_ns(), result, api=api)
 
 
 def _describe(exc: BaseException) -> str:
@@ -438,9 +481,29 @@ def _run_plan(
     plan: Sequence[tuple[str, tuple[Any, ...]]],
     wait: Callable[[], object],
 ) -> list[Call]:
+    """Run a client's calls, every other one through the async API (alternating by client).
+
+    The async calls run on one event loop per thread, kept while the thread lives: a store's
+    async clients belong to the loop that made them, as in an app.
+    """
+    loop = _thread_loop()
     store.count_messages(key)  # connect before the start line, not during the race
+    loop.run_until_complete(store.acount_messages(key))
     wait()
-    return [_record(store, key, client, name, args) for name, args in plan]
+    return [
+        _record(store, key, client, name, args, loop if (client + i) % 2 else None)
+        for i, (name, args) in enumerate(plan)
+    ]
+
+
+_loops = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+    return loop
 
 
 # Worker-process state: the start-line barrier and the last store built (reused across
@@ -522,10 +585,24 @@ def _run_threads(
     barrier = threading.Barrier(len(plans))
     with concurrent.futures.ThreadPoolExecutor(len(plans)) as pool:
         futures = [
-            pool.submit(_run_plan, store, key, client, plan, lambda: barrier.wait(60))
+            pool.submit(_run_plan_closing, store, key, client, plan, lambda: barrier.wait(60))
             for client, plan in enumerate(plans)
         ]
         return [f.result() for f in futures]
+
+
+def _run_plan_closing(
+    store: BaseChatStore,
+    key: str,
+    client: int,
+    plan: Sequence[tuple[str, tuple[Any, ...]]],
+    wait: Callable[[], object],
+) -> list[Call]:
+    """:func:`_run_plan` on a thread that ends with the round: its loop closes with it."""
+    try:
+        return _run_plan(store, key, client, plan, wait)
+    finally:
+        _thread_loop().close()
 
 
 # -- the suite's entry point -------------------------------------------------------------
