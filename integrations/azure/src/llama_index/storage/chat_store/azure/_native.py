@@ -395,10 +395,14 @@ class NativeLayout:
         for chunk in chunks(rows):
             yield Batch(self.table, chunk)
         try:
-            committed = yield from self._put_meta(meta, new)
+            committed: Meta | None = yield from self._put_meta(meta, new)
         except ConflictError:
-            yield from self._delete_generation(meta.pk, new.gen)
-            return None
+            # Our own flip may have committed with its reply lost (the SDK retried it and
+            # the retry failed its condition): then the new generation is the conversation.
+            committed = yield from self._committed(meta.key, new.op)
+            if committed is None:
+                yield from self._delete_generation(meta.pk, new.gen)
+                return None
         if meta.etag is not None:
             yield from self._delete_generation(meta.pk, meta.gen)
         return committed
