@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,72 +17,13 @@ import pytest
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
+from llama_index.storage.chat_store.testing.changes import BEFORE, CHANGES, apply_change
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.samples import numbered
 from llama_index.storage.chat_store.testing.services import free_port
 
-BEFORE = numbered(5)
 NEW = numbered(2, prefix="new")
 Store = RedisChatStore
-
-# Each change: how to call it (sync and async) and what one application does to BEFORE,
-# as (messages after, value returned).
-CHANGES: dict[str, tuple[Callable[[Store, str], Any], Callable[[Store, str], Any], Any]] = {
-    "add_message": (
-        lambda s, k: s.add_message(k, NEW[0]),
-        lambda s, k: s.aadd_message(k, NEW[0]),
-        ([*BEFORE, NEW[0]], None),
-    ),
-    "add_messages": (
-        lambda s, k: s.add_messages(k, NEW),
-        lambda s, k: s.aadd_messages(k, NEW),
-        ([*BEFORE, *NEW], None),
-    ),
-    "insert": (
-        lambda s, k: s.add_message(k, NEW[0], idx=2),
-        lambda s, k: s.aadd_message(k, NEW[0], idx=2),
-        ([*BEFORE[:2], NEW[0], *BEFORE[2:]], None),
-    ),
-    "set_messages": (
-        lambda s, k: s.set_messages(k, NEW),
-        lambda s, k: s.aset_messages(k, NEW),
-        (NEW, None),
-    ),
-    "delete_message": (
-        lambda s, k: s.delete_message(k, 1),
-        lambda s, k: s.adelete_message(k, 1),
-        ([BEFORE[0], *BEFORE[2:]], BEFORE[1]),
-    ),
-    "delete_last_message": (
-        lambda s, k: s.delete_last_message(k),
-        lambda s, k: s.adelete_last_message(k),
-        (BEFORE[:-1], BEFORE[-1]),
-    ),
-    "delete_oldest_messages": (
-        lambda s, k: s.delete_oldest_messages(k, 2),
-        lambda s, k: s.adelete_oldest_messages(k, 2),
-        (BEFORE[2:], BEFORE[:2]),
-    ),
-    "delete_messages": (
-        lambda s, k: s.delete_messages(k),
-        lambda s, k: s.adelete_messages(k),
-        ([], BEFORE),
-    ),
-}
-
-
-def _call(store: Store, change: str, key: str, mode: str) -> Any:
-    sync, asynchronous, _ = CHANGES[change]
-    if mode == "sync":
-        return sync(store, key)
-
-    async def run() -> Any:
-        try:
-            return await asynchronous(store, key)
-        finally:
-            await store.aclose()
-
-    return asyncio.run(run())
 
 
 @pytest.fixture
@@ -101,7 +42,10 @@ def _proxied_url(redis_url: str, proxy: FaultProxy) -> str:
 
 
 # The LlamaIndex layout (raw keys, no expiry) and a namespaced one with an expiry.
-LAYOUTS = {"llama_index": {}, "namespaced": {"namespace": "retries:", "ttl": 600}}
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "llama_index": {},
+    "namespaced": {"namespace": "retries:", "ttl": 600},
+}
 
 
 @pytest.fixture(params=sorted(LAYOUTS))
@@ -125,11 +69,10 @@ def test_a_change_cut_by_a_dropped_connection_applies_once(
     key = f"conv-{uuid.uuid4().hex}"
     store.set_messages(key, BEFORE)
     fault = proxy.inject(kind, match=rb"EVALSHA")
-    returned = _call(store, change, key, mode)
+    returned = apply_change(store, change, key, asynchronous=mode == "async")
     assert fault.fired == 1, "the script call was never seen: the pattern no longer matches"
-    after, value = CHANGES[change][2]
-    assert store.get_messages(key) == after
-    assert returned == value
+    assert store.get_messages(key) == CHANGES[change].after
+    assert returned == CHANGES[change].returns
 
 
 def test_a_redis_append_whose_reply_is_lost_is_stored_once(store: Store, proxy: FaultProxy) -> None:
