@@ -16,9 +16,11 @@ Shared by the redis and upstash stores: they differ only in how a script call tr
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from llama_index.storage.chat_store.core import (
@@ -58,9 +60,23 @@ class NotSentError(BackendUnavailableError):
     """The request never reached the server (e.g. a refused connection): nothing was applied."""
 
 
+def _fresh_prefix() -> None:
+    global _op_prefix, _op_count  # per process: a forked child draws its own
+    _op_prefix, _op_count = os.urandom(8).hex(), itertools.count()
+
+
+_op_prefix, _op_count = "", itertools.count()
+_fresh_prefix()
+os.register_at_fork(after_in_child=_fresh_prefix)
+
+
 def new_op_id() -> str:
-    """Return a fresh operation id (random: forked workers never share one)."""
-    return os.urandom(8).hex()
+    """Return a fresh operation id: hex text, unique across processes and calls.
+
+    A random prefix per process (a forked child draws its own) and a counter: a syscall
+    for every id would cost more than the rest of building a call.
+    """
+    return f"{_op_prefix}{next(_op_count):x}"
 
 
 @dataclass(slots=True)  # not frozen: built on every call, and frozen __init__ is slower
@@ -117,7 +133,15 @@ class ListLayout:
     refresh_on_read: bool = False
     record_ms: int = 300_000
 
-    @property
+    @cached_property
+    def _ttl_arg(self) -> str:
+        return str(self.ttl_ms)
+
+    @cached_property
+    def _record_arg(self) -> str:
+        return str(self.record_ms)
+
+    @cached_property
     def registry(self) -> tuple[str, str]:
         """The registry's keys: the index (every member) and the expiry set."""
         return self.namespace + _INDEX, self.namespace + _EXPIRY
@@ -136,7 +160,7 @@ class ListLayout:
     ) -> Op[T]:
         conv = self.conversation(key)
         keys = (conv, *self.registry, conv + _RECORD)
-        head = (key, str(self.ttl_ms), new_op_id(), str(self.record_ms))
+        head = (key, self._ttl_arg, new_op_id(), self._record_arg)
         return Op(script, keys, (*head, *args), decode, key, mutates=True)
 
     def _read(self) -> str:

@@ -142,25 +142,28 @@ def _conversation(name: str, body: str) -> Script:
     return Script(name, _CONVERSATION + body)
 
 
-# How many of a conversation's latest changes its record remembers.
-RECORD_SIZE = 64
+RECORD_SIZE = 32
+"""How many of a conversation's latest changes its record remembers, at least."""
 
 # A change applied once, whatever happens to its reply: the record is a LIST of
 # ``op id, packed reply`` pairs, newest first, next to the conversation (its slot in a
 # cluster). A replay finds its op id, applies nothing and returns the first reply (msgpack
 # keeps a removal's messages byte for byte). A packed reply never equals an op id, which is
-# hex text: msgpack's nil, false and arrays start with a byte above 0x7f.
+# hex text: msgpack's false and arrays start with a byte above 0x7f. The record is trimmed
+# only once it holds half as many again as it keeps: every redis.call costs.
 _MUTATION = r"""
 local rec, op = KEYS[4], ARGV[3]
 local seen = redis.call('LPOS', rec, op)
 if seen then return cmsgpack.unpack(redis.call('LINDEX', rec, seen + 1)) end
 local reply = apply()
-if reply == nil then reply = false end
-redis.call('LPUSH', rec, cmsgpack.pack(reply), op)
-redis.call('LTRIM', rec, 0, __LAST__)
+local packed = '\194'  -- msgpack's false: the reply of a change that returns nothing
+if reply then packed = cmsgpack.pack(reply) else reply = false end
+if redis.call('LPUSH', rec, packed, op) > __TRIM_AT__ then
+  redis.call('LTRIM', rec, 0, __LAST__)
+end
 redis.call('PEXPIRE', rec, ARGV[4])
 return reply
-""".replace("__LAST__", str(2 * RECORD_SIZE - 1))
+""".replace("__TRIM_AT__", str(3 * RECORD_SIZE)).replace("__LAST__", str(2 * RECORD_SIZE - 1))
 
 
 def _mutation(name: str, body: str) -> Script:
