@@ -9,10 +9,9 @@ Shared by the redis and upstash stores: they differ only in how a script call tr
   and ``namespace + "\0expiry"`` (expiring members by expiry), lists this store's
   conversations (see :mod:`._scripts`). The names hold a NUL byte, which no conversation key
   may contain, so they can never collide with a conversation.
-* A conversation's record, a short string at ``namespace + key + "\0ops"``, remembers its
+* A conversation's record, a short LIST at ``namespace + key + "\0ops"``, remembers its
   latest changes by operation id so that a change resent after a lost reply is applied
-  once (see :mod:`._scripts`); what a removal removed is kept beside it, at
-  ``namespace + key + "\0ops\0" + op id``. Both expire a few minutes after the change.
+  once (see :mod:`._scripts`); it expires a few minutes after the last change.
 """
 
 from __future__ import annotations
@@ -157,19 +156,11 @@ class ListLayout:
         return Op(script, (self.conversation(key), *self.registry), (key, *args), decode, key)
 
     def _change(
-        self,
-        script: Script,
-        key: str,
-        args: Sequence[str],
-        decode: Callable[[Any], T],
-        *,
-        removes: bool = False,
+        self, script: Script, key: str, args: Sequence[str], decode: Callable[[Any], T]
     ) -> Op[T]:
-        conv, op_id = self.conversation(key), new_op_id()
-        keys: tuple[str, ...] = (conv, *self.registry, conv + _RECORD)
-        if removes:  # where what it removes is kept for a replay
-            keys = (*keys, f"{keys[3]}\x00{op_id}")
-        head = (key, self._ttl_arg, op_id, self._record_arg)
+        conv = self.conversation(key)
+        keys = (conv, *self.registry, conv + _RECORD)
+        head = (key, self._ttl_arg, new_op_id(), self._record_arg)
         return Op(script, keys, (*head, *args), decode, key, mutates=True)
 
     def _read(self) -> str:
@@ -191,23 +182,19 @@ class ListLayout:
 
     def delete_all(self, key: str) -> Op[list[ChatMessage]]:
         """Remove the conversation; the reply is its messages."""
-        return self._change(
-            _scripts.DELETE_ALL, key, [], _messages(key, 0, removed=True), removes=True
-        )
+        return self._change(_scripts.DELETE_ALL, key, [], _messages(key, 0, removed=True))
 
     def delete_at(self, key: str, idx: int) -> Op[ChatMessage | None]:
         """Remove the message at ``idx``; the reply is that message or ``None``."""
-        return self._change(_scripts.DELETE_AT, key, [str(idx)], _positioned(key), removes=True)
+        return self._change(_scripts.DELETE_AT, key, [str(idx)], _positioned(key))
 
     def pop_last(self, key: str) -> Op[ChatMessage | None]:
         """Remove the last message; the reply is that message or ``None``."""
-        return self._change(_scripts.POP_LAST, key, [], _positioned(key), removes=True)
+        return self._change(_scripts.POP_LAST, key, [], _positioned(key))
 
     def pop_first(self, key: str, n: int) -> Op[list[ChatMessage]]:
         """Remove the first ``n`` (> 0) messages; the reply is them, oldest first."""
-        return self._change(
-            _scripts.POP_FIRST, key, [str(n)], _messages(key, 0, removed=True), removes=True
-        )
+        return self._change(_scripts.POP_FIRST, key, [str(n)], _messages(key, 0, removed=True))
 
     def adopt(self, key: str) -> Op[bool]:
         """Register an existing list at ``key`` keeping its expiry; the reply says if it was one."""

@@ -19,12 +19,11 @@ The registry is two sorted sets beside the conversations:
   (a few on every write, all on every listing) instead of piling up.
 
 Scripts that change a conversation (the mutations) take a fourth key, the conversation's
-record of changes, and removals a fifth, where what they remove is kept for a replay; and
-two more arguments, ``ARGV[3]`` an operation id (random, one per store call) and
-``ARGV[4]`` how long in milliseconds the record outlives the conversation's last change.
-Their own arguments start at ``ARGV[5]``. A mutation whose op id is in the record was
-applied already: it changes nothing and returns what it returned then, so a store may
-resend a call whose reply was lost. The record remembers at least the last
+record, and two more arguments, ``ARGV[3]`` an operation id (random, one per store call)
+and ``ARGV[4]`` how long in milliseconds the record outlives the conversation's last
+change; their own arguments start at ``ARGV[5]``. A mutation whose op id is in the record
+was applied already: it changes nothing and returns what it returned then, so a store
+may resend a call whose reply was lost. The record remembers the last
 :data:`RECORD_SIZE` mutations of its conversation.
 
 A member is listed only while its conversation exists, which Redis's own key expiry
@@ -146,41 +145,29 @@ def _conversation(name: str, body: str) -> Script:
 RECORD_SIZE = 32
 """How many of a conversation's latest changes its record remembers, at least."""
 
-# A change applied once, whatever happens to its reply. The record is one string next to
-# the conversation (its slot in a cluster), the latest op ids newest first, each between
-# commas (an id is hex text of at most 31 characters), read and rewritten with its expiry
-# in two calls: every redis.call costs. A change whose op id is there was applied already:
-# it applies nothing and returns what it returned then. A removal keeps what it removed,
-# packed with msgpack (byte for byte), in a key of its own named by the caller (KEYS[5]).
+# A change applied once, whatever happens to its reply: the record is a LIST of
+# ``op id, packed reply`` pairs, newest first, next to the conversation (its slot in a
+# cluster). A replay finds its op id, applies nothing and returns the first reply (msgpack
+# keeps a removal's messages byte for byte). A packed reply never equals an op id, which is
+# hex text: msgpack's false and arrays start with a byte above 0x7f. The record is trimmed
+# only once it holds half as many again as it keeps: every redis.call costs.
 _MUTATION = r"""
 local rec, op = KEYS[4], ARGV[3]
-local ids = redis.call('GET', rec) or ','
-if string.find(ids, ',' .. op .. ',', 1, true) then
-  __REPLAY__
+local seen = redis.call('LPOS', rec, op)
+if seen then return cmsgpack.unpack(redis.call('LINDEX', rec, seen + 1)) end
+local reply = apply()
+local packed = '\194'  -- msgpack's false: the reply of a change that returns nothing
+if reply then packed = cmsgpack.pack(reply) else reply = false end
+if redis.call('LPUSH', rec, packed, op) > __TRIM_AT__ then
+  redis.call('LTRIM', rec, 0, __LAST__)
 end
-local reply = apply() or false
-__KEEP__
-if #ids > __MAX__ then ids = string.match(string.sub(ids, 1, __MAX__), '^(.*,)') end
-redis.call('SET', rec, ',' .. op .. ids, 'PX', ARGV[4])
+redis.call('PEXPIRE', rec, ARGV[4])
 return reply
-""".replace("__MAX__", str(32 * RECORD_SIZE))
-
-# What a change that returns nothing does, and what a removal does (none kept: it found
-# nothing to remove, and a key of its own would only cost).
-_NOTHING = {"__REPLAY__": "return false", "__KEEP__": ""}
-_REMOVED = {
-    "__REPLAY__": "local kept = redis.call('GET', KEYS[5])\n"
-    "  if kept then return cmsgpack.unpack(kept) end\n  return false",
-    "__KEEP__": "if reply and #reply > 0 then\n"
-    "  redis.call('SET', KEYS[5], cmsgpack.pack(reply), 'PX', ARGV[4])\nend",
-}
+""".replace("__TRIM_AT__", str(3 * RECORD_SIZE)).replace("__LAST__", str(2 * RECORD_SIZE - 1))
 
 
-def _mutation(name: str, body: str, *, removes: bool = False) -> Script:
-    tail = _MUTATION
-    for mark, code in (_REMOVED if removes else _NOTHING).items():
-        tail = tail.replace(mark, code)
-    return Script(name, _CONVERSATION + "local function apply()\n" + body + "end\n" + tail)
+def _mutation(name: str, body: str) -> Script:
+    return Script(name, _CONVERSATION + "local function apply()\n" + body + "end\n" + _MUTATION)
 
 
 APPEND = _mutation(
@@ -230,7 +217,6 @@ redis.call('DEL', conv)
 unregister()
 return items
 """,
-    removes=True,
 )
 """Returns every message, oldest first."""
 
@@ -254,7 +240,6 @@ end
 touch(n - 1)
 return {item, i}
 """,
-    removes=True,
 )
 """ARGV[5]: index (negative from the end). Returns ``[message, position]`` or nil."""
 
@@ -267,7 +252,6 @@ local position = redis.call('LLEN', conv)
 touch(position)
 return {item, position}
 """,
-    removes=True,
 )
 """Returns ``[message, position]`` or nil."""
 
@@ -279,7 +263,6 @@ if not items then return {} end
 touch(redis.call('LLEN', conv))
 return items
 """,
-    removes=True,
 )
 """ARGV[5]: how many (> 0). Returns the messages removed, oldest first."""
 
