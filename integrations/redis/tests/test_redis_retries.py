@@ -137,3 +137,15 @@ def test_a_replayed_script_call_applies_nothing_and_returns_the_first_reply(
         store._run(append)
         assert store.get_messages(key) == [*BEFORE[2:], *NEW]
         store.delete_messages(key)
+
+
+def test_retry_options_from_arguments_and_urls_and_unknown_ones_refused() -> None:
+    """The retry policy is configurable like any field; a misspelt option stays an error.
+
+    If this fails: a retry option is dropped on the way, or unknown arguments pass silently.
+    """
+    store = RedisChatStore.from_url("redis://127.0.0.1:1/0?retries=5&retry_deadline=2.5")
+    assert (store.retries, store.retry_deadline, store.retry_backoff) == (5, 2.5, 0.05)
+    assert RedisChatStore(retries=0).retries == 0
+    with pytest.raises(TypeError, match="retrys"):
+        RedisChatStore(retrys=1)

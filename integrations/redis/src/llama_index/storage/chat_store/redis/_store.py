@@ -60,6 +60,9 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "namespace": str,
     "ttl": int,
     "ttl_seconds": int,
+    "retries": int,
+    "retry_backoff": float,
+    "retry_deadline": float,
     "cluster": lambda v: v.lower() in {"1", "true", "yes", "on"},
     "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
     "connect_timeout": float,
@@ -457,7 +460,8 @@ class RedisChatStore(ListChatStore):
 
         ``rediss://`` connects with TLS, ``unix:///path/redis.sock?db=0`` through a socket.
         Query options of the store: ``namespace``, ``ttl``, ``cluster``, ``refresh_on_read``,
-        ``connect_timeout``; other query options go to redis-py. Keyword ``options`` win.
+        ``connect_timeout``, ``retries``, ``retry_backoff``, ``retry_deadline``; other query
+        options go to redis-py. Keyword ``options`` win.
         """
         parts = urlsplit(url)
         ours: dict[str, Any] = {}

@@ -42,6 +42,9 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "namespace": str,
     "ttl": int,
     "ttl_seconds": int,
+    "retries": int,
+    "retry_backoff": float,
+    "retry_deadline": float,
     "rest_retries": int,
     "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
 }
