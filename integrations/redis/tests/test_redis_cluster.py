@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from collections.abc import Callable, Iterator
@@ -126,3 +127,29 @@ def test_a_removal_of_corrupt_data_removes_it_and_names_key_position_and_data(
         store.clear()
         store.close()
         raw.close()
+
+
+def test_a_replayed_change_applies_nothing_and_returns_the_first_reply(
+    redis_cluster_url: str,
+) -> None:
+    """The same op (same op id) twice on the cluster: the record shares the conversation's
+    slot, and the second call changes nothing and returns what the first did.
+
+    If this fails: the record's key is not named in KEYS or hashes to another slot
+    (CROSSSLOT), or a replay is applied again.
+    """
+    store = RedisChatStore(redis_url=redis_cluster_url, namespace=_namespace(), cluster=True)
+    try:
+        store.set_messages("k", [ChatMessage(content=c) for c in "abcd"])
+        first = store._layout.pop_first("k", 2)
+        assert [m.content for m in store._run(first)] == ["a", "b"]
+        assert [m.content for m in store._run(first)] == ["a", "b"]
+        pop = store._layout.pop_last("k")
+        last = store._run(pop)
+        assert last is not None
+        assert last.content == "d"
+        assert store._run(pop) == last
+        assert [m.content for m in asyncio.run(store.aget_messages("k"))] == ["c"]
+    finally:
+        store.clear()
+        store.close()

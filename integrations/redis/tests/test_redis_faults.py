@@ -109,7 +109,7 @@ def test_connection_the_server_closed_while_idle_is_reopened(url: str) -> None:
 
 
 def test_a_timed_out_exchange_never_leaves_its_reply_behind(url: str) -> None:
-    store = RedisChatStore.from_url(url + "?socket_timeout=0.1", namespace="app:")
+    store = RedisChatStore.from_url(url + "?socket_timeout=0.1", namespace="app:", retries=0)
     store.add_messages("k", [ChatMessage(content="a"), ChatMessage(content="b")])
 
     blocker = threading.Thread(target=_block_the_server, args=(url,))

@@ -9,12 +9,18 @@ Shared by the redis and upstash stores: they differ only in how a script call tr
   and ``namespace + "\0expiry"`` (expiring members by expiry), lists this store's
   conversations (see :mod:`._scripts`). The names hold a NUL byte, which no conversation key
   may contain, so they can never collide with a conversation.
+* A conversation's record, a short LIST at ``namespace + key + "\0ops"``, remembers its
+  latest changes by operation id so that a change resent after a lost reply is applied
+  once (see :mod:`._scripts`); it expires a few minutes after the last change.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from llama_index.storage.chat_store.core import (
@@ -30,7 +36,16 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.redis import _scripts
 from llama_index.storage.chat_store.redis._scripts import Script
 
-__all__ = ["KEYS_PAGE_SIZE", "KeysPage", "ListLayout", "Op", "has_hash_tag", "reply_error"]
+__all__ = [
+    "KEYS_PAGE_SIZE",
+    "KeysPage",
+    "ListLayout",
+    "NotSentError",
+    "Op",
+    "has_hash_tag",
+    "new_op_id",
+    "reply_error",
+]
 
 T = TypeVar("T")
 KEYS_PAGE_SIZE = 100
@@ -38,6 +53,30 @@ KEYS_PAGE_SIZE = 100
 _INDEX = "\x00keys"
 _EXPIRY = "\x00expiry"
 _KEEP_EXPIRY = "-1"
+_RECORD = "\x00ops"
+
+
+class NotSentError(BackendUnavailableError):
+    """The request never reached the server (e.g. a refused connection): nothing was applied."""
+
+
+def _fresh_prefix() -> None:
+    global _op_prefix, _op_count  # per process: a forked child draws its own
+    _op_prefix, _op_count = os.urandom(8).hex(), itertools.count()
+
+
+_op_prefix, _op_count = "", itertools.count()
+_fresh_prefix()
+os.register_at_fork(after_in_child=_fresh_prefix)
+
+
+def new_op_id() -> str:
+    """Return a fresh operation id: hex text, unique across processes and calls.
+
+    A random prefix per process (a forked child draws its own) and a counter: a syscall
+    for every id would cost more than the rest of building a call.
+    """
+    return f"{_op_prefix}{next(_op_count):x}"
 
 
 @dataclass(slots=True)  # not frozen: built on every call, and frozen __init__ is slower
@@ -53,6 +92,8 @@ class Op(Generic[T]):
     decode: Callable[[Any], T]
     key: str | None = None
     """The conversation key, named in errors."""
+    mutates: bool = False
+    """A change carrying an op id: resent as is, it is applied at most once."""
 
 
 @dataclass(frozen=True)
@@ -83,13 +124,24 @@ class ListLayout:
         namespace: Prefix of every key ("" = LlamaIndex's raw keys).
         ttl_ms: Expiry after each change in milliseconds (0: never).
         refresh_on_read: Reads also slide the expiry.
+        record_ms: How long a conversation's record of changes outlives its last change:
+            longer than a store call may go on retrying.
     """
 
     namespace: str = ""
     ttl_ms: int = 0
     refresh_on_read: bool = False
+    record_ms: int = 300_000
 
-    @property
+    @cached_property
+    def _ttl_arg(self) -> str:
+        return str(self.ttl_ms)
+
+    @cached_property
+    def _record_arg(self) -> str:
+        return str(self.record_ms)
+
+    @cached_property
     def registry(self) -> tuple[str, str]:
         """The registry's keys: the index (every member) and the expiry set."""
         return self.namespace + _INDEX, self.namespace + _EXPIRY
@@ -103,8 +155,13 @@ class ListLayout:
     ) -> Op[T]:
         return Op(script, (self.conversation(key), *self.registry), (key, *args), decode, key)
 
-    def _write(self) -> str:
-        return str(self.ttl_ms)
+    def _change(
+        self, script: Script, key: str, args: Sequence[str], decode: Callable[[Any], T]
+    ) -> Op[T]:
+        conv = self.conversation(key)
+        keys = (conv, *self.registry, conv + _RECORD)
+        head = (key, self._ttl_arg, new_op_id(), self._record_arg)
+        return Op(script, keys, (*head, *args), decode, key, mutates=True)
 
     def _read(self) -> str:
         return str(self.ttl_ms) if self.refresh_on_read and self.ttl_ms else _KEEP_EXPIRY
@@ -113,39 +170,31 @@ class ListLayout:
 
     def append(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
         """Append ``messages`` (at least one)."""
-        return self._call(
-            _scripts.APPEND, key, [self._write(), *map(message_to_json, messages)], _none
-        )
+        return self._change(_scripts.APPEND, key, [*map(message_to_json, messages)], _none)
 
     def insert(self, key: str, idx: int, message: ChatMessage) -> Op[None]:
         """Insert ``message`` before position ``idx`` (``list.insert`` semantics)."""
-        args = [self._write(), str(idx), message_to_json(message)]
-        return self._call(_scripts.INSERT, key, args, _none)
+        return self._change(_scripts.INSERT, key, [str(idx), message_to_json(message)], _none)
 
     def replace(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
         """Replace the conversation (no messages: remove it)."""
-        args = [self._write(), *map(message_to_json, messages)]
-        return self._call(_scripts.REPLACE, key, args, _none)
+        return self._change(_scripts.REPLACE, key, [*map(message_to_json, messages)], _none)
 
     def delete_all(self, key: str) -> Op[list[ChatMessage]]:
         """Remove the conversation; the reply is its messages."""
-        return self._call(
-            _scripts.DELETE_ALL, key, [self._write()], _messages(key, 0, removed=True)
-        )
+        return self._change(_scripts.DELETE_ALL, key, [], _messages(key, 0, removed=True))
 
     def delete_at(self, key: str, idx: int) -> Op[ChatMessage | None]:
         """Remove the message at ``idx``; the reply is that message or ``None``."""
-        return self._call(_scripts.DELETE_AT, key, [self._write(), str(idx)], _positioned(key))
+        return self._change(_scripts.DELETE_AT, key, [str(idx)], _positioned(key))
 
     def pop_last(self, key: str) -> Op[ChatMessage | None]:
         """Remove the last message; the reply is that message or ``None``."""
-        return self._call(_scripts.POP_LAST, key, [self._write()], _positioned(key))
+        return self._change(_scripts.POP_LAST, key, [], _positioned(key))
 
     def pop_first(self, key: str, n: int) -> Op[list[ChatMessage]]:
         """Remove the first ``n`` (> 0) messages; the reply is them, oldest first."""
-        return self._call(
-            _scripts.POP_FIRST, key, [self._write(), str(n)], _messages(key, 0, removed=True)
-        )
+        return self._change(_scripts.POP_FIRST, key, [str(n)], _messages(key, 0, removed=True))
 
     def adopt(self, key: str) -> Op[bool]:
         """Register an existing list at ``key`` keeping its expiry; the reply says if it was one."""

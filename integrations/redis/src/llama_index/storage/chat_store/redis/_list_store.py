@@ -7,6 +7,9 @@ the statements, replies, checks and paging are written once, here and in :mod:`.
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import cached_property
@@ -15,6 +18,7 @@ from typing import Any, TypeVar
 from pydantic import AliasChoices, Field
 
 from llama_index.storage.chat_store.core import (
+    BackendUnavailableError,
     BaseChatStore,
     Capability,
     ChatMessage,
@@ -24,7 +28,7 @@ from llama_index.storage.chat_store.core import (
     coerce_messages,
 )
 from llama_index.storage.chat_store.core.store import check_window
-from llama_index.storage.chat_store.redis._layout import KeysPage, ListLayout, Op
+from llama_index.storage.chat_store.redis._layout import KeysPage, ListLayout, NotSentError, Op
 
 __all__ = ["ListChatStore"]
 
@@ -35,6 +39,26 @@ def _index(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__qualname__}")
     return value
+
+
+_RECORD_MS = 300_000
+"""Least time a conversation's record of changes outlives its last change."""
+
+
+def _gave_up(op: Op[Any], failures: list[BackendUnavailableError], spent: float) -> Exception:
+    """The error for a call whose every attempt failed, saying what became of a change."""
+    tries = f"{len(failures)} attempt(s) in {spent:.1f} s"
+    if not op.mutates:
+        outcome = ""
+    elif all(isinstance(exc, NotSentError) for exc in failures):
+        outcome = "; nothing was applied (no attempt reached the server)"
+    else:
+        outcome = (
+            "; the outcome is unknown: the change was applied once or not at all (read the "
+            "conversation to know)"
+        )
+    cls = NotSentError if outcome.startswith("; nothing") else BackendUnavailableError
+    return cls(f"{failures[-1]} (gave up after {tries}{outcome})")
 
 
 def _glob_escape(text: str) -> str:
@@ -53,6 +77,16 @@ class ListChatStore(BaseChatStore):
     so corrupt data can always be deleted), then raises :class:`CorruptDataError` naming
     the key and the first unreadable position it removed, with the raw data on ``data``.
     ``set_messages(key, [])`` removes a conversation without reading it.
+
+    A call that fails on the way (a dropped connection, a timeout, a server busy loading) is
+    retried by the store, up to ``retries`` more times with exponential backoff and jitter
+    (from ``retry_backoff`` seconds, doubling) within ``retry_deadline`` seconds. Every
+    change carries an operation id, made once per call and checked in the same script that
+    applies it, so a retry of a change whose reply was lost applies nothing twice and
+    returns what the first attempt returned (a removal returns the messages it removed).
+    When the retries run out the call raises :class:`BackendUnavailableError`, whose message
+    says whether the change was applied: "nothing was applied" when no attempt reached
+    the server, otherwise "the outcome is unknown" (it was applied once or not at all).
     """
 
     namespace: str = ""
@@ -61,11 +95,19 @@ class ListChatStore(BaseChatStore):
     """Seconds a conversation lives after its last change (``None``: forever)."""
     refresh_on_read: bool = False
     """Reads also push the expiry to now + ttl."""
+    retries: int = Field(default=3, ge=0)
+    """Times a call that failed for want of the server is tried again (0: never)."""
+    retry_backoff: float = Field(default=0.05, ge=0)
+    """Seconds before the first retry, doubling for each next one (jittered)."""
+    retry_deadline: float = Field(default=10.0, gt=0)
+    """Seconds after which a failing call stops retrying."""
 
     @cached_property
     def _layout(self) -> ListLayout:
         ttl_ms = 0 if self.ttl is None else self.ttl * 1000
-        return ListLayout(self.namespace, ttl_ms, self.refresh_on_read)
+        # The record of changes must outlive every retry of a call.
+        record_ms = max(_RECORD_MS, int(self.retry_deadline * 2000))
+        return ListLayout(self.namespace, ttl_ms, self.refresh_on_read, record_ms)
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -89,10 +131,42 @@ class ListChatStore(BaseChatStore):
         """Yield the names of LIST keys matching the glob ``pattern`` (may repeat a name)."""
 
     def _run(self, op: Op[T]) -> T:
-        return op.decode(self._execute(op))
+        try:
+            return op.decode(self._execute(op))
+        except BackendUnavailableError as exc:
+            failures = [exc]
+        start = time.monotonic()
+        for delay in self._delays(start):
+            time.sleep(delay)
+            try:
+                return op.decode(self._execute(op))
+            except BackendUnavailableError as exc:
+                failures.append(exc)
+        raise _gave_up(op, failures, time.monotonic() - start) from failures[-1]
 
     async def _arun(self, op: Op[T]) -> T:
-        return op.decode(await self._aexecute(op))
+        try:
+            return op.decode(await self._aexecute(op))
+        except BackendUnavailableError as exc:
+            failures = [exc]
+        start = time.monotonic()
+        for delay in self._delays(start):
+            await asyncio.sleep(delay)
+            try:
+                return op.decode(await self._aexecute(op))
+            except BackendUnavailableError as exc:
+                failures.append(exc)
+        raise _gave_up(op, failures, time.monotonic() - start) from failures[-1]
+
+    def _delays(self, start: float) -> Iterator[float]:
+        """Yield the waits before each retry: doubling, jittered, within the deadline."""
+        end = start + self.retry_deadline
+        for attempt in range(self.retries):
+            base = self.retry_backoff * 2**attempt
+            delay = base / 2 + random.uniform(0, base / 2)
+            if time.monotonic() + delay >= end:
+                return
+            yield delay
 
     # -- the calls, built once for both paths -----------------------------------------------
 

@@ -18,6 +18,14 @@ The registry is two sorted sets beside the conversations:
   milliseconds, so entries of expired conversations are found and removed by score
   (a few on every write, all on every listing) instead of piling up.
 
+Scripts that change a conversation (the mutations) take a fourth key, the conversation's
+record, and two more arguments, ``ARGV[3]`` an operation id (random, one per store call)
+and ``ARGV[4]`` how long in milliseconds the record outlives the conversation's last
+change; their own arguments start at ``ARGV[5]``. A mutation whose op id is in the record
+was applied already: it changes nothing and returns what it returned then, so a store
+may resend a call whose reply was lost. The record remembers the last
+:data:`RECORD_SIZE` mutations of its conversation.
+
 A member is listed only while its conversation exists, which Redis's own key expiry
 decides exactly; the index and the expiry set themselves expire with their longest-lived
 conversation.
@@ -39,6 +47,7 @@ __all__ = [
     "KEYS_PAGE",
     "POP_FIRST",
     "POP_LAST",
+    "RECORD_SIZE",
     "REPLACE",
     "WINDOW",
     "Script",
@@ -133,46 +142,74 @@ def _conversation(name: str, body: str) -> Script:
     return Script(name, _CONVERSATION + body)
 
 
-APPEND = _conversation(
+RECORD_SIZE = 32
+"""How many of a conversation's latest changes its record remembers, at least."""
+
+# A change applied once, whatever happens to its reply: the record is a LIST of
+# ``op id, packed reply`` pairs, newest first, next to the conversation (its slot in a
+# cluster). A replay finds its op id, applies nothing and returns the first reply (msgpack
+# keeps a removal's messages byte for byte). A packed reply never equals an op id, which is
+# hex text: msgpack's false and arrays start with a byte above 0x7f. The record is trimmed
+# only once it holds half as many again as it keeps: every redis.call costs.
+_MUTATION = r"""
+local rec, op = KEYS[4], ARGV[3]
+local seen = redis.call('LPOS', rec, op)
+if seen then return cmsgpack.unpack(redis.call('LINDEX', rec, seen + 1)) end
+local reply = apply()
+local packed = '\194'  -- msgpack's false: the reply of a change that returns nothing
+if reply then packed = cmsgpack.pack(reply) else reply = false end
+if redis.call('LPUSH', rec, packed, op) > __TRIM_AT__ then
+  redis.call('LTRIM', rec, 0, __LAST__)
+end
+redis.call('PEXPIRE', rec, ARGV[4])
+return reply
+""".replace("__TRIM_AT__", str(3 * RECORD_SIZE)).replace("__LAST__", str(2 * RECORD_SIZE - 1))
+
+
+def _mutation(name: str, body: str) -> Script:
+    return Script(name, _CONVERSATION + "local function apply()\n" + body + "end\n" + _MUTATION)
+
+
+APPEND = _mutation(
     "append",
     r"""
-touch(push(3))
+touch(push(5))
 """,
 )
-"""ARGV[3..]: messages to append."""
+"""ARGV[5..]: messages to append."""
 
-INSERT = _conversation(
+INSERT = _mutation(
     "insert",
     r"""
 local n = redis.call('LLEN', conv)
-local i = tonumber(ARGV[3])
+local i = tonumber(ARGV[5])
 if i < 0 then i = math.max(n + i, 0) end
 if i >= n then
-  redis.call('RPUSH', conv, ARGV[4])
+  redis.call('RPUSH', conv, ARGV[6])
 elseif i == 0 then
-  redis.call('LPUSH', conv, ARGV[4])
+  redis.call('LPUSH', conv, ARGV[6])
 else
   local kept = redis.call('LINDEX', conv, i)
   redis.call('LSET', conv, i, TOMBSTONE)
-  redis.call('LINSERT', conv, 'BEFORE', TOMBSTONE, ARGV[4])
+  redis.call('LINSERT', conv, 'BEFORE', TOMBSTONE, ARGV[6])
   redis.call('LSET', conv, i + 1, kept)
 end
 touch(n + 1)
 """,
 )
-"""ARGV[3]: index (``list.insert`` semantics), ARGV[4]: the message."""
+"""ARGV[5]: index (``list.insert`` semantics), ARGV[6]: the message."""
 
-REPLACE = _conversation(
+REPLACE = _mutation(
     "replace",
     r"""
 redis.call('LLEN', conv)  -- WRONGTYPE instead of destroying a value that is not a conversation
 redis.call('DEL', conv)
-touch(push(3))
+touch(push(5))
 """,
 )
-"""ARGV[3..]: the new messages (none: the conversation is removed)."""
+"""ARGV[5..]: the new messages (none: the conversation is removed)."""
 
-DELETE_ALL = _conversation(
+DELETE_ALL = _mutation(
     "delete_all",
     r"""
 local items = redis.call('LRANGE', conv, 0, -1)
@@ -183,11 +220,11 @@ return items
 )
 """Returns every message, oldest first."""
 
-DELETE_AT = _conversation(
+DELETE_AT = _mutation(
     "delete_at",
     r"""
 local n = redis.call('LLEN', conv)
-local i = tonumber(ARGV[3])
+local i = tonumber(ARGV[5])
 if i < 0 then i = n + i end
 if i < 0 or i >= n then return false end
 local item
@@ -204,9 +241,9 @@ touch(n - 1)
 return {item, i}
 """,
 )
-"""ARGV[3]: index (negative from the end). Returns ``[message, position]`` or nil."""
+"""ARGV[5]: index (negative from the end). Returns ``[message, position]`` or nil."""
 
-POP_LAST = _conversation(
+POP_LAST = _mutation(
     "pop_last",
     r"""
 local item = redis.call('RPOP', conv)
@@ -218,16 +255,16 @@ return {item, position}
 )
 """Returns ``[message, position]`` or nil."""
 
-POP_FIRST = _conversation(
+POP_FIRST = _mutation(
     "pop_first",
     r"""
-local items = redis.call('LPOP', conv, ARGV[3])
+local items = redis.call('LPOP', conv, ARGV[5])
 if not items then return {} end
 touch(redis.call('LLEN', conv))
 return items
 """,
 )
-"""ARGV[3]: how many (> 0). Returns the messages removed, oldest first."""
+"""ARGV[5]: how many (> 0). Returns the messages removed, oldest first."""
 
 WINDOW = _conversation(
     "window",

@@ -24,7 +24,12 @@ from llama_index.storage.chat_store.core import (
     PerLoop,
     mask_url,
 )
-from llama_index.storage.chat_store.redis._layout import Op, has_hash_tag, reply_error
+from llama_index.storage.chat_store.redis._layout import (
+    NotSentError,
+    Op,
+    has_hash_tag,
+    reply_error,
+)
 from llama_index.storage.chat_store.redis._list_store import ListChatStore
 from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.backoff import NoBackoff
@@ -55,6 +60,9 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "namespace": str,
     "ttl": int,
     "ttl_seconds": int,
+    "retries": int,
+    "retry_backoff": float,
+    "retry_deadline": float,
     "cluster": lambda v: v.lower() in {"1", "true", "yes", "on"},
     "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
     "connect_timeout": float,
@@ -141,6 +149,10 @@ def _join(scheme: str, netloc: str, path: str, query: str) -> str:
     return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
 
 
+class _NotSent(Exception):  # noqa: N818 (a signal inside the transport, never raised out)
+    """Raised from a connection error that happened before the request was sent."""
+
+
 class _Direct:
     """Script calls over a single server's pooled connections, without redis-py's layers.
 
@@ -175,8 +187,18 @@ class _Direct:
         return conn
 
     def call(self, op: Op[Any]) -> Any:
-        """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it)."""
+        """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it).
+
+        Raises:
+            _NotSent: Connecting failed; the request never left.
+        """
         conn = self._connection()
+        if conn._sock is None:
+            try:
+                conn.connect()  # type: ignore[no-untyped-call,unused-ignore]
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._idle.append((monotonic(), conn))
+                raise _NotSent from exc
         try:
             conn.send_packed_command((_packed(op),), False)  # type: ignore[no-untyped-call,unused-ignore]
             try:
@@ -228,8 +250,18 @@ class _AsyncDirect:
         return conn
 
     async def call(self, op: Op[Any]) -> Any:
-        """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it)."""
+        """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it).
+
+        Raises:
+            _NotSent: Connecting failed; the request never left.
+        """
         conn = await self._connection()
+        if not conn.is_connected:
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call,unused-ignore]
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._idle.append((monotonic(), conn))
+                raise _NotSent from exc
         try:
             await conn.send_packed_command((_packed(op),), False)
             try:
@@ -310,8 +342,12 @@ class RedisChatStore(ListChatStore):
     Constructing the store never connects; the first operation does. Clients are created
     lazily, the async one per event loop. Redis errors become core errors:
     ``BackendUnavailableError`` (unreachable), ``AuthenticationError`` (bad password),
-    ``CorruptDataError`` (a key holding something other than messages). Commands are never
-    retried automatically (a retried append could duplicate a message).
+    ``CorruptDataError`` (a key holding something other than messages). A call that loses
+    its connection is retried by the store with the same operation id, so a change is
+    applied at most once even when its reply was lost (``retries``, ``retry_backoff``,
+    ``retry_deadline``; see :class:`ListChatStore`). redis-py's own retries stay off on
+    the clients the store builds; the retries of an injected client or of Redis Cluster's
+    client are harmless for the same reason.
 
     Args:
         redis_url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL. A password in it is
@@ -424,7 +460,8 @@ class RedisChatStore(ListChatStore):
 
         ``rediss://`` connects with TLS, ``unix:///path/redis.sock?db=0`` through a socket.
         Query options of the store: ``namespace``, ``ttl``, ``cluster``, ``refresh_on_read``,
-        ``connect_timeout``; other query options go to redis-py. Keyword ``options`` win.
+        ``connect_timeout``, ``retries``, ``retry_backoff``, ``retry_deadline``; other query
+        options go to redis-py. Keyword ``options`` win.
         """
         parts = urlsplit(url)
         ours: dict[str, Any] = {}
@@ -456,7 +493,7 @@ class RedisChatStore(ListChatStore):
         if self.password is not None:
             options["password"] = self.password.get_secret_value()
         if not self.cluster:
-            # A retried append could store a message twice; callers see the failure instead.
+            # The store retries itself, with backoff and a deadline: no retries underneath.
             options["retry"] = Retry(NoBackoff(), 0)
         return {**options, **self.client_options}
 
@@ -476,6 +513,11 @@ class RedisChatStore(ListChatStore):
         return self._own_sync.get().client
 
     def _error(self, exc: Exception, op: Op[Any] | None = None) -> ChatStoreError:
+        if isinstance(exc, _NotSent) and isinstance(exc.__cause__, Exception):
+            error = self._error(exc.__cause__, op)
+            if type(error) is BackendUnavailableError:
+                return NotSentError(str(error))
+            return error
         where = self._where()
         if isinstance(exc, redis.AuthenticationError):
             return AuthenticationError(f"{where} rejected the credentials: {exc}")
@@ -507,7 +549,7 @@ class RedisChatStore(ListChatStore):
                 return client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
             except NoScriptError:
                 return client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
-        except (RedisError, RedisClusterException) as exc:
+        except (RedisError, RedisClusterException, _NotSent) as exc:
             raise self._error(exc, op) from exc
 
     async def _aexecute(self, op: Op[Any]) -> Any:
@@ -527,7 +569,7 @@ class RedisChatStore(ListChatStore):
                 return await client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
             except NoScriptError:
                 return await client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
-        except (RedisError, RedisClusterException) as exc:
+        except (RedisError, RedisClusterException, _NotSent) as exc:
             raise self._error(exc, op) from exc
 
     def _scan_lists(self, pattern: str) -> Iterator[str]:

@@ -23,7 +23,7 @@ from llama_index.storage.chat_store.core import (
     Lazy,
     PerLoop,
 )
-from llama_index.storage.chat_store.redis._layout import Op, reply_error
+from llama_index.storage.chat_store.redis._layout import NotSentError, Op, reply_error
 from llama_index.storage.chat_store.redis._list_store import ListChatStore
 
 if TYPE_CHECKING:
@@ -42,6 +42,9 @@ _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "namespace": str,
     "ttl": int,
     "ttl_seconds": int,
+    "retries": int,
+    "retry_backoff": float,
+    "retry_deadline": float,
     "rest_retries": int,
     "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
 }
@@ -68,14 +71,21 @@ class UpstashChatStore(ListChatStore):
         ttl: Seconds a conversation lives after its last change (alias ``ttl_seconds``).
         namespace: Prefix of every key; "" (default) uses the raw keys, as LlamaIndex does.
         refresh_on_read: Reads also push the expiry forward.
-        rest_retries: Times the client retries a failed request (a retried write may apply
-            twice if the first attempt reached the server; 0 never retries).
-        rest_retry_interval: Seconds between retries.
+        rest_retries: Times upstash-redis itself retries a failed request (default 0: the
+            store's own retries, ``retries`` / ``retry_backoff`` / ``retry_deadline``, do it
+            with backoff and a deadline). Harmless either way: every change carries an
+            operation id, so a resent change is applied once.
+        rest_retry_interval: Seconds between upstash-redis's retries.
+
+    A change whose reply is lost (a dropped connection after Upstash applied it) is
+    retried with the same operation id: it is applied once and the call returns what the
+    first attempt did. When retries run out, ``BackendUnavailableError`` says whether the
+    change was applied (see ``ListChatStore``).
     """
 
     redis_url: str = ""
     redis_token: SecretStr | None = Field(default=None, exclude=True)
-    rest_retries: int = Field(default=1, ge=0)
+    rest_retries: int = Field(default=0, ge=0)
     rest_retry_interval: float = Field(default=3.0, ge=0)
 
     # cached_property, not PrivateAttr: a pydantic private attribute costs about a
@@ -162,6 +172,8 @@ class UpstashChatStore(ListChatStore):
             if any(word in str(exc).lower() for word in _UNAVAILABLE_WORDS):
                 return BackendUnavailableError(f"{self._where()} cannot serve requests: {exc}")
             return reply_error(str(exc), op, self._where())
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return NotSentError(f"cannot reach {self._where()}: {exc!r}")
         if isinstance(exc, httpx.HTTPError | OSError):
             return BackendUnavailableError(f"cannot reach {self._where()}: {exc!r}")
         # A reply that is not JSON: a proxy or gateway answered instead of Upstash.

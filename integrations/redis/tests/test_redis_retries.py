@@ -1,0 +1,151 @@
+"""RedisChatStore when a connection drops mid-call: every change applied exactly once.
+
+A fault proxy (the testing package's) sits between the store and a real redis-server and
+cuts one script call: before it reaches the server (DROP_REQUEST) or after the server
+applied it and answered (DROP_REPLY). The store retries with the same operation id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
+from llama_index.storage.chat_store.redis import RedisChatStore
+from llama_index.storage.chat_store.testing.changes import BEFORE, CHANGES, apply_change
+from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
+from llama_index.storage.chat_store.testing.samples import numbered
+from llama_index.storage.chat_store.testing.services import free_port
+
+NEW = numbered(2, prefix="new")
+Store = RedisChatStore
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[FaultProxy]:
+    where = urlsplit(redis_url)
+    assert where.hostname is not None
+    with FaultProxy(where.hostname, where.port or 6379) as proxy:
+        yield proxy
+
+
+def _proxied_url(redis_url: str, proxy: FaultProxy) -> str:
+    where = urlsplit(redis_url)
+    userinfo = where.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{proxy.host}:{proxy.port}" if userinfo else f"{proxy.host}:{proxy.port}"
+    return f"{where.scheme}://{netloc}{where.path}"
+
+
+# The LlamaIndex layout (raw keys, no expiry) and a namespaced one with an expiry.
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "llama_index": {},
+    "namespaced": {"namespace": "retries:", "ttl": 600},
+}
+
+
+@pytest.fixture(params=sorted(LAYOUTS))
+def store(request: pytest.FixtureRequest, redis_url: str, proxy: FaultProxy) -> Iterator[Store]:
+    with RedisChatStore(redis_url=_proxied_url(redis_url, proxy), **LAYOUTS[request.param]) as s:
+        yield s
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("kind", [FaultKind.DROP_REQUEST, FaultKind.DROP_REPLY])
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_change_cut_by_a_dropped_connection_applies_once(
+    store: Store, proxy: FaultProxy, change: str, kind: FaultKind, mode: str
+) -> None:
+    """A change whose request or reply is lost ends as one application, and returns its value.
+
+    If this fails: the retry is not sent with the same op id, or the script's record of op
+    ids is not checked before applying (a duplicate), or a replay does not return the
+    recorded reply (a removal returning nothing).
+    """
+    key = f"conv-{uuid.uuid4().hex}"
+    store.set_messages(key, BEFORE)
+    fault = proxy.inject(kind, match=rb"EVALSHA")
+    returned = apply_change(store, change, key, asynchronous=mode == "async")
+    assert fault.fired == 1, "the script call was never seen: the pattern no longer matches"
+    assert store.get_messages(key) == CHANGES[change].after
+    assert returned == CHANGES[change].returns
+
+
+def test_a_redis_append_whose_reply_is_lost_is_stored_once(store: Store, proxy: FaultProxy) -> None:
+    """The case of issue 15: the append landed, its reply was lost; the retry stores nothing.
+
+    If this fails: an acknowledged add_message stores a message twice after a lost reply.
+    """
+    store.add_message("k", ChatMessage(content="first"))
+    fault = proxy.inject(FaultKind.DROP_REPLY, match=rb"EVALSHA")
+    store.add_message("k", ChatMessage(content="second"))
+    assert fault.fired == 1
+    assert [m.content for m in store.get_messages("k")] == ["first", "second"]
+    store.delete_messages("k")
+
+
+def test_without_retries_a_lost_reply_says_the_outcome_is_unknown(
+    redis_url: str, proxy: FaultProxy
+) -> None:
+    """retries=0: a lost reply raises BackendUnavailableError that does not claim a failure.
+
+    If this fails: the error no longer tells the caller the change may have landed.
+    """
+    with RedisChatStore(redis_url=_proxied_url(redis_url, proxy), retries=0) as store:
+        key = f"conv-{uuid.uuid4().hex}"
+        proxy.inject(FaultKind.DROP_REPLY, match=rb"EVALSHA")
+        with pytest.raises(BackendUnavailableError, match="outcome is unknown"):
+            store.add_message(key, ChatMessage(content="x"))
+        assert [m.content for m in store.get_messages(key)] == ["x"]
+        store.delete_messages(key)
+
+
+def test_retries_that_never_reach_the_server_say_nothing_was_applied() -> None:
+    """An unreachable server: every attempt fails to connect, so nothing was applied.
+
+    If this fails: a refused connection is reported as an unknown outcome (or not retried).
+    """
+    store = RedisChatStore(redis_url=f"redis://127.0.0.1:{free_port()}", retries=2)
+    for call in (
+        lambda: store.add_message("k", ChatMessage(content="x")),
+        lambda: asyncio.run(store.adelete_messages("k")),
+    ):
+        with pytest.raises(BackendUnavailableError, match=r"3 attempt.*nothing was applied"):
+            call()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_replayed_script_call_applies_nothing_and_returns_the_first_reply(
+    redis_url: str, layout: str
+) -> None:
+    """The same op (same op id) run twice: the second changes nothing, returns the same.
+
+    If this fails: the record of op ids is not written with the change, or its key is wrong.
+    """
+    with RedisChatStore(redis_url=redis_url, **LAYOUTS[layout]) as store:
+        key = f"conv-{uuid.uuid4().hex}"
+        store.set_messages(key, BEFORE)
+        pop = store._layout.pop_first(key, 2)
+        assert store._run(pop) == BEFORE[:2]
+        assert store._run(pop) == BEFORE[:2]
+        append = store._layout.append(key, NEW)
+        store._run(append)
+        store._run(append)
+        assert store.get_messages(key) == [*BEFORE[2:], *NEW]
+        store.delete_messages(key)
+
+
+def test_retry_options_from_arguments_and_urls_and_unknown_ones_refused() -> None:
+    """The retry policy is configurable like any field; a misspelt option stays an error.
+
+    If this fails: a retry option is dropped on the way, or unknown arguments pass silently.
+    """
+    store = RedisChatStore.from_url("redis://127.0.0.1:1/0?retries=5&retry_deadline=2.5")
+    assert (store.retries, store.retry_deadline, store.retry_backoff) == (5, 2.5, 0.05)
+    assert RedisChatStore(retries=0).retries == 0
+    with pytest.raises(TypeError, match="retrys"):
+        RedisChatStore(retrys=1)
