@@ -254,7 +254,7 @@ def run_round(
         if not paused:
             pause()  # A finished before request ``at``: B runs after it
         b_thread.join(timeout=_WAIT)
-    final = [m.content for m in b_store.get_messages(key)]
+    final = texts(b_store.get_messages(key))
     return (outcome["a"], outcome["b"], final), gate.calls
 
 
