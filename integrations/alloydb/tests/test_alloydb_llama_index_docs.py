@@ -4,8 +4,8 @@ LlamaIndex mode only (the block hands the store to LlamaIndex's ChatMemoryBuffer
 SimpleChatEngine; llama-index-core's MockLLM stands in for Vertex). The page imports from
 Google's ``llama_index_alloydb_pg``; ours is ``llama_index.storage.chat_store.alloydb``, with
 the same names and calls. ``from_instance`` runs as written: AlloyDB's default connectors are
-replaced by the local ones of the suite, which reach the session's PostgreSQL. The block's
-chat engine part, the same for Cloud SQL, is the suite's ``simple_chat_engine_turn``.
+replaced by the local ones of the suite, which reach the session's PostgreSQL. The block,
+the same for Cloud SQL but for its names, is the suite's ``check_google_cloud_block``.
 """
 
 from __future__ import annotations
@@ -53,28 +53,18 @@ def test_docs_alloydb_chat_store_in_simple_chat_engine(
     If this fails: the engine or store does not take the page's keywords, the table is not
     created, or the store is not LlamaIndex's BaseChatStore.
     """
-    from llama_index.storage.chat_store.testing.llama_index_docs import (
-        check_simple_chat_engine_turn,
-    )
+    from llama_index.storage.chat_store.testing.llama_index_docs import check_google_cloud_block
 
-    DATABASE, TABLE_NAME = database, google_cloud_table  # noqa: N806 (the page's placeholders)
-
-    engine = AlloyDBEngine.from_instance(
+    check_google_cloud_block(
+        AlloyDBEngine,
+        AlloyDBChatStore,
+        capsys,
+        table_name=google_cloud_table,
         project_id=PROJECT_ID,
         region=REGION,
         cluster=CLUSTER,
         instance=INSTANCE,
-        database=DATABASE,
+        database=database,
         user=USER,
         password=PASSWORD,
     )
-
-    engine.init_chat_store_table(table_name=TABLE_NAME)
-
-    chat_store = AlloyDBChatStore.create_sync(
-        engine=engine,
-        table_name=TABLE_NAME,
-    )
-
-    check_simple_chat_engine_turn(chat_store, capsys)
-    chat_store.close()

@@ -5,7 +5,7 @@ SimpleChatEngine; llama-index-core's MockLLM stands in for Vertex). The page imp
 Google's ``llama_index_cloud_sql_pg``; ours is ``llama_index.storage.chat_store.cloud_sql``,
 with the same names and calls. ``from_instance`` runs as written: Cloud SQL's default
 connectors are replaced by the suite's local one, which reaches the session's PostgreSQL. The
-block's chat engine part, the same for AlloyDB, is the suite's ``simple_chat_engine_turn``.
+block, the same for AlloyDB but for its names, is the suite's ``check_google_cloud_block``.
 """
 
 from __future__ import annotations
@@ -44,27 +44,17 @@ def test_docs_cloud_sql_chat_store_in_simple_chat_engine(
     If this fails: the engine or store does not take the page's keywords, the table is not
     created, or the store is not LlamaIndex's BaseChatStore.
     """
-    from llama_index.storage.chat_store.testing.llama_index_docs import (
-        check_simple_chat_engine_turn,
-    )
+    from llama_index.storage.chat_store.testing.llama_index_docs import check_google_cloud_block
 
-    DATABASE, TABLE_NAME = database, google_cloud_table  # noqa: N806 (the page's placeholders)
-
-    engine = PostgresEngine.from_instance(
+    check_google_cloud_block(
+        PostgresEngine,
+        PostgresChatStore,
+        capsys,
+        table_name=google_cloud_table,
         project_id=PROJECT_ID,
         region=REGION,
         instance=INSTANCE,
-        database=DATABASE,
+        database=database,
         user=USER,
         password=PASSWORD,
     )
-
-    engine.init_chat_store_table(table_name=TABLE_NAME)
-
-    chat_store = PostgresChatStore.create_sync(
-        engine=engine,
-        table_name=TABLE_NAME,
-    )
-
-    check_simple_chat_engine_turn(chat_store, capsys)
-    chat_store.close()

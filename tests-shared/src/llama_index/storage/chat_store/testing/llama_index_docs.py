@@ -42,7 +42,12 @@ from llama_index.core.storage.chat_store import SimpleChatStore as LlamaIndexSim
 from llama_index.core.tools import FunctionTool
 from llama_index.storage.chat_store.core import BaseChatStore
 
-__all__ = ["LlamaIndexDocsTests", "check_simple_chat_engine_turn", "simple_chat_engine_turn"]
+__all__ = [
+    "LlamaIndexDocsTests",
+    "check_google_cloud_block",
+    "check_simple_chat_engine_turn",
+    "simple_chat_engine_turn",
+]
 
 _OPENAI_MISSING = (
     "this test converts messages with llama-index-llms-openai, which is not installed: install "
@@ -185,6 +190,37 @@ def check_simple_chat_engine_turn(
     simple_chat_engine_turn(chat_store)
     assert capsys.readouterr().out == f"{_REPLY}\n"
     assert [m.content for m in chat_store.get_messages("user1")] == ["Hello.", _REPLY]
+
+
+def check_google_cloud_block(
+    engine_class: Any,
+    store_class: Any,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    table_name: str,
+    **instance: str,
+) -> None:
+    """The page's AlloyDB / Cloud SQL block: ``from_instance``, the table, ``create_sync``, a turn.
+
+    Args:
+        engine_class: ``AlloyDBEngine`` or Cloud SQL's ``PostgresEngine``.
+        store_class: ``AlloyDBChatStore`` or Cloud SQL's ``PostgresChatStore``.
+        capsys: pytest's fixture (the turn's printed reply is checked).
+        table_name: The page's ``TABLE_NAME``.
+        instance: ``from_instance``'s keywords as the page writes them (project, region,
+            instance, database, user, password; ``cluster`` for AlloyDB).
+    """
+    engine = engine_class.from_instance(**instance)
+
+    engine.init_chat_store_table(table_name=table_name)
+
+    chat_store = store_class.create_sync(
+        engine=engine,
+        table_name=table_name,
+    )
+
+    check_simple_chat_engine_turn(chat_store, capsys)
+    chat_store.close()
 
 
 class LlamaIndexDocsTests:
