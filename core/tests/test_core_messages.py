@@ -25,8 +25,10 @@ from llama_index.storage.chat_store.core import (
     coerce_messages,
     copy_message,
     copy_messages,
+    corrupt_data_remedy,
     message_from_json,
     message_to_json,
+    messages_removed,
 )
 from llama_index.storage.chat_store.testing import every_block_type, tricky_messages
 from llama_index.storage.chat_store.testing.samples import (
@@ -100,6 +102,55 @@ def test_unknown_roles_and_blocks_survive() -> None:
 def test_unknown_roles_and_blocks_raise_serialization_error_naming_key_and_position() -> None:
     with pytest.raises(SerializationError, match=r"'k' position 4.*'critic'"):
         message_from_json(UNKNOWN_TYPES_JSON, key="k", position=4)
+
+
+@llama_index_only
+def test_a_message_llama_index_cannot_hold_is_said_intact_on_read_removed_on_removal() -> None:
+    """A read's SerializationError says the data is intact; a removal's says it was removed.
+
+    Both hold key, position and the data as stored. If this fails: a store that removes such
+    a message before parsing the reply (one script or statement) claims it is still stored.
+    """
+    with pytest.raises(SerializationError) as read:
+        message_from_json(UNKNOWN_TYPES_JSON, key="k", position=4)
+    assert "intact" in str(read.value)
+    assert (read.value.key, read.value.position, read.value.data) == ("k", 4, UNKNOWN_TYPES_JSON)
+    good = message_to_json(ChatMessage(content="ok"))
+    with pytest.raises(SerializationError) as removal:
+        messages_removed("k", [(3, good), (4, UNKNOWN_TYPES_JSON)], storage="Somewhere")
+    text = str(removal.value)
+    assert "intact" not in text
+    assert "'k' position 4" in text
+    assert "removed from Somewhere" in text
+    assert (removal.value.key, removal.value.position) == ("k", 4)
+    assert removal.value.data == UNKNOWN_TYPES_JSON
+
+
+def test_corrupt_data_says_how_to_remove_it_on_read_and_that_it_was_removed_on_removal() -> None:
+    """Core builds both texts: a read's remedy, a removal's "removed" with the data kept.
+
+    If this fails: backends would each word (or forget) these, as they once did.
+    """
+    bad = b'{"role": "user", "blocks": 42}'
+    with pytest.raises(CorruptDataError) as read:
+        message_from_json(bad, key="k", position=1)
+    assert str(read.value).endswith(f"({corrupt_data_remedy('k')})")
+    assert read.value.data == bad
+    with pytest.raises(CorruptDataError) as removal:
+        messages_removed("k", [(1, bad)], storage="Somewhere")
+    assert corrupt_data_remedy("k") not in str(removal.value)
+    assert "removed from Somewhere" in str(removal.value)
+    assert (removal.value.key, removal.value.position, removal.value.data) == ("k", 1, bad)
+    found = CorruptDataError("row 2 is missing", key="k", position=2)
+    with pytest.raises(CorruptDataError, match="missing; removed from Somewhere") as missing:
+        messages_removed("k", [(2, found)], storage="Somewhere")
+    assert missing.value.data is None
+    assert (
+        messages_removed("k", [(0, message_to_json(ChatMessage(content="a")))], storage="S")[
+            0
+        ].content
+        == "a"
+    )
 
 
 @llama_index_only

@@ -4,21 +4,21 @@ LlamaIndex mode only (the block hands the store to LlamaIndex's ChatMemoryBuffer
 SimpleChatEngine; llama-index-core's MockLLM stands in for Vertex). The page imports from
 Google's ``llama_index_alloydb_pg``; ours is ``llama_index.storage.chat_store.alloydb``, with
 the same names and calls. ``from_instance`` runs as written: AlloyDB's default connectors are
-replaced by the local ones of the suite, which reach the session's PostgreSQL.
+replaced by the local ones of the suite, which reach the session's PostgreSQL. The block,
+the same for Cloud SQL but for its names, is the suite's ``check_google_cloud_block``.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from urllib.parse import urlsplit
-
-import pg8000.dbapi
 import pytest
 
 from llama_index.storage.chat_store.alloydb import AlloyDBChatStore, AlloyDBEngine
 from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
-from llama_index.storage.chat_store.testing.services import LocalAsyncConnector, LocalConnector
+from llama_index.storage.chat_store.testing.services import (
+    LocalAsyncConnector,
+    LocalConnector,
+    local_instance,
+)
 
 pytestmark = pytest.mark.skipif(
     not LLAMA_INDEX_INSTALLED,
@@ -33,8 +33,7 @@ USER, PASSWORD = "test", "alloy-not-a-real-password-8T"
 @pytest.fixture
 def database(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The session database's name; AlloyDB's default connectors reach it locally."""
-    parts = urlsplit(postgres_url)
-    host, port = str(parts.hostname), int(parts.port or 5432)
+    host, port, name = local_instance(postgres_url)
     monkeypatch.setattr(
         AlloyDBEngine, "connector_factory", staticmethod(lambda: LocalConnector(host, port))
     )
@@ -43,67 +42,29 @@ def database(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
         "async_connector_factory",
         staticmethod(lambda: LocalAsyncConnector(host, port)),
     )
-    return parts.path.lstrip("/")
-
-
-@pytest.fixture
-def table_name(postgres_url: str) -> Iterator[str]:
-    """A table name no other test uses; the table is dropped afterwards."""
-    name = f"docs_{uuid.uuid4().hex[:12]}"
-    yield name
-    parts = urlsplit(postgres_url)
-    raw = pg8000.dbapi.connect(
-        user=USER, host=parts.hostname, port=parts.port or 5432, database=parts.path.lstrip("/")
-    )
-    raw.cursor().execute(f'DROP TABLE IF EXISTS public."{name}"')
-    raw.commit()
-    raw.close()
+    return name
 
 
 def test_docs_alloydb_chat_store_in_simple_chat_engine(
-    database: str, table_name: str, capsys: pytest.CaptureFixture[str]
+    database: str, google_cloud_table: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """from_instance + init_chat_store_table + create_sync run a SimpleChatEngine turn.
 
     If this fails: the engine or store does not take the page's keywords, the table is not
     created, or the store is not LlamaIndex's BaseChatStore.
     """
-    from llama_index.core.chat_engine import SimpleChatEngine
-    from llama_index.core.llms import MockLLM
-    from llama_index.core.memory import ChatMemoryBuffer
+    from llama_index.storage.chat_store.testing.llama_index_docs import check_google_cloud_block
 
-    DATABASE, TABLE_NAME = database, table_name  # noqa: N806 (the page's placeholders)
-
-    engine = AlloyDBEngine.from_instance(
+    check_google_cloud_block(
+        AlloyDBEngine,
+        AlloyDBChatStore,
+        capsys,
+        table_name=google_cloud_table,
         project_id=PROJECT_ID,
         region=REGION,
         cluster=CLUSTER,
         instance=INSTANCE,
-        database=DATABASE,
+        database=database,
         user=USER,
         password=PASSWORD,
     )
-
-    engine.init_chat_store_table(table_name=TABLE_NAME)
-
-    chat_store = AlloyDBChatStore.create_sync(
-        engine=engine,
-        table_name=TABLE_NAME,
-    )
-
-    memory = ChatMemoryBuffer.from_defaults(
-        token_limit=3000,
-        chat_store=chat_store,
-        chat_store_key="user1",
-    )
-
-    llm = MockLLM(max_tokens=3)
-
-    chat_engine = SimpleChatEngine(memory=memory, llm=llm, prefix_messages=[])
-
-    response = chat_engine.chat("Hello.")
-
-    print(response)
-    assert capsys.readouterr().out == "text text text\n"
-    assert [m.content for m in chat_store.get_messages("user1")] == ["Hello.", "text text text"]
-    chat_store.close()

@@ -27,7 +27,7 @@ from llama_index.storage.chat_store.testing.services import (
 )
 
 KEY = "conv"
-NOTHING_REMOVED = r"nothing was removed \(set_messages\('conv', \[\]\) removes the conversation\)"
+REMOVED = "removed from Azure table"
 LAYOUTS = ["native", "llama_index"]
 
 
@@ -405,21 +405,20 @@ def test_reading_a_conversation_with_a_hole_raises_corrupt_data_at_once(
     assert _texts(store.get_messages(KEY, limit=1)) == ["m0"]
 
 
-def test_delete_messages_of_a_conversation_with_a_hole_raises_and_removes_nothing(
+def test_delete_messages_of_a_conversation_with_a_hole_removes_it_then_raises(
     corrupt: tuple[AzureChatStore, int], raw: TableClient
 ) -> None:
-    """delete_messages raises CorruptDataError at once (it cannot return it all), removing nothing.
+    """delete_messages removes what is there, at once, then raises naming the first hole.
 
-    If this fails: the delete retries on the inconsistency until it gives up, or removes
-    the conversation while raising (the messages it could read are lost to the caller).
+    If this fails: the delete retries on the inconsistency until it gives up, refuses to
+    remove a damaged conversation, or removes it without saying so.
     """
     store, position = corrupt
-    before = _conversation_rows(raw)
-    with pytest.raises(CorruptDataError, match=NOTHING_REMOVED) as info:
-        run(store, store._layout.delete_all(KEY), max_requests=6)
+    with pytest.raises(CorruptDataError, match=REMOVED) as info:
+        run(store, store._layout.delete_all(KEY), max_requests=8)
     assert (info.value.key, info.value.position) == (KEY, position)
-    assert _conversation_rows(raw) == before
-    assert store.get_keys() == [KEY]
+    assert info.value.data is None  # a missing row: nothing was stored there
+    _assert_gone(store, raw)
 
 
 def test_set_messages_empty_removes_a_conversation_with_a_hole(
@@ -449,53 +448,75 @@ def test_set_messages_replaces_a_conversation_with_a_hole(
     assert store.get_keys() == [KEY]
 
 
-@pytest.mark.parametrize(
-    "removal",
-    ["pop", "delete_at", "delete_oldest", "insert"],
-)
-def test_other_calls_on_a_hole_raise_corrupt_data_at_once(
-    make_store: Callable[..., AzureChatStore], raw: TableClient, removal: str
-) -> None:
-    """Calls that must read the missing row raise CorruptDataError, promptly, changing nothing.
+_HOLE_CALLS: dict[str, tuple[int, list[str]]] = {  # the row dropped, and what is left
+    "pop": (2, ["m0", "m1"]),
+    "delete_at": (0, ["m1", "m2"]),
+    "delete_at_1": (1, ["m0", "m2"]),
+    "delete_oldest": (0, ["m2"]),
+    "insert": (0, []),
+}
 
-    If this fails: they retry on the inconsistency until they give up.
+
+@pytest.mark.parametrize("call", list(_HOLE_CALLS))
+def test_other_calls_on_a_hole_raise_corrupt_data_at_once(
+    make_store: Callable[..., AzureChatStore], raw: TableClient, call: str
+) -> None:
+    """Calls that meet the missing row raise CorruptDataError promptly.
+
+    A removal of the missing row removes it all the same (the meta entity moves, the other
+    rows shift) and says so; an insert, which must keep it, changes nothing.
+
+    If this fails: they retry on the inconsistency until they give up, or a removal
+    refuses to remove a missing row.
     """
     store = make_store()
     store.add_messages(KEY, numbered(3))
-    _drop_row(raw, 2 if removal == "pop" else 0)
+    dropped, left = _HOLE_CALLS[call]
+    _drop_row(raw, dropped)
     plans = {
         "pop": lambda: store._layout.pop_last(KEY),
         "delete_at": lambda: store._layout.delete_at(KEY, 0),
+        "delete_at_1": lambda: store._layout.delete_at(KEY, 1),
         "delete_oldest": lambda: store._layout.delete_oldest(KEY, 2),
         "insert": lambda: store._add_plan(KEY, ChatMessage(content="x"), 1),
     }
     with pytest.raises(CorruptDataError) as info:
-        run(store, plans[removal](), max_requests=6)
-    assert info.value.key == KEY
-    assert info.value.position == (2 if removal == "pop" else 0)
-    assert store.count_messages(KEY) == 3
+        run(store, plans[call](), max_requests=6)
+    assert (info.value.key, info.value.position) == (KEY, dropped)
+    if call == "insert":
+        assert REMOVED not in str(info.value)
+        assert store.count_messages(KEY) == 3
+        return
+    assert REMOVED in str(info.value)
+    assert _texts(store.get_messages(KEY)) == left
+    assert store.count_messages(KEY) == len(left)
 
 
 def test_a_meta_entity_that_is_unreadable_is_removable(
     make_store: Callable[..., AzureChatStore], raw: TableClient
 ) -> None:
-    """A meta entity that is not ours (Gen not text) is CorruptDataError; set([]) removes it.
+    """A meta entity that is not ours (Gen not text) is CorruptDataError; removals remove it.
 
-    delete_messages, which would have to return the messages, raises and removes nothing.
-    If this fails: set_messages(key, []) reads the meta entity first and gives up on it,
-    or delete_messages removes the conversation while raising.
+    delete_messages removes the conversation, then raises holding the meta entity as read;
+    set_messages(key, []) removes it silently. If this fails: either reads the meta entity
+    first and gives up on it.
     """
     store = make_store()
-    store.add_messages(KEY, numbered(2))
-    meta = raw.get_entity(encode_key(KEY), "meta")
-    meta["Gen"] = 7
-    raw.update_entity(meta, mode=UpdateMode.REPLACE)
+
+    def damage() -> None:
+        store.add_messages(KEY, numbered(2))
+        meta = raw.get_entity(encode_key(KEY), "meta")
+        meta["Gen"] = 7
+        raw.update_entity(meta, mode=UpdateMode.REPLACE)
+
+    damage()
     with pytest.raises(CorruptDataError, match=repr(KEY)):
         store.get_messages(KEY)
-    before = _conversation_rows(raw)
-    with pytest.raises(CorruptDataError, match=NOTHING_REMOVED):
+    with pytest.raises(CorruptDataError, match=REMOVED) as info:
         store.delete_messages(KEY)
-    assert _conversation_rows(raw) == before
+    assert "'Gen': 7" in str(info.value.data)
+    _assert_gone(store, raw)
+    damage()
     store.set_messages(KEY, [])
     _assert_gone(store, raw)
     store.add_message(KEY, ChatMessage(content="again"))
@@ -522,46 +543,52 @@ _JSON_REMOVALS: dict[str, Callable[[AzureChatStore], object]] = {
 }
 
 
+_LEFT = {
+    "delete_messages": [],
+    "delete_message": ["m0", "m2"],
+    "delete_message_-2": ["m0", "m2"],
+    "delete_oldest": ["m2"],
+}
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("removal", list(_JSON_REMOVALS))
-def test_removing_a_message_that_is_not_json_raises_and_removes_nothing(
+def test_removing_a_message_that_is_not_json_removes_it_then_raises(
     make_store: Callable[..., AzureChatStore], raw: TableClient, layout: str, removal: str
 ) -> None:
-    """A removal that must return unparseable data raises CorruptDataError and removes nothing.
+    """A removal that meets unparseable data removes what it was asked, then raises.
 
-    The error names key and position and says how to remove the conversation; then
-    set_messages(key, []) does. If this fails: the removal deletes the data, then raises
-    (the readable messages it took are lost to the caller), or skips the bad message.
+    The error names key and position, says the data was removed and holds it as stored.
+    If this fails: the removal refuses (corrupt data must stay removable), skips the bad
+    message, or drops it without handing it back.
     """
     store = make_store(layout)
     _corrupt_json(store, raw, layout)
-    before = _conversation_rows(raw)
-    with pytest.raises(CorruptDataError, match=NOTHING_REMOVED) as info:
+    with pytest.raises(CorruptDataError, match=REMOVED) as info:
         _JSON_REMOVALS[removal](store)
     assert (info.value.key, info.value.position) == (KEY, 1)
-    assert _conversation_rows(raw) == before
-    assert store.count_messages(KEY) == 3
-    store.set_messages(KEY, [])
-    assert store.get_messages(KEY) == []
-    assert store.get_keys() == []
+    assert ('"blocks": 42' if layout == "native" else '"{"') in str(info.value.data)
+    assert _texts(store.get_messages(KEY)) == _LEFT[removal]
+    assert store.count_messages(KEY) == len(_LEFT[removal])
+    assert store.get_keys() == ([KEY] if _LEFT[removal] else [])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_popping_a_message_that_is_not_json_raises_and_removes_nothing(
+def test_popping_a_message_that_is_not_json_removes_it_then_raises(
     make_store: Callable[..., AzureChatStore], raw: TableClient, layout: str
 ) -> None:
-    """delete_last_message of an unparseable last message raises; the message stays.
+    """delete_last_message of an unparseable last message removes it, then raises.
 
-    If this fails: the pop deletes the message while raising, or skips it.
+    If this fails: the pop refuses to remove it, or skips it.
     """
     store = make_store(layout)
     _corrupt_json(store, raw, layout)
     assert _texts(store.delete_last_message(KEY)) == ["m2"]
-    with pytest.raises(CorruptDataError, match=NOTHING_REMOVED) as info:
+    with pytest.raises(CorruptDataError, match=REMOVED) as info:
         store.delete_last_message(KEY)
     assert (info.value.key, info.value.position) == (KEY, 1)
-    assert store.count_messages(KEY) == 2
-    assert _texts(store.get_messages(KEY, limit=1)) == ["m0"]
+    assert info.value.data
+    assert _texts(store.get_messages(KEY)) == ["m0"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

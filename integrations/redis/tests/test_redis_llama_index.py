@@ -9,15 +9,21 @@ database of their own.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
 import redis
 
-from llama_index.storage.chat_store.core import ChatMessage, message_to_json
+from llama_index.storage.chat_store.core import ChatMessage, SerializationError, message_to_json
 from llama_index.storage.chat_store.redis import RedisChatStore
-from llama_index.storage.chat_store.testing.samples import every_block_type, tricky_messages
+from llama_index.storage.chat_store.testing.samples import (
+    LLAMA_INDEX_INSTALLED,
+    UNKNOWN_TYPES_JSON,
+    every_block_type,
+    tricky_messages,
+)
 from llama_index.storage.chat_store.testing.services import ReferencePython
 
 LLAMA_INDEX_REDIS = "llama-index-storage-chat-store-redis==0.8.0"
@@ -149,3 +155,40 @@ def _assert_same_message(theirs: str, ours: str) -> None:
 
     expected, got = json.loads(ours), json.loads(theirs)
     assert fill(expected, got) == got
+
+
+@pytest.mark.parametrize("removal", ["delete_messages", "delete_last_message", "delete_message"])
+def test_removing_a_message_of_a_later_version_says_what_happened(
+    redis_url: str, removal: str
+) -> None:
+    """A removal returns a message LlamaIndex cannot hold, or, in LlamaIndex mode, says it is gone.
+
+    The script removes before the reply is parsed, so in LlamaIndex mode the SerializationError
+    says the message was removed and holds it as stored. Without llama-index-core it reads.
+
+    If this fails: the error claims the data is intact while the script removed it.
+    """
+    store = RedisChatStore(redis_url=redis_url, namespace=f"t-{uuid.uuid4().hex}:")
+    store.add_message("k", ChatMessage(content="kept"))
+    redis.Redis.from_url(redis_url).rpush(f"{store.namespace}k", UNKNOWN_TYPES_JSON)
+    remove = {
+        "delete_messages": lambda: store.delete_messages("k"),
+        "delete_last_message": lambda: store.delete_last_message("k"),
+        "delete_message": lambda: store.delete_message("k", 1),
+    }[removal]
+    left = 0 if removal == "delete_messages" else 1
+    if LLAMA_INDEX_INSTALLED:
+        with pytest.raises(SerializationError) as info:
+            remove()
+        assert "intact" not in str(info.value)
+        assert "removed from Redis" in str(info.value)
+        assert (info.value.key, info.value.position) == ("k", 1)
+        assert info.value.data == UNKNOWN_TYPES_JSON.encode()
+    else:
+        removed = remove()
+        last = removed[-1] if isinstance(removed, list) else removed
+        assert last is not None
+        assert message_to_json(last) == UNKNOWN_TYPES_JSON
+    assert store.count_messages("k") == left
+    store.clear()
+    store.close()

@@ -3,189 +3,52 @@
 Instance A runs one operation; before its k-th request to Tablestore it stops at a barrier
 while instance B, in another thread, runs a whole other operation; then A goes on. Every k
 from 0 to A's request count is tried, so each place where B's change can land inside A is
-covered, deterministically. The outcome (A's result, B's result, the final conversation) must
-be one that running A and B one after the other, in some order, gives on a plain list.
+covered, deterministically (the suite's :mod:`~llama_index.storage.chat_store.testing.races`).
+The outcome (A's result, B's result, the final conversation) must be one that running A and
+B one after the other, in some order, gives on a plain list.
 """
 
 from __future__ import annotations
 
-import threading
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from llama_index.storage.chat_store.core import ChatMessage
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
+from llama_index.storage.chat_store.testing.races import (
+    GatedClient,
+    Op,
+    RequestGate,
+    delete_all,
+    delete_at,
+    delete_oldest,
+    every_interleaving,
+    insert,
+    pop,
+    run_round,
+    set_to,
+)
 
-Texts = list[str]
 _INITIAL = ["i0", "i1", "i2"]
-
-
-def _texts(value: Any) -> Any:
-    """A store result as plain text: a message, a list of messages, or None."""
-    if isinstance(value, list):
-        return [m.content for m in value]
-    return value.content if value is not None else None
-
-
-@dataclass(frozen=True)
-class Change:
-    """One mutating operation, on a store and on the list model."""
-
-    name: str
-    on_store: Callable[[TablestoreChatStore, str], Any]
-    on_list: Callable[[Texts], Any]
-
-
-def _insert(text: str, idx: int | None) -> Change:
-    def on_list(items: Texts) -> None:
-        items.insert(len(items) if idx is None else idx, text)
-
-    return Change(
-        f"add({text}, idx={idx})",
-        lambda s, k: s.add_message(k, ChatMessage(content=text), idx=idx),
-        on_list,
-    )
-
-
-def _delete_at(idx: int) -> Change:
-    def on_list(items: Texts) -> str | None:
-        return items.pop(idx) if -len(items) <= idx < len(items) else None
-
-    return Change(f"delete_message({idx})", lambda s, k: _texts(s.delete_message(k, idx)), on_list)
-
-
-def _oldest(n: int) -> Change:
-    def on_list(items: Texts) -> Texts:
-        taken = items[:n]
-        del items[:n]
-        return taken
-
-    return Change(
-        f"delete_oldest({n})", lambda s, k: _texts(s.delete_oldest_messages(k, n)), on_list
-    )
-
-
-def _pop() -> Change:
-    return Change(
-        "pop",
-        lambda s, k: _texts(s.delete_last_message(k)),
-        lambda items: items.pop() if items else None,
-    )
-
-
-def _delete_all() -> Change:
-    def on_list(items: Texts) -> Texts | None:
-        taken = list(items)
-        items.clear()
-        return taken or None
-
-    return Change("delete_all", lambda s, k: _texts(s.delete_messages(k)), on_list)
-
-
-def _set(texts: Texts) -> Change:
-    def on_list(items: Texts) -> None:
-        items[:] = texts
-
-    return Change(
-        f"set({texts})",
-        lambda s, k: s.set_messages(k, [ChatMessage(content=t) for t in texts]),
-        on_list,
-    )
-
 
 # Removals at every position kind (last, first, inside, all), appends and inserts, a replace;
 # B adds the changes that move each end, renumber, or retire the generation.
 _A_CHANGES = [
-    _delete_at(2), _delete_at(0), _delete_at(1), _pop(), _oldest(1), _oldest(3), _delete_all(),
-    _insert("A0", None), _insert("A0", 0), _insert("A0", 1), _set(["S0"]),
+    delete_at(2), delete_at(0), delete_at(1), pop(), delete_oldest(1), delete_oldest(3),
+    delete_all(), insert("A0", None), insert("A0", 0), insert("A0", 1), set_to(["S0"]),
 ]  # fmt: skip
 _B_CHANGES = [
-    _insert("B0", None), _insert("B0", 0), _pop(), _oldest(1), _delete_all(), _set(["T0", "T1"]),
+    [insert("B0", None)], [insert("B0", 0)], [pop()], [delete_oldest(1)], [delete_all()],
+    [set_to(["T0", "T1"])],
 ]  # fmt: skip
 
 
-class _PausingClient:
-    """An OTSClient proxy that, before request ``at``, runs ``pause`` (counts every request)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.at = -1
-        self.calls = 0
-        self.pause: Callable[[], None] = lambda: None
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if name.startswith("_") or not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if self.calls == self.at:
-                self.pause()
-            self.calls += 1
-            return attribute(*args, **kwargs)
-
-        return call
-
-
-def _allowed(a: Change, b: Change) -> list[tuple[Any, Any, Texts]]:
-    """(A's result, B's result, final texts) of both sequential orders."""
-    outcomes = []
-    for a_first in (True, False):
-        items = list(_INITIAL)
-        if a_first:
-            a_result, b_result = a.on_list(items), b.on_list(items)
-        else:
-            b_result = b.on_list(items)
-            a_result = a.on_list(items)
-        outcomes.append((a_result, b_result, items))
-    return outcomes
-
-
-def _round(
-    make_a: Callable[[], tuple[TablestoreChatStore, _PausingClient]],
-    b_store: TablestoreChatStore,
-    a: Change,
-    b: Change,
-    at: int,
-) -> tuple[tuple[Any, Any, Texts], int]:
-    """Run A, with B's whole operation in its own thread before A's request ``at``."""
-    key = f"k-{uuid.uuid4().hex[:8]}"
-    a_store, client = make_a()
-    a_store.set_messages(key, [ChatMessage(content=t) for t in _INITIAL])  # A remembers the meta
-    start = threading.Barrier(2, timeout=30)
-    done = threading.Barrier(2, timeout=30)
-    outcome: dict[str, Any] = {}
-
-    def run_b() -> None:
-        start.wait()
-        try:
-            outcome["b"] = b.on_store(b_store, key)
-        finally:
-            done.wait()
-
-    paused = []
-
-    def pause() -> None:
-        paused.append(True)
-        start.wait()
-        done.wait()
-
-    b_thread = threading.Thread(target=run_b)
-    b_thread.start()
-    client.calls, client.at, client.pause = 0, at, pause
-    try:
-        outcome["a"] = a.on_store(a_store, key)
-    finally:
-        client.at = -1
-        if not paused:
-            pause()  # A finished before request ``at``: B runs after it
-        b_thread.join(timeout=30)
-    final = [m.content for m in b_store.get_messages(key)]
-    return (outcome["a"], outcome["b"], final), client.calls
+def _gated(raw_client: Any, table: str, layout: str) -> tuple[TablestoreChatStore, RequestGate]:
+    """A new instance whose requests pass a gate (it remembers nothing yet)."""
+    gate = RequestGate()
+    client = GatedClient(raw_client, gate)
+    return TablestoreChatStore(tablestore_client=client, table_name=table, layout=layout), gate
 
 
 @pytest.fixture(params=["native", "llama_index"])
@@ -195,34 +58,21 @@ def layout(request: pytest.FixtureRequest) -> str:
 
 @pytest.mark.parametrize("a", _A_CHANGES, ids=lambda c: c.name)
 def test_change_with_another_landing_at_every_request(
-    new_store: Callable[..., Any], raw_client: Any, layout: str, a: Change
+    new_store: Callable[..., Any], raw_client: Any, layout: str, a: Op
 ) -> None:
     """A's operation and B's, at every interleaving, equal A then B or B then A.
 
-    If this fails: an operation of A re-read the conversation between planning and
-    committing (and acted on a state it did not plan against), or committed without a
-    condition on what it read.
+    A new instance A per round writes the initial conversation, so it remembers that
+    conversation's meta row as it plans. If this fails: an operation of A re-read the
+    conversation between planning and committing (and acted on a state it did not plan
+    against), or committed without a condition on what it read.
     """
     factory = new_store(layout=layout)
     table = factory().table_name
-    b_store = factory()
-
-    def make_a() -> tuple[TablestoreChatStore, _PausingClient]:
-        client = _PausingClient(raw_client)
-        store = TablestoreChatStore(tablestore_client=client, table_name=table, layout=layout)
-        return store, client
-
-    failures = []
-    for b in _B_CHANGES:
-        at = 0
-        while True:
-            got, calls = _round(make_a, b_store, a, b, at)
-            allowed = _allowed(a, b)
-            if got not in allowed:
-                failures.append(f"B={b.name} before A's request {at}: got {got}, want {allowed}")
-            at += 1
-            if at > calls:
-                break
+    failures = every_interleaving(
+        lambda: _gated(raw_client, table, layout), factory(), a, _B_CHANGES,
+        initial=_INITIAL, seed_with_a=True,
+    )  # fmt: skip
     assert not failures, "\n".join(failures)
 
 
@@ -237,8 +87,9 @@ def test_delete_at_the_end_while_appending_removes_the_planned_message(
     last message, A0, instead of the one at position 2).
     """
     factory = new_store(layout=layout_name)
-    table = factory().table_name
-    client = _PausingClient(raw_client)
-    a_store = TablestoreChatStore(tablestore_client=client, table_name=table, layout=layout_name)
-    got, _ = _round(lambda: (a_store, client), factory(), _delete_at(2), _insert("A0", idx), 1)
-    assert got == ("i2", None, ["i0", "i1", "A0"])
+    a_store, gate = _gated(raw_client, factory().table_name, layout_name)
+    got, _ = run_round(
+        a_store, gate, factory(), delete_at(2), [insert("A0", idx)], 1,
+        initial=_INITIAL, seed_with_a=True,
+    )  # fmt: skip
+    assert got == ("i2", [None], ["i0", "i1", "A0"])

@@ -15,6 +15,8 @@ from llama_index.storage.chat_store.core.errors import (
     PayloadTooLargeError,
     SerializationError,
     UnknownSchemeError,
+    corrupt_data_remedy,
+    removal_error,
 )
 from llama_index.storage.chat_store.core.messages import (
     AudioBlock,
@@ -36,6 +38,7 @@ from llama_index.storage.chat_store.core.messages import (
     copy_messages,
     message_from_json,
     message_to_json,
+    messages_removed,
 )
 from llama_index.storage.chat_store.core.registry import (
     chat_store_from_dict,
@@ -86,8 +89,11 @@ __all__ = [
     "coerce_messages",
     "copy_message",
     "copy_messages",
+    "corrupt_data_remedy",
     "mask_url",
     "message_from_json",
     "message_to_json",
+    "messages_removed",
     "registered_schemes",
+    "removal_error",
 ]

@@ -12,7 +12,8 @@ Compatibility rules (see the project's format reference):
 * The legacy shape ``{"role", "content", "additional_kwargs"}`` is read in both modes.
 * Without ``llama-index-core``, roles and block types this version does not know are kept as
   they are and written back unchanged. With it, such a stored message raises
-  :class:`SerializationError` naming its key and position, and the stored data stays intact.
+  :class:`SerializationError` naming its key and position, and the stored data stays intact
+  (unless a removal had already removed it: then the error says so and holds the data).
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ from llama_index.storage.chat_store.core._mode import (
     VideoBlock,
 )
 from llama_index.storage.chat_store.core.errors import (
+    _INTACT,
     CorruptDataError,
     InvalidMessageError,
     SerializationError,
+    corrupt_data_remedy,
+    removal_error,
 )
 
 __all__ = [
@@ -68,6 +72,7 @@ __all__ = [
     "copy_messages",
     "message_from_json",
     "message_to_json",
+    "messages_removed",
 ]
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -126,10 +131,13 @@ def message_from_json(
         position: Its position in the conversation, named in the error.
 
     Raises:
-        CorruptDataError: The data is not a message.
+        CorruptDataError: The data is not a message. Names the key and position, says how
+            to remove the conversation (when ``key`` is given) and holds ``data``.
         SerializationError: With ``llama-index-core`` installed, the data is a message that
             LlamaIndex's model cannot hold (an unknown role or block type); names the key,
-            the position and what it cannot hold. The stored data is not changed.
+            the position and what it cannot hold, says the stored data is intact, and holds
+            ``data``. This call changes nothing stored; a removal that has already removed
+            the data raises :func:`~.errors.removal_error` of it instead.
     """
     try:
         return _DECODE.validate_json(data)
@@ -137,21 +145,53 @@ def message_from_json(
         where = "" if key is None else f" at key {key!r}"
         if position is not None:
             where += f" position {position}"
+        stored = bytes(data) if isinstance(data, bytearray) else data
         problem = _unrepresentable_json(data) if LLAMA_INDEX else None
         if problem is not None:
             raise SerializationError(
                 f"the stored message{where} has a {problem} that LlamaIndex's ChatMessage "
-                "cannot hold; the stored data is intact (read it without llama-index-core "
-                "installed, or move it with `chat-store export`)"
+                f"cannot hold{_INTACT} (read it without llama-index-core installed, or move "
+                "it with `chat-store export`)",
+                key=key,
+                position=position,
+                data=stored,
             ) from exc
         preview = bytes(data[:80]) if isinstance(data, (bytes, bytearray)) else data[:80]
+        remedy = "" if key is None else f" ({corrupt_data_remedy(key)})"
         raise CorruptDataError(
             f"stored data{where} is not a chat message ({exc.error_count()} errors; "
-            f"starts with {preview!r})",
+            f"starts with {preview!r}){remedy}",
             key=key,
             position=position,
-            data=bytes(data) if isinstance(data, bytearray) else data,
+            data=stored,
         ) from exc
+
+
+def messages_removed(
+    key: str, removed: Iterable[tuple[int, str | bytes | CorruptDataError]], *, storage: str
+) -> list[ChatMessage]:
+    """Parse what a removal has already removed (a script's or a statement's reply).
+
+    Args:
+        key: The conversation key.
+        removed: ``(position it had, data as stored)`` in order; a :class:`CorruptDataError`
+            in place of data the backend found unreadable before parsing.
+        storage: Where it was removed from, named in the error.
+
+    Raises:
+        CorruptDataError: Something removed is not a message: the first, by
+            :func:`~.errors.removal_error` (it says the data was removed and holds it).
+        SerializationError: The same, for a message the model in use cannot hold.
+    """
+    messages = []
+    for position, data in removed:
+        try:
+            if isinstance(data, CorruptDataError):
+                raise data
+            messages.append(message_from_json(data, key=key, position=position))
+        except (CorruptDataError, SerializationError) as exc:
+            raise removal_error(exc, storage) from exc
+    return messages
 
 
 def _unrepresentable_json(data: str | bytes | bytearray) -> str | None:

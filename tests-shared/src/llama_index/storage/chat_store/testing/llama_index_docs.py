@@ -42,7 +42,12 @@ from llama_index.core.storage.chat_store import SimpleChatStore as LlamaIndexSim
 from llama_index.core.tools import FunctionTool
 from llama_index.storage.chat_store.core import BaseChatStore
 
-__all__ = ["LlamaIndexDocsTests"]
+__all__ = [
+    "LlamaIndexDocsTests",
+    "check_google_cloud_block",
+    "check_simple_chat_engine_turn",
+    "simple_chat_engine_turn",
+]
 
 _OPENAI_MISSING = (
     "this test converts messages with llama-index-llms-openai, which is not installed: install "
@@ -156,6 +161,68 @@ def _rich_messages() -> list[ChatMessage]:
     ]
 
 
+def simple_chat_engine_turn(chat_store: LlamaIndexBaseChatStore) -> None:
+    """The page's chat engine example: ChatMemoryBuffer on ``chat_store``, one turn, printed.
+
+    Shared by the page's blocks that differ only in how they build the store (the suite's
+    test below; AlloyDB's and Cloud SQL's blocks, run by those packages).
+    """
+    memory = ChatMemoryBuffer.from_defaults(
+        token_limit=3000,
+        chat_store=chat_store,
+        chat_store_key="user1",
+    )
+
+    llm = MockLLM(max_tokens=3)
+
+    chat_engine = SimpleChatEngine(memory=memory, llm=llm, prefix_messages=[])
+
+    response = chat_engine.chat("Hello.")
+
+    print(response)
+
+
+def check_simple_chat_engine_turn(
+    chat_store: LlamaIndexBaseChatStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run :func:`simple_chat_engine_turn`; assert what it prints and what the store holds."""
+    capsys.readouterr()
+    simple_chat_engine_turn(chat_store)
+    assert capsys.readouterr().out == f"{_REPLY}\n"
+    assert [m.content for m in chat_store.get_messages("user1")] == ["Hello.", _REPLY]
+
+
+def check_google_cloud_block(
+    engine_class: Any,
+    store_class: Any,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    table_name: str,
+    **instance: str,
+) -> None:
+    """The page's AlloyDB / Cloud SQL block: ``from_instance``, the table, ``create_sync``, a turn.
+
+    Args:
+        engine_class: ``AlloyDBEngine`` or Cloud SQL's ``PostgresEngine``.
+        store_class: ``AlloyDBChatStore`` or Cloud SQL's ``PostgresChatStore``.
+        capsys: pytest's fixture (the turn's printed reply is checked).
+        table_name: The page's ``TABLE_NAME``.
+        instance: ``from_instance``'s keywords as the page writes them (project, region,
+            instance, database, user, password; ``cluster`` for AlloyDB).
+    """
+    engine = engine_class.from_instance(**instance)
+
+    engine.init_chat_store_table(table_name=table_name)
+
+    chat_store = store_class.create_sync(
+        engine=engine,
+        table_name=table_name,
+    )
+
+    check_simple_chat_engine_turn(chat_store, capsys)
+    chat_store.close()
+
+
 class LlamaIndexDocsTests:
     """The code blocks of LlamaIndex's chat-store page that need no cloud account."""
 
@@ -167,17 +234,7 @@ class LlamaIndexDocsTests:
         If this fails: the store is not LlamaIndex's BaseChatStore (pydantic rejects it), or
         get/add/set do not behave as ChatMemoryBuffer calls them.
         """
-        chat_store = store
-        memory = ChatMemoryBuffer.from_defaults(
-            token_limit=3000,
-            chat_store=chat_store,
-            chat_store_key="user1",
-        )
-        chat_engine = SimpleChatEngine(memory=memory, llm=MockLLM(max_tokens=3), prefix_messages=[])
-        response = chat_engine.chat("Hello.")
-        print(response)
-        assert capsys.readouterr().out == f"{_REPLY}\n"
-        assert [m.content for m in store.get_messages("user1")] == ["Hello.", _REPLY]
+        check_simple_chat_engine_turn(store, capsys)
 
     def test_docs_chat_summary_memory_buffer_in_simple_chat_engine(
         self, store: BaseChatStore

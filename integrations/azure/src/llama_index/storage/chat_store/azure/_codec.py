@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from llama_index.storage.chat_store.core import (
@@ -23,14 +23,17 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
     CorruptDataError,
     PayloadTooLargeError,
+    corrupt_data_remedy,
     message_from_json,
     message_to_json,
+    removal_error,
 )
 
 __all__ = [
     "BATCH_MAX_OPS",
     "BATCH_MAX_WIRE_BYTES",
     "HASHED_PREFIX",
+    "Found",
     "check_entity_size",
     "decode_key",
     "decode_llama_index_message",
@@ -39,9 +42,9 @@ __all__ = [
     "encode_llama_index_message",
     "encode_payload",
     "entity_wire_size",
-    "remedy",
+    "found",
     "sanitize_table_name",
-    "unreadable",
+    "taken",
     "validate_table_name",
 ]
 
@@ -171,9 +174,10 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
     if not parts or not all(isinstance(p, bytes) for p in parts) or codec not in (None, "zlib"):
         raise CorruptDataError(
             f"stored entity at key {key!r} position {position} holds no message "
-            f"(properties: {sorted(props)[:10]})",
+            f"(properties: {sorted(props)[:10]}) ({corrupt_data_remedy(key)})",
             key=key,
             position=position,
+            data=repr(dict(props)),
         )
     data = b"".join(parts)  # type: ignore[arg-type]
     if codec == "zlib":
@@ -181,31 +185,47 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
             data = zlib.decompress(data)
         except zlib.error as exc:
             raise CorruptDataError(
-                f"stored entity at key {key!r} position {position} is not valid zlib data",
+                f"stored entity at key {key!r} position {position} is not valid zlib data "
+                f"({corrupt_data_remedy(key)})",
                 key=key,
                 position=position,
+                data=data,
             ) from exc
     return message_from_json(data, key=key, position=position)
 
 
-def remedy(key: str | None) -> str:
-    """Say how to remove a corrupt conversation (every CorruptDataError of ours ends so)."""
-    return f"set_messages({key!r}, []) removes the conversation"
+Found = ChatMessage | CorruptDataError
+"""What a removal found at a position it removes: the message, or why it is unreadable."""
 
 
-def unreadable(exc: CorruptDataError, *, removal: bool = False) -> CorruptDataError:
-    """Return ``exc`` (key, position and data kept) saying how to remove the conversation.
+def found(
+    decode: Callable[..., ChatMessage], props: Mapping[str, Any], *, key: str, position: int
+) -> Found:
+    """Parse an entity a removal is about to remove; unreadable data is returned, not raised.
 
-    With ``removal``, it also says that nothing was removed: a removal that would have to
-    return data it cannot parse neither skips it (the caller would never learn it
-    existed) nor removes it while raising (it would be lost); ``set_messages(key, [])``
-    and ``clear()``, which return nothing, remove it.
+    ``decode`` is the layout's (:func:`decode_payload`, :func:`decode_llama_index_message`).
+    A :class:`SerializationError` (valid data the message model in use cannot hold)
+    propagates: the removal then removes nothing, and that data stays intact.
     """
-    hint = f" ({remedy(exc.key)})"
-    text = str(exc).removesuffix(hint)
-    if removal:
-        text += "; nothing was removed"
-    return CorruptDataError(text + hint, key=exc.key, position=exc.position, data=exc.data)
+    try:
+        return decode(props, key=key, position=position)
+    except CorruptDataError as exc:
+        return exc
+
+
+def taken(items: Sequence[Found], table: str) -> list[ChatMessage]:
+    """Return what a removal that removed ``items`` returns: their messages, in order.
+
+    Raises:
+        CorruptDataError: One of them was unreadable: core's :func:`removal_error` of the
+            first (it names key and position, says it was removed, holds the data).
+    """
+    messages = []
+    for item in items:
+        if isinstance(item, CorruptDataError):
+            raise removal_error(item, f"Azure table {table!r}") from item
+        messages.append(item)
+    return messages
 
 
 def _value_size(value: Any) -> int:
@@ -323,8 +343,10 @@ def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: 
         document = {name: json.loads(text) for name, text in fields.items()}
     except ValueError as exc:
         raise CorruptDataError(
-            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc}",
+            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc} "
+            f"({corrupt_data_remedy(key)})",
             key=key,
             position=position,
+            data=json.dumps(fields, ensure_ascii=False),
         ) from exc
     return message_from_json(json.dumps(document), key=key, position=position)

@@ -14,12 +14,11 @@ every other failure becomes one of core's errors with the driver error chained.
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -36,13 +35,11 @@ from llama_index.storage.chat_store.azure._codec import (
     BATCH_MAX_OPS,
     BATCH_MAX_WIRE_BYTES,
     entity_wire_size,
-    unreadable,
 )
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
     ChatStoreError,
-    CorruptDataError,
     PayloadTooLargeError,
 )
 
@@ -61,13 +58,11 @@ __all__ = [
     "backoff",
     "chunks",
     "fits",
-    "removal",
     "run_async",
     "run_sync",
 ]
 
 _T = TypeVar("_T")
-_P = ParamSpec("_P")
 
 
 class Row(NamedTuple):
@@ -175,23 +170,6 @@ def chunks(actions: Sequence[Action]) -> list[list[Action]]:
     if current:
         out.append(current)
     return out
-
-
-def removal(func: Callable[_P, Plan[_T]]) -> Callable[_P, Plan[_T]]:
-    """Mark a removal's plan: its CorruptDataError says that nothing was removed.
-
-    Removals check every message they must return before they write anything, so a
-    CorruptDataError can only come from their reads.
-    """
-
-    @functools.wraps(func)
-    def plan(*args: _P.args, **kwargs: _P.kwargs) -> Plan[_T]:
-        try:
-            return (yield from func(*args, **kwargs))
-        except CorruptDataError as exc:
-            raise unreadable(exc, removal=True) from exc
-
-    return plan
 
 
 class ConflictError(Exception):

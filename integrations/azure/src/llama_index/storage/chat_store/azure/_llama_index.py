@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from llama_index.storage.chat_store.azure._codec import (
+    Found,
     decode_key,
     decode_llama_index_message,
     encode_key,
-    remedy,
-    unreadable,
+    found,
+    taken,
 )
 from llama_index.storage.chat_store.azure._io import (
     Action,
@@ -44,9 +45,13 @@ from llama_index.storage.chat_store.azure._io import (
     backoff,
     chunks,
     fits,
-    removal,
 )
-from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core import (
+    ChatMessage,
+    ChatStoreError,
+    CorruptDataError,
+    corrupt_data_remedy,
+)
 
 __all__ = ["LlamaIndexLayout"]
 
@@ -63,7 +68,8 @@ def _index(row: Row, key: str) -> int:
     row_key = row.props.get("RowKey", "")
     if not (isinstance(row_key, str) and row_key.isdigit()):
         raise CorruptDataError(
-            f"chat row {row_key!r} of key {key!r} is not a LlamaIndex row ({remedy(key)})",
+            f"chat row {row_key!r} of key {key!r} is not a LlamaIndex row "
+            f"({corrupt_data_remedy(key)})",
             key=key,
         )
     return int(row_key)
@@ -80,21 +86,24 @@ def _decode(key: str, rows: Sequence[Row], start: int) -> list[ChatMessage]:
         CorruptDataError: A row is not a message (names key, position, how to remove it).
         SerializationError: Valid data this mode cannot represent.
     """
-    try:
-        return [
-            decode_llama_index_message(row.props, key=key, position=start + i)
-            for i, row in enumerate(rows)
-        ]
-    except CorruptDataError as exc:
-        raise unreadable(exc) from exc
+    return [
+        decode_llama_index_message(row.props, key=key, position=start + i)
+        for i, row in enumerate(rows)
+    ]
 
 
-def _kept(
-    rows: Sequence[Row], messages: Sequence[ChatMessage], removed: Sequence[Row]
-) -> list[ChatMessage]:
-    """The messages of the rows this call removed, in order."""
+def _found(key: str, rows: Sequence[Row], start: int) -> list[Found]:
+    """What a removal found in rows read from position ``start`` (before removing them)."""
+    return [
+        found(decode_llama_index_message, row.props, key=key, position=start + i)
+        for i, row in enumerate(rows)
+    ]
+
+
+def _kept(rows: Sequence[Row], items: Sequence[Found], removed: Sequence[Row]) -> list[Found]:
+    """What was found in the rows this call removed, in order."""
     gone = {r.props["RowKey"] for r in removed}
-    return [m for r, m in zip(rows, messages, strict=True) if r.props["RowKey"] in gone]
+    return [m for r, m in zip(rows, items, strict=True) if r.props["RowKey"] in gone]
 
 
 class LlamaIndexLayout:
@@ -344,18 +353,24 @@ class LlamaIndexLayout:
             removed += [r for r in rows if r.props["RowKey"] in done]
         return removed
 
-    @removal
     def delete_all(self, key: str) -> Plan[list[ChatMessage] | None]:
+        """Remove the conversation; return its messages (None if there were none).
+
+        Raises:
+            CorruptDataError: A row is not a message: the rows are removed all the same
+                (in one transaction when they fit), then core's ``removal_error`` of it.
+            SerializationError: A message this mode cannot represent; nothing is removed.
+        """
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key)
             if not rows:
                 yield from self._refresh_meta(key)
                 return None
-            messages = _decode(key, rows, 0)  # before removing anything
+            items = _found(key, rows, 0)  # before removing anything
             removed = yield from self._remove(key, rows)
             if removed is not None:
                 yield from self._refresh_meta(key)
-                return _kept(rows, messages, removed) or None
+                return taken(_kept(rows, items, removed), self.table) or None
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
 
@@ -369,8 +384,14 @@ class LlamaIndexLayout:
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
 
-    @removal
     def pop_last(self, key: str) -> Plan[ChatMessage | None]:
+        """Remove and return the last message.
+
+        Raises:
+            CorruptDataError: It is not a message: it is removed all the same, then core's
+                ``removal_error`` of it.
+            SerializationError: A message this mode cannot represent; nothing is removed.
+        """
         pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             keys = yield from self._rows(key, keys_only=True)
@@ -387,29 +408,36 @@ class LlamaIndexLayout:
                 page_size=2,
             )
             if len(rows) == 1 and rows[0].props["RowKey"] == keys[-1].props["RowKey"]:
-                [message] = _decode(key, rows, len(keys) - 1)
+                items = _found(key, rows, len(keys) - 1)
                 try:
                     yield Remove(self.table, pk, rows[0].props["RowKey"], rows[0].etag)
                 except ConflictError:
                     yield backoff(attempt)
                     continue
                 yield from self._refresh_meta(key)
+                [message] = taken(items, self.table)
                 return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
-    @removal
     def delete_oldest(self, key: str, n: int) -> Plan[list[ChatMessage]]:
+        """Remove and return the first ``n`` messages.
+
+        Raises:
+            CorruptDataError: One is not a message: they are removed all the same, then
+                core's ``removal_error`` of the first such position.
+            SerializationError: A message this mode cannot represent; nothing is removed.
+        """
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key)
             first = rows[: max(n, 0)]
             if not first:
                 return []
-            messages = _decode(key, first, 0)  # before removing anything
+            items = _found(key, first, 0)  # before removing anything
             removed = yield from self._remove(key, first)
             if removed is not None:
                 yield from self._refresh_meta(key)
-                return _kept(first, messages, removed)
+                return taken(_kept(first, items, removed), self.table)
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
 
@@ -423,8 +451,14 @@ class LlamaIndexLayout:
         yield from self._refresh_meta(key)
         return True
 
-    @removal
     def delete_at(self, key: str, idx: int) -> Plan[ChatMessage | None]:
+        """Remove and return the message at ``idx``; the later rows move down one.
+
+        Raises:
+            CorruptDataError: It is not a message: it is removed all the same (with the
+                moves, in one transaction when they fit), then core's ``removal_error``.
+            SerializationError: A message this mode cannot represent; nothing is removed.
+        """
         pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key)
@@ -432,7 +466,7 @@ class LlamaIndexLayout:
             i = idx + n if idx < 0 else idx
             if not 0 <= i < n:
                 return None
-            [message] = _decode(key, [rows[i]], i)
+            items = _found(key, [rows[i]], i)
             # Keep RowKeys contiguous (LlamaIndex appends at MessageCount): move each later
             # message one row down, then drop the last row; all conditional on ETags.
             moves: list[Action] = [
@@ -445,6 +479,7 @@ class LlamaIndexLayout:
                 ("delete", {"PartitionKey": pk, "RowKey": last.props["RowKey"]}, last.etag)
             )
             if (yield from self._shift(key, moves)):
+                [message] = taken(items, self.table)
                 return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")

@@ -39,11 +39,12 @@ from typing import Any
 from azure.data.tables import EdmType, EntityProperty
 from llama_index.storage.chat_store.azure._codec import (
     BATCH_MAX_OPS,
+    Found,
     decode_key,
     decode_payload,
     encode_key,
-    remedy,
-    unreadable,
+    found,
+    taken,
 )
 from llama_index.storage.chat_store.azure._io import (
     Action,
@@ -58,9 +59,14 @@ from llama_index.storage.chat_store.azure._io import (
     backoff,
     chunks,
     fits,
-    removal,
 )
-from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core import (
+    ChatMessage,
+    ChatStoreError,
+    CorruptDataError,
+    corrupt_data_remedy,
+    removal_error,
+)
 from llama_index.storage.chat_store.core.cache import LruCache
 
 __all__ = ["CACHED_CONVERSATIONS", "KEYS_PARTITION", "NativeLayout"]
@@ -131,13 +137,17 @@ class NativeLayout:
         gen, head, nxt = props.get("Gen"), props.get("Head"), props.get("Next")
         if not (isinstance(gen, str) and isinstance(head, int) and isinstance(nxt, int)):
             raise CorruptDataError(
-                f"the meta entity of key {key!r} is unreadable: {props!r} ({remedy(key)})",
+                f"the meta entity of key {key!r} is unreadable: {props!r} "
+                f"({corrupt_data_remedy(key)})",
                 key=key,
+                data=repr(props),
             )
         if nxt < head or props.get("Key", key) != key:
             raise CorruptDataError(
-                f"the meta entity of key {key!r} is inconsistent: {props!r} ({remedy(key)})",
+                f"the meta entity of key {key!r} is inconsistent: {props!r} "
+                f"({corrupt_data_remedy(key)})",
                 key=key,
+                data=repr(props),
             )
         return Meta(key, pk, gen, head, nxt, str(props.get("Op", "")), row.etag)
 
@@ -430,6 +440,19 @@ class NativeLayout:
             yield from self._delete_generation(meta.pk, meta.gen)
         return committed
 
+    @property
+    def _storage(self) -> str:
+        return f"Azure table {self.table!r}"
+
+    def _found(self, meta: Meta, span: Sequence[Row | None], start: int) -> list[Found]:
+        """What a removal found at positions ``start...`` of ``span`` (None: a missing row)."""
+        return [
+            _missing(meta, start + i)
+            if row is None
+            else found(decode_payload, row.props, key=meta.key, position=start + i)
+            for i, row in enumerate(span)
+        ]
+
     # -- writing ------------------------------------------------------------------------
 
     def append(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
@@ -499,28 +522,32 @@ class NativeLayout:
             meta = yield from self.read_meta(key)
         raise ChatStoreError(f"too much contention replacing key {key!r}")
 
-    @removal
     def delete_all(self, key: str) -> Plan[list[ChatMessage] | None]:
         """Remove the conversation; return its messages (None if there were none).
 
         Raises:
-            CorruptDataError: A message is missing or unreadable, or the meta entity is;
-                nothing is removed then (:meth:`empty` removes it).
+            CorruptDataError: A message is missing or unreadable, or the meta entity is:
+                the conversation is removed all the same (one transaction with the rest,
+                when it fits), then core's ``removal_error`` of the first such position.
+            SerializationError: A message this mode cannot represent; nothing is removed.
         """
         op = _op_id()
         for attempt in range(_MAX_ATTEMPTS):
-            meta = yield from self.read_meta(key)
+            try:
+                meta = yield from self.read_meta(key)
+            except CorruptDataError as exc:
+                yield from self._purge(key)
+                raise removal_error(exc, self._storage) from exc
             if meta.count == 0:
                 return None
-            rows = yield from self._rows_at(meta, 0, meta.count)
-            if rows is not None:
-                # Decoded before anything is removed: CorruptDataError or SerializationError
-                # (a message this mode cannot represent) leaves the conversation intact.
-                messages = _decode(meta, rows, 0)
+            span = yield from self._span(meta, 0, meta.count)
+            if span is not None:
+                items = self._found(meta, span, 0)  # before removing anything
+                rows = [row for row in span if row is not None]
                 emptied = yield from self._empty(meta, rows, op)
                 if emptied is not None:
                     yield from self._unlist(emptied)
-                    return messages
+                    return taken(items, self.table)
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
 
@@ -567,8 +594,15 @@ class NativeLayout:
         self._seen.discard(key)
         yield Remove(self.table, KEYS_PARTITION, pk)
 
-    @removal
     def delete_at(self, key: str, idx: int) -> Plan[ChatMessage | None]:
+        """Remove and return the message at ``idx``, shifting the shorter side by one.
+
+        Raises:
+            CorruptDataError: The message is missing or unreadable: it is removed all the
+                same, then core's ``removal_error`` of it. (Or, removing nothing, a message
+                that must shift is missing: the shift could not keep it.)
+            SerializationError: A message this mode cannot represent; nothing is removed.
+        """
         op = _op_id()
         for attempt in range(_MAX_ATTEMPTS):
             meta = yield from self.read_meta(key)
@@ -576,27 +610,30 @@ class NativeLayout:
             i = idx + n if idx < 0 else idx
             if not 0 <= i < n:
                 return None
-            front, back = i, n - 1 - i
-            if front <= back:
-                rows = yield from self._rows_at(meta, 0, i + 1)
-                target = rows[-1] if rows else None
-                shifted = [("upsert", self._row(meta, meta.gen, meta.head + j + 1, _payload(r)),
-                            None) for j, r in enumerate((rows or [])[:-1])]  # fmt: skip
-                new = replace(meta, head=meta.head + 1, op=op)
-                actions = [self._meta_action(meta, new), *shifted, self._delete(meta, meta.head)]
-            else:
-                rows = yield from self._rows_at(meta, i, n)
-                target = rows[0] if rows else None
-                shifted = [("upsert", self._row(meta, meta.gen, meta.head + i + j, _payload(r)),
-                            None) for j, r in enumerate((rows or [])[1:])]  # fmt: skip
-                new = replace(meta, next=meta.next - 1, op=op)
-                actions = [self._meta_action(meta, new), *shifted,
-                           self._delete(meta, meta.next - 1)]  # fmt: skip
-            if target is not None:
-                [message] = _decode(meta, [target], i)
+            front = i <= n - 1 - i
+            lo, hi = (0, i + 1) if front else (i, n)
+            span = yield from self._span(meta, lo, hi)
+            if span is not None:
+                target = span[i - lo]
+                moved = span[:-1] if front else span[1:]
+                if None in moved:  # cannot shift a row that is not there
+                    raise _missing(meta, lo + span.index(None))
+                [item] = self._found(meta, [target], i)
+                if front:
+                    shifted = [("upsert", self._row(meta, meta.gen, meta.head + j + 1,
+                                _payload(r)), None) for j, r in enumerate(moved) if r]  # fmt: skip
+                    new, dropped = replace(meta, head=meta.head + 1, op=op), meta.head
+                else:
+                    shifted = [("upsert", self._row(meta, meta.gen, meta.head + i + j,
+                                _payload(r)), None) for j, r in enumerate(moved) if r]  # fmt: skip
+                    new, dropped = replace(meta, next=meta.next - 1, op=op), meta.next - 1
+                actions = [self._meta_action(meta, new), *shifted]
+                if target is not None or dropped != meta.head + i:  # a missing row: no delete
+                    actions.append(self._delete(meta, dropped))
                 after = yield from self._commit_or_rewrite(meta, new, actions, i, None)
                 if after is not None:
                     yield from self._finish_removal(after)
+                    [message] = taken([item], self.table)
                     return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
@@ -650,19 +687,27 @@ class NativeLayout:
                 return (yield from self._commit(new, actions))
             except ConflictError:
                 return (yield from self._committed(meta.key, new.op))
-        rows = yield from self._rows_at(meta, 0, meta.count)
-        if rows is None:
+        span = yield from self._span(meta, 0, meta.count)
+        if span is None:
             return None
-        payloads = [_payload(r) for r in rows]
-        if insert is None:
-            del payloads[position]
-        else:
+        kept = [(p, r) for p, r in enumerate(span) if insert is not None or p != position]
+        missing = [p for p, r in kept if r is None]
+        if missing:  # a rewrite cannot keep a row that is not there
+            raise _missing(meta, missing[0])
+        payloads = [_payload(r) for _, r in kept if r is not None]
+        if insert is not None:
             payloads.insert(position, insert)
         rewritten, rewrite = self._rewrite(meta, payloads, new.op)
         return (yield from self._replace(meta, rewritten, rewrite))
 
-    @removal
     def pop_last(self, key: str) -> Plan[ChatMessage | None]:
+        """Remove and return the last message.
+
+        Raises:
+            CorruptDataError: It is missing or unreadable: it is removed all the same (in
+                the transaction that moves the meta entity), then core's ``removal_error``.
+            SerializationError: A message this mode cannot represent; nothing is removed.
+        """
         op = _op_id()
         seen = self._seen.get(key)
         for attempt in range(_MAX_ATTEMPTS):
@@ -674,34 +719,44 @@ class NativeLayout:
                 meta = yield from self.read_meta(key)
             if meta.count == 0:
                 return None
+            span: list[Row | None] | None = [row]
             if row is None:
-                last = yield from self._rows_at(meta, meta.count - 1, meta.count)
-                row = last[0] if last else None
-            if row is not None:
-                [message] = _decode(meta, [row], meta.count - 1)
+                span = yield from self._span(meta, meta.count - 1, meta.count)
+            if span is not None:
+                [item] = self._found(meta, span, meta.count - 1)
                 new = replace(meta, next=meta.next - 1, op=op)
-                actions = [self._meta_action(meta, new), self._delete(meta, meta.next - 1)]
+                actions = [self._meta_action(meta, new)]
+                if span[0] is not None:  # a missing row: only the meta entity moves
+                    actions.append(self._delete(meta, meta.next - 1))
                 try:
                     after: Meta | None = yield from self._commit(new, actions)
                 except ConflictError:
                     after = yield from self._committed(key, op)
                 if after is not None:
                     yield from self._finish_removal(after)
+                    [message] = taken([item], self.table)
                     return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
-    @removal
     def delete_oldest(self, key: str, n: int) -> Plan[list[ChatMessage]]:
+        """Remove and return the first ``n`` messages.
+
+        Raises:
+            CorruptDataError: One is missing or unreadable: they are removed all the same,
+                then core's ``removal_error`` of the first such position.
+            SerializationError: A message this mode cannot represent; nothing is removed.
+        """
         op = _op_id()
         for attempt in range(_MAX_ATTEMPTS):
             meta = yield from self.read_meta(key)
             m = min(max(n, 0), meta.count)
             if m == 0:
                 return []
-            rows = yield from self._rows_at(meta, 0, m)
-            if rows is not None:
-                messages = _decode(meta, rows, 0)
+            span = yield from self._span(meta, 0, m)
+            if span is not None:
+                items = self._found(meta, span, 0)
+                rows = [row for row in span if row is not None]
                 new = replace(meta, head=meta.head + m, op=op)
                 # Each row If-Match the ETag read: after the meta moves on, an insert at the
                 # front may reuse a RowKey, and that message must stay.
@@ -722,7 +777,7 @@ class NativeLayout:
                     if not one:
                         yield from self._delete_rows(meta.pk, deletes)
                     yield from self._finish_removal(after)
-                    return messages
+                    return taken(items, self.table)
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
 
@@ -776,7 +831,7 @@ def _missing(meta: Meta, position: int) -> CorruptDataError:
     return CorruptDataError(
         f"the message at key {meta.key!r} position {position} is missing: the meta entity "
         f"names {meta.count} messages of generation {meta.gen!r}, RowKey "
-        f"{meta.row_key(meta.head + position)!r} not found ({remedy(meta.key)})",
+        f"{meta.row_key(meta.head + position)!r} not found ({corrupt_data_remedy(meta.key)})",
         key=meta.key,
         position=position,
     )
@@ -789,10 +844,6 @@ def _decode(meta: Meta, rows: Sequence[Row], start: int) -> list[ChatMessage]:
         CorruptDataError: A row holds no message (names key, position, how to remove it).
         SerializationError: Valid data this mode cannot represent.
     """
-    try:
-        return [
-            decode_payload(row.props, key=meta.key, position=start + i)
-            for i, row in enumerate(rows)
-        ]
-    except CorruptDataError as exc:
-        raise unreadable(exc) from exc
+    return [
+        decode_payload(row.props, key=meta.key, position=start + i) for i, row in enumerate(rows)
+    ]

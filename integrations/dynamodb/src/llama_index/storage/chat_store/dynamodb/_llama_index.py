@@ -33,7 +33,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from llama_index.storage.chat_store.core import CorruptDataError, PayloadTooLargeError
+from llama_index.storage.chat_store.core import (
+    CorruptDataError,
+    PayloadTooLargeError,
+    corrupt_data_remedy,
+)
 from llama_index.storage.chat_store.dynamodb._client import (
     MAX_ITEM_BYTES,
     ConflictError,
@@ -201,7 +205,8 @@ class LlamaIndexLayout:
         if "L" not in history or "L" not in exact:
             raise CorruptDataError(
                 f"the item of key {key!r} in DynamoDB table {self.t.name!r} has no "
-                f"{_HISTORY!r} list: {raw!r:.200}"
+                f"{_HISTORY!r} list: {raw!r:.200} ({corrupt_data_remedy(key)})",
+                key=key,
             )
         ttl = raw.get(self.t.ttl_attribute, {}).get("N")
         version = raw.get(_VERSION, {}).get("N")
@@ -236,7 +241,10 @@ class LlamaIndexLayout:
             except (TypeError, ValueError, AttributeError) as exc:
                 raise CorruptDataError(
                     f"message at key {key!r} position {position} in DynamoDB table "
-                    f"{self.t.name!r} is not a LlamaIndex message map: {value!r:.200}"
+                    f"{self.t.name!r} is not a LlamaIndex message map: {value!r:.200} "
+                    f"({corrupt_data_remedy(key)})",
+                    key=key,
+                    position=position,
                 ) from exc
         return out
 

@@ -50,6 +50,7 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ConfigurationError,
     CorruptDataError,
+    corrupt_data_remedy,
 )
 from llama_index.storage.chat_store.dynamodb._chunks import (
     PARTS,
@@ -270,7 +271,8 @@ class NativeLayout:
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDataError(
                 f"the meta item of key {key!r} in DynamoDB table {self.t.name!r} is unreadable: "
-                f"{item!r:.200}"
+                f"{item!r:.200} ({corrupt_data_remedy(key)})",
+                key=key,
             ) from exc
 
     def _query_range(
@@ -386,7 +388,7 @@ class NativeLayout:
                 raise CorruptDataError(
                     f"message at key {key!r} position {bad} is missing, has no "
                     f"string {_MESSAGE!r} attribute or lost a chunk in DynamoDB table "
-                    f"{self.t.name!r}; delete_message({bad}) removes it",
+                    f"{self.t.name!r} ({corrupt_data_remedy(key)})",
                     key=key,
                     position=bad,
                 )

@@ -23,6 +23,7 @@ from llama_index.storage.chat_store.core import (
     coerce_messages,
     message_from_json,
     message_to_json,
+    messages_removed,
 )
 from llama_index.storage.chat_store.core.store import check_window
 from llama_index.storage.chat_store.dynamodb._client import Table, Translator, Unreadable
@@ -373,27 +374,25 @@ class DynamoDBChatStore(BaseChatStore):
 
         Raises:
             CorruptDataError: Something removed was not a message: it is gone all the same
-                (corrupt data must stay deletable); names the first such position and holds
-                what was stored there.
+                (corrupt data must stay deletable); names the first such position, says it
+                was removed and holds what was stored there.
+            SerializationError: The same, for a message LlamaIndex's model cannot hold.
         """
-        out = []
-        removed = "(the data was removed from DynamoDB; the error's data attribute holds it)"
-        for position, data in pairs:
-            if isinstance(data, Unreadable):
-                raise CorruptDataError(
-                    f"message at key {key!r} position {position} in DynamoDB table "
-                    f"{self.table_name!r} is unreadable: {data.why} {removed}",
-                    key=key,
-                    position=position,
-                    data=data.data,
-                )
-            try:
-                out.append(message_from_json(data, key=key, position=position))
-            except CorruptDataError as exc:
-                raise CorruptDataError(
-                    f"{exc} {removed}", key=key, position=position, data=exc.data
-                ) from exc
-        return out
+        stored: list[tuple[int, str | bytes | CorruptDataError]] = [
+            (position, self._unreadable(key, position, data))
+            if isinstance(data, Unreadable) else (position, data)
+            for position, data in pairs
+        ]  # fmt: skip
+        return messages_removed(key, stored, storage=f"DynamoDB table {self.table_name!r}")
+
+    def _unreadable(self, key: str, position: int, data: Unreadable) -> CorruptDataError:
+        return CorruptDataError(
+            f"message at key {key!r} position {position} in DynamoDB table "
+            f"{self.table_name!r} is unreadable: {data.why}",
+            key=key,
+            position=position,
+            data=data.data,
+        )
 
     def get_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None

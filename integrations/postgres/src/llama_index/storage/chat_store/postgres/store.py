@@ -35,6 +35,7 @@ from llama_index.storage.chat_store.core import (
     coerce_messages,
     message_from_json,
     message_to_json,
+    messages_removed,
 )
 from llama_index.storage.chat_store.core.store import check_window
 from llama_index.storage.chat_store.postgres import _layouts
@@ -764,20 +765,10 @@ class PostgresChatStore(BaseChatStore):
             CorruptDataError: A removed message is unreadable (the first one, by position).
                 The removal is done (it was atomic, and refusing it would leave corrupt data
                 no delete could remove): the error says so and carries the stored data.
+            SerializationError: The same, for a message LlamaIndex's model cannot hold.
         """
-        messages = []
-        for position, data in rows:
-            try:
-                messages.append(message_from_json(data, key=key, position=int(position)))
-            except CorruptDataError as exc:
-                raise CorruptDataError(
-                    f"{exc} (the data was removed from PostgreSQL; the error's data "
-                    "attribute holds it)",
-                    key=exc.key,
-                    position=exc.position,
-                    data=exc.data,
-                ) from exc
-        return messages
+        pairs = [(int(position), data) for position, data in rows]
+        return messages_removed(key, pairs, storage="PostgreSQL")
 
     # -- sync API ------------------------------------------------------------------------
 

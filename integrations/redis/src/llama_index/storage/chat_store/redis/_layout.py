@@ -32,6 +32,7 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
     message_to_json,
+    messages_removed,
 )
 from llama_index.storage.chat_store.redis import _scripts
 from llama_index.storage.chat_store.redis._scripts import Script
@@ -247,28 +248,17 @@ def _none(reply: Any) -> None:
 
 def _messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any], list[ChatMessage]]:
     def decode(items: Any) -> list[ChatMessage]:
-        try:
-            return [
-                message_from_json(item, key=key, position=start + i)
-                for i, item in enumerate(items or [])
-            ]
-        except CorruptDataError as exc:
-            if not removed:
-                raise
-            raise _removed(exc) from exc
+        stored = [(start + i, item) for i, item in enumerate(items or [])]
+        if removed:
+            # The removal is done (it is atomic, and refusing it would leave corrupt data that
+            # no delete can remove): core's error says so and keeps what was removed.
+            return messages_removed(key, stored, storage=_STORAGE)
+        return [message_from_json(item, key=key, position=p) for p, item in stored]
 
     return decode
 
 
-def _removed(exc: CorruptDataError) -> CorruptDataError:
-    # The removal is done (it is atomic, and refusing it would leave corrupt data that no
-    # delete can remove): say so, and keep what was removed on the error for a repair.
-    return CorruptDataError(
-        f"{exc} (the data was removed from Redis; the error's data attribute holds it)",
-        key=exc.key,
-        position=exc.position,
-        data=exc.data,
-    )
+_STORAGE = "Redis"
 
 
 def _tail(key: str) -> Callable[[Any], list[ChatMessage]]:
@@ -284,10 +274,8 @@ def _positioned(key: str) -> Callable[[Any], ChatMessage | None]:
         if not reply:
             return None
         item, position = reply
-        try:
-            return message_from_json(item, key=key, position=int(position))
-        except CorruptDataError as exc:
-            raise _removed(exc) from exc
+        [message] = messages_removed(key, [(int(position), item)], storage=_STORAGE)
+        return message
 
     return decode
 

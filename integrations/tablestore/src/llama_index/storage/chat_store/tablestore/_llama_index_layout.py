@@ -8,7 +8,7 @@ against LlamaIndex's own writers. The whole conversation must fit the 2 MB value
 larger writes raise :class:`PayloadTooLargeError` before any call. Replacing or removing a
 conversation never needs to parse the old value, so damaged data never blocks either: a
 removal that removed something it could not read raises :class:`CorruptDataError` after the
-write, holding what was stored (see :func:`_taken`).
+write, holding what was stored (core's :func:`removal_error`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     PayloadTooLargeError,
     SerializationError,
+    corrupt_data_remedy,
     message_from_json,
+    removal_error,
 )
 from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
 from llama_index.storage.chat_store.tablestore._sdk import ts
@@ -57,17 +59,20 @@ def _items(key: str, history: Any) -> list[Any]:
         data: str | bytes = bytes(history)
     else:
         data = history if isinstance(history, str) else repr(history)
+    remedy = f" ({corrupt_data_remedy(key)})"
     if not isinstance(history, str):
-        raise CorruptDataError(f"conversation {key!r}: history is not text", key=key, data=data)
+        raise CorruptDataError(
+            f"conversation {key!r}: history is not text{remedy}", key=key, data=data
+        )
     try:
         items = json.loads(history)
     except ValueError as exc:
         raise CorruptDataError(
-            f"conversation {key!r}: history is not JSON ({exc})", key=key, data=data
+            f"conversation {key!r}: history is not JSON ({exc}){remedy}", key=key, data=data
         ) from exc
     if not isinstance(items, list):
         raise CorruptDataError(
-            f"conversation {key!r}: history is not a JSON array", key=key, data=data
+            f"conversation {key!r}: history is not a JSON array{remedy}", key=key, data=data
         )
     return items
 
@@ -171,20 +176,6 @@ def replace(table: str, key: str, jsons: Sequence[str]) -> Op[None]:
     raise _contention(table, key)
 
 
-def _taken(exc: CorruptDataError) -> CorruptDataError:
-    """The error a removal raises after removing data it could not read.
-
-    Corrupt data must stay deletable, and a removal cannot return what it could not read:
-    it removes, then raises this, naming the key (and position) and holding the data.
-    """
-    return CorruptDataError(
-        f"{exc} (the data was removed from Tablestore; the error's data attribute holds it)",
-        key=exc.key,
-        position=exc.position,
-        data=exc.data,
-    )
-
-
 def _decode(
     key: str, items: Sequence[Any], positions: Sequence[int]
 ) -> tuple[list[ChatMessage], CorruptDataError | None]:
@@ -233,7 +224,7 @@ def remove(table: str, key: str) -> Op[list[ChatMessage] | None]:
             messages, error = _decode(key, items, range(len(items)))
         if (yield from _write(table, key, history, None)):
             if error is not None:
-                raise _taken(error) from error
+                raise removal_error(error, "Tablestore") from error
             return messages
         yield _backoff(attempt)
     raise _contention(table, key)
@@ -269,7 +260,7 @@ def take(
         ]
         if (yield from _write(table, key, history, _encode(key, kept) if kept else None)):
             if error is not None:
-                raise _taken(error) from error
+                raise removal_error(error, "Tablestore") from error
             return messages
         yield _backoff(attempt)
     raise _contention(table, key)

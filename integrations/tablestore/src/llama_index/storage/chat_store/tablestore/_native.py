@@ -33,7 +33,7 @@ a row missing from a window the unchanged meta row names, a cell that is not a m
 raises :class:`CorruptDataError` naming the key (and position). Reads and appends raise it
 at once, changing nothing. A removal removes what it was asked all the same (corrupt data
 must stay deletable), then raises it, saying so and holding what was stored (``data``):
-see :func:`_taken`. ``set_all`` replaces a damaged conversation silently.
+see core's :func:`removal_error`. ``set_all`` replaces a damaged conversation silently.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     ChatStoreError,
     CorruptDataError,
+    corrupt_data_remedy,
     message_from_json,
+    removal_error,
 )
 from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
@@ -82,6 +84,7 @@ BATCH_BYTES = 3 * 1024 * 1024
 PAGE_ROWS = 1000
 _READ_ATTEMPTS = 30
 _WRITE_ATTEMPTS = 200
+_STORAGE = "Tablestore"
 _STUCK_LOOKS = 3
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta rows a store remembers."""
@@ -256,8 +259,8 @@ def _parse_meta(t: Tables, key: str, row: Any) -> Meta | _Damaged | None:
     else:
         return Meta(*fields)  # type: ignore[arg-type]
     return _Damaged(values, CorruptDataError(
-        f"the meta row of conversation {key!r} in table {t.meta!r} {problem}: {values!r}; "
-        "delete_messages(key) or set_messages(key, ...) replaces it",
+        f"the meta row of conversation {key!r} in table {t.meta!r} {problem}: {values!r} "
+        f"({corrupt_data_remedy(key)})",
         key=key,
     ))  # fmt: skip
 
@@ -315,8 +318,7 @@ def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Op[list[_St
 def _missing(t: Tables, key: str, position: int) -> CorruptDataError:
     return CorruptDataError(
         f"conversation {key!r} position {position} in table {t.messages!r}: the row its "
-        "meta row names is missing; delete_messages(key) or set_messages(key, ...) replaces "
-        "the conversation",
+        f"meta row names is missing ({corrupt_data_remedy(key)})",
         key=key,
         position=position,
     )
@@ -326,7 +328,7 @@ def _not_text(t: Tables, key: str, position: int, value: Any) -> CorruptDataErro
     data = bytes(value) if isinstance(value, (bytes, bytearray)) else repr(value)
     return CorruptDataError(
         f"conversation {key!r} position {position}: the row holds no message text in table "
-        f"{t.messages!r} (a {type(value).__name__})",
+        f"{t.messages!r}, a {type(value).__name__} ({corrupt_data_remedy(key)})",
         key=key,
         position=position,
         data=data,
@@ -380,20 +382,6 @@ def _decode(
         except CorruptDataError as exc:
             error = error or exc
     return messages, error
-
-
-def _taken(exc: CorruptDataError) -> CorruptDataError:
-    """The error a removal raises after removing data it could not read.
-
-    Corrupt data must stay deletable, and a removal cannot return what it could not read:
-    it removes, then raises this, naming the key and position and holding the data.
-    """
-    return CorruptDataError(
-        f"{exc} (the data was removed from Tablestore; the error's data attribute holds it)",
-        key=exc.key,
-        position=exc.position,
-        data=exc.data,
-    )
 
 
 def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
@@ -730,8 +718,8 @@ def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
 
 # Each removal below plans on one meta row and commits conditionally on exactly that row, so
 # what it returns is what it removed. ``_*_once`` is one attempt: (committed, what it removed,
-# the first message it removed but could not read). The callers raise that error (see
-# ``_taken``) once the removal is done.
+# the first message it removed but could not read). The callers raise that error (core's
+# ``removal_error``) once the removal is done.
 
 _Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
 
@@ -803,7 +791,7 @@ def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
             return None
         done, messages, error = yield from _pop_once(t, key, meta, row)
         if done and error is not None:
-            raise _taken(error) from error
+            raise removal_error(error, _STORAGE) from error
         if done:
             return messages[0]
         yield _backoff(attempt)
@@ -822,7 +810,7 @@ def delete_oldest(t: Tables, key: str, n: int) -> Op[list[ChatMessage]]:
             return []
         done, messages, error = yield from _oldest_once(t, key, meta, min(n, meta.size))
         if done and error is not None:
-            raise _taken(error) from error
+            raise removal_error(error, _STORAGE) from error
         if done:
             return messages
         yield _backoff(attempt)
@@ -853,7 +841,7 @@ def delete_at(t: Tables, key: str, idx: int) -> Op[ChatMessage | None]:
         else:
             done, messages, error = yield from _inside_once(t, key, meta, position)
         if done and error is not None:
-            raise _taken(error) from error
+            raise removal_error(error, _STORAGE) from error
         if done:
             return messages[0]
         yield _backoff(attempt)
@@ -884,9 +872,9 @@ def delete_all(t: Tables, key: str) -> Op[list[ChatMessage] | None]:
             if meta.gen is not None:
                 yield from _delete_generation(t, key, meta.gen)
             if isinstance(meta, _Damaged):
-                raise _taken(meta.problem) from meta.problem
+                raise removal_error(meta.problem, _STORAGE) from meta.problem
             if error is not None:
-                raise _taken(error) from error
+                raise removal_error(error, _STORAGE) from error
             return messages or None
         yield _backoff(attempt)
     raise _gave_up(t, key)

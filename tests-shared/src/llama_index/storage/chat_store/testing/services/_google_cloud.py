@@ -12,10 +12,15 @@ The drivers (pg8000, asyncpg) are imported on use: the package under test brings
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["LocalAsyncConnector", "LocalConnector"]
+import pytest
+
+__all__ = ["LocalAsyncConnector", "LocalConnector", "google_cloud_table", "local_instance"]
 
 
 def _arguments(driver: str, expected: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -67,3 +72,29 @@ class LocalAsyncConnector:
         self.calls.append((instance, driver, kwargs))
         args = _arguments(driver, "asyncpg", kwargs)
         return await asyncpg.connect(host=self.host, port=self.port, **args)
+
+
+def local_instance(postgres_url: str) -> tuple[str, int, str]:
+    """``(host, port, database)`` of the session's PostgreSQL, for the local connectors."""
+    parts = urlsplit(postgres_url)
+    return str(parts.hostname), int(parts.port or 5432), parts.path.lstrip("/")
+
+
+@pytest.fixture
+def google_cloud_table(postgres_url: str) -> Iterator[str]:
+    """A table name no other test uses in the session's PostgreSQL; dropped afterwards."""
+    import pg8000.dbapi
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    host, port, database = local_instance(postgres_url)
+    parts = urlsplit(postgres_url)
+    raw = pg8000.dbapi.connect(
+        user=parts.username or "postgres", password=parts.password, host=host, port=port,
+        database=database,
+    )  # fmt: skip
+    try:
+        raw.cursor().execute(f'DROP TABLE IF EXISTS public."{name}"')
+        raw.commit()
+    finally:
+        raw.close()
