@@ -170,6 +170,8 @@ class PostgresChatStore(BaseChatStore):
     """Layout created when ``auto`` finds no table."""
     _ddl_advisory_lock: ClassVar[bool] = True
     """Serialise schema creation with ``pg_advisory_xact_lock`` (not on YugabyteDB < 2.25)."""
+    _row_versions: ClassVar[bool] = True
+    """The server has ``ctid`` (not YugabyteDB): a native removal is one checked statement."""
     _llama_index_prefix: ClassVar[str] = ""
     """Prefix of the table name LlamaIndex's own store creates (YugabyteDB: ``data_``)."""
     _sync_only_options: ClassVar[frozenset[str]] = frozenset()
@@ -605,7 +607,12 @@ class PostgresChatStore(BaseChatStore):
                 f"ttl needs the native layout; table {self.schema_name}.{table} uses {layout!r}"
             )
         statements = _layouts.statements_for(
-            layout, self.schema_name, table, element, refresh_on_read=self.refresh_on_read
+            layout,
+            self.schema_name,
+            table,
+            element,
+            refresh_on_read=self.refresh_on_read,
+            row_versions=self._row_versions,
         )
         return _Resolved(statements=statements, ddl=ddl)
 
@@ -825,6 +832,25 @@ class PostgresChatStore(BaseChatStore):
 
         return self._connections().transaction(locked)
 
+    def _remove(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[Row]:
+        """Run removal ``clause`` of conversation ``key`` as its layout runs removals.
+
+        ``single``: one statement, and again after the lock in a transaction if its snapshot
+        was stale (another writer of the key committed while it waited for the lock).
+        ``pipelined``: twice in one transaction and round trip, the first run taking the
+        lock. ``locked``: after the lock in a transaction. Returns the removed rows.
+        """
+        st = self._statements()
+        connections = self._connections()
+        if st.removal == "pipelined":
+            runs = [{**params, "held": False}, {**params, "held": True}]
+            return _acted(connections.fetch_many(clause, runs))
+        if st.removal == "single":
+            rows = connections.fetch(clause, params)
+            if not _stale(rows):
+                return rows
+        return _acted(self._change(key, clause, params))
+
     def get_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
     ) -> list[ChatMessage]:
@@ -900,7 +926,7 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         st = self._statements()
         if not batch:
-            self._change(key, st.delete_all, {"key": key})
+            self._remove(key, st.delete_all, self._key_params(key))
             return
         self._change(key, st.replace, self._append_params(key, batch), st.lock_for_replace)
 
@@ -916,7 +942,7 @@ class PostgresChatStore(BaseChatStore):
         """
         key = self._check_key(key)
         st = self._statements()
-        return self._removed(key, self._change(key, st.delete_all, {"key": key})) or None
+        return self._removed(key, self._remove(key, st.delete_all, self._key_params(key))) or None
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove and return the message at ``idx`` (``None`` if out of range).
@@ -935,7 +961,7 @@ class PostgresChatStore(BaseChatStore):
         found = self._delete_at(st, key, self._index(idx))
         if found is None:
             return None
-        removed = self._removed(key, self._change(key, *found))
+        removed = self._removed(key, self._remove(key, *found))
         return removed[0] if removed else None
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
@@ -954,7 +980,7 @@ class PostgresChatStore(BaseChatStore):
             return []
         st = self._statements()
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        return self._removed(key, self._change(key, st.delete_oldest, params))
+        return self._removed(key, self._remove(key, st.delete_oldest, params))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys holding messages, in pages of 100 (constant memory)."""
@@ -1074,6 +1100,19 @@ class PostgresChatStore(BaseChatStore):
 
         return await self._aconnections().transaction(locked)
 
+    async def _aremove(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[Row]:
+        """Async :meth:`_remove`."""
+        st = await self._astatements()
+        connections = self._aconnections()
+        if st.removal == "pipelined":
+            runs = [{**params, "held": False}, {**params, "held": True}]
+            return _acted(await connections.fetch_many(clause, runs))
+        if st.removal == "single":
+            rows = await connections.fetch(clause, params)
+            if not _stale(rows):
+                return rows
+        return _acted(await self._achange(key, clause, params))
+
     async def aget_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
     ) -> list[ChatMessage]:
@@ -1132,7 +1171,7 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         st = await self._astatements()
         if not batch:
-            await self._achange(key, st.delete_all, {"key": key})
+            await self._aremove(key, st.delete_all, self._key_params(key))
             return
         params = self._append_params(key, batch)
         await self._achange(key, st.replace, params, st.lock_for_replace)
@@ -1141,7 +1180,7 @@ class PostgresChatStore(BaseChatStore):
         """Async :meth:`delete_messages`."""
         key = self._check_key(key)
         st = await self._astatements()
-        rows = await self._achange(key, st.delete_all, {"key": key})
+        rows = await self._aremove(key, st.delete_all, self._key_params(key))
         return self._removed(key, rows) or None
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
@@ -1151,7 +1190,7 @@ class PostgresChatStore(BaseChatStore):
         found = self._delete_at(st, key, self._index(idx))
         if found is None:
             return None
-        removed = self._removed(key, await self._achange(key, *found))
+        removed = self._removed(key, await self._aremove(key, *found))
         return removed[0] if removed else None
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
@@ -1165,7 +1204,7 @@ class PostgresChatStore(BaseChatStore):
             return []
         st = await self._astatements()
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        return self._removed(key, await self._achange(key, st.delete_oldest, params))
+        return self._removed(key, await self._aremove(key, st.delete_oldest, params))
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""
@@ -1212,6 +1251,16 @@ class PostgresChatStore(BaseChatStore):
             sync.close()
         if async_ is not None:
             await async_.aclose()
+
+
+def _stale(rows: list[Row]) -> bool:
+    """Whether a removal reported a stale snapshot (and changed nothing): one NULL row."""
+    return len(rows) == 1 and rows[0][0] is None
+
+
+def _acted(rows: list[Row]) -> list[Row]:
+    """The removed rows, without a stale run's report (a lock-only run's, when pipelined)."""
+    return [row for row in rows if row[0] is not None]
 
 
 def _ddl_race(exc: BaseException) -> bool:
