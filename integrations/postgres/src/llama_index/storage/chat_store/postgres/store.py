@@ -36,6 +36,7 @@ from llama_index.storage.chat_store.core import (
     message_from_json,
     message_to_json,
 )
+from llama_index.storage.chat_store.core.messages import collector_paused
 from llama_index.storage.chat_store.core.store import check_window
 from llama_index.storage.chat_store.postgres import _layouts
 from llama_index.storage.chat_store.postgres._drivers import (
@@ -753,14 +754,15 @@ class PostgresChatStore(BaseChatStore):
     @staticmethod
     def _parse(key: str, rows: list[Row], st: Statements) -> list[ChatMessage]:
         messages = []
-        for ident, data in rows:
-            if st.positions:
-                messages.append(message_from_json(data, key=key, position=ident))
-                continue
-            try:
-                messages.append(message_from_json(data, key=key))
-            except CorruptDataError as exc:
-                raise _NeedsPosition(ident, data) from exc
+        with collector_paused(len(rows)):
+            for ident, data in rows:
+                if st.positions:
+                    messages.append(message_from_json(data, key=key, position=ident))
+                    continue
+                try:
+                    messages.append(message_from_json(data, key=key))
+                except CorruptDataError as exc:
+                    raise _NeedsPosition(ident, data) from exc
         return messages
 
     @staticmethod
@@ -773,17 +775,18 @@ class PostgresChatStore(BaseChatStore):
                 no delete could remove): the error says so and carries the stored data.
         """
         messages = []
-        for position, data in rows:
-            try:
-                messages.append(message_from_json(data, key=key, position=int(position)))
-            except CorruptDataError as exc:
-                raise CorruptDataError(
-                    f"{exc} (the data was removed from PostgreSQL; the error's data "
-                    "attribute holds it)",
-                    key=exc.key,
-                    position=exc.position,
-                    data=exc.data,
-                ) from exc
+        with collector_paused(len(rows)):
+            for position, data in rows:
+                try:
+                    messages.append(message_from_json(data, key=key, position=int(position)))
+                except CorruptDataError as exc:
+                    raise CorruptDataError(
+                        f"{exc} (the data was removed from PostgreSQL; the error's data "
+                        "attribute holds it)",
+                        key=exc.key,
+                        position=exc.position,
+                        data=exc.data,
+                    ) from exc
         return messages
 
     # -- sync API ------------------------------------------------------------------------
