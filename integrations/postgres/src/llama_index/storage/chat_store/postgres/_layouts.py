@@ -248,8 +248,8 @@ def _native_lock(c: str, row_versions: bool) -> str:
         else "TRUE"
     )
     return (
-        f"lk AS (SELECT {fresh} AS fresh, (c.expires_at IS NULL OR c.expires_at > now()) AS live "
-        f"FROM {c} AS c WHERE c.key = CAST(:key AS text) FOR UPDATE)"
+        f"lk AS (SELECT {fresh} AS fresh, (c.expires_at IS NULL OR c.expires_at > now()) AS live, "
+        f"c.message_count AS n FROM {c} AS c WHERE c.key = CAST(:key AS text) FOR UPDATE)"
     )
 
 
@@ -278,12 +278,15 @@ def _counted_before(m: str) -> str:
     )
 
 
-def _removals(m: str, lk: str, touch: str = "", drop: str = "") -> dict[str, TextClause]:
+def _removals(
+    m: str, lk: str, from_end: str, touch: str = "", drop: str = ""
+) -> dict[str, TextClause]:
     """The removals over messages table ``m``, each starting with lock CTE ``lk``.
 
     Args:
         m: The messages table.
         lk: The ``lk`` CTE (``_native_lock`` or ``_GOOGLE_LOCK``).
+        from_end: What ``delete_from_end`` returns from ``gone``: the position it had.
         touch: A CTE, put after ``gone``, updating the conversation row by what was removed.
         drop: A CTE ``conv`` deleting the conversation row (``delete_all``), returning its
             ``expires_at``: an expired conversation's messages are removed, not returned.
@@ -304,7 +307,7 @@ def _removals(m: str, lk: str, touch: str = "", drop: str = "") -> dict[str, Tex
         ),
         "delete_from_end": text(
             f"WITH {lk}, gone AS (DELETE FROM {m} WHERE {key} AND id = ({_pick(m, 'DESC')}) "
-            f"{returning}{after} {_counted_before(m)} {_STALE}"
+            f"{returning}{after} {from_end} {_STALE}"
         ),
         "delete_oldest": text(
             f"WITH {lk}, gone AS (DELETE FROM {m} WHERE {key} AND id = ANY({_first_ids(m)}) "
@@ -389,6 +392,8 @@ def _native(m: str, c: str, refresh_on_read: bool, row_versions: bool) -> Statem
         **_removals(
             m,
             _native_lock(c, row_versions),
+            # O(1): the conversation's count (the snapshot's, as the lock left it).
+            "SELECT (SELECT n FROM lk) - 1 - CAST(:offset AS bigint), message FROM gone",
             touch,
             f"conv AS (DELETE FROM {c} WHERE key = CAST(:key AS text) AND {_GATE_ALL} "
             "RETURNING expires_at)",
@@ -459,7 +464,7 @@ def _google(m: str) -> Statements:
             f"INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {_NEW_ROWS}"
         ),
-        **_removals(m, _GOOGLE_LOCK),
+        **_removals(m, _GOOGLE_LOCK, _counted_before(m)),
         removal="pipelined",
         keys_page=text(
             f"SELECT key FROM {m} WHERE key > CAST(:after AS text) GROUP BY key "
