@@ -30,6 +30,7 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.messages import collector_paused
 from llama_index.storage.chat_store.testing import every_block_type, tricky_messages
 from llama_index.storage.chat_store.testing.samples import (
     LLAMA_INDEX_INSTALLED,
@@ -312,3 +313,26 @@ def test_copy_messages_copies_a_long_conversation_and_leaves_the_collector_as_it
     for copied in copies:
         _scribble(copied)
     assert [m.model_dump_json() for m in originals] == before
+
+
+@pytest.mark.parametrize("count", [10, 10_000])
+def test_collector_paused_pauses_only_long_work_and_restores_the_collector(count: int) -> None:
+    """collector_paused turns the collector off for many messages, back on after, even on error.
+
+    If this fails: stores parsing a long conversation run with the collector on (three times
+    slower), or leave it off after a parse raised (every later allocation pays for it).
+    """
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        with collector_paused(count):
+            assert gc.isenabled() is (count < 64)
+        with pytest.raises(CorruptDataError), collector_paused(count):
+            message_from_json("not json")
+        assert gc.isenabled()
+        gc.disable()  # a caller's own pause is left alone
+        with collector_paused(count):
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was_enabled else gc.disable)()

@@ -192,7 +192,16 @@ SECOND: dict[str, Op] = {
     "clear": clear(),
 }
 
-LAYOUTS = ["native", "google", "llama_index"]
+LAYOUTS = ["native", "native_locked", "google", "llama_index"]
+"""``native_locked``: the native layout with removals run after the lock in a transaction, as
+on YugabyteDB (no ``ctid``); the others run them as one statement (native: checked, run again
+under the lock when stale) or one pipelined round trip (google)."""
+
+
+class _LockedRemovals(PostgresChatStore):
+    """The Postgres store with removals run as YugabyteDB runs them (no row versions)."""
+
+    _row_versions = False
 
 
 class Gate:
@@ -251,25 +260,38 @@ class Racers:
     a: PostgresChatStore
     b: PostgresChatStore
     gate: Gate
+    variant: str
+
+    @property
+    def a_name(self) -> str:
+        """Store A's ``application_name``."""
+        return f"racer_a_{self.variant}"
+
+    @property
+    def b_name(self) -> str:
+        """Store B's ``application_name``."""
+        return f"racer_b_{self.variant}"
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
 def racers(request: pytest.FixtureRequest, database_url_for_module: str) -> Iterator[Racers]:
     """Two store instances over one table of ``layout``, and the gate on that table."""
-    layout = request.param
-    schema = f"race_{layout}_{uuid.uuid4().hex[:8]}"
+    variant = request.param
+    layout = "native" if variant == "native_locked" else variant
+    kind = _LockedRemovals if variant == "native_locked" else PostgresChatStore
+    schema = f"race_{variant}_{uuid.uuid4().hex[:8]}"
 
     def store(application: str) -> PostgresChatStore:
-        return PostgresChatStore.from_uri(
+        return kind.from_uri(
             f"{database_url_for_module}?application_name={application}",
             schema_name=schema,
             layout=layout,
         )
 
-    a, b = store(f"racer_a_{layout}"), store(f"racer_b_{layout}")
+    a, b = store(f"racer_a_{variant}"), store(f"racer_b_{variant}")
     a.init_table()
     gate = Gate(database_url_for_module, schema, a.table_name)
-    yield Racers(a, b, gate)
+    yield Racers(a, b, gate, variant)
     a.close()
     b.close()
     gate.close()
@@ -277,8 +299,7 @@ def racers(request: pytest.FixtureRequest, database_url_for_module: str) -> Iter
 
 def _race(racers: Racers, key: str, first: Op, second: Op, api: str) -> tuple[Any, Any]:
     """Run ``first`` held at the gate, then ``second``; return each one's result or error."""
-    a_name = f"racer_a_{racers.a.layout}"
-    b_name = f"racer_b_{racers.b.layout}"
+    a_name, b_name = racers.a_name, racers.b_name
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         with racers.gate.closed():
             held = pool.submit(first.run, racers.a, key, api)
@@ -480,7 +501,9 @@ class _PausedAfterLock:
     """Holds store B's next transaction right after its first statement (the lock).
 
     Stands for a slow client between the two statements of a removal: the conversation
-    is created by another writer after B's lock ran and before B's change starts.
+    is created by another writer after B's lock ran and before B's change starts. Only
+    removals run after the lock have that gap (``native_locked``, and native removals run
+    again under the lock); a single statement or a pipelined pair never pauses here.
     """
 
     def __init__(self, store: PostgresChatStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -558,10 +581,10 @@ def test_a_removal_whose_lock_found_no_conversation_acts_on_none(
     """
     key = f"k-{uuid.uuid4().hex[:8]}"
     racers.a.set_messages(key, [])
-    b_name = f"racer_b_{racers.b.layout}"
+    b_name = racers.b_name
     a_op, b_op, c_op, read = append_many(MARK), REMOVALS_OF_NEW[removal], append("c"), _read()
     pause = _PausedAfterLock(racers.b, monkeypatch)
-    a_name = f"racer_a_{racers.a.layout}"
+    a_name = racers.a_name
     seen: Any = None
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         b = pool.submit(b_op.run, racers.b, key, api)

@@ -5,6 +5,10 @@ pool checkout with reset costs one more. The hot path here is one statement on a
 connection this store already holds: a sync DBAPI connection (psycopg 3, psycopg2,
 pg8000: whichever the SQLAlchemy engine's dialect uses) or an asyncpg connection.
 Transactions are explicit and only where an operation needs two statements.
+``fetch_many`` runs one statement for several parameter sets in one transaction and, with
+asyncpg or psycopg 3, one round trip: the messages go out together with a single Sync, which
+ends the implicit transaction they share (each run still takes its own snapshot under READ
+COMMITTED, after the previous run ended).
 
 Statements are SQLAlchemy ``text()`` clauses compiled once per dialect (``$1`` for
 asyncpg, ``%(name)s`` for psycopg, ``%s`` for pg8000).
@@ -177,6 +181,35 @@ class _SyncRunner:
             cursor.close()
 
 
+def _pipelined(driver: Any, sql: str, params_list: Sequence[Params]) -> list[Row]:
+    """Run ``sql`` for each parameter set in one psycopg 3 pipeline; return all rows.
+
+    In autocommit mode the pipeline sends one Sync at its end: every run is part of one
+    implicit transaction, and a failed run skips the rest and rolls the transaction back.
+    """
+    cursors = []
+    with driver.pipeline():
+        for params in params_list:
+            cursor = driver.cursor()
+            cursor.execute(sql, params)
+            cursors.append(cursor)
+    rows: list[Row] = []
+    for cursor in cursors:
+        if cursor.description is not None:
+            rows.extend(cursor.fetchall())
+        cursor.close()
+    return rows
+
+
+def _psycopg_pipelines(dialect: Dialect) -> bool:
+    """Whether connections of ``dialect`` are psycopg 3 ones whose libpq can pipeline."""
+    if dialect.driver != "psycopg":
+        return False
+    from psycopg import Pipeline
+
+    return Pipeline.is_supported()
+
+
 class SyncConnections:
     """Sync DBAPI connections held from a SQLAlchemy engine, in autocommit mode.
 
@@ -280,6 +313,23 @@ class SyncConnections:
         def attempt() -> list[Row]:
             with self._connection() as connection:
                 return _SyncRunner(self, connection).fetch(clause, params)
+
+        return self._retrying(attempt)
+
+    def fetch_many(self, clause: TextClause, params_list: Sequence[Params]) -> list[Row]:
+        """Run ``clause`` once per parameter set, in order, in one transaction; return all rows.
+
+        One round trip with psycopg 3 (a pipeline); other drivers run a transaction.
+        """
+        if not _psycopg_pipelines(self._get_engine().dialect):
+            return self.transaction(
+                lambda tx: [row for params in params_list for row in tx.fetch(clause, params)]
+            )
+        sql = self.compiled(clause).sql
+
+        def attempt() -> list[Row]:
+            with self._connection() as connection:
+                return _pipelined(connection.driver_connection, sql, params_list)
 
         return self._retrying(attempt)
 
@@ -437,6 +487,21 @@ class AsyncConnections:
         async def attempt() -> list[Row]:
             async with self._connection() as connection:
                 return await AsyncRunner(self, connection).fetch(clause, params)
+
+        return await self._retrying(attempt)
+
+    async def fetch_many(self, clause: TextClause, params_list: Sequence[Params]) -> list[Row]:
+        """Run ``clause`` once per parameter set, in order, in one transaction and round trip.
+
+        asyncpg's ``fetchmany`` binds and executes every set, then sends one Sync.
+        """
+        compiled = self.compiled(clause)
+        args = [compiled.args(params) for params in params_list]
+
+        async def attempt() -> list[Row]:
+            async with self._connection() as connection:
+                rows: list[Row] = await connection.fetchmany(compiled.sql, args)
+                return rows
 
         return await self._retrying(attempt)
 

@@ -10,13 +10,29 @@ Values are never part of the SQL text.
 Locking, the one rule of the row layouts (``native``, ``google``): every writer of a
 conversation takes the conversation's lock FIRST (``lock``: the native layout's
 conversation row, or a per-key advisory lock on Google's table), then touches message
-rows. Appends take it inside their one statement, before any message row exists. An
-operation that reads message rows to decide what to change (insert at an index,
-delete by position, delete all, replace) is a transaction of two statements: ``lock``
-(``lock_for_replace`` for the writers that create the conversation: replace, insert at an
-index), then the change, whose snapshot (READ COMMITTED: one per statement) is taken after
-the lock is granted, so it sees every write committed before. One order everywhere
-means no deadlocks, and no writer acts on a stale picture of the conversation.
+rows. Appends take it inside their one statement, before any message row exists. One
+order everywhere means no deadlocks.
+
+A writer that reads message rows to decide what to change must also read them as the lock
+left them. Under READ COMMITTED every part of one statement reads one snapshot, taken
+when the statement starts: a lock the statement then waits for returns the newest
+version of the locked row, but message rows a writer committed during the wait stay
+invisible to that statement. So:
+
+* Removals (a position, the first ``n``, all) start with a ``lk`` CTE that takes the lock
+  and says whether the statement's snapshot is ``fresh``; everything they change is gated
+  on it. Native layout: fresh when the conversation row the lock returned is the version
+  the snapshot holds (``ctid``): every writer changes that row in the transaction that
+  changes messages, so an unchanged row means unchanged messages. A stale run changes
+  nothing and yields one ``(NULL, NULL)`` row; the caller runs it again after ``lock`` in
+  a transaction, where its snapshot is taken after the lock (``removal == "single"``).
+  Google's table has no such row (the messages a writer added meanwhile cannot be seen
+  from the snapshot at all), so a removal runs twice in one transaction and one round
+  trip: first ``held`` false, which only takes the advisory lock (and yields the stale
+  row), then ``held`` true, whose snapshot is taken after it (``removal == "pipelined"``).
+* Insert at an index and replace are a transaction of two statements: ``lock``
+  (``lock_for_replace`` for these writers, which create the conversation), then the change.
+
 The ``llama_index`` layout keeps a conversation in one row: each operation is one
 statement on it, and the row lock orders them.
 
@@ -49,6 +65,7 @@ __all__ = [
     "DETECT",
     "SCHEMA_EXISTS",
     "LayoutName",
+    "RemovalRun",
     "Statements",
     "conversations_table",
     "create_statements",
@@ -58,6 +75,10 @@ __all__ = [
 ]
 
 LayoutName = Literal["native", "google", "llama_index"]
+RemovalRun = Literal["single", "pipelined", "locked"]
+"""How a removal statement runs: ``single`` alone (once more after ``lock`` if it reports
+a stale snapshot), ``pipelined`` twice in one transaction (``held`` false, then true),
+``locked`` after ``lock`` in a transaction."""
 
 
 # Bound once; NULL when the writer has no ttl (the conversation never expires).
@@ -100,11 +121,14 @@ class Statements:
     append_one: TextClause  # key, lock, message, ttl -> a row if done (else run ``append``)
     insert_at: TextClause  # key, idx, messages (one), ttl  [row layouts: after ``lock``]
     replace: TextClause  # key, messages, n, ttl  [row layouts: after ``lock_for_replace``]
-    # Removals yield ``(position, message_text)`` whatever ``positions`` says.
-    delete_all: TextClause  # key  [row layouts: after ``lock``]
-    delete_from_start: TextClause  # key, offset (message at that position), ttl  [idem]
-    delete_from_end: TextClause  # key, offset (0 = the last message), ttl  [idem]
-    delete_oldest: TextClause  # key, n, ttl  [idem]
+    # Removals yield ``(position, message_text)`` whatever ``positions`` says, plus one
+    # ``(NULL, NULL)`` row from a stale run (row layouts, see ``removal``). Each binds key,
+    # lock, ttl and held (Google's layout: the advisory lock is already held).
+    delete_all: TextClause  # key
+    delete_from_start: TextClause  # key, offset (message at that position)
+    delete_from_end: TextClause  # key, offset (0 = the last message)
+    delete_oldest: TextClause  # key, n
+    removal: RemovalRun
     keys_page: TextClause  # after, page -> (key,)
     clear: TextClause  # [row layouts: after ``lock_all``]
     position_of: TextClause | None  # key, id -> (n,)  (row layouts)
@@ -114,11 +138,6 @@ class Statements:
     lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row (count)
     lock_all: TextClause | None  # locks every conversation of the table  (row layouts)
     sweep: TextClause | None  # -> (conversations removed,)  (native)
-
-    @property
-    def serialised(self) -> bool:
-        """Whether multi-row changes run as ``lock`` + statement transactions (row layouts)."""
-        return self.lock is not None
 
 
 def _name(schema: str, table: str) -> str:
@@ -132,6 +151,7 @@ def statements_for(
     element_type: str = "json",
     *,
     refresh_on_read: bool = False,
+    row_versions: bool = True,
 ) -> Statements:
     """Build the statements of ``layout`` for ``schema.table``.
 
@@ -142,10 +162,12 @@ def statements_for(
         element_type: ``json`` or ``jsonb``: the array element type of the ``llama_index`` layout.
         refresh_on_read: Native layout: windows and counts also set a live conversation's
             expiry to now + ``:ttl`` (in the same statement).
+        row_versions: Native layout: the server has ``ctid`` (PostgreSQL), so a removal
+            can check its snapshot and run as one statement; else it runs after ``lock``.
     """
     if layout == "native":
         conversations = _name(schema, conversations_table(table))
-        return _native(_name(schema, table), conversations, refresh_on_read)
+        return _native(_name(schema, table), conversations, refresh_on_read, row_versions)
     if layout == "google":
         return _google(_name(schema, table))
     return _llama_index(_name(schema, table), element_type)
@@ -172,22 +194,22 @@ def _rows_common(m: str, live: str, refresh: str = "") -> dict[str, TextClause]:
     }
 
 
-def _pick(m: str, live: str, direction: str) -> str:
+def _pick(m: str, direction: str) -> str:
     """The id of the message ``:offset`` rows from the start (ASC) or the end (DESC).
 
-    Runs under the conversation's lock, so no writer of ours holds these rows. ``FOR
-    UPDATE`` (never ``SKIP LOCKED``, which would pick another message than the one at
-    the position) waits for a foreign writer holding a row (Google's own store on a
-    shared table) and then skips the row if that writer deleted it: the position counts
-    only messages that still exist.
+    Gated on ``lk`` (see ``_GATE``), so it runs under the conversation's lock and no writer
+    of ours holds these rows. ``FOR UPDATE`` (never ``SKIP LOCKED``, which would pick
+    another message than the one at the position) waits for a foreign writer holding a
+    row (Google's own store on a shared table) and then skips the row if that writer
+    deleted it: the position counts only messages that still exist.
     """
     return (
-        f"SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id {direction} "
-        "OFFSET CAST(:offset AS bigint) LIMIT 1 FOR UPDATE"
+        f"SELECT id FROM {m} WHERE key = CAST(:key AS text) AND {_GATE} ORDER BY id "
+        f"{direction} OFFSET CAST(:offset AS bigint) LIMIT 1 FOR UPDATE"
     )
 
 
-def _first_ids(m: str, live: str) -> str:
+def _first_ids(m: str) -> str:
     """The ids of the first ``:n`` messages, as an array computed once per statement.
 
     Never ``id IN (SELECT ... LIMIT n FOR UPDATE)``: as the inner side of a nested-loop
@@ -196,10 +218,47 @@ def _first_ids(m: str, live: str) -> str:
     the whole conversation (whenever the planner picked that plan).
     """
     return (
-        f"ARRAY(SELECT id FROM {m} WHERE key = CAST(:key AS text){live} ORDER BY id "
+        f"ARRAY(SELECT id FROM {m} WHERE key = CAST(:key AS text) AND {_GATE} ORDER BY id "
         "LIMIT CAST(:n AS bigint) FOR UPDATE)"
     )
 
+
+# A removal's first CTE, ``lk``, takes the conversation's lock and yields one row: ``fresh``
+# (the snapshot shows the conversation as the lock left it) and ``live`` (not expired). The
+# native lock yields no row when there is no conversation row: then nothing is removed.
+# Every change is gated on it (an uncorrelated sub-select, evaluated once, before the gated
+# rows are locked or removed: no message row is locked before the conversation's lock).
+_GATE = "(SELECT fresh AND live FROM lk)"
+_GATE_ALL = "(SELECT fresh FROM lk)"  # delete_all also removes an expired conversation
+# A stale run changed nothing: it says so with one (NULL, NULL) row.
+_STALE = "UNION ALL SELECT NULL, NULL FROM lk WHERE NOT lk.fresh"
+
+
+def _native_lock(c: str, row_versions: bool) -> str:
+    """``lk`` for the native layout: the conversation row, locked.
+
+    ``FOR UPDATE`` returns the row's newest version even when the statement's snapshot holds
+    an older one (it waited for, or came after, a writer's commit); the sub-select reads the
+    snapshot's version. Without ``ctid`` (``row_versions`` false) the statement claims a
+    fresh snapshot, which holds only when run after ``lock`` in a transaction.
+    """
+    fresh = (
+        f"c.ctid = (SELECT s.ctid FROM {c} AS s WHERE s.key = CAST(:key AS text))"
+        if row_versions
+        else "TRUE"
+    )
+    return (
+        f"lk AS (SELECT {fresh} AS fresh, (c.expires_at IS NULL OR c.expires_at > now()) AS live, "
+        f"c.message_count AS n FROM {c} AS c WHERE c.key = CAST(:key AS text) FOR UPDATE)"
+    )
+
+
+# Google's layout: the advisory lock, taken in the statement; the snapshot is fresh only when
+# the caller held the lock before the statement began (``held``: the second run of two).
+_KEY_LOCK = "pg_advisory_xact_lock(CAST(:lock AS bigint))"
+_GOOGLE_LOCK = (
+    f"lk AS (SELECT {_KEY_LOCK} AS locked, CAST(:held AS boolean) AS fresh, TRUE AS live)"
+)
 
 # What a removal returns from its ``gone`` CTE (``id, message``): the position each row had.
 # The first ``:n`` messages, or all of them, are removed in id order from position 0.
@@ -219,6 +278,44 @@ def _counted_before(m: str) -> str:
     )
 
 
+def _removals(
+    m: str, lk: str, from_end: str, touch: str = "", drop: str = ""
+) -> dict[str, TextClause]:
+    """The removals over messages table ``m``, each starting with lock CTE ``lk``.
+
+    Args:
+        m: The messages table.
+        lk: The ``lk`` CTE (``_native_lock`` or ``_GOOGLE_LOCK``).
+        from_end: What ``delete_from_end`` returns from ``gone``: the position it had.
+        touch: A CTE, put after ``gone``, updating the conversation row by what was removed.
+        drop: A CTE ``conv`` deleting the conversation row (``delete_all``), returning its
+            ``expires_at``: an expired conversation's messages are removed, not returned.
+    """
+    key = "key = CAST(:key AS text)"
+    returning = "RETURNING id, message::text AS message)"
+    after = f", {touch}" if touch else ""
+    conv = f"{drop}, " if drop else ""
+    kept = " WHERE NOT EXISTS (SELECT 1 FROM conv WHERE expires_at <= now())" if drop else ""
+    return {
+        "delete_all": text(
+            f"WITH {lk}, {conv}gone AS (DELETE FROM {m} WHERE {key} AND {_GATE_ALL} "
+            f"{returning} {_FROM_FIRST}{kept} {_STALE} ORDER BY 1"
+        ),
+        "delete_from_start": text(
+            f"WITH {lk}, gone AS (DELETE FROM {m} WHERE {key} AND id = ({_pick(m, 'ASC')}) "
+            f"{returning}{after} {_AT_OFFSET} {_STALE}"
+        ),
+        "delete_from_end": text(
+            f"WITH {lk}, gone AS (DELETE FROM {m} WHERE {key} AND id = ({_pick(m, 'DESC')}) "
+            f"{returning}{after} {from_end} {_STALE}"
+        ),
+        "delete_oldest": text(
+            f"WITH {lk}, gone AS (DELETE FROM {m} WHERE {key} AND id = ANY({_first_ids(m)}) "
+            f"{returning}{after} {_FROM_FIRST} {_STALE} ORDER BY 1"
+        ),
+    }
+
+
 _NEW_ROWS = "unnest(CAST(:messages AS text[])) WITH ORDINALITY AS u(message, n) ORDER BY u.n"
 
 
@@ -235,7 +332,7 @@ def _refresh(c: str) -> str:
     )
 
 
-def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
+def _native(m: str, c: str, refresh_on_read: bool, row_versions: bool) -> Statements:
     refresh = _refresh(c) if refresh_on_read else ""
     expired = f"EXISTS (SELECT 1 FROM {c} WHERE key = CAST(:key AS text) AND expires_at <= now())"
     live = f" AND NOT {expired}"
@@ -292,29 +389,16 @@ def _native(m: str, c: str, refresh_on_read: bool = False) -> Statements:
             f"INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
         ),
-        delete_all=text(
-            f"WITH conv AS (DELETE FROM {c} WHERE key = CAST(:key AS text) "
-            "RETURNING expires_at), "
-            f"gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
-            "RETURNING id, message::text AS message) "
-            f"{_FROM_FIRST} WHERE NOT EXISTS "
-            "(SELECT 1 FROM conv WHERE expires_at <= now()) ORDER BY id"
+        **_removals(
+            m,
+            _native_lock(c, row_versions),
+            # O(1): the conversation's count (the snapshot's, as the lock left it).
+            "SELECT (SELECT n FROM lk) - 1 - CAST(:offset AS bigint), message FROM gone",
+            touch,
+            f"conv AS (DELETE FROM {c} WHERE key = CAST(:key AS text) AND {_GATE_ALL} "
+            "RETURNING expires_at)",
         ),
-        delete_from_start=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
-            f"AND id = ({_pick(m, live, 'ASC')}) "
-            f"RETURNING id, message::text AS message), {touch} {_AT_OFFSET}"
-        ),
-        delete_from_end=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
-            f"AND id = ({_pick(m, live, 'DESC')}) "
-            f"RETURNING id, message::text AS message), {touch} {_counted_before(m)}"
-        ),
-        delete_oldest=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id = ANY("
-            f"{_first_ids(m, live)}) RETURNING id, message::text AS message), {touch} "
-            f"{_FROM_FIRST} ORDER BY id"
-        ),
+        removal="single" if row_versions else "locked",
         keys_page=text(
             f"SELECT key FROM {c} WHERE message_count > 0 "
             "AND (expires_at IS NULL OR expires_at > now()) AND key > CAST(:after AS text) "
@@ -351,7 +435,7 @@ def _google(m: str) -> Statements:
     # Google's table has no row per conversation: a transaction-scoped advisory lock on
     # the key (``:lock``, a hash of schema, table and key) stands in for it. Appends take
     # it in their statement before the rows get their ids, so ids follow commit order.
-    lock = "SELECT pg_advisory_xact_lock(CAST(:lock AS bigint))"
+    lock = f"SELECT {_KEY_LOCK}"
     return Statements(
         layout="google",
         positions=False,
@@ -380,22 +464,8 @@ def _google(m: str) -> Statements:
             f"INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {_NEW_ROWS}"
         ),
-        delete_all=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text) "
-            f"RETURNING id, message::text AS message) {_FROM_FIRST} ORDER BY id"
-        ),
-        delete_from_start=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE id = ({_pick(m, '', 'ASC')}) "
-            f"RETURNING id, message::text AS message) {_AT_OFFSET}"
-        ),
-        delete_from_end=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE id = ({_pick(m, '', 'DESC')}) "
-            f"RETURNING id, message::text AS message) {_counted_before(m)}"
-        ),
-        delete_oldest=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE id = ANY({_first_ids(m, '')}) "
-            f"RETURNING id, message::text AS message) {_FROM_FIRST} ORDER BY id"
-        ),
+        **_removals(m, _GOOGLE_LOCK, _counted_before(m)),
+        removal="pipelined",
         keys_page=text(
             f"SELECT key FROM {m} WHERE key > CAST(:after AS text) GROUP BY key "
             "ORDER BY key LIMIT CAST(:page AS bigint)"
@@ -471,6 +541,7 @@ def _llama_index(t: str, element: str) -> Statements:
             f"SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} "
             "WHERE u.n <= CAST(:n AS bigint) ORDER BY u.n"
         ),
+        removal="single",  # one row holds the conversation: its lock is the statement's
         keys_page=text(
             f"SELECT key FROM {t} WHERE COALESCE(cardinality(value), 0) > 0 "
             "AND key > CAST(:after AS text) ORDER BY key LIMIT CAST(:page AS bigint)"

@@ -37,6 +37,7 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.messages import collector_paused
 from llama_index.storage.chat_store.core.store import check_window
 from llama_index.storage.chat_store.postgres import _layouts
 from llama_index.storage.chat_store.postgres._drivers import (
@@ -171,6 +172,8 @@ class PostgresChatStore(BaseChatStore):
     """Layout created when ``auto`` finds no table."""
     _ddl_advisory_lock: ClassVar[bool] = True
     """Serialise schema creation with ``pg_advisory_xact_lock`` (not on YugabyteDB < 2.25)."""
+    _row_versions: ClassVar[bool] = True
+    """The server has ``ctid`` (not YugabyteDB): a native removal is one checked statement."""
     _llama_index_prefix: ClassVar[str] = ""
     """Prefix of the table name LlamaIndex's own store creates (YugabyteDB: ``data_``)."""
     _sync_only_options: ClassVar[frozenset[str]] = frozenset()
@@ -606,7 +609,12 @@ class PostgresChatStore(BaseChatStore):
                 f"ttl needs the native layout; table {self.schema_name}.{table} uses {layout!r}"
             )
         statements = _layouts.statements_for(
-            layout, self.schema_name, table, element, refresh_on_read=self.refresh_on_read
+            layout,
+            self.schema_name,
+            table,
+            element,
+            refresh_on_read=self.refresh_on_read,
+            row_versions=self._row_versions,
         )
         return _Resolved(statements=statements, ddl=ddl)
 
@@ -747,14 +755,15 @@ class PostgresChatStore(BaseChatStore):
     @staticmethod
     def _parse(key: str, rows: list[Row], st: Statements) -> list[ChatMessage]:
         messages = []
-        for ident, data in rows:
-            if st.positions:
-                messages.append(message_from_json(data, key=key, position=ident))
-                continue
-            try:
-                messages.append(message_from_json(data, key=key))
-            except CorruptDataError as exc:
-                raise _NeedsPosition(ident, data) from exc
+        with collector_paused(len(rows)):
+            for ident, data in rows:
+                if st.positions:
+                    messages.append(message_from_json(data, key=key, position=ident))
+                    continue
+                try:
+                    messages.append(message_from_json(data, key=key))
+                except CorruptDataError as exc:
+                    raise _NeedsPosition(ident, data) from exc
         return messages
 
     @staticmethod
@@ -815,6 +824,25 @@ class PostgresChatStore(BaseChatStore):
             return tx.fetch(clause, params)
 
         return self._connections().transaction(locked)
+
+    def _remove(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[Row]:
+        """Run removal ``clause`` of conversation ``key`` as its layout runs removals.
+
+        ``single``: one statement, and again after the lock in a transaction if its snapshot
+        was stale (another writer of the key committed while it waited for the lock).
+        ``pipelined``: twice in one transaction and round trip, the first run taking the
+        lock. ``locked``: after the lock in a transaction. Returns the removed rows.
+        """
+        st = self._statements()
+        connections = self._connections()
+        if st.removal == "pipelined":
+            runs = [{**params, "held": False}, {**params, "held": True}]
+            return _acted(connections.fetch_many(clause, runs))
+        if st.removal == "single":
+            rows = connections.fetch(clause, params)
+            if not _stale(rows):
+                return rows
+        return _acted(self._change(key, clause, params))
 
     def get_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
@@ -891,7 +919,7 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         st = self._statements()
         if not batch:
-            self._change(key, st.delete_all, {"key": key})
+            self._remove(key, st.delete_all, self._key_params(key))
             return
         self._change(key, st.replace, self._append_params(key, batch), st.lock_for_replace)
 
@@ -907,7 +935,7 @@ class PostgresChatStore(BaseChatStore):
         """
         key = self._check_key(key)
         st = self._statements()
-        return self._removed(key, self._change(key, st.delete_all, {"key": key})) or None
+        return self._removed(key, self._remove(key, st.delete_all, self._key_params(key))) or None
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove and return the message at ``idx`` (``None`` if out of range).
@@ -926,7 +954,7 @@ class PostgresChatStore(BaseChatStore):
         found = self._delete_at(st, key, self._index(idx))
         if found is None:
             return None
-        removed = self._removed(key, self._change(key, *found))
+        removed = self._removed(key, self._remove(key, *found))
         return removed[0] if removed else None
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
@@ -945,7 +973,7 @@ class PostgresChatStore(BaseChatStore):
             return []
         st = self._statements()
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        return self._removed(key, self._change(key, st.delete_oldest, params))
+        return self._removed(key, self._remove(key, st.delete_oldest, params))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys holding messages, in pages of 100 (constant memory)."""
@@ -1065,6 +1093,19 @@ class PostgresChatStore(BaseChatStore):
 
         return await self._aconnections().transaction(locked)
 
+    async def _aremove(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[Row]:
+        """Async :meth:`_remove`."""
+        st = await self._astatements()
+        connections = self._aconnections()
+        if st.removal == "pipelined":
+            runs = [{**params, "held": False}, {**params, "held": True}]
+            return _acted(await connections.fetch_many(clause, runs))
+        if st.removal == "single":
+            rows = await connections.fetch(clause, params)
+            if not _stale(rows):
+                return rows
+        return _acted(await self._achange(key, clause, params))
+
     async def aget_messages(
         self, key: str, *, offset: int = 0, limit: int | None = None
     ) -> list[ChatMessage]:
@@ -1123,7 +1164,7 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         st = await self._astatements()
         if not batch:
-            await self._achange(key, st.delete_all, {"key": key})
+            await self._aremove(key, st.delete_all, self._key_params(key))
             return
         params = self._append_params(key, batch)
         await self._achange(key, st.replace, params, st.lock_for_replace)
@@ -1132,7 +1173,7 @@ class PostgresChatStore(BaseChatStore):
         """Async :meth:`delete_messages`."""
         key = self._check_key(key)
         st = await self._astatements()
-        rows = await self._achange(key, st.delete_all, {"key": key})
+        rows = await self._aremove(key, st.delete_all, self._key_params(key))
         return self._removed(key, rows) or None
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
@@ -1142,7 +1183,7 @@ class PostgresChatStore(BaseChatStore):
         found = self._delete_at(st, key, self._index(idx))
         if found is None:
             return None
-        removed = self._removed(key, await self._achange(key, *found))
+        removed = self._removed(key, await self._aremove(key, *found))
         return removed[0] if removed else None
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
@@ -1156,7 +1197,7 @@ class PostgresChatStore(BaseChatStore):
             return []
         st = await self._astatements()
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        return self._removed(key, await self._achange(key, st.delete_oldest, params))
+        return self._removed(key, await self._aremove(key, st.delete_oldest, params))
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""
@@ -1203,6 +1244,16 @@ class PostgresChatStore(BaseChatStore):
             sync.close()
         if async_ is not None:
             await async_.aclose()
+
+
+def _stale(rows: list[Row]) -> bool:
+    """Whether a removal reported a stale snapshot (and changed nothing): one NULL row."""
+    return len(rows) == 1 and rows[0][0] is None
+
+
+def _acted(rows: list[Row]) -> list[Row]:
+    """The removed rows, without a stale run's report (a lock-only run's, when pipelined)."""
+    return [row for row in rows if row[0] is not None]
 
 
 def _ddl_race(exc: BaseException) -> bool:

@@ -34,6 +34,8 @@ class YugabyteDBChatStore(PostgresChatStore):
     Schema creation uses only portable DDL and no advisory lock (missing before YugabyteDB
     2.25): ``IF NOT EXISTS``, and a lost creation race is retried once. LlamaIndex's own
     ``YugabyteDBChatStore`` table (``data_<table>``) is detected and used in place.
+    YugabyteDB has no ``ctid``, so a removal cannot check its own snapshot: it runs after
+    the conversation's lock, in a transaction.
 
     LlamaIndex's constructor ``YugabyteDBChatStore(session, table_name, schema_name,
     use_jsonb)`` works too (``session``: a ``sessionmaker`` bound to a
@@ -43,6 +45,7 @@ class YugabyteDBChatStore(PostgresChatStore):
 
     _sync_driver: ClassVar[str] = "yugabytedb+psycopg2"
     _ddl_advisory_lock: ClassVar[bool] = False
+    _row_versions: ClassVar[bool] = False  # no ctid: removals run after the lock
     _llama_index_prefix: ClassVar[str] = "data_"
     _sync_only_options: ClassVar[frozenset[str]] = _SMART_DRIVER_OPTIONS
     _url_schemes: ClassVar[tuple[str, ...]] = ("yugabytedb", "yugabytedb+psycopg2")
