@@ -215,6 +215,15 @@ def _etag(entity: Any) -> str:
     return str(entity.metadata["etag"])
 
 
+def _row(entity: Any, query: Query) -> Row:
+    props = _unwrap(entity)
+    if query.select:
+        # A selected property an entity lacks may come back as null (Azurite leaves it
+        # out); the service stores no nulls, so None only ever means "not there".
+        props = {k: v for k, v in props.items() if v is not None}
+    return Row(props, _etag(entity))
+
+
 def _release(pages: Any) -> Any:
     """Return a page iterator's continuation token and let go of the page it holds.
 
@@ -303,7 +312,7 @@ def _exec_sync(client: TableClient, op: Op) -> Any:
             select=list(op.select) if op.select else None,
             results_per_page=op.page_size,
         ).by_page(continuation_token=op.token)
-        rows = [Row(_unwrap(e), _etag(e)) for e in next(pages, [])]
+        rows = [_row(e, op) for e in next(pages, [])]
         return rows, _release(pages)
     if isinstance(op, Batch):
         results = client.submit_transaction(_batch_actions(op))
@@ -384,7 +393,7 @@ async def _exec_async(client: AsyncTableClient, op: Op) -> Any:
         ).by_page(continuation_token=op.token)
         rows: list[Row] = []
         async for page in pages:
-            rows = [Row(_unwrap(e), _etag(e)) async for e in page]
+            rows = [_row(e, op) async for e in page]
             break
         return rows, _release(pages)
     if isinstance(op, Batch):

@@ -39,6 +39,7 @@ from typing import Any
 from azure.data.tables import EdmType, EntityProperty
 from llama_index.storage.chat_store.azure._codec import (
     BATCH_MAX_OPS,
+    PAYLOAD_PROPERTIES,
     decode_key,
     decode_payload,
     encode_key,
@@ -70,6 +71,9 @@ KEYS_PARTITION = "%keys"
 _SEQ_OFFSET = 10**18
 _MAX_ATTEMPTS = 200
 _PAGE = 1000
+# What a message read asks for: the row's key and its message. Leaving out Timestamp
+# spares the SDK a strptime per row, about a quarter of a 1,000-row query's time.
+_ROW_PROPERTIES = ("RowKey", *PAYLOAD_PROPERTIES)
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta entities a store remembers."""
 
@@ -178,6 +182,7 @@ class NativeLayout:
                 self.table,
                 "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
                 params,
+                select=_ROW_PROPERTIES,
                 page_size=_PAGE,
                 token=token,
             )
