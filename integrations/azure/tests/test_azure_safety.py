@@ -275,19 +275,23 @@ def test_insert_at_the_front_of_an_empty_conversation_racing_an_append(
         assert checker.count_messages(KEY) == 2
 
 
+@pytest.mark.parametrize("writer", ["other", "reader"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_window_read_racing_an_insert_is_one_state(
-    make_store: Callable[..., AzureChatStore], layout: str
+    make_store: Callable[..., AzureChatStore], layout: str, writer: str
 ) -> None:
     """get_messages(offset=-2) of [m0, m1, m2] while X is inserted at -1: old or new state.
 
-    The insert runs between each pair of the read's requests in turn. If this fails: the
-    read took the rows at the positions its meta entity named after an insert rewrote them
-    in place ([m1, X]: a conversation that never existed).
+    The conversation is written by another instance (the reader remembers no meta entity,
+    or a stale one) or by the reader (it remembers the current one and reads the rows
+    first). The insert runs between each pair of the read's requests in turn. If this
+    fails: the read took the rows at the positions its meta entity named after an insert
+    rewrote them in place ([m1, X]: a conversation that never existed).
     """
     reader, inserter, checker = make_store(layout), make_store(layout), make_store(layout)
+    author = reader if writer == "reader" else checker
     for gap in range(1, 5):
-        checker.set_messages(KEY, numbered(3))
+        author.set_messages(KEY, numbered(3))
         got = run(
             reader,
             reader._get_plan(KEY, -2, None),
