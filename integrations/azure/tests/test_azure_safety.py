@@ -200,6 +200,41 @@ def test_append_paused_while_a_removal_empties_the_conversation(
         checker.delete_messages(KEY)
 
 
+_FIRST_WRITES: dict[str, Callable[[AzureChatStore], Plan[Any]]] = {
+    "append": lambda s: s._add_plan(KEY, ChatMessage(content="A1"), None),
+    "insert": lambda s: s._add_plan(KEY, ChatMessage(content="A1"), 0),
+    "replace": lambda s: s._set_plan(KEY, [ChatMessage(content="A1")]),
+}
+
+
+@pytest.mark.parametrize("write", list(_FIRST_WRITES))
+def test_first_write_held_while_the_conversation_comes_and_goes_stays_listed(
+    make_store: Callable[..., AzureChatStore], write: str
+) -> None:
+    """A first write planned on no conversation, held while another instance creates and
+    empties one, lands and is listed by get_keys.
+
+    The emptying removes the listing and the meta entity, so the held write's create
+    succeeds with the listing it wrote before gone. If this fails: the key is not listed
+    again after a commit that created the meta entity.
+    """
+    other, checker = make_store(), make_store()
+    for gap in range(1, 4):
+        writer = make_store()
+        run(
+            writer,
+            _FIRST_WRITES[write](writer),
+            pause_before=gap,
+            meanwhile=lambda: (
+                other.add_message(KEY, ChatMessage(content="x")),
+                other.delete_last_message(KEY),
+            ),
+        )
+        assert _texts(checker.get_messages(KEY)) == ["A1"], gap
+        assert checker.get_keys() == [KEY], gap
+        checker.delete_messages(KEY)
+
+
 @pytest.mark.parametrize("removal", list(_REMOVALS))
 def test_emptying_removal_and_append_at_once(
     make_store: Callable[..., AzureChatStore], removal: str

@@ -16,7 +16,8 @@ In the store's table:
   delete the old generation: readers see the old or the new conversation, never a mix.
 * The keys partition ``%keys`` (never produced by :func:`encode_key`) lists the
   conversations with messages; one entity per key, written before the first message
-  commits and removed after the last one goes, then re-checked against the meta entity.
+  commits (and again after a commit that created the meta entity), removed after the
+  last one goes, then re-checked against the meta entity.
 * Each store remembers the last meta entity it saw of each conversation (its own commits
   and reads; at most :data:`CACHED_CONVERSATIONS`). Appends and replaces plan on it
   without reading first: one transaction. A stale one only fails the If-Match (an ETag
@@ -302,13 +303,29 @@ class NativeLayout:
         Raises ConflictError (thrown in by the driver) when the meta entity changed.
         """
         etags = yield Batch(self.table, actions)
-        return self._learn(replace(new, etag=str(etags[0]) or None))
+        committed = self._learn(replace(new, etag=str(etags[0]) or None))
+        if actions[0][0] == "create":
+            yield from self._relist(committed)
+        return committed
 
     def _put_meta(self, old: Meta, new: Meta) -> Plan[Meta]:
         """Write meta ``new`` alone, If-Match ``old``'s ETag; return it with its ETag."""
         verb, entity, etag = self._meta_action(old, new)
         written = yield Put(self.table, entity, verb, etag)
-        return self._learn(replace(new, etag=str(written) or None))
+        committed = self._learn(replace(new, etag=str(written) or None))
+        if verb == "create":
+            yield from self._relist(committed)
+        return committed
+
+    def _relist(self, created: Meta) -> Plan[None]:
+        """List the key again after a commit that created the meta entity.
+
+        The writer listed it before, but a create only needs the entity absent, and it is
+        absent again after a conversation came and went meanwhile, whose emptying removed
+        the listing (then the meta entity) and left nothing to list it again.
+        """
+        if created.count > 0:
+            yield from self._list_key(created)
 
     def _row(self, meta: Meta, gen: str, seq: int, payload: dict[str, Any]) -> dict[str, Any]:
         row_key = f"{gen}:{seq + _SEQ_OFFSET:019d}"
