@@ -181,8 +181,8 @@ BENCH = Backend(
         "append is one entity-group transaction (message rows and meta If-Match its ETag) and "
         "a pop is one range query (meta and the remembered last row, to return it) plus the "
         "transaction; another instance's change in between costs one request more. Count is a "
-        "point read of the meta entity; the last 20 are that point read plus one range query "
-        "of 20 RowKeys.",
+        "point read of the meta entity; the last 20 are one range query of 20 RowKeys, then "
+        "a point read of the meta entity proving that the remembered one held meanwhile.",
         "A two-operation entity-group transaction took 6-16 ms on this shared machine against "
         "about 2 ms for one create_entity: the sync azure-data-tables client builds the "
         "multipart body with two fresh thread pools and parses the reply with the email "

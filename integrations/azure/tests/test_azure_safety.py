@@ -200,6 +200,41 @@ def test_append_paused_while_a_removal_empties_the_conversation(
         checker.delete_messages(KEY)
 
 
+_FIRST_WRITES: dict[str, Callable[[AzureChatStore], Plan[Any]]] = {
+    "append": lambda s: s._add_plan(KEY, ChatMessage(content="A1"), None),
+    "insert": lambda s: s._add_plan(KEY, ChatMessage(content="A1"), 0),
+    "replace": lambda s: s._set_plan(KEY, [ChatMessage(content="A1")]),
+}
+
+
+@pytest.mark.parametrize("write", list(_FIRST_WRITES))
+def test_first_write_held_while_the_conversation_comes_and_goes_stays_listed(
+    make_store: Callable[..., AzureChatStore], write: str
+) -> None:
+    """A first write planned on no conversation, held while another instance creates and
+    empties one, lands and is listed by get_keys.
+
+    The emptying removes the listing and the meta entity, so the held write's create
+    succeeds with the listing it wrote before gone. If this fails: the key is not listed
+    again after a commit that created the meta entity.
+    """
+    other, checker = make_store(), make_store()
+    for gap in range(1, 4):
+        writer = make_store()
+        run(
+            writer,
+            _FIRST_WRITES[write](writer),
+            pause_before=gap,
+            meanwhile=lambda: (
+                other.add_message(KEY, ChatMessage(content="x")),
+                other.delete_last_message(KEY),
+            ),
+        )
+        assert _texts(checker.get_messages(KEY)) == ["A1"], gap
+        assert checker.get_keys() == [KEY], gap
+        checker.delete_messages(KEY)
+
+
 @pytest.mark.parametrize("removal", list(_REMOVALS))
 def test_emptying_removal_and_append_at_once(
     make_store: Callable[..., AzureChatStore], removal: str
@@ -275,19 +310,23 @@ def test_insert_at_the_front_of_an_empty_conversation_racing_an_append(
         assert checker.count_messages(KEY) == 2
 
 
+@pytest.mark.parametrize("writer", ["other", "reader"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_window_read_racing_an_insert_is_one_state(
-    make_store: Callable[..., AzureChatStore], layout: str
+    make_store: Callable[..., AzureChatStore], layout: str, writer: str
 ) -> None:
     """get_messages(offset=-2) of [m0, m1, m2] while X is inserted at -1: old or new state.
 
-    The insert runs between each pair of the read's requests in turn. If this fails: the
-    read took the rows at the positions its meta entity named after an insert rewrote them
-    in place ([m1, X]: a conversation that never existed).
+    The conversation is written by another instance (the reader remembers no meta entity,
+    or a stale one) or by the reader (it remembers the current one and reads the rows
+    first). The insert runs between each pair of the read's requests in turn. If this
+    fails: the read took the rows at the positions its meta entity named after an insert
+    rewrote them in place ([m1, X]: a conversation that never existed).
     """
     reader, inserter, checker = make_store(layout), make_store(layout), make_store(layout)
+    author = reader if writer == "reader" else checker
     for gap in range(1, 5):
-        checker.set_messages(KEY, numbered(3))
+        author.set_messages(KEY, numbered(3))
         got = run(
             reader,
             reader._get_plan(KEY, -2, None),

@@ -271,6 +271,22 @@ def test_writes_plan_on_the_last_meta_seen(
     assert _pop(make_store()) == 3
 
 
+def _read(store: AzureChatStore) -> tuple[list[str], int]:
+    messages, sent = _requests(store, store._get_plan("k", 0, None))
+    return [m.content or "" for m in messages], sent
+
+
+def test_reads_start_from_the_last_meta_seen(
+    store: AzureChatStore, make_store: Callable[[], AzureChatStore]
+) -> None:
+    """After its own write or read, a read is its rows then the meta entity: two requests."""
+    store.add_messages("k", numbered(3))
+    assert _read(store) == (["m0", "m1", "m2"], 2)
+    assert _read(store) == (["m0", "m1", "m2"], 2)
+    # A new instance remembers nothing: it reads the meta entity first.
+    assert _read(make_store()) == (["m0", "m1", "m2"], 3)
+
+
 _CHANGES: dict[str, Callable[[AzureChatStore], object]] = {
     "append": lambda other: other.add_message("k", ChatMessage(content="other")),
     "pop": lambda other: other.delete_last_message("k"),
@@ -295,3 +311,21 @@ def test_a_stale_meta_costs_at_most_one_request(
         _CHANGES[change](other)
         sent.append(write(writer or make_store()))
     assert sent[0] <= sent[1] + 1
+
+
+@pytest.mark.parametrize("change", list(_CHANGES))
+def test_a_read_on_a_stale_meta_sees_the_change_for_one_request_more(
+    store: AzureChatStore, make_store: Callable[[], AzureChatStore], change: str
+) -> None:
+    """A read planned on a meta another instance has changed since returns the new state.
+
+    If this fails: the read took rows its remembered meta named without checking that the
+    meta entity still has that ETag afterwards, or it retries more than once.
+    """
+    other = make_store()
+    store.set_messages("k", numbered(3))
+    _CHANGES[change](other)
+    expected, fresh = _read(make_store())
+    got, sent = _read(store)
+    assert got == expected
+    assert sent <= fresh + 1

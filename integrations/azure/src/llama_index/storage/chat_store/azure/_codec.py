@@ -33,6 +33,7 @@ __all__ = [
     "BATCH_MAX_OPS",
     "BATCH_MAX_WIRE_BYTES",
     "HASHED_PREFIX",
+    "PAYLOAD_PROPERTIES",
     "Found",
     "check_entity_size",
     "decode_key",
@@ -137,6 +138,11 @@ def sanitize_table_name(name: str) -> str:
 
 
 # -- native message payloads ------------------------------------------------------------------
+
+
+_MAX_CHUNKS = COSMOS_ENTITY_MAX_BYTES // PROPERTY_MAX_BYTES
+PAYLOAD_PROPERTIES = ("Message", "Chunks", "Codec", *(f"Chunk{i}" for i in range(_MAX_CHUNKS)))
+"""Every property :func:`encode_payload` can write (no entity holds more chunks than these)."""
 
 
 def encode_payload(message: ChatMessage) -> dict[str, Any]:

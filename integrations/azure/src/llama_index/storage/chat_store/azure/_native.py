@@ -16,16 +16,18 @@ In the store's table:
   delete the old generation: readers see the old or the new conversation, never a mix.
 * The keys partition ``%keys`` (never produced by :func:`encode_key`) lists the
   conversations with messages; one entity per key, written before the first message
-  commits and removed after the last one goes, then re-checked against the meta entity.
+  commits (and again after a commit that created the meta entity), removed after the
+  last one goes, then re-checked against the meta entity.
 * Each store remembers the last meta entity it saw of each conversation (its own commits
   and reads; at most :data:`CACHED_CONVERSATIONS`). Appends and replaces plan on it
   without reading first: one transaction. A stale one only fails the If-Match (an ETag
   never comes back once the entity changed), and the meta read that follows — needed
   anyway to tell whether a lost reply had committed — plans the immediate retry. A pop
-  reads the meta entity and the remembered last row in one range query. Reads
-  (messages, counts, keys) always read the meta entity; a message read reads it again
-  after the rows (inserts and deletes inside a conversation rewrite rows in place, so
-  the rows are the ones it named only if it did not change meanwhile).
+  reads the meta entity and the remembered last row in one range query. Counts and
+  keys always read. A message read takes the rows its remembered meta names (or reads
+  the meta entity first when it remembers none), then reads the meta entity: inserts
+  and deletes inside a conversation rewrite rows in place, so the rows are the ones it
+  named only if its ETag held from before the rows until after.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 from azure.data.tables import EdmType, EntityProperty
 from llama_index.storage.chat_store.azure._codec import (
     BATCH_MAX_OPS,
+    PAYLOAD_PROPERTIES,
     Found,
     decode_key,
     decode_payload,
@@ -76,6 +79,9 @@ KEYS_PARTITION = "%keys"
 _SEQ_OFFSET = 10**18
 _MAX_ATTEMPTS = 200
 _PAGE = 1000
+# What a message read asks for: the row's key and its message. Leaving out Timestamp
+# spares the SDK a strptime per row, about a quarter of a 1,000-row query's time.
+_ROW_PROPERTIES = ("RowKey", *PAYLOAD_PROPERTIES)
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta entities a store remembers."""
 
@@ -188,6 +194,7 @@ class NativeLayout:
                 self.table,
                 "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
                 params,
+                select=_ROW_PROPERTIES,
                 page_size=_PAGE,
                 token=token,
             )
@@ -202,10 +209,7 @@ class NativeLayout:
         entity still has ``meta``'s ETag (the conversation is corrupt at that version);
         returns None when the meta entity changed meanwhile (the caller re-reads).
         """
-        wanted = [meta.row_key(meta.head + p) for p in range(lo, hi)]
-        rows = yield from self._rows(meta, lo, hi)
-        found = {row.props.get("RowKey"): row for row in rows}
-        span = [found.get(row_key) for row_key in wanted]
+        span = _named(meta, lo, hi, (yield from self._rows(meta, lo, hi)))
         if all(row is not None for row in span):
             return span
         # Rows vanish only after the meta entity stops naming them (every change is one
@@ -221,12 +225,7 @@ class NativeLayout:
             CorruptDataError: A row the meta entity names is missing (key and position).
         """
         span = yield from self._span(meta, lo, hi)
-        if span is None:
-            return None
-        rows = [row for row in span if row is not None]
-        if len(rows) < len(span):
-            raise _missing(meta, lo + span.index(None))
-        return rows
+        return None if span is None else _present(meta, lo, span)
 
     def _last_row(self, seen: Meta) -> Plan[tuple[Meta | None, Row | None]]:
         """Read the meta entity and, if ``seen`` is still current, its last row: one query.
@@ -252,18 +251,30 @@ class NativeLayout:
         return meta, found.get(last) if meta.etag == seen.etag else None
 
     def get_messages(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        # Inserts and deletes inside the conversation rewrite rows in place: the rows read
+        # are the ones a meta entity names only if it held from before the rows were read
+        # until after. The remembered meta serves as the read before: it was current when
+        # this store saw it, and an ETag never comes back, so the same ETag after the rows
+        # proves that nothing changed in between. A stale one costs one retry at once.
+        meta, fresh = self._seen.get(key), False
         for attempt in range(_MAX_ATTEMPTS):
-            meta = yield from self.read_meta(key)
+            if meta is None:
+                meta, fresh = (yield from self.read_meta(key)), True
             span = range(meta.count)[offset:]
             span = span if limit is None else span[:limit]
-            if not span:
+            if not span and fresh:
                 return []
-            rows = yield from self._rows_at(meta, span.start, span.stop)
-            # Inserts and deletes inside the conversation rewrite rows in place: the rows
-            # read are the ones ``meta`` names only if the meta entity held meanwhile.
-            if rows is not None and (yield from self.read_meta(key)).etag == meta.etag:
-                return _decode(meta, rows, span.start)
-            yield backoff(attempt)
+            rows = (yield from self._rows(meta, span.start, span.stop)) if span else []
+            after = yield from self.read_meta(key)
+            if after.etag == meta.etag:
+                # Unchanged throughout, so a row it names that is missing is not there.
+                named = _named(meta, span.start, span.stop, rows)
+                return _decode(meta, _present(meta, span.start, named), span.start)
+            if fresh:  # changed while we read: back off, then read the meta entity again
+                yield backoff(attempt)
+                meta, fresh = None, False
+            else:  # the remembered meta was stale: retry at once on the one just read
+                meta, fresh = after, True
         raise ChatStoreError(f"key {key!r} changed during every read attempt")
 
     def count_messages(self, key: str) -> Plan[int]:
@@ -302,13 +313,29 @@ class NativeLayout:
         Raises ConflictError (thrown in by the driver) when the meta entity changed.
         """
         etags = yield Batch(self.table, actions)
-        return self._learn(replace(new, etag=str(etags[0]) or None))
+        committed = self._learn(replace(new, etag=str(etags[0]) or None))
+        if actions[0][0] == "create":
+            yield from self._relist(committed)
+        return committed
 
     def _put_meta(self, old: Meta, new: Meta) -> Plan[Meta]:
         """Write meta ``new`` alone, If-Match ``old``'s ETag; return it with its ETag."""
         verb, entity, etag = self._meta_action(old, new)
         written = yield Put(self.table, entity, verb, etag)
-        return self._learn(replace(new, etag=str(written) or None))
+        committed = self._learn(replace(new, etag=str(written) or None))
+        if verb == "create":
+            yield from self._relist(committed)
+        return committed
+
+    def _relist(self, created: Meta) -> Plan[None]:
+        """List the key again after a commit that created the meta entity.
+
+        The writer listed it before, but a create only needs the entity absent, and it is
+        absent again after a conversation came and went meanwhile, whose emptying removed
+        the listing (then the meta entity) and left nothing to list it again.
+        """
+        if created.count > 0:
+            yield from self._list_key(created)
 
     def _row(self, meta: Meta, gen: str, seq: int, payload: dict[str, Any]) -> dict[str, Any]:
         row_key = f"{gen}:{seq + _SEQ_OFFSET:019d}"
@@ -825,6 +852,24 @@ _KEY_PROPS = frozenset({"PartitionKey", "RowKey", "Timestamp"})
 
 def _payload(row: Row) -> dict[str, Any]:
     return {k: v for k, v in row.props.items() if k not in _KEY_PROPS}
+
+
+def _named(meta: Meta, lo: int, hi: int, rows: Sequence[Row]) -> list[Row | None]:
+    """Line rows read up with positions ``[lo, hi)`` of ``meta`` (None: not among them)."""
+    found = {row.props.get("RowKey"): row for row in rows}
+    return [found.get(meta.row_key(meta.head + p)) for p in range(lo, hi)]
+
+
+def _present(meta: Meta, lo: int, span: list[Row | None]) -> list[Row]:
+    """Return the rows of a span read at a stable ``meta``.
+
+    Raises:
+        CorruptDataError: A row is missing (names key and position).
+    """
+    rows = [row for row in span if row is not None]
+    if len(rows) < len(span):
+        raise _missing(meta, lo + span.index(None))
+    return rows
 
 
 def _missing(meta: Meta, position: int) -> CorruptDataError:
