@@ -5,6 +5,8 @@ another thread, runs its whole operation (or several); then A goes on. Every k f
 request count is tried, so each place where B's change can land inside A is covered,
 deterministically. A's result must be one that a plain list gives when A runs before, between
 or after B's operations, and for two changes the final conversation must match that order.
+Each case runs twice: with A new to the conversation, and with A having read it before B's
+changes (A then plans and batches on what it remembers, which B may have made stale).
 """
 
 from __future__ import annotations
@@ -169,10 +171,13 @@ def _round(
     a: Op,
     b: Sequence[Op],
     at: int,
+    a_saw_it: bool,
 ) -> tuple[tuple[Any, list[Any], Texts], int]:
     """Run A, with all of B's calls in another thread before A's request ``at``."""
     key = f"k-{uuid.uuid4().hex[:8]}"
     b_store.set_messages(key, [ChatMessage(content=t) for t in _INITIAL])
+    if a_saw_it:
+        a_store.get_messages(key)
     start = threading.Barrier(2, timeout=30)
     done = threading.Barrier(2, timeout=30)
     outcome: dict[str, Any] = {}
@@ -205,9 +210,17 @@ def _round(
     return (outcome["a"], outcome["b"], final), pauser.calls
 
 
+@pytest.fixture(params=[False, True], ids=["A new", "A saw it"])
+def a_saw_it(request: pytest.FixtureRequest) -> bool:
+    """Whether A reads the conversation before B's changes (and remembers what it saw)."""
+    return bool(request.param)
+
+
 @pytest.fixture(params=["native", "llama_index"])
-def stores(moto: Any, request: pytest.FixtureRequest) -> Iterator[tuple[Any, ...]]:
-    """(A's store, its pauser, B's store) on one fresh table of the layout."""
+def stores(
+    moto: Any, request: pytest.FixtureRequest, a_saw_it: bool
+) -> Iterator[tuple[Any, ...]]:
+    """(A's store, its pauser, B's store, whether A saw it) on one fresh table of the layout."""
     layout = request.param
     table = moto.store(layout).table_name
     pauser = _Pauser()
@@ -219,7 +232,7 @@ def stores(moto: Any, request: pytest.FixtureRequest) -> Iterator[tuple[Any, ...
         table_name=table, layout=layout, endpoint_url=moto.url, **moto.credentials
     )
     a_store.count_messages("warm-up")  # client creation is not one of A's requests
-    yield a_store, pauser, b_store
+    yield a_store, pauser, b_store, a_saw_it
     a_store.close()
     b_store.close()
 
@@ -227,12 +240,12 @@ def stores(moto: Any, request: pytest.FixtureRequest) -> Iterator[tuple[Any, ...
 def _every_interleaving(
     stores: tuple[Any, ...], a: Op, bs: Sequence[Sequence[Op]], *, final_too: bool
 ) -> list[str]:
-    a_store, pauser, b_store = stores
+    a_store, pauser, b_store, a_saw_it = stores
     failures = []
     for b in bs:
         at = 0
         while True:
-            got, calls = _round(a_store, pauser, b_store, a, b, at)
+            got, calls = _round(a_store, pauser, b_store, a, b, at, a_saw_it)
             allowed = _allowed(a, b)
             seen = got if final_too else got[:2]
             if seen not in [o if final_too else o[:2] for o in allowed]:
