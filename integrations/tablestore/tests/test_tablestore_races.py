@@ -4,7 +4,9 @@ Instance A runs one operation; before its k-th request to Tablestore it stops at
 while instance B, in another thread, runs a whole other operation; then A goes on. Every k
 from 0 to A's request count is tried, so each place where B's change can land inside A is
 covered, deterministically. The outcome (A's result, B's result, the final conversation) must
-be one that running A and B one after the other, in some order, gives on a plain list.
+be one that running A and B one after the other, in some order, gives on a plain list. A
+either wrote the conversation first (and remembers its meta row, which B then makes stale)
+or has never seen it.
 """
 
 from __future__ import annotations
@@ -97,6 +99,34 @@ def _set(texts: Texts) -> Change:
     )
 
 
+def _then(first: Change, second: Change) -> Change:
+    """Both changes, one after the other, as one."""
+
+    def on_list(items: Texts) -> tuple[Any, Any]:
+        return first.on_list(items), second.on_list(items)
+
+    return Change(
+        f"{first.name}, {second.name}",
+        lambda s, k: (first.on_store(s, k), second.on_store(s, k)),
+        on_list,
+    )
+
+
+def _get(offset: int = 0, limit: int | None = None) -> Change:
+    return Change(
+        f"get(offset={offset}, limit={limit})",
+        lambda s, k: _texts(s.get_messages(k, offset=offset, limit=limit)),
+        lambda items: items[offset:][:limit],
+    )
+
+
+# Reads of every window kind against changes that move either end, retire the generation,
+# or free the last slot and fill it again (a pop, then an append).
+_A_READS = [_get(), _get(offset=-2), _get(offset=1, limit=1)]
+_B_FOR_READS = [
+    _insert("B0", None), _insert("B0", 0), _pop(), _oldest(1), _delete_at(1), _delete_all(),
+    _set(["T0", "T1"]), _then(_pop(), _insert("B0", None)),
+]  # fmt: skip
 # Removals at every position kind (last, first, inside, all), appends and inserts, a replace;
 # B adds the changes that move each end, renumber, or retire the generation.
 _A_CHANGES = [
@@ -151,11 +181,13 @@ def _round(
     a: Change,
     b: Change,
     at: int,
+    a_saw_it: bool = True,
 ) -> tuple[tuple[Any, Any, Texts], int]:
     """Run A, with B's whole operation in its own thread before A's request ``at``."""
     key = f"k-{uuid.uuid4().hex[:8]}"
     a_store, client = make_a()
-    a_store.set_messages(key, [ChatMessage(content=t) for t in _INITIAL])  # A remembers the meta
+    writer = a_store if a_saw_it else b_store  # A remembers the meta row it wrote
+    writer.set_messages(key, [ChatMessage(content=t) for t in _INITIAL])
     start = threading.Barrier(2, timeout=30)
     done = threading.Barrier(2, timeout=30)
     outcome: dict[str, Any] = {}
@@ -193,16 +225,16 @@ def layout(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("a", _A_CHANGES, ids=lambda c: c.name)
-def test_change_with_another_landing_at_every_request(
-    new_store: Callable[..., Any], raw_client: Any, layout: str, a: Change
-) -> None:
-    """A's operation and B's, at every interleaving, equal A then B or B then A.
+@pytest.fixture(params=[True, False], ids=["A saw it", "A new"])
+def a_saw_it(request: pytest.FixtureRequest) -> bool:
+    """Whether A wrote the conversation first (and remembers its meta row)."""
+    return bool(request.param)
 
-    If this fails: an operation of A re-read the conversation between planning and
-    committing (and acted on a state it did not plan against), or committed without a
-    condition on what it read.
-    """
+
+def _every_interleaving(
+    new_store: Callable[..., Any], raw_client: Any, layout: str, a: Change,
+    bs: list[Change], a_saw_it: bool,
+) -> list[str]:  # fmt: skip
     factory = new_store(layout=layout)
     table = factory().table_name
     b_store = factory()
@@ -213,16 +245,43 @@ def test_change_with_another_landing_at_every_request(
         return store, client
 
     failures = []
-    for b in _B_CHANGES:
+    for b in bs:
         at = 0
         while True:
-            got, calls = _round(make_a, b_store, a, b, at)
+            got, calls = _round(make_a, b_store, a, b, at, a_saw_it)
             allowed = _allowed(a, b)
             if got not in allowed:
                 failures.append(f"B={b.name} before A's request {at}: got {got}, want {allowed}")
             at += 1
             if at > calls:
                 break
+    return failures
+
+
+@pytest.mark.parametrize("a", _A_CHANGES, ids=lambda c: c.name)
+def test_change_with_another_landing_at_every_request(
+    new_store: Callable[..., Any], raw_client: Any, layout: str, a: Change, a_saw_it: bool
+) -> None:
+    """A's operation and B's, at every interleaving, equal A then B or B then A.
+
+    If this fails: an operation of A re-read the conversation between planning and
+    committing (and acted on a state it did not plan against), or committed without a
+    condition on what it read.
+    """
+    failures = _every_interleaving(new_store, raw_client, layout, a, _B_CHANGES, a_saw_it)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("a", _A_READS, ids=lambda c: c.name)
+def test_read_with_another_landing_at_every_request(
+    new_store: Callable[..., Any], raw_client: Any, layout: str, a: Change, a_saw_it: bool
+) -> None:
+    """A read returns the conversation as it was before or after B's change.
+
+    If this fails: a read took its window from one state of the conversation and the rows
+    from another (a stale meta row it remembered, or one that moved while it read).
+    """
+    failures = _every_interleaving(new_store, raw_client, layout, a, _B_FOR_READS, a_saw_it)
     assert not failures, "\n".join(failures)
 
 
@@ -242,3 +301,23 @@ def test_delete_at_the_end_while_appending_removes_the_planned_message(
     a_store = TablestoreChatStore(tablestore_client=client, table_name=table, layout=layout_name)
     got, _ = _round(lambda: (a_store, client), factory(), _delete_at(2), _insert("A0", idx), 1)
     assert got == ("i2", None, ["i0", "i1", "A0"])
+
+
+@pytest.mark.parametrize("b", _B_FOR_READS, ids=lambda c: c.name)
+def test_a_read_after_another_change_sees_it(
+    new_store: Callable[..., Any], layout: str, b: Change
+) -> None:
+    """A read sees every change finished before it, though the store remembers an older state.
+
+    If this fails: a read trusted the meta row the store remembered (its own last write)
+    without checking it against the table, and returned a conversation already changed.
+    """
+    factory = new_store(layout=layout)
+    a_store, b_store = factory(), factory()
+    for read in _A_READS:
+        key = f"k-{uuid.uuid4().hex[:8]}"
+        a_store.set_messages(key, [ChatMessage(content=t) for t in _INITIAL])
+        items = list(_INITIAL)
+        b.on_store(b_store, key)
+        b.on_list(items)
+        assert read.on_store(a_store, key) == read.on_list(items), read.name
