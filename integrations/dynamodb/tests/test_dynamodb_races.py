@@ -217,9 +217,7 @@ def a_saw_it(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(params=["native", "llama_index"])
-def stores(
-    moto: Any, request: pytest.FixtureRequest, a_saw_it: bool
-) -> Iterator[tuple[Any, ...]]:
+def stores(moto: Any, request: pytest.FixtureRequest, a_saw_it: bool) -> Iterator[tuple[Any, ...]]:
     """(A's store, its pauser, B's store, whether A saw it) on one fresh table of the layout."""
     layout = request.param
     table = moto.store(layout).table_name
@@ -280,3 +278,23 @@ def test_a_change_acts_on_one_state_whatever_lands_inside_it(
     """
     failures = _every_interleaving(stores, a, _CHANGE_B, final_too=True)
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("layout", ["native", "llama_index"])
+@pytest.mark.parametrize("b", _READ_B, ids=lambda ops: ", ".join(op.name for op in ops))
+def test_a_read_after_another_change_sees_it(moto: Any, layout: str, b: Sequence[Op]) -> None:
+    """A read sees every change finished before it, though A remembers an older state.
+
+    If this fails: a read trusted the meta item the store remembered without checking it
+    against the table, and returned a conversation already changed.
+    """
+    a_store = moto.store(layout)
+    b_store = moto.factory(a_store)()
+    for read in _READS:
+        key = f"k-{uuid.uuid4().hex[:8]}"
+        a_store.set_messages(key, [ChatMessage(content=t) for t in _INITIAL])
+        items = list(_INITIAL)
+        for op in b:
+            op.on_store(b_store, key)
+            op.on_list(items)
+        assert read.on_store(a_store, key) == read.on_list(items), read.name
