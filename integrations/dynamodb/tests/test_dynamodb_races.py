@@ -5,19 +5,24 @@ another thread, runs its whole operation (or several); then A goes on. Every k f
 request count is tried, so each place where B's change can land inside A is covered,
 deterministically (the suite's :mod:`~llama_index.storage.chat_store.testing.races`). A's
 result must be one that a plain list gives when A runs before, between or after B's
-operations, and for two changes the final conversation must match that order.
+operations, and for two changes the final conversation must match that order. Each case
+runs twice: with A new to the conversation, and with A having read it before B's changes
+(A then plans and batches on what it remembers, which B may have made stale).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import botocore.session
 import pytest
 
+from llama_index.storage.chat_store.core import ChatMessage
 from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
 from llama_index.storage.chat_store.testing.races import (
+    INITIAL,
     Op,
     RequestGate,
     count,
@@ -53,9 +58,15 @@ _CHANGE_B = [
 ]  # fmt: skip
 
 
+@pytest.fixture(params=[False, True], ids=["A new", "A saw it"])
+def a_saw_it(request: pytest.FixtureRequest) -> bool:
+    """Whether A reads the conversation before B's changes (and remembers what it saw)."""
+    return bool(request.param)
+
+
 @pytest.fixture(params=["native", "llama_index"])
-def stores(moto: Any, request: pytest.FixtureRequest) -> Iterator[tuple[Any, ...]]:
-    """(A's store, the gate of its requests, B's store) on one fresh table of the layout."""
+def stores(moto: Any, request: pytest.FixtureRequest, a_saw_it: bool) -> Iterator[tuple[Any, ...]]:
+    """(A's store, the gate of its requests, B's store, whether A saw it) on a fresh table."""
     layout = request.param
     table = moto.store(layout).table_name
     gate = RequestGate()
@@ -69,7 +80,7 @@ def stores(moto: Any, request: pytest.FixtureRequest) -> Iterator[tuple[Any, ...
         table_name=table, layout=layout, endpoint_url=moto.url, **moto.credentials
     )
     a_store.count_messages("warm-up")  # client creation is not one of A's requests
-    yield a_store, gate, b_store
+    yield a_store, gate, b_store, a_saw_it
     a_store.close()
     b_store.close()
 
@@ -82,8 +93,10 @@ def test_a_read_sees_one_state_whatever_lands_inside_it(stores: tuple[Any, ...],
     from another (an insert or delete inside renumbered, or a pop and an append reused, the
     positions it read), returning a list that never existed.
     """
-    a_store, gate, b_store = stores
-    failures = every_interleaving(lambda: (a_store, gate), b_store, a, _READ_B, final_too=False)
+    a_store, gate, b_store, saw = stores
+    failures = every_interleaving(
+        lambda: (a_store, gate), b_store, a, _READ_B, final_too=False, a_reads_first=saw
+    )
     assert not failures, "\n".join(failures)
 
 
@@ -96,6 +109,26 @@ def test_a_change_acts_on_one_state_whatever_lands_inside_it(
     If this fails: a removal read what it removes from a state that was renumbered meanwhile
     and committed or returned it anyway.
     """
-    a_store, gate, b_store = stores
-    failures = every_interleaving(lambda: (a_store, gate), b_store, a, _CHANGE_B)
+    a_store, gate, b_store, saw = stores
+    failures = every_interleaving(lambda: (a_store, gate), b_store, a, _CHANGE_B, a_reads_first=saw)
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("layout", ["native", "llama_index"])
+@pytest.mark.parametrize("b", _READ_B, ids=lambda ops: ", ".join(op.name for op in ops))
+def test_a_read_after_another_change_sees_it(moto: Any, layout: str, b: Sequence[Op]) -> None:
+    """A read sees every change finished before it, though A remembers an older state.
+
+    If this fails: a read trusted the meta item the store remembered without checking it
+    against the table, and returned a conversation already changed.
+    """
+    a_store = moto.store(layout)
+    b_store = moto.factory(a_store)()
+    for read in _READS:
+        key = f"k-{uuid.uuid4().hex[:8]}"
+        a_store.set_messages(key, [ChatMessage(content=t) for t in INITIAL])
+        items = list(INITIAL)
+        for op in b:
+            op.on_store(b_store, key)
+            op.on_list(items)
+        assert read.on_store(a_store, key) == read.on_list(items), read.name

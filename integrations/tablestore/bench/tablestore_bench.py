@@ -195,12 +195,13 @@ BENCH = Backend(
         "where a real Tablestore answers from C++ across a network round trip. It weighs on "
         "ours and the floor (a row per message) and hardly on LlamaIndex (one cell), so whole "
         "reads of long conversations look worse here than they would on the service.",
-        "ours: an append is a meta-row read, a conditional put of the message row and a "
-        "conditional update of the meta row; count reads the meta row; a window is the meta "
-        "row plus one get_range of just its rows; a pop is one BatchGetRow (the meta row and "
-        "the last row the store last saw), the conditional meta update and a delete. The meta "
-        "read (the commit point) is the extra request that makes short reads slower than "
-        "LlamaIndex's single get_row.",
+        "ours: an append is a conditional put of the message row at the end of the meta row "
+        "the store last saw and a conditional update of that meta row (a meta-row read first "
+        "when the store has not seen the conversation or another instance changed it); count "
+        "reads the meta row; a window of up to 99 rows is one BatchGetRow of its rows and the "
+        "meta row (which must be the one the store last saw), longer ones a get_range and a "
+        "meta-row read; a pop is one BatchGetRow (the meta row and the last row the store last "
+        "saw), the conditional meta update and a delete.",
         "LlamaIndex: every append and every delete_last_message reads, parses and rewrites the "
         "whole conversation (get_row + put_row of one value), with no condition; get-last-20 "
         "and count read it whole too.",

@@ -31,6 +31,7 @@ from llama_index.storage.chat_store.core import (
 )
 
 __all__ = [
+    "MAX_BATCH_GET",
     "MAX_BATCH_WRITE",
     "MAX_ITEM_BYTES",
     "MAX_TRANSACTION_BYTES",
@@ -50,6 +51,8 @@ MAX_ITEM_BYTES = 400_000
 moto's 405,000) so a message is refused by us, before any write, not by the server."""
 MAX_BATCH_WRITE = 25
 """DynamoDB's limit on requests per BatchWriteItem (moto accepts more; AWS does not)."""
+MAX_BATCH_GET = 100
+"""DynamoDB's limit on keys per BatchGetItem."""
 MAX_TRANSACTION_ITEMS = 100
 """DynamoDB's limit on actions per TransactWriteItems."""
 MAX_TRANSACTION_BYTES = 4_000_000
@@ -84,7 +87,17 @@ class Unreadable:
 
 
 class ConflictError(Exception):
-    """A conditional write lost a race; the operation re-reads and tries again."""
+    """A conditional write lost a race; the operation re-reads and tries again.
+
+    Attributes:
+        current: The item the first failed condition of a transaction was checked against,
+            when the action asked for it (``ReturnValuesOnConditionCheckFailure``) and the
+            item exists: the state that won the race, as strongly consistent as a read.
+    """
+
+    def __init__(self, message: str, current: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 def item_size(value: dict[str, Any]) -> int:
@@ -111,6 +124,15 @@ def cancellation_codes(exc: ClientError) -> list[str]:
     """Return the per-action reason codes of a cancelled TransactWriteItems."""
     reasons = exc.response.get("CancellationReasons") or []
     return [str(r.get("Code") or "None") for r in reasons]
+
+
+def _failed_item(exc: ClientError) -> dict[str, Any] | None:
+    """Return the item of the first action whose condition failed, if it was returned."""
+    for reason in exc.response.get("CancellationReasons") or []:
+        if reason.get("Code") == "ConditionalCheckFailed":
+            item = reason.get("Item")
+            return item if isinstance(item, dict) else None
+    return None
 
 
 def backoff(attempt: int, cap: float = 0.2) -> None:
@@ -251,7 +273,7 @@ class Table:
                 if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
                     codes = cancellation_codes(exc)
                     if {"ConditionalCheckFailed", "TransactionConflict"} & set(codes):
-                        raise ConflictError(str(codes)) from exc
+                        raise ConflictError(str(codes), _failed_item(exc)) from exc
                 raise
 
     def conditional(self, what: str, operation: str, **params: Any) -> Any:
@@ -281,6 +303,38 @@ class Table:
                             f"leaving {len(pending)} writes unprocessed while trying to {what}"
                         )
                     backoff(attempt, cap=1.0)
+
+    def batch_get(
+        self, what: str, keys: list[dict[str, Any]], **params: Any
+    ) -> list[dict[str, Any]]:
+        """Read items by key with strongly consistent BatchGetItem (any order; absent: left out).
+
+        ``params`` (``ProjectionExpression``, ``ExpressionAttributeNames``) apply to every
+        key. Unprocessed keys are asked for again with backoff.
+        """
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), MAX_BATCH_GET):
+            request: dict[str, Any] | None = {
+                "Keys": keys[start : start + MAX_BATCH_GET],
+                "ConsistentRead": True,
+                **params,
+            }
+            attempt = 0
+            while request:
+                with self.errors.errors(what):
+                    reply = self.client().batch_get_item(RequestItems={self.name: request})
+                found.extend(reply.get("Responses", {}).get(self.name, []))
+                request = reply.get("UnprocessedKeys", {}).get(self.name)
+                if request:
+                    attempt += 1
+                    if attempt > self.attempts:
+                        raise BackendUnavailableError(
+                            f"DynamoDB table {self.name!r} at {self.errors.endpoint} kept "
+                            f"leaving {len(request['Keys'])} reads unprocessed while trying "
+                            f"to {what}"
+                        )
+                    backoff(attempt, cap=1.0)
+        return found
 
     def scan_keys(self, attributes: list[str]) -> Iterator[list[dict[str, Any]]]:
         """Yield pages of the table's items projected to ``attributes`` (for clear())."""

@@ -28,6 +28,16 @@ since every item write made after ``V`` carries a later version (it commits with
 a meta update conditioned on ``Ver >= V``); so a read costs no extra request unless it
 overlapped a change.
 
+A store remembers the last meta item it saw or committed of each conversation (``seen``), as
+a hint only. A write plans on it instead of reading the meta first: its transaction is
+conditioned on that ``Ver`` and ``Epoch`` anyway, and when it loses, the failed condition
+returns the current meta item, so a stale hint costs the failed transaction and no read. A
+read of a short window asks for the meta item and the items ``seen`` names in one
+BatchGetItem, and uses those items only if the meta item still has ``seen``'s ``Ver`` and
+``Epoch``: ``Ver`` then did not move between the moment ``seen`` was current and the read,
+and any later change shows as an item written after it or missing (as above), whatever the
+order in which the batch read the items.
+
 With ``refresh_on_read``, a read of a live conversation slides its expiry with one conditional
 update of the meta item that leaves ``Ver`` alone (writers are not disturbed) and never
 re-creates or revives a deleted or expired conversation.
@@ -52,6 +62,7 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     corrupt_data_remedy,
 )
+from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.dynamodb._chunks import (
     PARTS,
     PARTS_ID,
@@ -70,11 +81,10 @@ from llama_index.storage.chat_store.dynamodb._client import (
     Unreadable,
     backoff,
     item_size,
-    with_retries,
 )
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 
-__all__ = ["KEYS_INDEX", "NativeLayout", "native_table_definition"]
+__all__ = ["CACHED_CONVERSATIONS", "KEYS_INDEX", "NativeLayout", "native_table_definition"]
 
 KEYS_INDEX = "ChatStoreKeys"
 """The sparse global secondary index over meta items that ``get_keys`` scans."""
@@ -89,6 +99,12 @@ _SEQ0 = 5 * 10**12
 _LEASE_SECONDS = 60
 # Transaction actions besides the messages: the meta update.
 _TXN_MESSAGES = MAX_TRANSACTION_ITEMS - 1
+CACHED_CONVERSATIONS = 4096
+"""How many conversations' last-seen meta items a store remembers."""
+# Ranges of up to this many items are read by key (BatchGetItem, which also takes the meta
+# item) rather than by Query: one request instead of two for short conversations and
+# windows, at one read unit per item (a Query sums small items into 4 KB units).
+_READ_BY_KEY = 25
 
 
 def native_table_definition(table: str, pk: str, sk: str, ttl_attribute: str) -> dict[str, Any]:
@@ -141,6 +157,22 @@ class _Meta:
         """Whether both describe the same state (the expiry floor aside)."""
         return replace(self, floor=None) == replace(other, floor=None)
 
+    def same_version(self, other: _Meta) -> bool:
+        """Whether both are one version of one meta item (so they name the same items).
+
+        Expiry, floor and lease change without a new version; everything else does not.
+        Meta items without an epoch (written by older releases) never match.
+        """
+        mine = (self.epoch, self.ver, self.gen, self.first, self.end)
+        theirs = (other.epoch, other.ver, other.gen, other.first, other.end)
+        return self.epoch is not None and mine == theirs
+
+    def window(self, now: float, offset: int, limit: int | None) -> tuple[int, int]:
+        """Return the positions ``[lo, hi)`` of ``messages[offset:][:limit]``."""
+        count = self.count(now)
+        lo, _, _ = slice(offset, None).indices(count)
+        return lo, count if limit is None else min(count, lo + limit)
+
 
 @dataclass(frozen=True)
 class _Plan:
@@ -183,6 +215,9 @@ class NativeLayout:
         self.t = table
         self.sk = sk
         self.keys_index = keys_index
+        # The last meta item seen (read or committed) of each conversation: a hint for
+        # planning writes and batching reads, never trusted without a condition or a check.
+        self.seen: LruCache[str, _Meta] = LruCache(CACHED_CONVERSATIONS)
 
     # -- items -----------------------------------------------------------------------------
 
@@ -247,7 +282,14 @@ class NativeLayout:
         reply = self.t.call(
             "read a conversation", "get_item", Key=self._key(key, _META_SK), ConsistentRead=True
         )
-        item = reply.get("Item")
+        return self._learn(key, self._parse_meta(key, reply.get("Item")))
+
+    def _learn(self, key: str, meta: _Meta) -> _Meta:
+        """Remember ``meta`` as the latest state seen of ``key``; return it."""
+        self.seen.put(key, meta)
+        return meta
+
+    def _parse_meta(self, key: str, item: dict[str, Any] | None) -> _Meta:
         if item is None:
             return _Meta()
         try:
@@ -278,7 +320,12 @@ class NativeLayout:
     def _query_range(
         self, key: str, lo: int, hi: int, *, limit: int, projection: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
-        """Return the first ``limit`` items with sort keys ``lo <= sk <= hi``, in order."""
+        """Return the first ``limit`` items with sort keys ``lo <= sk <= hi``, in order.
+
+        A range of at most :data:`_READ_BY_KEY` sort keys is read by key (BatchGetItem).
+        """
+        if hi - lo < min(limit, _READ_BY_KEY):
+            return self._get_range(key, [], lo, hi, projection)[1]
         e = Expr()
         params: dict[str, Any] = {
             "KeyConditionExpression": (
@@ -300,6 +347,38 @@ class NativeLayout:
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
             params["Limit"] = limit - len(out)
 
+    def _get_range(
+        self, key: str, extra: list[int], lo: int, hi: int, projection: Sequence[str] = ()
+    ) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
+        """Read the items at sort keys ``extra`` and ``lo <= sk <= hi`` by key, in one request.
+
+        Returns the ``extra`` items found (by sort key) and the range's, in order.
+        """
+        params: dict[str, Any] = {}
+        if projection:
+            e = Expr()
+            names = dict.fromkeys((self.sk, *projection))
+            params["ProjectionExpression"] = ", ".join(e.n(a) for a in names)
+            params.update(e.params())
+        wanted = [*extra, *range(lo, hi + 1)]
+        items = self.t.batch_get("read messages", [self._key(key, sk) for sk in wanted], **params)
+        by_sk = {int(item[self.sk]["N"]): item for item in items}
+        found = {sk: by_sk.pop(sk) for sk in extra if sk in by_sk}
+        return found, [by_sk[sk] for sk in sorted(by_sk)]
+
+    def _rows(self, items: list[dict[str, Any]], base: int, *, with_text: bool = True
+    ) -> list[tuple[int, Head | None, int]]:  # fmt: skip
+        """Return ``(seq, head, written)`` of message items of the generation at ``base``."""
+        out: list[tuple[int, Head | None, int]] = []
+        for item in items:
+            head = self._parse_head(item, with_text=with_text)
+            try:
+                written = int(item.get(_WRITTEN, {}).get("N", 0))
+            except (TypeError, ValueError):
+                head, written = None, 0
+            out.append((int(item[self.sk]["N"]) - base, head, written))
+        return out
+
     def _query(
         self, key: str, gen: int, lo: int, hi: int, *, with_text: bool = True
     ) -> list[tuple[int, Head | None, int]]:
@@ -314,15 +393,7 @@ class NativeLayout:
         items = self._query_range(
             key, base + lo, base + hi - 1, limit=hi - lo, projection=projection
         )
-        out: list[tuple[int, Head | None, int]] = []
-        for item in items:
-            head = self._parse_head(item, with_text=with_text)
-            try:
-                written = int(item.get(_WRITTEN, {}).get("N", 0))
-            except (TypeError, ValueError):
-                head, written = None, 0
-            out.append((int(item[self.sk]["N"]) - base, head, written))
-        return out
+        return self._rows(items, base, with_text=with_text)
 
     def _read_chunks(self, key: str, head: Head) -> list[str] | None:
         """Return parts ``1 ..`` of a chunked message, or None if any is missing."""
@@ -342,13 +413,35 @@ class NativeLayout:
 
     # -- reads -----------------------------------------------------------------------------
 
+    def _read_meta_and_window(
+        self, key: str, seen: _Meta, offset: int, limit: int | None
+    ) -> tuple[_Meta, tuple[int, int, list[tuple[int, Head | None, int]]] | None]:
+        """Read the meta item and the window ``seen`` names, in one request if it is short.
+
+        Returns the meta and, when it is still ``seen``'s version, the window ``(lo, hi)``
+        with its items as :meth:`_query` returns them (None otherwise).
+        """
+        lo, hi = seen.window(time.time(), offset, limit)
+        if seen.gen is None or seen.epoch is None or not 0 < hi - lo <= _READ_BY_KEY:
+            return self._read_meta(key), None
+        base = seen.gen * _GEN_SPAN
+        found, items = self._get_range(
+            key, [_META_SK], base + seen.first + lo, base + seen.first + hi - 1
+        )
+        meta = self._learn(key, self._parse_meta(key, found.get(_META_SK)))
+        if not meta.same_version(seen):
+            return meta, None
+        return meta, (lo, hi, self._rows(items, base))
+
     def _read_range(
         self, key: str, offset: int, limit: int | None, meta: _Meta | None = None,
-        *, whole: bool = True,
+        *, whole: bool = True, seen: _Meta | None = None,
     ) -> tuple[_Meta, int, list[Head], list[str]]:  # fmt: skip
         """Return the meta, first position, heads and JSON of ``messages[offset:][:limit]``.
 
         The JSON list is empty unless ``whole``; everything comes from one meta state.
+        Without ``meta``, the meta item is read first, together with the window ``seen``
+        names when there is one (see :meth:`_read_meta_and_window`).
 
         An item written after the meta's version (an insert or delete inside moved it, or
         a pop and an append reused its position) or missing makes the read start over from
@@ -360,14 +453,19 @@ class NativeLayout:
             BackendUnavailableError: The conversation changed during every attempt.
         """
         for attempt in range(self.t.attempts):
+            ahead = None
+            if meta is None and seen is not None:
+                meta, ahead = self._read_meta_and_window(key, seen, offset, limit)
             meta = meta or self._read_meta(key)
-            count = meta.count(time.time())
-            lo, _, _ = slice(offset, None).indices(count)
-            hi = count if limit is None else min(count, lo + limit)
+            seen = None
+            lo, hi = meta.window(time.time(), offset, limit)
             if lo >= hi:
                 return meta, lo, [], []
             assert meta.gen is not None
-            got = self._query(key, meta.gen, meta.first + lo, meta.first + hi)
+            if ahead is not None and ahead[:2] == (lo, hi):
+                got = ahead[2]
+            else:
+                got = self._query(key, meta.gen, meta.first + lo, meta.first + hi)
             expected = list(range(meta.first + lo, meta.first + hi))
             heads = [h for _, h, _ in got if h is not None]
             later = any(written > (meta.ver or 0) for _, _, written in got)
@@ -397,7 +495,7 @@ class NativeLayout:
 
     def get(self, key: str, offset: int, limit: int | None) -> list[tuple[int, str]]:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
-        meta, lo, _, messages = self._read_range(key, offset, limit)
+        meta, lo, _, messages = self._read_range(key, offset, limit, seen=self.seen.get(key))
         self._refresh(key, meta)
         return list(enumerate(messages, start=lo))
 
@@ -471,7 +569,10 @@ class NativeLayout:
         """Return the condition that the meta item is still exactly ``meta`` (and not leased).
 
         The epoch tells a meta item written anew after a delete (its ``Ver`` starts over)
-        from the one ``meta`` was read from.
+        from the one ``meta`` was read from. The generation and range are checked too,
+        although every change moves ``Ver``: a meta item damaged by hand then fails the
+        condition, and a write planned on a remembered meta raises what it holds instead
+        of overwriting it.
         """
         if meta.ver is None:
             version = f"attribute_not_exists({e.n(_VER)})"
@@ -482,6 +583,9 @@ class NativeLayout:
                 else f"{e.n(_EPOCH)} = {e.v(text(meta.epoch))}"
             )
             version = f"{e.n(_VER)} = {e.v(num(meta.ver))} AND {epoch}"
+            if meta.gen is not None:
+                fields = ((_GEN, meta.gen), (_FIRST, meta.first), (_END, meta.end))
+                version += "".join(f" AND {e.n(n)} = {e.v(num(v))}" for n, v in fields)
         lease = e.n(_LEASE)
         return f"{version} AND (attribute_not_exists({lease}) OR {lease} < {e.v(num(int(now)))})"
 
@@ -491,7 +595,12 @@ class NativeLayout:
 
     def _meta_action(
         self, key: str, meta: _Meta, plan: _Plan, now: float, lease_id: str | None = None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], _Meta]:
+        """Return the transaction action that commits ``plan`` over ``meta``, and the result.
+
+        The action asks for the meta item as it is when its condition fails (see
+        :class:`ConflictError`), so a writer that lost learns the winner's state.
+        """
         e = Expr()
         if lease_id is None:
             condition = self._guard(e, meta, now)
@@ -501,8 +610,10 @@ class NativeLayout:
                 f"{e.n(_VER)} = {e.v(num(meta.ver or 0))}"
             )
         target = self._key(key, _META_SK)
+        on_failure = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         if plan.end == plan.first:
-            return {"Delete": {"Key": target, "ConditionExpression": condition, **e.params()}}
+            action = {"Key": target, "ConditionExpression": condition, **on_failure}
+            return {"Delete": {**action, **e.params()}}, _Meta()
         sets = [
             f"{e.n(_GEN)} = {e.v(num(plan.gen))}",
             f"{e.n(_FIRST)} = {e.v(num(plan.first))}",
@@ -511,8 +622,10 @@ class NativeLayout:
             f"{e.n(_KEY_COPY)} = {e.v(text(key))}",
         ]
         removes = [e.n(_LEASE), e.n(_LEASE_ID)]
-        if meta.epoch is None:  # created now (or written before meta items had an epoch)
-            sets.append(f"{e.n(_EPOCH)} = {e.v(text(uuid.uuid4().hex))}")
+        epoch = meta.epoch
+        if epoch is None:  # created now (or written before meta items had an epoch)
+            epoch = uuid.uuid4().hex
+            sets.append(f"{e.n(_EPOCH)} = {e.v(text(epoch))}")
         if plan.new_gen:
             sets.append(f"{e.n(_NEXT)} = {e.v(num(plan.gen))}")
         # Sticky for a generation: replaces and expiry extensions then look for chunks.
@@ -525,21 +638,28 @@ class NativeLayout:
             sets.append(f"{e.n(_CHUNKED)} = {e.v(num(1))}")
         else:
             removes.append(e.n(_CHUNKED))
+        expires, floor = None, meta.floor
         if self.t.ttl is not None:
-            sets.append(f"{e.n(self.t.ttl_attribute)} = {e.v(num(self.t.expiry(now)))}")
+            expires = self.t.expiry(now)
+            sets.append(f"{e.n(self.t.ttl_attribute)} = {e.v(num(expires))}")
             if plan.fresh or meta.floor is None:
-                sets.append(f"{e.n(_FLOOR)} = {e.v(num(self._fresh_floor(now)))}")
+                floor = self._fresh_floor(now)
+                sets.append(f"{e.n(_FLOOR)} = {e.v(num(floor))}")
         else:
             removes.append(e.n(self.t.ttl_attribute))
         expression = f"SET {', '.join(sets)} REMOVE {', '.join(removes)}"
-        return {
-            "Update": {
-                "Key": target,
-                "UpdateExpression": expression,
-                "ConditionExpression": condition,
-                **e.params(),
-            }
+        action = {
+            "Key": target,
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            **on_failure,
         }
+        after = _Meta(
+            ver=(meta.ver or 0) + 1, gen=plan.gen, first=plan.first, end=plan.end,
+            next_gen=plan.gen if plan.new_gen else meta.next_gen, expires=expires,
+            floor=floor, chunked=chunked, epoch=epoch,
+        )  # fmt: skip
+        return {"Update": {**action, **e.params()}}, after
 
     def _fresh_floor(self, now: float) -> int:
         # Items written from now on expire at now + 2 ttl; the margin covers writers that
@@ -636,19 +756,28 @@ class NativeLayout:
             fresh.expires = None if self.t.ttl is None else self.t.expiry(now, 2)
             chunks = [{"Put": {"Item": i}} for i in self._chunk_items(key, fresh)]
             if _fits(puts + chunks, deletes):
-                self.t.transact(what, [meta_action, *puts, *chunks, *deletes])
+                self._commit(key, what, meta_action, [*puts, *chunks, *deletes])
                 return
         self._write_chunks(key, fresh, now, what)
         if _fits(puts, deletes):
-            self.t.transact(what, [meta_action, *puts, *deletes])
+            self._commit(key, what, meta_action, [*puts, *deletes])
         elif plan.appends_only:
             self._leased_append(key, meta, plan, puts, now, what)
         elif not puts:
             # Only removals: once the meta no longer covers them they are invisible.
-            self.t.transact(what, [meta_action])
+            self._commit(key, what, meta_action)
             self._delete_seqs(key, meta.gen or 0, plan.deletes, what)
         else:
             raise _TooLargeError
+
+    def _commit(
+        self, key: str, what: str, meta_action: tuple[dict[str, Any], _Meta],
+        others: Sequence[dict[str, Any]] = (),
+    ) -> None:  # fmt: skip
+        """Run the meta action (and ``others``) as one transaction; remember the result."""
+        action, after = meta_action
+        self.t.transact(what, [action, *others])
+        self._learn(key, after)
 
     def _leased_append(
         self,
@@ -681,7 +810,7 @@ class NativeLayout:
                 what,
                 [{"PutRequest": {"Item": {**p["Put"]["Item"], _WRITTEN: written}}} for p in puts],
             )
-            self.t.transact(what, [self._meta_action(key, leased, plan, now, lease_id)])
+            self._commit(key, what, self._meta_action(key, leased, plan, now, lease_id))
         except BaseException:
             self._release_lease(key, lease_id)
             raise
@@ -712,24 +841,73 @@ class NativeLayout:
     def _change(self, key: str, what: str, step: Any, fresh: Fresh | None = None) -> Any:
         """Run ``step(meta, now) -> (plan | None, result)`` until its commit wins the race.
 
+        The first attempt plans on the meta this store last saw, when that is safe (see
+        :meth:`_plannable`): its commit is conditioned on that state, so planning on it
+        costs no read. When that commit loses, the next attempt plans at once on the meta
+        item the failed condition returned; a step that changes nothing is trusted only
+        on a meta read for it. Later losses back off and read the meta again.
+
         ``fresh`` holds the chunks of the messages the change adds; the chunks of messages
         it removes are deleted once it is committed.
+
+        Raises:
+            BackendUnavailableError: Every attempt lost a race with other writers.
         """
         adding = fresh or Fresh()
-
-        def attempt() -> Any:
+        known = self.seen.get(key)
+        for attempt in range(self.t.attempts):
             now = time.time()
-            meta = self._prepare(key, self._read_meta(key), now)
-            plan, result = step(meta, now)
-            if plan is not None:
-                try:
-                    self._apply(key, meta, plan, now, what, adding)
-                except _TooLargeError:
-                    self._rewrite(key, meta, plan, now, what)
-                self._delete_chunks(key, plan.dropped, what)
-            return result
+            if known is not None and self._plannable(known, now):
+                meta, hinted = known, True
+            else:
+                meta, hinted = self._prepare(key, self._read_meta(key), now), False
+            known = None
+            try:
+                plan, result = step(meta, now)
+                if plan is None and hinted:
+                    continue  # nothing to do on the remembered state: read the real one
+                if plan is not None:
+                    try:
+                        self._apply(key, meta, plan, now, what, adding)
+                    except _TooLargeError:
+                        self._rewrite(key, meta, plan, now, what)
+                    self._delete_chunks(key, plan.dropped, what)
+                return result
+            except ConflictError as lost:
+                if hinted:
+                    known = self._winner(key, lost)
+                else:
+                    backoff(attempt)
+        raise BackendUnavailableError(
+            f"could not {what} for key {key!r}: {self.t.attempts} attempts lost races with "
+            "concurrent writers"
+        )
 
-        return with_retries(attempt, limit=self.t.attempts, what=what, key=key)
+    def _plannable(self, meta: _Meta, now: float) -> bool:
+        """Whether a write may plan on ``meta`` as remembered, without reading the meta item.
+
+        Its commit is conditioned on ``Ver`` and ``Epoch``, but expiry, floor and lease
+        change without a new version: reads slide the expiry, :meth:`_prepare` raises the
+        floor. So only states those cannot mislead qualify: no conversation, or a live,
+        unleased one whose message items already outlive the expiry a change would set.
+        """
+        if meta.ver is None:
+            return True
+        if meta.epoch is None or meta.lease is not None or not meta.live(now):
+            return False
+        ttl = self.t.ttl
+        return ttl is None or (meta.floor is not None and meta.floor >= self.t.expiry(now))
+
+    def _winner(self, key: str, lost: ConflictError) -> _Meta | None:
+        """Return (and remember) the meta item a lost commit's condition was checked against.
+
+        Raises:
+            CorruptDataError: That meta item is damaged.
+        """
+        item = lost.current
+        if item is None or item.get(self.sk) != num(_META_SK):
+            return None
+        return self._learn(key, self._parse_meta(key, item))
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -965,7 +1143,7 @@ class NativeLayout:
             self.t.batch_write(what, requests)
             flip = _Plan(gen, _SEQ0, _SEQ0 + len(final), {}, [], new_gen=False, fresh=True,
                          chunked=any(h.chunked for h in final))  # fmt: skip
-            self.t.transact(what, [self._meta_action(key, reserved, flip, now)])
+            self._commit(key, what, self._meta_action(key, reserved, flip, now))
         except BaseException:
             self._delete_seqs(key, gen, range(_SEQ0, _SEQ0 + len(final)), "clean up")
             raise

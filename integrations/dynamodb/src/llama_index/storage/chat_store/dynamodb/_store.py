@@ -504,7 +504,10 @@ class DynamoDBChatStore(BaseChatStore):
         """Delete every item of the table (a scan plus batched deletes; for tests/operators)."""
         storage = self._storage()
         table = storage.t
-        attributes = [table.pk] + ([storage.sk] if isinstance(storage, NativeLayout) else [])
+        attributes = [table.pk]
+        if isinstance(storage, NativeLayout):
+            attributes.append(storage.sk)
+            storage.seen.clear()
         for page in table.scan_keys(attributes):
             table.batch_write("clear the table", [{"DeleteRequest": {"Key": k}} for k in page])
 

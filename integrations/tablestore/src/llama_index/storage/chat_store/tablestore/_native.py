@@ -11,21 +11,34 @@ the commit point: a writer puts its message rows where no reader looks yet (``se
 with ``EXPECT_NOT_EXIST``, so two writers never share a slot), then moves ``tail`` with a
 write conditional on ``ver``. Exactly one of several concurrent writers commits; the others
 delete their rows (conditional on their ``w``) and retry, so no acknowledged message is
-lost and each writer's order is kept. Readers read the meta row, then exactly the window it
-names, and retry if a row is missing or was written by a later version. Replacing a
-conversation writes a new generation and flips ``gen`` (atomic for readers), then deletes the
-old generation. Popping from either end moves ``head``/``tail`` first, so two concurrent
-pops never return the same message. A writer that died between its rows and its commit
-leaves rows in the next writer's way: after a few unchanged looks at the meta row, that
-writer bumps ``ver`` (a fence: the dead write can never commit) and deletes them.
+lost and each writer's order is kept. Replacing a conversation writes a new generation and
+flips ``gen`` (atomic for readers), then deletes the old generation. Popping from either end
+moves ``head``/``tail`` first, so two concurrent pops never return the same message. A
+writer that died between its rows and its commit leaves rows in the next writer's way: after
+a few unchanged looks at the meta row, that writer bumps ``ver`` (a fence: the dead write can
+never commit) and deletes them.
+
+Readers take the rows a meta row names only if that meta row was current from before the
+rows were read until after: the meta row is read again with the rows (in the same
+BatchGetRow, listed after them, for windows of up to 99 rows; else by a GetRow after the
+GetRange). A row in the window of a current meta row is committed and stays (rows are
+deleted only after a commit that moves the window off them), so such a read returns exactly
+that state. Checking ``c`` alone would not do: a writer that planned on an old meta row
+may put a row, with an old ``c``, into a slot a removal has just freed, until its commit
+fails and it deletes the row again. (A BatchGetRow is not a snapshot: the emulator reads it
+in order, the service may read the meta row a moment before a row. A row read after an
+unchanged meta row can only be wrong if, within that one request, a removal committed and
+deleted the row and a stale writer put its own there; a later ``c`` or a missing row shows
+any other change.)
 
 Commits are conditional on ``gen`` and ``ver`` together: ``ver`` starts again at 1 when a
 deleted conversation is recreated, under a new random ``gen``. A store remembers the last
-meta row it saw of each conversation (:attr:`Tables.seen`), only to know which row a pop
-should read together with the meta row (one BatchGetRow). Appends still read the meta row
-first: planned on a remembered row that another instance has since changed, an append would
-put its rows into a slot the conversation no longer ends at, and undoing them (a failed
-commit, then a delete) would cost up to three requests instead of the one it saves.
+meta row it saw of each conversation (:attr:`Tables.seen`) and uses it as the "before" of a
+read (then a read is one request), to plan an append (the rows are put at its ``tail`` and
+committed conditionally on it: two requests), and to know which row a pop reads together
+with the meta row (one BatchGetRow). A remembered row that another instance has since
+changed costs the append the failed put (the slot is taken), or at worst the put, the failed
+commit and the delete of its row, before it reads the meta row and tries again.
 
 Every removal resolves what to remove on one meta row and commits conditionally on exactly
 that row, so it returns what it removed. Damage (a meta row with tail < head or non-numbers,
@@ -42,7 +55,7 @@ import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Union
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
@@ -88,6 +101,8 @@ _STORAGE = "Tablestore"
 _STUCK_LOOKS = 3
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta rows a store remembers."""
+BATCH_GET_ROWS = 100
+"""BatchGetRow reads at most 100 rows."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +330,67 @@ def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Op[list[_St
     raise _missing(t, key, position)
 
 
+_Window = Union[list[_Stored], _Gap, CorruptDataError]  # noqa: UP007 (a runtime alias on 3.10)
+
+
+def _window_then_meta(
+    t: Tables, key: str, before: Meta, start: int, stop: int
+) -> Op[tuple[Meta | None, _Window]]:
+    """Read rows ``start <= seq < stop`` that ``before`` names, then the meta row again.
+
+    When the meta row read is still ``before``, nothing was committed from the moment
+    ``before`` was current until that read, so the rows are exactly ``before``'s: a gap or
+    a row that is not text (returned, not raised) then is damage. Up to 99 rows go in one
+    BatchGetRow, the messages table ahead of the meta table; more take a GetRange and a
+    GetRow.
+
+    Raises:
+        CorruptDataError: The meta row is damaged.
+    """
+    if stop - start >= BATCH_GET_ROWS:
+        window: _Window
+        try:
+            window = yield from _read_window(t, key, before, start, stop)
+        except CorruptDataError as exc:
+            window = exc
+        return (yield from _read_meta(t, key)), window
+    request = ts.BatchGetRowRequest()
+    request.add(ts.TableInBatchGetRowItem(
+        t.messages, [_pk(key, before.gen, seq) for seq in range(start, stop)],
+        ["message", "c"], max_version=1,
+    ))  # fmt: skip
+    request.add(ts.TableInBatchGetRowItem(
+        t.meta, [[("session_id", key)]], _META_COLUMNS, max_version=1
+    ))  # fmt: skip
+    response = yield Call("batch_get_row", (request,))
+    row_items = response.get_result_by_table(t.messages)
+    [meta_item] = response.get_result_by_table(t.meta)
+    for item in (*row_items, meta_item):
+        if not item.is_ok:
+            raise ChatStoreError(
+                f"Tablestore could not read conversation {key!r} from table "
+                f"{item.table_name!r} ({item.error_code}: {item.error_message})"
+            )
+    meta = _parse_meta(t, key, meta_item.row)
+    if isinstance(meta, _Damaged):
+        t.learn(key, None)
+        raise meta.problem
+    t.learn(key, meta)
+    found: list[_Stored] = []
+    for seq, item in zip(range(start, stop), row_items, strict=True):
+        row = item.row
+        try:
+            stored = (
+                None if row is None or not row.attribute_columns else _stored(t, key, before, row)
+            )
+        except CorruptDataError as exc:
+            return meta, exc
+        if stored is None:
+            return meta, _Gap(seq)
+        found.append(stored)
+    return meta, found
+
+
 def _missing(t: Tables, key: str, position: int) -> CorruptDataError:
     return CorruptDataError(
         f"conversation {key!r} position {position} in table {t.messages!r}: the row its "
@@ -443,16 +519,37 @@ def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:
 
 
 def get(t: Tables, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
-    """Return ``messages[offset:][:limit]`` from one consistent snapshot."""
+    """Return ``messages[offset:][:limit]`` from one consistent snapshot.
+
+    The remembered meta row, else one read now, names the rows; they count only if the meta
+    row read after them is unchanged (:func:`_window_then_meta`). An empty answer comes
+    from a meta row read for this call.
+
+    Raises:
+        CorruptDataError: A row the unchanged meta row names is missing or not text.
+    """
+    known, fresh = t.seen.get(key), False
     for attempt in range(_READ_ATTEMPTS):
-        meta = yield from _read_meta(t, key)
-        start, stop = _slice(meta.size if meta else 0, offset, limit)
-        if meta is None or start >= stop:
-            return []
-        rows = yield from _rows(t, key, meta, meta.head + start, meta.head + stop)
-        if rows is not None:
+        if known is None and not fresh:
+            known, fresh = (yield from _read_meta(t, key)), True
+        start, stop = _slice(known.size if known else 0, offset, limit)
+        if known is None or start >= stop:
+            if fresh:
+                return []
+            known = None  # remembered as empty there: ask the meta row
+            continue
+        meta, rows = yield from _window_then_meta(
+            t, key, known, known.head + start, known.head + stop
+        )
+        if meta == known:
+            if isinstance(rows, _Gap):
+                raise _missing(t, key, rows.seq - meta.head)
+            if isinstance(rows, CorruptDataError):
+                raise rows
             return _parse(key, meta, rows)
-        yield _backoff(attempt)
+        if fresh:  # the conversation changed while being read: let the writer finish
+            yield _backoff(attempt)
+        known, fresh = meta, True
     raise ChatStoreError(
         f"conversation {key!r} in table {t.messages!r} changed during each of "
         f"{_READ_ATTEMPTS} reads; try again"
@@ -641,13 +738,20 @@ def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Op[bool
 
 
 def add(t: Tables, key: str, jsons: Sequence[str]) -> Op[None]:
-    """Append messages atomically (one commit for the whole batch)."""
+    """Append messages atomically (one commit for the whole batch).
+
+    The first attempt plans on the remembered meta row, if any (its commit is conditional
+    on it); the others read the meta row first.
+    """
     w = _Writer(t, key)
+    known = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
-        meta = yield from _read_meta(t, key)
+        meta = known if known is not None else (yield from _read_meta(t, key))
         if (yield from _append_once(w, meta, jsons)):
             return
-        yield _backoff(attempt)
+        if known is None:
+            yield _backoff(attempt)
+        known = None
     raise _gave_up(t, key)
 
 

@@ -21,7 +21,14 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
 )
 
-__all__ = ["CONDITION_FAILED", "SDK_LOGGER", "redact_logger", "translate", "ts"]
+__all__ = [
+    "CONDITION_FAILED",
+    "SDK_LOGGER",
+    "format_traces_only_when_enabled",
+    "redact_logger",
+    "translate",
+    "ts",
+]
 
 
 class _DropCodecNotices(logging.Filter):
@@ -93,6 +100,36 @@ def redact_logger(name: str) -> None:
     logger = logging.getLogger(name)
     if _REDACT not in logger.filters:
         logger.addFilter(_REDACT)
+
+
+class _EffectiveLevel:
+    """A logger as the SDK's protocol sees it, whose ``level`` is its effective level.
+
+    The SDK renders every request's protobuf as text for a DEBUG trace whenever its logger's
+    own ``level`` is DEBUG or lower, which the NOTSET (0) of a logger nobody configured
+    always is; the record is then dropped by the level inherited from above. For a batch
+    read of a few rows that rendering costs as much client time as the rest of the request.
+    Traces still appear whenever DEBUG is enabled for the logger or an ancestor.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    @property
+    def level(self) -> int:
+        return self._logger.getEffectiveLevel()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
+def format_traces_only_when_enabled(client: Any) -> Any:
+    """Make a client we built render its DEBUG traces only when DEBUG is enabled; return it."""
+    protocol: Any = getattr(client, "protocol", None)
+    logger = getattr(protocol, "logger", None)
+    if isinstance(logger, logging.Logger):
+        protocol.logger = _EffectiveLevel(logger)
+    return client
 
 
 logging.getLogger(SDK_LOGGER).addFilter(_DropReraisedErrors())

@@ -28,7 +28,13 @@ from llama_index.storage.chat_store.core.store import check_window, window
 from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
 from llama_index.storage.chat_store.tablestore import _native as native
 from llama_index.storage.chat_store.tablestore._io import Call, Op, run_async, run_sync
-from llama_index.storage.chat_store.tablestore._sdk import SDK_LOGGER, redact_logger, translate, ts
+from llama_index.storage.chat_store.tablestore._sdk import (
+    SDK_LOGGER,
+    format_traces_only_when_enabled,
+    redact_logger,
+    translate,
+    ts,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -242,10 +248,12 @@ class TablestoreChatStore(BaseChatStore):
         logger = getattr(self.tablestore_client, "logger", None)
         if isinstance(logger, logging.Logger):  # a caller's client traces credentials too
             redact_logger(logger.name)
-        self._own_sync = Lazy(lambda: ts.OTSClient(**self._client_arguments()))
+        self._own_sync = Lazy(
+            lambda: format_traces_only_when_enabled(ts.OTSClient(**self._client_arguments()))
+        )
         # An AsyncOTSClient's HTTP session belongs to its loop: closed there at shutdown.
         self._own_async = PerLoop(
-            lambda: ts.AsyncOTSClient(**self._client_arguments()),
+            lambda: format_traces_only_when_enabled(ts.AsyncOTSClient(**self._client_arguments())),
             aclose=lambda client: client.close(),
         )
 
