@@ -107,8 +107,8 @@ class _EffectiveLevel:
 
     The SDK renders every request's protobuf as text for a DEBUG trace whenever its logger's
     own ``level`` is DEBUG or lower, which the NOTSET (0) of a logger nobody configured
-    always is; the record is then dropped by the level inherited from above. For a batch
-    read of a few rows that rendering costs as much client time as the rest of the request.
+    always is; the record is then dropped by the level inherited from above. For a
+    BatchGetRow of ten rows that rendering was about a tenth of the client's time.
     Traces still appear whenever DEBUG is enabled for the logger or an ancestor.
     """
 
