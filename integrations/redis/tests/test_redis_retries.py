@@ -17,7 +17,11 @@ import pytest
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
-from llama_index.storage.chat_store.testing.changes import BEFORE, CHANGES, apply_change
+from llama_index.storage.chat_store.testing.changes import (
+    BEFORE,
+    CHANGES,
+    check_cut_change,
+)
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.samples import numbered
 from llama_index.storage.chat_store.testing.services import free_port
@@ -66,13 +70,7 @@ def test_a_change_cut_by_a_dropped_connection_applies_once(
     ids is not checked before applying (a duplicate), or a replay does not return the
     recorded reply (a removal returning nothing).
     """
-    key = f"conv-{uuid.uuid4().hex}"
-    store.set_messages(key, BEFORE)
-    fault = proxy.inject(kind, match=rb"EVALSHA")
-    returned = apply_change(store, change, key, asynchronous=mode == "async")
-    assert fault.fired == 1, "the script call was never seen: the pattern no longer matches"
-    assert store.get_messages(key) == CHANGES[change].after
-    assert returned == CHANGES[change].returns
+    check_cut_change(store, proxy, change, kind, asynchronous=mode == "async", match=rb"EVALSHA")
 
 
 def test_a_redis_append_whose_reply_is_lost_is_stored_once(store: Store, proxy: FaultProxy) -> None:

@@ -11,13 +11,11 @@ first (and remembers its meta row, which B then makes stale) or has never seen i
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from llama_index.storage.chat_store.core import ChatMessage
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.testing.races import (
     GatedClient,
@@ -32,6 +30,7 @@ from llama_index.storage.chat_store.testing.races import (
     pop,
     run_round,
     set_to,
+    stale_reads,
 )
 
 _INITIAL = ["i0", "i1", "i2"]
@@ -146,12 +145,5 @@ def test_a_read_after_another_change_sees_it(
     without checking it against the table, and returned a conversation already changed.
     """
     factory = new_store(layout=layout)
-    a_store, b_store = factory(), factory()
-    for read in _A_READS:
-        key = f"k-{uuid.uuid4().hex[:8]}"
-        a_store.set_messages(key, [ChatMessage(content=t) for t in _INITIAL])
-        items = list(_INITIAL)
-        for op in b:
-            op.on_store(b_store, key)
-            op.on_list(items)
-        assert read.on_store(a_store, key) == read.on_list(items), read.name
+    failures = stale_reads(factory(), factory(), _A_READS, b, initial=_INITIAL)
+    assert not failures, "\n".join(failures)

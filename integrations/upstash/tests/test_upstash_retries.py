@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
-from llama_index.storage.chat_store.testing.changes import BEFORE, CHANGES, apply_change
+from llama_index.storage.chat_store.testing.changes import (
+    CHANGES,
+    check_cut_change,
+)
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.services import (
     UpstashBridge,
@@ -68,13 +71,7 @@ def test_a_change_cut_by_a_dropped_connection_applies_once(
     ids is not checked before applying (a duplicate), or a replay does not return the
     recorded reply (a removal returning nothing).
     """
-    key = f"conv-{uuid.uuid4().hex}"
-    store.set_messages(key, BEFORE)
-    fault = proxy.inject(kind)  # the next request: the call's script
-    returned = apply_change(store, change, key, asynchronous=mode == "async")
-    assert fault.fired == 1, "the request was never seen: the pattern no longer matches"
-    assert store.get_messages(key) == CHANGES[change].after
-    assert returned == CHANGES[change].returns
+    check_cut_change(store, proxy, change, kind, asynchronous=mode == "async")
 
 
 @pytest.mark.parametrize("rest_retries", [None, 1])

@@ -8,14 +8,16 @@ returned :attr:`Change.returns`, as after exactly one application.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
+from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.samples import numbered
 
-__all__ = ["BEFORE", "CHANGES", "Change", "apply_change"]
+__all__ = ["BEFORE", "CHANGES", "Change", "apply_change", "check_cut_change"]
 
 BEFORE = numbered(5)
 """The conversation before each change."""
@@ -99,3 +101,26 @@ def apply_change(store: BaseChatStore, name: str, key: str, *, asynchronous: boo
             await store.aclose()
 
     return asyncio.run(run())
+
+
+def check_cut_change(
+    store: BaseChatStore,
+    proxy: FaultProxy,
+    change: str,
+    kind: FaultKind,
+    *,
+    asynchronous: bool,
+    match: bytes | None = None,
+) -> None:
+    """Cut ``change``'s request (the first one matching ``match``) and check it applied once.
+
+    The conversation (a fresh key) starts as :data:`BEFORE`; afterwards it must hold what one
+    application leaves, and the call must have returned what one application returns.
+    """
+    key = f"conv-{uuid.uuid4().hex}"
+    store.set_messages(key, BEFORE)
+    fault = proxy.inject(kind, match=match)
+    returned = apply_change(store, change, key, asynchronous=asynchronous)
+    assert fault.fired == 1, "the request was never seen: the pattern no longer matches"
+    assert store.get_messages(key) == CHANGES[change].after
+    assert returned == CHANGES[change].returns

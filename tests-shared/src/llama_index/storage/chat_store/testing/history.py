@@ -480,20 +480,27 @@ def _run_plan(
     client: int,
     plan: Sequence[tuple[str, tuple[Any, ...]]],
     wait: Callable[[], object],
+    *,
+    own_loop: bool = False,
 ) -> list[Call]:
     """Run a client's calls, every other one through the async API (alternating by client).
 
     The async calls run on one event loop per thread, kept while the thread lives: a store's
-    async clients belong to the loop that made them, as in an app.
+    async clients belong to the loop that made them, as in an app. ``own_loop``: the thread
+    ends with the round, so its loop is closed here.
     """
     loop = _thread_loop()
-    store.count_messages(key)  # connect before the start line, not during the race
-    loop.run_until_complete(store.acount_messages(key))
-    wait()
-    return [
-        _record(store, key, client, name, args, loop if (client + i) % 2 else None)
-        for i, (name, args) in enumerate(plan)
-    ]
+    try:
+        store.count_messages(key)  # connect before the start line, not during the race
+        loop.run_until_complete(store.acount_messages(key))
+        wait()
+        return [
+            _record(store, key, client, name, args, loop if (client + i) % 2 else None)
+            for i, (name, args) in enumerate(plan)
+        ]
+    finally:
+        if own_loop:
+            loop.close()
 
 
 _loops = threading.local()
@@ -585,24 +592,12 @@ def _run_threads(
     barrier = threading.Barrier(len(plans))
     with concurrent.futures.ThreadPoolExecutor(len(plans)) as pool:
         futures = [
-            pool.submit(_run_plan_closing, store, key, client, plan, lambda: barrier.wait(60))
+            pool.submit(
+                _run_plan, store, key, client, plan, lambda: barrier.wait(60), own_loop=True
+            )
             for client, plan in enumerate(plans)
         ]
         return [f.result() for f in futures]
-
-
-def _run_plan_closing(
-    store: BaseChatStore,
-    key: str,
-    client: int,
-    plan: Sequence[tuple[str, tuple[Any, ...]]],
-    wait: Callable[[], object],
-) -> list[Call]:
-    """:func:`_run_plan` on a thread that ends with the round: its loop closes with it."""
-    try:
-        return _run_plan(store, key, client, plan, wait)
-    finally:
-        _thread_loop().close()
 
 
 # -- the suite's entry point -------------------------------------------------------------

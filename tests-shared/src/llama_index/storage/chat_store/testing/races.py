@@ -44,6 +44,7 @@ __all__ = [
     "pop",
     "run_round",
     "set_to",
+    "stale_reads",
     "texts",
 ]
 
@@ -307,4 +308,31 @@ def every_interleaving(
             at += 1
             if at > calls:
                 break
+    return failures
+
+
+def stale_reads(
+    a_store: BaseChatStore,
+    b_store: BaseChatStore,
+    reads: Sequence[Op],
+    b: Sequence[Op],
+    initial: Texts = INITIAL,
+) -> list[str]:
+    """Check that A's reads see B's finished changes though A remembers an older state.
+
+    For each read, A writes a fresh conversation (so it remembers it), B runs all of ``b``
+    to the end, then A reads. Returns one line per read that did not see B's changes.
+    """
+    failures = []
+    for read in reads:
+        key = f"k-{uuid.uuid4().hex[:8]}"
+        a_store.set_messages(key, [ChatMessage(content=t) for t in initial])
+        items = list(initial)
+        for op in b:
+            op.on_store(b_store, key)
+            op.on_list(items)
+        got, want = read.on_store(a_store, key), read.on_list(items)
+        if got != want:
+            names = ", ".join(op.name for op in b)
+            failures.append(f"{read.name} after B=[{names}]: got {got}, want {want}")
     return failures
