@@ -134,3 +134,21 @@ def test_dropping_every_connection_cuts_open_clients(server: LineServer, proxy: 
 def test_a_bad_schedule_is_refused(proxy: FaultProxy) -> None:
     with pytest.raises(ValueError, match="nth counts from 1"):
         proxy.inject(FaultKind.DROP_REPLY, nth=0)
+
+
+def test_a_fault_with_a_probability_hits_a_seeded_share_of_requests(server: LineServer) -> None:
+    """probability=0.25 hits about a quarter of the requests, the same ones for the same seed.
+
+    If this fails: rate-driven soaks cut every request, none, or a different set per run.
+    """
+    hits = []
+    for _ in range(2):
+        with FaultProxy("127.0.0.1", server.port) as proxy:
+            fault = proxy.inject(FaultKind.STALL, times=None, probability=0.25, seed="s")
+            with _connect(proxy) as sock:
+                assert [_ask(sock, f"r{i}") for i in range(200)][-1] == "OK r199"
+            hits.append(fault.fired)
+    assert hits[0] == hits[1]
+    assert 25 <= hits[0] <= 75
+    with FaultProxy("127.0.0.1", server.port) as proxy, pytest.raises(ValueError, match="prob"):
+        proxy.inject(FaultKind.STALL, probability=0)

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -19,11 +20,30 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import url_at
 from llama_index.storage.chat_store.testing.services import free_port
 
 
 def _namespace() -> str:
     return f"{{t-{uuid.uuid4().hex}}}:"
+
+
+@dataclass(frozen=True)
+class _Remap:
+    """redis-py's ``address_remap``: reach one node at another address (a fault proxy)."""
+
+    node: tuple[str, int]
+    to: tuple[str, int]
+
+    def __call__(self, address: tuple[str, int]) -> tuple[str, int]:
+        return self.to if address == self.node else address
+
+
+def _slot_owner(url: str, namespace: str) -> tuple[str, int]:
+    """The node serving the namespace's hash slot: every key of the store lives there."""
+    with redis.RedisCluster.from_url(url) as raw:
+        node = raw.get_node_from_key(namespace + "k")
+        return node.host, node.port
 
 
 class TestRedisClusterConformance(ChatStoreConformance):
@@ -36,6 +56,24 @@ class TestRedisClusterConformance(ChatStoreConformance):
         return functools.partial(
             RedisChatStore, redis_url=redis_cluster_url, namespace=namespace, cluster=True
         )
+
+    @pytest.fixture
+    def server_address(self, redis_cluster_url: str, namespace: str) -> tuple[str, int]:
+        return _slot_owner(redis_cluster_url, namespace)
+
+    @pytest.fixture
+    def store_factory_at(
+        self, redis_cluster_url: str, namespace: str, server_address: tuple[str, int]
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            # Start from the proxy too: a startup node that is the owner is not remapped.
+            return functools.partial(
+                RedisChatStore, redis_url=url_at(redis_cluster_url, host, port),
+                namespace=namespace, cluster=True,
+                client_options={"address_remap": _Remap(server_address, (host, port))},
+            )  # fmt: skip
+
+        return at
 
     @pytest.fixture
     def other_store(self, redis_cluster_url: str) -> Iterator[BaseChatStore]:

@@ -17,6 +17,7 @@ import redis
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
 
 
@@ -38,6 +39,20 @@ class TestRedisConformance(ChatStoreConformance):
     @pytest.fixture
     def store_factory(self, url: str, namespace: str) -> Callable[[], BaseChatStore]:
         return functools.partial(RedisChatStore, redis_url=url, namespace=namespace)
+
+    @pytest.fixture
+    def server_address(self, url: str) -> tuple[str, int]:
+        return address_of(url, 6379)
+
+    @pytest.fixture
+    def store_factory_at(
+        self, url: str, namespace: str
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            moved = url_at(url, host, port)
+            return functools.partial(RedisChatStore, redis_url=moved, namespace=namespace)
+
+        return at
 
     @pytest.fixture
     def other_store(self, url: str) -> Iterator[BaseChatStore]:

@@ -13,6 +13,7 @@ import redis
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import UpstashEndpoint, free_port
 from llama_index.storage.chat_store.upstash import UpstashChatStore
 
@@ -30,6 +31,22 @@ class TestUpstashConformance(ChatStoreConformance):
             UpstashChatStore, redis_url=upstash_rest.url, redis_token=upstash_rest.token,
             namespace=namespace, rest_retries=0,
         )  # fmt: skip
+
+    @pytest.fixture
+    def server_address(self, upstash_rest: UpstashEndpoint) -> tuple[str, int]:
+        return address_of(upstash_rest.url, 443)
+
+    @pytest.fixture
+    def store_factory_at(
+        self, upstash_rest: UpstashEndpoint, namespace: str
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            return functools.partial(
+                UpstashChatStore, redis_url=url_at(upstash_rest.url, host, port),
+                redis_token=upstash_rest.token, namespace=namespace, rest_retries=0,
+            )  # fmt: skip
+
+        return at
 
     @pytest.fixture
     def secrets(self, upstash_rest: UpstashEndpoint) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 A fault proxy (the testing package's) sits between the store and a real Upstash REST bridge
 (over a real redis-server) and cuts one HTTP request: before it reaches the bridge
-(DROP_REQUEST) or after the bridge applied it and answered (DROP_REPLY).
+(DROP_REQUEST) or after the bridge applied it and answered (DROP_REPLY). The conformance
+suite cuts every request of every change (``test_a_change_cut_anywhere_applies_once``);
+these are the named cases and the options.
 """
 
 from __future__ import annotations
@@ -14,10 +16,6 @@ from typing import Any
 import pytest
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
-from llama_index.storage.chat_store.testing.changes import (
-    CHANGES,
-    check_cut_change,
-)
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.services import (
     UpstashBridge,
@@ -59,22 +57,6 @@ def store(
         yield store
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-@pytest.mark.parametrize("kind", [FaultKind.DROP_REQUEST, FaultKind.DROP_REPLY])
-@pytest.mark.parametrize("change", sorted(CHANGES))
-def test_a_change_cut_by_a_dropped_connection_applies_once(
-    store: UpstashChatStore, proxy: FaultProxy, change: str, kind: FaultKind, mode: str
-) -> None:
-    """A change whose request or reply is lost ends as one application, and returns its value.
-
-    If this fails: the retry is not sent with the same op id, or the script's record of op
-    ids is not checked before applying (a duplicate), or a replay does not return the
-    recorded reply (a removal returning nothing).
-    """
-    check_cut_change(store, proxy, change, kind, asynchronous=mode == "async")
-
-
-@pytest.mark.parametrize("rest_retries", [None, 1])
 def test_upstash_default_retries_store_an_append_whose_reply_is_lost_once(
     bridge: UpstashBridge, proxy: FaultProxy, rest_retries: int | None
 ) -> None:

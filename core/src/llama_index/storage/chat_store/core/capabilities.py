@@ -26,3 +26,8 @@ class Capability(str, Enum):
 
     NATIVE_ASYNC = "native_async"
     """The ``a*`` methods use an async driver instead of a worker thread."""
+
+    EXACTLY_ONCE = "exactly_once"
+    """A change whose request or reply is lost on the network is retried by the store and
+    applied once: every change carries an operation id recorded atomically with its effect,
+    so a resent change applies nothing and returns what the first application returned."""

@@ -20,6 +20,7 @@ __all__ = [
     "CorruptDataError",
     "InvalidKeyError",
     "InvalidMessageError",
+    "NotSentError",
     "PayloadTooLargeError",
     "SerializationError",
     "UnknownSchemeError",
@@ -54,6 +55,10 @@ class BackendImportError(ChatStoreError, ImportError):
 
 class BackendUnavailableError(ChatStoreError, ConnectionError):
     """The server could not be reached; the store works again once it is back."""
+
+
+class NotSentError(BackendUnavailableError):
+    """The request never reached the server (a refused connection): nothing was applied."""
 
 
 class AuthenticationError(ChatStoreError, PermissionError):

@@ -1,8 +1,9 @@
 """Every mutating call of a chat store, and what one application of it does.
 
 For fault tests (see :mod:`.faults`): start a conversation at :data:`BEFORE`, cut one
-call's connection, then check the conversation is :attr:`Change.after` and the call
-returned :attr:`Change.returns`, as after exactly one application.
+request of a call, then check the conversation is :attr:`Change.after` and the call
+returned :attr:`Change.returns`, as after exactly one application
+(:func:`check_every_cut` does it for each request of the call in turn).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.samples import numbered
 
-__all__ = ["BEFORE", "CHANGES", "Change", "apply_change", "check_cut_change"]
+__all__ = [
+    "BEFORE",
+    "CHANGES",
+    "MAX_REQUESTS",
+    "Change",
+    "apply_change",
+    "check_every_cut",
+]
 
 BEFORE = numbered(5)
 """The conversation before each change."""
@@ -103,24 +111,60 @@ def apply_change(store: BaseChatStore, name: str, key: str, *, asynchronous: boo
     return asyncio.run(run())
 
 
-def check_cut_change(
+MAX_REQUESTS = 16
+"""The most requests one change may make for :func:`check_every_cut`."""
+
+STALL_SECONDS = 0.05
+"""How long a ``STALL`` holds the request it hits."""
+
+
+def check_every_cut(
     store: BaseChatStore,
+    proxied: BaseChatStore,
     proxy: FaultProxy,
     change: str,
     kind: FaultKind,
     *,
     asynchronous: bool,
-    match: bytes | None = None,
-) -> None:
-    """Cut ``change``'s request (the first one matching ``match``) and check it applied once.
+) -> int:
+    """Cut each request of ``change`` in turn and check every run applied the change once.
 
-    The conversation (a fresh key) starts as :data:`BEFORE`; afterwards it must hold what one
-    application leaves, and the call must have returned what one application returns.
+    Run ``n`` starts a fresh key at :data:`BEFORE` (through ``store``, which talks to the
+    server directly), makes the change through ``proxied`` (the same storage, through
+    ``proxy``) with its n-th request cut by ``kind``, and checks through ``store`` that the
+    conversation is what one application leaves and the call returned what one application
+    returns: with one fault the store's own retries must hide it. Runs stop at the first
+    ``n`` the change no longer reaches (requests made while reconnecting count too).
+
+    Returns:
+        How many requests were cut, one per run.
     """
-    key = f"conv-{uuid.uuid4().hex}"
-    store.set_messages(key, BEFORE)
-    fault = proxy.inject(kind, match=match)
-    returned = apply_change(store, change, key, asynchronous=asynchronous)
-    assert fault.fired == 1, "the request was never seen: the pattern no longer matches"
-    assert store.get_messages(key) == CHANGES[change].after
-    assert returned == CHANGES[change].returns
+    expected = CHANGES[change]
+    for nth in range(1, MAX_REQUESTS + 1):
+        key = f"cut-{uuid.uuid4().hex}"
+        store.set_messages(key, BEFORE)
+        fault = proxy.inject(kind, nth=nth, seconds=STALL_SECONDS)
+        try:
+            returned = apply_change(proxied, change, key, asynchronous=asynchronous)
+        except Exception as exc:
+            raise AssertionError(
+                f"{change} with its request {nth} cut ({kind.name}) raised "
+                f"{type(exc).__name__}: {exc}; with one fault the store's retries must succeed"
+            ) from exc
+        finally:
+            proxy.clear()
+        try:
+            if not fault.fired:
+                return nth - 1
+            held = store.get_messages(key)
+            assert held == expected.after, (
+                f"{change} with its request {nth} cut ({kind.name}) left "
+                f"{[m.content for m in held]}, not {[m.content for m in expected.after]}"
+            )
+            assert returned == expected.returns, (
+                f"{change} with its request {nth} cut ({kind.name}) returned {returned!r}, "
+                f"not {expected.returns!r}"
+            )
+        finally:
+            store.delete_messages(key)
+    raise AssertionError(f"{change} made more than {MAX_REQUESTS} requests")

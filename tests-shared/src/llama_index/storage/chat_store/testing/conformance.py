@@ -17,6 +17,10 @@ the fixtures below; every test method then runs against that backend.
 * ``make_corrupt`` (required): ``make_corrupt(key)`` puts unreadable data at
   position 1 of conversation ``key`` of ``store`` (message 0 stays readable) and
   returns the store to read it with; reading must raise ``CorruptDataError``.
+* ``server_address`` and ``store_factory_at`` (required when EXACTLY_ONCE):
+  ``(host, port)`` of the server ``store`` talks to, and ``store_factory_at(host, port)``,
+  a picklable zero-argument callable building a store over the same storage as ``store``
+  that connects to ``host:port`` instead (the suite puts a :class:`.faults.FaultProxy` there).
 * ``secrets`` (optional): ``{"name": value}`` of secrets that must never appear in
   ``repr``/dumps and are passed to ``from_dict``.
 
@@ -54,7 +58,8 @@ from llama_index.storage.chat_store.core import (
     corrupt_data_remedy,
     message_to_json,
 )
-from llama_index.storage.chat_store.testing import _workers, history
+from llama_index.storage.chat_store.testing import _workers, changes, history
+from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.samples import (
     HOSTILE_KEYS,
     LLAMA_INDEX_INSTALLED,
@@ -80,6 +85,9 @@ else:
 __all__ = ["ChatStoreConformance", "requires"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+FAULT_RATE = 0.04
+"""The share of requests (half before the server, half after it answered) the history check
+under faults drops."""
 _ASYNC_ALIASES = (
     "get_messages", "count_messages", "add_message", "add_messages", "set_messages",
     "delete_messages", "delete_message", "delete_last_message", "delete_oldest_messages",
@@ -165,6 +173,34 @@ class ChatStoreConformance(_ModeTests):
     def make_corrupt(self) -> Callable[[str], BaseChatStore]:
         """``make_corrupt(key)``: unreadable data at position 1 of ``key``; returns the store."""
         pytest.fail(_override_hint("make_corrupt"))
+
+    @pytest.fixture
+    def server_address(self) -> tuple[str, int]:
+        """Where the server of ``store`` listens: ``(host, port)``."""
+        pytest.fail(_override_hint("server_address"))
+
+    @pytest.fixture
+    def store_factory_at(self) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        """``store_factory_at(host, port)``: ``store_factory`` connecting to that address."""
+        pytest.fail(_override_hint("store_factory_at"))
+
+    @pytest.fixture
+    def fault_proxy(self, server_address: tuple[str, int]) -> Iterator[FaultProxy]:
+        """A fault proxy in front of the server of ``store``."""
+        with FaultProxy(*server_address) as proxy:
+            yield proxy
+
+    @pytest.fixture
+    def proxied_store(
+        self,
+        store: BaseChatStore,
+        fault_proxy: FaultProxy,
+        store_factory_at: Callable[[str, int], Callable[[], BaseChatStore]],
+    ) -> Iterator[BaseChatStore]:
+        """A store over the storage of ``store``, talking to its server through the proxy."""
+        proxied = store_factory_at(fault_proxy.host, fault_proxy.port)()
+        yield proxied
+        proxied.close()
 
     @pytest.fixture
     def secrets(self) -> dict[str, str]:
@@ -763,6 +799,73 @@ class ChatStoreConformance(_ModeTests):
         )
         if report.failure is not None:
             pytest.fail(f"concurrent history check failed, {report.failure}", pytrace=False)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    @requires(Capability.EXACTLY_ONCE)
+    @pytest.mark.parametrize("api", ["sync", "async"])
+    @pytest.mark.parametrize("kind", list(FaultKind), ids=lambda k: k.name.lower())
+    @pytest.mark.parametrize("change", sorted(changes.CHANGES))
+    def test_a_change_cut_anywhere_applies_once(
+        self,
+        store: BaseChatStore,
+        proxied_store: BaseChatStore,
+        fault_proxy: FaultProxy,
+        change: str,
+        kind: FaultKind,
+        api: str,
+    ) -> None:
+        """Each request of each change, cut in turn, leaves the conversation as one application.
+
+        A proxy between the store and its server drops the request before the server sees
+        it, drops the server's reply after the change was applied, or stalls it; one run per
+        request the change makes. The call must succeed (the store retries) and return what
+        one application returns; the conversation must hold exactly one application.
+
+        If this fails: a retried change is not recognized by its operation id (a duplicate
+        after a lost reply), a conditional write takes the store's own committed retry for a
+        conflict, or a transient failure is not retried.
+        """
+        cuts = changes.check_every_cut(
+            store, proxied_store, fault_proxy, change, kind, asynchronous=api == "async"
+        )
+        assert cuts >= 1, f"{change} made no request through the proxy: is the store behind it?"
+
+    @requires(Capability.EXACTLY_ONCE, Capability.SHARED)
+    def test_concurrent_history_under_faults_is_linearizable(
+        self,
+        store: BaseChatStore,
+        fault_proxy: FaultProxy,
+        store_factory_at: Callable[[str, int], Callable[[], BaseChatStore]],
+    ) -> None:
+        """The concurrent history check with a few percent of requests or replies dropped.
+
+        Every client talks to the server through the proxy, which drops each request or
+        reply with a small probability; a call may raise ``BackendUnavailableError`` only
+        when its retries ran out, and every result must still be explained by one order.
+
+        If this fails: as for the history check, or a retried change applied twice.
+        """
+        seed = history.seed_from_environment()
+        faults = [
+            fault_proxy.inject(
+                kind, times=None, probability=FAULT_RATE / 2, seed=f"{seed}:{kind.name}"
+            )
+            for kind in (FaultKind.DROP_REQUEST, FaultKind.DROP_REPLY)
+        ]
+        report = history.run_histories(
+            store,
+            store_factory_at(fault_proxy.host, fault_proxy.port),
+            seed=seed,
+            tolerated=(BackendUnavailableError.__name__,),
+        )
+        print(
+            f"history under faults: {report.rounds} rounds, {report.calls} calls checked in "
+            f"{report.seconds:.1f} s (seed {report.seed}; {sum(f.fired for f in faults)} of "
+            f"{fault_proxy.requests} requests cut)"
+        )
+        if report.failure is not None:
+            pytest.fail(f"history check under faults failed, {report.failure}", pytrace=False)
 
     # -- async -----------------------------------------------------------------------------
 

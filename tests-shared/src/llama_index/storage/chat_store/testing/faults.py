@@ -13,6 +13,9 @@ one whose first bytes match a pattern. What happens to that request:
   change landed and it cannot know.
 * ``STALL``: the request is held for :attr:`Fault.seconds` before it is forwarded.
 
+A fault with a ``probability`` below 1 hits each matching request with that chance (seeded,
+so a run can be replayed), for soaks at a fault rate rather than one scripted cut.
+
 A "request" is what the client sends between two answers on one connection: the bytes it
 writes after the server last wrote, which is exact for request/response protocols (Redis,
 PostgreSQL's extended protocol, HTTP/1.1) and approximate for pipelined ones (a pipeline
@@ -23,15 +26,35 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import random
 import re
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Fault", "FaultKind", "FaultProxy"]
+__all__ = ["Fault", "FaultKind", "FaultProxy", "address_of", "url_at"]
 
 _CHUNK = 65536
+
+
+def address_of(url: str, default_port: int) -> tuple[str, int]:
+    """``(host, port)`` of a server URL (``default_port`` when the URL names none)."""
+    where = urlsplit(url)
+    if where.hostname is None:
+        raise ValueError(f"{url!r} names no host")
+    return where.hostname, where.port or default_port
+
+
+def url_at(url: str, host: str, port: int) -> str:
+    """Return ``url`` with its host and port replaced (user, path and query kept).
+
+    The same server reached at another address, such as a :class:`FaultProxy`'s.
+    """
+    where = urlsplit(url)
+    userinfo, at, _ = where.netloc.rpartition("@")
+    return urlunsplit(where._replace(netloc=f"{userinfo}{at}{host}:{port}"))
 
 
 class FaultKind(enum.Enum):
@@ -52,6 +75,8 @@ class Fault:
         nth: Hit the n-th matching request counted from when the fault was injected.
         times: How many matching requests to hit, from the n-th on (``None``: all of them).
         seconds: How long a ``STALL`` holds the request.
+        probability: The chance that each request from the n-th on is hit (1: every one).
+        seed: Seeds the draws when ``probability`` is below 1.
     """
 
     kind: FaultKind
@@ -59,13 +84,19 @@ class Fault:
     nth: int = 1
     times: int | None = 1
     seconds: float = 0.0
+    probability: float = 1.0
+    seed: int | str | None = None
     seen: int = 0
     fired: int = 0
     _pattern: re.Pattern[bytes] | None = field(default=None, repr=False)
+    _draws: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
         if self.nth < 1:
             raise ValueError(f"nth counts from 1, not {self.nth}")
+        if not 0 < self.probability <= 1:
+            raise ValueError(f"probability must be in (0, 1], not {self.probability}")
+        self._draws.seed(self.seed)
         self._pattern = None if self.match is None else re.compile(self.match, re.DOTALL)
 
     def _hits(self, request: bytes) -> bool:
@@ -73,6 +104,8 @@ class Fault:
             return False
         self.seen += 1
         if self.seen < self.nth or (self.times is not None and self.fired >= self.times):
+            return False
+        if self.probability < 1 and self._draws.random() >= self.probability:
             return False
         self.fired += 1
         return True
@@ -122,10 +155,12 @@ class FaultProxy:
         nth: int = 1,
         times: int | None = 1,
         seconds: float = 0.0,
+        probability: float = 1.0,
+        seed: int | str | None = None,
     ) -> Fault:
         """Schedule a fault (see :class:`Fault`); return it (its ``fired`` counts hits)."""
         pattern = match.encode() if isinstance(match, str) else match
-        fault = Fault(kind, pattern, nth, times, seconds)
+        fault = Fault(kind, pattern, nth, times, seconds, probability, seed)
         with self._state:
             self._faults.append(fault)
         return fault

@@ -49,6 +49,7 @@ __all__ = [
     "linearize",
     "plan_calls",
     "run_histories",
+    "seed_from_environment",
     "shrink",
 ]
 
@@ -197,13 +198,21 @@ def linearize(initial: Sequence[str], calls: Sequence[Call]) -> list[Call] | Non
     return None if order is None else [calls[i] for i in order]
 
 
-def check_history(initial: Sequence[str], calls: Sequence[Call]) -> list[str]:
+def check_history(
+    initial: Sequence[str], calls: Sequence[Call], *, tolerated: Sequence[str] = ()
+) -> list[str]:
     """Return the problems of one round's history (empty when it is correct).
 
     Cheap invariants first, so the message says what went wrong in plain words, then
-    linearizability. The quiescent reads (client ``-1``) end the history.
+    linearizability. The quiescent reads (client ``-1``) end the history. A call that raised
+    is a problem unless its error's type is named in ``tolerated``; either way its effect may
+    or may not have happened.
     """
-    problems = [f"{_show_call(c)} raised {c.error}" for c in calls if c.error is not None]
+    problems = [
+        f"{_show_call(c)} raised {c.error}"
+        for c in calls
+        if c.error is not None and c.error.partition(":")[0] not in tolerated
+    ]
     problems += _invariant_problems(initial, calls)
     if linearize(initial, calls) is None:
         problems.append(
@@ -625,6 +634,11 @@ def _scale() -> float:
     return scale
 
 
+def seed_from_environment() -> int:
+    """``CHAT_STORE_HISTORY_SEED`` when set, else a random seed (printed with a failure)."""
+    return int(os.environ.get(SEED_VARIABLE) or random.randrange(10**9))
+
+
 def run_histories(
     store: BaseChatStore,
     factory: Callable[[], BaseChatStore],
@@ -632,6 +646,7 @@ def run_histories(
     rounds: int | None = None,
     seed: int | None = None,
     mix: Mapping[str, int] | None = None,
+    tolerated: Sequence[str] = (),
 ) -> HistoryReport:
     """Run rounds of concurrent random calls on one key each; stop at the first bad round.
 
@@ -644,12 +659,14 @@ def run_histories(
             take longer than :data:`BUDGET_SECONDS`.
         seed: The seed of the random calls (default ``CHAT_STORE_HISTORY_SEED`` or random).
         mix: Operation weights (default :data:`MIX`, every operation).
+        tolerated: Names of error types a call may raise (see :func:`check_history`), for
+            rounds run under injected faults.
 
     Returns:
         The report; ``failure`` holds the seed, the problems and a shrunk history.
     """
     if seed is None:
-        seed = int(os.environ.get(SEED_VARIABLE) or random.randrange(10**9))
+        seed = seed_from_environment()
     scale = _scale()
     total = rounds if rounds is not None else max(1, round(ROUNDS * scale))
     least = total if rounds is not None else max(1, round(MIN_ROUNDS * scale))
@@ -673,7 +690,7 @@ def run_histories(
             per_client = _run_threads(store, key, plans)
         calls = [call for client in per_client for call in client]
         calls += [_record(store, key, -1, "get", (0, None)), _record(store, key, -1, "count", ())]
-        problems = check_history(initial, calls)
+        problems = check_history(initial, calls, tolerated=tolerated)
         problems += _keys_problems(store, key, calls[-2])
         report.rounds, report.calls = number + 1, report.calls + len(calls)
         if problems:

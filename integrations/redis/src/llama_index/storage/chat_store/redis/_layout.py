@@ -16,8 +16,6 @@ Shared by the redis and upstash stores: they differ only in how a script call tr
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,6 +32,7 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.retries import new_op_id
 from llama_index.storage.chat_store.redis import _scripts
 from llama_index.storage.chat_store.redis._scripts import Script
 
@@ -41,10 +40,8 @@ __all__ = [
     "KEYS_PAGE_SIZE",
     "KeysPage",
     "ListLayout",
-    "NotSentError",
     "Op",
     "has_hash_tag",
-    "new_op_id",
     "reply_error",
 ]
 
@@ -55,29 +52,6 @@ _INDEX = "\x00keys"
 _EXPIRY = "\x00expiry"
 _KEEP_EXPIRY = "-1"
 _RECORD = "\x00ops"
-
-
-class NotSentError(BackendUnavailableError):
-    """The request never reached the server (e.g. a refused connection): nothing was applied."""
-
-
-def _fresh_prefix() -> None:
-    global _op_prefix, _op_count  # per process: a forked child draws its own
-    _op_prefix, _op_count = os.urandom(8).hex(), itertools.count()
-
-
-_op_prefix, _op_count = "", itertools.count()
-_fresh_prefix()
-os.register_at_fork(after_in_child=_fresh_prefix)
-
-
-def new_op_id() -> str:
-    """Return a fresh operation id: hex text, unique across processes and calls.
-
-    A random prefix per process (a forked child draws its own) and a counter: a syscall
-    for every id would cost more than the rest of building a call.
-    """
-    return f"{_op_prefix}{next(_op_count):x}"
 
 
 @dataclass(slots=True)  # not frozen: built on every call, and frozen __init__ is slower

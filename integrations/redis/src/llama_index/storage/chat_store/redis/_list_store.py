@@ -7,9 +7,6 @@ the statements, replies, checks and paging are written once, here and in :mod:`.
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import cached_property
@@ -18,7 +15,6 @@ from typing import Any, TypeVar
 from pydantic import AliasChoices, Field
 
 from llama_index.storage.chat_store.core import (
-    BackendUnavailableError,
     BaseChatStore,
     Capability,
     ChatMessage,
@@ -27,8 +23,13 @@ from llama_index.storage.chat_store.core import (
     coerce_message,
     coerce_messages,
 )
+from llama_index.storage.chat_store.core.retries import (
+    RetryPolicy,
+    acall_with_retries,
+    call_with_retries,
+)
 from llama_index.storage.chat_store.core.store import check_window
-from llama_index.storage.chat_store.redis._layout import KeysPage, ListLayout, NotSentError, Op
+from llama_index.storage.chat_store.redis._layout import KeysPage, ListLayout, Op
 
 __all__ = ["ListChatStore"]
 
@@ -43,22 +44,6 @@ def _index(name: str, value: Any) -> int:
 
 _RECORD_MS = 300_000
 """Least time a conversation's record of changes outlives its last change."""
-
-
-def _gave_up(op: Op[Any], failures: list[BackendUnavailableError], spent: float) -> Exception:
-    """The error for a call whose every attempt failed, saying what became of a change."""
-    tries = f"{len(failures)} attempt(s) in {spent:.1f} s"
-    if not op.mutates:
-        outcome = ""
-    elif all(isinstance(exc, NotSentError) for exc in failures):
-        outcome = "; nothing was applied (no attempt reached the server)"
-    else:
-        outcome = (
-            "; the outcome is unknown: the change was applied once or not at all (read the "
-            "conversation to know)"
-        )
-    cls = NotSentError if outcome.startswith("; nothing") else BackendUnavailableError
-    return cls(f"{failures[-1]} (gave up after {tries}{outcome})")
 
 
 def _glob_escape(text: str) -> str:
@@ -111,10 +96,11 @@ class ListChatStore(BaseChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """Persistent, shared across processes, expiring, natively async."""
-        return frozenset(
-            {Capability.PERSISTENT, Capability.SHARED, Capability.TTL, Capability.NATIVE_ASYNC}
-        )
+        """Persistent, shared, expiring, natively async; EXACTLY_ONCE when ``retries`` > 0."""
+        found = {Capability.PERSISTENT, Capability.SHARED, Capability.TTL, Capability.NATIVE_ASYNC}
+        if self.retries > 0:
+            found.add(Capability.EXACTLY_ONCE)
+        return frozenset(found)
 
     # -- transport: what a subclass provides ------------------------------------------------
 
@@ -130,43 +116,20 @@ class ListChatStore(BaseChatStore):
     def _scan_lists(self, pattern: str) -> Iterator[str]:
         """Yield the names of LIST keys matching the glob ``pattern`` (may repeat a name)."""
 
+    @property
+    def _retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
+
     def _run(self, op: Op[T]) -> T:
-        try:
-            return op.decode(self._execute(op))
-        except BackendUnavailableError as exc:
-            failures = [exc]
-        start = time.monotonic()
-        for delay in self._delays(start):
-            time.sleep(delay)
-            try:
-                return op.decode(self._execute(op))
-            except BackendUnavailableError as exc:
-                failures.append(exc)
-        raise _gave_up(op, failures, time.monotonic() - start) from failures[-1]
+        return call_with_retries(
+            lambda: op.decode(self._execute(op)), self._retry_policy, mutates=op.mutates
+        )
 
     async def _arun(self, op: Op[T]) -> T:
-        try:
+        async def attempt() -> T:
             return op.decode(await self._aexecute(op))
-        except BackendUnavailableError as exc:
-            failures = [exc]
-        start = time.monotonic()
-        for delay in self._delays(start):
-            await asyncio.sleep(delay)
-            try:
-                return op.decode(await self._aexecute(op))
-            except BackendUnavailableError as exc:
-                failures.append(exc)
-        raise _gave_up(op, failures, time.monotonic() - start) from failures[-1]
 
-    def _delays(self, start: float) -> Iterator[float]:
-        """Yield the waits before each retry: doubling, jittered, within the deadline."""
-        end = start + self.retry_deadline
-        for attempt in range(self.retries):
-            base = self.retry_backoff * 2**attempt
-            delay = base / 2 + random.uniform(0, base / 2)
-            if time.monotonic() + delay >= end:
-                return
-            yield delay
+        return await acall_with_retries(attempt, self._retry_policy, mutates=op.mutates)
 
     # -- the calls, built once for both paths -----------------------------------------------
 

@@ -21,11 +21,11 @@ from llama_index.storage.chat_store.core import (
     ChatStoreError,
     ConfigurationError,
     Lazy,
+    NotSentError,
     PerLoop,
     mask_url,
 )
 from llama_index.storage.chat_store.redis._layout import (
-    NotSentError,
     Op,
     has_hash_tag,
     reply_error,

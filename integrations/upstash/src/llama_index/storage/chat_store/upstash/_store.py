@@ -21,9 +21,10 @@ from llama_index.storage.chat_store.core import (
     ChatStoreError,
     ConfigurationError,
     Lazy,
+    NotSentError,
     PerLoop,
 )
-from llama_index.storage.chat_store.redis._layout import NotSentError, Op, reply_error
+from llama_index.storage.chat_store.redis._layout import Op, reply_error
 from llama_index.storage.chat_store.redis._list_store import ListChatStore
 
 if TYPE_CHECKING:
