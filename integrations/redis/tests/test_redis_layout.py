@@ -106,8 +106,9 @@ def test_conversation_and_registry_entry_expire_together(
         assert expiry is not None
         conversation_left = raw.pttl(namespace + "k")
         assert abs((expiry - now_ms) - conversation_left) < 1000
-        assert raw.pttl(index) >= conversation_left - 10
-        assert raw.pttl(expiring) >= conversation_left - 10
+        # Read one after the other: on a loaded machine milliseconds pass between the reads.
+        assert raw.pttl(index) >= conversation_left - 1000
+        assert raw.pttl(expiring) >= conversation_left - 1000
         with RedisChatStore(redis_url=redis_url, namespace=namespace) as forever:
             forever.add_message("k", ChatMessage(content="no ttl here"))
             assert raw.pttl(namespace + "k") == -1

@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
@@ -124,3 +127,25 @@ def test_retry_options_from_arguments_and_urls_and_unknown_ones_refused() -> Non
     assert RedisChatStore(retries=0).retries == 0
     with pytest.raises(TypeError, match="retrys"):
         RedisChatStore(retrys=1)
+
+
+def test_a_client_that_resends_by_itself_still_stores_a_change_once(
+    redis_url: str, proxy: FaultProxy
+) -> None:
+    """A client passed in, retrying on its own (redis-py's Retry), resends the script itself.
+
+    The store's first attempt skips the op-id search only when its own client cannot resend;
+    a client of the caller's may, so every change looks for its op id from the first send.
+
+    If this fails: a lost reply resent by the caller's client stores the message twice.
+    """
+    client = redis.Redis.from_url(_proxied_url(redis_url, proxy), retry=Retry(NoBackoff(), 2))
+    with RedisChatStore(redis_client=client, retries=0) as store:
+        key = f"conv-{uuid.uuid4().hex}"
+        store.add_message(key, ChatMessage(content="first"))  # the script is loaded now
+        fault = proxy.inject(FaultKind.DROP_REPLY, match=rb"EVALSHA")
+        store.add_message(key, ChatMessage(content="second"))
+        assert fault.fired == 1
+        assert [m.content for m in store.get_messages(key)] == ["first", "second"]
+        store.delete_messages(key)
+    client.close()

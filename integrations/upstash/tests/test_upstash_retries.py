@@ -57,6 +57,7 @@ def store(
         yield store
 
 
+@pytest.mark.parametrize("rest_retries", [None, 1])
 def test_upstash_default_retries_store_an_append_whose_reply_is_lost_once(
     bridge: UpstashBridge, proxy: FaultProxy, rest_retries: int | None
 ) -> None:

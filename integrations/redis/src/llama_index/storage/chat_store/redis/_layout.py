@@ -52,6 +52,8 @@ _INDEX = "\x00keys"
 _EXPIRY = "\x00expiry"
 _KEEP_EXPIRY = "-1"
 _RECORD = "\x00ops"
+_RESEND = "?"
+"""Before an op id: the change may have been applied already (see :mod:`._scripts`)."""
 
 
 @dataclass(slots=True)  # not frozen: built on every call, and frozen __init__ is slower
@@ -68,7 +70,12 @@ class Op(Generic[T]):
     key: str | None = None
     """The conversation key, named in errors."""
     mutates: bool = False
-    """A change carrying an op id: resent as is, it is applied at most once."""
+    """A change carrying an op id (``args[2]``): applied at most once however often sent."""
+
+    def mark_sent(self) -> None:
+        """Make every later send of this change look for its op id in the record first."""
+        if self.mutates and self.args[2][:1] != _RESEND:
+            self.args = (*self.args[:2], _RESEND + self.args[2], *self.args[3:])
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,16 @@ class ListLayout:
         refresh_on_read: Reads also slide the expiry.
         record_ms: How long a conversation's record of changes outlives its last change:
             longer than a store call may go on retrying.
+        client_resends: The client may resend a call by itself (a client passed in, whose
+            retry settings are not ours, or a cluster client, which retries across
+            failovers): every change then looks for its op id from its first send.
     """
 
     namespace: str = ""
     ttl_ms: int = 0
     refresh_on_read: bool = False
     record_ms: int = 300_000
+    client_resends: bool = False
 
     @cached_property
     def _ttl_arg(self) -> str:
@@ -135,7 +146,8 @@ class ListLayout:
     ) -> Op[T]:
         conv = self.conversation(key)
         keys = (conv, *self.registry, conv + _RECORD)
-        head = (key, self._ttl_arg, new_op_id(), self._record_arg)
+        op_id = _RESEND + new_op_id() if self.client_resends else new_op_id()
+        head = (key, self._ttl_arg, op_id, self._record_arg)
         return Op(script, keys, (*head, *args), decode, key, mutates=True)
 
     def _read(self) -> str:

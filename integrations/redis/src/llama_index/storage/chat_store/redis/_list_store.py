@@ -92,7 +92,9 @@ class ListChatStore(BaseChatStore):
         ttl_ms = 0 if self.ttl is None else self.ttl * 1000
         # The record of changes must outlive every retry of a call.
         record_ms = max(_RECORD_MS, int(self.retry_deadline * 2000))
-        return ListLayout(self.namespace, ttl_ms, self.refresh_on_read, record_ms)
+        return ListLayout(
+            self.namespace, ttl_ms, self.refresh_on_read, record_ms, self._client_resends
+        )
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -120,14 +122,26 @@ class ListChatStore(BaseChatStore):
     def _retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
 
+    @property
+    def _client_resends(self) -> bool:
+        """Whether the client may resend a call by itself (see :class:`ListLayout`)."""
+        return False
+
     def _run(self, op: Op[T]) -> T:
-        return call_with_retries(
-            lambda: op.decode(self._execute(op)), self._retry_policy, mutates=op.mutates
-        )
+        def attempt() -> T:
+            try:
+                return op.decode(self._execute(op))
+            finally:
+                op.mark_sent()
+
+        return call_with_retries(attempt, self._retry_policy, mutates=op.mutates)
 
     async def _arun(self, op: Op[T]) -> T:
         async def attempt() -> T:
-            return op.decode(await self._aexecute(op))
+            try:
+                return op.decode(await self._aexecute(op))
+            finally:
+                op.mark_sent()
 
         return await acall_with_retries(attempt, self._retry_policy, mutates=op.mutates)
 

@@ -21,9 +21,11 @@ The registry is two sorted sets beside the conversations:
 Scripts that change a conversation (the mutations) take a fourth key, the conversation's
 record, and two more arguments, ``ARGV[3]`` an operation id (random, one per store call)
 and ``ARGV[4]`` how long in milliseconds the record outlives the conversation's last
-change; their own arguments start at ``ARGV[5]``. A mutation whose op id is in the record
-was applied already: it changes nothing and returns what it returned then, so a store
-may resend a call whose reply was lost. The record remembers the last
+change; their own arguments start at ``ARGV[5]``. Every mutation adds its op id to the
+record. One whose op id comes with a ``?`` in front (a resend, or a call a client may
+resend on its own) looks for it first: found, the call was applied already, so it changes
+nothing and returns what it returned then. A first attempt skips the search (its op id is
+new), which saves the scan on the common path. The record remembers the last
 :data:`RECORD_SIZE` mutations of its conversation.
 
 A member is listed only while its conversation exists, which Redis's own key expiry
@@ -91,7 +93,8 @@ end
 
 -- List the member; with an expiry, the registry lives as long as its longest-lived entry.
 -- (Each redis.call costs about a microsecond: the common paths make as few as they can.)
-local function register(ms)
+-- `was_expiring`: a permanent member that had an expiry until now.
+local function register(ms, was_expiring)
   local added = redis.call('ZADD', idx, 0, member)
   if ms > 0 then
     local now = now_ms()
@@ -103,7 +106,10 @@ local function register(ms)
       redis.call('PEXPIRE', idx, ms)
       redis.call('PEXPIRE', exp, ms)
     end
-  else
+  elseif added == 1 or was_expiring then
+    -- A registry holding a permanent member never expires: only a member new or newly
+    -- permanent can find it expiring (made by an expiring store), and no store adds an
+    -- expiry to a registry without one unless it created it (then it held no member).
     redis.call('PERSIST', idx)
   end
 end
@@ -118,12 +124,14 @@ end
 local function touch(n)
   if ttl < 0 then return end
   if n == 0 then return unregister() end
+  local was_expiring = false
   if ttl > 0 then
     redis.call('PEXPIRE', conv, ttl)
   elseif redis.call('PERSIST', conv) == 1 then
     redis.call('ZREM', exp, member)  -- it had an expiry until now
+    was_expiring = true
   end
-  register(ttl)
+  register(ttl, was_expiring)
 end
 
 -- RPUSH ARGV[first..] in chunks (unpack() of thousands of values overflows Lua's C stack);
@@ -153,8 +161,11 @@ RECORD_SIZE = 32
 # only once it holds half as many again as it keeps: every redis.call costs.
 _MUTATION = r"""
 local rec, op = KEYS[4], ARGV[3]
-local seen = redis.call('LPOS', rec, op)
-if seen then return cmsgpack.unpack(redis.call('LINDEX', rec, seen + 1)) end
+if string.byte(op) == 63 then  -- '?': this call may have been applied already
+  op = string.sub(op, 2)
+  local seen = redis.call('LPOS', rec, op)
+  if seen then return cmsgpack.unpack(redis.call('LINDEX', rec, seen + 1)) end
+end
 local reply = apply()
 local packed = '\194'  -- msgpack's false: the reply of a change that returns nothing
 if reply then packed = cmsgpack.pack(reply) else reply = false end
@@ -299,7 +310,7 @@ ADOPT = _conversation(
 local kind = redis.call('TYPE', conv)['ok']
 if kind ~= 'list' then return 0 end
 local left = redis.call('PTTL', conv)
-if left > 0 then register(left) else register(0) end
+if left > 0 then register(left, false) else register(0, true) end
 return 1
 """,
 )

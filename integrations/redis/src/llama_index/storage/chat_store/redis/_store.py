@@ -454,6 +454,16 @@ class RedisChatStore(ListChatStore):
                 f"namespace={self.namespace!r}"
             )
 
+    @property
+    def _client_resends(self) -> bool:
+        """A cluster client, a client passed in or a retry policy of the caller's may resend."""
+        return (
+            self.cluster
+            or self.redis_client is not None
+            or self.aredis_client is not None
+            or "retry" in self.client_options
+        )
+
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
         """Build a store from ``redis://[[user]:password@]host[:port][/db][?options]``.

@@ -89,6 +89,11 @@ class UpstashChatStore(ListChatStore):
     rest_retries: int = Field(default=0, ge=0)
     rest_retry_interval: float = Field(default=3.0, ge=0)
 
+    @property
+    def _client_resends(self) -> bool:
+        """upstash-redis resends a request by itself when ``rest_retries`` > 0."""
+        return self.rest_retries > 0
+
     # cached_property, not PrivateAttr: a pydantic private attribute costs about a
     # microsecond on every access, and these are read on every call.
     @cached_property
