@@ -108,6 +108,11 @@ DecodedMessage = Annotated[ChatMessage, BeforeValidator(_legacy_content)]
 """The model in use, also reading the legacy ``content`` shape (for fields of stored data)."""
 
 _DECODE: TypeAdapter[ChatMessage] = TypeAdapter(DecodedMessage)
+_DECODE_CURRENT = ChatMessage.model_validate_json
+"""The current shape, parsed by pydantic-core straight from JSON: 2-4x faster than through the
+legacy reader, which needs the parsed dict in Python first."""
+_LEGACY_KEY = '"content"'
+_LEGACY_KEY_BYTES = _LEGACY_KEY.encode()
 
 
 def message_to_json(message: ChatMessage) -> str:
@@ -141,6 +146,15 @@ def message_from_json(
             ``data``. This call changes nothing stored; a removal that has already removed
             the data raises :func:`~.errors.removal_error` of it instead.
     """
+    # Data holding no '"content"' anywhere cannot be of the legacy shape (json.dumps and
+    # pydantic write keys as is), and the current shape's parse ignores nothing it holds.
+    # Anything else, or data the fast parse rejects (a legacy null), takes the legacy reader.
+    legacy_key = _LEGACY_KEY if type(data) is str else _LEGACY_KEY_BYTES
+    if legacy_key not in data:  # type: ignore[operator]  # str in str, bytes in bytes
+        try:
+            return _DECODE_CURRENT(data)
+        except ValidationError:
+            pass
     try:
         return _DECODE.validate_json(data)
     except ValidationError as exc:
