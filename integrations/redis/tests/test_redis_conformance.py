@@ -7,7 +7,6 @@ Runs twice: with a namespace (isolated stores side by side) and with the default
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +17,6 @@ from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
-from llama_index.storage.chat_store.testing.services import free_port
 
 
 def _with_db(url: str, db: int) -> str:
@@ -29,54 +27,32 @@ def _with_db(url: str, db: int) -> str:
 
 class TestRedisConformance(ChatStoreConformance):
     @pytest.fixture
-    def namespace(self) -> str:
-        return f"t-{uuid.uuid4().hex}:"
+    def namespace(self, storage_name: str) -> str:
+        return f"{storage_name}:"
 
     @pytest.fixture
     def url(self, redis_url: str) -> str:
         return redis_url
 
     @pytest.fixture
-    def store_factory(self, url: str, namespace: str) -> Callable[[], BaseChatStore]:
-        return functools.partial(RedisChatStore, redis_url=url, namespace=namespace)
+    def store_factory_for(
+        self, url: str, storage_name: str, namespace: str
+    ) -> Callable[..., Callable[[], BaseChatStore]]:
+        def factory_for(
+            name: str, *, address: tuple[str, int] | None = None, **options: Any
+        ) -> Callable[[], BaseChatStore]:
+            return functools.partial(
+                RedisChatStore,
+                redis_url=url if address is None else url_at(url, *address),
+                namespace=namespace if name == storage_name else f"{name}:",
+                **options,
+            )
+
+        return factory_for
 
     @pytest.fixture
     def server_address(self, url: str) -> tuple[str, int]:
         return address_of(url, 6379)
-
-    @pytest.fixture
-    def store_factory_at(
-        self, url: str, namespace: str
-    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
-        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
-            moved = url_at(url, host, port)
-            return functools.partial(RedisChatStore, redis_url=moved, namespace=namespace)
-
-        return at
-
-    @pytest.fixture
-    def other_store(self, url: str) -> Iterator[BaseChatStore]:
-        store = RedisChatStore(redis_url=url, namespace=f"other-{uuid.uuid4().hex}:")
-        yield store
-        store.clear()
-        store.close()
-
-    @pytest.fixture
-    def unreachable_store(self, namespace: str) -> BaseChatStore:
-        return RedisChatStore(redis_url=f"redis://127.0.0.1:{free_port()}/0", namespace=namespace)
-
-    @pytest.fixture
-    def ttl_store_factory(self, url: str, namespace: str) -> Iterator[Callable[..., BaseChatStore]]:
-        made: list[RedisChatStore] = []
-
-        def make(seconds: int, **options: Any) -> BaseChatStore:
-            made.append(RedisChatStore(redis_url=url, namespace=namespace, ttl=seconds, **options))
-            return made[-1]
-
-        yield make
-        for store in made:
-            store.clear()
-            store.close()
 
     @pytest.fixture
     def make_corrupt(
@@ -98,7 +74,7 @@ class TestRedisRawKeysConformance(TestRedisConformance):
 
     @pytest.fixture
     def namespace(self) -> str:
-        return ""
+        return ""  # the store's own storage: raw keys (other names stay namespaced)
 
     @pytest.fixture
     def url(self, redis_url: str) -> Iterator[str]:

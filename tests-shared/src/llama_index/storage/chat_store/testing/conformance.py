@@ -1,28 +1,33 @@
 """The conformance suite every chat store runs.
 
 A backend's test module subclasses :class:`ChatStoreConformance` and overrides
-the fixtures below; every test method then runs against that backend.
+a few fixtures; every test method then runs against that backend. Three are enough:
 
-* ``store_factory`` (required): a picklable zero-argument callable that builds a
-  NEW instance over the same storage as ``store`` (secrets included). It is the
-  oracle for persistence and what worker processes call.
-* ``store``: an EMPTY, isolated store (default: ``store_factory()``, cleared after).
-* ``other_store`` (required): a second empty store isolated from ``store`` on the
-  same server (another namespace, table or prefix).
-* ``unreachable_store`` (required when SHARED): the same configuration pointed at a
-  dead port.
-* ``ttl_store_factory`` (required when TTL): ``ttl_store_factory(seconds, **options)``
-  builds an empty isolated store with that ttl and the other constructor ``options``
-  (the suite passes ``refresh_on_read=True`` to stores that have that option).
-* ``make_corrupt`` (required): ``make_corrupt(key)`` puts unreadable data at
-  position 1 of conversation ``key`` of ``store`` (message 0 stays readable) and
-  returns the store to read it with; reading must raise ``CorruptDataError``.
-* ``server_address`` and ``store_factory_at`` (required when EXACTLY_ONCE):
-  ``(host, port)`` of the server ``store`` talks to, and ``store_factory_at(host, port)``,
-  a picklable zero-argument callable building a store over the same storage as ``store``
-  that connects to ``host:port`` instead (the suite puts a :class:`.faults.FaultProxy` there).
-* ``secrets`` (optional): ``{"name": value}`` of secrets that must never appear in
-  ``repr``/dumps and are passed to ``from_dict``.
+* ``store_factory_for``: ``store_factory_for(name, *, address=None, **options)`` returns a
+  picklable zero-argument callable building a NEW store instance over storage ``name`` (a
+  namespace, table or key prefix of its own, made from ``name``: the same name is the same
+  storage, secrets included), connecting to ``address`` (``(host, port)``) instead of the
+  test server when given, with the constructor ``options`` (the suite passes ``ttl=`` and
+  ``refresh_on_read=``). It should remove what it created when the test ends.
+* ``make_corrupt`` (required): ``make_corrupt(key)`` puts unreadable data at position 1 of
+  conversation ``key`` of ``store`` (message 0 stays readable) and returns the store to read
+  it with; reading must raise ``CorruptDataError``.
+* ``server_address`` (required when SHARED and EXACTLY_ONCE): ``(host, port)`` of the server
+  ``store`` talks to (the fault tests put a :class:`.faults.FaultProxy` in front of it).
+
+The suite derives the rest from ``store_factory_for``, and a backend may override any of them
+instead (a store built differently, a server without addresses):
+
+* ``store_factory``: the factory of storage ``storage_name`` (fresh per test); the oracle for
+  persistence and what worker processes call. ``store``: an EMPTY store from it, cleared after.
+* ``other_store``: a second empty store isolated from ``store`` on the same server.
+* ``unreachable_store`` (used when SHARED): the same configuration pointed at a dead port.
+* ``ttl_store_factory`` (used when TTL): ``ttl_store_factory(seconds, **options)`` builds an
+  empty isolated store with that ttl and the other constructor ``options``.
+* ``store_factory_at`` (used when EXACTLY_ONCE): ``store_factory_at(host, port)``, the factory
+  of ``store``'s storage connecting to ``host:port`` instead.
+* ``secrets`` (optional, default none): ``{"name": value}`` of secrets that must never appear
+  in ``repr``/dumps and are passed to ``from_dict``.
 
 Optional behaviour is gated by ``store.capabilities`` through :func:`requires`;
 a skipped test names the capability. ``test_suite_guard`` fails when a subclass
@@ -38,6 +43,7 @@ import multiprocessing
 import pickle
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -67,6 +73,7 @@ from llama_index.storage.chat_store.testing.samples import (
     numbered,
     tricky_messages,
 )
+from llama_index.storage.chat_store.testing.services import free_port
 
 # One suite, two modes: with llama-index-core installed every store is LlamaIndex's and runs
 # LlamaIndex's own memory modules and documentation examples; without it, the stand-alone checks.
@@ -113,6 +120,13 @@ def _jsons(messages: list[ChatMessage] | None) -> list[str]:
     return [message_to_json(m) for m in messages or []]
 
 
+def _factory_for(request: pytest.FixtureRequest) -> Callable[..., Callable[[], BaseChatStore]]:
+    """The backend's ``store_factory_for``, for the fixtures the suite derives from it."""
+    factory_for: Callable[..., Callable[[], BaseChatStore]]
+    factory_for = request.getfixturevalue("store_factory_for")
+    return factory_for
+
+
 def _override_hint(name: str) -> str:
     return (
         f"the conformance suite needs the fixture {name!r}: override it in your "
@@ -141,9 +155,21 @@ class ChatStoreConformance(_ModeTests):
     # -- fixtures a backend overrides -----------------------------------------------------
 
     @pytest.fixture
-    def store_factory(self) -> Callable[[], BaseChatStore]:
+    def store_factory_for(self) -> Callable[..., Callable[[], BaseChatStore]]:
+        """``store_factory_for(name, *, address=None, **options)`` (see the module docstring)."""
+        pytest.fail(_override_hint("store_factory_for"))
+
+    @pytest.fixture
+    def storage_name(self) -> str:
+        """The name of the storage of ``store``: fresh for every test."""
+        return f"t{uuid.uuid4().hex[:16]}"
+
+    @pytest.fixture
+    def store_factory(
+        self, request: pytest.FixtureRequest, storage_name: str
+    ) -> Callable[[], BaseChatStore]:
         """A picklable zero-argument callable building a store over the same storage."""
-        pytest.fail(_override_hint("store_factory"))
+        return _factory_for(request)(storage_name)
 
     @pytest.fixture
     def store(self, store_factory: Callable[[], BaseChatStore]) -> Iterator[BaseChatStore]:
@@ -155,19 +181,34 @@ class ChatStoreConformance(_ModeTests):
         store.close()
 
     @pytest.fixture
-    def other_store(self) -> BaseChatStore:
+    def other_store(self, request: pytest.FixtureRequest) -> Iterator[BaseChatStore]:
         """A second empty store isolated from ``store``."""
-        pytest.fail(_override_hint("other_store"))
+        other = _factory_for(request)(f"o{uuid.uuid4().hex[:16]}")()
+        yield other
+        other.clear()
+        other.close()
 
     @pytest.fixture
-    def unreachable_store(self) -> BaseChatStore:
+    def unreachable_store(self, request: pytest.FixtureRequest, storage_name: str) -> BaseChatStore:
         """The same configuration pointed at a dead port."""
-        pytest.fail(_override_hint("unreachable_store"))
+        return _factory_for(request)(storage_name, address=("127.0.0.1", free_port()))()
 
     @pytest.fixture
-    def ttl_store_factory(self) -> Callable[..., BaseChatStore]:
+    def ttl_store_factory(
+        self, request: pytest.FixtureRequest, storage_name: str
+    ) -> Iterator[Callable[..., BaseChatStore]]:
         """``factory(seconds, **options)``: an empty isolated store with that ttl and options."""
-        pytest.fail(_override_hint("ttl_store_factory"))
+        factory_for = _factory_for(request)
+        made: list[BaseChatStore] = []
+
+        def make(seconds: int, **options: Any) -> BaseChatStore:
+            made.append(factory_for(storage_name, ttl=seconds, **options)())
+            return made[-1]
+
+        yield make
+        for store in made:
+            store.clear()
+            store.close()
 
     @pytest.fixture
     def make_corrupt(self) -> Callable[[str], BaseChatStore]:
@@ -180,9 +221,12 @@ class ChatStoreConformance(_ModeTests):
         pytest.fail(_override_hint("server_address"))
 
     @pytest.fixture
-    def store_factory_at(self) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+    def store_factory_at(
+        self, request: pytest.FixtureRequest, storage_name: str
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
         """``store_factory_at(host, port)``: ``store_factory`` connecting to that address."""
-        pytest.fail(_override_hint("store_factory_at"))
+        factory_for = _factory_for(request)
+        return lambda host, port: factory_for(storage_name, address=(host, port))
 
     @pytest.fixture
     def fault_proxy(self, server_address: tuple[str, int]) -> Iterator[FaultProxy]:
