@@ -5,10 +5,19 @@ Table ``llama_index_chat_store_v1`` (by default), primary key ``session_id STRIN
 writers lose messages. Here every change is a read-modify-write made conditional on the
 ``history`` value read (``EXPECT_NOT_EXIST`` for a new row), retried on conflict: atomic, also
 against LlamaIndex's own writers. The whole conversation must fit the 2 MB value limit;
-larger writes raise :class:`PayloadTooLargeError` before any call. Replacing or removing a
-conversation never needs to parse the old value, so damaged data never blocks either: a
-removal that removed something it could not read raises :class:`CorruptDataError` after the
-write, holding what was stored (core's :func:`removal_error`).
+larger writes raise :class:`PayloadTooLargeError` before any call.
+
+Every change is applied once, however often it is resent (see :mod:`._record`): the write
+also bumps the row's ``opn`` counter and records the change's operation id (and what a
+removal removed) in a record column, and its condition covers the counter too. An
+emptied conversation keeps its row without ``history`` (LlamaIndex reads it as empty, and
+lists its key) so that its record outlives it. LlamaIndex's own writers replace the whole
+row, record included: a change of ours resent across one of theirs may apply twice.
+
+Replacing or removing a conversation never needs to parse the old value, so damaged data
+never blocks either: a removal that removed something it could not read raises
+:class:`CorruptDataError` after the write, holding what was stored (core's
+:func:`removal_error`).
 """
 
 from __future__ import annotations

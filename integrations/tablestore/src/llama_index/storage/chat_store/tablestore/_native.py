@@ -40,6 +40,15 @@ with the meta row (one BatchGetRow). A remembered row that another instance has 
 changed costs the append the failed put (the slot is taken), or at worst the put, the failed
 commit and the delete of its row, before it reads the meta row and tries again.
 
+Every change is applied once, however often it is resent (see :mod:`._record`): its commit
+writes its operation id (and, for a removal, what it removed) into the meta row's record in
+the same conditional update. An attempt after a transport failure, or after one of its own
+commits failed its condition, first reads the record: finding its id there, it applies
+nothing and returns the recorded reply. For the record to outlive the conversation, an
+emptied conversation keeps its meta row (``head == tail``, on a new generation, so the old
+one is deleted without meeting new rows); it is listed nowhere and reads as empty. Rows put
+by an attempt whose commit never landed are fenced off at once by the next attempt.
+
 Every removal resolves what to remove on one meta row and commits conditionally on exactly
 that row, so it returns what it removed. Damage (a meta row with tail < head or non-numbers,
 a row missing from a window the unchanged meta row names, a cell that is not a message)
