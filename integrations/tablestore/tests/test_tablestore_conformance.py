@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import TablestoreConnection, free_port
 from llama_index.storage.chat_store.testing.shared_writers import SharedWriterTests
 
@@ -21,6 +23,20 @@ class TestTablestoreNativeConformance(ChatStoreConformance, SharedWriterTests):
     @pytest.fixture
     def store_factory(self, new_store: Callable[..., Any]) -> Callable[[], BaseChatStore]:
         return new_store(layout=self.layout)  # type: ignore[no-any-return]
+
+    @pytest.fixture
+    def server_address(self, tablestore_connection: TablestoreConnection) -> tuple[str, int]:
+        return address_of(tablestore_connection.endpoint, 443)
+
+    @pytest.fixture
+    def store_factory_at(
+        self, store_factory: functools.partial[TablestoreChatStore]
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            endpoint = url_at(store_factory.keywords["endpoint"], host, port)
+            return functools.partial(store_factory, endpoint=endpoint)
+
+        return at
 
     @pytest.fixture
     def other_store(self, new_store: Callable[..., Any]) -> BaseChatStore:

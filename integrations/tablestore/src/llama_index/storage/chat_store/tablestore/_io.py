@@ -19,7 +19,7 @@ from typing import Any, TypeVar, Union
 from llama_index.storage.chat_store.core import ChatStoreError
 from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, ts
 
-__all__ = ["Call", "ConflictError", "Op", "Sleep", "run_async", "run_sync"]
+__all__ = ["Call", "ConflictError", "Once", "Op", "Sleep", "run_async", "run_sync"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,28 @@ class Sleep:
 
 class ConflictError(Exception):
     """A conditional write found the row or column not as expected."""
+
+
+@dataclass
+class Once:
+    """One store call that changes a conversation, across the attempts that run it.
+
+    ``id`` (from core's ``new_op_id``) is written with the change's commit, in the same
+    conditional write, together with what a removal removed; ``check`` says whether the
+    change may have been committed already (an attempt after a transport failure, or
+    after one of its own commits failed its condition): then the operation first looks for
+    ``id`` in the conversation's record and, when it is there, returns what was recorded.
+    """
+
+    id: str
+    attempts: int = 0
+    check: bool = False
+
+    def next_attempt(self) -> Once:
+        """Start an attempt: every one after the first checks the record first."""
+        self.attempts += 1
+        self.check = self.attempts > 1
+        return self
 
 
 Step = Union[Call, Sleep]  # noqa: UP007 (a runtime alias on 3.10)

@@ -5,10 +5,19 @@ Table ``llama_index_chat_store_v1`` (by default), primary key ``session_id STRIN
 writers lose messages. Here every change is a read-modify-write made conditional on the
 ``history`` value read (``EXPECT_NOT_EXIST`` for a new row), retried on conflict: atomic, also
 against LlamaIndex's own writers. The whole conversation must fit the 2 MB value limit;
-larger writes raise :class:`PayloadTooLargeError` before any call. Replacing or removing a
-conversation never needs to parse the old value, so damaged data never blocks either: a
-removal that removed something it could not read raises :class:`CorruptDataError` after the
-write, holding what was stored (core's :func:`removal_error`).
+larger writes raise :class:`PayloadTooLargeError` before any call.
+
+Every change is applied once, however often it is resent (see :mod:`._record`): the write
+also bumps the row's ``opn`` counter and records the change's operation id (and what a
+removal removed) in a record column, and its condition covers the counter too. An
+emptied conversation keeps its row without ``history`` (LlamaIndex reads it as empty, and
+lists its key) so that its record outlives it. LlamaIndex's own writers replace the whole
+row, record included: a change of ours resent across one of theirs may apply twice.
+
+Replacing or removing a conversation never needs to parse the old value, so damaged data
+never blocks either: a removal that removed something it could not read raises
+:class:`CorruptDataError` after the write, holding what was stored (core's
+:func:`removal_error`).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from llama_index.storage.chat_store.core import (
@@ -28,7 +38,8 @@ from llama_index.storage.chat_store.core import (
     message_from_json,
     removal_error,
 )
-from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
+from llama_index.storage.chat_store.tablestore import _record as record
+from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Once, Op, Sleep
 from llama_index.storage.chat_store.tablestore._sdk import ts
 
 __all__ = [
@@ -38,19 +49,58 @@ __all__ = [
 PRIMARY_KEY = [("session_id", "STRING")]
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 _WRITE_ATTEMPTS = 200
+_STORAGE = "Tablestore"
 _PAGE_ROWS = 1000
 
 R = TypeVar("R")
 
 
-def _history(table: str, key: str) -> Op[Any]:
-    """Return the row's ``history`` as stored (any type), or ``None`` when there is no row."""
+_COUNTER = "opn"
+"""How many of our changes the row has seen: the next one records in slot ``opn + 1``."""
+_NEVER = "\x00never written"
+"""A ``history`` no writer stores: a condition ``history == _NEVER`` passing if missing
+holds exactly when there is no history (no column condition tests absence directly)."""
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A conversation's row as read: ``history`` as stored (``None``: none), the counter."""
+
+    exists: bool
+    history: Any = None
+    changes: int | None = None
+
+
+def _read_row(table: str, key: str) -> Op[_Row]:
     _, row, _ = yield Call(
-        "get_row", (table, [("session_id", key)]), {"columns_to_get": ["history"], "max_version": 1}
-    )
+        "get_row", (table, [("session_id", key)]),
+        {"columns_to_get": ["history", _COUNTER], "max_version": 1},
+    )  # fmt: skip
     if row is None:
+        return _Row(False)
+    columns = {c[0]: c[1] for c in row.attribute_columns or ()}
+    changes = columns.get(_COUNTER)
+    if not isinstance(changes, int) or isinstance(changes, bool):
+        changes = None
+    return _Row(True, columns.get("history"), changes)
+
+
+def _history(table: str, key: str) -> Op[Any]:
+    """Return the row's ``history`` as stored (any type), or ``None`` when there is none."""
+    return (yield from _read_row(table, key)).history
+
+
+def _replayed(table: str, key: str, once: Once) -> Op[record.Replay | None]:
+    """When ``once`` may have been committed already, what its record says (else ``None``)."""
+    if not once.check:
         return None
-    return next((c[1] for c in row.attribute_columns or () if c[0] == "history"), None)
+    once.check = False
+    _, row, _ = yield Call(
+        "get_row", (table, [("session_id", key)]),
+        {"columns_to_get": record.COLUMNS, "max_version": 1},
+    )  # fmt: skip
+    columns = {c[0]: c[1] for c in row.attribute_columns or ()} if row is not None else {}
+    return record.find(columns, once.id)
 
 
 def _items(key: str, history: Any) -> list[Any]:
@@ -90,25 +140,53 @@ def _parse(key: str, history: Any) -> list[ChatMessage]:
     ]
 
 
-def _unchanged(history: Any) -> Any:
-    """The condition that the row still holds ``history`` (``None``: that there is no row)."""
-    if history is None:
+def _unchanged(row: _Row) -> Any:
+    """The condition that the row is still as read: its history and its counter."""
+    if not row.exists:
         return ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
-    same = ts.SingleColumnCondition(
-        "history", history, ts.ComparatorType.EQUAL, pass_if_missing=False
-    )
-    return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, same)
+    both = ts.CompositeColumnCondition(ts.LogicalOperator.AND)
+    # A missing column reads as None: equal to a value never written, passing if missing.
+    both.add_sub_condition(ts.SingleColumnCondition(
+        "history", _NEVER if row.history is None else row.history, ts.ComparatorType.EQUAL,
+        pass_if_missing=row.history is None,
+    ))  # fmt: skip
+    both.add_sub_condition(ts.SingleColumnCondition(
+        _COUNTER, -1 if row.changes is None else row.changes, ts.ComparatorType.EQUAL,
+        pass_if_missing=row.changes is None,
+    ))  # fmt: skip
+    return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, both)
 
 
-def _write(table: str, key: str, history: Any, new: str | None) -> Op[bool]:
-    """Write ``new`` (``None``: delete the row) if the row still holds ``history``."""
+def _write(
+    table: str,
+    key: str,
+    row: _Row,
+    new: str | None,
+    once: Once,
+    removed: Sequence[Any] | None = None,
+) -> Op[bool]:
+    """Write ``new`` (``None``: no history) if the row is still ``row``, recording ``once``.
+
+    An emptied conversation keeps its row, without ``history`` (LlamaIndex reads it as
+    empty), for its record of changes.
+    """
     pk = [("session_id", key)]
+    changes = (row.changes or 0) + 1
+    values = [(_COUNTER, changes), (record.column(changes), record.entry(once.id, removed))]
     try:
-        if new is not None:
-            yield Call("put_row", (table, ts.Row(pk, [("history", new)]), _unchanged(history)))
-        elif history is not None:
-            yield Call("delete_row", (table, ts.Row(pk), _unchanged(history)))
+        if not row.exists:
+            assert new is not None
+            put = ts.Row(pk, [("history", new), *values])
+            yield Call("put_row", (table, put, _unchanged(row)))
+        else:
+            update: dict[str, Any] = {"put": values}
+            if new is None:
+                update["delete_all"] = ["history"]
+            else:
+                update["put"] = [("history", new), *values]
+            yield Call("update_row", (table, ts.Row(pk, update), _unchanged(row)))
     except ConflictError:
+        once.check = True
         return False
     return True
 
@@ -143,34 +221,38 @@ def _encode(key: str, jsons: Sequence[str]) -> str:
 def mutate(
     table: str,
     key: str,
-    change: Callable[[list[ChatMessage]], tuple[list[ChatMessage], R]],
+    change: Callable[[list[ChatMessage]], list[ChatMessage]],
     to_json: Callable[[ChatMessage], str],
-) -> Op[R]:
-    """Apply ``change`` to the conversation atomically; return its result.
+    once: Once,
+) -> Op[None]:
+    """Apply ``change`` (an addition) to the conversation atomically, once.
 
-    ``change`` gets the current messages and returns the new list and the result. The write
-    is conditional on the value read, so a concurrent change (ours or LlamaIndex's) makes it
+    ``change`` gets the current messages and returns the new list. The write is
+    conditional on the row read, so a concurrent change (ours or LlamaIndex's) makes it
     retry instead of being overwritten.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        history = yield from _history(table, key)
-        current = _parse(key, history)
-        new, result = change(list(current))
-        if [to_json(m) for m in new] == [to_json(m) for m in current]:
-            return result
-        text = _encode(key, [to_json(m) for m in new]) if new else None
-        if (yield from _write(table, key, history, text)):
-            return result
+        if (yield from _replayed(table, key, once)) is not None:
+            return
+        row = yield from _read_row(table, key)
+        new = change(_parse(key, row.history))
+        text = _encode(key, [to_json(m) for m in new])
+        if (yield from _write(table, key, row, text, once)):
+            return
         yield _backoff(attempt)
     raise _contention(table, key)
 
 
-def replace(table: str, key: str, jsons: Sequence[str]) -> Op[None]:
+def replace(table: str, key: str, jsons: Sequence[str], once: Once) -> Op[None]:
     """Replace the conversation with ``jsons`` (``[]``: remove it), whatever it held."""
     text = _encode(key, jsons) if jsons else None
     for attempt in range(_WRITE_ATTEMPTS):
-        history = yield from _history(table, key)
-        if history == text or (yield from _write(table, key, history, text)):
+        if (yield from _replayed(table, key, once)) is not None:
+            return
+        row = yield from _read_row(table, key)
+        if row.history == text or (not row.exists and text is None):
+            return
+        if (yield from _write(table, key, row, text, once)):
             return
         yield _backoff(attempt)
     raise _contention(table, key)
@@ -203,7 +285,7 @@ def _kept_json(key: str, position: int, item: Any, to_json: Callable[[ChatMessag
         return text
 
 
-def remove(table: str, key: str) -> Op[list[ChatMessage] | None]:
+def remove(table: str, key: str, once: Once) -> Op[list[ChatMessage] | None]:
     """Remove the conversation; return its messages (``None`` when there was no row).
 
     Raises:
@@ -212,19 +294,25 @@ def remove(table: str, key: str) -> Op[list[ChatMessage] | None]:
             all the same; the error holds what was stored.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        history = yield from _history(table, key)
+        replay = yield from _replayed(table, key, once)
+        if replay is not None:
+            return replay.messages(key, _STORAGE) or None
+        row = yield from _read_row(table, key)
+        history = row.history
         if history is None:
             return None
         messages: list[ChatMessage] = []
+        removed: list[Any] = [None]  # a history that is no array: a replay raises too
         try:
             items = _items(key, history)
         except CorruptDataError as exc:
             error: CorruptDataError | None = exc
         else:
+            removed = [_item_json(item) for item in items]
             messages, error = _decode(key, items, range(len(items)))
-        if (yield from _write(table, key, history, None)):
+        if (yield from _write(table, key, row, None, once, removed)):
             if error is not None:
-                raise removal_error(error, "Tablestore") from error
+                raise removal_error(error, _STORAGE) from error
             return messages
         yield _backoff(attempt)
     raise _contention(table, key)
@@ -235,6 +323,7 @@ def take(
     key: str,
     select: Callable[[int], Sequence[int]],
     to_json: Callable[[ChatMessage], str],
+    once: Once,
 ) -> Op[list[ChatMessage]]:
     """Remove the messages at ``select(size)`` atomically; return them.
 
@@ -247,10 +336,13 @@ def take(
             history is not a JSON array (no position means anything in it).
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        history = yield from _history(table, key)
-        if history is None:
+        replay = yield from _replayed(table, key, once)
+        if replay is not None:
+            return replay.messages(key, _STORAGE)
+        row = yield from _read_row(table, key)
+        if row.history is None:
             return []
-        items = _items(key, history)
+        items = _items(key, row.history)
         chosen = select(len(items))
         if not chosen:
             return []
@@ -258,9 +350,11 @@ def take(
         kept = [
             _kept_json(key, i, item, to_json) for i, item in enumerate(items) if i not in chosen
         ]
-        if (yield from _write(table, key, history, _encode(key, kept) if kept else None)):
+        removed = [_item_json(items[i]) for i in chosen]
+        new = _encode(key, kept) if kept else None
+        if (yield from _write(table, key, row, new, once, removed)):
             if error is not None:
-                raise removal_error(error, "Tablestore") from error
+                raise removal_error(error, _STORAGE) from error
             return messages
         yield _backoff(attempt)
     raise _contention(table, key)

@@ -40,6 +40,15 @@ with the meta row (one BatchGetRow). A remembered row that another instance has 
 changed costs the append the failed put (the slot is taken), or at worst the put, the failed
 commit and the delete of its row, before it reads the meta row and tries again.
 
+Every change is applied once, however often it is resent (see :mod:`._record`): its commit
+writes its operation id (and, for a removal, what it removed) into the meta row's record in
+the same conditional update. An attempt after a transport failure, or after one of its own
+commits failed its condition, first reads the record: finding its id there, it applies
+nothing and returns the recorded reply. For the record to outlive the conversation, an
+emptied conversation keeps its meta row (``head == tail``, on a new generation, so the old
+one is deleted without meeting new rows); it is listed nowhere and reads as empty. Rows put
+by an attempt whose commit never landed are fenced off at once by the next attempt.
+
 Every removal resolves what to remove on one meta row and commits conditionally on exactly
 that row, so it returns what it removed. Damage (a meta row with tail < head or non-numbers,
 a row missing from a window the unchanged meta row names, a cell that is not a message)
@@ -66,7 +75,8 @@ from llama_index.storage.chat_store.core import (
     removal_error,
 )
 from llama_index.storage.chat_store.core.cache import LruCache
-from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Op, Sleep
+from llama_index.storage.chat_store.tablestore import _record as record
+from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Once, Op, Sleep
 from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, ts
 
 __all__ = [
@@ -661,33 +671,70 @@ def _delete_generation(t: Tables, key: str, gen: int) -> Op[None]:
         yield from _delete_rows(t, key, gen, [(row.primary_key[2][1], None) for row in rows])
 
 
-def _commit(t: Tables, key: str, old: Meta | _Damaged | None, new: Meta | None) -> Op[bool]:
-    """Replace the meta row if it is still ``old``; False when another writer moved it."""
+def _commit(
+    t: Tables,
+    key: str,
+    old: Meta | _Damaged | None,
+    new: Meta,
+    once: Once | None = None,
+    removed: Sequence[Any] | None = None,
+) -> Op[bool]:
+    """Replace the meta row if it is still ``old``; False when another writer moved it.
+
+    ``once``: the change this commit applies, recorded in the same write (with the cells
+    it ``removed``, for a removal); a failed commit makes it check the record next.
+    """
     pk = [("session_id", key)]
-    unchanged = _if_unchanged(old) if isinstance(old, _Damaged) else old and _if_current(old)
+    values = [(name, getattr(new, name)) for name in _META_COLUMNS]
+    if once is not None:
+        values.append((record.column(new.ver), record.entry(once.id, removed)))
     try:
-        if new is None:
-            assert old is not None
-            yield Call("delete_row", (t.meta, ts.Row(pk), unchanged))
-        elif old is None:
-            values = [(name, getattr(new, name)) for name in _META_COLUMNS]
+        if old is None:
             absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
             yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
         else:
-            changes = {"put": [(name, getattr(new, name)) for name in _META_COLUMNS]}
-            yield Call("update_row", (t.meta, ts.Row(pk, changes), unchanged))
+            unchanged = _if_unchanged(old) if isinstance(old, _Damaged) else _if_current(old)
+            yield Call("update_row", (t.meta, ts.Row(pk, {"put": values}), unchanged))
     except ConflictError:
+        if once is not None:
+            once.check = True
         return False
     t.learn(key, new)
     return True
 
 
-class _Writer:
-    """One logical write's attempts: a fresh writer id each time, stuck-slot detection."""
+def _emptied(old: Meta | _Damaged) -> Meta:
+    """The meta row of an emptied conversation: kept (with its record), on a new generation.
 
-    def __init__(self, t: Tables, key: str) -> None:
+    A new generation, so that deleting the old one never meets rows appended afterwards.
+    """
+    return Meta(gen=_new_gen(), head=0, tail=0, ver=old.ver + 1 if isinstance(old, Meta) else 1)
+
+
+def _replayed(t: Tables, key: str, once: Once) -> Op[record.Replay | None]:
+    """When ``once`` may have been committed already, what its record says (else ``None``)."""
+    if not once.check:
+        return None
+    once.check = False
+    _, row, _ = yield Call(
+        "get_row", (t.meta, [("session_id", key)]),
+        {"columns_to_get": record.COLUMNS, "max_version": 1},
+    )  # fmt: skip
+    return record.find(_columns(row) if row is not None else {}, once.id)
+
+
+class _Writer:
+    """One logical write's attempts: a fresh writer id each time, stuck-slot detection.
+
+    In an attempt after a transport failure, rows in the way may be the change's own from
+    an attempt whose put landed and whose commit did not: they are fenced off at once.
+    """
+
+    def __init__(self, t: Tables, key: str, once: Once) -> None:
         self.t = t
         self.key = key
+        self.once = once
+        self.stuck_looks = 1 if once.attempts > 1 else _STUCK_LOOKS
         self.looks: dict[tuple[int, int], int] = {}
 
     def place(
@@ -696,7 +743,7 @@ class _Writer:
         """Put rows at ``first...`` of ``base.gen`` and commit ``new`` over ``meta``."""
         writer = uuid.uuid4().hex
         placed = yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)
-        if placed and (yield from _commit(self.t, self.key, meta, new)):
+        if placed and (yield from _commit(self.t, self.key, meta, new, self.once)):
             return True
         if placed or len(jsons) > 1:
             own = [(first + i, writer) for i in range(len(jsons))]
@@ -708,7 +755,7 @@ class _Writer:
     def _unblock(self, meta: Meta, first: int, n: int) -> Op[None]:
         spot = (meta.ver, first)
         self.looks[spot] = self.looks.get(spot, 0) + 1
-        if self.looks[spot] < _STUCK_LOOKS:
+        if self.looks[spot] < self.stuck_looks:
             return
         # The meta row has not moved across several conflicts: the rows in the way belong to
         # a writer that died before committing. Fence it off, then remove its rows.
@@ -737,15 +784,17 @@ def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Op[bool
     return (yield from w.place(meta, base, base.tail, jsons, new))
 
 
-def add(t: Tables, key: str, jsons: Sequence[str]) -> Op[None]:
+def add(t: Tables, key: str, jsons: Sequence[str], once: Once) -> Op[None]:
     """Append messages atomically (one commit for the whole batch).
 
     The first attempt plans on the remembered meta row, if any (its commit is conditional
     on it); the others read the meta row first.
     """
-    w = _Writer(t, key)
+    w = _Writer(t, key, once)
     known = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
+        if (yield from _replayed(t, key, once)) is not None:
+            return
         meta = known if known is not None else (yield from _read_meta(t, key))
         if (yield from _append_once(w, meta, jsons)):
             return
@@ -756,7 +805,12 @@ def add(t: Tables, key: str, jsons: Sequence[str]) -> Op[None]:
 
 
 def _rewrite_once(
-    t: Tables, key: str, meta: Meta | _Damaged | None, jsons: Sequence[str]
+    t: Tables,
+    key: str,
+    meta: Meta | _Damaged | None,
+    jsons: Sequence[str],
+    once: Once,
+    removed: Sequence[Any] | None = None,
 ) -> Op[bool]:
     """Write ``jsons`` as a new generation and flip to it; False if ``meta`` moved.
 
@@ -764,9 +818,9 @@ def _rewrite_once(
     """
     old_gen = meta.gen if meta is not None else None
     if not jsons:
-        if meta is None:
+        if meta is None or (isinstance(meta, Meta) and meta.size == 0):
             return True
-        if not (yield from _commit(t, key, meta, None)):
+        if not (yield from _commit(t, key, meta, _emptied(meta), once, removed)):
             return False
         if old_gen is not None:
             yield from _delete_generation(t, key, old_gen)
@@ -775,7 +829,7 @@ def _rewrite_once(
     new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=ver)
     writer = uuid.uuid4().hex
     placed = yield from _put_rows(t, key, new.gen, 0, jsons, writer, new.ver)
-    if placed and (yield from _commit(t, key, meta, new)):
+    if placed and (yield from _commit(t, key, meta, new, once, removed)):
         if old_gen is not None:
             yield from _delete_generation(t, key, old_gen)
         return True
@@ -783,24 +837,28 @@ def _rewrite_once(
     return False
 
 
-def set_all(t: Tables, key: str, jsons: Sequence[str]) -> Op[None]:
+def set_all(t: Tables, key: str, jsons: Sequence[str], once: Once) -> Op[None]:
     """Replace the conversation: readers see the old one or the new one, never a mix.
 
     Works on a damaged conversation too (unreadable meta row or messages): nothing old is
     read but the meta row.
     """
     for attempt in range(_WRITE_ATTEMPTS):
+        if (yield from _replayed(t, key, once)) is not None:
+            return
         meta = yield from _read_meta_any(t, key)
-        if (yield from _rewrite_once(t, key, meta, jsons)):
+        if (yield from _rewrite_once(t, key, meta, jsons, once)):
             return
         yield _backoff(attempt)
     raise _gave_up(t, key)
 
 
-def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
+def insert(t: Tables, key: str, idx: int, text: str, once: Once) -> Op[None]:
     """Insert like ``list.insert``: O(1) at either end, a generation rewrite in the middle."""
-    w = _Writer(t, key)
+    w = _Writer(t, key, once)
     for attempt in range(_WRITE_ATTEMPTS):
+        if (yield from _replayed(t, key, once)) is not None:
+            return
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx if idx >= 0 else max(0, size + idx)
@@ -813,7 +871,7 @@ def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
             rows = yield from _rows(t, key, meta, meta.head, meta.tail)
             jsons = [r.json for r in rows or ()]
             jsons.insert(position, text)
-            done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons))
+            done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons, once))
         if done:
             return
         yield _backoff(attempt)
@@ -828,27 +886,28 @@ def insert(t: Tables, key: str, idx: int, text: str) -> Op[None]:
 _Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
 
 
-def _pop_once(t: Tables, key: str, meta: Meta, held: _Held | None) -> Op[_Outcome]:
+def _pop_once(t: Tables, key: str, meta: Meta, held: _Held | None, once: Once) -> Op[_Outcome]:
     """Remove the last message ``meta`` names (``held``: that row, when already read)."""
     if held is None:
         [held] = yield from _removal_window(t, key, meta, meta.tail - 1, meta.tail)
     messages, error = _decode(t, key, meta, [held])
-    new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1) if meta.size > 1 else None
-    if not (yield from _commit(t, key, meta, new)):
+    new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1)
+    if not (yield from _commit(t, key, meta, new, once, [held.value])):
         return False, [], None
     if held.writer is not None:
         yield from _delete_rows(t, key, meta.gen, [(held.seq, held.writer)])
     return True, messages, error
 
 
-def _oldest_once(t: Tables, key: str, meta: Meta, take: int) -> Op[_Outcome]:
+def _oldest_once(t: Tables, key: str, meta: Meta, take: int, once: Once) -> Op[_Outcome]:
     """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
     rows = yield from _removal_window(t, key, meta, meta.head, meta.head + take)
     messages, error = _decode(t, key, meta, rows)
-    new = replace(meta, head=meta.head + take, ver=meta.ver + 1) if take < meta.size else None
-    if not (yield from _commit(t, key, meta, new)):
+    everything = take >= meta.size
+    new = _emptied(meta) if everything else replace(meta, head=meta.head + take, ver=meta.ver + 1)
+    if not (yield from _commit(t, key, meta, new, once, [r.value for r in rows])):
         return False, [], None
-    if new is None:
+    if everything:
         yield from _delete_generation(t, key, meta.gen)
     else:
         present = [(r.seq, r.writer) for r in rows if r.writer is not None]
@@ -856,7 +915,7 @@ def _oldest_once(t: Tables, key: str, meta: Meta, take: int) -> Op[_Outcome]:
     return True, messages, error
 
 
-def _inside_once(t: Tables, key: str, meta: Meta, position: int) -> Op[_Outcome]:
+def _inside_once(t: Tables, key: str, meta: Meta, position: int, once: Once) -> Op[_Outcome]:
     """Remove the message at ``position`` (not at either end): a generation rewrite.
 
     The other messages are copied as stored (text that is not a message included); a
@@ -871,12 +930,18 @@ def _inside_once(t: Tables, key: str, meta: Meta, position: int) -> Op[_Outcome]
             return False, [], None  # read while the conversation changed: read it again
         raise problem
     messages, error = _decode(t, key, meta, rows[position : position + 1])
-    if not (yield from _rewrite_once(t, key, meta, [r.value for r in kept])):
+    removed = [rows[position].value]
+    if not (yield from _rewrite_once(t, key, meta, [r.value for r in kept], once, removed)):
         return False, [], None
     return True, messages, error
 
 
-def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
+def _first(replay: record.Replay, key: str) -> ChatMessage | None:
+    messages = replay.messages(key, _STORAGE)
+    return messages[0] if messages else None
+
+
+def pop_last(t: Tables, key: str, once: Once) -> Op[ChatMessage | None]:
     """Remove and return the last message; concurrent pops never share one.
 
     With a remembered meta row, its last row is read together with the meta row (one
@@ -885,6 +950,9 @@ def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
     """
     seen = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
+        replay = yield from _replayed(t, key, once)
+        if replay is not None:
+            return _first(replay, key)
         row: _Held | None = None
         if seen is not None:
             meta, row = yield from _meta_and_last_row(t, key, seen)
@@ -893,7 +961,7 @@ def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
             meta = yield from _read_meta(t, key)
         if meta is None or meta.size == 0:
             return None
-        done, messages, error = yield from _pop_once(t, key, meta, row)
+        done, messages, error = yield from _pop_once(t, key, meta, row, once)
         if done and error is not None:
             raise removal_error(error, _STORAGE) from error
         if done:
@@ -902,17 +970,20 @@ def pop_last(t: Tables, key: str) -> Op[ChatMessage | None]:
     raise _gave_up(t, key)
 
 
-def delete_oldest(t: Tables, key: str, n: int) -> Op[list[ChatMessage]]:
+def delete_oldest(t: Tables, key: str, n: int, once: Once) -> Op[list[ChatMessage]]:
     """Remove and return the first ``n`` messages.
 
     Raises:
         CorruptDataError: One of them could not be read; they are removed all the same.
     """
     for attempt in range(_WRITE_ATTEMPTS):
+        replay = yield from _replayed(t, key, once)
+        if replay is not None:
+            return replay.messages(key, _STORAGE)
         meta = yield from _read_meta(t, key)
         if meta is None or n <= 0 or meta.size == 0:
             return []
-        done, messages, error = yield from _oldest_once(t, key, meta, min(n, meta.size))
+        done, messages, error = yield from _oldest_once(t, key, meta, min(n, meta.size), once)
         if done and error is not None:
             raise removal_error(error, _STORAGE) from error
         if done:
@@ -921,7 +992,7 @@ def delete_oldest(t: Tables, key: str, n: int) -> Op[list[ChatMessage]]:
     raise _gave_up(t, key)
 
 
-def delete_at(t: Tables, key: str, idx: int) -> Op[ChatMessage | None]:
+def delete_at(t: Tables, key: str, idx: int, once: Once) -> Op[ChatMessage | None]:
     """Remove the message at ``idx``: O(1) at either end, a generation rewrite in between.
 
     The position is resolved on the meta row read, and the removal commits only if that
@@ -933,17 +1004,20 @@ def delete_at(t: Tables, key: str, idx: int) -> Op[ChatMessage | None]:
             text and the message is neither first nor last: the rewrite could not keep it.)
     """
     for attempt in range(_WRITE_ATTEMPTS):
+        replay = yield from _replayed(t, key, once)
+        if replay is not None:
+            return _first(replay, key)
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx + size if idx < 0 else idx
         if meta is None or not 0 <= position < size:
             return None
         if position == size - 1:
-            done, messages, error = yield from _pop_once(t, key, meta, None)
+            done, messages, error = yield from _pop_once(t, key, meta, None, once)
         elif position == 0:
-            done, messages, error = yield from _oldest_once(t, key, meta, 1)
+            done, messages, error = yield from _oldest_once(t, key, meta, 1, once)
         else:
-            done, messages, error = yield from _inside_once(t, key, meta, position)
+            done, messages, error = yield from _inside_once(t, key, meta, position, once)
         if done and error is not None:
             raise removal_error(error, _STORAGE) from error
         if done:
@@ -952,7 +1026,7 @@ def delete_at(t: Tables, key: str, idx: int) -> Op[ChatMessage | None]:
     raise _gave_up(t, key)
 
 
-def delete_all(t: Tables, key: str) -> Op[list[ChatMessage] | None]:
+def delete_all(t: Tables, key: str, once: Once) -> Op[list[ChatMessage] | None]:
     """Remove the conversation and return its messages (``None`` when it had none).
 
     Damaged data never blocks the removal: a damaged meta row is removed conditionally on
@@ -964,15 +1038,20 @@ def delete_all(t: Tables, key: str) -> Op[list[ChatMessage] | None]:
             conversation is removed all the same.
     """
     for attempt in range(_WRITE_ATTEMPTS):
+        replay = yield from _replayed(t, key, once)
+        if replay is not None:
+            return replay.messages(key, _STORAGE) or None
         meta = yield from _read_meta_any(t, key)
-        if meta is None:
+        if meta is None or (isinstance(meta, Meta) and meta.size == 0):
             return None
         messages: list[ChatMessage] = []
         error: CorruptDataError | None = None
+        rows: list[_Held] = []
         if isinstance(meta, Meta):
             rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
             messages, error = _decode(t, key, meta, rows)
-        if (yield from _commit(t, key, meta, None)):
+        removed = [r.value for r in rows]
+        if (yield from _commit(t, key, meta, _emptied(meta), once, removed)):
             if meta.gen is not None:
                 yield from _delete_generation(t, key, meta.gen)
             if isinstance(meta, _Damaged):

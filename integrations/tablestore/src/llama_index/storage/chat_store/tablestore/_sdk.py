@@ -19,11 +19,13 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     ConfigurationError,
+    NotSentError,
 )
 
 __all__ = [
     "CONDITION_FAILED",
     "SDK_LOGGER",
+    "WritesResentOnlyIfRefused",
     "format_traces_only_when_enabled",
     "redact_logger",
     "translate",
@@ -144,6 +146,61 @@ _UNAVAILABLE_CODES = {
 }  # fmt: skip
 
 
+def _retry_classes() -> tuple[Any, Any, Any]:
+    from tablestore import retry
+
+    return retry.RetryPolicy, retry.DefaultRetryPolicy, retry.RetryUtil
+
+
+_RetryPolicy, _DefaultRetryPolicy, _RetryUtil = _retry_classes()
+
+
+class WritesResentOnlyIfRefused(_RetryPolicy):  # type: ignore[misc, valid-type]
+    """The SDK retry policy of a store's clients: resend a change only if it was refused.
+
+    ``policy`` (the SDK's default if ``None``) decides, except that a change is resent only
+    when the service refused it (throttled, busy, a row operation conflict), never after an
+    error that leaves its outcome unknown (a timeout, an internal error): the store retries
+    those itself, with the change's op id.
+    """
+
+    def __init__(self, policy: Any = None) -> None:
+        if isinstance(policy, WritesResentOnlyIfRefused):
+            policy = policy.inner
+        self.inner: Any = policy if policy is not None else _DefaultRetryPolicy()
+
+    def should_retry(self, retry_times: int, exception: Any, api_name: str) -> bool:
+        if not _RetryUtil.is_repeatable_api(api_name) and not (
+            _RetryUtil.should_retry_no_matter_which_api(exception)
+        ):
+            return False
+        return bool(self.inner.should_retry(retry_times, exception, api_name))
+
+    def get_retry_delay(self, retry_times: int, exception: Any, api_name: str) -> float:
+        return float(self.inner.get_retry_delay(retry_times, exception, api_name))
+
+
+def _not_sent_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp
+    import urllib3.exceptions
+
+    return (
+        urllib3.exceptions.NewConnectionError,
+        urllib3.exceptions.ConnectTimeoutError,
+        aiohttp.ClientConnectorError,
+        ConnectionRefusedError,
+    )
+
+
+_NOT_SENT_ERRORS = _not_sent_errors()
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the transport failed before the request left (nothing can have applied)."""
+    reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the last failure
+    return isinstance(exc, _NOT_SENT_ERRORS) or isinstance(reason, _NOT_SENT_ERRORS)
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     import aiohttp
     import urllib3.exceptions
@@ -192,6 +249,10 @@ def translate(exc: BaseException, where: str, table: str) -> ChatStoreError | No
         if status >= 500:
             return BackendUnavailableError(f"Tablestore at {where} is unavailable ({exc})")
         return ChatStoreError(f"Tablestore client error talking to {where}: {exc}")
+    if isinstance(exc, _NETWORK_ERRORS) and _never_sent(exc):
+        return NotSentError(
+            f"cannot connect to Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"
+        )
     if isinstance(exc, _NETWORK_ERRORS):
         return BackendUnavailableError(
             f"cannot reach Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"

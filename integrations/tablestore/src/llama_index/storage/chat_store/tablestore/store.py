@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -24,12 +25,19 @@ from llama_index.storage.chat_store.core import (
     coerce_messages,
     message_to_json,
 )
+from llama_index.storage.chat_store.core.retries import (
+    RetryPolicy,
+    acall_with_retries,
+    call_with_retries,
+    new_op_id,
+)
 from llama_index.storage.chat_store.core.store import check_window, window
 from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
 from llama_index.storage.chat_store.tablestore import _native as native
-from llama_index.storage.chat_store.tablestore._io import Call, Op, run_async, run_sync
+from llama_index.storage.chat_store.tablestore._io import Call, Once, Op, run_async, run_sync
 from llama_index.storage.chat_store.tablestore._sdk import (
     SDK_LOGGER,
+    WritesResentOnlyIfRefused,
     format_traces_only_when_enabled,
     redact_logger,
     translate,
@@ -47,8 +55,10 @@ MAX_VALUE_BYTES = 2 * 1024 * 1024
 
 R = TypeVar("R")
 Layout = Literal["auto", "native", "llama_index"]
-_URL_OPTIONS = {"access_key_id", "access_key_secret", "sts_token", "layout", "scheme"}
-_FIELDS = {"layout", "sts_token"}
+_RETRY_OPTIONS = {"retries": int, "retry_backoff": float, "retry_deadline": float}
+_URL_OPTIONS = {"access_key_id", "access_key_secret", "sts_token", "layout", "scheme",
+                *_RETRY_OPTIONS}  # fmt: skip
+_FIELDS = {"layout", "sts_token", *_RETRY_OPTIONS}
 """Keyword arguments that are store fields; LlamaIndex's ``**kwargs`` are client options."""
 _CLIENT_OPTIONS = (
     frozenset(inspect.signature(ts.OTSClient.__init__).parameters)
@@ -81,6 +91,16 @@ class TablestoreChatStore(BaseChatStore):
     :class:`AuthenticationError` for rejected credentials, :class:`ConfigurationError` when
     the table does not exist (call :meth:`create_table_if_not_exist` once), and
     :class:`PayloadTooLargeError` for a message over 2 MB before any call.
+
+    A call that fails for want of the server (a dropped connection, a refused one, a 5xx)
+    is retried by the store, up to ``retries`` more times with exponential backoff and
+    jitter (from ``retry_backoff`` seconds, doubling) within ``retry_deadline`` seconds.
+    Every change carries an operation id, written into the conversation's record in the
+    same conditional write that commits it: a retry of a change whose reply was lost finds
+    it there, applies nothing and returns what the first application returned (see the
+    README). When the retries run out the call raises :class:`BackendUnavailableError`
+    saying whether nothing was applied or the outcome is unknown. The SDK itself never
+    resends a change that may have been applied (only one the service refused).
     """
 
     endpoint: str | None = None
@@ -90,6 +110,12 @@ class TablestoreChatStore(BaseChatStore):
     sts_token: SecretStr | None = Field(default=None, exclude=True)
     table_name: str = DEFAULT_TABLE_NAME
     layout: Layout = "auto"
+    retries: int = Field(default=3, ge=0)
+    """Times a call that failed for want of the server is tried again (0: never)."""
+    retry_backoff: float = Field(default=0.05, ge=0)
+    """Seconds before the first retry, doubling for each next one (jittered)."""
+    retry_deadline: float = Field(default=10.0, gt=0)
+    """Seconds after which a failing call stops retrying."""
     client_options: dict[str, Any] = Field(default_factory=dict)
     tablestore_client: Any = Field(default=None, exclude=True, repr=False)
 
@@ -117,7 +143,8 @@ class TablestoreChatStore(BaseChatStore):
             access_key_id: Defaults to ``$TABLESTORE_ACCESS_KEY_ID``.
             access_key_secret: Defaults to ``$TABLESTORE_ACCESS_KEY_SECRET``.
             table_name: The messages table (the meta table is ``<table_name>_meta``).
-            **kwargs: ``layout``, ``sts_token``, ``client_options``; anything else is an
+            **kwargs: ``layout``, ``sts_token``, ``retries``, ``retry_backoff``,
+                ``retry_deadline``, ``client_options``; anything else is an
                 ``OTSClient`` option (``socket_timeout``, ``max_connection``,
                 ``retry_policy``, ``credentials_provider``, ``region``, ...), as in LlamaIndex.
 
@@ -170,8 +197,9 @@ class TablestoreChatStore(BaseChatStore):
         """Build a store from ``tablestore://INSTANCE@ENDPOINT-HOST[:PORT]/TABLE``.
 
         Query options: ``access_key_id``, ``access_key_secret``, ``sts_token``, ``layout``,
-        ``scheme`` (``https`` by default; ``http`` for a local emulator). Keyword options
-        override them. Credentials default to the ``TABLESTORE_ACCESS_KEY_*`` variables.
+        ``scheme`` (``https`` by default; ``http`` for a local emulator), ``retries``,
+        ``retry_backoff``, ``retry_deadline``. Keyword options override them. Credentials
+        default to the ``TABLESTORE_ACCESS_KEY_*`` variables.
 
         Raises:
             ConfigurationError: The URL is not a tablestore URL or has unknown options.
@@ -189,21 +217,33 @@ class TablestoreChatStore(BaseChatStore):
                 f"unknown tablestore URL options: {', '.join(sorted(unknown))}"
             )
         scheme = query.pop("scheme", "https")
+        converted: dict[str, Any] = dict(query)
+        for name, kind in _RETRY_OPTIONS.items():
+            if name in query:
+                try:
+                    converted[name] = kind(query[name])
+                except ValueError:
+                    raise ConfigurationError(
+                        f"tablestore URL option {name} must be a number, not {query[name]!r}"
+                    ) from None
         host = parts.hostname + (f":{parts.port}" if parts.port else "")
         table = unquote(parts.path.strip("/")) or DEFAULT_TABLE_NAME
         settings: dict[str, Any] = {
             "endpoint": f"{scheme}://{host}",
             "instance_name": unquote(parts.username),
             "table_name": table,
-            **query,
+            **converted,
             **options,
         }
         return cls(**settings)
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """PERSISTENT, SHARED and NATIVE_ASYNC (``AsyncOTSClient``)."""
-        return frozenset({Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC})
+        """PERSISTENT, SHARED, NATIVE_ASYNC (``AsyncOTSClient``); EXACTLY_ONCE when retrying."""
+        found = {Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC}
+        if self.retries > 0:
+            found.add(Capability.EXACTLY_ONCE)
+        return frozenset(found)
 
     # -- clients and drivers ------------------------------------------------------------
 
@@ -224,7 +264,7 @@ class TablestoreChatStore(BaseChatStore):
                 "end_point": client.host + client.path,
                 "instance_name": client.protocol.instance_name,
                 "credentials_provider": client.credentials_provider,
-                "retry_policy": client.retry_policy,
+                "retry_policy": WritesResentOnlyIfRefused(client.retry_policy),
                 "logger_name": SDK_LOGGER,
             }
         secret = self.access_key_secret
@@ -238,6 +278,9 @@ class TablestoreChatStore(BaseChatStore):
             **extra,
             **self.client_options,
         }
+        # A change resent by the SDK after a timeout could apply twice: the store retries
+        # those itself, with the change's op id.
+        arguments["retry_policy"] = WritesResentOnlyIfRefused(arguments.get("retry_policy"))
         # The SDK traces request headers (key id, STS token, signature) at DEBUG, also on a
         # logger the caller named.
         redact_logger(arguments["logger_name"])
@@ -262,11 +305,44 @@ class TablestoreChatStore(BaseChatStore):
             return self.tablestore_client
         return self._own_sync.get()
 
-    def _run(self, op: Op[R]) -> R:
-        return run_sync(self._sync_client(), op, self._translate)
+    @property
+    def _retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
 
-    async def _arun(self, op: Op[R]) -> R:
-        return await run_async(self._own_async.get(), op, self._translate)
+    def _run(self, make: Callable[[], Op[R]]) -> R:
+        """Run a read (a new operation for each attempt)."""
+        return call_with_retries(
+            lambda: run_sync(self._sync_client(), make(), self._translate),
+            self._retry_policy,
+            mutates=False,
+        )
+
+    async def _arun(self, make: Callable[[], Op[R]]) -> R:
+        """Async :meth:`_run`."""
+
+        async def attempt() -> R:
+            return await run_async(self._own_async.get(), make(), self._translate)
+
+        return await acall_with_retries(attempt, self._retry_policy, mutates=False)
+
+    def _change(self, make: Callable[[Once], Op[R]]) -> R:
+        """Run a change: every attempt carries the same op id."""
+        once = Once(new_op_id())
+        return call_with_retries(
+            lambda: run_sync(self._sync_client(), make(once.next_attempt()), self._translate),
+            self._retry_policy,
+            mutates=True,
+        )
+
+    async def _achange(self, make: Callable[[Once], Op[R]]) -> R:
+        """Async :meth:`_change`."""
+        once = Once(new_op_id())
+
+        async def attempt() -> R:
+            op = make(once.next_attempt())
+            return await run_async(self._own_async.get(), op, self._translate)
+
+        return await acall_with_retries(attempt, self._retry_policy, mutates=True)
 
     def close(self) -> None:
         """Release the sync client's connections; the store reconnects if used again."""
@@ -328,11 +404,11 @@ class TablestoreChatStore(BaseChatStore):
         With ``layout="auto"`` an existing table is used in the layout its primary key shows;
         a missing one is created in our layout (messages table plus ``<table>_meta``).
         """
-        self._run(self._create_op())
+        self._run(self._create_op)
 
     async def acreate_table_if_not_exist(self) -> None:
         """Async :meth:`create_table_if_not_exist`."""
-        await self._arun(self._create_op())
+        await self._arun(self._create_op)
 
     # -- operations, once for both drivers ------------------------------------------------
 
@@ -358,57 +434,59 @@ class TablestoreChatStore(BaseChatStore):
             return (yield from native.count(self._tables, key))
         return (yield from legacy.count(self.table_name, key))
 
-    def _add_op(self, key: str, messages: list[ChatMessage], idx: int | None) -> Op[None]:
+    def _add_op(
+        self, key: str, messages: list[ChatMessage], idx: int | None, once: Once
+    ) -> Op[None]:
         jsons = self._jsons(messages)
         if (yield from self._layout_op()) == "native":
             if idx is None:
-                yield from native.add(self._tables, key, jsons)
+                yield from native.add(self._tables, key, jsons, once)
             else:
-                yield from native.insert(self._tables, key, idx, jsons[0])
+                yield from native.insert(self._tables, key, idx, jsons[0], once)
             return
 
-        def change(current: list[ChatMessage]) -> tuple[list[ChatMessage], None]:
+        def change(current: list[ChatMessage]) -> list[ChatMessage]:
             if idx is None:
-                return current + messages, None
+                return current + messages
             current.insert(idx, messages[0])
-            return current, None
+            return current
 
-        yield from legacy.mutate(self.table_name, key, change, message_to_json)
+        yield from legacy.mutate(self.table_name, key, change, message_to_json, once)
 
-    def _set_op(self, key: str, messages: list[ChatMessage]) -> Op[None]:
+    def _set_op(self, key: str, messages: list[ChatMessage], once: Once) -> Op[None]:
         jsons = self._jsons(messages)
         if (yield from self._layout_op()) == "native":
-            yield from native.set_all(self._tables, key, jsons)
+            yield from native.set_all(self._tables, key, jsons, once)
         else:
-            yield from legacy.replace(self.table_name, key, jsons)
+            yield from legacy.replace(self.table_name, key, jsons, once)
 
-    def _delete_all_op(self, key: str) -> Op[list[ChatMessage] | None]:
+    def _delete_all_op(self, key: str, once: Once) -> Op[list[ChatMessage] | None]:
         if (yield from self._layout_op()) == "native":
-            return (yield from native.delete_all(self._tables, key))
-        return (yield from legacy.remove(self.table_name, key))
+            return (yield from native.delete_all(self._tables, key, once))
+        return (yield from legacy.remove(self.table_name, key, once))
 
-    def _delete_at_op(self, key: str, idx: int) -> Op[ChatMessage | None]:
+    def _delete_at_op(self, key: str, idx: int, once: Once) -> Op[ChatMessage | None]:
         if (yield from self._layout_op()) == "native":
-            return (yield from native.delete_at(self._tables, key, idx))
+            return (yield from native.delete_at(self._tables, key, idx, once))
 
         def at(size: int) -> list[int]:
             return [idx % size] if -size <= idx < size else []
 
-        taken = yield from legacy.take(self.table_name, key, at, message_to_json)
+        taken = yield from legacy.take(self.table_name, key, at, message_to_json, once)
         return taken[0] if taken else None
 
-    def _pop_op(self, key: str) -> Op[ChatMessage | None]:
+    def _pop_op(self, key: str, once: Once) -> Op[ChatMessage | None]:
         if (yield from self._layout_op()) == "native":
-            return (yield from native.pop_last(self._tables, key))
-        return (yield from self._delete_at_op(key, -1))
+            return (yield from native.pop_last(self._tables, key, once))
+        return (yield from self._delete_at_op(key, -1, once))
 
-    def _oldest_op(self, key: str, n: int) -> Op[list[ChatMessage]]:
+    def _oldest_op(self, key: str, n: int, once: Once) -> Op[list[ChatMessage]]:
         if n <= 0:
             return []
         if (yield from self._layout_op()) == "native":
-            return (yield from native.delete_oldest(self._tables, key, n))
+            return (yield from native.delete_oldest(self._tables, key, n, once))
         return (yield from legacy.take(
-            self.table_name, key, lambda size: range(min(n, size)), message_to_json
+            self.table_name, key, lambda size: range(min(n, size)), message_to_json, once
         ))  # fmt: skip
 
     def _keys_op(self, start: Any) -> Op[tuple[list[str], Any]]:
@@ -430,28 +508,31 @@ class TablestoreChatStore(BaseChatStore):
         """Return ``messages[offset:][:limit]`` (native layout: reads only that window)."""
         key = self._check_key(key)
         check_window(offset, limit)
-        return self._run(self._get_op(key, offset, limit))
+        return self._run(lambda: self._get_op(key, offset, limit))
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages (native layout: one GetRow of the meta row)."""
-        return self._run(self._count_op(self._check_key(key)))
+        key = self._check_key(key)
+        return self._run(lambda: self._count_op(key))
 
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Append atomically, or insert at ``idx`` like ``list.insert``."""
         key = self._check_key(key)
-        self._run(self._add_op(key, [coerce_message(message, copy=False)], idx))
+        batch = [coerce_message(message, copy=False)]
+        self._change(lambda once: self._add_op(key, batch, idx, once))
 
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Append a batch atomically (one commit; ``[]`` makes no call)."""
         key = self._check_key(key)
         batch = coerce_messages(messages, copy=False)
         if batch:
-            self._run(self._add_op(key, batch, None))
+            self._change(lambda once: self._add_op(key, batch, None, once))
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace the conversation atomically for readers (``[]`` removes the key)."""
         key = self._check_key(key)
-        self._run(self._set_op(key, coerce_messages(messages, copy=False)))
+        batch = coerce_messages(messages, copy=False)
+        self._change(lambda once: self._set_op(key, batch, once))
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Remove the conversation; return its messages, or ``None`` if it had none.
@@ -462,7 +543,8 @@ class TablestoreChatStore(BaseChatStore):
         meta row is unreadable), with the stored data in ``data``. ``set_messages(key, [])``
         removes a damaged conversation without raising.
         """
-        return self._run(self._delete_all_op(self._check_key(key)))
+        key = self._check_key(key)
+        return self._change(lambda once: self._delete_all_op(key, once))
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove the message at ``idx``; ``None`` when out of range.
@@ -472,7 +554,8 @@ class TablestoreChatStore(BaseChatStore):
         the same, then :class:`CorruptDataError` is raised naming the key and position, with
         the stored data in ``data``.
         """
-        return self._run(self._delete_at_op(self._check_key(key), idx))
+        key = self._check_key(key)
+        return self._change(lambda once: self._delete_at_op(key, idx, once))
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
         """Remove and return the last message; concurrent callers never get the same one.
@@ -480,7 +563,8 @@ class TablestoreChatStore(BaseChatStore):
         An unreadable last message is removed, then :class:`CorruptDataError` is raised (key,
         position, stored data), as in :meth:`delete_message`.
         """
-        return self._run(self._pop_op(self._check_key(key)))
+        key = self._check_key(key)
+        return self._change(lambda once: self._pop_op(key, once))
 
     def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
         """Remove and return the first ``n`` messages.
@@ -488,20 +572,21 @@ class TablestoreChatStore(BaseChatStore):
         When one of them cannot be read they are all removed, then :class:`CorruptDataError`
         is raised naming the key and the first unreadable position, with its stored data.
         """
-        return self._run(self._oldest_op(self._check_key(key), n))
+        key = self._check_key(key)
+        return self._change(lambda once: self._oldest_op(key, n, once))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys holding messages, a page of meta rows at a time."""
         start: Any = None
         while True:
-            keys, start = self._run(self._keys_op(start))
+            keys, start = self._run(functools.partial(self._keys_op, start))
             yield from keys
             if not start:
                 return
 
     def clear(self) -> None:
         """Remove every conversation of this store (every row of its table(s))."""
-        self._run(self._clear_op())
+        self._run(self._clear_op)
 
     def clear_store(self) -> None:
         """Remove every conversation (LlamaIndex's name for :meth:`clear`)."""
@@ -515,50 +600,57 @@ class TablestoreChatStore(BaseChatStore):
         """Async :meth:`get_messages`."""
         key = self._check_key(key)
         check_window(offset, limit)
-        return await self._arun(self._get_op(key, offset, limit))
+        return await self._arun(lambda: self._get_op(key, offset, limit))
 
     async def acount_messages(self, key: str) -> int:
         """Async :meth:`count_messages`."""
-        return await self._arun(self._count_op(self._check_key(key)))
+        key = self._check_key(key)
+        return await self._arun(lambda: self._count_op(key))
 
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
         key = self._check_key(key)
-        await self._arun(self._add_op(key, [coerce_message(message, copy=False)], idx))
+        batch = [coerce_message(message, copy=False)]
+        await self._achange(lambda once: self._add_op(key, batch, idx, once))
 
     async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`add_messages`."""
         key = self._check_key(key)
         batch = coerce_messages(messages, copy=False)
         if batch:
-            await self._arun(self._add_op(key, batch, None))
+            await self._achange(lambda once: self._add_op(key, batch, None, once))
 
     async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`set_messages`."""
         key = self._check_key(key)
-        await self._arun(self._set_op(key, coerce_messages(messages, copy=False)))
+        batch = coerce_messages(messages, copy=False)
+        await self._achange(lambda once: self._set_op(key, batch, once))
 
     async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
         """Async :meth:`delete_messages`."""
-        return await self._arun(self._delete_all_op(self._check_key(key)))
+        key = self._check_key(key)
+        return await self._achange(lambda once: self._delete_all_op(key, once))
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Async :meth:`delete_message`."""
-        return await self._arun(self._delete_at_op(self._check_key(key), idx))
+        key = self._check_key(key)
+        return await self._achange(lambda once: self._delete_at_op(key, idx, once))
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
         """Async :meth:`delete_last_message`."""
-        return await self._arun(self._pop_op(self._check_key(key)))
+        key = self._check_key(key)
+        return await self._achange(lambda once: self._pop_op(key, once))
 
     async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
         """Async :meth:`delete_oldest_messages`."""
-        return await self._arun(self._oldest_op(self._check_key(key), n))
+        key = self._check_key(key)
+        return await self._achange(lambda once: self._oldest_op(key, n, once))
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""
         start: Any = None
         while True:
-            keys, start = await self._arun(self._keys_op(start))
+            keys, start = await self._arun(functools.partial(self._keys_op, start))
             for key in keys:
                 yield key
             if not start:
@@ -566,4 +658,4 @@ class TablestoreChatStore(BaseChatStore):
 
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
-        await self._arun(self._clear_op())
+        await self._arun(self._clear_op)

@@ -1,0 +1,95 @@
+"""A conversation's record of its latest changes, so that a resent change applies once.
+
+Every change writes its operation id into the conversation's commit row (the meta row, or
+LlamaIndex's one row per conversation) in the same conditional write that commits it, in
+one of :data:`SLOTS` columns ``o0`` ... chosen by the row's version (a ring: the record
+keeps the last :data:`SLOTS` changes of the conversation). A removal writes what it
+removed with it (the message texts as stored, up to :data:`REPLY_BYTES`). A resent change
+that finds its id there applies nothing and returns the recorded reply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llama_index.storage.chat_store.core import (
+    ChatMessage,
+    ChatStoreError,
+    CorruptDataError,
+    message_from_json,
+    removal_error,
+)
+
+__all__ = ["COLUMNS", "REPLY_BYTES", "SLOTS", "Replay", "column", "entry", "find"]
+
+SLOTS = 32
+"""How many of a conversation's latest changes its record keeps."""
+REPLY_BYTES = 64 * 1024
+"""The largest reply (the removed messages' text) a record keeps; larger ones are not kept."""
+COLUMNS = [f"o{slot}" for slot in range(SLOTS)]
+_TOO_LARGE = "!"
+
+
+def column(version: int) -> str:
+    """The record column a commit of ``version`` writes."""
+    return COLUMNS[version % SLOTS]
+
+
+def entry(op_id: str, removed: Sequence[Any] | None = None) -> str:
+    """The record of one change: its op id, and for a removal the texts it removed.
+
+    A removed cell that is not text is kept as ``null`` (a resent removal then raises
+    :class:`CorruptDataError` as the first one did).
+    """
+    if removed is None:
+        return op_id
+    reply = json.dumps([v if isinstance(v, str) else None for v in removed], ensure_ascii=False)
+    if len(reply.encode("utf-8")) > REPLY_BYTES:
+        reply = _TOO_LARGE
+    return f"{op_id}\n{reply}"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A change found in the record: it was applied; ``reply`` is what it recorded."""
+
+    reply: str | None
+
+    def messages(self, key: str, storage: str) -> list[ChatMessage]:
+        """The messages the first application removed, in order.
+
+        Raises:
+            ChatStoreError: They were too large to be kept (the removal was applied once).
+            CorruptDataError: One of them was not a message (removed all the same).
+        """
+        if self.reply is None:
+            return []
+        if self.reply == _TOO_LARGE:
+            raise ChatStoreError(
+                f"conversation {key!r}: the removal was applied, but its reply was lost and "
+                f"what it removed (over {REPLY_BYTES} bytes) was not kept to be returned again"
+            )
+        messages = []
+        for position, text in enumerate(json.loads(self.reply)):
+            if not isinstance(text, str):
+                problem = CorruptDataError(
+                    f"conversation {key!r}: a message removed was not text", key=key
+                )
+                raise removal_error(problem, storage) from problem
+            messages.append(message_from_json(text, key=key, position=position))
+        return messages
+
+
+def find(columns: dict[str, Any], op_id: str) -> Replay | None:
+    """The record of ``op_id`` among a row's columns; ``None`` when it is not there."""
+    for name in COLUMNS:
+        value = columns.get(name)
+        if not isinstance(value, str):
+            continue
+        found, newline, reply = value.partition("\n")
+        if found == op_id:
+            return Replay(reply if newline else None)
+    return None
