@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
@@ -74,6 +74,7 @@ __all__ = [
     "copy_messages",
     "message_from_json",
     "message_to_json",
+    "messages_from_json",
     "messages_removed",
 ]
 
@@ -181,6 +182,20 @@ def message_from_json(
             position=position,
             data=stored,
         ) from exc
+
+
+def messages_from_json(
+    items: Sequence[str | bytes | bytearray], *, key: str | None = None, start: int = 0
+) -> list[ChatMessage]:
+    """Parse the messages of one read, in order (see :func:`message_from_json`).
+
+    ``items[i]`` was at position ``start + i`` (named in errors). A long read is parsed with
+    the cyclic garbage collector paused (see :func:`collector_paused`).
+    """
+    with collector_paused(len(items)):
+        return [
+            message_from_json(item, key=key, position=start + i) for i, item in enumerate(items)
+        ]
 
 
 def messages_removed(

@@ -28,10 +28,10 @@ from llama_index.storage.chat_store.core import (
     ChatStoreError,
     ConfigurationError,
     CorruptDataError,
-    message_from_json,
     message_to_json,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.messages import messages_from_json
 from llama_index.storage.chat_store.core.retries import new_op_id
 from llama_index.storage.chat_store.redis import _scripts
 from llama_index.storage.chat_store.redis._scripts import Script
@@ -234,12 +234,12 @@ def _none(reply: Any) -> None:
 
 def _messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any], list[ChatMessage]]:
     def decode(items: Any) -> list[ChatMessage]:
-        stored = [(start + i, item) for i, item in enumerate(items or [])]
         if removed:
             # The removal is done (it is atomic, and refusing it would leave corrupt data that
             # no delete can remove): core's error says so and keeps what was removed.
+            stored = [(start + i, item) for i, item in enumerate(items or [])]
             return messages_removed(key, stored, storage=_STORAGE)
-        return [message_from_json(item, key=key, position=p) for p, item in stored]
+        return messages_from_json(items or [], key=key, start=start)
 
     return decode
 
