@@ -10,7 +10,11 @@ Table: partition key ``SessionId`` (S), numeric sort key. In a conversation's pa
   ``ChatStoreKey`` (a copy of the key, only while the conversation holds messages: the hash
   key of the sparse index ``get_keys`` scans), the TTL attribute (the conversation's expiry),
   ``Floor`` (no message item expires before it), ``Chunked`` (the generation has held a
-  chunked message) and, during a large append, a lease;
+  chunked message), ``Op0`` .. ``Op15`` (the operation tags of the last 16 changes, the
+  change to version ``V`` in ``Op{V mod 16}``: see :class:`Op`) and, during a large append,
+  a lease. Removing the last message keeps the meta item without ``Gen``, ``First``,
+  ``End`` and ``ChatStoreKey`` (so the tags outlive the conversation), expiring with the
+  ttl or after a day;
 * message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON
   and ``Written`` = the ``Ver`` of the meta that made this content visible;
 * chunk items at negative sort keys holding the rest of messages over one item (``_chunks``).
