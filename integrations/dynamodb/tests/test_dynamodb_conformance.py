@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -10,6 +11,7 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
 
 ITEM_LIMIT = (
@@ -30,6 +32,19 @@ class _DynamoDBConformance(ChatStoreConformance):
         store = moto.store(self.LAYOUT, ttl=86_400)
         yield moto.factory(store)
         store.close()
+
+    @pytest.fixture
+    def server_address(self, moto: Any) -> tuple[str, int]:
+        return address_of(moto.url, 80)
+
+    @pytest.fixture
+    def store_factory_at(
+        self, moto: Any, store_factory: Callable[[], BaseChatStore]
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            return functools.partial(store_factory, endpoint_url=url_at(moto.url, host, port))
+
+        return at
 
     @pytest.fixture
     def other_store(self, moto: Any) -> Iterator[BaseChatStore]:

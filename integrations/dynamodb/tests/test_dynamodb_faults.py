@@ -1,15 +1,19 @@
-"""Faults against real servers: throttling through a proxy, a moto server killed and restarted."""
+"""Faults against real servers: throttling through a proxy, a moto server killed and restarted,
+and every request of the large-change paths cut (the suite cuts the small ones)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
 from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
+from llama_index.storage.chat_store.testing import numbered
+from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy, address_of
 from llama_index.storage.chat_store.testing.services import (
     DynamoDBFaultProxy,
     LocalServer,
@@ -69,3 +73,64 @@ def test_server_down_then_back(own_server: LocalServer, moto: Any) -> None:
     store.create_table()
     store.add_message("k", ChatMessage(content="after"))
     assert [m.content for m in store.get_messages("k")] == ["after"]
+
+
+# More messages than one transaction holds: appends take a lease, replaces write a new
+# generation and flip to it, removals commit the meta item and delete the items after.
+_MANY = numbered(150)
+_LARGE_CHANGES: dict[str, tuple[Callable[[DynamoDBChatStore, str], Any], list[str], Any]] = {
+    "leased append": (
+        lambda s, k: s.add_messages(k, _MANY),
+        [m.content or "" for m in [*numbered(3), *_MANY]],
+        None,
+    ),
+    "replace by a new generation": (
+        lambda s, k: s.set_messages(k, _MANY),
+        [m.content or "" for m in _MANY],
+        None,
+    ),
+    "removal of many": (
+        lambda s, k: len(s.delete_messages(k) or []),
+        [],
+        150,
+    ),
+}
+_BEFORE = {"leased append": numbered(3)}
+
+
+@pytest.mark.parametrize("kind", [FaultKind.DROP_REQUEST, FaultKind.DROP_REPLY])
+@pytest.mark.parametrize("change", list(_LARGE_CHANGES))
+def test_a_large_change_cut_anywhere_applies_once(moto: Any, change: str, kind: FaultKind) -> None:
+    """Each request of a change too large for one transaction, cut in turn, applies it once.
+
+    If this fails: a step of the large paths (the lease, the flip to a new generation, the
+    deletes after a removal) is not recognized when retried after it landed, or a clean-up
+    removes what a landed commit made visible.
+    """
+    direct = moto.store("native", ttl=3600)
+    change_call, after, returns = _LARGE_CHANGES[change]
+    with FaultProxy(*address_of(moto.url, 80)) as proxy:
+        proxied = DynamoDBChatStore(
+            **{**moto.factory(direct).keywords, "endpoint_url": f"http://{proxy.host}:{proxy.port}"}
+        )
+        for nth in range(1, 40):
+            key = f"cut-{uuid.uuid4().hex}"
+            direct.set_messages(key, _BEFORE.get(change, _MANY))
+            fault = proxy.inject(kind, nth=nth)
+            try:
+                returned = change_call(proxied, key)
+            finally:
+                proxy.clear()
+            if not fault.fired:
+                break
+            held = [m.content for m in direct.get_messages(key)]
+            assert held == after, f"{change}, request {nth} cut ({kind.name}): {held[:5]}..."
+            assert returned == returns, f"{change}, request {nth} cut: returned {returned!r}"
+            # No lease or stray item blocks or changes the next write.
+            direct.add_message(key, ChatMessage(content="later"))
+            assert direct.count_messages(key) == len(after) + 1
+        else:
+            pytest.fail(f"{change} made more than 39 requests")
+        assert nth > 3, f"{change} made only {nth - 1} requests through the proxy"
+        proxied.close()
+    direct.close()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from botocore.exceptions import (
@@ -27,8 +27,10 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     ConfigurationError,
+    NotSentError,
     PayloadTooLargeError,
 )
+from llama_index.storage.chat_store.core.retries import RetryPolicy, call_with_retries, new_op_id
 
 __all__ = [
     "MAX_BATCH_GET",
@@ -36,13 +38,16 @@ __all__ = [
     "MAX_ITEM_BYTES",
     "MAX_TRANSACTION_BYTES",
     "MAX_TRANSACTION_ITEMS",
+    "RECENT_OPS",
     "ConflictError",
+    "Op",
     "Table",
     "Translator",
     "Unreadable",
     "backoff",
     "cancellation_codes",
     "item_size",
+    "recent",
     "with_retries",
 ]
 
@@ -57,6 +62,10 @@ MAX_TRANSACTION_ITEMS = 100
 """DynamoDB's limit on actions per TransactWriteItems."""
 MAX_TRANSACTION_BYTES = 4_000_000
 """DynamoDB's limit on the aggregate size of a transaction (4 MB)."""
+
+RECENT_OPS = 16
+"""How many recent changes of a conversation keep their operation ids on it: a change whose
+reply was lost is recognized as long as fewer later changes came in between."""
 
 _UNAVAILABLE = {
     "ProvisionedThroughputExceededException",
@@ -98,6 +107,58 @@ class ConflictError(Exception):
     def __init__(self, message: str, current: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.current = current
+
+
+@dataclass
+class Op:
+    """One change call: its operation id, and what each commit it sent would return.
+
+    The id is made once per call and shared by every attempt (the store's retries and
+    botocore's). Each plan a call commits gets its own tag, ``ID.N``, recorded atomically
+    with the commit on the conversation (the meta item, or LlamaIndex's single item). A
+    retry that finds one of its tags there knows that commit won: the call returns what
+    that plan computed (a removal read the messages it removes before committing) and
+    finishes the plan's clean-up (deleting items the commit made unreachable), which is
+    idempotent. No reply is stored: only this call, in this process, ever resends the id.
+    """
+
+    id: str = field(default_factory=new_op_id)
+    _results: list[Any] = field(default_factory=list)
+    _cleanups: list[list[Callable[[], None]]] = field(default_factory=list)
+
+    def tag(self, result: Any) -> str:
+        """Return the tag of a new plan that returns ``result`` once committed."""
+        self._results.append(result)
+        self._cleanups.append([])
+        return f"{self.id}.{len(self._results) - 1}"
+
+    @property
+    def latest(self) -> int:
+        """The number of the latest tagged plan."""
+        return len(self._results) - 1
+
+    def after(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` once the latest tagged plan is known to be committed."""
+        self._cleanups[-1].append(cleanup)
+
+    def committed(self, tags: Iterable[str]) -> int | None:
+        """Return which plan of this call ``tags`` (a conversation's recent ops) records."""
+        prefix = f"{self.id}."
+        for tag in tags:
+            if tag.startswith(prefix):
+                return int(tag[len(prefix) :])
+        return None
+
+    def finish(self, plan: int) -> Any:
+        """Run the clean-up of the committed plan ``plan`` and return its result."""
+        for cleanup in self._cleanups[plan]:
+            cleanup()
+        return self._results[plan]
+
+
+def recent(ops: Iterable[str], tag: str) -> list[str]:
+    """Return the recent operation ids after ``tag`` (the last :data:`RECENT_OPS` of them)."""
+    return [*ops, tag][-RECENT_OPS:]
 
 
 def item_size(value: dict[str, Any]) -> int:
@@ -159,8 +220,13 @@ class Translator:
             yield
         except ClientError as exc:
             raise self.client_error(exc, what) from exc
-        except (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
-                ReadTimeoutError) as exc:  # fmt: skip
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            # No connection was made: the request never left.
+            raise NotSentError(
+                f"DynamoDB at {self.endpoint} is unreachable while trying to {what} "
+                f"(table {self.table!r}): {exc}"
+            ) from exc
+        except (ConnectionClosedError, ReadTimeoutError) as exc:
             raise BackendUnavailableError(
                 f"DynamoDB at {self.endpoint} is unreachable while trying to {what} "
                 f"(table {self.table!r}): {exc}"
@@ -236,6 +302,7 @@ class Table:
         errors: Maps driver errors to core errors.
         refresh_on_read: Reads of a live conversation also slide its expiry.
         attempts: How many times an operation that lost a race is retried.
+        policy: How a call that failed for want of the server is retried.
     """
 
     client: Callable[[], Any]
@@ -246,6 +313,15 @@ class Table:
     errors: Translator
     refresh_on_read: bool = False
     attempts: int = 200
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def retried(self, attempt: Callable[[], _T], *, mutates: bool) -> _T:
+        """Run ``attempt`` again after a transport failure, per :attr:`policy`.
+
+        A change's attempts share one :class:`Op`, so a retry recognizes a commit whose
+        reply was lost instead of applying it again.
+        """
+        return call_with_retries(attempt, self.policy, mutates=mutates)
 
     def expiry(self, now: float, factor: int = 1) -> int:
         """Return the epoch second ``factor * ttl`` after ``now`` (rounded up)."""
@@ -277,13 +353,18 @@ class Table:
                 raise
 
     def conditional(self, what: str, operation: str, **params: Any) -> Any:
-        """Call a conditional single-item write; a failed condition raises ConflictError."""
+        """Call a conditional single-item write; a failed condition raises ConflictError.
+
+        The error carries the item as it was (:attr:`ConflictError.current`) when the call
+        asked for it with ``ReturnValuesOnConditionCheckFailure="ALL_OLD"``.
+        """
         with self.errors.errors(what):
             try:
                 return getattr(self.client(), operation)(TableName=self.name, **params)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                    raise ConflictError(what) from exc
+                    item = exc.response.get("Item")
+                    raise ConflictError(what, item if isinstance(item, dict) else None) from exc
                 raise
 
     def batch_write(self, what: str, requests: list[dict[str, Any]]) -> None:

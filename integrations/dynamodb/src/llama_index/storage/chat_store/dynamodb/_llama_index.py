@@ -17,7 +17,13 @@ wrote. On top of that:
   :class:`PayloadTooLargeError` before anything is sent;
 * the expiry is the item's TTL attribute, as LlamaIndex writes it (``ttl_seconds``): every
   change sets it, and with ``refresh_on_read`` a read of a live conversation slides it with a
-  conditional update of that attribute alone (LlamaIndex's reads never do).
+  conditional update of that attribute alone (LlamaIndex's reads never do);
+* every change writes its operation tag (see :class:`Op`) into ``ChatStoreOps``, the list of
+  the item's last 16 changes, in the same conditional write, so a retry of a change whose
+  reply was lost finds it and returns the first attempt's result. Removing a
+  conversation's last message therefore leaves the item with an empty ``History`` (reads
+  and ``get_keys`` skip it; LlamaIndex's store reads it as empty) that expires with the
+  conversation's ttl, or after a day without one, where the table's TTL is enabled.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -41,9 +48,11 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.dynamodb._client import (
     MAX_ITEM_BYTES,
     ConflictError,
+    Op,
     Table,
     Unreadable,
     item_size,
+    recent,
     with_retries,
 )
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
@@ -54,6 +63,8 @@ _HISTORY = "History"
 _EXACT = "ChatStoreExact"
 _VERSION = "ChatStoreVersion"
 _EPOCH = "ChatStoreEpoch"
+_OPS = "ChatStoreOps"
+_TOMBSTONE_SECONDS = 86_400
 
 
 def llama_index_table_definition(table: str, pk: str) -> dict[str, Any]:
@@ -182,6 +193,7 @@ class _Item:
     has_exact: bool = False
     size: int = 0
     epoch: str | None = None
+    ops: list[str] = field(default_factory=list)
 
 
 class LlamaIndexLayout:
@@ -219,6 +231,7 @@ class LlamaIndexLayout:
             has_exact=_EXACT in raw,
             size=item_size(raw),
             epoch=raw.get(_EPOCH, {}).get("S"),
+            ops=[v["S"] for v in raw.get(_OPS, {}).get("L", []) if "S" in v],
         )
 
     def _live(self, item: _Item, now: float) -> list[Any]:
@@ -339,7 +352,28 @@ class LlamaIndexLayout:
                 "(DynamoDBChatStore(...).create_table()) for conversations without a ceiling."
             )
 
-    def _write(self, key: str, item: _Item, messages: Sequence[str], now: float) -> None:
+    def _tombstone(self, key: str, item: _Item, now: float, tag: str) -> None:
+        """Empty the conversation, keeping the item (and its recent operation ids).
+
+        Raises:
+            ConflictError: The item changed since it was read.
+        """
+        e = Expr()
+        seconds = self.t.ttl if self.t.ttl is not None else _TOMBSTONE_SECONDS
+        record = {
+            **self._key(key),
+            _HISTORY: {"L": []},
+            _VERSION: num((item.version or 0) + 1),
+            _EPOCH: text(item.epoch or uuid.uuid4().hex),
+            _OPS: {"L": [text(t) for t in recent(item.ops, tag)]},
+            self.t.ttl_attribute: num(math.ceil(now + seconds)),
+        }
+        self.t.conditional(
+            "delete a conversation", "put_item", Item=record,
+            ConditionExpression=self._guard(e, item), **e.params(),
+        )  # fmt: skip
+
+    def _write(self, key: str, item: _Item, messages: Sequence[str], now: float, tag: str) -> None:
         """Replace the item's conversation with ``messages``, conditioned on what was read.
 
         Raises:
@@ -350,10 +384,7 @@ class LlamaIndexLayout:
         condition = self._guard(e, item)
         if not messages:
             if item.exists:
-                self.t.conditional(
-                    "delete a conversation", "delete_item", Key=self._key(key),
-                    ConditionExpression=condition, **e.params(),
-                )  # fmt: skip
+                self._tombstone(key, item, now, tag)
             return
         history, exact = [], []
         for message in messages:
@@ -365,6 +396,7 @@ class LlamaIndexLayout:
             _HISTORY: {"L": history},
             _VERSION: num((item.version or 0) + 1),
             _EPOCH: text(item.epoch or uuid.uuid4().hex),
+            _OPS: {"L": [text(t) for t in recent(item.ops, tag)]},
         }
         if any("S" in x for x in exact):
             record[_EXACT] = {"L": exact}
@@ -376,13 +408,13 @@ class LlamaIndexLayout:
             ConditionExpression=condition, **e.params(),
         )  # fmt: skip
 
-    def _append(self, key: str, item: _Item, messages: Sequence[str], now: float) -> None:
+    def _append(self, key: str, item: _Item, messages: Sequence[str], now: float, tag: str) -> None:
         """Append with list_append (only the new messages travel), conditioned on the read."""
         e = Expr()
         condition = self._guard(e, item)
         if not item.exists or not self._live(item, now):
             # A new or expired conversation: write the whole item.
-            self._write(key, item, messages, now)
+            self._write(key, item, messages, now, tag)
             return
         maps, exact, added = [], [], 0
         for message in messages:
@@ -395,6 +427,7 @@ class LlamaIndexLayout:
         sets = [
             f"{h} = list_append({h}, {e.v({'L': maps})})",
             f"{e.n(_VERSION)} = {e.v(num((item.version or 0) + 1))}",
+            f"{e.n(_OPS)} = {e.v({'L': [text(t) for t in recent(item.ops, tag)]})}",
         ]
         if item.epoch is None:  # written by LlamaIndex or before items had an epoch
             sets.append(f"{e.n(_EPOCH)} = {e.v(text(uuid.uuid4().hex))}")
@@ -411,28 +444,45 @@ class LlamaIndexLayout:
             ConditionExpression=condition, **e.params(),
         )  # fmt: skip
 
+    def _retried(self, key: str, what: str, attempt: Callable[[Op, _Item], Any]) -> Any:
+        """Run ``attempt(op, item read)`` until it wins the race, retrying lost calls.
+
+        Every attempt reads the item first; one that finds a tag of this call's
+        :class:`Op` there knows an earlier attempt committed (its reply was lost, or
+        botocore resent the write after it landed) and returns that attempt's result.
+        """
+        op = Op()
+
+        def once() -> Any:
+            item = self._read(key)
+            if (won := op.committed(item.ops)) is not None:
+                return op.finish(won)
+            return attempt(op, item)
+
+        return self.t.retried(
+            lambda: with_retries(once, limit=self.t.attempts, what=what, key=key), mutates=True
+        )
+
     def _change(self, key: str, what: str, step: Any) -> Any:
         """Run ``step(item, current texts, now) -> (new list | None, result)`` until it wins."""
 
-        def attempt() -> Any:
+        def attempt(op: Op, item: _Item) -> Any:
             now = time.time()
-            item = self._read(key)
             current = [t for _, t in self._texts(key, item, 0, len(self._live(item, now)))]
             new, result = step(item, current, now)
             if new is not None:
-                self._write(key, item, new, now)
+                self._write(key, item, new, now, op.tag(result))
             return result
 
-        return with_retries(attempt, limit=self.t.attempts, what=what, key=key)
+        return self._retried(key, what, attempt)
 
     def append(self, key: str, messages: Sequence[str]) -> None:
         """Append messages atomically."""
 
-        def attempt() -> None:
-            now = time.time()
-            self._append(key, self._read(key), messages, now)
+        def attempt(op: Op, item: _Item) -> None:
+            self._append(key, item, messages, time.time(), op.tag(None))
 
-        with_retries(attempt, limit=self.t.attempts, what="append messages", key=key)
+        self._retried(key, "append messages", attempt)
 
     def insert(self, key: str, idx: int, message: str) -> None:
         """Insert like ``list.insert``."""
@@ -456,9 +506,8 @@ class LlamaIndexLayout:
         (returned as :class:`Unreadable`) and the messages kept are never rewritten.
         """
 
-        def attempt() -> tuple[range, list[str | Unreadable]]:
+        def attempt(op: Op, item: _Item) -> tuple[range, list[str | Unreadable]]:
             now = time.time()
-            item = self._read(key)
             count = len(self._live(item, now))
             chosen = pick(count)
             if not chosen:
@@ -470,28 +519,25 @@ class LlamaIndexLayout:
                 except CorruptDataError:
                     removed.append(Unreadable(repr(item.history[position]), "not a message map"))
             kept = [i for i in range(count) if i not in chosen]
-            self._write_raw(key, item, kept, now)
+            self._write_raw(key, item, kept, now, op.tag((chosen, removed)))
             return chosen, removed
 
-        result: tuple[range, list[str | Unreadable]] = with_retries(
-            attempt, limit=self.t.attempts, what=what, key=key
-        )
+        result: tuple[range, list[str | Unreadable]] = self._retried(key, what, attempt)
         return result
 
-    def _write_raw(self, key: str, item: _Item, kept: list[int], now: float) -> None:
+    def _write_raw(self, key: str, item: _Item, kept: list[int], now: float, tag: str) -> None:
         """Keep only the stored messages at positions ``kept``, as stored, conditionally."""
         e = Expr()
         condition = self._guard(e, item)
         if not kept:
-            self.t.conditional(
-                "delete a conversation", "delete_item", Key=self._key(key),
-                ConditionExpression=condition, **e.params(),
-            )  # fmt: skip
+            self._tombstone(key, item, now, tag)
             return
         record = {
             **self._key(key),
             _HISTORY: {"L": [item.history[i] for i in kept]},
             _VERSION: num((item.version or 0) + 1),
+            _EPOCH: text(item.epoch or uuid.uuid4().hex),
+            _OPS: {"L": [text(t) for t in recent(item.ops, tag)]},
         }
         exact = [item.exact[i] if i < len(item.exact) else {"NULL": True} for i in kept]
         if any("S" in x for x in exact):

@@ -10,7 +10,11 @@ Table: partition key ``SessionId`` (S), numeric sort key. In a conversation's pa
   ``ChatStoreKey`` (a copy of the key, only while the conversation holds messages: the hash
   key of the sparse index ``get_keys`` scans), the TTL attribute (the conversation's expiry),
   ``Floor`` (no message item expires before it), ``Chunked`` (the generation has held a
-  chunked message) and, during a large append, a lease;
+  chunked message), ``Op0`` .. ``Op15`` (the operation tags of the last 16 changes, the
+  change to version ``V`` in ``Op{V mod 16}``: see :class:`Op`) and, during a large append,
+  a lease. Removing the last message keeps the meta item without ``Gen``, ``First``,
+  ``End`` and ``ChatStoreKey`` (so the tags outlive the conversation), expiring with the
+  ttl or after a day;
 * message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON
   and ``Written`` = the ``Ver`` of the meta that made this content visible;
 * chunk items at negative sort keys holding the rest of messages over one item (``_chunks``).
@@ -50,6 +54,8 @@ the conversation's expiry when there is a ttl.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -76,7 +82,9 @@ from llama_index.storage.chat_store.dynamodb._client import (
     MAX_ITEM_BYTES,
     MAX_TRANSACTION_BYTES,
     MAX_TRANSACTION_ITEMS,
+    RECENT_OPS,
     ConflictError,
+    Op,
     Table,
     Unreadable,
     backoff,
@@ -93,6 +101,10 @@ _MESSAGE = "Message"
 _GEN, _FIRST, _END, _VER, _NEXT = "Gen", "First", "End", "Ver", "NextGen"
 _FLOOR, _LEASE, _LEASE_ID, _CHUNKED = "Floor", "Lease", "LeaseId", "Chunked"
 _WRITTEN, _EPOCH = "Written", "Epoch"
+_OPS = tuple(f"Op{i}" for i in range(RECENT_OPS))
+# Without a ttl, the meta item left by removing a conversation (it keeps the ids of the
+# changes that removed it) expires after a day, by DynamoDB's TTL where it is enabled.
+_TOMBSTONE_SECONDS = 86_400
 _META_SK = 0
 _GEN_SPAN = 10**13
 _SEQ0 = 5 * 10**12
@@ -145,6 +157,7 @@ class _Meta:
     lease: int | None = None
     chunked: bool = False
     epoch: str | None = None
+    ops: tuple[str, ...] = ()
 
     def live(self, now: float) -> bool:
         """Whether the conversation has a generation and has not expired."""
@@ -309,6 +322,7 @@ class NativeLayout:
                 lease=opt(_LEASE),
                 chunked=_CHUNKED in item,
                 epoch=item[_EPOCH]["S"] if _EPOCH in item else None,
+                ops=tuple(item.get(slot, {}).get("S", "") for slot in _OPS),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDataError(
@@ -594,12 +608,17 @@ class NativeLayout:
         return int(now * 1000) if base is None else base + 1
 
     def _meta_action(
-        self, key: str, meta: _Meta, plan: _Plan, now: float, lease_id: str | None = None
-    ) -> tuple[dict[str, Any], _Meta]:
+        self, key: str, meta: _Meta, plan: _Plan, now: float, tag: str,
+        lease_id: str | None = None,
+    ) -> tuple[dict[str, Any], _Meta]:  # fmt: skip
         """Return the transaction action that commits ``plan`` over ``meta``, and the result.
 
         The action asks for the meta item as it is when its condition fails (see
-        :class:`ConflictError`), so a writer that lost learns the winner's state.
+        :class:`ConflictError`), so a writer that lost learns the winner's state, and a
+        writer whose own commit's reply was lost finds its ``tag`` there. The tag goes to
+        the slot ``Op{new Ver mod 16}``: the meta keeps the ids of its last 16 changes.
+        Removing the last message leaves the meta item without a generation (a tombstone
+        keeping the ids) rather than deleting it.
         """
         e = Expr()
         if lease_id is None:
@@ -611,14 +630,18 @@ class NativeLayout:
             )
         target = self._key(key, _META_SK)
         on_failure = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+        ver = (meta.ver or 0) + 1
+        slot = ver % RECENT_OPS
+        ops = list(meta.ops or ("",) * RECENT_OPS)
+        ops[slot] = tag
         if plan.end == plan.first:
-            action = {"Key": target, "ConditionExpression": condition, **on_failure}
-            return {"Delete": {**action, **e.params()}}, _Meta()
+            return self._tombstone_action(key, e, meta, condition, now, slot, tuple(ops))
         sets = [
+            f"{e.n(_OPS[slot])} = {e.v(text(tag))}",
             f"{e.n(_GEN)} = {e.v(num(plan.gen))}",
             f"{e.n(_FIRST)} = {e.v(num(plan.first))}",
             f"{e.n(_END)} = {e.v(num(plan.end))}",
-            f"{e.n(_VER)} = {e.v(num((meta.ver or 0) + 1))}",
+            f"{e.n(_VER)} = {e.v(num(ver))}",
             f"{e.n(_KEY_COPY)} = {e.v(text(key))}",
         ]
         removes = [e.n(_LEASE), e.n(_LEASE_ID)]
@@ -655,10 +678,40 @@ class NativeLayout:
             **on_failure,
         }
         after = _Meta(
-            ver=(meta.ver or 0) + 1, gen=plan.gen, first=plan.first, end=plan.end,
+            ver=ver, gen=plan.gen, first=plan.first, end=plan.end,
             next_gen=plan.gen if plan.new_gen else meta.next_gen, expires=expires,
-            floor=floor, chunked=chunked, epoch=epoch,
+            floor=floor, chunked=chunked, epoch=epoch, ops=tuple(ops),
         )  # fmt: skip
+        return {"Update": {**action, **e.params()}}, after
+
+    def _tombstone_action(
+        self, key: str, e: Expr, meta: _Meta, condition: str, now: float, slot: int,
+        ops: tuple[str, ...],
+    ) -> tuple[dict[str, Any], _Meta]:  # fmt: skip
+        """Return the action that empties the conversation, keeping its meta item's ids.
+
+        The meta item loses its generation, range and key copy (so reads find nothing and
+        ``get_keys`` skips it) and keeps ``Ver``, ``Epoch``, ``NextGen`` and the recent
+        operation ids, with an expiry: the conversation's ttl, else a day.
+        """
+        epoch = meta.epoch or uuid.uuid4().hex
+        seconds = self.t.ttl if self.t.ttl is not None else _TOMBSTONE_SECONDS
+        expires = math.ceil(now + seconds)
+        sets = [
+            f"{e.n(_OPS[slot])} = {e.v(text(ops[slot]))}",
+            f"{e.n(_VER)} = {e.v(num((meta.ver or 0) + 1))}",
+            f"{e.n(_EPOCH)} = {e.v(text(epoch))}",
+            f"{e.n(self.t.ttl_attribute)} = {e.v(num(expires))}",
+        ]
+        gone = (_GEN, _FIRST, _END, _KEY_COPY, _CHUNKED, _FLOOR, _LEASE, _LEASE_ID)
+        action = {
+            "Key": self._key(key, _META_SK),
+            "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(map(e.n, gone))}",
+            "ConditionExpression": condition,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        after = _Meta(ver=(meta.ver or 0) + 1, next_gen=meta.next_gen, expires=expires,
+                      epoch=epoch, ops=ops)  # fmt: skip
         return {"Update": {**action, **e.params()}}, after
 
     def _fresh_floor(self, now: float) -> int:
@@ -735,9 +788,10 @@ class NativeLayout:
         fresh.written = True
 
     def _apply(
-        self, key: str, meta: _Meta, plan: _Plan, now: float, what: str, fresh: Fresh
-    ) -> None:
-        """Commit a plan: one transaction when it fits, else the large-write paths.
+        self, key: str, meta: _Meta, plan: _Plan, now: float, what: str, fresh: Fresh,
+        op: Op, tag: str,
+    ) -> None:  # fmt: skip
+        """Commit a plan tagged ``tag``: one transaction when it fits, else the large paths.
 
         Raises:
             ConflictError: The meta changed since it was read.
@@ -751,7 +805,7 @@ class NativeLayout:
             {"Delete": {"Key": self._key(key, (meta.gen or 0) * _GEN_SPAN + seq)}}
             for seq in plan.deletes
         ]
-        meta_action = self._meta_action(key, meta, plan, now)
+        meta_action = self._meta_action(key, meta, plan, now, tag)
         if fresh.rest and not fresh.written:
             fresh.expires = None if self.t.ttl is None else self.t.expiry(now, 2)
             chunks = [{"Put": {"Item": i}} for i in self._chunk_items(key, fresh)]
@@ -762,11 +816,12 @@ class NativeLayout:
         if _fits(puts, deletes):
             self._commit(key, what, meta_action, [*puts, *deletes])
         elif plan.appends_only:
-            self._leased_append(key, meta, plan, puts, now, what)
+            self._leased_append(key, meta, plan, puts, now, what, tag)
         elif not puts:
             # Only removals: once the meta no longer covers them they are invisible.
+            gen, seqs = meta.gen or 0, plan.deletes
+            op.after(lambda: self._delete_seqs(key, gen, seqs, what))
             self._commit(key, what, meta_action)
-            self._delete_seqs(key, meta.gen or 0, plan.deletes, what)
         else:
             raise _TooLargeError
 
@@ -787,6 +842,7 @@ class NativeLayout:
         puts: list[dict[str, Any]],
         now: float,
         what: str,
+        tag: str,
     ) -> None:
         # More items than one transaction holds. Take a lease on the meta (other writers
         # wait), write the items beyond the visible range, then extend the range and drop the
@@ -798,11 +854,18 @@ class NativeLayout:
             f"{e.n(_LEASE_ID)} = {e.v(text(lease_id))}",
             f"{e.n(_VER)} = {e.v(num((meta.ver or 0) + 1))}",
         ]
-        self.t.conditional(
-            what, "update_item", Key=self._key(key, _META_SK),
-            UpdateExpression=f"SET {', '.join(sets)}",
-            ConditionExpression=self._guard(e, meta, now), **e.params(),
-        )  # fmt: skip
+        try:
+            self.t.conditional(
+                what, "update_item", Key=self._key(key, _META_SK),
+                UpdateExpression=f"SET {', '.join(sets)}",
+                ConditionExpression=self._guard(e, meta, now),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD", **e.params(),
+            )  # fmt: skip
+        except ConflictError as lost:
+            # botocore resent the update after it took the lease: the lease is ours.
+            held = lost.current or {}
+            if held.get(_LEASE_ID) != text(lease_id) or held.get(_VER) != num((meta.ver or 0) + 1):
+                raise
         leased = replace(meta, ver=(meta.ver or 0) + 1)
         written = num((leased.ver or 0) + 1)  # the version the final update commits
         try:
@@ -810,9 +873,9 @@ class NativeLayout:
                 what,
                 [{"PutRequest": {"Item": {**p["Put"]["Item"], _WRITTEN: written}}} for p in puts],
             )
-            self._commit(key, what, self._meta_action(key, leased, plan, now, lease_id))
+            self._commit(key, what, self._meta_action(key, leased, plan, now, tag, lease_id))
         except BaseException:
-            self._release_lease(key, lease_id)
+            self._release_lease(key, lease_id)  # a no-op once the commit took it
             raise
 
     def _release_lease(self, key: str, lease_id: str) -> None:
@@ -838,7 +901,12 @@ class NativeLayout:
         ]
         self.t.batch_write(what, requests)
 
-    def _change(self, key: str, what: str, step: Any, fresh: Fresh | None = None) -> Any:
+    def _retried_change(self, key: str, what: str, step: Any, fresh: Fresh | None = None) -> Any:
+        """Run :meth:`_change` with one :class:`Op`, again after transport failures."""
+        op = Op()
+        return self.t.retried(lambda: self._change(key, what, step, op, fresh), mutates=True)
+
+    def _change(self, key: str, what: str, step: Any, op: Op, fresh: Fresh | None = None) -> Any:
         """Run ``step(meta, now) -> (plan | None, result)`` until its commit wins the race.
 
         The first attempt plans on the meta this store last saw, when that is safe (see
@@ -850,6 +918,11 @@ class NativeLayout:
         ``fresh`` holds the chunks of the messages the change adds; the chunks of messages
         it removes are deleted once it is committed.
 
+        Every commit carries a tag of ``op`` (see :class:`Op`). A meta item that records
+        one, read or returned by a failed condition, means an earlier attempt of this
+        call won (its reply was lost, or botocore resent the commit after it landed): the
+        call then returns that attempt's result instead of changing anything again.
+
         Raises:
             BackendUnavailableError: Every attempt lost a race with other writers.
         """
@@ -860,22 +933,31 @@ class NativeLayout:
             if known is not None and self._plannable(known, now):
                 meta, hinted = known, True
             else:
-                meta, hinted = self._prepare(key, self._read_meta(key), now), False
+                meta, hinted = self._read_meta(key), False
+                if (won := op.committed(meta.ops)) is not None:
+                    return op.finish(won)
+                meta = self._prepare(key, meta, now)
             known = None
             try:
                 plan, result = step(meta, now)
                 if plan is None and hinted:
                     continue  # nothing to do on the remembered state: read the real one
                 if plan is not None:
+                    tag = op.tag(result)
+                    if plan.dropped:
+                        op.after(functools.partial(self._delete_chunks, key, plan.dropped, what))
                     try:
-                        self._apply(key, meta, plan, now, what, adding)
+                        self._apply(key, meta, plan, now, what, adding, op, tag)
                     except _TooLargeError:
-                        self._rewrite(key, meta, plan, now, what)
-                    self._delete_chunks(key, plan.dropped, what)
+                        self._rewrite(key, meta, plan, now, what, op, tag)
+                    return op.finish(op.latest)
                 return result
             except ConflictError as lost:
+                winner = self._winner(key, lost)
+                if winner is not None and (won := op.committed(winner.ops)) is not None:
+                    return op.finish(won)
                 if hinted:
-                    known = self._winner(key, lost)
+                    known = winner
                 else:
                     backoff(attempt)
         raise BackendUnavailableError(
@@ -888,10 +970,11 @@ class NativeLayout:
 
         Its commit is conditioned on ``Ver`` and ``Epoch``, but expiry, floor and lease
         change without a new version: reads slide the expiry, :meth:`_prepare` raises the
-        floor. So only states those cannot mislead qualify: no conversation, or a live,
+        floor. So only states those cannot mislead qualify: no conversation, a removed one
+        (a meta item without a generation: nothing slides or leases it), or a live,
         unleased one whose message items already outlive the expiry a change would set.
         """
-        if meta.ver is None:
+        if meta.ver is None or (meta.gen is None and meta.epoch is not None):
             return True
         if meta.epoch is None or meta.lease is not None or not meta.live(now):
             return False
@@ -923,7 +1006,7 @@ class NativeLayout:
         def step(meta: _Meta, now: float) -> tuple[_Plan, None]:
             return self._append_plan(meta, now, heads), None
 
-        self._change(key, "append messages", step, fresh)
+        self._retried_change(key, "append messages", step, fresh)
 
     def insert(self, key: str, idx: int, message: str) -> None:
         """Insert like ``list.insert``: shift the shorter side of the conversation.
@@ -949,7 +1032,7 @@ class NativeLayout:
             puts[meta.first + pos] = new
             return _Plan(meta.gen, meta.first, meta.end + 1, puts, []), None
 
-        self._change(key, "insert a message", step, fresh)
+        self._retried_change(key, "insert a message", step, fresh)
 
     def _append_plan(self, meta: _Meta, now: float, heads: Sequence[Head]) -> _Plan:
         if meta.live(now):
@@ -1046,7 +1129,9 @@ class NativeLayout:
                 plan = _Plan(meta.gen, meta.first, meta.end - 1, puts, [meta.end - 1])
             return replace(plan, dropped=chunked), (pos, removed)
 
-        result: tuple[int, str | Unreadable] | None = self._change(key, "delete a message", step)
+        result: tuple[int, str | Unreadable] | None = self._retried_change(
+            key, "delete a message", step
+        )
         return result
 
     def delete_oldest(self, key: str, n: int) -> list[str | Unreadable]:
@@ -1062,7 +1147,9 @@ class NativeLayout:
             first = meta.first + k if k < meta.count(now) else meta.end
             return _Plan(meta.gen, first, meta.end, {}, deletes, dropped=dropped), removed
 
-        result: list[str | Unreadable] = self._change(key, "delete the oldest messages", step)
+        result: list[str | Unreadable] = self._retried_change(
+            key, "delete the oldest messages", step
+        )
         return result
 
     def delete_all(self, key: str) -> list[str | Unreadable] | None:
@@ -1077,7 +1164,9 @@ class NativeLayout:
             deletes = list(range(meta.first, meta.end))
             return _Plan(meta.gen, meta.end, meta.end, {}, deletes, dropped=dropped), removed
 
-        result: list[str | Unreadable] | None = self._change(key, "delete a conversation", step)
+        result: list[str | Unreadable] | None = self._retried_change(
+            key, "delete a conversation", step
+        )
         return result
 
     def replace(self, key: str, messages: Sequence[str]) -> None:
@@ -1100,17 +1189,22 @@ class NativeLayout:
             plan = _Plan(gen, _SEQ0, _SEQ0 + len(heads), puts, old, True, True, dropped=dropped)
             return plan, None
 
-        self._change(key, "replace a conversation", step, fresh)
+        self._retried_change(key, "replace a conversation", step, fresh)
 
-    def _rewrite(self, key: str, meta: _Meta, plan: _Plan, now: float, what: str) -> None:
+    def _rewrite(
+        self, key: str, meta: _Meta, plan: _Plan, now: float, what: str, op: Op, tag: str
+    ) -> None:
         """Commit a plan too large for one transaction by writing a whole new generation.
 
         The new generation is reserved on the meta first (so no other writer uses it), its
         items are written while invisible, then the meta flips to it conditionally and the
         old generation is deleted. Chunks stay where they are: the new heads point at them.
 
+        The new items are removed again when the flip is known to have failed; when its
+        outcome is unknown they stay (a retry that finds ``tag`` on the meta uses them).
+
         Raises:
-            ConflictError: The meta changed since it was read (the new items are removed again).
+            ConflictError: The meta changed since it was read.
         """
         if plan.new_gen:
             final = [plan.puts[s] for s in range(plan.first, plan.end)]
@@ -1139,16 +1233,26 @@ class NativeLayout:
             {"PutRequest": {"Item": self._message_item(key, gen, _SEQ0 + i, h, now, flip_ver)}}
             for i, h in enumerate(final)
         ]
+        new_items = range(_SEQ0, _SEQ0 + len(final))
         try:
             self.t.batch_write(what, requests)
-            flip = _Plan(gen, _SEQ0, _SEQ0 + len(final), {}, [], new_gen=False, fresh=True,
-                         chunked=any(h.chunked for h in final))  # fmt: skip
-            self._commit(key, what, self._meta_action(key, reserved, flip, now))
         except BaseException:
-            self._delete_seqs(key, gen, range(_SEQ0, _SEQ0 + len(final)), "clean up")
+            self._delete_seqs(key, gen, new_items, "clean up")
             raise
         if meta.gen is not None:
-            self._delete_seqs(key, meta.gen, range(meta.first, meta.end), what)
+            old_gen, old = meta.gen, range(meta.first, meta.end)
+            op.after(lambda: self._delete_seqs(key, old_gen, old, what))
+        flip = _Plan(gen, _SEQ0, _SEQ0 + len(final), {}, [], new_gen=False, fresh=True,
+                     chunked=any(h.chunked for h in final))  # fmt: skip
+        try:
+            self._commit(key, what, self._meta_action(key, reserved, flip, now, tag))
+        except ConflictError as lost:
+            # Without the item (a transaction conflict) only a read tells whether a resent
+            # flip was ours: the new items are then the conversation.
+            now_meta = self._winner(key, lost) or self._read_meta(key)
+            if op.committed(now_meta.ops) is None:
+                self._delete_seqs(key, gen, new_items, "clean up")
+            raise
 
 
 class _TooLargeError(Exception):

@@ -25,6 +25,7 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.retries import RetryPolicy
 from llama_index.storage.chat_store.core.store import check_window
 from llama_index.storage.chat_store.dynamodb._client import Table, Translator, Unreadable
 from llama_index.storage.chat_store.dynamodb._llama_index import (
@@ -49,7 +50,8 @@ _URL_OPTIONS = {
     "profile": "profile_name", "profile_name": "profile_name", "primary_key": "primary_key",
     "sort_key": "sort_key", "ttl": "ttl", "ttl_seconds": "ttl", "ttl_attribute": "ttl_attribute",
     "refresh_on_read": "refresh_on_read", "layout": "layout", "max_retries": "max_retries",
-    "timeout": "timeout",
+    "timeout": "timeout", "retries": "retries", "retry_backoff": "retry_backoff",
+    "retry_deadline": "retry_deadline",
     "aws_access_key_id": "aws_access_key_id", "aws_secret_access_key": "aws_secret_access_key",
     "aws_session_token": "aws_session_token",
 }  # fmt: skip
@@ -100,6 +102,18 @@ class DynamoDBChatStore(BaseChatStore):
     ``refresh_on_read`` so does every read of a live conversation (both layouts); expired
     conversations are absent from reads at once, while DynamoDB deletes their items later.
 
+    A call that fails on the way (a dropped connection, a timeout, throttling that outlasts
+    botocore's own retries) is retried by the store, up to ``retries`` more times with
+    exponential backoff and jitter (from ``retry_backoff`` seconds, doubling) within
+    ``retry_deadline`` seconds. Every change carries an operation id, made once per call and
+    written in the same conditional write that commits it (the meta item keeps the ids of
+    its conversation's last 16 changes; LlamaIndex's item the same, in ``ChatStoreOps``), so
+    a retry of a change whose reply was lost, by the store or by botocore, applies nothing
+    twice and returns what the first attempt returned (a removal returns the messages it
+    removed). When the retries run out the call raises :class:`BackendUnavailableError`,
+    saying "nothing was applied" when no attempt reached DynamoDB, otherwise "the outcome
+    is unknown" (it was applied once or not at all).
+
     Constructing a store does not connect; the first operation does. Errors: a missing table
     raises :class:`ConfigurationError` naming it; an unreachable endpoint, or throttling that
     outlasts ``max_retries``, :class:`BackendUnavailableError`; rejected credentials
@@ -116,7 +130,8 @@ class DynamoDBChatStore(BaseChatStore):
         botocore_session: A botocore session to build the boto3 session on.
         botocore_config: A botocore ``Config``; replaces the one built from ``max_retries``
             and ``timeout``.
-        max_retries: Retries of throttled or failed requests (botocore's standard mode).
+        max_retries: Attempts botocore makes of each request, throttled or failed (its
+            standard mode).
         timeout: Connect and read timeout in seconds.
         session_kwargs: More ``boto3.Session`` arguments.
         resource_kwargs: More client arguments (``endpoint_url``, ``verify``, ...).
@@ -127,6 +142,10 @@ class DynamoDBChatStore(BaseChatStore):
         endpoint_url: Another endpoint (DynamoDB Local, moto, a VPC endpoint).
         layout: ``"auto"`` (from the table's key schema), ``"native"`` or ``"llama_index"``.
         sort_key: The sort key attribute :meth:`create_table` uses for the recommended table.
+        retries: Times the store tries a failed call again, on top of botocore's attempts
+            (0: never, and no EXACTLY_ONCE).
+        retry_backoff: Seconds before the store's first retry, doubling (jittered).
+        retry_deadline: Seconds after which a failing call stops retrying.
     """
 
     max_key_bytes: ClassVar[int] = 2048
@@ -151,6 +170,9 @@ class DynamoDBChatStore(BaseChatStore):
     endpoint_url: str | None = None
     layout: Layout = "auto"
     sort_key: str = "Seq"
+    retries: int = Field(default=3, ge=0)
+    retry_backoff: float = Field(default=0.05, ge=0)
+    retry_deadline: float = Field(default=10.0, gt=0)
 
     _client: Any = PrivateAttr(default=None)
     _layout: NativeLayout | LlamaIndexLayout | None = PrivateAttr(default=None)
@@ -216,7 +238,8 @@ class DynamoDBChatStore(BaseChatStore):
 
         Query parameters: ``region``, ``endpoint_url``, ``profile``, ``primary_key``,
         ``sort_key``, ``ttl``, ``ttl_attribute``, ``refresh_on_read`` (``true``/``false``),
-        ``layout``, ``max_retries``, ``timeout`` and the ``aws_*`` credentials (else the
+        ``layout``, ``max_retries``, ``timeout``, ``retries``, ``retry_backoff``,
+        ``retry_deadline`` and the ``aws_*`` credentials (else the
         usual AWS environment variables and files). Keyword ``options`` override the URL.
 
         Raises:
@@ -241,10 +264,15 @@ class DynamoDBChatStore(BaseChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """PERSISTENT and SHARED; TTL when ``ttl`` is set. Async runs in worker threads."""
+        """PERSISTENT and SHARED; TTL when ``ttl`` is set; EXACTLY_ONCE when ``retries`` > 0.
+
+        Async runs in worker threads.
+        """
         found = {Capability.PERSISTENT, Capability.SHARED}
         if self.ttl is not None:
             found.add(Capability.TTL)
+        if self.retries > 0:
+            found.add(Capability.EXACTLY_ONCE)
         return frozenset(found)
 
     # -- connection ------------------------------------------------------------------------
@@ -288,6 +316,7 @@ class DynamoDBChatStore(BaseChatStore):
             ttl_attribute=self.ttl_attribute,
             errors=Translator(self.table_name, self._endpoint()),
             refresh_on_read=self.refresh_on_read,
+            policy=RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline),
         )
 
     def _storage(self) -> NativeLayout | LlamaIndexLayout:
@@ -296,8 +325,15 @@ class DynamoDBChatStore(BaseChatStore):
         if layout is not None:
             return layout
         table = self._table()
-        with table.errors.errors("describe the table"):
-            described = self._boto_client().describe_table(TableName=self.table_name)["Table"]
+
+        def describe() -> dict[str, Any]:
+            with table.errors.errors("describe the table"):
+                found: dict[str, Any] = self._boto_client().describe_table(
+                    TableName=self.table_name
+                )["Table"]
+                return found
+
+        described = table.retried(describe, mutates=False)
         keys = {k["KeyType"]: k["AttributeName"] for k in described["KeySchema"]}
         if keys.get("HASH") != self.primary_key:
             raise ConfigurationError(
@@ -405,7 +441,10 @@ class DynamoDBChatStore(BaseChatStore):
         """
         key = self._check_key(key)
         check_window(offset, limit)
-        return self._parse(key, self._storage().get(key, offset, limit))
+        storage = self._storage()
+        return self._parse(
+            key, storage.t.retried(lambda: storage.get(key, offset, limit), mutates=False)
+        )
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages (one small read of the meta item).
@@ -413,7 +452,8 @@ class DynamoDBChatStore(BaseChatStore):
         With ``refresh_on_read`` a live conversation's expiry moves to now + ttl.
         """
         key = self._check_key(key)
-        return self._storage().count(key)
+        storage = self._storage()
+        return storage.t.retried(lambda: storage.count(key), mutates=False)
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys holding unexpired messages, page by page.
