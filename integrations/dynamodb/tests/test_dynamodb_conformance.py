@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
@@ -26,46 +26,34 @@ class _DynamoDBConformance(ChatStoreConformance):
     LAYOUT: ClassVar[str]
 
     @pytest.fixture
-    def store_factory(self, moto: Any) -> Iterator[Callable[[], BaseChatStore]]:
-        # A day-long ttl: the whole suite runs through the expiry bookkeeping, and the TTL
-        # tests run (test_dynamodb_store.py covers stores without ttl).
-        store = moto.store(self.LAYOUT, ttl=86_400)
-        yield moto.factory(store)
-        store.close()
+    def store_factory_for(self, moto: Any) -> Callable[..., Callable[[], BaseChatStore]]:
+        made: dict[str, Callable[[], BaseChatStore]] = {}
+
+        def factory_for(
+            name: str, *, address: tuple[str, int] | None = None, **options: Any
+        ) -> Callable[[], BaseChatStore]:
+            if name not in made:  # a table per name, created once
+                # A day-long ttl by default: the whole suite runs through the expiry
+                # bookkeeping (test_dynamodb_store.py covers stores without ttl).
+                store = moto.store(self.LAYOUT, table_name=f"chat-{name}", ttl=86_400)
+                made[name] = moto.factory(store)
+                store.close()
+            if address is not None:
+                options["endpoint_url"] = url_at(moto.url, *address)
+            return functools.partial(made[name], **options)
+
+        return factory_for
 
     @pytest.fixture
     def server_address(self, moto: Any) -> tuple[str, int]:
         return address_of(moto.url, 80)
 
     @pytest.fixture
-    def store_factory_at(
-        self, moto: Any, store_factory: Callable[[], BaseChatStore]
-    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
-        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
-            return functools.partial(store_factory, endpoint_url=url_at(moto.url, host, port))
-
-        return at
-
-    @pytest.fixture
-    def other_store(self, moto: Any) -> Iterator[BaseChatStore]:
-        store = moto.store(self.LAYOUT)
-        yield store
-        store.close()
-
-    @pytest.fixture
-    def unreachable_store(self, moto: Any) -> BaseChatStore:
+    def unreachable_store(self, moto: Any) -> BaseChatStore:  # quick to give up
         return DynamoDBChatStore(
             table_name="chat", endpoint_url=f"http://127.0.0.1:{free_port()}",
             layout=self.LAYOUT, max_retries=1, timeout=2, **moto.credentials,
         )  # fmt: skip
-
-    @pytest.fixture
-    def ttl_store_factory(self, moto: Any) -> Callable[..., BaseChatStore]:
-        def make(seconds: int, **options: Any) -> BaseChatStore:
-            store: BaseChatStore = moto.store(self.LAYOUT, ttl=seconds, **options)
-            return store
-
-        return make
 
     @pytest.fixture
     def secrets(self, moto: Any) -> dict[str, str]:

@@ -21,26 +21,25 @@ class TestTablestoreNativeConformance(ChatStoreConformance, SharedWriterTests):
     layout = "native"
 
     @pytest.fixture
-    def store_factory(self, new_store: Callable[..., Any]) -> Callable[[], BaseChatStore]:
-        return new_store(layout=self.layout)  # type: ignore[no-any-return]
+    def store_factory_for(
+        self, new_store: Callable[..., Any]
+    ) -> Callable[..., Callable[[], BaseChatStore]]:
+        made: dict[str, functools.partial[TablestoreChatStore]] = {}
+
+        def factory_for(
+            name: str, *, address: tuple[str, int] | None = None, **options: Any
+        ) -> Callable[[], BaseChatStore]:
+            if name not in made:  # a table per name, created once, dropped after the test
+                made[name] = new_store(layout=self.layout)
+            if address is not None:
+                options["endpoint"] = url_at(made[name].keywords["endpoint"], *address)
+            return functools.partial(made[name], **options)
+
+        return factory_for
 
     @pytest.fixture
     def server_address(self, tablestore_connection: TablestoreConnection) -> tuple[str, int]:
         return address_of(tablestore_connection.endpoint, 443)
-
-    @pytest.fixture
-    def store_factory_at(
-        self, store_factory: functools.partial[TablestoreChatStore]
-    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
-        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
-            endpoint = url_at(store_factory.keywords["endpoint"], host, port)
-            return functools.partial(store_factory, endpoint=endpoint)
-
-        return at
-
-    @pytest.fixture
-    def other_store(self, new_store: Callable[..., Any]) -> BaseChatStore:
-        return new_store(layout=self.layout)()  # type: ignore[no-any-return]
 
     @pytest.fixture
     def unreachable_store(self, tablestore_connection: TablestoreConnection) -> BaseChatStore:
