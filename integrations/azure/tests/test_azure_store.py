@@ -96,7 +96,7 @@ def test_server_stopped_mid_run_then_back() -> None:
     try:
         store = AzureChatStore.from_connection_string(
             azurite_connection_string(azurite_endpoint(server.port)),
-            chat_table_name="Faults", retry_total=0, timeout=3,
+            chat_table_name="Faults", retries=0, timeout=3,
         )  # fmt: skip
         store.add_message("k", ChatMessage(content="before"))
         server.stop()
@@ -246,7 +246,10 @@ def _requests(store: AzureChatStore, plan: Plan[Any]) -> tuple[Any, int]:
         sent += 1
         return store._sync_client(table)
 
-    return run_sync(plan, client_for, store._where, store._ensure_tables), sent
+    policy = store._retry_policy
+    return run_sync(
+        plan, client_for, store._where, store._ensure_tables, policy, mutates=True
+    ), sent
 
 
 def _append(store: AzureChatStore) -> int:
