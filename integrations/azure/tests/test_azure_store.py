@@ -19,6 +19,7 @@ from llama_index.storage.chat_store.azure._io import Plan, run_sync
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
+    Capability,
     ChatMessage,
     ConfigurationError,
     PayloadTooLargeError,
@@ -198,6 +199,22 @@ def test_from_url_with_key_and_from_environment(
     from_env = AzureChatStore.from_url(f"azuretable:///{table}?layout=native")
     assert [m.content for m in from_env.get_messages("k")] == ["via url"]
     assert AZURITE_KEY not in repr(from_env) + from_env.model_dump_json()
+
+
+def test_retry_options_from_url_and_the_capability_they_give() -> None:
+    """retries, retry_backoff, retry_deadline come from the URL; retries=0 drops EXACTLY_ONCE.
+
+    If this fails: from_url no longer converts them, or the capability ignores ``retries``.
+    """
+    base = "azuretable://acct/Chats?account_key=a2V5"
+    store = AzureChatStore.from_url(f"{base}&retries=5&retry_backoff=0.5&retry_deadline=3")
+    assert (store.retries, store.retry_backoff, store.retry_deadline) == (5, 0.5, 3.0)
+    assert Capability.EXACTLY_ONCE in store.capabilities
+    assert Capability.EXACTLY_ONCE not in AzureChatStore.from_url(f"{base}&retries=0").capabilities
+    legacy = AzureChatStore.from_url(f"{base}&layout=llama_index")
+    assert Capability.EXACTLY_ONCE not in legacy.capabilities
+    with pytest.raises(ValueError, match="retries"):
+        AzureChatStore.from_url(f"{base}&retries=-1")
 
 
 def test_core_registry_builds_the_store(azurite_table_endpoint: str, table: str) -> None:

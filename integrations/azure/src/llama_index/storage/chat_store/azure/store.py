@@ -87,7 +87,16 @@ class AzureChatStore(BaseChatStore):
     ``AzureChatStore`` tables (chat table + ``ChatMetadata``), sanitizing table names
     by LlamaIndex's rules.
 
-    Raises (from any operation): ``BackendUnavailableError`` (service unreachable),
+    A request that fails for want of the service is sent again by the store (``retries``,
+    ``retry_backoff``, ``retry_deadline``; azure-core's own retries are off on every
+    request). In the native layout every change carries an operation id that the meta
+    entity records with the change, so a change resent after a lost reply applies once and
+    returns what it returned then (``Capability.EXACTLY_ONCE``); LlamaIndex's layout applies
+    it at most once and raises ``BackendUnavailableError`` (outcome unknown) when it cannot
+    tell.
+
+    Raises (from any operation): ``BackendUnavailableError`` (service unreachable after the
+    retries; its message says whether a change was applied, or that the outcome is unknown),
     ``AuthenticationError`` (credentials rejected), ``CorruptDataError`` (stored entity
     unreadable; names key and position), ``PayloadTooLargeError`` (a message beyond
     the 1 MiB entity limit; raised before anything is written).
@@ -346,8 +355,9 @@ class AzureChatStore(BaseChatStore):
 
         Query parameters: ``endpoint``, ``account_key``, ``connection_string``,
         ``sas_token``, ``metadata_table``, ``metadata_partition_key``, ``service_mode``,
-        ``layout``. Without a secret in the URL or ``options``, the usual variables
-        are read: ``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_KEY`` (or
+        ``layout``, ``retries``, ``retry_backoff``, ``retry_deadline``. Without a secret
+        in the URL or ``options``, the usual variables are read:
+        ``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_KEY`` (or
         ``AZURE_STORAGE_ACCOUNT_KEY``), ``AZURE_STORAGE_SAS_TOKEN``; else Entra ID.
         """
         parts = urlsplit(url)
