@@ -144,6 +144,22 @@ def test_the_sdk_never_resends_a_change(
     assert direct.count_messages(KEY) == 3
 
 
+def _during_resend_wait(
+    proxy: FaultProxy, call: Callable[[], Any], meanwhile: Callable[[], object]
+) -> list[Any]:
+    """Run ``call`` with its transaction's reply lost; ``meanwhile()`` before it is resent."""
+    fault = proxy.inject(FaultKind.DROP_REPLY, match=TRANSACTION)
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(call()))
+    worker.start()
+    while not fault.fired and worker.is_alive():
+        time.sleep(0.01)
+    meanwhile()
+    worker.join()
+    assert fault.seen == 2  # the lost attempt and one resend
+    return outcome
+
+
 @pytest.mark.parametrize("between", [3, OP_RECORD + 1])
 def test_a_resend_after_other_changes_finds_its_own_commit_or_says_unknown(
     make_proxied: Callable[..., tuple[AzureChatStore, AzureChatStore, FaultProxy]],
@@ -159,31 +175,50 @@ def test_a_resend_after_other_changes_finds_its_own_commit_or_says_unknown(
     """
     store, direct, proxy = make_proxied(retry_backoff=4.0)
     store.set_messages(KEY, numbered(2))
-    fault = proxy.inject(FaultKind.DROP_REPLY, match=TRANSACTION)
-    outcome: list[BaseException | None] = []
 
-    def append() -> None:
+    def append() -> BackendUnavailableError | None:
         try:
             store.add_message(KEY, ChatMessage(content="mine"))
-            outcome.append(None)
         except BackendUnavailableError as exc:
-            outcome.append(exc)
+            return exc
+        return None
 
-    worker = threading.Thread(target=append)
-    worker.start()
-    while not fault.fired and worker.is_alive():
-        time.sleep(0.01)
-    for i in range(between):  # while the store waits to resend (2-4 s)
-        direct.add_message(KEY, ChatMessage(content=f"other{i}"))
-    worker.join()
+    def others() -> None:  # while the store waits to resend (2-4 s)
+        for i in range(between):
+            direct.add_message(KEY, ChatMessage(content=f"other{i}"))
+
+    outcome = _during_resend_wait(proxy, append, others)
     texts = [m.content for m in direct.get_messages(KEY)]
     assert texts.count("mine") == 1, texts
-    assert fault.seen == 2  # the lost attempt and one resend
     if between < OP_RECORD:
         assert outcome == [None]
     else:
         assert isinstance(outcome[0], BackendUnavailableError)
         assert "outcome is unknown" in str(outcome[0])
+
+
+@pytest.mark.parametrize("removal", ["delete_messages", "delete_last_message"])
+def test_an_emptying_removal_resent_after_a_refill_leaves_the_key_listed(
+    make_proxied: Callable[..., tuple[AzureChatStore, AzureChatStore, FaultProxy]],
+    removal: str,
+) -> None:
+    """A removal that emptied the conversation, its reply lost, unlists it only if still empty.
+
+    Another store refills the conversation before the resend; the resend finds its own commit
+    in the record and returns what it removed, but the key now holds a message and stays in
+    get_keys. If this fails: the removal unlists on the meta read after the resend.
+    """
+    store, direct, proxy = make_proxied(retry_backoff=4.0)
+    store.set_messages(KEY, numbered(1))
+    outcome = _during_resend_wait(
+        proxy,
+        lambda: getattr(store, removal)(KEY),
+        lambda: direct.set_messages(KEY, [ChatMessage(content="refill")]),
+    )
+    removed = outcome[0] if removal == "delete_last_message" else outcome[0][0]
+    assert removed.content == "m0"
+    assert [m.content for m in direct.get_messages(KEY)] == ["refill"]
+    assert direct.get_keys() == [KEY]
 
 
 def test_llama_index_layout_resend_raises_instead_of_appending_twice(

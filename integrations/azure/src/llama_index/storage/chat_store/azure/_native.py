@@ -410,7 +410,12 @@ class NativeLayout:
         yield Put(self.table, {"PartitionKey": KEYS_PARTITION, "RowKey": meta.pk, "Key": meta.key})
 
     def _finish_removal(self, after: Meta) -> Plan[None]:
-        """Unlist the conversation if the removal that produced ``after`` emptied it."""
+        """Unlist the conversation if it is empty at ``after``.
+
+        ``after`` is the meta the removal committed, or, when a resent commit found its own
+        in the record, the meta read then: writers may have refilled the conversation
+        since, and their listing must stay.
+        """
         if after.count == 0:
             yield from self._unlist(after)
 
@@ -626,7 +631,7 @@ class NativeLayout:
                 rows = [row for row in span if row is not None]
                 emptied = yield from self._empty(meta, rows, op)
                 if emptied is not None:
-                    yield from self._unlist(emptied)
+                    yield from self._finish_removal(emptied)
                     return taken(items, self.table)
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
@@ -651,7 +656,7 @@ class NativeLayout:
                 rows = [row for row in span if row is not None]
                 emptied = yield from self._empty(meta, rows, op)
                 if emptied is not None:
-                    yield from self._unlist(emptied)
+                    yield from self._finish_removal(emptied)
                     return
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
