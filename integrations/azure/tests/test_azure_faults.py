@@ -5,6 +5,7 @@ A fault proxy (the testing package's) sits between the store and a real Azurite.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -17,13 +18,19 @@ from azure.data.tables import TableServiceClient
 
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._native import OP_RECORD
-from llama_index.storage.chat_store.core import BackendUnavailableError, Capability, ChatMessage
+from llama_index.storage.chat_store.core import (
+    BackendUnavailableError,
+    Capability,
+    ChatMessage,
+    NotSentError,
+)
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.samples import numbered
 from llama_index.storage.chat_store.testing.services import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     azurite_connection_string,
+    free_port,
 )
 
 KEY = "conv"
@@ -142,6 +149,63 @@ def test_the_sdk_never_resends_a_change(
     assert fault.seen == 1
     assert [m.content for m in direct.get_messages(KEY)][-1:] == ["once"]
     assert direct.count_messages(KEY) == 3
+
+
+def test_a_lost_reply_is_an_unknown_outcome_in_both_apis(
+    make_proxied: Callable[..., tuple[AzureChatStore, AzureChatStore, FaultProxy]],
+) -> None:
+    """Sync and async: a dropped reply is "outcome unknown", never NotSentError.
+
+    azure-core's aiohttp transport raises ServiceRequestError ("not sent") also for a
+    connection the server closed after the request went out. If this fails: the store takes
+    that for a request never sent and would say "nothing was applied" of an applied change.
+    """
+    store, direct, proxy = make_proxied(retries=0)
+    store.set_messages(KEY, numbered(1))
+
+    async def append_async() -> None:
+        try:
+            await store.aadd_message(KEY, ChatMessage(content="async"))
+        finally:
+            await store.aclose()
+
+    for call in (
+        lambda: store.add_message(KEY, ChatMessage(content="sync")),
+        lambda: asyncio.run(append_async()),
+    ):
+        proxy.inject(FaultKind.DROP_REPLY, match=TRANSACTION)
+        with pytest.raises(BackendUnavailableError, match="outcome is unknown") as raised:
+            call()
+        assert not isinstance(raised.value, NotSentError)
+        proxy.clear()
+        store.count_messages(KEY)  # the store learns the meta its lost commit wrote
+    assert [m.content for m in direct.get_messages(KEY)] == ["m0", "sync", "async"]
+
+
+def test_a_change_whose_connection_is_refused_applied_nothing() -> None:
+    """Sync and async: a change that could not connect raises NotSentError "nothing applied".
+
+    If this fails: a refused connection is taken for an unknown outcome, or the first write
+    of a call counts as sent before it was.
+    """
+    store = AzureChatStore.from_account_and_key(
+        AZURITE_ACCOUNT, AZURITE_KEY, endpoint=f"http://127.0.0.1:{free_port()}/devstoreaccount1",
+        chat_table_name="Refused", retries=1, retry_backoff=0.01,
+    )  # fmt: skip
+    store._tables_ready = True  # as after a first call: the change's own requests are refused
+
+    async def append_async() -> None:
+        try:
+            await store.aadd_message(KEY, ChatMessage(content="never"))
+        finally:
+            await store.aclose()
+
+    for call in (
+        lambda: store.add_message(KEY, ChatMessage(content="never")),
+        lambda: asyncio.run(append_async()),
+    ):
+        with pytest.raises(NotSentError, match="nothing was applied"):
+            call()
 
 
 def _during_resend_wait(

@@ -403,10 +403,13 @@ class _Run:
         self.mutates = mutates
         self.sent_write = False  # a write of this call may have been applied
 
-    def sending(self, op: Request) -> _Sending:
+    def sending(self) -> _Sending:
+        return _Sending(self.where)
+
+    def sent(self, op: Request) -> None:
+        """Note that ``op`` may have reached the service (it did not fail unsent)."""
         if isinstance(op, _WRITES):
             self.sent_write = True
-        return _Sending(self.where)
 
     def gave_up(self, exc: BackendUnavailableError) -> BackendUnavailableError:
         """The error of a call whose request ran out of attempts.
@@ -471,7 +474,7 @@ def run_sync(
 def _send_sync(
     client_for: Callable[[str], TableClient], op: Request, run: _Run, policy: RetryPolicy
 ) -> Any:
-    sending = run.sending(op)
+    sending = run.sending()
 
     def attempt() -> Any:
         try:
@@ -482,7 +485,15 @@ def _send_sync(
                 raise
             raise translated from exc
 
-    return call_with_retries(attempt, policy, mutates=run.mutates)
+    try:
+        result = call_with_retries(attempt, policy, mutates=run.mutates)
+    except NotSentError:  # no attempt of it left the client
+        raise
+    except BaseException:
+        run.sent(op)
+        raise
+    run.sent(op)
+    return result
 
 
 # -- async -------------------------------------------------------------------------------
@@ -575,7 +586,7 @@ async def run_async(
 async def _send_async(
     client_for: Callable[[str], AsyncTableClient], op: Request, run: _Run, policy: RetryPolicy
 ) -> Any:
-    sending = run.sending(op)
+    sending = run.sending()
 
     async def attempt() -> Any:
         try:
@@ -586,7 +597,15 @@ async def _send_async(
                 raise
             raise translated from exc
 
-    return await acall_with_retries(attempt, policy, mutates=run.mutates)
+    try:
+        result = await acall_with_retries(attempt, policy, mutates=run.mutates)
+    except NotSentError:  # no attempt of it left the client
+        raise
+    except BaseException:
+        run.sent(op)
+        raise
+    run.sent(op)
+    return result
 
 
 # -- async clients, one set per event loop -------------------------------------------------
