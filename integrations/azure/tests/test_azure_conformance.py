@@ -13,6 +13,7 @@ from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._codec import encode_key
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, PayloadTooLargeError
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -53,6 +54,26 @@ class TestAzureNativeConformance(ChatStoreConformance, SharedWriterTests):
         )
 
     @pytest.fixture
+    def server_address(self, azurite_table_endpoint: str) -> tuple[str, int]:
+        return address_of(azurite_table_endpoint, 10002)
+
+    @pytest.fixture
+    def store_factory_at(
+        self, azurite_table_endpoint: str, table: str
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            return functools.partial(
+                AzureChatStore.from_account_and_key,
+                AZURITE_ACCOUNT,
+                AZURITE_KEY,
+                endpoint=url_at(azurite_table_endpoint, host, port),
+                chat_table_name=table,
+                layout=self.layout,
+            )
+
+        return at
+
+    @pytest.fixture
     def other_store(self, azurite_table_endpoint: str) -> Iterator[BaseChatStore]:
         table = new_table()
         store = AzureChatStore.from_account_and_key(
@@ -67,7 +88,7 @@ class TestAzureNativeConformance(ChatStoreConformance, SharedWriterTests):
     def unreachable_store(self) -> BaseChatStore:
         return AzureChatStore.from_account_and_key(
             AZURITE_ACCOUNT, AZURITE_KEY, endpoint=f"http://127.0.0.1:{free_port()}/devstoreaccount1",
-            chat_table_name="Unreachable", layout=self.layout, retry_total=0, timeout=2,
+            chat_table_name="Unreachable", layout=self.layout, retries=0, timeout=2,
         )  # fmt: skip
 
     @pytest.fixture

@@ -19,6 +19,7 @@ from llama_index.storage.chat_store.azure._io import Plan, run_sync
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
+    Capability,
     ChatMessage,
     ConfigurationError,
     PayloadTooLargeError,
@@ -96,7 +97,7 @@ def test_server_stopped_mid_run_then_back() -> None:
     try:
         store = AzureChatStore.from_connection_string(
             azurite_connection_string(azurite_endpoint(server.port)),
-            chat_table_name="Faults", retry_total=0, timeout=3,
+            chat_table_name="Faults", retries=0, timeout=3,
         )  # fmt: skip
         store.add_message("k", ChatMessage(content="before"))
         server.stop()
@@ -200,6 +201,22 @@ def test_from_url_with_key_and_from_environment(
     assert AZURITE_KEY not in repr(from_env) + from_env.model_dump_json()
 
 
+def test_retry_options_from_url_and_the_capability_they_give() -> None:
+    """retries, retry_backoff, retry_deadline come from the URL; retries=0 drops EXACTLY_ONCE.
+
+    If this fails: from_url no longer converts them, or the capability ignores ``retries``.
+    """
+    base = "azuretable://acct/Chats?account_key=a2V5"
+    store = AzureChatStore.from_url(f"{base}&retries=5&retry_backoff=0.5&retry_deadline=3")
+    assert (store.retries, store.retry_backoff, store.retry_deadline) == (5, 0.5, 3.0)
+    assert Capability.EXACTLY_ONCE in store.capabilities
+    assert Capability.EXACTLY_ONCE not in AzureChatStore.from_url(f"{base}&retries=0").capabilities
+    legacy = AzureChatStore.from_url(f"{base}&layout=llama_index")
+    assert Capability.EXACTLY_ONCE not in legacy.capabilities
+    with pytest.raises(ValueError, match="retries"):
+        AzureChatStore.from_url(f"{base}&retries=-1")
+
+
 def test_core_registry_builds_the_store(azurite_table_endpoint: str, table: str) -> None:
     url = f"azuretable://{AZURITE_ACCOUNT}/{table}?endpoint={azurite_table_endpoint}"
     store = chat_store_from_url(url, account_key=AZURITE_KEY)
@@ -246,7 +263,10 @@ def _requests(store: AzureChatStore, plan: Plan[Any]) -> tuple[Any, int]:
         sent += 1
         return store._sync_client(table)
 
-    return run_sync(plan, client_for, store._where, store._ensure_tables), sent
+    policy = store._retry_policy
+    return run_sync(
+        plan, client_for, store._where, store._ensure_tables, policy, mutates=True
+    ), sent
 
 
 def _append(store: AzureChatStore) -> int:

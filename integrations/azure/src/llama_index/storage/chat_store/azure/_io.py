@@ -9,6 +9,14 @@ logic is shared, only the I/O call differs, and no event loop hides in a sync ca
 A failed optimistic-concurrency condition (HTTP 409/412, or 404 on a conditional
 write) is thrown into the generator as :class:`ConflictError` so it can re-read and retry;
 every other failure becomes one of core's errors with the driver error chained.
+
+A request that fails for want of the service (a dropped connection, a timeout, a 5xx) is
+sent again by the driver, through core's ``call_with_retries``; azure-core's own retries
+are off for every request (``retry_total=0``, also on clients the caller hands in). A
+resent write is safe because every write is idempotent or conditional: when a conditional
+write whose earlier attempt had an unknown outcome fails its condition, the
+:class:`ConflictError` says so (``unsure``), and the plan asks the data whether its own
+operation committed.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
+import aiohttp
+import urllib3.exceptions
+
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -28,6 +39,7 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
+    ServiceRequestTimeoutError,
     ServiceResponseError,
 )
 from azure.data.tables import EntityProperty, TableClient, UpdateMode
@@ -41,10 +53,17 @@ from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
     ChatStoreError,
+    NotSentError,
     PayloadTooLargeError,
+)
+from llama_index.storage.chat_store.core.retries import (
+    RetryPolicy,
+    acall_with_retries,
+    call_with_retries,
 )
 
 __all__ = [
+    "NO_SDK_RETRIES",
     "Action",
     "Batch",
     "ConflictError",
@@ -134,7 +153,8 @@ class Remove:
     etag: str | None = None
 
 
-Op = Get | Query | Batch | Put | Remove | Sleep
+Request = Get | Query | Batch | Put | Remove
+Op = Request | Sleep
 Action = tuple[str, dict[str, Any], str | None]
 """A transaction operation: ``(verb, entity, etag or None)``.
 
@@ -174,11 +194,17 @@ def chunks(actions: Sequence[Action]) -> list[list[Action]]:
 
 
 class ConflictError(Exception):
-    """An optimistic-concurrency condition failed (409, 412, or 404 on a conditional write)."""
+    """An optimistic-concurrency condition failed (409, 412, or 404 on a conditional write).
 
-    def __init__(self, status: int | None) -> None:
+    ``unsure``: an earlier attempt of the same request had an unknown outcome, so the
+    condition may have failed on that attempt's own effect. Otherwise the request was
+    applied by no attempt.
+    """
+
+    def __init__(self, status: int | None, *, unsure: bool = False) -> None:
         super().__init__(f"condition failed ({status})")
         self.status = status
+        self.unsure = unsure
 
 
 class TableMissingError(Exception):
@@ -217,8 +243,41 @@ def _release(pages: Any) -> Any:
     return token
 
 
+# What proves that a request never left: the connection to send it on was never opened.
+_CONNECT_FAILURES = (
+    aiohttp.ClientConnectorError,
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ConnectTimeoutError,
+    ServiceRequestTimeoutError,
+)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a transport failure happened before the request could be sent.
+
+    azure-core raises ServiceRequestError for a request it could not send, but its aiohttp
+    transport also raises it for a connection the server closed after the request went
+    out (aiohttp's ServerDisconnectedError): only a connection that never opened counts.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, _CONNECT_FAILURES):
+            return True
+        linked = (getattr(error, "inner_exception", None), getattr(error, "reason", None),
+                  error.__cause__, error.__context__, *error.args)  # fmt: skip
+        todo += [e for e in linked if isinstance(e, BaseException)]
+    return False
+
+
 def _translate(exc: Exception, where: str) -> Exception:
     """Map an SDK exception to :class:`ConflictError` or one of core's errors."""
+    if isinstance(exc, ServiceRequestError) and _never_sent(exc):
+        return NotSentError(f"Azure Table service at {where} is unreachable: {exc}")
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
         return BackendUnavailableError(f"Azure Table service at {where} is unreachable: {exc}")
     if isinstance(exc, ClientAuthenticationError):
@@ -273,11 +332,16 @@ def _conditional_delete(op: Remove) -> list[Any]:
 
 # -- sync --------------------------------------------------------------------------------
 
+# On every request: azure-core's RetryPolicy would resend a write with no check of what its
+# lost attempt did. The driver retries instead (see the module docstring).
+NO_SDK_RETRIES: dict[str, Any] = {"retry_total": 0}
+_WRITES = (Batch, Put, Remove)
 
-def _exec_sync(client: TableClient, op: Op) -> Any:
+
+def _exec_sync(client: TableClient, op: Request) -> Any:
     if isinstance(op, Get):
         try:
-            entity = client.get_entity(op.pk, op.rk)
+            entity = client.get_entity(op.pk, op.rk, **NO_SDK_RETRIES)
         except ResourceNotFoundError as exc:
             if "TableNotFound" in str(getattr(exc, "error_code", "")):
                 raise
@@ -289,26 +353,79 @@ def _exec_sync(client: TableClient, op: Op) -> Any:
             parameters=dict(op.params),
             select=list(op.select) if op.select else None,
             results_per_page=op.page_size,
+            **NO_SDK_RETRIES,
         ).by_page(continuation_token=op.token)
         rows = [_row(e, op) for e in next(pages, [])]
         return rows, _release(pages)
     if isinstance(op, Batch):
-        results = client.submit_transaction(_batch_actions(op))
+        results = client.submit_transaction(_batch_actions(op), **NO_SDK_RETRIES)
         return [str(r.get("etag", "")) for r in results]
     if isinstance(op, Put):
         if op.verb == "create":
-            result = client.create_entity(op.entity)
+            result = client.create_entity(op.entity, **NO_SDK_RETRIES)
         elif op.verb == "upsert":
-            result = client.upsert_entity(op.entity, mode=UpdateMode.REPLACE)
+            result = client.upsert_entity(op.entity, mode=UpdateMode.REPLACE, **NO_SDK_RETRIES)
         else:
-            result = client.update_entity(op.entity, mode=UpdateMode.REPLACE, **_condition(op.etag))
+            result = client.update_entity(
+                op.entity, mode=UpdateMode.REPLACE, **_condition(op.etag), **NO_SDK_RETRIES
+            )
         return str(result.get("etag", ""))
     assert isinstance(op, Remove)
     if op.etag is None:
-        client.delete_entity(op.pk, op.rk)
+        client.delete_entity(op.pk, op.rk, **NO_SDK_RETRIES)
     else:
-        client.submit_transaction(_conditional_delete(op))
+        client.submit_transaction(_conditional_delete(op), **NO_SDK_RETRIES)
     return None
+
+
+class _Sending:
+    """One request's attempts: translates failures and remembers an unknown outcome."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.unsure = False
+
+    def failure(self, exc: Exception) -> Exception:
+        """Return what ``exc`` means (raise it ``from exc``); a retryable one is core's."""
+        translated = _translate(exc, self.where)
+        if isinstance(translated, BackendUnavailableError):
+            self.unsure = self.unsure or not isinstance(translated, NotSentError)
+        elif isinstance(translated, ConflictError):
+            translated.unsure = self.unsure
+        return translated
+
+
+class _Run:
+    """The state of one plan's run shared by the sync and async drivers."""
+
+    def __init__(self, where: str, mutates: bool) -> None:
+        self.where = where
+        self.mutates = mutates
+        self.sent_write = False  # a write of this call may have been applied
+
+    def sending(self) -> _Sending:
+        return _Sending(self.where)
+
+    def sent(self, op: Request) -> None:
+        """Note that ``op`` may have reached the service (it did not fail unsent)."""
+        if isinstance(op, _WRITES):
+            self.sent_write = True
+
+    def gave_up(self, exc: BackendUnavailableError) -> BackendUnavailableError:
+        """The error of a call whose request ran out of attempts.
+
+        A request never sent says nothing of the writes this call made before it.
+        """
+        if self.mutates and self.sent_write and isinstance(exc, NotSentError):
+            return BackendUnavailableError(
+                f"{exc}; but an earlier request of this change reached the service: the "
+                "outcome is unknown (the change was applied once or not at all, read the "
+                "conversation to know)"
+            )
+        return exc
+
+    def missing(self, op: Request) -> ChatStoreError:
+        return ChatStoreError(f"table {op.table!r} is missing at {self.where}")
 
 
 def run_sync(
@@ -316,9 +433,17 @@ def run_sync(
     client_for: Callable[[str], TableClient],
     where: str,
     ensure: Callable[..., None],
+    policy: RetryPolicy,
+    *,
+    mutates: bool,
 ) -> _T:
-    """Run a plan with the sync client; ``ensure`` creates the tables (once per store)."""
-    ensure()
+    """Run a plan with the sync client; ``ensure`` creates the tables (once per store).
+
+    ``mutates``: the plan changes data (only then does a final error speak of what was
+    applied).
+    """
+    run = _Run(where, mutates)
+    call_with_retries(ensure, policy, mutates=False)
     result: Any = None
     error: Exception | None = None
     while True:
@@ -333,30 +458,51 @@ def run_sync(
             continue
         for attempt in range(2):
             try:
-                result = _exec_sync(client_for(op.table), op)
+                result = _send_sync(client_for, op, run, policy)
                 break
-            except Exception as exc:
-                translated = _translate(exc, where)
-                if isinstance(translated, TableMissingError) and attempt == 0:
-                    ensure(force=True)
-                    continue
-                if isinstance(translated, ConflictError):
-                    error = translated
-                    break
-                if translated is exc:
-                    raise
-                if isinstance(translated, TableMissingError):
-                    raise ChatStoreError(f"table {op.table!r} is missing at {where}") from exc
-                raise translated from exc
+            except ConflictError as exc:
+                error = exc
+                break
+            except TableMissingError as exc:
+                if attempt == 1:
+                    raise run.missing(op) from exc
+                call_with_retries(lambda: ensure(force=True), policy, mutates=False)
+            except BackendUnavailableError as exc:
+                raise run.gave_up(exc) from exc
+
+
+def _send_sync(
+    client_for: Callable[[str], TableClient], op: Request, run: _Run, policy: RetryPolicy
+) -> Any:
+    sending = run.sending()
+
+    def attempt() -> Any:
+        try:
+            return _exec_sync(client_for(op.table), op)
+        except Exception as exc:
+            translated = sending.failure(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    try:
+        result = call_with_retries(attempt, policy, mutates=run.mutates)
+    except NotSentError:  # no attempt of it left the client
+        raise
+    except BaseException:
+        run.sent(op)
+        raise
+    run.sent(op)
+    return result
 
 
 # -- async -------------------------------------------------------------------------------
 
 
-async def _exec_async(client: AsyncTableClient, op: Op) -> Any:
+async def _exec_async(client: AsyncTableClient, op: Request) -> Any:
     if isinstance(op, Get):
         try:
-            entity = await client.get_entity(op.pk, op.rk)
+            entity = await client.get_entity(op.pk, op.rk, **NO_SDK_RETRIES)
         except ResourceNotFoundError as exc:
             if "TableNotFound" in str(getattr(exc, "error_code", "")):
                 raise
@@ -368,6 +514,7 @@ async def _exec_async(client: AsyncTableClient, op: Op) -> Any:
             parameters=dict(op.params),
             select=list(op.select) if op.select else None,
             results_per_page=op.page_size,
+            **NO_SDK_RETRIES,
         ).by_page(continuation_token=op.token)
         rows: list[Row] = []
         async for page in pages:
@@ -375,23 +522,25 @@ async def _exec_async(client: AsyncTableClient, op: Op) -> Any:
             break
         return rows, _release(pages)
     if isinstance(op, Batch):
-        results = await client.submit_transaction(_batch_actions(op))
+        results = await client.submit_transaction(_batch_actions(op), **NO_SDK_RETRIES)
         return [str(r.get("etag", "")) for r in results]
     if isinstance(op, Put):
         if op.verb == "create":
-            result = await client.create_entity(op.entity)
+            result = await client.create_entity(op.entity, **NO_SDK_RETRIES)
         elif op.verb == "upsert":
-            result = await client.upsert_entity(op.entity, mode=UpdateMode.REPLACE)
+            result = await client.upsert_entity(
+                op.entity, mode=UpdateMode.REPLACE, **NO_SDK_RETRIES
+            )
         else:
             result = await client.update_entity(
-                op.entity, mode=UpdateMode.REPLACE, **_condition(op.etag)
+                op.entity, mode=UpdateMode.REPLACE, **_condition(op.etag), **NO_SDK_RETRIES
             )
         return str(result.get("etag", ""))
     assert isinstance(op, Remove)
     if op.etag is None:
-        await client.delete_entity(op.pk, op.rk)
+        await client.delete_entity(op.pk, op.rk, **NO_SDK_RETRIES)
     else:
-        await client.submit_transaction(_conditional_delete(op))
+        await client.submit_transaction(_conditional_delete(op), **NO_SDK_RETRIES)
     return None
 
 
@@ -400,9 +549,13 @@ async def run_async(
     client_for: Callable[[str], AsyncTableClient],
     where: str,
     ensure: Callable[..., Awaitable[None]],
+    policy: RetryPolicy,
+    *,
+    mutates: bool,
 ) -> _T:
-    """Run a plan with the async client of the running event loop."""
-    await ensure()
+    """Run a plan with the async client of the running event loop (see :func:`run_sync`)."""
+    run = _Run(where, mutates)
+    await acall_with_retries(ensure, policy, mutates=False)
     result: Any = None
     error: Exception | None = None
     while True:
@@ -417,21 +570,42 @@ async def run_async(
             continue
         for attempt in range(2):
             try:
-                result = await _exec_async(client_for(op.table), op)
+                result = await _send_async(client_for, op, run, policy)
                 break
-            except Exception as exc:
-                translated = _translate(exc, where)
-                if isinstance(translated, TableMissingError) and attempt == 0:
-                    await ensure(force=True)
-                    continue
-                if isinstance(translated, ConflictError):
-                    error = translated
-                    break
-                if translated is exc:
-                    raise
-                if isinstance(translated, TableMissingError):
-                    raise ChatStoreError(f"table {op.table!r} is missing at {where}") from exc
-                raise translated from exc
+            except ConflictError as exc:
+                error = exc
+                break
+            except TableMissingError as exc:
+                if attempt == 1:
+                    raise run.missing(op) from exc
+                await acall_with_retries(lambda: ensure(force=True), policy, mutates=False)
+            except BackendUnavailableError as exc:
+                raise run.gave_up(exc) from exc
+
+
+async def _send_async(
+    client_for: Callable[[str], AsyncTableClient], op: Request, run: _Run, policy: RetryPolicy
+) -> Any:
+    sending = run.sending()
+
+    async def attempt() -> Any:
+        try:
+            return await _exec_async(client_for(op.table), op)
+        except Exception as exc:
+            translated = sending.failure(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    try:
+        result = await acall_with_retries(attempt, policy, mutates=run.mutates)
+    except NotSentError:  # no attempt of it left the client
+        raise
+    except BaseException:
+        run.sent(op)
+        raise
+    run.sent(op)
+    return result
 
 
 # -- async clients, one set per event loop -------------------------------------------------

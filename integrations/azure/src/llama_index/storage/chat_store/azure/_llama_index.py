@@ -17,6 +17,14 @@ where the last row is) is brought up to date afterwards. What this layout cannot
 atomic: a change spanning more than one transaction (over 100 rows or 4 MiB) is written
 in several, an append to a conversation with no rows has no row to touch, and the
 metadata entity trails the rows briefly.
+
+A change here is applied at most once, not exactly once: LlamaIndex reads every entity of a
+conversation's partition as a message, so there is nowhere to record an operation id that
+survives a change emptying the partition, and the metadata entity lives in another table
+(no transaction spans both). A request resent after a lost reply that then fails its
+condition (it may have failed on its own first attempt) therefore raises
+``BackendUnavailableError`` saying the outcome is unknown, instead of planning the change
+again on what it reads (which could apply it twice).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from llama_index.storage.chat_store.azure._io import (
     fits,
 )
 from llama_index.storage.chat_store.core import (
+    BackendUnavailableError,
     ChatMessage,
     ChatStoreError,
     CorruptDataError,
@@ -98,6 +107,20 @@ def _found(key: str, rows: Sequence[Row], start: int) -> list[Found]:
         found(decode_llama_index_message, row.props, key=key, position=start + i)
         for i, row in enumerate(rows)
     ]
+
+
+def _settle(key: str, conflict: ConflictError) -> None:
+    """Let a conflict through as one, unless it may have been caused by our own lost attempt.
+
+    Raises:
+        BackendUnavailableError: The request was resent after an unknown outcome.
+    """
+    if conflict.unsure:
+        raise BackendUnavailableError(
+            f"a change of key {key!r} was resent after its reply was lost and failed its "
+            "condition: the outcome is unknown (the change was applied once or not at all, "
+            "read the conversation to know; LlamaIndex's layout keeps no record of changes)"
+        ) from conflict
 
 
 def _kept(rows: Sequence[Row], items: Sequence[Found], removed: Sequence[Row]) -> list[Found]:
@@ -281,7 +304,8 @@ class LlamaIndexLayout:
                 assert last is not None
                 yield from self._raise_meta(key, meta, last)
                 return
-            except ConflictError:
+            except ConflictError as conflict:
+                _settle(key, conflict)
                 yield backoff(attempt)
                 meta, last = yield from self._last_row(key)
         raise ChatStoreError(f"too much contention appending to key {key!r}")
@@ -307,16 +331,28 @@ class LlamaIndexLayout:
             if fits(actions):
                 try:
                     yield Batch(self.table, actions)
-                except ConflictError:
+                except ConflictError as conflict:
+                    _settle(key, conflict)
                     yield backoff(attempt)
                     continue
             else:  # several transactions: not atomic, last writer wins
                 for chunk in chunks([(v if v != "update" else "upsert", e, None)
                                      for v, e, _ in actions]):  # fmt: skip
-                    yield Batch(self.table, chunk)
+                    yield from self._write_anyway(chunk)
             yield from self._refresh_meta(key)
             return
         raise ChatStoreError(f"too much contention replacing key {key!r}")
+
+    def _write_anyway(self, chunk: list[Action]) -> Plan[None]:
+        """Run unconditional upserts and deletes; one by one when a delete finds no row."""
+        try:
+            yield Batch(self.table, chunk)
+        except ConflictError:  # a row to delete is gone already (a resend, or another writer)
+            for verb, entity, _ in chunk:
+                if verb == "delete":
+                    yield Remove(self.table, entity["PartitionKey"], entity["RowKey"])
+                else:
+                    yield Put(self.table, entity)
 
     def _remove(self, key: str, rows: Sequence[Row]) -> Plan[list[Row] | None]:
         """Delete rows If-Match their ETags; return those this call removed.
@@ -334,7 +370,8 @@ class LlamaIndexLayout:
         if fits(actions):
             try:
                 yield Batch(self.table, actions)
-            except ConflictError:
+            except ConflictError as conflict:
+                _settle(key, conflict)
                 return None
             return list(rows)
         removed: list[Row] = []
@@ -342,14 +379,15 @@ class LlamaIndexLayout:
             try:
                 yield Batch(self.table, chunk)
                 done = {a[1]["RowKey"] for a in chunk}
-            except ConflictError:
+            except ConflictError as conflict:
+                _settle(key, conflict)
                 done = set()
                 for _, entity, etag in chunk:
                     try:
                         yield Remove(self.table, pk, entity["RowKey"], etag)
                         done.add(entity["RowKey"])
-                    except ConflictError:
-                        pass
+                    except ConflictError as lost:
+                        _settle(key, lost)
             removed += [r for r in rows if r.props["RowKey"] in done]
         return removed
 
@@ -411,7 +449,8 @@ class LlamaIndexLayout:
                 items = _found(key, rows, len(keys) - 1)
                 try:
                     yield Remove(self.table, pk, rows[0].props["RowKey"], rows[0].etag)
-                except ConflictError:
+                except ConflictError as conflict:
+                    _settle(key, conflict)
                     yield backoff(attempt)
                     continue
                 yield from self._refresh_meta(key)
@@ -446,7 +485,8 @@ class LlamaIndexLayout:
         try:
             for chunk in [moves] if fits(moves) else chunks(moves):
                 yield Batch(self.table, chunk)
-        except ConflictError:
+        except ConflictError as conflict:
+            _settle(key, conflict)
             return False
         yield from self._refresh_meta(key)
         return True

@@ -7,17 +7,23 @@ In the store's table:
   :func:`encode_payload`. Only rows of the meta entity's generation with
   ``Head <= seq < Next`` are visible, so positions map to RowKeys without reading the
   partition (windows and counts never scan it).
-* The meta entity (RowKey ``meta``): ``Key``, ``Gen``, ``Head``, ``Next``, ``Op``. Every
-  change is one entity-group transaction updating it If-Match its ETag together with the
-  message rows, retried on 409/412; ``Op`` (a random id per call) tells a retry whether
-  a lost reply had in fact committed.
+* The meta entity (RowKey ``meta``): ``Key``, ``Gen``, ``Head``, ``Next``, ``Seq``,
+  ``Ops``. Every change is one entity-group transaction updating it If-Match its ETag
+  together with the message rows, retried on 409/412. ``Seq`` counts the changes committed
+  and ``Ops`` holds the operation ids of the last :data:`OP_RECORD` of them (an id per
+  call, from core's ``new_op_id``), written by the same conditional write as the change:
+  a request resent after a lost reply fails its condition on its own commit, and the
+  record tells it so (or, when more changes than it holds came in between, that it cannot
+  tell: then the call raises ``BackendUnavailableError`` saying the outcome is unknown,
+  rather than apply the change twice). An emptied conversation keeps its meta entity (and
+  with it the record); ``clear()`` removes it.
 * Changes larger than one transaction (100 operations, 4 MiB) write the new messages
   under a fresh generation first, then flip ``Gen`` with one conditional write, then
   delete the old generation: readers see the old or the new conversation, never a mix.
 * The keys partition ``%keys`` (never produced by :func:`encode_key`) lists the
   conversations with messages; one entity per key, written before the first message
   commits (and again after a commit that created the meta entity), removed after the
-  last one goes, then re-checked against the meta entity.
+  last one goes, then fenced by a conditional touch of the meta entity.
 * Each store remembers the last meta entity it saw of each conversation (its own commits
   and reads; at most :data:`CACHED_CONVERSATIONS`). Appends and replaces plan on it
   without reading first: one transaction. A stale one only fails the If-Match (an ETag
@@ -64,6 +70,7 @@ from llama_index.storage.chat_store.azure._io import (
     fits,
 )
 from llama_index.storage.chat_store.core import (
+    BackendUnavailableError,
     ChatMessage,
     ChatStoreError,
     CorruptDataError,
@@ -71,8 +78,9 @@ from llama_index.storage.chat_store.core import (
     removal_error,
 )
 from llama_index.storage.chat_store.core.cache import LruCache
+from llama_index.storage.chat_store.core.retries import new_op_id
 
-__all__ = ["CACHED_CONVERSATIONS", "KEYS_PARTITION", "NativeLayout"]
+__all__ = ["CACHED_CONVERSATIONS", "KEYS_PARTITION", "OP_RECORD", "NativeLayout"]
 
 META = "meta"
 KEYS_PARTITION = "%keys"
@@ -84,16 +92,14 @@ _PAGE = 1000
 _ROW_PROPERTIES = ("RowKey", *PAYLOAD_PROPERTIES)
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta entities a store remembers."""
+OP_RECORD = 16
+"""How many of a conversation's last changes its meta entity names by operation id."""
 
 
 def _new_gen() -> str:
     # Random, so a conversation recreated while old rows are still being deleted, or a
     # staged generation abandoned by a crashed writer, never collides with live rows.
     return secrets.token_hex(6)
-
-
-def _op_id() -> str:
-    return secrets.token_hex(8)
 
 
 def _int64(value: int) -> EntityProperty:
@@ -109,12 +115,25 @@ class Meta:
     gen: str
     head: int
     next: int
-    op: str
+    seq: int
+    ops: tuple[str, ...]
     etag: str | None
 
     @property
     def count(self) -> int:
         return self.next - self.head
+
+    def change(self, op: str, **fields: Any) -> Meta:
+        """The meta after change ``op`` (counted and recorded) sets ``fields``."""
+        return replace(self, seq=self.seq + 1, ops=(*self.ops, op)[-OP_RECORD:], **fields)
+
+    def knows_since(self, planned: Meta) -> bool:
+        """Whether this meta's record names every change committed after ``planned``."""
+        if self.etag is None:
+            # Gone (clear() or a purge of corrupt data): nothing to tell by, unless it
+            # never existed either.
+            return planned.etag is None
+        return self.seq - len(self.ops) <= planned.seq
 
     def row_key(self, seq: int) -> str:
         return f"{self.gen}:{seq + _SEQ_OFFSET:019d}"
@@ -135,13 +154,20 @@ class NativeLayout:
         pk = encode_key(key)
         row = yield Get(self.table, pk, META)
         if row is None:
-            return self._learn(Meta(key, pk, _new_gen(), 0, 0, "", None))
+            return self._learn(Meta(key, pk, _new_gen(), 0, 0, 0, (), None))
         return self._learn(self._parse_meta(key, pk, row))
 
     def _parse_meta(self, key: str, pk: str, row: Row) -> Meta:
         props = row.props
         gen, head, nxt = props.get("Gen"), props.get("Head"), props.get("Next")
-        if not (isinstance(gen, str) and isinstance(head, int) and isinstance(nxt, int)):
+        seq, ops = props.get("Seq", 0), props.get("Ops", "")
+        if not (
+            isinstance(gen, str)
+            and isinstance(head, int)
+            and isinstance(nxt, int)
+            and isinstance(seq, int)
+            and isinstance(ops, str)
+        ):
             raise CorruptDataError(
                 f"the meta entity of key {key!r} is unreadable: {props!r} "
                 f"({corrupt_data_remedy(key)})",
@@ -155,7 +181,7 @@ class NativeLayout:
                 key=key,
                 data=repr(props),
             )
-        return Meta(key, pk, gen, head, nxt, str(props.get("Op", "")), row.etag)
+        return Meta(key, pk, gen, head, nxt, seq, tuple(ops.split()), row.etag)
 
     def _learn(self, meta: Meta) -> Meta:
         """Remember ``meta`` as the latest state seen of its conversation; return it.
@@ -303,29 +329,65 @@ class NativeLayout:
             "Gen": new.gen,
             "Head": _int64(new.head),
             "Next": _int64(new.next),
-            "Op": new.op,
+            "Seq": _int64(new.seq),
+            "Ops": " ".join(new.ops),
         }
         return ("create", entity, None) if old.etag is None else ("update", entity, old.etag)
 
-    def _commit(self, new: Meta, actions: list[Action]) -> Plan[Meta]:
-        """Run one transaction whose first action writes meta ``new``; return it with its ETag.
+    def _commit(self, old: Meta, new: Meta, actions: list[Action]) -> Plan[Meta]:
+        """Run one transaction whose first action turns meta ``old`` into ``new``.
 
-        Raises ConflictError (thrown in by the driver) when the meta entity changed.
+        Returns the meta committed (with its ETag), or the meta read after a resent
+        transaction failed its condition on its own commit.
+
+        Raises:
+            ConflictError: The meta entity changed: nothing was committed.
+            BackendUnavailableError: A resent transaction failed its condition and the
+                record cannot tell whether its first attempt had committed.
         """
-        etags = yield Batch(self.table, actions)
+        try:
+            etags = yield Batch(self.table, actions)
+        except ConflictError as conflict:
+            return (yield from self._settle(old, new, conflict))
         committed = self._learn(replace(new, etag=str(etags[0]) or None))
         if actions[0][0] == "create":
             yield from self._relist(committed)
         return committed
 
     def _put_meta(self, old: Meta, new: Meta) -> Plan[Meta]:
-        """Write meta ``new`` alone, If-Match ``old``'s ETag; return it with its ETag."""
+        """Write meta ``new`` alone, If-Match ``old``'s ETag (raises as :meth:`_commit`)."""
         verb, entity, etag = self._meta_action(old, new)
-        written = yield Put(self.table, entity, verb, etag)
+        try:
+            written = yield Put(self.table, entity, verb, etag)
+        except ConflictError as conflict:
+            return (yield from self._settle(old, new, conflict))
         committed = self._learn(replace(new, etag=str(written) or None))
         if verb == "create":
             yield from self._relist(committed)
         return committed
+
+    def _settle(self, old: Meta, new: Meta, conflict: ConflictError) -> Plan[Meta]:
+        """After a commit planned on ``old`` failed its condition: the meta if it was ours.
+
+        A condition that failed on a request's first attempt committed nothing. One that
+        failed on a resend may have failed on the request's own earlier attempt, whose
+        reply was lost: the meta entity's record of operation ids tells.
+        """
+        if not conflict.unsure:
+            raise conflict
+        now = yield from self.read_meta(old.key)
+        if new.ops[-1] in now.ops:
+            if old.etag is None:
+                yield from self._relist(now)
+            return now
+        if not now.knows_since(old):
+            raise BackendUnavailableError(
+                f"a change of key {old.key!r} was resent after its reply was lost, and "
+                f"{now.seq - old.seq} changes came in between, more than the record of "
+                f"{OP_RECORD} holds: the outcome is unknown (the change was applied once or "
+                "not at all, read the conversation to know)"
+            )
+        raise conflict
 
     def _relist(self, created: Meta) -> Plan[None]:
         """List the key again after a commit that created the meta entity.
@@ -347,16 +409,13 @@ class NativeLayout:
     def _list_key(self, meta: Meta) -> Plan[None]:
         yield Put(self.table, {"PartitionKey": KEYS_PARTITION, "RowKey": meta.pk, "Key": meta.key})
 
-    def _committed(self, key: str, op: str) -> Plan[Meta | None]:
-        """After a conflict: the meta entity if our own write committed, else None.
-
-        A commit whose reply was lost is retried by the SDK and then fails its condition.
-        """
-        meta = yield from self.read_meta(key)
-        return meta if meta.op == op else None
-
     def _finish_removal(self, after: Meta) -> Plan[None]:
-        """Unlist the conversation if the removal that produced ``after`` emptied it."""
+        """Unlist the conversation if it is empty at ``after``.
+
+        ``after`` is the meta the removal committed, or, when a resent commit found its own
+        in the record, the meta read then: writers may have refilled the conversation
+        since, and their listing must stay.
+        """
         if after.count == 0:
             yield from self._unlist(after)
 
@@ -383,18 +442,23 @@ class NativeLayout:
                     yield Remove(self.table, pk, entity["RowKey"])
 
     def _unlist(self, emptied: Meta) -> Plan[None]:
-        """Drop an emptied conversation from the keys partition, then its meta entity.
+        """Drop an emptied conversation from the keys partition, then fence the meta entity.
 
-        The meta entity is deleted If-Match the ETag our emptying write returned. A writer
-        that refilled the conversation meanwhile made that fail: then the key is listed
-        again. A writer that read the empty meta before us fails its own conditional
-        commit on the deleted meta and lists the key again when it retries.
+        The meta entity stays (its record of operation ids must outlive the retries of
+        the changes it names) and is touched If-Match the ETag our emptying write
+        returned. A writer that refilled the conversation meanwhile made that fail: then
+        the key is listed again. A writer that read the empty meta before us fails its
+        own conditional commit on the touched meta and lists the key again when it retries.
         """
         yield Remove(self.table, KEYS_PARTITION, emptied.pk)
-        if emptied.etag is None:  # no ETag to delete it safely by: an empty meta is harmless
+        if emptied.etag is None:  # no ETag to fence by (the reply was lost): read instead
+            again = yield from self.read_meta(emptied.key)
+            if again.count > 0:
+                yield from self._list_key(again)
             return
         try:
-            yield Remove(self.table, emptied.pk, META, etag=emptied.etag)
+            touch = {"PartitionKey": emptied.pk, "RowKey": META}
+            yield Batch(self.table, [("touch", touch, emptied.etag)])
         except ConflictError:
             again = yield from self.read_meta(emptied.key)
             if again.count > 0:
@@ -408,7 +472,7 @@ class NativeLayout:
         The operations are the meta flip, the rows of a new generation, then the deletes of
         the visible rows of ``meta``.
         """
-        new = replace(meta, gen=_new_gen(), head=0, next=len(payloads), op=op)
+        new = meta.change(op, gen=_new_gen(), head=0, next=len(payloads))
         rows = [("upsert", self._row(meta, new.gen, i, p), None) for i, p in enumerate(payloads)]
         drops = [self._delete(meta, s) for s in range(meta.head, meta.next)]
         return new, [self._meta_action(meta, new), *rows, *drops]
@@ -425,21 +489,19 @@ class NativeLayout:
         """
         if fits(actions) and not staged:
             try:
-                return (yield from self._commit(new, actions))
+                return (yield from self._commit(meta, new, actions))
             except ConflictError:
                 return None
         rows = [a for a in actions[1:] if a[0] == "upsert"]
         for chunk in chunks(rows):
             yield Batch(self.table, chunk)
         try:
-            committed: Meta | None = yield from self._put_meta(meta, new)
+            # A flip resent after a lost reply that fails its condition on its own commit
+            # is told apart by the record: then the new generation is the conversation.
+            committed = yield from self._put_meta(meta, new)
         except ConflictError:
-            # Our own flip may have committed with its reply lost (the SDK retried it and
-            # the retry failed its condition): then the new generation is the conversation.
-            committed = yield from self._committed(meta.key, new.op)
-            if committed is None:
-                yield from self._delete_generation(meta.pk, new.gen)
-                return None
+            yield from self._delete_generation(meta.pk, new.gen)
+            return None
         if meta.etag is not None:
             yield from self._delete_generation(meta.pk, meta.gen)
         return committed
@@ -451,18 +513,18 @@ class NativeLayout:
         own commit, its reply lost). Only rows that exist are deleted, so a conversation
         missing some is removed all the same.
         """
-        new = replace(meta, gen=_new_gen(), head=0, next=0, op=op)
+        new = meta.change(op, gen=_new_gen(), head=0, next=0)
         actions = [self._meta_action(meta, new)]
         actions += [("delete", {"PartitionKey": meta.pk, "RowKey": r.props["RowKey"]}, None)
                     for r in rows]  # fmt: skip
         one = fits(actions)
         try:
             if one:
-                committed: Meta | None = yield from self._commit(new, actions)
+                committed: Meta | None = yield from self._commit(meta, new, actions)
             else:
                 committed = yield from self._put_meta(meta, new)
         except ConflictError:
-            committed = yield from self._committed(meta.key, op)
+            committed = None
         if committed is not None and not one:
             yield from self._delete_generation(meta.pk, meta.gen)
         return committed
@@ -483,23 +545,21 @@ class NativeLayout:
     # -- writing ------------------------------------------------------------------------
 
     def append(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
-        op = _op_id()
+        op = new_op_id()
         meta, unread = yield from self._meta_to_write(key)
         for attempt in range(_MAX_ATTEMPTS):
             if meta.count == 0:
                 yield from self._list_key(meta)
-            new = replace(meta, next=meta.next + len(payloads), op=op)
+            new = meta.change(op, next=meta.next + len(payloads))
             rows = [("upsert", self._row(meta, meta.gen, meta.next + i, p), None)
                     for i, p in enumerate(payloads)]  # fmt: skip
             actions = [self._meta_action(meta, new), *rows]
             if fits(actions):
                 try:
-                    yield from self._commit(new, actions)
+                    yield from self._commit(meta, new, actions)
                     return
                 except ConflictError:
                     meta = yield from self.read_meta(key)
-                    if meta.op == op:
-                        return
                     if unread:  # the remembered meta was stale: one retry on the fresh read
                         unread = False
                         continue
@@ -521,7 +581,7 @@ class NativeLayout:
         if not payloads:
             yield from self.empty(key)
             return
-        op = _op_id()
+        op = new_op_id()
         meta, unread = yield from self._meta_to_write(key)
         staged = False
         for attempt in range(_MAX_ATTEMPTS):
@@ -534,8 +594,6 @@ class NativeLayout:
             if (yield from self._replace(meta, new, actions, staged=staged)) is not None:
                 return
             fresh = yield from self.read_meta(key)
-            if fresh.op == op:
-                return
             if fresh.etag == meta.etag:
                 # The meta entity held, so a row delete failed: rows it names are missing.
                 # Staging never names old rows, and replacing corrupt data must work.
@@ -558,7 +616,7 @@ class NativeLayout:
                 when it fits), then core's ``removal_error`` of the first such position.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
-        op = _op_id()
+        op = new_op_id()
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 meta = yield from self.read_meta(key)
@@ -573,7 +631,7 @@ class NativeLayout:
                 rows = [row for row in span if row is not None]
                 emptied = yield from self._empty(meta, rows, op)
                 if emptied is not None:
-                    yield from self._unlist(emptied)
+                    yield from self._finish_removal(emptied)
                     return taken(items, self.table)
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
@@ -584,7 +642,7 @@ class NativeLayout:
         A meta entity that cannot be read is deleted with every entity of its partition;
         rows a readable meta entity names but that are missing are skipped.
         """
-        op = _op_id()
+        op = new_op_id()
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 meta = yield from self.read_meta(key)
@@ -598,7 +656,7 @@ class NativeLayout:
                 rows = [row for row in span if row is not None]
                 emptied = yield from self._empty(meta, rows, op)
                 if emptied is not None:
-                    yield from self._unlist(emptied)
+                    yield from self._finish_removal(emptied)
                     return
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
@@ -630,7 +688,7 @@ class NativeLayout:
                 that must shift is missing: the shift could not keep it.)
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
-        op = _op_id()
+        op = new_op_id()
         for attempt in range(_MAX_ATTEMPTS):
             meta = yield from self.read_meta(key)
             n = meta.count
@@ -649,11 +707,11 @@ class NativeLayout:
                 if front:
                     shifted = [("upsert", self._row(meta, meta.gen, meta.head + j + 1,
                                 _payload(r)), None) for j, r in enumerate(moved) if r]  # fmt: skip
-                    new, dropped = replace(meta, head=meta.head + 1, op=op), meta.head
+                    new, dropped = meta.change(op, head=meta.head + 1), meta.head
                 else:
                     shifted = [("upsert", self._row(meta, meta.gen, meta.head + i + j,
                                 _payload(r)), None) for j, r in enumerate(moved) if r]  # fmt: skip
-                    new, dropped = replace(meta, next=meta.next - 1, op=op), meta.next - 1
+                    new, dropped = meta.change(op, next=meta.next - 1), meta.next - 1
                 actions = [self._meta_action(meta, new), *shifted]
                 if target is not None or dropped != meta.head + i:  # a missing row: no delete
                     actions.append(self._delete(meta, dropped))
@@ -666,7 +724,7 @@ class NativeLayout:
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
 
     def insert_at(self, key: str, idx: int, payload: dict[str, Any]) -> Plan[None]:
-        op = _op_id()
+        op = new_op_id()
         for attempt in range(_MAX_ATTEMPTS):
             meta = yield from self.read_meta(key)
             n = meta.count
@@ -681,13 +739,13 @@ class NativeLayout:
                 moved = [("upsert", self._row(meta, meta.gen, meta.head - 1 + j, _payload(r)),
                           None) for j, r in enumerate(rows or [])]  # fmt: skip
                 added = ("upsert", self._row(meta, meta.gen, meta.head - 1 + p, payload), None)
-                new = replace(meta, head=meta.head - 1, op=op)
+                new = meta.change(op, head=meta.head - 1)
             else:
                 rows = yield from self._rows_at(meta, p, n)
                 moved = [("upsert", self._row(meta, meta.gen, meta.head + p + 1 + j, _payload(r)),
                           None) for j, r in enumerate(rows or [])]  # fmt: skip
                 added = ("upsert", self._row(meta, meta.gen, meta.head + p, payload), None)
-                new = replace(meta, next=meta.next + 1, op=op)
+                new = meta.change(op, next=meta.next + 1)
             actions = [self._meta_action(meta, new), *moved, added]
             if rows is not None and (
                 yield from self._commit_or_rewrite(meta, new, actions, p, payload)
@@ -711,9 +769,9 @@ class NativeLayout:
         """
         if fits(actions):
             try:
-                return (yield from self._commit(new, actions))
+                return (yield from self._commit(meta, new, actions))
             except ConflictError:
-                return (yield from self._committed(meta.key, new.op))
+                return None
         span = yield from self._span(meta, 0, meta.count)
         if span is None:
             return None
@@ -724,7 +782,7 @@ class NativeLayout:
         payloads = [_payload(r) for _, r in kept if r is not None]
         if insert is not None:
             payloads.insert(position, insert)
-        rewritten, rewrite = self._rewrite(meta, payloads, new.op)
+        rewritten, rewrite = self._rewrite(meta, payloads, new.ops[-1])
         return (yield from self._replace(meta, rewritten, rewrite))
 
     def pop_last(self, key: str) -> Plan[ChatMessage | None]:
@@ -735,7 +793,7 @@ class NativeLayout:
                 the transaction that moves the meta entity), then core's ``removal_error``.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
-        op = _op_id()
+        op = new_op_id()
         seen = self._seen.get(key)
         for attempt in range(_MAX_ATTEMPTS):
             meta, row = None, None
@@ -751,14 +809,14 @@ class NativeLayout:
                 span = yield from self._span(meta, meta.count - 1, meta.count)
             if span is not None:
                 [item] = self._found(meta, span, meta.count - 1)
-                new = replace(meta, next=meta.next - 1, op=op)
+                new = meta.change(op, next=meta.next - 1)
                 actions = [self._meta_action(meta, new)]
                 if span[0] is not None:  # a missing row: only the meta entity moves
                     actions.append(self._delete(meta, meta.next - 1))
                 try:
-                    after: Meta | None = yield from self._commit(new, actions)
+                    after: Meta | None = yield from self._commit(meta, new, actions)
                 except ConflictError:
-                    after = yield from self._committed(key, op)
+                    after = None
                 if after is not None:
                     yield from self._finish_removal(after)
                     [message] = taken([item], self.table)
@@ -774,7 +832,7 @@ class NativeLayout:
                 then core's ``removal_error`` of the first such position.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
-        op = _op_id()
+        op = new_op_id()
         for attempt in range(_MAX_ATTEMPTS):
             meta = yield from self.read_meta(key)
             m = min(max(n, 0), meta.count)
@@ -784,7 +842,7 @@ class NativeLayout:
             if span is not None:
                 items = self._found(meta, span, 0)
                 rows = [row for row in span if row is not None]
-                new = replace(meta, head=meta.head + m, op=op)
+                new = meta.change(op, head=meta.head + m)
                 # Each row If-Match the ETag read: after the meta moves on, an insert at the
                 # front may reuse a RowKey, and that message must stay.
                 deletes: list[Action] = [
@@ -795,11 +853,11 @@ class NativeLayout:
                 one = fits(actions)
                 try:
                     if one:
-                        after: Meta | None = yield from self._commit(new, actions)
+                        after: Meta | None = yield from self._commit(meta, new, actions)
                     else:
                         after = yield from self._put_meta(meta, new)
                 except ConflictError:
-                    after = yield from self._committed(key, op)
+                    after = None
                 if after is not None:
                     if not one:
                         yield from self._delete_rows(meta.pk, deletes)

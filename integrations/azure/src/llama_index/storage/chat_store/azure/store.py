@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -26,6 +27,7 @@ from llama_index.storage.chat_store.azure._codec import (
     validate_table_name,
 )
 from llama_index.storage.chat_store.azure._io import (
+    NO_SDK_RETRIES,
     Plan,
     TableClients,
     _translate,
@@ -45,6 +47,7 @@ from llama_index.storage.chat_store.core import (
     coerce_message,
     coerce_messages,
 )
+from llama_index.storage.chat_store.core.retries import RetryPolicy
 from llama_index.storage.chat_store.core.store import check_window
 
 if TYPE_CHECKING:
@@ -84,7 +87,16 @@ class AzureChatStore(BaseChatStore):
     ``AzureChatStore`` tables (chat table + ``ChatMetadata``), sanitizing table names
     by LlamaIndex's rules.
 
-    Raises (from any operation): ``BackendUnavailableError`` (service unreachable),
+    A request that fails for want of the service is sent again by the store (``retries``,
+    ``retry_backoff``, ``retry_deadline``; azure-core's own retries are off on every
+    request). In the native layout every change carries an operation id that the meta
+    entity records with the change, so a change resent after a lost reply applies once and
+    returns what it returned then (``Capability.EXACTLY_ONCE``); LlamaIndex's layout applies
+    it at most once and raises ``BackendUnavailableError`` (outcome unknown) when it cannot
+    tell.
+
+    Raises (from any operation): ``BackendUnavailableError`` (service unreachable after the
+    retries; its message says whether a change was applied, or that the outcome is unknown),
     ``AuthenticationError`` (credentials rejected), ``CorruptDataError`` (stored entity
     unreadable; names key and position), ``PayloadTooLargeError`` (a message beyond
     the 1 MiB entity limit; raised before anything is written).
@@ -97,8 +109,12 @@ class AzureChatStore(BaseChatStore):
     layout: Literal["native", "llama_index"] = "native"
     account_name: str | None = None
     endpoint: str | None = None
-    retry_total: int = 3
-    retry_backoff_factor: float = 0.4
+    retries: int = Field(default=3, ge=0)
+    """Times a request that failed for want of the service is sent again (0: never)."""
+    retry_backoff: float = Field(default=0.05, ge=0)
+    """Seconds before the first retry, doubling for each next one (jittered)."""
+    retry_deadline: float = Field(default=10.0, gt=0)
+    """Seconds after a request's first failure past which no retry starts."""
     timeout: float = 30.0
     account_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     connection_string: SecretStr | None = Field(default=None, exclude=True, repr=False)
@@ -210,8 +226,14 @@ class AzureChatStore(BaseChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """Persistent, shared and natively async; Azure Tables has no TTL."""
-        return frozenset({Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC})
+        """Persistent, shared, natively async; EXACTLY_ONCE when ``retries`` > 0 (native).
+
+        Azure Tables has no TTL.
+        """
+        found = {Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC}
+        if self.retries > 0 and self._native is not None:
+            found.add(Capability.EXACTLY_ONCE)
+        return frozenset(found)
 
     # -- constructors (LlamaIndex's names) ------------------------------------------------
 
@@ -333,8 +355,9 @@ class AzureChatStore(BaseChatStore):
 
         Query parameters: ``endpoint``, ``account_key``, ``connection_string``,
         ``sas_token``, ``metadata_table``, ``metadata_partition_key``, ``service_mode``,
-        ``layout``. Without a secret in the URL or ``options``, the usual variables
-        are read: ``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_KEY`` (or
+        ``layout``, ``retries``, ``retry_backoff``, ``retry_deadline``. Without a secret
+        in the URL or ``options``, the usual variables are read:
+        ``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_KEY`` (or
         ``AZURE_STORAGE_ACCOUNT_KEY``), ``AZURE_STORAGE_SAS_TOKEN``; else Entra ID.
         """
         parts = urlsplit(url)
@@ -361,9 +384,9 @@ class AzureChatStore(BaseChatStore):
                 )
             elif env.get("AZURE_STORAGE_SAS_TOKEN"):
                 config["sas_token"] = env["AZURE_STORAGE_SAS_TOKEN"]
-        for number in ("retry_total",):
-            if number in config:
-                config[number] = int(config[number])
+        for name, kind in (("retries", int), ("retry_backoff", float), ("retry_deadline", float)):
+            if isinstance(config.get(name), str):
+                config[name] = kind(config[name])
         return cls(**config)
 
     # -- clients ------------------------------------------------------------------------
@@ -386,12 +409,8 @@ class AzureChatStore(BaseChatStore):
         return f"https://{self.account_name}.table.core.windows.net"
 
     def _client_options(self) -> dict[str, Any]:
-        return {
-            "retry_total": self.retry_total,
-            "retry_backoff_factor": self.retry_backoff_factor,
-            "connection_timeout": self.timeout,
-            "read_timeout": self.timeout,
-        }
+        # The store retries (with an operation id check); the SDK must not resend on its own.
+        return {**NO_SDK_RETRIES, "connection_timeout": self.timeout, "read_timeout": self.timeout}
 
     def _credential(self, *, asynchronous: bool) -> Any:
         if self.account_key is not None:
@@ -468,7 +487,7 @@ class AzureChatStore(BaseChatStore):
             return
         for table in self._tables():
             try:
-                self._sync_client(table).create_table()
+                self._sync_client(table).create_table(**NO_SDK_RETRIES)
             except ResourceExistsError:
                 pass
             except Exception as exc:
@@ -480,20 +499,30 @@ class AzureChatStore(BaseChatStore):
             return
         for table in self._tables():
             try:
-                await self._async_client(table).create_table()
+                await self._async_client(table).create_table(**NO_SDK_RETRIES)
             except ResourceExistsError:
                 pass
             except Exception as exc:
                 raise _translate(exc, self._where) from exc
         self._tables_ready = True
 
-    def _run(self, plan: Plan[_T]) -> _T:
-        return run_sync(plan, self._sync_client, self._where, self._ensure_tables)
+    @property
+    def _retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
 
-    async def _arun(self, plan: Plan[_T]) -> _T:
+    def _run(self, plan: Plan[_T], *, mutates: bool = False) -> _T:
+        return run_sync(
+            plan, self._sync_client, self._where, self._ensure_tables, self._retry_policy,
+            mutates=mutates,
+        )  # fmt: skip
+
+    async def _arun(self, plan: Plan[_T], *, mutates: bool = False) -> _T:
         if self.table_service_client is not None and self.atable_service_client is None:
-            return await asyncio.to_thread(self._run, plan)
-        return await run_async(plan, self._async_client, self._where, self._aensure_tables)
+            return await asyncio.to_thread(functools.partial(self._run, plan, mutates=mutates))
+        return await run_async(
+            plan, self._async_client, self._where, self._aensure_tables, self._retry_policy,
+            mutates=mutates,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Close the sync clients; the store reopens them if used again."""
@@ -571,33 +600,33 @@ class AzureChatStore(BaseChatStore):
 
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Append atomically (one transaction), or insert at ``idx`` like ``list.insert``."""
-        self._run(self._add_plan(key, message, idx))
+        self._run(self._add_plan(key, message, idx), mutates=True)
 
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Append atomically, in order; batches beyond one transaction go through a rewrite."""
         plan = self._add_many_plan(key, messages)
         if plan is not None:
-            self._run(plan)
+            self._run(plan, mutates=True)
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace atomically for readers (a new generation, then one conditional flip)."""
-        self._run(self._set_plan(key, messages))
+        self._run(self._set_plan(key, messages), mutates=True)
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Remove the conversation; return its messages, or ``None`` if it had none."""
-        return self._run(self._layout.delete_all(self._check_key(key)))
+        return self._run(self._layout.delete_all(self._check_key(key)), mutates=True)
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove the message at ``idx``; ``None`` if out of range. Concurrent-safe."""
-        return self._run(self._layout.delete_at(self._check_key(key), idx))
+        return self._run(self._layout.delete_at(self._check_key(key), idx), mutates=True)
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
         """Remove and return the last message (conditional write: never returned twice)."""
-        return self._run(self._layout.pop_last(self._check_key(key)))
+        return self._run(self._layout.pop_last(self._check_key(key)), mutates=True)
 
     def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
         """Remove and return the first ``n`` messages."""
-        return self._run(self._layout.delete_oldest(self._check_key(key), n))
+        return self._run(self._layout.delete_oldest(self._check_key(key), n), mutates=True)
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys holding messages, one page (1,000 keys) at a time."""
@@ -611,7 +640,7 @@ class AzureChatStore(BaseChatStore):
     def clear(self) -> None:
         """Delete every entity of this store's table(s) (the tables stay)."""
         for plan_factory in self._layout.clear_plans():
-            while self._run(plan_factory()):
+            while self._run(plan_factory(), mutates=True):
                 pass
 
     # -- async API ----------------------------------------------------------------------
@@ -628,33 +657,33 @@ class AzureChatStore(BaseChatStore):
 
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
-        await self._arun(self._add_plan(key, message, idx))
+        await self._arun(self._add_plan(key, message, idx), mutates=True)
 
     async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`add_messages`."""
         plan = self._add_many_plan(key, messages)
         if plan is not None:
-            await self._arun(plan)
+            await self._arun(plan, mutates=True)
 
     async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`set_messages`."""
-        await self._arun(self._set_plan(key, messages))
+        await self._arun(self._set_plan(key, messages), mutates=True)
 
     async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
         """Async :meth:`delete_messages`."""
-        return await self._arun(self._layout.delete_all(self._check_key(key)))
+        return await self._arun(self._layout.delete_all(self._check_key(key)), mutates=True)
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Async :meth:`delete_message`."""
-        return await self._arun(self._layout.delete_at(self._check_key(key), idx))
+        return await self._arun(self._layout.delete_at(self._check_key(key), idx), mutates=True)
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
         """Async :meth:`delete_last_message`."""
-        return await self._arun(self._layout.pop_last(self._check_key(key)))
+        return await self._arun(self._layout.pop_last(self._check_key(key)), mutates=True)
 
     async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
         """Async :meth:`delete_oldest_messages`."""
-        return await self._arun(self._layout.delete_oldest(self._check_key(key), n))
+        return await self._arun(self._layout.delete_oldest(self._check_key(key), n), mutates=True)
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""
@@ -669,7 +698,7 @@ class AzureChatStore(BaseChatStore):
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
         for plan_factory in self._layout.clear_plans():
-            while await self._arun(plan_factory()):
+            while await self._arun(plan_factory(), mutates=True):
                 pass
 
 
