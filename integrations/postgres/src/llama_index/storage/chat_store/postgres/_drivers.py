@@ -43,6 +43,7 @@ from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
     ChatStoreError,
+    NotSentError,
     PerLoop,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "Compiled",
     "Runner",
     "SyncConnections",
+    "is_duplicate",
     "translate_error",
 ]
 
@@ -145,12 +147,28 @@ def translate_error(exc: BaseException, where: str) -> ChatStoreError | None:
     return None
 
 
-def _is_conflict(error: ChatStoreError) -> bool:
-    """Whether ``error`` is a deadlock or serialization failure (safe to run again)."""
+def _state_of(error: ChatStoreError) -> str:
     cause = error.__cause__
     if isinstance(cause, DBAPIError) and cause.orig is not None:
         cause = cause.orig
-    return cause is not None and _sqlstate(cause) in _CONFLICT_STATES
+    return "" if cause is None else _sqlstate(cause)
+
+
+def _is_conflict(error: ChatStoreError) -> bool:
+    """Whether ``error`` is a deadlock or serialization failure (safe to run again)."""
+    return _state_of(error) in _CONFLICT_STATES
+
+
+def is_duplicate(error: ChatStoreError) -> bool:
+    """Whether ``error`` is a unique violation (a change's operation id, already recorded)."""
+    return _state_of(error) == "23505"
+
+
+def _not_sent(error: ChatStoreError) -> ChatStoreError:
+    """``error`` of a connection that failed to open: no request of the call was sent."""
+    if type(error) is BackendUnavailableError:
+        return NotSentError(str(error))
+    return error
 
 
 def _pause(attempt: int) -> float:
@@ -289,8 +307,9 @@ class SyncConnections:
             self._release(connection)
 
     def _translated(self, exc: Exception) -> ChatStoreError:
-        return translate_error(exc, self._where) or BackendUnavailableError(
-            f"cannot connect to {self._where}: {exc}"
+        return _not_sent(
+            translate_error(exc, self._where)
+            or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
         )
 
     def _release(self, connection: PoolProxiedConnection) -> None:
@@ -442,7 +461,7 @@ class AsyncConnections:
                 except ChatStoreError:
                     raise
                 except Exception as exc:
-                    raise (
+                    raise _not_sent(
                         translate_error(exc, self._where)
                         or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
                     ) from exc
