@@ -13,7 +13,7 @@ import operator
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -118,12 +118,29 @@ def _same_database(a: URL, b: URL) -> bool:
     return (a.host, a.port, a.database, a.username) == (b.host, b.port, b.database, b.username)
 
 
+class _PruneClock:
+    """When a store next forgets old change records: at most once a minute per table."""
+
+    __slots__ = ("next",)
+
+    def __init__(self) -> None:
+        self.next = time.monotonic() + _PRUNE_EVERY
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + _PRUNE_EVERY
+        return True
+
+
 @dataclass(frozen=True)
 class _Resolved:
     """The table this store uses, found (or created) on first use."""
 
     statements: Statements
     ddl: list[TextClause]
+    pruning: _PruneClock = field(default_factory=_PruneClock)
 
 
 class _NeedsPosition(Exception):  # noqa: N818 (internal signal, never escapes)
@@ -220,7 +237,6 @@ class PostgresChatStore(BaseChatStore):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _user_engine: Engine | None = PrivateAttr(default=None)
     _connector: ConnectorEngine | None = PrivateAttr(default=None)
-    _next_prune: float | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -827,15 +843,23 @@ class PostgresChatStore(BaseChatStore):
 
     # -- retries: every call runs through core's retry loop ------------------------------
 
-    def _prune_due(self) -> bool:
-        """Whether this store should forget old records now (at most once a minute)."""
-        now = time.monotonic()
-        if self._next_prune is None:
-            self._next_prune = now + _PRUNE_EVERY
-        if now < self._next_prune:
-            return False
-        self._next_prune = now + _PRUNE_EVERY
-        return True
+    def _table(self) -> _Resolved:
+        """The resolved table (resolving it on first use)."""
+        resolved = self._resolved
+        if resolved is None:
+            self._statements()
+            resolved = self._resolved
+            assert resolved is not None
+        return resolved
+
+    async def _atable(self) -> _Resolved:
+        """Async :meth:`_table`."""
+        resolved = self._resolved
+        if resolved is None:
+            await self._astatements()
+            resolved = self._resolved
+            assert resolved is not None
+        return resolved
 
     def _retried(self, attempt: Callable[[], T], *, mutates: bool = False) -> T:
         """Run ``attempt`` (a read, or a change that is idempotent), retried per the policy."""
@@ -858,13 +882,14 @@ class PostgresChatStore(BaseChatStore):
 
         def attempt() -> list[Row]:
             nonlocal sent
-            st = self._statements()
+            table = self._table()
+            st = table.statements
             connections = self._connections()
             if sent:
                 found = connections.fetch(st.recorded, {"op": op})
                 if found:
                     return _replayed(found)
-            elif self._prune_due():
+            elif table.pruning.due():
                 connections.fetch(st.prune, {"keep": self._record_seconds()})
             sent = True
             try:
@@ -1203,13 +1228,14 @@ class PostgresChatStore(BaseChatStore):
 
         async def attempt() -> list[Row]:
             nonlocal sent
-            st = await self._astatements()
+            table = await self._atable()
+            st = table.statements
             connections = self._aconnections()
             if sent:
                 found = await connections.fetch(st.recorded, {"op": op})
                 if found:
                     return _replayed(found)
-            elif self._prune_due():
+            elif table.pruning.due():
                 await connections.fetch(st.prune, {"keep": self._record_seconds()})
             sent = True
             try:
