@@ -15,7 +15,10 @@ asyncpg, ``%(name)s`` for psycopg, ``%s`` for pg8000).
 
 A statement or transaction the server aborts for a deadlock or a serialization failure
 changed nothing, so it is run again (a few times, after a short random pause); if it
-keeps failing the caller gets a :class:`ChatStoreError` saying so.
+keeps failing the caller gets a :class:`ChatStoreError` saying so. A lost connection is not
+run again here: it raises :class:`BackendUnavailableError` (:class:`NotSentError` when the
+connection could not even be opened, so nothing of the call was sent) and the store retries
+the whole call with its operation id (see ``store.py``).
 
 Async connections belong to one event loop, so each loop gets its own set, created
 lazily; a set left behind by a closed loop is dropped when noticed. A call cancelled

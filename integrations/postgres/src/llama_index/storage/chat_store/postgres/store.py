@@ -164,6 +164,20 @@ class PostgresChatStore(BaseChatStore):
     ``<table>`` or ``data_<table>``), ``google`` (the AlloyDB / Cloud SQL table), or
     ``auto`` (default): use whichever layout the existing table has, else create ``native``.
 
+    Exactly once: a call that fails for want of the server (a dropped connection, a refused
+    connect, a timeout) is retried by the store, up to ``retries`` more times with
+    exponential backoff and jitter (from ``retry_backoff`` seconds, doubling) within
+    ``retry_deadline`` seconds. Every change carries an operation id, made once per call,
+    that the change's own statement records in ``<table>_ops`` (every layout; a table of its
+    own next to LlamaIndex's and Google's tables, which stay as those packages expect), so a
+    change whose COMMIT reply was lost is recognized on retry: it applies nothing twice and
+    returns what the first attempt returned (a removal records the rows it removed). Records
+    are kept at least ``max(300, 2 * retry_deadline)`` seconds, then forgotten by a store
+    that changes the table (at most once a minute) or by :meth:`sweep`. The drivers never
+    resend a statement on their own. When the retries run out the call raises
+    :class:`BackendUnavailableError` saying whether the change was applied ("nothing was
+    applied" when no attempt reached the server, else "the outcome is unknown").
+
     Errors: a dead server raises :class:`BackendUnavailableError` (the store recovers when
     it is back), rejected credentials :class:`AuthenticationError`, an unreadable row
     :class:`CorruptDataError` naming the key and position.
@@ -183,6 +197,10 @@ class PostgresChatStore(BaseChatStore):
         engine_options: Keyword arguments for SQLAlchemy ``create_engine`` (sync path).
         async_connect_options: Keyword arguments for ``asyncpg.connect`` (async path).
         max_async_connections: Connections per event loop for the async path.
+        retries: Times a call that failed for want of the server is tried again (0: never,
+            and the store does not claim exactly-once changes).
+        retry_backoff: Seconds before the first retry, doubling for each next one.
+        retry_deadline: Seconds after the first failure past which no retry starts.
 
     LlamaIndex's constructor ``PostgresChatStore(session, async_session, table_name,
     schema_name, use_jsonb)`` works too: the sessionmakers' engines give the connection
@@ -391,8 +409,9 @@ class PostgresChatStore(BaseChatStore):
         """Build a store from a ``postgresql://`` / ``postgresql+asyncpg://`` URL.
 
         The positional parameters are LlamaIndex's (``debug`` echoes the sync engine's SQL).
-        Query options ``table``, ``schema``, ``layout``, ``ttl`` and ``refresh_on_read``
-        (``true``/``false``) configure the store;
+        Query options ``table``, ``schema``, ``layout``, ``ttl``, ``refresh_on_read``
+        (``true``/``false``), ``retries``, ``retry_backoff`` and ``retry_deadline``
+        configure the store;
         every other option (``sslmode``, ``connect_timeout``, ...) goes to the drivers.
         Keyword ``options`` are store fields (``engine_options``, ``ttl``, ...).
 
