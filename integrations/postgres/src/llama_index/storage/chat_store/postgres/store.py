@@ -7,6 +7,7 @@ whether schema changes take an advisory lock.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import operator
@@ -380,7 +381,7 @@ class PostgresChatStore(BaseChatStore):
 
     @property
     def _retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
+        return _policy(self.retries, self.retry_backoff, self.retry_deadline)
 
     def _record_seconds(self) -> float:
         """How long a change's record is kept: longer than any retry of it may come."""
@@ -884,19 +885,25 @@ class PostgresChatStore(BaseChatStore):
         """Run ``attempt`` (a read, or a change that is idempotent), retried per the policy."""
         return call_with_retries(attempt, self._retry_policy, mutates=mutates)
 
-    def _once(self, change: Callable[[Statements, str], list[Row]]) -> list[Row]:
-        """Apply ``change(statements, op)`` once, however often a lost connection retries it.
+    def _once(
+        self,
+        params: dict[str, Any],
+        change: Callable[[Statements, SyncConnections, dict[str, Any]], list[Row]],
+    ) -> list[Row]:
+        """Apply ``change(statements, connections, params)`` once, however often it is retried.
 
-        Every attempt passes the same operation id ``op``, which the change's statements
-        record in the ops table in the transaction that applies it. An attempt after one that
-        may have reached the server first looks ``op`` up: found, the change was applied and
-        only its reply was lost, so the recorded reply (the removed rows) is returned.
+        Every attempt passes ``params`` with the same operation id ``op``, which the change's
+        statements record in the ops table in the transaction that applies it. An attempt
+        after one that may have reached the server first looks ``op`` up: found, the change
+        was applied and only its reply was lost, so the recorded reply (the removed rows) is
+        returned.
 
         Raises:
             BackendUnavailableError: Every attempt failed for want of the server (the message
                 says whether the change may have been applied).
         """
         op = new_op_id()
+        params = {**params, "op": op}
         sent = False
 
         def attempt() -> list[Row]:
@@ -912,7 +919,7 @@ class PostgresChatStore(BaseChatStore):
                 connections.fetch(st.prune, {"keep": self._record_seconds()})
             sent = True
             try:
-                return change(st, op)
+                return change(st, connections, params)
             except ChatStoreError as exc:
                 if not is_duplicate(exc):
                     raise
@@ -1032,22 +1039,25 @@ class PostgresChatStore(BaseChatStore):
         message = coerce_message(message, copy=False)  # serialized at once, never kept
         if idx is None:
             one = self._append_one_params(key, message)
-            self._once(lambda st, op: self._append_one(st, {**one, "op": op}))
+            self._once(one, self._append_one)
             return
         params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
-        self._once(lambda st, op: self._insert_at(st, {**params, "op": op}, idx))
+        self._once(params, lambda st, connections, p: self._insert_at(st, connections, p, idx))
 
-    def _append_one(self, st: Statements, params: dict[str, Any]) -> list[Row]:
-        connections = self._connections()
+    def _append_one(
+        self, st: Statements, connections: SyncConnections, params: dict[str, Any]
+    ) -> list[Row]:
         rows = connections.fetch(st.append_one, params)
         if rows:
             return rows
         # Native layout: no live conversation row to update; the upsert creates it.
         return connections.fetch(st.append, {**params, "messages": [params["message"]], "n": 1})
 
-    def _insert_at(self, st: Statements, params: dict[str, Any], idx: int) -> list[Row]:
+    def _insert_at(
+        self, st: Statements, connections: SyncConnections, params: dict[str, Any], idx: int
+    ) -> list[Row]:
         if st.lock is None:
-            return self._connections().fetch(st.insert_at, params)
+            return connections.fetch(st.insert_at, params)
         # The lock that creates the conversation row: with no row, ``lock`` would not wait
         # for a writer creating the conversation and the message would land at its end.
         lock = st.lock_for_replace
@@ -1059,7 +1069,7 @@ class PostgresChatStore(BaseChatStore):
                 rows = tx.fetch(st.count, params)
             return tx.fetch(*self._insert(st, params, idx, self._count(rows)))
 
-        return self._connections().transaction(insert)
+        return connections.transaction(insert)
 
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Append ``messages`` in order in one statement (``[]`` changes nothing)."""
@@ -1067,7 +1077,7 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         if batch:
             params = self._append_params(key, batch)
-            self._once(lambda st, op: self._connections().fetch(st.append, {**params, "op": op}))
+            self._once(params, lambda st, connections, p: connections.fetch(st.append, p))
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace the conversation atomically; ``[]`` removes it."""
@@ -1075,12 +1085,10 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         if not batch:
             params = self._key_params(key)
-            self._once(lambda st, op: self._remove(key, st.delete_all, {**params, "op": op}))
+            self._once(params, lambda st, _, p: self._remove(key, st.delete_all, p))
             return
-        replace = {**self._append_params(key, batch)}
-        self._once(
-            lambda st, op: self._change(key, st.replace, {**replace, "op": op}, st.lock_for_replace)
-        )
+        replace = self._append_params(key, batch)
+        self._once(replace, lambda st, _, p: self._change(key, st.replace, p, st.lock_for_replace))
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Remove the conversation; return its messages in order (``None`` if none).
@@ -1094,7 +1102,7 @@ class PostgresChatStore(BaseChatStore):
         """
         key = self._check_key(key)
         params = self._key_params(key)
-        rows = self._once(lambda st, op: self._remove(key, st.delete_all, {**params, "op": op}))
+        rows = self._once(params, lambda st, _, p: self._remove(key, st.delete_all, p))
         return self._removed(key, rows) or None
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
@@ -1114,7 +1122,7 @@ class PostgresChatStore(BaseChatStore):
         if found is None:
             return None
         clause_of, params = found
-        rows = self._once(lambda st, op: self._remove(key, clause_of(st), {**params, "op": op}))
+        rows = self._once(params, lambda st, _, p: self._remove(key, clause_of(st), p))
         removed = self._removed(key, rows)
         return removed[0] if removed else None
 
@@ -1133,7 +1141,7 @@ class PostgresChatStore(BaseChatStore):
         if n <= 0:
             return []
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        rows = self._once(lambda st, op: self._remove(key, st.delete_oldest, {**params, "op": op}))
+        rows = self._once(params, lambda st, _, p: self._remove(key, st.delete_oldest, p))
         return self._removed(key, rows)
 
     def iter_keys(self) -> Iterator[str]:
@@ -1240,9 +1248,14 @@ class PostgresChatStore(BaseChatStore):
         """Async :meth:`_retried`."""
         return await acall_with_retries(attempt, self._retry_policy, mutates=mutates)
 
-    async def _aonce(self, change: Callable[[Statements, str], Awaitable[list[Row]]]) -> list[Row]:
+    async def _aonce(
+        self,
+        params: dict[str, Any],
+        change: Callable[[Statements, AsyncConnections, dict[str, Any]], Awaitable[list[Row]]],
+    ) -> list[Row]:
         """Async :meth:`_once`."""
         op = new_op_id()
+        params = {**params, "op": op}
         sent = False
 
         async def attempt() -> list[Row]:
@@ -1258,7 +1271,7 @@ class PostgresChatStore(BaseChatStore):
                 await connections.fetch(st.prune, {"keep": self._record_seconds()})
             sent = True
             try:
-                return await change(st, op)
+                return await change(st, connections, params)
             except ChatStoreError as exc:
                 if not is_duplicate(exc):
                     raise
@@ -1343,22 +1356,27 @@ class PostgresChatStore(BaseChatStore):
         message = coerce_message(message, copy=False)  # serialized at once, never kept
         if idx is None:
             one = self._append_one_params(key, message)
-            await self._aonce(lambda st, op: self._aappend_one(st, {**one, "op": op}))
+            await self._aonce(one, self._aappend_one)
             return
         params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
-        await self._aonce(lambda st, op: self._ainsert_at(st, {**params, "op": op}, idx))
+        await self._aonce(
+            params, lambda st, connections, p: self._ainsert_at(st, connections, p, idx)
+        )
 
-    async def _aappend_one(self, st: Statements, params: dict[str, Any]) -> list[Row]:
-        connections = self._aconnections()
+    async def _aappend_one(
+        self, st: Statements, connections: AsyncConnections, params: dict[str, Any]
+    ) -> list[Row]:
         rows = await connections.fetch(st.append_one, params)
         if rows:
             return rows
         appended = {**params, "messages": [params["message"]], "n": 1}
         return await connections.fetch(st.append, appended)
 
-    async def _ainsert_at(self, st: Statements, params: dict[str, Any], idx: int) -> list[Row]:
+    async def _ainsert_at(
+        self, st: Statements, connections: AsyncConnections, params: dict[str, Any], idx: int
+    ) -> list[Row]:
         if st.lock is None:
-            return await self._aconnections().fetch(st.insert_at, params)
+            return await connections.fetch(st.insert_at, params)
         lock = st.lock_for_replace  # as in add_message: it waits for a creating writer
         assert lock is not None
 
@@ -1368,7 +1386,7 @@ class PostgresChatStore(BaseChatStore):
                 rows = await tx.fetch(st.count, params)
             return await tx.fetch(*self._insert(st, params, idx, self._count(rows)))
 
-        return await self._aconnections().transaction(insert)
+        return await connections.transaction(insert)
 
     async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`add_messages`."""
@@ -1376,9 +1394,7 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         if batch:
             params = self._append_params(key, batch)
-            await self._aonce(
-                lambda st, op: self._aconnections().fetch(st.append, {**params, "op": op})
-            )
+            await self._aonce(params, lambda st, connections, p: connections.fetch(st.append, p))
 
     async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`set_messages`."""
@@ -1386,24 +1402,18 @@ class PostgresChatStore(BaseChatStore):
         batch = coerce_messages(messages)
         if not batch:
             params = self._key_params(key)
-            await self._aonce(
-                lambda st, op: self._aremove(key, st.delete_all, {**params, "op": op})
-            )
+            await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_all, p))
             return
         replace = self._append_params(key, batch)
         await self._aonce(
-            lambda st, op: self._achange(
-                key, st.replace, {**replace, "op": op}, st.lock_for_replace
-            )
+            replace, lambda st, _, p: self._achange(key, st.replace, p, st.lock_for_replace)
         )
 
     async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
         """Async :meth:`delete_messages`."""
         key = self._check_key(key)
         params = self._key_params(key)
-        rows = await self._aonce(
-            lambda st, op: self._aremove(key, st.delete_all, {**params, "op": op})
-        )
+        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_all, p))
         return self._removed(key, rows) or None
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
@@ -1413,9 +1423,7 @@ class PostgresChatStore(BaseChatStore):
         if found is None:
             return None
         clause_of, params = found
-        rows = await self._aonce(
-            lambda st, op: self._aremove(key, clause_of(st), {**params, "op": op})
-        )
+        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, clause_of(st), p))
         removed = self._removed(key, rows)
         return removed[0] if removed else None
 
@@ -1429,9 +1437,7 @@ class PostgresChatStore(BaseChatStore):
         if n <= 0:
             return []
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        rows = await self._aonce(
-            lambda st, op: self._aremove(key, st.delete_oldest, {**params, "op": op})
-        )
+        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_oldest, p))
         return self._removed(key, rows)
 
     async def aiter_keys(self) -> AsyncIterator[str]:
@@ -1489,6 +1495,12 @@ class PostgresChatStore(BaseChatStore):
             sync.close()
         if async_ is not None:
             await async_.aclose()
+
+
+@functools.lru_cache(maxsize=32)
+def _policy(retries: int, backoff: float, deadline: float) -> RetryPolicy:
+    """The retry policy of these settings, made once (every call of a store needs it)."""
+    return RetryPolicy(retries, backoff, deadline)
 
 
 def _replayed(found: list[Row]) -> list[Row]:
