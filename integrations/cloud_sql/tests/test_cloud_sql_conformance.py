@@ -47,8 +47,28 @@ class TestCloudSQLConformance(ChatStoreConformance):
         monkeypatch.setattr(PostgresEngine, "async_connector_factory", local)
 
     @pytest.fixture
-    def store_factory(self, postgres_url: str) -> Callable[[], BaseChatStore]:
-        return functools.partial(make_store, *server(postgres_url), f"s_{uuid.uuid4().hex[:12]}")
+    def schema_name(self) -> str:
+        return f"s_{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def store_factory(self, postgres_url: str, schema_name: str) -> Callable[[], BaseChatStore]:
+        return functools.partial(make_store, *server(postgres_url), schema_name)
+
+    @pytest.fixture
+    def server_address(self, postgres_url: str) -> tuple[str, int]:
+        host, port, _ = server(postgres_url)
+        return host, port
+
+    @pytest.fixture
+    def store_factory_at(
+        self, postgres_url: str, schema_name: str
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        _, _, database = server(postgres_url)
+
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            return functools.partial(make_store, host, port, database, schema_name)
+
+        return at
 
     @pytest.fixture
     def other_store(self, postgres_url: str) -> Iterator[BaseChatStore]:

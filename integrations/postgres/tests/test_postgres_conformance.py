@@ -13,6 +13,7 @@ import pytest
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.postgres import PostgresChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
 
 PASSWORD = "not-a-real-password-7Q"  # trust auth ignores it; it must still never leak
@@ -33,6 +34,25 @@ class _PostgresFixtures(ChatStoreConformance):
             password=PASSWORD,
             **self.options,
         )
+
+    @pytest.fixture
+    def server_address(self, database_url_for_module: str) -> tuple[str, int]:
+        return address_of(database_url_for_module, 5432)
+
+    @pytest.fixture
+    def store_factory_at(
+        self, database_url_for_module: str, schema_name: str
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            return functools.partial(
+                PostgresChatStore.from_uri,
+                url_at(database_url_for_module, host, port),
+                schema_name=schema_name,
+                password=PASSWORD,
+                **self.options,
+            )
+
+        return at
 
     @pytest.fixture
     def other_store(self, database_url_for_module: str) -> Iterator[BaseChatStore]:

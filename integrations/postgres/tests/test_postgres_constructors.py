@@ -17,7 +17,12 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
-from llama_index.storage.chat_store.core import ChatMessage, ConfigurationError
+from llama_index.storage.chat_store.core import (
+    Capability,
+    ChatMessage,
+    ConfigurationError,
+    chat_store_from_dict,
+)
 from llama_index.storage.chat_store.postgres import PostgresChatStore
 
 
@@ -166,3 +171,23 @@ def test_unknown_argument_is_an_error_naming_it(
     url = _driver(database_url_for_module, "postgresql+psycopg")
     with pytest.raises((TypeError, ValueError), match="tll"):
         build(url)
+
+
+def test_retry_options_from_the_url_and_keywords() -> None:
+    """retries, retry_backoff and retry_deadline come from the URL query or keywords.
+
+    If this fails: the URL's retry options reach the driver (which rejects them) instead of
+    the store, or ``retries=0`` still claims exactly-once changes (nothing would retry them).
+    """
+    url = "postgresql://u@127.0.0.1:1/db?retries=5&retry_backoff=0.2&retry_deadline=30"
+    store = PostgresChatStore.from_uri(url)
+    assert (store.retries, store.retry_backoff, store.retry_deadline) == (5, 0.2, 30.0)
+    assert "retries" not in store.connection_string
+    assert Capability.EXACTLY_ONCE in store.capabilities
+    rebuilt = chat_store_from_dict(store.to_dict())
+    assert isinstance(rebuilt, PostgresChatStore)
+    assert (rebuilt.retries, rebuilt.retry_deadline) == (5, 30.0)
+    off = PostgresChatStore.from_uri("postgresql://u@127.0.0.1:1/db", retries=0)
+    assert Capability.EXACTLY_ONCE not in off.capabilities
+    with pytest.raises(ValueError, match="retries"):
+        PostgresChatStore.from_uri("postgresql://u@127.0.0.1:1/db", retries=-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -180,7 +181,7 @@ def test_hostile_schema_and_table_names_are_data(
                 "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
             )
         }
-    assert names == {table, f"{table}_conversations"}
+    assert names == {table, f"{table}_conversations", f"{table}_ops"}
     store.close()
 
 
@@ -248,3 +249,32 @@ def test_from_engine_uses_the_callers_engine(server: LocalServer) -> None:
     with engine.connect() as still_open:
         assert still_open.exec_driver_sql("SELECT 1").scalar() == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize("layout", ["native", "google", "llama_index"])
+def test_change_records_stay_until_they_age_out(server: LocalServer, layout: str) -> None:
+    """Each change leaves one record in ``<table>_ops``; sweep() forgets those past retention.
+
+    If this fails: a change records no operation id (a retry after a lost reply would apply
+    it twice), records it more than once, or old records are never pruned.
+    """
+    schema = f"o_{uuid.uuid4().hex[:8]}"
+    store = PostgresChatStore.from_uri(_url(server), schema_name=schema, layout=layout)
+    store.add_message("k", ChatMessage(content="a"))
+    store.add_messages("k", [ChatMessage(content="b"), ChatMessage(content="c")])
+    assert asyncio.run(store.adelete_last_message("k")).content == "c"  # type: ignore[union-attr]
+    ops = f'"{schema}".chatstore_ops'
+    with psycopg.connect(_url(server), autocommit=True) as raw:
+        replies = [row[0] for row in raw.execute(f"SELECT reply FROM {ops}")]
+        assert len(replies) == 3
+        assert replies.count(None) == 2  # appends record no reply
+        popped = json.loads(next(r for r in replies if r is not None))
+        assert len(popped) == 1
+        assert popped[0][0] == 2  # the position it had, then the stored message text
+        assert json.loads(popped[0][1])["blocks"][0]["text"] == "c"
+        raw.execute(f"UPDATE {ops} SET created_at = now() - interval '1 hour'")
+        store.add_message("k", ChatMessage(content="d"))
+        store.sweep()
+        left = raw.execute(f"SELECT count(*) FROM {ops}").fetchone()
+    assert left == (1,)
+    store.close()

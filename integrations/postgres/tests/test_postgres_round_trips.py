@@ -1,4 +1,7 @@
-"""How a removal reaches the server: one round trip when no other writer is at work.
+"""How a change reaches the server: one round trip when no other writer is at work.
+
+Each change also records its operation id (exactly-once retries) inside that same statement,
+so the record costs no round trip: an append stays one statement in every layout.
 
 A removal must read the conversation only once it holds the conversation's lock. As a
 transaction (BEGIN, lock, change, COMMIT) that costs four round trips; the native layout
@@ -98,6 +101,25 @@ _TAKE_THEN_COUNT = text(
     "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
     "AND pid = pg_backend_pid())"
 )
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_an_append_to_a_conversation_is_one_statement(
+    store: PostgresChatStore, monkeypatch: pytest.MonkeyPatch, api: str
+) -> None:
+    """add_message and add_messages, their operation ids recorded, are one statement each.
+
+    If this fails: recording the operation id went into a statement or transaction of its
+    own (a round trip more on every change), or the native append no longer takes the
+    plain update of a live conversation.
+    """
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    store.set_messages(key, [ChatMessage(content="m0")])
+    calls = _Calls(store, monkeypatch)
+    _call(store, api, "add_message", key, ChatMessage(content="m1"))
+    _call(store, api, "add_messages", key, [ChatMessage(content="m2"), ChatMessage(content="m3")])
+    assert dict(calls.counts) == {"fetch": 2}
+    assert [m.content for m in store.get_messages(key)] == ["m0", "m1", "m2", "m3"]
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])

@@ -10,13 +10,14 @@ import functools
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg2
 import pytest
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
 from llama_index.storage.chat_store.yugabytedb import YugabyteDBChatStore
 
@@ -38,14 +39,42 @@ class _YugabyteFixtures(ChatStoreConformance):
     options: dict[str, Any] = {}
 
     @pytest.fixture
-    def store_factory(self, yugabytedb_url: str) -> Callable[[], BaseChatStore]:
+    def schema_name(self) -> str:
+        return schema()
+
+    @pytest.fixture
+    def store_factory(self, yugabytedb_url: str, schema_name: str) -> Callable[[], BaseChatStore]:
         return functools.partial(
             YugabyteDBChatStore.from_uri,
             yugabytedb_url + SMART,
-            schema_name=schema(),
+            schema_name=schema_name,
             password=PASSWORD,
             **self.options,
         )
+
+    @pytest.fixture
+    def server_address(self, yugabytedb_url: str) -> tuple[str, int]:
+        return address_of(yugabytedb_url, 5433)
+
+    @pytest.fixture
+    def store_factory_at(
+        self, yugabytedb_url: str, schema_name: str
+    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
+        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
+            # Without load balancing: the smart driver would connect to the servers the
+            # cluster lists (the server itself), around the proxy at host:port.
+            parts = urlsplit(url_at(yugabytedb_url, host, port))
+            query = [(k, v) for k, v in parse_qsl(parts.query) if k != "load_balance"]
+            moved = urlunsplit(parts._replace(query=urlencode([*query, ("load_balance", "false")])))
+            return functools.partial(
+                YugabyteDBChatStore.from_uri,
+                moved,
+                schema_name=schema_name,
+                password=PASSWORD,
+                **self.options,
+            )
+
+        return at
 
     @pytest.fixture
     def other_store(self, yugabytedb_url: str) -> Iterator[BaseChatStore]:

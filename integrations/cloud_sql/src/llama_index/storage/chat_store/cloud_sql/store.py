@@ -19,6 +19,8 @@ class PostgresChatStore(_PostgresChatStore):
     ``"<table>_idx_key"``): tables created by Google's package work here and the other
     way round, and Google's writers may share them, so there are no bookkeeping rows and
     no TTL. Appends, pops and windows are single statements like the Postgres store's.
+    Changes record their operation ids in a table of their own, ``<table>_ops``, so a change
+    retried after a lost connection applies once (see :class:`PostgresChatStore`).
 
     Build it with :meth:`create_sync` / :meth:`create` from a :class:`PostgresEngine`, or
     :meth:`from_url` (``cloudsql://PROJECT/REGION/INSTANCE/DATABASE?table=...``; ``user``,

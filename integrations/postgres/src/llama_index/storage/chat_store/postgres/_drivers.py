@@ -15,7 +15,10 @@ asyncpg, ``%(name)s`` for psycopg, ``%s`` for pg8000).
 
 A statement or transaction the server aborts for a deadlock or a serialization failure
 changed nothing, so it is run again (a few times, after a short random pause); if it
-keeps failing the caller gets a :class:`ChatStoreError` saying so.
+keeps failing the caller gets a :class:`ChatStoreError` saying so. A lost connection is not
+run again here: it raises :class:`BackendUnavailableError` (:class:`NotSentError` when the
+connection could not even be opened, so nothing of the call was sent) and the store retries
+the whole call with its operation id (see ``store.py``).
 
 Async connections belong to one event loop, so each loop gets its own set, created
 lazily; a set left behind by a closed loop is dropped when noticed. A call cancelled
@@ -43,6 +46,7 @@ from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
     ChatStoreError,
+    NotSentError,
     PerLoop,
 )
 
@@ -52,6 +56,7 @@ __all__ = [
     "Compiled",
     "Runner",
     "SyncConnections",
+    "is_duplicate",
     "translate_error",
 ]
 
@@ -145,12 +150,28 @@ def translate_error(exc: BaseException, where: str) -> ChatStoreError | None:
     return None
 
 
-def _is_conflict(error: ChatStoreError) -> bool:
-    """Whether ``error`` is a deadlock or serialization failure (safe to run again)."""
+def _state_of(error: ChatStoreError) -> str:
     cause = error.__cause__
     if isinstance(cause, DBAPIError) and cause.orig is not None:
         cause = cause.orig
-    return cause is not None and _sqlstate(cause) in _CONFLICT_STATES
+    return "" if cause is None else _sqlstate(cause)
+
+
+def _is_conflict(error: ChatStoreError) -> bool:
+    """Whether ``error`` is a deadlock or serialization failure (safe to run again)."""
+    return _state_of(error) in _CONFLICT_STATES
+
+
+def is_duplicate(error: ChatStoreError) -> bool:
+    """Whether ``error`` is a unique violation (a change's operation id, already recorded)."""
+    return _state_of(error) == "23505"
+
+
+def _not_sent(error: ChatStoreError) -> ChatStoreError:
+    """``error`` of a connection that failed to open: no request of the call was sent."""
+    if type(error) is BackendUnavailableError:
+        return NotSentError(str(error))
+    return error
 
 
 def _pause(attempt: int) -> float:
@@ -289,8 +310,9 @@ class SyncConnections:
             self._release(connection)
 
     def _translated(self, exc: Exception) -> ChatStoreError:
-        return translate_error(exc, self._where) or BackendUnavailableError(
-            f"cannot connect to {self._where}: {exc}"
+        return _not_sent(
+            translate_error(exc, self._where)
+            or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
         )
 
     def _release(self, connection: PoolProxiedConnection) -> None:
@@ -442,7 +464,7 @@ class AsyncConnections:
                 except ChatStoreError:
                     raise
                 except Exception as exc:
-                    raise (
+                    raise _not_sent(
                         translate_error(exc, self._where)
                         or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
                     ) from exc

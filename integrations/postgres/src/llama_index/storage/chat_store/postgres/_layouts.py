@@ -46,6 +46,12 @@ Three layouts:
 * ``llama_index``: LlamaIndex's ``PostgresChatStore`` table (one row per
   conversation, an array of JSON messages), updated by single statements.
 
+Exactly once: every change records its operation id (``:op``) in ``<table>_ops`` in the same
+statement, in every layout (a ``rec`` CTE; removals record the rows they return, as
+``reply``), so a retry whose first attempt's reply was lost finds it there (``recorded``)
+instead of applying the change again. A removal records only from a run that acts (its
+``lk`` says ``fresh``), an append of the native layout only when it appended.
+
 Every read returns ``(position-or-id, message_text)`` rows; ``message_text`` is the
 stored JSON as text (``json`` keeps the bytes written; LlamaIndex's ``jsonb`` is
 already normalised by the server). Every removal returns ``(position, message_text)``
@@ -70,6 +76,8 @@ __all__ = [
     "conversations_table",
     "create_statements",
     "drop_statements",
+    "ops_statement",
+    "ops_table",
     "quote",
     "statements_for",
 ]
@@ -101,6 +109,27 @@ def quote(identifier: str) -> str:
 def conversations_table(table: str) -> str:
     """Return the name of the native layout's per-conversation table."""
     return f"{table}_conversations"
+
+
+def ops_table(table: str) -> str:
+    """Return the name of the table recording the operation ids of ``table``'s changes."""
+    return f"{table}_ops"
+
+
+def _record(o: str, source: str = "") -> str:
+    """The ``rec`` CTE recording ``:op`` (with no reply): always, or once per row of ``source``."""
+    if source:
+        return f"rec AS (INSERT INTO {o} (op_id) SELECT CAST(:op AS text) FROM {source})"
+    return f"rec AS (INSERT INTO {o} (op_id) VALUES (CAST(:op AS text)))"
+
+
+def _record_removed(o: str, fresh: str = "") -> str:
+    """The ``rec`` CTE recording ``:op`` with the rows of ``out (p, message)`` as its reply.
+
+    ``fresh``: a ``FROM ... WHERE`` clause limiting it to a run that acts (row layouts).
+    """
+    reply = "(SELECT CAST(json_agg(json_build_array(p, message) ORDER BY p) AS text) FROM out)"
+    return f"rec AS (INSERT INTO {o} (op_id, reply) SELECT CAST(:op AS text), {reply}{fresh})"
 
 
 @dataclass(frozen=True)
@@ -138,6 +167,8 @@ class Statements:
     lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row (count)
     lock_all: TextClause | None  # locks every conversation of the table  (row layouts)
     sweep: TextClause | None  # -> (conversations removed,)  (native)
+    recorded: TextClause  # op -> (reply,) when operation ``op`` was applied, else no row
+    prune: TextClause  # keep: forget operations recorded more than ``keep`` seconds ago
 
 
 def _name(schema: str, table: str) -> str:
@@ -165,12 +196,24 @@ def statements_for(
         row_versions: Native layout: the server has ``ctid`` (PostgreSQL), so a removal
             can check its snapshot and run as one statement; else it runs after ``lock``.
     """
+    ops = _name(schema, ops_table(table))
     if layout == "native":
         conversations = _name(schema, conversations_table(table))
-        return _native(_name(schema, table), conversations, refresh_on_read, row_versions)
+        return _native(_name(schema, table), conversations, ops, refresh_on_read, row_versions)
     if layout == "google":
-        return _google(_name(schema, table))
-    return _llama_index(_name(schema, table), element_type)
+        return _google(_name(schema, table), ops)
+    return _llama_index(_name(schema, table), ops, element_type)
+
+
+def _ops_statements(o: str) -> dict[str, TextClause]:
+    """Looking an operation up, and forgetting old ones (every layout)."""
+    return {
+        "recorded": text(f"SELECT reply FROM {o} WHERE op_id = CAST(:op AS text)"),
+        "prune": text(
+            f"DELETE FROM {o} WHERE created_at < "
+            "now() - CAST(:keep AS double precision) * interval '1 second'"
+        ),
+    }
 
 
 def _rows_common(m: str, live: str, refresh: str = "") -> dict[str, TextClause]:
@@ -279,12 +322,16 @@ def _counted_before(m: str) -> str:
 
 
 def _removals(
-    m: str, lk: str, from_end: str, touch: str = "", drop: str = ""
+    m: str, o: str, lk: str, from_end: str, touch: str = "", drop: str = ""
 ) -> dict[str, TextClause]:
     """The removals over messages table ``m``, each starting with lock CTE ``lk``.
 
+    Each puts what it returns in ``out (p, message)`` and records it with ``:op`` in ops
+    table ``o`` when its run acts (``lk.fresh``).
+
     Args:
         m: The messages table.
+        o: The ops table.
         lk: The ``lk`` CTE (``_native_lock`` or ``_GOOGLE_LOCK``).
         from_end: What ``delete_from_end`` returns from ``gone``: the position it had.
         touch: A CTE, put after ``gone``, updating the conversation row by what was removed.
@@ -296,23 +343,20 @@ def _removals(
     after = f", {touch}" if touch else ""
     conv = f"{drop}, " if drop else ""
     kept = " WHERE NOT EXISTS (SELECT 1 FROM conv WHERE expires_at <= now())" if drop else ""
+    rec = _record_removed(o, " FROM lk WHERE lk.fresh")
+
+    def removal(which: str, positions: str, head: str = "", tail: str = after) -> TextClause:
+        return text(
+            f"WITH {lk}, {head}gone AS (DELETE FROM {m} WHERE {key} AND {which} {returning}"
+            f"{tail}, out (p, message) AS ({positions}), {rec} "
+            f"SELECT p, message FROM out {_STALE} ORDER BY 1"
+        )
+
     return {
-        "delete_all": text(
-            f"WITH {lk}, {conv}gone AS (DELETE FROM {m} WHERE {key} AND {_GATE_ALL} "
-            f"{returning} {_FROM_FIRST}{kept} {_STALE} ORDER BY 1"
-        ),
-        "delete_from_start": text(
-            f"WITH {lk}, gone AS (DELETE FROM {m} WHERE {key} AND id = ({_pick(m, 'ASC')}) "
-            f"{returning}{after} {_AT_OFFSET} {_STALE}"
-        ),
-        "delete_from_end": text(
-            f"WITH {lk}, gone AS (DELETE FROM {m} WHERE {key} AND id = ({_pick(m, 'DESC')}) "
-            f"{returning}{after} {from_end} {_STALE}"
-        ),
-        "delete_oldest": text(
-            f"WITH {lk}, gone AS (DELETE FROM {m} WHERE {key} AND id = ANY({_first_ids(m)}) "
-            f"{returning}{after} {_FROM_FIRST} {_STALE} ORDER BY 1"
-        ),
+        "delete_all": removal(_GATE_ALL, f"{_FROM_FIRST}{kept}", head=conv, tail=""),
+        "delete_from_start": removal(f"id = ({_pick(m, 'ASC')})", _AT_OFFSET),
+        "delete_from_end": removal(f"id = ({_pick(m, 'DESC')})", from_end),
+        "delete_oldest": removal(f"id = ANY({_first_ids(m)})", _FROM_FIRST),
     }
 
 
@@ -332,7 +376,7 @@ def _refresh(c: str) -> str:
     )
 
 
-def _native(m: str, c: str, refresh_on_read: bool, row_versions: bool) -> Statements:
+def _native(m: str, c: str, o: str, refresh_on_read: bool, row_versions: bool) -> Statements:
     refresh = _refresh(c) if refresh_on_read else ""
     expired = f"EXISTS (SELECT 1 FROM {c} WHERE key = CAST(:key AS text) AND expires_at <= now())"
     live = f" AND NOT {expired}"
@@ -359,7 +403,7 @@ def _native(m: str, c: str, refresh_on_read: bool, row_versions: bool) -> Statem
             "AND message_count > 0 AND (expires_at IS NULL OR expires_at > now())"
         ),
         append=text(
-            f"WITH {upsert} INSERT INTO {m} (key, message) "
+            f"WITH {upsert}, {_record(o)} INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
         ),
         # The common case, a live conversation: a plain UPDATE of its row is cheaper than the
@@ -367,8 +411,8 @@ def _native(m: str, c: str, refresh_on_read: bool, row_versions: bool) -> Statem
         append_one=text(
             f"WITH conv AS (UPDATE {c} SET message_count = message_count + 1, "
             f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) "
-            "AND (expires_at IS NULL OR expires_at > now()) RETURNING 1) "
-            f"INSERT INTO {m} (key, message) "
+            "AND (expires_at IS NULL OR expires_at > now()) RETURNING 1), "
+            f"{_record(o, 'conv')} INSERT INTO {m} (key, message) "
             "SELECT CAST(:key AS text), CAST(:message AS json) FROM conv RETURNING id"
         ),
         insert_at=text(
@@ -376,7 +420,7 @@ def _native(m: str, c: str, refresh_on_read: bool, row_versions: bool) -> Statem
             f"(SELECT id FROM {m} WHERE key = CAST(:key AS text) ORDER BY id "
             "OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, message), "
             f"conv AS (UPDATE {c} SET message_count = message_count + 1, expires_at = {_EXPIRES} "
-            "WHERE key = CAST(:key AS text) RETURNING 1) "
+            f"WHERE key = CAST(:key AS text) RETURNING 1), {_record(o)} "
             f"INSERT INTO {m} (key, message) SELECT CAST(:key AS text), s.message FROM conv, "
             "(SELECT 0 AS g, CAST(0 AS bigint) AS id, CAST(u.message AS json) AS message "
             "FROM unnest(CAST(:messages AS text[])) AS u(message) "
@@ -385,12 +429,13 @@ def _native(m: str, c: str, refresh_on_read: bool, row_versions: bool) -> Statem
         replace=text(
             f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text)), "
             f"conv AS (UPDATE {c} SET message_count = CAST(:n AS bigint), expires_at = {_EXPIRES} "
-            "WHERE key = CAST(:key AS text) RETURNING 1) "
+            f"WHERE key = CAST(:key AS text) RETURNING 1), {_record(o)} "
             f"INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
         ),
         **_removals(
             m,
+            o,
             _native_lock(c, row_versions),
             # O(1): the conversation's count (the snapshot's, as the lock left it).
             "SELECT (SELECT n FROM lk) - 1 - CAST(:offset AS bigint), message FROM gone",
@@ -428,10 +473,11 @@ def _native(m: str, c: str, refresh_on_read: bool, row_versions: bool) -> Statem
             f"RETURNING key), gone AS (DELETE FROM {m} WHERE key IN (SELECT key FROM dead)) "
             "SELECT count(*) FROM dead"
         ),
+        **_ops_statements(o),
     )
 
 
-def _google(m: str) -> Statements:
+def _google(m: str, o: str) -> Statements:
     # Google's table has no row per conversation: a transaction-scoped advisory lock on
     # the key (``:lock``, a hash of schema, table and key) stands in for it. Appends take
     # it in their statement before the rows get their ids, so ids follow commit order.
@@ -442,29 +488,29 @@ def _google(m: str) -> Statements:
         **_rows_common(m, ""),
         count=text(f"SELECT count(*) FROM {m} WHERE key = CAST(:key AS text)"),
         append=text(
-            f"WITH lk AS ({lock}) INSERT INTO {m} (key, message) "
+            f"WITH lk AS ({lock}), {_record(o)} INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM lk, {_NEW_ROWS}"
         ),
         append_one=text(
-            f"WITH lk AS ({lock}) INSERT INTO {m} (key, message) "
+            f"WITH lk AS ({lock}), {_record(o)} INSERT INTO {m} (key, message) "
             "SELECT CAST(:key AS text), CAST(:message AS json) FROM lk RETURNING id"
         ),
         # The tail from the insert position moves behind the new message.
         insert_at=text(
             f"WITH tail AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id >= "
             f"(SELECT id FROM {m} WHERE key = CAST(:key AS text) ORDER BY id "
-            "OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, message) "
+            f"OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, message), {_record(o)} "
             f"INSERT INTO {m} (key, message) SELECT CAST(:key AS text), s.message FROM "
             "(SELECT 0 AS g, CAST(0 AS bigint) AS id, CAST(u.message AS json) AS message "
             "FROM unnest(CAST(:messages AS text[])) AS u(message) "
             "UNION ALL SELECT 1, id, message FROM tail) AS s ORDER BY s.g, s.id"
         ),
         replace=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text)) "
+            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text)), {_record(o)} "
             f"INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {_NEW_ROWS}"
         ),
-        **_removals(m, _GOOGLE_LOCK, _counted_before(m)),
+        **_removals(m, o, _GOOGLE_LOCK, _counted_before(m)),
         removal="pipelined",
         keys_page=text(
             f"SELECT key FROM {m} WHERE key > CAST(:after AS text) GROUP BY key "
@@ -476,10 +522,11 @@ def _google(m: str) -> Statements:
         # Waits for every writer's transaction and holds off new ones (plain reads go on).
         lock_all=text(f"LOCK TABLE {m} IN EXCLUSIVE MODE"),
         sweep=None,
+        **_ops_statements(o),
     )
 
 
-def _llama_index(t: str, element: str) -> Statements:
+def _llama_index(t: str, o: str, element: str) -> Statements:
     array = f"{element}[]"
     size = "COALESCE(cardinality(t.value), 0)"
     # list.insert semantics: negative counts from the end, both ends clamp.
@@ -492,6 +539,7 @@ def _llama_index(t: str, element: str) -> Statements:
         f"THEN GREATEST({size} + CAST(:offset AS bigint), 0) ELSE CAST(:offset AS bigint) END"
     )
     unnest = "unnest(t.value) WITH ORDINALITY AS u(message, n)"
+    rec = f"WITH {_record(o)} "
     return Statements(
         layout="llama_index",
         positions=True,
@@ -507,39 +555,41 @@ def _llama_index(t: str, element: str) -> Statements:
         ),
         count=text(f"SELECT {size} FROM {t} AS t WHERE t.key = CAST(:key AS text)"),
         append=text(
-            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
             f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
             "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value"
         ),
         append_one=text(
-            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
             f"ARRAY[CAST(:message AS {element})]) ON CONFLICT (key) DO UPDATE "
             "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value RETURNING 1"
         ),
         insert_at=text(
-            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
             f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
             f"SET value = COALESCE(t.value[1:{insert_pos}], excluded.value[0:0]) || excluded.value "
             f"|| COALESCE(t.value[{insert_pos} + 1:], excluded.value[0:0])"
         ),
         replace=text(
-            f"INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
             f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
         ),
         delete_all=text(
-            f"WITH t AS (DELETE FROM {t} WHERE key = CAST(:key AS text) RETURNING value) "
-            f"SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} ORDER BY u.n"
+            f"WITH t AS (DELETE FROM {t} WHERE key = CAST(:key AS text) RETURNING value), "
+            f"out (p, message) AS (SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest}), "
+            f"{_record_removed(o)} SELECT p, message FROM out ORDER BY p"
         ),
-        delete_from_start=_llama_index_delete(t, "CAST(:offset AS bigint)"),
-        delete_from_end=_llama_index_delete(t, f"{size} - 1 - CAST(:offset AS bigint)"),
+        delete_from_start=_llama_index_delete(t, o, "CAST(:offset AS bigint)"),
+        delete_from_end=_llama_index_delete(t, o, f"{size} - 1 - CAST(:offset AS bigint)"),
         delete_oldest=text(
             f"WITH t AS (SELECT key, value FROM {t} WHERE key = CAST(:key AS text) FOR UPDATE), "
             # Array subscripts are 32-bit: cut n to the array's length first.
             f"upd AS (UPDATE {t} AS d SET value = "
             "d.value[LEAST(CAST(:n AS bigint), COALESCE(cardinality(d.value), 0)) + 1:] FROM t "
-            "WHERE d.key = t.key AND CAST(:n AS bigint) > 0) "
-            f"SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} "
-            "WHERE u.n <= CAST(:n AS bigint) ORDER BY u.n"
+            "WHERE d.key = t.key AND CAST(:n AS bigint) > 0), "
+            f"out (p, message) AS (SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} "
+            f"WHERE u.n <= CAST(:n AS bigint)), {_record_removed(o)} "
+            "SELECT p, message FROM out ORDER BY p"
         ),
         removal="single",  # one row holds the conversation: its lock is the statement's
         keys_page=text(
@@ -552,10 +602,11 @@ def _llama_index(t: str, element: str) -> Statements:
         lock_for_replace=None,
         lock_all=None,
         sweep=None,
+        **_ops_statements(o),
     )
 
 
-def _llama_index_delete(t: str, position: str) -> TextClause:
+def _llama_index_delete(t: str, o: str, position: str) -> TextClause:
     """Remove the array element at 0-based ``position`` (an SQL expression over ``t.value``).
 
     FOR UPDATE returns the newest version of the row, so the position is computed on what
@@ -567,8 +618,9 @@ def _llama_index_delete(t: str, position: str) -> TextClause:
         "hit AS (SELECT key, p, value[p + 1] AS message FROM cur "
         "WHERE p >= 0 AND p < COALESCE(cardinality(value), 0)), "
         f"upd AS (UPDATE {t} AS t SET value = t.value[1:hit.p] || t.value[hit.p + 2:] "
-        "FROM hit WHERE t.key = hit.key) "
-        "SELECT p, CAST(message AS text) FROM hit"
+        "FROM hit WHERE t.key = hit.key), "
+        f"out (p, message) AS (SELECT p, CAST(message AS text) FROM hit), {_record_removed(o)} "
+        "SELECT p, message FROM out"
     )
 
 
@@ -604,6 +656,7 @@ def create_statements(
     """Return the DDL creating ``layout``'s tables if missing (each statement idempotent)."""
     name = _name(schema, table)
     ddl = [f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}"] if create_schema else []
+    ddl += [ops_statement(schema, table)]
     if layout == "native":
         conv = conversations_table(table)
         ddl += [
@@ -635,7 +688,17 @@ def create_statements(
     return [text(statement) for statement in ddl]
 
 
+def ops_statement(schema: str, table: str) -> str:
+    """Return the DDL creating ``table``'s ops table if missing (every layout has one)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {_name(schema, ops_table(table))} "
+        '(op_id TEXT COLLATE "C" PRIMARY KEY, reply TEXT, '
+        "created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+
+
 def drop_statements(layout: LayoutName, schema: str, table: str) -> list[TextClause]:
     """Return the DDL dropping ``layout``'s tables if present."""
     tables = [table, conversations_table(table)] if layout == "native" else [table]
+    tables.append(ops_table(table))
     return [text(f"DROP TABLE IF EXISTS {_name(schema, t)}") for t in tables]

@@ -7,12 +7,15 @@ whether schema changes take an advisory lock.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import operator
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
@@ -22,13 +25,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import TextClause
+from sqlalchemy import TextClause, text
 from sqlalchemy.engine import URL, Engine, create_engine, make_url
 
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
     Capability,
     ChatMessage,
+    ChatStoreError,
     ConfigurationError,
     CorruptDataError,
     coerce_message,
@@ -38,6 +42,12 @@ from llama_index.storage.chat_store.core import (
     messages_removed,
 )
 from llama_index.storage.chat_store.core.messages import collector_paused
+from llama_index.storage.chat_store.core.retries import (
+    RetryPolicy,
+    acall_with_retries,
+    call_with_retries,
+    new_op_id,
+)
 from llama_index.storage.chat_store.core.store import check_window
 from llama_index.storage.chat_store.postgres import _layouts
 from llama_index.storage.chat_store.postgres._drivers import (
@@ -46,6 +56,7 @@ from llama_index.storage.chat_store.postgres._drivers import (
     Row,
     Runner,
     SyncConnections,
+    is_duplicate,
 )
 from llama_index.storage.chat_store.postgres._layouts import LayoutName, Statements
 from llama_index.storage.chat_store.postgres.engine import ConnectorEngine, split_password
@@ -56,10 +67,13 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresChatStore"]
 
+T = TypeVar("T")
 LayoutOption = Literal["auto", "native", "google", "llama_index"]
 _KEYS_PAGE = 100
 # Positions beyond any conversation's length that still fit a bigint parameter.
 _FAR = 2**62
+_FROM_END: Callable[[Statements], TextClause] = operator.attrgetter("delete_from_end")
+_FROM_START: Callable[[Statements], TextClause] = operator.attrgetter("delete_from_start")
 _DDL_RACE_STATES = {"23505", "42P07", "42710", "40P01"}
 # Query options of our URLs that configure the store rather than the connection.
 _STORE_OPTIONS = {
@@ -68,7 +82,14 @@ _STORE_OPTIONS = {
     "layout": "layout",
     "ttl": "ttl",
     "refresh_on_read": "refresh_on_read",
+    "retries": "retries",
+    "retry_backoff": "retry_backoff",
+    "retry_deadline": "retry_deadline",
 }
+# How long the ops table remembers a change (at least): longer than a call may go on retrying.
+_RECORD_SECONDS = 300.0
+# How often one store forgets older records (any store on the table forgets everyone's).
+_PRUNE_EVERY = 60.0
 
 
 def _bound_engine(maker: Any, name: str) -> Any:
@@ -98,12 +119,29 @@ def _same_database(a: URL, b: URL) -> bool:
     return (a.host, a.port, a.database, a.username) == (b.host, b.port, b.database, b.username)
 
 
+class _PruneClock:
+    """When a store next forgets old change records: at most once a minute per table."""
+
+    __slots__ = ("next",)
+
+    def __init__(self) -> None:
+        self.next = time.monotonic() + _PRUNE_EVERY
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + _PRUNE_EVERY
+        return True
+
+
 @dataclass(frozen=True)
 class _Resolved:
     """The table this store uses, found (or created) on first use."""
 
     statements: Statements
     ddl: list[TextClause]
+    pruning: _PruneClock = field(default_factory=_PruneClock)
 
 
 class _NeedsPosition(Exception):  # noqa: N818 (internal signal, never escapes)
@@ -127,6 +165,20 @@ class PostgresChatStore(BaseChatStore):
     ``<table>`` or ``data_<table>``), ``google`` (the AlloyDB / Cloud SQL table), or
     ``auto`` (default): use whichever layout the existing table has, else create ``native``.
 
+    Exactly once: a call that fails for want of the server (a dropped connection, a refused
+    connect, a timeout) is retried by the store, up to ``retries`` more times with
+    exponential backoff and jitter (from ``retry_backoff`` seconds, doubling) within
+    ``retry_deadline`` seconds. Every change carries an operation id, made once per call,
+    that the change's own statement records in ``<table>_ops`` (every layout; a table of its
+    own next to LlamaIndex's and Google's tables, which stay as those packages expect), so a
+    change whose COMMIT reply was lost is recognized on retry: it applies nothing twice and
+    returns what the first attempt returned (a removal records the rows it removed). Records
+    are kept at least ``max(300, 2 * retry_deadline)`` seconds, then forgotten by a store
+    that changes the table (at most once a minute) or by :meth:`sweep`. The drivers never
+    resend a statement on their own. When the retries run out the call raises
+    :class:`BackendUnavailableError` saying whether the change was applied ("nothing was
+    applied" when no attempt reached the server, else "the outcome is unknown").
+
     Errors: a dead server raises :class:`BackendUnavailableError` (the store recovers when
     it is back), rejected credentials :class:`AuthenticationError`, an unreadable row
     :class:`CorruptDataError` naming the key and position.
@@ -146,6 +198,10 @@ class PostgresChatStore(BaseChatStore):
         engine_options: Keyword arguments for SQLAlchemy ``create_engine`` (sync path).
         async_connect_options: Keyword arguments for ``asyncpg.connect`` (async path).
         max_async_connections: Connections per event loop for the async path.
+        retries: Times a call that failed for want of the server is tried again (0: never,
+            and the store does not claim exactly-once changes).
+        retry_backoff: Seconds before the first retry, doubling for each next one.
+        retry_deadline: Seconds after the first failure past which no retry starts.
 
     LlamaIndex's constructor ``PostgresChatStore(session, async_session, table_name,
     schema_name, use_jsonb)`` works too: the sessionmakers' engines give the connection
@@ -164,6 +220,12 @@ class PostgresChatStore(BaseChatStore):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     async_connect_options: dict[str, Any] = Field(default_factory=dict)
     max_async_connections: int = Field(default=10, ge=1)
+    retries: int = Field(default=3, ge=0)
+    """Times a call that failed for want of the server is tried again (0: never)."""
+    retry_backoff: float = Field(default=0.05, ge=0)
+    """Seconds before the first retry, doubling for each next one (jittered)."""
+    retry_deadline: float = Field(default=10.0, gt=0)
+    """Seconds after which a failing call stops retrying."""
 
     # What a subclass changes.
     _sync_driver: ClassVar[str] = "postgresql+psycopg"
@@ -309,11 +371,21 @@ class PostgresChatStore(BaseChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """PERSISTENT, SHARED, NATIVE_ASYNC, and TTL when ``ttl`` is set."""
+        """PERSISTENT, SHARED, NATIVE_ASYNC; TTL when ``ttl`` is set; EXACTLY_ONCE when retrying."""
         found = {Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC}
         if self.ttl is not None:
             found.add(Capability.TTL)
+        if self.retries > 0:
+            found.add(Capability.EXACTLY_ONCE)
         return frozenset(found)
+
+    @property
+    def _retry_policy(self) -> RetryPolicy:
+        return _policy(self.retries, self.retry_backoff, self.retry_deadline)
+
+    def _record_seconds(self) -> float:
+        """How long a change's record is kept: longer than any retry of it may come."""
+        return max(_RECORD_SECONDS, 2 * self.retry_deadline)
 
     def _where(self) -> str:
         """The server and database, password masked, for error messages."""
@@ -338,8 +410,9 @@ class PostgresChatStore(BaseChatStore):
         """Build a store from a ``postgresql://`` / ``postgresql+asyncpg://`` URL.
 
         The positional parameters are LlamaIndex's (``debug`` echoes the sync engine's SQL).
-        Query options ``table``, ``schema``, ``layout``, ``ttl`` and ``refresh_on_read``
-        (``true``/``false``) configure the store;
+        Query options ``table``, ``schema``, ``layout``, ``ttl``, ``refresh_on_read``
+        (``true``/``false``), ``retries``, ``retry_backoff`` and ``retry_deadline``
+        configure the store;
         every other option (``sslmode``, ``connect_timeout``, ...) goes to the drivers.
         Keyword ``options`` are store fields (``engine_options``, ``ttl``, ...).
 
@@ -554,7 +627,13 @@ class PostgresChatStore(BaseChatStore):
 
     def _candidates(self) -> list[str]:
         table = self.table_name
-        return [table, f"data_{table}", _layouts.conversations_table(table)]
+        return [
+            table,
+            f"data_{table}",
+            _layouts.conversations_table(table),
+            _layouts.ops_table(table),
+            _layouts.ops_table(f"data_{table}"),
+        ]
 
     def _resolve(self, columns: list[Row], schema_exists: bool) -> _Resolved:
         """Pick the layout from the existing tables' columns; list the DDL still needed."""
@@ -579,12 +658,15 @@ class PostgresChatStore(BaseChatStore):
                 )
             ])  # fmt: skip
         detected, element = self._detect(table, found, tables)
+        ops_statement = _layouts.ops_statement(self.schema_name, table)
         if wanted not in ("auto", detected):
             raise ConfigurationError(
                 f"table {self.schema_name}.{table} already holds the {detected!r} layout, not "
                 f"{wanted!r}: pass layout={detected!r} (or 'auto'), or choose another table_name"
             )
-        return self._resolved_for(detected, table, element, [])
+        # A table made by LlamaIndex, Google or an older version of this store gets its ops table.
+        ddl = [] if _layouts.ops_table(table) in tables else [text(ops_statement)]
+        return self._resolved_for(detected, table, element, ddl)
 
     def _detect(
         self, table: str, columns: dict[str, str], tables: dict[str, dict[str, str]]
@@ -717,14 +799,14 @@ class PostgresChatStore(BaseChatStore):
         return {"key": key, "ttl": self._ttl()}  # ttl: used only by refresh_on_read
 
     def _delete_at(
-        self, st: Statements, key: str, idx: int
-    ) -> tuple[TextClause, dict[str, Any]] | None:
+        self, key: str, idx: int
+    ) -> tuple[Callable[[Statements], TextClause], dict[str, Any]] | None:
         """The statement removing position ``idx``; ``None`` when no conversation has it."""
         if not -_FAR <= idx < _FAR:
             return None
         if idx < 0:
-            return st.delete_from_end, {**self._key_params(key), "offset": -1 - idx}
-        return st.delete_from_start, {**self._key_params(key), "offset": idx}
+            return _FROM_END, {**self._key_params(key), "offset": -1 - idx}
+        return _FROM_START, {**self._key_params(key), "offset": idx}
 
     def _append_params(self, key: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         texts = [message_to_json(m) for m in messages]
@@ -779,6 +861,76 @@ class PostgresChatStore(BaseChatStore):
         pairs = [(int(position), data) for position, data in rows]
         return messages_removed(key, pairs, storage="PostgreSQL")
 
+    # -- retries: every call runs through core's retry loop ------------------------------
+
+    def _table(self) -> _Resolved:
+        """The resolved table (resolving it on first use)."""
+        resolved = self._resolved
+        if resolved is None:
+            self._statements()
+            resolved = self._resolved
+            assert resolved is not None
+        return resolved
+
+    async def _atable(self) -> _Resolved:
+        """Async :meth:`_table`."""
+        resolved = self._resolved
+        if resolved is None:
+            await self._astatements()
+            resolved = self._resolved
+            assert resolved is not None
+        return resolved
+
+    def _retried(self, attempt: Callable[[], T], *, mutates: bool = False) -> T:
+        """Run ``attempt`` (a read, or a change that is idempotent), retried per the policy."""
+        return call_with_retries(attempt, self._retry_policy, mutates=mutates)
+
+    def _once(
+        self,
+        params: dict[str, Any],
+        change: Callable[[Statements, SyncConnections, dict[str, Any]], list[Row]],
+    ) -> list[Row]:
+        """Apply ``change(statements, connections, params)`` once, however often it is retried.
+
+        Every attempt passes ``params`` with the same operation id ``op``, which the change's
+        statements record in the ops table in the transaction that applies it. An attempt
+        after one that may have reached the server first looks ``op`` up: found, the change
+        was applied and only its reply was lost, so the recorded reply (the removed rows) is
+        returned.
+
+        Raises:
+            BackendUnavailableError: Every attempt failed for want of the server (the message
+                says whether the change may have been applied).
+        """
+        op = new_op_id()
+        params = {**params, "op": op}
+        sent = False
+
+        def attempt() -> list[Row]:
+            nonlocal sent
+            table = self._table()
+            st = table.statements
+            connections = self._connections()
+            if sent:
+                found = connections.fetch(st.recorded, {"op": op})
+                if found:
+                    return _replayed(found)
+            elif table.pruning.due():
+                connections.fetch(st.prune, {"keep": self._record_seconds()})
+            sent = True
+            try:
+                return change(st, connections, params)
+            except ChatStoreError as exc:
+                if not is_duplicate(exc):
+                    raise
+                # Another attempt of this call, still running when this one started, won.
+                found = connections.fetch(st.recorded, {"op": op})
+                if not found:
+                    raise
+                return _replayed(found)
+
+        return call_with_retries(attempt, self._retry_policy, mutates=True)
+
     # -- sync API ------------------------------------------------------------------------
 
     def _messages(self, key: str, st: Statements, rows: list[Row]) -> list[ChatMessage]:
@@ -789,10 +941,6 @@ class PostgresChatStore(BaseChatStore):
             found = self._connections().fetch(st.position_of, {"key": key, "id": bad.row_id})
             message_from_json(bad.data, key=key, position=int(found[0][0]))
             raise AssertionError("unreachable: the row did not parse") from None
-
-    def _read(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[ChatMessage]:
-        st = self._statements()
-        return self._messages(key, st, self._connections().fetch(clause, params))
 
     def _change(
         self, key: str, clause: TextClause, params: dict[str, Any], lock: TextClause | None = None
@@ -856,8 +1004,13 @@ class PostgresChatStore(BaseChatStore):
         check_window(offset, limit)
         if limit == 0:
             return []
-        clause, params = self._window(self._statements(), key, offset, limit)
-        return self._read(key, clause, params)
+
+        def read() -> list[ChatMessage]:
+            st = self._statements()
+            clause, params = self._window(st, key, offset, limit)
+            return self._messages(key, st, self._connections().fetch(clause, params))
+
+        return self._retried(read)
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages under ``key`` (0 if missing or expired).
@@ -866,8 +1019,9 @@ class PostgresChatStore(BaseChatStore):
         to now + ttl.
         """
         key = self._check_key(key)
+        params = self._count_params(key)
         return self._count(
-            self._connections().fetch(self._statements().count, self._count_params(key))
+            self._retried(lambda: self._connections().fetch(self._statements().count, params))
         )
 
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
@@ -883,45 +1037,58 @@ class PostgresChatStore(BaseChatStore):
         if idx is not None:
             idx = self._index(idx)
         message = coerce_message(message, copy=False)  # serialized at once, never kept
-        st = self._statements()
-        connections = self._connections()
         if idx is None:
-            if not connections.fetch(st.append_one, self._append_one_params(key, message)):
-                connections.fetch(st.append, self._append_params(key, [message]))
+            one = self._append_one_params(key, message)
+            self._once(one, self._append_one)
             return
         params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
+        self._once(params, lambda st, connections, p: self._insert_at(st, connections, p, idx))
+
+    def _append_one(
+        self, st: Statements, connections: SyncConnections, params: dict[str, Any]
+    ) -> list[Row]:
+        rows = connections.fetch(st.append_one, params)
+        if rows:
+            return rows
+        # Native layout: no live conversation row to update; the upsert creates it.
+        return connections.fetch(st.append, {**params, "messages": [params["message"]], "n": 1})
+
+    def _insert_at(
+        self, st: Statements, connections: SyncConnections, params: dict[str, Any], idx: int
+    ) -> list[Row]:
         if st.lock is None:
-            connections.fetch(st.insert_at, params)
-            return
+            return connections.fetch(st.insert_at, params)
         # The lock that creates the conversation row: with no row, ``lock`` would not wait
         # for a writer creating the conversation and the message would land at its end.
         lock = st.lock_for_replace
         assert lock is not None
 
-        def insert(tx: Runner) -> None:
+        def insert(tx: Runner) -> list[Row]:
             rows = tx.fetch(lock, params)
             if st.layout == "google":  # the advisory lock counts nothing
                 rows = tx.fetch(st.count, params)
-            tx.fetch(*self._insert(st, params, idx, self._count(rows)))
+            return tx.fetch(*self._insert(st, params, idx, self._count(rows)))
 
-        connections.transaction(insert)
+        return connections.transaction(insert)
 
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Append ``messages`` in order in one statement (``[]`` changes nothing)."""
         key = self._check_key(key)
         batch = coerce_messages(messages)
         if batch:
-            self._connections().fetch(self._statements().append, self._append_params(key, batch))
+            params = self._append_params(key, batch)
+            self._once(params, lambda st, connections, p: connections.fetch(st.append, p))
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Replace the conversation atomically; ``[]`` removes it."""
         key = self._check_key(key)
         batch = coerce_messages(messages)
-        st = self._statements()
         if not batch:
-            self._remove(key, st.delete_all, self._key_params(key))
+            params = self._key_params(key)
+            self._once(params, lambda st, _, p: self._remove(key, st.delete_all, p))
             return
-        self._change(key, st.replace, self._append_params(key, batch), st.lock_for_replace)
+        replace = self._append_params(key, batch)
+        self._once(replace, lambda st, _, p: self._change(key, st.replace, p, st.lock_for_replace))
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
         """Remove the conversation; return its messages in order (``None`` if none).
@@ -934,8 +1101,9 @@ class PostgresChatStore(BaseChatStore):
                 all the same (the error names the first such position and holds its data).
         """
         key = self._check_key(key)
-        st = self._statements()
-        return self._removed(key, self._remove(key, st.delete_all, self._key_params(key))) or None
+        params = self._key_params(key)
+        rows = self._once(params, lambda st, _, p: self._remove(key, st.delete_all, p))
+        return self._removed(key, rows) or None
 
     def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Remove and return the message at ``idx`` (``None`` if out of range).
@@ -950,11 +1118,12 @@ class PostgresChatStore(BaseChatStore):
                 (the error holds its data).
         """
         key = self._check_key(key)
-        st = self._statements()
-        found = self._delete_at(st, key, self._index(idx))
+        found = self._delete_at(key, self._index(idx))
         if found is None:
             return None
-        removed = self._removed(key, self._remove(key, *found))
+        clause_of, params = found
+        rows = self._once(params, lambda st, _, p: self._remove(key, clause_of(st), p))
+        removed = self._removed(key, rows)
         return removed[0] if removed else None
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
@@ -971,16 +1140,20 @@ class PostgresChatStore(BaseChatStore):
         key = self._check_key(key)
         if n <= 0:
             return []
-        st = self._statements()
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        return self._removed(key, self._remove(key, st.delete_oldest, params))
+        rows = self._once(params, lambda st, _, p: self._remove(key, st.delete_oldest, p))
+        return self._removed(key, rows)
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys holding messages, in pages of 100 (constant memory)."""
-        st = self._statements()
         after = ""
         while True:
-            rows = self._connections().fetch(st.keys_page, {"after": after, "page": _KEYS_PAGE})
+            page: dict[str, Any] = {"after": after, "page": _KEYS_PAGE}
+
+            def fetch(page: dict[str, Any] = page) -> list[Row]:
+                return self._connections().fetch(self._statements().keys_page, page)
+
+            rows = self._retried(fetch)
             for (key,) in rows:
                 yield key
             if len(rows) < _KEYS_PAGE:
@@ -991,29 +1164,39 @@ class PostgresChatStore(BaseChatStore):
         """Remove every conversation in this store's table.
 
         Waits for the writers at work on the table, so none of their writes is half kept.
+        The records of recent changes stay (a retry of a change made before must still
+        find it applied); they are forgotten as they age.
         """
-        st = self._statements()
-        lock_all = st.lock_all
-        if lock_all is None:
-            self._connections().fetch(st.clear, {})
-            return
 
-        def clear(tx: Runner) -> None:
-            tx.fetch(lock_all, {})
-            tx.fetch(st.clear, {})
+        def clear() -> None:
+            st = self._statements()
+            lock_all = st.lock_all
+            if lock_all is None:
+                self._connections().fetch(st.clear, {})
+                return
 
-        self._connections().transaction(clear)
+            def locked(tx: Runner) -> None:
+                tx.fetch(lock_all, {})
+                tx.fetch(st.clear, {})
+
+            self._connections().transaction(locked)
+
+        self._retried(clear, mutates=True)
 
     def sweep(self) -> int:
         """Purge expired conversations (and emptied bookkeeping rows); return how many.
 
         Expired conversations are already invisible to reads; this reclaims their space.
+        Also forgets the records of changes older than the retries that could need them.
         """
-        st = self._statements()
-        if st.sweep is None:
-            return 0
-        rows = self._connections().fetch(st.sweep, {})
-        return int(rows[0][0])
+
+        def sweep() -> int:
+            st = self._statements()
+            connections = self._connections()
+            connections.fetch(st.prune, {"keep": self._record_seconds()})
+            return 0 if st.sweep is None else int(connections.fetch(st.sweep, {})[0][0])
+
+        return self._retried(sweep, mutates=True)
 
     def init_table(self, overwrite_existing: bool = False) -> None:
         """Create the tables now instead of on first use (idempotent).
@@ -1028,9 +1211,9 @@ class PostgresChatStore(BaseChatStore):
                 for statement in drops:
                     tx.fetch(statement, {})
 
-            self._connections().transaction(drop)
+            self._retried(lambda: self._connections().transaction(drop), mutates=True)
             self._resolved = None
-        self._statements()
+        self._retried(self._statements, mutates=True)
 
     def _drop_statements(self) -> list[TextClause]:
         layout = self._default_layout if self.layout == "auto" else self.layout
@@ -1045,9 +1228,9 @@ class PostgresChatStore(BaseChatStore):
                 for statement in drops:
                     await tx.fetch(statement, {})
 
-            await self._aconnections().transaction(drop)
+            await self._aretried(lambda: self._aconnections().transaction(drop), mutates=True)
             self._resolved = None
-        await self._astatements()
+        await self._aretried(self._astatements, mutates=True)
 
     def close(self) -> None:
         """Release held connections; the store reconnects if used again."""
@@ -1061,6 +1244,44 @@ class PostgresChatStore(BaseChatStore):
 
     # -- async API -----------------------------------------------------------------------
 
+    async def _aretried(self, attempt: Callable[[], Awaitable[T]], *, mutates: bool = False) -> T:
+        """Async :meth:`_retried`."""
+        return await acall_with_retries(attempt, self._retry_policy, mutates=mutates)
+
+    async def _aonce(
+        self,
+        params: dict[str, Any],
+        change: Callable[[Statements, AsyncConnections, dict[str, Any]], Awaitable[list[Row]]],
+    ) -> list[Row]:
+        """Async :meth:`_once`."""
+        op = new_op_id()
+        params = {**params, "op": op}
+        sent = False
+
+        async def attempt() -> list[Row]:
+            nonlocal sent
+            table = await self._atable()
+            st = table.statements
+            connections = self._aconnections()
+            if sent:
+                found = await connections.fetch(st.recorded, {"op": op})
+                if found:
+                    return _replayed(found)
+            elif table.pruning.due():
+                await connections.fetch(st.prune, {"keep": self._record_seconds()})
+            sent = True
+            try:
+                return await change(st, connections, params)
+            except ChatStoreError as exc:
+                if not is_duplicate(exc):
+                    raise
+                found = await connections.fetch(st.recorded, {"op": op})
+                if not found:
+                    raise
+                return _replayed(found)
+
+        return await acall_with_retries(attempt, self._retry_policy, mutates=True)
+
     async def _amessages(self, key: str, st: Statements, rows: list[Row]) -> list[ChatMessage]:
         try:
             return self._parse(key, rows, st)
@@ -1069,12 +1290,6 @@ class PostgresChatStore(BaseChatStore):
             found = await self._aconnections().fetch(st.position_of, {"key": key, "id": bad.row_id})
             message_from_json(bad.data, key=key, position=int(found[0][0]))
             raise AssertionError("unreachable: the row did not parse") from None
-
-    async def _aread(
-        self, key: str, clause: TextClause, params: dict[str, Any]
-    ) -> list[ChatMessage]:
-        st = await self._astatements()
-        return await self._amessages(key, st, await self._aconnections().fetch(clause, params))
 
     async def _achange(
         self, key: str, clause: TextClause, params: dict[str, Any], lock: TextClause | None = None
@@ -1114,14 +1329,24 @@ class PostgresChatStore(BaseChatStore):
         check_window(offset, limit)
         if limit == 0:
             return []
-        clause, params = self._window(await self._astatements(), key, offset, limit)
-        return await self._aread(key, clause, params)
+
+        async def read() -> list[ChatMessage]:
+            st = await self._astatements()
+            clause, params = self._window(st, key, offset, limit)
+            return await self._amessages(key, st, await self._aconnections().fetch(clause, params))
+
+        return await self._aretried(read)
 
     async def acount_messages(self, key: str) -> int:
         """Async :meth:`count_messages`."""
         key = self._check_key(key)
-        st = await self._astatements()
-        return self._count(await self._aconnections().fetch(st.count, self._count_params(key)))
+        params = self._count_params(key)
+
+        async def count() -> list[Row]:
+            st = await self._astatements()
+            return await self._aconnections().fetch(st.count, params)
+
+        return self._count(await self._aretried(count))
 
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
@@ -1129,61 +1354,77 @@ class PostgresChatStore(BaseChatStore):
         if idx is not None:
             idx = self._index(idx)
         message = coerce_message(message, copy=False)  # serialized at once, never kept
-        st = await self._astatements()
-        connections = self._aconnections()
         if idx is None:
-            if not await connections.fetch(st.append_one, self._append_one_params(key, message)):
-                await connections.fetch(st.append, self._append_params(key, [message]))
+            one = self._append_one_params(key, message)
+            await self._aonce(one, self._aappend_one)
             return
         params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
+        await self._aonce(
+            params, lambda st, connections, p: self._ainsert_at(st, connections, p, idx)
+        )
+
+    async def _aappend_one(
+        self, st: Statements, connections: AsyncConnections, params: dict[str, Any]
+    ) -> list[Row]:
+        rows = await connections.fetch(st.append_one, params)
+        if rows:
+            return rows
+        appended = {**params, "messages": [params["message"]], "n": 1}
+        return await connections.fetch(st.append, appended)
+
+    async def _ainsert_at(
+        self, st: Statements, connections: AsyncConnections, params: dict[str, Any], idx: int
+    ) -> list[Row]:
         if st.lock is None:
-            await connections.fetch(st.insert_at, params)
-            return
+            return await connections.fetch(st.insert_at, params)
         lock = st.lock_for_replace  # as in add_message: it waits for a creating writer
         assert lock is not None
 
-        async def insert(tx: AsyncRunner) -> None:
+        async def insert(tx: AsyncRunner) -> list[Row]:
             rows = await tx.fetch(lock, params)
             if st.layout == "google":  # the advisory lock counts nothing
                 rows = await tx.fetch(st.count, params)
-            await tx.fetch(*self._insert(st, params, idx, self._count(rows)))
+            return await tx.fetch(*self._insert(st, params, idx, self._count(rows)))
 
-        await connections.transaction(insert)
+        return await connections.transaction(insert)
 
     async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`add_messages`."""
         key = self._check_key(key)
         batch = coerce_messages(messages)
         if batch:
-            st = await self._astatements()
-            await self._aconnections().fetch(st.append, self._append_params(key, batch))
+            params = self._append_params(key, batch)
+            await self._aonce(params, lambda st, connections, p: connections.fetch(st.append, p))
 
     async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
         """Async :meth:`set_messages`."""
         key = self._check_key(key)
         batch = coerce_messages(messages)
-        st = await self._astatements()
         if not batch:
-            await self._aremove(key, st.delete_all, self._key_params(key))
+            params = self._key_params(key)
+            await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_all, p))
             return
-        params = self._append_params(key, batch)
-        await self._achange(key, st.replace, params, st.lock_for_replace)
+        replace = self._append_params(key, batch)
+        await self._aonce(
+            replace, lambda st, _, p: self._achange(key, st.replace, p, st.lock_for_replace)
+        )
 
     async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
         """Async :meth:`delete_messages`."""
         key = self._check_key(key)
-        st = await self._astatements()
-        rows = await self._aremove(key, st.delete_all, self._key_params(key))
+        params = self._key_params(key)
+        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_all, p))
         return self._removed(key, rows) or None
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Async :meth:`delete_message`."""
         key = self._check_key(key)
-        st = await self._astatements()
-        found = self._delete_at(st, key, self._index(idx))
+        found = self._delete_at(key, self._index(idx))
         if found is None:
             return None
-        removed = self._removed(key, await self._aremove(key, *found))
+        clause_of, params = found
+        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, clause_of(st), p))
+        removed = self._removed(key, rows)
         return removed[0] if removed else None
 
     async def adelete_last_message(self, key: str) -> ChatMessage | None:
@@ -1195,18 +1436,21 @@ class PostgresChatStore(BaseChatStore):
         key = self._check_key(key)
         if n <= 0:
             return []
-        st = await self._astatements()
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        return self._removed(key, await self._aremove(key, st.delete_oldest, params))
+        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_oldest, p))
+        return self._removed(key, rows)
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""
-        st = await self._astatements()
         after = ""
         while True:
-            rows = await self._aconnections().fetch(
-                st.keys_page, {"after": after, "page": _KEYS_PAGE}
-            )
+            page = {"after": after, "page": _KEYS_PAGE}
+
+            async def fetch(page: dict[str, Any] = page) -> list[Row]:
+                st = await self._astatements()
+                return await self._aconnections().fetch(st.keys_page, page)
+
+            rows = await self._aretried(fetch)
             for (key,) in rows:
                 yield key
             if len(rows) < _KEYS_PAGE:
@@ -1215,25 +1459,32 @@ class PostgresChatStore(BaseChatStore):
 
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
-        st = await self._astatements()
-        lock_all = st.lock_all
-        if lock_all is None:
-            await self._aconnections().fetch(st.clear, {})
-            return
 
-        async def clear(tx: AsyncRunner) -> None:
-            await tx.fetch(lock_all, {})
-            await tx.fetch(st.clear, {})
+        async def clear() -> None:
+            st = await self._astatements()
+            lock_all = st.lock_all
+            if lock_all is None:
+                await self._aconnections().fetch(st.clear, {})
+                return
 
-        await self._aconnections().transaction(clear)
+            async def locked(tx: AsyncRunner) -> None:
+                await tx.fetch(lock_all, {})
+                await tx.fetch(st.clear, {})
+
+            await self._aconnections().transaction(locked)
+
+        await self._aretried(clear, mutates=True)
 
     async def asweep(self) -> int:
         """Async :meth:`sweep`."""
-        st = await self._astatements()
-        if st.sweep is None:
-            return 0
-        rows = await self._aconnections().fetch(st.sweep, {})
-        return int(rows[0][0])
+
+        async def sweep() -> int:
+            st = await self._astatements()
+            connections = self._aconnections()
+            await connections.fetch(st.prune, {"keep": self._record_seconds()})
+            return 0 if st.sweep is None else int((await connections.fetch(st.sweep, {}))[0][0])
+
+        return await self._aretried(sweep, mutates=True)
 
     async def aclose(self) -> None:
         """Close this loop's connections and the sync ones; reconnects if used again."""
@@ -1244,6 +1495,18 @@ class PostgresChatStore(BaseChatStore):
             sync.close()
         if async_ is not None:
             await async_.aclose()
+
+
+@functools.lru_cache(maxsize=32)
+def _policy(retries: int, backoff: float, deadline: float) -> RetryPolicy:
+    """The retry policy of these settings, made once (every call of a store needs it)."""
+    return RetryPolicy(retries, backoff, deadline)
+
+
+def _replayed(found: list[Row]) -> list[Row]:
+    """The reply a change recorded with its operation id: the rows a removal returned."""
+    reply = found[0][0]
+    return [] if reply is None else [(int(p), m) for p, m in json.loads(reply)]
 
 
 def _stale(rows: list[Row]) -> bool:

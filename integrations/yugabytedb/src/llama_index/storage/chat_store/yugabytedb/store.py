@@ -35,7 +35,9 @@ class YugabyteDBChatStore(PostgresChatStore):
     2.25): ``IF NOT EXISTS``, and a lost creation race is retried once. LlamaIndex's own
     ``YugabyteDBChatStore`` table (``data_<table>``) is detected and used in place.
     YugabyteDB has no ``ctid``, so a removal cannot check its own snapshot: it runs after
-    the conversation's lock, in a transaction.
+    the conversation's lock, in a transaction. Changes record their operation ids in
+    ``<table>_ops`` and lost connections are retried as in :class:`PostgresChatStore`, so a
+    change applies once; the smart driver never resends a statement on its own.
 
     LlamaIndex's constructor ``YugabyteDBChatStore(session, table_name, schema_name,
     use_jsonb)`` works too (``session``: a ``sessionmaker`` bound to a
