@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from azure.data.tables import TableClient
@@ -37,55 +38,41 @@ class TestAzureNativeConformance(ChatStoreConformance, SharedWriterTests):
     layout = "native"
 
     @pytest.fixture
-    def table(self, azurite_table_endpoint: str) -> Iterator[str]:
-        name = new_table()
-        yield name
-        drop_table(azurite_table_endpoint, name)
+    def tables(self, azurite_table_endpoint: str) -> Iterator[dict[str, str]]:
+        """Storage name -> table name; every table made is dropped after the test."""
+        made: dict[str, str] = {}
+        yield made
+        for table in made.values():
+            drop_table(azurite_table_endpoint, table)
 
     @pytest.fixture
-    def store_factory(self, azurite_table_endpoint: str, table: str) -> Callable[[], BaseChatStore]:
-        return functools.partial(
-            AzureChatStore.from_account_and_key,
-            AZURITE_ACCOUNT,
-            AZURITE_KEY,
-            endpoint=azurite_table_endpoint,
-            chat_table_name=table,
-            layout=self.layout,
-        )
+    def table(self, tables: dict[str, str], storage_name: str) -> str:
+        return tables.setdefault(storage_name, new_table())
+
+    @pytest.fixture
+    def store_factory_for(
+        self, azurite_table_endpoint: str, tables: dict[str, str]
+    ) -> Callable[..., Callable[[], BaseChatStore]]:
+        def factory_for(
+            name: str, *, address: tuple[str, int] | None = None, **options: Any
+        ) -> Callable[[], BaseChatStore]:
+            endpoint = azurite_table_endpoint
+            if address is not None:
+                endpoint = url_at(endpoint, *address)
+            return functools.partial(
+                AzureChatStore.from_account_and_key, AZURITE_ACCOUNT, AZURITE_KEY,
+                endpoint=endpoint, chat_table_name=tables.setdefault(name, new_table()),
+                layout=self.layout, **options,
+            )  # fmt: skip
+
+        return factory_for
 
     @pytest.fixture
     def server_address(self, azurite_table_endpoint: str) -> tuple[str, int]:
         return address_of(azurite_table_endpoint, 10002)
 
     @pytest.fixture
-    def store_factory_at(
-        self, azurite_table_endpoint: str, table: str
-    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
-        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
-            return functools.partial(
-                AzureChatStore.from_account_and_key,
-                AZURITE_ACCOUNT,
-                AZURITE_KEY,
-                endpoint=url_at(azurite_table_endpoint, host, port),
-                chat_table_name=table,
-                layout=self.layout,
-            )
-
-        return at
-
-    @pytest.fixture
-    def other_store(self, azurite_table_endpoint: str) -> Iterator[BaseChatStore]:
-        table = new_table()
-        store = AzureChatStore.from_account_and_key(
-            AZURITE_ACCOUNT, AZURITE_KEY, endpoint=azurite_table_endpoint,
-            chat_table_name=table, layout=self.layout,
-        )  # fmt: skip
-        yield store
-        store.close()
-        drop_table(azurite_table_endpoint, table)
-
-    @pytest.fixture
-    def unreachable_store(self) -> BaseChatStore:
+    def unreachable_store(self) -> BaseChatStore:  # quick to give up
         return AzureChatStore.from_account_and_key(
             AZURITE_ACCOUNT, AZURITE_KEY, endpoint=f"http://127.0.0.1:{free_port()}/devstoreaccount1",
             chat_table_name="Unreachable", layout=self.layout, retries=0, timeout=2,
@@ -122,12 +109,6 @@ class TestAzureLlamaIndexLayoutConformance(TestAzureNativeConformance):
     """The same suite on LlamaIndex's two-table layout (``layout="llama_index"``)."""
 
     layout = "llama_index"
-
-    @pytest.fixture
-    def table(self, azurite_table_endpoint: str) -> Iterator[str]:
-        name = new_table()
-        yield name
-        drop_table(azurite_table_endpoint, name)
 
     @pytest.mark.xfail(
         strict=True,
