@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pg8000.dbapi
@@ -17,7 +18,7 @@ import pytest
 from llama_index.storage.chat_store.cloud_sql import PostgresChatStore, PostgresEngine
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.services import LocalConnector, free_port
+from llama_index.storage.chat_store.testing.services import LocalConnector
 
 PASSWORD = "cloudsql-not-a-real-password-4W"
 
@@ -51,34 +52,25 @@ class TestCloudSQLConformance(ChatStoreConformance):
         return f"s_{uuid.uuid4().hex[:12]}"
 
     @pytest.fixture
-    def store_factory(self, postgres_url: str, schema_name: str) -> Callable[[], BaseChatStore]:
-        return functools.partial(make_store, *server(postgres_url), schema_name)
+    def store_factory_for(
+        self, postgres_url: str, schema_name: str, storage_name: str
+    ) -> Callable[..., Callable[[], BaseChatStore]]:
+        def factory_for(
+            name: str, *, address: tuple[str, int] | None = None, **options: Any
+        ) -> Callable[[], BaseChatStore]:
+            if options:  # Google's layout has no options the suite passes (no ttl)
+                raise TypeError(f"Google's layout takes no {sorted(options)}")
+            host, port, database = server(postgres_url)
+            host, port = address or (host, port)
+            schema = schema_name if name == storage_name else name
+            return functools.partial(make_store, host, port, database, schema)
+
+        return factory_for
 
     @pytest.fixture
     def server_address(self, postgres_url: str) -> tuple[str, int]:
         host, port, _ = server(postgres_url)
         return host, port
-
-    @pytest.fixture
-    def store_factory_at(
-        self, postgres_url: str, schema_name: str
-    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
-        _, _, database = server(postgres_url)
-
-        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
-            return functools.partial(make_store, host, port, database, schema_name)
-
-        return at
-
-    @pytest.fixture
-    def other_store(self, postgres_url: str) -> Iterator[BaseChatStore]:
-        store = make_store(*server(postgres_url), f"o_{uuid.uuid4().hex[:12]}")
-        yield store
-        store.close()
-
-    @pytest.fixture
-    def unreachable_store(self) -> BaseChatStore:
-        return make_store("127.0.0.1", free_port(), "postgres", "public")
 
     @pytest.fixture
     def make_corrupt(

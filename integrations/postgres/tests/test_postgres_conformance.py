@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -24,46 +23,29 @@ class _PostgresFixtures(ChatStoreConformance):
     options: dict[str, Any] = {}
 
     @pytest.fixture
-    def store_factory(
-        self, database_url_for_module: str, schema_name: str
-    ) -> Callable[[], BaseChatStore]:
-        return functools.partial(
-            PostgresChatStore.from_uri,
-            database_url_for_module,
-            schema_name=schema_name,
-            password=PASSWORD,
-            **self.options,
-        )
+    def store_factory_for(
+        self, database_url_for_module: str, schema_name: str, storage_name: str
+    ) -> Callable[..., Callable[[], BaseChatStore]]:
+        def factory_for(
+            name: str, *, address: tuple[str, int] | None = None, **options: Any
+        ) -> Callable[[], BaseChatStore]:
+            url = database_url_for_module
+            return functools.partial(
+                PostgresChatStore.from_uri,
+                url if address is None else url_at(url, *address),
+                schema_name=schema_name if name == storage_name else name,
+                password=PASSWORD,
+                **{**self.options, **options},
+            )
+
+        return factory_for
 
     @pytest.fixture
     def server_address(self, database_url_for_module: str) -> tuple[str, int]:
         return address_of(database_url_for_module, 5432)
 
     @pytest.fixture
-    def store_factory_at(
-        self, database_url_for_module: str, schema_name: str
-    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
-        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
-            return functools.partial(
-                PostgresChatStore.from_uri,
-                url_at(database_url_for_module, host, port),
-                schema_name=schema_name,
-                password=PASSWORD,
-                **self.options,
-            )
-
-        return at
-
-    @pytest.fixture
-    def other_store(self, database_url_for_module: str) -> Iterator[BaseChatStore]:
-        store = PostgresChatStore.from_uri(
-            database_url_for_module, schema_name=f"o_{uuid.uuid4().hex[:12]}", **self.options
-        )
-        yield store
-        store.close()
-
-    @pytest.fixture
-    def unreachable_store(self) -> BaseChatStore:
+    def unreachable_store(self) -> BaseChatStore:  # quick to give up
         return PostgresChatStore.from_uri(
             f"postgresql://test:{PASSWORD}@127.0.0.1:{free_port()}/postgres?connect_timeout=2",
             **self.options,
@@ -78,26 +60,6 @@ class TestPostgresConformance(_PostgresFixtures):
     """Our layout, with a ttl long enough never to fire except in the TTL tests."""
 
     options = {"ttl": 3600}
-
-    @pytest.fixture
-    def ttl_store_factory(
-        self, database_url_for_module: str
-    ) -> Iterator[Callable[..., BaseChatStore]]:
-        made: list[BaseChatStore] = []
-
-        def make(seconds: int, **options: Any) -> BaseChatStore:
-            store = PostgresChatStore.from_uri(
-                database_url_for_module,
-                schema_name=f"t_{uuid.uuid4().hex[:12]}",
-                ttl=seconds,
-                **options,
-            )
-            made.append(store)
-            return store
-
-        yield make
-        for store in made:
-            store.close()
 
     @pytest.fixture
     def make_corrupt(

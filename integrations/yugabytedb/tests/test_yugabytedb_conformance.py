@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -43,44 +43,34 @@ class _YugabyteFixtures(ChatStoreConformance):
         return schema()
 
     @pytest.fixture
-    def store_factory(self, yugabytedb_url: str, schema_name: str) -> Callable[[], BaseChatStore]:
-        return functools.partial(
-            YugabyteDBChatStore.from_uri,
-            yugabytedb_url + SMART,
-            schema_name=schema_name,
-            password=PASSWORD,
-            **self.options,
-        )
+    def store_factory_for(
+        self, yugabytedb_url: str, schema_name: str, storage_name: str
+    ) -> Callable[..., Callable[[], BaseChatStore]]:
+        def factory_for(
+            name: str, *, address: tuple[str, int] | None = None, **options: Any
+        ) -> Callable[[], BaseChatStore]:
+            url = yugabytedb_url + SMART
+            if address is not None:
+                # Without load balancing: the smart driver would connect to the servers the
+                # cluster lists (the server itself), around the proxy at the address.
+                parts = urlsplit(url_at(yugabytedb_url, *address))
+                query = [(k, v) for k, v in parse_qsl(parts.query) if k != "load_balance"]
+                url = urlunsplit(
+                    parts._replace(query=urlencode([*query, ("load_balance", "false")]))
+                )
+            return functools.partial(
+                YugabyteDBChatStore.from_uri,
+                url,
+                schema_name=schema_name if name == storage_name else name,
+                password=PASSWORD,
+                **{**self.options, **options},
+            )
+
+        return factory_for
 
     @pytest.fixture
     def server_address(self, yugabytedb_url: str) -> tuple[str, int]:
         return address_of(yugabytedb_url, 5433)
-
-    @pytest.fixture
-    def store_factory_at(
-        self, yugabytedb_url: str, schema_name: str
-    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
-        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
-            # Without load balancing: the smart driver would connect to the servers the
-            # cluster lists (the server itself), around the proxy at host:port.
-            parts = urlsplit(url_at(yugabytedb_url, host, port))
-            query = [(k, v) for k, v in parse_qsl(parts.query) if k != "load_balance"]
-            moved = urlunsplit(parts._replace(query=urlencode([*query, ("load_balance", "false")])))
-            return functools.partial(
-                YugabyteDBChatStore.from_uri,
-                moved,
-                schema_name=schema_name,
-                password=PASSWORD,
-                **self.options,
-            )
-
-        return at
-
-    @pytest.fixture
-    def other_store(self, yugabytedb_url: str) -> Iterator[BaseChatStore]:
-        store = YugabyteDBChatStore.from_uri(yugabytedb_url, schema_name=schema(), **self.options)
-        yield store
-        store.close()
 
     @pytest.fixture
     def unreachable_store(self) -> BaseChatStore:
@@ -105,21 +95,6 @@ class _YugabyteFixtures(ChatStoreConformance):
 
 class TestYugabyteDBConformance(_YugabyteFixtures):
     options = {"ttl": 3600}
-
-    @pytest.fixture
-    def ttl_store_factory(self, yugabytedb_url: str) -> Iterator[Callable[..., BaseChatStore]]:
-        made: list[BaseChatStore] = []
-
-        def make(seconds: int, **options: Any) -> BaseChatStore:
-            store = YugabyteDBChatStore.from_uri(
-                yugabytedb_url, schema_name=schema(), ttl=seconds, **options
-            )
-            made.append(store)
-            return store
-
-        yield make
-        for store in made:
-            store.close()
 
     @pytest.fixture
     def make_corrupt(
