@@ -73,7 +73,11 @@ class Op(Generic[T]):
     """A change carrying an op id (``args[2]``): applied at most once however often sent."""
 
     def mark_sent(self) -> None:
-        """Make every later send of this change look for its op id in the record first."""
+        """Make every later send of this change look for its op id in the record first.
+
+        The store calls it when a send failed (the change may have been applied); a first
+        send skips the search, its op id being new.
+        """
         if self.mutates and self.args[2][:1] != _RESEND:
             self.args = (*self.args[:2], _RESEND + self.args[2], *self.args[3:])
 

@@ -130,18 +130,22 @@ class ListChatStore(BaseChatStore):
     def _run(self, op: Op[T]) -> T:
         def attempt() -> T:
             try:
-                return op.decode(self._execute(op))
-            finally:
-                op.mark_sent()
+                reply = self._execute(op)
+            except BaseException:
+                op.mark_sent()  # it may have been applied: a resend searches the record
+                raise
+            return op.decode(reply)
 
         return call_with_retries(attempt, self._retry_policy, mutates=op.mutates)
 
     async def _arun(self, op: Op[T]) -> T:
         async def attempt() -> T:
             try:
-                return op.decode(await self._aexecute(op))
-            finally:
-                op.mark_sent()
+                reply = await self._aexecute(op)
+            except BaseException:
+                op.mark_sent()  # it may have been applied: a resend searches the record
+                raise
+            return op.decode(reply)
 
         return await acall_with_retries(attempt, self._retry_policy, mutates=op.mutates)
 
