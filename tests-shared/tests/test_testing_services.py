@@ -1,52 +1,77 @@
-"""The service fixtures start real servers, restart them, and fail loudly when they cannot."""
+"""The launcher machinery starts, restarts and finds servers, and fails loudly when it cannot."""
 
 from __future__ import annotations
 
-import subprocess
+import textwrap
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import pytest
 
 from llama_index.storage.chat_store.core import ChatMessage, message_to_json
 from llama_index.storage.chat_store.testing.services import (
+    ENTRY_POINT_GROUP,
     ReferencePython,
     ServiceUnavailableError,
+    listening,
     provide,
-    start_redis,
+    start_python_server,
 )
-from llama_index.storage.chat_store.testing.services._postgres import postgres_bindir
-from llama_index.storage.chat_store.testing.services._redis import redis_ping
 
 
-def test_redis_url_answers_ping(redis_url: str) -> None:
-    parts = urlsplit(redis_url)
-    assert redis_ping(parts.port or 6379, parts.hostname or "127.0.0.1")
-
-
-def test_postgres_url_accepts_connections(postgres_url: str) -> None:
-    bindir = postgres_bindir()
-    assert bindir is not None
-    parts = urlsplit(postgres_url)
-    probe = subprocess.run(
-        [str(bindir / "pg_isready"), "-h", str(parts.hostname), "-p", str(parts.port)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert probe.returncode == 0, probe.stdout
-
-
-def test_local_server_restarts_on_the_same_port() -> None:
-    server = start_redis()
+def test_local_server_restarts_on_the_same_port(tmp_path: Path) -> None:
+    server = start_python_server(
+        "http.server", "http.server", "--bind", "127.0.0.1", "--directory", str(tmp_path)
+    )
     try:
         port = server.port
         server.stop()
-        assert not redis_ping(port)
+        assert not listening(port)
         server.start()
         assert server.port == port
-        assert redis_ping(port)
+        assert listening(port)
     finally:
         server.cleanup()
     assert not server.workdir.exists()
+
+
+def _install_service(pytester: pytest.Pytester, module: str, body: str) -> None:
+    """Put a distribution announcing ``module`` as a test service where pytest will find it."""
+    pytester.makepyfile(**{module: textwrap.dedent(body)})
+    info = pytester.mkdir("fake_backend-1.0.dist-info")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-backend\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nfake = {module}\n")
+
+
+def test_a_distribution_adds_its_service_through_the_entry_point(
+    pytester: pytest.Pytester,
+) -> None:
+    """A service module named in the entry-point group gives its fixtures to every test."""
+    _install_service(
+        pytester,
+        "fake_backend_testing",
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def fake_url():
+            return "fake://127.0.0.1:1"
+        """,
+    )
+    pytester.makepyfile(
+        test_uses_it="def test_it(fake_url):\n    assert fake_url.startswith('fake')\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_service_that_cannot_be_imported_stops_the_run(pytester: pytest.Pytester) -> None:
+    """A broken service module fails every run naming its distribution, never skips its tests."""
+    _install_service(pytester, "fake_backend_testing", "raise ImportError('no emulator here')\n")
+    pytester.makepyfile(test_any="def test_it():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test service 'fake' of fake-backend*no emulator here*"])
 
 
 def test_no_way_to_get_a_server_fails_with_instructions(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,11 +17,8 @@ import pytest
 
 from llama_index.storage.chat_store.alloydb import AlloyDBChatStore, AlloyDBEngine
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
+from llama_index.storage.chat_store.postgres.testing import LocalAsyncConnector, LocalConnector
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.services import (
-    LocalAsyncConnector,
-    LocalConnector,
-)
 
 PASSWORD = "alloy-not-a-real-password-8T"
 

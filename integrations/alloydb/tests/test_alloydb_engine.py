@@ -14,7 +14,7 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     ConfigurationError,
 )
-from llama_index.storage.chat_store.testing.services import LocalAsyncConnector, LocalConnector
+from llama_index.storage.chat_store.postgres.testing import LocalAsyncConnector, LocalConnector
 
 
 def _local(postgres_url: str) -> tuple[str, int, str]:

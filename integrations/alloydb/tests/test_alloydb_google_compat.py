@@ -13,11 +13,8 @@ from urllib.parse import urlsplit
 
 from llama_index.storage.chat_store.alloydb import AlloyDBChatStore, AlloyDBEngine
 from llama_index.storage.chat_store.core import ChatMessage, message_from_json, message_to_json
-from llama_index.storage.chat_store.testing.services import (
-    LocalAsyncConnector,
-    LocalConnector,
-    ReferencePython,
-)
+from llama_index.storage.chat_store.postgres.testing import LocalAsyncConnector, LocalConnector
+from llama_index.storage.chat_store.testing.services import ReferencePython
 
 REQUIREMENTS = ["llama-index-alloydb-pg==0.3.1", "llama-index-cloud-sql-pg==0.3.1"]
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import pytest
 
 from llama_index.storage.chat_store.alloydb import AlloyDBChatStore, AlloyDBEngine
-from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
-from llama_index.storage.chat_store.testing.services import (
+from llama_index.storage.chat_store.postgres.testing import (
     LocalAsyncConnector,
     LocalConnector,
     local_instance,
 )
+from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
 
 pytestmark = pytest.mark.skipif(
     not LLAMA_INDEX_INSTALLED,

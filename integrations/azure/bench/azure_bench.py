@@ -10,15 +10,13 @@ from uuid import uuid4
 from azure.data.tables import TableClient, TableEntity
 
 from llama_index.storage.chat_store.azure import AzureChatStore
-from llama_index.storage.chat_store.bench import Backend, Reference, service
-
-# The services package re-exports these at run time; mypy sees them in their module.
-from llama_index.storage.chat_store.testing.services._azurite import (
+from llama_index.storage.chat_store.azure.testing import (
     AZURITE_KEY,
     azurite_connection_string,
     azurite_endpoint,
     start_azurite,
 )
+from llama_index.storage.chat_store.bench import Backend, Reference, service
 
 _NEWEST_FIRST = 10**19  # RowKey = this - time_ns: a partition lists its newest message first
 _BATCH = 100  # operations per entity-group transaction (Azure's limit)

@@ -12,15 +12,15 @@ from azure.data.tables import TableClient
 
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._codec import encode_key
-from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, PayloadTooLargeError
-from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.faults import address_of, url_at
-from llama_index.storage.chat_store.testing.services import (
+from llama_index.storage.chat_store.azure.testing import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     azurite_connection_string,
-    free_port,
 )
+from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, PayloadTooLargeError
+from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.faults import address_of, url_at
+from llama_index.storage.chat_store.testing.services import free_port
 from llama_index.storage.chat_store.testing.shared_writers import SharedWriterTests
 
 

@@ -27,12 +27,12 @@ from azure.data.tables import (
 from azure.data.tables.aio import TableServiceClient as AsyncTableServiceClient
 
 from llama_index.storage.chat_store.azure import AzureChatStore
-from llama_index.storage.chat_store.core import ChatMessage, ConfigurationError
-from llama_index.storage.chat_store.testing.services import (
+from llama_index.storage.chat_store.azure.testing import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     azurite_connection_string,
 )
+from llama_index.storage.chat_store.core import ChatMessage, ConfigurationError
 
 
 @pytest.fixture

@@ -18,6 +18,11 @@ from azure.data.tables import TableServiceClient
 
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._native import OP_RECORD
+from llama_index.storage.chat_store.azure.testing import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    azurite_connection_string,
+)
 from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     Capability,
@@ -26,12 +31,7 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
 from llama_index.storage.chat_store.testing.samples import numbered
-from llama_index.storage.chat_store.testing.services import (
-    AZURITE_ACCOUNT,
-    AZURITE_KEY,
-    azurite_connection_string,
-    free_port,
-)
+from llama_index.storage.chat_store.testing.services import free_port
 
 KEY = "conv"
 # The meta entity's write: alone, an HTTP request naming the entity by its keys (RowKey

@@ -13,11 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from llama_index.storage.chat_store.azure import AzureChatStore
+from llama_index.storage.chat_store.azure.testing import azurite_connection_string
 from llama_index.storage.chat_store.core import ChatMessage, message_to_json
-from llama_index.storage.chat_store.testing.services import (
-    ReferencePython,
-    azurite_connection_string,
-)
+from llama_index.storage.chat_store.testing.services import ReferencePython
 
 LLAMA_INDEX_AZURE = "llama-index-storage-chat-store-azure==0.6.0"
 

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 from azure.data.tables import TableServiceClient
 
-from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
-from llama_index.storage.chat_store.testing.services import (
+from llama_index.storage.chat_store.azure.testing import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     azurite_connection_string,
 )
+from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
 
 pytestmark = pytest.mark.skipif(
     not LLAMA_INDEX_INSTALLED,

@@ -18,13 +18,13 @@ from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._codec import decode_key, encode_key
 from llama_index.storage.chat_store.azure._io import ConflictError, Plan, Sleep, run_sync
-from llama_index.storage.chat_store.core import ChatMessage, CorruptDataError
-from llama_index.storage.chat_store.testing.samples import numbered
-from llama_index.storage.chat_store.testing.services import (
+from llama_index.storage.chat_store.azure.testing import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     azurite_connection_string,
 )
+from llama_index.storage.chat_store.core import ChatMessage, CorruptDataError
+from llama_index.storage.chat_store.testing.samples import numbered
 
 KEY = "conv"
 REMOVED = "removed from Azure table"

@@ -16,6 +16,13 @@ from azure.data.tables import TableClient
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._codec import HASHED_PREFIX, encode_key
 from llama_index.storage.chat_store.azure._io import Plan, run_sync
+from llama_index.storage.chat_store.azure.testing import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    azurite_connection_string,
+    azurite_endpoint,
+    start_azurite,
+)
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
@@ -27,13 +34,6 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.core.registry import chat_store_from_dict, chat_store_from_url
 from llama_index.storage.chat_store.testing.samples import numbered
-from llama_index.storage.chat_store.testing.services import (
-    AZURITE_ACCOUNT,
-    AZURITE_KEY,
-    azurite_connection_string,
-    azurite_endpoint,
-    start_azurite,
-)
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import pytest
 
 from llama_index.storage.chat_store.cloud_sql import PostgresChatStore, PostgresEngine
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
+from llama_index.storage.chat_store.postgres.testing import LocalConnector
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.services import LocalConnector
 
 PASSWORD = "cloudsql-not-a-real-password-4W"
 

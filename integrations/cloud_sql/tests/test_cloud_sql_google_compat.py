@@ -18,7 +18,8 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
 )
 from llama_index.storage.chat_store.postgres import PostgresChatStore as OurPostgresChatStore
-from llama_index.storage.chat_store.testing.services import LocalConnector, ReferencePython
+from llama_index.storage.chat_store.postgres.testing import LocalConnector
+from llama_index.storage.chat_store.testing.services import ReferencePython
 
 REQUIREMENTS = ["llama-index-alloydb-pg==0.3.1", "llama-index-cloud-sql-pg==0.3.1"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 
 from llama_index.storage.chat_store.cloud_sql import PostgresChatStore, PostgresEngine
+from llama_index.storage.chat_store.postgres.testing import LocalConnector, local_instance
 from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
-from llama_index.storage.chat_store.testing.services import LocalConnector, local_instance
 
 pytestmark = pytest.mark.skipif(
     not LLAMA_INDEX_INSTALLED,

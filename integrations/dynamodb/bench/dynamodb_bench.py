@@ -10,7 +10,7 @@ import boto3
 
 from llama_index.storage.chat_store.bench import Backend, Reference, service
 from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
-from llama_index.storage.chat_store.testing.services import start_moto
+from llama_index.storage.chat_store.dynamodb.testing import start_moto
 
 CREDENTIALS = {
     "region_name": "us-east-1",

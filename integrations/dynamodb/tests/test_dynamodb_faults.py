@@ -12,13 +12,10 @@ import pytest
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
 from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
+from llama_index.storage.chat_store.dynamodb.testing import DynamoDBFaultProxy, start_moto
 from llama_index.storage.chat_store.testing import numbered
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy, address_of
-from llama_index.storage.chat_store.testing.services import (
-    DynamoDBFaultProxy,
-    LocalServer,
-    start_moto,
-)
+from llama_index.storage.chat_store.testing.services import LocalServer
 
 
 @pytest.fixture

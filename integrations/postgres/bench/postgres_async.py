@@ -25,7 +25,7 @@ import asyncpg
 
 from llama_index.storage.chat_store.core import ChatMessage, message_to_json
 from llama_index.storage.chat_store.postgres import PostgresChatStore
-from llama_index.storage.chat_store.testing.services import start_postgres
+from llama_index.storage.chat_store.postgres.testing import start_postgres
 
 LENGTHS = (10, 10_000)
 OUT = Path(__file__).resolve().parents[3] / "bench" / "results" / "postgres-async.md"

@@ -12,7 +12,7 @@ import psycopg
 
 from llama_index.storage.chat_store.bench import Backend, Reference, service
 from llama_index.storage.chat_store.postgres import PostgresChatStore
-from llama_index.storage.chat_store.testing.services import start_postgres
+from llama_index.storage.chat_store.postgres.testing import start_postgres
 
 
 class RawPostgres:

@@ -19,11 +19,8 @@ from llama_index.storage.chat_store.core import (
     chat_store_from_dict,
 )
 from llama_index.storage.chat_store.postgres import ConnectorEngine, PostgresChatStore
-from llama_index.storage.chat_store.testing.services import (
-    LocalServer,
-    free_port,
-    start_postgres,
-)
+from llama_index.storage.chat_store.postgres.testing import start_postgres
+from llama_index.storage.chat_store.testing.services import LocalServer, free_port
 
 SCRAM_USER, SCRAM_PASSWORD = "scram_user", "right-password-Z9"
 

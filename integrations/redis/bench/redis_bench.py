@@ -10,7 +10,7 @@ import redis
 
 from llama_index.storage.chat_store.bench import Backend, Reference, service
 from llama_index.storage.chat_store.redis import RedisChatStore
-from llama_index.storage.chat_store.testing.services import start_redis
+from llama_index.storage.chat_store.redis.testing import start_redis
 
 
 class RawRedis:

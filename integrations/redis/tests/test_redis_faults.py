@@ -23,7 +23,8 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
 )
 from llama_index.storage.chat_store.redis import RedisChatStore
-from llama_index.storage.chat_store.testing.services import LocalServer, start_redis
+from llama_index.storage.chat_store.redis.testing import start_redis
+from llama_index.storage.chat_store.testing.services import LocalServer
 
 PASSWORD = "s3cret-Pa55"
 

@@ -16,7 +16,8 @@ import pytest
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
-from llama_index.storage.chat_store.testing.services import free_port, start_redis
+from llama_index.storage.chat_store.redis.testing import start_redis
+from llama_index.storage.chat_store.testing.services import free_port
 
 
 def _openssl(*args: str, cwd: Path) -> None:

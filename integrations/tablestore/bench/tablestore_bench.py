@@ -12,9 +12,7 @@ from uuid import uuid4
 from llama_index.storage.chat_store.bench import Backend, Reference
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.tablestore._sdk import ts  # the SDK, imported quietly
-
-# The services package re-exports these at run time; mypy sees them in their module.
-from llama_index.storage.chat_store.testing.services._tablestore import (
+from llama_index.storage.chat_store.tablestore.testing import (
     TablestoreConnection,
     start_tablestore_process,
 )

@@ -11,7 +11,7 @@ import pytest
 
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.tablestore._sdk import ts
-from llama_index.storage.chat_store.testing.services import TablestoreConnection
+from llama_index.storage.chat_store.tablestore.testing import TablestoreConnection
 
 StoreFactory = Callable[..., TablestoreChatStore]
 

@@ -11,9 +11,10 @@ import pytest
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
+from llama_index.storage.chat_store.tablestore.testing import TablestoreConnection
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
-from llama_index.storage.chat_store.testing.services import TablestoreConnection, free_port
+from llama_index.storage.chat_store.testing.services import free_port
 from llama_index.storage.chat_store.testing.shared_writers import SharedWriterTests
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from llama_index.storage.chat_store.core import ChatMessage
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
-from llama_index.storage.chat_store.testing.services import TablestoreConnection
+from llama_index.storage.chat_store.tablestore.testing import TablestoreConnection
 
 
 @pytest.fixture

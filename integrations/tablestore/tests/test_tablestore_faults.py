@@ -25,10 +25,7 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.tablestore._sdk import ts
-from llama_index.storage.chat_store.testing.services import (
-    TablestoreConnection,
-    start_tablestore,
-)
+from llama_index.storage.chat_store.tablestore.testing import TablestoreConnection, start_tablestore
 
 
 def _texts(messages: Sequence[ChatMessage | None] | None) -> list[str | None]:

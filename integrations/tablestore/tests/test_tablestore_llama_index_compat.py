@@ -16,7 +16,7 @@ import pytest
 from llama_index.storage.chat_store.core import ChatMessage, message_to_json
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.tablestore._sdk import ts
-from llama_index.storage.chat_store.testing.services import TablestoreConnection
+from llama_index.storage.chat_store.tablestore.testing import TablestoreConnection
 
 REFERENCE = ["llama-index-storage-chat-store-tablestore==0.4.0"]
 DATA = Path(__file__).parent / "data"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from llama_index.storage.chat_store.tablestore.testing import TablestoreConnection
 from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
-from llama_index.storage.chat_store.testing.services import TablestoreConnection
 
 pytestmark = pytest.mark.skipif(
     not LLAMA_INDEX_INSTALLED,

@@ -18,8 +18,9 @@ from llama_index.storage.chat_store.core.retries import new_op_id
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.tablestore._io import Once, Op, run_sync
 from llama_index.storage.chat_store.tablestore._sdk import WritesResentOnlyIfRefused, ts
+from llama_index.storage.chat_store.tablestore.testing import TablestoreConnection
 from llama_index.storage.chat_store.testing.samples import numbered
-from llama_index.storage.chat_store.testing.services import TablestoreConnection, free_port
+from llama_index.storage.chat_store.testing.services import free_port
 
 LAYOUTS = ["native", "llama_index"]
 

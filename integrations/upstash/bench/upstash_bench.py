@@ -16,11 +16,9 @@ from uuid import uuid4
 import upstash_redis
 
 from llama_index.storage.chat_store.bench import Backend, Reference
-from llama_index.storage.chat_store.testing.services import (
-    start_redis,
-    start_upstash_bridge_process,
-)
+from llama_index.storage.chat_store.redis.testing import start_redis
 from llama_index.storage.chat_store.upstash import UpstashChatStore
+from llama_index.storage.chat_store.upstash.testing import start_upstash_bridge_process
 
 
 @contextmanager

@@ -13,8 +13,8 @@ import redis
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
-from llama_index.storage.chat_store.testing.services import UpstashEndpoint
 from llama_index.storage.chat_store.upstash import UpstashChatStore
+from llama_index.storage.chat_store.upstash.testing import UpstashEndpoint
 
 
 class TestUpstashConformance(ChatStoreConformance):

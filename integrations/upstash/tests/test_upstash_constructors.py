@@ -13,8 +13,8 @@ import pytest
 import upstash_redis
 
 from llama_index.storage.chat_store.core import ChatMessage
-from llama_index.storage.chat_store.testing.services import UpstashEndpoint
 from llama_index.storage.chat_store.upstash import UpstashChatStore
+from llama_index.storage.chat_store.upstash.testing import UpstashEndpoint
 
 
 @pytest.fixture

@@ -15,12 +15,9 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
     CorruptDataError,
 )
-from llama_index.storage.chat_store.testing.services import (
-    UpstashBridge,
-    start_redis,
-    start_upstash_bridge,
-)
+from llama_index.storage.chat_store.redis.testing import start_redis
 from llama_index.storage.chat_store.upstash import UpstashChatStore
+from llama_index.storage.chat_store.upstash.testing import UpstashBridge, start_upstash_bridge
 
 
 @pytest.fixture

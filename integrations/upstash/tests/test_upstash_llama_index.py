@@ -16,12 +16,9 @@ import redis
 
 from llama_index.storage.chat_store.core import ChatMessage, message_from_json, message_to_json
 from llama_index.storage.chat_store.testing.samples import tricky_messages
-from llama_index.storage.chat_store.testing.services import (
-    ReferencePython,
-    UpstashBridge,
-    start_upstash_bridge,
-)
+from llama_index.storage.chat_store.testing.services import ReferencePython
 from llama_index.storage.chat_store.upstash import UpstashChatStore
+from llama_index.storage.chat_store.upstash.testing import UpstashBridge, start_upstash_bridge
 
 LLAMA_INDEX_UPSTASH = "llama-index-storage-chat-store-upstash==0.5.0"
 

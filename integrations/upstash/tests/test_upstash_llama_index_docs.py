@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
-from llama_index.storage.chat_store.testing.services import UpstashEndpoint
 from llama_index.storage.chat_store.upstash import UpstashChatStore
+from llama_index.storage.chat_store.upstash.testing import UpstashEndpoint
 
 pytestmark = pytest.mark.skipif(
     not LLAMA_INDEX_INSTALLED,

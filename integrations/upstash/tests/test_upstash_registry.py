@@ -7,8 +7,8 @@ from llama_index.storage.chat_store.core import (
     chat_store_from_dict,
     chat_store_from_url,
 )
-from llama_index.storage.chat_store.testing.services import UpstashEndpoint
 from llama_index.storage.chat_store.upstash import UpstashChatStore
+from llama_index.storage.chat_store.upstash.testing import UpstashEndpoint
 
 
 def test_url_and_dict_round_trip(upstash_rest: UpstashEndpoint) -> None:

@@ -17,12 +17,9 @@ import pytest
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
-from llama_index.storage.chat_store.testing.services import (
-    UpstashBridge,
-    free_port,
-    start_upstash_bridge,
-)
+from llama_index.storage.chat_store.testing.services import free_port
 from llama_index.storage.chat_store.upstash import UpstashChatStore
+from llama_index.storage.chat_store.upstash.testing import UpstashBridge, start_upstash_bridge
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,7 @@ import redis
 
 from llama_index.storage.chat_store.bench import sample_messages, service
 from llama_index.storage.chat_store.core import chat_store_from_url, message_from_json
-
-# The services package re-exports this at run time; mypy sees it in its module.
-from llama_index.storage.chat_store.testing.services._redis import start_redis
+from llama_index.storage.chat_store.redis.testing import start_redis
 
 MESSAGES = 1_000_000
 CONVERSATIONS = 1_000

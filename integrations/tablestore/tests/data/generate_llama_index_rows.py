@@ -17,10 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import test_tablestore_llama_index_compat as compat  # noqa: E402
 
 from llama_index.storage.chat_store.tablestore._sdk import ts  # noqa: E402
-from llama_index.storage.chat_store.testing.services import start_tablestore  # noqa: E402
-from llama_index.storage.chat_store.testing.services._reference import (  # noqa: E402
-    reference_python,
-)
+from llama_index.storage.chat_store.tablestore.testing import start_tablestore  # noqa: E402
+from llama_index.storage.chat_store.testing.services import reference_python  # noqa: E402
 
 
 def main() -> None:

@@ -11,11 +11,8 @@ from typing import Any
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._upstash import (
-    UNAUTHORIZED,
-    UpstashBridge,
-    start_upstash_bridge,
-)
+from llama_index.storage.chat_store.upstash.testing import UpstashBridge, start_upstash_bridge
+from llama_index.storage.chat_store.upstash.testing._server import UNAUTHORIZED
 
 
 @pytest.fixture

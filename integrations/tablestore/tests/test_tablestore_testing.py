@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import tablestore as ts
 
-from llama_index.storage.chat_store.testing.services import (
+from llama_index.storage.chat_store.tablestore.testing import (
     TablestoreConnection,
     TablestoreEmulator,
     start_tablestore,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import http.client
 import http.server
 import importlib.util
-import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -32,15 +31,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._process import (
+from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     ServiceUnavailableError,
-    start_python_server,
-)
-from llama_index.storage.chat_store.testing.services._provide import (
     docker_container,
     local,
     provide,
+    start_python_server,
 )
 
 __all__ = [
@@ -53,8 +50,8 @@ __all__ = [
 ]
 
 HOW_TO = (
-    "install moto's server into the test environment (pip install 'moto[server]'; it is in the "
-    "test dependency group of llama-index-storage-chat-store-dynamodb), or set "
+    "install moto's server into the test environment (pip install "
+    "'llama-index-storage-chat-store-dynamodb[testing]', which brings moto[server]), or set "
     "CHAT_STORE_TEST_DYNAMODB_URL=http://host:port to a disposable moto server or DynamoDB Local"
 )
 
@@ -86,7 +83,7 @@ def start_moto() -> LocalServer:
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
         raise ServiceUnavailableError("moto[server] is not installed in this environment")
 
-    return start_python_server("moto-server", __name__, ready=moto_ping)
+    return start_python_server("moto-server", __package__, ready=moto_ping)
 
 
 def _moto_container() -> tuple[str, Callable[[], None]]:
@@ -272,7 +269,3 @@ def _transactions_without_table_copies() -> None:
             setattr(models, "copy", saved)  # noqa: B010
 
     models.DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-
-
-if __name__ == "__main__":
-    serve_moto(int(sys.argv[1]))

@@ -6,11 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services import (
-    ServiceUnavailableError,
-    azurite_ready,
-    start_azurite,
-)
+from llama_index.storage.chat_store.azure.testing import azurite_ready, start_azurite
+from llama_index.storage.chat_store.testing.services import ServiceUnavailableError
 
 
 def test_start_stop_restart_on_the_same_port() -> None:

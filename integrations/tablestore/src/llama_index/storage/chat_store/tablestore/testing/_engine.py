@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from llama_index.storage.chat_store.testing.services._tablestore_emulator._plainbuffer import (
+from llama_index.storage.chat_store.tablestore.testing._plainbuffer import (
     INF_MAX,
     INF_MIN,
     OP_DELETE_ALL,

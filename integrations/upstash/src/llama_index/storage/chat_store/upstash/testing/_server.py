@@ -27,7 +27,6 @@ import os
 import queue
 import secrets
 import socket
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._process import (
+from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     free_port,
     start_python_server,
@@ -326,7 +325,7 @@ def start_upstash_bridge_process(
     See :func:`start_python_server` for why a benchmark wants that.
     """
     token = token or secrets.token_urlsafe(24)
-    server = start_python_server("upstash-bridge", __name__, redis_url, token)
+    server = start_python_server("upstash-bridge", __package__, redis_url, token)
     return server, UpstashEndpoint(f"http://127.0.0.1:{server.port}", token)
 
 
@@ -344,9 +343,3 @@ def upstash_rest(redis_url: str) -> Iterator[UpstashEndpoint]:
     bridge = start_upstash_bridge(redis_url)
     yield bridge.endpoint
     bridge.stop()
-
-
-if __name__ == "__main__":  # start_upstash_bridge_process: PORT REDIS_URL TOKEN
-    _port, _redis_url, _token = sys.argv[1:4]
-    UpstashBridge(_redis_url, _token, int(_port)).start()
-    threading.Event().wait()

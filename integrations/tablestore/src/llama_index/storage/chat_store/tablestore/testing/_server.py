@@ -10,38 +10,28 @@ per attribute value, 1 KB per primary key value, BatchGetRow 100 rows, BatchWrit
 rows / 4 MB, GetRange pages of 5000 rows / 4 MB, 5 MB per request body, 64 tables per
 instance).
 
-The emulator needs the ``tablestore`` SDK (the ``tablestore`` extra of this package); it is
-imported only when a test asks for the service. Set ``CHAT_STORE_TEST_TABLESTORE_URL`` to
-``https://KEY_ID:KEY_SECRET@HOST/INSTANCE`` to run the same tests against a real, disposable
-instance instead.
+It uses the SDK's own protobuf messages (the SDK is a dependency of this package). Set
+``CHAT_STORE_TEST_TABLESTORE_URL`` to ``https://KEY_ID:KEY_SECRET@HOST/INSTANCE`` to run the
+same tests against a real, disposable instance instead.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import secrets
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._process import (
+from llama_index.storage.chat_store.tablestore.testing._http import EmulatorServer
+from llama_index.storage.chat_store.testing.services import (
     LocalServer,
-    ServiceUnavailableError,
     free_port,
+    provide,
     start_python_server,
 )
-from llama_index.storage.chat_store.testing.services._provide import provide
-
-if TYPE_CHECKING:
-    from llama_index.storage.chat_store.testing.services._tablestore_emulator._server import (
-        EmulatorServer,
-    )
 
 __all__ = [
     "TablestoreConnection",
@@ -53,10 +43,8 @@ __all__ = [
 ]
 
 HOW_TO = (
-    "install the tablestore SDK the emulator speaks (pip install "
-    "'llama-index-storage-chat-store-testing[tablestore]'), or set "
-    "CHAT_STORE_TEST_TABLESTORE_URL=https://KEY_ID:KEY_SECRET@HOST/INSTANCE to a disposable "
-    "Tablestore instance"
+    "set CHAT_STORE_TEST_TABLESTORE_URL=https://KEY_ID:KEY_SECRET@HOST/INSTANCE to a disposable "
+    "Tablestore instance, or leave it unset for the emulator of this package"
 )
 
 
@@ -100,13 +88,7 @@ class TablestoreEmulator:
         access_key_id: str | None = None,
         access_key_secret: str | None = None,
     ) -> None:
-        try:
-            from llama_index.storage.chat_store.testing.services._tablestore_emulator._server import (  # noqa: E501
-                EmulatorServer,
-            )
-        except ImportError as exc:
-            raise ServiceUnavailableError(f"the tablestore SDK is not installed ({exc})") from exc
-        self._server: EmulatorServer = EmulatorServer(
+        self._server = EmulatorServer(
             port or free_port(),
             instance_name,
             access_key_id or f"test-key-{secrets.token_hex(4)}",
@@ -164,11 +146,7 @@ class TablestoreEmulator:
 
 
 def start_tablestore(instance_name: str = "chat-store-test") -> TablestoreEmulator:
-    """Start a Tablestore emulator on a free loopback port.
-
-    Raises:
-        ServiceUnavailableError: The tablestore SDK is not installed.
-    """
+    """Start a Tablestore emulator in this process on a free loopback port."""
     return TablestoreEmulator(instance_name).start()
 
 
@@ -177,14 +155,9 @@ def start_tablestore_process(instance_name: str = "chat-store-test") -> tuple[Lo
 
     Returns:
         The server (stop it with ``cleanup()``) and its :class:`TablestoreConnection` URL.
-
-    Raises:
-        ServiceUnavailableError: The tablestore SDK is not installed.
     """
-    if importlib.util.find_spec("tablestore") is None:
-        raise ServiceUnavailableError("the tablestore SDK is not installed")
     key_id, secret = f"test-key-{secrets.token_hex(4)}", secrets.token_hex(16)
-    server = start_python_server("tablestore-emulator", __name__, instance_name, key_id, secret)
+    server = start_python_server("tablestore-emulator", __package__, instance_name, key_id, secret)
     return server, _url(key_id, secret, server.port, instance_name)
 
 
@@ -211,11 +184,3 @@ def tablestore_url() -> Iterator[str]:
 def tablestore_connection(tablestore_url: str) -> TablestoreConnection:
     """The endpoint, instance and credentials of this session's Tablestore."""
     return TablestoreConnection.from_url(tablestore_url)
-
-
-if __name__ == "__main__":  # start_tablestore_process: PORT INSTANCE KEY_ID KEY_SECRET
-    _port, _instance, _key_id, _secret = sys.argv[1:5]
-    TablestoreEmulator(
-        _instance, port=int(_port), access_key_id=_key_id, access_key_secret=_secret
-    ).start()
-    threading.Event().wait()

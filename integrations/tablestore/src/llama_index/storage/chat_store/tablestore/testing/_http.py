@@ -25,11 +25,11 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import tablestore.protobuf.table_store_filter_pb2 as filter_pb
-import tablestore.protobuf.table_store_pb2 as pb
 from google.protobuf.message import DecodeError
 
-from llama_index.storage.chat_store.testing.services._tablestore_emulator._engine import (
+import tablestore.protobuf.table_store_filter_pb2 as filter_pb
+import tablestore.protobuf.table_store_pb2 as pb
+from llama_index.storage.chat_store.tablestore.testing._engine import (
     MAX_BATCH_GET_ROWS,
     MAX_BATCH_WRITE_BYTES,
     MAX_BATCH_WRITE_ROWS,
@@ -40,7 +40,7 @@ from llama_index.storage.chat_store.testing.services._tablestore_emulator._engin
     Table,
     row_size,
 )
-from llama_index.storage.chat_store.testing.services._tablestore_emulator._plainbuffer import (
+from llama_index.storage.chat_store.tablestore.testing._plainbuffer import (
     PlainBufferError,
     Value,
     read_row,

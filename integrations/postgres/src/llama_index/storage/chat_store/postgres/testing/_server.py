@@ -14,15 +14,13 @@ from typing import Any
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._process import (
+from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     ServiceUnavailableError,
-    running_as_root,
-)
-from llama_index.storage.chat_store.testing.services._provide import (
     docker_container,
     local,
     provide,
+    running_as_root,
 )
 
 __all__ = ["postgres_bindir", "postgres_url", "start_postgres"]

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._postgres import postgres_bindir
+from llama_index.storage.chat_store.postgres.testing import postgres_bindir
 
 __all__ = ["install_yugabytedb_shims", "yugabytedb_url"]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._process import (
+from llama_index.storage.chat_store.redis.testing._server import redis_ping
+from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     ServiceUnavailableError,
     free_port,
+    provide,
 )
-from llama_index.storage.chat_store.testing.services._provide import provide
-from llama_index.storage.chat_store.testing.services._redis import redis_ping
 
 __all__ = ["redis_cluster_url", "start_redis_cluster"]
 

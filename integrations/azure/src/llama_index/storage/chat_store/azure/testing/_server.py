@@ -16,11 +16,9 @@ from typing import Any
 
 import pytest
 
-from llama_index.storage.chat_store.testing.services._process import (
+from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     ServiceUnavailableError,
-)
-from llama_index.storage.chat_store.testing.services._provide import (
     docker_container,
     local,
     provide,

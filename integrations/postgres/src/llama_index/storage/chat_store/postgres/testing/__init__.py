@@ -1,0 +1,32 @@
+"""A real PostgreSQL for tests (initdb + postgres on loopback), and stand-ins for Google connectors.
+
+For your own app's tests too (needs ``llama-index-storage-chat-store-testing``, the
+``testing`` extra): ``start_postgres()`` returns a running, restartable server on a free port
+(``postgresql://test@127.0.0.1:PORT/postgres``, trust authentication). Under pytest the
+``postgres_url`` session fixture comes from here (``CHAT_STORE_TEST_POSTGRES_URL`` points it at
+a database of yours). The YugabyteDB, AlloyDB and Cloud SQL packages test on this server:
+:class:`LocalConnector` and :class:`LocalAsyncConnector` open plain connections to it where
+Google's connectors would open a tunnel to an instance.
+"""
+
+from llama_index.storage.chat_store.postgres.testing._google_cloud import (
+    LocalAsyncConnector,
+    LocalConnector,
+    google_cloud_table,
+    local_instance,
+)
+from llama_index.storage.chat_store.postgres.testing._server import (
+    postgres_bindir,
+    postgres_url,
+    start_postgres,
+)
+
+__all__ = [
+    "LocalAsyncConnector",
+    "LocalConnector",
+    "google_cloud_table",
+    "local_instance",
+    "postgres_bindir",
+    "postgres_url",
+    "start_postgres",
+]
