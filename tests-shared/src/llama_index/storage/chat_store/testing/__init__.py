@@ -1,8 +1,9 @@
 """The conformance suite and real-server fixtures for chat stores.
 
 Subclass :class:`ChatStoreConformance` in a test module and override its fixtures;
-the server fixtures (``redis_url``, ``postgres_url``, ...) come from the pytest
-plugin :mod:`llama_index.storage.chat_store.testing.services`, loaded automatically.
+the server fixtures (``redis_url``, ``postgres_url``, ...) come from the backends' ``testing``
+subpackages, registered by the pytest plugin :mod:`llama_index.storage.chat_store.testing.services`
+(loaded automatically).
 """
 
 from llama_index.storage.chat_store.testing.conformance import ChatStoreConformance, requires
