@@ -4,26 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from llama_index.storage.chat_store.redis.testing import redis_ping, start_redis
+from llama_index.storage.chat_store.redis.testing import redis_ping
 from llama_index.storage.chat_store.redis.testing._cluster import _cluster_state
 
 
 def test_redis_url_answers_ping(redis_url: str) -> None:
     parts = urlsplit(redis_url)
     assert redis_ping(parts.port or 6379, parts.hostname or "127.0.0.1")
-
-
-def test_start_redis_restarts_on_the_same_port() -> None:
-    server = start_redis()
-    try:
-        port = server.port
-        server.stop()
-        assert not redis_ping(port)
-        server.start()
-        assert server.port == port
-        assert redis_ping(port)
-    finally:
-        server.cleanup()
 
 
 def test_cluster_serves_every_slot_on_three_nodes(redis_cluster_url: str) -> None:

@@ -24,18 +24,6 @@ from llama_index.storage.chat_store.testing.services import (
     provide,
 )
 
-__all__ = [
-    "AZURITE_ACCOUNT",
-    "AZURITE_KEY",
-    "azurite_connection_string",
-    "azurite_endpoint",
-    "azurite_ready",
-    "azurite_table_endpoint",
-    "find_azurite",
-    "node_prefix",
-    "start_azurite",
-]
-
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="

@@ -40,15 +40,6 @@ from llama_index.storage.chat_store.testing.services import (
     start_python_server,
 )
 
-__all__ = [
-    "DynamoDBFaultProxy",
-    "dynamodb_url",
-    "moto_ping",
-    "moto_reset",
-    "serve_moto",
-    "start_moto",
-]
-
 HOW_TO = (
     "install moto's server into the test environment (pip install "
     "'llama-index-storage-chat-store-dynamodb[testing]', which brings moto[server]), or set "

@@ -20,8 +20,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-__all__ = ["LocalAsyncConnector", "LocalConnector", "google_cloud_table", "local_instance"]
-
 
 def _arguments(driver: str, expected: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if driver != expected:

@@ -23,8 +23,6 @@ from llama_index.storage.chat_store.testing.services import (
     running_as_root,
 )
 
-__all__ = ["postgres_bindir", "postgres_url", "start_postgres"]
-
 HOW_TO = (
     "install PostgreSQL server binaries (Debian/Ubuntu: apt-get install postgresql; they are "
     "looked up with pg_config, on PATH and in /usr/lib/postgresql/*/bin), or set "

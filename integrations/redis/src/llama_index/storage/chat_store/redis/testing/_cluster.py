@@ -19,8 +19,6 @@ from llama_index.storage.chat_store.testing.services import (
     provide,
 )
 
-__all__ = ["redis_cluster_url", "start_redis_cluster"]
-
 HOW_TO = (
     "install redis-server and redis-cli (Debian/Ubuntu: apt-get install redis-server), or set "
     "CHAT_STORE_TEST_REDIS_CLUSTER_URL=redis://host:port to one node of a disposable cluster"

@@ -18,8 +18,6 @@ from llama_index.storage.chat_store.testing.services import (
     provide,
 )
 
-__all__ = ["redis_ping", "redis_url", "start_redis"]
-
 HOW_TO = (
     "install redis-server (Debian/Ubuntu: apt-get install redis-server; macOS: brew install "
     "redis), or set CHAT_STORE_TEST_REDIS_URL=redis://host:port/0 to a disposable server"

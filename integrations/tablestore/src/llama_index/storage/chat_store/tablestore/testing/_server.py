@@ -33,15 +33,6 @@ from llama_index.storage.chat_store.testing.services import (
     start_python_server,
 )
 
-__all__ = [
-    "TablestoreConnection",
-    "TablestoreEmulator",
-    "start_tablestore",
-    "start_tablestore_process",
-    "tablestore_connection",
-    "tablestore_url",
-]
-
 HOW_TO = (
     "set CHAT_STORE_TEST_TABLESTORE_URL=https://KEY_ID:KEY_SECRET@HOST/INSTANCE to a disposable "
     "Tablestore instance, or leave it unset for the emulator of this package"

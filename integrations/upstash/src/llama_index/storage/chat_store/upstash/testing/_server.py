@@ -41,14 +41,6 @@ from llama_index.storage.chat_store.testing.services import (
     start_python_server,
 )
 
-__all__ = [
-    "UpstashBridge",
-    "UpstashEndpoint",
-    "start_upstash_bridge",
-    "start_upstash_bridge_process",
-    "upstash_rest",
-]
-
 UNAUTHORIZED = "WRONGPASS invalid or missing auth token"
 
 

@@ -23,8 +23,6 @@ import pytest
 
 from llama_index.storage.chat_store.postgres.testing import postgres_bindir
 
-__all__ = ["install_yugabytedb_shims", "yugabytedb_url"]
-
 ENV_VAR = "CHAT_STORE_TEST_YUGABYTEDB_URL"
 
 
