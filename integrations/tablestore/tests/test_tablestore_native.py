@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 
 from llama_index.storage.chat_store.core import ChatMessage
-from llama_index.storage.chat_store.core.retries import new_op_id
+from llama_index.storage.chat_store.core.backend import Change, Plan, drive
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.tablestore import _native as native
-from llama_index.storage.chat_store.tablestore._io import Once, Op, run_sync
 from llama_index.storage.chat_store.testing.samples import numbered
 
 
@@ -34,12 +33,13 @@ class _Client:
         return call
 
 
-def _run(store: TablestoreChatStore, op: Op[Any], client: _Client | None = None) -> Any:
-    return run_sync(client or _Client(store._sync_client()), op, store._translate)
+def _run(store: TablestoreChatStore, op: Plan[Any], client: _Client | None = None) -> Any:
+    client = client or _Client(store._sync_client())
+    return drive(op, lambda step: store._send(client, step))
 
 
-def _once() -> Once:
-    return Once(new_op_id()).next_attempt()
+def _once() -> Change:
+    return Change()
 
 
 def _pop(store: TablestoreChatStore) -> tuple[str | None, list[str]]:

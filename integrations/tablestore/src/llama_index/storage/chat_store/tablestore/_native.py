@@ -40,7 +40,7 @@ with the meta row (one BatchGetRow). A remembered row that another instance has 
 changed costs the append the failed put (the slot is taken), or at worst the put, the failed
 commit and the delete of its row, before it reads the meta row and tries again.
 
-Every change is applied once, however often it is resent (see :mod:`._record`): its commit
+Every change is applied change, however often it is resent (see :mod:`._record`): its commit
 writes its operation id (and, for a removal, what it removed) into the meta row's record in
 the same conditional update. An attempt after a transport failure, or after one of its own
 commits failed its condition, first reads the record: finding its id there, it applies
@@ -53,7 +53,7 @@ Every removal resolves what to remove on one meta row and commits conditionally 
 that row, so it returns what it removed. Damage (a meta row with tail < head or non-numbers,
 a row missing from a window the unchanged meta row names, a cell that is not a message)
 raises :class:`CorruptDataError` naming the key (and position). Reads and appends raise it
-at once, changing nothing. A removal removes what it was asked all the same (corrupt data
+at change, changing nothing. A removal removes what it was asked all the same (corrupt data
 must stay deletable), then raises it, saying so and holding what was stored (``data``):
 see core's :func:`removal_error`. ``set_all`` replaces a damaged conversation silently.
 """
@@ -74,10 +74,10 @@ from llama_index.storage.chat_store.core import (
     message_from_json,
     removal_error,
 )
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, Sleep
 from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.tablestore import _record as record
-from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Once, Op, Sleep
-from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, ts
+from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, Call, ts
 
 __all__ = [
     "CACHED_CONVERSATIONS",
@@ -253,7 +253,7 @@ def _slice(size: int, offset: int, limit: int | None) -> tuple[int, int]:
 # -- reads ---------------------------------------------------------------------------------
 
 
-def _read_meta_any(t: Tables, key: str) -> Op[Meta | _Damaged | None]:
+def _read_meta_any(t: Tables, key: str) -> Plan[Meta | _Damaged | None]:
     """Read the meta row; a damaged one is returned, for the operations that can remove it."""
     _, row, _ = yield Call(
         "get_row", (t.meta, [("session_id", key)]),
@@ -264,7 +264,7 @@ def _read_meta_any(t: Tables, key: str) -> Op[Meta | _Damaged | None]:
     return meta
 
 
-def _read_meta(t: Tables, key: str) -> Op[Meta | None]:
+def _read_meta(t: Tables, key: str) -> Plan[Meta | None]:
     """Read the meta row; raise :class:`CorruptDataError` (naming the key) if it is damaged."""
     meta = yield from _read_meta_any(t, key)
     if isinstance(meta, _Damaged):
@@ -290,7 +290,7 @@ def _parse_meta(t: Tables, key: str, row: Any) -> Meta | _Damaged | None:
     ))  # fmt: skip
 
 
-def _scan(t: Tables, key: str, gen: int, start: int, stop: int, columns: list[str]) -> Op[Any]:
+def _scan(t: Tables, key: str, gen: int, start: int, stop: int, columns: list[str]) -> Plan[Any]:
     """Return the rows ``start <= seq < stop`` of generation ``gen``, as stored."""
     found: list[Any] = []
     next_pk: Any = _pk(key, gen, start)
@@ -305,7 +305,7 @@ def _scan(t: Tables, key: str, gen: int, start: int, stop: int, columns: list[st
 
 def _read_window(
     t: Tables, key: str, meta: Meta, start: int, stop: int
-) -> Op[list[_Stored] | _Gap]:
+) -> Plan[list[_Stored] | _Gap]:
     """Read rows ``start <= seq < stop`` of the meta's generation, or where they stop making sense.
 
     Writer ids are not read (the SDK decodes cells in pure Python, so every column costs).
@@ -321,7 +321,7 @@ def _read_window(
     return found
 
 
-def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Op[list[_Stored] | None]:
+def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[list[_Stored] | None]:
     """Read a window named by ``meta``; ``None`` when the meta row has moved since.
 
     A row missing from the window while the meta row stays unchanged is not a race (every
@@ -345,7 +345,7 @@ _Window = Union[list[_Stored], _Gap, CorruptDataError]  # noqa: UP007 (a runtime
 
 def _window_then_meta(
     t: Tables, key: str, before: Meta, start: int, stop: int
-) -> Op[tuple[Meta | None, _Window]]:
+) -> Plan[tuple[Meta | None, _Window]]:
     """Read rows ``start <= seq < stop`` that ``before`` names, then the meta row again.
 
     When the meta row read is still ``before``, nothing was committed from the moment
@@ -421,7 +421,7 @@ def _not_text(t: Tables, key: str, position: int, value: Any) -> CorruptDataErro
     )
 
 
-def _removal_window(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Op[list[_Held]]:
+def _removal_window(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[list[_Held]]:
     """Read rows ``start <= seq < stop`` named by ``meta`` for a removal, whatever they hold.
 
     A row missing, or written after ``meta``, is returned with no writer rather than read
@@ -483,7 +483,7 @@ def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
     return _Stored(seq, text)
 
 
-def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Op[tuple[Meta | None, _Held | None]]:
+def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Plan[tuple[Meta | None, _Held | None]]:
     """Read the meta row and the last row ``seen`` names in one BatchGetRow.
 
     The row is returned only when the meta row still is ``seen``: then, if a commit
@@ -528,7 +528,7 @@ def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:
     return [message_from_json(r.json, key=key, position=r.seq - meta.head) for r in rows]
 
 
-def get(t: Tables, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
+def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
     """Return ``messages[offset:][:limit]`` from one consistent snapshot.
 
     The remembered meta row, else one read now, names the rows; they count only if the meta
@@ -566,13 +566,13 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Op[list[ChatMess
     )
 
 
-def count(t: Tables, key: str) -> Op[int]:
+def count(t: Tables, key: str) -> Plan[int]:
     """Return the number of messages (one GetRow of the meta row)."""
     meta = yield from _read_meta(t, key)
     return meta.size if meta else 0
 
 
-def keys_page(t: Tables, start: Any) -> Op[tuple[list[str], Any]]:
+def keys_page(t: Tables, start: Any) -> Plan[tuple[list[str], Any]]:
     """Return one page of keys from the meta table and where the next page starts."""
     first = start or [("session_id", ts.INF_MIN)]
     _, next_pk, rows, _ = yield Call(
@@ -602,7 +602,7 @@ def _chunks(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
     return [c for c in chunks if c]
 
 
-def _batch(table: str, items: list[Any]) -> Op[list[Any]]:
+def _batch(table: str, items: list[Any]) -> Plan[list[Any]]:
     """Run one BatchWriteRow; return each row's result in request order."""
     request = ts.BatchWriteRowRequest()
     request.add(ts.TableInBatchWriteRowItem(table, items))
@@ -624,7 +624,7 @@ def _batch(table: str, items: list[Any]) -> Op[list[Any]]:
 
 def _put_rows(
     t: Tables, key: str, gen: int, first: int, jsons: Sequence[str], writer: str, ver: int
-) -> Op[bool]:
+) -> Plan[bool]:
     """Put message rows at ``first...`` where none exist; False if a slot was taken."""
     rows = [
         ts.Row(_pk(key, gen, first + i), [("message", text), ("w", writer), ("c", ver)])
@@ -645,7 +645,9 @@ def _put_rows(
     return True
 
 
-def _delete_rows(t: Tables, key: str, gen: int, rows: Sequence[tuple[int, str | None]]) -> Op[None]:
+def _delete_rows(
+    t: Tables, key: str, gen: int, rows: Sequence[tuple[int, str | None]]
+) -> Plan[None]:
     """Delete rows by seq, each only if still written by the given writer (None: any)."""
     items = [
         ts.DeleteRowItem(
@@ -658,7 +660,7 @@ def _delete_rows(t: Tables, key: str, gen: int, rows: Sequence[tuple[int, str | 
         yield from _batch(t.messages, chunk)
 
 
-def _delete_generation(t: Tables, key: str, gen: int) -> Op[None]:
+def _delete_generation(t: Tables, key: str, gen: int) -> Plan[None]:
     """Delete every row of a retired generation (reading primary keys only)."""
     while True:
         low, high = _pk(key, gen, ts.INF_MIN), _pk(key, gen, ts.INF_MAX)
@@ -676,18 +678,18 @@ def _commit(
     key: str,
     old: Meta | _Damaged | None,
     new: Meta,
-    once: Once | None = None,
+    change: Change | None = None,
     removed: Sequence[Any] | None = None,
-) -> Op[bool]:
+) -> Plan[bool]:
     """Replace the meta row if it is still ``old``; False when another writer moved it.
 
-    ``once``: the change this commit applies, recorded in the same write (with the cells
+    ``change``: the change this commit applies, recorded in the same write (with the cells
     it ``removed``, for a removal); a failed commit makes it check the record next.
     """
     pk = [("session_id", key)]
     values = [(name, getattr(new, name)) for name in _META_COLUMNS]
-    if once is not None:
-        values.append((record.column(new.ver), record.entry(once.id, removed)))
+    if change is not None:
+        values.append((record.column(new.ver), record.entry(change.id, removed)))
     try:
         if old is None:
             absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
@@ -696,8 +698,8 @@ def _commit(
             unchanged = _if_unchanged(old) if isinstance(old, _Damaged) else _if_current(old)
             yield Call("update_row", (t.meta, ts.Row(pk, {"put": values}), unchanged))
     except ConflictError:
-        if once is not None:
-            once.check = True
+        if change is not None:
+            change.check = True
         return False
     t.learn(key, new)
     return True
@@ -711,16 +713,16 @@ def _emptied(old: Meta | _Damaged) -> Meta:
     return Meta(gen=_new_gen(), head=0, tail=0, ver=old.ver + 1 if isinstance(old, Meta) else 1)
 
 
-def _replayed(t: Tables, key: str, once: Once) -> Op[record.Replay | None]:
-    """When ``once`` may have been committed already, what its record says (else ``None``)."""
-    if not once.check:
+def _replayed(t: Tables, key: str, change: Change) -> Plan[record.Replay | None]:
+    """When ``change`` may have been committed already, what its record says (else ``None``)."""
+    if not change.check:
         return None
-    once.check = False
+    change.check = False
     _, row, _ = yield Call(
         "get_row", (t.meta, [("session_id", key)]),
         {"columns_to_get": record.COLUMNS, "max_version": 1},
     )  # fmt: skip
-    return record.find(_columns(row) if row is not None else {}, once.id)
+    return record.find(_columns(row) if row is not None else {}, change.id)
 
 
 class _Writer:
@@ -730,20 +732,20 @@ class _Writer:
     an attempt whose put landed and whose commit did not: they are fenced off at once.
     """
 
-    def __init__(self, t: Tables, key: str, once: Once) -> None:
+    def __init__(self, t: Tables, key: str, change: Change) -> None:
         self.t = t
         self.key = key
-        self.once = once
-        self.stuck_looks = 1 if once.attempts > 1 else _STUCK_LOOKS
+        self.change = change
+        self.stuck_looks = 1 if change.attempts > 1 else _STUCK_LOOKS
         self.looks: dict[tuple[int, int], int] = {}
 
     def place(
         self, meta: Meta | None, base: Meta, first: int, jsons: Sequence[str], new: Meta
-    ) -> Op[bool]:
+    ) -> Plan[bool]:
         """Put rows at ``first...`` of ``base.gen`` and commit ``new`` over ``meta``."""
         writer = uuid.uuid4().hex
         placed = yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)
-        if placed and (yield from _commit(self.t, self.key, meta, new, self.once)):
+        if placed and (yield from _commit(self.t, self.key, meta, new, self.change)):
             return True
         if placed or len(jsons) > 1:
             own = [(first + i, writer) for i in range(len(jsons))]
@@ -752,7 +754,7 @@ class _Writer:
             yield from self._unblock(meta, first, len(jsons))
         return False
 
-    def _unblock(self, meta: Meta, first: int, n: int) -> Op[None]:
+    def _unblock(self, meta: Meta, first: int, n: int) -> Plan[None]:
         spot = (meta.ver, first)
         self.looks[spot] = self.looks.get(spot, 0) + 1
         if self.looks[spot] < self.stuck_looks:
@@ -778,22 +780,22 @@ def _gave_up(t: Tables, key: str) -> ChatStoreError:
     )
 
 
-def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Op[bool]:
+def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Plan[bool]:
     base = meta or Meta(gen=_new_gen(), head=0, tail=0, ver=0)
     new = replace(base, tail=base.tail + len(jsons), ver=base.ver + 1)
     return (yield from w.place(meta, base, base.tail, jsons, new))
 
 
-def add(t: Tables, key: str, jsons: Sequence[str], once: Once) -> Op[None]:
+def add(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
     """Append messages atomically (one commit for the whole batch).
 
     The first attempt plans on the remembered meta row, if any (its commit is conditional
     on it); the others read the meta row first.
     """
-    w = _Writer(t, key, once)
+    w = _Writer(t, key, change)
     known = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, once)) is not None:
+        if (yield from _replayed(t, key, change)) is not None:
             return
         meta = known if known is not None else (yield from _read_meta(t, key))
         if (yield from _append_once(w, meta, jsons)):
@@ -809,9 +811,9 @@ def _rewrite_once(
     key: str,
     meta: Meta | _Damaged | None,
     jsons: Sequence[str],
-    once: Once,
+    change: Change,
     removed: Sequence[Any] | None = None,
-) -> Op[bool]:
+) -> Plan[bool]:
     """Write ``jsons`` as a new generation and flip to it; False if ``meta`` moved.
 
     A damaged meta row is replaced too (conditional on its columns as read).
@@ -820,7 +822,7 @@ def _rewrite_once(
     if not jsons:
         if meta is None or (isinstance(meta, Meta) and meta.size == 0):
             return True
-        if not (yield from _commit(t, key, meta, _emptied(meta), once, removed)):
+        if not (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
             return False
         if old_gen is not None:
             yield from _delete_generation(t, key, old_gen)
@@ -829,7 +831,7 @@ def _rewrite_once(
     new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=ver)
     writer = uuid.uuid4().hex
     placed = yield from _put_rows(t, key, new.gen, 0, jsons, writer, new.ver)
-    if placed and (yield from _commit(t, key, meta, new, once, removed)):
+    if placed and (yield from _commit(t, key, meta, new, change, removed)):
         if old_gen is not None:
             yield from _delete_generation(t, key, old_gen)
         return True
@@ -837,27 +839,27 @@ def _rewrite_once(
     return False
 
 
-def set_all(t: Tables, key: str, jsons: Sequence[str], once: Once) -> Op[None]:
+def set_all(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
     """Replace the conversation: readers see the old one or the new one, never a mix.
 
     Works on a damaged conversation too (unreadable meta row or messages): nothing old is
     read but the meta row.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, once)) is not None:
+        if (yield from _replayed(t, key, change)) is not None:
             return
         meta = yield from _read_meta_any(t, key)
-        if (yield from _rewrite_once(t, key, meta, jsons, once)):
+        if (yield from _rewrite_once(t, key, meta, jsons, change)):
             return
         yield _backoff(attempt)
     raise _gave_up(t, key)
 
 
-def insert(t: Tables, key: str, idx: int, text: str, once: Once) -> Op[None]:
+def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[None]:
     """Insert like ``list.insert``: O(1) at either end, a generation rewrite in the middle."""
-    w = _Writer(t, key, once)
+    w = _Writer(t, key, change)
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, once)) is not None:
+        if (yield from _replayed(t, key, change)) is not None:
             return
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
@@ -871,7 +873,7 @@ def insert(t: Tables, key: str, idx: int, text: str, once: Once) -> Op[None]:
             rows = yield from _rows(t, key, meta, meta.head, meta.tail)
             jsons = [r.json for r in rows or ()]
             jsons.insert(position, text)
-            done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons, once))
+            done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons, change))
         if done:
             return
         yield _backoff(attempt)
@@ -886,26 +888,28 @@ def insert(t: Tables, key: str, idx: int, text: str, once: Once) -> Op[None]:
 _Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
 
 
-def _pop_once(t: Tables, key: str, meta: Meta, held: _Held | None, once: Once) -> Op[_Outcome]:
+def _pop_once(
+    t: Tables, key: str, meta: Meta, held: _Held | None, change: Change
+) -> Plan[_Outcome]:
     """Remove the last message ``meta`` names (``held``: that row, when already read)."""
     if held is None:
         [held] = yield from _removal_window(t, key, meta, meta.tail - 1, meta.tail)
     messages, error = _decode(t, key, meta, [held])
     new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1)
-    if not (yield from _commit(t, key, meta, new, once, [held.value])):
+    if not (yield from _commit(t, key, meta, new, change, [held.value])):
         return False, [], None
     if held.writer is not None:
         yield from _delete_rows(t, key, meta.gen, [(held.seq, held.writer)])
     return True, messages, error
 
 
-def _oldest_once(t: Tables, key: str, meta: Meta, take: int, once: Once) -> Op[_Outcome]:
+def _oldest_once(t: Tables, key: str, meta: Meta, take: int, change: Change) -> Plan[_Outcome]:
     """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
     rows = yield from _removal_window(t, key, meta, meta.head, meta.head + take)
     messages, error = _decode(t, key, meta, rows)
     everything = take >= meta.size
     new = _emptied(meta) if everything else replace(meta, head=meta.head + take, ver=meta.ver + 1)
-    if not (yield from _commit(t, key, meta, new, once, [r.value for r in rows])):
+    if not (yield from _commit(t, key, meta, new, change, [r.value for r in rows])):
         return False, [], None
     if everything:
         yield from _delete_generation(t, key, meta.gen)
@@ -915,7 +919,7 @@ def _oldest_once(t: Tables, key: str, meta: Meta, take: int, once: Once) -> Op[_
     return True, messages, error
 
 
-def _inside_once(t: Tables, key: str, meta: Meta, position: int, once: Once) -> Op[_Outcome]:
+def _inside_once(t: Tables, key: str, meta: Meta, position: int, change: Change) -> Plan[_Outcome]:
     """Remove the message at ``position`` (not at either end): a generation rewrite.
 
     The other messages are copied as stored (text that is not a message included); a
@@ -931,7 +935,7 @@ def _inside_once(t: Tables, key: str, meta: Meta, position: int, once: Once) -> 
         raise problem
     messages, error = _decode(t, key, meta, rows[position : position + 1])
     removed = [rows[position].value]
-    if not (yield from _rewrite_once(t, key, meta, [r.value for r in kept], once, removed)):
+    if not (yield from _rewrite_once(t, key, meta, [r.value for r in kept], change, removed)):
         return False, [], None
     return True, messages, error
 
@@ -941,7 +945,7 @@ def _first(replay: record.Replay, key: str) -> ChatMessage | None:
     return messages[0] if messages else None
 
 
-def pop_last(t: Tables, key: str, once: Once) -> Op[ChatMessage | None]:
+def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
     """Remove and return the last message; concurrent pops never share one.
 
     With a remembered meta row, its last row is read together with the meta row (one
@@ -950,7 +954,7 @@ def pop_last(t: Tables, key: str, once: Once) -> Op[ChatMessage | None]:
     """
     seen = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, once)
+        replay = yield from _replayed(t, key, change)
         if replay is not None:
             return _first(replay, key)
         row: _Held | None = None
@@ -961,7 +965,7 @@ def pop_last(t: Tables, key: str, once: Once) -> Op[ChatMessage | None]:
             meta = yield from _read_meta(t, key)
         if meta is None or meta.size == 0:
             return None
-        done, messages, error = yield from _pop_once(t, key, meta, row, once)
+        done, messages, error = yield from _pop_once(t, key, meta, row, change)
         if done and error is not None:
             raise removal_error(error, _STORAGE) from error
         if done:
@@ -970,20 +974,20 @@ def pop_last(t: Tables, key: str, once: Once) -> Op[ChatMessage | None]:
     raise _gave_up(t, key)
 
 
-def delete_oldest(t: Tables, key: str, n: int, once: Once) -> Op[list[ChatMessage]]:
+def delete_oldest(t: Tables, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
     """Remove and return the first ``n`` messages.
 
     Raises:
         CorruptDataError: One of them could not be read; they are removed all the same.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, once)
+        replay = yield from _replayed(t, key, change)
         if replay is not None:
             return replay.messages(key, _STORAGE)
         meta = yield from _read_meta(t, key)
         if meta is None or n <= 0 or meta.size == 0:
             return []
-        done, messages, error = yield from _oldest_once(t, key, meta, min(n, meta.size), once)
+        done, messages, error = yield from _oldest_once(t, key, meta, min(n, meta.size), change)
         if done and error is not None:
             raise removal_error(error, _STORAGE) from error
         if done:
@@ -992,7 +996,7 @@ def delete_oldest(t: Tables, key: str, n: int, once: Once) -> Op[list[ChatMessag
     raise _gave_up(t, key)
 
 
-def delete_at(t: Tables, key: str, idx: int, once: Once) -> Op[ChatMessage | None]:
+def delete_at(t: Tables, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
     """Remove the message at ``idx``: O(1) at either end, a generation rewrite in between.
 
     The position is resolved on the meta row read, and the removal commits only if that
@@ -1004,7 +1008,7 @@ def delete_at(t: Tables, key: str, idx: int, once: Once) -> Op[ChatMessage | Non
             text and the message is neither first nor last: the rewrite could not keep it.)
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, once)
+        replay = yield from _replayed(t, key, change)
         if replay is not None:
             return _first(replay, key)
         meta = yield from _read_meta(t, key)
@@ -1013,11 +1017,11 @@ def delete_at(t: Tables, key: str, idx: int, once: Once) -> Op[ChatMessage | Non
         if meta is None or not 0 <= position < size:
             return None
         if position == size - 1:
-            done, messages, error = yield from _pop_once(t, key, meta, None, once)
+            done, messages, error = yield from _pop_once(t, key, meta, None, change)
         elif position == 0:
-            done, messages, error = yield from _oldest_once(t, key, meta, 1, once)
+            done, messages, error = yield from _oldest_once(t, key, meta, 1, change)
         else:
-            done, messages, error = yield from _inside_once(t, key, meta, position, once)
+            done, messages, error = yield from _inside_once(t, key, meta, position, change)
         if done and error is not None:
             raise removal_error(error, _STORAGE) from error
         if done:
@@ -1026,7 +1030,7 @@ def delete_at(t: Tables, key: str, idx: int, once: Once) -> Op[ChatMessage | Non
     raise _gave_up(t, key)
 
 
-def delete_all(t: Tables, key: str, once: Once) -> Op[list[ChatMessage] | None]:
+def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
     """Remove the conversation and return its messages (``None`` when it had none).
 
     Damaged data never blocks the removal: a damaged meta row is removed conditionally on
@@ -1038,7 +1042,7 @@ def delete_all(t: Tables, key: str, once: Once) -> Op[list[ChatMessage] | None]:
             conversation is removed all the same.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, once)
+        replay = yield from _replayed(t, key, change)
         if replay is not None:
             return replay.messages(key, _STORAGE) or None
         meta = yield from _read_meta_any(t, key)
@@ -1051,7 +1055,7 @@ def delete_all(t: Tables, key: str, once: Once) -> Op[list[ChatMessage] | None]:
             rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
             messages, error = _decode(t, key, meta, rows)
         removed = [r.value for r in rows]
-        if (yield from _commit(t, key, meta, _emptied(meta), once, removed)):
+        if (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
             if meta.gen is not None:
                 yield from _delete_generation(t, key, meta.gen)
             if isinstance(meta, _Damaged):
@@ -1063,7 +1067,7 @@ def delete_all(t: Tables, key: str, once: Once) -> Op[list[ChatMessage] | None]:
     raise _gave_up(t, key)
 
 
-def clear(t: Tables) -> Op[None]:
+def clear(t: Tables) -> Plan[None]:
     """Delete every row of both tables, page by page."""
     t.seen.clear()
     for table, pk in ((t.meta, META_PRIMARY_KEY), (t.messages, MESSAGE_PRIMARY_KEY)):
