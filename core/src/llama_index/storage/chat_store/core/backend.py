@@ -167,6 +167,13 @@ async def adrive(plan: Plan[T], execute: Callable[[Any], Awaitable[Any]]) -> T:
             raise
 
 
+@functools.lru_cache(maxsize=64)
+def _policy(retries: int, backoff: float, deadline: float) -> RetryPolicy:
+    # Made once per configuration: building a frozen dataclass on every call costs more
+    # than the rest of the store's own work on a call.
+    return RetryPolicy(retries, backoff, deadline)
+
+
 def check_index(name: str, value: Any) -> int:
     """Return ``value`` if it is an int (not a bool).
 
@@ -291,7 +298,7 @@ class PlannedChatStore(BaseChatStore):
 
     @property
     def _retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
+        return _policy(self.retries, self.retry_backoff, self.retry_deadline)
 
     def _drive(self, plan: Plan[T]) -> T:
         """Run one attempt of a plan (a backend may wrap it, e.g. in a transaction)."""

@@ -31,8 +31,8 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.backend import Change
 from llama_index.storage.chat_store.core.messages import messages_from_json
-from llama_index.storage.chat_store.core.retries import new_op_id
 from llama_index.storage.chat_store.redis import _scripts
 from llama_index.storage.chat_store.redis._scripts import Script
 
@@ -69,17 +69,6 @@ class Op(Generic[T]):
     decode: Callable[[Any], T]
     key: str | None = None
     """The conversation key, named in errors."""
-    mutates: bool = False
-    """A change carrying an op id (``args[2]``): applied at most once however often sent."""
-
-    def mark_sent(self) -> None:
-        """Make every later send of this change look for its op id in the record first.
-
-        The store calls it when a send failed (the change may have been applied); a first
-        send skips the search, its op id being new.
-        """
-        if self.mutates and self.args[2][:1] != _RESEND:
-            self.args = (*self.args[:2], _RESEND + self.args[2], *self.args[3:])
 
 
 @dataclass(frozen=True)
@@ -146,46 +135,62 @@ class ListLayout:
         return Op(script, (self.conversation(key), *self.registry), (key, *args), decode, key)
 
     def _change(
-        self, script: Script, key: str, args: Sequence[str], decode: Callable[[Any], T]
+        self,
+        script: Script,
+        key: str,
+        args: Sequence[str],
+        decode: Callable[[Any], T],
+        change: Change,
     ) -> Op[T]:
+        """A script call carrying ``change``'s op id (``args[2]``), applied at most once.
+
+        The id goes with a mark when the change may have been applied already (an earlier
+        send failed, or the client may resend by itself): then the script looks for it in
+        the record first; a first send skips the search, its op id being new.
+        """
         conv = self.conversation(key)
         keys = (conv, *self.registry, conv + _RECORD)
-        op_id = _RESEND + new_op_id() if self.client_resends else new_op_id()
+        op_id = _RESEND + change.id if change.check or self.client_resends else change.id
         head = (key, self._ttl_arg, op_id, self._record_arg)
-        return Op(script, keys, (*head, *args), decode, key, mutates=True)
+        return Op(script, keys, (*head, *args), decode, key)
 
     def _read(self) -> str:
         return str(self.ttl_ms) if self.refresh_on_read and self.ttl_ms else _KEEP_EXPIRY
 
     # -- writes ------------------------------------------------------------------------------
 
-    def append(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
+    def append(self, key: str, messages: Sequence[ChatMessage], change: Change) -> Op[None]:
         """Append ``messages`` (at least one)."""
-        return self._change(_scripts.APPEND, key, [*map(message_to_json, messages)], _none)
+        jsons = [*map(message_to_json, messages)]
+        return self._change(_scripts.APPEND, key, jsons, _none, change)
 
-    def insert(self, key: str, idx: int, message: ChatMessage) -> Op[None]:
+    def insert(self, key: str, idx: int, message: ChatMessage, change: Change) -> Op[None]:
         """Insert ``message`` before position ``idx`` (``list.insert`` semantics)."""
-        return self._change(_scripts.INSERT, key, [str(idx), message_to_json(message)], _none)
+        args = [str(idx), message_to_json(message)]
+        return self._change(_scripts.INSERT, key, args, _none, change)
 
-    def replace(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
+    def replace(self, key: str, messages: Sequence[ChatMessage], change: Change) -> Op[None]:
         """Replace the conversation (no messages: remove it)."""
-        return self._change(_scripts.REPLACE, key, [*map(message_to_json, messages)], _none)
+        jsons = [*map(message_to_json, messages)]
+        return self._change(_scripts.REPLACE, key, jsons, _none, change)
 
-    def delete_all(self, key: str) -> Op[list[ChatMessage]]:
+    def delete_all(self, key: str, change: Change) -> Op[list[ChatMessage]]:
         """Remove the conversation; the reply is its messages."""
-        return self._change(_scripts.DELETE_ALL, key, [], _messages(key, 0, removed=True))
+        decode = _messages(key, 0, removed=True)
+        return self._change(_scripts.DELETE_ALL, key, [], decode, change)
 
-    def delete_at(self, key: str, idx: int) -> Op[ChatMessage | None]:
+    def delete_at(self, key: str, idx: int, change: Change) -> Op[ChatMessage | None]:
         """Remove the message at ``idx``; the reply is that message or ``None``."""
-        return self._change(_scripts.DELETE_AT, key, [str(idx)], _positioned(key))
+        return self._change(_scripts.DELETE_AT, key, [str(idx)], _positioned(key), change)
 
-    def pop_last(self, key: str) -> Op[ChatMessage | None]:
+    def pop_last(self, key: str, change: Change) -> Op[ChatMessage | None]:
         """Remove the last message; the reply is that message or ``None``."""
-        return self._change(_scripts.POP_LAST, key, [], _positioned(key))
+        return self._change(_scripts.POP_LAST, key, [], _positioned(key), change)
 
-    def pop_first(self, key: str, n: int) -> Op[list[ChatMessage]]:
+    def pop_first(self, key: str, n: int, change: Change) -> Op[list[ChatMessage]]:
         """Remove the first ``n`` (> 0) messages; the reply is them, oldest first."""
-        return self._change(_scripts.POP_FIRST, key, [str(n)], _messages(key, 0, removed=True))
+        decode = _messages(key, 0, removed=True)
+        return self._change(_scripts.POP_FIRST, key, [str(n)], decode, change)
 
     def adopt(self, key: str) -> Op[bool]:
         """Register an existing list at ``key`` keeping its expiry; the reply says if it was one."""

@@ -8,38 +8,24 @@ the statements, replies, checks and paging are written once, here and in :mod:`.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from typing import Any, TypeVar
 
 from pydantic import AliasChoices, Field
 
 from llama_index.storage.chat_store.core import (
-    BaseChatStore,
     Capability,
     ChatMessage,
     CorruptDataError,
     InvalidKeyError,
-    coerce_message,
-    coerce_messages,
 )
-from llama_index.storage.chat_store.core.retries import (
-    RetryPolicy,
-    acall_with_retries,
-    call_with_retries,
-)
-from llama_index.storage.chat_store.core.store import check_window
-from llama_index.storage.chat_store.redis._layout import KeysPage, ListLayout, Op
+from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
+from llama_index.storage.chat_store.redis._layout import ListLayout, Op
 
 __all__ = ["ListChatStore"]
 
 T = TypeVar("T")
-
-
-def _index(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__qualname__}")
-    return value
 
 
 _RECORD_MS = 300_000
@@ -50,7 +36,7 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
 
 
-class ListChatStore(BaseChatStore):
+class ListChatStore(PlannedChatStore):
     """A chat store keeping each conversation as one Redis list (see :mod:`._layout`).
 
     Every operation is one script call: one round trip, atomic on the server, so concurrent
@@ -80,12 +66,6 @@ class ListChatStore(BaseChatStore):
     """Seconds a conversation lives after its last change (``None``: forever)."""
     refresh_on_read: bool = False
     """Reads also push the expiry to now + ttl."""
-    retries: int = Field(default=3, ge=0)
-    """Times a call that failed for want of the server is tried again (0: never)."""
-    retry_backoff: float = Field(default=0.05, ge=0)
-    """Seconds before the first retry, doubling for each next one (jittered)."""
-    retry_deadline: float = Field(default=10.0, gt=0)
-    """Seconds after which a failing call stops retrying."""
 
     @cached_property
     def _layout(self) -> ListLayout:
@@ -107,11 +87,11 @@ class ListChatStore(BaseChatStore):
     # -- transport: what a subclass provides ------------------------------------------------
 
     @abstractmethod
-    def _execute(self, op: Op[Any]) -> Any:
+    def _execute(self, step: Op[Any]) -> Any:
         """Run one script call and return the raw reply, raising core errors."""
 
     @abstractmethod
-    async def _aexecute(self, op: Op[Any]) -> Any:
+    async def _aexecute(self, step: Op[Any]) -> Any:
         """Async :meth:`_execute`."""
 
     @abstractmethod
@@ -119,159 +99,48 @@ class ListChatStore(BaseChatStore):
         """Yield the names of LIST keys matching the glob ``pattern`` (may repeat a name)."""
 
     @property
-    def _retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
-
-    @property
     def _client_resends(self) -> bool:
         """Whether the client may resend a call by itself (see :class:`ListLayout`)."""
         return False
 
-    def _run(self, op: Op[T]) -> T:
-        def attempt() -> T:
-            try:
-                reply = self._execute(op)
-            except BaseException:
-                op.mark_sent()  # it may have been applied: a resend searches the record
-                raise
-            return op.decode(reply)
+    # -- the plans: one script call each -------------------------------------------------------
 
-        return call_with_retries(attempt, self._retry_policy, mutates=op.mutates)
+    def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        return _one(self._layout.window(key, offset, limit))
 
-    async def _arun(self, op: Op[T]) -> T:
-        async def attempt() -> T:
-            try:
-                reply = await self._aexecute(op)
-            except BaseException:
-                op.mark_sent()  # it may have been applied: a resend searches the record
-                raise
-            return op.decode(reply)
+    def _count_plan(self, key: str) -> Plan[int]:
+        return _one(self._layout.count(key))
 
-        return await acall_with_retries(attempt, self._retry_policy, mutates=op.mutates)
-
-    # -- the calls, built once for both paths -----------------------------------------------
-
-    def _get_op(self, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
-        key = self._check_key(key)
-        check_window(offset, limit)
-        return self._layout.window(key, offset, limit)
-
-    def _add_op(self, key: str, message: ChatMessage, idx: int | None) -> Op[None]:
-        key = self._check_key(key)
-        message = coerce_message(message, copy=False)  # serialized before we return
+    def _add_plan(
+        self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
+    ) -> Plan[None]:
         if idx is None:
-            return self._layout.append(key, [message])
-        return self._layout.insert(key, _index("idx", idx), message)
+            return _one(self._layout.append(key, messages, change))
+        return _one(self._layout.insert(key, idx, messages[0], change))
 
-    def _add_many_op(self, key: str, messages: Sequence[ChatMessage]) -> Op[None] | None:
-        key = self._check_key(key)
-        coerced = coerce_messages(messages, copy=False)
-        return self._layout.append(key, coerced) if coerced else None
+    def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
+        return _one(self._layout.replace(key, messages, change))
 
-    def _set_op(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
-        key = self._check_key(key)
-        return self._layout.replace(key, coerce_messages(messages, copy=False))
+    def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+        return _one(self._layout.delete_all(key, change))
 
-    def _pop_first_op(self, key: str, n: int) -> Op[list[ChatMessage]] | None:
-        key = self._check_key(key)
-        return self._layout.pop_first(key, n) if _index("n", n) > 0 else None
+    def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
+        return _one(self._layout.delete_at(key, idx, change))
 
-    # -- sync API ----------------------------------------------------------------------------
+    def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
+        return _one(self._layout.pop_last(key, change))
 
-    def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
-    ) -> list[ChatMessage]:
-        """Return ``messages[offset:][:limit]`` (``[]`` for a missing key).
+    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+        return _one(self._layout.pop_first(key, n, change))
 
-        Only the window is read from Redis (one LRANGE inside the script).
+    def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
+        page = yield from _one(self._layout.keys_page(cursor))
+        return page.keys, page.cursor
 
-        Raises:
-            CorruptDataError: The key holds something other than chat messages.
-            BackendUnavailableError: Redis cannot be reached.
-        """
-        return self._run(self._get_op(key, offset, limit))
-
-    def count_messages(self, key: str) -> int:
-        """Return the number of messages (0 for a missing key)."""
-        return self._run(self._layout.count(self._check_key(key)))
-
-    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
-        """Append ``message``, or insert it at ``idx`` like ``list.insert``; atomic."""
-        self._run(self._add_op(key, message, idx))
-
-    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Append ``messages`` in one atomic call (``[]`` changes nothing)."""
-        op = self._add_many_op(key, messages)
-        if op is not None:
-            self._run(op)
-
-    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Replace the conversation atomically (``[]`` removes it).
-
-        Raises:
-            CorruptDataError: The key holds a value that is not a list (left untouched).
-        """
-        self._run(self._set_op(key, messages))
-
-    def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages, or ``None`` if there were none.
-
-        Raises:
-            CorruptDataError: Something removed was not a message; it is removed all the
-                same (see the class docstring).
-        """
-        return self._run(self._layout.delete_all(self._check_key(key))) or None
-
-    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Remove the message at ``idx``, keeping the others' order and the expiry.
-
-        Raises:
-            CorruptDataError: Something removed was not a message; it is removed all the
-                same (see the class docstring).
-        """
-        key = self._check_key(key)
-        return self._run(self._layout.delete_at(key, _index("idx", idx)))
-
-    def delete_last_message(self, key: str) -> ChatMessage | None:
-        """Remove and return the last message (``None`` when there is none).
-
-        Raises:
-            CorruptDataError: Something removed was not a message; it is removed all the
-                same (see the class docstring).
-        """
-        return self._run(self._layout.pop_last(self._check_key(key)))
-
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove and return the first ``n`` messages (fewer if shorter).
-
-        Raises:
-            CorruptDataError: Something removed was not a message; it is removed all the
-                same (see the class docstring).
-        """
-        op = self._pop_first_op(key, n)
-        return [] if op is None else self._run(op)
-
-    def iter_keys(self) -> Iterator[str]:
-        """Yield this store's live conversation keys from its registry, a page per call.
-
-        Keys come in byte order. A key present for the whole iteration is yielded exactly
-        once, however its conversation changes meanwhile.
-        """
-        cursor: str | None = None
-        while True:
-            page: KeysPage = self._run(self._layout.keys_page(cursor))
-            yield from page.keys
-            if page.cursor is None:
-                return
-            cursor = page.cursor
-
-    def get_keys(self) -> list[str]:
-        """Return this store's live conversation keys (never scans the keyspace)."""
-        return list(self.iter_keys())
-
-    def clear(self) -> None:
-        """Remove every conversation in this store's registry, then the registry."""
-        while self._run(self._layout.clear_page()):
+    def _clear_plan(self) -> Plan[None]:
+        """Remove the registered conversations a page at a time, then the registry."""
+        page = self._layout.clear_page()
+        while (yield from _one(page)):
             pass
 
     def adopt(self, match: str = "*") -> list[str]:
@@ -291,74 +160,15 @@ class ListChatStore(BaseChatStore):
             key = name[len(self.namespace) :]
             try:
                 self._check_key(key)
-                self._run(plain.window(key, 0, 1))
-                self._run(plain.window(key, -1, 1))
+                self._read(lambda: _one(plain.window(key, 0, 1)))  # noqa: B023 (run at once)
+                self._read(lambda: _one(plain.window(key, -1, 1)))  # noqa: B023
             except (InvalidKeyError, CorruptDataError):
                 continue
-            if self._run(plain.adopt(key)):
+            if self._read(lambda: _one(plain.adopt(key))):  # noqa: B023
                 adopted.append(key)
         return adopted
 
-    # -- async API ---------------------------------------------------------------------------
 
-    async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
-    ) -> list[ChatMessage]:
-        """Async :meth:`get_messages`."""
-        return await self._arun(self._get_op(key, offset, limit))
-
-    async def acount_messages(self, key: str) -> int:
-        """Async :meth:`count_messages`."""
-        return await self._arun(self._layout.count(self._check_key(key)))
-
-    async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
-        """Async :meth:`add_message`."""
-        await self._arun(self._add_op(key, message, idx))
-
-    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Async :meth:`add_messages`."""
-        op = self._add_many_op(key, messages)
-        if op is not None:
-            await self._arun(op)
-
-    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Async :meth:`set_messages`."""
-        await self._arun(self._set_op(key, messages))
-
-    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Async :meth:`delete_messages`."""
-        return await self._arun(self._layout.delete_all(self._check_key(key))) or None
-
-    async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Async :meth:`delete_message`."""
-        key = self._check_key(key)
-        return await self._arun(self._layout.delete_at(key, _index("idx", idx)))
-
-    async def adelete_last_message(self, key: str) -> ChatMessage | None:
-        """Async :meth:`delete_last_message`."""
-        return await self._arun(self._layout.pop_last(self._check_key(key)))
-
-    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Async :meth:`delete_oldest_messages`."""
-        op = self._pop_first_op(key, n)
-        return [] if op is None else await self._arun(op)
-
-    async def aiter_keys(self) -> AsyncIterator[str]:
-        """Async :meth:`iter_keys`."""
-        cursor: str | None = None
-        while True:
-            page: KeysPage = await self._arun(self._layout.keys_page(cursor))
-            for key in page.keys:
-                yield key
-            if page.cursor is None:
-                return
-            cursor = page.cursor
-
-    async def aget_keys(self) -> list[str]:
-        """Async :meth:`get_keys`."""
-        return [key async for key in self.aiter_keys()]
-
-    async def aclear(self) -> None:
-        """Async :meth:`clear`."""
-        while await self._arun(self._layout.clear_page()):
-            pass
+def _one(op: Op[T]) -> Plan[T]:
+    """The plan of one script call: send it, decode its reply."""
+    return op.decode((yield op))
