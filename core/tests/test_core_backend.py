@@ -326,7 +326,13 @@ def test_argument_checks() -> None:
         ("postgresql://u@h/db?password=q&sslmode=off", "postgresql://u@h/db?sslmode=off", "q"),
         ("postgresql://u:a@h/db?password=b", "postgresql://u@h/db", "b"),
         ("redis://h:1/0", "redis://h:1/0", None),
+        ("unix:///run/redis.sock?db=1&password=x", "unix:///run/redis.sock?db=1", "x"),
     ],
 )
 def test_split_password(url: str, plain: str, password: str | None) -> None:
     assert split_password(url) == (plain, password)
+
+
+def test_split_password_where_the_user_info_wins() -> None:
+    assert split_password("redis://u:a@h/0?password=b", query_wins=False) == ("redis://u@h/0", "a")
+    assert split_password("redis://h/0?password=b", query_wins=False) == ("redis://h/0", "b")

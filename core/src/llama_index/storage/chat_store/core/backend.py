@@ -37,7 +37,7 @@ import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import Field
 
@@ -185,27 +185,29 @@ def check_index(name: str, value: Any) -> int:
     return value
 
 
-def split_password(url: str) -> tuple[str, str | None]:
+def split_password(url: str, *, query_wins: bool = True) -> tuple[str, str | None]:
     """Return ``url`` without its password, and the password (``None`` if it had none).
 
     A password may sit in the user info (``scheme://user:pw@host/...``) or in the query
-    (``?password=pw``); the query wins when both are given (as libpq and redis-py read
-    them). Both places are emptied, so the URL can be shown, dumped and logged.
+    (``?password=pw``). When both are given, the query's wins (as libpq reads them), or
+    with ``query_wins=False`` the user info's (as redis-py reads them). Both places are
+    emptied, so the URL can be shown, dumped and logged. The rest of the URL is kept as
+    written (``unix:///path`` keeps its three slashes).
     """
     parts = urlsplit(url)
-    password = unquote(parts.password) if parts.password is not None else None
-    if password is not None:
-        host = parts.netloc.rpartition("@")[2]
+    netloc, password = parts.netloc, None
+    if parts.password is not None:
+        password = unquote(parts.password)
         user = parts.username or ""
+        host = netloc.rpartition("@")[2]
         netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
-        parts = parts._replace(netloc=netloc)
     query = parse_qsl(parts.query, keep_blank_values=True)
     given = [value for name, value in query if name == "password"]
-    if given:
+    if given and (query_wins or password is None):
         password = given[-1]
-        kept = [(name, value) for name, value in query if name != "password"]
-        parts = parts._replace(query=urlencode(kept))
-    return urlunsplit(parts), password
+    kept = urlencode([(name, value) for name, value in query if name != "password"])
+    text = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{kept}" if kept else "")
+    return text + (f"#{parts.fragment}" if parts.fragment else ""), password
 
 
 class PlannedChatStore(BaseChatStore):
