@@ -14,7 +14,6 @@ from pydantic import Field, PrivateAttr, SecretStr, field_serializer
 from llama_index.storage.chat_store.core import (
     Capability,
     ChatMessage,
-    ChatStoreError,
     ConfigurationError,
     Lazy,
     PayloadTooLargeError,
@@ -30,6 +29,7 @@ from llama_index.storage.chat_store.core.backend import (
 from llama_index.storage.chat_store.core.store import window
 from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
 from llama_index.storage.chat_store.tablestore import _native as native
+from llama_index.storage.chat_store.tablestore import _native_writes as writes
 from llama_index.storage.chat_store.tablestore._sdk import (
     CONDITION_FAILED,
     SDK_LOGGER,
@@ -145,34 +145,14 @@ class TablestoreChatStore(PlannedChatStore):
             ConfigurationError: Neither a client nor a complete set of connection arguments.
         """
         fields = {k: kwargs.pop(k) for k in _FIELDS if k in kwargs}
-        unknown = sorted(set(kwargs) - _CLIENT_OPTIONS - {"client_options"})
-        if unknown:
-            raise TypeError(
-                f"TablestoreChatStore got unexpected keyword argument(s) "
-                f"{', '.join(map(repr, unknown))}: neither a store field nor an OTSClient option"
-            )
-        options = {**kwargs.pop("client_options", {}), **kwargs}
-        unknown = sorted(set(options) - _CLIENT_OPTIONS)
-        if unknown:
-            raise TypeError(f"client_options has unknown OTSClient option(s) {unknown}")
+        options = _client_options(kwargs)
         if tablestore_client is None:
             access_key_id = access_key_id or os.environ.get("TABLESTORE_ACCESS_KEY_ID")
             access_key_secret = access_key_secret or os.environ.get("TABLESTORE_ACCESS_KEY_SECRET")
-            required: list[tuple[str, object]] = [
-                ("endpoint", endpoint), ("instance_name", instance_name),
-            ]  # fmt: skip
-            if "credentials_provider" not in options:
-                required += [("access_key_id", access_key_id),
-                             ("access_key_secret", access_key_secret)]  # fmt: skip
-            missing = [name for name, value in required if not value]
-            if missing:
-                raise ConfigurationError(
-                    f"TablestoreChatStore needs {', '.join(missing)} (or tablestore_client=)"
-                )
-            if not str(endpoint).startswith(("http://", "https://")):
-                raise ConfigurationError(
-                    f"endpoint must start with https:// or http://: {endpoint}"
-                )
+            _check_connection(
+                options, endpoint=endpoint, instance_name=instance_name,
+                access_key_id=access_key_id, access_key_secret=access_key_secret,
+            )  # fmt: skip
         super().__init__(
             tablestore_client=tablestore_client, endpoint=endpoint, instance_name=instance_name,
             access_key_id=access_key_id, access_key_secret=access_key_secret,
@@ -244,9 +224,6 @@ class TablestoreChatStore(PlannedChatStore):
             return f"{self.endpoint} (instance {self.instance_name})"
         client = self.tablestore_client
         return f"{getattr(client, 'host', '?')} (instance {client.protocol.instance_name})"
-
-    def _translate(self, exc: BaseException) -> ChatStoreError | None:
-        return translate(exc, self._where, self.table_name)
 
     def _client_arguments(self) -> dict[str, Any]:
         if self.tablestore_client is not None:
@@ -322,7 +299,7 @@ class TablestoreChatStore(PlannedChatStore):
         """A failed condition as :class:`ConflictError`, anything else in our hierarchy."""
         if isinstance(exc, ts.OTSServiceError) and exc.get_error_code() == CONDITION_FAILED:
             return ConflictError(str(exc))
-        return self._translate(exc) or exc
+        return translate(exc, self._where, self.table_name) or exc
 
     def close(self) -> None:
         """Release the sync client's connections; the store reconnects if used again."""
@@ -392,17 +369,6 @@ class TablestoreChatStore(PlannedChatStore):
 
     # -- operations, once for both drivers --------------------------------------------------
 
-    def _jsons(self, messages: Sequence[ChatMessage]) -> list[str]:
-        jsons = [message_to_json(m) for m in messages]
-        for text in jsons:
-            size = len(text.encode("utf-8"))
-            if size > MAX_VALUE_BYTES:
-                raise PayloadTooLargeError(
-                    f"a message of {size} bytes exceeds Tablestore's {MAX_VALUE_BYTES}-byte "
-                    "limit for one value; nothing was written"
-                )
-        return jsons
-
     def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
         if (yield from self._layout_plan()) == "native":
             return (yield from native.get(self._tables, key, offset, limit))
@@ -417,12 +383,12 @@ class TablestoreChatStore(PlannedChatStore):
     def _add_plan(
         self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
     ) -> Plan[None]:
-        jsons = self._jsons(messages)
+        jsons = _encode(messages)
         if (yield from self._layout_plan()) == "native":
             if idx is None:
-                yield from native.add(self._tables, key, jsons, change)
+                yield from writes.add(self._tables, key, jsons, change)
             else:
-                yield from native.insert(self._tables, key, idx, jsons[0], change)
+                yield from writes.insert(self._tables, key, idx, jsons[0], change)
             return
 
         def edit(current: list[ChatMessage]) -> list[ChatMessage]:
@@ -434,20 +400,20 @@ class TablestoreChatStore(PlannedChatStore):
         yield from legacy.mutate(self.table_name, key, edit, message_to_json, change)
 
     def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
-        jsons = self._jsons(messages)
+        jsons = _encode(messages)
         if (yield from self._layout_plan()) == "native":
-            yield from native.set_all(self._tables, key, jsons, change)
+            yield from writes.set_all(self._tables, key, jsons, change)
         else:
             yield from legacy.replace(self.table_name, key, jsons, change)
 
     def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
         if (yield from self._layout_plan()) == "native":
-            return (yield from native.delete_all(self._tables, key, change))
+            return (yield from writes.delete_all(self._tables, key, change))
         return (yield from legacy.remove(self.table_name, key, change))
 
     def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
         if (yield from self._layout_plan()) == "native":
-            return (yield from native.delete_at(self._tables, key, idx, change))
+            return (yield from writes.delete_at(self._tables, key, idx, change))
 
         def at(size: int) -> list[int]:
             return [idx % size] if -size <= idx < size else []
@@ -457,14 +423,14 @@ class TablestoreChatStore(PlannedChatStore):
 
     def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
         if (yield from self._layout_plan()) == "native":
-            return (yield from native.pop_last(self._tables, key, change))
+            return (yield from writes.pop_last(self._tables, key, change))
         return (yield from self._delete_at_plan(key, -1, change))
 
     def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
         if n <= 0:
             return []
         if (yield from self._layout_plan()) == "native":
-            return (yield from native.delete_oldest(self._tables, key, n, change))
+            return (yield from writes.delete_oldest(self._tables, key, n, change))
         return (yield from legacy.take(
             self.table_name, key, lambda size: range(min(n, size)), message_to_json, change
         ))  # fmt: skip
@@ -476,10 +442,58 @@ class TablestoreChatStore(PlannedChatStore):
 
     def _clear_plan(self) -> Plan[None]:
         if (yield from self._layout_plan()) == "native":
-            yield from native.clear(self._tables)
+            yield from writes.clear(self._tables)
         else:
             yield from legacy.clear(self.table_name)
 
     def clear_store(self) -> None:
         """Remove every conversation (LlamaIndex's name for :meth:`clear`)."""
         self.clear()
+
+
+def _client_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``OTSClient`` options among a constructor's keyword arguments (fields removed).
+
+    Raises:
+        TypeError: A name that is neither a store field nor an ``OTSClient`` option.
+    """
+    unknown = sorted(set(kwargs) - _CLIENT_OPTIONS - {"client_options"})
+    if unknown:
+        raise TypeError(
+            f"TablestoreChatStore got unexpected keyword argument(s) "
+            f"{', '.join(map(repr, unknown))}: neither a store field nor an OTSClient option"
+        )
+    options = {**kwargs.pop("client_options", {}), **kwargs}
+    unknown = sorted(set(options) - _CLIENT_OPTIONS)
+    if unknown:
+        raise TypeError(f"client_options has unknown OTSClient option(s) {unknown}")
+    return options
+
+
+def _check_connection(options: dict[str, Any], **given: Any) -> None:
+    """Raise ConfigurationError unless ``given`` is enough to build a client."""
+    required = ["endpoint", "instance_name"]
+    if "credentials_provider" not in options:
+        required += ["access_key_id", "access_key_secret"]
+    missing = [name for name in required if not given[name]]
+    if missing:
+        raise ConfigurationError(
+            f"TablestoreChatStore needs {', '.join(missing)} (or tablestore_client=)"
+        )
+    if not str(given["endpoint"]).startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"endpoint must start with https:// or http://: {given['endpoint']}"
+        )
+
+
+def _encode(messages: Sequence[ChatMessage]) -> list[str]:
+    """The messages' JSON, refusing any over Tablestore's limit for one value."""
+    jsons = [message_to_json(m) for m in messages]
+    for text in jsons:
+        size = len(text.encode("utf-8"))
+        if size > MAX_VALUE_BYTES:
+            raise PayloadTooLargeError(
+                f"a message of {size} bytes exceeds Tablestore's {MAX_VALUE_BYTES}-byte "
+                "limit for one value; nothing was written"
+            )
+    return jsons
