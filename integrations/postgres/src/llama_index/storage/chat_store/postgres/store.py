@@ -35,13 +35,14 @@ from llama_index.storage.chat_store.core import (
     ChatStoreError,
     ConfigurationError,
     CorruptDataError,
+    SerializationError,
     coerce_message,
     coerce_messages,
     message_from_json,
     message_to_json,
     messages_removed,
 )
-from llama_index.storage.chat_store.core.messages import collector_paused
+from llama_index.storage.chat_store.core.messages import messages_from_json
 from llama_index.storage.chat_store.core.retries import (
     RetryPolicy,
     acall_with_retries,
@@ -836,17 +837,21 @@ class PostgresChatStore(BaseChatStore):
 
     @staticmethod
     def _parse(key: str, rows: list[Row], st: Statements) -> list[ChatMessage]:
-        messages = []
-        with collector_paused(len(rows)):
-            for ident, data in rows:
-                if st.positions:
-                    messages.append(message_from_json(data, key=key, position=ident))
-                    continue
-                try:
-                    messages.append(message_from_json(data, key=key))
-                except CorruptDataError as exc:
-                    raise _NeedsPosition(ident, data) from exc
-        return messages
+        """Parse a read's ``(id_or_position, message_text)`` rows through core's batch decoder.
+
+        Raises:
+            _NeedsPosition: A row of a layout that reads row ids is unreadable (its position
+                is looked up before the error is raised).
+        """
+        texts = [data for _, data in rows]
+        if st.positions:  # contiguous positions: the first names every other
+            return messages_from_json(texts, key=key, start=int(rows[0][0]) if rows else 0)
+        try:
+            return messages_from_json(texts, key=key)
+        except (CorruptDataError, SerializationError) as exc:
+            # The error's position is the row's index in this read; its id finds the real one.
+            ident, data = rows[exc.position or 0]
+            raise _NeedsPosition(ident, data) from exc
 
     @staticmethod
     def _removed(key: str, rows: list[Row]) -> list[ChatMessage]:
