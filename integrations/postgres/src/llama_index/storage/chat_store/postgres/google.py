@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from llama_index.storage.chat_store.core import BackendImportError, ConfigurationError
+from llama_index.storage.chat_store.postgres._config import LayoutOption
 from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
-from llama_index.storage.chat_store.postgres.store import LayoutOption, PostgresChatStore
+from llama_index.storage.chat_store.postgres.store import PostgresChatStore
 
 if TYPE_CHECKING:
     from typing_extensions import Self
