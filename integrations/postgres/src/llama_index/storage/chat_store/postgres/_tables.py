@@ -12,7 +12,7 @@ from pydantic import PrivateAttr
 from sqlalchemy import TextClause, text
 
 from llama_index.storage.chat_store.core import ConfigurationError
-from llama_index.storage.chat_store.postgres import _layouts
+from llama_index.storage.chat_store.postgres import _layouts, _schema
 from llama_index.storage.chat_store.postgres._config import _Config
 from llama_index.storage.chat_store.postgres._drivers import AsyncRunner, Row, Runner
 from llama_index.storage.chat_store.postgres._layouts import LayoutName, Statements
@@ -69,9 +69,9 @@ class _Tables(_Config):
         return [
             table,
             f"data_{table}",
-            _layouts.conversations_table(table),
-            _layouts.ops_table(table),
-            _layouts.ops_table(f"data_{table}"),
+            _schema.conversations_table(table),
+            _schema.ops_table(table),
+            _schema.ops_table(f"data_{table}"),
         ]
 
     def _resolve(self, columns: list[Row], schema_exists: bool) -> _Resolved:
@@ -90,21 +90,21 @@ class _Tables(_Config):
             if layout == "llama_index":
                 table = f"{self._llama_index_prefix}{table}"
             return self._resolved_for(layout, table, "jsonb" if self.use_jsonb else "json", [
-                *_layouts.create_statements(
+                *_schema.create_statements(
                     layout, self.schema_name, table,
                     element_type="jsonb" if self.use_jsonb else "json",
                     create_schema=not schema_exists,
                 )
             ])  # fmt: skip
         detected, element = self._detect(table, found, tables)
-        ops_statement = _layouts.ops_statement(self.schema_name, table)
+        ops_statement = _schema.ops_statement(self.schema_name, table)
         if wanted not in ("auto", detected):
             raise ConfigurationError(
                 f"table {self.schema_name}.{table} already holds the {detected!r} layout, not "
                 f"{wanted!r}: pass layout={detected!r} (or 'auto'), or choose another table_name"
             )
         # A table made by LlamaIndex, Google or an older version of this store gets its ops table.
-        ddl = [] if _layouts.ops_table(table) in tables else [text(ops_statement)]
+        ddl = [] if _schema.ops_table(table) in tables else [text(ops_statement)]
         return self._resolved_for(detected, table, element, ddl)
 
     def _detect(
@@ -114,7 +114,7 @@ class _Tables(_Config):
         if {"key", "value"} <= columns.keys() and value.endswith("[]"):
             return "llama_index", value[:-2]
         if {"id", "key", "message"} <= columns.keys():
-            if _layouts.conversations_table(table) in tables:
+            if _schema.conversations_table(table) in tables:
                 return "native", "json"
             return "google", "json"
         raise ConfigurationError(
@@ -150,9 +150,9 @@ class _Tables(_Config):
         connections = self._connections()
         for attempt in range(2):
             names = {"schema": self.schema_name, "names": self._candidates()}
-            columns = connections.fetch(_layouts.DETECT, names)
+            columns = connections.fetch(_schema.DETECT, names)
             schema_exists = bool(
-                connections.fetch(_layouts.SCHEMA_EXISTS, {"schema": self.schema_name})[0][0]
+                connections.fetch(_schema.SCHEMA_EXISTS, {"schema": self.schema_name})[0][0]
             )
             resolved = self._resolve(columns, schema_exists)
             try:
@@ -163,9 +163,9 @@ class _Tables(_Config):
                         # the tables, and even a no-op CREATE INDEX locks the table against
                         # writers already using it (a deadlock with their appends).
                         if self._ddl_advisory_lock:
-                            tx.fetch(_layouts.ADVISORY_LOCK, {"lock": self._lock_id()})
-                        columns = tx.fetch(_layouts.DETECT, names)
-                        exists = tx.fetch(_layouts.SCHEMA_EXISTS, {"schema": self.schema_name})
+                            tx.fetch(_schema.ADVISORY_LOCK, {"lock": self._lock_id()})
+                        columns = tx.fetch(_schema.DETECT, names)
+                        exists = tx.fetch(_schema.SCHEMA_EXISTS, {"schema": self.schema_name})
                         found = self._resolve(columns, bool(exists[0][0]))
                         for statement in found.ddl:
                             tx.fetch(statement, {})
@@ -187,9 +187,9 @@ class _Tables(_Config):
         connections = self._aconnections()
         for attempt in range(2):
             names = {"schema": self.schema_name, "names": self._candidates()}
-            columns = await connections.fetch(_layouts.DETECT, names)
+            columns = await connections.fetch(_schema.DETECT, names)
             schema_rows = await connections.fetch(
-                _layouts.SCHEMA_EXISTS, {"schema": self.schema_name}
+                _schema.SCHEMA_EXISTS, {"schema": self.schema_name}
             )
             resolved = self._resolve(columns, bool(schema_rows[0][0]))
             try:
@@ -197,10 +197,10 @@ class _Tables(_Config):
 
                     async def create(tx: AsyncRunner, names: dict[str, Any] = names) -> _Resolved:
                         if self._ddl_advisory_lock:
-                            await tx.fetch(_layouts.ADVISORY_LOCK, {"lock": self._lock_id()})
-                        columns = await tx.fetch(_layouts.DETECT, names)
+                            await tx.fetch(_schema.ADVISORY_LOCK, {"lock": self._lock_id()})
+                        columns = await tx.fetch(_schema.DETECT, names)
                         schema = {"schema": self.schema_name}
-                        exists = await tx.fetch(_layouts.SCHEMA_EXISTS, schema)
+                        exists = await tx.fetch(_schema.SCHEMA_EXISTS, schema)
                         found = self._resolve(columns, bool(exists[0][0]))
                         for statement in found.ddl:
                             await tx.fetch(statement, {})
@@ -252,7 +252,7 @@ class _Tables(_Config):
 
     def _drop_statements(self) -> list[TextClause]:
         layout = self._default_layout if self.layout == "auto" else self.layout
-        return _layouts.drop_statements(layout, self.schema_name, self.table_name)
+        return _schema.drop_statements(layout, self.schema_name, self.table_name)
 
     async def ainit_table(self, overwrite_existing: bool = False) -> None:
         """Async :meth:`init_table`."""
