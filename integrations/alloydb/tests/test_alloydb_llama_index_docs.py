@@ -13,12 +13,9 @@ from __future__ import annotations
 import pytest
 
 from llama_index.storage.chat_store.alloydb import AlloyDBChatStore, AlloyDBEngine
+from llama_index.storage.chat_store.postgres.testing import use_local_connectors
 from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
-from llama_index.storage.chat_store.testing.services import (
-    LocalAsyncConnector,
-    LocalConnector,
-    local_instance,
-)
+from llama_index.storage.chat_store.testing.services import LocalAsyncConnector, LocalConnector
 
 pytestmark = pytest.mark.skipif(
     not LLAMA_INDEX_INSTALLED,
@@ -33,16 +30,11 @@ USER, PASSWORD = "test", "alloy-not-a-real-password-8T"
 @pytest.fixture
 def database(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The session database's name; AlloyDB's default connectors reach it locally."""
-    host, port, name = local_instance(postgres_url)
-    monkeypatch.setattr(
-        AlloyDBEngine, "connector_factory", staticmethod(lambda: LocalConnector(host, port))
-    )
-    monkeypatch.setattr(
-        AlloyDBEngine,
-        "async_connector_factory",
-        staticmethod(lambda: LocalAsyncConnector(host, port)),
-    )
-    return name
+
+    def connectors(host: str, port: int) -> tuple[LocalConnector, LocalAsyncConnector]:
+        return LocalConnector(host, port), LocalAsyncConnector(host, port)
+
+    return use_local_connectors(monkeypatch, AlloyDBEngine, connectors, postgres_url)
 
 
 def test_docs_alloydb_chat_store_in_simple_chat_engine(
