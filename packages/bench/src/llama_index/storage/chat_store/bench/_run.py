@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from llama_index.storage.chat_store.bench._adapters import OursAdapter, RawAdapter
+from llama_index.storage.chat_store.bench._baseline import Checkout
 from llama_index.storage.chat_store.bench._declare import Backend, Reference
 from llama_index.storage.chat_store.bench._ops import (
     OPERATIONS,
@@ -134,25 +136,64 @@ class _InProcess:
         self.adapter.close()
 
 
-class _ReferenceProcess:
-    """LlamaIndex's store in the reference interpreter; it times itself, so IPC is not counted."""
+class _Worker:
+    """An implementation in its own process (``_worker.py``); it times itself: no IPC counted.
 
-    def __init__(self, reference: Reference, url: str, workdir: str) -> None:
-        python = reference_python(list(reference.requirements)).python
-        source = Path(workdir) / "reference_store.py"
-        source.write_text(reference.source, encoding="utf-8")
-        self._stderr = (Path(workdir) / "reference.log").open("w+", encoding="utf-8")
-        self._proc = subprocess.Popen(  # noqa: S603 (our worker in the reference interpreter)
-            [str(python), str(WORKER), str(source), url, workdir],
+    LlamaIndex's store runs in the reference interpreter (:meth:`reference`), a previous
+    revision of ours in this interpreter with that revision's source folders first on the
+    path (:meth:`baseline`).
+    """
+
+    def __init__(
+        self, argv: list[str], workdir: str, role: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.role = role
+        self._stderr = (Path(workdir) / f"{role}.log").open("w+", encoding="utf-8")
+        self._proc = subprocess.Popen(  # noqa: S603 (our worker, in an interpreter we chose)
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
             bufsize=1,
+            env=env,
         )
-        hello = self._reply()
-        self.volume = bool(hello["volume"])
-        self.turn = bool(hello.get("turn"))
+        self.hello = self._reply()
+        self.volume = bool(self.hello["volume"])
+        self.turn = bool(self.hello.get("turn"))
+
+    @classmethod
+    def reference(cls, reference: Reference, url: str, workdir: str) -> _Worker:
+        """LlamaIndex's store, built by the reference source's ``make_store(url)``."""
+        python = reference_python(list(reference.requirements)).python
+        source = Path(workdir) / "reference_store.py"
+        source.write_text(reference.source, encoding="utf-8")
+        return cls([str(python), str(WORKER), str(source), url, workdir], workdir, "LlamaIndex")
+
+    @classmethod
+    def ours(
+        cls, name: str, declaration: Path, url: str, workdir: str, checkout: Checkout | None
+    ) -> _Worker:
+        """Our store from the declaration's ``ours(url)``: the installed code or ``checkout``'s.
+
+        Raises:
+            RuntimeError: The baseline worker imported our core or the store from outside its
+                checkout (the current code instead of the revision's).
+        """
+        env = dict(os.environ)
+        if checkout is not None:
+            path = [str(p) for p in checkout.python_path()]
+            env["PYTHONPATH"] = os.pathsep.join([*path, *filter(None, [env.get("PYTHONPATH")])])
+        argv = [sys.executable, "-m", f"{__package__}._worker", "--ours", name, str(declaration)]
+        role = "ours" if checkout is None else "baseline"
+        worker = cls([*argv, url, workdir], workdir, role, env)
+        try:
+            if checkout is not None:
+                checkout.imported_here(worker.hello["modules"])
+        except RuntimeError:
+            worker.close()
+            raise
+        return worker
 
     def _reply(self) -> dict[str, Any]:
         stdout: IO[str] | None = self._proc.stdout
@@ -160,10 +201,10 @@ class _ReferenceProcess:
         line = stdout.readline()
         if not line:
             self._stderr.seek(0)
-            raise RuntimeError(f"the LlamaIndex worker died:\n{self._stderr.read()[-4000:]}")
+            raise RuntimeError(f"the {self.role} worker died:\n{self._stderr.read()[-4000:]}")
         reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
-            raise RuntimeError(f"the LlamaIndex worker failed:\n{reply['error']}")
+            raise RuntimeError(f"the {self.role} worker failed:\n{reply['error']}")
         return reply
 
     def _call(self, verb: str, **args: Any) -> Any:
@@ -194,12 +235,27 @@ class _ReferenceProcess:
             self._stderr.close()
 
 
-def run_backend(name: str, backend: Backend, plan: Plan, log: IO[str] = sys.stderr) -> Results:
+def run_backend(
+    name: str,
+    backend: Backend,
+    plan: Plan,
+    log: IO[str] = sys.stderr,
+    baseline: Checkout | None = None,
+    declaration: Path | None = None,
+) -> Results:
     """Measure every selected operation of ``backend`` for each implementation it declares.
 
     LlamaIndex's store is measured on the conversations it can hold (``reference_holds``) and
     left out of longer ones; a run where it holds none never starts the reference interpreter.
+    With ``baseline``, our store at that revision is measured too, in a worker process built
+    from ``declaration`` (the file that declared ``backend``).
+
+    Raises:
+        ValueError: ``baseline`` without ``declaration``.
+        RuntimeError: A worker failed, or the baseline one imported the current code.
     """
+    if baseline is not None and declaration is None:
+        raise ValueError("a baseline run needs the declaration file of the backend")
     started = time.monotonic()
     plan = Plan.from_scale(plan.scale, plan.repeats, backend.long_conversation, plan.ops)
     labels = {"ours": f"{backend.title}, from this repository"}
@@ -211,7 +267,19 @@ def run_backend(name: str, backend: Backend, plan: Plan, log: IO[str] = sys.stde
     ):
         impls: dict[str, _Implementation] = {}
         try:
-            impls["ours"] = _InProcess(OursAdapter(backend.ours, url), workdir)
+            if baseline is not None and declaration is not None:
+                # Both sides of the comparison in like processes: a call timed in a worker
+                # follows a wake-up on its pipe, which the in-process one never pays.
+                print(f"[{name}] starting our store now and at {baseline.label()}", file=log)
+                impls["ours"] = _Worker.ours(name, declaration, url, workdir, None)
+                impls["baseline"] = _Worker.ours(name, declaration, url, workdir, baseline)
+                labels["ours"] += ", in a worker process like the baseline's"
+                labels["baseline"] = (
+                    f"{backend.title} at {baseline.label()}, in a worker process importing "
+                    "that revision's core and stores from a temporary git worktree"
+                )
+            else:
+                impls["ours"] = _InProcess(OursAdapter(backend.ours, url), workdir)
             if backend.raw is not None:
                 raw = RawAdapter(backend.raw, url)
                 impls["raw"] = _InProcess(raw, workdir)
@@ -224,7 +292,7 @@ def run_backend(name: str, backend: Backend, plan: Plan, log: IO[str] = sys.stde
                 )
             elif reference is not None:
                 print(f"[{name}] starting the LlamaIndex reference interpreter", file=log)
-                impls["llama_index"] = _ReferenceProcess(reference, url, workdir)
+                impls["llama_index"] = _Worker.reference(reference, url, workdir)
                 reqs = [LLAMA_INDEX_CORE, *reference.requirements]
                 labels["llama_index"] = f"{reference.label} ({', '.join(reqs)})"
                 if holds is not None and max(lengths, default=0) > holds:
