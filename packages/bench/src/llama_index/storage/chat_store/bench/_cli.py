@@ -11,9 +11,16 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from llama_index.storage.chat_store.bench._baseline import Checkout, checkout
-from llama_index.storage.chat_store.bench._declare import Backend, Task
+from llama_index.storage.chat_store.bench._declare import QUICK_SCALE, Backend, Task
 from llama_index.storage.chat_store.bench._report import write
-from llama_index.storage.chat_store.bench._run import OPERATION_NAMES, Plan, run_backend
+from llama_index.storage.chat_store.bench._run import (
+    FULL_REPEATS,
+    OPERATION_NAMES,
+    QUICK_REPEATS,
+    Plan,
+    default_repeats,
+    run_backend,
+)
 
 BUILTIN = Path(__file__).with_name("backends")
 SUFFIX = "_bench.py"
@@ -103,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         help="multiply every volume (env BENCH_SCALE; 0.01 for a quick check)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "15")), help="repeats"
+        "--repeats",
+        type=int,
+        default=int(os.environ.get("BENCH_REPEATS") or 0) or None,
+        help=f"interleaved repeats (env BENCH_REPEATS; default {FULL_REPEATS}, or "
+        f"{QUICK_REPEATS} below BENCH_SCALE={QUICK_SCALE:g}: a quick run checks the harness)",
     )
     parser.add_argument(
         "--ops",
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out and --update-results name two different folders: give one")
     try:
         ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
-        plan = Plan.from_scale(args.scale, args.repeats, ops=ops)
+        plan = Plan.from_scale(args.scale, args.repeats or default_repeats(args.scale), ops=ops)
     except ValueError as exc:
         parser.error(str(exc))
     base = root or Path.cwd()

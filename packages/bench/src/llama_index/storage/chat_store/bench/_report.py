@@ -98,7 +98,8 @@ def markdown(results: Results, chart_name: str | None) -> str:
             if "persist" in measured or "load" in measured
             else ""
         )
-        + ", each timed call right after an untimed one of the same operation"
+        + ", each timed call right after an untimed one of the same operation (none after a"
+        " call of 0.5 s or more)"
         + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
         " store inside the reference interpreter, so no IPC is counted), against the same server"
         " in the same run. In brackets: a 90 % bootstrap interval of each ratio; where it holds"

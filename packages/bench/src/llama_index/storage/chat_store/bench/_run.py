@@ -15,7 +15,7 @@ from typing import IO, Any, Protocol
 
 from llama_index.storage.chat_store.bench._adapters import OursAdapter, RawAdapter
 from llama_index.storage.chat_store.bench._baseline import Checkout
-from llama_index.storage.chat_store.bench._declare import Backend, Reference
+from llama_index.storage.chat_store.bench._declare import Backend, Reference, is_quick
 from llama_index.storage.chat_store.bench._ops import (
     OPERATIONS,
     TURN,
@@ -31,7 +31,15 @@ from llama_index.storage.chat_store.testing.services._reference import (
 )
 
 WORKER = Path(__file__).with_name("_worker.py")
+FULL_REPEATS = 15
+QUICK_REPEATS = 3
+SELF_WARMING = 0.5  # seconds: a call this long needs no untimed call before it
 OPERATION_NAMES = tuple(op for op, _ in (*OPERATIONS, TURN, *VOLUME_OPERATIONS))
+
+
+def default_repeats(scale: float) -> int:
+    """Return the repeats of a run at ``scale``: every one, or few in a quick run."""
+    return QUICK_REPEATS if is_quick(scale) else FULL_REPEATS
 
 
 @dataclass(frozen=True)
@@ -235,6 +243,16 @@ class _Worker:
             self._stderr.close()
 
 
+class _Progress:
+    """Progress lines on the log, each with the seconds since the backend's run started."""
+
+    def __init__(self, name: str, log: IO[str], started: float) -> None:
+        self.name, self.log, self.started = name, log, started
+
+    def __call__(self, text: str) -> None:
+        print(f"[{self.name} +{time.monotonic() - self.started:.0f} s] {text}", file=self.log)
+
+
 def run_backend(
     name: str,
     backend: Backend,
@@ -257,6 +275,7 @@ def run_backend(
     if baseline is not None and declaration is None:
         raise ValueError("a baseline run needs the declaration file of the backend")
     started = time.monotonic()
+    say = _Progress(name, log, started)
     plan = Plan.from_scale(plan.scale, plan.repeats, backend.long_conversation, plan.ops)
     labels = {"ours": f"{backend.title}, from this repository"}
     lengths = plan.conversation_lengths()
@@ -265,12 +284,13 @@ def run_backend(
         tempfile.TemporaryDirectory(prefix=f"chat-store-bench-{name}-") as workdir,
         backend.server() as url,
     ):
+        say("server ready")
         impls: dict[str, _Implementation] = {}
         try:
             if baseline is not None and declaration is not None:
                 # Both sides of the comparison in like processes: a call timed in a worker
                 # follows a wake-up on its pipe, which the in-process one never pays.
-                print(f"[{name}] starting our store now and at {baseline.label()}", file=log)
+                say(f"starting our store now and at {baseline.label()}")
                 impls["ours"] = _Worker.ours(name, declaration, url, workdir, None)
                 impls["baseline"] = _Worker.ours(name, declaration, url, workdir, baseline)
                 labels["ours"] += ", in a worker process like the baseline's"
@@ -291,7 +311,7 @@ def run_backend(
                     "messages, left out of this run"
                 )
             elif reference is not None:
-                print(f"[{name}] starting the LlamaIndex reference interpreter", file=log)
+                say("starting the LlamaIndex reference interpreter")
                 impls["llama_index"] = _Worker.reference(reference, url, workdir)
                 reqs = [LLAMA_INDEX_CORE, *reference.requirements]
                 labels["llama_index"] = f"{reference.label} ({', '.join(reqs)})"
@@ -301,11 +321,14 @@ def run_backend(
                         "left out of longer conversations"
                     )
             results = Results(name, backend, plan, labels)
-            _measure(name, impls, plan, holds, results, log)
+            say("implementations ready")
+            _measure(name, impls, plan, holds, results, say)
         finally:
+            say("closing")
             for impl in impls.values():
                 impl.close()
     results.seconds = time.monotonic() - started
+    say("done")
     return results
 
 
@@ -323,7 +346,7 @@ def _measure(
     plan: Plan,
     holds: int | None,
     results: Results,
-    log: IO[str],
+    say: _Progress,
 ) -> None:
     order = list(impls)
 
@@ -339,9 +362,10 @@ def _measure(
         for impl in order:
             if measured(impl, length):
                 impls[impl].fill(_key(name, impl, length), length)
+    last: dict[tuple[str, str, int], float] = {}
     # Repeat 0 warms up (imports, caches, connections) and is thrown away.
     for repeat in range(plan.repeats + 1):
-        print(f"[{name}] repeat {repeat}/{plan.repeats}", file=log)
+        say(f"repeat {repeat}/{plan.repeats}")
         turn = order[repeat % len(order) :] + order[: repeat % len(order)]
         for length in lengths:
             for op in plan.operations_at(length):
@@ -351,9 +375,13 @@ def _measure(
                     # An untimed call first: the timed one must not pay for waking up after
                     # another implementation's long call (an idle client and server backend
                     # measured 3-5x slower on their next statement), and rotation alone
-                    # always puts the same implementation right after the slowest one.
-                    impls[impl].sample(op, _key(name, impl, length), length)
-                    took = impls[impl].sample(op, _key(name, impl, length), length)
+                    # always puts the same implementation right after the slowest one. A call
+                    # that took SELF_WARMING seconds last time skips it: waking costs
+                    # milliseconds, under 1 % of such a call.
+                    key, sample = _key(name, impl, length), (impl, op, length)
+                    if last.get(sample, 0.0) < SELF_WARMING:
+                        impls[impl].sample(op, key, length)
+                    took = last[sample] = impls[impl].sample(op, key, length)
                     if repeat:
                         results.samples.setdefault((impl, op, length), []).append(took)
     for length in lengths:
@@ -366,7 +394,7 @@ def _measure(
     for n in plan.volumes:
         # No warm-up round: one persist or load is long enough to amortise first-call costs.
         for repeat in range(plan.volume_repeats):
-            print(f"[{name}] persist/load of {n} messages, repeat {repeat + 1}", file=log)
+            say(f"persist/load of {n} messages, repeat {repeat + 1}")
             turn = volume[repeat % len(volume) :] + volume[: repeat % len(volume)]
             for op, _ in VOLUME_OPERATIONS:
                 if op not in plan.ops:

@@ -86,6 +86,11 @@ class LlamaIndexAdapter(Adapter):
     def delete(self, key: str) -> None:
         self.store.delete_messages(key)
 
+    def drop_last(self, key: str, n: int) -> None:
+        # Each of its removals reads and rewrites the whole conversation where it keeps one
+        # value (DynamoDB, PostgreSQL): one read and one write instead of n of each.
+        self.store.set_messages(key, self.store.get_messages(key)[:-n])
+
     def new_volume(self, n: int) -> None:
         self.volume = self.make_store(self.url)
         for c in range(0, n, MESSAGES_PER_CONVERSATION):
