@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 from contextlib import ExitStack
@@ -163,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (a scratch folder; --update-results writes {base / RESULTS})"
     print(f"results go to {out}{where}", file=sys.stderr)
     with ExitStack() as stack:
+        # A terminated run still stops its servers and removes the baseline's worktree.
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        stack.callback(signal.signal, signal.SIGTERM, previous)
         baseline = None
         if args.baseline:
             if root is None:
@@ -181,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark FAILED for: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_one(
