@@ -376,10 +376,10 @@ def _measure(
                     # another implementation's long call (an idle client and server backend
                     # measured 3-5x slower on their next statement), and rotation alone
                     # always puts the same implementation right after the slowest one. A call
-                    # that took SELF_WARMING seconds last time skips it: waking costs
-                    # milliseconds, under 1 % of such a call.
+                    # that took SELF_WARMING seconds last time skips it (waking costs
+                    # milliseconds, under 1 % of such a call), and so does round 0, untimed.
                     key, sample = _key(name, impl, length), (impl, op, length)
-                    if last.get(sample, 0.0) < SELF_WARMING:
+                    if repeat and last.get(sample, 0.0) < SELF_WARMING:
                         impls[impl].sample(op, key, length)
                     took = last[sample] = impls[impl].sample(op, key, length)
                     if repeat:
