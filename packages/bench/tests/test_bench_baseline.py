@@ -39,8 +39,9 @@ def test_the_baseline_worker_imports_the_revision_from_its_worktree(
     """
     with checkout(root, "HEAD") as tree:
         assert f"worktree {tree.tree}\n" in _worktrees(root)
-        worker = _Worker.ours("simple", SIMPLE, "memory://", str(tmp_path), tree)
+        worker = _Worker.ours("simple", SIMPLE, str(tmp_path), tree)
         try:
+            worker.connect("memory://")
             files = worker.hello["modules"]
             core = tree.tree / "core/src/llama_index/storage/chat_store/core/__init__.py"
             assert files["llama_index.storage.chat_store.core"] == str(core)
@@ -61,8 +62,12 @@ def test_a_worker_importing_the_current_code_is_refused(root: Path, tmp_path: Pa
     """
     empty = Checkout(rev="nothing", commit="0" * 40, tree=tmp_path / "tree")
     empty.tree.mkdir()
-    with pytest.raises(RuntimeError, match="from outside its worktree"):
-        _Worker.ours("simple", SIMPLE, "memory://", str(tmp_path), empty)
+    worker = _Worker.ours("simple", SIMPLE, str(tmp_path), empty)
+    try:
+        with pytest.raises(RuntimeError, match="from outside its worktree"):
+            worker.connect("memory://")
+    finally:
+        worker.close()
 
 
 def test_a_baseline_of_head_measures_like_head(root: Path, tmp_path: Path) -> None:

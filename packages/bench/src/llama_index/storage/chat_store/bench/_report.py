@@ -135,7 +135,9 @@ def markdown(results: Results, chart_name: str | None) -> str:
             "whole conversation and the store's cost shows. The raw floor has no turn.",
         ]
     lines += ["", "Implementations:", ""]
-    lines += [f"- {SHORT[impl]}: {label}" for impl, label in results.labels.items()]
+    lines += [
+        f"- {SHORT[impl]}: {results.labels[impl]}" for impl in impls if impl in results.labels
+    ]
     lines += [f"- {note}" for note in results.backend.notes]
     if chart_name:
         lines += ["", f"![latency by conversation length]({chart_name})"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -147,15 +148,25 @@ class _InProcess:
 class _Worker:
     """An implementation in its own process (``_worker.py``); it times itself: no IPC counted.
 
-    LlamaIndex's store runs in the reference interpreter (:meth:`reference`), a previous
-    revision of ours in this interpreter with that revision's source folders first on the
-    path (:meth:`baseline`).
+    LlamaIndex's store runs in the reference interpreter (:meth:`reference`), ours in this
+    interpreter, at a previous revision with that revision's source folders first on the path
+    (:meth:`ours`). The process starts (and spends its seconds importing) before the server
+    is up; :meth:`connect` hands it the server's URL.
     """
 
     def __init__(
-        self, argv: list[str], workdir: str, role: str, env: dict[str, str] | None = None
+        self,
+        argv: list[str],
+        workdir: str,
+        role: str,
+        env: dict[str, str] | None = None,
+        checkout: Checkout | None = None,
     ) -> None:
         self.role = role
+        self.checkout = checkout
+        self.hello: dict[str, Any] = {}
+        self.volume = self.turn = False
+        self._closed = False
         self._stderr = (Path(workdir) / f"{role}.log").open("w+", encoding="utf-8")
         self._proc = subprocess.Popen(  # noqa: S603 (our worker, in an interpreter we chose)
             argv,
@@ -166,42 +177,43 @@ class _Worker:
             bufsize=1,
             env=env,
         )
-        self.hello = self._reply()
-        self.volume = bool(self.hello["volume"])
-        self.turn = bool(self.hello.get("turn"))
 
     @classmethod
-    def reference(cls, reference: Reference, url: str, workdir: str) -> _Worker:
+    def reference(cls, reference: Reference, workdir: str) -> _Worker:
         """LlamaIndex's store, built by the reference source's ``make_store(url)``."""
         python = reference_python(list(reference.requirements)).python
         source = Path(workdir) / "reference_store.py"
         source.write_text(reference.source, encoding="utf-8")
-        return cls([str(python), str(WORKER), str(source), url, workdir], workdir, "LlamaIndex")
+        return cls([str(python), str(WORKER), str(source), workdir], workdir, "LlamaIndex")
 
     @classmethod
-    def ours(
-        cls, name: str, declaration: Path, url: str, workdir: str, checkout: Checkout | None
-    ) -> _Worker:
-        """Our store from the declaration's ``ours(url)``: the installed code or ``checkout``'s.
-
-        Raises:
-            RuntimeError: The baseline worker imported our core or the store from outside its
-                checkout (the current code instead of the revision's).
-        """
+    def ours(cls, name: str, declaration: Path, workdir: str, checkout: Checkout | None) -> _Worker:
+        """Our store from the declaration's ``ours(url)``: the installed code or ``checkout``'s."""
         env = dict(os.environ)
         if checkout is not None:
             path = [str(p) for p in checkout.python_path()]
             env["PYTHONPATH"] = os.pathsep.join([*path, *filter(None, [env.get("PYTHONPATH")])])
         argv = [sys.executable, "-m", f"{__package__}._worker", "--ours", name, str(declaration)]
         role = "ours" if checkout is None else "baseline"
-        worker = cls([*argv, url, workdir], workdir, role, env)
-        try:
-            if checkout is not None:
-                checkout.imported_here(worker.hello["modules"])
-        except RuntimeError:
-            worker.close()
-            raise
-        return worker
+        return cls([*argv, workdir], workdir, role, env, checkout)
+
+    def connect(self, url: str) -> _Worker:
+        """Build the store on the server at ``url``; return this worker, ready to measure.
+
+        Raises:
+            RuntimeError: The worker failed, or a baseline worker imported our core or the
+                store from outside its checkout (the current code instead of the revision's).
+        """
+        stdin = self._proc.stdin
+        assert stdin is not None
+        stdin.write(url + "\n")
+        stdin.flush()
+        self.hello = self._reply()
+        self.volume = bool(self.hello["volume"])
+        self.turn = bool(self.hello.get("turn"))
+        if self.checkout is not None:
+            self.checkout.imported_here(self.hello["modules"])
+        return self
 
     def _reply(self) -> dict[str, Any]:
         stdout: IO[str] | None = self._proc.stdout
@@ -232,9 +244,13 @@ class _Worker:
         self._call("delete", key=key)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._proc.poll() is None and self._proc.stdin is not None:
-                self._proc.stdin.write(json.dumps({"verb": "exit"}) + "\n")
+                if self.hello:  # connected; else the closed pipe is the worker's way out
+                    self._proc.stdin.write(json.dumps({"verb": "exit"}) + "\n")
                 self._proc.stdin.close()
             self._proc.wait(timeout=60)
         finally:
@@ -282,44 +298,28 @@ def run_backend(
     holds = backend.reference_holds
     with (
         tempfile.TemporaryDirectory(prefix=f"chat-store-bench-{name}-") as workdir,
-        backend.server() as url,
+        ExitStack() as stack,
     ):
+        # Worker processes start first: their seconds of imports overlap the server's start.
+        workers = _start_workers(name, backend, lengths, workdir, baseline, declaration, labels)
+        for worker in workers.values():
+            stack.callback(worker.close)
+        say(f"started {', '.join(w.role for w in workers.values()) or 'no'} worker processes")
+        url = stack.enter_context(backend.server())
         say("server ready")
         impls: dict[str, _Implementation] = {}
         try:
-            if baseline is not None and declaration is not None:
-                # Both sides of the comparison in like processes: a call timed in a worker
-                # follows a wake-up on its pipe, which the in-process one never pays.
-                say(f"starting our store now and at {baseline.label()}")
-                impls["ours"] = _Worker.ours(name, declaration, url, workdir, None)
-                impls["baseline"] = _Worker.ours(name, declaration, url, workdir, baseline)
-                labels["ours"] += ", in a worker process like the baseline's"
-                labels["baseline"] = (
-                    f"{backend.title} at {baseline.label()}, in a worker process importing "
-                    "that revision's core and stores from a temporary git worktree"
-                )
+            if "ours" in workers:
+                impls["ours"] = workers["ours"].connect(url)
+                impls["baseline"] = workers["baseline"].connect(url)
             else:
                 impls["ours"] = _InProcess(OursAdapter(backend.ours, url), workdir)
             if backend.raw is not None:
                 raw = RawAdapter(backend.raw, url)
                 impls["raw"] = _InProcess(raw, workdir)
                 labels["raw"] = raw.driver.label
-            reference = backend.reference
-            if reference is not None and holds is not None and min(lengths, default=0) > holds:
-                labels["llama_index"] = (
-                    f"{reference.label}: its store cannot hold {min(lengths):,} "
-                    "messages, left out of this run"
-                )
-            elif reference is not None:
-                say("starting the LlamaIndex reference interpreter")
-                impls["llama_index"] = _Worker.reference(reference, url, workdir)
-                reqs = [LLAMA_INDEX_CORE, *reference.requirements]
-                labels["llama_index"] = f"{reference.label} ({', '.join(reqs)})"
-                if holds is not None and max(lengths, default=0) > holds:
-                    labels["llama_index"] += (
-                        f"; its store holds at most {holds:,} of these messages, so it is "
-                        "left out of longer conversations"
-                    )
+            if "llama_index" in workers:
+                impls["llama_index"] = workers["llama_index"].connect(url)
             results = Results(name, backend, plan, labels)
             say("implementations ready")
             _measure(name, impls, plan, holds, results, say)
@@ -330,6 +330,50 @@ def run_backend(
     results.seconds = time.monotonic() - started
     say("done")
     return results
+
+
+def _start_workers(
+    name: str,
+    backend: Backend,
+    lengths: list[int],
+    workdir: str,
+    baseline: Checkout | None,
+    declaration: Path | None,
+    labels: dict[str, str],
+) -> dict[str, _Worker]:
+    """Start the processes of the implementations that run in one; label them in ``labels``."""
+    workers: dict[str, _Worker] = {}
+    try:
+        if baseline is not None and declaration is not None:
+            # Both sides of the comparison in like processes: a call timed in a worker
+            # follows a wake-up on its pipe, which the in-process one never pays.
+            workers["ours"] = _Worker.ours(name, declaration, workdir, None)
+            workers["baseline"] = _Worker.ours(name, declaration, workdir, baseline)
+            labels["ours"] += ", in a worker process like the baseline's"
+            labels["baseline"] = (
+                f"{backend.title} at {baseline.label()}, in a worker process importing "
+                "that revision's core and stores from a temporary git worktree"
+            )
+        reference, holds = backend.reference, backend.reference_holds
+        if reference is not None and holds is not None and min(lengths, default=0) > holds:
+            labels["llama_index"] = (
+                f"{reference.label}: its store cannot hold {min(lengths):,} "
+                "messages, left out of this run"
+            )
+        elif reference is not None:
+            workers["llama_index"] = _Worker.reference(reference, workdir)
+            reqs = [LLAMA_INDEX_CORE, *reference.requirements]
+            labels["llama_index"] = f"{reference.label} ({', '.join(reqs)})"
+            if holds is not None and max(lengths, default=0) > holds:
+                labels["llama_index"] += (
+                    f"; its store holds at most {holds:,} of these messages, so it is "
+                    "left out of longer conversations"
+                )
+    except BaseException:
+        for worker in workers.values():
+            worker.close()
+        raise
+    return workers
 
 
 def _key(name: str, impl: str, length: int) -> str:

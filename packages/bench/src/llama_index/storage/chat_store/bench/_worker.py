@@ -1,9 +1,9 @@
 """An implementation measured in its own process: LlamaIndex's store, or a baseline of ours.
 
-``python _worker.py REFERENCE_SOURCE_FILE URL WORKDIR`` (run as a script by the reference
+``python _worker.py REFERENCE_SOURCE_FILE WORKDIR`` (run as a script by the reference
 interpreter) builds LlamaIndex's store with the ``make_store(url)`` function the backend's
 reference source defines. ``python -m llama_index.storage.chat_store.bench._worker --ours
-NAME DECLARATION_FILE URL WORKDIR`` (run by the harness's interpreter with a previous
+NAME DECLARATION_FILE WORKDIR`` (run by the harness's interpreter with a previous
 revision's source folders first on ``PYTHONPATH``) builds our store with the declaration's
 ``ours(url)``, and reports the files its modules came from. Either way the worker then answers
 one JSON command per line on stdin with one JSON reply per line. Timing happens here, with the
@@ -104,15 +104,22 @@ class LlamaIndexAdapter(Adapter):
         type(self.volume).from_persist_path(persist_path=path)
 
 
-def _llama_index(source_file: str, url: str) -> tuple[Adapter, dict[str, Any]]:
+Build = Callable[[str], "tuple[Adapter, dict[str, Any]]"]
+
+
+def _llama_index(source_file: str) -> Build:
     namespace: dict[str, Any] = {"__name__": "llama_index_reference"}
     with open(source_file, encoding="utf-8") as f:
         exec(compile(f.read(), source_file, "exec"), namespace)  # noqa: S102 (the backend's own reference code)
-    adapter = LlamaIndexAdapter(namespace["make_store"], url)
-    return adapter, {"volume": adapter.supports_volume, "turn": adapter.supports_turn}
+
+    def build(url: str) -> tuple[Adapter, dict[str, Any]]:
+        adapter = LlamaIndexAdapter(namespace["make_store"], url)
+        return adapter, {"volume": adapter.supports_volume, "turn": adapter.supports_turn}
+
+    return build
 
 
-def _ours(name: str, declaration: str, url: str) -> tuple[Adapter, dict[str, Any]]:
+def _ours(name: str, declaration: str) -> Build:
     # Imported here: the reference interpreter has neither the harness nor our stores.
     from pathlib import Path
 
@@ -123,29 +130,38 @@ def _ours(name: str, declaration: str, url: str) -> tuple[Adapter, dict[str, Any
     bench = load(name, Path(declaration))
     if not isinstance(bench, Backend):
         raise TypeError(f"{declaration} declares a Task, not a Backend: it has no store")
-    adapter = OursAdapter(bench.ours, url)
-    store_module = type(adapter.store).__module__
-    modules = {
-        module: sys.modules[module].__file__ or ""
-        for module in ("llama_index.storage.chat_store.core", store_module)
-    }
-    return adapter, {
-        "volume": adapter.supports_volume,
-        "turn": adapter.supports_turn,
-        "modules": modules,
-    }
+
+    def build(url: str) -> tuple[Adapter, dict[str, Any]]:
+        adapter = OursAdapter(bench.ours, url)
+        store_module = type(adapter.store).__module__
+        modules = {
+            module: sys.modules[module].__file__ or ""
+            for module in ("llama_index.storage.chat_store.core", store_module)
+        }
+        return adapter, {
+            "volume": adapter.supports_volume,
+            "turn": adapter.supports_turn,
+            "modules": modules,
+        }
+
+    return build
 
 
 def main() -> None:
     args = sys.argv[1:]
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+    # Imports first (seconds): the harness starts the server meanwhile, then sends its URL.
     if args[0] == "--ours":
-        name, declaration, url, workdir = args[1:5]
-        adapter, hello = _ours(name, declaration, url)
+        name, declaration, workdir = args[1:4]
+        build = _ours(name, declaration)
     else:
-        source_file, url, workdir = args[:3]
-        adapter, hello = _llama_index(source_file, url)
+        source_file, workdir = args[:2]
+        build = _llama_index(source_file)
+    url = sys.stdin.readline().strip()
+    if not url:  # the harness gave up before its server was up
+        return
+    adapter, hello = build(url)
     sampler = Sampler(adapter, workdir)
     replies.write(json.dumps({"ready": True, **hello}) + "\n")
     for line in sys.stdin:
