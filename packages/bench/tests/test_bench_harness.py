@@ -249,3 +249,23 @@ def test_a_slow_call_is_not_preceded_by_an_untimed_one(workspace: Path) -> None:
     calls = sys.modules["chat_store_bench_slow"].CALLS
     # One call per round: the warm-up round (untimed, once) and rounds 1 and 2 (after 0.5 s).
     assert len(calls) == 3
+
+
+def test_a_run_writes_to_scratch_unless_asked_to_update_the_results(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without ``--update-results`` the committed tables in bench/results/ stay as they are.
+
+    If this fails: a quick run overwrites the full-scale results (issue 18).
+    """
+    quick = ["toy", "--root", str(workspace), "--scale", "0.001", "--repeats", "1", "--ops", "add"]
+    assert main(quick) == 0
+    scratch = workspace / "bench" / "scratch"
+    assert (scratch / "toy-add.md").exists()
+    assert not (workspace / "bench" / "results").exists()
+    out = capsys.readouterr().out
+    assert f"results written to {scratch} (a scratch folder; --update-results writes " in out
+    assert main([*quick, "--update-results"]) == 0
+    assert (workspace / "bench" / "results" / "toy-add.md").exists()
+    with pytest.raises(SystemExit):
+        main([*quick, "--update-results", "--out", str(workspace / "elsewhere")])
