@@ -98,7 +98,7 @@ def run(
     sys.stdout.write(report + f"\n(written to {md})\n\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-store-bench",
         description="Benchmark chat stores beside their raw driver and LlamaIndex's store.",
@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         "worktree, run in a worker process) and report ours/baseline",
     )
     parser.add_argument("--list", action="store_true", help="list the backends found and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     root = args.root or find_root(Path.cwd())
