@@ -118,6 +118,16 @@ def _address(pk: str, row: Row) -> dict[str, Any]:
     return {"PartitionKey": pk, "RowKey": row.props["RowKey"]}
 
 
+def _deletes(pk: str, rows: Sequence[Row]) -> list[Action]:
+    """Delete ``rows``, each If-Match the ETag read."""
+    return [("delete", _address(pk, r), r.etag) for r in rows]
+
+
+def _taking(pk: str, row: Row, record: Record) -> Action:
+    """Write ``record`` onto ``row`` (a merge, If-Match the ETag read): it becomes the last."""
+    return ("touch", {**_address(pk, row), RECORD: record.encode()}, row.etag)
+
+
 def _stored(row: Row) -> dict[str, Any]:
     return {k: v for k, v in row.props.items() if k != "Timestamp"}
 
@@ -365,8 +375,11 @@ class LlamaIndexLayout:
                                           held[2])])  # fmt: skip
             return None
         planned = _record_on(last)
-        entity = (self._meta_entity(key, _index(last, key), None)
-                  if meta is None else _stored(meta))  # fmt: skip
+        if meta is None:  # (a RowKey that is not LlamaIndex's must not stop the removal)
+            rk = last.props["RowKey"]
+            entity = self._meta_entity(key, int(rk) if rk.isdigit() else None, None)
+        else:
+            entity = _stored(meta)
         entity[RECORD] = planned.add(op).encode()
         entity[PENDING] = f"{op} {last.props['RowKey']} {last.etag}"
         try:
@@ -380,9 +393,7 @@ class LlamaIndexLayout:
             again = yield Get(self.meta_table, self.partition, pk)
             if again is None or again.props.get(PENDING) != entity[PENDING]:
                 return None
-        deletes: list[Action] = [
-            ("delete", {"PartitionKey": pk, "RowKey": r.props["RowKey"]}, r.etag) for r in rows
-        ]
+        deletes = _deletes(pk, rows)
         if fits(deletes):
             removed = (
                 list(rows)
@@ -517,9 +528,7 @@ class LlamaIndexLayout:
         Not atomic: transaction by transaction, and row by row where one fails.
         """
         pk = encode_key(key)
-        actions: list[Action] = [
-            ("delete", {"PartitionKey": pk, "RowKey": r.props["RowKey"]}, r.etag) for r in rows
-        ]
+        actions = _deletes(pk, rows)
         removed: list[Row] = []
         for chunk in chunks(actions):
             try:
@@ -598,13 +607,7 @@ class LlamaIndexLayout:
                     popped = (yield from self._empty_rows(key, rows, op)) is not None
                 else:  # the row before takes the record, If-Match: it becomes the last
                     planned, before = _record_on(rows[0]), keys[-2]
-                    actions: list[Action] = [
-                        ("delete", {"PartitionKey": pk, "RowKey": rows[0].props["RowKey"]},
-                         rows[0].etag),
-                        self._carry(("touch", {"PartitionKey": pk,
-                                               "RowKey": before.props["RowKey"]}, before.etag),
-                                    planned.add(op)),
-                    ]  # fmt: skip
+                    actions = [*_deletes(pk, rows), _taking(pk, before, planned.add(op))]
                     popped = (yield from self._commit(key, actions, planned, op)) is not None
                     if popped:
                         yield from self._refresh_meta(key)
@@ -635,13 +638,7 @@ class LlamaIndexLayout:
                 removed = yield from self._empty_rows(key, rows, op)
             else:  # the last row takes the record, If-Match: no append slips in between
                 planned, last = _record_on(rows[-1]), rows[-1]
-                actions: list[Action] = [
-                    ("delete", {"PartitionKey": pk, "RowKey": r.props["RowKey"]}, r.etag)
-                    for r in first
-                ]
-                actions.append(self._carry(("touch", {"PartitionKey": pk, "RowKey":
-                                                      last.props["RowKey"]}, last.etag),
-                                           planned.add(op)))  # fmt: skip
+                actions = [*_deletes(pk, first), _taking(pk, last, planned.add(op))]
                 if fits(actions):
                     committed = yield from self._commit(key, actions, planned, op)
                     removed = first if committed is not None else None
@@ -698,14 +695,11 @@ class LlamaIndexLayout:
                                 **_payload(rows[j + 1])}, rows[j].etag)
                     for j in range(i, n - 1)
                 ]  # fmt: skip
-                if not moves:  # the last one itself: the row before only takes the record
-                    before = rows[-2]
-                    moves.append(("touch", _address(pk, before), before.etag))
-                moves[-1] = self._carry(moves[-1], planned.add(op))
-                last = rows[-1]
-                moves.append(
-                    ("delete", {"PartitionKey": pk, "RowKey": last.props["RowKey"]}, last.etag)
-                )
+                if moves:
+                    moves[-1] = self._carry(moves[-1], planned.add(op))
+                else:  # the last one itself: the row before only takes the record
+                    moves.append(_taking(pk, rows[-2], planned.add(op)))
+                moves += _deletes(pk, rows[-1:])
                 done = yield from self._shift(key, moves, planned, op)
             if done:
                 [message] = taken(items, self.table)
