@@ -33,6 +33,7 @@ lint: install  ## ruff, namespace rules, lock file, workflow validation (offline
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	scripts/check-namespace
+	scripts/check-shape
 	$(UV) lock --check
 	.venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	.venv/bin/zizmor --offline --min-severity low .github/workflows

@@ -1,102 +1,25 @@
 """AlloyDBChatStore against the suite: from_instance end to end through a local connector.
 
-The connector has the methods and arguments of Google's AlloyDB connectors and opens a
-plain connection to the session's PostgreSQL (pg8000 for sync, asyncpg for async).
+The connectors have the methods and arguments of Google's AlloyDB connectors and open
+plain connections to the session's PostgreSQL (pg8000 for sync, asyncpg for async).
 """
 
 from __future__ import annotations
 
-import functools
-import uuid
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit
-
-import pg8000.dbapi
-import pytest
-
-from llama_index.storage.chat_store.alloydb import AlloyDBChatStore, AlloyDBEngine
-from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
-from llama_index.storage.chat_store.postgres.testing import LocalAsyncConnector, LocalConnector
-from llama_index.storage.chat_store.testing import ChatStoreConformance
-
-PASSWORD = "alloy-not-a-real-password-8T"
+from llama_index.storage.chat_store.alloydb import AlloyDBChatStore
+from llama_index.storage.chat_store.postgres.testing import (
+    GoogleStoreConformance,
+    LocalAsyncConnector,
+    LocalConnector,
+)
 
 
-def make_store(host: str, port: int, database: str, schema: str) -> AlloyDBChatStore:
-    """Build a store as Google's package does; module-level so worker processes can unpickle it."""
-    engine = AlloyDBEngine.from_instance(
-        "my-project", "us-central1", "my-cluster", "my-instance", database,
-        user="test", password=PASSWORD,
-        connector=LocalConnector(host, port), async_connector=LocalAsyncConnector(host, port),
-    )  # fmt: skip
-    return AlloyDBChatStore.from_engine(engine, table_name="chat_history", schema_name=schema)
+def connectors(host: str, port: int) -> tuple[LocalConnector, LocalAsyncConnector]:
+    """AlloyDB's two connectors, reaching ``host:port``."""
+    return LocalConnector(host, port), LocalAsyncConnector(host, port)
 
 
-def server(postgres_url: str) -> tuple[str, int, str]:
-    parts = urlsplit(postgres_url)
-    return str(parts.hostname), int(parts.port or 5432), parts.path.lstrip("/")
-
-
-class TestAlloyDBConformance(ChatStoreConformance):
-    @pytest.fixture(autouse=True)
-    def _local_default_connectors(self, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Stores rebuilt from their dump (alloydb:// URL) connect locally too."""
-        host, port, _ = server(postgres_url)
-        monkeypatch.setattr(
-            AlloyDBEngine, "connector_factory", staticmethod(lambda: LocalConnector(host, port))
-        )
-        monkeypatch.setattr(
-            AlloyDBEngine,
-            "async_connector_factory",
-            staticmethod(lambda: LocalAsyncConnector(host, port)),
-        )
-
-    @pytest.fixture
-    def schema_name(self) -> str:
-        return f"s_{uuid.uuid4().hex[:12]}"
-
-    @pytest.fixture
-    def store_factory_for(
-        self, postgres_url: str, schema_name: str, storage_name: str
-    ) -> Callable[..., Callable[[], BaseChatStore]]:
-        def factory_for(
-            name: str, *, address: tuple[str, int] | None = None, **options: Any
-        ) -> Callable[[], BaseChatStore]:
-            if options:  # Google's layout has no options the suite passes (no ttl)
-                raise TypeError(f"Google's layout takes no {sorted(options)}")
-            host, port, database = server(postgres_url)
-            host, port = address or (host, port)
-            schema = schema_name if name == storage_name else name
-            return functools.partial(make_store, host, port, database, schema)
-
-        return factory_for
-
-    @pytest.fixture
-    def server_address(self, postgres_url: str) -> tuple[str, int]:
-        host, port, _ = server(postgres_url)
-        return host, port
-
-    @pytest.fixture
-    def make_corrupt(
-        self, store: AlloyDBChatStore, postgres_url: str
-    ) -> Callable[[str], BaseChatStore]:
-        def corrupt(key: str) -> BaseChatStore:
-            store.add_message(key, ChatMessage(content="fine"))
-            host, port, database = server(postgres_url)
-            raw = pg8000.dbapi.connect(user="test", host=host, port=port, database=database)
-            cursor = raw.cursor()
-            cursor.execute(
-                f'INSERT INTO "{store.schema_name}".chat_history (key, message) '
-                "VALUES (%s, CAST(%s AS json))",
-                (key, '{"role": "user", "blocks": 42}'),
-            )
-            raw.commit()
-            raw.close()
-            return store
-
-        return corrupt
-
-    @pytest.fixture
-    def secrets(self) -> dict[str, str]:
-        return {"password": PASSWORD}
+class TestAlloyDBConformance(GoogleStoreConformance):
+    store_class = AlloyDBChatStore
+    instance = ("my-project", "us-central1", "my-cluster", "my-instance")
+    connectors = connectors

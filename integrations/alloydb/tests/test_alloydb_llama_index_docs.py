@@ -16,7 +16,7 @@ from llama_index.storage.chat_store.alloydb import AlloyDBChatStore, AlloyDBEngi
 from llama_index.storage.chat_store.postgres.testing import (
     LocalAsyncConnector,
     LocalConnector,
-    local_instance,
+    use_local_connectors,
 )
 from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
 
@@ -33,16 +33,11 @@ USER, PASSWORD = "test", "alloy-not-a-real-password-8T"
 @pytest.fixture
 def database(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The session database's name; AlloyDB's default connectors reach it locally."""
-    host, port, name = local_instance(postgres_url)
-    monkeypatch.setattr(
-        AlloyDBEngine, "connector_factory", staticmethod(lambda: LocalConnector(host, port))
-    )
-    monkeypatch.setattr(
-        AlloyDBEngine,
-        "async_connector_factory",
-        staticmethod(lambda: LocalAsyncConnector(host, port)),
-    )
-    return name
+
+    def connectors(host: str, port: int) -> tuple[LocalConnector, LocalAsyncConnector]:
+        return LocalConnector(host, port), LocalAsyncConnector(host, port)
+
+    return use_local_connectors(monkeypatch, AlloyDBEngine, connectors, postgres_url)
 
 
 def test_docs_alloydb_chat_store_in_simple_chat_engine(

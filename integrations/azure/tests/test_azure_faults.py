@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from azure.data.tables import TableServiceClient
+from azure.data.tables import TableClient, TableServiceClient
 
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._native import OP_RECORD
@@ -224,20 +224,23 @@ def _during_resend_wait(
     return outcome
 
 
+@pytest.mark.parametrize("layout", ["native", "llama_index"])
 @pytest.mark.parametrize("between", [3, OP_RECORD + 1])
 def test_a_resend_after_other_changes_finds_its_own_commit_or_says_unknown(
     make_proxied: Callable[..., tuple[AzureChatStore, AzureChatStore, FaultProxy]],
     between: int,
+    layout: str,
 ) -> None:
     """An append whose reply is lost, resent after other stores' changes, applies once.
 
-    The resend fails its If-Match on its own commit; the meta entity's record of op ids names
-    it while fewer than OP_RECORD changes came in between: the call succeeds. With more, it
-    cannot tell and raises BackendUnavailableError (outcome unknown) rather than append
-    again. If this fails: the record is not consulted, or a missing entry is taken for "not
-    applied".
+    The resend fails its condition on its own commit; the record of op ids (the meta
+    entity's, or the last chat row's in LlamaIndex's layout) names it while fewer than
+    OP_RECORD changes came in between: the call succeeds. With more, it cannot tell and
+    raises BackendUnavailableError (outcome unknown) rather than append again. If this
+    fails: the record is not consulted or not carried along, or a missing entry is taken
+    for "not applied".
     """
-    store, direct, proxy = make_proxied(retry_backoff=4.0)
+    store, direct, proxy = make_proxied(retry_backoff=4.0, layout=layout)
     store.set_messages(KEY, numbered(2))
 
     def append() -> BackendUnavailableError | None:
@@ -285,19 +288,61 @@ def test_an_emptying_removal_resent_after_a_refill_leaves_the_key_listed(
     assert direct.get_keys() == [KEY]
 
 
-def test_llama_index_layout_resend_raises_instead_of_appending_twice(
+def _outcome(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except BackendUnavailableError as exc:
+        return exc
+
+
+def test_llama_index_layout_emptying_removal_resent_after_a_refill_says_unknown(
     make_proxied: Callable[..., tuple[AzureChatStore, AzureChatStore, FaultProxy]],
 ) -> None:
-    """LlamaIndex's layout keeps no record of changes: a lost append reply is an unknown outcome.
+    """LlamaIndex's layout: a lost emptying removal, resent after a refill, never takes it.
 
-    The resend fails its condition on its own commit, which the layout cannot tell from
-    another writer's. If this fails: the append is planned again on what it reads (twice).
+    The removal committed (its reply lost) and another store filled the conversation again
+    before the resend. The refill starts a new record (nothing ties it to the old one), so
+    the resend cannot tell and raises "outcome unknown". If this fails: the resend takes the
+    refill's record for its own chain, removes the refill, or reports success it cannot prove.
     """
-    store, direct, proxy = make_proxied(layout="llama_index")
+    store, direct, proxy = make_proxied(retry_backoff=4.0, layout="llama_index")
+    assert Capability.EXACTLY_ONCE in store.capabilities
     store.set_messages(KEY, numbered(2))
-    fault = proxy.inject(FaultKind.DROP_REPLY, match=TRANSACTION)
-    with pytest.raises(BackendUnavailableError, match="outcome is unknown"):
-        store.add_message(KEY, ChatMessage(content="once"))
-    assert fault.seen == 2
-    assert [m.content for m in direct.get_messages(KEY)] == ["m0", "m1", "once"]
-    assert Capability.EXACTLY_ONCE not in store.capabilities
+    outcome = _during_resend_wait(
+        proxy,
+        lambda: _outcome(lambda: store.delete_messages(KEY)),
+        lambda: direct.set_messages(KEY, [ChatMessage(content="refill")]),
+    )
+    assert isinstance(outcome[0], BackendUnavailableError)
+    assert "outcome is unknown" in str(outcome[0])
+    assert [m.content for m in direct.get_messages(KEY)] == ["refill"]
+    assert direct.get_keys() == [KEY]
+
+
+def test_llama_index_layout_a_removal_left_pending_is_fenced_not_waited_for(
+    make_proxied: Callable[..., tuple[AzureChatStore, AzureChatStore, FaultProxy]],
+    azurite_table_endpoint: str,
+) -> None:
+    """LlamaIndex's layout: a removal that marked itself pending, then stopped, blocks nobody.
+
+    The first store records its emptying removal in the metadata entity, then its deletion
+    is lost on the way (retries off): the mark stays, naming a row that still has its
+    ETag. Another store's removal makes that one fail for good (it touches the row), then
+    removes and returns every message; the metadata entity goes with the conversation. If
+    this fails: the mark is waited for, ignored (two removals could both take the
+    record), or left behind.
+    """
+    store, direct, proxy = make_proxied(retries=0, layout="llama_index")
+    store.set_messages(KEY, numbered(3))
+    fault = proxy.inject(FaultKind.DROP_REQUEST, match=TRANSACTION)
+    with pytest.raises(BackendUnavailableError):
+        store.delete_messages(KEY)
+    assert fault.fired == 1
+    assert [m.content for m in direct.delete_messages(KEY) or []] == ["m0", "m1", "m2"]
+    assert direct.get_messages(KEY) == []
+    assert direct.get_keys() == []
+    metadata = TableClient.from_connection_string(
+        azurite_connection_string(azurite_table_endpoint), direct.metadata_table_name
+    )
+    with metadata:
+        assert list(metadata.list_entities()) == []

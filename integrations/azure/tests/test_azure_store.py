@@ -204,6 +204,8 @@ def test_from_url_with_key_and_from_environment(
 def test_retry_options_from_url_and_the_capability_they_give() -> None:
     """retries, retry_backoff, retry_deadline come from the URL; retries=0 drops EXACTLY_ONCE.
 
+    Both layouts declare EXACTLY_ONCE while the store retries.
+
     If this fails: from_url no longer converts them, or the capability ignores ``retries``.
     """
     base = "azuretable://acct/Chats?account_key=a2V5"
@@ -211,8 +213,11 @@ def test_retry_options_from_url_and_the_capability_they_give() -> None:
     assert (store.retries, store.retry_backoff, store.retry_deadline) == (5, 0.5, 3.0)
     assert Capability.EXACTLY_ONCE in store.capabilities
     assert Capability.EXACTLY_ONCE not in AzureChatStore.from_url(f"{base}&retries=0").capabilities
-    legacy = AzureChatStore.from_url(f"{base}&layout=llama_index")
-    assert Capability.EXACTLY_ONCE not in legacy.capabilities
+    legacy = f"{base}&layout=llama_index"
+    assert Capability.EXACTLY_ONCE in AzureChatStore.from_url(legacy).capabilities
+    assert (
+        Capability.EXACTLY_ONCE not in AzureChatStore.from_url(f"{legacy}&retries=0").capabilities
+    )
     with pytest.raises(ValueError, match="retries"):
         AzureChatStore.from_url(f"{base}&retries=-1")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from llama_index.storage.chat_store.cloud_sql import PostgresChatStore, PostgresEngine
-from llama_index.storage.chat_store.postgres.testing import LocalConnector, local_instance
+from llama_index.storage.chat_store.postgres.testing import LocalConnector, use_local_connectors
 from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
 
 pytestmark = pytest.mark.skipif(
@@ -29,11 +29,11 @@ USER, PASSWORD = "test", "cloudsql-not-a-real-password-4W"
 @pytest.fixture
 def database(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The session database's name; Cloud SQL's default connectors reach it locally."""
-    host, port, name = local_instance(postgres_url)
-    local = staticmethod(lambda quota_project: LocalConnector(host, port))
-    monkeypatch.setattr(PostgresEngine, "connector_factory", local)
-    monkeypatch.setattr(PostgresEngine, "async_connector_factory", local)
-    return name
+
+    def connectors(host: str, port: int) -> tuple[LocalConnector, LocalConnector]:
+        return LocalConnector(host, port), LocalConnector(host, port)
+
+    return use_local_connectors(monkeypatch, PostgresEngine, connectors, postgres_url)
 
 
 def test_docs_cloud_sql_chat_store_in_simple_chat_engine(

@@ -12,7 +12,7 @@ import redis
 
 from llama_index.storage.chat_store.core import ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
-from llama_index.storage.chat_store.redis._layout import KEYS_PAGE_SIZE, has_hash_tag
+from llama_index.storage.chat_store.redis.layout import KEYS_PAGE_SIZE, has_hash_tag
 
 
 @pytest.fixture

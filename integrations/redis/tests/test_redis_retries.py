@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, ChatMessage
+from llama_index.storage.chat_store.core.backend import Change
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing.changes import BEFORE
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy, address_of, url_at
@@ -107,14 +108,14 @@ def test_a_replayed_script_call_applies_nothing_and_returns_the_first_reply(
     with RedisChatStore(redis_url=redis_url, **LAYOUTS[layout]) as store:
         key = f"conv-{uuid.uuid4().hex}"
         store.set_messages(key, BEFORE)
-        pop = store._layout.pop_first(key, 2)
-        assert store._run(pop) == BEFORE[:2]
-        pop.mark_sent()  # as after a failed send: the resend searches the record
-        assert store._run(pop) == BEFORE[:2]
-        append = store._layout.append(key, NEW)
-        store._run(append)
-        append.mark_sent()
-        store._run(append)
+        pop = Change()
+        assert store._drive(store._oldest_plan(key, 2, pop)) == BEFORE[:2]
+        pop.check = True  # as after a failed send: the resend searches the record
+        assert store._drive(store._oldest_plan(key, 2, pop)) == BEFORE[:2]
+        append = Change()
+        store._drive(store._add_plan(key, NEW, None, append))
+        append.check = True
+        store._drive(store._add_plan(key, NEW, None, append))
         assert store.get_messages(key) == [*BEFORE[2:], *NEW]
         store.delete_messages(key)
 

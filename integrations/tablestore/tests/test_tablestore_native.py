@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 
 from llama_index.storage.chat_store.core import ChatMessage
-from llama_index.storage.chat_store.core.retries import new_op_id
+from llama_index.storage.chat_store.core.backend import Change, Plan, drive
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
-from llama_index.storage.chat_store.tablestore import _native as native
-from llama_index.storage.chat_store.tablestore._io import Once, Op, run_sync
+from llama_index.storage.chat_store.tablestore import _native_writes as writes
 from llama_index.storage.chat_store.testing.samples import numbered
 
 
@@ -34,17 +33,18 @@ class _Client:
         return call
 
 
-def _run(store: TablestoreChatStore, op: Op[Any], client: _Client | None = None) -> Any:
-    return run_sync(client or _Client(store._sync_client()), op, store._translate)
+def _run(store: TablestoreChatStore, op: Plan[Any], client: _Client | None = None) -> Any:
+    client = client or _Client(store._sync_client())
+    return drive(op, lambda step: store._send(client, step))
 
 
-def _once() -> Once:
-    return Once(new_op_id()).next_attempt()
+def _once() -> Change:
+    return Change()
 
 
 def _pop(store: TablestoreChatStore) -> tuple[str | None, list[str]]:
     client = _Client(store._sync_client())
-    popped = _run(store, native.pop_last(store._tables, "k", _once()), client)
+    popped = _run(store, writes.pop_last(store._tables, "k", _once()), client)
     return (popped.content if popped else None), client.calls
 
 
@@ -107,7 +107,7 @@ def test_commit_never_matches_a_recreated_conversation(
 
     fresh = make_store()  # reads the meta row, then the row, then commits (call 2)
     client = _Client(fresh._sync_client(), at=2, hook=recreate)
-    popped = _run(fresh, native.pop_last(fresh._tables, "k", _once()), client)
+    popped = _run(fresh, writes.pop_last(fresh._tables, "k", _once()), client)
     assert _texts([popped]) == ["new"]
     assert store.get_messages("k") == []
 

@@ -14,9 +14,8 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     NotSentError,
 )
-from llama_index.storage.chat_store.core.retries import new_op_id
+from llama_index.storage.chat_store.core.backend import Change, Plan
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
-from llama_index.storage.chat_store.tablestore._io import Once, Op, run_sync
 from llama_index.storage.chat_store.tablestore._sdk import WritesResentOnlyIfRefused, ts
 from llama_index.storage.chat_store.tablestore.testing import TablestoreConnection
 from llama_index.storage.chat_store.testing.samples import numbered
@@ -31,16 +30,20 @@ def _texts(messages: Any) -> list[str | None]:
     return [m.content if m else None for m in messages]
 
 
-def _attempt(store: TablestoreChatStore, make: Callable[[Once], Op[Any]], once: Once) -> Any:
-    """One attempt of a change, as the store's retry runs it."""
-    return run_sync(store._sync_client(), make(once.next_attempt()), store._translate)
+def _attempt(
+    store: TablestoreChatStore, make: Callable[[Change], Plan[Any]], change: Change
+) -> Any:
+    """One attempt of a change, as the store's retry runs it after a lost reply."""
+    change.check = change.attempts > 0
+    change.attempts += 1
+    return store._drive(make(change))
 
 
-_REMOVALS: dict[str, tuple[Callable[[TablestoreChatStore, Once], Op[Any]], list[str]]] = {
-    "pop": (lambda s, once: s._pop_op("k", once), ["m4"]),
-    "delete_at": (lambda s, once: s._delete_at_op("k", 1, once), ["m1"]),
-    "oldest": (lambda s, once: s._oldest_op("k", 2, once), ["m0", "m1"]),
-    "delete_all": (lambda s, once: s._delete_all_op("k", once), [f"m{i}" for i in range(5)]),
+_REMOVALS: dict[str, tuple[Callable[[TablestoreChatStore, Change], Plan[Any]], list[str]]] = {
+    "pop": (lambda s, once: s._pop_plan("k", once), ["m4"]),
+    "delete_at": (lambda s, once: s._delete_at_plan("k", 1, once), ["m1"]),
+    "oldest": (lambda s, once: s._oldest_plan("k", 2, once), ["m0", "m1"]),
+    "delete_all": (lambda s, once: s._delete_all_plan("k", once), [f"m{i}" for i in range(5)]),
 }
 
 
@@ -58,7 +61,7 @@ def test_a_resent_removal_returns_its_first_reply_after_later_changes(
     store, other = factory(), factory()
     store.set_messages("k", numbered(5))
     make, removed = _REMOVALS[removal]
-    once = Once(new_op_id())
+    once = Change()
     assert _texts(_attempt(store, lambda o: make(store, o), once)) == removed
     other.add_message("k", ChatMessage(content="later"))
     after = _texts(other.get_messages("k"))
@@ -74,11 +77,11 @@ def test_a_resent_append_applies_once(new_store: Callable[..., Any], layout: str
     """
     factory = new_store(layout=layout)
     store, other = factory(), factory()
-    once = Once(new_op_id())
+    once = Change()
     batch = [ChatMessage(content="mine")]
 
-    def append(o: Once) -> Op[None]:
-        return store._add_op("k", batch, None, o)
+    def append(o: Change) -> Plan[None]:
+        return store._add_plan("k", batch, None, o)
 
     _attempt(store, append, once)
     other.add_messages("k", numbered(3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,82 @@ def test_simple_rows_run_beside_llama_index(tmp_path: Path) -> None:
     assert [row[1] for row in turns] == ["10"]  # 10, 1,000 and 10,000 scaled, never below 10
     assert all(row[2] != "—" and row[4] != "—" for row in turns), turns  # ours and LlamaIndex
     assert "llama-index-core==0.14.25" in table
+
+
+def test_a_quick_run_takes_fewer_repeats(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below BENCH_SCALE=0.1 the default is 3 repeats; from 0.1 on, every one of the 15.
+
+    If this fails: a quick run pays for the full run's repeats (issue 18), or a run meant to
+    be read lost its repeats.
+    """
+    monkeypatch.delenv("BENCH_REPEATS", raising=False)
+    out = workspace / "results"
+    for scale, repeats in (("0.01", 3), ("0.1", 15)):
+        code = main(["toy", "--root", str(workspace), "--out", str(out), "--scale", scale,
+                     "--ops", "count"])  # fmt: skip
+        assert code == 0
+        assert f"Median of {repeats} interleaved repeats" in (out / "toy-count.md").read_text()
+
+
+SLOW = """
+import time
+from contextlib import nullcontext
+
+from llama_index.storage.chat_store.bench import Backend
+from llama_index.storage.chat_store.core import SimpleChatStore
+
+CALLS = []
+
+
+class SlowStore(SimpleChatStore):
+    def add_message(self, key, message, idx=None):
+        CALLS.append(time.sleep(0.5))
+        super().add_message(key, message, idx)
+
+
+BENCH = Backend(
+    title="half a second an append",
+    server=lambda: nullcontext("memory://"),
+    ours=lambda url: SlowStore(),
+    raw=None,
+    reference=None,
+)
+"""
+
+
+def test_a_slow_call_is_not_preceded_by_an_untimed_one(workspace: Path) -> None:
+    """After a sample of 0.5 s or more the next one skips its untimed call.
+
+    If this fails: long calls are made twice per sample (a full run's LlamaIndex appends to
+    long conversations, a quick run on a slow emulator) for a wake-up cost under 1 % of them.
+    """
+    bench = workspace / "integrations" / "slow" / "bench"
+    bench.mkdir(parents=True)
+    (bench / "slow_bench.py").write_text(SLOW)
+    out = workspace / "results"
+    code = main(["slow", "--root", str(workspace), "--out", str(out), "--scale", "0.001",
+                 "--repeats", "2", "--ops", "add"])  # fmt: skip
+    assert code == 0
+    calls = sys.modules["chat_store_bench_slow"].CALLS
+    # One call per round: the warm-up round (untimed, once) and rounds 1 and 2 (after 0.5 s).
+    assert len(calls) == 3
+
+
+def test_a_run_writes_to_scratch_unless_asked_to_update_the_results(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without ``--update-results`` the committed tables in bench/results/ stay as they are.
+
+    If this fails: a quick run overwrites the full-scale results (issue 18).
+    """
+    quick = ["toy", "--root", str(workspace), "--scale", "0.001", "--repeats", "1", "--ops", "add"]
+    assert main(quick) == 0
+    scratch = workspace / "bench" / "scratch"
+    assert (scratch / "toy-add.md").exists()
+    assert not (workspace / "bench" / "results").exists()
+    out = capsys.readouterr().out
+    assert f"results written to {scratch} (a scratch folder; --update-results writes " in out
+    assert main([*quick, "--update-results"]) == 0
+    assert (workspace / "bench" / "results" / "toy-add.md").exists()
+    with pytest.raises(SystemExit):
+        main([*quick, "--update-results", "--out", str(workspace / "elsewhere")])

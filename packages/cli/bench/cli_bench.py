@@ -26,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from llama_index.storage.chat_store.bench import sample_messages, service
+from llama_index.storage.chat_store.bench import is_quick, sample_messages, service
 from llama_index.storage.chat_store.core import chat_store_from_url, message_from_json
 from llama_index.storage.chat_store.redis.testing import start_redis
 
@@ -154,6 +154,8 @@ class ExportBench:
             RuntimeError: A dump is incomplete, or the peak RSS exceeds the limit.
         """
         started = time.monotonic()
+        # Each export is a process start (seconds of imports): a quick run exports once.
+        repeats = 1 if is_quick(scale) else REPEATS
         total = max(100, round(MESSAGES * scale))
         conversations = min(CONVERSATIONS, total // 10)
         server = service(
@@ -178,7 +180,7 @@ class ExportBench:
                 ]
                 for label, where, only, expected in selections:
                     print(f"[cli] export: {label}", file=sys.stderr)
-                    runs = [export(where, only) for _ in range(REPEATS)]
+                    runs = [export(where, only) for _ in range(repeats)]
                     for run in runs:
                         if (run.end, run.lines) != (
                             {"keys": expected, "messages": expected * per},
@@ -195,7 +197,7 @@ class ExportBench:
             f"BENCH_SCALE={scale:g}: {total:,} messages in {conversations:,} conversations of "
             f"{total // conversations:,}, the varied sample messages of the backend rows (text, "
             "unicode, tool calls), in a RedisChatStore namespace. Each row runs the installed "
-            f"`chat-store export URL -q` (pages of 500 messages) {REPEATS} times as a subprocess "
+            f"`chat-store export URL -q` (pages of 500 messages) {repeats} times as a subprocess "
             "whose dump the harness reads from the pipe: wall time is the median (process start "
             "included), peak RSS the largest `ru_maxrss` of the export process (taken by a small "
             "launcher: Linux counts a forking parent's memory in its child's).",

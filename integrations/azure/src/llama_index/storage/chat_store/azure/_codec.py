@@ -33,6 +33,8 @@ __all__ = [
     "BATCH_MAX_OPS",
     "BATCH_MAX_WIRE_BYTES",
     "HASHED_PREFIX",
+    "LLAMA_INDEX_RECORD",
+    "LLAMA_INDEX_RECORD_MAX",
     "PAYLOAD_PROPERTIES",
     "Found",
     "check_entity_size",
@@ -287,6 +289,11 @@ def entity_wire_size(entity: Mapping[str, Any]) -> int:
 # -- LlamaIndex's AzureChatStore layout -----------------------------------------------------
 
 _PART = "_part_"
+LLAMA_INDEX_RECORD = "ChatStoreOps"
+"""The property of a conversation's last chat row (and of its metadata entity) holding our
+record of its last changes; LlamaIndex's store ignores it (see :mod:`._llama_index`)."""
+LLAMA_INDEX_RECORD_MAX = 16 * 40
+"""Characters a record may take (a bound for the entity size check)."""
 
 
 def _split_llama_index(name: str, text: str) -> dict[str, str]:
@@ -327,6 +334,9 @@ def encode_llama_index_message(message: ChatMessage, *, cosmos: bool) -> dict[st
     return props
 
 
+_NOT_MESSAGE = frozenset({"PartitionKey", "RowKey", "Timestamp", LLAMA_INDEX_RECORD})
+
+
 def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: int) -> ChatMessage:
     """Parse an entity written by LlamaIndex's AzureChatStore (or by us in its layout).
 
@@ -336,7 +346,7 @@ def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: 
     fields: dict[str, Any] = {}
     parts: dict[str, dict[int, str]] = {}
     for name, value in props.items():
-        if name in ("PartitionKey", "RowKey", "Timestamp") or not isinstance(value, str):
+        if name in _NOT_MESSAGE or not isinstance(value, str):
             continue
         base, sep, index = name.rpartition(_PART)
         if sep and index.isdigit():

@@ -18,21 +18,35 @@ atomic: a change spanning more than one transaction (over 100 rows or 4 MiB) is 
 in several, an append to a conversation with no rows has no row to touch, and the
 metadata entity trails the rows briefly.
 
-A change here is applied at most once, not exactly once: LlamaIndex reads every entity of a
-conversation's partition as a message, so there is nowhere to record an operation id that
-survives a change emptying the partition, and the metadata entity lives in another table
-(no transaction spans both). A request resent after a lost reply that then fails its
-condition (it may have failed on its own first attempt) therefore raises
-``BackendUnavailableError`` saying the outcome is unknown, instead of planning the change
-again on what it reads (which could apply it twice).
+Each change is applied exactly once, also when the store resends it after a lost reply
+(see :mod:`._record`). The record of a conversation's last changes lives on its last chat
+row, in a property LlamaIndex's store ignores (:data:`RECORD`): every change already
+commits in one transaction conditional on that row (appends touch it, removals delete or
+rewrite it), and the same transaction moves the record, one change longer, onto the new
+last row (clearing it on the old one). A change that empties the conversation leaves no
+row to carry it, so it goes in two phases through the metadata entity: first the record
+with its id, plus the pending removal (:data:`PENDING`: its id and the last row's RowKey
+and ETag), written If-Match; then the rows' deletion (the commit); then the pending mark
+is dropped with the emptied conversation's metadata entity (while the conversation has
+no rows, that entity's record is the current one). A removal that finds another's
+pending mark whose row still has that ETag first makes that removal fail (it touches the
+row), so two removals never both take the record. A writer that
+finds no record (an empty conversation, or rows LlamaIndex's own store wrote) starts a new
+chain (epoch); a resend that finds a chain other than the one it planned on cannot tell
+and raises ``BackendUnavailableError`` saying the outcome is unknown. So does a resend
+within a change spanning several transactions (over 100 rows or 4 MiB), which no single
+record names. LlamaIndex's own store writing the same conversation at the same moment as
+a resend can defeat the record (it rewrites rows and metadata without it).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from llama_index.storage.chat_store.azure._codec import (
+    LLAMA_INDEX_RECORD,
     Found,
     decode_key,
     decode_llama_index_message,
@@ -54,19 +68,24 @@ from llama_index.storage.chat_store.azure._io import (
     chunks,
     fits,
 )
+from llama_index.storage.chat_store.azure._record import Record, unknown_outcome
 from llama_index.storage.chat_store.core import (
-    BackendUnavailableError,
     ChatMessage,
     ChatStoreError,
     CorruptDataError,
     corrupt_data_remedy,
 )
+from llama_index.storage.chat_store.core.retries import new_op_id
 
-__all__ = ["LlamaIndexLayout"]
+__all__ = ["PENDING", "RECORD", "LlamaIndexLayout"]
 
 _MAX_ATTEMPTS = 200
 _PAGE = 1000
 _KEY_PROPS = frozenset({"PartitionKey", "RowKey", "Timestamp"})
+RECORD = LLAMA_INDEX_RECORD
+"""On the last chat row (and the metadata entity): the record of the last changes."""
+PENDING = "ChatStorePending"
+"""On the metadata entity: ``"<op> <RowKey> <ETag>"`` of a removal emptying the rows."""
 
 
 def _row_key(index: int) -> str:
@@ -85,7 +104,39 @@ def _index(row: Row, key: str) -> int:
 
 
 def _payload(row: Row) -> dict[str, Any]:
-    return {k: v for k, v in row.props.items() if k not in _KEY_PROPS}
+    """The message properties of a row (without its keys and the record)."""
+    return {k: v for k, v in row.props.items() if k not in _KEY_PROPS and k != RECORD}
+
+
+def _record_on(row: Row | None) -> Record:
+    """The record a change plans on: the last row's, or a new chain when there is none."""
+    found = Record.parse(row.props.get(RECORD)) if row is not None else None
+    return found or Record.new()
+
+
+def _address(pk: str, row: Row) -> dict[str, Any]:
+    return {"PartitionKey": pk, "RowKey": row.props["RowKey"]}
+
+
+def _deletes(pk: str, rows: Sequence[Row]) -> list[Action]:
+    """Delete ``rows``, each If-Match the ETag read."""
+    return [("delete", _address(pk, r), r.etag) for r in rows]
+
+
+def _taking(pk: str, row: Row, record: Record) -> Action:
+    """Write ``record`` onto ``row`` (a merge, If-Match the ETag read): it becomes the last."""
+    return ("touch", {**_address(pk, row), RECORD: record.encode()}, row.etag)
+
+
+def _stored(row: Row) -> dict[str, Any]:
+    return {k: v for k, v in row.props.items() if k != "Timestamp"}
+
+
+def _pending(meta: Row | None) -> list[str] | None:
+    """``[op, RowKey, ETag]`` of the emptying removal the metadata names, if any."""
+    text = meta.props.get(PENDING) if meta is not None else None
+    parts = text.split(" ", 2) if isinstance(text, str) else []
+    return parts if len(parts) == 3 else None
 
 
 def _decode(key: str, rows: Sequence[Row], start: int) -> list[ChatMessage]:
@@ -110,16 +161,14 @@ def _found(key: str, rows: Sequence[Row], start: int) -> list[Found]:
 
 
 def _settle(key: str, conflict: ConflictError) -> None:
-    """Let a conflict through as one, unless it may have been caused by our own lost attempt.
+    """Let a conflict in a change of several transactions through, unless it may be our own.
 
     Raises:
         BackendUnavailableError: The request was resent after an unknown outcome.
     """
     if conflict.unsure:
-        raise BackendUnavailableError(
-            f"a change of key {key!r} was resent after its reply was lost and failed its "
-            "condition: the outcome is unknown (the change was applied once or not at all, "
-            "read the conversation to know; LlamaIndex's layout keeps no record of changes)"
+        raise unknown_outcome(
+            key, "the change spans several transactions, which no record of changes names"
         ) from conflict
 
 
@@ -152,7 +201,7 @@ class LlamaIndexLayout:
                 self.table,
                 "PartitionKey eq @pk" + bound,
                 params,
-                select=("RowKey",) if keys_only else None,
+                select=("RowKey", RECORD) if keys_only else None,
                 page_size=_PAGE,
                 token=token,
             )
@@ -183,13 +232,18 @@ class LlamaIndexLayout:
 
     # -- metadata -----------------------------------------------------------------------
 
-    def _meta_entity(self, key: str, last: int) -> dict[str, Any]:
-        entity: dict[str, Any] = {
-            "PartitionKey": self.partition,
-            "RowKey": encode_key(key),
-            "LastMessageRowKey": _row_key(last),
-            "MessageCount": last + 1,
-        }
+    def _meta_entity(self, key: str, last: int | None, meta: Row | None) -> dict[str, Any]:
+        """The metadata entity naming ``last`` as the last row (None: no rows).
+
+        Other properties of ``meta`` (our record and pending mark among them) are kept.
+        """
+        entity = _stored(meta) if meta is not None else {}
+        entity.update(
+            PartitionKey=self.partition,
+            RowKey=encode_key(key),
+            LastMessageRowKey=_row_key(last or 0),
+            MessageCount=0 if last is None else last + 1,
+        )
         if entity["RowKey"] != key:
             entity["Key"] = key
         return entity
@@ -212,7 +266,7 @@ class LlamaIndexLayout:
         write is conditional on it: when a removal's own refresh changed or removed the
         entity meanwhile, the write fails and the metadata is recomputed from the rows.
         """
-        entity = self._meta_entity(key, _index(last, key))
+        entity = self._meta_entity(key, _index(last, key), meta)
         try:
             if meta is not None:
                 yield Put(self.meta_table, entity, "update", meta.etag)
@@ -223,31 +277,134 @@ class LlamaIndexLayout:
             pass
         yield from self._refresh_meta(key)
 
-    def _refresh_meta(self, key: str) -> Plan[None]:
+    def _refresh_meta(self, key: str, *, done: str | None = None) -> Plan[None]:
         """Recompute the metadata from the chat rows (after removals).
 
         Every write is conditional on the entity read before the rows (a creation is
         checked after it), so the last refresh to commit saw the rows' last change.
+        ``done``: the id of this call's emptying removal, whose pending mark goes. An
+        emptied conversation's entity goes too, unless another removal's mark is on it
+        (its resend may need the record there).
         """
         for attempt in range(_MAX_ATTEMPTS):
             row = yield Get(self.meta_table, self.partition, encode_key(key))
             rows = yield from self._rows(key, keys_only=True)
+            held = _pending(row)
             try:
-                if not rows:
-                    if row is not None:
-                        yield Remove(self.meta_table, self.partition, encode_key(key), row.etag)
+                if not rows and row is not None and (held is None or held[0] == done):
+                    yield Remove(self.meta_table, self.partition, encode_key(key), row.etag)
                     return
-                entity = self._meta_entity(key, _index(rows[-1], key))
                 if row is None:
+                    if not rows:
+                        return
+                    entity = self._meta_entity(key, _index(rows[-1], key), None)
                     if (yield from self._created(key, entity)):
                         return
                     continue
-                if any(row.props.get(k) != v for k, v in entity.items()):
+                entity = self._meta_entity(key, _index(rows[-1], key) if rows else None, row)
+                if held is not None and held[0] == done:
+                    del entity[PENDING]
+                if entity != _stored(row):
                     yield Put(self.meta_table, entity, "update", row.etag)
                 return
             except ConflictError:
                 yield backoff(attempt)
         raise ChatStoreError(f"too much contention on the metadata of key {key!r}")
+
+    # -- the record of changes ----------------------------------------------------------
+
+    def _won(self, key: str, planned: Record, op: str) -> Plan[bool]:
+        """Whether change ``op``, planned on ``planned``, committed (its resend failed).
+
+        Raises:
+            BackendUnavailableError: The record cannot tell (see the module docstring).
+        """
+        rows = yield from self._rows(key, keys_only=True)
+        if rows:
+            now = Record.parse(rows[-1].props.get(RECORD))
+        else:  # emptied: the metadata entity holds the record
+            meta = yield Get(self.meta_table, self.partition, encode_key(key))
+            now = Record.parse(meta.props.get(RECORD)) if meta is not None else None
+        if now is not None and op in now.ops:
+            return True
+        if now is None or not now.knows_since(planned):
+            raise unknown_outcome(
+                key,
+                "the conversation's record of changes cannot tell (more changes came in "
+                "between than it holds, or LlamaIndex's own store wrote meanwhile)",
+            )
+        return False
+
+    def _commit(
+        self, key: str, actions: list[Action], planned: Record, op: str
+    ) -> Plan[list[str] | None]:
+        """Run one transaction that records ``op`` on ``planned``.
+
+        Returns its ETags ([] when a resend found its own lost commit), or None when a
+        condition failed and nothing was committed.
+        """
+        try:
+            etags: list[str] = yield Batch(self.table, actions)
+        except ConflictError as conflict:
+            if conflict.unsure and (yield from self._won(key, planned, op)):
+                return []
+            return None
+        return etags
+
+    @staticmethod
+    def _carry(action: Action, record: Record) -> Action:
+        """``action`` writing ``record`` onto its row (which becomes the last one)."""
+        verb, entity, etag = action
+        return verb, {**entity, RECORD: record.encode()}, etag
+
+    def _empty_rows(self, key: str, rows: Sequence[Row], op: str) -> Plan[list[Row] | None]:
+        """Delete every row (``rows``: all of them, in order); return those removed.
+
+        None when one changed meanwhile (nothing removed). In two phases (see the module
+        docstring): the metadata takes the record and the pending mark, then the rows go.
+        """
+        pk = encode_key(key)
+        last = rows[-1]
+        meta = yield Get(self.meta_table, self.partition, pk)
+        held = _pending(meta)
+        if held is not None and any(r.props["RowKey"] == held[1] and r.etag == held[2]
+                                    for r in rows):  # fmt: skip
+            # That removal may still commit: touching its row makes it fail for good.
+            with contextlib.suppress(ConflictError):
+                yield Batch(self.table, [("touch", {"PartitionKey": pk, "RowKey": held[1]},
+                                          held[2])])  # fmt: skip
+            return None
+        planned = _record_on(last)
+        if meta is None:  # (a RowKey that is not LlamaIndex's must not stop the removal)
+            rk = last.props["RowKey"]
+            entity = self._meta_entity(key, int(rk) if rk.isdigit() else None, None)
+        else:
+            entity = _stored(meta)
+        entity[RECORD] = planned.add(op).encode()
+        entity[PENDING] = f"{op} {last.props['RowKey']} {last.etag}"
+        try:
+            if meta is None:
+                yield Put(self.meta_table, entity, "create")
+            else:
+                yield Put(self.meta_table, entity, "update", meta.etag)
+        except ConflictError as conflict:
+            if not conflict.unsure:
+                return None
+            again = yield Get(self.meta_table, self.partition, pk)
+            if again is None or again.props.get(PENDING) != entity[PENDING]:
+                return None
+        deletes = _deletes(pk, rows)
+        if fits(deletes):
+            removed = (
+                list(rows)
+                if (yield from self._commit(key, deletes, planned, op)) is not None
+                else None
+            )
+        else:
+            removed = yield from self._remove_in_parts(key, rows)
+        if removed is not None:
+            yield from self._refresh_meta(key, done=op)
+        return removed
 
     # -- writing ------------------------------------------------------------------------
 
@@ -271,10 +428,11 @@ class LlamaIndexLayout:
     ) -> list[Action]:
         """Create ``payloads`` after ``last``, which must stay the last row until then.
 
-        ``last`` is touched If-Match its ETag in the same transaction: a removal or an
-        insert that changed it since makes the append fail (and retry), and, the other
-        way round, a removal planned on ``last`` fails once the append committed, so no
-        removal ever takes a row that stopped being the last.
+        ``last`` is touched If-Match its ETag in the same transaction (its record cleared):
+        a removal or an insert that changed it since makes the append fail (and retry),
+        and, the other way round, a removal planned on ``last`` fails once the append
+        committed, so no removal ever takes a row that stopped being the last. The caller
+        puts the record on the last row created.
         """
         pk = encode_key(key)
         start = _index(last, key) + 1 if last is not None else 0
@@ -283,37 +441,46 @@ class LlamaIndexLayout:
             for i, p in enumerate(payloads)
         ]
         if last is not None:
-            actions.insert(0, ("touch", {"PartitionKey": pk, "RowKey": last.props["RowKey"]},
-                               last.etag))  # fmt: skip
+            touch = {"PartitionKey": pk, "RowKey": last.props["RowKey"]}
+            if last.props.get(RECORD):
+                touch[RECORD] = ""
+            actions.insert(0, ("touch", touch, last.etag))
         return actions
 
     def append(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
-        done = 0
+        op = new_op_id()
+        done, part = 0, 0
         meta, last = yield from self._last_row(key)
         for attempt in range(_MAX_ATTEMPTS):
-            try:
-                # Over one transaction an append is not atomic: each further transaction
-                # continues after (and touches) the last row the previous one created.
-                while done < len(payloads):
-                    actions = self._after(key, last, payloads[done:])
-                    if not fits(actions):
-                        actions = chunks(actions)[0]
-                    etags = yield Batch(self.table, actions)
-                    done += sum(1 for a in actions if a[0] == "create")
-                    last = Row(actions[-1][1], str(etags[-1]))
+            # Over one transaction an append is not atomic: each further transaction
+            # continues after (and touches) the last row the previous one created, and
+            # records a part id of its own.
+            while done < len(payloads):
+                planned, step = _record_on(last), op if part == 0 else f"{op}.{part}"
+                actions = self._after(key, last, payloads[done:])
+                if not fits(actions):
+                    actions = chunks(actions)[0]
+                actions[-1] = self._carry(actions[-1], planned.add(step))
+                etags = yield from self._commit(key, actions, planned, step)
+                if etags is None:
+                    break
+                done, part = done + sum(1 for a in actions if a[0] == "create"), part + 1
+                last = Row(actions[-1][1], etags[-1] if etags else "")
+                if not etags and done < len(payloads):  # committed, its ETag lost with the reply
+                    _, last = yield from self._last_row(key)
+            else:
                 assert last is not None
                 yield from self._raise_meta(key, meta, last)
                 return
-            except ConflictError as conflict:
-                _settle(key, conflict)
-                yield backoff(attempt)
-                meta, last = yield from self._last_row(key)
+            yield backoff(attempt)
+            meta, last = yield from self._last_row(key)
         raise ChatStoreError(f"too much contention appending to key {key!r}")
 
     def replace(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
         if not payloads:
             yield from self.empty(key)
             return
+        op = new_op_id()
         pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key, keys_only=True)
@@ -326,16 +493,17 @@ class LlamaIndexLayout:
                 if rk in etags else ("create", {"PartitionKey": pk, "RowKey": rk, **p}, None)
                 for rk, p in zip(keep, payloads, strict=True)
             ]  # fmt: skip
+            planned = _record_on(rows[-1] if rows else None)
+            actions[-1] = self._carry(actions[-1], planned.add(op))
             actions += [("delete", {"PartitionKey": pk, "RowKey": rk}, etag)
                         for rk, etag in etags.items() if rk not in set(keep)]  # fmt: skip
             if fits(actions):
-                try:
-                    yield Batch(self.table, actions)
-                except ConflictError as conflict:
-                    _settle(key, conflict)
+                if (yield from self._commit(key, actions, planned, op)) is None:
                     yield backoff(attempt)
                     continue
-            else:  # several transactions: not atomic, last writer wins
+            else:  # several transactions: not atomic, last writer wins, a new chain
+                actions[len(payloads) - 1] = self._carry(actions[len(payloads) - 1],
+                                                         Record.new().add(op))  # fmt: skip
                 for chunk in chunks([(v if v != "update" else "upsert", e, None)
                                      for v, e, _ in actions]):  # fmt: skip
                     yield from self._write_anyway(chunk)
@@ -354,26 +522,13 @@ class LlamaIndexLayout:
                 else:
                     yield Put(self.table, entity)
 
-    def _remove(self, key: str, rows: Sequence[Row]) -> Plan[list[Row] | None]:
-        """Delete rows If-Match their ETags; return those this call removed.
+    def _remove_in_parts(self, key: str, rows: Sequence[Row]) -> Plan[list[Row]]:
+        """Delete rows too many for one transaction If-Match their ETags; return those removed.
 
-        Rows that fit one transaction are removed all or none (None: one had changed, so
-        nothing was removed: re-read and retry). More are removed transaction by
-        transaction, and row by row where one fails.
+        Not atomic: transaction by transaction, and row by row where one fails.
         """
-        if not rows:
-            return []
         pk = encode_key(key)
-        actions: list[Action] = [
-            ("delete", {"PartitionKey": pk, "RowKey": r.props["RowKey"]}, r.etag) for r in rows
-        ]
-        if fits(actions):
-            try:
-                yield Batch(self.table, actions)
-            except ConflictError as conflict:
-                _settle(key, conflict)
-                return None
-            return list(rows)
+        actions = _deletes(pk, rows)
         removed: list[Row] = []
         for chunk in chunks(actions):
             try:
@@ -399,25 +554,25 @@ class LlamaIndexLayout:
                 (in one transaction when they fit), then core's ``removal_error`` of it.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
+        op = new_op_id()
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key)
             if not rows:
                 yield from self._refresh_meta(key)
                 return None
             items = _found(key, rows, 0)  # before removing anything
-            removed = yield from self._remove(key, rows)
+            removed = yield from self._empty_rows(key, rows, op)
             if removed is not None:
-                yield from self._refresh_meta(key)
                 return taken(_kept(rows, items, removed), self.table) or None
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
 
     def empty(self, key: str) -> Plan[None]:
         """Remove the conversation without reading its messages (works on corrupt data)."""
+        op = new_op_id()
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key, keys_only=True)
-            if (yield from self._remove(key, rows)) is not None:
-                yield from self._refresh_meta(key)
+            if not rows or (yield from self._empty_rows(key, rows, op)) is not None:
                 return
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
@@ -430,6 +585,7 @@ class LlamaIndexLayout:
                 ``removal_error`` of it.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
+        op = new_op_id()
         pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             keys = yield from self._rows(key, keys_only=True)
@@ -447,15 +603,17 @@ class LlamaIndexLayout:
             )
             if len(rows) == 1 and rows[0].props["RowKey"] == keys[-1].props["RowKey"]:
                 items = _found(key, rows, len(keys) - 1)
-                try:
-                    yield Remove(self.table, pk, rows[0].props["RowKey"], rows[0].etag)
-                except ConflictError as conflict:
-                    _settle(key, conflict)
-                    yield backoff(attempt)
-                    continue
-                yield from self._refresh_meta(key)
-                [message] = taken(items, self.table)
-                return message
+                if len(keys) == 1:
+                    popped = (yield from self._empty_rows(key, rows, op)) is not None
+                else:  # the row before takes the record, If-Match: it becomes the last
+                    planned, before = _record_on(rows[0]), keys[-2]
+                    actions = [*_deletes(pk, rows), _taking(pk, before, planned.add(op))]
+                    popped = (yield from self._commit(key, actions, planned, op)) is not None
+                    if popped:
+                        yield from self._refresh_meta(key)
+                if popped:
+                    [message] = taken(items, self.table)
+                    return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
@@ -467,27 +625,44 @@ class LlamaIndexLayout:
                 core's ``removal_error`` of the first such position.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
+        op = new_op_id()
+        pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key)
             first = rows[: max(n, 0)]
             if not first:
                 return []
             items = _found(key, first, 0)  # before removing anything
-            removed = yield from self._remove(key, first)
+            removed: list[Row] | None
+            if len(first) == len(rows):
+                removed = yield from self._empty_rows(key, rows, op)
+            else:  # the last row takes the record, If-Match: no append slips in between
+                planned, last = _record_on(rows[-1]), rows[-1]
+                actions = [*_deletes(pk, first), _taking(pk, last, planned.add(op))]
+                if fits(actions):
+                    committed = yield from self._commit(key, actions, planned, op)
+                    removed = first if committed is not None else None
+                else:
+                    removed = yield from self._remove_in_parts(key, first)
+                if removed is not None:
+                    yield from self._refresh_meta(key)
             if removed is not None:
-                yield from self._refresh_meta(key)
                 return taken(_kept(first, items, removed), self.table)
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
 
-    def _shift(self, key: str, moves: list[Action]) -> Plan[bool]:
+    def _shift(self, key: str, moves: list[Action], planned: Record, op: str) -> Plan[bool]:
         """Run shifting writes (conditional on the rows' ETags); False on a conflict."""
-        try:
-            for chunk in [moves] if fits(moves) else chunks(moves):
-                yield Batch(self.table, chunk)
-        except ConflictError as conflict:
-            _settle(key, conflict)
-            return False
+        if fits(moves):
+            if (yield from self._commit(key, moves, planned, op)) is None:
+                return False
+        else:
+            try:
+                for chunk in chunks(moves):
+                    yield Batch(self.table, chunk)
+            except ConflictError as conflict:
+                _settle(key, conflict)
+                return False
         yield from self._refresh_meta(key)
         return True
 
@@ -499,6 +674,7 @@ class LlamaIndexLayout:
                 moves, in one transaction when they fit), then core's ``removal_error``.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
+        op = new_op_id()
         pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key)
@@ -507,39 +683,48 @@ class LlamaIndexLayout:
             if not 0 <= i < n:
                 return None
             items = _found(key, [rows[i]], i)
-            # Keep RowKeys contiguous (LlamaIndex appends at MessageCount): move each later
-            # message one row down, then drop the last row; all conditional on ETags.
-            moves: list[Action] = [
-                ("update", {"PartitionKey": pk, "RowKey": rows[j].props["RowKey"],
-                            **_payload(rows[j + 1])}, rows[j].etag)
-                for j in range(i, n - 1)
-            ]  # fmt: skip
-            last = rows[-1]
-            moves.append(
-                ("delete", {"PartitionKey": pk, "RowKey": last.props["RowKey"]}, last.etag)
-            )
-            if (yield from self._shift(key, moves)):
+            if n == 1:
+                done = (yield from self._empty_rows(key, rows, op)) is not None
+            else:
+                # Keep RowKeys contiguous (LlamaIndex appends at MessageCount): move each
+                # later message one row down, then drop the last row; all conditional on
+                # ETags. The row before the last takes the record.
+                planned = _record_on(rows[-1])
+                moves: list[Action] = [
+                    ("update", {"PartitionKey": pk, "RowKey": rows[j].props["RowKey"],
+                                **_payload(rows[j + 1])}, rows[j].etag)
+                    for j in range(i, n - 1)
+                ]  # fmt: skip
+                if moves:
+                    moves[-1] = self._carry(moves[-1], planned.add(op))
+                else:  # the last one itself: the row before only takes the record
+                    moves.append(_taking(pk, rows[-2], planned.add(op)))
+                moves += _deletes(pk, rows[-1:])
+                done = yield from self._shift(key, moves, planned, op)
+            if done:
                 [message] = taken(items, self.table)
                 return message
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
 
     def insert_at(self, key: str, idx: int, payload: dict[str, Any]) -> Plan[None]:
+        op = new_op_id()
         pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key)
             n = len(rows)
             p = max(0, n + idx) if idx < 0 else min(idx, n)
+            planned = _record_on(rows[-1] if rows else None)
             if p == n:  # on the rows read: handed to append, it would miss an append meanwhile
-                if (yield from self._shift(key, self._after(key, rows[-1] if rows else None,
-                                                            [payload]))):  # fmt: skip
+                moves = self._after(key, rows[-1] if rows else None, [payload])
+                moves[-1] = self._carry(moves[-1], planned.add(op))
+                if (yield from self._shift(key, moves, planned, op)):
                     return
                 yield backoff(attempt)
                 continue
             tail = _row_key(_index(rows[-1], key) + 1)
-            moves: list[Action] = [
-                ("create", {"PartitionKey": pk, "RowKey": tail, **_payload(rows[-1])}, None)
-            ]
+            moved = {"PartitionKey": pk, "RowKey": tail, **_payload(rows[-1])}
+            moves = [self._carry(("create", moved, None), planned.add(op))]
             moves += [
                 ("update", {"PartitionKey": pk, "RowKey": rows[j].props["RowKey"],
                             **_payload(rows[j - 1])}, rows[j].etag)
@@ -548,7 +733,7 @@ class LlamaIndexLayout:
             target = rows[p]
             moves.append(("update", {"PartitionKey": pk, "RowKey": target.props["RowKey"],
                                      **payload}, target.etag))  # fmt: skip
-            if (yield from self._shift(key, moves)):
+            if (yield from self._shift(key, moves, planned, op)):
                 return
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention inserting into key {key!r}")

@@ -69,8 +69,13 @@ from llama_index.storage.chat_store.azure._io import (
     chunks,
     fits,
 )
+from llama_index.storage.chat_store.azure._record import (
+    OP_RECORD,
+    covers,
+    recorded,
+    unknown_outcome,
+)
 from llama_index.storage.chat_store.core import (
-    BackendUnavailableError,
     ChatMessage,
     ChatStoreError,
     CorruptDataError,
@@ -92,8 +97,6 @@ _PAGE = 1000
 _ROW_PROPERTIES = ("RowKey", *PAYLOAD_PROPERTIES)
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta entities a store remembers."""
-OP_RECORD = 16
-"""How many of a conversation's last changes its meta entity names by operation id."""
 
 
 def _new_gen() -> str:
@@ -125,7 +128,7 @@ class Meta:
 
     def change(self, op: str, **fields: Any) -> Meta:
         """The meta after change ``op`` (counted and recorded) sets ``fields``."""
-        return replace(self, seq=self.seq + 1, ops=(*self.ops, op)[-OP_RECORD:], **fields)
+        return replace(self, seq=self.seq + 1, ops=recorded(self.ops, op), **fields)
 
     def knows_since(self, planned: Meta) -> bool:
         """Whether this meta's record names every change committed after ``planned``."""
@@ -133,7 +136,7 @@ class Meta:
             # Gone (clear() or a purge of corrupt data): nothing to tell by, unless it
             # never existed either.
             return planned.etag is None
-        return self.seq - len(self.ops) <= planned.seq
+        return covers(self.seq, self.ops, planned.seq)
 
     def row_key(self, seq: int) -> str:
         return f"{self.gen}:{seq + _SEQ_OFFSET:019d}"
@@ -381,11 +384,10 @@ class NativeLayout:
                 yield from self._relist(now)
             return now
         if not now.knows_since(old):
-            raise BackendUnavailableError(
-                f"a change of key {old.key!r} was resent after its reply was lost, and "
+            raise unknown_outcome(
+                old.key,
                 f"{now.seq - old.seq} changes came in between, more than the record of "
-                f"{OP_RECORD} holds: the outcome is unknown (the change was applied once or "
-                "not at all, read the conversation to know)"
+                f"{OP_RECORD} holds",
             )
         raise conflict
 

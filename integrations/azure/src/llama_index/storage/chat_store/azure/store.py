@@ -19,6 +19,8 @@ from azure.data.tables import TableClient, TableServiceClient
 from azure.data.tables.aio import TableClient as AsyncTableClient
 from azure.data.tables.aio import TableServiceClient as AsyncTableServiceClient
 from llama_index.storage.chat_store.azure._codec import (
+    LLAMA_INDEX_RECORD,
+    LLAMA_INDEX_RECORD_MAX,
     check_entity_size,
     encode_key,
     encode_llama_index_message,
@@ -89,11 +91,11 @@ class AzureChatStore(BaseChatStore):
 
     A request that fails for want of the service is sent again by the store (``retries``,
     ``retry_backoff``, ``retry_deadline``; azure-core's own retries are off on every
-    request). In the native layout every change carries an operation id that the meta
-    entity records with the change, so a change resent after a lost reply applies once and
-    returns what it returned then (``Capability.EXACTLY_ONCE``); LlamaIndex's layout applies
-    it at most once and raises ``BackendUnavailableError`` (outcome unknown) when it cannot
-    tell.
+    request). Every change carries an operation id recorded with the change (in the native
+    layout by the meta entity, in LlamaIndex's on the conversation's last chat row), so a
+    change resent after a lost reply applies once and returns what it returned then
+    (``Capability.EXACTLY_ONCE``); when the record cannot tell, it raises
+    ``BackendUnavailableError`` (outcome unknown) rather than apply it twice.
 
     Raises (from any operation): ``BackendUnavailableError`` (service unreachable after the
     retries; its message says whether a change was applied, or that the outcome is unknown),
@@ -226,12 +228,12 @@ class AzureChatStore(BaseChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """Persistent, shared, natively async; EXACTLY_ONCE when ``retries`` > 0 (native).
+        """Persistent, shared, natively async; EXACTLY_ONCE when ``retries`` > 0.
 
         Azure Tables has no TTL.
         """
         found = {Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC}
-        if self.retries > 0 and self._native is not None:
+        if self.retries > 0:
             found.add(Capability.EXACTLY_ONCE)
         return frozenset(found)
 
@@ -552,12 +554,14 @@ class AzureChatStore(BaseChatStore):
         pk = encode_key(key)
         payloads = []
         for message in messages:
+            extra: dict[str, Any] = {}
             if self._legacy is not None:
                 payload = encode_llama_index_message(message, cosmos=cosmos)
+                extra[LLAMA_INDEX_RECORD] = "x" * LLAMA_INDEX_RECORD_MAX  # on the last row
             else:
                 payload = encode_payload(message)
             # The longest RowKey either layout writes, so the check holds for every row.
-            probe = {"PartitionKey": pk, "RowKey": "x" * 32, **payload}
+            probe = {"PartitionKey": pk, "RowKey": "x" * 32, **payload, **extra}
             check_entity_size(probe, key=key, cosmos=cosmos)
             payloads.append(payload)
         return payloads

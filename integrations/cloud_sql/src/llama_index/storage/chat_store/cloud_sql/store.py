@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from llama_index.storage.chat_store.cloud_sql.engine import PostgresEngine
-from llama_index.storage.chat_store.postgres import ConnectorEngine
-from llama_index.storage.chat_store.postgres import PostgresChatStore as _PostgresChatStore
-from llama_index.storage.chat_store.postgres.store import LayoutOption
+from llama_index.storage.chat_store.postgres import GoogleChatStore
 
 __all__ = ["PostgresChatStore"]
 
 
-class PostgresChatStore(_PostgresChatStore):
+class PostgresChatStore(GoogleChatStore):
     """Chat histories in Cloud SQL for PostgreSQL, in the table ``llama-index-cloud-sql-pg`` uses.
 
-    One row per message (``id SERIAL, key VARCHAR, message JSON``, index
-    ``"<table>_idx_key"``): tables created by Google's package work here and the other
-    way round, and Google's writers may share them, so there are no bookkeeping rows and
-    no TTL. Appends, pops and windows are single statements like the Postgres store's.
-    Changes record their operation ids in a table of their own, ``<table>_ops``, so a change
-    retried after a lost connection applies once (see :class:`PostgresChatStore`).
+    One row per message, shared both ways with Google's package; no TTL (see
+    :class:`GoogleChatStore` for the table and exactly-once changes).
 
     Build it with :meth:`create_sync` / :meth:`create` from a :class:`PostgresEngine`, or
     :meth:`from_url` (``cloudsql://PROJECT/REGION/INSTANCE/DATABASE?table=...``; ``user``,
@@ -28,11 +20,7 @@ class PostgresChatStore(_PostgresChatStore):
     Its ``class_name`` is ``CloudSQLPostgresChatStore``, distinct from the Postgres store's.
     """
 
-    layout: LayoutOption = "google"
-
-    _default_layout: ClassVar[Any] = "google"
-    _url_schemes: ClassVar[tuple[str, ...]] = ("cloudsql",)
-    _engine_class: ClassVar[type[ConnectorEngine] | None] = PostgresEngine
+    engine_class = PostgresEngine
 
     @classmethod
     def class_name(cls) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 Row = Sequence[Any]
+_log = logging.getLogger(__name__)
 Params = dict[str, Any]
 T = TypeVar("T")
 
@@ -179,6 +181,24 @@ def _pause(attempt: int) -> float:
     return random.uniform(0, 0.005 * 2**attempt)
 
 
+def _discard(connection: PoolProxiedConnection) -> None:
+    """Take a connection the network has cut out of its pool, and close it here.
+
+    The pool would close it itself on ``invalidate()``, and log an ERROR with a traceback
+    when that close fails, as pg8000's does on a cut socket (it first writes a Terminate
+    message). Here that failure is expected: the call already failed for want of the server
+    and says so. Detached, the connection no longer counts against the pool, which opens a
+    new one when one is needed.
+    """
+    driver = connection.dbapi_connection
+    connection.detach()
+    try:
+        if driver is not None:
+            driver.close()
+    except Exception:
+        _log.debug("closing a connection cut by the network failed", exc_info=True)
+
+
 class Runner(Protocol):
     """Runs statements on one connection (inside or outside a transaction)."""
 
@@ -275,8 +295,7 @@ class SyncConnections:
         with self._lock:
             idle, self._idle = self._idle, []
         for connection in idle:
-            with contextlib.suppress(Exception):
-                connection.invalidate()
+            _discard(connection)
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[PoolProxiedConnection]:
@@ -295,8 +314,7 @@ class SyncConnections:
             error = translate_error(exc, self._where)
             if isinstance(error, BackendUnavailableError):
                 # The server went away: every held connection is likely dead too.
-                with contextlib.suppress(Exception):
-                    connection.invalidate()
+                _discard(connection)
                 self._drop_idle()
                 raise error from exc
             self._release(connection)

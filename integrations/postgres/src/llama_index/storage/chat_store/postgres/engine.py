@@ -21,9 +21,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from typing_extensions import Self
 
-    from llama_index.storage.chat_store.postgres.store import PostgresChatStore
-
-__all__ = ["ConnectorEngine", "connector_login", "split_password"]
+__all__ = ["ConnectorEngine", "split_password"]
 
 
 def split_password(url: str) -> tuple[str, str | None]:
@@ -47,23 +45,6 @@ def split_password(url: str) -> tuple[str, str | None]:
         kept = [(name, value) for name, value in query if name != "password"]
         parts = parts._replace(query=urlencode(kept))
     return urlunsplit(parts), password
-
-
-def connector_login(user: str | None, password: str | None, iam_account_email: str | None) -> str:
-    """Return the database user for a cloud connector: password login, or IAM as an email.
-
-    Raises:
-        ConfigurationError: Only one of ``user`` / ``password``, or neither and no
-            ``iam_account_email``.
-    """
-    if bool(user) != bool(password):
-        raise ConfigurationError(
-            "give both user and password, or neither (IAM authentication as iam_account_email)"
-        )
-    login = user or iam_account_email
-    if not login:
-        raise ConfigurationError("IAM authentication needs iam_account_email=")
-    return login
 
 
 class ConnectorEngine:
@@ -162,31 +143,6 @@ class ConnectorEngine:
             sync_driver="postgresql+pg8000",
             engine_options=engine_options,
         )
-
-    @classmethod
-    def chat_store_class(cls) -> type[PostgresChatStore]:
-        """The store class :meth:`init_chat_store_table` creates tables for."""
-        from llama_index.storage.chat_store.postgres.store import PostgresChatStore
-
-        return PostgresChatStore
-
-    def init_chat_store_table(
-        self, table_name: str, schema_name: str = "public", overwrite_existing: bool = False
-    ) -> None:
-        """Create the store's table (idempotent; ``overwrite_existing`` drops it first)."""
-        with self.chat_store_class().from_engine(
-            self, table_name=table_name, schema_name=schema_name
-        ) as store:
-            store.init_table(overwrite_existing=overwrite_existing)
-
-    async def ainit_chat_store_table(
-        self, table_name: str, schema_name: str = "public", overwrite_existing: bool = False
-    ) -> None:
-        """Async :meth:`init_chat_store_table`."""
-        async with self.chat_store_class().from_engine(
-            self, table_name=table_name, schema_name=schema_name
-        ) as store:
-            await store.ainit_table(overwrite_existing=overwrite_existing)
 
     @property
     def uses_connector(self) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import cache, cached_property
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Union
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_serializer, model_validator
 
@@ -20,17 +20,15 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     ConfigurationError,
-    Lazy,
     NotSentError,
-    PerLoop,
-    mask_url,
 )
-from llama_index.storage.chat_store.redis._layout import (
+from llama_index.storage.chat_store.core.backend import Lazy, PerLoop, mask_url, split_password
+from llama_index.storage.chat_store.redis.layout import (
+    ListChatStore,
     Op,
     has_hash_tag,
     reply_error,
 )
-from llama_index.storage.chat_store.redis._list_store import ListChatStore
 from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
@@ -104,21 +102,6 @@ def _client_options_out(field_names: frozenset[str], data: dict[str, Any]) -> di
     if extra:
         data["client_options"] = {**data.get("client_options", {}), **extra}
     return data
-
-
-def _split_url(url: str) -> tuple[str, str | None]:
-    """Return ``url`` without its password (netloc or ``?password=``), and the password."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    password = next((v for k, v in query if k == "password"), None)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}@{hostinfo}" if user else hostinfo
-        password = unquote(parts.password)
-    rest = urlencode([(k, v) for k, v in query if k != "password"])
-    return _join(parts.scheme, netloc, parts.path, rest), password
 
 
 def _pack(head: bytes, words: int, *groups: Iterable[str]) -> bytes:
@@ -390,7 +373,7 @@ class RedisChatStore(ListChatStore):
     @classmethod
     def _password_out_of_url(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("redis_url"), str):
-            url, password = _split_url(data["redis_url"])
+            url, password = split_password(data["redis_url"], query_wins=False)
             given = data.get("password")
             if isinstance(given, SecretStr):
                 given = given.get_secret_value()

@@ -7,7 +7,7 @@ writers lose messages. Here every change is a read-modify-write made conditional
 against LlamaIndex's own writers. The whole conversation must fit the 2 MB value limit;
 larger writes raise :class:`PayloadTooLargeError` before any call.
 
-Every change is applied once, however often it is resent (see :mod:`._record`): the write
+Every change is applied change, however often it is resent (see :mod:`._record`): the write
 also bumps the row's ``opn`` counter and records the change's operation id (and what a
 removal removed) in a record column, and its condition covers the counter too. An
 emptied conversation keeps its row without ``history`` (LlamaIndex reads it as empty, and
@@ -38,9 +38,9 @@ from llama_index.storage.chat_store.core import (
     message_from_json,
     removal_error,
 )
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, Sleep
 from llama_index.storage.chat_store.tablestore import _record as record
-from llama_index.storage.chat_store.tablestore._io import Call, ConflictError, Once, Op, Sleep
-from llama_index.storage.chat_store.tablestore._sdk import ts
+from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 
 __all__ = [
     "PRIMARY_KEY", "clear", "count", "keys_page", "mutate", "read", "remove", "replace", "take",
@@ -71,7 +71,7 @@ class _Row:
     changes: int | None = None
 
 
-def _read_row(table: str, key: str) -> Op[_Row]:
+def _read_row(table: str, key: str) -> Plan[_Row]:
     _, row, _ = yield Call(
         "get_row", (table, [("session_id", key)]),
         {"columns_to_get": ["history", _COUNTER], "max_version": 1},
@@ -85,22 +85,22 @@ def _read_row(table: str, key: str) -> Op[_Row]:
     return _Row(True, columns.get("history"), changes)
 
 
-def _history(table: str, key: str) -> Op[Any]:
+def _history(table: str, key: str) -> Plan[Any]:
     """Return the row's ``history`` as stored (any type), or ``None`` when there is none."""
     return (yield from _read_row(table, key)).history
 
 
-def _replayed(table: str, key: str, once: Once) -> Op[record.Replay | None]:
-    """When ``once`` may have been committed already, what its record says (else ``None``)."""
-    if not once.check:
+def _replayed(table: str, key: str, change: Change) -> Plan[record.Replay | None]:
+    """When ``change`` may have been committed already, what its record says (else ``None``)."""
+    if not change.check:
         return None
-    once.check = False
+    change.check = False
     _, row, _ = yield Call(
         "get_row", (table, [("session_id", key)]),
         {"columns_to_get": record.COLUMNS, "max_version": 1},
     )  # fmt: skip
     columns = {c[0]: c[1] for c in row.attribute_columns or ()} if row is not None else {}
-    return record.find(columns, once.id)
+    return record.find(columns, change.id)
 
 
 def _items(key: str, history: Any) -> list[Any]:
@@ -162,17 +162,17 @@ def _write(
     key: str,
     row: _Row,
     new: str | None,
-    once: Once,
+    change: Change,
     removed: Sequence[Any] | None = None,
-) -> Op[bool]:
-    """Write ``new`` (``None``: no history) if the row is still ``row``, recording ``once``.
+) -> Plan[bool]:
+    """Write ``new`` (``None``: no history) if the row is still ``row``, recording ``change``.
 
     An emptied conversation keeps its row, without ``history`` (LlamaIndex reads it as
     empty), for its record of changes.
     """
     pk = [("session_id", key)]
     changes = (row.changes or 0) + 1
-    values = [(_COUNTER, changes), (record.column(changes), record.entry(once.id, removed))]
+    values = [(_COUNTER, changes), (record.column(changes), record.entry(change.id, removed))]
     try:
         if not row.exists:
             assert new is not None
@@ -186,7 +186,7 @@ def _write(
                 update["put"] = [("history", new), *values]
             yield Call("update_row", (table, ts.Row(pk, update), _unchanged(row)))
     except ConflictError:
-        once.check = True
+        change.check = True
         return False
     return True
 
@@ -195,13 +195,13 @@ def _backoff(attempt: int) -> Sleep:
     return Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
 
 
-def read(table: str, key: str) -> Op[list[ChatMessage]]:
+def read(table: str, key: str) -> Plan[list[ChatMessage]]:
     """Return the conversation's messages (``[]`` when the row is missing)."""
     history = yield from _history(table, key)
     return _parse(key, history)
 
 
-def count(table: str, key: str) -> Op[int]:
+def count(table: str, key: str) -> Plan[int]:
     """Return the number of messages (the array's length; no message is parsed)."""
     history = yield from _history(table, key)
     return 0 if history is None else len(_items(key, history))
@@ -221,38 +221,38 @@ def _encode(key: str, jsons: Sequence[str]) -> str:
 def mutate(
     table: str,
     key: str,
-    change: Callable[[list[ChatMessage]], list[ChatMessage]],
+    edit: Callable[[list[ChatMessage]], list[ChatMessage]],
     to_json: Callable[[ChatMessage], str],
-    once: Once,
-) -> Op[None]:
-    """Apply ``change`` (an addition) to the conversation atomically, once.
+    change: Change,
+) -> Plan[None]:
+    """Apply ``edit`` (an addition) to the conversation atomically, once.
 
-    ``change`` gets the current messages and returns the new list. The write is
+    ``edit`` gets the current messages and returns the new list. The write is
     conditional on the row read, so a concurrent change (ours or LlamaIndex's) makes it
     retry instead of being overwritten.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(table, key, once)) is not None:
+        if (yield from _replayed(table, key, change)) is not None:
             return
         row = yield from _read_row(table, key)
-        new = change(_parse(key, row.history))
+        new = edit(_parse(key, row.history))
         text = _encode(key, [to_json(m) for m in new])
-        if (yield from _write(table, key, row, text, once)):
+        if (yield from _write(table, key, row, text, change)):
             return
         yield _backoff(attempt)
     raise _contention(table, key)
 
 
-def replace(table: str, key: str, jsons: Sequence[str], once: Once) -> Op[None]:
+def replace(table: str, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
     """Replace the conversation with ``jsons`` (``[]``: remove it), whatever it held."""
     text = _encode(key, jsons) if jsons else None
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(table, key, once)) is not None:
+        if (yield from _replayed(table, key, change)) is not None:
             return
         row = yield from _read_row(table, key)
         if row.history == text or (not row.exists and text is None):
             return
-        if (yield from _write(table, key, row, text, once)):
+        if (yield from _write(table, key, row, text, change)):
             return
         yield _backoff(attempt)
     raise _contention(table, key)
@@ -285,7 +285,7 @@ def _kept_json(key: str, position: int, item: Any, to_json: Callable[[ChatMessag
         return text
 
 
-def remove(table: str, key: str, once: Once) -> Op[list[ChatMessage] | None]:
+def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
     """Remove the conversation; return its messages (``None`` when there was no row).
 
     Raises:
@@ -294,7 +294,7 @@ def remove(table: str, key: str, once: Once) -> Op[list[ChatMessage] | None]:
             all the same; the error holds what was stored.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(table, key, once)
+        replay = yield from _replayed(table, key, change)
         if replay is not None:
             return replay.messages(key, _STORAGE) or None
         row = yield from _read_row(table, key)
@@ -310,7 +310,7 @@ def remove(table: str, key: str, once: Once) -> Op[list[ChatMessage] | None]:
         else:
             removed = [_item_json(item) for item in items]
             messages, error = _decode(key, items, range(len(items)))
-        if (yield from _write(table, key, row, None, once, removed)):
+        if (yield from _write(table, key, row, None, change, removed)):
             if error is not None:
                 raise removal_error(error, _STORAGE) from error
             return messages
@@ -323,8 +323,8 @@ def take(
     key: str,
     select: Callable[[int], Sequence[int]],
     to_json: Callable[[ChatMessage], str],
-    once: Once,
-) -> Op[list[ChatMessage]]:
+    change: Change,
+) -> Plan[list[ChatMessage]]:
     """Remove the messages at ``select(size)`` atomically; return them.
 
     The write is conditional on the value read (like :func:`mutate`); the messages kept
@@ -336,7 +336,7 @@ def take(
             history is not a JSON array (no position means anything in it).
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(table, key, once)
+        replay = yield from _replayed(table, key, change)
         if replay is not None:
             return replay.messages(key, _STORAGE)
         row = yield from _read_row(table, key)
@@ -352,7 +352,7 @@ def take(
         ]
         removed = [_item_json(items[i]) for i in chosen]
         new = _encode(key, kept) if kept else None
-        if (yield from _write(table, key, row, new, once, removed)):
+        if (yield from _write(table, key, row, new, change, removed)):
             if error is not None:
                 raise removal_error(error, _STORAGE) from error
             return messages
@@ -367,7 +367,7 @@ def _contention(table: str, key: str) -> ChatStoreError:
     )
 
 
-def keys_page(table: str, start: Any) -> Op[tuple[list[str], Any]]:
+def keys_page(table: str, start: Any) -> Plan[tuple[list[str], Any]]:
     """Return one page of non-empty conversation keys and where the next page starts."""
     first = start or [("session_id", ts.INF_MIN)]
     _, next_pk, rows, _ = yield Call(
@@ -382,7 +382,7 @@ def keys_page(table: str, start: Any) -> Op[tuple[list[str], Any]]:
     return keys, next_pk
 
 
-def clear(table: str) -> Op[None]:
+def clear(table: str) -> Plan[None]:
     """Delete every row of the table, page by page."""
     low, high = [("session_id", ts.INF_MIN)], [("session_id", ts.INF_MAX)]
     while True:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 from llama_index.storage.chat_store.core import (
@@ -25,12 +26,26 @@ from llama_index.storage.chat_store.core import (
 __all__ = [
     "CONDITION_FAILED",
     "SDK_LOGGER",
+    "Call",
     "WritesResentOnlyIfRefused",
     "format_traces_only_when_enabled",
     "redact_logger",
     "translate",
     "ts",
 ]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One step of a plan: ``client.<method>(*args, **kwargs)``.
+
+    ``OTSClient`` and ``AsyncOTSClient`` share method names and arguments, so one plan runs
+    on either.
+    """
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 class _DropCodecNotices(logging.Filter):

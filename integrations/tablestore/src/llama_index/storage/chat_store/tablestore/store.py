@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index.storage.chat_store.core import (
-    BaseChatStore,
     Capability,
     ChatMessage,
-    ChatStoreError,
     ConfigurationError,
     Lazy,
     PayloadTooLargeError,
     PerLoop,
-    coerce_message,
-    coerce_messages,
     message_to_json,
 )
-from llama_index.storage.chat_store.core.retries import (
-    RetryPolicy,
-    acall_with_retries,
-    call_with_retries,
-    new_op_id,
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    ConflictError,
+    Plan,
+    PlannedChatStore,
 )
-from llama_index.storage.chat_store.core.store import check_window, window
+from llama_index.storage.chat_store.core.store import window
 from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
 from llama_index.storage.chat_store.tablestore import _native as native
-from llama_index.storage.chat_store.tablestore._io import Call, Once, Op, run_async, run_sync
+from llama_index.storage.chat_store.tablestore import _native_writes as writes
 from llama_index.storage.chat_store.tablestore._sdk import (
+    CONDITION_FAILED,
     SDK_LOGGER,
+    Call,
     WritesResentOnlyIfRefused,
     format_traces_only_when_enabled,
     redact_logger,
@@ -73,7 +70,7 @@ _CLIENT_OPTIONS = (
 _SECRET_WORDS = ("secret", "token", "password", "credential")
 
 
-class TablestoreChatStore(BaseChatStore):
+class TablestoreChatStore(PlannedChatStore):
     """Chat histories in an Alibaba Cloud Tablestore table.
 
     ``layout="native"`` (ours) keeps one row per message in ``table_name`` (primary key
@@ -110,12 +107,6 @@ class TablestoreChatStore(BaseChatStore):
     sts_token: SecretStr | None = Field(default=None, exclude=True)
     table_name: str = DEFAULT_TABLE_NAME
     layout: Layout = "auto"
-    retries: int = Field(default=3, ge=0)
-    """Times a call that failed for want of the server is tried again (0: never)."""
-    retry_backoff: float = Field(default=0.05, ge=0)
-    """Seconds before the first retry, doubling for each next one (jittered)."""
-    retry_deadline: float = Field(default=10.0, gt=0)
-    """Seconds after which a failing call stops retrying."""
     client_options: dict[str, Any] = Field(default_factory=dict)
     tablestore_client: Any = Field(default=None, exclude=True, repr=False)
 
@@ -154,34 +145,14 @@ class TablestoreChatStore(BaseChatStore):
             ConfigurationError: Neither a client nor a complete set of connection arguments.
         """
         fields = {k: kwargs.pop(k) for k in _FIELDS if k in kwargs}
-        unknown = sorted(set(kwargs) - _CLIENT_OPTIONS - {"client_options"})
-        if unknown:
-            raise TypeError(
-                f"TablestoreChatStore got unexpected keyword argument(s) "
-                f"{', '.join(map(repr, unknown))}: neither a store field nor an OTSClient option"
-            )
-        options = {**kwargs.pop("client_options", {}), **kwargs}
-        unknown = sorted(set(options) - _CLIENT_OPTIONS)
-        if unknown:
-            raise TypeError(f"client_options has unknown OTSClient option(s) {unknown}")
+        options = _client_options(kwargs)
         if tablestore_client is None:
             access_key_id = access_key_id or os.environ.get("TABLESTORE_ACCESS_KEY_ID")
             access_key_secret = access_key_secret or os.environ.get("TABLESTORE_ACCESS_KEY_SECRET")
-            required: list[tuple[str, object]] = [
-                ("endpoint", endpoint), ("instance_name", instance_name),
-            ]  # fmt: skip
-            if "credentials_provider" not in options:
-                required += [("access_key_id", access_key_id),
-                             ("access_key_secret", access_key_secret)]  # fmt: skip
-            missing = [name for name, value in required if not value]
-            if missing:
-                raise ConfigurationError(
-                    f"TablestoreChatStore needs {', '.join(missing)} (or tablestore_client=)"
-                )
-            if not str(endpoint).startswith(("http://", "https://")):
-                raise ConfigurationError(
-                    f"endpoint must start with https:// or http://: {endpoint}"
-                )
+            _check_connection(
+                options, endpoint=endpoint, instance_name=instance_name,
+                access_key_id=access_key_id, access_key_secret=access_key_secret,
+            )  # fmt: skip
         super().__init__(
             tablestore_client=tablestore_client, endpoint=endpoint, instance_name=instance_name,
             access_key_id=access_key_id, access_key_secret=access_key_secret,
@@ -254,9 +225,6 @@ class TablestoreChatStore(BaseChatStore):
         client = self.tablestore_client
         return f"{getattr(client, 'host', '?')} (instance {client.protocol.instance_name})"
 
-    def _translate(self, exc: BaseException) -> ChatStoreError | None:
-        return translate(exc, self._where, self.table_name)
-
     def _client_arguments(self) -> dict[str, Any]:
         if self.tablestore_client is not None:
             client = self.tablestore_client
@@ -305,44 +273,33 @@ class TablestoreChatStore(BaseChatStore):
             return self.tablestore_client
         return self._own_sync.get()
 
-    @property
-    def _retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
+    def _execute(self, step: Call) -> Any:
+        return self._send(self._sync_client(), step)
 
-    def _run(self, make: Callable[[], Op[R]]) -> R:
-        """Run a read (a new operation for each attempt)."""
-        return call_with_retries(
-            lambda: run_sync(self._sync_client(), make(), self._translate),
-            self._retry_policy,
-            mutates=False,
-        )
+    def _send(self, client: Any, step: Call) -> Any:
+        """Make one call on a sync client (the store's own, or a test's)."""
+        try:
+            return getattr(client, step.method)(*step.args, **step.kwargs)
+        except Exception as exc:
+            failure = self._failure(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
 
-    async def _arun(self, make: Callable[[], Op[R]]) -> R:
-        """Async :meth:`_run`."""
+    async def _aexecute(self, step: Call) -> Any:
+        try:
+            return await getattr(self._own_async.get(), step.method)(*step.args, **step.kwargs)
+        except Exception as exc:
+            failure = self._failure(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
 
-        async def attempt() -> R:
-            return await run_async(self._own_async.get(), make(), self._translate)
-
-        return await acall_with_retries(attempt, self._retry_policy, mutates=False)
-
-    def _change(self, make: Callable[[Once], Op[R]]) -> R:
-        """Run a change: every attempt carries the same op id."""
-        once = Once(new_op_id())
-        return call_with_retries(
-            lambda: run_sync(self._sync_client(), make(once.next_attempt()), self._translate),
-            self._retry_policy,
-            mutates=True,
-        )
-
-    async def _achange(self, make: Callable[[Once], Op[R]]) -> R:
-        """Async :meth:`_change`."""
-        once = Once(new_op_id())
-
-        async def attempt() -> R:
-            op = make(once.next_attempt())
-            return await run_async(self._own_async.get(), op, self._translate)
-
-        return await acall_with_retries(attempt, self._retry_policy, mutates=True)
+    def _failure(self, exc: Exception) -> Exception:
+        """A failed condition as :class:`ConflictError`, anything else in our hierarchy."""
+        if isinstance(exc, ts.OTSServiceError) and exc.get_error_code() == CONDITION_FAILED:
+            return ConflictError(str(exc))
+        return translate(exc, self._where, self.table_name) or exc
 
     def close(self) -> None:
         """Release the sync client's connections; the store reconnects if used again."""
@@ -368,7 +325,7 @@ class TablestoreChatStore(BaseChatStore):
             self._native_tables = tables
         return tables
 
-    def _layout_op(self) -> Op[str]:
+    def _layout_plan(self) -> Plan[str]:
         if self._resolved is None:
             if self.layout != "auto":
                 self._resolved = self.layout
@@ -378,11 +335,11 @@ class TablestoreChatStore(BaseChatStore):
                 self._resolved = "llama_index" if names == ["session_id"] else "native"
         return self._resolved
 
-    def _create_op(self) -> Op[None]:
+    def _create_plan(self) -> Plan[None]:
         existing = set((yield Call("list_table", ())))
         wanted: list[tuple[str, list[tuple[str, str]]]] = []
         if self.table_name in existing:
-            layout = yield from self._layout_op()
+            layout = yield from self._layout_plan()
         else:
             layout = "llama_index" if self.layout == "llama_index" else "native"
             self._resolved = layout
@@ -404,258 +361,139 @@ class TablestoreChatStore(BaseChatStore):
         With ``layout="auto"`` an existing table is used in the layout its primary key shows;
         a missing one is created in our layout (messages table plus ``<table>_meta``).
         """
-        self._run(self._create_op)
+        self._read(self._create_plan)
 
     async def acreate_table_if_not_exist(self) -> None:
         """Async :meth:`create_table_if_not_exist`."""
-        await self._arun(self._create_op)
+        await self._aread(self._create_plan)
 
-    # -- operations, once for both drivers ------------------------------------------------
+    # -- operations, once for both drivers --------------------------------------------------
 
-    def _jsons(self, messages: Sequence[ChatMessage]) -> list[str]:
-        jsons = [message_to_json(m) for m in messages]
-        for text in jsons:
-            size = len(text.encode("utf-8"))
-            if size > MAX_VALUE_BYTES:
-                raise PayloadTooLargeError(
-                    f"a message of {size} bytes exceeds Tablestore's {MAX_VALUE_BYTES}-byte "
-                    "limit for one value; nothing was written"
-                )
-        return jsons
-
-    def _get_op(self, key: str, offset: int, limit: int | None) -> Op[list[ChatMessage]]:
-        if (yield from self._layout_op()) == "native":
+    def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        if (yield from self._layout_plan()) == "native":
             return (yield from native.get(self._tables, key, offset, limit))
         messages = yield from legacy.read(self.table_name, key)
         return list(window(messages, offset, limit))
 
-    def _count_op(self, key: str) -> Op[int]:
-        if (yield from self._layout_op()) == "native":
+    def _count_plan(self, key: str) -> Plan[int]:
+        if (yield from self._layout_plan()) == "native":
             return (yield from native.count(self._tables, key))
         return (yield from legacy.count(self.table_name, key))
 
-    def _add_op(
-        self, key: str, messages: list[ChatMessage], idx: int | None, once: Once
-    ) -> Op[None]:
-        jsons = self._jsons(messages)
-        if (yield from self._layout_op()) == "native":
+    def _add_plan(
+        self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
+    ) -> Plan[None]:
+        jsons = _encode(messages)
+        if (yield from self._layout_plan()) == "native":
             if idx is None:
-                yield from native.add(self._tables, key, jsons, once)
+                yield from writes.add(self._tables, key, jsons, change)
             else:
-                yield from native.insert(self._tables, key, idx, jsons[0], once)
+                yield from writes.insert(self._tables, key, idx, jsons[0], change)
             return
 
-        def change(current: list[ChatMessage]) -> list[ChatMessage]:
+        def edit(current: list[ChatMessage]) -> list[ChatMessage]:
             if idx is None:
                 return current + messages
             current.insert(idx, messages[0])
             return current
 
-        yield from legacy.mutate(self.table_name, key, change, message_to_json, once)
+        yield from legacy.mutate(self.table_name, key, edit, message_to_json, change)
 
-    def _set_op(self, key: str, messages: list[ChatMessage], once: Once) -> Op[None]:
-        jsons = self._jsons(messages)
-        if (yield from self._layout_op()) == "native":
-            yield from native.set_all(self._tables, key, jsons, once)
+    def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
+        jsons = _encode(messages)
+        if (yield from self._layout_plan()) == "native":
+            yield from writes.set_all(self._tables, key, jsons, change)
         else:
-            yield from legacy.replace(self.table_name, key, jsons, once)
+            yield from legacy.replace(self.table_name, key, jsons, change)
 
-    def _delete_all_op(self, key: str, once: Once) -> Op[list[ChatMessage] | None]:
-        if (yield from self._layout_op()) == "native":
-            return (yield from native.delete_all(self._tables, key, once))
-        return (yield from legacy.remove(self.table_name, key, once))
+    def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+        if (yield from self._layout_plan()) == "native":
+            return (yield from writes.delete_all(self._tables, key, change))
+        return (yield from legacy.remove(self.table_name, key, change))
 
-    def _delete_at_op(self, key: str, idx: int, once: Once) -> Op[ChatMessage | None]:
-        if (yield from self._layout_op()) == "native":
-            return (yield from native.delete_at(self._tables, key, idx, once))
+    def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
+        if (yield from self._layout_plan()) == "native":
+            return (yield from writes.delete_at(self._tables, key, idx, change))
 
         def at(size: int) -> list[int]:
             return [idx % size] if -size <= idx < size else []
 
-        taken = yield from legacy.take(self.table_name, key, at, message_to_json, once)
+        taken = yield from legacy.take(self.table_name, key, at, message_to_json, change)
         return taken[0] if taken else None
 
-    def _pop_op(self, key: str, once: Once) -> Op[ChatMessage | None]:
-        if (yield from self._layout_op()) == "native":
-            return (yield from native.pop_last(self._tables, key, once))
-        return (yield from self._delete_at_op(key, -1, once))
+    def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
+        if (yield from self._layout_plan()) == "native":
+            return (yield from writes.pop_last(self._tables, key, change))
+        return (yield from self._delete_at_plan(key, -1, change))
 
-    def _oldest_op(self, key: str, n: int, once: Once) -> Op[list[ChatMessage]]:
+    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
         if n <= 0:
             return []
-        if (yield from self._layout_op()) == "native":
-            return (yield from native.delete_oldest(self._tables, key, n, once))
+        if (yield from self._layout_plan()) == "native":
+            return (yield from writes.delete_oldest(self._tables, key, n, change))
         return (yield from legacy.take(
-            self.table_name, key, lambda size: range(min(n, size)), message_to_json, once
+            self.table_name, key, lambda size: range(min(n, size)), message_to_json, change
         ))  # fmt: skip
 
-    def _keys_op(self, start: Any) -> Op[tuple[list[str], Any]]:
-        if (yield from self._layout_op()) == "native":
+    def _keys_plan(self, start: Any) -> Plan[tuple[list[str], Any]]:
+        if (yield from self._layout_plan()) == "native":
             return (yield from native.keys_page(self._tables, start))
         return (yield from legacy.keys_page(self.table_name, start))
 
-    def _clear_op(self) -> Op[None]:
-        if (yield from self._layout_op()) == "native":
-            yield from native.clear(self._tables)
+    def _clear_plan(self) -> Plan[None]:
+        if (yield from self._layout_plan()) == "native":
+            yield from writes.clear(self._tables)
         else:
             yield from legacy.clear(self.table_name)
-
-    # -- sync API -----------------------------------------------------------------------
-
-    def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
-    ) -> list[ChatMessage]:
-        """Return ``messages[offset:][:limit]`` (native layout: reads only that window)."""
-        key = self._check_key(key)
-        check_window(offset, limit)
-        return self._run(lambda: self._get_op(key, offset, limit))
-
-    def count_messages(self, key: str) -> int:
-        """Return the number of messages (native layout: one GetRow of the meta row)."""
-        key = self._check_key(key)
-        return self._run(lambda: self._count_op(key))
-
-    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
-        """Append atomically, or insert at ``idx`` like ``list.insert``."""
-        key = self._check_key(key)
-        batch = [coerce_message(message, copy=False)]
-        self._change(lambda once: self._add_op(key, batch, idx, once))
-
-    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Append a batch atomically (one commit; ``[]`` makes no call)."""
-        key = self._check_key(key)
-        batch = coerce_messages(messages, copy=False)
-        if batch:
-            self._change(lambda once: self._add_op(key, batch, None, once))
-
-    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Replace the conversation atomically for readers (``[]`` removes the key)."""
-        key = self._check_key(key)
-        batch = coerce_messages(messages, copy=False)
-        self._change(lambda once: self._set_op(key, batch, once))
-
-    def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages, or ``None`` if it had none.
-
-        Damaged data never blocks the removal. When something removed cannot be read, the
-        conversation is removed all the same, then :class:`CorruptDataError` is raised
-        naming the key and the first unreadable position (none when the whole value or the
-        meta row is unreadable), with the stored data in ``data``. ``set_messages(key, [])``
-        removes a damaged conversation without raising.
-        """
-        key = self._check_key(key)
-        return self._change(lambda once: self._delete_all_op(key, once))
-
-    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Remove the message at ``idx``; ``None`` when out of range.
-
-        The position is resolved and removed on one state of the conversation (a concurrent
-        append or pop never shifts it). When that message cannot be read it is removed all
-        the same, then :class:`CorruptDataError` is raised naming the key and position, with
-        the stored data in ``data``.
-        """
-        key = self._check_key(key)
-        return self._change(lambda once: self._delete_at_op(key, idx, once))
-
-    def delete_last_message(self, key: str) -> ChatMessage | None:
-        """Remove and return the last message; concurrent callers never get the same one.
-
-        An unreadable last message is removed, then :class:`CorruptDataError` is raised (key,
-        position, stored data), as in :meth:`delete_message`.
-        """
-        key = self._check_key(key)
-        return self._change(lambda once: self._pop_op(key, once))
-
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove and return the first ``n`` messages.
-
-        When one of them cannot be read they are all removed, then :class:`CorruptDataError`
-        is raised naming the key and the first unreadable position, with its stored data.
-        """
-        key = self._check_key(key)
-        return self._change(lambda once: self._oldest_op(key, n, once))
-
-    def iter_keys(self) -> Iterator[str]:
-        """Yield the keys holding messages, a page of meta rows at a time."""
-        start: Any = None
-        while True:
-            keys, start = self._run(functools.partial(self._keys_op, start))
-            yield from keys
-            if not start:
-                return
-
-    def clear(self) -> None:
-        """Remove every conversation of this store (every row of its table(s))."""
-        self._run(self._clear_op)
 
     def clear_store(self) -> None:
         """Remove every conversation (LlamaIndex's name for :meth:`clear`)."""
         self.clear()
 
-    # -- async API (AsyncOTSClient, one per event loop) -----------------------------------
 
-    async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
-    ) -> list[ChatMessage]:
-        """Async :meth:`get_messages`."""
-        key = self._check_key(key)
-        check_window(offset, limit)
-        return await self._arun(lambda: self._get_op(key, offset, limit))
+def _client_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``OTSClient`` options among a constructor's keyword arguments (fields removed).
 
-    async def acount_messages(self, key: str) -> int:
-        """Async :meth:`count_messages`."""
-        key = self._check_key(key)
-        return await self._arun(lambda: self._count_op(key))
+    Raises:
+        TypeError: A name that is neither a store field nor an ``OTSClient`` option.
+    """
+    unknown = sorted(set(kwargs) - _CLIENT_OPTIONS - {"client_options"})
+    if unknown:
+        raise TypeError(
+            f"TablestoreChatStore got unexpected keyword argument(s) "
+            f"{', '.join(map(repr, unknown))}: neither a store field nor an OTSClient option"
+        )
+    options = {**kwargs.pop("client_options", {}), **kwargs}
+    unknown = sorted(set(options) - _CLIENT_OPTIONS)
+    if unknown:
+        raise TypeError(f"client_options has unknown OTSClient option(s) {unknown}")
+    return options
 
-    async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
-        """Async :meth:`add_message`."""
-        key = self._check_key(key)
-        batch = [coerce_message(message, copy=False)]
-        await self._achange(lambda once: self._add_op(key, batch, idx, once))
 
-    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Async :meth:`add_messages`."""
-        key = self._check_key(key)
-        batch = coerce_messages(messages, copy=False)
-        if batch:
-            await self._achange(lambda once: self._add_op(key, batch, None, once))
+def _check_connection(options: dict[str, Any], **given: Any) -> None:
+    """Raise ConfigurationError unless ``given`` is enough to build a client."""
+    required = ["endpoint", "instance_name"]
+    if "credentials_provider" not in options:
+        required += ["access_key_id", "access_key_secret"]
+    missing = [name for name in required if not given[name]]
+    if missing:
+        raise ConfigurationError(
+            f"TablestoreChatStore needs {', '.join(missing)} (or tablestore_client=)"
+        )
+    if not str(given["endpoint"]).startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"endpoint must start with https:// or http://: {given['endpoint']}"
+        )
 
-    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Async :meth:`set_messages`."""
-        key = self._check_key(key)
-        batch = coerce_messages(messages, copy=False)
-        await self._achange(lambda once: self._set_op(key, batch, once))
 
-    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Async :meth:`delete_messages`."""
-        key = self._check_key(key)
-        return await self._achange(lambda once: self._delete_all_op(key, once))
-
-    async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Async :meth:`delete_message`."""
-        key = self._check_key(key)
-        return await self._achange(lambda once: self._delete_at_op(key, idx, once))
-
-    async def adelete_last_message(self, key: str) -> ChatMessage | None:
-        """Async :meth:`delete_last_message`."""
-        key = self._check_key(key)
-        return await self._achange(lambda once: self._pop_op(key, once))
-
-    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Async :meth:`delete_oldest_messages`."""
-        key = self._check_key(key)
-        return await self._achange(lambda once: self._oldest_op(key, n, once))
-
-    async def aiter_keys(self) -> AsyncIterator[str]:
-        """Async :meth:`iter_keys`."""
-        start: Any = None
-        while True:
-            keys, start = await self._arun(functools.partial(self._keys_op, start))
-            for key in keys:
-                yield key
-            if not start:
-                return
-
-    async def aclear(self) -> None:
-        """Async :meth:`clear`."""
-        await self._arun(self._clear_op)
+def _encode(messages: Sequence[ChatMessage]) -> list[str]:
+    """The messages' JSON, refusing any over Tablestore's limit for one value."""
+    jsons = [message_to_json(m) for m in messages]
+    for text in jsons:
+        size = len(text.encode("utf-8"))
+        if size > MAX_VALUE_BYTES:
+            raise PayloadTooLargeError(
+                f"a message of {size} bytes exceeds Tablestore's {MAX_VALUE_BYTES}-byte "
+                "limit for one value; nothing was written"
+            )
+    return jsons

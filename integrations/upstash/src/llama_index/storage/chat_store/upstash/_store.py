@@ -24,8 +24,7 @@ from llama_index.storage.chat_store.core import (
     NotSentError,
     PerLoop,
 )
-from llama_index.storage.chat_store.redis._layout import Op, reply_error
-from llama_index.storage.chat_store.redis._list_store import ListChatStore
+from llama_index.storage.chat_store.redis.layout import ListChatStore, Op, reply_error
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -7,12 +7,23 @@ A backend adds rows with one file ``integrations/<name>/bench/<name>_bench.py`` 
 """
 
 from llama_index.storage.chat_store.bench._declare import (
+    QUICK_SCALE,
     Backend,
     RawDriver,
     Reference,
     Task,
+    is_quick,
     service,
 )
 from llama_index.storage.chat_store.bench._ops import sample_messages
 
-__all__ = ["Backend", "RawDriver", "Reference", "Task", "sample_messages", "service"]
+__all__ = [
+    "QUICK_SCALE",
+    "Backend",
+    "RawDriver",
+    "Reference",
+    "Task",
+    "is_quick",
+    "sample_messages",
+    "service",
+]

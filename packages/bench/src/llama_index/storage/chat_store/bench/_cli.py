@@ -5,16 +5,28 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 
-from llama_index.storage.chat_store.bench._declare import Backend, Task
+from llama_index.storage.chat_store.bench._baseline import Checkout, checkout
+from llama_index.storage.chat_store.bench._declare import QUICK_SCALE, Backend, Task
 from llama_index.storage.chat_store.bench._report import write
-from llama_index.storage.chat_store.bench._run import OPERATION_NAMES, Plan, run_backend
+from llama_index.storage.chat_store.bench._run import (
+    FULL_REPEATS,
+    OPERATION_NAMES,
+    QUICK_REPEATS,
+    Plan,
+    default_repeats,
+    run_backend,
+)
 
 BUILTIN = Path(__file__).with_name("backends")
 SUFFIX = "_bench.py"
+RESULTS = Path("bench", "results")  # committed: written only with --update-results
+SCRATCH = Path("bench", "scratch")  # ignored by git: every other run
 
 
 def find_root(start: Path) -> Path | None:
@@ -61,11 +73,24 @@ def load(name: str, path: Path) -> Backend | Task:
     return bench
 
 
-def run(name: str, bench: Backend | Task, plan: Plan, out: Path) -> None:
-    """Run one declaration and write its report into ``out``."""
+def run(
+    name: str,
+    bench: Backend | Task,
+    plan: Plan,
+    out: Path,
+    baseline: Checkout | None = None,
+    declaration: Path | None = None,
+) -> None:
+    """Run one declaration (found in ``declaration``) and write its report into ``out``.
+
+    With ``baseline``, a backend's table gets our store at that revision beside the others; a
+    task has no store, so it runs as without one.
+    """
     if isinstance(bench, Backend):
-        write(run_backend(name, bench, plan), out)
+        write(run_backend(name, bench, plan, baseline=baseline, declaration=declaration), out)
         return
+    if baseline is not None:
+        print(f"[{name}] not a store: measured without the baseline", file=sys.stderr)
     report = bench.run(plan.scale)
     out.mkdir(parents=True, exist_ok=True)
     md = out / f"{name}.md"
@@ -73,7 +98,7 @@ def run(name: str, bench: Backend | Task, plan: Plan, out: Path) -> None:
     sys.stdout.write(report + f"\n(written to {md})\n\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-store-bench",
         description="Benchmark chat stores beside their raw driver and LlamaIndex's store.",
@@ -86,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         help="multiply every volume (env BENCH_SCALE; 0.01 for a quick check)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", "15")), help="repeats"
+        "--repeats",
+        type=int,
+        default=int(os.environ.get("BENCH_REPEATS") or 0) or None,
+        help=f"interleaved repeats (env BENCH_REPEATS; default {FULL_REPEATS}, or "
+        f"{QUICK_REPEATS} below BENCH_SCALE={QUICK_SCALE:g}: a quick run checks the harness)",
     )
     parser.add_argument(
         "--ops",
@@ -95,8 +124,26 @@ def main(argv: list[str] | None = None) -> int:
         f"{','.join(OPERATION_NAMES)}); a run of some writes <backend>-<ops>.md",
     )
     parser.add_argument("--root", type=Path, help="workspace root (default: found from cwd)")
-    parser.add_argument("--out", type=Path, help="results folder (default: ROOT/bench/results)")
+    parser.add_argument(
+        "--out", type=Path, help=f"results folder (default: ROOT/{SCRATCH}, a scratch folder)"
+    )
+    parser.add_argument(
+        "--update-results",
+        action="store_true",
+        help=f"write the committed tables in ROOT/{RESULTS} instead of the scratch folder",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure our stores at git revision REV (checked out into a temporary "
+        "worktree, run in a worker process) and report ours/baseline",
+    )
     parser.add_argument("--list", action="store_true", help="list the backends found and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     root = args.root or find_root(Path.cwd())
@@ -108,23 +155,56 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.backends if name not in found]
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(unknown)}; found: {', '.join(found)}")
-    out = args.out or (root or Path.cwd()) / "bench" / "results"
+    if args.out and args.update_results:
+        parser.error("--out and --update-results name two different folders: give one")
     try:
         ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
-        plan = Plan.from_scale(args.scale, args.repeats, ops=ops)
+        plan = Plan.from_scale(args.scale, args.repeats or default_repeats(args.scale), ops=ops)
     except ValueError as exc:
         parser.error(str(exc))
-    failed = []
-    for name in args.backends or list(found):
-        try:
-            run(name, load(name, found[name]), plan, out)
-        except Exception:
-            traceback.print_exc()
-            failed.append(name)
+    base = root or Path.cwd()
+    out = args.out or base / (RESULTS if args.update_results else SCRATCH)
+    where = ""
+    if not (args.out or args.update_results):
+        where = f" (a scratch folder; --update-results writes {base / RESULTS})"
+    print(f"results go to {out}{where}", file=sys.stderr)
+    with ExitStack() as stack:
+        # A terminated run still stops its servers and removes the baseline's worktree.
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        baseline = None
+        if args.baseline:
+            if root is None:
+                parser.error("--baseline needs the workspace's git repository (run inside it)")
+            try:
+                baseline = stack.enter_context(checkout(root, args.baseline))
+            except RuntimeError as exc:  # not a revision, or git cannot add the worktree
+                parser.error(str(exc))
+        failed = [
+            name
+            for name in args.backends or list(found)
+            if not _run_one(name, found[name], plan, out, baseline)
+        ]
+    print(f"results written to {out}{where}")
     if failed:
         print(f"benchmark FAILED for: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _run_one(
+    name: str, declaration: Path, plan: Plan, out: Path, baseline: Checkout | None
+) -> bool:
+    try:
+        run(name, load(name, declaration), plan, out, baseline, declaration)
+    except Exception:
+        traceback.print_exc()
+        return False
+    return True
 
 
 if __name__ == "__main__":

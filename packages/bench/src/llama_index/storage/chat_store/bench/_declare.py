@@ -11,7 +11,20 @@ from typing import Protocol, runtime_checkable
 from llama_index.storage.chat_store.core import BaseChatStore
 from llama_index.storage.chat_store.testing.services import LocalServer
 
-__all__ = ["Backend", "RawDriver", "Reference", "Task", "service"]
+__all__ = ["QUICK_SCALE", "Backend", "RawDriver", "Reference", "Task", "is_quick", "service"]
+
+QUICK_SCALE = 0.1
+"""Below this ``BENCH_SCALE`` a run checks the harness: fewer repeats, numbers not for reading."""
+
+
+def is_quick(scale: float) -> bool:
+    """Return whether a run at ``scale`` is a quick check (default repeats cut, see README).
+
+    Tables meant to be read (``--update-results``) are made at ``QUICK_SCALE`` or above, with
+    every repeat; a quick run's fixed costs (process and server start-up) dominate, and its
+    repeats would not make its tiny volumes say more.
+    """
+    return scale < QUICK_SCALE
 
 
 @runtime_checkable

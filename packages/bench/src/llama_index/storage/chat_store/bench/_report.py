@@ -18,9 +18,9 @@ from llama_index.storage.chat_store.bench._ops import (
 )
 from llama_index.storage.chat_store.bench._run import OPERATION_NAMES, Plan, Results
 
-IMPLS = ("ours", "raw", "llama_index")
-COLORS = {"ours": "#1f77b4", "raw": "#7f7f7f", "llama_index": "#d62728"}
-SHORT = {"ours": "ours", "raw": "raw floor", "llama_index": "LlamaIndex"}
+IMPLS = ("ours", "baseline", "raw", "llama_index")
+COLORS = {"ours": "#1f77b4", "baseline": "#2ca02c", "raw": "#7f7f7f", "llama_index": "#d62728"}
+SHORT = {"ours": "ours", "baseline": "baseline", "raw": "raw floor", "llama_index": "LlamaIndex"}
 
 
 def _time(seconds: float | None) -> str:
@@ -75,6 +75,8 @@ def markdown(results: Results, chart_name: str | None) -> str:
     """Return the report: heading, conditions, the table, the implementations and the chart."""
     plan = results.plan
     measured = {op for op, _, _ in _rows(results)}
+    # The baseline's columns only in a run that has one: other tables keep their shape.
+    impls = [impl for impl in IMPLS if impl != "baseline" or impl in results.labels]
     store_ops = measured - {TURN[0], "persist", "load"}
     scope = []
     if store_ops:
@@ -96,7 +98,8 @@ def markdown(results: Results, chart_name: str | None) -> str:
             if "persist" in measured or "load" in measured
             else ""
         )
-        + ", each timed call right after an untimed one of the same operation"
+        + ", each timed call right after an untimed one of the same operation (none after a"
+        " call of 0.5 s or more)"
         + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
         " store inside the reference interpreter, so no IPC is counted), against the same server"
         " in the same run. In brackets: a 90 % bootstrap interval of each ratio; where it holds"
@@ -108,16 +111,17 @@ def markdown(results: Results, chart_name: str | None) -> str:
         f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d %H:%M')} "
         f"in {results.seconds:.0f} s.",
         "",
-        "| operation | messages | ours | raw floor | LlamaIndex | ours/raw | ours/LlamaIndex |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| operation | messages | "
+        + " | ".join(SHORT[impl] for impl in impls)
+        + " | "
+        + " | ".join(f"ours/{SHORT[impl]}" for impl in impls[1:])
+        + " |",
+        "|---|---:|" + "---:|" * (2 * len(impls) - 1),
     ]
     for op, shown, n in _rows(results):
-        ours, raw, ref = (results.median(impl, op, n) for impl in IMPLS)
-        lines.append(
-            f"| {shown} | {n:,} | {_time(ours)} | {_time(raw)} | {_time(ref)} | "
-            f"{_ratio(results, 'ours', 'raw', op, n)} | "
-            f"{_ratio(results, 'ours', 'llama_index', op, n)} |"
-        )
+        medians = [_time(results.median(impl, op, n)) for impl in impls]
+        ratios = [_ratio(results, "ours", impl, op, n) for impl in impls[1:]]
+        lines.append(f"| {shown} | {n:,} | {' | '.join([*medians, *ratios])} |")
     if TURN[0] in measured:
         lines += [
             "",
@@ -131,7 +135,9 @@ def markdown(results: Results, chart_name: str | None) -> str:
             "whole conversation and the store's cost shows. The raw floor has no turn.",
         ]
     lines += ["", "Implementations:", ""]
-    lines += [f"- {SHORT[impl]}: {label}" for impl, label in results.labels.items()]
+    lines += [
+        f"- {SHORT[impl]}: {results.labels[impl]}" for impl in impls if impl in results.labels
+    ]
     lines += [f"- {note}" for note in results.backend.notes]
     if chart_name:
         lines += ["", f"![latency by conversation length]({chart_name})"]
@@ -187,20 +193,20 @@ def chart(results: Results, path: Path) -> None:
     plt.close(fig)
 
 
-def stem(name: str, plan: Plan) -> str:
-    """The results files' name: ``<name>``, or ``<name>-<ops>`` for a run of some operations.
+def stem(name: str, plan: Plan, baseline: bool = False) -> str:
+    """The results files' name: ``<name>``, ``<name>-<ops>`` for a run of some operations.
 
-    A run restricted with ``--ops`` never overwrites the full run's table.
+    A run restricted with ``--ops`` never overwrites the full run's table, nor a run beside a
+    baseline (``-baseline`` at the end) a run without one.
     """
-    if set(plan.ops) == set(OPERATION_NAMES):
-        return name
-    return "-".join((name, *plan.ops))
+    parts = [name] if set(plan.ops) == set(OPERATION_NAMES) else [name, *plan.ops]
+    return "-".join([*parts, "baseline"] if baseline else parts)
 
 
 def write(results: Results, out: Path) -> Path:
     """Write ``<out>/<stem>.md`` and ``<out>/<stem>.png``; print the table; return the md path."""
     out.mkdir(parents=True, exist_ok=True)
-    name = stem(results.name, results.plan)
+    name = stem(results.name, results.plan, "baseline" in results.labels)
     png = out / f"{name}.png"
     chart(results, png)
     text = markdown(results, png.name)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from llama_index.storage.chat_store.bench._adapters import OursAdapter, RawAdapter
-from llama_index.storage.chat_store.bench._declare import Backend, Reference
+from llama_index.storage.chat_store.bench._baseline import Checkout
+from llama_index.storage.chat_store.bench._declare import Backend, Reference, is_quick
 from llama_index.storage.chat_store.bench._ops import (
     OPERATIONS,
     TURN,
@@ -29,7 +32,15 @@ from llama_index.storage.chat_store.testing.services._reference import (
 )
 
 WORKER = Path(__file__).with_name("_worker.py")
+FULL_REPEATS = 15
+QUICK_REPEATS = 3
+SELF_WARMING = 0.5  # seconds: a call this long needs no untimed call before it
 OPERATION_NAMES = tuple(op for op, _ in (*OPERATIONS, TURN, *VOLUME_OPERATIONS))
+
+
+def default_repeats(scale: float) -> int:
+    """Return the repeats of a run at ``scale``: every one, or few in a quick run."""
+    return QUICK_REPEATS if is_quick(scale) else FULL_REPEATS
 
 
 @dataclass(frozen=True)
@@ -134,25 +145,75 @@ class _InProcess:
         self.adapter.close()
 
 
-class _ReferenceProcess:
-    """LlamaIndex's store in the reference interpreter; it times itself, so IPC is not counted."""
+class _Worker:
+    """An implementation in its own process (``_worker.py``); it times itself: no IPC counted.
 
-    def __init__(self, reference: Reference, url: str, workdir: str) -> None:
-        python = reference_python(list(reference.requirements)).python
-        source = Path(workdir) / "reference_store.py"
-        source.write_text(reference.source, encoding="utf-8")
-        self._stderr = (Path(workdir) / "reference.log").open("w+", encoding="utf-8")
-        self._proc = subprocess.Popen(  # noqa: S603 (our worker in the reference interpreter)
-            [str(python), str(WORKER), str(source), url, workdir],
+    LlamaIndex's store runs in the reference interpreter (:meth:`reference`), ours in this
+    interpreter, at a previous revision with that revision's source folders first on the path
+    (:meth:`ours`). The process starts (and spends its seconds importing) before the server
+    is up; :meth:`connect` hands it the server's URL.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        workdir: str,
+        role: str,
+        env: dict[str, str] | None = None,
+        checkout: Checkout | None = None,
+    ) -> None:
+        self.role = role
+        self.checkout = checkout
+        self.hello: dict[str, Any] = {}
+        self.volume = self.turn = False
+        self._closed = False
+        self._stderr = (Path(workdir) / f"{role}.log").open("w+", encoding="utf-8")
+        self._proc = subprocess.Popen(  # noqa: S603 (our worker, in an interpreter we chose)
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,
             bufsize=1,
+            env=env,
         )
-        hello = self._reply()
-        self.volume = bool(hello["volume"])
-        self.turn = bool(hello.get("turn"))
+
+    @classmethod
+    def reference(cls, reference: Reference, workdir: str) -> _Worker:
+        """LlamaIndex's store, built by the reference source's ``make_store(url)``."""
+        python = reference_python(list(reference.requirements)).python
+        source = Path(workdir) / "reference_store.py"
+        source.write_text(reference.source, encoding="utf-8")
+        return cls([str(python), str(WORKER), str(source), workdir], workdir, "LlamaIndex")
+
+    @classmethod
+    def ours(cls, name: str, declaration: Path, workdir: str, checkout: Checkout | None) -> _Worker:
+        """Our store from the declaration's ``ours(url)``: the installed code or ``checkout``'s."""
+        env = dict(os.environ)
+        if checkout is not None:
+            path = [str(p) for p in checkout.python_path()]
+            env["PYTHONPATH"] = os.pathsep.join([*path, *filter(None, [env.get("PYTHONPATH")])])
+        argv = [sys.executable, "-m", f"{__package__}._worker", "--ours", name, str(declaration)]
+        role = "ours" if checkout is None else "baseline"
+        return cls([*argv, workdir], workdir, role, env, checkout)
+
+    def connect(self, url: str) -> _Worker:
+        """Build the store on the server at ``url``; return this worker, ready to measure.
+
+        Raises:
+            RuntimeError: The worker failed, or a baseline worker imported our core or the
+                store from outside its checkout (the current code instead of the revision's).
+        """
+        stdin = self._proc.stdin
+        assert stdin is not None
+        stdin.write(url + "\n")
+        stdin.flush()
+        self.hello = self._reply()
+        self.volume = bool(self.hello["volume"])
+        self.turn = bool(self.hello.get("turn"))
+        if self.checkout is not None:
+            self.checkout.imported_here(self.hello["modules"])
+        return self
 
     def _reply(self) -> dict[str, Any]:
         stdout: IO[str] | None = self._proc.stdout
@@ -160,10 +221,10 @@ class _ReferenceProcess:
         line = stdout.readline()
         if not line:
             self._stderr.seek(0)
-            raise RuntimeError(f"the LlamaIndex worker died:\n{self._stderr.read()[-4000:]}")
+            raise RuntimeError(f"the {self.role} worker died:\n{self._stderr.read()[-4000:]}")
         reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
-            raise RuntimeError(f"the LlamaIndex worker failed:\n{reply['error']}")
+            raise RuntimeError(f"the {self.role} worker failed:\n{reply['error']}")
         return reply
 
     def _call(self, verb: str, **args: Any) -> Any:
@@ -183,9 +244,13 @@ class _ReferenceProcess:
         self._call("delete", key=key)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._proc.poll() is None and self._proc.stdin is not None:
-                self._proc.stdin.write(json.dumps({"verb": "exit"}) + "\n")
+                if self.hello:  # connected; else the closed pipe is the worker's way out
+                    self._proc.stdin.write(json.dumps({"verb": "exit"}) + "\n")
                 self._proc.stdin.close()
             self._proc.wait(timeout=60)
         finally:
@@ -194,51 +259,121 @@ class _ReferenceProcess:
             self._stderr.close()
 
 
-def run_backend(name: str, backend: Backend, plan: Plan, log: IO[str] = sys.stderr) -> Results:
+class _Progress:
+    """Progress lines on the log, each with the seconds since the backend's run started."""
+
+    def __init__(self, name: str, log: IO[str], started: float) -> None:
+        self.name, self.log, self.started = name, log, started
+
+    def __call__(self, text: str) -> None:
+        print(f"[{self.name} +{time.monotonic() - self.started:.0f} s] {text}", file=self.log)
+
+
+def run_backend(
+    name: str,
+    backend: Backend,
+    plan: Plan,
+    log: IO[str] = sys.stderr,
+    baseline: Checkout | None = None,
+    declaration: Path | None = None,
+) -> Results:
     """Measure every selected operation of ``backend`` for each implementation it declares.
 
     LlamaIndex's store is measured on the conversations it can hold (``reference_holds``) and
     left out of longer ones; a run where it holds none never starts the reference interpreter.
+    With ``baseline``, our store at that revision is measured too, in a worker process built
+    from ``declaration`` (the file that declared ``backend``).
+
+    Raises:
+        ValueError: ``baseline`` without ``declaration``.
+        RuntimeError: A worker failed, or the baseline one imported the current code.
     """
+    if baseline is not None and declaration is None:
+        raise ValueError("a baseline run needs the declaration file of the backend")
     started = time.monotonic()
+    say = _Progress(name, log, started)
     plan = Plan.from_scale(plan.scale, plan.repeats, backend.long_conversation, plan.ops)
     labels = {"ours": f"{backend.title}, from this repository"}
     lengths = plan.conversation_lengths()
     holds = backend.reference_holds
     with (
         tempfile.TemporaryDirectory(prefix=f"chat-store-bench-{name}-") as workdir,
-        backend.server() as url,
+        ExitStack() as stack,
     ):
+        # Worker processes start first: their seconds of imports overlap the server's start.
+        workers = _start_workers(name, backend, lengths, workdir, baseline, declaration, labels)
+        for worker in workers.values():
+            stack.callback(worker.close)
+        say(f"started {', '.join(w.role for w in workers.values()) or 'no'} worker processes")
+        url = stack.enter_context(backend.server())
+        say("server ready")
         impls: dict[str, _Implementation] = {}
         try:
-            impls["ours"] = _InProcess(OursAdapter(backend.ours, url), workdir)
+            if "ours" in workers:
+                impls["ours"] = workers["ours"].connect(url)
+                impls["baseline"] = workers["baseline"].connect(url)
+            else:
+                impls["ours"] = _InProcess(OursAdapter(backend.ours, url), workdir)
             if backend.raw is not None:
                 raw = RawAdapter(backend.raw, url)
                 impls["raw"] = _InProcess(raw, workdir)
                 labels["raw"] = raw.driver.label
-            reference = backend.reference
-            if reference is not None and holds is not None and min(lengths, default=0) > holds:
-                labels["llama_index"] = (
-                    f"{reference.label}: its store cannot hold {min(lengths):,} "
-                    "messages, left out of this run"
-                )
-            elif reference is not None:
-                print(f"[{name}] starting the LlamaIndex reference interpreter", file=log)
-                impls["llama_index"] = _ReferenceProcess(reference, url, workdir)
-                reqs = [LLAMA_INDEX_CORE, *reference.requirements]
-                labels["llama_index"] = f"{reference.label} ({', '.join(reqs)})"
-                if holds is not None and max(lengths, default=0) > holds:
-                    labels["llama_index"] += (
-                        f"; its store holds at most {holds:,} of these messages, so it is "
-                        "left out of longer conversations"
-                    )
+            if "llama_index" in workers:
+                impls["llama_index"] = workers["llama_index"].connect(url)
             results = Results(name, backend, plan, labels)
-            _measure(name, impls, plan, holds, results, log)
+            say("implementations ready")
+            _measure(name, impls, plan, holds, results, say)
         finally:
+            say("closing")
             for impl in impls.values():
                 impl.close()
     results.seconds = time.monotonic() - started
+    say("done")
     return results
+
+
+def _start_workers(
+    name: str,
+    backend: Backend,
+    lengths: list[int],
+    workdir: str,
+    baseline: Checkout | None,
+    declaration: Path | None,
+    labels: dict[str, str],
+) -> dict[str, _Worker]:
+    """Start the processes of the implementations that run in one; label them in ``labels``."""
+    workers: dict[str, _Worker] = {}
+    try:
+        if baseline is not None and declaration is not None:
+            # Both sides of the comparison in like processes: a call timed in a worker
+            # follows a wake-up on its pipe, which the in-process one never pays.
+            workers["ours"] = _Worker.ours(name, declaration, workdir, None)
+            workers["baseline"] = _Worker.ours(name, declaration, workdir, baseline)
+            labels["ours"] += ", in a worker process like the baseline's"
+            labels["baseline"] = (
+                f"{backend.title} at {baseline.label()}, in a worker process importing "
+                "that revision's core and stores from a temporary git worktree"
+            )
+        reference, holds = backend.reference, backend.reference_holds
+        if reference is not None and holds is not None and min(lengths, default=0) > holds:
+            labels["llama_index"] = (
+                f"{reference.label}: its store cannot hold {min(lengths):,} "
+                "messages, left out of this run"
+            )
+        elif reference is not None:
+            workers["llama_index"] = _Worker.reference(reference, workdir)
+            reqs = [LLAMA_INDEX_CORE, *reference.requirements]
+            labels["llama_index"] = f"{reference.label} ({', '.join(reqs)})"
+            if holds is not None and max(lengths, default=0) > holds:
+                labels["llama_index"] += (
+                    f"; its store holds at most {holds:,} of these messages, so it is "
+                    "left out of longer conversations"
+                )
+    except BaseException:
+        for worker in workers.values():
+            worker.close()
+        raise
+    return workers
 
 
 def _key(name: str, impl: str, length: int) -> str:
@@ -255,7 +390,7 @@ def _measure(
     plan: Plan,
     holds: int | None,
     results: Results,
-    log: IO[str],
+    say: _Progress,
 ) -> None:
     order = list(impls)
 
@@ -271,9 +406,10 @@ def _measure(
         for impl in order:
             if measured(impl, length):
                 impls[impl].fill(_key(name, impl, length), length)
+    last: dict[tuple[str, str, int], float] = {}
     # Repeat 0 warms up (imports, caches, connections) and is thrown away.
     for repeat in range(plan.repeats + 1):
-        print(f"[{name}] repeat {repeat}/{plan.repeats}", file=log)
+        say(f"repeat {repeat}/{plan.repeats}")
         turn = order[repeat % len(order) :] + order[: repeat % len(order)]
         for length in lengths:
             for op in plan.operations_at(length):
@@ -283,9 +419,13 @@ def _measure(
                     # An untimed call first: the timed one must not pay for waking up after
                     # another implementation's long call (an idle client and server backend
                     # measured 3-5x slower on their next statement), and rotation alone
-                    # always puts the same implementation right after the slowest one.
-                    impls[impl].sample(op, _key(name, impl, length), length)
-                    took = impls[impl].sample(op, _key(name, impl, length), length)
+                    # always puts the same implementation right after the slowest one. A call
+                    # that took SELF_WARMING seconds last time skips it (waking costs
+                    # milliseconds, under 1 % of such a call), and so does round 0, untimed.
+                    key, sample = _key(name, impl, length), (impl, op, length)
+                    if repeat and last.get(sample, 0.0) < SELF_WARMING:
+                        impls[impl].sample(op, key, length)
+                    took = last[sample] = impls[impl].sample(op, key, length)
                     if repeat:
                         results.samples.setdefault((impl, op, length), []).append(took)
     for length in lengths:
@@ -298,7 +438,7 @@ def _measure(
     for n in plan.volumes:
         # No warm-up round: one persist or load is long enough to amortise first-call costs.
         for repeat in range(plan.volume_repeats):
-            print(f"[{name}] persist/load of {n} messages, repeat {repeat + 1}", file=log)
+            say(f"persist/load of {n} messages, repeat {repeat + 1}")
             turn = volume[repeat % len(volume) :] + volume[: repeat % len(volume)]
             for op, _ in VOLUME_OPERATIONS:
                 if op not in plan.ops:

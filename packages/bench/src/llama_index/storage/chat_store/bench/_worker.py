@@ -1,10 +1,15 @@
-"""The LlamaIndex side of a benchmark, run as a script by the reference interpreter.
+"""An implementation measured in its own process: LlamaIndex's store, or a baseline of ours.
 
-``python _worker.py REFERENCE_SOURCE_FILE URL WORKDIR`` builds LlamaIndex's store with the
-``make_store(url)`` function the backend's reference source defines, then answers one JSON
-command per line on stdin with one JSON reply per line. Timing happens here, with the same
-``Sampler`` the harness uses in-process, so the pipe is never measured. Standard library plus
-``llama_index.core`` (only in the reference environment): this file runs beside ``_ops.py``.
+``python _worker.py REFERENCE_SOURCE_FILE WORKDIR`` (run as a script by the reference
+interpreter) builds LlamaIndex's store with the ``make_store(url)`` function the backend's
+reference source defines. ``python -m llama_index.storage.chat_store.bench._worker --ours
+NAME DECLARATION_FILE WORKDIR`` (run by the harness's interpreter with a previous
+revision's source folders first on ``PYTHONPATH``) builds our store with the declaration's
+``ours(url)``, and reports the files its modules came from. Either way the worker then answers
+one JSON command per line on stdin with one JSON reply per line. Timing happens here, with the
+same ``Sampler`` the harness uses in-process, so the pipe is never measured. As a script it
+needs the standard library plus ``llama_index.core`` (only in the reference environment): this
+file runs beside ``_ops.py``.
 """
 
 from __future__ import annotations
@@ -81,6 +86,11 @@ class LlamaIndexAdapter(Adapter):
     def delete(self, key: str) -> None:
         self.store.delete_messages(key)
 
+    def drop_last(self, key: str, n: int) -> None:
+        # Each of its removals reads and rewrites the whole conversation where it keeps one
+        # value (DynamoDB, PostgreSQL): one read and one write instead of n of each.
+        self.store.set_messages(key, self.store.get_messages(key)[:-n])
+
     def new_volume(self, n: int) -> None:
         self.volume = self.make_store(self.url)
         for c in range(0, n, MESSAGES_PER_CONVERSATION):
@@ -94,21 +104,66 @@ class LlamaIndexAdapter(Adapter):
         type(self.volume).from_persist_path(persist_path=path)
 
 
-def main() -> None:
-    source_file, url, workdir = sys.argv[1:4]
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+Build = Callable[[str], "tuple[Adapter, dict[str, Any]]"]
+
+
+def _llama_index(source_file: str) -> Build:
     namespace: dict[str, Any] = {"__name__": "llama_index_reference"}
     with open(source_file, encoding="utf-8") as f:
         exec(compile(f.read(), source_file, "exec"), namespace)  # noqa: S102 (the backend's own reference code)
-    adapter = LlamaIndexAdapter(namespace["make_store"], url)
+
+    def build(url: str) -> tuple[Adapter, dict[str, Any]]:
+        adapter = LlamaIndexAdapter(namespace["make_store"], url)
+        return adapter, {"volume": adapter.supports_volume, "turn": adapter.supports_turn}
+
+    return build
+
+
+def _ours(name: str, declaration: str) -> Build:
+    # Imported here: the reference interpreter has neither the harness nor our stores.
+    from pathlib import Path
+
+    from llama_index.storage.chat_store.bench._adapters import OursAdapter
+    from llama_index.storage.chat_store.bench._cli import load
+    from llama_index.storage.chat_store.bench._declare import Backend
+
+    bench = load(name, Path(declaration))
+    if not isinstance(bench, Backend):
+        raise TypeError(f"{declaration} declares a Task, not a Backend: it has no store")
+
+    def build(url: str) -> tuple[Adapter, dict[str, Any]]:
+        adapter = OursAdapter(bench.ours, url)
+        store_module = type(adapter.store).__module__
+        modules = {
+            module: sys.modules[module].__file__ or ""
+            for module in ("llama_index.storage.chat_store.core", store_module)
+        }
+        return adapter, {
+            "volume": adapter.supports_volume,
+            "turn": adapter.supports_turn,
+            "modules": modules,
+        }
+
+    return build
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+    # Imports first (seconds): the harness starts the server meanwhile, then sends its URL.
+    if args[0] == "--ours":
+        name, declaration, workdir = args[1:4]
+        build = _ours(name, declaration)
+    else:
+        source_file, workdir = args[:2]
+        build = _llama_index(source_file)
+    url = sys.stdin.readline().strip()
+    if not url:  # the harness gave up before its server was up
+        return
+    adapter, hello = build(url)
     sampler = Sampler(adapter, workdir)
-    replies.write(
-        json.dumps(
-            {"ready": True, "volume": adapter.supports_volume, "turn": adapter.supports_turn}
-        )
-        + "\n"
-    )
+    replies.write(json.dumps({"ready": True, **hello}) + "\n")
     for line in sys.stdin:
         command = json.loads(line)
         try:

@@ -1,4 +1,4 @@
-"""A real PostgreSQL for tests (initdb + postgres on loopback), and stand-ins for Google connectors.
+"""Test support for the Postgres family: a real PostgreSQL, stand-ins for Google's connectors.
 
 For your own app's tests too (needs ``llama-index-storage-chat-store-testing``, the
 ``testing`` extra): ``start_postgres()`` returns a running, restartable server on a free port
@@ -6,7 +6,8 @@ For your own app's tests too (needs ``llama-index-storage-chat-store-testing``, 
 ``postgres_url`` session fixture comes from here (``CHAT_STORE_TEST_POSTGRES_URL`` points it at
 a database of yours). The YugabyteDB, AlloyDB and Cloud SQL packages test on this server:
 :class:`LocalConnector` and :class:`LocalAsyncConnector` open plain connections to it where
-Google's connectors would open a tunnel to an instance.
+Google's connectors would open a tunnel to an instance; :class:`GoogleStoreConformance` is the
+suite for a store built on them.
 """
 
 from llama_index.storage.chat_store.postgres.testing._google_cloud import (
@@ -20,13 +21,21 @@ from llama_index.storage.chat_store.postgres.testing._server import (
     postgres_url,
     start_postgres,
 )
+from llama_index.storage.chat_store.postgres.testing.google import (
+    GoogleStoreConformance,
+    open_google_store,
+    use_local_connectors,
+)
 
 __all__ = [
+    "GoogleStoreConformance",
     "LocalAsyncConnector",
     "LocalConnector",
     "google_cloud_table",
     "local_instance",
+    "open_google_store",
     "postgres_bindir",
     "postgres_url",
     "start_postgres",
+    "use_local_connectors",
 ]

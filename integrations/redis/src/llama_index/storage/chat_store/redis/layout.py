@@ -1,6 +1,9 @@
-r"""Where a chat store keeps its data in Redis, and how each operation becomes one script call.
+r"""The Redis list layout: where a chat store keeps its data, each operation as one script call.
 
-Shared by the redis and upstash stores: they differ only in how a script call travels.
+Public, for every store speaking to Redis through some transport: :class:`ListChatStore` is
+the whole chat store over this layout, and a subclass says only how one script call travels
+(``_execute``/``_aexecute``: redis-py's sockets for ``RedisChatStore``, Upstash's REST API
+for ``UpstashChatStore``) and how to scan for existing lists.
 
 * A conversation is one LIST at ``namespace + key`` whose elements are message JSON (core's
   serializer), oldest first. With the default empty namespace this is exactly the layout of
@@ -16,29 +19,35 @@ Shared by the redis and upstash stores: they differ only in how a script call tr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
+from pydantic import AliasChoices, Field
+
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendUnavailableError,
+    Capability,
     ChatMessage,
     ChatStoreError,
     ConfigurationError,
     CorruptDataError,
+    InvalidKeyError,
     message_to_json,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
 from llama_index.storage.chat_store.core.messages import messages_from_json
-from llama_index.storage.chat_store.core.retries import new_op_id
 from llama_index.storage.chat_store.redis import _scripts
 from llama_index.storage.chat_store.redis._scripts import Script
 
 __all__ = [
     "KEYS_PAGE_SIZE",
     "KeysPage",
+    "ListChatStore",
     "ListLayout",
     "Op",
     "has_hash_tag",
@@ -69,17 +78,6 @@ class Op(Generic[T]):
     decode: Callable[[Any], T]
     key: str | None = None
     """The conversation key, named in errors."""
-    mutates: bool = False
-    """A change carrying an op id (``args[2]``): applied at most once however often sent."""
-
-    def mark_sent(self) -> None:
-        """Make every later send of this change look for its op id in the record first.
-
-        The store calls it when a send failed (the change may have been applied); a first
-        send skips the search, its op id being new.
-        """
-        if self.mutates and self.args[2][:1] != _RESEND:
-            self.args = (*self.args[:2], _RESEND + self.args[2], *self.args[3:])
 
 
 @dataclass(frozen=True)
@@ -146,46 +144,62 @@ class ListLayout:
         return Op(script, (self.conversation(key), *self.registry), (key, *args), decode, key)
 
     def _change(
-        self, script: Script, key: str, args: Sequence[str], decode: Callable[[Any], T]
+        self,
+        script: Script,
+        key: str,
+        args: Sequence[str],
+        decode: Callable[[Any], T],
+        change: Change,
     ) -> Op[T]:
+        """A script call carrying ``change``'s op id (``args[2]``), applied at most once.
+
+        The id goes with a mark when the change may have been applied already (an earlier
+        send failed, or the client may resend by itself): then the script looks for it in
+        the record first; a first send skips the search, its op id being new.
+        """
         conv = self.conversation(key)
         keys = (conv, *self.registry, conv + _RECORD)
-        op_id = _RESEND + new_op_id() if self.client_resends else new_op_id()
+        op_id = _RESEND + change.id if change.check or self.client_resends else change.id
         head = (key, self._ttl_arg, op_id, self._record_arg)
-        return Op(script, keys, (*head, *args), decode, key, mutates=True)
+        return Op(script, keys, (*head, *args), decode, key)
 
     def _read(self) -> str:
         return str(self.ttl_ms) if self.refresh_on_read and self.ttl_ms else _KEEP_EXPIRY
 
     # -- writes ------------------------------------------------------------------------------
 
-    def append(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
+    def append(self, key: str, messages: Sequence[ChatMessage], change: Change) -> Op[None]:
         """Append ``messages`` (at least one)."""
-        return self._change(_scripts.APPEND, key, [*map(message_to_json, messages)], _none)
+        jsons = [*map(message_to_json, messages)]
+        return self._change(_scripts.APPEND, key, jsons, _none, change)
 
-    def insert(self, key: str, idx: int, message: ChatMessage) -> Op[None]:
+    def insert(self, key: str, idx: int, message: ChatMessage, change: Change) -> Op[None]:
         """Insert ``message`` before position ``idx`` (``list.insert`` semantics)."""
-        return self._change(_scripts.INSERT, key, [str(idx), message_to_json(message)], _none)
+        args = [str(idx), message_to_json(message)]
+        return self._change(_scripts.INSERT, key, args, _none, change)
 
-    def replace(self, key: str, messages: Sequence[ChatMessage]) -> Op[None]:
+    def replace(self, key: str, messages: Sequence[ChatMessage], change: Change) -> Op[None]:
         """Replace the conversation (no messages: remove it)."""
-        return self._change(_scripts.REPLACE, key, [*map(message_to_json, messages)], _none)
+        jsons = [*map(message_to_json, messages)]
+        return self._change(_scripts.REPLACE, key, jsons, _none, change)
 
-    def delete_all(self, key: str) -> Op[list[ChatMessage]]:
+    def delete_all(self, key: str, change: Change) -> Op[list[ChatMessage]]:
         """Remove the conversation; the reply is its messages."""
-        return self._change(_scripts.DELETE_ALL, key, [], _messages(key, 0, removed=True))
+        decode = _messages(key, 0, removed=True)
+        return self._change(_scripts.DELETE_ALL, key, [], decode, change)
 
-    def delete_at(self, key: str, idx: int) -> Op[ChatMessage | None]:
+    def delete_at(self, key: str, idx: int, change: Change) -> Op[ChatMessage | None]:
         """Remove the message at ``idx``; the reply is that message or ``None``."""
-        return self._change(_scripts.DELETE_AT, key, [str(idx)], _positioned(key))
+        return self._change(_scripts.DELETE_AT, key, [str(idx)], _positioned(key), change)
 
-    def pop_last(self, key: str) -> Op[ChatMessage | None]:
+    def pop_last(self, key: str, change: Change) -> Op[ChatMessage | None]:
         """Remove the last message; the reply is that message or ``None``."""
-        return self._change(_scripts.POP_LAST, key, [], _positioned(key))
+        return self._change(_scripts.POP_LAST, key, [], _positioned(key), change)
 
-    def pop_first(self, key: str, n: int) -> Op[list[ChatMessage]]:
+    def pop_first(self, key: str, n: int, change: Change) -> Op[list[ChatMessage]]:
         """Remove the first ``n`` (> 0) messages; the reply is them, oldest first."""
-        return self._change(_scripts.POP_FIRST, key, [str(n)], _messages(key, 0, removed=True))
+        decode = _messages(key, 0, removed=True)
+        return self._change(_scripts.POP_FIRST, key, [str(n)], decode, change)
 
     def adopt(self, key: str) -> Op[bool]:
         """Register an existing list at ``key`` keeping its expiry; the reply says if it was one."""
@@ -304,3 +318,149 @@ def reply_error(message: str, op: Op[Any] | None, where: str) -> ChatStoreError:
         return BackendUnavailableError(f"{where} cannot serve requests now: {message}")
     what = "" if op is None else f" running {op.script.name if op.script else op.args[0]}"
     return ChatStoreError(f"{where} failed{what}: {message}")
+
+
+_RECORD_MS = 300_000
+"""Least time a conversation's record of changes outlives its last change."""
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+class ListChatStore(PlannedChatStore):
+    """A chat store keeping each conversation as one Redis list (the layout above).
+
+    Every operation is one script call: one round trip, atomic on the server, so concurrent
+    writers never lose a message and two concurrent removals never return the same one.
+
+    Corrupt data (an element that is not message JSON, or not UTF-8) follows one rule on
+    every Redis-family store: reads raise :class:`CorruptDataError` naming the key and
+    position and change nothing; a removal removes everything it was asked to (atomically,
+    so corrupt data can always be deleted), then raises :class:`CorruptDataError` naming
+    the key and the first unreadable position it removed, with the raw data on ``data``.
+    ``set_messages(key, [])`` removes a conversation without reading it.
+
+    A call that fails on the way (a dropped connection, a timeout, a server busy loading) is
+    retried by the store, up to ``retries`` more times with exponential backoff and jitter
+    (from ``retry_backoff`` seconds, doubling) within ``retry_deadline`` seconds. Every
+    change carries an operation id, made once per call and checked in the same script that
+    applies it, so a retry of a change whose reply was lost applies nothing twice and
+    returns what the first attempt returned (a removal returns the messages it removed).
+    When the retries run out the call raises :class:`BackendUnavailableError`, whose message
+    says whether the change was applied: "nothing was applied" when no attempt reached
+    the server, otherwise "the outcome is unknown" (it was applied once or not at all).
+    """
+
+    namespace: str = ""
+    """Prefix of every key. Empty (the default) reads and writes LlamaIndex's raw keys."""
+    ttl: int | None = Field(default=None, gt=0, validation_alias=AliasChoices("ttl", "ttl_seconds"))
+    """Seconds a conversation lives after its last change (``None``: forever)."""
+    refresh_on_read: bool = False
+    """Reads also push the expiry to now + ttl."""
+
+    @cached_property
+    def _layout(self) -> ListLayout:
+        ttl_ms = 0 if self.ttl is None else self.ttl * 1000
+        # The record of changes must outlive every retry of a call.
+        record_ms = max(_RECORD_MS, int(self.retry_deadline * 2000))
+        return ListLayout(
+            self.namespace, ttl_ms, self.refresh_on_read, record_ms, self._client_resends
+        )
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """Persistent, shared, expiring, natively async; EXACTLY_ONCE when ``retries`` > 0."""
+        found = {Capability.PERSISTENT, Capability.SHARED, Capability.TTL, Capability.NATIVE_ASYNC}
+        if self.retries > 0:
+            found.add(Capability.EXACTLY_ONCE)
+        return frozenset(found)
+
+    # -- transport: what a subclass provides ------------------------------------------------
+
+    @abstractmethod
+    def _execute(self, step: Op[Any]) -> Any:
+        """Run one script call and return the raw reply, raising core errors."""
+
+    @abstractmethod
+    async def _aexecute(self, step: Op[Any]) -> Any:
+        """Async :meth:`_execute`."""
+
+    @abstractmethod
+    def _scan_lists(self, pattern: str) -> Iterator[str]:
+        """Yield the names of LIST keys matching the glob ``pattern`` (may repeat a name)."""
+
+    @property
+    def _client_resends(self) -> bool:
+        """Whether the client may resend a call by itself (see :class:`ListLayout`)."""
+        return False
+
+    # -- the plans: one script call each -------------------------------------------------------
+
+    def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        return _one(self._layout.window(key, offset, limit))
+
+    def _count_plan(self, key: str) -> Plan[int]:
+        return _one(self._layout.count(key))
+
+    def _add_plan(
+        self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
+    ) -> Plan[None]:
+        if idx is None:
+            return _one(self._layout.append(key, messages, change))
+        return _one(self._layout.insert(key, idx, messages[0], change))
+
+    def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
+        return _one(self._layout.replace(key, messages, change))
+
+    def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+        return _one(self._layout.delete_all(key, change))
+
+    def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
+        return _one(self._layout.delete_at(key, idx, change))
+
+    def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
+        return _one(self._layout.pop_last(key, change))
+
+    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+        return _one(self._layout.pop_first(key, n, change))
+
+    def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
+        page = yield from _one(self._layout.keys_page(cursor))
+        return page.keys, page.cursor
+
+    def _clear_plan(self) -> Plan[None]:
+        """Remove the registered conversations a page at a time, then the registry."""
+        page = self._layout.clear_page()
+        while (yield from _one(page)):
+            pass
+
+    def adopt(self, match: str = "*") -> list[str]:
+        """Register existing conversations (e.g. written by LlamaIndex) so get_keys lists them.
+
+        Scans the database for LIST keys under the namespace matching the glob ``match``,
+        checks that their first and last elements are chat messages, and registers each with
+        the expiry it already has; the data is not changed. Lists of other data and keys this
+        store cannot take (too long) are skipped. Running it again is harmless.
+
+        Returns:
+            The keys adopted.
+        """
+        plain = ListLayout(self.namespace)
+        adopted: list[str] = []
+        for name in dict.fromkeys(self._scan_lists(_glob_escape(self.namespace) + match)):
+            key = name[len(self.namespace) :]
+            try:
+                self._check_key(key)
+                self._read(lambda: _one(plain.window(key, 0, 1)))  # noqa: B023 (run at once)
+                self._read(lambda: _one(plain.window(key, -1, 1)))  # noqa: B023
+            except (InvalidKeyError, CorruptDataError):
+                continue
+            if self._read(lambda: _one(plain.adopt(key))):  # noqa: B023
+                adopted.append(key)
+        return adopted
+
+
+def _one(op: Op[T]) -> Plan[T]:
+    """The plan of one script call: send it, decode its reply."""
+    return op.decode((yield op))

@@ -1,0 +1,497 @@
+"""The backend kit: what a chat store backend is made of, written once for every backend.
+
+A backend says what each operation does as a *plan* and how one step of a plan travels to
+its server, once synchronously (:meth:`PlannedChatStore._execute`) and once asynchronously
+(:meth:`PlannedChatStore._aexecute`). :class:`PlannedChatStore` provides the rest: every
+public method of the protocol, sync and async, with their argument checks; retries with
+backoff (:class:`RetryPolicy`) and an operation id carried by every attempt of a change
+(:class:`Change`); key paging. So a backend writes each operation once, and both drivers
+run the same multi-step protocol (conditional writes, conflicts, clean-up).
+
+A plan is a generator (:data:`Plan`): it yields steps (whatever the backend's executor
+takes: a script call, an SQL statement, an SDK call, or :class:`Sleep`), receives each
+step's result, and returns the operation's answer::
+
+    def _count_plan(self, key: str) -> Plan[int]:
+        reply = yield Call("get_row", key)
+        return 0 if reply is None else reply["count"]
+
+A step whose conditional write found the data not as expected raises
+:class:`ConflictError` in the executor; the drivers throw it into the plan, which may read
+again and retry (with :class:`Sleep` steps between). Any other error leaves the plan (the
+executor raises core errors, e.g. :class:`BackendUnavailableError` for a transport failure)
+and, when it is a transport failure, the whole plan runs again per the store's retry policy,
+as a new plan made by the same factory.
+
+Also here: lazy and per-event-loop clients (:class:`Lazy`, :class:`PerLoop`), moving a
+password out of a URL (:func:`split_password`) and masking one (:func:`mask_url`), and the
+argument checks every backend shares (:func:`check_window`, :func:`check_index`,
+:func:`window`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from pydantic import Field
+
+from llama_index.storage.chat_store.core._lazy import Lazy, PerLoop
+from llama_index.storage.chat_store.core.errors import NotSentError
+from llama_index.storage.chat_store.core.messages import (
+    ChatMessage,
+    coerce_message,
+    coerce_messages,
+)
+from llama_index.storage.chat_store.core.registry import mask_url
+from llama_index.storage.chat_store.core.retries import (
+    RetryPolicy,
+    acall_with_retries,
+    call_with_retries,
+    new_op_id,
+)
+from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
+
+__all__ = [
+    "Change",
+    "ConflictError",
+    "Lazy",
+    "PerLoop",
+    "Plan",
+    "PlannedChatStore",
+    "RetryPolicy",
+    "Sleep",
+    "adrive",
+    "check_index",
+    "check_window",
+    "drive",
+    "mask_url",
+    "split_password",
+    "window",
+]
+
+T = TypeVar("T")
+
+Plan = Generator[Any, Any, T]
+"""An operation: yields steps, receives their results, returns the operation's answer."""
+
+
+class Sleep:
+    """A step every driver performs itself: wait ``seconds`` (backoff inside a plan)."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __repr__(self) -> str:
+        return f"Sleep({self.seconds!r})"
+
+
+class ConflictError(Exception):
+    """A conditional step found the data not as it expected (thrown into the plan)."""
+
+
+class Change:
+    """One call that changes a conversation, across the attempts that run it.
+
+    ``id`` (:func:`new_op_id`) is the same for every attempt: a backend writes it atomically
+    with the change, so an attempt can tell whether an earlier one was applied. ``check``
+    is true once an earlier attempt may have reached the server (it failed in any way but
+    :class:`NotSentError`): only then need a plan look for ``id`` before changing anything.
+    A plan that itself finds it must look (its own conditional write failed after the
+    driver resent it) may set ``check``.
+    """
+
+    __slots__ = ("attempts", "check", "id")
+
+    def __init__(self, op_id: str | None = None) -> None:
+        self.id = new_op_id() if op_id is None else op_id
+        self.attempts = 0
+        self.check = False
+
+    def __repr__(self) -> str:
+        return f"Change(id={self.id!r}, attempts={self.attempts}, check={self.check})"
+
+
+def drive(plan: Plan[T], execute: Callable[[Any], Any]) -> T:
+    """Run ``plan`` to its answer, sending each step to ``execute``.
+
+    :class:`Sleep` steps sleep here. :class:`ConflictError` from ``execute`` is thrown into
+    the plan; any other error closes the plan and propagates.
+    """
+    result: Any = None
+    error: ConflictError | None = None
+    while True:
+        try:
+            step = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result = error = None
+        if type(step) is Sleep:
+            time.sleep(step.seconds)
+            continue
+        try:
+            result = execute(step)
+        except ConflictError as exc:
+            error = exc
+        except BaseException:
+            plan.close()
+            raise
+
+
+async def adrive(plan: Plan[T], execute: Callable[[Any], Awaitable[Any]]) -> T:
+    """Async :func:`drive`: ``execute(step)`` is awaited, :class:`Sleep` is ``asyncio.sleep``."""
+    result: Any = None
+    error: ConflictError | None = None
+    while True:
+        try:
+            step = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result = error = None
+        if type(step) is Sleep:
+            await asyncio.sleep(step.seconds)
+            continue
+        try:
+            result = await execute(step)
+        except ConflictError as exc:
+            error = exc
+        except BaseException:
+            plan.close()
+            raise
+
+
+@functools.lru_cache(maxsize=64)
+def _policy(retries: int, backoff: float, deadline: float) -> RetryPolicy:
+    # Made once per configuration: building a frozen dataclass on every call costs more
+    # than the rest of the store's own work on a call.
+    return RetryPolicy(retries, backoff, deadline)
+
+
+def check_index(name: str, value: Any) -> int:
+    """Return ``value`` if it is an int (not a bool).
+
+    Raises:
+        TypeError: It is not (the message names the argument).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__qualname__}")
+    return value
+
+
+def split_password(url: str, *, query_wins: bool = True) -> tuple[str, str | None]:
+    """Return ``url`` without its password, and the password (``None`` if it had none).
+
+    A password may sit in the user info (``scheme://user:pw@host/...``) or in the query
+    (``?password=pw``). When both are given, the query's wins (as libpq reads them), or
+    with ``query_wins=False`` the user info's (as redis-py reads them). Both places are
+    emptied, so the URL can be shown, dumped and logged. The rest of the URL is kept as
+    written (``unix:///path`` keeps its three slashes).
+    """
+    parts = urlsplit(url)
+    netloc, password = parts.netloc, None
+    if parts.password is not None:
+        password = unquote(parts.password)
+        user = parts.username or ""
+        host = netloc.rpartition("@")[2]
+        netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = [value for name, value in query if name == "password"]
+    if given and (query_wins or password is None):
+        password = given[-1]
+    kept = urlencode([(name, value) for name, value in query if name != "password"])
+    text = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{kept}" if kept else "")
+    return text + (f"#{parts.fragment}" if parts.fragment else ""), password
+
+
+class PlannedChatStore(BaseChatStore):
+    """The chat store protocol over plans: a backend supplies plans and a step executor.
+
+    Subclasses implement the ``_*_plan`` hooks (each returns a new generator; a change's
+    hook receives the call's :class:`Change`), :meth:`_execute` and, with a native async
+    driver, :meth:`_aexecute` (by default the sync executor runs in a worker thread). Every
+    public method, sync and async, is written here once: keys are checked, messages
+    coerced, windows and indices validated, and the plan run through the retry policy.
+
+    A call that fails for want of the server (the executor raises
+    :class:`BackendUnavailableError`) is tried again, up to ``retries`` more times with
+    exponential backoff and jitter (from ``retry_backoff`` seconds, doubling) within
+    ``retry_deadline`` seconds, each attempt a new plan. Every attempt of a change carries
+    the same operation id; when the retries run out, the error says whether nothing was
+    applied or the outcome is unknown.
+    """
+
+    retries: int = Field(default=3, ge=0)
+    """Times a call that failed for want of the server is tried again (0: never)."""
+    retry_backoff: float = Field(default=0.05, ge=0)
+    """Seconds before the first retry, doubling for each next one (jittered)."""
+    retry_deadline: float = Field(default=10.0, gt=0)
+    """Seconds after which a failing call stops retrying."""
+
+    def __init__(self, /, **data: Any) -> None:
+        """Build the store from its fields (a backend's own ``__init__`` passes them on)."""
+        super().__init__(**data)
+
+    # -- what a backend provides --------------------------------------------------------------
+
+    @abstractmethod
+    def _execute(self, step: Any) -> Any:
+        """Send one step to the server and return its result, raising core errors.
+
+        Raises :class:`ConflictError` for a conditional step whose condition failed.
+        """
+
+    async def _aexecute(self, step: Any) -> Any:
+        """Async :meth:`_execute`; by default the sync one, in a worker thread."""
+        return await asyncio.to_thread(self._execute, step)
+
+    @abstractmethod
+    def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        """Read ``messages[offset:][:limit]`` (the window is checked already)."""
+
+    @abstractmethod
+    def _count_plan(self, key: str) -> Plan[int]:
+        """Count the messages."""
+
+    @abstractmethod
+    def _add_plan(
+        self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
+    ) -> Plan[None]:
+        """Append ``messages`` (one or more), or insert the one message at ``idx``."""
+
+    @abstractmethod
+    def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
+        """Replace the conversation (``[]``: remove it)."""
+
+    @abstractmethod
+    def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+        """Remove the conversation and return what it held."""
+
+    @abstractmethod
+    def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
+        """Remove and return the message at ``idx`` (``None`` when out of range)."""
+
+    def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
+        """Remove and return the last message (by default: the one at -1)."""
+        return self._delete_at_plan(key, -1, change)
+
+    @abstractmethod
+    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+        """Remove and return the first ``n`` messages (``n`` > 0)."""
+
+    @abstractmethod
+    def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
+        """Read the page of keys at ``cursor`` (``None``: the first).
+
+        Returns the keys and the next page's cursor, ``None`` after the last page.
+        """
+
+    @abstractmethod
+    def _clear_plan(self) -> Plan[None]:
+        """Remove every conversation of this store."""
+
+    # -- running plans ------------------------------------------------------------------------
+
+    @property
+    def _retry_policy(self) -> RetryPolicy:
+        return _policy(self.retries, self.retry_backoff, self.retry_deadline)
+
+    def _drive(self, plan: Plan[T]) -> T:
+        """Run one attempt of a plan (a backend may wrap it, e.g. in a transaction)."""
+        return drive(plan, self._execute)
+
+    async def _adrive(self, plan: Plan[T]) -> T:
+        """Async :meth:`_drive`."""
+        return await adrive(plan, self._aexecute)
+
+    def _read(self, make: Callable[[], Plan[T]]) -> T:
+        """Run a plan that changes nothing: a new one for each attempt."""
+        return call_with_retries(lambda: self._drive(make()), self._retry_policy, mutates=False)
+
+    async def _aread(self, make: Callable[[], Plan[T]]) -> T:
+        """Async :meth:`_read`."""
+        return await acall_with_retries(
+            lambda: self._adrive(make()), self._retry_policy, mutates=False
+        )
+
+    def _change(self, make: Callable[[Change], Plan[T]]) -> T:
+        """Run a change: every attempt is a new plan carrying the same :class:`Change`."""
+        change = Change()
+
+        def attempt() -> T:
+            change.attempts += 1
+            try:
+                return self._drive(make(change))
+            except NotSentError:
+                raise
+            except BaseException:
+                change.check = True  # it may have been applied: a resend looks first
+                raise
+
+        return call_with_retries(attempt, self._retry_policy, mutates=True)
+
+    async def _achange(self, make: Callable[[Change], Plan[T]]) -> T:
+        """Async :meth:`_change`."""
+        change = Change()
+
+        async def attempt() -> T:
+            change.attempts += 1
+            try:
+                return await self._adrive(make(change))
+            except NotSentError:
+                raise
+            except BaseException:
+                change.check = True
+                raise
+
+        return await acall_with_retries(attempt, self._retry_policy, mutates=True)
+
+    # -- sync API -----------------------------------------------------------------------------
+
+    def get_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Return ``messages[offset:][:limit]`` (``[]`` for a missing key)."""
+        key = self._check_key(key)
+        check_window(offset, limit)
+        return self._read(lambda: self._get_plan(key, offset, limit))
+
+    def count_messages(self, key: str) -> int:
+        """Return the number of messages (0 for a missing key)."""
+        key = self._check_key(key)
+        return self._read(lambda: self._count_plan(key))
+
+    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Append ``message`` atomically, or insert it at ``idx`` like ``list.insert``."""
+        key = self._check_key(key)
+        batch = [coerce_message(message, copy=False)]
+        if idx is not None:
+            check_index("idx", idx)
+        self._change(lambda change: self._add_plan(key, batch, idx, change))
+
+    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Append ``messages`` atomically, in order (``[]`` makes no call)."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages, copy=False)
+        if batch:
+            self._change(lambda change: self._add_plan(key, batch, None, change))
+
+    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Replace the conversation atomically (``[]`` removes it)."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages, copy=False)
+        self._change(lambda change: self._set_plan(key, batch, change))
+
+    def delete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Remove the conversation; return its messages, or ``None`` if it had none."""
+        key = self._check_key(key)
+        return self._change(lambda change: self._delete_all_plan(key, change)) or None
+
+    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Remove and return the message at ``idx``; ``None`` when out of range."""
+        key = self._check_key(key)
+        check_index("idx", idx)
+        return self._change(lambda change: self._delete_at_plan(key, idx, change))
+
+    def delete_last_message(self, key: str) -> ChatMessage | None:
+        """Remove and return the last message; ``None`` when there is none."""
+        key = self._check_key(key)
+        return self._change(lambda change: self._pop_plan(key, change))
+
+    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Remove and return the first ``n`` messages (fewer if shorter)."""
+        key = self._check_key(key)
+        if check_index("n", n) <= 0:
+            return []
+        return self._change(lambda change: self._oldest_plan(key, n, change))
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield this store's keys holding messages, a page per call."""
+        keys, cursor = self._read(lambda: self._keys_plan(None))
+        yield from keys
+        while cursor is not None:
+            keys, cursor = self._read(functools.partial(self._keys_plan, cursor))
+            yield from keys
+
+    def clear(self) -> None:
+        """Remove every conversation of this store."""
+        self._read(self._clear_plan)
+
+    # -- async API ----------------------------------------------------------------------------
+
+    async def aget_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
+        """Async :meth:`get_messages`."""
+        key = self._check_key(key)
+        check_window(offset, limit)
+        return await self._aread(lambda: self._get_plan(key, offset, limit))
+
+    async def acount_messages(self, key: str) -> int:
+        """Async :meth:`count_messages`."""
+        key = self._check_key(key)
+        return await self._aread(lambda: self._count_plan(key))
+
+    async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
+        """Async :meth:`add_message`."""
+        key = self._check_key(key)
+        batch = [coerce_message(message, copy=False)]
+        if idx is not None:
+            check_index("idx", idx)
+        await self._achange(lambda change: self._add_plan(key, batch, idx, change))
+
+    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`add_messages`."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages, copy=False)
+        if batch:
+            await self._achange(lambda change: self._add_plan(key, batch, None, change))
+
+    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
+        """Async :meth:`set_messages`."""
+        key = self._check_key(key)
+        batch = coerce_messages(messages, copy=False)
+        await self._achange(lambda change: self._set_plan(key, batch, change))
+
+    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
+        """Async :meth:`delete_messages`."""
+        key = self._check_key(key)
+        return await self._achange(lambda change: self._delete_all_plan(key, change)) or None
+
+    async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Async :meth:`delete_message`."""
+        key = self._check_key(key)
+        check_index("idx", idx)
+        return await self._achange(lambda change: self._delete_at_plan(key, idx, change))
+
+    async def adelete_last_message(self, key: str) -> ChatMessage | None:
+        """Async :meth:`delete_last_message`."""
+        key = self._check_key(key)
+        return await self._achange(lambda change: self._pop_plan(key, change))
+
+    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+        """Async :meth:`delete_oldest_messages`."""
+        key = self._check_key(key)
+        if check_index("n", n) <= 0:
+            return []
+        return await self._achange(lambda change: self._oldest_plan(key, n, change))
+
+    async def aiter_keys(self) -> AsyncIterator[str]:
+        """Async :meth:`iter_keys`."""
+        cursor: Any = None
+        while True:
+            keys, cursor = await self._aread(functools.partial(self._keys_plan, cursor))
+            for key in keys:
+                yield key
+            if cursor is None:
+                return
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`."""
+        await self._aread(self._clear_plan)

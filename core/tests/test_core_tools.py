@@ -1,0 +1,69 @@
+"""The tool-exchange rules: every boundary position of exchanges with one and several calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from llama_index.storage.chat_store.core import ChatMessage, ToolCallBlock
+from llama_index.storage.chat_store.core.tools import (
+    calls_tools,
+    is_tool_result,
+    safe_trim_count,
+    safe_window,
+)
+
+
+def _conversation() -> list[ChatMessage]:
+    """0 system, 1 user, 2 call (blocks, two parallel calls), 3-4 results, 5 assistant,
+    6 user, 7 call (additional_kwargs), 8 result, 9 assistant."""
+    call_blocks = ChatMessage(
+        role="assistant",
+        blocks=[ToolCallBlock(tool_call_id="a", tool_name="f"),
+                ToolCallBlock(tool_call_id="b", tool_name="g")],
+    )  # fmt: skip
+    call_kwargs = ChatMessage(
+        role="assistant", content="", additional_kwargs={"tool_calls": [{"id": "c"}]}
+    )
+    return [
+        ChatMessage(role="system", content="s"),
+        ChatMessage(role="user", content="u1"),
+        call_blocks,
+        ChatMessage(role="tool", content="ra", additional_kwargs={"tool_call_id": "a"}),
+        ChatMessage(role="tool", content="rb", additional_kwargs={"tool_call_id": "b"}),
+        ChatMessage(role="assistant", content="a1"),
+        ChatMessage(role="user", content="u2"),
+        call_kwargs,
+        ChatMessage(role="tool", content="rc", additional_kwargs={"tool_call_id": "c"}),
+        ChatMessage(role="assistant", content="a2"),
+    ]
+
+
+def test_what_is_a_call_and_a_result() -> None:
+    messages = _conversation()
+    assert [calls_tools(m) for m in messages] == [i in (2, 7) for i in range(10)]
+    assert [is_tool_result(m) for m in messages] == [i in (3, 4, 8) for i in range(10)]
+    assert is_tool_result(ChatMessage(role="function", content="legacy"))
+
+
+@pytest.mark.parametrize(
+    ("start", "widened"), [(0, 0), (1, 1), (2, 2), (3, 2), (4, 2), (5, 5), (8, 7), (9, 9), (10, 10)]
+)
+def test_a_window_never_starts_on_a_tool_result(start: int, widened: int) -> None:
+    messages = _conversation()
+    assert safe_window(messages, start, len(messages)) == (widened, len(messages))
+
+
+@pytest.mark.parametrize(("stop", "widened"), [(1, 1), (2, 2), (3, 5), (4, 5), (5, 5), (8, 9)])
+def test_a_window_never_ends_between_a_call_and_its_answers(stop: int, widened: int) -> None:
+    assert safe_window(_conversation(), 0, stop) == (0, widened)
+
+
+def test_an_empty_window_stays_empty() -> None:
+    assert safe_window(_conversation(), 4, 4) == (4, 4)
+
+
+@pytest.mark.parametrize(
+    ("n", "removed"), [(0, 0), (1, 1), (2, 2), (3, 5), (4, 5), (5, 5), (8, 9), (10, 10), (12, 10)]
+)
+def test_a_trim_never_leaves_a_tool_result_in_front(n: int, removed: int) -> None:
+    assert safe_trim_count(_conversation(), n) == removed

@@ -1,0 +1,83 @@
+"""The record of a conversation's last changes, by which a resent change finds its own commit.
+
+Every change carries an operation id (core's ``new_op_id``, one per call). The write that
+commits it also counts it (``seq``) and appends its id to the last :data:`OP_RECORD` ids
+(``ops``). A conditional write resent after a lost reply that fails its condition may
+have failed on its own first attempt: the record read then says so (its id is there), or
+that it was not applied (the record names every change since the state it planned on),
+or neither (more changes came in between than the record holds: the outcome is unknown).
+Both layouts keep one: the native layout in its meta entity, LlamaIndex's layout on the
+conversation's last chat row (see :mod:`._llama_index`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from llama_index.storage.chat_store.core import BackendUnavailableError
+
+__all__ = ["OP_RECORD", "Record", "covers", "recorded", "unknown_outcome"]
+
+OP_RECORD = 16
+"""How many of a conversation's last changes its record names by operation id."""
+
+
+def recorded(ops: tuple[str, ...], op: str) -> tuple[str, ...]:
+    """The ids after change ``op`` committed: the last :data:`OP_RECORD` of them."""
+    return (*ops, op)[-OP_RECORD:]
+
+
+def covers(seq: int, ops: tuple[str, ...], planned_seq: int) -> bool:
+    """Whether a record (``seq``, ``ops``) names every change counted after ``planned_seq``."""
+    return seq - len(ops) <= planned_seq
+
+
+def unknown_outcome(key: str, why: str) -> BackendUnavailableError:
+    """The error of a resent change whose record cannot tell whether it was applied."""
+    return BackendUnavailableError(
+        f"a change of key {key!r} was resent after its reply was lost and failed its "
+        f"condition, and {why}: the outcome is unknown (the change was applied once or not "
+        "at all, read the conversation to know)"
+    )
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record kept as one string property: ``"<epoch> <seq> <op> <op> ..."``.
+
+    ``epoch`` names an unbroken chain of records: a writer that finds none to build on
+    (data written by LlamaIndex's own store, or an empty conversation) starts a new one,
+    and records of different epochs say nothing of each other.
+    """
+
+    epoch: str
+    seq: int
+    ops: tuple[str, ...]
+
+    @classmethod
+    def new(cls) -> Record:
+        """Start a new chain."""
+        return cls(secrets.token_hex(4), 0, ())
+
+    @classmethod
+    def parse(cls, text: object) -> Record | None:
+        """Read a stored record; None when there is none (or it is not one of ours)."""
+        if not isinstance(text, str):
+            return None
+        epoch, _, rest = text.partition(" ")
+        seq, _, ops = rest.partition(" ")
+        if not (epoch and seq.isdigit()):
+            return None
+        return cls(epoch, int(seq), tuple(ops.split()))
+
+    def encode(self) -> str:
+        return " ".join((self.epoch, str(self.seq), *self.ops))
+
+    def add(self, op: str) -> Record:
+        """The record after change ``op`` committed on this one."""
+        return Record(self.epoch, self.seq + 1, recorded(self.ops, op))
+
+    def knows_since(self, planned: Record) -> bool:
+        """Whether this record names every change committed after ``planned``."""
+        return self.epoch == planned.epoch and covers(self.seq, self.ops, planned.seq)

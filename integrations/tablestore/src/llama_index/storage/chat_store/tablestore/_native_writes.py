@@ -1,0 +1,561 @@
+"""Our layout's changes (see :mod:`._native` for the layout): conditional writes, each once.
+
+Every change commits by one conditional write of the conversation's meta row carrying the
+change's op id (:mod:`._record`); rows are put before and deleted after that commit, so a
+reader never sees a half-made change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from llama_index.storage.chat_store.core import (
+    ChatMessage,
+    ChatStoreError,
+    CorruptDataError,
+    removal_error,
+)
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.tablestore import _record as record
+from llama_index.storage.chat_store.tablestore._native import (
+    _META_COLUMNS,
+    _STORAGE,
+    _STUCK_LOOKS,
+    _WRITE_ATTEMPTS,
+    BATCH_BYTES,
+    BATCH_ROWS,
+    MESSAGE_PRIMARY_KEY,
+    META_PRIMARY_KEY,
+    Meta,
+    Tables,
+    _backoff,
+    _columns,
+    _Damaged,
+    _decode,
+    _Held,
+    _if_current,
+    _if_unchanged,
+    _if_writer,
+    _meta_and_last_row,
+    _new_gen,
+    _pk,
+    _read_meta,
+    _read_meta_any,
+    _removal_window,
+    _rows,
+    _unreadable,
+)
+from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, Call, ts
+
+__all__ = [
+    "add",
+    "clear",
+    "delete_all",
+    "delete_at",
+    "delete_oldest",
+    "insert",
+    "pop_last",
+    "set_all",
+]
+
+
+# -- writes --------------------------------------------------------------------------------
+
+
+def _chunks(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
+    chunks: list[list[Any]] = [[]]
+    total = 0
+    for item, size in zip(items, sizes, strict=True):
+        if chunks[-1] and (len(chunks[-1]) >= BATCH_ROWS or total + size > BATCH_BYTES):
+            chunks.append([])
+            total = 0
+        chunks[-1].append(item)
+        total += size
+    return [c for c in chunks if c]
+
+
+def _batch(table: str, items: list[Any]) -> Plan[list[Any]]:
+    """Run one BatchWriteRow; return each row's result in request order."""
+    request = ts.BatchWriteRowRequest()
+    request.add(ts.TableInBatchWriteRowItem(table, items))
+    response = yield Call("batch_write_row", (request,))
+    results = [
+        *response.table_of_put.get(table, []),
+        *response.table_of_update.get(table, []),
+        *response.table_of_delete.get(table, []),
+    ]
+    results.sort(key=lambda item: item.index)
+    for item in results:
+        if not item.is_ok and item.error_code != CONDITION_FAILED:
+            raise ChatStoreError(
+                f"Tablestore rejected a row of table {table!r} ({item.error_code}: "
+                f"{item.error_message})"
+            )
+    return results
+
+
+def _put_rows(
+    t: Tables, key: str, gen: int, first: int, jsons: Sequence[str], writer: str, ver: int
+) -> Plan[bool]:
+    """Put message rows at ``first...`` where none exist; False if a slot was taken."""
+    rows = [
+        ts.Row(_pk(key, gen, first + i), [("message", text), ("w", writer), ("c", ver)])
+        for i, text in enumerate(jsons)
+    ]
+    absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
+    if len(rows) == 1:
+        try:
+            yield Call("put_row", (t.messages, rows[0], absent))
+        except ConflictError:
+            return False
+        return True
+    items = [ts.PutRowItem(row, absent) for row in rows]
+    for chunk in _chunks(items, [len(text.encode("utf-8")) for text in jsons]):
+        results = yield from _batch(t.messages, chunk)
+        if not all(item.is_ok for item in results):
+            return False
+    return True
+
+
+def _delete_rows(
+    t: Tables, key: str, gen: int, rows: Sequence[tuple[int, str | None]]
+) -> Plan[None]:
+    """Delete rows by seq, each only if still written by the given writer (None: any)."""
+    items = [
+        ts.DeleteRowItem(
+            ts.Row(_pk(key, gen, seq)),
+            _if_writer(writer) if writer else ts.Condition(ts.RowExistenceExpectation.IGNORE),
+        )
+        for seq, writer in rows
+    ]
+    for chunk in _chunks(items, [0] * len(items)):
+        yield from _batch(t.messages, chunk)
+
+
+def _delete_generation(t: Tables, key: str, gen: int) -> Plan[None]:
+    """Delete every row of a retired generation (reading primary keys only)."""
+    while True:
+        low, high = _pk(key, gen, ts.INF_MIN), _pk(key, gen, ts.INF_MAX)
+        _, _, rows, _ = yield Call(
+            "get_range", (t.messages, ts.Direction.FORWARD, low, high),
+            {"columns_to_get": ["seq"], "limit": BATCH_ROWS, "max_version": 1},
+        )  # fmt: skip
+        if not rows:
+            return
+        yield from _delete_rows(t, key, gen, [(row.primary_key[2][1], None) for row in rows])
+
+
+def _commit(
+    t: Tables,
+    key: str,
+    old: Meta | _Damaged | None,
+    new: Meta,
+    change: Change | None = None,
+    removed: Sequence[Any] | None = None,
+) -> Plan[bool]:
+    """Replace the meta row if it is still ``old``; False when another writer moved it.
+
+    ``change``: the change this commit applies, recorded in the same write (with the cells
+    it ``removed``, for a removal); a failed commit makes it check the record next.
+    """
+    pk = [("session_id", key)]
+    values = [(name, getattr(new, name)) for name in _META_COLUMNS]
+    if change is not None:
+        values.append((record.column(new.ver), record.entry(change.id, removed)))
+    try:
+        if old is None:
+            absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
+            yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
+        else:
+            unchanged = _if_unchanged(old) if isinstance(old, _Damaged) else _if_current(old)
+            yield Call("update_row", (t.meta, ts.Row(pk, {"put": values}), unchanged))
+    except ConflictError:
+        if change is not None:
+            change.check = True
+        return False
+    t.learn(key, new)
+    return True
+
+
+def _emptied(old: Meta | _Damaged) -> Meta:
+    """The meta row of an emptied conversation: kept (with its record), on a new generation.
+
+    A new generation, so that deleting the old one never meets rows appended afterwards.
+    """
+    return Meta(gen=_new_gen(), head=0, tail=0, ver=old.ver + 1 if isinstance(old, Meta) else 1)
+
+
+def _replayed(t: Tables, key: str, change: Change) -> Plan[record.Replay | None]:
+    """When ``change`` may have been committed already, what its record says (else ``None``)."""
+    if not change.check:
+        return None
+    change.check = False
+    _, row, _ = yield Call(
+        "get_row", (t.meta, [("session_id", key)]),
+        {"columns_to_get": record.COLUMNS, "max_version": 1},
+    )  # fmt: skip
+    return record.find(_columns(row) if row is not None else {}, change.id)
+
+
+class _Writer:
+    """One logical write's attempts: a fresh writer id each time, stuck-slot detection.
+
+    In an attempt after a transport failure, rows in the way may be the change's own from
+    an attempt whose put landed and whose commit did not: they are fenced off at once.
+    """
+
+    def __init__(self, t: Tables, key: str, change: Change) -> None:
+        self.t = t
+        self.key = key
+        self.change = change
+        self.stuck_looks = 1 if change.attempts > 1 else _STUCK_LOOKS
+        self.looks: dict[tuple[int, int], int] = {}
+
+    def place(
+        self, meta: Meta | None, base: Meta, first: int, jsons: Sequence[str], new: Meta
+    ) -> Plan[bool]:
+        """Put rows at ``first...`` of ``base.gen`` and commit ``new`` over ``meta``."""
+        writer = uuid.uuid4().hex
+        placed = yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)
+        if placed and (yield from _commit(self.t, self.key, meta, new, self.change)):
+            return True
+        if placed or len(jsons) > 1:
+            own = [(first + i, writer) for i in range(len(jsons))]
+            yield from _delete_rows(self.t, self.key, base.gen, own)
+        if not placed and meta is not None:
+            yield from self._unblock(meta, first, len(jsons))
+        return False
+
+    def _unblock(self, meta: Meta, first: int, n: int) -> Plan[None]:
+        spot = (meta.ver, first)
+        self.looks[spot] = self.looks.get(spot, 0) + 1
+        if self.looks[spot] < self.stuck_looks:
+            return
+        # The meta row has not moved across several conflicts: the rows in the way belong to
+        # a writer that died before committing. Fence it off, then remove its rows.
+        if not (yield from _commit(self.t, self.key, meta, replace(meta, ver=meta.ver + 1))):
+            return
+        _, _, rows, _ = yield Call(
+            "get_range",
+            (self.t.messages, ts.Direction.FORWARD, _pk(self.key, meta.gen, first),
+             _pk(self.key, meta.gen, first + n)),
+            {"columns_to_get": ["w"], "max_version": 1},
+        )  # fmt: skip
+        blocking = [(row.primary_key[2][1], str(_columns(row).get("w", ""))) for row in rows]
+        yield from _delete_rows(self.t, self.key, meta.gen, blocking)
+
+
+def _gave_up(t: Tables, key: str) -> ChatStoreError:
+    return ChatStoreError(
+        f"conversation {key!r} in table {t.messages!r}: too much contention, gave up after "
+        f"{_WRITE_ATTEMPTS} attempts"
+    )
+
+
+def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Plan[bool]:
+    base = meta or Meta(gen=_new_gen(), head=0, tail=0, ver=0)
+    new = replace(base, tail=base.tail + len(jsons), ver=base.ver + 1)
+    return (yield from w.place(meta, base, base.tail, jsons, new))
+
+
+def add(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
+    """Append messages atomically (one commit for the whole batch).
+
+    The first attempt plans on the remembered meta row, if any (its commit is conditional
+    on it); the others read the meta row first.
+    """
+    w = _Writer(t, key, change)
+    known = t.seen.get(key)
+    for attempt in range(_WRITE_ATTEMPTS):
+        if (yield from _replayed(t, key, change)) is not None:
+            return
+        meta = known if known is not None else (yield from _read_meta(t, key))
+        if (yield from _append_once(w, meta, jsons)):
+            return
+        if known is None:
+            yield _backoff(attempt)
+        known = None
+    raise _gave_up(t, key)
+
+
+def _rewrite_once(
+    t: Tables,
+    key: str,
+    meta: Meta | _Damaged | None,
+    jsons: Sequence[str],
+    change: Change,
+    removed: Sequence[Any] | None = None,
+) -> Plan[bool]:
+    """Write ``jsons`` as a new generation and flip to it; False if ``meta`` moved.
+
+    A damaged meta row is replaced too (conditional on its columns as read).
+    """
+    old_gen = meta.gen if meta is not None else None
+    if not jsons:
+        if meta is None or (isinstance(meta, Meta) and meta.size == 0):
+            return True
+        if not (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
+            return False
+        if old_gen is not None:
+            yield from _delete_generation(t, key, old_gen)
+        return True
+    ver = meta.ver + 1 if isinstance(meta, Meta) else 1
+    new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=ver)
+    writer = uuid.uuid4().hex
+    placed = yield from _put_rows(t, key, new.gen, 0, jsons, writer, new.ver)
+    if placed and (yield from _commit(t, key, meta, new, change, removed)):
+        if old_gen is not None:
+            yield from _delete_generation(t, key, old_gen)
+        return True
+    yield from _delete_generation(t, key, new.gen)
+    return False
+
+
+def set_all(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
+    """Replace the conversation: readers see the old one or the new one, never a mix.
+
+    Works on a damaged conversation too (unreadable meta row or messages): nothing old is
+    read but the meta row.
+    """
+    for attempt in range(_WRITE_ATTEMPTS):
+        if (yield from _replayed(t, key, change)) is not None:
+            return
+        meta = yield from _read_meta_any(t, key)
+        if (yield from _rewrite_once(t, key, meta, jsons, change)):
+            return
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[None]:
+    """Insert like ``list.insert``: O(1) at either end, a generation rewrite in the middle."""
+    w = _Writer(t, key, change)
+    for attempt in range(_WRITE_ATTEMPTS):
+        if (yield from _replayed(t, key, change)) is not None:
+            return
+        meta = yield from _read_meta(t, key)
+        size = meta.size if meta else 0
+        position = idx if idx >= 0 else max(0, size + idx)
+        if meta is None or position >= size:
+            done = yield from _append_once(w, meta, [text])
+        elif position == 0:
+            new = replace(meta, head=meta.head - 1, ver=meta.ver + 1)
+            done = yield from w.place(meta, meta, meta.head - 1, [text], new)
+        else:
+            rows = yield from _rows(t, key, meta, meta.head, meta.tail)
+            jsons = [r.json for r in rows or ()]
+            jsons.insert(position, text)
+            done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons, change))
+        if done:
+            return
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+# Each removal below plans on one meta row and commits conditionally on exactly that row, so
+# what it returns is what it removed. ``_*_once`` is one attempt: (committed, what it removed,
+# the first message it removed but could not read). The callers raise that error (core's
+# ``removal_error``) once the removal is done.
+
+_Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
+
+
+def _pop_once(
+    t: Tables, key: str, meta: Meta, held: _Held | None, change: Change
+) -> Plan[_Outcome]:
+    """Remove the last message ``meta`` names (``held``: that row, when already read)."""
+    if held is None:
+        [held] = yield from _removal_window(t, key, meta, meta.tail - 1, meta.tail)
+    messages, error = _decode(t, key, meta, [held])
+    new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1)
+    if not (yield from _commit(t, key, meta, new, change, [held.value])):
+        return False, [], None
+    if held.writer is not None:
+        yield from _delete_rows(t, key, meta.gen, [(held.seq, held.writer)])
+    return True, messages, error
+
+
+def _oldest_once(t: Tables, key: str, meta: Meta, take: int, change: Change) -> Plan[_Outcome]:
+    """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
+    rows = yield from _removal_window(t, key, meta, meta.head, meta.head + take)
+    messages, error = _decode(t, key, meta, rows)
+    everything = take >= meta.size
+    new = _emptied(meta) if everything else replace(meta, head=meta.head + take, ver=meta.ver + 1)
+    if not (yield from _commit(t, key, meta, new, change, [r.value for r in rows])):
+        return False, [], None
+    if everything:
+        yield from _delete_generation(t, key, meta.gen)
+    else:
+        present = [(r.seq, r.writer) for r in rows if r.writer is not None]
+        yield from _delete_rows(t, key, meta.gen, present)
+    return True, messages, error
+
+
+def _inside_once(t: Tables, key: str, meta: Meta, position: int, change: Change) -> Plan[_Outcome]:
+    """Remove the message at ``position`` (not at either end): a generation rewrite.
+
+    The other messages are copied as stored (text that is not a message included); a
+    missing row or a cell that is not text among them raises :class:`CorruptDataError`
+    removing nothing, since the rewrite could not keep it.
+    """
+    rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
+    kept = [r for i, r in enumerate(rows) if i != position]
+    problem = next(filter(None, (_unreadable(t, key, meta, r) for r in kept)), None)
+    if problem is not None:
+        if (yield from _read_meta(t, key)) != meta:
+            return False, [], None  # read while the conversation changed: read it again
+        raise problem
+    messages, error = _decode(t, key, meta, rows[position : position + 1])
+    removed = [rows[position].value]
+    if not (yield from _rewrite_once(t, key, meta, [r.value for r in kept], change, removed)):
+        return False, [], None
+    return True, messages, error
+
+
+def _first(replay: record.Replay, key: str) -> ChatMessage | None:
+    messages = replay.messages(key, _STORAGE)
+    return messages[0] if messages else None
+
+
+def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
+    """Remove and return the last message; concurrent pops never share one.
+
+    With a remembered meta row, its last row is read together with the meta row (one
+    request instead of two); when that meta row turns out stale, the read serves as the
+    meta read and the right row is read after it.
+    """
+    seen = t.seen.get(key)
+    for attempt in range(_WRITE_ATTEMPTS):
+        replay = yield from _replayed(t, key, change)
+        if replay is not None:
+            return _first(replay, key)
+        row: _Held | None = None
+        if seen is not None:
+            meta, row = yield from _meta_and_last_row(t, key, seen)
+            seen = None
+        else:
+            meta = yield from _read_meta(t, key)
+        if meta is None or meta.size == 0:
+            return None
+        done, messages, error = yield from _pop_once(t, key, meta, row, change)
+        if done and error is not None:
+            raise removal_error(error, _STORAGE) from error
+        if done:
+            return messages[0]
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def delete_oldest(t: Tables, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+    """Remove and return the first ``n`` messages.
+
+    Raises:
+        CorruptDataError: One of them could not be read; they are removed all the same.
+    """
+    for attempt in range(_WRITE_ATTEMPTS):
+        replay = yield from _replayed(t, key, change)
+        if replay is not None:
+            return replay.messages(key, _STORAGE)
+        meta = yield from _read_meta(t, key)
+        if meta is None or n <= 0 or meta.size == 0:
+            return []
+        done, messages, error = yield from _oldest_once(t, key, meta, min(n, meta.size), change)
+        if done and error is not None:
+            raise removal_error(error, _STORAGE) from error
+        if done:
+            return messages
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def delete_at(t: Tables, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
+    """Remove the message at ``idx``: O(1) at either end, a generation rewrite in between.
+
+    The position is resolved on the meta row read, and the removal commits only if that
+    meta row is unchanged: a concurrent append never makes it remove the new last message.
+
+    Raises:
+        CorruptDataError: The message could not be read; it is removed all the same. (Also,
+            removing nothing, when another message of the conversation is missing or not
+            text and the message is neither first nor last: the rewrite could not keep it.)
+    """
+    for attempt in range(_WRITE_ATTEMPTS):
+        replay = yield from _replayed(t, key, change)
+        if replay is not None:
+            return _first(replay, key)
+        meta = yield from _read_meta(t, key)
+        size = meta.size if meta else 0
+        position = idx + size if idx < 0 else idx
+        if meta is None or not 0 <= position < size:
+            return None
+        if position == size - 1:
+            done, messages, error = yield from _pop_once(t, key, meta, None, change)
+        elif position == 0:
+            done, messages, error = yield from _oldest_once(t, key, meta, 1, change)
+        else:
+            done, messages, error = yield from _inside_once(t, key, meta, position, change)
+        if done and error is not None:
+            raise removal_error(error, _STORAGE) from error
+        if done:
+            return messages[0]
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+    """Remove the conversation and return its messages (``None`` when it had none).
+
+    Damaged data never blocks the removal: a damaged meta row is removed conditionally on
+    its columns as read (with the rows of its generation, when that is readable).
+
+    Raises:
+        CorruptDataError: Something removed could not be read (a message, naming the first
+            such position and holding its data; or the meta row, naming no position). The
+            conversation is removed all the same.
+    """
+    for attempt in range(_WRITE_ATTEMPTS):
+        replay = yield from _replayed(t, key, change)
+        if replay is not None:
+            return replay.messages(key, _STORAGE) or None
+        meta = yield from _read_meta_any(t, key)
+        if meta is None or (isinstance(meta, Meta) and meta.size == 0):
+            return None
+        messages: list[ChatMessage] = []
+        error: CorruptDataError | None = None
+        rows: list[_Held] = []
+        if isinstance(meta, Meta):
+            rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
+            messages, error = _decode(t, key, meta, rows)
+        removed = [r.value for r in rows]
+        if (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
+            if meta.gen is not None:
+                yield from _delete_generation(t, key, meta.gen)
+            if isinstance(meta, _Damaged):
+                raise removal_error(meta.problem, _STORAGE) from meta.problem
+            if error is not None:
+                raise removal_error(error, _STORAGE) from error
+            return messages or None
+        yield _backoff(attempt)
+    raise _gave_up(t, key)
+
+
+def clear(t: Tables) -> Plan[None]:
+    """Delete every row of both tables, page by page."""
+    t.seen.clear()
+    for table, pk in ((t.meta, META_PRIMARY_KEY), (t.messages, MESSAGE_PRIMARY_KEY)):
+        low = [(name, ts.INF_MIN) for name, _ in pk]
+        high = [(name, ts.INF_MAX) for name, _ in pk]
+        while True:
+            _, _, rows, _ = yield Call(
+                "get_range", (table, ts.Direction.FORWARD, low, high),
+                {"columns_to_get": [pk[0][0]], "limit": BATCH_ROWS, "max_version": 1},
+            )  # fmt: skip
+            if not rows:
+                break
+            items = [
+                ts.DeleteRowItem(ts.Row(row.primary_key), ts.Condition("IGNORE")) for row in rows
+            ]
+            yield from _batch(table, items)
