@@ -1,13 +1,12 @@
-"""The boto3 client a store uses, DynamoDB's limits, and the mapping of driver errors to ours."""
+"""A plan's step (one boto3 client call), DynamoDB's limits, and driver errors as ours."""
 
 from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from botocore.exceptions import (
@@ -30,7 +29,7 @@ from llama_index.storage.chat_store.core import (
     NotSentError,
     PayloadTooLargeError,
 )
-from llama_index.storage.chat_store.core.retries import RetryPolicy, call_with_retries, new_op_id
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, Sleep
 
 __all__ = [
     "MAX_BATCH_GET",
@@ -39,7 +38,8 @@ __all__ = [
     "MAX_TRANSACTION_BYTES",
     "MAX_TRANSACTION_ITEMS",
     "RECENT_OPS",
-    "ConflictError",
+    "Call",
+    "LostRaceError",
     "Op",
     "Table",
     "Translator",
@@ -48,8 +48,9 @@ __all__ = [
     "cancellation_codes",
     "item_size",
     "recent",
-    "with_retries",
 ]
+
+T = TypeVar("T")
 
 MAX_ITEM_BYTES = 400_000
 """Largest item we write. DynamoDB allows 409,600 bytes (400 KB); we stay below it (and below
@@ -84,7 +85,17 @@ _AUTH = {
     "IncompleteSignatureException",
 }
 
-_T = TypeVar("_T")
+
+@dataclass(frozen=True)
+class Call:
+    """One step of a plan: ``client.<operation>(**params)`` on the boto3 DynamoDB client.
+
+    ``what`` names the operation in error messages ("append messages").
+    """
+
+    operation: str
+    params: dict[str, Any]
+    what: str
 
 
 @dataclass(frozen=True)
@@ -95,13 +106,13 @@ class Unreadable:
     why: str
 
 
-class ConflictError(Exception):
-    """A conditional write lost a race; the operation re-reads and tries again.
+class LostRaceError(ConflictError):
+    """A conditional write lost a race; the plan re-reads and tries again.
 
     Attributes:
-        current: The item the first failed condition of a transaction was checked against,
-            when the action asked for it (``ReturnValuesOnConditionCheckFailure``) and the
-            item exists: the state that won the race, as strongly consistent as a read.
+        current: The item the (first failed) condition was checked against, when the
+            request asked for it (``ReturnValuesOnConditionCheckFailure``) and the item
+            exists: the state that won the race, as strongly consistent as a read.
     """
 
     def __init__(self, message: str, current: dict[str, Any] | None = None) -> None:
@@ -109,22 +120,35 @@ class ConflictError(Exception):
         self.current = current
 
 
-@dataclass
 class Op:
-    """One change call: its operation id, and what each commit it sent would return.
+    """One change call: its tags, and what each commit it sent would return.
 
-    The id is made once per call and shared by every attempt (the store's retries and
-    botocore's). Each plan a call commits gets its own tag, ``ID.N``, recorded atomically
-    with the commit on the conversation (the meta item, or LlamaIndex's single item). A
-    retry that finds one of its tags there knows that commit won: the call returns what
-    that plan computed (a removal read the messages it removes before committing) and
-    finishes the plan's clean-up (deleting items the commit made unreachable), which is
-    idempotent. No reply is stored: only this call, in this process, ever resends the id.
+    Kept in the call's :attr:`Change.state`, so every attempt (the store's retries, and
+    botocore's resends inside one) shares it. Each plan a call commits gets its own tag,
+    ``ID.N`` (``ID`` the change's id), recorded atomically with the commit on the
+    conversation (the meta item, or LlamaIndex's single item). An attempt that finds one
+    of its tags there knows that commit won: the call returns what that plan computed (a
+    removal read the messages it removes before committing) and finishes the plan's
+    clean-up (deleting items the commit made unreachable), which is idempotent. No reply is
+    stored: only this call, in this process, ever resends the id. The tags are looked for
+    on every read, ``Change.check`` or not: botocore resends a write whose reply it lost
+    without the store knowing.
     """
 
-    id: str = field(default_factory=new_op_id)
-    _results: list[Any] = field(default_factory=list)
-    _cleanups: list[list[Callable[[], None]]] = field(default_factory=list)
+    def __init__(self, op_id: str) -> None:
+        self.id = op_id
+        self.adding: Any = None
+        """What the call adds, prepared once for every attempt (the layout's own)."""
+        self._results: list[Any] = []
+        self._cleanups: list[list[Callable[[], Plan[None]]]] = []
+        self._undo: list[Callable[[], Plan[None]]] = []
+
+    @classmethod
+    def of(cls, change: Change) -> Op:
+        """Return the call's :class:`Op`, made on its first attempt."""
+        if not isinstance(change.state, Op):
+            change.state = cls(change.id)
+        return change.state
 
     def tag(self, result: Any) -> str:
         """Return the tag of a new plan that returns ``result`` once committed."""
@@ -137,8 +161,8 @@ class Op:
         """The number of the latest tagged plan."""
         return len(self._results) - 1
 
-    def after(self, cleanup: Callable[[], None]) -> None:
-        """Run ``cleanup`` once the latest tagged plan is known to be committed."""
+    def after(self, cleanup: Callable[[], Plan[None]]) -> None:
+        """Run the plan ``cleanup()`` once the latest tagged plan is known to be committed."""
         self._cleanups[-1].append(cleanup)
 
     def committed(self, tags: Iterable[str]) -> int | None:
@@ -149,10 +173,32 @@ class Op:
                 return int(tag[len(prefix) :])
         return None
 
-    def finish(self, plan: int) -> Any:
+    def undoing(self, body: Plan[T], undo: Callable[[], Plan[None]]) -> Plan[T]:
+        """Run the plan ``body``; when it fails, run the plan ``undo()`` and fail.
+
+        ``undo`` runs at once when ``body`` failed in the plan (a lost race, an error of
+        its own); when the transport failed (the plan is closed, it can send nothing
+        more), it runs first thing in the call's next attempt (see :meth:`settle`).
+        """
+        try:
+            return (yield from body)
+        except Exception:
+            yield from undo()
+            raise
+        except GeneratorExit:
+            self._undo.append(undo)
+            raise
+
+    def settle(self) -> Plan[None]:
+        """Run the clean-ups an earlier attempt of this call left for the next one."""
+        while self._undo:
+            yield from self._undo[-1]()
+            self._undo.pop()
+
+    def finish(self, plan: int) -> Plan[Any]:
         """Run the clean-up of the committed plan ``plan`` and return its result."""
         for cleanup in self._cleanups[plan]:
-            cleanup()
+            yield from cleanup()
         return self._results[plan]
 
 
@@ -196,9 +242,9 @@ def _failed_item(exc: ClientError) -> dict[str, Any] | None:
     return None
 
 
-def backoff(attempt: int, cap: float = 0.2) -> None:
-    """Sleep a jittered, exponentially growing moment before retrying a lost race."""
-    time.sleep(random.uniform(0, min(cap, 0.005 * 2**attempt)))
+def backoff(attempt: int, cap: float = 0.2) -> Sleep:
+    """Return a jittered, exponentially growing pause before retrying a lost race."""
+    return Sleep(random.uniform(0, min(cap, 0.005 * 2**attempt)))
 
 
 class Translator:
@@ -245,6 +291,28 @@ class Translator:
                 f"DynamoDB at {self.endpoint} failed while trying to {what}: {exc}"
             ) from exc
 
+    def send(self, client: Any, step: Call) -> Any:
+        """Make the call ``step`` on ``client``; raise :class:`LostRaceError` or a core error.
+
+        A failed condition (of a single-item write, or of a transaction, also when it
+        conflicted with another transaction) is a :class:`LostRaceError` carrying the item the
+        condition was checked against, when the request asked for it.
+        """
+        with self.errors(step.what):
+            try:
+                return getattr(client, step.operation)(**step.params)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "ConditionalCheckFailedException":
+                    item = exc.response.get("Item")
+                    item = item if isinstance(item, dict) else None
+                    raise LostRaceError(step.what, item) from exc
+                if code == "TransactionCanceledException":
+                    codes = cancellation_codes(exc)
+                    if {"ConditionalCheckFailed", "TransactionConflict"} & set(codes):
+                        raise LostRaceError(str(codes), _failed_item(exc)) from exc
+                raise
+
     def client_error(self, exc: ClientError, what: str) -> ChatStoreError:
         """Return the core error for a DynamoDB error response."""
         error = exc.response.get("Error", {})
@@ -273,121 +341,67 @@ class Translator:
         return ChatStoreError(f"{where} failed to {what} ({code}: {message})")
 
 
-def with_retries(attempt: Callable[[], _T], *, limit: int, what: str, key: str) -> _T:
-    """Run ``attempt`` until it does not raise :class:`ConflictError` (lost races back off).
-
-    Raises:
-        BackendUnavailableError: Still conflicting after ``limit`` attempts.
-    """
-    for n in range(limit):
-        try:
-            return attempt()
-        except ConflictError:
-            backoff(n)
-    raise BackendUnavailableError(
-        f"could not {what} for key {key!r}: {limit} attempts lost races with concurrent writers"
-    )
-
-
-@dataclass
+@dataclass(frozen=True)
 class Table:
-    """What a layout needs to reach its table: client, names, expiry settings, error mapping.
+    """What a layout needs to reach its table: names, expiry settings, and its requests.
 
     Attributes:
-        client: Returns the (lazily created, thread-safe) boto3 DynamoDB client.
         name: The table name.
         pk: The partition key attribute.
         ttl: Seconds a conversation lives after its last change, or None.
         ttl_attribute: The attribute DynamoDB's TTL feature reads (epoch seconds).
-        errors: Maps driver errors to core errors.
+        endpoint: The endpoint URL, or a description of the AWS endpoint (for errors).
         refresh_on_read: Reads of a live conversation also slide its expiry.
         attempts: How many times an operation that lost a race is retried.
-        policy: How a call that failed for want of the server is retried.
     """
 
-    client: Callable[[], Any]
     name: str
     pk: str
     ttl: int | None
     ttl_attribute: str
-    errors: Translator
+    endpoint: str
     refresh_on_read: bool = False
     attempts: int = 200
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-
-    def retried(self, attempt: Callable[[], _T], *, mutates: bool) -> _T:
-        """Run ``attempt`` again after a transport failure, per :attr:`policy`.
-
-        A change's attempts share one :class:`Op`, so a retry recognizes a commit whose
-        reply was lost instead of applying it again.
-        """
-        return call_with_retries(attempt, self.policy, mutates=mutates)
 
     def expiry(self, now: float, factor: int = 1) -> int:
         """Return the epoch second ``factor * ttl`` after ``now`` (rounded up)."""
         assert self.ttl is not None
         return math.ceil(now + factor * self.ttl)
 
-    def call(self, what: str, operation: str, **params: Any) -> Any:
-        """Call a client operation on this table with errors translated."""
-        with self.errors.errors(what):
-            return getattr(self.client(), operation)(TableName=self.name, **params)
+    def call(self, what: str, operation: str, **params: Any) -> Call:
+        """Return the step that calls a client operation on this table.
 
-    def transact(self, what: str, actions: list[dict[str, Any]]) -> None:
-        """Run TransactWriteItems; a failed condition or a conflict raises :class:`ConflictError`.
-
-        Raises:
-            ConflictError: Another writer changed what the transaction was conditioned on.
+        A conditional write whose condition fails raises :class:`LostRaceError` in the plan.
         """
+        return Call(operation, {"TableName": self.name, **params}, what)
+
+    def transact(self, what: str, actions: list[dict[str, Any]]) -> Call:
+        """Return the TransactWriteItems step (a failed condition: :class:`LostRaceError`)."""
         assert 0 < len(actions) <= MAX_TRANSACTION_ITEMS, len(actions)
         for action in actions:
             next(iter(action.values()))["TableName"] = self.name
-        with self.errors.errors(what):
-            try:
-                self.client().transact_write_items(TransactItems=actions)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
-                    codes = cancellation_codes(exc)
-                    if {"ConditionalCheckFailed", "TransactionConflict"} & set(codes):
-                        raise ConflictError(str(codes), _failed_item(exc)) from exc
-                raise
+        return Call("transact_write_items", {"TransactItems": actions}, what)
 
-    def conditional(self, what: str, operation: str, **params: Any) -> Any:
-        """Call a conditional single-item write; a failed condition raises ConflictError.
-
-        The error carries the item as it was (:attr:`ConflictError.current`) when the call
-        asked for it with ``ReturnValuesOnConditionCheckFailure="ALL_OLD"``.
-        """
-        with self.errors.errors(what):
-            try:
-                return getattr(self.client(), operation)(TableName=self.name, **params)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                    item = exc.response.get("Item")
-                    raise ConflictError(what, item if isinstance(item, dict) else None) from exc
-                raise
-
-    def batch_write(self, what: str, requests: list[dict[str, Any]]) -> None:
+    def batch_write(self, what: str, requests: list[dict[str, Any]]) -> Plan[None]:
         """Run BatchWriteItem in chunks of 25, resending unprocessed requests with backoff."""
         for start in range(0, len(requests), MAX_BATCH_WRITE):
             pending = requests[start : start + MAX_BATCH_WRITE]
             attempt = 0
             while pending:
-                with self.errors.errors(what):
-                    reply = self.client().batch_write_item(RequestItems={self.name: pending})
+                reply = yield Call("batch_write_item", {"RequestItems": {self.name: pending}}, what)
                 pending = reply.get("UnprocessedItems", {}).get(self.name, [])
                 if pending:
                     attempt += 1
                     if attempt > self.attempts:
                         raise BackendUnavailableError(
-                            f"DynamoDB table {self.name!r} at {self.errors.endpoint} kept "
+                            f"DynamoDB table {self.name!r} at {self.endpoint} kept "
                             f"leaving {len(pending)} writes unprocessed while trying to {what}"
                         )
-                    backoff(attempt, cap=1.0)
+                    yield backoff(attempt, cap=1.0)
 
     def batch_get(
         self, what: str, keys: list[dict[str, Any]], **params: Any
-    ) -> list[dict[str, Any]]:
+    ) -> Plan[list[dict[str, Any]]]:
         """Read items by key with strongly consistent BatchGetItem (any order; absent: left out).
 
         ``params`` (``ProjectionExpression``, ``ExpressionAttributeNames``) apply to every
@@ -402,32 +416,39 @@ class Table:
             }
             attempt = 0
             while request:
-                with self.errors.errors(what):
-                    reply = self.client().batch_get_item(RequestItems={self.name: request})
+                reply = yield Call("batch_get_item", {"RequestItems": {self.name: request}}, what)
                 found.extend(reply.get("Responses", {}).get(self.name, []))
                 request = reply.get("UnprocessedKeys", {}).get(self.name)
                 if request:
                     attempt += 1
                     if attempt > self.attempts:
                         raise BackendUnavailableError(
-                            f"DynamoDB table {self.name!r} at {self.errors.endpoint} kept "
+                            f"DynamoDB table {self.name!r} at {self.endpoint} kept "
                             f"leaving {len(request['Keys'])} reads unprocessed while trying "
                             f"to {what}"
                         )
-                    backoff(attempt, cap=1.0)
+                    yield backoff(attempt, cap=1.0)
         return found
 
-    def scan_keys(self, attributes: list[str]) -> Iterator[list[dict[str, Any]]]:
-        """Yield pages of the table's items projected to ``attributes`` (for clear())."""
+    def scan_page(
+        self, what: str, start: dict[str, Any] | None, **params: Any
+    ) -> Plan[tuple[list[dict[str, Any]], dict[str, Any] | None]]:
+        """Read one page of a Scan from ``start``; return its items and the next start."""
+        if start is not None:
+            params["ExclusiveStartKey"] = start
+        page = yield self.call(what, "scan", **params)
+        return page.get("Items", []), page.get("LastEvaluatedKey")
+
+    def clear(self, attributes: list[str]) -> Plan[None]:
+        """Delete every item of the table: a scan projected to its key, batched deletes."""
         names = {f"#a{i}": a for i, a in enumerate(attributes)}
-        params: dict[str, Any] = {
-            "ProjectionExpression": ", ".join(names),
-            "ExpressionAttributeNames": names,
-            "ConsistentRead": True,
-        }
+        start: dict[str, Any] | None = None
         while True:
-            page = self.call("scan the table", "scan", **params)
-            yield page.get("Items", [])
-            if "LastEvaluatedKey" not in page:
+            items, start = yield from self.scan_page(
+                "scan the table", start, ProjectionExpression=", ".join(names),
+                ExpressionAttributeNames=names, ConsistentRead=True,
+            )  # fmt: skip
+            requests = [{"DeleteRequest": {"Key": k}} for k in items]
+            yield from self.batch_write("clear the table", requests)
+            if start is None:
                 return
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
