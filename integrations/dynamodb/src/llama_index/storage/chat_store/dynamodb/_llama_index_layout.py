@@ -52,10 +52,10 @@ from llama_index.storage.chat_store.dynamodb._sdk import (
     MAX_ITEM_BYTES,
     Op,
     Table,
-    Unreadable,
     backoff,
     item_size,
     recent,
+    unreadable,
 )
 
 __all__ = ["LlamaIndexLayout", "llama_index_table_definition"]
@@ -177,6 +177,16 @@ def _plain(value: Any) -> Any:
     if kind == "B":
         return ("B", bytes(inner))
     return (kind, inner)
+
+
+def _maps(messages: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    """Return the maps LlamaIndex reads, and the exact texts of those that are not exact."""
+    maps, exact = [], []
+    for message in messages:
+        as_map, is_exact = message_to_map(message)
+        maps.append(as_map)
+        exact.append({"NULL": True} if is_exact else {"S": message})
+    return maps, exact
 
 
 # -- the layout ----------------------------------------------------------------------------
@@ -313,13 +323,7 @@ class LlamaIndexLayout:
             ProjectionExpression=f"{e.n(self.t.pk)}, {e.n(self.t.ttl_attribute)}",
             FilterExpression=f"size({e.n(_HISTORY)}) > {e.v(num(0))}", **e.params(),
         )  # fmt: skip
-        now = time.time()
-        keys = []
-        for raw in items:
-            expires = raw.get(self.t.ttl_attribute, {}).get("N")
-            if expires is None or int(Decimal(expires)) > now:
-                keys.append(raw[self.t.pk]["S"])
-        return keys, start
+        return self.t.live_keys(items, self.t.pk), start
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -348,27 +352,6 @@ class LlamaIndexLayout:
                 "(DynamoDBChatStore(...).create_table()) for conversations without a ceiling."
             )
 
-    def _tombstone(self, key: str, item: _Item, now: float, tag: str) -> Plan[None]:
-        """Empty the conversation, keeping the item (and its recent operation ids).
-
-        Raises:
-            ConflictError: The item changed since it was read.
-        """
-        e = Expr()
-        seconds = self.t.ttl if self.t.ttl is not None else _TOMBSTONE_SECONDS
-        record = {
-            **self._key(key),
-            _HISTORY: {"L": []},
-            _VERSION: num((item.version or 0) + 1),
-            _EPOCH: text(item.epoch or uuid.uuid4().hex),
-            _OPS: {"L": [text(t) for t in recent(item.ops, tag)]},
-            self.t.ttl_attribute: num(math.ceil(now + seconds)),
-        }
-        yield self.t.call(
-            "delete a conversation", "put_item", Item=record,
-            ConditionExpression=self._guard(e, item), **e.params(),
-        )  # fmt: skip
-
     def _write(
         self, key: str, item: _Item, messages: Sequence[str], now: float, tag: str
     ) -> Plan[None]:
@@ -378,17 +361,25 @@ class LlamaIndexLayout:
             ConflictError: The item changed since it was read.
             PayloadTooLargeError: The conversation does not fit one item.
         """
-        e = Expr()
-        condition = self._guard(e, item)
-        if not messages:
-            if item.exists:
-                yield from self._tombstone(key, item, now, tag)
+        if not messages and not item.exists:
             return
-        history, exact = [], []
-        for message in messages:
-            as_map, is_exact = message_to_map(message)
-            history.append(as_map)
-            exact.append({"NULL": True} if is_exact else {"S": message})
+        maps, exact = _maps(messages)
+        yield from self._put(key, item, maps, exact, now, tag)
+
+    def _put(
+        self, key: str, item: _Item, history: list[Any], exact: list[Any], now: float,
+        tag: str, *, checked: bool = True,
+    ) -> Plan[None]:  # fmt: skip
+        """Write the whole item, conditioned on ``item`` as read, with the change's ``tag``.
+
+        An empty ``history`` keeps the item (and its recent operation ids) until the ttl,
+        else for a day. ``checked``: refuse an item over the size limit before sending it.
+
+        Raises:
+            ConflictError: The item changed since it was read.
+            PayloadTooLargeError: The conversation does not fit one item.
+        """
+        e = Expr()
         record = {
             **self._key(key),
             _HISTORY: {"L": history},
@@ -398,12 +389,16 @@ class LlamaIndexLayout:
         }
         if any("S" in x for x in exact):
             record[_EXACT] = {"L": exact}
-        if self.t.ttl is not None:
+        if not history:
+            seconds = self.t.ttl if self.t.ttl is not None else _TOMBSTONE_SECONDS
+            record[self.t.ttl_attribute] = num(math.ceil(now + seconds))
+        elif self.t.ttl is not None:
             record[self.t.ttl_attribute] = num(self.t.expiry(now))
-        self._check_size(key, item_size(record))
+        if checked:
+            self._check_size(key, item_size(record))
         yield self.t.call(
-            "write a conversation", "put_item", Item=record,
-            ConditionExpression=condition, **e.params(),
+            "write a conversation" if history else "delete a conversation", "put_item",
+            Item=record, ConditionExpression=self._guard(e, item), **e.params(),
         )  # fmt: skip
 
     def _append(
@@ -416,12 +411,11 @@ class LlamaIndexLayout:
             # A new or expired conversation: write the whole item.
             yield from self._write(key, item, messages, now, tag)
             return
-        maps, exact, added = [], [], 0
-        for message in messages:
-            as_map, is_exact = message_to_map(message)
-            maps.append(as_map)
-            exact.append({"NULL": True} if is_exact else {"S": message})
-            added += item_size({"x": as_map}) + (0 if is_exact else len(message.encode()) + 8)
+        maps, exact = _maps(messages)
+        added = sum(
+            item_size({"x": as_map}) + (len(x["S"].encode()) + 8 if "S" in x else 0)
+            for as_map, x in zip(maps, exact, strict=True)
+        )
         self._check_size(key, item.size + added + 64)
         h = e.n(_HISTORY)
         sets = [
@@ -508,30 +502,32 @@ class LlamaIndexLayout:
 
     def _remove(
         self, key: str, what: str, change: Change, pick: Callable[[int], range]
-    ) -> Plan[tuple[range, list[str | Unreadable]]]:
+    ) -> Plan[tuple[range, list[str | CorruptDataError]]]:
         """Remove the positions ``pick(count)`` and return what they held.
 
         Works on the stored list as it is, so a corrupt message is removed like any other
-        (returned as :class:`Unreadable`) and the messages kept are never rewritten.
+        (returned as :class:`CorruptDataError`) and the messages kept are never rewritten.
         """
 
-        def attempt(op: Op, item: _Item) -> Plan[tuple[range, list[str | Unreadable]]]:
+        def attempt(op: Op, item: _Item) -> Plan[tuple[range, list[str | CorruptDataError]]]:
             now = time.time()
             count = len(self._live(item, now))
             chosen = pick(count)
             if not chosen:
                 return chosen, []
-            removed: list[str | Unreadable] = []
+            removed: list[str | CorruptDataError] = []
             for position in chosen:
                 try:
                     removed.append(self._texts(key, item, position, position + 1)[0][1])
                 except CorruptDataError:
-                    removed.append(Unreadable(repr(item.history[position]), "not a message map"))
+                    stored = repr(item.history[position])
+                    why = "not a message map"
+                    removed.append(unreadable(self.t.name, key, position, stored, why))
             kept = [i for i in range(count) if i not in chosen]
             yield from self._write_raw(key, item, kept, now, op.tag((chosen, removed)))
             return chosen, removed
 
-        result: tuple[range, list[str | Unreadable]] = yield from self._retried(
+        result: tuple[range, list[str | CorruptDataError]] = yield from self._retried(
             key, what, change, attempt
         )
         return result
@@ -540,29 +536,11 @@ class LlamaIndexLayout:
         self, key: str, item: _Item, kept: list[int], now: float, tag: str
     ) -> Plan[None]:
         """Keep only the stored messages at positions ``kept``, as stored, conditionally."""
-        e = Expr()
-        condition = self._guard(e, item)
-        if not kept:
-            yield from self._tombstone(key, item, now, tag)
-            return
-        record = {
-            **self._key(key),
-            _HISTORY: {"L": [item.history[i] for i in kept]},
-            _VERSION: num((item.version or 0) + 1),
-            _EPOCH: text(item.epoch or uuid.uuid4().hex),
-            _OPS: {"L": [text(t) for t in recent(item.ops, tag)]},
-        }
         exact = [item.exact[i] if i < len(item.exact) else {"NULL": True} for i in kept]
-        if any("S" in x for x in exact):
-            record[_EXACT] = {"L": exact}
-        if self.t.ttl is not None:
-            record[self.t.ttl_attribute] = num(self.t.expiry(now))
-        yield self.t.call(
-            "write a conversation", "put_item", Item=record,
-            ConditionExpression=condition, **e.params(),
-        )  # fmt: skip
+        history = [item.history[i] for i in kept]
+        yield from self._put(key, item, history, exact, now, tag, checked=False)
 
-    def delete_all(self, key: str, change: Change) -> Plan[list[str | Unreadable] | None]:
+    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
         """Remove the conversation; return its messages (corrupt ones too), or None."""
         _, removed = yield from self._remove(
             key, "delete a conversation", change, lambda count: range(count)
@@ -571,7 +549,7 @@ class LlamaIndexLayout:
 
     def delete_at(
         self, key: str, idx: int, change: Change
-    ) -> Plan[tuple[int, str | Unreadable] | None]:
+    ) -> Plan[tuple[int, str | CorruptDataError] | None]:
         """Remove the message at ``idx``; ``(position, JSON)`` or None when out of range."""
 
         def pick(count: int) -> range:
@@ -582,7 +560,7 @@ class LlamaIndexLayout:
         chosen, removed = yield from self._remove(key, "delete a message", change, pick)
         return (chosen[0], removed[0]) if removed else None
 
-    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[str | Unreadable]]:
+    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[str | CorruptDataError]]:
         """Remove and return the first ``n`` messages (corrupt ones too)."""
         _, removed = yield from self._remove(
             key, "delete the oldest messages", change, lambda count: range(min(max(n, 0), count))

@@ -59,15 +59,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from llama_index.storage.chat_store.core import BackendUnavailableError
+from llama_index.storage.chat_store.core import BackendUnavailableError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
 from llama_index.storage.chat_store.dynamodb._chunks import Fresh, Head
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 from llama_index.storage.chat_store.dynamodb._native_meta import (
     GEN_SPAN,
-    KEYS_INDEX,
     LEASE,
     LEASE_ID,
     LEASE_SECONDS,
@@ -80,14 +79,14 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     Edit,
     Meta,
     fits,
-    native_table_definition,
 )
 from llama_index.storage.chat_store.dynamodb._native_reads import NativeReads
-from llama_index.storage.chat_store.dynamodb._sdk import LostRaceError, Op, Unreadable, backoff
+from llama_index.storage.chat_store.dynamodb._sdk import LostRaceError, Op, backoff, unreadable
 
-__all__ = ["KEYS_INDEX", "NativeLayout", "native_table_definition"]
+__all__ = ["NativeLayout"]
 
-Step = Callable[[Meta, float], Plan[tuple[Edit | None, Any]]]
+R = TypeVar("R")
+Step = Callable[[Meta, float], Plan[tuple[Edit | None, R]]]
 """What a change does on one meta state: a plan returning its edit (None: no change) and
 what the call returns once that edit is committed."""
 
@@ -191,17 +190,11 @@ class NativeLayout(NativeReads):
         leased = replace(meta, ver=(meta.ver or 0) + 1)
         written = num((leased.ver or 0) + 1)  # the version the final update commits
         items = [{"PutRequest": {"Item": {**p["Put"]["Item"], WRITTEN: written}}} for p in puts]
+        commit = self._meta_action(key, leased, plan, now, tag, lease_id)
         yield from op.undoing(
-            self._fill_lease(key, leased, plan, items, now, what, tag, lease_id),
+            [self.t.batch_write(what, items), self._commit(key, what, commit)],
             functools.partial(self._release_lease, key, lease_id),
         )
-
-    def _fill_lease(
-        self, key: str, leased: Meta, plan: Edit, items: list[dict[str, Any]], now: float,
-        what: str, tag: str, lease_id: str,
-    ) -> Plan[None]:  # fmt: skip
-        yield from self.t.batch_write(what, items)
-        yield from self._commit(key, what, self._meta_action(key, leased, plan, now, tag, lease_id))
 
     def _release_lease(self, key: str, lease_id: str) -> Plan[None]:
         e = Expr()
@@ -226,7 +219,7 @@ class NativeLayout(NativeReads):
         ]
         yield from self.t.batch_write(what, requests)
 
-    def _change(self, key: str, what: str, change: Change, step: Step) -> Plan[Any]:
+    def _change(self, key: str, what: str, change: Change, step: Step[R]) -> Plan[R]:
         """Run ``step(meta, now) -> (edit | None, result)`` until its commit wins the race.
 
         The first attempt plans on the meta this store last saw, when that is safe (see
@@ -258,7 +251,7 @@ class NativeLayout(NativeReads):
             else:
                 meta, hinted = (yield from self._read_meta(key)), False
                 if (won := op.committed(meta.ops)) is not None:
-                    return (yield from op.finish(won))
+                    return cast("R", (yield from op.finish(won)))
                 meta = yield from self._prepare(key, meta, now)
             known = None
             try:
@@ -266,7 +259,7 @@ class NativeLayout(NativeReads):
             except LostRaceError as lost:
                 winner = self._winner(key, lost)
                 if winner is not None and (won := op.committed(winner.ops)) is not None:
-                    return (yield from op.finish(won))
+                    return cast("R", (yield from op.finish(won)))
                 if hinted:
                     known = winner
                 else:
@@ -279,9 +272,9 @@ class NativeLayout(NativeReads):
         )
 
     def _attempt(
-        self, key: str, what: str, op: Op, step: Step, meta: Meta, now: float, hinted: bool,
+        self, key: str, what: str, op: Op, step: Step[R], meta: Meta, now: float, hinted: bool,
         fresh: Fresh,
-    ) -> Plan[Any]:  # fmt: skip
+    ) -> Plan[R]:  # fmt: skip
         """Plan the change on ``meta`` and commit it; return what the call returns.
 
         Raises:
@@ -296,34 +289,7 @@ class NativeLayout(NativeReads):
         if plan.dropped:
             op.after(functools.partial(self._delete_chunks, key, plan.dropped, what))
         yield from self._apply(key, meta, plan, now, what, fresh, op, tag)
-        return (yield from op.finish(op.latest))
-
-    def _plannable(self, meta: Meta, now: float) -> bool:
-        """Whether a write may plan on ``meta`` as remembered, without reading the meta item.
-
-        Its commit is conditioned on ``Ver`` and ``Epoch``, but expiry, floor and lease
-        change without a new version: reads slide the expiry, :meth:`_prepare` raises the
-        floor. So only states those cannot mislead qualify: no conversation, a removed one
-        (a meta item without a generation: nothing slides or leases it), or a live,
-        unleased one whose message items already outlive the expiry a change would set.
-        """
-        if meta.ver is None or (meta.gen is None and meta.epoch is not None):
-            return True
-        if meta.epoch is None or meta.lease is not None or not meta.live(now):
-            return False
-        ttl = self.t.ttl
-        return ttl is None or (meta.floor is not None and meta.floor >= self.t.expiry(now))
-
-    def _winner(self, key: str, lost: LostRaceError) -> Meta | None:
-        """Return (and remember) the meta item a lost commit's condition was checked against.
-
-        Raises:
-            CorruptDataError: That meta item is damaged.
-        """
-        item = lost.current
-        if item is None or item.get(self.sk) != num(META_SK):
-            return None
-        return self._learn(key, self._parse_meta(key, item))
+        return cast("R", (yield from op.finish()))
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -403,12 +369,12 @@ class NativeLayout(NativeReads):
 
     def _read_removed(
         self, key: str, meta: Meta, lo: int, hi: int
-    ) -> Plan[tuple[list[Head], list[str | Unreadable]]]:
+    ) -> Plan[tuple[list[Head], list[str | CorruptDataError]]]:
         """Return what positions ``[lo, hi)`` of exactly this meta hold, for a removal.
 
         Unlike a read, an item that is missing, holds no string message or lost a chunk
         does not stop a removal (corrupt data must stay deletable): it comes back as
-        :class:`Unreadable`. The heads are those of chunked messages (their chunks go too).
+        :class:`CorruptDataError`. The heads are those of chunked messages (their chunks go too).
 
         Raises:
             LostRaceError: The conversation changed meanwhile (the caller starts over).
@@ -420,7 +386,7 @@ class NativeLayout(NativeReads):
         )
         by_seq = {int(item[self.sk]["N"]) - base: item for item in items}
         heads: list[Head] = []
-        found: list[str | Unreadable] = []
+        found: list[str | CorruptDataError] = []
         for seq in range(meta.first + lo, meta.first + hi):
             item = by_seq.get(seq)
             head = None if item is None else self._parse_head(item)
@@ -429,31 +395,32 @@ class NativeLayout(NativeReads):
                 heads.append(head)
             if text is not None:
                 found.append(text)
-            elif item is None:
-                found.append(Unreadable(None, "the item is missing"))
-            else:
-                stored = item.get(MESSAGE, {})
-                data = stored.get("S", stored.get("B"))
-                why = (
-                    "a chunk is missing"
-                    if head is not None
-                    else f"its {MESSAGE!r} attribute is not a string"
-                )
-                found.append(Unreadable(data if isinstance(data, str | bytes) else None, why))
-        unreadable = any(isinstance(f, Unreadable) for f in found)
-        if unreadable and not (yield from self._read_meta(key)).same(meta):
+                continue
+            stored = {} if item is None else item.get(MESSAGE, {})
+            data = stored.get("S", stored.get("B"))
+            why = (
+                "the item is missing" if item is None
+                else "a chunk is missing" if head is not None
+                else f"its {MESSAGE!r} attribute is not a string"
+            )  # fmt: skip
+            data = data if isinstance(data, str | bytes) else None
+            found.append(unreadable(self.t.name, key, seq - meta.first, data, why))
+        damaged = any(isinstance(f, CorruptDataError) for f in found)
+        if damaged and not (yield from self._read_meta(key)).same(meta):
             raise LostRaceError("changed while reading")
         return heads, found
 
     def delete_at(
         self, key: str, idx: int, change: Change
-    ) -> Plan[tuple[int, str | Unreadable] | None]:
+    ) -> Plan[tuple[int, str | CorruptDataError] | None]:
         """Remove the message at ``idx``; return ``(position, JSON)`` or None if out of range.
 
-        A corrupt message is removed all the same and returned as :class:`Unreadable`.
+        A corrupt message is removed all the same and returned as :class:`CorruptDataError`.
         """
 
-        def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, Any]]:
+        def step(
+            meta: Meta, now: float
+        ) -> Plan[tuple[Edit | None, tuple[int, str | CorruptDataError] | None]]:
             count = meta.count(now)
             if not -count <= idx < count:
                 return None, None
@@ -474,14 +441,12 @@ class NativeLayout(NativeReads):
                 plan = Edit(meta.gen, meta.first, meta.end - 1, puts, [meta.end - 1])
             return replace(plan, dropped=chunked), (pos, removed)
 
-        result: tuple[int, str | Unreadable] | None
-        result = yield from self._change(key, "delete a message", change, step)
-        return result
+        return (yield from self._change(key, "delete a message", change, step))
 
-    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[str | Unreadable]]:
+    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[str | CorruptDataError]]:
         """Remove and return the first ``n`` messages (fewer if shorter; corrupt ones too)."""
 
-        def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, list[str | Unreadable]]]:
+        def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, list[str | CorruptDataError]]]:
             k = min(n, meta.count(now))
             if k <= 0:
                 return None, []
@@ -491,14 +456,14 @@ class NativeLayout(NativeReads):
             first = meta.first + k if k < meta.count(now) else meta.end
             return Edit(meta.gen, first, meta.end, {}, deletes, dropped=dropped), removed
 
-        result: list[str | Unreadable]
-        result = yield from self._change(key, "delete the oldest messages", change, step)
-        return result
+        return (yield from self._change(key, "delete the oldest messages", change, step))
 
-    def delete_all(self, key: str, change: Change) -> Plan[list[str | Unreadable] | None]:
+    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
         """Remove the conversation; return its messages (corrupt ones too), or None."""
 
-        def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, Any]]:
+        def step(
+            meta: Meta, now: float
+        ) -> Plan[tuple[Edit | None, list[str | CorruptDataError] | None]]:
             count = meta.count(now)
             if count == 0:
                 return None, None
@@ -507,9 +472,7 @@ class NativeLayout(NativeReads):
             deletes = list(range(meta.first, meta.end))
             return Edit(meta.gen, meta.end, meta.end, {}, deletes, dropped=dropped), removed
 
-        result: list[str | Unreadable] | None
-        result = yield from self._change(key, "delete a conversation", change, step)
-        return result
+        return (yield from self._change(key, "delete a conversation", change, step))
 
     def replace(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Replace the conversation atomically (``[]`` removes it).
@@ -566,7 +529,7 @@ class NativeLayout(NativeReads):
         drop_new = functools.partial(
             self._delete_seqs, key, gen, range(SEQ0, SEQ0 + len(final)), "clean up"
         )
-        yield from op.undoing(self.t.batch_write(what, requests), drop_new)
+        yield from op.undoing([self.t.batch_write(what, requests)], drop_new)
         if meta.gen is not None:
             op.after(
                 functools.partial(

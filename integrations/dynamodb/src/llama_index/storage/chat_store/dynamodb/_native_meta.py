@@ -22,6 +22,7 @@ from llama_index.storage.chat_store.dynamodb._sdk import (
     MAX_TRANSACTION_BYTES,
     MAX_TRANSACTION_ITEMS,
     RECENT_OPS,
+    LostRaceError,
     Table,
     item_size,
 )
@@ -148,13 +149,7 @@ def fits(puts: list[dict[str, Any]], deletes: list[dict[str, Any]]) -> bool:
 
 
 class MetaItems:
-    """Reads a conversation's meta item and builds the actions that commit on it.
-
-    Args:
-        table: The table and its settings.
-        sk: The sort key attribute.
-        keys_index: Whether the table has the :data:`KEYS_INDEX` index.
-    """
+    """Reads a conversation's meta item and builds the actions that commit on it."""
 
     def __init__(self, table: Table, sk: str, *, keys_index: bool) -> None:
         self.t = table
@@ -206,6 +201,33 @@ class MetaItems:
                 f"{item!r:.200} ({corrupt_data_remedy(key)})",
                 key=key,
             ) from exc
+
+    def _plannable(self, meta: Meta, now: float) -> bool:
+        """Whether a write may plan on ``meta`` as remembered, without reading the meta item.
+
+        Its commit is conditioned on ``Ver`` and ``Epoch``, but expiry, floor and lease
+        change without a new version: reads slide the expiry, :meth:`_prepare` raises the
+        floor. So only states those cannot mislead qualify: no conversation, a removed one
+        (a meta item without a generation: nothing slides or leases it), or a live,
+        unleased one whose message items already outlive the expiry a change would set.
+        """
+        if meta.ver is None or (meta.gen is None and meta.epoch is not None):
+            return True
+        if meta.epoch is None or meta.lease is not None or not meta.live(now):
+            return False
+        ttl = self.t.ttl
+        return ttl is None or (meta.floor is not None and meta.floor >= self.t.expiry(now))
+
+    def _winner(self, key: str, lost: LostRaceError) -> Meta | None:
+        """Return (and remember) the meta item a lost commit's condition was checked against.
+
+        Raises:
+            CorruptDataError: That meta item is damaged.
+        """
+        item = lost.current
+        if item is None or item.get(self.sk) != num(META_SK):
+            return None
+        return self._learn(key, self._parse_meta(key, item))
 
     def _guard(self, e: Expr, meta: Meta, now: float) -> str:
         """Return the condition that the meta item is still exactly ``meta`` (and not leased).
@@ -281,15 +303,7 @@ class MetaItems:
             values[CHUNKED] = num(1)
         else:
             removes.append(CHUNKED)
-        expires, floor = None, meta.floor
-        if self.t.ttl is not None:
-            expires = self.t.expiry(now)
-            values[self.t.ttl_attribute] = num(expires)
-            if plan.fresh or meta.floor is None:
-                floor = self._fresh_floor(now)
-                values[FLOOR] = num(floor)
-        else:
-            removes.append(self.t.ttl_attribute)
+        expires, floor = self._set_expiry(meta, plan, now, values, removes)
         sets = ", ".join(f"{e.n(name)} = {e.v(value)}" for name, value in values.items())
         action = {
             "Key": self._key(key, META_SK),
@@ -303,6 +317,21 @@ class MetaItems:
             floor=floor, chunked=chunked, epoch=epoch, ops=tuple(ops),
         )  # fmt: skip
         return {"Update": {**action, **e.params()}}, after
+
+    def _set_expiry(
+        self, meta: Meta, plan: Edit, now: float, values: dict[str, Any], removes: list[str]
+    ) -> tuple[int | None, int | None]:
+        """Add the expiry (and the message items' floor) a commit sets; return both."""
+        if self.t.ttl is None:
+            removes.append(self.t.ttl_attribute)
+            return None, meta.floor
+        expires = self.t.expiry(now)
+        values[self.t.ttl_attribute] = num(expires)
+        floor = meta.floor
+        if plan.fresh or floor is None:
+            floor = self._fresh_floor(now)
+            values[FLOOR] = num(floor)
+        return expires, floor
 
     def _tombstone_action(
         self, key: str, e: Expr, meta: Meta, condition: str, now: float, slot: int,

@@ -225,9 +225,8 @@ class NativeReads(MetaItems):
     ) -> Plan[tuple[Meta, int, list[Head], list[str]]]:  # fmt: skip
         """Return the meta, first position, heads and JSON of ``messages[offset:][:limit]``.
 
-        The JSON list is empty unless ``whole``; everything comes from one meta state.
-        Without ``meta``, the meta item is read first, together with the window ``seen``
-        names when there is one (see :meth:`_read_meta_and_window`).
+        All from one meta state (JSON only when ``whole``). Without ``meta``, the meta item
+        is read first, with the window ``seen`` names (:meth:`_read_meta_and_window`).
 
         An item written after the meta's version (an insert or delete inside moved it, or
         a pop and an append reused its position) or missing makes the read start over from
@@ -337,13 +336,7 @@ class NativeReads(MetaItems):
             "list keys", start, IndexName=KEYS_INDEX,
             ProjectionExpression=f"{e.n(KEY_COPY)}, {e.n(self.t.ttl_attribute)}", **e.params(),
         )  # fmt: skip
-        now = time.time()
-        keys = []
-        for item in items:
-            expires = item.get(self.t.ttl_attribute, {}).get("N")
-            if expires is None or int(expires) > now:
-                keys.append(item[KEY_COPY]["S"])
-        return keys, start
+        return self.t.live_keys(items, KEY_COPY), start
 
     def _chunked_heads(self, key: str, meta: Meta) -> Plan[list[Head]]:
         """Return the chunked heads of the meta's generation (reading no message text)."""

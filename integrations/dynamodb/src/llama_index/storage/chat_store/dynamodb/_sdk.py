@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from botocore.exceptions import (
@@ -26,29 +28,17 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     ConfigurationError,
+    CorruptDataError,
     NotSentError,
     PayloadTooLargeError,
 )
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, Sleep
 
 __all__ = [
-    "MAX_BATCH_GET",
-    "MAX_BATCH_WRITE",
-    "MAX_ITEM_BYTES",
-    "MAX_TRANSACTION_BYTES",
-    "MAX_TRANSACTION_ITEMS",
-    "RECENT_OPS",
-    "Call",
-    "LostRaceError",
-    "Op",
-    "Table",
-    "Translator",
-    "Unreadable",
-    "backoff",
-    "cancellation_codes",
-    "item_size",
-    "recent",
-]
+    "MAX_BATCH_GET", "MAX_BATCH_WRITE", "MAX_ITEM_BYTES", "MAX_TRANSACTION_BYTES",
+    "MAX_TRANSACTION_ITEMS", "RECENT_OPS", "Call", "LostRaceError", "Op", "Table", "Translator",
+    "backoff", "cancellation_codes", "item_size", "recent", "unreadable",
+]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -98,12 +88,17 @@ class Call:
     what: str
 
 
-@dataclass(frozen=True)
-class Unreadable:
-    """A removed message that held no message (corrupt data): what it held, and why."""
-
-    data: str | bytes | None
-    why: str
+def unreadable(
+    table: str, key: str, position: int, data: str | bytes | None, why: str
+) -> CorruptDataError:
+    """Return the error for a removed message that held no message: what it held, and why."""
+    return CorruptDataError(
+        f"message at key {key!r} position {position} in DynamoDB table {table!r} is "
+        f"unreadable: {why}",
+        key=key,
+        position=position,
+        data=data,
+    )
 
 
 class LostRaceError(ConflictError):
@@ -121,18 +116,15 @@ class LostRaceError(ConflictError):
 
 
 class Op:
-    """One change call: its tags, and what each commit it sent would return.
+    """One change call, kept in its :attr:`Change.state`: its tags, and what they return.
 
-    Kept in the call's :attr:`Change.state`, so every attempt (the store's retries, and
-    botocore's resends inside one) shares it. Each plan a call commits gets its own tag,
-    ``ID.N`` (``ID`` the change's id), recorded atomically with the commit on the
-    conversation (the meta item, or LlamaIndex's single item). An attempt that finds one
-    of its tags there knows that commit won: the call returns what that plan computed (a
-    removal read the messages it removes before committing) and finishes the plan's
-    clean-up (deleting items the commit made unreachable), which is idempotent. No reply is
-    stored: only this call, in this process, ever resends the id. The tags are looked for
-    on every read, ``Change.check`` or not: botocore resends a write whose reply it lost
-    without the store knowing.
+    Each plan a call commits gets its own tag, ``ID.N`` (``ID`` the change's id), recorded
+    atomically with the commit on the conversation (the meta item, or LlamaIndex's item).
+    An attempt that finds one of its tags there knows that commit won: the call returns
+    what that plan computed (a removal read what it removes before committing) and
+    finishes the plan's idempotent clean-up. No reply is stored: only this call, in this
+    process, resends the id. Tags are looked for on every read, ``Change.check`` or not:
+    botocore resends a write whose reply it lost without the store knowing.
     """
 
     def __init__(self, op_id: str) -> None:
@@ -156,11 +148,6 @@ class Op:
         self._cleanups.append([])
         return f"{self.id}.{len(self._results) - 1}"
 
-    @property
-    def latest(self) -> int:
-        """The number of the latest tagged plan."""
-        return len(self._results) - 1
-
     def after(self, cleanup: Callable[[], Plan[None]]) -> None:
         """Run the plan ``cleanup()`` once the latest tagged plan is known to be committed."""
         self._cleanups[-1].append(cleanup)
@@ -173,15 +160,16 @@ class Op:
                 return int(tag[len(prefix) :])
         return None
 
-    def undoing(self, body: Plan[T], undo: Callable[[], Plan[None]]) -> Plan[T]:
-        """Run the plan ``body``; when it fails, run the plan ``undo()`` and fail.
+    def undoing(self, plans: list[Plan[None]], undo: Callable[[], Plan[None]]) -> Plan[None]:
+        """Run ``plans`` in turn; when one fails, run the plan ``undo()`` and fail.
 
-        ``undo`` runs at once when ``body`` failed in the plan (a lost race, an error of
-        its own); when the transport failed (the plan is closed, it can send nothing
-        more), it runs first thing in the call's next attempt (see :meth:`settle`).
+        ``undo`` runs at once when a plan failed in itself (a lost race, an error of its
+        own); when the transport failed (the plan is closed, it can send nothing more), it
+        runs first thing in the call's next attempt (see :meth:`settle`).
         """
         try:
-            return (yield from body)
+            for plan in plans:
+                yield from plan
         except Exception:
             yield from undo()
             raise
@@ -195,8 +183,8 @@ class Op:
             yield from self._undo[-1]()
             self._undo.pop()
 
-    def finish(self, plan: int) -> Plan[Any]:
-        """Run the clean-up of the committed plan ``plan`` and return its result."""
+    def finish(self, plan: int = -1) -> Plan[Any]:
+        """Run the clean-up of the committed plan ``plan`` (the latest) and return its result."""
         for cleanup in self._cleanups[plan]:
             yield from cleanup()
         return self._results[plan]
@@ -266,14 +254,11 @@ class Translator:
             yield
         except ClientError as exc:
             raise self.client_error(exc, what) from exc
-        except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            # No connection was made: the request never left.
-            raise NotSentError(
-                f"DynamoDB at {self.endpoint} is unreachable while trying to {what} "
-                f"(table {self.table!r}): {exc}"
-            ) from exc
-        except (ConnectionClosedError, ReadTimeoutError) as exc:
-            raise BackendUnavailableError(
+        except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError,
+                ReadTimeoutError) as exc:  # fmt: skip
+            # Without a connection the request never left: nothing can have been applied.
+            sent = not isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
+            raise (BackendUnavailableError if sent else NotSentError)(
                 f"DynamoDB at {self.endpoint} is unreachable while trying to {what} "
                 f"(table {self.table!r}): {exc}"
             ) from exc
@@ -291,8 +276,8 @@ class Translator:
                 f"DynamoDB at {self.endpoint} failed while trying to {what}: {exc}"
             ) from exc
 
-    def send(self, client: Any, step: Call) -> Any:
-        """Make the call ``step`` on ``client``; raise :class:`LostRaceError` or a core error.
+    def send(self, client: Callable[[], Any], step: Call) -> Any:
+        """Make the call ``step`` on ``client()``; raise :class:`LostRaceError` or a core error.
 
         A failed condition (of a single-item write, or of a transaction, also when it
         conflicted with another transaction) is a :class:`LostRaceError` carrying the item the
@@ -300,7 +285,7 @@ class Translator:
         """
         with self.errors(step.what):
             try:
-                return getattr(client, step.operation)(**step.params)
+                return getattr(client(), step.operation)(**step.params)
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 if code == "ConditionalCheckFailedException":
@@ -385,19 +370,8 @@ class Table:
     def batch_write(self, what: str, requests: list[dict[str, Any]]) -> Plan[None]:
         """Run BatchWriteItem in chunks of 25, resending unprocessed requests with backoff."""
         for start in range(0, len(requests), MAX_BATCH_WRITE):
-            pending = requests[start : start + MAX_BATCH_WRITE]
-            attempt = 0
-            while pending:
-                reply = yield Call("batch_write_item", {"RequestItems": {self.name: pending}}, what)
-                pending = reply.get("UnprocessedItems", {}).get(self.name, [])
-                if pending:
-                    attempt += 1
-                    if attempt > self.attempts:
-                        raise BackendUnavailableError(
-                            f"DynamoDB table {self.name!r} at {self.endpoint} kept "
-                            f"leaving {len(pending)} writes unprocessed while trying to {what}"
-                        )
-                    yield backoff(attempt, cap=1.0)
+            chunk = requests[start : start + MAX_BATCH_WRITE]
+            yield from self._processed(what, "batch_write_item", "UnprocessedItems", chunk)
 
     def batch_get(
         self, what: str, keys: list[dict[str, Any]], **params: Any
@@ -409,26 +383,45 @@ class Table:
         """
         found: list[dict[str, Any]] = []
         for start in range(0, len(keys), MAX_BATCH_GET):
-            request: dict[str, Any] | None = {
-                "Keys": keys[start : start + MAX_BATCH_GET],
-                "ConsistentRead": True,
-                **params,
-            }
-            attempt = 0
-            while request:
-                reply = yield Call("batch_get_item", {"RequestItems": {self.name: request}}, what)
+            chunk = {"Keys": keys[start : start + MAX_BATCH_GET], "ConsistentRead": True, **params}
+            replies = yield from self._processed(what, "batch_get_item", "UnprocessedKeys", chunk)
+            for reply in replies:
                 found.extend(reply.get("Responses", {}).get(self.name, []))
-                request = reply.get("UnprocessedKeys", {}).get(self.name)
-                if request:
-                    attempt += 1
-                    if attempt > self.attempts:
-                        raise BackendUnavailableError(
-                            f"DynamoDB table {self.name!r} at {self.endpoint} kept "
-                            f"leaving {len(request['Keys'])} reads unprocessed while trying "
-                            f"to {what}"
-                        )
-                    yield backoff(attempt, cap=1.0)
         return found
+
+    def _processed(
+        self, what: str, operation: str, unprocessed: str, request: Any
+    ) -> Plan[list[dict[str, Any]]]:
+        """Send a batch request, then what DynamoDB left ``unprocessed``, with backoff.
+
+        Returns every reply. Raises :class:`BackendUnavailableError` when some of it is still
+        left after :attr:`attempts` resends.
+        """
+        replies = []
+        for attempt in range(1, self.attempts + 2):
+            reply = yield Call(operation, {"RequestItems": {self.name: request}}, what)
+            replies.append(reply)
+            request = reply.get(unprocessed, {}).get(self.name)
+            if not request:
+                return replies
+            if attempt <= self.attempts:
+                yield backoff(attempt, cap=1.0)
+        left = len(request["Keys"] if isinstance(request, dict) else request)
+        raise BackendUnavailableError(
+            f"DynamoDB table {self.name!r} at {self.endpoint} kept leaving {left} "
+            f"{'reads' if isinstance(request, dict) else 'writes'} unprocessed while trying to "
+            f"{what}"
+        )
+
+    def live_keys(self, items: list[dict[str, Any]], attribute: str) -> list[str]:
+        """Return the key in ``attribute`` of each item whose expiry has not passed."""
+        now = time.time()
+        keys = []
+        for item in items:
+            expires = item.get(self.ttl_attribute, {}).get("N")
+            if expires is None or int(Decimal(expires)) > now:
+                keys.append(item[attribute]["S"])
+        return keys
 
     def scan_page(
         self, what: str, start: dict[str, Any] | None, **params: Any

@@ -27,12 +27,12 @@ from llama_index.storage.chat_store.dynamodb._llama_index_layout import (
     LlamaIndexLayout,
     llama_index_table_definition,
 )
-from llama_index.storage.chat_store.dynamodb._native import (
+from llama_index.storage.chat_store.dynamodb._native import NativeLayout
+from llama_index.storage.chat_store.dynamodb._native_meta import (
     KEYS_INDEX,
-    NativeLayout,
     native_table_definition,
 )
-from llama_index.storage.chat_store.dynamodb._sdk import Call, Table, Translator, Unreadable
+from llama_index.storage.chat_store.dynamodb._sdk import Call, Table, Translator
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -302,7 +302,7 @@ class DynamoDBChatStore(PlannedChatStore):
         return _new_client(session_options, options)
 
     def _execute(self, step: Call) -> Any:
-        return self._errors.send(self._client.get(), step)
+        return self._errors.send(self._client.get, step)
 
     async def _adrive(self, plan: Plan[T]) -> T:
         # boto3 has no async driver: an attempt runs in one worker thread, all its requests.
@@ -405,7 +405,7 @@ class DynamoDBChatStore(PlannedChatStore):
         return [message_from_json(data, key=key, position=p) for p, data in pairs]
 
     def _parse_removed(
-        self, key: str, pairs: Sequence[tuple[int, str | Unreadable]]
+        self, key: str, pairs: Sequence[tuple[int, str | CorruptDataError]]
     ) -> list[ChatMessage]:
         """Parse what a removal removed.
 
@@ -415,21 +415,7 @@ class DynamoDBChatStore(PlannedChatStore):
                 was removed and holds what was stored there.
             SerializationError: The same, for a message LlamaIndex's model cannot hold.
         """
-        stored: list[tuple[int, str | bytes | CorruptDataError]] = [
-            (position, self._unreadable(key, position, data))
-            if isinstance(data, Unreadable) else (position, data)
-            for position, data in pairs
-        ]  # fmt: skip
-        return messages_removed(key, stored, storage=f"DynamoDB table {self.table_name!r}")
-
-    def _unreadable(self, key: str, position: int, data: Unreadable) -> CorruptDataError:
-        return CorruptDataError(
-            f"message at key {key!r} position {position} in DynamoDB table "
-            f"{self.table_name!r} is unreadable: {data.why}",
-            key=key,
-            position=position,
-            data=data.data,
-        )
+        return messages_removed(key, pairs, storage=f"DynamoDB table {self.table_name!r}")
 
     # -- operations, once for both drivers ---------------------------------------------------
 
