@@ -267,8 +267,6 @@ class MetaItems:
         :class:`LostRaceError`), so a writer that lost learns the winner's state, and a
         writer whose own commit's reply was lost finds its ``tag`` there. The tag goes to
         the slot ``Op{new Ver mod 16}``: the meta keeps the ids of its last 16 changes.
-        Removing the last message leaves the meta item without a generation (a tombstone
-        keeping the ids) rather than deleting it.
         """
         e = Expr()
         if lease_id is None:
@@ -279,18 +277,48 @@ class MetaItems:
                 f"{e.n(VER)} = {e.v(num(meta.ver or 0))}"
             )
         ver = (meta.ver or 0) + 1
-        slot = ver % RECENT_OPS
         ops = list(meta.ops or ("",) * RECENT_OPS)
-        ops[slot] = tag
-        if plan.end == plan.first:
-            return self._tombstone_action(key, e, meta, condition, now, slot, tuple(ops))
-        values = {OPS[slot]: text(tag), GEN: num(plan.gen), FIRST: num(plan.first),
-                  END: num(plan.end), VER: num(ver), KEY_COPY: text(key)}  # fmt: skip
-        removes = [LEASE, LEASE_ID]
-        epoch = meta.epoch
-        if epoch is None:  # created now (or written before meta items had an epoch)
-            epoch = uuid.uuid4().hex
+        ops[ver % RECENT_OPS] = tag
+        epoch = meta.epoch or uuid.uuid4().hex
+        values = {OPS[ver % RECENT_OPS]: text(tag), VER: num(ver)}
+        if meta.epoch is None:  # created now (or written before meta items had an epoch)
             values[EPOCH] = text(epoch)
+        base = Meta(ver=ver, next_gen=meta.next_gen, epoch=epoch, ops=tuple(ops))
+        if plan.end == plan.first:
+            removes, after = self._emptied(base, now, values)
+        else:
+            removes, after = self._committed(key, meta, plan, now, values, base)
+        sets = ", ".join(f"{e.n(name)} = {e.v(value)}" for name, value in values.items())
+        action = {
+            "Key": self._key(key, META_SK),
+            "UpdateExpression": f"SET {sets} REMOVE {', '.join(map(e.n, removes))}",
+            "ConditionExpression": condition,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        return {"Update": {**action, **e.params()}}, after
+
+    def _emptied(self, base: Meta, now: float, values: dict[str, Any]) -> tuple[list[str], Meta]:
+        """Add what removing the last message sets; return what it removes, and the result.
+
+        The meta item stays (a tombstone keeping the ids) without its generation, range and
+        key copy (so reads find nothing and ``get_keys`` skips it), with ``Ver``,
+        ``Epoch``, ``NextGen`` and the recent operation ids, expiring with the
+        conversation's ttl, else after a day.
+        """
+        seconds = self.t.ttl if self.t.ttl is not None else TOMBSTONE_SECONDS
+        expires = math.ceil(now + seconds)
+        values.update({EPOCH: text(str(base.epoch)), self.t.ttl_attribute: num(expires)})
+        gone = [GEN, FIRST, END, KEY_COPY, CHUNKED, FLOOR, LEASE, LEASE_ID]
+        return gone, replace(base, expires=expires)
+
+    def _committed(
+        self, key: str, meta: Meta, plan: Edit, now: float, values: dict[str, Any], base: Meta
+    ) -> tuple[list[str], Meta]:
+        """Add what committing ``plan`` over ``meta`` sets; return what it removes, the result."""
+        values.update(
+            {GEN: num(plan.gen), FIRST: num(plan.first), END: num(plan.end), KEY_COPY: text(key)}
+        )
+        removes = [LEASE, LEASE_ID]
         if plan.new_gen:
             values[NEXT] = num(plan.gen)
         # Sticky for a generation: replaces and expiry extensions then look for chunks.
@@ -303,65 +331,20 @@ class MetaItems:
             values[CHUNKED] = num(1)
         else:
             removes.append(CHUNKED)
-        expires, floor = self._set_expiry(meta, plan, now, values, removes)
-        sets = ", ".join(f"{e.n(name)} = {e.v(value)}" for name, value in values.items())
-        action = {
-            "Key": self._key(key, META_SK),
-            "UpdateExpression": f"SET {sets} REMOVE {', '.join(map(e.n, removes))}",
-            "ConditionExpression": condition,
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-        after = Meta(
-            ver=ver, gen=plan.gen, first=plan.first, end=plan.end,
-            next_gen=plan.gen if plan.new_gen else meta.next_gen, expires=expires,
-            floor=floor, chunked=chunked, epoch=epoch, ops=tuple(ops),
-        )  # fmt: skip
-        return {"Update": {**action, **e.params()}}, after
-
-    def _set_expiry(
-        self, meta: Meta, plan: Edit, now: float, values: dict[str, Any], removes: list[str]
-    ) -> tuple[int | None, int | None]:
-        """Add the expiry (and the message items' floor) a commit sets; return both."""
+        expires, floor = None, meta.floor
         if self.t.ttl is None:
             removes.append(self.t.ttl_attribute)
-            return None, meta.floor
-        expires = self.t.expiry(now)
-        values[self.t.ttl_attribute] = num(expires)
-        floor = meta.floor
-        if plan.fresh or floor is None:
-            floor = self._fresh_floor(now)
-            values[FLOOR] = num(floor)
-        return expires, floor
-
-    def _tombstone_action(
-        self, key: str, e: Expr, meta: Meta, condition: str, now: float, slot: int,
-        ops: tuple[str, ...],
-    ) -> tuple[dict[str, Any], Meta]:  # fmt: skip
-        """Return the action that empties the conversation, keeping its meta item's ids.
-
-        The meta item loses its generation, range and key copy (so reads find nothing and
-        ``get_keys`` skips it) and keeps ``Ver``, ``Epoch``, ``NextGen`` and the recent
-        operation ids, with an expiry: the conversation's ttl, else a day.
-        """
-        epoch = meta.epoch or uuid.uuid4().hex
-        seconds = self.t.ttl if self.t.ttl is not None else TOMBSTONE_SECONDS
-        expires = math.ceil(now + seconds)
-        sets = [
-            f"{e.n(OPS[slot])} = {e.v(text(ops[slot]))}",
-            f"{e.n(VER)} = {e.v(num((meta.ver or 0) + 1))}",
-            f"{e.n(EPOCH)} = {e.v(text(epoch))}",
-            f"{e.n(self.t.ttl_attribute)} = {e.v(num(expires))}",
-        ]
-        gone = (GEN, FIRST, END, KEY_COPY, CHUNKED, FLOOR, LEASE, LEASE_ID)
-        action = {
-            "Key": self._key(key, META_SK),
-            "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(map(e.n, gone))}",
-            "ConditionExpression": condition,
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-        after = Meta(ver=(meta.ver or 0) + 1, next_gen=meta.next_gen, expires=expires,
-                      epoch=epoch, ops=ops)  # fmt: skip
-        return {"Update": {**action, **e.params()}}, after
+        else:
+            expires = self.t.expiry(now)
+            values[self.t.ttl_attribute] = num(expires)
+            if plan.fresh or floor is None:
+                floor = self._fresh_floor(now)
+                values[FLOOR] = num(floor)
+        after = replace(
+            base, gen=plan.gen, first=plan.first, end=plan.end, expires=expires, floor=floor,
+            next_gen=plan.gen if plan.new_gen else meta.next_gen, chunked=chunked,
+        )  # fmt: skip
+        return removes, after
 
     def _fresh_floor(self, now: float) -> int:
         # Items written from now on expire at now + 2 ttl; the margin covers writers that
