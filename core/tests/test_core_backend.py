@@ -265,6 +265,24 @@ def test_an_attempt_never_sent_does_not_make_the_next_look(store: DictChatStore)
     assert seen == [False, False, False, True]
 
 
+def test_change_state_is_kept_across_attempts(store: DictChatStore) -> None:
+    """What a plan keeps in ``change.state`` is there for the next attempt of that change only."""
+    states: list[Any] = []
+    make = store._add_plan
+
+    def spy(key: str, messages: Any, idx: Any, change: Change) -> Plan[None]:
+        states.append(change.state)
+        change.state = (change.state or 0) + 1
+        return make(key, messages, idx, change)
+
+    object.__setattr__(store, "_add_plan", spy)
+    server = store.server
+    server.lose_reply = {server.steps + 2}
+    store.add_message("k", ChatMessage(content="a"))
+    store.add_message("k", ChatMessage(content="b"))
+    assert states == [None, 1, None]
+
+
 def test_giving_up_says_what_became_of_the_change() -> None:
     store = DictChatStore(name=f"unit-{next(_names)}", retries=1, retry_backoff=0)
     server = store.server

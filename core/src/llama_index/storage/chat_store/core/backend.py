@@ -105,15 +105,18 @@ class Change:
     is true once an earlier attempt may have reached the server (it failed in any way but
     :class:`NotSentError`): only then need a plan look for ``id`` before changing anything.
     A plan that itself finds it must look (its own conditional write failed after the
-    driver resent it) may set ``check``.
+    driver resent it) may set ``check``. ``state`` is the plans' own: whatever a backend
+    keeps across the attempts of this change, in this process (``None`` at first), e.g.
+    what a commit that may have landed would have returned, or work already done.
     """
 
-    __slots__ = ("attempts", "check", "id")
+    __slots__ = ("attempts", "check", "id", "state")
 
     def __init__(self, op_id: str | None = None) -> None:
         self.id = new_op_id() if op_id is None else op_id
         self.attempts = 0
         self.check = False
+        self.state: Any = None
 
     def __repr__(self) -> str:
         return f"Change(id={self.id!r}, attempts={self.attempts}, check={self.check})"

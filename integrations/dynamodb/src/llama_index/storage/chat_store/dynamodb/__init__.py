@@ -5,7 +5,7 @@ hash-key-only table it reads and writes LlamaIndex's single-item layout.
 """
 
 from llama_index.storage.chat_store.dynamodb._chunks import MAX_MESSAGE_BYTES
-from llama_index.storage.chat_store.dynamodb._native import KEYS_INDEX
-from llama_index.storage.chat_store.dynamodb._store import DynamoDBChatStore
+from llama_index.storage.chat_store.dynamodb._native_meta import KEYS_INDEX
+from llama_index.storage.chat_store.dynamodb.store import DynamoDBChatStore
 
 __all__ = ["KEYS_INDEX", "MAX_MESSAGE_BYTES", "DynamoDBChatStore"]

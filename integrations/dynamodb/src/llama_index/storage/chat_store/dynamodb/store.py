@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import boto3
@@ -14,34 +14,32 @@ from botocore.exceptions import ClientError
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_serializer
 
 from llama_index.storage.chat_store.core import (
-    BaseChatStore,
     Capability,
     ChatMessage,
     ConfigurationError,
     CorruptDataError,
-    coerce_message,
-    coerce_messages,
     message_from_json,
     message_to_json,
     messages_removed,
 )
-from llama_index.storage.chat_store.core.retries import RetryPolicy
-from llama_index.storage.chat_store.core.store import check_window
-from llama_index.storage.chat_store.dynamodb._client import Table, Translator, Unreadable
-from llama_index.storage.chat_store.dynamodb._llama_index import (
+from llama_index.storage.chat_store.core.backend import Change, Lazy, Plan, PlannedChatStore
+from llama_index.storage.chat_store.dynamodb._llama_index_layout import (
     LlamaIndexLayout,
     llama_index_table_definition,
 )
-from llama_index.storage.chat_store.dynamodb._native import (
+from llama_index.storage.chat_store.dynamodb._native import NativeLayout
+from llama_index.storage.chat_store.dynamodb._native_meta import (
     KEYS_INDEX,
-    NativeLayout,
     native_table_definition,
 )
+from llama_index.storage.chat_store.dynamodb._sdk import Call, Table, Translator
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["DynamoDBChatStore"]
+
+T = TypeVar("T")
 
 Layout = Literal["auto", "native", "llama_index"]
 _SECRET_WORDS = ("secret", "token", "password")
@@ -82,7 +80,7 @@ def _new_client(session_options: dict[str, Any], client_options: dict[str, Any])
         return session.client("dynamodb", **client_options)
 
 
-class DynamoDBChatStore(BaseChatStore):
+class DynamoDBChatStore(PlannedChatStore):
     """Conversations in a DynamoDB table, one item per message (or LlamaIndex's one per chat).
 
     On the recommended table (:meth:`create_table`: partition key ``SessionId``, numeric sort
@@ -170,13 +168,10 @@ class DynamoDBChatStore(BaseChatStore):
     endpoint_url: str | None = None
     layout: Layout = "auto"
     sort_key: str = "Seq"
-    retries: int = Field(default=3, ge=0)
-    retry_backoff: float = Field(default=0.05, ge=0)
-    retry_deadline: float = Field(default=10.0, gt=0)
 
-    _client: Any = PrivateAttr(default=None)
+    _client: Lazy[Any] = PrivateAttr()
+    _errors: Translator = PrivateAttr()
     _layout: NativeLayout | LlamaIndexLayout | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(
         self,
@@ -222,6 +217,8 @@ class DynamoDBChatStore(BaseChatStore):
         """Check the options that cannot work before any connection is made."""
         if self.ttl is not None and self.ttl <= 0:
             raise ConfigurationError(f"ttl must be a positive number of seconds, got {self.ttl}")
+        self._client = Lazy(self._new_client)
+        self._errors = Translator(self.table_name, self._endpoint())
 
     @field_serializer("session_kwargs", "resource_kwargs")
     def _without_secrets(self, value: dict[str, Any]) -> dict[str, Any]:
@@ -283,57 +280,59 @@ class DynamoDBChatStore(BaseChatStore):
             explicit or f"the AWS DynamoDB endpoint of {self.region_name or 'the default region'}"
         )
 
-    def _boto_client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                secret, token = self.aws_secret_access_key, self.aws_session_token
-                session_options = {
-                    "aws_access_key_id": self.aws_access_key_id,
-                    "aws_secret_access_key": secret.get_secret_value() if secret else None,
-                    "aws_session_token": token.get_secret_value() if token else None,
-                    "region_name": self.region_name,
-                    "botocore_session": self.botocore_session,
-                    "profile_name": self.profile_name,
-                    **self.session_kwargs,
-                }
-                config = self.botocore_config or Config(
-                    retries={"max_attempts": self.max_retries, "mode": "standard"},
-                    connect_timeout=self.timeout,
-                    read_timeout=self.timeout,
-                )
-                options = {"config": config, **self.resource_kwargs}
-                if self.endpoint_url:
-                    options["endpoint_url"] = self.endpoint_url
-                self._client = _new_client(session_options, options)
-            return self._client
+    def _new_client(self) -> Any:
+        secret, token = self.aws_secret_access_key, self.aws_session_token
+        session_options = {
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": secret.get_secret_value() if secret else None,
+            "aws_session_token": token.get_secret_value() if token else None,
+            "region_name": self.region_name,
+            "botocore_session": self.botocore_session,
+            "profile_name": self.profile_name,
+            **self.session_kwargs,
+        }
+        config = self.botocore_config or Config(
+            retries={"max_attempts": self.max_retries, "mode": "standard"},
+            connect_timeout=self.timeout,
+            read_timeout=self.timeout,
+        )
+        options = {"config": config, **self.resource_kwargs}
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        return _new_client(session_options, options)
+
+    def _execute(self, step: Call) -> Any:
+        return self._errors.send(self._client.get, step)
+
+    async def _adrive(self, plan: Plan[T]) -> T:
+        # boto3 has no async driver: an attempt runs in one worker thread, all its requests.
+        return await asyncio.to_thread(self._drive, plan)
 
     def _table(self) -> Table:
         return Table(
-            client=self._boto_client,
             name=self.table_name,
             pk=self.primary_key,
             ttl=self.ttl,
             ttl_attribute=self.ttl_attribute,
-            errors=Translator(self.table_name, self._endpoint()),
+            endpoint=self._endpoint(),
             refresh_on_read=self.refresh_on_read,
-            policy=RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline),
         )
 
-    def _storage(self) -> NativeLayout | LlamaIndexLayout:
+    def _storage(self) -> Plan[NativeLayout | LlamaIndexLayout]:
         """Return the layout for the table, detecting it on first use (DescribeTable)."""
-        layout = self._layout
-        if layout is not None:
-            return layout
-        table = self._table()
+        if self._layout is None:
+            reply = yield Call(
+                "describe_table", {"TableName": self.table_name}, "describe the table"
+            )
+            self._layout = self._layout_for(reply["Table"])
+        return self._layout
 
-        def describe() -> dict[str, Any]:
-            with table.errors.errors("describe the table"):
-                found: dict[str, Any] = self._boto_client().describe_table(
-                    TableName=self.table_name
-                )["Table"]
-                return found
+    def _layout_for(self, described: dict[str, Any]) -> NativeLayout | LlamaIndexLayout:
+        """Return the layout a table described by DescribeTable holds.
 
-        described = table.retried(describe, mutates=False)
+        Raises:
+            ConfigurationError: The table does not fit ``primary_key`` or ``layout``.
+        """
         keys = {k["KeyType"]: k["AttributeName"] for k in described["KeySchema"]}
         if keys.get("HASH") != self.primary_key:
             raise ConfigurationError(
@@ -344,24 +343,21 @@ class DynamoDBChatStore(BaseChatStore):
         wanted = (
             self.layout if self.layout != "auto" else ("native" if range_key else "llama_index")
         )
-        if wanted == "native":
-            if range_key is None:
-                raise ConfigurationError(
-                    f"DynamoDB table {self.table_name!r} has no sort key, so it cannot hold the "
-                    "native layout; use layout='llama_index' or create the recommended table"
-                )
-            indexes = described.get("GlobalSecondaryIndexes") or []
-            has_index = any(i.get("IndexName") == KEYS_INDEX for i in indexes)
-            layout = NativeLayout(table, range_key, keys_index=has_index)
-        else:
+        if wanted == "llama_index":
             if range_key is not None:
                 raise ConfigurationError(
                     f"DynamoDB table {self.table_name!r} has a sort key ({range_key!r}); "
                     "LlamaIndex's layout needs LlamaIndex's hash-key-only table"
                 )
-            layout = LlamaIndexLayout(table)
-        self._layout = layout
-        return layout
+            return LlamaIndexLayout(self._table())
+        if range_key is None:
+            raise ConfigurationError(
+                f"DynamoDB table {self.table_name!r} has no sort key, so it cannot hold the "
+                "native layout; use layout='llama_index' or create the recommended table"
+            )
+        indexes = described.get("GlobalSecondaryIndexes") or []
+        has_index = any(i.get("IndexName") == KEYS_INDEX for i in indexes)
+        return NativeLayout(self._table(), range_key, keys_index=has_index)
 
     def create_table(self, *, layout: Literal["native", "llama_index"] = "native") -> None:
         """Create the table if it does not exist, and enable DynamoDB's TTL on ``ttl_attribute``.
@@ -371,15 +367,14 @@ class DynamoDBChatStore(BaseChatStore):
         on-demand billing. ``layout="llama_index"`` creates LlamaIndex's hash-key-only table.
         An existing table is left as it is.
         """
-        table = self._table()
         if layout == "native":
             definition = native_table_definition(
                 self.table_name, self.primary_key, self.sort_key, self.ttl_attribute
             )
         else:
             definition = llama_index_table_definition(self.table_name, self.primary_key)
-        client = self._boto_client()
-        with table.errors.errors("create the table"):
+        client = self._client.get()
+        with self._errors.errors("create the table"):
             try:
                 client.create_table(**definition)
             except ClientError as exc:
@@ -398,13 +393,19 @@ class DynamoDBChatStore(BaseChatStore):
                     raise
         self._layout = None
 
-    # -- reads -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the boto3 client; the store makes a new one if used again."""
+        client = self._client.take()
+        if client is not None:
+            client.close()
+
+    # -- what was stored -------------------------------------------------------------------
 
     def _parse(self, key: str, pairs: Sequence[tuple[int, str]]) -> list[ChatMessage]:
         return [message_from_json(data, key=key, position=p) for p, data in pairs]
 
     def _parse_removed(
-        self, key: str, pairs: Sequence[tuple[int, str | Unreadable]]
+        self, key: str, pairs: Sequence[tuple[int, str | CorruptDataError]]
     ) -> list[ChatMessage]:
         """Parse what a removal removed.
 
@@ -414,146 +415,58 @@ class DynamoDBChatStore(BaseChatStore):
                 was removed and holds what was stored there.
             SerializationError: The same, for a message LlamaIndex's model cannot hold.
         """
-        stored: list[tuple[int, str | bytes | CorruptDataError]] = [
-            (position, self._unreadable(key, position, data))
-            if isinstance(data, Unreadable) else (position, data)
-            for position, data in pairs
-        ]  # fmt: skip
-        return messages_removed(key, stored, storage=f"DynamoDB table {self.table_name!r}")
+        return messages_removed(key, pairs, storage=f"DynamoDB table {self.table_name!r}")
 
-    def _unreadable(self, key: str, position: int, data: Unreadable) -> CorruptDataError:
-        return CorruptDataError(
-            f"message at key {key!r} position {position} in DynamoDB table "
-            f"{self.table_name!r} is unreadable: {data.why}",
-            key=key,
-            position=position,
-            data=data.data,
-        )
+    # -- operations, once for both drivers ---------------------------------------------------
 
-    def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
-    ) -> list[ChatMessage]:
-        """Return ``messages[offset:][:limit]`` (``[]`` for a missing or expired key).
+    def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        # Native: the meta item, then only the requested items (and the chunks of split
+        # messages); with refresh_on_read a live conversation's expiry moves to now + ttl.
+        layout = yield from self._storage()
+        return self._parse(key, (yield from layout.get(key, offset, limit)))
 
-        Reads the meta item, then queries only the requested items (and the extra items of
-        messages split across several). With ``refresh_on_read`` a live conversation's
-        expiry moves to now + ttl.
-        """
-        key = self._check_key(key)
-        check_window(offset, limit)
-        storage = self._storage()
-        return self._parse(
-            key, storage.t.retried(lambda: storage.get(key, offset, limit), mutates=False)
-        )
+    def _count_plan(self, key: str) -> Plan[int]:
+        layout = yield from self._storage()
+        return (yield from layout.count(key))
 
-    def count_messages(self, key: str) -> int:
-        """Return the number of messages (one small read of the meta item).
-
-        With ``refresh_on_read`` a live conversation's expiry moves to now + ttl.
-        """
-        key = self._check_key(key)
-        storage = self._storage()
-        return storage.t.retried(lambda: storage.count(key), mutates=False)
-
-    def iter_keys(self) -> Iterator[str]:
-        """Yield the keys holding unexpired messages, page by page.
-
-        Native layout: a scan of the sparse keys index (meta items only, never messages).
-        LlamaIndex layout: a scan of the table projected to the key.
-        """
-        for page in self._storage().iter_key_pages():
-            yield from page
-
-    async def aiter_keys(self) -> AsyncIterator[str]:
-        """Async :meth:`iter_keys`: each page is fetched in a worker thread."""
-        pages = await asyncio.to_thread(lambda: iter(self._storage().iter_key_pages()))
-        while (page := await asyncio.to_thread(next, pages, None)) is not None:
-            for key in page:
-                yield key
-
-    # -- writes ----------------------------------------------------------------------------
-
-    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
-        """Append ``message`` atomically, or insert it at ``idx`` like ``list.insert``.
-
-        Concurrent appends to one key are all kept, each writer's in order.
-
-        Raises:
-            PayloadTooLargeError: The message is over 16 MB of JSON, or cannot fit
-                LlamaIndex's single item (nothing is written).
-        """
-        key = self._check_key(key)
-        # No copy: the JSON is the private copy (a copy first would only cost time, and
-        # recurse through deep values that the serializer turns into SerializationError).
-        data = message_to_json(coerce_message(message, copy=False))
+    def _add_plan(
+        self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
+    ) -> Plan[None]:
+        # No copy of the messages: the JSON is the private copy (a copy first would only
+        # cost time, and recurse through deep values the serializer refuses).
+        data = [message_to_json(m) for m in messages]
+        layout = yield from self._storage()
         if idx is None:
-            self._storage().append(key, [data])
+            yield from layout.append(key, data, change)
         else:
-            if isinstance(idx, bool) or not isinstance(idx, int):
-                raise TypeError(f"idx must be an int or None, got {type(idx).__qualname__}")
-            self._storage().insert(key, idx, data)
+            yield from layout.insert(key, idx, data[0], change)
 
-    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Append ``messages`` atomically and in order (``[]`` changes nothing).
+    def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
+        data = [message_to_json(m) for m in messages]
+        layout = yield from self._storage()
+        yield from layout.replace(key, data, change)
 
-        Raises:
-            PayloadTooLargeError: A message is over 16 MB of JSON, or the conversation cannot
-                fit LlamaIndex's single item (nothing is written).
-        """
-        key = self._check_key(key)
-        data = [message_to_json(m) for m in coerce_messages(messages, copy=False)]
-        if data:
-            self._storage().append(key, data)
-
-    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Replace the conversation; readers see the old or the new list (``[]`` removes it)."""
-        key = self._check_key(key)
-        data = [message_to_json(m) for m in coerce_messages(messages, copy=False)]
-        self._storage().replace(key, data)
-
-    def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages in order, ``None`` if it had none."""
-        key = self._check_key(key)
-        removed = self._storage().delete_all(key)
+    def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+        layout = yield from self._storage()
+        removed = yield from layout.delete_all(key, change)
         return None if removed is None else self._parse_removed(key, list(enumerate(removed)))
 
-    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Remove the message at ``idx`` (negative from the end); ``None`` if out of range.
-
-        Two concurrent callers never receive the same message.
-        """
-        key = self._check_key(key)
-        if isinstance(idx, bool) or not isinstance(idx, int):
-            raise TypeError(f"idx must be an int, got {type(idx).__qualname__}")
-        removed = self._storage().delete_at(key, idx)
+    def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
+        layout = yield from self._storage()
+        removed = yield from layout.delete_at(key, idx, change)
         return None if removed is None else self._parse_removed(key, [removed])[0]
 
-    def delete_last_message(self, key: str) -> ChatMessage | None:
-        """Remove and return the last message; ``None`` when there is none."""
-        return self.delete_message(key, -1)
-
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove the first ``n`` messages (fewer if shorter); return them in order."""
-        key = self._check_key(key)
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, got {type(n).__qualname__}")
-        removed = self._storage().delete_oldest(key, n)
+    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+        layout = yield from self._storage()
+        removed = yield from layout.delete_oldest(key, n, change)
         return self._parse_removed(key, list(enumerate(removed)))
 
-    def clear(self) -> None:
-        """Delete every item of the table (a scan plus batched deletes; for tests/operators)."""
-        storage = self._storage()
-        table = storage.t
-        attributes = [table.pk]
-        if isinstance(storage, NativeLayout):
-            attributes.append(storage.sk)
-            storage.seen.clear()
-        for page in table.scan_keys(attributes):
-            table.batch_write("clear the table", [{"DeleteRequest": {"Key": k}} for k in page])
+    def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
+        # Native: a scan of the sparse keys index (meta items only, never messages).
+        # LlamaIndex's layout: a scan of the table projected to the key.
+        layout = yield from self._storage()
+        return (yield from layout.keys_page(cursor))
 
-    def close(self) -> None:
-        """Close the boto3 client; the store makes a new one if used again."""
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+    def _clear_plan(self) -> Plan[None]:
+        layout = yield from self._storage()
+        yield from layout.clear()

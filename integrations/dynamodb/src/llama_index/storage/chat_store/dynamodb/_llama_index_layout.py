@@ -35,27 +35,28 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from llama_index.storage.chat_store.core import (
+    BackendUnavailableError,
     CorruptDataError,
     PayloadTooLargeError,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.dynamodb._client import (
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
+from llama_index.storage.chat_store.dynamodb._sdk import (
     MAX_ITEM_BYTES,
-    ConflictError,
     Op,
     Table,
-    Unreadable,
+    backoff,
     item_size,
     recent,
-    with_retries,
+    unreadable,
 )
-from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 
 __all__ = ["LlamaIndexLayout", "llama_index_table_definition"]
 
@@ -178,6 +179,16 @@ def _plain(value: Any) -> Any:
     return (kind, inner)
 
 
+def _maps(messages: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    """Return the maps LlamaIndex reads, and the exact texts of those that are not exact."""
+    maps, exact = [], []
+    for message in messages:
+        as_map, is_exact = message_to_map(message)
+        maps.append(as_map)
+        exact.append({"NULL": True} if is_exact else {"S": message})
+    return maps, exact
+
+
 # -- the layout ----------------------------------------------------------------------------
 
 
@@ -205,8 +216,8 @@ class LlamaIndexLayout:
     def _key(self, key: str) -> dict[str, Any]:
         return {self.t.pk: text(key)}
 
-    def _read(self, key: str) -> _Item:
-        reply = self.t.call(
+    def _read(self, key: str) -> Plan[_Item]:
+        reply = yield self.t.call(
             "read a conversation", "get_item", Key=self._key(key), ConsistentRead=True
         )
         raw = reply.get("Item")
@@ -263,24 +274,24 @@ class LlamaIndexLayout:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def get(self, key: str, offset: int, limit: int | None) -> list[tuple[int, str]]:
+    def get(self, key: str, offset: int, limit: int | None) -> Plan[list[tuple[int, str]]]:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
-        item = self._read(key)
+        item = yield from self._read(key)
         history = self._live(item, time.time())
         lo, _, _ = slice(offset, None).indices(len(history))
         hi = len(history) if limit is None else min(len(history), lo + limit)
         found = self._texts(key, item, lo, hi) if lo < hi else []
-        self._refresh(key, item)
+        yield from self._refresh(key, item)
         return found
 
-    def count(self, key: str) -> int:
+    def count(self, key: str) -> Plan[int]:
         """Return the number of messages."""
-        item = self._read(key)
+        item = yield from self._read(key)
         count = len(self._live(item, time.time()))
-        self._refresh(key, item)
+        yield from self._refresh(key, item)
         return count
 
-    def _refresh(self, key: str, item: _Item) -> None:
+    def _refresh(self, key: str, item: _Item) -> Plan[None]:
         """Slide a live conversation's expiry to now + ttl after a read (``refresh_on_read``).
 
         Only the TTL attribute changes, and only while it is still in the future: writers
@@ -295,7 +306,7 @@ class LlamaIndexLayout:
         e = Expr()
         ttl, new = e.n(self.t.ttl_attribute), e.v(num(self.t.expiry(now)))
         with contextlib.suppress(ConflictError):  # changed, expired or deleted meanwhile
-            self.t.conditional(
+            yield self.t.call(
                 "refresh the expiry", "update_item", Key=self._key(key),
                 UpdateExpression=f"SET {ttl} = {new}",
                 ConditionExpression=(
@@ -304,26 +315,15 @@ class LlamaIndexLayout:
                 **e.params(),
             )  # fmt: skip
 
-    def iter_key_pages(self) -> Iterator[list[str]]:
-        """Yield pages of keys with a non-empty, unexpired ``History`` (a table scan)."""
+    def keys_page(self, start: Any) -> Plan[tuple[list[str], Any]]:
+        """Read the page of keys with a non-empty, unexpired ``History`` at ``start`` (a scan)."""
         e = Expr()
-        params: dict[str, Any] = {
-            "ProjectionExpression": f"{e.n(self.t.pk)}, {e.n(self.t.ttl_attribute)}",
-            "FilterExpression": f"size({e.n(_HISTORY)}) > {e.v(num(0))}",
-            **e.params(),
-        }
-        while True:
-            page = self.t.call("list keys", "scan", **params)
-            now = time.time()
-            keys = []
-            for raw in page.get("Items", []):
-                expires = raw.get(self.t.ttl_attribute, {}).get("N")
-                if expires is None or int(Decimal(expires)) > now:
-                    keys.append(raw[self.t.pk]["S"])
-            yield keys
-            if "LastEvaluatedKey" not in page:
-                return
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        items, start = yield from self.t.scan_page(
+            "list keys", start,
+            ProjectionExpression=f"{e.n(self.t.pk)}, {e.n(self.t.ttl_attribute)}",
+            FilterExpression=f"size({e.n(_HISTORY)}) > {e.v(num(0))}", **e.params(),
+        )  # fmt: skip
+        return self.t.live_keys(items, self.t.pk), start
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -352,45 +352,34 @@ class LlamaIndexLayout:
                 "(DynamoDBChatStore(...).create_table()) for conversations without a ceiling."
             )
 
-    def _tombstone(self, key: str, item: _Item, now: float, tag: str) -> None:
-        """Empty the conversation, keeping the item (and its recent operation ids).
-
-        Raises:
-            ConflictError: The item changed since it was read.
-        """
-        e = Expr()
-        seconds = self.t.ttl if self.t.ttl is not None else _TOMBSTONE_SECONDS
-        record = {
-            **self._key(key),
-            _HISTORY: {"L": []},
-            _VERSION: num((item.version or 0) + 1),
-            _EPOCH: text(item.epoch or uuid.uuid4().hex),
-            _OPS: {"L": [text(t) for t in recent(item.ops, tag)]},
-            self.t.ttl_attribute: num(math.ceil(now + seconds)),
-        }
-        self.t.conditional(
-            "delete a conversation", "put_item", Item=record,
-            ConditionExpression=self._guard(e, item), **e.params(),
-        )  # fmt: skip
-
-    def _write(self, key: str, item: _Item, messages: Sequence[str], now: float, tag: str) -> None:
+    def _write(
+        self, key: str, item: _Item, messages: Sequence[str], now: float, tag: str
+    ) -> Plan[None]:
         """Replace the item's conversation with ``messages``, conditioned on what was read.
 
         Raises:
             ConflictError: The item changed since it was read.
             PayloadTooLargeError: The conversation does not fit one item.
         """
-        e = Expr()
-        condition = self._guard(e, item)
-        if not messages:
-            if item.exists:
-                self._tombstone(key, item, now, tag)
+        if not messages and not item.exists:
             return
-        history, exact = [], []
-        for message in messages:
-            as_map, is_exact = message_to_map(message)
-            history.append(as_map)
-            exact.append({"NULL": True} if is_exact else {"S": message})
+        maps, exact = _maps(messages)
+        yield from self._put(key, item, maps, exact, now, tag)
+
+    def _put(
+        self, key: str, item: _Item, history: list[Any], exact: list[Any], now: float,
+        tag: str, *, checked: bool = True,
+    ) -> Plan[None]:  # fmt: skip
+        """Write the whole item, conditioned on ``item`` as read, with the change's ``tag``.
+
+        An empty ``history`` keeps the item (and its recent operation ids) until the ttl,
+        else for a day. ``checked``: refuse an item over the size limit before sending it.
+
+        Raises:
+            ConflictError: The item changed since it was read.
+            PayloadTooLargeError: The conversation does not fit one item.
+        """
+        e = Expr()
         record = {
             **self._key(key),
             _HISTORY: {"L": history},
@@ -400,28 +389,33 @@ class LlamaIndexLayout:
         }
         if any("S" in x for x in exact):
             record[_EXACT] = {"L": exact}
-        if self.t.ttl is not None:
+        if not history:
+            seconds = self.t.ttl if self.t.ttl is not None else _TOMBSTONE_SECONDS
+            record[self.t.ttl_attribute] = num(math.ceil(now + seconds))
+        elif self.t.ttl is not None:
             record[self.t.ttl_attribute] = num(self.t.expiry(now))
-        self._check_size(key, item_size(record))
-        self.t.conditional(
-            "write a conversation", "put_item", Item=record,
-            ConditionExpression=condition, **e.params(),
+        if checked:
+            self._check_size(key, item_size(record))
+        yield self.t.call(
+            "write a conversation" if history else "delete a conversation", "put_item",
+            Item=record, ConditionExpression=self._guard(e, item), **e.params(),
         )  # fmt: skip
 
-    def _append(self, key: str, item: _Item, messages: Sequence[str], now: float, tag: str) -> None:
+    def _append(
+        self, key: str, item: _Item, messages: Sequence[str], now: float, tag: str
+    ) -> Plan[None]:
         """Append with list_append (only the new messages travel), conditioned on the read."""
         e = Expr()
         condition = self._guard(e, item)
         if not item.exists or not self._live(item, now):
             # A new or expired conversation: write the whole item.
-            self._write(key, item, messages, now, tag)
+            yield from self._write(key, item, messages, now, tag)
             return
-        maps, exact, added = [], [], 0
-        for message in messages:
-            as_map, is_exact = message_to_map(message)
-            maps.append(as_map)
-            exact.append({"NULL": True} if is_exact else {"S": message})
-            added += item_size({"x": as_map}) + (0 if is_exact else len(message.encode()) + 8)
+        maps, exact = _maps(messages)
+        added = sum(
+            item_size({"x": as_map}) + (len(x["S"].encode()) + 8 if "S" in x else 0)
+            for as_map, x in zip(maps, exact, strict=True)
+        )
         self._check_size(key, item.size + added + 64)
         h = e.n(_HISTORY)
         sets = [
@@ -438,123 +432,124 @@ class LlamaIndexLayout:
             sets.append(f"{e.n(_EXACT)} = {e.v({'L': padding + exact})}")
         if self.t.ttl is not None:
             sets.append(f"{e.n(self.t.ttl_attribute)} = {e.v(num(self.t.expiry(now)))}")
-        self.t.conditional(
+        yield self.t.call(
             "append messages", "update_item", Key=self._key(key),
             UpdateExpression=f"SET {', '.join(sets)}",
             ConditionExpression=condition, **e.params(),
         )  # fmt: skip
 
-    def _retried(self, key: str, what: str, attempt: Callable[[Op, _Item], Any]) -> Any:
-        """Run ``attempt(op, item read)`` until it wins the race, retrying lost calls.
+    def _retried(
+        self, key: str, what: str, change: Change, attempt: Callable[[Op, _Item], Plan[Any]]
+    ) -> Plan[Any]:
+        """Run the plan ``attempt(op, item read)`` until it wins the race.
 
         Every attempt reads the item first; one that finds a tag of this call's
         :class:`Op` there knows an earlier attempt committed (its reply was lost, or
         botocore resent the write after it landed) and returns that attempt's result.
+
+        Raises:
+            BackendUnavailableError: Every attempt lost a race with other writers.
         """
-        op = Op()
-
-        def once() -> Any:
-            item = self._read(key)
+        op = Op.of(change)
+        for n in range(self.t.attempts):
+            item = yield from self._read(key)
             if (won := op.committed(item.ops)) is not None:
-                return op.finish(won)
-            return attempt(op, item)
-
-        return self.t.retried(
-            lambda: with_retries(once, limit=self.t.attempts, what=what, key=key), mutates=True
+                return (yield from op.finish(won))
+            try:
+                return (yield from attempt(op, item))
+            except ConflictError:
+                yield backoff(n)
+        raise BackendUnavailableError(
+            f"could not {what} for key {key!r}: {self.t.attempts} attempts lost races with "
+            "concurrent writers"
         )
 
-    def _change(self, key: str, what: str, step: Any) -> Any:
+    def _change(self, key: str, what: str, change: Change, step: Any) -> Plan[Any]:
         """Run ``step(item, current texts, now) -> (new list | None, result)`` until it wins."""
 
-        def attempt(op: Op, item: _Item) -> Any:
+        def attempt(op: Op, item: _Item) -> Plan[Any]:
             now = time.time()
             current = [t for _, t in self._texts(key, item, 0, len(self._live(item, now)))]
             new, result = step(item, current, now)
             if new is not None:
-                self._write(key, item, new, now, op.tag(result))
+                yield from self._write(key, item, new, now, op.tag(result))
             return result
 
-        return self._retried(key, what, attempt)
+        return (yield from self._retried(key, what, change, attempt))
 
-    def append(self, key: str, messages: Sequence[str]) -> None:
+    def append(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Append messages atomically."""
 
-        def attempt(op: Op, item: _Item) -> None:
-            self._append(key, item, messages, time.time(), op.tag(None))
+        def attempt(op: Op, item: _Item) -> Plan[None]:
+            yield from self._append(key, item, messages, time.time(), op.tag(None))
 
-        self._retried(key, "append messages", attempt)
+        yield from self._retried(key, "append messages", change, attempt)
 
-    def insert(self, key: str, idx: int, message: str) -> None:
+    def insert(self, key: str, idx: int, message: str, change: Change) -> Plan[None]:
         """Insert like ``list.insert``."""
 
         def step(item: _Item, current: list[str], now: float) -> tuple[list[str], None]:
             current.insert(idx, message)
             return current, None
 
-        self._change(key, "insert a message", step)
+        yield from self._change(key, "insert a message", change, step)
 
-    def replace(self, key: str, messages: Sequence[str]) -> None:
+    def replace(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Replace the conversation (``[]`` removes it)."""
-        self._change(key, "replace a conversation", lambda item, cur, now: (list(messages), None))
+        yield from self._change(
+            key, "replace a conversation", change, lambda item, cur, now: (list(messages), None)
+        )
 
     def _remove(
-        self, key: str, what: str, pick: Callable[[int], range]
-    ) -> tuple[range, list[str | Unreadable]]:
+        self, key: str, what: str, change: Change, pick: Callable[[int], range]
+    ) -> Plan[tuple[range, list[str | CorruptDataError]]]:
         """Remove the positions ``pick(count)`` and return what they held.
 
         Works on the stored list as it is, so a corrupt message is removed like any other
-        (returned as :class:`Unreadable`) and the messages kept are never rewritten.
+        (returned as :class:`CorruptDataError`) and the messages kept are never rewritten.
         """
 
-        def attempt(op: Op, item: _Item) -> tuple[range, list[str | Unreadable]]:
+        def attempt(op: Op, item: _Item) -> Plan[tuple[range, list[str | CorruptDataError]]]:
             now = time.time()
             count = len(self._live(item, now))
             chosen = pick(count)
             if not chosen:
                 return chosen, []
-            removed: list[str | Unreadable] = []
+            removed: list[str | CorruptDataError] = []
             for position in chosen:
                 try:
                     removed.append(self._texts(key, item, position, position + 1)[0][1])
                 except CorruptDataError:
-                    removed.append(Unreadable(repr(item.history[position]), "not a message map"))
+                    stored = repr(item.history[position])
+                    why = "not a message map"
+                    removed.append(unreadable(self.t.name, key, position, stored, why))
             kept = [i for i in range(count) if i not in chosen]
-            self._write_raw(key, item, kept, now, op.tag((chosen, removed)))
+            yield from self._write_raw(key, item, kept, now, op.tag((chosen, removed)))
             return chosen, removed
 
-        result: tuple[range, list[str | Unreadable]] = self._retried(key, what, attempt)
+        result: tuple[range, list[str | CorruptDataError]] = yield from self._retried(
+            key, what, change, attempt
+        )
         return result
 
-    def _write_raw(self, key: str, item: _Item, kept: list[int], now: float, tag: str) -> None:
+    def _write_raw(
+        self, key: str, item: _Item, kept: list[int], now: float, tag: str
+    ) -> Plan[None]:
         """Keep only the stored messages at positions ``kept``, as stored, conditionally."""
-        e = Expr()
-        condition = self._guard(e, item)
-        if not kept:
-            self._tombstone(key, item, now, tag)
-            return
-        record = {
-            **self._key(key),
-            _HISTORY: {"L": [item.history[i] for i in kept]},
-            _VERSION: num((item.version or 0) + 1),
-            _EPOCH: text(item.epoch or uuid.uuid4().hex),
-            _OPS: {"L": [text(t) for t in recent(item.ops, tag)]},
-        }
         exact = [item.exact[i] if i < len(item.exact) else {"NULL": True} for i in kept]
-        if any("S" in x for x in exact):
-            record[_EXACT] = {"L": exact}
-        if self.t.ttl is not None:
-            record[self.t.ttl_attribute] = num(self.t.expiry(now))
-        self.t.conditional(
-            "write a conversation", "put_item", Item=record,
-            ConditionExpression=condition, **e.params(),
-        )  # fmt: skip
+        history = [item.history[i] for i in kept]
+        yield from self._put(key, item, history, exact, now, tag, checked=False)
 
-    def delete_all(self, key: str) -> list[str | Unreadable] | None:
+    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
         """Remove the conversation; return its messages (corrupt ones too), or None."""
-        _, removed = self._remove(key, "delete a conversation", lambda count: range(count))
+        _, removed = yield from self._remove(
+            key, "delete a conversation", change, lambda count: range(count)
+        )
         return removed or None
 
-    def delete_at(self, key: str, idx: int) -> tuple[int, str | Unreadable] | None:
+    def delete_at(
+        self, key: str, idx: int, change: Change
+    ) -> Plan[tuple[int, str | CorruptDataError] | None]:
         """Remove the message at ``idx``; ``(position, JSON)`` or None when out of range."""
 
         def pick(count: int) -> range:
@@ -562,12 +557,16 @@ class LlamaIndexLayout:
                 return range(0)
             return range(idx % count, idx % count + 1)
 
-        chosen, removed = self._remove(key, "delete a message", pick)
+        chosen, removed = yield from self._remove(key, "delete a message", change, pick)
         return (chosen[0], removed[0]) if removed else None
 
-    def delete_oldest(self, key: str, n: int) -> list[str | Unreadable]:
+    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[str | CorruptDataError]]:
         """Remove and return the first ``n`` messages (corrupt ones too)."""
-        _, removed = self._remove(
-            key, "delete the oldest messages", lambda count: range(min(max(n, 0), count))
+        _, removed = yield from self._remove(
+            key, "delete the oldest messages", change, lambda count: range(min(max(n, 0), count))
         )
         return removed
+
+    def clear(self) -> Plan[None]:
+        """Delete every item of the table."""
+        yield from self.t.clear([self.t.pk])
