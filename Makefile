@@ -19,11 +19,8 @@ install:  ## Install the whole workspace into .venv (every package, dev tools).
 services:  ## Install the server binaries and emulators the tests start (only what is missing).
 	.ci/install-services
 
-test: services  ## Run every package's tests, each in its own environment, starting the servers they need.
-	@failed=""; for pkg in $(PACKAGES); do \
-	  scripts/test-package $$pkg -q || failed="$$failed $$pkg"; \
-	done; \
-	if [ -n "$$failed" ]; then echo "FAILED packages:$$failed"; exit 1; fi
+test: services  ## Run every package's tests, each in its own environment, two packages at a time (TEST_JOBS=1: one), starting the servers they need.
+	scripts/test-all
 
 test-package: services  ## Run one package's tests: make test-package PKG=integrations/redis
 	@test -n "$(PKG)" || { echo "usage: make test-package PKG=core"; exit 2; }
