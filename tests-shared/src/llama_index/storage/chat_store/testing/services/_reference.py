@@ -9,6 +9,7 @@ by its requirements, and reused by later runs, tests and ``make bench``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -84,8 +85,17 @@ def reference_python(requirements: Sequence[str]) -> ReferencePython:
         raise RuntimeError(
             "uv is needed to build the LlamaIndex reference environment (pip install uv)"
         )
+    cache.mkdir(parents=True, exist_ok=True)
+    # Test runs of several packages at once may want the same environment: one builds it.
+    with open(cache / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (venv / ".complete").exists():
+            _build(uv, venv, python, wanted)
+    return ReferencePython(python)
+
+
+def _build(uv: str, venv: Path, python: Path, wanted: list[str]) -> None:
     shutil.rmtree(venv, ignore_errors=True)
-    venv.parent.mkdir(parents=True, exist_ok=True)
     interpreter = f"{sys.version_info[0]}.{sys.version_info[1]}"
     for step in (
         [uv, "venv", "--quiet", "--python", interpreter, str(venv)],
@@ -98,7 +108,6 @@ def reference_python(requirements: Sequence[str]) -> ReferencePython:
                 f"{done.stderr[-2000:]}"
             )
     (venv / ".complete").write_text("\n".join(wanted))
-    return ReferencePython(python)
 
 
 @pytest.fixture(scope="session")
