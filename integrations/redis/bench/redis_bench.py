@@ -10,7 +10,7 @@ import redis
 
 from llama_index.storage.chat_store.bench import Backend, Reference, service
 from llama_index.storage.chat_store.redis import RedisChatStore
-from llama_index.storage.chat_store.redis.testing import start_redis
+from llama_index.storage.chat_store.testing.services import LocalServer
 
 
 class RawRedis:
@@ -46,6 +46,14 @@ class RawRedis:
         self.client.close()
 
 
+def _start_redis() -> LocalServer:
+    # Imported when the harness starts a server, not when a worker loads this file to build a
+    # store: a --baseline worker runs our code at an older revision, which may predate it.
+    from llama_index.storage.chat_store.redis.testing import start_redis
+
+    return start_redis()
+
+
 LLAMA_INDEX_REDIS = """
 from llama_index.storage.chat_store.redis import RedisChatStore
 
@@ -56,7 +64,7 @@ def make_store(url):
 BENCH = Backend(
     title="RedisChatStore (redis-server 7, one LIST per conversation, Lua scripts)",
     server=lambda: service(
-        "CHAT_STORE_TEST_REDIS_URL", start_redis, lambda s: f"redis://127.0.0.1:{s.port}/0"
+        "CHAT_STORE_TEST_REDIS_URL", _start_redis, lambda s: f"redis://127.0.0.1:{s.port}/0"
     ),
     ours=lambda url: RedisChatStore.from_url(url, namespace=f"bench-{uuid4().hex[:8]}:"),
     raw=RawRedis,
