@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from llama_index.storage.chat_store.core import ChatMessage, ToolCallBlock
 from llama_index.storage.chat_store.core.tools import (
     calls_tools,
     is_tool_result,
+    read_tool_safe,
     safe_trim_count,
     safe_window,
 )
@@ -67,3 +70,43 @@ def test_an_empty_window_stays_empty() -> None:
 )
 def test_a_trim_never_leaves_a_tool_result_in_front(n: int, removed: int) -> None:
     assert safe_trim_count(_conversation(), n) == removed
+
+
+def _counting_reader(messages: list[ChatMessage]) -> tuple[list[tuple[int, int | None]], Any]:
+    reads: list[tuple[int, int | None]] = []
+
+    def read(offset: int, limit: int | None) -> list[ChatMessage]:
+        reads.append((offset, limit))
+        part = messages[offset:]
+        return part if limit is None else part[:limit]
+
+    return reads, read
+
+
+@pytest.mark.parametrize(("offset", "limit"), [(-20, None), (-3, None), (3, 2), (0, None), (8, 1)])
+def test_a_tool_safe_read_takes_one_read_for_short_exchanges(
+    offset: int, limit: int | None
+) -> None:
+    messages = _conversation() * 5
+    reads, read = _counting_reader(messages)
+    got = read_tool_safe(read, offset, limit)
+    n = len(messages)
+    start = offset if offset >= 0 else n + offset
+    stop = n if limit is None else start + limit
+    first, last = safe_window(messages, start, stop)
+    assert got == messages[first:last]
+    assert len(reads) == 1
+
+
+def test_a_long_run_of_results_is_read_again_wider_until_it_settles() -> None:
+    call = ChatMessage(
+        role="assistant", content="", additional_kwargs={"tool_calls": [{"id": "x"}]}
+    )
+    results = [ChatMessage(role="tool", content=str(i)) for i in range(100)]
+    messages = [ChatMessage(role="user", content="u"), call, *results]
+    reads, read = _counting_reader(messages)
+    assert read_tool_safe(read, -1, None) == messages[1:]
+    assert len(reads) == 3  # 1 + 4, then 1 + 32, then 1 + 256 messages from the end
+    reads.clear()
+    assert read_tool_safe(read, 1, 2) == messages[1:]
+    assert len(reads) == 3

@@ -56,6 +56,7 @@ from llama_index.storage.chat_store.core.retries import (
     new_op_id,
 )
 from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
+from llama_index.storage.chat_store.core.tools import safe_read
 
 __all__ = [
     "Change",
@@ -355,15 +356,37 @@ class PlannedChatStore(BaseChatStore):
 
         return await acall_with_retries(attempt, self._retry_policy, mutates=True)
 
+    def _window_plan(
+        self, key: str, offset: int, limit: int | None, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
+        """The backend's read of the window, or of the window widened over tool exchanges."""
+        if not tool_safe:
+            return self._get_plan(key, offset, limit)
+        return self._tool_safe_plan(key, offset, limit)
+
+    def _tool_safe_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        rule = safe_read(offset, limit)
+        request = next(rule)
+        while True:
+            got = yield from self._get_plan(key, *request)
+            try:
+                request = rule.send(got)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
     # -- sync API -----------------------------------------------------------------------------
 
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
-        """Return ``messages[offset:][:limit]`` (``[]`` for a missing key)."""
+        """Return ``messages[offset:][:limit]`` (``[]`` for a missing key).
+
+        ``tool_safe=True`` widens the window over the tool exchanges it cuts (see
+        :meth:`BaseChatStore.get_messages`), reading them in the same request as the window.
+        """
         key = self._check_key(key)
-        check_window(offset, limit)
-        return self._read(lambda: self._get_plan(key, offset, limit))
+        check_window(offset, limit, tool_safe)
+        return self._read(lambda: self._window_plan(key, offset, limit, tool_safe))
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages (0 for a missing key)."""
@@ -429,12 +452,12 @@ class PlannedChatStore(BaseChatStore):
     # -- async API ----------------------------------------------------------------------------
 
     async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Async :meth:`get_messages`."""
         key = self._check_key(key)
-        check_window(offset, limit)
-        return await self._aread(lambda: self._get_plan(key, offset, limit))
+        check_window(offset, limit, tool_safe)
+        return await self._aread(lambda: self._window_plan(key, offset, limit, tool_safe))
 
     async def acount_messages(self, key: str) -> int:
         """Async :meth:`count_messages`."""

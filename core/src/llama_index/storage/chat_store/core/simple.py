@@ -12,6 +12,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -45,6 +46,7 @@ from llama_index.storage.chat_store.core.messages import (
     message_to_json,
 )
 from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
+from llama_index.storage.chat_store.core.tools import read_tool_safe
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -124,13 +126,16 @@ class SimpleChatStore(BaseChatStore):
     # -- reads -----------------------------------------------------------------------------
 
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` as copies (``[]`` for a missing key)."""
         key = self._check_key(key)
-        check_window(offset, limit)
+        check_window(offset, limit, tool_safe)
         with self._guard:
-            return copy_messages(window(self.store.get(key, ()), offset, limit))
+            held = self.store.get(key, ())
+            if tool_safe:
+                return copy_messages(read_tool_safe(partial(window, held), offset, limit))
+            return copy_messages(window(held, offset, limit))
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages under ``key``."""

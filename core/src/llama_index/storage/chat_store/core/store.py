@@ -63,12 +63,15 @@ _ASYNC_ALIASES = (
 )
 
 
-def check_window(offset: int, limit: int | None) -> None:
+def check_window(offset: int, limit: int | None, tool_safe: bool = False) -> None:
     """Validate a ``get_messages`` window.
 
     Raises:
-        ValueError: ``limit`` is negative, or either is not an int.
+        ValueError: ``limit`` is negative.
+        TypeError: ``offset`` or ``limit`` is not an int, or ``tool_safe`` not a bool.
     """
+    if not isinstance(tool_safe, bool):
+        raise TypeError(f"tool_safe must be a bool, got {type(tool_safe).__qualname__}")
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be an int, got {type(offset).__qualname__}")
     if limit is not None:
@@ -227,11 +230,16 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
 
     @abstractmethod
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` in insertion order (``[]`` for a missing key).
 
-        A negative ``offset`` counts from the end (``offset=-20``: the last 20).
+        A negative ``offset`` counts from the end (``offset=-20``: the last 20). With
+        ``tool_safe=True`` the window widens just enough never to start on a tool result whose
+        call lies before it, nor to end between a call and its results
+        (:func:`~llama_index.storage.chat_store.core.tools.safe_window`): what it returns can
+        go to a chat API as it is. A store implements it with
+        :func:`~llama_index.storage.chat_store.core.tools.read_tool_safe` over its plain read.
 
         Raises:
             ValueError: ``limit`` is negative.
@@ -307,10 +315,12 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
     # -- async API: worker-thread defaults, overridden by backends with async drivers --------
 
     async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Async :meth:`get_messages`."""
-        return await asyncio.to_thread(self.get_messages, key, offset=offset, limit=limit)
+        # ``tool_safe`` goes on only when asked for: a store written before it keeps working.
+        safe = {"tool_safe": tool_safe} if tool_safe is not False else {}
+        return await asyncio.to_thread(self.get_messages, key, offset=offset, limit=limit, **safe)
 
     async def acount_messages(self, key: str) -> int:
         """Async :meth:`count_messages`."""
@@ -364,10 +374,11 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
     # -- LlamaIndex's async names: final, always delegating to the a* methods --------------
 
     async def async_get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Alias of :meth:`aget_messages` (LlamaIndex's name)."""
-        return await self.aget_messages(key, offset=offset, limit=limit)
+        safe = {"tool_safe": tool_safe} if tool_safe is not False else {}
+        return await self.aget_messages(key, offset=offset, limit=limit, **safe)
 
     async def async_count_messages(self, key: str) -> int:
         """Alias of :meth:`acount_messages`."""

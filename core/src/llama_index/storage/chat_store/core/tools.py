@@ -13,10 +13,28 @@ These are the rules, written once; stores apply them where they read or trim.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
 
-__all__ = ["calls_tools", "is_tool_result", "safe_trim_count", "safe_window"]
+__all__ = [
+    "SafeRead",
+    "calls_tools",
+    "is_tool_result",
+    "read_tool_safe",
+    "safe_read",
+    "safe_trim_count",
+    "safe_window",
+]
+
+_M = TypeVar("_M")
+
+SafeRead = Generator[tuple[int, "int | None"], Sequence[_M], list[_M]]
+"""A tool-safe read: yields ``(offset, limit)`` reads, receives each one's messages, returns the
+window (see :func:`safe_read`)."""
+
+_FIRST_PAD = 4
+"""Messages read beyond each end of a window to find where its exchanges begin and end: enough
+for an exchange of three parallel calls; a longer run of results is read again, wider."""
 
 _RESULT_ROLES = frozenset({"tool", "function"})
 
@@ -66,3 +84,48 @@ def safe_trim_count(messages: Sequence[Any], n: int) -> int:
     while 0 < n < len(messages) and is_tool_result(messages[n]):
         n += 1
     return n
+
+
+def safe_read(offset: int, limit: int | None) -> SafeRead[Any]:
+    """Read ``messages[offset:][:limit]`` widened by :func:`safe_window`, in as few reads as it can.
+
+    A generator driven by the caller: each ``(offset, limit)`` it yields is one read of the
+    conversation (``messages[offset:][:limit]``, in the caller's store), sent back as a list;
+    it returns the widened window. The first read takes the window and a few messages on each
+    side, which settles nearly every window in ONE read, with no more round trips than the plain
+    one; a window whose start or end lands in a longer run of tool results is read again, wider
+    (each read is taken whole, so a store whose reads are atomic returns one consistent state).
+    """
+    pad = _FIRST_PAD
+    while True:
+        if offset >= 0:
+            first = max(offset - pad, 0)
+            size = None if limit is None else limit + (offset - first) + pad
+            got = yield first, size
+            start, at_start = offset - first, first == 0
+            at_end = size is None or len(got) < size
+        else:
+            got = yield offset - pad, None
+            start, at_start = max(len(got) + offset, 0), len(got) < pad - offset
+            at_end = True
+        stop = len(got) if limit is None else min(start + limit, len(got))
+        if start >= stop:
+            return []
+        start, stop = safe_window(got, start, stop)
+        settled_start = start > 0 or at_start or not is_tool_result(got[0])
+        if settled_start and (stop < len(got) or at_end):
+            return list(got[start:stop])
+        pad *= 8
+
+
+def read_tool_safe(
+    read: Callable[[int, int | None], Sequence[_M]], offset: int, limit: int | None
+) -> list[_M]:
+    """Run :func:`safe_read` over ``read(offset, limit)`` (a store's plain windowed read)."""
+    plan = safe_read(offset, limit)
+    request = next(plan)
+    while True:
+        try:
+            request = plan.send(read(*request))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
