@@ -51,6 +51,7 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.core.retries import RetryPolicy
 from llama_index.storage.chat_store.core.store import check_window
+from llama_index.storage.chat_store.core.tools import read_tool_safe
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -590,12 +591,17 @@ class AzureChatStore(BaseChatStore):
     # -- sync API -----------------------------------------------------------------------
 
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` (``[]`` for a missing key).
 
         Reads the meta entity, then only the window's rows (native layout).
         """
+        check_window(offset, limit, tool_safe)
+        if tool_safe:
+            return read_tool_safe(
+                lambda o, n: self.get_messages(key, offset=o, limit=n), offset, limit
+            )
         return self._run(self._get_plan(key, offset, limit))
 
     def count_messages(self, key: str) -> int:
@@ -650,9 +656,11 @@ class AzureChatStore(BaseChatStore):
     # -- async API ----------------------------------------------------------------------
 
     async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Async :meth:`get_messages`."""
+        if tool_safe:
+            return await super().aget_messages(key, offset=offset, limit=limit, tool_safe=True)
         return await self._arun(self._get_plan(key, offset, limit))
 
     async def acount_messages(self, key: str) -> int:

@@ -25,6 +25,7 @@ from llama_index.storage.chat_store.core import (
     coerce_messages,
 )
 from llama_index.storage.chat_store.core.store import check_window
+from llama_index.storage.chat_store.core.tools import read_tool_safe
 from llama_index.storage.chat_store.postgres._calls import _FAR, _Calls
 from llama_index.storage.chat_store.postgres._config import (
     _STORE_OPTIONS,
@@ -289,7 +290,7 @@ class PostgresChatStore(_Calls):
         return "PostgresChatStore"
 
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` (one indexed statement; ``[]`` if missing).
 
@@ -297,7 +298,11 @@ class PostgresChatStore(_Calls):
         to now + ttl (an expired one stays expired).
         """
         key = self._check_key(key)
-        check_window(offset, limit)
+        check_window(offset, limit, tool_safe)
+        if tool_safe:
+            return read_tool_safe(
+                lambda o, n: self.get_messages(key, offset=o, limit=n), offset, limit
+            )
         if limit == 0:
             return []
 
@@ -414,11 +419,13 @@ class PostgresChatStore(_Calls):
         return self._removed(key, rows)
 
     async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Async :meth:`get_messages`."""
         key = self._check_key(key)
-        check_window(offset, limit)
+        check_window(offset, limit, tool_safe)
+        if tool_safe:
+            return await super().aget_messages(key, offset=offset, limit=limit, tool_safe=True)
         if limit == 0:
             return []
 
