@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
-from llama_index.storage.chat_store.core import ChatMessage, ToolCallBlock
+from llama_index.storage.chat_store.core import ChatMessage, ToolCallBlock, message_to_json
 from llama_index.storage.chat_store.core.tools import (
     calls_tools,
     is_tool_result,
     read_tool_safe,
     safe_trim_count,
+    safe_trim_plan,
     safe_window,
 )
 
@@ -110,3 +112,31 @@ def test_a_long_run_of_results_is_read_again_wider_until_it_settles() -> None:
     reads.clear()
     assert read_tool_safe(read, 1, 2) == messages[1:]
     assert len(reads) == 3
+
+
+def test_a_trim_plan_reads_after_n_until_the_results_end() -> None:
+    call = message_to_json(ChatMessage(role="assistant", content="c"))
+    stored = [call] * 3 + [
+        message_to_json(ChatMessage(role="tool", content=str(i))) for i in range(50)
+    ]
+    stored.append("not json")
+    reads: list[tuple[int, int]] = []
+
+    def read(lo: int, hi: int) -> Generator[Any, Any, list[str]]:
+        reads.append((lo, hi))
+        return stored[lo:hi]
+        yield
+
+    def run(n: int) -> int:
+        plan = safe_trim_plan(read, n, len(stored))
+        try:
+            while True:
+                next(plan)
+        except StopIteration as done:
+            return int(done.value)
+
+    assert run(2) == 2
+    assert reads == [(2, 6)]
+    assert run(3) == 53  # every result; the corrupt element after them is not one
+    assert run(60) == len(stored)
+    assert run(0) == 0

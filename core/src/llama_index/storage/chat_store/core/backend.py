@@ -55,7 +55,12 @@ from llama_index.storage.chat_store.core.retries import (
     call_with_retries,
     new_op_id,
 )
-from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
+from llama_index.storage.chat_store.core.store import (
+    BaseChatStore,
+    check_flag,
+    check_window,
+    window,
+)
 from llama_index.storage.chat_store.core.tools import safe_read
 
 __all__ = [
@@ -286,8 +291,18 @@ class PlannedChatStore(BaseChatStore):
         return self._delete_at_plan(key, -1, change)
 
     @abstractmethod
-    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
-        """Remove and return the first ``n`` messages (``n`` > 0)."""
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
+        """Remove and return the first ``n`` messages (``n`` > 0).
+
+        With ``tool_safe`` also the tool results that would then lead the conversation, in the
+        same atomic change: the count grows by
+        :func:`~llama_index.storage.chat_store.core.tools.safe_trim_count` over what the
+        change reads (:func:`~llama_index.storage.chat_store.core.tools.safe_trim_plan` reads
+        by position; :func:`~llama_index.storage.chat_store.core.tools.is_tool_result_json`
+        tells a stored message).
+        """
 
     @abstractmethod
     def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
@@ -430,12 +445,18 @@ class PlannedChatStore(BaseChatStore):
         key = self._check_key(key)
         return self._change(lambda change: self._pop_plan(key, change))
 
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove and return the first ``n`` messages (fewer if shorter)."""
+    def delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
+        """Remove and return the first ``n`` messages (fewer if shorter).
+
+        ``tool_safe=True`` also removes the tool results that would lead what is left.
+        """
         key = self._check_key(key)
+        check_flag("tool_safe", tool_safe)
         if check_index("n", n) <= 0:
             return []
-        return self._change(lambda change: self._oldest_plan(key, n, change))
+        return self._change(lambda change: self._oldest_plan(key, n, change, tool_safe))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield this store's keys holding messages, a page per call."""
@@ -501,12 +522,15 @@ class PlannedChatStore(BaseChatStore):
         key = self._check_key(key)
         return await self._achange(lambda change: self._pop_plan(key, change))
 
-    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    async def adelete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Async :meth:`delete_oldest_messages`."""
         key = self._check_key(key)
+        check_flag("tool_safe", tool_safe)
         if check_index("n", n) <= 0:
             return []
-        return await self._achange(lambda change: self._oldest_plan(key, n, change))
+        return await self._achange(lambda change: self._oldest_plan(key, n, change, tool_safe))
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""

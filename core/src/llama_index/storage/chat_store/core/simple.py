@@ -45,8 +45,13 @@ from llama_index.storage.chat_store.core.messages import (
     copy_messages,
     message_to_json,
 )
-from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
-from llama_index.storage.chat_store.core.tools import read_tool_safe
+from llama_index.storage.chat_store.core.store import (
+    BaseChatStore,
+    check_flag,
+    check_window,
+    window,
+)
+from llama_index.storage.chat_store.core.tools import read_tool_safe, safe_trim_count
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -213,15 +218,20 @@ class SimpleChatStore(BaseChatStore):
         """Remove and return the last message (``None`` when empty)."""
         return self.delete_message(key, -1)
 
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove the first ``n`` messages and return them in order."""
+    def delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
+        """Remove the first ``n`` messages and return them in order (see the base class)."""
         key = self._check_key(key)
+        check_flag("tool_safe", tool_safe)
         if n <= 0:
             return []
         with self._guard:
             messages = self.store.get(key)
             if not messages:
                 return []
+            if tool_safe:
+                n = safe_trim_count(messages, n)
             removed = messages[:n]
             del messages[:n]
             self._drop_if_empty(key)

@@ -39,7 +39,14 @@ from llama_index.storage.chat_store.core.messages import ChatMessage
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["MAX_KEY_BYTES", "MAX_KEY_CHARS", "BaseChatStore", "check_window", "window"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_KEY_CHARS",
+    "BaseChatStore",
+    "check_flag",
+    "check_window",
+    "window",
+]
 
 MAX_KEY_CHARS = 256
 """Every backend accepts keys up to this many characters (and :data:`MAX_KEY_BYTES`)."""
@@ -70,8 +77,7 @@ def check_window(offset: int, limit: int | None, tool_safe: bool = False) -> Non
         ValueError: ``limit`` is negative.
         TypeError: ``offset`` or ``limit`` is not an int, or ``tool_safe`` not a bool.
     """
-    if not isinstance(tool_safe, bool):
-        raise TypeError(f"tool_safe must be a bool, got {type(tool_safe).__qualname__}")
+    check_flag("tool_safe", tool_safe)
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be an int, got {type(offset).__qualname__}")
     if limit is not None:
@@ -79,6 +85,17 @@ def check_window(offset: int, limit: int | None, tool_safe: bool = False) -> Non
             raise TypeError(f"limit must be an int or None, got {type(limit).__qualname__}")
         if limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool.
+
+    Raises:
+        TypeError: It is not (the message names the argument).
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__qualname__}")
+    return value
 
 
 def window(items: Sequence[_T], offset: int, limit: int | None) -> Sequence[_T]:
@@ -277,8 +294,18 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         """Remove and return the last message; ``None`` when there is none."""
 
     @abstractmethod
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove the first ``n`` messages (fewer if shorter); return them in order."""
+    def delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
+        """Remove the first ``n`` messages (fewer if shorter); return them in order.
+
+        With ``tool_safe=True`` it also removes the tool results that would otherwise lead what
+        is left (their call is among the first ``n``), in the same atomic change
+        (:func:`~llama_index.storage.chat_store.core.tools.safe_trim_count`).
+
+        Raises:
+            TypeError: ``n`` is not an int or ``tool_safe`` not a bool.
+        """
 
     @abstractmethod
     def iter_keys(self) -> Iterator[str]:
@@ -350,9 +377,12 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         """Async :meth:`delete_last_message`."""
         return await asyncio.to_thread(self.delete_last_message, key)
 
-    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    async def adelete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Async :meth:`delete_oldest_messages`."""
-        return await asyncio.to_thread(self.delete_oldest_messages, key, n)
+        safe = {"tool_safe": tool_safe} if tool_safe is not False else {}
+        return await asyncio.to_thread(self.delete_oldest_messages, key, n, **safe)
 
     async def aget_keys(self) -> list[str]:
         """Async :meth:`get_keys`."""
@@ -410,9 +440,12 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         """Alias of :meth:`adelete_last_message` (LlamaIndex's name)."""
         return await self.adelete_last_message(key)
 
-    async def async_delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    async def async_delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Alias of :meth:`adelete_oldest_messages`."""
-        return await self.adelete_oldest_messages(key, n)
+        safe = {"tool_safe": tool_safe} if tool_safe is not False else {}
+        return await self.adelete_oldest_messages(key, n, **safe)
 
     async def async_get_keys(self) -> list[str]:
         """Alias of :meth:`aget_keys` (LlamaIndex's name)."""

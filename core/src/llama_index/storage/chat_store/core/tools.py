@@ -13,16 +13,20 @@ These are the rules, written once; stores apply them where they read or trim.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Generator, Sequence
+from itertools import takewhile
 from typing import Any, TypeVar
 
 __all__ = [
     "SafeRead",
     "calls_tools",
     "is_tool_result",
+    "is_tool_result_json",
     "read_tool_safe",
     "safe_read",
     "safe_trim_count",
+    "safe_trim_plan",
     "safe_window",
 ]
 
@@ -47,6 +51,19 @@ def _role(message: Any) -> str:
 def is_tool_result(message: Any) -> bool:
     """Whether ``message`` answers a tool call (role ``tool``, or the legacy ``function``)."""
     return _role(message) in _RESULT_ROLES
+
+
+def is_tool_result_json(data: Any) -> bool:
+    """Whether ``data``, a message's stored JSON (text or bytes), is a tool result.
+
+    For layouts that trim stored messages without decoding them into messages; anything that
+    is not a JSON object (corrupt data included) is not a tool result.
+    """
+    try:
+        message = json.loads(data)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(message, dict) and message.get("role") in _RESULT_ROLES
 
 
 def calls_tools(message: Any) -> bool:
@@ -74,14 +91,18 @@ def safe_window(messages: Sequence[Any], start: int, stop: int) -> tuple[int, in
     return start, stop
 
 
-def safe_trim_count(messages: Sequence[Any], n: int) -> int:
+def safe_trim_count(
+    messages: Sequence[Any], n: int, is_result: Callable[[Any], bool] = is_tool_result
+) -> int:
     """How many leading messages to remove, at least ``n``, so no tool result leads what is left.
 
     ``messages`` is the conversation's beginning (at least its first ``n`` messages and the run
-    of tool results after them, if any).
+    of tool results after them, if any); ``is_result`` tells a tool result
+    (:func:`is_tool_result_json` for stored JSON). A count equal to ``len(messages)`` may need a
+    longer beginning, unless ``messages`` is the whole conversation.
     """
     n = min(max(n, 0), len(messages))
-    while 0 < n < len(messages) and is_tool_result(messages[n]):
+    while 0 < n < len(messages) and is_result(messages[n]):
         n += 1
     return n
 
@@ -129,3 +150,27 @@ def read_tool_safe(
             request = plan.send(read(*request))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+
+def safe_trim_plan(
+    read: Callable[[int, int], Generator[Any, Any, Sequence[Any]]],
+    n: int,
+    count: int,
+    is_result: Callable[[Any], bool] = is_tool_result_json,
+) -> Generator[Any, Any, int]:
+    """A plan step for layouts that read a conversation by position: how many a safe trim takes.
+
+    ``read(lo, hi)`` is the layout's plan reading positions ``[lo, hi)`` of the state the trim
+    will change (stored JSON by default: see ``is_result``); ``count`` is how many it holds.
+    Returns :func:`safe_trim_count` for ``n``, reading a few messages after the first ``n``,
+    and more only while all it read are tool results.
+    """
+    n, pad = min(max(n, 0), count), _FIRST_PAD
+    while 0 < n < count:
+        following = yield from read(n, min(n + pad, count))
+        taken = sum(1 for _ in takewhile(is_result, following))
+        n += taken
+        if taken < len(following):
+            break
+        pad *= 8
+    return n

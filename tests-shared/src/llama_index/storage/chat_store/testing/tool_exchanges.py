@@ -1,9 +1,9 @@
-"""Suite tests of tool-safe windows: a window never cuts a tool exchange (see ``core.tools``).
+"""Suite tests of tool-safe windows and trims: neither cuts a tool exchange (see ``core.tools``).
 
 Mixed into :class:`~llama_index.storage.chat_store.testing.conformance.ChatStoreConformance`;
-every backend runs them against its server. The expected windows come from the rule itself
-(:func:`~llama_index.storage.chat_store.core.tools.safe_window`, tested at every boundary in
-core) applied to the whole conversation, so each case checks the store's reads, not the rule.
+every backend runs them against its server. The expected results come from the rules themselves
+(:func:`~llama_index.storage.chat_store.core.tools.safe_window` and ``safe_trim_count``, tested
+at every boundary in core) applied to the whole conversation: each case checks the store.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from llama_index.storage.chat_store.core import (
     TextBlock,
     ToolCallBlock,
 )
-from llama_index.storage.chat_store.core.tools import safe_window
+from llama_index.storage.chat_store.core.tools import safe_trim_count, safe_window
 
-__all__ = ["ToolSafeTests", "tool_conversation"]
+__all__ = ["ToolSafeTests", "ToolSafeTrimTests", "tool_conversation"]
 
 
 def _result(call_id: str) -> ChatMessage:
@@ -160,3 +160,56 @@ class ToolSafeTests:
             assert _texts(got) == expected, f"offset=-{k}"
         got = await store.async_get_messages("k", offset=-1, limit=1, tool_safe=True)
         assert _texts(got) == _expected(messages, -1, 1)
+
+
+class ToolSafeTrimTests:
+    """``delete_oldest_messages(..., tool_safe=True)``: atomic, never leaving a result in front.
+
+    Not yet part of :class:`ChatStoreConformance` (Postgres and Azure gain it when they move
+    onto the backend kit); a backend that has it mixes it into its suite class.
+    """
+
+    def test_tool_safe_trim_never_leaves_a_result_in_front(self, store: BaseChatStore) -> None:
+        """Trimming n for every n also removes the results whose call went, and no more.
+
+        If this fails: a trim left a tool result in front of the conversation, removed more
+        than the rule says, or returned other messages than it removed.
+        """
+        messages = tool_conversation()
+        for n in range(1, len(messages) + 2):
+            store.set_messages("k", messages)
+            m = safe_trim_count(messages, n)
+            removed = store.delete_oldest_messages("k", n, tool_safe=True)
+            assert _texts(removed) == _texts(messages[:m]), f"{n=}"
+            assert _texts(store.get_messages("k")) == _texts(messages[m:]), f"{n=}"
+        store.set_messages("k", messages)
+        assert len(store.delete_oldest_messages("k", 3)) == 3  # tool_safe is opt-in
+        assert store.delete_oldest_messages("k", 0, tool_safe=True) == []
+
+    def test_tool_safe_trim_over_many_parallel_calls(self, store: BaseChatStore) -> None:
+        """Removing a call of 40 parallel tools removes all 40 results with it, atomically.
+
+        If this fails: the store looked at too few messages after the first n and left some
+        of the results in front.
+        """
+        messages = tool_conversation(parallel=40)
+        store.set_messages("k", messages)
+        removed = store.delete_oldest_messages("k", 11, tool_safe=True)
+        assert len(removed) == 11 + 40
+        assert _texts(store.get_messages("k")) == ["a3"]
+        with pytest.raises(TypeError, match="tool_safe"):
+            store.delete_oldest_messages("k", 1, tool_safe="yes")  # type: ignore[arg-type]
+        assert store.count_messages("k") == 1
+
+    @pytest.mark.asyncio
+    async def test_tool_safe_trim_async(self, store: BaseChatStore) -> None:
+        """The async twins trim the same way (``adelete_oldest_messages`` and LlamaIndex's name).
+
+        If this fails: an async trim ignored ``tool_safe``.
+        """
+        messages = tool_conversation()
+        await store.aset_messages("k", messages)
+        removed = await store.adelete_oldest_messages("k", 3, tool_safe=True)
+        assert _texts(removed) == _texts(messages[:5])
+        removed = await store.async_delete_oldest_messages("k", 3, tool_safe=True)
+        assert _texts(removed) == _texts(messages[5:9])

@@ -43,6 +43,7 @@ from llama_index.storage.chat_store.core import (
     BackendImportError,
     BaseChatStore,
     Capability,
+    CapabilityNotSupportedError,
     ChatMessage,
     ConfigurationError,
     PerLoop,
@@ -50,7 +51,7 @@ from llama_index.storage.chat_store.core import (
     coerce_messages,
 )
 from llama_index.storage.chat_store.core.retries import RetryPolicy
-from llama_index.storage.chat_store.core.store import check_window
+from llama_index.storage.chat_store.core.store import check_flag, check_window
 from llama_index.storage.chat_store.core.tools import read_tool_safe
 
 if TYPE_CHECKING:
@@ -634,8 +635,15 @@ class AzureChatStore(BaseChatStore):
         """Remove and return the last message (conditional write: never returned twice)."""
         return self._run(self._layout.pop_last(self._check_key(key)), mutates=True)
 
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    def delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Remove and return the first ``n`` messages."""
+        if check_flag("tool_safe", tool_safe):
+            raise CapabilityNotSupportedError(
+                f"{type(self).__name__} does not trim tool-safely yet: its move onto the "
+                "backend kit brings delete_oldest_messages(..., tool_safe=True)"
+            )
         return self._run(self._layout.delete_oldest(self._check_key(key), n), mutates=True)
 
     def iter_keys(self) -> Iterator[str]:
@@ -693,8 +701,15 @@ class AzureChatStore(BaseChatStore):
         """Async :meth:`delete_last_message`."""
         return await self._arun(self._layout.pop_last(self._check_key(key)), mutates=True)
 
-    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    async def adelete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Async :meth:`delete_oldest_messages`."""
+        if check_flag("tool_safe", tool_safe):
+            raise CapabilityNotSupportedError(
+                f"{type(self).__name__} does not trim tool-safely yet: its move onto the "
+                "backend kit brings delete_oldest_messages(..., tool_safe=True)"
+            )
         return await self._arun(self._layout.delete_oldest(self._check_key(key), n), mutates=True)
 
     async def aiter_keys(self) -> AsyncIterator[str]:
