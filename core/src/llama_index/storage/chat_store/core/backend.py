@@ -33,31 +33,49 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import Field
 
 from llama_index.storage.chat_store.core._lazy import Lazy, PerLoop
-from llama_index.storage.chat_store.core.errors import NotSentError
+from llama_index.storage.chat_store.core._plans import (
+    Change,
+    ConflictError,
+    Plan,
+    Sleep,
+    adrive,
+    drive,
+)
+from llama_index.storage.chat_store.core.catalog import (
+    ConversationInfo,
+    ConversationPage,
+    check_listing,
+    check_metadata,
+)
+from llama_index.storage.chat_store.core.errors import ConversationNotFoundError, NotSentError
 from llama_index.storage.chat_store.core.messages import (
     ChatMessage,
     coerce_message,
     coerce_messages,
 )
-from llama_index.storage.chat_store.core.registry import mask_url
+from llama_index.storage.chat_store.core.registry import mask_url, split_password
 from llama_index.storage.chat_store.core.retries import (
     RetryPolicy,
     acall_with_retries,
     call_with_retries,
-    new_op_id,
 )
 from llama_index.storage.chat_store.core.store import (
     BaseChatStore,
     check_flag,
+    check_index,
     check_window,
     window,
 )
@@ -80,100 +98,7 @@ __all__ = [
     "split_password",
     "window",
 ]
-
 T = TypeVar("T")
-
-Plan = Generator[Any, Any, T]
-"""An operation: yields steps, receives their results, returns the operation's answer."""
-
-
-class Sleep:
-    """A step every driver performs itself: wait ``seconds`` (backoff inside a plan)."""
-
-    __slots__ = ("seconds",)
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def __repr__(self) -> str:
-        return f"Sleep({self.seconds!r})"
-
-
-class ConflictError(Exception):
-    """A conditional step found the data not as it expected (thrown into the plan)."""
-
-
-class Change:
-    """One call that changes a conversation, across the attempts that run it.
-
-    ``id`` (:func:`new_op_id`) is the same for every attempt: a backend writes it atomically
-    with the change, so an attempt can tell whether an earlier one was applied. ``check``
-    is true once an earlier attempt may have reached the server (it failed in any way but
-    :class:`NotSentError`): only then need a plan look for ``id`` before changing anything.
-    A plan that itself finds it must look (its own conditional write failed after the
-    driver resent it) may set ``check``. ``state`` is the plans' own: whatever a backend
-    keeps across the attempts of this change, in this process (``None`` at first), e.g.
-    what a commit that may have landed would have returned, or work already done.
-    """
-
-    __slots__ = ("attempts", "check", "id", "state")
-
-    def __init__(self, op_id: str | None = None) -> None:
-        self.id = new_op_id() if op_id is None else op_id
-        self.attempts = 0
-        self.check = False
-        self.state: Any = None
-
-    def __repr__(self) -> str:
-        return f"Change(id={self.id!r}, attempts={self.attempts}, check={self.check})"
-
-
-def drive(plan: Plan[T], execute: Callable[[Any], Any]) -> T:
-    """Run ``plan`` to its answer, sending each step to ``execute``.
-
-    :class:`Sleep` steps sleep here. :class:`ConflictError` from ``execute`` is thrown into
-    the plan; any other error closes the plan and propagates.
-    """
-    result: Any = None
-    error: ConflictError | None = None
-    while True:
-        try:
-            step = plan.send(result) if error is None else plan.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        result = error = None
-        if type(step) is Sleep:
-            time.sleep(step.seconds)
-            continue
-        try:
-            result = execute(step)
-        except ConflictError as exc:
-            error = exc
-        except BaseException:
-            plan.close()
-            raise
-
-
-async def adrive(plan: Plan[T], execute: Callable[[Any], Awaitable[Any]]) -> T:
-    """Async :func:`drive`: ``execute(step)`` is awaited, :class:`Sleep` is ``asyncio.sleep``."""
-    result: Any = None
-    error: ConflictError | None = None
-    while True:
-        try:
-            step = plan.send(result) if error is None else plan.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        result = error = None
-        if type(step) is Sleep:
-            await asyncio.sleep(step.seconds)
-            continue
-        try:
-            result = await execute(step)
-        except ConflictError as exc:
-            error = exc
-        except BaseException:
-            plan.close()
-            raise
 
 
 @functools.lru_cache(maxsize=64)
@@ -181,42 +106,6 @@ def _policy(retries: int, backoff: float, deadline: float) -> RetryPolicy:
     # Made once per configuration: building a frozen dataclass on every call costs more
     # than the rest of the store's own work on a call.
     return RetryPolicy(retries, backoff, deadline)
-
-
-def check_index(name: str, value: Any) -> int:
-    """Return ``value`` if it is an int (not a bool).
-
-    Raises:
-        TypeError: It is not (the message names the argument).
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__qualname__}")
-    return value
-
-
-def split_password(url: str, *, query_wins: bool = True) -> tuple[str, str | None]:
-    """Return ``url`` without its password, and the password (``None`` if it had none).
-
-    A password may sit in the user info (``scheme://user:pw@host/...``) or in the query
-    (``?password=pw``). When both are given, the query's wins (as libpq reads them), or
-    with ``query_wins=False`` the user info's (as redis-py reads them). Both places are
-    emptied, so the URL can be shown, dumped and logged. The rest of the URL is kept as
-    written (``unix:///path`` keeps its three slashes).
-    """
-    parts = urlsplit(url)
-    netloc, password = parts.netloc, None
-    if parts.password is not None:
-        password = unquote(parts.password)
-        user = parts.username or ""
-        host = netloc.rpartition("@")[2]
-        netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    given = [value for name, value in query if name == "password"]
-    if given and (query_wins or password is None):
-        password = given[-1]
-    kept = urlencode([(name, value) for name, value in query if name != "password"])
-    text = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{kept}" if kept else "")
-    return text + (f"#{parts.fragment}" if parts.fragment else ""), password
 
 
 class PlannedChatStore(BaseChatStore):
@@ -314,6 +203,26 @@ class PlannedChatStore(BaseChatStore):
     @abstractmethod
     def _clear_plan(self) -> Plan[None]:
         """Remove every conversation of this store."""
+
+    # The catalog (Capability.CATALOG): a backend that keeps one overrides these three.
+
+    def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
+        """Read the page of conversations whose key starts with ``prefix``, after ``after``."""
+        raise self._no_catalog()
+
+    def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
+        """Read one conversation's catalog entry (``None``: no messages)."""
+        raise self._no_catalog()
+
+    def _metadata_plan(
+        self, key: str, changes: dict[str, str | None], change: Change
+    ) -> Plan[ConversationInfo | None]:
+        """Merge ``changes`` (``{name: JSON text or None}``) into the metadata, atomically.
+
+        Returns the entry after the merge, ``None`` when the conversation holds no messages;
+        raises :class:`PayloadTooLargeError` (:func:`merged_metadata`) changing nothing.
+        """
+        raise self._no_catalog()
 
     # -- running plans ------------------------------------------------------------------------
 
@@ -470,6 +379,27 @@ class PlannedChatStore(BaseChatStore):
         """Remove every conversation of this store."""
         self._read(self._clear_plan)
 
+    def list_conversations(
+        self, prefix: str | None = None, after: str | None = None, limit: int = 100
+    ) -> ConversationPage:
+        """Return a page of conversations (see :meth:`BaseChatStore.list_conversations`)."""
+        check_listing(prefix, after, limit)
+        return self._read(lambda: self._catalog_plan(prefix or "", after, limit))
+
+    def get_conversation(self, key: str) -> ConversationInfo | None:
+        """Return the catalog entry of ``key`` (``None``: no messages)."""
+        key = self._check_key(key)
+        return self._read(lambda: self._conversation_plan(key))
+
+    def set_metadata(self, key: str, metadata: Mapping[str, Any]) -> ConversationInfo:
+        """Merge ``metadata`` into the conversation's (see :meth:`BaseChatStore.set_metadata`)."""
+        key = self._check_key(key)
+        changes = check_metadata(metadata)
+        info = self._change(lambda change: self._metadata_plan(key, changes, change))
+        if info is None:
+            raise ConversationNotFoundError(f"no conversation holds messages at key {key!r}")
+        return info
+
     # -- async API ----------------------------------------------------------------------------
 
     async def aget_messages(
@@ -545,3 +475,24 @@ class PlannedChatStore(BaseChatStore):
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
         await self._aread(self._clear_plan)
+
+    async def alist_conversations(
+        self, prefix: str | None = None, after: str | None = None, limit: int = 100
+    ) -> ConversationPage:
+        """Async :meth:`list_conversations`."""
+        check_listing(prefix, after, limit)
+        return await self._aread(lambda: self._catalog_plan(prefix or "", after, limit))
+
+    async def aget_conversation(self, key: str) -> ConversationInfo | None:
+        """Async :meth:`get_conversation`."""
+        key = self._check_key(key)
+        return await self._aread(lambda: self._conversation_plan(key))
+
+    async def aset_metadata(self, key: str, metadata: Mapping[str, Any]) -> ConversationInfo:
+        """Async :meth:`set_metadata`."""
+        key = self._check_key(key)
+        changes = check_metadata(metadata)
+        info = await self._achange(lambda change: self._metadata_plan(key, changes, change))
+        if info is None:
+            raise ConversationNotFoundError(f"no conversation holds messages at key {key!r}")
+        return info

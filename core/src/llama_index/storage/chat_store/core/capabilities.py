@@ -27,6 +27,10 @@ class Capability(str, Enum):
     NATIVE_ASYNC = "native_async"
     """The ``a*`` methods use an async driver instead of a worker thread."""
 
+    CATALOG = "catalog"
+    """``list_conversations``, ``get_conversation`` and ``set_metadata``: a record per
+    conversation with its count, times and metadata, paged by key (see ``core.catalog``)."""
+
     EXACTLY_ONCE = "exactly_once"
     """A change whose request or reply is lost on the network is retried by the store and
     applied once: every change carries an operation id recorded atomically with its effect,

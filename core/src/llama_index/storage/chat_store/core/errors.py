@@ -17,6 +17,7 @@ __all__ = [
     "CapabilityNotSupportedError",
     "ChatStoreError",
     "ConfigurationError",
+    "ConversationNotFoundError",
     "CorruptDataError",
     "InvalidKeyError",
     "InvalidMessageError",
@@ -43,6 +44,10 @@ class InvalidKeyError(ChatStoreError, ValueError):
 
 class InvalidMessageError(ChatStoreError, TypeError):
     """A value given as a message is not a message."""
+
+
+class ConversationNotFoundError(ChatStoreError, LookupError):
+    """The conversation holds no messages (its catalog entry, metadata included, does not exist)."""
 
 
 class UnknownSchemeError(ChatStoreError, LookupError):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from llama_index.storage.chat_store.core.errors import (
     BackendImportError,
@@ -38,6 +38,7 @@ __all__ = [
     "chat_store_from_url",
     "mask_url",
     "registered_schemes",
+    "split_password",
 ]
 
 SCHEME_GROUP = "llama_index.storage.chat_store"
@@ -187,3 +188,28 @@ def _load(group: str, name: str, what: str) -> type[BaseChatStore] | None:
             "BaseChatStore subclass"
         )
     return loaded
+
+
+def split_password(url: str, *, query_wins: bool = True) -> tuple[str, str | None]:
+    """Return ``url`` without its password, and the password (``None`` if it had none).
+
+    A password may sit in the user info (``scheme://user:pw@host/...``) or in the query
+    (``?password=pw``). When both are given, the query's wins (as libpq reads them), or
+    with ``query_wins=False`` the user info's (as redis-py reads them). Both places are
+    emptied, so the URL can be shown, dumped and logged. The rest of the URL is kept as
+    written (``unix:///path`` keeps its three slashes).
+    """
+    parts = urlsplit(url)
+    netloc, password = parts.netloc, None
+    if parts.password is not None:
+        password = unquote(parts.password)
+        user = parts.username or ""
+        host = netloc.rpartition("@")[2]
+        netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = [value for name, value in query if name == "password"]
+    if given and (query_wins or password is None):
+        password = given[-1]
+    kept = urlencode([(name, value) for name, value in query if name != "password"])
+    text = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{kept}" if kept else "")
+    return text + (f"#{parts.fragment}" if parts.fragment else ""), password

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import (
@@ -29,6 +29,7 @@ from pydantic import (
 
 from llama_index.storage.chat_store.core._mode import LLAMA_INDEX, LlamaIndexBaseChatStore
 from llama_index.storage.chat_store.core.capabilities import Capability
+from llama_index.storage.chat_store.core.catalog import ConversationInfo, ConversationPage
 from llama_index.storage.chat_store.core.errors import (
     BackendImportError,
     CapabilityNotSupportedError,
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_KEY_CHARS",
     "BaseChatStore",
     "check_flag",
+    "check_index",
     "check_window",
     "window",
 ]
@@ -85,6 +87,17 @@ def check_window(offset: int, limit: int | None, tool_safe: bool = False) -> Non
             raise TypeError(f"limit must be an int or None, got {type(limit).__qualname__}")
         if limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
+
+
+def check_index(name: str, value: Any) -> int:
+    """Return ``value`` if it is an int (not a bool).
+
+    Raises:
+        TypeError: It is not (the message names the argument).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__qualname__}")
+    return value
 
 
 def check_flag(name: str, value: Any) -> bool:
@@ -319,6 +332,41 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         """Return the keys of this store that hold messages, without duplicates."""
         return list(self.iter_keys())
 
+    # -- the conversation catalog (Capability.CATALOG; see core.catalog) --------------------
+
+    def list_conversations(
+        self, prefix: str | None = None, after: str | None = None, limit: int = 100
+    ) -> ConversationPage:
+        """Return a page of conversations: keys starting with ``prefix``, after ``after``, in order.
+
+        Pass the page's ``next_after`` as ``after`` for the next one. Stable under concurrent
+        writes: a key present for the whole walk is listed exactly once.
+
+        Raises:
+            CapabilityNotSupportedError: The store keeps no catalog (no Capability.CATALOG).
+        """
+        raise self._no_catalog()
+
+    def get_conversation(self, key: str) -> ConversationInfo | None:
+        """Return what the catalog holds for ``key`` (``None``: no messages)."""
+        raise self._no_catalog()
+
+    def set_metadata(self, key: str, metadata: Mapping[str, Any]) -> ConversationInfo:
+        """Merge ``metadata`` into the conversation's (``None`` values remove keys), atomically.
+
+        Raises:
+            ConversationNotFoundError: The conversation holds no messages.
+            PayloadTooLargeError: The merged metadata would be over ``MAX_METADATA_BYTES``.
+            TypeError: ``metadata`` is not a mapping of str to JSON values.
+        """
+        raise self._no_catalog()
+
+    def _no_catalog(self) -> CapabilityNotSupportedError:
+        return CapabilityNotSupportedError(
+            f"{type(self).__name__} keeps no conversation catalog (Capability.CATALOG): "
+            "list keys with iter_keys() and count with count_messages()"
+        )
+
     def close(self) -> None:
         """Release clients and pools; the store reconnects if used again."""
 
@@ -396,6 +444,20 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
         await asyncio.to_thread(self.clear)
+
+    async def alist_conversations(
+        self, prefix: str | None = None, after: str | None = None, limit: int = 100
+    ) -> ConversationPage:
+        """Async :meth:`list_conversations`."""
+        return await asyncio.to_thread(self.list_conversations, prefix, after, limit)
+
+    async def aget_conversation(self, key: str) -> ConversationInfo | None:
+        """Async :meth:`get_conversation`."""
+        return await asyncio.to_thread(self.get_conversation, key)
+
+    async def aset_metadata(self, key: str, metadata: Mapping[str, Any]) -> ConversationInfo:
+        """Async :meth:`set_metadata`."""
+        return await asyncio.to_thread(self.set_metadata, key, metadata)
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""

@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -65,7 +65,9 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
 )
 from llama_index.storage.chat_store.testing import _workers, changes, history
+from llama_index.storage.chat_store.testing.catalog import CatalogTests
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy
+from llama_index.storage.chat_store.testing.gates import requires
 from llama_index.storage.chat_store.testing.samples import (
     HOSTILE_KEYS,
     LLAMA_INDEX_INSTALLED,
@@ -92,7 +94,6 @@ else:
 
 __all__ = ["ChatStoreConformance", "requires"]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 FAULT_RATE = 0.04
 """The share of requests (half before the server, half after it answered) the history check
 under faults drops."""
@@ -101,16 +102,6 @@ _ASYNC_ALIASES = (
     "delete_messages", "delete_message", "delete_last_message", "delete_oldest_messages",
     "get_keys",
 )  # fmt: skip
-
-
-def requires(*capabilities: Capability) -> Callable[[_F], _F]:
-    """Run the decorated suite test only on stores that have every capability."""
-
-    def mark(test: _F) -> _F:
-        test.__chat_store_requires__ = capabilities  # type: ignore[attr-defined]
-        return test
-
-    return mark
 
 
 def _texts(messages: list[ChatMessage] | None) -> list[str | None]:
@@ -144,14 +135,14 @@ def _nested(depth: int) -> dict[str, Any]:
     return value
 
 
-class ChatStoreConformance(_ModeTests, ToolSafeTests):
+class ChatStoreConformance(_ModeTests, ToolSafeTests, CatalogTests):
     """Conformance tests for a :class:`BaseChatStore` implementation.
 
     With ``llama-index-core`` installed it also runs LlamaIndex's memory modules over the
     store (``llama_index_memory.LlamaIndexMemoryTests``) and the examples of LlamaIndex's
     chat-store documentation (``llama_index_docs.LlamaIndexDocsTests``); without it, the
     stand-alone checks (``standalone.StandaloneTests``). In both: tool-safe windows
-    (``tool_exchanges.ToolSafeTests``).
+    (``tool_exchanges.ToolSafeTests``) and the conversation catalog (``catalog.CatalogTests``).
     """
 
     # -- fixtures a backend overrides -----------------------------------------------------

@@ -41,12 +41,15 @@ from dataclasses import dataclass, field
 __all__ = [
     "ADOPT",
     "APPEND",
+    "CATALOG_PAGE",
     "CLEAR_PAGE",
     "COUNT",
     "DELETE_ALL",
     "DELETE_AT",
+    "INFO",
     "INSERT",
     "KEYS_PAGE",
+    "METADATA",
     "POP_FIRST",
     "POP_LAST",
     "RECORD_SIZE",
@@ -75,11 +78,16 @@ _TOMBSTONE = r"'\0chat-store-tombstone\0'"
 _CONVERSATION = r"""
 local conv, idx, exp, member, ttl = KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2])
 local ns = string.sub(conv, 1, #conv - #member)
+local info = conv .. __INFO__
 local TOMBSTONE = __TOMBSTONE__
 
+local clock
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
 end
 
 -- Forget up to `limit` members whose expiry has passed (unless their conversation lives on).
@@ -117,11 +125,14 @@ end
 local function unregister()
   redis.call('ZREM', idx, member)
   redis.call('ZREM', exp, member)
+  redis.call('DEL', info)
 end
 
 -- After a change that left `n` messages: an emptied conversation leaves the registry;
--- otherwise its expiry slides (or is removed, for a store without ttl).
-local function touch(n)
+-- otherwise its expiry slides (or is removed, for a store without ttl). A change (`created`
+-- given: whether it began the conversation) also stamps its catalog entry, which expires
+-- with it: a new conversation's entry starts over (times, no metadata).
+local function touch(n, created)
   if ttl < 0 then return end
   if n == 0 then return unregister() end
   local was_expiring = false
@@ -130,6 +141,17 @@ local function touch(n)
   elseif redis.call('PERSIST', conv) == 1 then
     redis.call('ZREM', exp, member)  -- it had an expiry until now
     was_expiring = true
+  end
+  if created then
+    redis.call('DEL', info)
+    redis.call('HSET', info, 'c', now_ms(), 'u', now_ms())
+  elseif created ~= nil then
+    redis.call('HSET', info, 'u', now_ms())
+  end
+  if ttl > 0 then
+    redis.call('PEXPIRE', info, ttl)
+  elseif was_expiring then
+    redis.call('PERSIST', info)
   end
   register(ttl, was_expiring)
 end
@@ -143,7 +165,7 @@ local function push(first)
   end
   return n
 end
-""".replace("__TOMBSTONE__", _TOMBSTONE)
+""".replace("__TOMBSTONE__", _TOMBSTONE).replace("__INFO__", r"'\0info'")
 
 
 def _conversation(name: str, body: str) -> Script:
@@ -184,7 +206,8 @@ def _mutation(name: str, body: str) -> Script:
 APPEND = _mutation(
     "append",
     r"""
-touch(push(5))
+local n = push(5)
+touch(n, n == #ARGV - 4)
 """,
 )
 """ARGV[5..]: messages to append."""
@@ -205,7 +228,7 @@ else
   redis.call('LINSERT', conv, 'BEFORE', TOMBSTONE, ARGV[6])
   redis.call('LSET', conv, i + 1, kept)
 end
-touch(n + 1)
+touch(n + 1, n == 0)
 """,
 )
 """ARGV[5]: index (``list.insert`` semantics), ARGV[6]: the message."""
@@ -213,9 +236,10 @@ touch(n + 1)
 REPLACE = _mutation(
     "replace",
     r"""
-redis.call('LLEN', conv)  -- WRONGTYPE instead of destroying a value that is not a conversation
+-- LLEN: WRONGTYPE instead of destroying a value that is not a conversation
+local had = redis.call('LLEN', conv)
 redis.call('DEL', conv)
-touch(push(5))
+touch(push(5), had == 0)
 """,
 )
 """ARGV[5..]: the new messages (none: the conversation is removed)."""
@@ -248,7 +272,7 @@ else
   redis.call('LSET', conv, i, TOMBSTONE)
   redis.call('LREM', conv, 1, TOMBSTONE)
 end
-touch(n - 1)
+touch(n - 1, false)
 return {item, i}
 """,
 )
@@ -260,7 +284,7 @@ POP_LAST = _mutation(
 local item = redis.call('RPOP', conv)
 if not item then return false end
 local position = redis.call('LLEN', conv)
-touch(position)
+touch(position, false)
 return {item, position}
 """,
 )
@@ -291,7 +315,7 @@ if ARGV[6] == '1' then
 end
 local items = redis.call('LPOP', conv, n)
 if not items then return {} end
-touch(redis.call('LLEN', conv))
+touch(redis.call('LLEN', conv), false)
 return items
 """,
 )
@@ -337,16 +361,22 @@ return 1
 )
 """Register an existing list (written by LlamaIndex) with the expiry it already has."""
 
-KEYS_PAGE = Script(
-    "keys_page",
-    r"""
-local idx, exp, ns, cursor, count = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
+# A listing first forgets every registry member whose expiry has passed.
+_LISTING = r"""
+local idx, exp, ns = KEYS[1], KEYS[2], ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now)) do
   redis.call('ZREM', exp, m)
   if redis.call('EXISTS', ns .. m) == 0 then redis.call('ZREM', idx, m) end
 end
+"""
+
+KEYS_PAGE = Script(
+    "keys_page",
+    _LISTING
+    + r"""
+local cursor, count = ARGV[2], tonumber(ARGV[3])
 local low = '-'
 if cursor ~= '' then low = '(' .. cursor end
 local page = redis.call('ZRANGEBYLEX', idx, low, '+', 'LIMIT', 0, count)
@@ -377,6 +407,7 @@ local idx, exp, ns, count = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local members = redis.call('ZRANGE', idx, 0, count - 1)
 for _, m in ipairs(members) do
   if redis.call('TYPE', ns .. m)['ok'] == 'list' then redis.call('DEL', ns .. m) end
+  redis.call('DEL', ns .. m .. '\0info')
 end
 if #members > 0 then redis.call('ZREM', idx, unpack(members)) end
 local left = redis.call('ZCARD', idx)
@@ -385,3 +416,80 @@ return left
 """,
 )
 """KEYS: index, expiry set; ARGV: namespace, page size. Returns how many entries are left."""
+
+# The catalog entry of a conversation: a HASH at ``conversation + "\0info"`` holding ``c`` and
+# ``u`` (when it began and last changed, server milliseconds) and ``m:<name>`` (each metadata
+# value as JSON), kept by every change's touch() and gone with the conversation.
+
+INFO = _conversation(
+    "info",
+    r"""
+local n = redis.call('LLEN', conv)
+if n == 0 then return false end
+return {n, redis.call('HGETALL', info)}
+""",
+)
+"""ARGV[3] is unused. Returns ``[count, entry fields]`` or nil (no messages)."""
+
+METADATA = _mutation(
+    "metadata",
+    r"""
+local n = redis.call('LLEN', conv)
+if n == 0 then return false end
+local kept, size = {}, 0
+local fields = redis.call('HGETALL', info)
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 2) == 'm:' then kept[string.sub(fields[i], 3)] = fields[i + 1] end
+end
+for i = 6, #ARGV, 2 do
+  if ARGV[i + 1] == '' then kept[ARGV[i]] = nil else kept[ARGV[i]] = ARGV[i + 1] end
+end
+for name, value in pairs(kept) do size = size + #name + #value end
+if size > tonumber(ARGV[5]) then return {-1, size} end
+for i = 6, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', info, 'm:' .. ARGV[i])
+  else
+    redis.call('HSET', info, 'm:' .. ARGV[i], ARGV[i + 1])
+  end
+end
+touch(n, false)
+return {n, redis.call('HGETALL', info)}
+""",
+)
+"""ARGV[5]: the most bytes of names and values; ARGV[6..]: name, JSON value ('' removes) pairs.
+
+Returns ``[count, entry fields]``, ``[-1, size]`` when the merge would be too large (nothing
+changed), or nil (no messages).
+"""
+
+CATALOG_PAGE = Script(
+    "catalog_page",
+    _LISTING
+    + r"""
+local low, prefix, count = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local high = '+'
+if prefix ~= '' then high = '(' .. prefix .. '\255' end  -- no UTF-8 key holds byte 255
+local page = redis.call('ZRANGEBYLEX', idx, low, high, 'LIMIT', 0, count + 1)
+local out = {''}
+if #page > count then
+  out[1] = page[count]  -- more follow: the cursor is the last member of this page
+  page[count + 1] = nil
+end
+for _, m in ipairs(page) do
+  local n = 0
+  if redis.call('TYPE', ns .. m)['ok'] == 'list' then n = redis.call('LLEN', ns .. m) end
+  if n > 0 then
+    out[#out + 1] = {m, n, redis.call('HGETALL', ns .. m .. '\0info')}
+  else
+    redis.call('ZREM', idx, m)
+    redis.call('ZREM', exp, m)
+  end
+end
+return out
+""",
+)
+"""KEYS: index, expiry set; ARGV: namespace, low bound (ZRANGEBYLEX syntax), prefix, size.
+
+Returns ``[cursor, [member, count, entry fields]...]`` (an empty cursor: the last page).
+"""

@@ -40,6 +40,14 @@ from llama_index.storage.chat_store.core import (
     messages_removed,
 )
 from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
+from llama_index.storage.chat_store.core.catalog import (
+    MAX_METADATA_BYTES,
+    ConversationInfo,
+    ConversationPage,
+    decode_metadata,
+    from_epoch_ms,
+    metadata_too_large,
+)
 from llama_index.storage.chat_store.core.messages import messages_from_json
 from llama_index.storage.chat_store.redis import _scripts
 from llama_index.storage.chat_store.redis._scripts import Script
@@ -241,6 +249,27 @@ class ListLayout:
             return Op(None, (), ("LLEN", self.conversation(key)), int, key)
         return self._call(_scripts.COUNT, key, [self._read()], int)
 
+    def info(self, key: str) -> Op[ConversationInfo | None]:
+        """Read the conversation's catalog entry (``None``: no messages)."""
+        return self._call(_scripts.INFO, key, [_KEEP_EXPIRY], _info(key))
+
+    def set_metadata(
+        self, key: str, changes: dict[str, str | None], change: Change
+    ) -> Op[ConversationInfo | None]:
+        """Merge ``changes`` (``{name: JSON text or None}``) into the entry's metadata."""
+        pairs = [part for name, text in changes.items() for part in (name, text or "")]
+        args = [str(MAX_METADATA_BYTES), *pairs]
+        return self._change(_scripts.METADATA, key, args, _info(key), change)
+
+    def catalog_page(self, prefix: str, after: str | None, limit: int) -> Op[ConversationPage]:
+        """Read one page of catalog entries: keys starting with ``prefix``, after ``after``."""
+        if after is not None and after.encode() >= prefix.encode():
+            low = "(" + after
+        else:
+            low = "[" + prefix if prefix else "-"
+        args = (self.namespace, low, prefix, str(limit))
+        return Op(_scripts.CATALOG_PAGE, self.registry, args, _catalog_page)
+
     def keys_page(self, cursor: str | None) -> Op[KeysPage]:
         """Read one registry page after ``cursor`` (``None``: from the start)."""
         args = (self.namespace, cursor or "", str(KEYS_PAGE_SIZE))
@@ -288,6 +317,36 @@ def _positioned(key: str) -> Callable[[Any], ChatMessage | None]:
         return message
 
     return decode
+
+
+def _entry(key: str, count: Any, fields: Any) -> ConversationInfo:
+    values = dict(zip(*[iter(_text(v) for v in fields)] * 2, strict=True))
+    metadata = {name[2:]: text for name, text in values.items() if name.startswith("m:")}
+    return ConversationInfo(
+        key,
+        int(count),
+        from_epoch_ms(values.get("c")),
+        from_epoch_ms(values.get("u")),
+        decode_metadata(metadata),
+    )
+
+
+def _info(key: str) -> Callable[[Any], ConversationInfo | None]:
+    def decode(reply: Any) -> ConversationInfo | None:
+        if not reply:
+            return None
+        count, fields = reply
+        if int(count) < 0:
+            raise metadata_too_large(int(fields))
+        return _entry(key, count, fields)
+
+    return decode
+
+
+def _catalog_page(reply: Any) -> ConversationPage:
+    cursor, *entries = reply
+    found = [_entry(_text(member), count, fields) for member, count, fields in entries]
+    return ConversationPage(found, _text(cursor) or None)
 
 
 def _keys_page(reply: Any) -> KeysPage:
@@ -377,7 +436,13 @@ class ListChatStore(PlannedChatStore):
     @property
     def capabilities(self) -> frozenset[Capability]:
         """Persistent, shared, expiring, natively async; EXACTLY_ONCE when ``retries`` > 0."""
-        found = {Capability.PERSISTENT, Capability.SHARED, Capability.TTL, Capability.NATIVE_ASYNC}
+        found = {
+            Capability.PERSISTENT,
+            Capability.SHARED,
+            Capability.TTL,
+            Capability.NATIVE_ASYNC,
+            Capability.CATALOG,
+        }
         if self.retries > 0:
             found.add(Capability.EXACTLY_ONCE)
         return frozenset(found)
@@ -436,6 +501,17 @@ class ListChatStore(PlannedChatStore):
     def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
         page = yield from _one(self._layout.keys_page(cursor))
         return page.keys, page.cursor
+
+    def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
+        return _one(self._layout.catalog_page(prefix, after, limit))
+
+    def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
+        return _one(self._layout.info(key))
+
+    def _metadata_plan(
+        self, key: str, changes: dict[str, str | None], change: Change
+    ) -> Plan[ConversationInfo | None]:
+        return _one(self._layout.set_metadata(key, changes, change))
 
     def _clear_plan(self) -> Plan[None]:
         """Remove the registered conversations a page at a time, then the registry."""
