@@ -36,13 +36,13 @@ import functools
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import Field
 
 from llama_index.storage.chat_store.core._lazy import Lazy, PerLoop
-from llama_index.storage.chat_store.core.errors import NotSentError
+from llama_index.storage.chat_store.core.errors import BackendUnavailableError, NotSentError
 from llama_index.storage.chat_store.core.messages import (
     ChatMessage,
     coerce_message,
@@ -213,6 +213,76 @@ def split_password(url: str, *, query_wins: bool = True) -> tuple[str, str | Non
     return text + (f"#{parts.fragment}" if parts.fragment else ""), password
 
 
+class _Resend:
+    """The steps of one plan, each sent again while it fails for want of the server.
+
+    For a store with ``_resend_steps``: a conditional step that conflicts after such a
+    resend sets the change's ``check``; a step never sent after an earlier step of the
+    change reached the server leaves the outcome unknown, and says so.
+    """
+
+    __slots__ = ("change", "reached", "resent", "store")
+
+    def __init__(self, store: PlannedChatStore, change: Change | None) -> None:
+        self.store = store
+        self.change = change
+        self.reached = False  # a step of this plan may have reached the server
+        self.resent = False  # the current step failed in a way that may have reached it
+
+    def _note(self, exc: BackendUnavailableError) -> None:
+        self.resent = self.resent or not isinstance(exc, NotSentError)
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        reached, self.reached = self.reached, True
+        if isinstance(exc, ConflictError) and self.resent and self.change is not None:
+            self.change.check = True
+        elif isinstance(exc, NotSentError):
+            self.reached = reached
+            if reached and self.change is not None:
+                raise BackendUnavailableError(
+                    f"{exc}; but an earlier request of this change reached the server: the "
+                    "outcome is unknown (the change was applied once or not at all, read the "
+                    "conversation to know)"
+                ) from exc
+        raise exc
+
+    def send(self, step: Any) -> Any:
+        self.resent = False
+
+        def attempt() -> Any:
+            try:
+                return self.store._execute(step)
+            except BackendUnavailableError as exc:
+                self._note(exc)
+                raise
+
+        try:
+            policy, mutates = self.store._retry_policy, self.change is not None
+            result = call_with_retries(attempt, policy, mutates=mutates)
+        except BaseException as exc:
+            self._failed(exc)
+        self.reached = True
+        return result
+
+    async def asend(self, step: Any) -> Any:
+        self.resent = False
+
+        async def attempt() -> Any:
+            try:
+                return await self.store._aexecute(step)
+            except BackendUnavailableError as exc:
+                self._note(exc)
+                raise
+
+        try:
+            policy, mutates = self.store._retry_policy, self.change is not None
+            result = await acall_with_retries(attempt, policy, mutates=mutates)
+        except BaseException as exc:
+            self._failed(exc)
+        self.reached = True
+        return result
+
+
 class PlannedChatStore(BaseChatStore):
     """The chat store protocol over plans: a backend supplies plans and a step executor.
 
@@ -228,7 +298,15 @@ class PlannedChatStore(BaseChatStore):
     ``retry_deadline`` seconds, each attempt a new plan. Every attempt of a change carries
     the same operation id; when the retries run out, the error says whether nothing was
     applied or the outcome is unknown.
+
+    A backend whose every write is idempotent or conditional may set ``_resend_steps``:
+    then each step is tried again instead of the whole plan, and a conditional step that
+    conflicts after a resend sets ``change.check`` (its own earlier attempt may be what it
+    conflicted with: the plan looks for ``change.id``, then clears ``check``).
     """
+
+    _resend_steps: ClassVar[bool] = False
+    """Retry each step that failed for want of the server, rather than the whole plan."""
 
     retries: int = Field(default=3, ge=0)
     """Times a call that failed for want of the server is tried again (0: never)."""
@@ -315,10 +393,14 @@ class PlannedChatStore(BaseChatStore):
 
     def _read(self, make: Callable[[], Plan[T]]) -> T:
         """Run a plan that changes nothing: a new one for each attempt."""
+        if self._resend_steps:
+            return drive(make(), _Resend(self, None).send)
         return call_with_retries(lambda: self._drive(make()), self._retry_policy, mutates=False)
 
     async def _aread(self, make: Callable[[], Plan[T]]) -> T:
         """Async :meth:`_read`."""
+        if self._resend_steps:
+            return await adrive(make(), _Resend(self, None).asend)
         return await acall_with_retries(
             lambda: self._adrive(make()), self._retry_policy, mutates=False
         )
@@ -326,6 +408,8 @@ class PlannedChatStore(BaseChatStore):
     def _change(self, make: Callable[[Change], Plan[T]]) -> T:
         """Run a change: every attempt is a new plan carrying the same :class:`Change`."""
         change = Change()
+        if self._resend_steps:
+            return drive(make(change), _Resend(self, change).send)
 
         def attempt() -> T:
             change.attempts += 1
@@ -342,6 +426,8 @@ class PlannedChatStore(BaseChatStore):
     async def _achange(self, make: Callable[[Change], Plan[T]]) -> T:
         """Async :meth:`_change`."""
         change = Change()
+        if self._resend_steps:
+            return await adrive(make(change), _Resend(self, change).asend)
 
         async def attempt() -> T:
             change.attempts += 1
