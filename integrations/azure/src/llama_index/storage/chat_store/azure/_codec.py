@@ -17,6 +17,7 @@ import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
@@ -37,6 +38,7 @@ __all__ = [
     "LLAMA_INDEX_RECORD_MAX",
     "PAYLOAD_PROPERTIES",
     "Found",
+    "account_from_endpoint",
     "check_entity_size",
     "decode_key",
     "decode_llama_index_message",
@@ -46,6 +48,7 @@ __all__ = [
     "encode_payload",
     "entity_wire_size",
     "found",
+    "parse_connection_string",
     "sanitize_table_name",
     "taken",
     "validate_table_name",
@@ -291,7 +294,7 @@ def entity_wire_size(entity: Mapping[str, Any]) -> int:
 _PART = "_part_"
 LLAMA_INDEX_RECORD = "ChatStoreOps"
 """The property of a conversation's last chat row (and of its metadata entity) holding our
-record of its last changes; LlamaIndex's store ignores it (see :mod:`._llama_index`)."""
+record of its last changes; LlamaIndex's store ignores it (see :mod:`._llama_index_layout`)."""
 LLAMA_INDEX_RECORD_MAX = 16 * 40
 """Characters a record may take (a bound for the entity size check)."""
 
@@ -366,3 +369,22 @@ def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: 
             data=json.dumps(fields, ensure_ascii=False),
         ) from exc
     return message_from_json(json.dumps(document), key=key, position=position)
+
+
+def parse_connection_string(text: str) -> dict[str, str]:
+    """The ``name=value`` fields of a storage connection string."""
+    fields = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def account_from_endpoint(endpoint: str) -> str:
+    """The account a table endpoint names (in its host, or in its path for an emulator)."""
+    parts = urlsplit(endpoint)
+    path = parts.path.strip("/")
+    if path:  # emulator style: http://127.0.0.1:10002/devstoreaccount1
+        return path.split("/")[0]
+    return (parts.hostname or "").split(".")[0]
