@@ -36,7 +36,9 @@ from llama_index.storage.chat_store.core.backend import (
     split_password,
 )
 from llama_index.storage.chat_store.core.messages import messages_from_json
+from llama_index.storage.chat_store.core.tools import is_tool_result_json, safe_trim_count
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
 @dataclass(frozen=True)
@@ -165,10 +167,10 @@ class DictChatStore(PlannedChatStore):
         yield from self._edit(key, change, edit)
 
     def _take(
-        self, key: str, change: Change, pick: Callable[[int], range]
+        self, key: str, change: Change, pick: Callable[[list[str]], range]
     ) -> Plan[list[ChatMessage]]:
         def edit(items: list[str]) -> list[tuple[int, str]]:
-            chosen = pick(len(items))
+            chosen = pick(items)
             taken = [(i, items[i]) for i in chosen]
             del items[chosen.start : chosen.stop]
             return taken
@@ -177,10 +179,11 @@ class DictChatStore(PlannedChatStore):
         return messages_removed(key, taken, storage="the dict")
 
     def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
-        return (yield from self._take(key, change, range))
+        return (yield from self._take(key, change, lambda items: range(len(items))))
 
     def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
-        def pick(size: int) -> range:
+        def pick(items: list[str]) -> range:
+            size = len(items)
             if not -size <= idx < size:
                 return range(0)
             return range(idx % size, idx % size + 1)
@@ -188,8 +191,15 @@ class DictChatStore(PlannedChatStore):
         taken = yield from self._take(key, change, pick)
         return taken[0] if taken else None
 
-    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
-        return (yield from self._take(key, change, lambda size: range(min(n, size))))
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
+        def pick(items: list[str]) -> range:
+            if tool_safe:
+                return range(safe_trim_count(items, n, is_tool_result_json))
+            return range(min(n, len(items)))
+
+        return (yield from self._take(key, change, pick))
 
     def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
         keys = yield Keys()
@@ -204,7 +214,7 @@ class DictChatStore(PlannedChatStore):
 _names = iter(range(1_000_000))
 
 
-class TestPlannedChatStoreConformance(ChatStoreConformance):
+class TestPlannedChatStoreConformance(ChatStoreConformance, ToolSafeTrimTests):
     @pytest.fixture
     def store_factory_for(self) -> Callable[..., Callable[[], BaseChatStore]]:
         def factory_for(name: str, **options: Any) -> Callable[[], BaseChatStore]:

@@ -9,9 +9,10 @@ import pytest
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, SimpleChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
-class TestSimpleChatStoreConformance(ChatStoreConformance):
+class TestSimpleChatStoreConformance(ChatStoreConformance, ToolSafeTrimTests):
     @pytest.fixture
     def store_factory(self) -> Callable[[], BaseChatStore]:
         return SimpleChatStore

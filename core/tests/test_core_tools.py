@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import Any
+
 import pytest
 
-from llama_index.storage.chat_store.core import ChatMessage, ToolCallBlock
+from llama_index.storage.chat_store.core import ChatMessage, ToolCallBlock, message_to_json
 from llama_index.storage.chat_store.core.tools import (
     calls_tools,
     is_tool_result,
+    read_tool_safe,
     safe_trim_count,
+    safe_trim_plan,
     safe_window,
 )
 
@@ -67,3 +72,71 @@ def test_an_empty_window_stays_empty() -> None:
 )
 def test_a_trim_never_leaves_a_tool_result_in_front(n: int, removed: int) -> None:
     assert safe_trim_count(_conversation(), n) == removed
+
+
+def _counting_reader(messages: list[ChatMessage]) -> tuple[list[tuple[int, int | None]], Any]:
+    reads: list[tuple[int, int | None]] = []
+
+    def read(offset: int, limit: int | None) -> list[ChatMessage]:
+        reads.append((offset, limit))
+        part = messages[offset:]
+        return part if limit is None else part[:limit]
+
+    return reads, read
+
+
+@pytest.mark.parametrize(("offset", "limit"), [(-20, None), (-3, None), (3, 2), (0, None), (8, 1)])
+def test_a_tool_safe_read_takes_one_read_for_short_exchanges(
+    offset: int, limit: int | None
+) -> None:
+    messages = _conversation() * 5
+    reads, read = _counting_reader(messages)
+    got = read_tool_safe(read, offset, limit)
+    n = len(messages)
+    start = offset if offset >= 0 else n + offset
+    stop = n if limit is None else start + limit
+    first, last = safe_window(messages, start, stop)
+    assert got == messages[first:last]
+    assert len(reads) == 1
+
+
+def test_a_long_run_of_results_is_read_again_wider_until_it_settles() -> None:
+    call = ChatMessage(
+        role="assistant", content="", additional_kwargs={"tool_calls": [{"id": "x"}]}
+    )
+    results = [ChatMessage(role="tool", content=str(i)) for i in range(100)]
+    messages = [ChatMessage(role="user", content="u"), call, *results]
+    reads, read = _counting_reader(messages)
+    assert read_tool_safe(read, -1, None) == messages[1:]
+    assert len(reads) == 3  # 1 + 4, then 1 + 32, then 1 + 256 messages from the end
+    reads.clear()
+    assert read_tool_safe(read, 1, 2) == messages[1:]
+    assert len(reads) == 3
+
+
+def test_a_trim_plan_reads_after_n_until_the_results_end() -> None:
+    call = message_to_json(ChatMessage(role="assistant", content="c"))
+    stored = [call] * 3 + [
+        message_to_json(ChatMessage(role="tool", content=str(i))) for i in range(50)
+    ]
+    stored.append("not json")
+    reads: list[tuple[int, int]] = []
+
+    def read(lo: int, hi: int) -> Generator[Any, Any, list[str]]:
+        reads.append((lo, hi))
+        return stored[lo:hi]
+        yield
+
+    def run(n: int) -> int:
+        plan = safe_trim_plan(read, n, len(stored))
+        try:
+            while True:
+                next(plan)
+        except StopIteration as done:
+            return int(done.value)
+
+    assert run(2) == 2
+    assert reads == [(2, 6)]
+    assert run(3) == 53  # every result; the corrupt element after them is not one
+    assert run(60) == len(stored)
+    assert run(0) == 0

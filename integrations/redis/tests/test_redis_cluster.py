@@ -23,6 +23,7 @@ from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import url_at
 from llama_index.storage.chat_store.testing.services import free_port
+from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
 def _namespace() -> str:
@@ -47,7 +48,7 @@ def _slot_owner(url: str, namespace: str) -> tuple[str, int]:
         return node.host, node.port
 
 
-class TestRedisClusterConformance(ChatStoreConformance):
+class TestRedisClusterConformance(ChatStoreConformance, ToolSafeTrimTests):
     @pytest.fixture
     def namespace(self) -> str:
         return _namespace()
@@ -181,8 +182,14 @@ def test_a_replayed_change_applies_nothing_and_returns_the_first_reply(
     try:
         store.set_messages("k", [ChatMessage(content=c) for c in "abcd"])
         first = Change()  # a cluster client may resend: every send searches the record
-        assert [m.content for m in store._drive(store._oldest_plan("k", 2, first))] == ["a", "b"]
-        assert [m.content for m in store._drive(store._oldest_plan("k", 2, first))] == ["a", "b"]
+        assert [m.content for m in store._drive(store._oldest_plan("k", 2, first, False))] == [
+            "a",
+            "b",
+        ]
+        assert [m.content for m in store._drive(store._oldest_plan("k", 2, first, False))] == [
+            "a",
+            "b",
+        ]
         pop = Change()
         last = store._drive(store._pop_plan("k", pop))
         assert last is not None

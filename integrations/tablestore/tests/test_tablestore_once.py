@@ -42,7 +42,7 @@ def _attempt(
 _REMOVALS: dict[str, tuple[Callable[[TablestoreChatStore, Change], Plan[Any]], list[str]]] = {
     "pop": (lambda s, once: s._pop_plan("k", once), ["m4"]),
     "delete_at": (lambda s, once: s._delete_at_plan("k", 1, once), ["m1"]),
-    "oldest": (lambda s, once: s._oldest_plan("k", 2, once), ["m0", "m1"]),
+    "oldest": (lambda s, once: s._oldest_plan("k", 2, once, False), ["m0", "m1"]),
     "delete_all": (lambda s, once: s._delete_all_plan("k", once), [f"m{i}" for i in range(5)]),
 }
 

@@ -36,13 +36,13 @@ import functools
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import Field
 
 from llama_index.storage.chat_store.core._lazy import Lazy, PerLoop
-from llama_index.storage.chat_store.core.errors import BackendUnavailableError, NotSentError
+from llama_index.storage.chat_store.core.errors import NotSentError
 from llama_index.storage.chat_store.core.messages import (
     ChatMessage,
     coerce_message,
@@ -51,11 +51,18 @@ from llama_index.storage.chat_store.core.messages import (
 from llama_index.storage.chat_store.core.registry import mask_url
 from llama_index.storage.chat_store.core.retries import (
     RetryPolicy,
+    StepRetries,
     acall_with_retries,
     call_with_retries,
     new_op_id,
 )
-from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
+from llama_index.storage.chat_store.core.store import (
+    BaseChatStore,
+    check_flag,
+    check_window,
+    window,
+)
+from llama_index.storage.chat_store.core.tools import safe_read
 
 __all__ = [
     "Change",
@@ -213,76 +220,6 @@ def split_password(url: str, *, query_wins: bool = True) -> tuple[str, str | Non
     return text + (f"#{parts.fragment}" if parts.fragment else ""), password
 
 
-class _Resend:
-    """The steps of one plan, each sent again while it fails for want of the server.
-
-    For a store with ``_resend_steps``: a conditional step that conflicts after such a
-    resend sets the change's ``check``; a step never sent after an earlier step of the
-    change reached the server leaves the outcome unknown, and says so.
-    """
-
-    __slots__ = ("change", "reached", "resent", "store")
-
-    def __init__(self, store: PlannedChatStore, change: Change | None) -> None:
-        self.store = store
-        self.change = change
-        self.reached = False  # a step of this plan may have reached the server
-        self.resent = False  # the current step failed in a way that may have reached it
-
-    def _note(self, exc: BackendUnavailableError) -> None:
-        self.resent = self.resent or not isinstance(exc, NotSentError)
-
-    def _failed(self, exc: BaseException) -> NoReturn:
-        reached, self.reached = self.reached, True
-        if isinstance(exc, ConflictError) and self.resent and self.change is not None:
-            self.change.check = True
-        elif isinstance(exc, NotSentError):
-            self.reached = reached
-            if reached and self.change is not None:
-                raise BackendUnavailableError(
-                    f"{exc}; but an earlier request of this change reached the server: the "
-                    "outcome is unknown (the change was applied once or not at all, read the "
-                    "conversation to know)"
-                ) from exc
-        raise exc
-
-    def send(self, step: Any) -> Any:
-        self.resent = False
-
-        def attempt() -> Any:
-            try:
-                return self.store._execute(step)
-            except BackendUnavailableError as exc:
-                self._note(exc)
-                raise
-
-        try:
-            policy, mutates = self.store._retry_policy, self.change is not None
-            result = call_with_retries(attempt, policy, mutates=mutates)
-        except BaseException as exc:
-            self._failed(exc)
-        self.reached = True
-        return result
-
-    async def asend(self, step: Any) -> Any:
-        self.resent = False
-
-        async def attempt() -> Any:
-            try:
-                return await self.store._aexecute(step)
-            except BackendUnavailableError as exc:
-                self._note(exc)
-                raise
-
-        try:
-            policy, mutates = self.store._retry_policy, self.change is not None
-            result = await acall_with_retries(attempt, policy, mutates=mutates)
-        except BaseException as exc:
-            self._failed(exc)
-        self.reached = True
-        return result
-
-
 class PlannedChatStore(BaseChatStore):
     """The chat store protocol over plans: a backend supplies plans and a step executor.
 
@@ -298,15 +235,14 @@ class PlannedChatStore(BaseChatStore):
     ``retry_deadline`` seconds, each attempt a new plan. Every attempt of a change carries
     the same operation id; when the retries run out, the error says whether nothing was
     applied or the outcome is unknown.
-
-    A backend whose every write is idempotent or conditional may set ``_resend_steps``:
-    then each step is tried again instead of the whole plan, and a conditional step that
-    conflicts after a resend sets ``change.check`` (its own earlier attempt may be what it
-    conflicted with: the plan looks for ``change.id``, then clears ``check``).
     """
 
     _resend_steps: ClassVar[bool] = False
-    """Retry each step that failed for want of the server, rather than the whole plan."""
+    """Retry each step rather than the whole plan (every write idempotent or conditional).
+
+    A conditional step that conflicts after a resend sets ``change.check`` (its own lost
+    attempt may be what it conflicted with): the plan looks for ``change.id``, then clears it.
+    """
 
     retries: int = Field(default=3, ge=0)
     """Times a call that failed for want of the server is tried again (0: never)."""
@@ -363,8 +299,18 @@ class PlannedChatStore(BaseChatStore):
         return self._delete_at_plan(key, -1, change)
 
     @abstractmethod
-    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
-        """Remove and return the first ``n`` messages (``n`` > 0)."""
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
+        """Remove and return the first ``n`` messages (``n`` > 0).
+
+        With ``tool_safe`` also the tool results that would then lead the conversation, in the
+        same atomic change: the count grows by
+        :func:`~llama_index.storage.chat_store.core.tools.safe_trim_count` over what the
+        change reads (:func:`~llama_index.storage.chat_store.core.tools.safe_trim_plan` reads
+        by position; :func:`~llama_index.storage.chat_store.core.tools.is_tool_result_json`
+        tells a stored message).
+        """
 
     @abstractmethod
     def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
@@ -391,16 +337,44 @@ class PlannedChatStore(BaseChatStore):
         """Async :meth:`_drive`."""
         return await adrive(plan, self._aexecute)
 
+    def _resending(self, change: Change | None) -> Callable[[Any], Any]:
+        """The executor of a store with ``_resend_steps``: each step tried again on its own."""
+        steps = StepRetries(self._retry_policy, mutates=change is not None)
+
+        def execute(step: Any) -> Any:
+            try:
+                return steps.call(functools.partial(self._execute, step))
+            except ConflictError:
+                if change is not None and steps.resent:
+                    change.check = True  # it may have conflicted with its own lost attempt
+                raise
+
+        return execute
+
+    def _aresending(self, change: Change | None) -> Callable[[Any], Awaitable[Any]]:
+        """Async :meth:`_resending`."""
+        steps = StepRetries(self._retry_policy, mutates=change is not None)
+
+        async def execute(step: Any) -> Any:
+            try:
+                return await steps.acall(functools.partial(self._aexecute, step))
+            except ConflictError:
+                if change is not None and steps.resent:
+                    change.check = True
+                raise
+
+        return execute
+
     def _read(self, make: Callable[[], Plan[T]]) -> T:
         """Run a plan that changes nothing: a new one for each attempt."""
         if self._resend_steps:
-            return drive(make(), _Resend(self, None).send)
+            return drive(make(), self._resending(None))
         return call_with_retries(lambda: self._drive(make()), self._retry_policy, mutates=False)
 
     async def _aread(self, make: Callable[[], Plan[T]]) -> T:
         """Async :meth:`_read`."""
         if self._resend_steps:
-            return await adrive(make(), _Resend(self, None).asend)
+            return await adrive(make(), self._aresending(None))
         return await acall_with_retries(
             lambda: self._adrive(make()), self._retry_policy, mutates=False
         )
@@ -409,7 +383,7 @@ class PlannedChatStore(BaseChatStore):
         """Run a change: every attempt is a new plan carrying the same :class:`Change`."""
         change = Change()
         if self._resend_steps:
-            return drive(make(change), _Resend(self, change).send)
+            return drive(make(change), self._resending(change))
 
         def attempt() -> T:
             change.attempts += 1
@@ -427,7 +401,7 @@ class PlannedChatStore(BaseChatStore):
         """Async :meth:`_change`."""
         change = Change()
         if self._resend_steps:
-            return await adrive(make(change), _Resend(self, change).asend)
+            return await adrive(make(change), self._aresending(change))
 
         async def attempt() -> T:
             change.attempts += 1
@@ -441,15 +415,37 @@ class PlannedChatStore(BaseChatStore):
 
         return await acall_with_retries(attempt, self._retry_policy, mutates=True)
 
+    def _window_plan(
+        self, key: str, offset: int, limit: int | None, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
+        """The backend's read of the window, or of the window widened over tool exchanges."""
+        if not tool_safe:
+            return self._get_plan(key, offset, limit)
+        return self._tool_safe_plan(key, offset, limit)
+
+    def _tool_safe_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        rule = safe_read(offset, limit)
+        request = next(rule)
+        while True:
+            got = yield from self._get_plan(key, *request)
+            try:
+                request = rule.send(got)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
     # -- sync API -----------------------------------------------------------------------------
 
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
-        """Return ``messages[offset:][:limit]`` (``[]`` for a missing key)."""
+        """Return ``messages[offset:][:limit]`` (``[]`` for a missing key).
+
+        ``tool_safe=True`` widens the window over the tool exchanges it cuts (see
+        :meth:`BaseChatStore.get_messages`), reading them in the same request as the window.
+        """
         key = self._check_key(key)
-        check_window(offset, limit)
-        return self._read(lambda: self._get_plan(key, offset, limit))
+        check_window(offset, limit, tool_safe)
+        return self._read(lambda: self._window_plan(key, offset, limit, tool_safe))
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages (0 for a missing key)."""
@@ -493,12 +489,18 @@ class PlannedChatStore(BaseChatStore):
         key = self._check_key(key)
         return self._change(lambda change: self._pop_plan(key, change))
 
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove and return the first ``n`` messages (fewer if shorter)."""
+    def delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
+        """Remove and return the first ``n`` messages (fewer if shorter).
+
+        ``tool_safe=True`` also removes the tool results that would lead what is left.
+        """
         key = self._check_key(key)
+        check_flag("tool_safe", tool_safe)
         if check_index("n", n) <= 0:
             return []
-        return self._change(lambda change: self._oldest_plan(key, n, change))
+        return self._change(lambda change: self._oldest_plan(key, n, change, tool_safe))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield this store's keys holding messages, a page per call."""
@@ -515,12 +517,12 @@ class PlannedChatStore(BaseChatStore):
     # -- async API ----------------------------------------------------------------------------
 
     async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Async :meth:`get_messages`."""
         key = self._check_key(key)
-        check_window(offset, limit)
-        return await self._aread(lambda: self._get_plan(key, offset, limit))
+        check_window(offset, limit, tool_safe)
+        return await self._aread(lambda: self._window_plan(key, offset, limit, tool_safe))
 
     async def acount_messages(self, key: str) -> int:
         """Async :meth:`count_messages`."""
@@ -564,12 +566,15 @@ class PlannedChatStore(BaseChatStore):
         key = self._check_key(key)
         return await self._achange(lambda change: self._pop_plan(key, change))
 
-    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    async def adelete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Async :meth:`delete_oldest_messages`."""
         key = self._check_key(key)
+        check_flag("tool_safe", tool_safe)
         if check_index("n", n) <= 0:
             return []
-        return await self._achange(lambda change: self._oldest_plan(key, n, change))
+        return await self._achange(lambda change: self._oldest_plan(key, n, change, tool_safe))
 
     async def aiter_keys(self) -> AsyncIterator[str]:
         """Async :meth:`iter_keys`."""

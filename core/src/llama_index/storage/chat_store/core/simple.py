@@ -12,6 +12,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -44,7 +45,13 @@ from llama_index.storage.chat_store.core.messages import (
     copy_messages,
     message_to_json,
 )
-from llama_index.storage.chat_store.core.store import BaseChatStore, check_window, window
+from llama_index.storage.chat_store.core.store import (
+    BaseChatStore,
+    check_flag,
+    check_window,
+    window,
+)
+from llama_index.storage.chat_store.core.tools import read_tool_safe, safe_trim_count
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -124,13 +131,16 @@ class SimpleChatStore(BaseChatStore):
     # -- reads -----------------------------------------------------------------------------
 
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` as copies (``[]`` for a missing key)."""
         key = self._check_key(key)
-        check_window(offset, limit)
+        check_window(offset, limit, tool_safe)
         with self._guard:
-            return copy_messages(window(self.store.get(key, ()), offset, limit))
+            held = self.store.get(key, ())
+            if tool_safe:
+                return copy_messages(read_tool_safe(partial(window, held), offset, limit))
+            return copy_messages(window(held, offset, limit))
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages under ``key``."""
@@ -208,15 +218,20 @@ class SimpleChatStore(BaseChatStore):
         """Remove and return the last message (``None`` when empty)."""
         return self.delete_message(key, -1)
 
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove the first ``n`` messages and return them in order."""
+    def delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
+        """Remove the first ``n`` messages and return them in order (see the base class)."""
         key = self._check_key(key)
+        check_flag("tool_safe", tool_safe)
         if n <= 0:
             return []
         with self._guard:
             messages = self.store.get(key)
             if not messages:
                 return []
+            if tool_safe:
+                n = safe_trim_count(messages, n)
             removed = messages[:n]
             del messages[:n]
             self._drop_if_empty(key)

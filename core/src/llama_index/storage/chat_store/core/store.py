@@ -39,7 +39,14 @@ from llama_index.storage.chat_store.core.messages import ChatMessage
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["MAX_KEY_BYTES", "MAX_KEY_CHARS", "BaseChatStore", "check_window", "window"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_KEY_CHARS",
+    "BaseChatStore",
+    "check_flag",
+    "check_window",
+    "window",
+]
 
 MAX_KEY_CHARS = 256
 """Every backend accepts keys up to this many characters (and :data:`MAX_KEY_BYTES`)."""
@@ -63,12 +70,14 @@ _ASYNC_ALIASES = (
 )
 
 
-def check_window(offset: int, limit: int | None) -> None:
+def check_window(offset: int, limit: int | None, tool_safe: bool = False) -> None:
     """Validate a ``get_messages`` window.
 
     Raises:
-        ValueError: ``limit`` is negative, or either is not an int.
+        ValueError: ``limit`` is negative.
+        TypeError: ``offset`` or ``limit`` is not an int, or ``tool_safe`` not a bool.
     """
+    check_flag("tool_safe", tool_safe)
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be an int, got {type(offset).__qualname__}")
     if limit is not None:
@@ -76,6 +85,17 @@ def check_window(offset: int, limit: int | None) -> None:
             raise TypeError(f"limit must be an int or None, got {type(limit).__qualname__}")
         if limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool.
+
+    Raises:
+        TypeError: It is not (the message names the argument).
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__qualname__}")
+    return value
 
 
 def window(items: Sequence[_T], offset: int, limit: int | None) -> Sequence[_T]:
@@ -227,11 +247,16 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
 
     @abstractmethod
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` in insertion order (``[]`` for a missing key).
 
-        A negative ``offset`` counts from the end (``offset=-20``: the last 20).
+        A negative ``offset`` counts from the end (``offset=-20``: the last 20). With
+        ``tool_safe=True`` the window widens just enough never to start on a tool result whose
+        call lies before it, nor to end between a call and its results
+        (:func:`~llama_index.storage.chat_store.core.tools.safe_window`): what it returns can
+        go to a chat API as it is. A store implements it with
+        :func:`~llama_index.storage.chat_store.core.tools.read_tool_safe` over its plain read.
 
         Raises:
             ValueError: ``limit`` is negative.
@@ -269,8 +294,18 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         """Remove and return the last message; ``None`` when there is none."""
 
     @abstractmethod
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
-        """Remove the first ``n`` messages (fewer if shorter); return them in order."""
+    def delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
+        """Remove the first ``n`` messages (fewer if shorter); return them in order.
+
+        With ``tool_safe=True`` it also removes the tool results that would otherwise lead what
+        is left (their call is among the first ``n``), in the same atomic change
+        (:func:`~llama_index.storage.chat_store.core.tools.safe_trim_count`).
+
+        Raises:
+            TypeError: ``n`` is not an int or ``tool_safe`` not a bool.
+        """
 
     @abstractmethod
     def iter_keys(self) -> Iterator[str]:
@@ -307,10 +342,12 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
     # -- async API: worker-thread defaults, overridden by backends with async drivers --------
 
     async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Async :meth:`get_messages`."""
-        return await asyncio.to_thread(self.get_messages, key, offset=offset, limit=limit)
+        # ``tool_safe`` goes on only when asked for: a store written before it keeps working.
+        safe = {"tool_safe": tool_safe} if tool_safe is not False else {}
+        return await asyncio.to_thread(self.get_messages, key, offset=offset, limit=limit, **safe)
 
     async def acount_messages(self, key: str) -> int:
         """Async :meth:`count_messages`."""
@@ -340,9 +377,12 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         """Async :meth:`delete_last_message`."""
         return await asyncio.to_thread(self.delete_last_message, key)
 
-    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    async def adelete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Async :meth:`delete_oldest_messages`."""
-        return await asyncio.to_thread(self.delete_oldest_messages, key, n)
+        safe = {"tool_safe": tool_safe} if tool_safe is not False else {}
+        return await asyncio.to_thread(self.delete_oldest_messages, key, n, **safe)
 
     async def aget_keys(self) -> list[str]:
         """Async :meth:`get_keys`."""
@@ -364,10 +404,11 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
     # -- LlamaIndex's async names: final, always delegating to the a* methods --------------
 
     async def async_get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Alias of :meth:`aget_messages` (LlamaIndex's name)."""
-        return await self.aget_messages(key, offset=offset, limit=limit)
+        safe = {"tool_safe": tool_safe} if tool_safe is not False else {}
+        return await self.aget_messages(key, offset=offset, limit=limit, **safe)
 
     async def async_count_messages(self, key: str) -> int:
         """Alias of :meth:`acount_messages`."""
@@ -399,9 +440,12 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         """Alias of :meth:`adelete_last_message` (LlamaIndex's name)."""
         return await self.adelete_last_message(key)
 
-    async def async_delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    async def async_delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Alias of :meth:`adelete_oldest_messages`."""
-        return await self.adelete_oldest_messages(key, n)
+        safe = {"tool_safe": tool_safe} if tool_safe is not False else {}
+        return await self.adelete_oldest_messages(key, n, **safe)
 
     async def async_get_keys(self) -> list[str]:
         """Alias of :meth:`aget_keys` (LlamaIndex's name)."""

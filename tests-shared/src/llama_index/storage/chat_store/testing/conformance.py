@@ -74,6 +74,7 @@ from llama_index.storage.chat_store.testing.samples import (
     tricky_messages,
 )
 from llama_index.storage.chat_store.testing.services import free_port
+from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTests
 
 # One suite, two modes: with llama-index-core installed every store is LlamaIndex's and runs
 # LlamaIndex's own memory modules and documentation examples; without it, the stand-alone checks.
@@ -143,13 +144,14 @@ def _nested(depth: int) -> dict[str, Any]:
     return value
 
 
-class ChatStoreConformance(_ModeTests):
+class ChatStoreConformance(_ModeTests, ToolSafeTests):
     """Conformance tests for a :class:`BaseChatStore` implementation.
 
     With ``llama-index-core`` installed it also runs LlamaIndex's memory modules over the
     store (``llama_index_memory.LlamaIndexMemoryTests``) and the examples of LlamaIndex's
     chat-store documentation (``llama_index_docs.LlamaIndexDocsTests``); without it, the
-    stand-alone checks (``standalone.StandaloneTests``).
+    stand-alone checks (``standalone.StandaloneTests``). In both: tool-safe windows
+    (``tool_exchanges.ToolSafeTests``).
     """
 
     # -- fixtures a backend overrides -----------------------------------------------------
@@ -270,7 +272,10 @@ class ChatStoreConformance(_ModeTests):
         ``@pytest.mark.xfail(strict=True, reason="...")``; implement ``aX``, not ``async_X``.
         """
         problems = []
-        for name, original in vars(ChatStoreConformance).items():
+        suite: dict[str, Any] = {}
+        for klass in reversed(ChatStoreConformance.__mro__):
+            suite.update(vars(klass))
+        for name, original in suite.items():
             if not name.startswith("test_"):
                 continue
             current = getattr(type(self), name, None)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
+    ChatStoreError,
     ConfigurationError,
     CorruptDataError,
     PayloadTooLargeError,
@@ -29,6 +30,7 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
     removal_error,
 )
+from llama_index.storage.chat_store.core.tools import is_tool_result, is_tool_result_json
 
 __all__ = [
     "BATCH_MAX_OPS",
@@ -48,6 +50,8 @@ __all__ = [
     "encode_payload",
     "entity_wire_size",
     "found",
+    "is_llama_index_tool_result",
+    "is_tool_result_payload",
     "parse_connection_string",
     "sanitize_table_name",
     "taken",
@@ -203,6 +207,17 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
                 data=data,
             ) from exc
     return message_from_json(data, key=key, position=position)
+
+
+def is_tool_result_payload(props: Mapping[str, Any]) -> bool:
+    """Whether an entity written by :func:`encode_payload` holds a tool result (never raises)."""
+    text = props.get("Message")
+    if isinstance(text, str):
+        return is_tool_result_json(text)
+    try:
+        return is_tool_result(decode_payload(props, key="", position=0))
+    except ChatStoreError:
+        return False
 
 
 Found = ChatMessage | CorruptDataError
@@ -388,3 +403,11 @@ def account_from_endpoint(endpoint: str) -> str:
     if path:  # emulator style: http://127.0.0.1:10002/devstoreaccount1
         return path.split("/")[0]
     return (parts.hostname or "").split(".")[0]
+
+
+def is_llama_index_tool_result(props: Mapping[str, Any]) -> bool:
+    """Whether a chat row of LlamaIndex's layout holds a tool result (never raises)."""
+    try:
+        return is_tool_result(decode_llama_index_message(props, key="", position=0))
+    except ChatStoreError:
+        return False

@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llama_index.storage.chat_store.azure._codec import encode_key, taken
+from llama_index.storage.chat_store.azure._codec import (
+    encode_key,
+    is_llama_index_tool_result,
+    taken,
+)
 from llama_index.storage.chat_store.azure._llama_index_layout import (
     RECORD,
     LlamaIndexTable,
@@ -39,10 +43,15 @@ from llama_index.storage.chat_store.azure._sdk import (
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.tools import safe_trim_count
 
 __all__ = ["LlamaIndexLayout"]
 
 _MAX_ATTEMPTS = 200
+
+
+def _tool_result(row: Row) -> bool:
+    return is_llama_index_tool_result(row.props)
 
 
 class LlamaIndexLayout(LlamaIndexTable):
@@ -231,8 +240,13 @@ class LlamaIndexLayout(LlamaIndexTable):
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
-    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+    def delete_oldest(
+        self, key: str, n: int, change: Change, tool_safe: bool = False
+    ) -> Plan[list[ChatMessage]]:
         """Remove and return the first ``n`` messages.
+
+        ``tool_safe``: also the tool results that would lead what is left (the removal is
+        conditional on the last row, which every change after them changes too).
 
         Raises:
             CorruptDataError: One is not a message: they are removed all the same, then
@@ -243,7 +257,8 @@ class LlamaIndexLayout(LlamaIndexTable):
         pk = encode_key(key)
         for attempt in range(_MAX_ATTEMPTS):
             rows = yield from self._rows(key)
-            first = rows[: max(n, 0)]
+            m = safe_trim_count(rows, n, _tool_result) if tool_safe else n
+            first = rows[: max(m, 0)]
             if not first:
                 return []
             items = _found(key, first, 0)  # before removing anything

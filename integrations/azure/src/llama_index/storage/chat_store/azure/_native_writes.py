@@ -11,7 +11,12 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from llama_index.storage.chat_store.azure._codec import BATCH_MAX_OPS, encode_key, taken
+from llama_index.storage.chat_store.azure._codec import (
+    BATCH_MAX_OPS,
+    encode_key,
+    is_tool_result_payload,
+    taken,
+)
 from llama_index.storage.chat_store.azure._native import (
     KEYS_PARTITION,
     META,
@@ -40,10 +45,15 @@ from llama_index.storage.chat_store.core import (
     removal_error,
 )
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.tools import safe_trim_plan
 
 __all__ = ["NativeLayout"]
 
 _MAX_ATTEMPTS = 200
+
+
+def _tool_result(row: Row | None) -> bool:
+    return row is not None and is_tool_result_payload(row.props)
 
 
 class NativeLayout(NativeTable):
@@ -409,8 +419,13 @@ class NativeLayout(NativeTable):
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention popping from key {key!r}")
 
-    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+    def delete_oldest(
+        self, key: str, n: int, change: Change, tool_safe: bool = False
+    ) -> Plan[list[ChatMessage]]:
         """Remove and return the first ``n`` messages.
+
+        ``tool_safe``: also the tool results that would lead what is left (read at the meta
+        entity the removal's commit is conditional on).
 
         Raises:
             CorruptDataError: One is missing or unreadable: they are removed all the same,
@@ -423,6 +438,8 @@ class NativeLayout(NativeTable):
             m = min(max(n, 0), meta.count)
             if m == 0:
                 return []
+            if tool_safe:
+                m = yield from safe_trim_plan(self._reader(meta), m, meta.count, _tool_result)
             span = yield from self._span(meta, 0, m)
             if span is not None:
                 items = self._found(meta, span, 0)
@@ -450,6 +467,14 @@ class NativeLayout(NativeTable):
                     return taken(items, self.table)
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting from key {key!r}")
+
+    def _reader(self, meta: Meta) -> Callable[[int, int], Plan[list[Row | None]]]:
+        """Read positions ``[lo, hi)`` as ``meta`` names them ([] once it changed)."""
+
+        def read(lo: int, hi: int) -> Plan[list[Row | None]]:
+            return (yield from self._span(meta, lo, hi)) or []
+
+        return read
 
     def _delete_rows(self, pk: str, deletes: list[Action]) -> Plan[None]:
         """Delete rows the meta entity no longer names; one that changed (reused) stays."""

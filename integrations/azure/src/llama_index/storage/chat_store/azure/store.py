@@ -417,8 +417,10 @@ class AzureChatStore(PlannedChatStore):
     def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
         return self._layout.pop_last(key, change)
 
-    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
-        return self._layout.delete_oldest(key, n, change)
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool = False
+    ) -> Plan[list[ChatMessage]]:
+        return self._layout.delete_oldest(key, n, change, tool_safe)
 
     def _keys_plan(self, cursor: Any) -> Plan[tuple[list[str], Any]]:
         return self._layout.keys_page(cursor)

@@ -47,6 +47,7 @@ from llama_index.storage.chat_store.core import (
     corrupt_data_remedy,
 )
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.tools import is_tool_result_json, safe_trim_count
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 from llama_index.storage.chat_store.dynamodb._sdk import (
     MAX_ITEM_BYTES,
@@ -163,6 +164,14 @@ def map_to_json(value: Any) -> str:
         TypeError: The value is not made of DynamoDB attribute values.
     """
     return json.dumps(_from_attribute(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def _stored_result(value: Any) -> bool:
+    """Whether a stored message map is a tool result (an unreadable one is not)."""
+    try:
+        return is_tool_result_json(map_to_json(value))
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def _plain(value: Any) -> Any:
@@ -501,9 +510,9 @@ class LlamaIndexLayout:
         )
 
     def _remove(
-        self, key: str, what: str, change: Change, pick: Callable[[int], range]
+        self, key: str, what: str, change: Change, pick: Callable[[int, _Item], range]
     ) -> Plan[tuple[range, list[str | CorruptDataError]]]:
-        """Remove the positions ``pick(count)`` and return what they held.
+        """Remove the positions ``pick(count, item)`` and return what they held.
 
         Works on the stored list as it is, so a corrupt message is removed like any other
         (returned as :class:`CorruptDataError`) and the messages kept are never rewritten.
@@ -512,7 +521,7 @@ class LlamaIndexLayout:
         def attempt(op: Op, item: _Item) -> Plan[tuple[range, list[str | CorruptDataError]]]:
             now = time.time()
             count = len(self._live(item, now))
-            chosen = pick(count)
+            chosen = pick(count, item)
             if not chosen:
                 return chosen, []
             removed: list[str | CorruptDataError] = []
@@ -543,7 +552,7 @@ class LlamaIndexLayout:
     def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
         """Remove the conversation; return its messages (corrupt ones too), or None."""
         _, removed = yield from self._remove(
-            key, "delete a conversation", change, lambda count: range(count)
+            key, "delete a conversation", change, lambda count, _: range(count)
         )
         return removed or None
 
@@ -552,7 +561,7 @@ class LlamaIndexLayout:
     ) -> Plan[tuple[int, str | CorruptDataError] | None]:
         """Remove the message at ``idx``; ``(position, JSON)`` or None when out of range."""
 
-        def pick(count: int) -> range:
+        def pick(count: int, _: _Item) -> range:
             if not -count <= idx < count:
                 return range(0)
             return range(idx % count, idx % count + 1)
@@ -560,11 +569,20 @@ class LlamaIndexLayout:
         chosen, removed = yield from self._remove(key, "delete a message", change, pick)
         return (chosen[0], removed[0]) if removed else None
 
-    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[str | CorruptDataError]]:
-        """Remove and return the first ``n`` messages (corrupt ones too)."""
-        _, removed = yield from self._remove(
-            key, "delete the oldest messages", change, lambda count: range(min(max(n, 0), count))
-        )
+    def delete_oldest(
+        self, key: str, n: int, change: Change, tool_safe: bool = False
+    ) -> Plan[list[str | CorruptDataError]]:
+        """Remove and return the first ``n`` messages (corrupt ones too).
+
+        ``tool_safe``: also the tool results that would lead what is left.
+        """
+
+        def pick(count: int, item: _Item) -> range:
+            if tool_safe:
+                return range(safe_trim_count(item.history[:count], n, _stored_result))
+            return range(min(max(n, 0), count))
+
+        _, removed = yield from self._remove(key, "delete the oldest messages", change, pick)
         return removed
 
     def clear(self) -> Plan[None]:

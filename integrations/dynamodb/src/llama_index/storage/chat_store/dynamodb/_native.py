@@ -63,6 +63,7 @@ from typing import Any, TypeVar, cast
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.dynamodb._chunks import Fresh, Head
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 from llama_index.storage.chat_store.dynamodb._native_meta import (
@@ -443,14 +444,26 @@ class NativeLayout(NativeReads):
 
         return (yield from self._change(key, "delete a message", change, step))
 
-    def delete_oldest(self, key: str, n: int, change: Change) -> Plan[list[str | CorruptDataError]]:
-        """Remove and return the first ``n`` messages (fewer if shorter; corrupt ones too)."""
+    def delete_oldest(
+        self, key: str, n: int, change: Change, tool_safe: bool = False
+    ) -> Plan[list[str | CorruptDataError]]:
+        """Remove and return the first ``n`` messages (fewer if shorter; corrupt ones too).
+
+        ``tool_safe``: also the tool results that would lead what is left (read after the
+        first ``n`` from the same meta, so the removal stays one conditional commit).
+        """
 
         def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, list[str | CorruptDataError]]]:
             k = min(n, meta.count(now))
             if k <= 0:
                 return None, []
             assert meta.gen is not None
+            if tool_safe:
+
+                def stored(lo: int, hi: int) -> Plan[list[str | CorruptDataError]]:
+                    return (yield from self._read_removed(key, meta, lo, hi))[1]
+
+                k = yield from safe_trim_plan(stored, k, meta.count(now))
             dropped, removed = yield from self._read_removed(key, meta, 0, k)
             deletes = list(range(meta.first, meta.first + k))
             first = meta.first + k if k < meta.count(now) else meta.end

@@ -456,9 +456,11 @@ class DynamoDBChatStore(PlannedChatStore):
         removed = yield from layout.delete_at(key, idx, change)
         return None if removed is None else self._parse_removed(key, [removed])[0]
 
-    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
         layout = yield from self._storage()
-        removed = yield from layout.delete_oldest(key, n, change)
+        removed = yield from layout.delete_oldest(key, n, change, tool_safe)
         return self._parse_removed(key, list(enumerate(removed)))
 
     def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:

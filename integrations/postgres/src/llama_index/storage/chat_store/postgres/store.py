@@ -19,12 +19,14 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from sqlalchemy.engine import Engine, make_url
 
 from llama_index.storage.chat_store.core import (
+    CapabilityNotSupportedError,
     ChatMessage,
     ConfigurationError,
     coerce_message,
     coerce_messages,
 )
-from llama_index.storage.chat_store.core.store import check_window
+from llama_index.storage.chat_store.core.store import check_flag, check_window
+from llama_index.storage.chat_store.core.tools import read_tool_safe
 from llama_index.storage.chat_store.postgres._calls import _FAR, _Calls
 from llama_index.storage.chat_store.postgres._config import (
     _STORE_OPTIONS,
@@ -289,7 +291,7 @@ class PostgresChatStore(_Calls):
         return "PostgresChatStore"
 
     def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Return ``messages[offset:][:limit]`` (one indexed statement; ``[]`` if missing).
 
@@ -297,7 +299,11 @@ class PostgresChatStore(_Calls):
         to now + ttl (an expired one stays expired).
         """
         key = self._check_key(key)
-        check_window(offset, limit)
+        check_window(offset, limit, tool_safe)
+        if tool_safe:
+            return read_tool_safe(
+                lambda o, n: self.get_messages(key, offset=o, limit=n), offset, limit
+            )
         if limit == 0:
             return []
 
@@ -399,13 +405,20 @@ class PostgresChatStore(_Calls):
         """Remove and return the last message (``None`` when empty)."""
         return self.delete_message(key, -1)
 
-    def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    def delete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Remove the first ``n`` messages; return them in order.
 
         Raises:
             CorruptDataError: A removed message is unreadable; the ``n`` are removed all the
                 same (the error names the first such position and holds its data).
         """
+        if check_flag("tool_safe", tool_safe):
+            raise CapabilityNotSupportedError(
+                f"{type(self).__name__} does not trim tool-safely yet: its move onto the "
+                "backend kit brings delete_oldest_messages(..., tool_safe=True)"
+            )
         key = self._check_key(key)
         if n <= 0:
             return []
@@ -414,11 +427,13 @@ class PostgresChatStore(_Calls):
         return self._removed(key, rows)
 
     async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None
+        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
     ) -> list[ChatMessage]:
         """Async :meth:`get_messages`."""
         key = self._check_key(key)
-        check_window(offset, limit)
+        check_window(offset, limit, tool_safe)
+        if tool_safe:
+            return await super().aget_messages(key, offset=offset, limit=limit, tool_safe=True)
         if limit == 0:
             return []
 
@@ -498,8 +513,15 @@ class PostgresChatStore(_Calls):
         """Async :meth:`delete_last_message`."""
         return await self.adelete_message(key, -1)
 
-    async def adelete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
+    async def adelete_oldest_messages(
+        self, key: str, n: int, *, tool_safe: bool = False
+    ) -> list[ChatMessage]:
         """Async :meth:`delete_oldest_messages`."""
+        if check_flag("tool_safe", tool_safe):
+            raise CapabilityNotSupportedError(
+                f"{type(self).__name__} does not trim tool-safely yet: its move onto the "
+                "backend kit brings delete_oldest_messages(..., tool_safe=True)"
+            )
         key = self._check_key(key)
         if n <= 0:
             return []

@@ -269,13 +269,34 @@ return {item, position}
 POP_FIRST = _mutation(
     "pop_first",
     r"""
-local items = redis.call('LPOP', conv, ARGV[5])
+local n = tonumber(ARGV[5])
+if ARGV[6] == '1' then
+  -- Tool-safe: also take the tool results that would lead what is left (role 'tool' or
+  -- 'function', as core.tools.is_tool_result_json reads stored JSON; unreadable: not one).
+  local pad = 4
+  while true do
+    local next_ones = redis.call('LRANGE', conv, n, n + pad - 1)
+    local taken = 0
+    for _, raw in ipairs(next_ones) do
+      local ok, m = pcall(cjson.decode, raw)
+      if not (ok and type(m) == 'table' and (m.role == 'tool' or m.role == 'function')) then
+        break
+      end
+      taken = taken + 1
+    end
+    n = n + taken
+    if taken < pad then break end
+    pad = pad * 8
+  end
+end
+local items = redis.call('LPOP', conv, n)
 if not items then return {} end
 touch(redis.call('LLEN', conv))
 return items
 """,
 )
-"""ARGV[5]: how many (> 0). Returns the messages removed, oldest first."""
+"""ARGV[5]: how many (> 0); ARGV[6]: ``1`` to take the tool results after them too. Returns the
+messages removed, oldest first."""
 
 WINDOW = _conversation(
     "window",

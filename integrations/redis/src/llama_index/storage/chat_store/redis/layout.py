@@ -196,10 +196,16 @@ class ListLayout:
         """Remove the last message; the reply is that message or ``None``."""
         return self._change(_scripts.POP_LAST, key, [], _positioned(key), change)
 
-    def pop_first(self, key: str, n: int, change: Change) -> Op[list[ChatMessage]]:
-        """Remove the first ``n`` (> 0) messages; the reply is them, oldest first."""
+    def pop_first(
+        self, key: str, n: int, change: Change, tool_safe: bool = False
+    ) -> Op[list[ChatMessage]]:
+        """Remove the first ``n`` (> 0) messages; the reply is them, oldest first.
+
+        ``tool_safe``: also the tool results that would lead what is left.
+        """
         decode = _messages(key, 0, removed=True)
-        return self._change(_scripts.POP_FIRST, key, [str(n)], decode, change)
+        args = [str(n), "1" if tool_safe else "0"]
+        return self._change(_scripts.POP_FIRST, key, args, decode, change)
 
     def adopt(self, key: str) -> Op[bool]:
         """Register an existing list at ``key`` keeping its expiry; the reply says if it was one."""
@@ -422,8 +428,10 @@ class ListChatStore(PlannedChatStore):
     def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
         return _one(self._layout.pop_last(key, change))
 
-    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
-        return _one(self._layout.pop_first(key, n, change))
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
+        return _one(self._layout.pop_first(key, n, change, tool_safe))
 
     def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
         page = yield from _one(self._layout.keys_page(cursor))

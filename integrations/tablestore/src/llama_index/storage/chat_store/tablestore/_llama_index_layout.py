@@ -39,6 +39,7 @@ from llama_index.storage.chat_store.core import (
     removal_error,
 )
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, Sleep
+from llama_index.storage.chat_store.core.tools import is_tool_result_json
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 
@@ -129,6 +130,11 @@ def _items(key: str, history: Any) -> list[Any]:
 
 def _item_json(item: Any) -> str:
     return json.dumps(item, ensure_ascii=False)
+
+
+def stored_result(item: Any) -> bool:
+    """Whether a stored message (an item of the JSON array) is a tool result."""
+    return is_tool_result_json(_item_json(item))
 
 
 def _parse(key: str, history: Any) -> list[ChatMessage]:
@@ -321,11 +327,11 @@ def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | Non
 def take(
     table: str,
     key: str,
-    select: Callable[[int], Sequence[int]],
+    select: Callable[[list[Any]], Sequence[int]],
     to_json: Callable[[ChatMessage], str],
     change: Change,
 ) -> Plan[list[ChatMessage]]:
-    """Remove the messages at ``select(size)`` atomically; return them.
+    """Remove the messages at ``select(items)`` (the stored messages) atomically; return them.
 
     The write is conditional on the value read (like :func:`mutate`); the messages kept
     are written back as they were when they cannot be read.
@@ -343,7 +349,7 @@ def take(
         if row.history is None:
             return []
         items = _items(key, row.history)
-        chosen = select(len(items))
+        chosen = select(items)
         if not chosen:
             return []
         messages, error = _decode(key, items, chosen)

@@ -8,7 +8,7 @@ reader never sees a half-made change.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +19,7 @@ from llama_index.storage.chat_store.core import (
     removal_error,
 )
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._native import (
     _META_COLUMNS,
@@ -378,6 +379,16 @@ def _pop_once(
     return True, messages, error
 
 
+def _stored(t: Tables, key: str, meta: Meta) -> Callable[[int, int], Plan[list[Any]]]:
+    """Read positions ``[lo, hi)`` of the conversation ``meta`` names, as stored."""
+
+    def read(lo: int, hi: int) -> Plan[list[Any]]:
+        rows = yield from _removal_window(t, key, meta, meta.head + lo, meta.head + hi)
+        return [r.value for r in rows]
+
+    return read
+
+
 def _oldest_once(t: Tables, key: str, meta: Meta, take: int, change: Change) -> Plan[_Outcome]:
     """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
     rows = yield from _removal_window(t, key, meta, meta.head, meta.head + take)
@@ -449,8 +460,13 @@ def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
     raise _gave_up(t, key)
 
 
-def delete_oldest(t: Tables, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+def delete_oldest(
+    t: Tables, key: str, n: int, change: Change, tool_safe: bool = False
+) -> Plan[list[ChatMessage]]:
     """Remove and return the first ``n`` messages.
+
+    ``tool_safe``: also the tool results that would lead what is left (read after the first
+    ``n`` under the same meta row, which the removal's commit is conditional on).
 
     Raises:
         CorruptDataError: One of them could not be read; they are removed all the same.
@@ -462,7 +478,10 @@ def delete_oldest(t: Tables, key: str, n: int, change: Change) -> Plan[list[Chat
         meta = yield from _read_meta(t, key)
         if meta is None or n <= 0 or meta.size == 0:
             return []
-        done, messages, error = yield from _oldest_once(t, key, meta, min(n, meta.size), change)
+        take = min(n, meta.size)
+        if tool_safe:
+            take = yield from safe_trim_plan(_stored(t, key, meta), take, meta.size)
+        done, messages, error = yield from _oldest_once(t, key, meta, take, change)
         if done and error is not None:
             raise removal_error(error, _STORAGE) from error
         if done:

@@ -27,6 +27,7 @@ from llama_index.storage.chat_store.core.backend import (
     PlannedChatStore,
 )
 from llama_index.storage.chat_store.core.store import window
+from llama_index.storage.chat_store.core.tools import safe_trim_count
 from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
 from llama_index.storage.chat_store.tablestore import _native as native
 from llama_index.storage.chat_store.tablestore import _native_writes as writes
@@ -415,7 +416,8 @@ class TablestoreChatStore(PlannedChatStore):
         if (yield from self._layout_plan()) == "native":
             return (yield from writes.delete_at(self._tables, key, idx, change))
 
-        def at(size: int) -> list[int]:
+        def at(items: list[Any]) -> list[int]:
+            size = len(items)
             return [idx % size] if -size <= idx < size else []
 
         taken = yield from legacy.take(self.table_name, key, at, message_to_json, change)
@@ -426,14 +428,20 @@ class TablestoreChatStore(PlannedChatStore):
             return (yield from writes.pop_last(self._tables, key, change))
         return (yield from self._delete_at_plan(key, -1, change))
 
-    def _oldest_plan(self, key: str, n: int, change: Change) -> Plan[list[ChatMessage]]:
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
         if n <= 0:
             return []
         if (yield from self._layout_plan()) == "native":
-            return (yield from writes.delete_oldest(self._tables, key, n, change))
-        return (yield from legacy.take(
-            self.table_name, key, lambda size: range(min(n, size)), message_to_json, change
-        ))  # fmt: skip
+            return (yield from writes.delete_oldest(self._tables, key, n, change, tool_safe))
+
+        def first(items: list[Any]) -> range:
+            if tool_safe:
+                return range(safe_trim_count(items, n, legacy.stored_result))
+            return range(min(n, len(items)))
+
+        return (yield from legacy.take(self.table_name, key, first, message_to_json, change))
 
     def _keys_plan(self, start: Any) -> Plan[tuple[list[str], Any]]:
         if (yield from self._layout_plan()) == "native":
