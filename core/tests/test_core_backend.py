@@ -305,6 +305,40 @@ def test_giving_up_says_what_became_of_the_change() -> None:
     assert store.count_messages("k") == 1
 
 
+class ResendingDictChatStore(DictChatStore):
+    """The same backend, with the kit resending each step instead of each plan."""
+
+    _resend_steps: ClassVar[bool] = True
+
+
+def test_resend_steps_resends_the_step_and_marks_its_conflict() -> None:
+    """A Write whose reply is lost is sent again alone; its conflict with itself sets check."""
+    store = ResendingDictChatStore(name=f"unit-{next(_names)}", retry_backoff=0)
+    store.add_message("k", ChatMessage(content="a"))
+    server = store.server
+    start = server.steps
+    server.lose_reply = {start + 2}  # the Write after the Read
+    store.add_message("k", ChatMessage(content="b"))
+    # Read, Write (applied, reply lost), the Write again (conflicts), Read (finds its op id).
+    assert server.steps - start == 4
+    assert [m.content for m in store.get_messages("k")] == ["a", "b"]
+    server.lose_reply = {server.steps + 1}
+    assert store.count_messages("k") == 2  # a read step resent alone, too
+
+
+def test_resend_steps_says_what_became_of_the_change() -> None:
+    store = ResendingDictChatStore(name=f"unit-{next(_names)}", retries=0)
+    server = store.server
+    server.refuse = {1}
+    with pytest.raises(NotSentError, match="nothing was applied"):
+        store.add_message("k", ChatMessage(content="a"))
+    server.refuse = {3}  # the Write, after its Read reached the server
+    with pytest.raises(BackendUnavailableError, match="outcome is unknown") as raised:
+        asyncio.run(store.aadd_message("k", ChatMessage(content="a")))
+    assert not isinstance(raised.value, NotSentError)
+    assert store.count_messages("k") == 0
+
+
 def test_drive_throws_conflicts_in_and_closes_plans_on_errors() -> None:
     closed: list[str] = []
 

@@ -17,13 +17,13 @@ from azure.data.tables import EdmType, EntityProperty, TableClient, UpdateMode
 
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._codec import decode_key, encode_key
-from llama_index.storage.chat_store.azure._io import ConflictError, Plan, Sleep, run_sync
 from llama_index.storage.chat_store.azure.testing import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     azurite_connection_string,
 )
 from llama_index.storage.chat_store.core import ChatMessage, CorruptDataError
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, Sleep, drive
 from llama_index.storage.chat_store.testing.samples import numbered
 
 KEY = "conv"
@@ -110,10 +110,7 @@ def run(
             except ConflictError as exc:
                 error = exc
 
-    result = run_sync(
-        paced(), store._sync_client, store._where, store._ensure_tables, store._retry_policy,
-        mutates=True,
-    )  # fmt: skip
+    result = drive(paced(), store._execute)
     if meanwhile is not None and not paused:
         meanwhile()
     return result
@@ -130,10 +127,10 @@ def _texts(messages: Any) -> list[str]:
 # -- item 9: a removal that empties the conversation vs an append ---------------------------
 
 _REMOVALS: dict[str, Callable[[AzureChatStore], Plan[Any]]] = {
-    "pop": lambda s: s._layout.pop_last(KEY),
-    "delete_oldest_all": lambda s: s._layout.delete_oldest(KEY, 1),
-    "delete_at_0": lambda s: s._layout.delete_at(KEY, 0),
-    "delete_at_-1": lambda s: s._layout.delete_at(KEY, -1),
+    "pop": lambda s: s._pop_plan(KEY, Change()),
+    "delete_oldest_all": lambda s: s._oldest_plan(KEY, 1, Change()),
+    "delete_at_0": lambda s: s._delete_at_plan(KEY, 0, Change()),
+    "delete_at_-1": lambda s: s._delete_at_plan(KEY, -1, Change()),
 }
 
 
@@ -195,7 +192,7 @@ def test_append_paused_while_a_removal_empties_the_conversation(
         returned.clear()
         run(
             appender,
-            appender._add_plan(KEY, ChatMessage(content="A1"), None),
+            appender._add_plan(KEY, [ChatMessage(content="A1")], None, Change()),
             pause_before=gap,
             meanwhile=lambda: returned.append(run(remover, _REMOVALS[removal](remover))),
         )
@@ -204,9 +201,9 @@ def test_append_paused_while_a_removal_empties_the_conversation(
 
 
 _FIRST_WRITES: dict[str, Callable[[AzureChatStore], Plan[Any]]] = {
-    "append": lambda s: s._add_plan(KEY, ChatMessage(content="A1"), None),
-    "insert": lambda s: s._add_plan(KEY, ChatMessage(content="A1"), 0),
-    "replace": lambda s: s._set_plan(KEY, [ChatMessage(content="A1")]),
+    "append": lambda s: s._add_plan(KEY, [ChatMessage(content="A1")], None, Change()),
+    "insert": lambda s: s._add_plan(KEY, [ChatMessage(content="A1")], 0, Change()),
+    "replace": lambda s: s._set_plan(KEY, [ChatMessage(content="A1")], Change()),
 }
 
 
@@ -279,7 +276,7 @@ def test_delete_oldest_of_every_message_racing_an_append(
         checker.set_messages(KEY, numbered(4))
         returned = run(
             remover,
-            remover._layout.delete_oldest(KEY, 4),
+            remover._oldest_plan(KEY, 4, Change()),
             pause_before=gap,
             meanwhile=lambda: appender.add_message(KEY, ChatMessage(content="A1")),
         )
@@ -305,7 +302,7 @@ def test_insert_at_the_front_of_an_empty_conversation_racing_an_append(
         checker.delete_messages(KEY)
         run(
             inserter,
-            inserter._add_plan(KEY, ChatMessage(content="A0"), 0),
+            inserter._add_plan(KEY, [ChatMessage(content="A0")], 0, Change()),
             pause_before=gap,
             meanwhile=lambda: appender.add_message(KEY, ChatMessage(content="x")),
         )
@@ -343,11 +340,14 @@ def test_a_window_read_racing_an_insert_is_one_state(
 _MODEL_REMOVALS: dict[
     str, tuple[Callable[[AzureChatStore], Plan[Any]], Callable[[list[str]], Any]]
 ] = {
-    "pop": (lambda s: s._layout.pop_last(KEY), lambda xs: (xs[-1:], xs[:-1])),
-    "delete_at_-1": (lambda s: s._layout.delete_at(KEY, -1), lambda xs: (xs[-1:], xs[:-1])),
-    "delete_at_1": (lambda s: s._layout.delete_at(KEY, 1), lambda xs: (xs[1:2], xs[:1] + xs[2:])),
-    "delete_oldest_2": (lambda s: s._layout.delete_oldest(KEY, 2), lambda xs: (xs[:2], xs[2:])),
-    "delete_all": (lambda s: s._layout.delete_all(KEY), lambda xs: (xs, [])),
+    "pop": (lambda s: s._pop_plan(KEY, Change()), lambda xs: (xs[-1:], xs[:-1])),
+    "delete_at_-1": (lambda s: s._delete_at_plan(KEY, -1, Change()), lambda xs: (xs[-1:], xs[:-1])),
+    "delete_at_1": (
+        lambda s: s._delete_at_plan(KEY, 1, Change()),
+        lambda xs: (xs[1:2], xs[:1] + xs[2:]),
+    ),
+    "delete_oldest_2": (lambda s: s._oldest_plan(KEY, 2, Change()), lambda xs: (xs[:2], xs[2:])),
+    "delete_all": (lambda s: s._delete_all_plan(KEY, Change()), lambda xs: (xs, [])),
 }
 
 
@@ -460,7 +460,7 @@ def test_delete_messages_of_a_conversation_with_a_hole_removes_it_then_raises(
     """
     store, position = corrupt
     with pytest.raises(CorruptDataError, match=REMOVED) as info:
-        run(store, store._layout.delete_all(KEY), max_requests=8)
+        run(store, store._delete_all_plan(KEY, Change()), max_requests=8)
     assert (info.value.key, info.value.position) == (KEY, position)
     assert info.value.data is None  # a missing row: nothing was stored there
     _assert_gone(store, raw)
@@ -474,7 +474,7 @@ def test_set_messages_empty_removes_a_conversation_with_a_hole(
     If this fails: replace([]) goes through a delete that cannot handle missing rows.
     """
     store, _ = corrupt
-    run(store, store._set_plan(KEY, []), max_requests=10)
+    run(store, store._set_plan(KEY, [], Change()), max_requests=10)
     _assert_gone(store, raw)
 
 
@@ -487,7 +487,7 @@ def test_set_messages_replaces_a_conversation_with_a_hole(
     retries on the same meta entity until it gives up.
     """
     store, _ = corrupt
-    run(store, store._set_plan(KEY, [ChatMessage(content="x")]), max_requests=12)
+    run(store, store._set_plan(KEY, [ChatMessage(content="x")], Change()), max_requests=12)
     assert _texts(store.get_messages(KEY)) == ["x"]
     assert len(_conversation_rows(raw)) == 2  # x and the meta entity
     assert store.get_keys() == [KEY]
@@ -519,11 +519,11 @@ def test_other_calls_on_a_hole_raise_corrupt_data_at_once(
     dropped, left = _HOLE_CALLS[call]
     _drop_row(raw, dropped)
     plans = {
-        "pop": lambda: store._layout.pop_last(KEY),
-        "delete_at": lambda: store._layout.delete_at(KEY, 0),
-        "delete_at_1": lambda: store._layout.delete_at(KEY, 1),
-        "delete_oldest": lambda: store._layout.delete_oldest(KEY, 2),
-        "insert": lambda: store._add_plan(KEY, ChatMessage(content="x"), 1),
+        "pop": lambda: store._pop_plan(KEY, Change()),
+        "delete_at": lambda: store._delete_at_plan(KEY, 0, Change()),
+        "delete_at_1": lambda: store._delete_at_plan(KEY, 1, Change()),
+        "delete_oldest": lambda: store._oldest_plan(KEY, 2, Change()),
+        "insert": lambda: store._add_plan(KEY, [ChatMessage(content="x")], 1, Change()),
     }
     with pytest.raises(CorruptDataError) as info:
         run(store, plans[call](), max_requests=6)

@@ -15,7 +15,6 @@ from azure.data.tables import TableClient
 
 from llama_index.storage.chat_store.azure import AzureChatStore
 from llama_index.storage.chat_store.azure._codec import HASHED_PREFIX, encode_key
-from llama_index.storage.chat_store.azure._io import Plan, run_sync
 from llama_index.storage.chat_store.azure.testing import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -32,6 +31,7 @@ from llama_index.storage.chat_store.core import (
     PayloadTooLargeError,
     message_to_json,
 )
+from llama_index.storage.chat_store.core.backend import Change, Plan, drive
 from llama_index.storage.chat_store.core.registry import chat_store_from_dict, chat_store_from_url
 from llama_index.storage.chat_store.testing.samples import numbered
 
@@ -263,23 +263,20 @@ def _requests(store: AzureChatStore, plan: Plan[Any]) -> tuple[Any, int]:
     """Run a store plan on the store's real client; return its result and requests sent."""
     sent = 0
 
-    def client_for(table: str) -> TableClient:
+    def execute(step: Any) -> Any:
         nonlocal sent
         sent += 1
-        return store._sync_client(table)
+        return store._execute(step)
 
-    policy = store._retry_policy
-    return run_sync(
-        plan, client_for, store._where, store._ensure_tables, policy, mutates=True
-    ), sent
+    return drive(plan, execute), sent
 
 
 def _append(store: AzureChatStore) -> int:
-    return _requests(store, store._add_plan("k", ChatMessage(content="new"), None))[1]
+    return _requests(store, store._add_plan("k", [ChatMessage(content="new")], None, Change()))[1]
 
 
 def _pop(store: AzureChatStore) -> int:
-    return _requests(store, store._layout.pop_last("k"))[1]
+    return _requests(store, store._pop_plan("k", Change()))[1]
 
 
 def test_writes_plan_on_the_last_meta_seen(
@@ -289,8 +286,8 @@ def test_writes_plan_on_the_last_meta_seen(
     store.add_messages("k", numbered(3))
     assert _append(store) == 1  # the transaction alone
     assert _pop(store) == 2  # meta entity and last row in one query, then the transaction
-    assert _requests(store, store._set_plan("k", numbered(2)))[1] == 1
-    assert _requests(store, store._layout.count_messages("k")) == (2, 1)
+    assert _requests(store, store._set_plan("k", numbered(2), Change()))[1] == 1
+    assert _requests(store, store._count_plan("k")) == (2, 1)
     # A new instance remembers nothing: it reads the meta entity first.
     assert _append(make_store()) == 2
     assert _pop(make_store()) == 3

@@ -36,12 +36,13 @@ import functools
 from abc import abstractmethod
 from collections.abc import (
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterator,
     Mapping,
     Sequence,
 )
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import Field
 
@@ -69,6 +70,7 @@ from llama_index.storage.chat_store.core.messages import (
 from llama_index.storage.chat_store.core.registry import mask_url, split_password
 from llama_index.storage.chat_store.core.retries import (
     RetryPolicy,
+    StepRetries,
     acall_with_retries,
     call_with_retries,
 )
@@ -123,6 +125,13 @@ class PlannedChatStore(BaseChatStore):
     ``retry_deadline`` seconds, each attempt a new plan. Every attempt of a change carries
     the same operation id; when the retries run out, the error says whether nothing was
     applied or the outcome is unknown.
+    """
+
+    _resend_steps: ClassVar[bool] = False
+    """Retry each step rather than the whole plan (every write idempotent or conditional).
+
+    A conditional step that conflicts after a resend sets ``change.check`` (its own lost
+    attempt may be what it conflicted with): the plan looks for ``change.id``, then clears it.
     """
 
     retries: int = Field(default=3, ge=0)
@@ -238,12 +247,44 @@ class PlannedChatStore(BaseChatStore):
         """Async :meth:`_drive`."""
         return await adrive(plan, self._aexecute)
 
+    def _resending(self, change: Change | None) -> Callable[[Any], Any]:
+        """The executor of a store with ``_resend_steps``: each step tried again on its own."""
+        steps = StepRetries(self._retry_policy, mutates=change is not None)
+
+        def execute(step: Any) -> Any:
+            try:
+                return steps.call(functools.partial(self._execute, step))
+            except ConflictError:
+                if change is not None and steps.resent:
+                    change.check = True  # it may have conflicted with its own lost attempt
+                raise
+
+        return execute
+
+    def _aresending(self, change: Change | None) -> Callable[[Any], Awaitable[Any]]:
+        """Async :meth:`_resending`."""
+        steps = StepRetries(self._retry_policy, mutates=change is not None)
+
+        async def execute(step: Any) -> Any:
+            try:
+                return await steps.acall(functools.partial(self._aexecute, step))
+            except ConflictError:
+                if change is not None and steps.resent:
+                    change.check = True
+                raise
+
+        return execute
+
     def _read(self, make: Callable[[], Plan[T]]) -> T:
         """Run a plan that changes nothing: a new one for each attempt."""
+        if self._resend_steps:
+            return drive(make(), self._resending(None))
         return call_with_retries(lambda: self._drive(make()), self._retry_policy, mutates=False)
 
     async def _aread(self, make: Callable[[], Plan[T]]) -> T:
         """Async :meth:`_read`."""
+        if self._resend_steps:
+            return await adrive(make(), self._aresending(None))
         return await acall_with_retries(
             lambda: self._adrive(make()), self._retry_policy, mutates=False
         )
@@ -251,6 +292,8 @@ class PlannedChatStore(BaseChatStore):
     def _change(self, make: Callable[[Change], Plan[T]]) -> T:
         """Run a change: every attempt is a new plan carrying the same :class:`Change`."""
         change = Change()
+        if self._resend_steps:
+            return drive(make(change), self._resending(change))
 
         def attempt() -> T:
             change.attempts += 1
@@ -267,6 +310,8 @@ class PlannedChatStore(BaseChatStore):
     async def _achange(self, make: Callable[[Change], Plan[T]]) -> T:
         """Async :meth:`_change`."""
         change = Change()
+        if self._resend_steps:
+            return await adrive(make(change), self._aresending(change))
 
         async def attempt() -> T:
             change.attempts += 1

@@ -18,11 +18,18 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from llama_index.storage.chat_store.core.errors import BackendUnavailableError, NotSentError
 
-__all__ = ["RetryPolicy", "acall_with_retries", "call_with_retries", "gave_up", "new_op_id"]
+__all__ = [
+    "RetryPolicy",
+    "StepRetries",
+    "acall_with_retries",
+    "call_with_retries",
+    "gave_up",
+    "new_op_id",
+]
 
 T = TypeVar("T")
 
@@ -126,3 +133,72 @@ async def acall_with_retries(
         except BackendUnavailableError as exc:
             failures.append(exc)
     raise gave_up(failures, time.monotonic() - start, mutates=mutates) from failures[-1]
+
+
+class StepRetries:
+    """The requests of one call, each tried again on its own per ``policy``.
+
+    For a backend whose every write is idempotent or conditional, so a request can be resent
+    alone rather than the whole call run again. ``resent`` tells whether the last request was
+    sent again after a failure that may have reached the server: a conditional write that
+    then failed its condition may have failed on its own first attempt. A request never sent
+    after an earlier request of a change reached the server leaves the change's outcome
+    unknown, and its error says so.
+    """
+
+    __slots__ = ("mutates", "policy", "reached", "resent")
+
+    def __init__(self, policy: RetryPolicy, *, mutates: bool) -> None:
+        self.policy = policy
+        self.mutates = mutates
+        self.reached = False  # a request of this call may have reached the server
+        self.resent = False
+
+    def _note(self, exc: BackendUnavailableError) -> None:
+        self.resent = self.resent or not isinstance(exc, NotSentError)
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        if isinstance(exc, NotSentError) and self.reached and self.mutates:
+            raise BackendUnavailableError(
+                f"{exc}; but an earlier request of this change reached the server: the "
+                "outcome is unknown (the change was applied once or not at all, read the "
+                "conversation to know)"
+            ) from exc
+        self.reached = self.reached or not isinstance(exc, NotSentError)
+        raise exc
+
+    def call(self, request: Callable[[], T]) -> T:
+        """Run ``request()``, again after each :class:`BackendUnavailableError`."""
+        self.resent = False
+
+        def attempt() -> T:
+            try:
+                return request()
+            except BackendUnavailableError as exc:
+                self._note(exc)
+                raise
+
+        try:
+            result = call_with_retries(attempt, self.policy, mutates=self.mutates)
+        except BaseException as exc:
+            self._failed(exc)
+        self.reached = True
+        return result
+
+    async def acall(self, request: Callable[[], Awaitable[T]]) -> T:
+        """Async :meth:`call`: ``request()`` is awaited."""
+        self.resent = False
+
+        async def attempt() -> T:
+            try:
+                return await request()
+            except BackendUnavailableError as exc:
+                self._note(exc)
+                raise
+
+        try:
+            result = await acall_with_retries(attempt, self.policy, mutates=self.mutates)
+        except BaseException as exc:
+            self._failed(exc)
+        self.reached = True
+        return result

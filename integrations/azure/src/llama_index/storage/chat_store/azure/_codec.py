@@ -17,9 +17,11 @@ import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
+    ChatStoreError,
     ConfigurationError,
     CorruptDataError,
     PayloadTooLargeError,
@@ -28,6 +30,7 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
     removal_error,
 )
+from llama_index.storage.chat_store.core.tools import is_tool_result, is_tool_result_json
 
 __all__ = [
     "BATCH_MAX_OPS",
@@ -37,6 +40,7 @@ __all__ = [
     "LLAMA_INDEX_RECORD_MAX",
     "PAYLOAD_PROPERTIES",
     "Found",
+    "account_from_endpoint",
     "check_entity_size",
     "decode_key",
     "decode_llama_index_message",
@@ -46,6 +50,9 @@ __all__ = [
     "encode_payload",
     "entity_wire_size",
     "found",
+    "is_llama_index_tool_result",
+    "is_tool_result_payload",
+    "parse_connection_string",
     "sanitize_table_name",
     "taken",
     "validate_table_name",
@@ -202,6 +209,17 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
     return message_from_json(data, key=key, position=position)
 
 
+def is_tool_result_payload(props: Mapping[str, Any]) -> bool:
+    """Whether an entity written by :func:`encode_payload` holds a tool result (never raises)."""
+    text = props.get("Message")
+    if isinstance(text, str):
+        return is_tool_result_json(text)
+    try:
+        return is_tool_result(decode_payload(props, key="", position=0))
+    except ChatStoreError:
+        return False
+
+
 Found = ChatMessage | CorruptDataError
 """What a removal found at a position it removes: the message, or why it is unreadable."""
 
@@ -291,7 +309,7 @@ def entity_wire_size(entity: Mapping[str, Any]) -> int:
 _PART = "_part_"
 LLAMA_INDEX_RECORD = "ChatStoreOps"
 """The property of a conversation's last chat row (and of its metadata entity) holding our
-record of its last changes; LlamaIndex's store ignores it (see :mod:`._llama_index`)."""
+record of its last changes; LlamaIndex's store ignores it (see :mod:`._llama_index_layout`)."""
 LLAMA_INDEX_RECORD_MAX = 16 * 40
 """Characters a record may take (a bound for the entity size check)."""
 
@@ -366,3 +384,30 @@ def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: 
             data=json.dumps(fields, ensure_ascii=False),
         ) from exc
     return message_from_json(json.dumps(document), key=key, position=position)
+
+
+def parse_connection_string(text: str) -> dict[str, str]:
+    """The ``name=value`` fields of a storage connection string."""
+    fields = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def account_from_endpoint(endpoint: str) -> str:
+    """The account a table endpoint names (in its host, or in its path for an emulator)."""
+    parts = urlsplit(endpoint)
+    path = parts.path.strip("/")
+    if path:  # emulator style: http://127.0.0.1:10002/devstoreaccount1
+        return path.split("/")[0]
+    return (parts.hostname or "").split(".")[0]
+
+
+def is_llama_index_tool_result(props: Mapping[str, Any]) -> bool:
+    """Whether a chat row of LlamaIndex's layout holds a tool result (never raises)."""
+    try:
+        return is_tool_result(decode_llama_index_message(props, key="", position=0))
+    except ChatStoreError:
+        return False

@@ -1,13 +1,13 @@
 """The record of a conversation's last changes, by which a resent change finds its own commit.
 
-Every change carries an operation id (core's ``new_op_id``, one per call). The write that
+Every change carries an operation id (the kit's ``Change.id``, one per call). The write that
 commits it also counts it (``seq``) and appends its id to the last :data:`OP_RECORD` ids
 (``ops``). A conditional write resent after a lost reply that fails its condition may
 have failed on its own first attempt: the record read then says so (its id is there), or
 that it was not applied (the record names every change since the state it planned on),
 or neither (more changes came in between than the record holds: the outcome is unknown).
 Both layouts keep one: the native layout in its meta entity, LlamaIndex's layout on the
-conversation's last chat row (see :mod:`._llama_index`).
+conversation's last chat row (see :mod:`._llama_index_layout`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import secrets
 from dataclasses import dataclass
 
 from llama_index.storage.chat_store.core import BackendUnavailableError
+from llama_index.storage.chat_store.core.backend import Change
 
-__all__ = ["OP_RECORD", "Record", "covers", "recorded", "unknown_outcome"]
+__all__ = ["OP_RECORD", "Record", "covers", "recorded", "resent", "unknown_outcome"]
 
 OP_RECORD = 16
 """How many of a conversation's last changes its record names by operation id."""
@@ -31,6 +32,16 @@ def recorded(ops: tuple[str, ...], op: str) -> tuple[str, ...]:
 def covers(seq: int, ops: tuple[str, ...], planned_seq: int) -> bool:
     """Whether a record (``seq``, ``ops``) names every change counted after ``planned_seq``."""
     return seq - len(ops) <= planned_seq
+
+
+def resent(change: Change) -> bool:
+    """Whether the conflict just thrown into a plan came after its request was resent.
+
+    The kit marks that on the change (``check``): the request's own lost attempt may be what
+    it conflicted with, so the record must tell. The mark is cleared for the next request.
+    """
+    was, change.check = change.check, False
+    return was
 
 
 def unknown_outcome(key: str, why: str) -> BackendUnavailableError:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
-import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr
 
-from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
-from azure.core.exceptions import ResourceExistsError
-from azure.data.tables import TableClient, TableServiceClient
-from azure.data.tables.aio import TableClient as AsyncTableClient
+from azure.data.tables import TableServiceClient
 from azure.data.tables.aio import TableServiceClient as AsyncTableServiceClient
 from llama_index.storage.chat_store.azure._codec import (
     LLAMA_INDEX_RECORD,
@@ -28,38 +22,16 @@ from llama_index.storage.chat_store.azure._codec import (
     sanitize_table_name,
     validate_table_name,
 )
-from llama_index.storage.chat_store.azure._io import (
-    NO_SDK_RETRIES,
-    Plan,
-    TableClients,
-    _translate,
-    run_async,
-    run_sync,
-)
-from llama_index.storage.chat_store.azure._layout import Layout
-from llama_index.storage.chat_store.azure._llama_index import LlamaIndexLayout
-from llama_index.storage.chat_store.azure._native import NativeLayout
-from llama_index.storage.chat_store.core import (
-    BackendImportError,
-    BaseChatStore,
-    Capability,
-    CapabilityNotSupportedError,
-    ChatMessage,
-    ConfigurationError,
-    PerLoop,
-    coerce_message,
-    coerce_messages,
-)
-from llama_index.storage.chat_store.core.retries import RetryPolicy
-from llama_index.storage.chat_store.core.store import check_flag, check_window
-from llama_index.storage.chat_store.core.tools import read_tool_safe
+from llama_index.storage.chat_store.azure._llama_index_writes import LlamaIndexLayout
+from llama_index.storage.chat_store.azure._native_writes import NativeLayout
+from llama_index.storage.chat_store.azure._sdk import Clients, Request
+from llama_index.storage.chat_store.core import Capability, ChatMessage, ConfigurationError
+from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["AzureChatStore", "ServiceMode"]
-
-_T = TypeVar("_T")
 
 DEFAULT_CHAT_TABLE = "ChatMessages"
 DEFAULT_METADATA_TABLE = "ChatMetadata"
@@ -72,7 +44,7 @@ class ServiceMode(str, Enum):
     COSMOS = "cosmos"
 
 
-class AzureChatStore(BaseChatStore):
+class AzureChatStore(PlannedChatStore):
     """Chat history in Azure Table Storage (or the Cosmos DB Table API), one entity per message.
 
     Build it with one of LlamaIndex's constructors (:meth:`from_account_and_key`,
@@ -91,7 +63,7 @@ class AzureChatStore(BaseChatStore):
     ``AzureChatStore`` tables (chat table + ``ChatMetadata``), sanitizing table names
     by LlamaIndex's rules.
 
-    A request that fails for want of the service is sent again by the store (``retries``,
+    A request that fails for want of the service is sent again on its own (``retries``,
     ``retry_backoff``, ``retry_deadline``; azure-core's own retries are off on every
     request). Every change carries an operation id recorded with the change (in the native
     layout by the meta entity, in LlamaIndex's on the conversation's last chat row), so a
@@ -113,12 +85,6 @@ class AzureChatStore(BaseChatStore):
     layout: Literal["native", "llama_index"] = "native"
     account_name: str | None = None
     endpoint: str | None = None
-    retries: int = Field(default=3, ge=0)
-    """Times a request that failed for want of the service is sent again (0: never)."""
-    retry_backoff: float = Field(default=0.05, ge=0)
-    """Seconds before the first retry, doubling for each next one (jittered)."""
-    retry_deadline: float = Field(default=10.0, gt=0)
-    """Seconds after a request's first failure past which no retry starts."""
     timeout: float = 30.0
     account_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     connection_string: SecretStr | None = Field(default=None, exclude=True, repr=False)
@@ -130,14 +96,13 @@ class AzureChatStore(BaseChatStore):
         default=None, exclude=True, repr=False
     )
 
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _sync_clients: dict[str, TableClient] = PrivateAttr(default_factory=dict)
-    _async_clients: PerLoop[TableClients] = PrivateAttr(
-        default_factory=lambda: PerLoop(TableClients, aclose=TableClients.close)
-    )
+    _clients: Clients = PrivateAttr()
     _tables_ready: bool = PrivateAttr(default=False)
     _native: NativeLayout | None = PrivateAttr(default=None)
     _legacy: LlamaIndexLayout | None = PrivateAttr(default=None)
+    # Every write is idempotent or conditional, so a request is resent on its own; a
+    # conditional one that then conflicts checks the record (see _sdk's docstring).
+    _resend_steps: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -198,6 +163,7 @@ class AzureChatStore(BaseChatStore):
         self._configure()
 
     def _configure(self) -> None:
+        self._clients = Clients(self)
         if self.layout == "llama_index":
             self.chat_table_name = sanitize_table_name(self.chat_table_name)
             self.metadata_table_name = sanitize_table_name(self.metadata_table_name)
@@ -254,10 +220,7 @@ class AzureChatStore(BaseChatStore):
         """Build a store from a storage connection string."""
         return cls(
             connection_string=SecretStr(connection_string),
-            chat_table_name=chat_table_name,
-            metadata_table_name=metadata_table_name,
-            metadata_partition_key=metadata_partition_key,
-            service_mode=ServiceMode(service_mode),
+            **_tables(chat_table_name, metadata_table_name, metadata_partition_key, service_mode),
             **options,
         )
 
@@ -278,10 +241,7 @@ class AzureChatStore(BaseChatStore):
             account_name=account_name,
             account_key=SecretStr(account_key),
             endpoint=endpoint,
-            chat_table_name=chat_table_name,
-            metadata_table_name=metadata_table_name,
-            metadata_partition_key=metadata_partition_key,
-            service_mode=ServiceMode(service_mode),
+            **_tables(chat_table_name, metadata_table_name, metadata_partition_key, service_mode),
             **options,
         )
 
@@ -300,10 +260,7 @@ class AzureChatStore(BaseChatStore):
         return cls(
             endpoint=endpoint,
             sas_token=SecretStr(sas_token),
-            chat_table_name=chat_table_name,
-            metadata_table_name=metadata_table_name,
-            metadata_partition_key=metadata_partition_key,
-            service_mode=ServiceMode(service_mode),
+            **_tables(chat_table_name, metadata_table_name, metadata_partition_key, service_mode),
             **options,
         )
 
@@ -324,10 +281,7 @@ class AzureChatStore(BaseChatStore):
         """
         return cls(
             endpoint=endpoint,
-            chat_table_name=chat_table_name,
-            metadata_table_name=metadata_table_name,
-            metadata_partition_key=metadata_partition_key,
-            service_mode=ServiceMode(service_mode),
+            **_tables(chat_table_name, metadata_table_name, metadata_partition_key, service_mode),
             **options,
         )
 
@@ -346,10 +300,7 @@ class AzureChatStore(BaseChatStore):
         return cls(
             account_name=account_name,
             endpoint=endpoint,
-            chat_table_name=chat_table_name,
-            metadata_table_name=metadata_table_name,
-            metadata_partition_key=metadata_partition_key,
-            service_mode=ServiceMode(service_mode),
+            **_tables(chat_table_name, metadata_table_name, metadata_partition_key, service_mode),
             **options,
         )
 
@@ -393,160 +344,32 @@ class AzureChatStore(BaseChatStore):
                 config[name] = kind(config[name])
         return cls(**config)
 
-    # -- clients ------------------------------------------------------------------------
+    # -- the service ---------------------------------------------------------------------
 
     @property
     def _where(self) -> str:
         """The service endpoint, for error messages (never a secret)."""
-        if self.endpoint:
-            return self.endpoint
-        if self.connection_string is not None:
-            fields = _parse_connection_string(self.connection_string.get_secret_value())
-            if "TableEndpoint" in fields:
-                return fields["TableEndpoint"]
-            return f"https://{fields.get('AccountName', '?')}.table.core.windows.net"
-        return self._default_endpoint()
+        return self._clients.where
 
-    def _default_endpoint(self) -> str:
-        if self.service_mode == ServiceMode.COSMOS:
-            return f"https://{self.account_name}.table.cosmos.azure.com"
-        return f"https://{self.account_name}.table.core.windows.net"
+    def _execute(self, step: Request) -> Any:
+        return self._clients.send(step)
 
-    def _client_options(self) -> dict[str, Any]:
-        # The store retries (with an operation id check); the SDK must not resend on its own.
-        return {**NO_SDK_RETRIES, "connection_timeout": self.timeout, "read_timeout": self.timeout}
-
-    def _credential(self, *, asynchronous: bool) -> Any:
-        if self.account_key is not None:
-            name = self.account_name or _account_from_endpoint(self.endpoint or "")
-            return AzureNamedKeyCredential(name, self.account_key.get_secret_value())
-        if self.sas_token is not None:
-            return AzureSasCredential(self.sas_token.get_secret_value())
-        given = self.async_credential if asynchronous else self.credential
-        if given is not None:
-            return given
-        try:
-            if asynchronous:
-                from azure.identity.aio import DefaultAzureCredential as AsyncDefault
-
-                return AsyncDefault()
-            from azure.identity import DefaultAzureCredential
-
-            return DefaultAzureCredential()
-        except ImportError as exc:
-            raise BackendImportError(
-                "Entra ID authentication needs azure-identity: pip install "
-                "'llama-index-storage-chat-store-azure[identity]', or pass an account key, "
-                "SAS token or connection string"
-            ) from exc
-
-    def _new_sync_client(self, table: str) -> TableClient:
-        if self.table_service_client is not None:
-            return self.table_service_client.get_table_client(table)
-        options = self._client_options()
-        if self.connection_string is not None:
-            return TableClient.from_connection_string(
-                self.connection_string.get_secret_value(), table_name=table, **options
-            )
-        endpoint = self.endpoint or self._default_endpoint()
-        return TableClient(
-            endpoint, table, credential=self._credential(asynchronous=False), **options
-        )
-
-    def _new_async_client(self, table: str) -> AsyncTableClient:
-        options = self._client_options()
-        service = self.atable_service_client
-        if service is not None:
-            # Not service.get_table_client: that shares the service client's HTTP session,
-            # which belongs to the event loop it first ran on.
-            return AsyncTableClient(service.url, table, credential=service.credential, **options)
-        if self.connection_string is not None:
-            return AsyncTableClient.from_connection_string(
-                self.connection_string.get_secret_value(), table_name=table, **options
-            )
-        endpoint = self.endpoint or self._default_endpoint()
-        return AsyncTableClient(
-            endpoint, table, credential=self._credential(asynchronous=True), **options
-        )
-
-    def _sync_client(self, table: str) -> TableClient:
-        client = self._sync_clients.get(table)
-        if client is None:
-            with self._lock:
-                client = self._sync_clients.get(table)
-                if client is None:
-                    client = self._sync_clients[table] = self._new_sync_client(table)
-        return client
-
-    def _async_client(self, table: str) -> AsyncTableClient:
-        return self._async_clients.get().client(table, self._new_async_client)
-
-    def _tables(self) -> tuple[str, ...]:
-        if self._legacy is not None:
-            return (self.chat_table_name, self.metadata_table_name)
-        return (self.chat_table_name,)
-
-    def _ensure_tables(self, force: bool = False) -> None:
-        if self._tables_ready and not force:
-            return
-        for table in self._tables():
-            try:
-                self._sync_client(table).create_table(**NO_SDK_RETRIES)
-            except ResourceExistsError:
-                pass
-            except Exception as exc:
-                raise _translate(exc, self._where) from exc
-        self._tables_ready = True
-
-    async def _aensure_tables(self, force: bool = False) -> None:
-        if self._tables_ready and not force:
-            return
-        for table in self._tables():
-            try:
-                await self._async_client(table).create_table(**NO_SDK_RETRIES)
-            except ResourceExistsError:
-                pass
-            except Exception as exc:
-                raise _translate(exc, self._where) from exc
-        self._tables_ready = True
-
-    @property
-    def _retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retries, self.retry_backoff, self.retry_deadline)
-
-    def _run(self, plan: Plan[_T], *, mutates: bool = False) -> _T:
-        return run_sync(
-            plan, self._sync_client, self._where, self._ensure_tables, self._retry_policy,
-            mutates=mutates,
-        )  # fmt: skip
-
-    async def _arun(self, plan: Plan[_T], *, mutates: bool = False) -> _T:
-        if self.table_service_client is not None and self.atable_service_client is None:
-            return await asyncio.to_thread(functools.partial(self._run, plan, mutates=mutates))
-        return await run_async(
-            plan, self._async_client, self._where, self._aensure_tables, self._retry_policy,
-            mutates=mutates,
-        )  # fmt: skip
+    async def _aexecute(self, step: Request) -> Any:
+        return await self._clients.asend(step)
 
     def close(self) -> None:
         """Close the sync clients; the store reopens them if used again."""
-        with self._lock:
-            clients, self._sync_clients = list(self._sync_clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()
 
     async def aclose(self) -> None:
         """Close this event loop's async clients (and the sync ones)."""
-        clients = self._async_clients.take()
-        if clients is not None:
-            await clients.close()
-        self.close()
+        await self._clients.aclose()
 
-    # -- plans --------------------------------------------------------------------------
+    # -- plans, once for both drivers ---------------------------------------------------
 
     @property
-    def _layout(self) -> Layout:
-        layout: Layout | None = self._native or self._legacy
+    def _layout(self) -> NativeLayout | LlamaIndexLayout:
+        layout = self._native or self._legacy
         assert layout is not None
         return layout
 
@@ -569,178 +392,48 @@ class AzureChatStore(BaseChatStore):
         return payloads
 
     def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
-        key = self._check_key(key)
-        check_window(offset, limit)
         return self._layout.get_messages(key, offset, limit)
 
-    def _add_plan(self, key: str, message: Any, idx: int | None) -> Plan[None]:
-        key = self._check_key(key)
-        payload = self._payloads(key, [coerce_message(message)])[0]
+    def _count_plan(self, key: str) -> Plan[int]:
+        return self._layout.count_messages(key)
+
+    def _add_plan(
+        self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
+    ) -> Plan[None]:
+        payloads = self._payloads(key, messages)
         if idx is None:
-            return self._layout.append(key, [payload])
-        return self._layout.insert_at(key, idx, payload)
+            return self._layout.append(key, payloads, change)
+        return self._layout.insert_at(key, idx, payloads[0], change)
 
-    def _add_many_plan(self, key: str, messages: Sequence[Any]) -> Plan[None] | None:
-        key = self._check_key(key)
-        payloads = self._payloads(key, coerce_messages(messages))
-        return self._layout.append(key, payloads) if payloads else None
+    def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
+        return self._layout.replace(key, self._payloads(key, messages), change)
 
-    def _set_plan(self, key: str, messages: Sequence[Any]) -> Plan[None]:
-        key = self._check_key(key)
-        return self._layout.replace(key, self._payloads(key, coerce_messages(messages)))
+    def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+        return self._layout.delete_all(key, change)
 
-    # -- sync API -----------------------------------------------------------------------
+    def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
+        return self._layout.delete_at(key, idx, change)
 
-    def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
-    ) -> list[ChatMessage]:
-        """Return ``messages[offset:][:limit]`` (``[]`` for a missing key).
+    def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
+        return self._layout.pop_last(key, change)
 
-        Reads the meta entity, then only the window's rows (native layout).
-        """
-        check_window(offset, limit, tool_safe)
-        if tool_safe:
-            return read_tool_safe(
-                lambda o, n: self.get_messages(key, offset=o, limit=n), offset, limit
-            )
-        return self._run(self._get_plan(key, offset, limit))
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool = False
+    ) -> Plan[list[ChatMessage]]:
+        return self._layout.delete_oldest(key, n, change, tool_safe)
 
-    def count_messages(self, key: str) -> int:
-        """Return the number of messages (one point read in the native layout)."""
-        return self._run(self._layout.count_messages(self._check_key(key)))
+    def _keys_plan(self, cursor: Any) -> Plan[tuple[list[str], Any]]:
+        return self._layout.keys_page(cursor)
 
-    def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
-        """Append atomically (one transaction), or insert at ``idx`` like ``list.insert``."""
-        self._run(self._add_plan(key, message, idx), mutates=True)
-
-    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Append atomically, in order; batches beyond one transaction go through a rewrite."""
-        plan = self._add_many_plan(key, messages)
-        if plan is not None:
-            self._run(plan, mutates=True)
-
-    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Replace atomically for readers (a new generation, then one conditional flip)."""
-        self._run(self._set_plan(key, messages), mutates=True)
-
-    def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages, or ``None`` if it had none."""
-        return self._run(self._layout.delete_all(self._check_key(key)), mutates=True)
-
-    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Remove the message at ``idx``; ``None`` if out of range. Concurrent-safe."""
-        return self._run(self._layout.delete_at(self._check_key(key), idx), mutates=True)
-
-    def delete_last_message(self, key: str) -> ChatMessage | None:
-        """Remove and return the last message (conditional write: never returned twice)."""
-        return self._run(self._layout.pop_last(self._check_key(key)), mutates=True)
-
-    def delete_oldest_messages(
-        self, key: str, n: int, *, tool_safe: bool = False
-    ) -> list[ChatMessage]:
-        """Remove and return the first ``n`` messages."""
-        if check_flag("tool_safe", tool_safe):
-            raise CapabilityNotSupportedError(
-                f"{type(self).__name__} does not trim tool-safely yet: its move onto the "
-                "backend kit brings delete_oldest_messages(..., tool_safe=True)"
-            )
-        return self._run(self._layout.delete_oldest(self._check_key(key), n), mutates=True)
-
-    def iter_keys(self) -> Iterator[str]:
-        """Yield the keys holding messages, one page (1,000 keys) at a time."""
-        token: Any = None
-        while True:
-            keys, token = self._run(self._layout.keys_page(token))
-            yield from keys
-            if token is None:
-                return
-
-    def clear(self) -> None:
-        """Delete every entity of this store's table(s) (the tables stay)."""
-        for plan_factory in self._layout.clear_plans():
-            while self._run(plan_factory(), mutates=True):
-                pass
-
-    # -- async API ----------------------------------------------------------------------
-
-    async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
-    ) -> list[ChatMessage]:
-        """Async :meth:`get_messages`."""
-        if tool_safe:
-            return await super().aget_messages(key, offset=offset, limit=limit, tool_safe=True)
-        return await self._arun(self._get_plan(key, offset, limit))
-
-    async def acount_messages(self, key: str) -> int:
-        """Async :meth:`count_messages`."""
-        return await self._arun(self._layout.count_messages(self._check_key(key)))
-
-    async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
-        """Async :meth:`add_message`."""
-        await self._arun(self._add_plan(key, message, idx), mutates=True)
-
-    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Async :meth:`add_messages`."""
-        plan = self._add_many_plan(key, messages)
-        if plan is not None:
-            await self._arun(plan, mutates=True)
-
-    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Async :meth:`set_messages`."""
-        await self._arun(self._set_plan(key, messages), mutates=True)
-
-    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Async :meth:`delete_messages`."""
-        return await self._arun(self._layout.delete_all(self._check_key(key)), mutates=True)
-
-    async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Async :meth:`delete_message`."""
-        return await self._arun(self._layout.delete_at(self._check_key(key), idx), mutates=True)
-
-    async def adelete_last_message(self, key: str) -> ChatMessage | None:
-        """Async :meth:`delete_last_message`."""
-        return await self._arun(self._layout.pop_last(self._check_key(key)), mutates=True)
-
-    async def adelete_oldest_messages(
-        self, key: str, n: int, *, tool_safe: bool = False
-    ) -> list[ChatMessage]:
-        """Async :meth:`delete_oldest_messages`."""
-        if check_flag("tool_safe", tool_safe):
-            raise CapabilityNotSupportedError(
-                f"{type(self).__name__} does not trim tool-safely yet: its move onto the "
-                "backend kit brings delete_oldest_messages(..., tool_safe=True)"
-            )
-        return await self._arun(self._layout.delete_oldest(self._check_key(key), n), mutates=True)
-
-    async def aiter_keys(self) -> AsyncIterator[str]:
-        """Async :meth:`iter_keys`."""
-        token: Any = None
-        while True:
-            keys, token = await self._arun(self._layout.keys_page(token))
-            for key in keys:
-                yield key
-            if token is None:
-                return
-
-    async def aclear(self) -> None:
-        """Async :meth:`clear`."""
-        for plan_factory in self._layout.clear_plans():
-            while await self._arun(plan_factory(), mutates=True):
+    def _clear_plan(self) -> Plan[None]:
+        for page in self._layout.clear_plans():
+            while (yield from page()):
                 pass
 
 
-def _parse_connection_string(text: str) -> dict[str, str]:
-    fields = {}
-    for part in text.split(";"):
-        name, sep, value = part.partition("=")
-        if sep:
-            fields[name.strip()] = value.strip()
-    return fields
-
-
-def _account_from_endpoint(endpoint: str) -> str:
-    parts = urlsplit(endpoint)
-    path = parts.path.strip("/")
-    if path:  # emulator style: http://127.0.0.1:10002/devstoreaccount1
-        return path.split("/")[0]
-    return (parts.hostname or "").split(".")[0]
+def _tables(
+    chat: str, metadata: str, partition: str | None, mode: ServiceMode | str
+) -> dict[str, Any]:
+    """The arguments every constructor of LlamaIndex's shares."""
+    return {"chat_table_name": chat, "metadata_table_name": metadata,
+            "metadata_partition_key": partition, "service_mode": ServiceMode(mode)}  # fmt: skip

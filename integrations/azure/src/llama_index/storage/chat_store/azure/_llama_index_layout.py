@@ -52,35 +52,33 @@ from llama_index.storage.chat_store.azure._codec import (
     decode_llama_index_message,
     encode_key,
     found,
-    taken,
 )
-from llama_index.storage.chat_store.azure._io import (
+from llama_index.storage.chat_store.azure._record import Record, resent, unknown_outcome
+from llama_index.storage.chat_store.azure._sdk import (
     Action,
     Batch,
-    ConflictError,
     Get,
-    Plan,
     Put,
     Query,
     Remove,
     Row,
     backoff,
     chunks,
+    delete_rows,
     fits,
 )
-from llama_index.storage.chat_store.azure._record import Record, unknown_outcome
 from llama_index.storage.chat_store.core import (
     ChatMessage,
     ChatStoreError,
     CorruptDataError,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.retries import new_op_id
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
 
-__all__ = ["PENDING", "RECORD", "LlamaIndexLayout"]
+__all__ = ["PAGE", "PENDING", "RECORD", "LlamaIndexTable"]
 
 _MAX_ATTEMPTS = 200
-_PAGE = 1000
+PAGE = 1000
 _KEY_PROPS = frozenset({"PartitionKey", "RowKey", "Timestamp"})
 RECORD = LLAMA_INDEX_RECORD
 """On the last chat row (and the metadata entity): the record of the last changes."""
@@ -160,13 +158,13 @@ def _found(key: str, rows: Sequence[Row], start: int) -> list[Found]:
     ]
 
 
-def _settle(key: str, conflict: ConflictError) -> None:
+def _settle(key: str, change: Change, conflict: ConflictError) -> None:
     """Let a conflict in a change of several transactions through, unless it may be our own.
 
     Raises:
         BackendUnavailableError: The request was resent after an unknown outcome.
     """
-    if conflict.unsure:
+    if resent(change):
         raise unknown_outcome(
             key, "the change spans several transactions, which no record of changes names"
         ) from conflict
@@ -178,8 +176,8 @@ def _kept(rows: Sequence[Row], items: Sequence[Found], removed: Sequence[Row]) -
     return [m for r, m in zip(rows, items, strict=True) if r.props["RowKey"] in gone]
 
 
-class LlamaIndexLayout:
-    """Plans for every store operation in LlamaIndex's two-table layout."""
+class LlamaIndexTable:
+    """LlamaIndex's layout: its reads and the building blocks of its changes."""
 
     def __init__(self, chat_table: str, metadata_table: str, partition: str) -> None:
         self.table = chat_table
@@ -202,7 +200,7 @@ class LlamaIndexLayout:
                 "PartitionKey eq @pk" + bound,
                 params,
                 select=("RowKey", RECORD) if keys_only else None,
-                page_size=_PAGE,
+                page_size=PAGE,
                 token=token,
             )
             rows.extend(page)
@@ -225,7 +223,7 @@ class LlamaIndexLayout:
             "PartitionKey eq @pk and MessageCount gt @zero",
             {"pk": self.partition, "zero": 0},
             select=("RowKey", "Key"),
-            page_size=_PAGE,
+            page_size=PAGE,
             token=token,
         )
         return [decode_key(r.props["RowKey"], r.props.get("Key")) for r in rows], token
@@ -336,17 +334,18 @@ class LlamaIndexLayout:
         return False
 
     def _commit(
-        self, key: str, actions: list[Action], planned: Record, op: str
+        self, key: str, actions: list[Action], planned: Record, change: Change, op: str = ""
     ) -> Plan[list[str] | None]:
-        """Run one transaction that records ``op`` on ``planned``.
+        """Run one transaction that records ``op`` (default: the change's id) on ``planned``.
 
         Returns its ETags ([] when a resend found its own lost commit), or None when a
         condition failed and nothing was committed.
         """
+        change.check = False
         try:
             etags: list[str] = yield Batch(self.table, actions)
-        except ConflictError as conflict:
-            if conflict.unsure and (yield from self._won(key, planned, op)):
+        except ConflictError:
+            if resent(change) and (yield from self._won(key, planned, op or change.id)):
                 return []
             return None
         return etags
@@ -357,7 +356,7 @@ class LlamaIndexLayout:
         verb, entity, etag = action
         return verb, {**entity, RECORD: record.encode()}, etag
 
-    def _empty_rows(self, key: str, rows: Sequence[Row], op: str) -> Plan[list[Row] | None]:
+    def _empty_rows(self, key: str, rows: Sequence[Row], change: Change) -> Plan[list[Row] | None]:
         """Delete every row (``rows``: all of them, in order); return those removed.
 
         None when one changed meanwhile (nothing removed). In two phases (see the module
@@ -380,15 +379,17 @@ class LlamaIndexLayout:
             entity = self._meta_entity(key, int(rk) if rk.isdigit() else None, None)
         else:
             entity = _stored(meta)
+        op = change.id
         entity[RECORD] = planned.add(op).encode()
         entity[PENDING] = f"{op} {last.props['RowKey']} {last.etag}"
+        change.check = False
         try:
             if meta is None:
                 yield Put(self.meta_table, entity, "create")
             else:
                 yield Put(self.meta_table, entity, "update", meta.etag)
-        except ConflictError as conflict:
-            if not conflict.unsure:
+        except ConflictError:
+            if not resent(change):
                 return None
             again = yield Get(self.meta_table, self.partition, pk)
             if again is None or again.props.get(PENDING) != entity[PENDING]:
@@ -397,136 +398,21 @@ class LlamaIndexLayout:
         if fits(deletes):
             removed = (
                 list(rows)
-                if (yield from self._commit(key, deletes, planned, op)) is not None
+                if (yield from self._commit(key, deletes, planned, change)) is not None
                 else None
             )
         else:
-            removed = yield from self._remove_in_parts(key, rows)
+            removed = yield from self._remove_in_parts(key, rows, change)
         if removed is not None:
             yield from self._refresh_meta(key, done=op)
         return removed
 
-    # -- writing ------------------------------------------------------------------------
-
-    def _last_row(self, key: str) -> Plan[tuple[Row | None, Row | None]]:
-        """The metadata entity and the conversation's last chat row (None when absent).
-
-        The metadata's count is only a hint where to look (it trails the rows): the rows
-        from the hinted last one on are read, and all of them when none is there.
-        """
-        meta = yield Get(self.meta_table, self.partition, encode_key(key))
-        count = meta.props.get("MessageCount") if meta is not None else None
-        if isinstance(count, int) and count > 0:
-            rows = yield from self._rows(key, keys_only=True, start=_row_key(count - 1))
-            if rows:
-                return meta, rows[-1]
-        rows = yield from self._rows(key, keys_only=True)
-        return meta, rows[-1] if rows else None
-
-    def _after(
-        self, key: str, last: Row | None, payloads: Sequence[dict[str, Any]]
-    ) -> list[Action]:
-        """Create ``payloads`` after ``last``, which must stay the last row until then.
-
-        ``last`` is touched If-Match its ETag in the same transaction (its record cleared):
-        a removal or an insert that changed it since makes the append fail (and retry),
-        and, the other way round, a removal planned on ``last`` fails once the append
-        committed, so no removal ever takes a row that stopped being the last. The caller
-        puts the record on the last row created.
-        """
-        pk = encode_key(key)
-        start = _index(last, key) + 1 if last is not None else 0
-        actions: list[Action] = [
-            ("create", {"PartitionKey": pk, "RowKey": _row_key(start + i), **p}, None)
-            for i, p in enumerate(payloads)
-        ]
-        if last is not None:
-            touch = {"PartitionKey": pk, "RowKey": last.props["RowKey"]}
-            if last.props.get(RECORD):
-                touch[RECORD] = ""
-            actions.insert(0, ("touch", touch, last.etag))
-        return actions
-
-    def append(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
-        op = new_op_id()
-        done, part = 0, 0
-        meta, last = yield from self._last_row(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            # Over one transaction an append is not atomic: each further transaction
-            # continues after (and touches) the last row the previous one created, and
-            # records a part id of its own.
-            while done < len(payloads):
-                planned, step = _record_on(last), op if part == 0 else f"{op}.{part}"
-                actions = self._after(key, last, payloads[done:])
-                if not fits(actions):
-                    actions = chunks(actions)[0]
-                actions[-1] = self._carry(actions[-1], planned.add(step))
-                etags = yield from self._commit(key, actions, planned, step)
-                if etags is None:
-                    break
-                done, part = done + sum(1 for a in actions if a[0] == "create"), part + 1
-                last = Row(actions[-1][1], etags[-1] if etags else "")
-                if not etags and done < len(payloads):  # committed, its ETag lost with the reply
-                    _, last = yield from self._last_row(key)
-            else:
-                assert last is not None
-                yield from self._raise_meta(key, meta, last)
-                return
-            yield backoff(attempt)
-            meta, last = yield from self._last_row(key)
-        raise ChatStoreError(f"too much contention appending to key {key!r}")
-
-    def replace(self, key: str, payloads: Sequence[dict[str, Any]]) -> Plan[None]:
-        if not payloads:
-            yield from self.empty(key)
-            return
-        op = new_op_id()
-        pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key, keys_only=True)
-            etags = {r.props["RowKey"]: r.etag for r in rows}
-            keep = [_row_key(i) for i in range(len(payloads))]
-            # Conditional on every row read (rows kept are replaced If-Match, new ones
-            # created), so a change made meanwhile, an append included, is never overwritten.
-            actions: list[Action] = [
-                ("update", {"PartitionKey": pk, "RowKey": rk, **p}, etags[rk])
-                if rk in etags else ("create", {"PartitionKey": pk, "RowKey": rk, **p}, None)
-                for rk, p in zip(keep, payloads, strict=True)
-            ]  # fmt: skip
-            planned = _record_on(rows[-1] if rows else None)
-            actions[-1] = self._carry(actions[-1], planned.add(op))
-            actions += [("delete", {"PartitionKey": pk, "RowKey": rk}, etag)
-                        for rk, etag in etags.items() if rk not in set(keep)]  # fmt: skip
-            if fits(actions):
-                if (yield from self._commit(key, actions, planned, op)) is None:
-                    yield backoff(attempt)
-                    continue
-            else:  # several transactions: not atomic, last writer wins, a new chain
-                actions[len(payloads) - 1] = self._carry(actions[len(payloads) - 1],
-                                                         Record.new().add(op))  # fmt: skip
-                for chunk in chunks([(v if v != "update" else "upsert", e, None)
-                                     for v, e, _ in actions]):  # fmt: skip
-                    yield from self._write_anyway(chunk)
-            yield from self._refresh_meta(key)
-            return
-        raise ChatStoreError(f"too much contention replacing key {key!r}")
-
-    def _write_anyway(self, chunk: list[Action]) -> Plan[None]:
-        """Run unconditional upserts and deletes; one by one when a delete finds no row."""
-        try:
-            yield Batch(self.table, chunk)
-        except ConflictError:  # a row to delete is gone already (a resend, or another writer)
-            for verb, entity, _ in chunk:
-                if verb == "delete":
-                    yield Remove(self.table, entity["PartitionKey"], entity["RowKey"])
-                else:
-                    yield Put(self.table, entity)
-
-    def _remove_in_parts(self, key: str, rows: Sequence[Row]) -> Plan[list[Row]]:
+    def _remove_in_parts(self, key: str, rows: Sequence[Row], change: Change) -> Plan[list[Row]]:
         """Delete rows too many for one transaction If-Match their ETags; return those removed.
 
         Not atomic: transaction by transaction, and row by row where one fails.
         """
+        change.check = False
         pk = encode_key(key)
         actions = _deletes(pk, rows)
         removed: list[Row] = []
@@ -535,208 +421,16 @@ class LlamaIndexLayout:
                 yield Batch(self.table, chunk)
                 done = {a[1]["RowKey"] for a in chunk}
             except ConflictError as conflict:
-                _settle(key, conflict)
+                _settle(key, change, conflict)
                 done = set()
                 for _, entity, etag in chunk:
                     try:
                         yield Remove(self.table, pk, entity["RowKey"], etag)
                         done.add(entity["RowKey"])
                     except ConflictError as lost:
-                        _settle(key, lost)
+                        _settle(key, change, lost)
             removed += [r for r in rows if r.props["RowKey"] in done]
         return removed
-
-    def delete_all(self, key: str) -> Plan[list[ChatMessage] | None]:
-        """Remove the conversation; return its messages (None if there were none).
-
-        Raises:
-            CorruptDataError: A row is not a message: the rows are removed all the same
-                (in one transaction when they fit), then core's ``removal_error`` of it.
-            SerializationError: A message this mode cannot represent; nothing is removed.
-        """
-        op = new_op_id()
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key)
-            if not rows:
-                yield from self._refresh_meta(key)
-                return None
-            items = _found(key, rows, 0)  # before removing anything
-            removed = yield from self._empty_rows(key, rows, op)
-            if removed is not None:
-                return taken(_kept(rows, items, removed), self.table) or None
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting key {key!r}")
-
-    def empty(self, key: str) -> Plan[None]:
-        """Remove the conversation without reading its messages (works on corrupt data)."""
-        op = new_op_id()
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key, keys_only=True)
-            if not rows or (yield from self._empty_rows(key, rows, op)) is not None:
-                return
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting key {key!r}")
-
-    def pop_last(self, key: str) -> Plan[ChatMessage | None]:
-        """Remove and return the last message.
-
-        Raises:
-            CorruptDataError: It is not a message: it is removed all the same, then core's
-                ``removal_error`` of it.
-            SerializationError: A message this mode cannot represent; nothing is removed.
-        """
-        op = new_op_id()
-        pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            keys = yield from self._rows(key, keys_only=True)
-            if not keys:
-                return None
-            # The row with its ETag, and proof that it is still the last: an append or an
-            # insert that added a row after it also changed it, in one transaction (see
-            # _after), so either this range read sees the new row, or the delete If-Match
-            # the ETag read here fails.
-            rows, _ = yield Query(
-                self.table,
-                "PartitionKey eq @pk and RowKey ge @lo",
-                {"pk": pk, "lo": keys[-1].props["RowKey"]},
-                page_size=2,
-            )
-            if len(rows) == 1 and rows[0].props["RowKey"] == keys[-1].props["RowKey"]:
-                items = _found(key, rows, len(keys) - 1)
-                if len(keys) == 1:
-                    popped = (yield from self._empty_rows(key, rows, op)) is not None
-                else:  # the row before takes the record, If-Match: it becomes the last
-                    planned, before = _record_on(rows[0]), keys[-2]
-                    actions = [*_deletes(pk, rows), _taking(pk, before, planned.add(op))]
-                    popped = (yield from self._commit(key, actions, planned, op)) is not None
-                    if popped:
-                        yield from self._refresh_meta(key)
-                if popped:
-                    [message] = taken(items, self.table)
-                    return message
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention popping from key {key!r}")
-
-    def delete_oldest(self, key: str, n: int) -> Plan[list[ChatMessage]]:
-        """Remove and return the first ``n`` messages.
-
-        Raises:
-            CorruptDataError: One is not a message: they are removed all the same, then
-                core's ``removal_error`` of the first such position.
-            SerializationError: A message this mode cannot represent; nothing is removed.
-        """
-        op = new_op_id()
-        pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key)
-            first = rows[: max(n, 0)]
-            if not first:
-                return []
-            items = _found(key, first, 0)  # before removing anything
-            removed: list[Row] | None
-            if len(first) == len(rows):
-                removed = yield from self._empty_rows(key, rows, op)
-            else:  # the last row takes the record, If-Match: no append slips in between
-                planned, last = _record_on(rows[-1]), rows[-1]
-                actions = [*_deletes(pk, first), _taking(pk, last, planned.add(op))]
-                if fits(actions):
-                    committed = yield from self._commit(key, actions, planned, op)
-                    removed = first if committed is not None else None
-                else:
-                    removed = yield from self._remove_in_parts(key, first)
-                if removed is not None:
-                    yield from self._refresh_meta(key)
-            if removed is not None:
-                return taken(_kept(first, items, removed), self.table)
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting from key {key!r}")
-
-    def _shift(self, key: str, moves: list[Action], planned: Record, op: str) -> Plan[bool]:
-        """Run shifting writes (conditional on the rows' ETags); False on a conflict."""
-        if fits(moves):
-            if (yield from self._commit(key, moves, planned, op)) is None:
-                return False
-        else:
-            try:
-                for chunk in chunks(moves):
-                    yield Batch(self.table, chunk)
-            except ConflictError as conflict:
-                _settle(key, conflict)
-                return False
-        yield from self._refresh_meta(key)
-        return True
-
-    def delete_at(self, key: str, idx: int) -> Plan[ChatMessage | None]:
-        """Remove and return the message at ``idx``; the later rows move down one.
-
-        Raises:
-            CorruptDataError: It is not a message: it is removed all the same (with the
-                moves, in one transaction when they fit), then core's ``removal_error``.
-            SerializationError: A message this mode cannot represent; nothing is removed.
-        """
-        op = new_op_id()
-        pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key)
-            n = len(rows)
-            i = idx + n if idx < 0 else idx
-            if not 0 <= i < n:
-                return None
-            items = _found(key, [rows[i]], i)
-            if n == 1:
-                done = (yield from self._empty_rows(key, rows, op)) is not None
-            else:
-                # Keep RowKeys contiguous (LlamaIndex appends at MessageCount): move each
-                # later message one row down, then drop the last row; all conditional on
-                # ETags. The row before the last takes the record.
-                planned = _record_on(rows[-1])
-                moves: list[Action] = [
-                    ("update", {"PartitionKey": pk, "RowKey": rows[j].props["RowKey"],
-                                **_payload(rows[j + 1])}, rows[j].etag)
-                    for j in range(i, n - 1)
-                ]  # fmt: skip
-                if moves:
-                    moves[-1] = self._carry(moves[-1], planned.add(op))
-                else:  # the last one itself: the row before only takes the record
-                    moves.append(_taking(pk, rows[-2], planned.add(op)))
-                moves += _deletes(pk, rows[-1:])
-                done = yield from self._shift(key, moves, planned, op)
-            if done:
-                [message] = taken(items, self.table)
-                return message
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting from key {key!r}")
-
-    def insert_at(self, key: str, idx: int, payload: dict[str, Any]) -> Plan[None]:
-        op = new_op_id()
-        pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key)
-            n = len(rows)
-            p = max(0, n + idx) if idx < 0 else min(idx, n)
-            planned = _record_on(rows[-1] if rows else None)
-            if p == n:  # on the rows read: handed to append, it would miss an append meanwhile
-                moves = self._after(key, rows[-1] if rows else None, [payload])
-                moves[-1] = self._carry(moves[-1], planned.add(op))
-                if (yield from self._shift(key, moves, planned, op)):
-                    return
-                yield backoff(attempt)
-                continue
-            tail = _row_key(_index(rows[-1], key) + 1)
-            moved = {"PartitionKey": pk, "RowKey": tail, **_payload(rows[-1])}
-            moves = [self._carry(("create", moved, None), planned.add(op))]
-            moves += [
-                ("update", {"PartitionKey": pk, "RowKey": rows[j].props["RowKey"],
-                            **_payload(rows[j - 1])}, rows[j].etag)
-                for j in range(p + 1, n)
-            ]  # fmt: skip
-            target = rows[p]
-            moves.append(("update", {"PartitionKey": pk, "RowKey": target.props["RowKey"],
-                                     **payload}, target.etag))  # fmt: skip
-            if (yield from self._shift(key, moves, planned, op)):
-                return
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention inserting into key {key!r}")
 
     # -- clearing -----------------------------------------------------------------------
 
@@ -746,25 +440,12 @@ class LlamaIndexLayout:
 
     def _clear_chat_page(self) -> Plan[bool]:
         rows, _ = yield Query(self.table, "PartitionKey ne @none", {"none": ""},
-                              select=("PartitionKey", "RowKey"), page_size=_PAGE)  # fmt: skip
-        yield from self._delete_rows(self.table, rows)
+                              select=("PartitionKey", "RowKey"), page_size=PAGE)  # fmt: skip
+        yield from delete_rows(self.table, rows)
         return bool(rows)
 
     def _clear_meta_page(self) -> Plan[bool]:
         rows, _ = yield Query(self.meta_table, "PartitionKey eq @pk", {"pk": self.partition},
-                              select=("PartitionKey", "RowKey"), page_size=_PAGE)  # fmt: skip
-        yield from self._delete_rows(self.meta_table, rows)
+                              select=("PartitionKey", "RowKey"), page_size=PAGE)  # fmt: skip
+        yield from delete_rows(self.meta_table, rows)
         return bool(rows)
-
-    def _delete_rows(self, table: str, rows: Sequence[Row]) -> Plan[None]:
-        by_partition: dict[str, list[Action]] = {}
-        for row in rows:
-            entity = {"PartitionKey": row.props["PartitionKey"], "RowKey": row.props["RowKey"]}
-            by_partition.setdefault(entity["PartitionKey"], []).append(("delete", entity, None))
-        for actions in by_partition.values():
-            for chunk in chunks(actions):
-                try:
-                    yield Batch(table, chunk)
-                except ConflictError:
-                    for _, entity, _ in chunk:
-                        yield Remove(table, entity["PartitionKey"], entity["RowKey"])
