@@ -172,11 +172,33 @@ class RefusedError(ChatStoreError, ConflictError):
         self.state = state
 
 
-def _not_sent(error: ChatStoreError) -> ChatStoreError:
-    """``error`` of a connection that failed to open: no request of the call was sent."""
+def _not_sent(exc: Exception, where: str) -> ChatStoreError:
+    """The error of a connection that failed to open: no request of the call was sent."""
+    error = translate_error(exc, where) or BackendUnavailableError(
+        f"cannot connect to {where}: {exc}"
+    )
     if type(error) is BackendUnavailableError:
         return NotSentError(str(error))
     return error
+
+
+class _Compiling:
+    """Statements compiled once per connections object (its dialect: ``_dialect()``)."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
+
+    def _dialect(self) -> Dialect:
+        raise NotImplementedError
+
+    def compiled(self, clause: TextClause) -> Compiled:
+        """Return ``clause`` compiled for this dialect (cached)."""
+        hit = self._compiled.get(id(clause))
+        if hit is not None and hit[0] is clause:
+            return hit[1]
+        compiled = Compiled(clause, self._dialect())
+        self._compiled[id(clause)] = (clause, compiled)
+        return compiled
 
 
 def _discard(connection: PoolProxiedConnection) -> None:
@@ -249,7 +271,7 @@ def _psycopg_pipelines(dialect: Dialect) -> bool:
     return Pipeline.is_supported()
 
 
-class SyncConnections:
+class SyncConnections(_Compiling):
     """Sync DBAPI connections held from a SQLAlchemy engine, in autocommit mode.
 
     Thread-safe: each call takes an idle connection (or opens one) and gives it back.
@@ -258,13 +280,13 @@ class SyncConnections:
     def __init__(
         self, engine_factory: Callable[[], Engine], where: str, *, owns_engine: bool = True
     ) -> None:
+        super().__init__()
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
         self._owns_engine = owns_engine
         self._where = where
         self._idle: list[PoolProxiedConnection] = []
         self._lock = threading.Lock()
-        self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
 
     def _get_engine(self) -> Engine:
         with self._lock:
@@ -272,14 +294,8 @@ class SyncConnections:
                 self._engine = self._engine_factory()
             return self._engine
 
-    def compiled(self, clause: TextClause) -> Compiled:
-        """Return ``clause`` compiled for this engine's dialect (cached)."""
-        hit = self._compiled.get(id(clause))
-        if hit is not None and hit[0] is clause:
-            return hit[1]
-        compiled = Compiled(clause, self._get_engine().dialect)
-        self._compiled[id(clause)] = (clause, compiled)
-        return compiled
+    def _dialect(self) -> Dialect:
+        return self._get_engine().dialect
 
     def _acquire(self) -> PoolProxiedConnection:
         with self._lock:
@@ -302,7 +318,7 @@ class SyncConnections:
         except ChatStoreError:
             raise
         except Exception as exc:
-            raise self._translated(exc) from exc
+            raise _not_sent(exc, self._where) from exc
         try:
             yield connection
         except ChatStoreError:
@@ -324,12 +340,6 @@ class SyncConnections:
             raise
         else:
             self._release(connection)
-
-    def _translated(self, exc: Exception) -> ChatStoreError:
-        return _not_sent(
-            translate_error(exc, self._where)
-            or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
-        )
 
     def _release(self, connection: PoolProxiedConnection) -> None:
         with self._lock:
@@ -408,29 +418,23 @@ class AsyncRunner:
         return rows
 
 
-class AsyncConnections:
+class AsyncConnections(_Compiling):
     """asyncpg connections per event loop, held and reused without a reset round trip."""
 
     def __init__(self, connect: AsyncConnect, where: str, *, limit: int = 10) -> None:
         from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
+        super().__init__()
         self._connect = connect
         self._where = where
-        self._dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+        self._asyncpg = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
         # A closed loop's connections cannot be closed politely: terminate them.
         self._loops = PerLoop(
             lambda: _LoopConnections(limit), on_drop=lambda stale: _abandon(stale.idle)
         )
-        self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
 
-    def compiled(self, clause: TextClause) -> Compiled:
-        """Return ``clause`` compiled for asyncpg (cached)."""
-        hit = self._compiled.get(id(clause))
-        if hit is not None and hit[0] is clause:
-            return hit[1]
-        compiled = Compiled(clause, self._dialect)
-        self._compiled[id(clause)] = (clause, compiled)
-        return compiled
+    def _dialect(self) -> Dialect:
+        return self._asyncpg
 
     async def _open(self) -> Any:
         """Open one connection; cancelling the caller never cancels the connect itself.
@@ -457,10 +461,7 @@ class AsyncConnections:
                 except ChatStoreError:
                     raise
                 except Exception as exc:
-                    raise _not_sent(
-                        translate_error(exc, self._where)
-                        or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
-                    ) from exc
+                    raise _not_sent(exc, self._where) from exc
             try:
                 yield connection
             except ChatStoreError:

@@ -28,6 +28,8 @@ from llama_index.storage.chat_store.postgres._config import (
     _bound_engine,
     _same_database,
 )
+from llama_index.storage.chat_store.postgres._drivers import Row
+from llama_index.storage.chat_store.postgres._layouts import Statements
 from llama_index.storage.chat_store.postgres._steps import Fetch, run
 from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
 
@@ -332,9 +334,6 @@ class PostgresChatStore(_Calls):
     def _add_plan(
         self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
     ) -> Plan[None]:
-        # An append is one statement. An insert is one transaction that holds the
-        # conversation's lock, so concurrent writers of the key see the conversation
-        # before or after it, never during.
         if idx is not None:
             params = {**self._append_params(key, messages), "idx": max(min(idx, _FAR), -_FAR)}
             yield from self._once(change, params, self._inserter(idx))
@@ -351,7 +350,7 @@ class PostgresChatStore(_Calls):
             yield from self._once(change, self._key_params(key), remove)
             return
 
-        def replace(st: Any, params: dict[str, Any]) -> Plan[list[Any]]:
+        def replace(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
             return self._locked(st, key, st.replace, params, st.lock_for_replace)
 
         yield from self._once(change, self._append_params(key, messages), replace)
