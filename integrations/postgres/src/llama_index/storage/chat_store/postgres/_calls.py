@@ -155,7 +155,7 @@ class _Calls(_Tables):
         first looks ``op`` up: found, the change was applied and only its reply was lost, so
         the recorded reply (the removed rows) is returned.
         """
-        table = yield from self._table_plan()
+        table = self._resolved or (yield from self._table_plan())  # no generator once known
         st = table.statements
         params = {**params, "op": change.id}
         if change.check:

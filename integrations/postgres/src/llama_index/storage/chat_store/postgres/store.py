@@ -315,7 +315,7 @@ class PostgresChatStore(_Calls):
         # conversation's expiry to now + ttl (an expired one stays expired).
         if limit == 0:
             return []
-        st = (yield from self._table_plan()).statements
+        st = (self._resolved or (yield from self._table_plan())).statements
         rows = yield from run(Fetch(*self._window(st, key, offset, limit)))
         try:
             return self._parse(key, rows, st)
@@ -328,7 +328,7 @@ class PostgresChatStore(_Calls):
 
     def _count_plan(self, key: str) -> Plan[int]:
         # With refresh_on_read the same statement pushes a live conversation's expiry.
-        st = (yield from self._table_plan()).statements
+        st = (self._resolved or (yield from self._table_plan())).statements
         return self._count((yield from run(Fetch(st.count, self._count_params(key)))))
 
     def _add_plan(
