@@ -38,7 +38,6 @@ from llama_index.storage.chat_store.core.backend import (
 from llama_index.storage.chat_store.core.messages import messages_from_json
 from llama_index.storage.chat_store.core.tools import is_tool_result_json, safe_trim_count
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,7 @@ class DictChatStore(PlannedChatStore):
 _names = iter(range(1_000_000))
 
 
-class TestPlannedChatStoreConformance(ChatStoreConformance, ToolSafeTrimTests):
+class TestPlannedChatStoreConformance(ChatStoreConformance):
     @pytest.fixture
     def store_factory_for(self) -> Callable[..., Callable[[], BaseChatStore]]:
         def factory_for(name: str, **options: Any) -> Callable[[], BaseChatStore]:

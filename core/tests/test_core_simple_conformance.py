@@ -9,10 +9,9 @@ import pytest
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, SimpleChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
-class TestSimpleChatStoreConformance(ChatStoreConformance, ToolSafeTrimTests):
+class TestSimpleChatStoreConformance(ChatStoreConformance):
     @pytest.fixture
     def store_factory(self) -> Callable[[], BaseChatStore]:
         return SimpleChatStore

@@ -22,7 +22,6 @@ from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
 from llama_index.storage.chat_store.testing.shared_writers import SharedWriterTests
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
 def new_table() -> str:
@@ -35,7 +34,7 @@ def drop_table(endpoint: str, table: str) -> None:
         client.delete_table()
 
 
-class TestAzureNativeConformance(ChatStoreConformance, SharedWriterTests, ToolSafeTrimTests):
+class TestAzureNativeConformance(ChatStoreConformance, SharedWriterTests):
     layout = "native"
 
     @pytest.fixture

@@ -13,7 +13,6 @@ from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 ITEM_LIMIT = (
     "LlamaIndex's layout keeps a conversation in one DynamoDB item of at most 400 KB: a 1 MB "
@@ -23,7 +22,7 @@ ITEM_LIMIT = (
 )
 
 
-class _DynamoDBConformance(ChatStoreConformance, ToolSafeTrimTests):
+class _DynamoDBConformance(ChatStoreConformance):
     LAYOUT: ClassVar[str]
 
     @pytest.fixture

@@ -23,7 +23,6 @@ from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import url_at
 from llama_index.storage.chat_store.testing.services import free_port
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
 def _namespace() -> str:
@@ -48,7 +47,7 @@ def _slot_owner(url: str, namespace: str) -> tuple[str, int]:
         return node.host, node.port
 
 
-class TestRedisClusterConformance(ChatStoreConformance, ToolSafeTrimTests):
+class TestRedisClusterConformance(ChatStoreConformance):
     @pytest.fixture
     def namespace(self) -> str:
         return _namespace()

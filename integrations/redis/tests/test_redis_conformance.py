@@ -17,7 +17,6 @@ from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
 def _with_db(url: str, db: int) -> str:
@@ -26,7 +25,7 @@ def _with_db(url: str, db: int) -> str:
     return f"{head}/{db}" if last.isdigit() and "//" in head else f"{base}/{db}"
 
 
-class TestRedisConformance(ChatStoreConformance, ToolSafeTrimTests):
+class TestRedisConformance(ChatStoreConformance):
     @pytest.fixture
     def namespace(self, storage_name: str) -> str:
         return f"{storage_name}:"

@@ -16,10 +16,9 @@ from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
 from llama_index.storage.chat_store.testing.shared_writers import SharedWriterTests
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 
 
-class TestTablestoreNativeConformance(ChatStoreConformance, ToolSafeTrimTests, SharedWriterTests):
+class TestTablestoreNativeConformance(ChatStoreConformance, SharedWriterTests):
     layout = "native"
 
     @pytest.fixture

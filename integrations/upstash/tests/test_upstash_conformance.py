@@ -13,12 +13,11 @@ import redis
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTrimTests
 from llama_index.storage.chat_store.upstash import UpstashChatStore
 from llama_index.storage.chat_store.upstash.testing import UpstashEndpoint
 
 
-class TestUpstashConformance(ChatStoreConformance, ToolSafeTrimTests):
+class TestUpstashConformance(ChatStoreConformance):
     @pytest.fixture
     def namespace(self, storage_name: str) -> str:
         return f"{storage_name}:"

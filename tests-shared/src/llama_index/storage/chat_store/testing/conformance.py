@@ -76,7 +76,7 @@ from llama_index.storage.chat_store.testing.samples import (
     tricky_messages,
 )
 from llama_index.storage.chat_store.testing.services import free_port
-from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTests
+from llama_index.storage.chat_store.testing.tool_exchanges import ToolSafeTests, ToolSafeTrimTests
 
 # One suite, two modes: with llama-index-core installed every store is LlamaIndex's and runs
 # LlamaIndex's own memory modules and documentation examples; without it, the stand-alone checks.
@@ -135,14 +135,14 @@ def _nested(depth: int) -> dict[str, Any]:
     return value
 
 
-class ChatStoreConformance(_ModeTests, ToolSafeTests, CatalogTests):
+class ChatStoreConformance(_ModeTests, ToolSafeTests, ToolSafeTrimTests, CatalogTests):
     """Conformance tests for a :class:`BaseChatStore` implementation.
 
     With ``llama-index-core`` installed it also runs LlamaIndex's memory modules over the
     store (``llama_index_memory.LlamaIndexMemoryTests``) and the examples of LlamaIndex's
     chat-store documentation (``llama_index_docs.LlamaIndexDocsTests``); without it, the
-    stand-alone checks (``standalone.StandaloneTests``). In both: tool-safe windows
-    (``tool_exchanges.ToolSafeTests``) and the conversation catalog (``catalog.CatalogTests``).
+    stand-alone checks (``standalone.StandaloneTests``). In both: tool-safe windows and trims
+    (``tool_exchanges``) and the conversation catalog (``catalog.CatalogTests``).
     """
 
     # -- fixtures a backend overrides -----------------------------------------------------

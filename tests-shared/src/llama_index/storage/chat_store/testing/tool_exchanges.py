@@ -163,11 +163,7 @@ class ToolSafeTests:
 
 
 class ToolSafeTrimTests:
-    """``delete_oldest_messages(..., tool_safe=True)``: atomic, never leaving a result in front.
-
-    Not yet part of :class:`ChatStoreConformance` (Postgres and Azure gain it when they move
-    onto the backend kit); a backend that has it mixes it into its suite class.
-    """
+    """``delete_oldest_messages(..., tool_safe=True)``: atomic, never leaving a result in front."""
 
     def test_tool_safe_trim_never_leaves_a_result_in_front(self, store: BaseChatStore) -> None:
         """Trimming n for every n also removes the results whose call went, and no more.

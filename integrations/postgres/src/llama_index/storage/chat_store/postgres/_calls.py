@@ -1,45 +1,41 @@
-"""How the Postgres store runs a call: parameters, locks, removals, exactly-once changes."""
+"""How the Postgres store runs a call: parameters, locks, removals, exactly-once changes.
+
+Each is a plan (see the kit, ``core.backend``) of the steps in ``_drivers``, so the sync
+and the async driver run the same statements in the same order.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import operator
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import TextClause
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
-    ChatStoreError,
     CorruptDataError,
     SerializationError,
-    message_from_json,
     message_to_json,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.backend import Change, Plan
 from llama_index.storage.chat_store.core.messages import messages_from_json
-from llama_index.storage.chat_store.core.retries import (
-    acall_with_retries,
-    call_with_retries,
-    new_op_id,
-)
-from llama_index.storage.chat_store.postgres._drivers import (
-    AsyncConnections,
-    AsyncRunner,
-    Row,
-    Runner,
-    SyncConnections,
-    is_duplicate,
-)
+from llama_index.storage.chat_store.core.tools import safe_trim_plan
+from llama_index.storage.chat_store.postgres._drivers import RefusedError, Row
 from llama_index.storage.chat_store.postgres._layouts import Statements
+from llama_index.storage.chat_store.postgres._steps import Fetch, FetchMany, Transaction, run
 from llama_index.storage.chat_store.postgres._tables import _Tables
 
 # Positions beyond any conversation's length that still fit a bigint parameter.
 _FAR = 2**62
 _FROM_END: Callable[[Statements], TextClause] = operator.attrgetter("delete_from_end")
 _FROM_START: Callable[[Statements], TextClause] = operator.attrgetter("delete_from_start")
+_DUPLICATE = "23505"  # unique violation: the operation id is recorded already
+Body = Callable[[Statements, dict[str, Any]], Plan[list[Row]]]
+"""A change's statements: ``body(statements, params)``, ``params`` holding its ``op``."""
 
 
 class _NeedsPosition(Exception):  # noqa: N818 (internal signal, never escapes)
@@ -107,11 +103,6 @@ class _Calls(_Tables):
         return {**self._key_params(key), "message": message_to_json(message)}
 
     @staticmethod
-    def _index(idx: Any) -> int:
-        """``idx`` as an int, as ``list.insert`` takes it (TypeError otherwise)."""
-        return operator.index(idx)
-
-    @staticmethod
     def _insert(
         st: Statements, params: dict[str, Any], idx: int, count: int
     ) -> tuple[TextClause, dict[str, Any]]:
@@ -156,64 +147,43 @@ class _Calls(_Tables):
         pairs = [(int(position), data) for position, data in rows]
         return messages_removed(key, pairs, storage="PostgreSQL")
 
-    def _once(
-        self,
-        params: dict[str, Any],
-        change: Callable[[Statements, SyncConnections, dict[str, Any]], list[Row]],
-    ) -> list[Row]:
-        """Apply ``change(statements, connections, params)`` once, however often it is retried.
+    def _once(self, change: Change, params: dict[str, Any], body: Body) -> Plan[list[Row]]:
+        """Apply ``body(statements, params)`` once, however often the call is retried.
 
-        Every attempt passes ``params`` with the same operation id ``op``, which the change's
-        statements record in the ops table in the transaction that applies it. An attempt
-        after one that may have reached the server first looks ``op`` up: found, the change
-        was applied and only its reply was lost, so the recorded reply (the removed rows) is
-        returned.
-
-        Raises:
-            BackendUnavailableError: Every attempt failed for want of the server (the message
-                says whether the change may have been applied).
+        Every attempt passes ``params`` with the same operation id ``op`` (``change.id``),
+        which the change's statements record in the ops table in the transaction that
+        applies it. An attempt after one that may have reached the server (``change.check``)
+        first looks ``op`` up: found, the change was applied and only its reply was lost, so
+        the recorded reply (the removed rows) is returned.
         """
-        op = new_op_id()
-        params = {**params, "op": op}
-        sent = False
-
-        def attempt() -> list[Row]:
-            nonlocal sent
-            table = self._table()
-            st = table.statements
-            connections = self._connections()
-            if sent:
-                found = connections.fetch(st.recorded, {"op": op})
-                if found:
-                    return _replayed(found)
-            elif table.pruning.due():
-                connections.fetch(st.prune, {"keep": self._record_seconds()})
-            sent = True
-            try:
-                return change(st, connections, params)
-            except ChatStoreError as exc:
-                if not is_duplicate(exc):
-                    raise
-                # Another attempt of this call, still running when this one started, won.
-                found = connections.fetch(st.recorded, {"op": op})
-                if not found:
-                    raise
+        table = self._resolved or (yield from self._table_plan())  # no generator once known
+        st = table.statements
+        params = {**params, "op": change.id}
+        if change.check:
+            found = yield from run(Fetch(st.recorded, {"op": change.id}))
+            if found:
                 return _replayed(found)
-
-        return call_with_retries(attempt, self._retry_policy, mutates=True)
-
-    def _messages(self, key: str, st: Statements, rows: list[Row]) -> list[ChatMessage]:
+        elif table.pruning.due():
+            yield from run(Fetch(st.prune, {"keep": self._record_seconds()}))
         try:
-            return self._parse(key, rows, st)
-        except _NeedsPosition as bad:
-            assert st.position_of is not None
-            found = self._connections().fetch(st.position_of, {"key": key, "id": bad.row_id})
-            message_from_json(bad.data, key=key, position=int(found[0][0]))
-            raise AssertionError("unreachable: the row did not parse") from None
+            return (yield from body(st, params))
+        except RefusedError as refused:
+            if refused.state != _DUPLICATE:
+                raise
+            # Another attempt of this call, still running when this one started, won.
+            found = yield from run(Fetch(st.recorded, {"op": change.id}))
+            if not found:
+                raise
+            return _replayed(found)
 
-    def _change(
-        self, key: str, clause: TextClause, params: dict[str, Any], lock: TextClause | None = None
-    ) -> list[Row]:
+    def _locked(
+        self,
+        st: Statements,
+        key: str,
+        clause: TextClause,
+        params: dict[str, Any],
+        lock: TextClause | None = None,
+    ) -> Plan[list[Row]]:
         """Run a change of conversation ``key``: after its lock (row layouts), in one transaction.
 
         Native layout: when ``lock`` finds no conversation row it locks nothing, so the
@@ -224,164 +194,109 @@ class _Calls(_Tables):
         at an index) pass ``lock_for_replace``, which always returns its row.
 
         Args:
+            st: The layout's statements.
             key: The conversation.
             clause: The change; its snapshot is taken once the lock is held.
             params: The change's parameters.
             lock: The lock statement, if not the layout's ``lock``.
         """
-        st = self._statements()
-        lock = lock if lock is not None else st.lock
-        if lock is None:
-            return self._connections().fetch(clause, params)
+        held = lock if lock is not None else st.lock
+        if held is None:
+            return (yield from run(Fetch(clause, params)))
         key_params = self._key_params(key)
 
-        def locked(tx: Runner) -> list[Row]:
-            if not tx.fetch(lock, key_params) and st.layout == "native":
+        def body() -> Plan[list[Row]]:
+            if not (yield Fetch(held, key_params)) and st.layout == "native":
                 return []  # no conversation when the lock ran: nothing to change
-            return tx.fetch(clause, params)
+            rows: list[Row] = yield Fetch(clause, params)
+            return rows
 
-        return self._connections().transaction(locked)
+        return (yield from run(Transaction(body)))
 
-    def _remove(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[Row]:
-        """Run removal ``clause`` of conversation ``key`` as its layout runs removals.
+    def _remover(self, key: str, clause_of: Callable[[Statements], TextClause]) -> Body:
+        """The body removing by ``clause_of(statements)``, as the layout runs removals.
 
         ``single``: one statement, and again after the lock in a transaction if its snapshot
         was stale (another writer of the key committed while it waited for the lock).
         ``pipelined``: twice in one transaction and round trip, the first run taking the
         lock. ``locked``: after the lock in a transaction. Returns the removed rows.
         """
-        st = self._statements()
-        connections = self._connections()
-        if st.removal == "pipelined":
-            runs = [{**params, "held": False}, {**params, "held": True}]
-            return _acted(connections.fetch_many(clause, runs))
-        if st.removal == "single":
-            rows = connections.fetch(clause, params)
-            if not _stale(rows):
-                return rows
-        return _acted(self._change(key, clause, params))
 
-    def _append_one(
-        self, st: Statements, connections: SyncConnections, params: dict[str, Any]
-    ) -> list[Row]:
-        rows = connections.fetch(st.append_one, params)
+        def remove(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
+            clause = clause_of(st)
+            if st.removal == "pipelined":
+                runs = [{**params, "held": False}, {**params, "held": True}]
+                return _acted((yield from run(FetchMany(clause, runs))))
+            if st.removal == "single":
+                rows = yield from run(Fetch(clause, params))
+                if not _stale(rows):
+                    return rows
+            return _acted((yield from self._locked(st, key, clause, params)))
+
+        return remove
+
+    def _safe_trimmer(self, key: str, n: int) -> Body:
+        """The body removing the first ``n`` messages and the tool results that would lead.
+
+        One transaction: the conversation's lock first (as every writer takes it), then the
+        count and the messages after the first ``n`` (core's ``safe_trim_plan``), then the
+        layout's ``delete_oldest`` of that many, so nothing changes between reading and removing.
+        """
+
+        def remove(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
+            key_params = self._key_params(key)
+            lock = st.lock if st.lock is not None else st.row_lock
+
+            def stored(lo: int, hi: int) -> Plan[list[str]]:
+                rows = yield Fetch(*self._window(st, key, lo, hi - lo))
+                return [data for _, data in rows]
+
+            def body() -> Plan[list[Row]]:
+                if lock is not None and not (yield Fetch(lock, key_params)):
+                    return []  # no conversation when the lock ran: nothing to remove
+                count = self._count((yield Fetch(st.count, self._count_params(key))))
+                take = yield from safe_trim_plan(stored, n, count)
+                if take <= 0:
+                    return []
+                rows = yield Fetch(st.delete_oldest, {**params, "n": take, "held": True})
+                return _acted(rows)
+
+            return (yield from run(Transaction(body)))
+
+        return remove
+
+    @staticmethod
+    def _append(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
+        return (yield from run(Fetch(st.append, params)))
+
+    @staticmethod
+    def _append_one(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
+        rows = yield from run(Fetch(st.append_one, params))
         if rows:
             return rows
         # Native layout: no live conversation row to update; the upsert creates it.
-        return connections.fetch(st.append, {**params, "messages": [params["message"]], "n": 1})
-
-    def _insert_at(
-        self, st: Statements, connections: SyncConnections, params: dict[str, Any], idx: int
-    ) -> list[Row]:
-        if st.lock is None:
-            return connections.fetch(st.insert_at, params)
-        # The lock that creates the conversation row: with no row, ``lock`` would not wait
-        # for a writer creating the conversation and the message would land at its end.
-        lock = st.lock_for_replace
-        assert lock is not None
-
-        def insert(tx: Runner) -> list[Row]:
-            rows = tx.fetch(lock, params)
-            if st.layout == "google":  # the advisory lock counts nothing
-                rows = tx.fetch(st.count, params)
-            return tx.fetch(*self._insert(st, params, idx, self._count(rows)))
-
-        return connections.transaction(insert)
-
-    async def _aonce(
-        self,
-        params: dict[str, Any],
-        change: Callable[[Statements, AsyncConnections, dict[str, Any]], Awaitable[list[Row]]],
-    ) -> list[Row]:
-        """Async :meth:`_once`."""
-        op = new_op_id()
-        params = {**params, "op": op}
-        sent = False
-
-        async def attempt() -> list[Row]:
-            nonlocal sent
-            table = await self._atable()
-            st = table.statements
-            connections = self._aconnections()
-            if sent:
-                found = await connections.fetch(st.recorded, {"op": op})
-                if found:
-                    return _replayed(found)
-            elif table.pruning.due():
-                await connections.fetch(st.prune, {"keep": self._record_seconds()})
-            sent = True
-            try:
-                return await change(st, connections, params)
-            except ChatStoreError as exc:
-                if not is_duplicate(exc):
-                    raise
-                found = await connections.fetch(st.recorded, {"op": op})
-                if not found:
-                    raise
-                return _replayed(found)
-
-        return await acall_with_retries(attempt, self._retry_policy, mutates=True)
-
-    async def _amessages(self, key: str, st: Statements, rows: list[Row]) -> list[ChatMessage]:
-        try:
-            return self._parse(key, rows, st)
-        except _NeedsPosition as bad:
-            assert st.position_of is not None
-            found = await self._aconnections().fetch(st.position_of, {"key": key, "id": bad.row_id})
-            message_from_json(bad.data, key=key, position=int(found[0][0]))
-            raise AssertionError("unreachable: the row did not parse") from None
-
-    async def _achange(
-        self, key: str, clause: TextClause, params: dict[str, Any], lock: TextClause | None = None
-    ) -> list[Row]:
-        """Async :meth:`_change`."""
-        st = await self._astatements()
-        lock = lock if lock is not None else st.lock
-        if lock is None:
-            return await self._aconnections().fetch(clause, params)
-        key_params = self._key_params(key)
-
-        async def locked(tx: AsyncRunner) -> list[Row]:
-            if not await tx.fetch(lock, key_params) and st.layout == "native":
-                return []  # as in ``_change``
-            return await tx.fetch(clause, params)
-
-        return await self._aconnections().transaction(locked)
-
-    async def _aremove(self, key: str, clause: TextClause, params: dict[str, Any]) -> list[Row]:
-        """Async :meth:`_remove`."""
-        st = await self._astatements()
-        connections = self._aconnections()
-        if st.removal == "pipelined":
-            runs = [{**params, "held": False}, {**params, "held": True}]
-            return _acted(await connections.fetch_many(clause, runs))
-        if st.removal == "single":
-            rows = await connections.fetch(clause, params)
-            if not _stale(rows):
-                return rows
-        return _acted(await self._achange(key, clause, params))
-
-    async def _aappend_one(
-        self, st: Statements, connections: AsyncConnections, params: dict[str, Any]
-    ) -> list[Row]:
-        rows = await connections.fetch(st.append_one, params)
-        if rows:
-            return rows
         appended = {**params, "messages": [params["message"]], "n": 1}
-        return await connections.fetch(st.append, appended)
+        return (yield from run(Fetch(st.append, appended)))
 
-    async def _ainsert_at(
-        self, st: Statements, connections: AsyncConnections, params: dict[str, Any], idx: int
-    ) -> list[Row]:
-        if st.lock is None:
-            return await connections.fetch(st.insert_at, params)
-        lock = st.lock_for_replace  # as in add_message: it waits for a creating writer
-        assert lock is not None
+    def _inserter(self, idx: int) -> Body:
+        """The body inserting one message at ``idx`` (``list.insert`` rules)."""
 
-        async def insert(tx: AsyncRunner) -> list[Row]:
-            rows = await tx.fetch(lock, params)
-            if st.layout == "google":  # the advisory lock counts nothing
-                rows = await tx.fetch(st.count, params)
-            return await tx.fetch(*self._insert(st, params, idx, self._count(rows)))
+        def insert(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
+            if st.lock is None:
+                return (yield from run(Fetch(st.insert_at, params)))
+            # The lock that creates the conversation row: with no row, ``lock`` would not
+            # wait for a writer creating the conversation and the message would land at its
+            # end.
+            lock = st.lock_for_replace
+            assert lock is not None
 
-        return await connections.transaction(insert)
+            def body() -> Plan[list[Row]]:
+                rows = yield Fetch(lock, params)
+                if st.layout == "google":  # the advisory lock counts nothing
+                    rows = yield Fetch(st.count, params)
+                done: list[Row] = yield Fetch(*self._insert(st, params, idx, self._count(rows)))
+                return done
+
+            return (yield from run(Transaction(body)))
+
+        return insert

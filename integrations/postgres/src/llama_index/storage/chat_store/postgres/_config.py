@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from sqlalchemy.engine import URL, Engine, create_engine, make_url
 
-from llama_index.storage.chat_store.core import BaseChatStore, Capability, ConfigurationError
-from llama_index.storage.chat_store.core.retries import (
-    RetryPolicy,
-    acall_with_retries,
-    call_with_retries,
-)
+from llama_index.storage.chat_store.core import Capability, ConfigurationError
+from llama_index.storage.chat_store.core.backend import PlannedChatStore
 from llama_index.storage.chat_store.postgres._drivers import AsyncConnections, SyncConnections
 from llama_index.storage.chat_store.postgres._layouts import LayoutName
 from llama_index.storage.chat_store.postgres.engine import ConnectorEngine, split_password
@@ -25,7 +20,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from typing_extensions import Self
 
-T = TypeVar("T")
+    from llama_index.storage.chat_store.postgres._steps import Step
+
 LayoutOption = Literal["auto", "native", "google", "llama_index"]
 # Query options of our URLs that configure the store rather than the connection.
 _STORE_OPTIONS = {
@@ -71,13 +67,7 @@ def _same_database(a: URL, b: URL) -> bool:
     return (a.host, a.port, a.database, a.username) == (b.host, b.port, b.database, b.username)
 
 
-@functools.lru_cache(maxsize=32)
-def _policy(retries: int, backoff: float, deadline: float) -> RetryPolicy:
-    """The retry policy of these settings, made once (every call of a store needs it)."""
-    return RetryPolicy(retries, backoff, deadline)
-
-
-class _Config(BaseChatStore):
+class _Config(PlannedChatStore):
     """Fields, validation, constructors and connections of :class:`PostgresChatStore`."""
 
     connection_string: str
@@ -91,12 +81,6 @@ class _Config(BaseChatStore):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     async_connect_options: dict[str, Any] = Field(default_factory=dict)
     max_async_connections: int = Field(default=10, ge=1)
-    retries: int = Field(default=3, ge=0)
-    """Times a call that failed for want of the server is tried again (0: never)."""
-    retry_backoff: float = Field(default=0.05, ge=0)
-    """Seconds before the first retry, doubling for each next one (jittered)."""
-    retry_deadline: float = Field(default=10.0, gt=0)
-    """Seconds after which a failing call stops retrying."""
 
     # What a subclass changes.
     _sync_driver: ClassVar[str] = "postgresql+psycopg"
@@ -210,10 +194,6 @@ class _Config(BaseChatStore):
             found.add(Capability.EXACTLY_ONCE)
         return frozenset(found)
 
-    @property
-    def _retry_policy(self) -> RetryPolicy:
-        return _policy(self.retries, self.retry_backoff, self.retry_deadline)
-
     def _record_seconds(self) -> float:
         """How long a change's record is kept: longer than any retry of it may come."""
         return max(_RECORD_SECONDS, 2 * self.retry_deadline)
@@ -300,13 +280,13 @@ class _Config(BaseChatStore):
                 )
             return self._async
 
-    def _retried(self, attempt: Callable[[], T], *, mutates: bool = False) -> T:
-        """Run ``attempt`` (a read, or a change that is idempotent), retried per the policy."""
-        return call_with_retries(attempt, self._retry_policy, mutates=mutates)
+    def _execute(self, step: Step) -> Any:
+        """Run one step of a plan on the sync connections."""
+        return step.run(self._connections())
 
-    async def _aretried(self, attempt: Callable[[], Awaitable[T]], *, mutates: bool = False) -> T:
-        """Async :meth:`_retried`."""
-        return await acall_with_retries(attempt, self._retry_policy, mutates=mutates)
+    async def _aexecute(self, step: Step) -> Any:
+        """Run one step of a plan on this event loop's async connections."""
+        return await step.arun(self._aconnections())
 
     def close(self) -> None:
         """Release held connections; the store reconnects if used again."""

@@ -13,12 +13,13 @@ COMMITTED, after the previous run ended).
 Statements are SQLAlchemy ``text()`` clauses compiled once per dialect (``$1`` for
 asyncpg, ``%(name)s`` for psycopg, ``%s`` for pg8000).
 
-A statement or transaction the server aborts for a deadlock or a serialization failure
-changed nothing, so it is run again (a few times, after a short random pause); if it
-keeps failing the caller gets a :class:`ChatStoreError` saying so. A lost connection is not
-run again here: it raises :class:`BackendUnavailableError` (:class:`NotSentError` when the
-connection could not even be opened, so nothing of the call was sent) and the store retries
-the whole call with its operation id (see ``store.py``).
+A statement the server refused for another session's work (a deadlock, a serialization
+failure, a unique violation, a DDL race) raises :class:`RefusedError`, the kit's
+:class:`ConflictError`: the store's plan decides what to do (run a rolled-back step again,
+look an operation id up). Nothing is run again here: a lost connection raises
+:class:`BackendUnavailableError` (:class:`NotSentError` when the connection could not even
+be opened, so nothing of the call was sent) and the store retries the whole call with its
+operation id.
 
 Async connections belong to one event loop, so each loop gets its own set, created
 lazily; a set left behind by a closed loop is dropped when noticed. A call cancelled
@@ -32,9 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -48,16 +47,18 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     NotSentError,
-    PerLoop,
 )
+from llama_index.storage.chat_store.core.backend import ConflictError, PerLoop
 
 __all__ = [
+    "ATTEMPTS",
+    "CONFLICT_STATES",
     "AsyncConnections",
     "AsyncRunner",
     "Compiled",
+    "RefusedError",
     "Runner",
     "SyncConnections",
-    "is_duplicate",
     "translate_error",
 ]
 
@@ -71,8 +72,12 @@ T = TypeVar("T")
 _UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
 _AUTH_STATES = ("28", "42501")
 # 40001 serialization failure, 40P01 deadlock detected: the server rolled the work back.
-_CONFLICT_STATES = ("40001", "40P01")
-_ATTEMPTS = 6
+CONFLICT_STATES = ("40001", "40P01")
+ATTEMPTS = 6
+"""Times a plan runs a step the server rolled back for a conflict (see ``CONFLICT_STATES``)."""
+# 23505 unique violation (an operation id already recorded; a DDL race), 42P07 and 42710
+# (a relation or object another session created first).
+_REFUSED_STATES = ("23505", "42P07", "42710", *CONFLICT_STATES)
 _AUTH_PHRASES = ("authentication failed", "no password supplied", "password is required")
 _UNAVAILABLE_PHRASES = (
     "connection refused",
@@ -144,41 +149,56 @@ def translate_error(exc: BaseException, where: str) -> ChatStoreError | None:
         or (type(cause).__name__ in {"InterfaceError", "OperationalError"} and not state)
     ):
         return BackendUnavailableError(f"cannot reach {where}: {cause}")
-    if state in _CONFLICT_STATES:
-        return ChatStoreError(
-            f"{where} rolled the operation back {_ATTEMPTS} times in a row because of "
-            f"concurrent writers ({cause}); nothing was changed, try again"
+    if state in CONFLICT_STATES:
+        return RefusedError(
+            f"{where} rolled the operation back {ATTEMPTS} times in a row because of "
+            f"concurrent writers ({cause}); nothing was changed, try again",
+            state,
         )
+    if state in _REFUSED_STATES:
+        return RefusedError(f"{where}: {cause}", state)
     return None
 
 
-def _state_of(error: ChatStoreError) -> str:
-    cause = error.__cause__
-    if isinstance(cause, DBAPIError) and cause.orig is not None:
-        cause = cause.orig
-    return "" if cause is None else _sqlstate(cause)
+class RefusedError(ChatStoreError, ConflictError):
+    """A statement the server refused for another session's work; ``state``: its SQLSTATE.
+
+    A :class:`ConflictError`, so the kit throws it into the plan that sent the step;
+    a :class:`ChatStoreError` for the caller when the plan lets it go.
+    """
+
+    def __init__(self, message: str, state: str) -> None:
+        super().__init__(message)
+        self.state = state
 
 
-def _is_conflict(error: ChatStoreError) -> bool:
-    """Whether ``error`` is a deadlock or serialization failure (safe to run again)."""
-    return _state_of(error) in _CONFLICT_STATES
-
-
-def is_duplicate(error: ChatStoreError) -> bool:
-    """Whether ``error`` is a unique violation (a change's operation id, already recorded)."""
-    return _state_of(error) == "23505"
-
-
-def _not_sent(error: ChatStoreError) -> ChatStoreError:
-    """``error`` of a connection that failed to open: no request of the call was sent."""
+def _not_sent(exc: Exception, where: str) -> ChatStoreError:
+    """The error of a connection that failed to open: no request of the call was sent."""
+    error = translate_error(exc, where) or BackendUnavailableError(
+        f"cannot connect to {where}: {exc}"
+    )
     if type(error) is BackendUnavailableError:
         return NotSentError(str(error))
     return error
 
 
-def _pause(attempt: int) -> float:
-    """Seconds to wait before attempt ``attempt + 1`` (random, so rivals drift apart)."""
-    return random.uniform(0, 0.005 * 2**attempt)
+class _Compiling:
+    """Statements compiled once per connections object (its dialect: ``_dialect()``)."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
+
+    def _dialect(self) -> Dialect:
+        raise NotImplementedError
+
+    def compiled(self, clause: TextClause) -> Compiled:
+        """Return ``clause`` compiled for this dialect (cached)."""
+        hit = self._compiled.get(id(clause))
+        if hit is not None and hit[0] is clause:
+            return hit[1]
+        compiled = Compiled(clause, self._dialect())
+        self._compiled[id(clause)] = (clause, compiled)
+        return compiled
 
 
 def _discard(connection: PoolProxiedConnection) -> None:
@@ -251,7 +271,7 @@ def _psycopg_pipelines(dialect: Dialect) -> bool:
     return Pipeline.is_supported()
 
 
-class SyncConnections:
+class SyncConnections(_Compiling):
     """Sync DBAPI connections held from a SQLAlchemy engine, in autocommit mode.
 
     Thread-safe: each call takes an idle connection (or opens one) and gives it back.
@@ -260,13 +280,13 @@ class SyncConnections:
     def __init__(
         self, engine_factory: Callable[[], Engine], where: str, *, owns_engine: bool = True
     ) -> None:
+        super().__init__()
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
         self._owns_engine = owns_engine
         self._where = where
         self._idle: list[PoolProxiedConnection] = []
         self._lock = threading.Lock()
-        self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
 
     def _get_engine(self) -> Engine:
         with self._lock:
@@ -274,14 +294,8 @@ class SyncConnections:
                 self._engine = self._engine_factory()
             return self._engine
 
-    def compiled(self, clause: TextClause) -> Compiled:
-        """Return ``clause`` compiled for this engine's dialect (cached)."""
-        hit = self._compiled.get(id(clause))
-        if hit is not None and hit[0] is clause:
-            return hit[1]
-        compiled = Compiled(clause, self._get_engine().dialect)
-        self._compiled[id(clause)] = (clause, compiled)
-        return compiled
+    def _dialect(self) -> Dialect:
+        return self._get_engine().dialect
 
     def _acquire(self) -> PoolProxiedConnection:
         with self._lock:
@@ -304,7 +318,7 @@ class SyncConnections:
         except ChatStoreError:
             raise
         except Exception as exc:
-            raise self._translated(exc) from exc
+            raise _not_sent(exc, self._where) from exc
         try:
             yield connection
         except ChatStoreError:
@@ -327,34 +341,14 @@ class SyncConnections:
         else:
             self._release(connection)
 
-    def _translated(self, exc: Exception) -> ChatStoreError:
-        return _not_sent(
-            translate_error(exc, self._where)
-            or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
-        )
-
     def _release(self, connection: PoolProxiedConnection) -> None:
         with self._lock:
             self._idle.append(connection)
 
-    def _retrying(self, attempt: Callable[[], T]) -> T:
-        for tries in range(1, _ATTEMPTS + 1):
-            try:
-                return attempt()
-            except ChatStoreError as error:
-                if tries == _ATTEMPTS or not _is_conflict(error):
-                    raise
-            time.sleep(_pause(tries))
-        raise AssertionError("unreachable")
-
     def fetch(self, clause: TextClause, params: Params) -> list[Row]:
         """Run one autocommit statement; return its rows."""
-
-        def attempt() -> list[Row]:
-            with self._connection() as connection:
-                return _SyncRunner(self, connection).fetch(clause, params)
-
-        return self._retrying(attempt)
+        with self._connection() as connection:
+            return _SyncRunner(self, connection).fetch(clause, params)
 
     def fetch_many(self, clause: TextClause, params_list: Sequence[Params]) -> list[Row]:
         """Run ``clause`` once per parameter set, in order, in one transaction; return all rows.
@@ -366,37 +360,28 @@ class SyncConnections:
                 lambda tx: [row for params in params_list for row in tx.fetch(clause, params)]
             )
         sql = self.compiled(clause).sql
-
-        def attempt() -> list[Row]:
-            with self._connection() as connection:
-                return _pipelined(connection.driver_connection, sql, params_list)
-
-        return self._retrying(attempt)
+        with self._connection() as connection:
+            return _pipelined(connection.driver_connection, sql, params_list)
 
     def transaction(self, body: Callable[[Runner], T]) -> T:
         """Run ``body``'s statements in one transaction; return what ``body`` returns.
 
-        Rolled back on any error; run again from the start after a deadlock or
-        serialization failure, so ``body`` must do nothing but run statements.
+        Rolled back on any error.
         """
-
-        def attempt() -> T:
-            with self._connection() as connection:
-                driver = connection.driver_connection
-                driver.autocommit = False  # type: ignore[union-attr]
-                try:
-                    result = body(_SyncRunner(self, connection))
-                    connection.commit()
-                    return result
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        connection.rollback()
-                    raise
-                finally:
-                    with contextlib.suppress(Exception):
-                        driver.autocommit = True  # type: ignore[union-attr]
-
-        return self._retrying(attempt)
+        with self._connection() as connection:
+            driver = connection.driver_connection
+            driver.autocommit = False  # type: ignore[union-attr]
+            try:
+                result = body(_SyncRunner(self, connection))
+                connection.commit()
+                return result
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    connection.rollback()
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    driver.autocommit = True  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Return held connections and dispose of the engine if this store made it."""
@@ -433,29 +418,23 @@ class AsyncRunner:
         return rows
 
 
-class AsyncConnections:
+class AsyncConnections(_Compiling):
     """asyncpg connections per event loop, held and reused without a reset round trip."""
 
     def __init__(self, connect: AsyncConnect, where: str, *, limit: int = 10) -> None:
         from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
+        super().__init__()
         self._connect = connect
         self._where = where
-        self._dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+        self._asyncpg = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
         # A closed loop's connections cannot be closed politely: terminate them.
         self._loops = PerLoop(
             lambda: _LoopConnections(limit), on_drop=lambda stale: _abandon(stale.idle)
         )
-        self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
 
-    def compiled(self, clause: TextClause) -> Compiled:
-        """Return ``clause`` compiled for asyncpg (cached)."""
-        hit = self._compiled.get(id(clause))
-        if hit is not None and hit[0] is clause:
-            return hit[1]
-        compiled = Compiled(clause, self._dialect)
-        self._compiled[id(clause)] = (clause, compiled)
-        return compiled
+    def _dialect(self) -> Dialect:
+        return self._asyncpg
 
     async def _open(self) -> Any:
         """Open one connection; cancelling the caller never cancels the connect itself.
@@ -482,10 +461,7 @@ class AsyncConnections:
                 except ChatStoreError:
                     raise
                 except Exception as exc:
-                    raise _not_sent(
-                        translate_error(exc, self._where)
-                        or BackendUnavailableError(f"cannot connect to {self._where}: {exc}")
-                    ) from exc
+                    raise _not_sent(exc, self._where) from exc
             try:
                 yield connection
             except ChatStoreError:
@@ -511,24 +487,10 @@ class AsyncConnections:
             else:
                 state.idle.append(connection)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        for tries in range(1, _ATTEMPTS + 1):
-            try:
-                return await attempt()
-            except ChatStoreError as error:
-                if tries == _ATTEMPTS or not _is_conflict(error):
-                    raise
-            await asyncio.sleep(_pause(tries))
-        raise AssertionError("unreachable")
-
     async def fetch(self, clause: TextClause, params: Params) -> list[Row]:
         """Run one autocommit statement; return its rows."""
-
-        async def attempt() -> list[Row]:
-            async with self._connection() as connection:
-                return await AsyncRunner(self, connection).fetch(clause, params)
-
-        return await self._retrying(attempt)
+        async with self._connection() as connection:
+            return await AsyncRunner(self, connection).fetch(clause, params)
 
     async def fetch_many(self, clause: TextClause, params_list: Sequence[Params]) -> list[Row]:
         """Run ``clause`` once per parameter set, in order, in one transaction and round trip.
@@ -537,26 +499,17 @@ class AsyncConnections:
         """
         compiled = self.compiled(clause)
         args = [compiled.args(params) for params in params_list]
-
-        async def attempt() -> list[Row]:
-            async with self._connection() as connection:
-                rows: list[Row] = await connection.fetchmany(compiled.sql, args)
-                return rows
-
-        return await self._retrying(attempt)
+        async with self._connection() as connection:
+            rows: list[Row] = await connection.fetchmany(compiled.sql, args)
+            return rows
 
     async def transaction(self, body: Callable[[AsyncRunner], Awaitable[T]]) -> T:
         """Run ``body``'s statements in one transaction; return what ``body`` returns.
 
-        Rolled back on any error; run again from the start after a deadlock or
-        serialization failure, so ``body`` must do nothing but run statements.
+        Rolled back on any error.
         """
-
-        async def attempt() -> T:
-            async with self._connection() as connection, connection.transaction():
-                return await body(AsyncRunner(self, connection))
-
-        return await self._retrying(attempt)
+        async with self._connection() as connection, connection.transaction():
+            return await body(AsyncRunner(self, connection))
 
     async def aclose(self) -> None:
         """Close this loop's connections; drop those of other loops."""

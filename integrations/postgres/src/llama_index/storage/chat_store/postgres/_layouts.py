@@ -1,62 +1,52 @@
-# Identifiers below are quoted by the PostgreSQL dialect and every value is a bind
-# parameter, so building the statement text from them is safe.
-# ruff: noqa: S608
+# ruff: noqa: S608 (identifiers are quoted by the dialect, values are bind parameters)
 """The SQL of each table layout the Postgres family reads and writes.
 
-Every statement is a SQLAlchemy ``text()`` clause with named bind parameters;
-identifiers are quoted by the PostgreSQL dialect and always schema-qualified.
-Values are never part of the SQL text.
+Every statement is a SQLAlchemy ``text()`` clause with named bind parameters (values are never
+part of the SQL text); identifiers are quoted by the dialect and always schema-qualified.
 
 Locking, the one rule of the row layouts (``native``, ``google``): every writer of a
-conversation takes the conversation's lock FIRST (``lock``: the native layout's
-conversation row, or a per-key advisory lock on Google's table), then touches message
-rows. Appends take it inside their one statement, before any message row exists. One
-order everywhere means no deadlocks.
+conversation takes the conversation's lock FIRST (``lock``: the native layout's conversation
+row, or a per-key advisory lock on Google's table), then touches message rows. Appends take it
+inside their one statement, before any message row exists. One order everywhere means no
+deadlocks.
 
-A writer that reads message rows to decide what to change must also read them as the lock
-left them. Under READ COMMITTED every part of one statement reads one snapshot, taken
-when the statement starts: a lock the statement then waits for returns the newest
-version of the locked row, but message rows a writer committed during the wait stay
-invisible to that statement. So:
+A writer that reads message rows to decide what to change must also read them as the lock left
+them. Under READ COMMITTED every part of one statement reads one snapshot, taken when the
+statement starts: a lock the statement then waits for returns the newest version of the locked
+row, but message rows a writer committed during the wait stay invisible to that statement. So:
 
-* Removals (a position, the first ``n``, all) start with a ``lk`` CTE that takes the lock
-  and says whether the statement's snapshot is ``fresh``; everything they change is gated
-  on it. Native layout: fresh when the conversation row the lock returned is the version
-  the snapshot holds (``ctid``): every writer changes that row in the transaction that
-  changes messages, so an unchanged row means unchanged messages. A stale run changes
-  nothing and yields one ``(NULL, NULL)`` row; the caller runs it again after ``lock`` in
-  a transaction, where its snapshot is taken after the lock (``removal == "single"``).
-  Google's table has no such row (the messages a writer added meanwhile cannot be seen
-  from the snapshot at all), so a removal runs twice in one transaction and one round
-  trip: first ``held`` false, which only takes the advisory lock (and yields the stale
-  row), then ``held`` true, whose snapshot is taken after it (``removal == "pipelined"``).
+* Removals (a position, the first ``n``, all) start with a ``lk`` CTE that takes the lock and
+  says whether the statement's snapshot is ``fresh``; everything they change is gated on it.
+  Native layout: fresh when the conversation row the lock returned is the version the snapshot
+  holds (``ctid``): every writer changes that row in the transaction that changes messages, so
+  an unchanged row means unchanged messages. A stale run changes nothing and yields one
+  ``(NULL, NULL)`` row; the caller runs it again after ``lock`` in a transaction, where its
+  snapshot is taken after the lock (``removal == "single"``). Google's table has no such row
+  (the messages a writer added meanwhile cannot be seen from the snapshot at all), so a removal
+  runs twice in one transaction and one round trip: first ``held`` false, which only takes the
+  advisory lock (and yields the stale row), then ``held`` true, whose snapshot is taken after
+  it (``removal == "pipelined"``).
 * Insert at an index and replace are a transaction of two statements: ``lock``
   (``lock_for_replace`` for these writers, which create the conversation), then the change.
 
-The ``llama_index`` layout keeps a conversation in one row: each operation is one
-statement on it, and the row lock orders them.
-
-Three layouts:
-
-* ``native`` (ours): one row per message in ``<table>`` plus one row per
-  conversation in ``<table>_conversations`` (count and expiry), so counts,
-  ``get_keys`` and sliding expiry never scan messages.
-* ``google``: Google's ``llama-index-alloydb-pg`` / ``llama-index-cloud-sql-pg``
-  table (one row per message, nothing else; Google's writers share it).
-* ``llama_index``: LlamaIndex's ``PostgresChatStore`` table (one row per
-  conversation, an array of JSON messages), updated by single statements.
+Three layouts: ``native`` (ours: one row per message in ``<table>`` plus one row per
+conversation in ``<table>_conversations`` with count and expiry, so counts, ``get_keys`` and
+sliding expiry never scan messages); ``google`` (Google's ``llama-index-alloydb-pg`` /
+``llama-index-cloud-sql-pg`` table: one row per message, nothing else; Google's writers share
+it); ``llama_index`` (LlamaIndex's ``PostgresChatStore`` table: one row per conversation, an
+array of JSON messages: each operation is one statement on it, and the row lock orders them).
 
 Exactly once: every change records its operation id (``:op``) in ``<table>_ops`` in the same
-statement, in every layout (a ``rec`` CTE; removals record the rows they return, as
-``reply``), so a retry whose first attempt's reply was lost finds it there (``recorded``)
-instead of applying the change again. A removal records only from a run that acts (its
-``lk`` says ``fresh``), an append of the native layout only when it appended.
+statement, in every layout (a ``rec`` CTE; removals record the rows they return, as ``reply``),
+so a retry whose first attempt's reply was lost finds it there (``recorded``) instead of
+applying the change again. A removal records only from a run that acts (its ``lk`` says
+``fresh``), an append of the native layout only when it appended.
 
-Every read returns ``(position-or-id, message_text)`` rows; ``message_text`` is the
-stored JSON as text (``json`` keeps the bytes written; LlamaIndex's ``jsonb`` is
-already normalised by the server). Every removal returns ``(position, message_text)``
-in every layout, the position counted from the start of the conversation as it was
-before the removal, so an unreadable removed message is named where it was.
+Every read returns ``(position-or-id, message_text)`` rows; ``message_text`` is the stored JSON
+as text (``json`` keeps the bytes written; LlamaIndex's ``jsonb`` is already normalised by the
+server). Every removal returns ``(position, message_text)`` in every layout, the position
+counted from the start of the conversation as it was before the removal, so an unreadable
+removed message is named where it was.
 """
 
 from __future__ import annotations
@@ -132,15 +122,16 @@ class Statements:
     removal: RemovalRun
     keys_page: TextClause  # after, page -> (key,)
     clear: TextClause  # [row layouts: after ``lock_all``]
-    position_of: TextClause | None  # key, id -> (n,)  (row layouts)
-    # key, lock -> native: (live count,), or no row: no conversation, nothing is locked and
-    # the change must not run (it would act on a conversation created meanwhile, unlocked)
-    lock: TextClause | None  # (row layouts)
-    lock_for_replace: TextClause | None  # key, lock: ``lock``, creating the native row (count)
-    lock_all: TextClause | None  # locks every conversation of the table  (row layouts)
-    sweep: TextClause | None  # -> (conversations removed,)  (native)
     recorded: TextClause  # op -> (reply,) when operation ``op`` was applied, else no row
     prune: TextClause  # keep: forget operations recorded more than ``keep`` seconds ago
+    position_of: TextClause | None = None  # key, id -> (n,)  (row layouts)
+    # key, lock -> native: (live count,), or no row: no conversation, nothing is locked and
+    # the change must not run (it would act on a conversation created meanwhile, unlocked)
+    lock: TextClause | None = None  # (row layouts)
+    lock_for_replace: TextClause | None = None  # key, lock: ``lock``, creating the native row
+    lock_all: TextClause | None = None  # locks every conversation of the table (row layouts)
+    row_lock: TextClause | None = None  # key: LlamaIndex's layout, its conversation's row
+    sweep: TextClause | None = None  # -> (conversations removed,)  (native)
 
 
 def statements_for(
@@ -234,11 +225,11 @@ def _first_ids(m: str) -> str:
     )
 
 
-# A removal's first CTE, ``lk``, takes the conversation's lock and yields one row: ``fresh``
-# (the snapshot shows the conversation as the lock left it) and ``live`` (not expired). The
-# native lock yields no row when there is no conversation row: then nothing is removed.
-# Every change is gated on it (an uncorrelated sub-select, evaluated once, before the gated
-# rows are locked or removed: no message row is locked before the conversation's lock).
+# A removal's first CTE, ``lk``, takes the conversation's lock and yields one row: ``fresh`` (the
+# snapshot shows the conversation as the lock left it) and ``live`` (not expired). The native
+# lock yields no row when there is no conversation row: then nothing is removed. Every change
+# is gated on it (an uncorrelated sub-select, evaluated once, before the gated rows are locked
+# or removed: no message row is locked before the conversation's lock).
 _GATE = "(SELECT fresh AND live FROM lk)"
 _GATE_ALL = "(SELECT fresh FROM lk)"  # delete_all also removes an expired conversation
 # A stale run changed nothing: it says so with one (NULL, NULL) row.
@@ -352,16 +343,6 @@ def _native(m: str, c: str, o: str, refresh_on_read: bool, row_versions: bool) -
         f"conv AS (UPDATE {c} SET message_count = message_count - (SELECT count(*) FROM gone), "
         f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) AND EXISTS (SELECT 1 FROM gone))"
     )
-    # The message INSERT reads from the conversation upsert, so it runs after the row lock
-    # is held: concurrent appends to one key get ids in commit order.
-    upsert = (
-        f"stale AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND {expired}), "
-        f"conv AS (INSERT INTO {c} AS c (key, message_count, expires_at) "
-        f"VALUES (CAST(:key AS text), CAST(:n AS bigint), {_EXPIRES}) "
-        "ON CONFLICT (key) DO UPDATE SET message_count = CASE WHEN c.expires_at <= now() "
-        "THEN excluded.message_count ELSE c.message_count + excluded.message_count END, "
-        "expires_at = excluded.expires_at RETURNING 1)"
-    )
     return Statements(
         layout="native",
         positions=False,
@@ -370,37 +351,7 @@ def _native(m: str, c: str, o: str, refresh_on_read: bool, row_versions: bool) -
             f"{refresh}SELECT message_count FROM {c} WHERE key = CAST(:key AS text) "
             "AND message_count > 0 AND (expires_at IS NULL OR expires_at > now())"
         ),
-        append=text(
-            f"WITH {upsert}, {_record(o)} INSERT INTO {m} (key, message) "
-            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
-        ),
-        # The common case, a live conversation: a plain UPDATE of its row is cheaper than the
-        # upsert. No row back means "missing or expired": the caller runs ``append``.
-        append_one=text(
-            f"WITH conv AS (UPDATE {c} SET message_count = message_count + 1, "
-            f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) "
-            "AND (expires_at IS NULL OR expires_at > now()) RETURNING 1), "
-            f"{_record(o, 'conv')} INSERT INTO {m} (key, message) "
-            "SELECT CAST(:key AS text), CAST(:message AS json) FROM conv RETURNING id"
-        ),
-        insert_at=text(
-            f"WITH tail AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id >= "
-            f"(SELECT id FROM {m} WHERE key = CAST(:key AS text) ORDER BY id "
-            "OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, message), "
-            f"conv AS (UPDATE {c} SET message_count = message_count + 1, expires_at = {_EXPIRES} "
-            f"WHERE key = CAST(:key AS text) RETURNING 1), {_record(o)} "
-            f"INSERT INTO {m} (key, message) SELECT CAST(:key AS text), s.message FROM conv, "
-            "(SELECT 0 AS g, CAST(0 AS bigint) AS id, CAST(u.message AS json) AS message "
-            "FROM unnest(CAST(:messages AS text[])) AS u(message) "
-            "UNION ALL SELECT 1, id, message FROM tail) AS s ORDER BY s.g, s.id"
-        ),
-        replace=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text)), "
-            f"conv AS (UPDATE {c} SET message_count = CAST(:n AS bigint), expires_at = {_EXPIRES} "
-            f"WHERE key = CAST(:key AS text) RETURNING 1), {_record(o)} "
-            f"INSERT INTO {m} (key, message) "
-            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
-        ),
+        **_native_writes(m, c, o, expired),
         **_removals(
             m,
             o,
@@ -418,31 +369,98 @@ def _native(m: str, c: str, o: str, refresh_on_read: bool, row_versions: bool) -
             "ORDER BY key LIMIT CAST(:page AS bigint)"
         ),
         clear=text(f"WITH conv AS (DELETE FROM {c}) DELETE FROM {m}"),
-        lock=text(
+        **_native_locks(m, c),
+        **_ops_statements(o),
+    )
+
+
+def _native_writes(m: str, c: str, o: str, expired: str) -> dict[str, TextClause]:
+    """The native layout's appends, insert and replace (each records ``:op``)."""
+    # The message INSERT reads from the conversation upsert, so it runs after the row lock
+    # is held: concurrent appends to one key get ids in commit order.
+    upsert = (
+        f"stale AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND {expired}), "
+        f"conv AS (INSERT INTO {c} AS c (key, message_count, expires_at) "
+        f"VALUES (CAST(:key AS text), CAST(:n AS bigint), {_EXPIRES}) "
+        "ON CONFLICT (key) DO UPDATE SET message_count = CASE WHEN c.expires_at <= now() "
+        "THEN excluded.message_count ELSE c.message_count + excluded.message_count END, "
+        "expires_at = excluded.expires_at RETURNING 1)"
+    )
+    return {
+        "append": text(
+            f"WITH {upsert}, {_record(o)} INSERT INTO {m} (key, message) "
+            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
+        ),
+        # The common case, a live conversation: a plain UPDATE of its row is cheaper than the
+        # upsert. No row back means "missing or expired": the caller runs ``append``.
+        "append_one": text(
+            f"WITH conv AS (UPDATE {c} SET message_count = message_count + 1, "
+            f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) "
+            "AND (expires_at IS NULL OR expires_at > now()) RETURNING 1), "
+            f"{_record(o, 'conv')} INSERT INTO {m} (key, message) "
+            "SELECT CAST(:key AS text), CAST(:message AS json) FROM conv RETURNING id"
+        ),
+        **_rewrites(m, o, c),
+    }
+
+
+def _rewrites(m: str, o: str, c: str = "") -> dict[str, TextClause]:
+    """``insert_at`` (the tail from ``:idx`` moves behind the new message) and ``replace``.
+
+    ``c``: the conversations table (native layout), whose row both update; the message
+    INSERT reads from that update, so nothing is written without the conversation's row.
+    """
+    key = "key = CAST(:key AS text)"
+
+    def conv(count: str) -> str:
+        update = f"UPDATE {c} SET message_count = {count}, expires_at = {_EXPIRES} WHERE {key}"
+        return f"conv AS ({update} RETURNING 1), " if c else ""
+
+    source = "conv, " if c else ""
+    return {
+        "insert_at": text(
+            f"WITH tail AS (DELETE FROM {m} WHERE {key} AND id >= (SELECT id FROM {m} "
+            f"WHERE {key} ORDER BY id OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, "
+            f"message), {conv('message_count + 1')}{_record(o)} INSERT INTO {m} (key, message) "
+            f"SELECT CAST(:key AS text), s.message FROM {source}"
+            "(SELECT 0 AS g, CAST(0 AS bigint) AS id, CAST(u.message AS json) AS message "
+            "FROM unnest(CAST(:messages AS text[])) AS u(message) "
+            "UNION ALL SELECT 1, id, message FROM tail) AS s ORDER BY s.g, s.id"
+        ),
+        "replace": text(
+            f"WITH gone AS (DELETE FROM {m} WHERE {key}), {conv('CAST(:n AS bigint)')}"
+            f"{_record(o)} INSERT INTO {m} (key, message) "
+            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {source}{_NEW_ROWS}"
+        ),
+    }
+
+
+def _native_locks(m: str, c: str) -> dict[str, TextClause]:
+    """The native layout's conversation locks, and its sweep of expired conversations."""
+    return {
+        "lock": text(
             f"SELECT CASE WHEN expires_at <= now() THEN 0 ELSE message_count END FROM {c} "
             "WHERE key = CAST(:key AS text) FOR UPDATE"
         ),
-        # ``lock``, creating the row if missing, so it also waits for a writer that is
-        # creating the conversation (``lock`` finds no row then, and would not wait): the
-        # live count after that writer, as ``lock`` returns it.
-        lock_for_replace=text(
+        # ``lock``, creating the row if missing, so it also waits for a writer creating the
+        # conversation (``lock`` finds no row then, and would not wait): the live count after
+        # that writer, as ``lock`` returns it.
+        "lock_for_replace": text(
             f"INSERT INTO {c} AS c (key, message_count) VALUES (CAST(:key AS text), 0) "
             "ON CONFLICT (key) DO UPDATE SET message_count = c.message_count "
             "RETURNING CASE WHEN c.expires_at <= now() THEN 0 ELSE c.message_count END"
         ),
-        # Every writer changes the conversation row first, so this waits for all of them
-        # and holds off new ones (plain reads go on). Locking the rows instead left a gap:
-        # a conversation created after that lock and appended to while ``clear`` deleted
-        # kept the append's rows with no conversation row (the delete's snapshot predates
-        # them).
-        lock_all=text(f"LOCK TABLE {c} IN EXCLUSIVE MODE"),
-        sweep=text(
+        # Every writer changes the conversation row first, so this waits for all of them and
+        # holds off new ones (plain reads go on). Locking the rows instead left a gap: a
+        # conversation created after that lock and appended to while ``clear`` deleted kept
+        # the append's rows with no conversation row (the delete's snapshot predates them).
+        "lock_all": text(f"LOCK TABLE {c} IN EXCLUSIVE MODE"),
+        "sweep": text(
             f"WITH dead AS (DELETE FROM {c} WHERE expires_at <= now() OR message_count <= 0 "
             f"RETURNING key), gone AS (DELETE FROM {m} WHERE key IN (SELECT key FROM dead)) "
             "SELECT count(*) FROM dead"
         ),
-        **_ops_statements(o),
-    )
+    }
 
 
 def _google(m: str, o: str) -> Statements:
@@ -463,21 +481,7 @@ def _google(m: str, o: str) -> Statements:
             f"WITH lk AS ({lock}), {_record(o)} INSERT INTO {m} (key, message) "
             "SELECT CAST(:key AS text), CAST(:message AS json) FROM lk RETURNING id"
         ),
-        # The tail from the insert position moves behind the new message.
-        insert_at=text(
-            f"WITH tail AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND id >= "
-            f"(SELECT id FROM {m} WHERE key = CAST(:key AS text) ORDER BY id "
-            f"OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, message), {_record(o)} "
-            f"INSERT INTO {m} (key, message) SELECT CAST(:key AS text), s.message FROM "
-            "(SELECT 0 AS g, CAST(0 AS bigint) AS id, CAST(u.message AS json) AS message "
-            "FROM unnest(CAST(:messages AS text[])) AS u(message) "
-            "UNION ALL SELECT 1, id, message FROM tail) AS s ORDER BY s.g, s.id"
-        ),
-        replace=text(
-            f"WITH gone AS (DELETE FROM {m} WHERE key = CAST(:key AS text)), {_record(o)} "
-            f"INSERT INTO {m} (key, message) "
-            f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {_NEW_ROWS}"
-        ),
+        **_rewrites(m, o),
         **_removals(m, o, _GOOGLE_LOCK, _counted_before(m)),
         removal="pipelined",
         keys_page=text(
@@ -489,25 +493,17 @@ def _google(m: str, o: str) -> Statements:
         lock_for_replace=text(lock),
         # Waits for every writer's transaction and holds off new ones (plain reads go on).
         lock_all=text(f"LOCK TABLE {m} IN EXCLUSIVE MODE"),
-        sweep=None,
         **_ops_statements(o),
     )
 
 
 def _llama_index(t: str, o: str, element: str) -> Statements:
-    array = f"{element}[]"
     size = "COALESCE(cardinality(t.value), 0)"
-    # list.insert semantics: negative counts from the end, both ends clamp.
-    insert_pos = (
-        f"CASE WHEN CAST(:idx AS bigint) < 0 THEN GREATEST({size} + CAST(:idx AS bigint), 0) "
-        f"ELSE LEAST(CAST(:idx AS bigint), {size}) END"
-    )
     start = (
         "CASE WHEN CAST(:offset AS bigint) < 0 "
         f"THEN GREATEST({size} + CAST(:offset AS bigint), 0) ELSE CAST(:offset AS bigint) END"
     )
     unnest = "unnest(t.value) WITH ORDINALITY AS u(message, n)"
-    rec = f"WITH {_record(o)} "
     return Statements(
         layout="llama_index",
         positions=True,
@@ -522,26 +518,7 @@ def _llama_index(t: str, o: str, element: str) -> Statements:
             "ORDER BY u.n LIMIT CAST(:limit AS bigint)"
         ),
         count=text(f"SELECT {size} FROM {t} AS t WHERE t.key = CAST(:key AS text)"),
-        append=text(
-            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
-            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
-            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value"
-        ),
-        append_one=text(
-            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
-            f"ARRAY[CAST(:message AS {element})]) ON CONFLICT (key) DO UPDATE "
-            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value RETURNING 1"
-        ),
-        insert_at=text(
-            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
-            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
-            f"SET value = COALESCE(t.value[1:{insert_pos}], excluded.value[0:0]) || excluded.value "
-            f"|| COALESCE(t.value[{insert_pos} + 1:], excluded.value[0:0])"
-        ),
-        replace=text(
-            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
-            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-        ),
+        **_llama_index_writes(t, o, element),
         delete_all=text(
             f"WITH t AS (DELETE FROM {t} WHERE key = CAST(:key AS text) RETURNING value), "
             f"out (p, message) AS (SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest}), "
@@ -560,18 +537,48 @@ def _llama_index(t: str, o: str, element: str) -> Statements:
             "SELECT p, message FROM out ORDER BY p"
         ),
         removal="single",  # one row holds the conversation: its lock is the statement's
+        row_lock=text(f"SELECT 1 FROM {t} WHERE key = CAST(:key AS text) FOR UPDATE"),
         keys_page=text(
             f"SELECT key FROM {t} WHERE COALESCE(cardinality(value), 0) > 0 "
             "AND key > CAST(:after AS text) ORDER BY key LIMIT CAST(:page AS bigint)"
         ),
         clear=text(f"DELETE FROM {t}"),
-        position_of=None,
-        lock=None,
-        lock_for_replace=None,
-        lock_all=None,
-        sweep=None,
         **_ops_statements(o),
     )
+
+
+def _llama_index_writes(t: str, o: str, element: str) -> dict[str, TextClause]:
+    """LlamaIndex's layout: its appends, insert and replace (each records ``:op``)."""
+    array = f"{element}[]"
+    size = "COALESCE(cardinality(t.value), 0)"
+    # list.insert semantics: negative counts from the end, both ends clamp.
+    insert_pos = (
+        f"CASE WHEN CAST(:idx AS bigint) < 0 THEN GREATEST({size} + CAST(:idx AS bigint), 0) "
+        f"ELSE LEAST(CAST(:idx AS bigint), {size}) END"
+    )
+    rec = f"WITH {_record(o)} "
+    return {
+        "append": text(
+            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
+            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value"
+        ),
+        "append_one": text(
+            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"ARRAY[CAST(:message AS {element})]) ON CONFLICT (key) DO UPDATE "
+            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value RETURNING 1"
+        ),
+        "insert_at": text(
+            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
+            f"SET value = COALESCE(t.value[1:{insert_pos}], excluded.value[0:0]) || excluded.value "
+            f"|| COALESCE(t.value[{insert_pos} + 1:], excluded.value[0:0])"
+        ),
+        "replace": text(
+            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        ),
+    }
 
 
 def _llama_index_delete(t: str, o: str, position: str) -> TextClause:

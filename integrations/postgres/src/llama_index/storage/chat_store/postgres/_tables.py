@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,12 +12,15 @@ from pydantic import PrivateAttr
 from sqlalchemy import TextClause, text
 
 from llama_index.storage.chat_store.core import ConfigurationError
+from llama_index.storage.chat_store.core.backend import Plan
 from llama_index.storage.chat_store.postgres import _layouts, _schema
 from llama_index.storage.chat_store.postgres._config import _Config
-from llama_index.storage.chat_store.postgres._drivers import AsyncRunner, Row, Runner
+from llama_index.storage.chat_store.postgres._drivers import RefusedError, Row
 from llama_index.storage.chat_store.postgres._layouts import LayoutName, Statements
+from llama_index.storage.chat_store.postgres._steps import Fetch, Transaction, run
 
 _KEYS_PAGE = 100
+# Another session creating the same objects first: a DDL run again finds them.
 _DDL_RACE_STATES = {"23505", "42P07", "42710", "40P01"}
 # How often one store forgets older records (any store on the table forgets everyone's).
 _PRUNE_EVERY = 60.0
@@ -46,17 +49,6 @@ class _Resolved:
     statements: Statements
     ddl: list[TextClause]
     pruning: _PruneClock = field(default_factory=_PruneClock)
-
-
-def _ddl_race(exc: BaseException) -> bool:
-    """Whether a DDL error is another session creating the same objects first."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-        if state in _DDL_RACE_STATES:
-            return True
-        cause = cause.__cause__ or getattr(cause, "orig", None)
-    return False
 
 
 class _Tables(_Config):
@@ -143,95 +135,48 @@ class _Tables(_Config):
         digest = hashlib.sha256(f"{self.schema_name}.{self.table_name}".encode()).digest()
         return int.from_bytes(digest[:8], "big", signed=True)
 
-    def _statements(self) -> Statements:
+    def _table_plan(self) -> Plan[_Resolved]:
+        """The resolved table: found, or created if missing, on first use."""
         resolved = self._resolved
         if resolved is not None:
-            return resolved.statements
-        connections = self._connections()
+            return resolved
+        names = {"schema": self.schema_name, "names": self._candidates()}
         for attempt in range(2):
-            names = {"schema": self.schema_name, "names": self._candidates()}
-            columns = connections.fetch(_schema.DETECT, names)
-            schema_exists = bool(
-                connections.fetch(_schema.SCHEMA_EXISTS, {"schema": self.schema_name})[0][0]
-            )
-            resolved = self._resolve(columns, schema_exists)
-            try:
-                if resolved.ddl:
-
-                    def create(tx: Runner, names: dict[str, Any] = names) -> _Resolved:
-                        # Under the lock, look again: another session may have just made
-                        # the tables, and even a no-op CREATE INDEX locks the table against
-                        # writers already using it (a deadlock with their appends).
-                        if self._ddl_advisory_lock:
-                            tx.fetch(_schema.ADVISORY_LOCK, {"lock": self._lock_id()})
-                        columns = tx.fetch(_schema.DETECT, names)
-                        exists = tx.fetch(_schema.SCHEMA_EXISTS, {"schema": self.schema_name})
-                        found = self._resolve(columns, bool(exists[0][0]))
-                        for statement in found.ddl:
-                            tx.fetch(statement, {})
-                        return found
-
-                    resolved = connections.transaction(create)
+            columns = yield from run(Fetch(_schema.DETECT, names))
+            exists = yield from run(Fetch(_schema.SCHEMA_EXISTS, {"schema": self.schema_name}))
+            resolved = self._resolve(columns, bool(exists[0][0]))
+            if not resolved.ddl:
                 break
-            except Exception as exc:
-                if attempt or not _ddl_race(exc):
+            try:
+                resolved = yield from run(Transaction(lambda: self._create_plan(names)))
+                break
+            except RefusedError as refused:
+                if attempt or refused.state not in _DDL_RACE_STATES:
                     raise
         assert resolved is not None
         self._resolved = resolved
-        return resolved.statements
-
-    async def _astatements(self) -> Statements:
-        resolved = self._resolved
-        if resolved is not None:
-            return resolved.statements
-        connections = self._aconnections()
-        for attempt in range(2):
-            names = {"schema": self.schema_name, "names": self._candidates()}
-            columns = await connections.fetch(_schema.DETECT, names)
-            schema_rows = await connections.fetch(
-                _schema.SCHEMA_EXISTS, {"schema": self.schema_name}
-            )
-            resolved = self._resolve(columns, bool(schema_rows[0][0]))
-            try:
-                if resolved.ddl:
-
-                    async def create(tx: AsyncRunner, names: dict[str, Any] = names) -> _Resolved:
-                        if self._ddl_advisory_lock:
-                            await tx.fetch(_schema.ADVISORY_LOCK, {"lock": self._lock_id()})
-                        columns = await tx.fetch(_schema.DETECT, names)
-                        schema = {"schema": self.schema_name}
-                        exists = await tx.fetch(_schema.SCHEMA_EXISTS, schema)
-                        found = self._resolve(columns, bool(exists[0][0]))
-                        for statement in found.ddl:
-                            await tx.fetch(statement, {})
-                        return found
-
-                    resolved = await connections.transaction(create)
-                break
-            except Exception as exc:
-                if attempt or not _ddl_race(exc):
-                    raise
-        assert resolved is not None
-        self._resolved = resolved
-        return resolved.statements
-
-    def _table(self) -> _Resolved:
-        """The resolved table (resolving it on first use)."""
-        resolved = self._resolved
-        if resolved is None:
-            self._statements()
-            resolved = self._resolved
-            assert resolved is not None
         return resolved
 
-    async def _atable(self) -> _Resolved:
-        """Async :meth:`_table`."""
-        resolved = self._resolved
-        if resolved is None:
-            await self._astatements()
-            resolved = self._resolved
-            assert resolved is not None
-        return resolved
+    def _create_plan(self, names: dict[str, Any]) -> Plan[_Resolved]:
+        """Create the missing tables (a transaction's body).
+
+        Under the lock, look again: another session may have just made the tables, and even
+        a no-op CREATE INDEX locks the table against writers already using it (a deadlock
+        with their appends).
+        """
+        if self._ddl_advisory_lock:
+            yield Fetch(_schema.ADVISORY_LOCK, {"lock": self._lock_id()})
+        columns = yield Fetch(_schema.DETECT, names)
+        exists = yield Fetch(_schema.SCHEMA_EXISTS, {"schema": self.schema_name})
+        found = self._resolve(columns, bool(exists[0][0]))
+        yield from _each(found.ddl)
+        return found
+
+    def _drop_plan(self) -> Plan[None]:
+        layout = self._default_layout if self.layout == "auto" else self.layout
+        drops = _schema.drop_statements(layout, self.schema_name, self.table_name)
+        yield from run(Transaction(lambda: _each(drops)))
+        self._resolved = None
 
     def init_table(self, overwrite_existing: bool = False) -> None:
         """Create the tables now instead of on first use (idempotent).
@@ -240,71 +185,39 @@ class _Tables(_Config):
             overwrite_existing: Drop this store's tables first (their data is lost).
         """
         if overwrite_existing:
-            drops = self._drop_statements()
-
-            def drop(tx: Runner) -> None:
-                for statement in drops:
-                    tx.fetch(statement, {})
-
-            self._retried(lambda: self._connections().transaction(drop), mutates=True)
-            self._resolved = None
-        self._retried(self._statements, mutates=True)
-
-    def _drop_statements(self) -> list[TextClause]:
-        layout = self._default_layout if self.layout == "auto" else self.layout
-        return _schema.drop_statements(layout, self.schema_name, self.table_name)
+            self._change(lambda _: self._drop_plan())
+        self._change(lambda _: self._table_plan())
 
     async def ainit_table(self, overwrite_existing: bool = False) -> None:
         """Async :meth:`init_table`."""
         if overwrite_existing:
-            drops = self._drop_statements()
+            await self._achange(lambda _: self._drop_plan())
+        await self._achange(lambda _: self._table_plan())
 
-            async def drop(tx: AsyncRunner) -> None:
-                for statement in drops:
-                    await tx.fetch(statement, {})
+    def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
+        """A page of 100 keys holding messages, after key ``cursor``."""
+        st = (yield from self._table_plan()).statements
+        page = {"after": cursor or "", "page": _KEYS_PAGE}
+        keys = [key for (key,) in (yield from run(Fetch(st.keys_page, page)))]
+        return keys, (keys[-1] if len(keys) == _KEYS_PAGE else None)
 
-            await self._aretried(lambda: self._aconnections().transaction(drop), mutates=True)
-            self._resolved = None
-        await self._aretried(self._astatements, mutates=True)
-
-    def iter_keys(self) -> Iterator[str]:
-        """Yield the keys holding messages, in pages of 100 (constant memory)."""
-        after = ""
-        while True:
-            page: dict[str, Any] = {"after": after, "page": _KEYS_PAGE}
-
-            def fetch(page: dict[str, Any] = page) -> list[Row]:
-                return self._connections().fetch(self._statements().keys_page, page)
-
-            rows = self._retried(fetch)
-            for (key,) in rows:
-                yield key
-            if len(rows) < _KEYS_PAGE:
-                return
-            after = rows[-1][0]
-
-    def clear(self) -> None:
+    def _clear_plan(self) -> Plan[None]:
         """Remove every conversation in this store's table.
 
         Waits for the writers at work on the table, so none of their writes is half kept.
         The records of recent changes stay (a retry of a change made before must still
         find it applied); they are forgotten as they age.
         """
+        st = (yield from self._table_plan()).statements
+        if st.lock_all is None:
+            yield from run(Fetch(st.clear, {}))
+        else:
+            yield from run(Transaction(lambda: _each([st.lock_all, st.clear])))
 
-        def clear() -> None:
-            st = self._statements()
-            lock_all = st.lock_all
-            if lock_all is None:
-                self._connections().fetch(st.clear, {})
-                return
-
-            def locked(tx: Runner) -> None:
-                tx.fetch(lock_all, {})
-                tx.fetch(st.clear, {})
-
-            self._connections().transaction(locked)
-
-        self._retried(clear, mutates=True)
+    def _sweep_plan(self) -> Plan[int]:
+        st = (yield from self._table_plan()).statements
+        yield from run(Fetch(st.prune, {"keep": self._record_seconds()}))
+        return 0 if st.sweep is None else int((yield from run(Fetch(st.sweep, {})))[0][0])
 
     def sweep(self) -> int:
         """Purge expired conversations (and emptied bookkeeping rows); return how many.
@@ -312,57 +225,15 @@ class _Tables(_Config):
         Expired conversations are already invisible to reads; this reclaims their space.
         Also forgets the records of changes older than the retries that could need them.
         """
-
-        def sweep() -> int:
-            st = self._statements()
-            connections = self._connections()
-            connections.fetch(st.prune, {"keep": self._record_seconds()})
-            return 0 if st.sweep is None else int(connections.fetch(st.sweep, {})[0][0])
-
-        return self._retried(sweep, mutates=True)
-
-    async def aiter_keys(self) -> AsyncIterator[str]:
-        """Async :meth:`iter_keys`."""
-        after = ""
-        while True:
-            page = {"after": after, "page": _KEYS_PAGE}
-
-            async def fetch(page: dict[str, Any] = page) -> list[Row]:
-                st = await self._astatements()
-                return await self._aconnections().fetch(st.keys_page, page)
-
-            rows = await self._aretried(fetch)
-            for (key,) in rows:
-                yield key
-            if len(rows) < _KEYS_PAGE:
-                return
-            after = rows[-1][0]
-
-    async def aclear(self) -> None:
-        """Async :meth:`clear`."""
-
-        async def clear() -> None:
-            st = await self._astatements()
-            lock_all = st.lock_all
-            if lock_all is None:
-                await self._aconnections().fetch(st.clear, {})
-                return
-
-            async def locked(tx: AsyncRunner) -> None:
-                await tx.fetch(lock_all, {})
-                await tx.fetch(st.clear, {})
-
-            await self._aconnections().transaction(locked)
-
-        await self._aretried(clear, mutates=True)
+        return self._change(lambda _: self._sweep_plan())
 
     async def asweep(self) -> int:
         """Async :meth:`sweep`."""
+        return await self._achange(lambda _: self._sweep_plan())
 
-        async def sweep() -> int:
-            st = await self._astatements()
-            connections = self._aconnections()
-            await connections.fetch(st.prune, {"keep": self._record_seconds()})
-            return 0 if st.sweep is None else int((await connections.fetch(st.sweep, {}))[0][0])
 
-        return await self._aretried(sweep, mutates=True)
+def _each(statements: Sequence[TextClause | None]) -> Plan[None]:
+    """Run ``statements`` in order, without parameters (a transaction's body)."""
+    for statement in statements:
+        assert statement is not None
+        yield Fetch(statement, {})

@@ -11,40 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy.engine import Engine, create_engine
 
-from llama_index.storage.chat_store.core import ConfigurationError, Lazy, PerLoop
+from llama_index.storage.chat_store.core import ConfigurationError
+from llama_index.storage.chat_store.core.backend import Lazy, PerLoop, split_password
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from typing_extensions import Self
 
 __all__ = ["ConnectorEngine", "split_password"]
-
-
-def split_password(url: str) -> tuple[str, str | None]:
-    """Return ``url`` without its password, and the password (``None`` if it had none).
-
-    libpq takes the password from the user info (``postgresql://user:pw@host/db``) or
-    from the query (``postgresql://user@host/db?password=pw``); the query wins when both
-    are given, as in libpq. Both places are emptied, so the URL can be shown.
-    """
-    parts = urlsplit(url)
-    password = unquote(parts.password) if parts.password is not None else None
-    if password is not None:
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        netloc = f"{quote(unquote(user), safe='')}@{host}" if user else host
-        parts = parts._replace(netloc=netloc)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    given = [value for name, value in query if name == "password"]
-    if given:
-        password = given[-1]
-        kept = [(name, value) for name, value in query if name != "password"]
-        parts = parts._replace(query=urlencode(kept))
-    return urlunsplit(parts), password
 
 
 class ConnectorEngine:

@@ -5,29 +5,23 @@ subclass it and change only how connections are made, which table layout is used
 whether schema changes take an advisory lock.
 
 The class is built in layers, one module each: ``_config`` (fields, validation,
-connections), ``_tables`` (the table's layout found or created on first use, table-wide
-calls), ``_calls`` (parameters, locks, removals and exactly-once changes shared by the
-sync and async calls), and here the constructors and the public calls.
+connections, the step executors), ``_tables`` (the table's layout found or created on first
+use, table-wide calls), ``_calls`` (parameters, locks, removals and exactly-once changes),
+and here the constructors and each operation's plan. The kit (``core.backend``) writes the
+public sync and async methods once over those plans.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy.engine import Engine, make_url
 
-from llama_index.storage.chat_store.core import (
-    CapabilityNotSupportedError,
-    ChatMessage,
-    ConfigurationError,
-    coerce_message,
-    coerce_messages,
-)
-from llama_index.storage.chat_store.core.store import check_flag, check_window
-from llama_index.storage.chat_store.core.tools import read_tool_safe
-from llama_index.storage.chat_store.postgres._calls import _FAR, _Calls
+from llama_index.storage.chat_store.core import ChatMessage, ConfigurationError, message_from_json
+from llama_index.storage.chat_store.core.backend import Change, Plan
+from llama_index.storage.chat_store.postgres._calls import _FAR, _Calls, _NeedsPosition
 from llama_index.storage.chat_store.postgres._config import (
     _STORE_OPTIONS,
     LayoutOption,
@@ -35,6 +29,8 @@ from llama_index.storage.chat_store.postgres._config import (
     _same_database,
 )
 from llama_index.storage.chat_store.postgres._drivers import Row
+from llama_index.storage.chat_store.postgres._layouts import Statements
+from llama_index.storage.chat_store.postgres._steps import Fetch, run
 from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
 
 if TYPE_CHECKING:
@@ -290,241 +286,100 @@ class PostgresChatStore(_Calls):
         """Return ``PostgresChatStore``."""
         return "PostgresChatStore"
 
-    def get_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
-    ) -> list[ChatMessage]:
-        """Return ``messages[offset:][:limit]`` (one indexed statement; ``[]`` if missing).
-
-        With ``refresh_on_read`` the same statement pushes a live conversation's expiry
-        to now + ttl (an expired one stays expired).
-        """
-        key = self._check_key(key)
-        check_window(offset, limit, tool_safe)
-        if tool_safe:
-            return read_tool_safe(
-                lambda o, n: self.get_messages(key, offset=o, limit=n), offset, limit
-            )
-        if limit == 0:
-            return []
-
-        def read() -> list[ChatMessage]:
-            st = self._statements()
-            clause, params = self._window(st, key, offset, limit)
-            return self._messages(key, st, self._connections().fetch(clause, params))
-
-        return self._retried(read)
-
-    def count_messages(self, key: str) -> int:
-        """Return the number of messages under ``key`` (0 if missing or expired).
-
-        With ``refresh_on_read`` the same statement pushes a live conversation's expiry
-        to now + ttl.
-        """
-        key = self._check_key(key)
-        params = self._count_params(key)
-        return self._count(
-            self._retried(lambda: self._connections().fetch(self._statements().count, params))
-        )
-
     def add_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Append ``message`` in one statement, or insert it at ``idx`` like ``list.insert``.
 
-        An insert is one transaction that holds the conversation's lock, so concurrent
-        writers of the key see the conversation before or after it, never during.
+        ``idx`` is any integer, as ``list.insert`` takes it (``True`` is 1). An insert is one
+        transaction holding the conversation's lock, so concurrent writers of the key see
+        the conversation before or after it, never during.
 
         Raises:
-            TypeError: ``idx`` is not an int (as ``list.insert`` raises).
+            TypeError: ``idx`` is not an integer (as ``list.insert`` raises).
         """
-        key = self._check_key(key)
-        if idx is not None:
-            idx = self._index(idx)
-        message = coerce_message(message, copy=False)  # serialized at once, never kept
-        if idx is None:
-            one = self._append_one_params(key, message)
-            self._once(one, self._append_one)
-            return
-        params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
-        self._once(params, lambda st, connections, p: self._insert_at(st, connections, p, idx))
-
-    def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Append ``messages`` in order in one statement (``[]`` changes nothing)."""
-        key = self._check_key(key)
-        batch = coerce_messages(messages)
-        if batch:
-            params = self._append_params(key, batch)
-            self._once(params, lambda st, connections, p: connections.fetch(st.append, p))
-
-    def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Replace the conversation atomically; ``[]`` removes it."""
-        key = self._check_key(key)
-        batch = coerce_messages(messages)
-        if not batch:
-            params = self._key_params(key)
-            self._once(params, lambda st, _, p: self._remove(key, st.delete_all, p))
-            return
-        replace = self._append_params(key, batch)
-        self._once(replace, lambda st, _, p: self._change(key, st.replace, p, st.lock_for_replace))
-
-    def delete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Remove the conversation; return its messages in order (``None`` if none).
-
-        Holds the conversation's lock: a message appended at the same time is either
-        returned (and removed) or stays, never left behind uncounted.
-
-        Raises:
-            CorruptDataError: A removed message is unreadable; the conversation is removed
-                all the same (the error names the first such position and holds its data).
-        """
-        key = self._check_key(key)
-        params = self._key_params(key)
-        rows = self._once(params, lambda st, _, p: self._remove(key, st.delete_all, p))
-        return self._removed(key, rows) or None
-
-    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
-        """Remove and return the message at ``idx`` (``None`` if out of range).
-
-        Holds the conversation's lock, so the position is that of the conversation as
-        every write committed before left it. Two concurrent callers never receive the
-        same message.
-
-        Raises:
-            TypeError: ``idx`` is not an int.
-            CorruptDataError: The removed message is unreadable; it is removed all the same
-                (the error holds its data).
-        """
-        key = self._check_key(key)
-        found = self._delete_at(key, self._index(idx))
-        if found is None:
-            return None
-        clause_of, params = found
-        rows = self._once(params, lambda st, _, p: self._remove(key, clause_of(st), p))
-        removed = self._removed(key, rows)
-        return removed[0] if removed else None
-
-    def delete_last_message(self, key: str) -> ChatMessage | None:
-        """Remove and return the last message (``None`` when empty)."""
-        return self.delete_message(key, -1)
-
-    def delete_oldest_messages(
-        self, key: str, n: int, *, tool_safe: bool = False
-    ) -> list[ChatMessage]:
-        """Remove the first ``n`` messages; return them in order.
-
-        Raises:
-            CorruptDataError: A removed message is unreadable; the ``n`` are removed all the
-                same (the error names the first such position and holds its data).
-        """
-        if check_flag("tool_safe", tool_safe):
-            raise CapabilityNotSupportedError(
-                f"{type(self).__name__} does not trim tool-safely yet: its move onto the "
-                "backend kit brings delete_oldest_messages(..., tool_safe=True)"
-            )
-        key = self._check_key(key)
-        if n <= 0:
-            return []
-        params = {**self._key_params(key), "n": min(n, _FAR)}
-        rows = self._once(params, lambda st, _, p: self._remove(key, st.delete_oldest, p))
-        return self._removed(key, rows)
-
-    async def aget_messages(
-        self, key: str, *, offset: int = 0, limit: int | None = None, tool_safe: bool = False
-    ) -> list[ChatMessage]:
-        """Async :meth:`get_messages`."""
-        key = self._check_key(key)
-        check_window(offset, limit, tool_safe)
-        if tool_safe:
-            return await super().aget_messages(key, offset=offset, limit=limit, tool_safe=True)
-        if limit == 0:
-            return []
-
-        async def read() -> list[ChatMessage]:
-            st = await self._astatements()
-            clause, params = self._window(st, key, offset, limit)
-            return await self._amessages(key, st, await self._aconnections().fetch(clause, params))
-
-        return await self._aretried(read)
-
-    async def acount_messages(self, key: str) -> int:
-        """Async :meth:`count_messages`."""
-        key = self._check_key(key)
-        params = self._count_params(key)
-
-        async def count() -> list[Row]:
-            st = await self._astatements()
-            return await self._aconnections().fetch(st.count, params)
-
-        return self._count(await self._aretried(count))
+        super().add_message(key, message, None if idx is None else operator.index(idx))
 
     async def aadd_message(self, key: str, message: ChatMessage, idx: int | None = None) -> None:
         """Async :meth:`add_message`."""
-        key = self._check_key(key)
-        if idx is not None:
-            idx = self._index(idx)
-        message = coerce_message(message, copy=False)  # serialized at once, never kept
-        if idx is None:
-            one = self._append_one_params(key, message)
-            await self._aonce(one, self._aappend_one)
-            return
-        params = {**self._append_params(key, [message]), "idx": max(min(idx, _FAR), -_FAR)}
-        await self._aonce(
-            params, lambda st, connections, p: self._ainsert_at(st, connections, p, idx)
-        )
+        await super().aadd_message(key, message, None if idx is None else operator.index(idx))
 
-    async def aadd_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Async :meth:`add_messages`."""
-        key = self._check_key(key)
-        batch = coerce_messages(messages)
-        if batch:
-            params = self._append_params(key, batch)
-            await self._aonce(params, lambda st, connections, p: connections.fetch(st.append, p))
-
-    async def aset_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
-        """Async :meth:`set_messages`."""
-        key = self._check_key(key)
-        batch = coerce_messages(messages)
-        if not batch:
-            params = self._key_params(key)
-            await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_all, p))
-            return
-        replace = self._append_params(key, batch)
-        await self._aonce(
-            replace, lambda st, _, p: self._achange(key, st.replace, p, st.lock_for_replace)
-        )
-
-    async def adelete_messages(self, key: str) -> list[ChatMessage] | None:
-        """Async :meth:`delete_messages`."""
-        key = self._check_key(key)
-        params = self._key_params(key)
-        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_all, p))
-        return self._removed(key, rows) or None
+    def delete_message(self, key: str, idx: int) -> ChatMessage | None:
+        """Remove and return the message at ``idx`` (any integer, as ``list.pop`` takes it)."""
+        return super().delete_message(key, operator.index(idx))
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Async :meth:`delete_message`."""
-        key = self._check_key(key)
-        found = self._delete_at(key, self._index(idx))
+        return await super().adelete_message(key, operator.index(idx))
+
+    def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
+        # One indexed statement; with refresh_on_read the same statement pushes a live
+        # conversation's expiry to now + ttl (an expired one stays expired).
+        if limit == 0:
+            return []
+        st = (self._resolved or (yield from self._table_plan())).statements
+        rows = yield from run(Fetch(*self._window(st, key, offset, limit)))
+        try:
+            return self._parse(key, rows, st)
+        except _NeedsPosition as bad:
+            assert st.position_of is not None
+            at = {"key": key, "id": bad.row_id}
+            found = yield from run(Fetch(st.position_of, at))
+            message_from_json(bad.data, key=key, position=int(found[0][0]))
+            raise AssertionError("unreachable: the row did not parse") from None
+
+    def _count_plan(self, key: str) -> Plan[int]:
+        # With refresh_on_read the same statement pushes a live conversation's expiry.
+        st = (self._resolved or (yield from self._table_plan())).statements
+        return self._count((yield from run(Fetch(st.count, self._count_params(key)))))
+
+    def _add_plan(
+        self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
+    ) -> Plan[None]:
+        if idx is not None:
+            params = {**self._append_params(key, messages), "idx": max(min(idx, _FAR), -_FAR)}
+            yield from self._once(change, params, self._inserter(idx))
+        elif len(messages) == 1:
+            yield from self._once(
+                change, self._append_one_params(key, messages[0]), self._append_one
+            )
+        else:
+            yield from self._once(change, self._append_params(key, messages), self._append)
+
+    def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
+        if not messages:
+            remove = self._remover(key, operator.attrgetter("delete_all"))
+            yield from self._once(change, self._key_params(key), remove)
+            return
+
+        def replace(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
+            return self._locked(st, key, st.replace, params, st.lock_for_replace)
+
+        yield from self._once(change, self._append_params(key, messages), replace)
+
+    def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+        # Holds the conversation's lock: a message appended at the same time is either
+        # returned (and removed) or stays, never left behind uncounted. An unreadable
+        # removed message raises CorruptDataError; the conversation is removed all the same.
+        remove = self._remover(key, operator.attrgetter("delete_all"))
+        return self._removed(key, (yield from self._once(change, self._key_params(key), remove)))
+
+    def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
+        # Holds the conversation's lock, so the position is that of the conversation as
+        # every write committed before left it; two callers never receive the same message.
+        found = self._delete_at(key, idx)
         if found is None:
             return None
         clause_of, params = found
-        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, clause_of(st), p))
-        removed = self._removed(key, rows)
+        removed = self._removed(
+            key, (yield from self._once(change, params, self._remover(key, clause_of)))
+        )
         return removed[0] if removed else None
 
-    async def adelete_last_message(self, key: str) -> ChatMessage | None:
-        """Async :meth:`delete_last_message`."""
-        return await self.adelete_message(key, -1)
-
-    async def adelete_oldest_messages(
-        self, key: str, n: int, *, tool_safe: bool = False
-    ) -> list[ChatMessage]:
-        """Async :meth:`delete_oldest_messages`."""
-        if check_flag("tool_safe", tool_safe):
-            raise CapabilityNotSupportedError(
-                f"{type(self).__name__} does not trim tool-safely yet: its move onto the "
-                "backend kit brings delete_oldest_messages(..., tool_safe=True)"
-            )
-        key = self._check_key(key)
-        if n <= 0:
-            return []
+    def _oldest_plan(
+        self, key: str, n: int, change: Change, tool_safe: bool
+    ) -> Plan[list[ChatMessage]]:
         params = {**self._key_params(key), "n": min(n, _FAR)}
-        rows = await self._aonce(params, lambda st, _, p: self._aremove(key, st.delete_oldest, p))
-        return self._removed(key, rows)
+        if tool_safe:
+            remove = self._safe_trimmer(key, min(n, _FAR))
+        else:
+            remove = self._remover(key, operator.attrgetter("delete_oldest"))
+        return self._removed(key, (yield from self._once(change, params, remove)))
