@@ -2,6 +2,11 @@
 
 from llama_index.storage.chat_store.core._lazy import Lazy, PerLoop
 from llama_index.storage.chat_store.core.capabilities import Capability
+from llama_index.storage.chat_store.core.catalog import (
+    MAX_METADATA_BYTES,
+    ConversationInfo,
+    ConversationPage,
+)
 from llama_index.storage.chat_store.core.errors import (
     AuthenticationError,
     BackendImportError,
@@ -9,6 +14,7 @@ from llama_index.storage.chat_store.core.errors import (
     CapabilityNotSupportedError,
     ChatStoreError,
     ConfigurationError,
+    ConversationNotFoundError,
     CorruptDataError,
     InvalidKeyError,
     InvalidMessageError,
@@ -53,6 +59,7 @@ from llama_index.storage.chat_store.core.store import MAX_KEY_BYTES, MAX_KEY_CHA
 __all__ = [
     "MAX_KEY_BYTES",
     "MAX_KEY_CHARS",
+    "MAX_METADATA_BYTES",
     "AudioBlock",
     "AuthenticationError",
     "BackendImportError",
@@ -67,6 +74,9 @@ __all__ = [
     "CitationBlock",
     "ConfigurationError",
     "ContentBlock",
+    "ConversationInfo",
+    "ConversationNotFoundError",
+    "ConversationPage",
     "CorruptDataError",
     "DocumentBlock",
     "ImageBlock",

@@ -16,10 +16,10 @@ from llama_index.storage.chat_store.core import (
     Capability,
     CapabilityNotSupportedError,
     ChatMessage,
+    ConversationNotFoundError,
     PayloadTooLargeError,
 )
 from llama_index.storage.chat_store.core.catalog import MAX_METADATA_BYTES, ConversationInfo
-from llama_index.storage.chat_store.core.errors import ConversationNotFoundError
 from llama_index.storage.chat_store.testing.gates import requires
 
 __all__ = ["CatalogTests"]
