@@ -22,7 +22,6 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     NotSentError,
     message_to_json,
-    messages_removed,
 )
 from llama_index.storage.chat_store.core.backend import (
     Change,
@@ -33,6 +32,7 @@ from llama_index.storage.chat_store.core.backend import (
     adrive,
     check_index,
     drive,
+    messages_removed,
     split_password,
 )
 from llama_index.storage.chat_store.core.messages import messages_from_json

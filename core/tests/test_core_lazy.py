@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from llama_index.storage.chat_store.core import Lazy, PerLoop
+from llama_index.storage.chat_store.core.backend import Lazy, PerLoop
 
 
 class Client:

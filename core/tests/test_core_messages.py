@@ -21,13 +21,15 @@ from llama_index.storage.chat_store.core import (
     MessageRole,
     SerializationError,
     TextBlock,
+    message_from_json,
+    message_to_json,
+)
+from llama_index.storage.chat_store.core.backend import (
     coerce_message,
     coerce_messages,
     copy_message,
     copy_messages,
     corrupt_data_remedy,
-    message_from_json,
-    message_to_json,
     messages_removed,
 )
 from llama_index.storage.chat_store.core.messages import collector_paused

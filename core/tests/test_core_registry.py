@@ -22,10 +22,9 @@ from llama_index.storage.chat_store.core import (
     UnknownSchemeError,
     chat_store_from_dict,
     chat_store_from_url,
-    mask_url,
     registered_schemes,
 )
-from llama_index.storage.chat_store.core.registry import INSTALL_HINTS
+from llama_index.storage.chat_store.core.registry import INSTALL_HINTS, mask_url
 
 FAKE_SITE = Path(__file__).parent / "data" / "fake_site"
 FAKE_MODULES = ("chat_store_fake_plugin", "chat_store_fake_tls", "chat_store_fake_broken")

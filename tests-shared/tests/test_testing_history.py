@@ -248,7 +248,8 @@ import time
 
 import pytest
 
-from llama_index.storage.chat_store.core import SimpleChatStore, coerce_message
+from llama_index.storage.chat_store.core import SimpleChatStore
+from llama_index.storage.chat_store.core.backend import coerce_message
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 
 

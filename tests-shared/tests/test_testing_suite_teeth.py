@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from llama_index.storage.chat_store.core import SimpleChatStore, coerce_message, coerce_messages
+from llama_index.storage.chat_store.core import SimpleChatStore
+from llama_index.storage.chat_store.core.backend import coerce_message, coerce_messages
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 
 _PAIR = threading.Barrier(2)

@@ -9,11 +9,10 @@ from urllib.parse import urlsplit
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
     ChatMessage,
-    coerce_message,
-    coerce_messages,
     message_from_json,
     message_to_json,
 )
+from llama_index.storage.chat_store.core.backend import coerce_message, coerce_messages
 from llama_index.storage.chat_store.core.store import check_window, window
 
 
@@ -32,7 +31,9 @@ class RawListStore(BaseChatStore):
     def _parse(self, key: str, texts: Sequence[str], start: int) -> list[ChatMessage]:
         return [message_from_json(t, key=key, position=start + i) for i, t in enumerate(texts)]
 
-    def get_messages(self, key: str, *, offset: int = 0, limit: int | None = None) -> list[ChatMessage]:
+    def get_messages(
+        self, key: str, *, offset: int = 0, limit: int | None = None
+    ) -> list[ChatMessage]:
         key = self._check_key(key)
         check_window(offset, limit)
         texts = self._data.get(key, [])

@@ -61,11 +61,19 @@ from llama_index.storage.chat_store.core.catalog import (
     check_listing,
     check_metadata,
 )
-from llama_index.storage.chat_store.core.errors import ConversationNotFoundError, NotSentError
+from llama_index.storage.chat_store.core.errors import (
+    ConversationNotFoundError,
+    NotSentError,
+    corrupt_data_remedy,
+    removal_error,
+)
 from llama_index.storage.chat_store.core.messages import (
     ChatMessage,
     coerce_message,
     coerce_messages,
+    copy_message,
+    copy_messages,
+    messages_removed,
 )
 from llama_index.storage.chat_store.core.registry import mask_url, split_password
 from llama_index.storage.chat_store.core.retries import (
@@ -95,8 +103,15 @@ __all__ = [
     "adrive",
     "check_index",
     "check_window",
+    "coerce_message",
+    "coerce_messages",
+    "copy_message",
+    "copy_messages",
+    "corrupt_data_remedy",
     "drive",
     "mask_url",
+    "messages_removed",
+    "removal_error",
     "split_password",
     "window",
 ]

@@ -44,9 +44,13 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     CorruptDataError,
     PayloadTooLargeError,
+)
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    ConflictError,
+    Plan,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
 from llama_index.storage.chat_store.core.tools import is_tool_result_json, safe_trim_count
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 from llama_index.storage.chat_store.dynamodb._sdk import (

@@ -13,8 +13,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llama_index.storage.chat_store.core import CorruptDataError, corrupt_data_remedy
-from llama_index.storage.chat_store.core.backend import Plan
+from llama_index.storage.chat_store.core import CorruptDataError
+from llama_index.storage.chat_store.core.backend import Plan, corrupt_data_remedy
 from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.dynamodb._chunks import Head
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text

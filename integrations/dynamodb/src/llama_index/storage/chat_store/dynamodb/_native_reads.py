@@ -12,9 +12,8 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ConfigurationError,
     CorruptDataError,
-    corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.backend import ConflictError, Plan
+from llama_index.storage.chat_store.core.backend import ConflictError, Plan, corrupt_data_remedy
 from llama_index.storage.chat_store.dynamodb._chunks import (
     PARTS,
     PARTS_ID,

@@ -20,9 +20,14 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
     message_to_json,
+)
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    Lazy,
+    Plan,
+    PlannedChatStore,
     messages_removed,
 )
-from llama_index.storage.chat_store.core.backend import Change, Lazy, Plan, PlannedChatStore
 from llama_index.storage.chat_store.dynamodb._llama_index_layout import (
     LlamaIndexLayout,
     llama_index_table_definition,

@@ -37,9 +37,13 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     InvalidKeyError,
     message_to_json,
+)
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    Plan,
+    PlannedChatStore,
     messages_removed,
 )
-from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
 from llama_index.storage.chat_store.core.catalog import (
     MAX_METADATA_BYTES,
     ConversationInfo,

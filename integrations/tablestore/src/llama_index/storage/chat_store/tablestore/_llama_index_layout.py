@@ -34,11 +34,16 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     PayloadTooLargeError,
     SerializationError,
-    corrupt_data_remedy,
     message_from_json,
+)
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    ConflictError,
+    Plan,
+    Sleep,
+    corrupt_data_remedy,
     removal_error,
 )
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, Sleep
 from llama_index.storage.chat_store.core.tools import is_tool_result_json
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts

@@ -69,10 +69,9 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     ChatStoreError,
     CorruptDataError,
-    corrupt_data_remedy,
     message_from_json,
 )
-from llama_index.storage.chat_store.core.backend import Plan, Sleep
+from llama_index.storage.chat_store.core.backend import Plan, Sleep, corrupt_data_remedy
 from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 

@@ -12,13 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from llama_index.storage.chat_store.core import (
-    ChatMessage,
-    ChatStoreError,
-    CorruptDataError,
-    removal_error,
-)
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, removal_error
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._native import (

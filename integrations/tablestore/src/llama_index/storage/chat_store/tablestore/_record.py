@@ -20,8 +20,8 @@ from llama_index.storage.chat_store.core import (
     ChatStoreError,
     CorruptDataError,
     message_from_json,
-    removal_error,
 )
+from llama_index.storage.chat_store.core.backend import removal_error
 
 __all__ = ["COLUMNS", "REPLY_BYTES", "SLOTS", "Replay", "column", "entry", "find"]
 

@@ -15,14 +15,14 @@ from llama_index.storage.chat_store.core import (
     Capability,
     ChatMessage,
     ConfigurationError,
-    Lazy,
     PayloadTooLargeError,
-    PerLoop,
     message_to_json,
 )
 from llama_index.storage.chat_store.core.backend import (
     Change,
     ConflictError,
+    Lazy,
+    PerLoop,
     Plan,
     PlannedChatStore,
 )

@@ -20,10 +20,9 @@ from llama_index.storage.chat_store.core import (
     BackendUnavailableError,
     ChatStoreError,
     ConfigurationError,
-    Lazy,
     NotSentError,
-    PerLoop,
 )
+from llama_index.storage.chat_store.core.backend import Lazy, PerLoop
 from llama_index.storage.chat_store.redis.layout import ListChatStore, Op, reply_error
 
 if TYPE_CHECKING:
