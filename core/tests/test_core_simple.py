@@ -44,7 +44,7 @@ def test_persist_writes_llama_index_format(tmp_path: Path) -> None:
     assert SimpleChatStore.from_persist_path(persist_path=str(path)).json() == CURRENT
 
 
-def test_seed_api_has_no_deprecation_warnings() -> None:
+def test_llama_index_api_has_no_deprecation_warnings() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         store = SimpleChatStore.parse_raw(CURRENT)

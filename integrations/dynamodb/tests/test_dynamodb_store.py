@@ -18,7 +18,7 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
 )
 from llama_index.storage.chat_store.dynamodb import DynamoDBChatStore
-from llama_index.storage.chat_store.dynamodb.base import DynamoDBChatStore as SeedImport
+from llama_index.storage.chat_store.dynamodb.base import DynamoDBChatStore as LlamaIndexImport
 from llama_index.storage.chat_store.testing import numbered, tricky_messages
 
 
@@ -30,9 +30,9 @@ def items_of(moto: Any, store: DynamoDBChatStore) -> list[dict[str, Any]]:
     return moto.client().scan(TableName=store.table_name, ConsistentRead=True)["Items"]
 
 
-def test_seed_import_path_is_the_same_class() -> None:
-    assert SeedImport is DynamoDBChatStore
-    store = SeedImport("EXAMPLE_TABLE", profile_name=None)
+def test_llama_index_import_path_is_the_same_class() -> None:
+    assert LlamaIndexImport is DynamoDBChatStore
+    store = LlamaIndexImport("EXAMPLE_TABLE", profile_name=None)
     assert store.table_name == "EXAMPLE_TABLE"
 
 
