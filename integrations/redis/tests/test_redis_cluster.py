@@ -22,11 +22,11 @@ from llama_index.storage.chat_store.core.backend import Change
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import url_at
-from llama_index.storage.chat_store.testing.services import free_port
 
 
-def _namespace() -> str:
-    return f"{{t-{uuid.uuid4().hex}}}:"
+def _namespace(name: str | None = None) -> str:
+    """A namespace hash-tagged with ``name``: a store's keys share one slot (one node)."""
+    return f"{{{name or 't-' + uuid.uuid4().hex}}}:"
 
 
 @dataclass(frozen=True)
@@ -49,78 +49,38 @@ def _slot_owner(url: str, namespace: str) -> tuple[str, int]:
 
 class TestRedisClusterConformance(ChatStoreConformance):
     @pytest.fixture
-    def namespace(self) -> str:
-        return _namespace()
-
-    @pytest.fixture
-    def store_factory(self, redis_cluster_url: str, namespace: str) -> Callable[[], BaseChatStore]:
-        return functools.partial(
-            RedisChatStore, redis_url=redis_cluster_url, namespace=namespace, cluster=True
-        )
-
-    @pytest.fixture
-    def server_address(self, redis_cluster_url: str, namespace: str) -> tuple[str, int]:
-        return _slot_owner(redis_cluster_url, namespace)
-
-    @pytest.fixture
-    def store_factory_at(
-        self, redis_cluster_url: str, namespace: str, server_address: tuple[str, int]
-    ) -> Callable[[str, int], Callable[[], BaseChatStore]]:
-        def at(host: str, port: int) -> Callable[[], BaseChatStore]:
-            # Start from the proxy too: a startup node that is the owner is not remapped.
+    def store_factory_for(
+        self, redis_cluster_url: str
+    ) -> Callable[..., Callable[[], BaseChatStore]]:
+        def factory_for(
+            name: str, *, address: tuple[str, int] | None = None, **options: Any
+        ) -> Callable[[], BaseChatStore]:
+            namespace, url = _namespace(name), redis_cluster_url
+            if address is not None:
+                # The owner of the store's slot is reached at ``address``; start there too
+                # (a startup node that is the owner is not remapped).
+                url = url_at(redis_cluster_url, *address)
+                remap = _Remap(_slot_owner(redis_cluster_url, namespace), address)
+                options["client_options"] = {"address_remap": remap}
             return functools.partial(
-                RedisChatStore, redis_url=url_at(redis_cluster_url, host, port),
-                namespace=namespace, cluster=True,
-                client_options={"address_remap": _Remap(server_address, (host, port))},
-            )  # fmt: skip
-
-        return at
-
-    @pytest.fixture
-    def other_store(self, redis_cluster_url: str) -> Iterator[BaseChatStore]:
-        store = RedisChatStore(redis_url=redis_cluster_url, namespace=_namespace(), cluster=True)
-        yield store
-        store.clear()
-        store.close()
-
-    @pytest.fixture
-    def unreachable_store(self, namespace: str) -> BaseChatStore:
-        return RedisChatStore(
-            redis_url=f"redis://127.0.0.1:{free_port()}", namespace=namespace, cluster=True
-        )
-
-    @pytest.fixture
-    def ttl_store_factory(
-        self, redis_cluster_url: str, namespace: str
-    ) -> Iterator[Callable[..., BaseChatStore]]:
-        made: list[RedisChatStore] = []
-
-        def make(seconds: int, **options: Any) -> BaseChatStore:
-            made.append(
-                RedisChatStore(
-                    redis_url=redis_cluster_url,
-                    namespace=namespace,
-                    ttl=seconds,
-                    cluster=True,
-                    **options,
-                )
+                RedisChatStore, redis_url=url, namespace=namespace, cluster=True, **options
             )
-            return made[-1]
 
-        yield make
-        for store in made:
-            store.clear()
-            store.close()
+        return factory_for
+
+    @pytest.fixture
+    def server_address(self, redis_cluster_url: str, storage_name: str) -> tuple[str, int]:
+        return _slot_owner(redis_cluster_url, _namespace(storage_name))
 
     @pytest.fixture
     def make_corrupt(
-        self, store: RedisChatStore, redis_cluster_url: str, namespace: str
+        self, store: RedisChatStore, redis_cluster_url: str, storage_name: str
     ) -> Iterator[Callable[[str], BaseChatStore]]:
         raw = redis.RedisCluster.from_url(redis_cluster_url)
 
         def corrupt(key: str) -> BaseChatStore:
             store.add_message(key, ChatMessage(content="fine"))
-            raw.rpush(namespace + key, b'{"role": "user", "blocks": 42}')
+            raw.rpush(_namespace(storage_name) + key, b'{"role": "user", "blocks": 42}')
             return store
 
         yield corrupt
