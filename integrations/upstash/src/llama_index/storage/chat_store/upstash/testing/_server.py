@@ -182,7 +182,8 @@ class UpstashBridge:
         """Start serving (again) on the bridge's port."""
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
+        handler = type("Handler", (_Handler,), {"bridge": self})
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         server.daemon_threads = True
         self._server = server
         threading.Thread(target=server.serve_forever, name="upstash-bridge", daemon=True).start()
@@ -232,76 +233,76 @@ class UpstashBridge:
         return replies
 
 
-def _handler(bridge: UpstashBridge) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Handler(BaseHTTPRequestHandler):
+    """One client connection of a bridge (``start`` subclasses it with ``bridge`` set)."""
 
-        def setup(self) -> None:
-            super().setup()
-            # Headers and body go out as two writes; without NODELAY each reply waits ~40 ms
-            # for the client's delayed ACK (Nagle).
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with bridge._lock:
-                bridge._connections.add(self.connection)
+    protocol_version = "HTTP/1.1"
+    bridge: UpstashBridge
 
-        def finish(self) -> None:
-            with bridge._lock:
-                bridge._connections.discard(self.connection)
-            super().finish()
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as two writes; without NODELAY each reply waits ~40 ms
+        # for the client's delayed ACK (Nagle).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.bridge._lock:
+            self.bridge._connections.add(self.connection)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return  # quiet: tests read replies, not access logs
+    def finish(self) -> None:
+        with self.bridge._lock:
+            self.bridge._connections.discard(self.connection)
+        super().finish()
 
-        def do_GET(self) -> None:
-            self._serve(body=None)
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # quiet: tests read replies, not access logs
 
-        def do_POST(self) -> None:
-            size = int(self.headers.get("Content-Length") or 0)
-            self._serve(body=self.rfile.read(size) if size else b"")
+    def do_GET(self) -> None:
+        self._serve(body=None)
 
-        def _serve(self, body: bytes | None) -> None:
-            if self.headers.get("Authorization") != f"Bearer {bridge.token}":
-                return self._send(401, {"error": UNAUTHORIZED})
-            base64_mode = self.headers.get("Upstash-Encoding", "").lower() == "base64"
-            path = urlsplit(self.path).path.rstrip("/")
-            try:
-                if path in {"/pipeline", "/multi-exec"}:
-                    commands = json.loads(body or b"null")
-                    if not isinstance(commands, list) or not commands:
-                        raise ValueError("ERR a pipeline must be a non-empty JSON array")
-                    replies = bridge._run(
-                        [_command(c) for c in commands], atomic=path == "/multi-exec"
-                    )
-                    if isinstance(replies, _ReplyError):
-                        return self._send(400, {"error": str(replies)})
-                    return self._send(200, [_reply(r, base64_mode) for r in replies])
-                if path:  # the path form: /set/key/value
-                    command: list[bytes | str] = [unquote(p) for p in path[1:].split("/")]
-                    if body:
-                        command.append(body)
-                else:
-                    command = _command(json.loads(body or b"null"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                message = str(exc) if str(exc).startswith("ERR") else f"ERR {exc}"
-                return self._send(400, {"error": message})
-            except OSError as exc:
-                return self._send(500, {"error": f"ERR Redis unavailable: {exc}"})
-            try:
-                (reply,) = bridge._run([command], atomic=False)
-            except OSError as exc:
-                return self._send(500, {"error": f"ERR Redis unavailable: {exc}"})
-            status = 400 if isinstance(reply, _ReplyError) else 200
-            return self._send(status, _reply(reply, base64_mode))
+    def do_POST(self) -> None:
+        size = int(self.headers.get("Content-Length") or 0)
+        self._serve(body=self.rfile.read(size) if size else b"")
 
-        def _send(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def _serve(self, body: bytes | None) -> None:
+        if self.headers.get("Authorization") != f"Bearer {self.bridge.token}":
+            return self._send(401, {"error": UNAUTHORIZED})
+        base64_mode = self.headers.get("Upstash-Encoding", "").lower() == "base64"
+        path = urlsplit(self.path).path.rstrip("/")
+        try:
+            if path in {"/pipeline", "/multi-exec"}:
+                commands = json.loads(body or b"null")
+                if not isinstance(commands, list) or not commands:
+                    raise ValueError("ERR a pipeline must be a non-empty JSON array")
+                replies = self.bridge._run(
+                    [_command(c) for c in commands], atomic=path == "/multi-exec"
+                )
+                if isinstance(replies, _ReplyError):
+                    return self._send(400, {"error": str(replies)})
+                return self._send(200, [_reply(r, base64_mode) for r in replies])
+            if path:  # the path form: /set/key/value
+                command: list[bytes | str] = [unquote(p) for p in path[1:].split("/")]
+                if body:
+                    command.append(body)
+            else:
+                command = _command(json.loads(body or b"null"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            message = str(exc) if str(exc).startswith("ERR") else f"ERR {exc}"
+            return self._send(400, {"error": message})
+        except OSError as exc:
+            return self._send(500, {"error": f"ERR Redis unavailable: {exc}"})
+        try:
+            (reply,) = self.bridge._run([command], atomic=False)
+        except OSError as exc:
+            return self._send(500, {"error": f"ERR Redis unavailable: {exc}"})
+        status = 400 if isinstance(reply, _ReplyError) else 200
+        return self._send(status, _reply(reply, base64_mode))
 
-    return Handler
+    def _send(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 def start_upstash_bridge(redis_url: str, token: str | None = None) -> UpstashBridge:
