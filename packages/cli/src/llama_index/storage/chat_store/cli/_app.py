@@ -308,7 +308,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {own_version}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_reading_commands(commands)
+    _add_writing_commands(commands)
+    return parser
 
+
+def _add_reading_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = _add(commands, "keys", _cmd_keys, "List the conversation keys, one per line.")
     _url(keys)
     keys.add_argument("--json", action="store_true", help="print each key as a JSON string")
@@ -336,6 +341,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     _bulk(export)
 
+
+def _add_writing_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp = _add(
         commands,
         "import",
@@ -388,7 +395,6 @@ def _parser() -> argparse.ArgumentParser:
         help="where --repair keeps what it removes (default: %(default)s)",
     )
     _bulk(check)
-    return parser
 
 
 # -- entry point ---------------------------------------------------------------------------------
