@@ -71,12 +71,9 @@ def _rows(results: Results) -> list[tuple[str, str, int]]:
     return [row for row in rows if results.median("ours", row[0], row[2]) is not None]
 
 
-def markdown(results: Results, chart_name: str | None) -> str:
-    """Return the report: heading, conditions, the table, the implementations and the chart."""
+def _conditions(results: Results, measured: set[str]) -> str:
+    """Return the paragraph saying what was measured, and how."""
     plan = results.plan
-    measured = {op for op, _, _ in _rows(results)}
-    # The baseline's columns only in a run that has one: other tables keep their shape.
-    impls = [impl for impl in IMPLS if impl != "baseline" or impl in results.labels]
     store_ops = measured - {TURN[0], "persist", "load"}
     scope = []
     if store_ops:
@@ -88,9 +85,7 @@ def markdown(results: Results, chart_name: str | None) -> str:
         )
     if "persist" in measured or "load" in measured:
         scope.append(f"persist/load of {' and '.join(f'{n:,}' for n in plan.volumes)} messages")
-    lines = [
-        f"# Benchmark: {results.name} — {results.backend.title}",
-        "",
+    return (
         f"BENCH_SCALE={plan.scale:g}: {'; '.join(scope)}"
         + f". Median of {plan.repeats} interleaved repeats"
         + (
@@ -103,14 +98,13 @@ def markdown(results: Results, chart_name: str | None) -> str:
         + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
         " store inside the reference interpreter, so no IPC is counted), against the same server"
         " in the same run. In brackets: a 90 % bootstrap interval of each ratio; where it holds"
-        " 1.00, this run cannot tell the two apart.",
-        "",
-        f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
-        f"(load average {_load()} at the end: other work slows every implementation alike, "
-        "so read the ratios), "
-        f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d %H:%M')} "
-        f"in {results.seconds:.0f} s.",
-        "",
+        " 1.00, this run cannot tell the two apart."
+    )
+
+
+def _table(results: Results, impls: list[str]) -> list[str]:
+    """Return the table's lines: each operation's medians, then ours over each other."""
+    lines = [
         "| operation | messages | "
         + " | ".join(SHORT[impl] for impl in impls)
         + " | "
@@ -122,18 +116,42 @@ def markdown(results: Results, chart_name: str | None) -> str:
         medians = [_time(results.median(impl, op, n)) for impl in impls]
         ratios = [_ratio(results, "ours", impl, op, n) for impl in impls[1:]]
         lines.append(f"| {shown} | {n:,} | {' | '.join([*medians, *ratios])} |")
+    return lines
+
+
+def _turn_note() -> str:
+    return (
+        f"A chat turn is what a chat engine does with LlamaIndex's `ChatMemoryBuffer` "
+        "(llama-index-core's own, in each implementation's process) over the store: "
+        "`put` the user's message, `get()`, `put` the answer. The memory is built once "
+        "per conversation, as in "
+        "`ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key=key, "
+        f"token_limit={TURN_TOKEN_LIMIT:_}, tokenizer_fn=str.split)`: a whitespace "
+        "tokenizer and a limit above every conversation, so `get()` reads and counts the "
+        "whole conversation and the store's cost shows. The raw floor has no turn."
+    )
+
+
+def markdown(results: Results, chart_name: str | None) -> str:
+    """Return the report: heading, conditions, the table, the implementations and the chart."""
+    measured = {op for op, _, _ in _rows(results)}
+    # The baseline's columns only in a run that has one: other tables keep their shape.
+    impls = [impl for impl in IMPLS if impl != "baseline" or impl in results.labels]
+    lines = [
+        f"# Benchmark: {results.name} — {results.backend.title}",
+        "",
+        _conditions(results, measured),
+        "",
+        f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
+        f"(load average {_load()} at the end: other work slows every implementation alike, "
+        "so read the ratios), "
+        f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d %H:%M')} "
+        f"in {results.seconds:.0f} s.",
+        "",
+        *_table(results, impls),
+    ]
     if TURN[0] in measured:
-        lines += [
-            "",
-            f"A chat turn is what a chat engine does with LlamaIndex's `ChatMemoryBuffer` "
-            "(llama-index-core's own, in each implementation's process) over the store: "
-            "`put` the user's message, `get()`, `put` the answer. The memory is built once "
-            "per conversation, as in "
-            "`ChatMemoryBuffer.from_defaults(chat_store=store, chat_store_key=key, "
-            f"token_limit={TURN_TOKEN_LIMIT:_}, tokenizer_fn=str.split)`: a whitespace "
-            "tokenizer and a limit above every conversation, so `get()` reads and counts the "
-            "whole conversation and the store's cost shows. The raw floor has no turn.",
-        ]
+        lines += ["", _turn_note()]
     lines += ["", "Implementations:", ""]
     lines += [
         f"- {SHORT[impl]}: {results.labels[impl]}" for impl in impls if impl in results.labels

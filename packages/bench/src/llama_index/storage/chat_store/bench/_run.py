@@ -24,12 +24,7 @@ from llama_index.storage.chat_store.bench._ops import (
     VOLUME_OPERATIONS,
     Sampler,
 )
-
-# The services package re-exports these at run time; mypy sees them in their module.
-from llama_index.storage.chat_store.testing.services._reference import (
-    LLAMA_INDEX_CORE,
-    reference_python,
-)
+from llama_index.storage.chat_store.testing.services import LLAMA_INDEX_CORE, reference_python
 
 WORKER = Path(__file__).with_name("_worker.py")
 FULL_REPEATS = 15
@@ -401,11 +396,30 @@ def _measure(
             return False
         return any(_takes(impls[impl], op) for op in plan.operations_at(length))
 
-    lengths = plan.conversation_lengths()
-    for length in lengths:
-        for impl in order:
-            if measured(impl, length):
-                impls[impl].fill(_key(name, impl, length), length)
+    filled = [
+        (impl, length)
+        for length in plan.conversation_lengths()
+        for impl in order
+        if measured(impl, length)
+    ]
+    for impl, length in filled:
+        impls[impl].fill(_key(name, impl, length), length)
+    _measure_conversations(name, impls, plan, set(filled), results, say)
+    for impl, length in filled:
+        impls[impl].delete(_key(name, impl, length))
+    _measure_volumes(impls, plan, results, say)
+
+
+def _measure_conversations(
+    name: str,
+    impls: dict[str, _Implementation],
+    plan: Plan,
+    filled: set[tuple[str, int]],
+    results: Results,
+    say: _Progress,
+) -> None:
+    """Time every operation on every filled conversation, the implementations in turn."""
+    order, lengths = list(impls), plan.conversation_lengths()
     last: dict[tuple[str, str, int], float] = {}
     # Repeat 0 warms up (imports, caches, connections) and is thrown away.
     for repeat in range(plan.repeats + 1):
@@ -414,7 +428,7 @@ def _measure(
         for length in lengths:
             for op in plan.operations_at(length):
                 for impl in turn:
-                    if not measured(impl, length) or not _takes(impls[impl], op):
+                    if (impl, length) not in filled or not _takes(impls[impl], op):
                         continue
                     # An untimed call first: the timed one must not pay for waking up after
                     # another implementation's long call (an idle client and server backend
@@ -428,11 +442,13 @@ def _measure(
                     took = last[sample] = impls[impl].sample(op, key, length)
                     if repeat:
                         results.samples.setdefault((impl, op, length), []).append(took)
-    for length in lengths:
-        for impl in order:
-            if measured(impl, length):
-                impls[impl].delete(_key(name, impl, length))
-    volume = [impl for impl in order if impls[impl].volume]
+
+
+def _measure_volumes(
+    impls: dict[str, _Implementation], plan: Plan, results: Results, say: _Progress
+) -> None:
+    """Time persist and load of whole stores, where ours and another implementation have one."""
+    volume = [impl for impl in impls if impls[impl].volume]
     if "ours" not in volume or not {"persist", "load"} & set(plan.ops):
         return
     for n in plan.volumes:
