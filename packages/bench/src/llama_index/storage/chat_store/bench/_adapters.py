@@ -9,12 +9,13 @@ from llama_index.storage.chat_store.bench._declare import RawDriver
 from llama_index.storage.chat_store.bench._ops import (
     MESSAGES_PER_CONVERSATION,
     Adapter,
+    StoreAdapter,
     sample_messages,
 )
-from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage, message_from_json
+from llama_index.storage.chat_store.core import BaseChatStore, message_from_json
 
 
-class OursAdapter(Adapter):
+class OursAdapter(StoreAdapter):
     """Our store, through its public API (windowed reads, batch append, count).
 
     With ``llama-index-core`` installed (a dependency of this package), our store is a
@@ -23,36 +24,16 @@ class OursAdapter(Adapter):
 
     supports_turn = True
 
+    store: BaseChatStore
+
     def __init__(self, factory: Callable[[str], BaseChatStore], url: str) -> None:
-        self.factory = factory
-        self.url = url
-        self.store = factory(url)
-        self.messages: list[ChatMessage] = [message_from_json(m) for m in sample_messages()]
+        super().__init__(factory, url, [message_from_json(m) for m in sample_messages()])
         self.supports_volume = callable(getattr(self.store, "persist", None)) and callable(
             getattr(type(self.store), "from_persist_path", None)
         )
-        self.volume: Any = None
-
-    def _m(self, i: int) -> ChatMessage:
-        return self.messages[i % len(self.messages)]
-
-    def chat_store(self) -> BaseChatStore:
-        return self.store
-
-    def message(self, i: int) -> ChatMessage:
-        return self._m(i)
-
-    def fill(self, key: str, n: int) -> None:
-        self.store.set_messages(key, [self._m(i) for i in range(n)])
-
-    def add(self, key: str, i: int) -> None:
-        self.store.add_message(key, self._m(i))
 
     def add_many(self, key: str, start: int, n: int) -> None:
         self.store.add_messages(key, [self._m(start + j) for j in range(n)])
-
-    def get_all(self, key: str) -> object:
-        return self.store.get_messages(key)
 
     def get_last(self, key: str, n: int) -> object:
         return self.store.get_messages(key, offset=-n)
@@ -60,20 +41,8 @@ class OursAdapter(Adapter):
     def count(self, key: str) -> int:
         return self.store.count_messages(key)
 
-    def delete_last(self, key: str) -> object:
-        return self.store.delete_last_message(key)
-
-    def delete(self, key: str) -> None:
-        self.store.delete_messages(key)
-
     def close(self) -> None:
         self.store.close()
-
-    def new_volume(self, n: int) -> None:
-        self.volume = self.factory(self.url)
-        for c in range(0, n, MESSAGES_PER_CONVERSATION):
-            size = min(MESSAGES_PER_CONVERSATION, n - c)
-            self.volume.set_messages(f"v{c}", [self._m(c + i) for i in range(size)])
 
     def persist(self, path: str) -> None:
         self.volume.persist(path)

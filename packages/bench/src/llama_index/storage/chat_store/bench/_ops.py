@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 # (operation, shown as) in table order. Volume operations take a whole store of N messages.
@@ -144,6 +145,53 @@ class Adapter:
 
     def load(self, path: str) -> None:
         raise NotImplementedError
+
+
+class StoreAdapter(Adapter):
+    """The verbs over a chat store that ours and LlamaIndex's share (and the chat turn).
+
+    ``make_store(url)`` builds the store (and each volume); ``messages`` are the samples in
+    the store's own message class.
+    """
+
+    supports_turn = True
+
+    def __init__(self, make_store: Callable[[str], Any], url: str, messages: list[Any]) -> None:
+        self.make_store = make_store
+        self.url = url
+        self.messages = messages
+        self.store = make_store(url)
+        self.volume: Any = None
+
+    def _m(self, i: int) -> Any:
+        return self.messages[i % len(self.messages)]
+
+    def chat_store(self) -> Any:
+        return self.store
+
+    def message(self, i: int) -> Any:
+        return self._m(i)
+
+    def fill(self, key: str, n: int) -> None:
+        self.store.set_messages(key, [self._m(i) for i in range(n)])
+
+    def add(self, key: str, i: int) -> None:
+        self.store.add_message(key, self._m(i))
+
+    def get_all(self, key: str) -> object:
+        return self.store.get_messages(key)
+
+    def delete_last(self, key: str) -> object:
+        return self.store.delete_last_message(key)
+
+    def delete(self, key: str) -> None:
+        self.store.delete_messages(key)
+
+    def new_volume(self, n: int) -> None:
+        self.volume = self.make_store(self.url)
+        for c in range(0, n, MESSAGES_PER_CONVERSATION):
+            size = min(MESSAGES_PER_CONVERSATION, n - c)
+            self.volume.set_messages(f"v{c}", [self._m(c + i) for i in range(size)])
 
 
 class Sampler:

@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING or __package__:
     from llama_index.storage.chat_store.bench._ops import (
-        MESSAGES_PER_CONVERSATION,
         Adapter,
         Sampler,
+        StoreAdapter,
         sample_messages,
     )
 else:  # run as a script: _ops.py sits beside this file (and sys.path[0] is this folder)
-    from _ops import MESSAGES_PER_CONVERSATION, Adapter, Sampler, sample_messages
+    from _ops import Adapter, Sampler, StoreAdapter, sample_messages
 
 
-class LlamaIndexAdapter(Adapter):
+class LlamaIndexAdapter(StoreAdapter):
     """The verbs over a LlamaIndex ``BaseChatStore``, used the way LlamaIndex code uses it.
 
     LlamaIndex's store has no batch append, no window and no count: ``add_many`` appends one
@@ -41,38 +41,16 @@ class LlamaIndexAdapter(Adapter):
     The chat turn hands the store to LlamaIndex's ``ChatMemoryBuffer``, as ours is.
     """
 
-    supports_turn = True
-
     def __init__(self, make_store: Callable[[str], Any], url: str) -> None:
         chat_message = importlib.import_module("llama_index.core.llms").ChatMessage
-        self.make_store = make_store
-        self.url = url
-        self.messages = [chat_message.model_validate_json(m) for m in sample_messages()]
-        self.store = make_store(url)
+        super().__init__(
+            make_store, url, [chat_message.model_validate_json(m) for m in sample_messages()]
+        )
         self.supports_volume = hasattr(self.store, "persist")
-        self.volume: Any = None
-
-    def _m(self, i: int) -> Any:
-        return self.messages[i % len(self.messages)]
-
-    def chat_store(self) -> Any:
-        return self.store
-
-    def message(self, i: int) -> Any:
-        return self._m(i)
-
-    def fill(self, key: str, n: int) -> None:
-        self.store.set_messages(key, [self._m(i) for i in range(n)])
-
-    def add(self, key: str, i: int) -> None:
-        self.store.add_message(key, self._m(i))
 
     def add_many(self, key: str, start: int, n: int) -> None:
         for j in range(n):
             self.store.add_message(key, self._m(start + j))
-
-    def get_all(self, key: str) -> object:
-        return self.store.get_messages(key)
 
     def get_last(self, key: str, n: int) -> object:
         return self.store.get_messages(key)[-n:]
@@ -80,22 +58,10 @@ class LlamaIndexAdapter(Adapter):
     def count(self, key: str) -> int:
         return len(self.store.get_messages(key))
 
-    def delete_last(self, key: str) -> object:
-        return self.store.delete_last_message(key)
-
-    def delete(self, key: str) -> None:
-        self.store.delete_messages(key)
-
     def drop_last(self, key: str, n: int) -> None:
         # Each of its removals reads and rewrites the whole conversation where it keeps one
         # value (DynamoDB, PostgreSQL): one read and one write instead of n of each.
         self.store.set_messages(key, self.store.get_messages(key)[:-n])
-
-    def new_volume(self, n: int) -> None:
-        self.volume = self.make_store(self.url)
-        for c in range(0, n, MESSAGES_PER_CONVERSATION):
-            size = min(MESSAGES_PER_CONVERSATION, n - c)
-            self.volume.set_messages(f"v{c}", [self._m(c + i) for i in range(size)])
 
     def persist(self, path: str) -> None:
         self.volume.persist(persist_path=path)
