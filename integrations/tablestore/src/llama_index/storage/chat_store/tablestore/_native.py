@@ -260,6 +260,27 @@ def _read_meta(t: Tables, key: str) -> Plan[Meta | None]:
     return meta
 
 
+def _learn_meta(t: Tables, key: str, meta_item: Any, items: tuple[Any, ...]) -> Meta | None:
+    """Return the meta row of a batch read (and cache it), once every item of it was read.
+
+    Raises:
+        ChatStoreError: Tablestore could not read one of ``items``.
+        CorruptDataError: The meta row is damaged (the cache forgets the key).
+    """
+    for item in items:
+        if not item.is_ok:
+            raise ChatStoreError(
+                f"Tablestore could not read conversation {key!r} from table "
+                f"{item.table_name!r} ({item.error_code}: {item.error_message})"
+            )
+    meta = _parse_meta(t, key, meta_item.row)
+    if isinstance(meta, _Damaged):
+        t.learn(key, None)
+        raise meta.problem
+    t.learn(key, meta)
+    return meta
+
+
 def _parse_meta(t: Tables, key: str, row: Any) -> Meta | _Damaged | None:
     if row is None or not row.attribute_columns:
         return None
@@ -363,17 +384,7 @@ def _window_then_meta(
     response = yield Call("batch_get_row", (request,))
     row_items = response.get_result_by_table(t.messages)
     [meta_item] = response.get_result_by_table(t.meta)
-    for item in (*row_items, meta_item):
-        if not item.is_ok:
-            raise ChatStoreError(
-                f"Tablestore could not read conversation {key!r} from table "
-                f"{item.table_name!r} ({item.error_code}: {item.error_message})"
-            )
-    meta = _parse_meta(t, key, meta_item.row)
-    if isinstance(meta, _Damaged):
-        t.learn(key, None)
-        raise meta.problem
-    t.learn(key, meta)
+    meta = _learn_meta(t, key, meta_item, (*row_items, meta_item))
     found: list[_Stored] = []
     for seq, item in zip(range(start, stop), row_items, strict=True):
         row = item.row
@@ -489,17 +500,7 @@ def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Plan[tuple[Meta | Non
     response = yield Call("batch_get_row", (request,))
     [meta_item] = response.get_result_by_table(t.meta)
     [row_item] = response.get_result_by_table(t.messages)
-    for item in (meta_item, row_item):
-        if not item.is_ok:
-            raise ChatStoreError(
-                f"Tablestore could not read conversation {key!r} from table "
-                f"{item.table_name!r} ({item.error_code}: {item.error_message})"
-            )
-    meta = _parse_meta(t, key, meta_item.row)
-    if isinstance(meta, _Damaged):
-        t.learn(key, None)
-        raise meta.problem
-    t.learn(key, meta)
+    meta = _learn_meta(t, key, meta_item, (meta_item, row_item))
     if meta != seen:
         return meta, None
     seq = seen.tail - 1
