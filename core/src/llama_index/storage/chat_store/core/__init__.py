@@ -1,6 +1,5 @@
 """Chat history storage for LlamaIndex apps: message model, store protocol, SimpleChatStore."""
 
-from llama_index.storage.chat_store.core._lazy import Lazy, PerLoop
 from llama_index.storage.chat_store.core.capabilities import Capability
 from llama_index.storage.chat_store.core.catalog import (
     MAX_METADATA_BYTES,
@@ -22,8 +21,6 @@ from llama_index.storage.chat_store.core.errors import (
     PayloadTooLargeError,
     SerializationError,
     UnknownSchemeError,
-    corrupt_data_remedy,
-    removal_error,
 )
 from llama_index.storage.chat_store.core.messages import (
     AudioBlock,
@@ -39,18 +36,12 @@ from llama_index.storage.chat_store.core.messages import (
     ThinkingBlock,
     ToolCallBlock,
     VideoBlock,
-    coerce_message,
-    coerce_messages,
-    copy_message,
-    copy_messages,
     message_from_json,
     message_to_json,
-    messages_removed,
 )
 from llama_index.storage.chat_store.core.registry import (
     chat_store_from_dict,
     chat_store_from_url,
-    mask_url,
     registered_schemes,
 )
 from llama_index.storage.chat_store.core.simple import JsonFileChatStore, SimpleChatStore
@@ -83,11 +74,9 @@ __all__ = [
     "InvalidKeyError",
     "InvalidMessageError",
     "JsonFileChatStore",
-    "Lazy",
     "MessageRole",
     "NotSentError",
     "PayloadTooLargeError",
-    "PerLoop",
     "SerializationError",
     "SimpleChatStore",
     "TextBlock",
@@ -97,15 +86,7 @@ __all__ = [
     "VideoBlock",
     "chat_store_from_dict",
     "chat_store_from_url",
-    "coerce_message",
-    "coerce_messages",
-    "copy_message",
-    "copy_messages",
-    "corrupt_data_remedy",
-    "mask_url",
     "message_from_json",
     "message_to_json",
-    "messages_removed",
     "registered_schemes",
-    "removal_error",
 ]

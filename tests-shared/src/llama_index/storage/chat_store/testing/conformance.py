@@ -61,9 +61,9 @@ from llama_index.storage.chat_store.core import (
     InvalidMessageError,
     SerializationError,
     TextBlock,
-    corrupt_data_remedy,
     message_to_json,
 )
+from llama_index.storage.chat_store.core.backend import corrupt_data_remedy
 from llama_index.storage.chat_store.testing import _workers, changes, history
 from llama_index.storage.chat_store.testing.catalog import CatalogTests
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy

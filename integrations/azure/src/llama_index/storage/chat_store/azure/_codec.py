@@ -25,11 +25,10 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
     CorruptDataError,
     PayloadTooLargeError,
-    corrupt_data_remedy,
     message_from_json,
     message_to_json,
-    removal_error,
 )
+from llama_index.storage.chat_store.core.backend import corrupt_data_remedy, removal_error
 from llama_index.storage.chat_store.core.tools import is_tool_result, is_tool_result_json
 
 __all__ = [

@@ -67,13 +67,13 @@ from llama_index.storage.chat_store.azure._sdk import (
     delete_rows,
     fits,
 )
-from llama_index.storage.chat_store.core import (
-    ChatMessage,
-    ChatStoreError,
-    CorruptDataError,
+from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    ConflictError,
+    Plan,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
 
 __all__ = ["PAGE", "PENDING", "RECORD", "LlamaIndexTable"]
 

@@ -69,13 +69,13 @@ from llama_index.storage.chat_store.azure._sdk import (
     Row,
     backoff,
 )
-from llama_index.storage.chat_store.core import (
-    ChatMessage,
-    ChatStoreError,
-    CorruptDataError,
+from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    ConflictError,
+    Plan,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
 from llama_index.storage.chat_store.core.cache import LruCache
 
 __all__ = [

@@ -38,13 +38,8 @@ from llama_index.storage.chat_store.azure._sdk import (
     delete_rows,
     fits,
 )
-from llama_index.storage.chat_store.core import (
-    ChatMessage,
-    ChatStoreError,
-    CorruptDataError,
-    removal_error,
-)
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, removal_error
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 
 __all__ = ["NativeLayout"]

@@ -19,9 +19,8 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     SerializationError,
     message_to_json,
-    messages_removed,
 )
-from llama_index.storage.chat_store.core.backend import Change, Plan
+from llama_index.storage.chat_store.core.backend import Change, Plan, messages_removed
 from llama_index.storage.chat_store.core.messages import messages_from_json
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.postgres._drivers import RefusedError, Row
