@@ -364,3 +364,23 @@ def test_copy_reports_conversations_written_to_during_the_copy() -> None:
         src, dst, keys=None, existing=Existing.ERROR, batch=3, progress=Progress("t", quiet=True)
     )
     assert summary.mismatched == ["busy"]
+
+
+def test_keys_pages_by_prefix_after_and_limit_from_keys_and_counts(run: Run, json_url: URL) -> None:
+    # A JSON file keeps no catalog: the command sorts the keys and counts each conversation.
+    one = [ChatMessage(role="user", content="x")]
+    _fill(json_url("a"), {"b/2": _sample()["blocks"], "b/1": one, "a/1": one})
+    first = run("keys", json_url("a"), "--prefix", "b/", "--limit", "1")
+    assert (first.code, first.out) == (0, "b/1\n")
+    assert first.err == 'more: --after "b/1"\n'
+    rest = run("keys", json_url("a"), "--prefix", "b/", "--after", "b/1", "--long")
+    key, count, created, updated, metadata = rest.out.rstrip("\n").split("\t")
+    assert (key, count, created, updated, metadata) == (
+        "b/2",
+        str(len(_sample()["blocks"])),
+        "-",
+        "-",
+        "{}",
+    )
+    assert rest.err == ""
+    assert run("keys", json_url("a"), "--limit", "0").code == 2

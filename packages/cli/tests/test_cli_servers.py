@@ -359,3 +359,25 @@ def test_adopt_registers_lists_written_in_llama_index_layout(redis_url: str) -> 
     assert again.returncode == 0, again.stderr
     assert sorted(_run("keys", url).stdout.splitlines()) == sorted(legacy)
     assert _contents(url) == {k: [message_to_json(m) for m in v] for k, v in legacy.items()}
+
+
+def test_keys_long_listing_reads_the_redis_catalog(redis_url: str) -> None:
+    url = f"{redis_url}?namespace=cli-{uuid.uuid4().hex}:"
+    store = chat_store_from_url(url)
+    try:
+        for key in ("u1/b", "u1/a", "u2/a"):
+            store.add_message(key, ChatMessage(role="user", content=key))
+        store.set_metadata("u1/a", {"title": "Trip"})
+        listed = _run("keys", url, "--prefix", "u1/", "--long")
+        assert listed.returncode == 0, listed.stderr
+        rows = [line.split("\t") for line in listed.stdout.splitlines()]
+        assert [(r[0], r[1], r[4]) for r in rows] == [
+            ("u1/a", "1", '{"title": "Trip"}'),
+            ("u1/b", "1", "{}"),
+        ]
+        assert all(r[2] != "-" and r[3] != "-" for r in rows)  # the catalog knows its times
+        paged = _run("keys", url, "--limit", "2")
+        assert (paged.stdout, paged.stderr) == ("u1/a\nu1/b\n", 'more: --after "u1/b"\n')
+    finally:
+        store.clear()
+        store.close()

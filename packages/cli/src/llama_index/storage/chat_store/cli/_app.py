@@ -23,9 +23,12 @@ from llama_index.storage.chat_store.cli._transfer import (
 )
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
+    Capability,
     CapabilityNotSupportedError,
     ChatMessage,
     ChatStoreError,
+    ConversationInfo,
+    ConversationPage,
     MessageRole,
     TextBlock,
     chat_store_from_url,
@@ -64,10 +67,54 @@ def _note(line: str) -> None:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
+    paged = args.prefix is not None or args.after is not None or args.limit is not None
     with _open(args.url) as store:
-        for key in store.iter_keys():
-            _print(json.dumps(key, ensure_ascii=False) if args.json else key)
+        if not (paged or args.long):
+            for key in store.iter_keys():
+                _print(_key_text(key, args.json))
+            return 0
+        page = _listing(store, args.prefix, args.after, args.limit)
+        for info in page.conversations:
+            text = _key_text(info.key, args.json)
+            _print(_long(text, info) if args.long else text)
+        if page.next_after is not None and args.limit is not None:
+            _note(f"more: --after {json.dumps(page.next_after, ensure_ascii=False)}")
     return 0
+
+
+def _key_text(key: str, as_json: bool) -> str:
+    return json.dumps(key, ensure_ascii=False) if as_json else key
+
+
+def _long(key: str, info: ConversationInfo) -> str:
+    """``key, count, created, updated, metadata`` separated by tabs (``-``: not known)."""
+    times = [
+        t.isoformat(timespec="milliseconds") if t else "-"
+        for t in (info.created_at, info.updated_at)
+    ]
+    metadata = json.dumps(info.metadata, ensure_ascii=False, sort_keys=True)
+    return "\t".join([key, str(info.message_count), *times, metadata])
+
+
+def _listing(
+    store: BaseChatStore, prefix: str | None, after: str | None, limit: int | None
+) -> ConversationPage:
+    """A page from the store's catalog, or, without one, from its keys and counts (sorted here)."""
+    if Capability.CATALOG in store.capabilities:
+        if limit is not None:
+            return store.list_conversations(prefix, after, limit)
+        found: list[ConversationInfo] = []
+        page = store.list_conversations(prefix, after, _BATCH)
+        found += page.conversations
+        while page.next_after is not None:
+            page = store.list_conversations(prefix, page.next_after, _BATCH)
+            found += page.conversations
+        return ConversationPage(found, None)
+    keys = sorted(k for k in store.iter_keys() if k.startswith(prefix or ""))
+    keys = [k for k in keys if after is None or k > after]
+    shown = keys if limit is None else keys[:limit]
+    infos = [ConversationInfo(k, store.count_messages(k), None, None) for k in shown]
+    return ConversationPage(infos, shown[-1] if len(shown) < len(keys) else None)
 
 
 def _describe(message: ChatMessage) -> str:
@@ -317,6 +364,14 @@ def _add_reading_commands(commands: argparse._SubParsersAction[argparse.Argument
     keys = _add(commands, "keys", _cmd_keys, "List the conversation keys, one per line.")
     _url(keys)
     keys.add_argument("--json", action="store_true", help="print each key as a JSON string")
+    keys.add_argument("--prefix", metavar="TEXT", help="only keys starting with TEXT (key order)")
+    keys.add_argument("--after", metavar="KEY", help="only keys after KEY (key order)")
+    keys.add_argument("--limit", type=_positive, metavar="N", help="at most N keys (key order)")
+    keys.add_argument(
+        "--long",
+        action="store_true",
+        help="key, message count, created, updated and metadata, tab-separated",
+    )
 
     show = _add(commands, "show", _cmd_show, "Print the messages of one conversation.")
     _url(show)
