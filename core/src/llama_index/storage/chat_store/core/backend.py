@@ -60,9 +60,9 @@ from llama_index.storage.chat_store.core.catalog import (
     ConversationPage,
     check_listing,
     check_metadata,
+    conversation_not_found,
 )
 from llama_index.storage.chat_store.core.errors import (
-    ConversationNotFoundError,
     NotSentError,
     corrupt_data_remedy,
     removal_error,
@@ -457,7 +457,7 @@ class PlannedChatStore(BaseChatStore):
         changes = check_metadata(metadata)
         info = self._change(lambda change: self._metadata_plan(key, changes, change))
         if info is None:
-            raise ConversationNotFoundError(f"no conversation holds messages at key {key!r}")
+            raise conversation_not_found(key)
         return info
 
     # -- async API ----------------------------------------------------------------------------
@@ -554,5 +554,5 @@ class PlannedChatStore(BaseChatStore):
         changes = check_metadata(metadata)
         info = await self._achange(lambda change: self._metadata_plan(key, changes, change))
         if info is None:
-            raise ConversationNotFoundError(f"no conversation holds messages at key {key!r}")
+            raise conversation_not_found(key)
         return info

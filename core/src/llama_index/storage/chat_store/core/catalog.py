@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from llama_index.storage.chat_store.core.errors import PayloadTooLargeError
+from llama_index.storage.chat_store.core.errors import (
+    ConversationNotFoundError,
+    PayloadTooLargeError,
+)
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -33,7 +36,9 @@ __all__ = [
     "ConversationPage",
     "check_listing",
     "check_metadata",
+    "conversation_not_found",
     "decode_metadata",
+    "encode_value",
     "from_epoch_ms",
     "merged_metadata",
     "metadata_size",
@@ -89,7 +94,12 @@ def check_listing(prefix: str | None, after: str | None, limit: int) -> None:
         raise ValueError(f"limit must be >= 1, got {limit}")
 
 
-def _encoded(value: Any, name: str) -> str:
+def encode_value(value: Any, name: str = "") -> str:
+    """A metadata value as compact JSON text.
+
+    Raises:
+        TypeError: It is not JSON (the message names ``name``).
+    """
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -109,7 +119,7 @@ def check_metadata(mapping: Mapping[str, Any]) -> dict[str, str | None]:
     for name, value in mapping.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"metadata names must be non-empty str, got {name!r}")
-        out[name] = None if value is None else _encoded(value, name)
+        out[name] = None if value is None else encode_value(value, name)
     size = metadata_size({k: v for k, v in out.items() if v is not None})
     if size > MAX_METADATA_BYTES:
         raise metadata_too_large(size)
@@ -148,6 +158,11 @@ def merged_metadata(
     if size > MAX_METADATA_BYTES:
         raise metadata_too_large(size)
     return merged
+
+
+def conversation_not_found(key: str) -> ConversationNotFoundError:
+    """The error of a catalog change to a conversation without messages."""
+    return ConversationNotFoundError(f"no conversation holds messages at key {key!r}")
 
 
 def decode_metadata(encoded: Mapping[str, str]) -> dict[str, Any]:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import glob
+import heapq
 import json
 import os
-import secrets
-import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +27,19 @@ from pydantic import (
 from pydantic_core import PydanticSerializationError
 from typing_extensions import NotRequired, TypedDict
 
+from llama_index.storage.chat_store.core._file import write_atomically
 from llama_index.storage.chat_store.core.capabilities import Capability
+from llama_index.storage.chat_store.core.catalog import (
+    ConversationInfo,
+    ConversationPage,
+    check_listing,
+    check_metadata,
+    conversation_not_found,
+    decode_metadata,
+    encode_value,
+    from_epoch_ms,
+    merged_metadata,
+)
 from llama_index.storage.chat_store.core.errors import (
     ConfigurationError,
     CorruptDataError,
@@ -61,8 +70,17 @@ __all__ = ["DEFAULT_PERSIST_PATH", "JsonFileChatStore", "SimpleChatStore"]
 DEFAULT_PERSIST_PATH = "chat_store.json"
 
 
+class _Entry(TypedDict):
+    """A conversation's catalog entry: epoch milliseconds (``None``: not known) and metadata."""
+
+    created_at: int | None
+    updated_at: int | None
+    metadata: dict[str, Any]
+
+
 class _StoreFile(TypedDict):
     store: dict[str, list[DecodedMessage]]
+    catalog: NotRequired[dict[str, _Entry]]
     class_name: NotRequired[str]
 
 
@@ -79,6 +97,9 @@ class SimpleChatStore(BaseChatStore):
     """
 
     store: dict[str, list[DecodedMessage]] = {}
+    catalog: dict[str, _Entry] = Field(default_factory=dict, repr=False)
+    """Each conversation's catalog entry (written to the file beside ``store``; LlamaIndex's
+    ``SimpleChatStore`` reads such a file and ignores it)."""
 
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _persist_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -92,11 +113,15 @@ class SimpleChatStore(BaseChatStore):
     def model_post_init(self, context: Any, /) -> None:
         """Drop empty conversations given to the constructor (they hold no messages)."""
         self.store = {k: list(v) for k, v in self.store.items() if v}
+        self.catalog = {k: v for k, v in self.catalog.items() if k in self.store}
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the conversations (the store holds no connection and no secret)."""
         with self._guard:
-            return {"store": {key: list(messages) for key, messages in self.store.items()}}
+            return {
+                "store": {key: list(messages) for key, messages in self.store.items()},
+                "catalog": copy.deepcopy(self.catalog),
+            }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         SimpleChatStore.__init__(self, **state)
@@ -111,6 +136,8 @@ class SimpleChatStore(BaseChatStore):
     ) -> dict[str, Any]:
         with self._guard:
             data: dict[str, Any] = handler(self)
+        if not data.get("catalog", True):
+            del data["catalog"]  # no entries: exactly LlamaIndex's format
         data["class_name"] = self.class_name()
         return data
 
@@ -127,6 +154,11 @@ class SimpleChatStore(BaseChatStore):
         ):
             raise ConfigurationError(f"{cls.__name__} takes the URL 'memory://', got {url!r}")
         return cls(**options)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """CATALOG: each conversation's count, times and metadata (kept in ``catalog``)."""
+        return frozenset({Capability.CATALOG})
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -166,11 +198,13 @@ class SimpleChatStore(BaseChatStore):
         key = self._check_key(key)
         message = _private_saveable(message)
         with self._guard:
+            began = key not in self.store
             messages = self.store.setdefault(key, [])
             if idx is None:
                 messages.append(message)
             else:
                 messages.insert(idx, message)
+            self._stamp(key, began)
             self._changed()
 
     def add_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
@@ -180,7 +214,9 @@ class SimpleChatStore(BaseChatStore):
         if not new:
             return
         with self._guard:
+            began = key not in self.store
             self.store.setdefault(key, []).extend(new)
+            self._stamp(key, began)
             self._changed()
 
     def set_messages(self, key: str, messages: Sequence[ChatMessage]) -> None:
@@ -188,10 +224,12 @@ class SimpleChatStore(BaseChatStore):
         key = self._check_key(key)
         new = [_private_saveable(m) for m in coerce_messages(messages, copy=False)]
         with self._guard:
+            began = key not in self.store
             if new:
                 self.store[key] = new
             else:
                 self.store.pop(key, None)
+            self._stamp(key, began)
             self._changed()
 
     def delete_messages(self, key: str) -> list[ChatMessage] | None:
@@ -200,6 +238,7 @@ class SimpleChatStore(BaseChatStore):
         with self._guard:
             removed = self.store.pop(key, None)
             if removed is not None:
+                self._stamp(key, False)
                 self._changed()
             return removed or None
 
@@ -241,12 +280,76 @@ class SimpleChatStore(BaseChatStore):
         """Remove every conversation."""
         with self._guard:
             self.store.clear()
+            self.catalog.clear()
             self._changed()
 
     def _drop_if_empty(self, key: str) -> None:
         if not self.store.get(key, True):
             del self.store[key]
+        self._stamp(key, False)
         self._changed()
+
+    def _stamp(self, key: str, began: bool) -> None:
+        """Keep ``key``'s catalog entry after a change (under the lock).
+
+        It goes with the last message; a conversation that ``began`` starts a new one.
+        """
+        if key not in self.store:
+            self.catalog.pop(key, None)
+            return
+        now = time.time_ns() // 1_000_000
+        entry = self.catalog.get(key)
+        if began or entry is None:
+            self.catalog[key] = {"created_at": now if began else None, "updated_at": now,
+                                 "metadata": {}}  # fmt: skip
+        else:
+            entry["updated_at"] = now
+
+    # -- the conversation catalog ------------------------------------------------------------
+
+    def list_conversations(
+        self, prefix: str | None = None, after: str | None = None, limit: int = 100
+    ) -> ConversationPage:
+        """Return a page of conversations in key order (see the base class)."""
+        check_listing(prefix, after, limit)
+        start = prefix or ""
+        with self._guard:
+            found = (k for k in self.store if k.startswith(start) and (after is None or k > after))
+            keys = heapq.nsmallest(limit + 1, found)
+            page = [self._entry(k) for k in keys[:limit]]
+        return ConversationPage(page, keys[limit - 1] if len(keys) > limit else None)
+
+    def get_conversation(self, key: str) -> ConversationInfo | None:
+        """Return the catalog entry of ``key`` (``None``: no messages)."""
+        key = self._check_key(key)
+        with self._guard:
+            return self._entry(key) if key in self.store else None
+
+    def set_metadata(self, key: str, metadata: Mapping[str, Any]) -> ConversationInfo:
+        """Merge ``metadata`` into the conversation's (see the base class)."""
+        key = self._check_key(key)
+        changes = check_metadata(metadata)
+        with self._guard:
+            if key not in self.store:
+                raise conversation_not_found(key)
+            self._stamp(key, False)
+            entry = self.catalog[key]
+            current = {name: encode_value(value) for name, value in entry["metadata"].items()}
+            entry["metadata"] = decode_metadata(merged_metadata(current, changes))
+            self._changed()
+            return self._entry(key)
+
+    def _entry(self, key: str) -> ConversationInfo:
+        entry = self.catalog.get(key)
+        if entry is None:
+            return ConversationInfo(key, len(self.store[key]), None, None)
+        return ConversationInfo(
+            key,
+            len(self.store[key]),
+            from_epoch_ms(entry["created_at"]),
+            from_epoch_ms(entry["updated_at"]),
+            copy.deepcopy(entry["metadata"]),
+        )
 
     def _changed(self) -> None:
         """Hook called under the lock after every change (file-backed subclasses persist)."""
@@ -283,7 +386,7 @@ class SimpleChatStore(BaseChatStore):
             with self._guard:
                 text = self._file_text()
             if fs is None:
-                _write_atomically(Path(persist_path), text)
+                write_atomically(Path(persist_path), text)
             else:
                 parent = os.path.dirname(os.fspath(persist_path))
                 if parent:
@@ -329,7 +432,7 @@ class SimpleChatStore(BaseChatStore):
             raise CorruptDataError(
                 f"{source} is not a chat store file ({type(exc).__name__}: {str(exc)[:300]})"
             ) from exc
-        return cls(store=parsed["store"])
+        return cls(store=parsed["store"], catalog=parsed.get("catalog", {}))
 
     def json(self, **kwargs: Any) -> str:
         """Return the file format as a string (LlamaIndex's name for ``model_dump_json``)."""
@@ -365,6 +468,7 @@ class JsonFileChatStore(SimpleChatStore):
     path: str
     """The JSON file (made absolute)."""
     store: dict[str, list[DecodedMessage]] = Field(default_factory=dict, exclude=True, repr=False)
+    catalog: dict[str, _Entry] = Field(default_factory=dict, exclude=True, repr=False)
 
     @field_validator("path", mode="before")
     @classmethod
@@ -386,7 +490,7 @@ class JsonFileChatStore(SimpleChatStore):
                 "add them with add_messages/set_messages instead of store="
             )
         super().__init__(**data)
-        self.store = _read_store_file(self.path)
+        self.store, self.catalog = _read_store_file(self.path)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the path only: the file holds the conversations."""
@@ -420,8 +524,8 @@ class JsonFileChatStore(SimpleChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """PERSISTENT: a new instance over the same file sees the data."""
-        return frozenset({Capability.PERSISTENT})
+        """PERSISTENT (a new instance over the same file sees the data) and CATALOG."""
+        return frozenset({Capability.PERSISTENT, Capability.CATALOG})
 
     @classmethod
     def from_persist_path(
@@ -439,16 +543,19 @@ class JsonFileChatStore(SimpleChatStore):
 
     def _file_text(self) -> str:
         try:
-            return _FILE.dump_json({"store": self.store, "class_name": "SimpleChatStore"}).decode()
+            data: _StoreFile = {"store": self.store, "class_name": "SimpleChatStore"}
+            if self.catalog:
+                data = {"store": self.store, "catalog": self.catalog, **data}
+            return _FILE.dump_json(data).decode()
         except (PydanticSerializationError, ValueError, TypeError) as exc:
             raise SerializationError(f"cannot serialize the store for {self.path}: {exc}") from exc
 
     def _changed(self) -> None:
         try:
-            _write_atomically(Path(self.path), self._file_text())
+            write_atomically(Path(self.path), self._file_text())
         except BaseException:
             # The change is in memory but not on disk: go back to what the file holds.
-            self.store = _read_store_file(self.path)
+            self.store, self.catalog = _read_store_file(self.path)
             raise
 
 
@@ -467,58 +574,11 @@ def _private_saveable(value: Any) -> ChatMessage:
     return copy_message(message) if message is value else message
 
 
-def _read_store_file(path: str) -> dict[str, list[ChatMessage]]:
-    """Return the conversations in a chat store file (``{}`` when it does not exist)."""
+def _read_store_file(path: str) -> tuple[dict[str, list[ChatMessage]], dict[str, _Entry]]:
+    """Return the conversations in a chat store file and their catalog (empty: no file)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return {}
-    return SimpleChatStore._from_file_bytes(data, source=path).store
-
-
-_STALE_AFTER = 60.0
-"""Seconds after which a temp file of ours is taken for one a killed writer left behind."""
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    # Like open(): a new file gets 0666 less the umask; an existing file keeps its mode.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            with contextlib.suppress(FileNotFoundError):
-                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
-    _remove_stale_temp_files(path)
-
-
-def _remove_stale_temp_files(path: Path) -> None:
-    """Delete temp files of ``path`` that killed writers left (older than a minute)."""
-    cutoff = time.time() - _STALE_AFTER
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete
-            if leftover.stat().st_mtime < cutoff:
-                leftover.unlink()
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (Windows).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return {}, {}
+    loaded = SimpleChatStore._from_file_bytes(data, source=path)
+    return loaded.store, loaded.catalog
