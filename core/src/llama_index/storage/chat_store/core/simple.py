@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import copy
-import heapq
 import json
 import os
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,18 +26,8 @@ from pydantic_core import PydanticSerializationError
 from typing_extensions import NotRequired, TypedDict
 
 from llama_index.storage.chat_store.core._file import write_atomically
+from llama_index.storage.chat_store.core._memory_catalog import CatalogInMemory, Entry
 from llama_index.storage.chat_store.core.capabilities import Capability
-from llama_index.storage.chat_store.core.catalog import (
-    ConversationInfo,
-    ConversationPage,
-    check_listing,
-    check_metadata,
-    conversation_not_found,
-    decode_metadata,
-    encode_value,
-    from_epoch_ms,
-    merged_metadata,
-)
 from llama_index.storage.chat_store.core.errors import (
     ConfigurationError,
     CorruptDataError,
@@ -70,24 +58,16 @@ __all__ = ["DEFAULT_PERSIST_PATH", "JsonFileChatStore", "SimpleChatStore"]
 DEFAULT_PERSIST_PATH = "chat_store.json"
 
 
-class _Entry(TypedDict):
-    """A conversation's catalog entry: epoch milliseconds (``None``: not known) and metadata."""
-
-    created_at: int | None
-    updated_at: int | None
-    metadata: dict[str, Any]
-
-
 class _StoreFile(TypedDict):
     store: dict[str, list[DecodedMessage]]
-    catalog: NotRequired[dict[str, _Entry]]
+    catalog: NotRequired[dict[str, Entry]]
     class_name: NotRequired[str]
 
 
 _FILE = TypeAdapter(_StoreFile)
 
 
-class SimpleChatStore(BaseChatStore):
+class SimpleChatStore(CatalogInMemory, BaseChatStore):
     """Conversations in a dict in memory; ``persist`` writes them to a JSON file.
 
     The file format is LlamaIndex's (``{"store": {key: [message, ...]},
@@ -97,7 +77,7 @@ class SimpleChatStore(BaseChatStore):
     """
 
     store: dict[str, list[DecodedMessage]] = {}
-    catalog: dict[str, _Entry] = Field(default_factory=dict, repr=False)
+    catalog: dict[str, Entry] = Field(default_factory=dict, repr=False)
     """Each conversation's catalog entry (written to the file beside ``store``; LlamaIndex's
     ``SimpleChatStore`` reads such a file and ignores it)."""
 
@@ -289,68 +269,6 @@ class SimpleChatStore(BaseChatStore):
         self._stamp(key, False)
         self._changed()
 
-    def _stamp(self, key: str, began: bool) -> None:
-        """Keep ``key``'s catalog entry after a change (under the lock).
-
-        It goes with the last message; a conversation that ``began`` starts a new one.
-        """
-        if key not in self.store:
-            self.catalog.pop(key, None)
-            return
-        now = time.time_ns() // 1_000_000
-        entry = self.catalog.get(key)
-        if began or entry is None:
-            self.catalog[key] = {"created_at": now if began else None, "updated_at": now,
-                                 "metadata": {}}  # fmt: skip
-        else:
-            entry["updated_at"] = now
-
-    # -- the conversation catalog ------------------------------------------------------------
-
-    def list_conversations(
-        self, prefix: str | None = None, after: str | None = None, limit: int = 100
-    ) -> ConversationPage:
-        """Return a page of conversations in key order (see the base class)."""
-        check_listing(prefix, after, limit)
-        start = prefix or ""
-        with self._guard:
-            found = (k for k in self.store if k.startswith(start) and (after is None or k > after))
-            keys = heapq.nsmallest(limit + 1, found)
-            page = [self._entry(k) for k in keys[:limit]]
-        return ConversationPage(page, keys[limit - 1] if len(keys) > limit else None)
-
-    def get_conversation(self, key: str) -> ConversationInfo | None:
-        """Return the catalog entry of ``key`` (``None``: no messages)."""
-        key = self._check_key(key)
-        with self._guard:
-            return self._entry(key) if key in self.store else None
-
-    def set_metadata(self, key: str, metadata: Mapping[str, Any]) -> ConversationInfo:
-        """Merge ``metadata`` into the conversation's (see the base class)."""
-        key = self._check_key(key)
-        changes = check_metadata(metadata)
-        with self._guard:
-            if key not in self.store:
-                raise conversation_not_found(key)
-            self._stamp(key, False)
-            entry = self.catalog[key]
-            current = {name: encode_value(value) for name, value in entry["metadata"].items()}
-            entry["metadata"] = decode_metadata(merged_metadata(current, changes))
-            self._changed()
-            return self._entry(key)
-
-    def _entry(self, key: str) -> ConversationInfo:
-        entry = self.catalog.get(key)
-        if entry is None:
-            return ConversationInfo(key, len(self.store[key]), None, None)
-        return ConversationInfo(
-            key,
-            len(self.store[key]),
-            from_epoch_ms(entry["created_at"]),
-            from_epoch_ms(entry["updated_at"]),
-            copy.deepcopy(entry["metadata"]),
-        )
-
     def _changed(self) -> None:
         """Hook called under the lock after every change (file-backed subclasses persist)."""
 
@@ -468,7 +386,7 @@ class JsonFileChatStore(SimpleChatStore):
     path: str
     """The JSON file (made absolute)."""
     store: dict[str, list[DecodedMessage]] = Field(default_factory=dict, exclude=True, repr=False)
-    catalog: dict[str, _Entry] = Field(default_factory=dict, exclude=True, repr=False)
+    catalog: dict[str, Entry] = Field(default_factory=dict, exclude=True, repr=False)
 
     @field_validator("path", mode="before")
     @classmethod
@@ -574,7 +492,7 @@ def _private_saveable(value: Any) -> ChatMessage:
     return copy_message(message) if message is value else message
 
 
-def _read_store_file(path: str) -> tuple[dict[str, list[ChatMessage]], dict[str, _Entry]]:
+def _read_store_file(path: str) -> tuple[dict[str, list[ChatMessage]], dict[str, Entry]]:
     """Return the conversations in a chat store file and their catalog (empty: no file)."""
     try:
         data = Path(path).read_bytes()
