@@ -366,14 +366,14 @@ def test_copy_reports_conversations_written_to_during_the_copy() -> None:
     assert summary.mismatched == ["busy"]
 
 
-def test_keys_pages_by_prefix_after_and_limit_from_keys_and_counts(run: Run, json_url: URL) -> None:
-    # A JSON file keeps no catalog: the command sorts the keys and counts each conversation.
+def test_keys_pages_by_prefix_after_and_limit_from_keys_and_counts(run: Run, rawlist: type) -> None:
+    # A store without a catalog: the command sorts the keys and counts each conversation.
     one = [ChatMessage(role="user", content="x")]
-    _fill(json_url("a"), {"b/2": _sample()["blocks"], "b/1": one, "a/1": one})
-    first = run("keys", json_url("a"), "--prefix", "b/", "--limit", "1")
+    _fill("rawlist://a", {"b/2": _sample()["blocks"], "b/1": one, "a/1": one})
+    first = run("keys", "rawlist://a", "--prefix", "b/", "--limit", "1")
     assert (first.code, first.out) == (0, "b/1\n")
     assert first.err == 'more: --after "b/1"\n'
-    rest = run("keys", json_url("a"), "--prefix", "b/", "--after", "b/1", "--long")
+    rest = run("keys", "rawlist://a", "--prefix", "b/", "--after", "b/1", "--long")
     key, count, created, updated, metadata = rest.out.rstrip("\n").split("\t")
     assert (key, count, created, updated, metadata) == (
         "b/2",
@@ -383,4 +383,13 @@ def test_keys_pages_by_prefix_after_and_limit_from_keys_and_counts(run: Run, jso
         "{}",
     )
     assert rest.err == ""
-    assert run("keys", json_url("a"), "--limit", "0").code == 2
+    assert run("keys", "rawlist://a", "--limit", "0").code == 2
+
+
+def test_keys_long_listing_reads_the_json_store_catalog(run: Run, json_url: URL) -> None:
+    _fill(json_url("a"), {"k": [ChatMessage(role="user", content="x")]})
+    with chat_store_from_url(json_url("a")) as store:
+        store.set_metadata("k", {"t": 1})
+    key, count, created, updated, metadata = run("keys", json_url("a"), "--long").out.split("\t")
+    assert (key, count, metadata) == ("k", "1", '{"t": 1}\n')
+    assert "-" not in (created, updated)
