@@ -237,9 +237,10 @@ class _Calls(_Tables):
     def _safe_trimmer(self, key: str, n: int) -> Body:
         """The body removing the first ``n`` messages and the tool results that would lead.
 
-        One transaction: the conversation's lock first (as every writer takes it), then the
-        count and the messages after the first ``n`` (core's ``safe_trim_plan``), then the
-        layout's ``delete_oldest`` of that many, so nothing changes between reading and removing.
+        One transaction: the conversation's lock first (as every writer takes it; the native
+        one returns the count), then the messages after the first ``n`` (core's
+        ``safe_trim_plan``), then the layout's ``delete_oldest`` of that many, so nothing
+        changes between reading and removing.
         """
 
         def remove(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
@@ -251,9 +252,12 @@ class _Calls(_Tables):
                 return [data for _, data in rows]
 
             def body() -> Plan[list[Row]]:
-                if lock is not None and not (yield Fetch(lock, key_params)):
+                held = [] if lock is None else (yield Fetch(lock, key_params))
+                if lock is not None and not held:
                     return []  # no conversation when the lock ran: nothing to remove
-                count = self._count((yield Fetch(st.count, self._count_params(key))))
+                if st.layout != "native":  # the native lock already returned the live count
+                    held = yield Fetch(st.count, self._count_params(key))
+                count = self._count(held)
                 take = yield from safe_trim_plan(stored, n, count)
                 if take <= 0:
                     return []
