@@ -14,9 +14,9 @@ from llama_index.storage.chat_store.testing.history import (
     check_history,
     format_history,
     linearize,
-    plan_calls,
     shrink,
 )
+from llama_index.storage.chat_store.testing.history_runs import plan_calls
 
 
 def call(

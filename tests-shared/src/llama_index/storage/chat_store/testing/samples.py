@@ -18,6 +18,7 @@ from llama_index.storage.chat_store.core import (
     ToolCallBlock,
     VideoBlock,
     message_from_json,
+    message_to_json,
 )
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
     "LLAMA_INDEX_INSTALLED",
     "UNKNOWN_TYPES_JSON",
     "every_block_type",
+    "jsons",
     "numbered",
+    "texts",
     "tricky_messages",
     "unknown_types_message",
 ]
@@ -60,6 +63,16 @@ HOSTILE_KEYS = [
     " leading space",
 ]
 """Keys that break naive quoting in SQL, OData, Lua, Redis patterns or URLs."""
+
+
+def texts(messages: list[ChatMessage] | None) -> list[str | None]:
+    """The contents of ``messages`` (``None`` reads as no messages)."""
+    return [m.content for m in messages or []]
+
+
+def jsons(messages: list[ChatMessage] | None) -> list[str]:
+    """The stored JSON of each of ``messages``: equal lists mean equal messages."""
+    return [message_to_json(m) for m in messages or []]
 
 
 def numbered(n: int, prefix: str = "m", start: int = 0) -> list[ChatMessage]:
