@@ -80,15 +80,36 @@ def test_no_way_to_get_a_server_fails_with_instructions(monkeypatch: pytest.Monk
     def local() -> tuple[str, object]:
         raise ServiceUnavailableError("nope-server is not on PATH")
 
+    failing = provide("Nope", "CHAT_STORE_TEST_NOPE_URL", local, None, "install nope")  # type: ignore[arg-type]
     with pytest.raises(pytest.fail.Exception, match=r"nope-server is not on PATH.*To fix: install"):
-        provide("Nope", "CHAT_STORE_TEST_NOPE_URL", local, None, "install nope")  # type: ignore[arg-type]
+        failing.__enter__()
+
+
+def test_the_first_way_that_works_is_stopped_after_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHAT_STORE_TEST_NOPE_URL", raising=False)
+    stopped: list[str] = []
+
+    def no_binary() -> tuple[str, Callable[[], None]]:
+        raise ServiceUnavailableError("nope-server is not on PATH")
+
+    def container() -> tuple[str, Callable[[], None]]:
+        return "nope://container", lambda: stopped.append("container")
+
+    def a_failing_test() -> None:
+        with provide("Nope", "CHAT_STORE_TEST_NOPE_URL", no_binary, container, "") as url:
+            assert url == "nope://container"
+            assert stopped == []
+            raise RuntimeError("the test failed")
+
+    with pytest.raises(RuntimeError, match="the test failed"):
+        a_failing_test()
+    assert stopped == ["container"]
 
 
 def test_environment_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHAT_STORE_TEST_NOPE_URL", "nope://elsewhere")
-    url, stop = provide("Nope", "CHAT_STORE_TEST_NOPE_URL", None, None, "")
-    assert url == "nope://elsewhere"
-    stop()
+    with provide("Nope", "CHAT_STORE_TEST_NOPE_URL", None, None, "") as url:
+        assert url == "nope://elsewhere"
 
 
 def test_llama_index_reference_runs_real_llama_index(

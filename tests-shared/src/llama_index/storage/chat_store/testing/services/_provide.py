@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -18,50 +19,67 @@ __all__ = ["docker_container", "local", "provide"]
 Provider = Callable[[], tuple[str, Callable[[], None]]]
 
 
+@contextmanager
 def provide(
     name: str,
     env_var: str,
     local: Provider | None,
     container: Provider | None,
     how_to: str,
-) -> tuple[str, Callable[[], None]]:
-    """Return ``(url, stop)`` for a service by the first way that works here.
+) -> Iterator[str]:
+    """Give the URL of a service found by the first way that works here; stop it on exit.
+
+    A session fixture is ``with provide(...) as url: yield url``.
 
     Raises:
         pytest.fail.Exception: No way worked; the message lists each attempt and how to fix it.
     """
     url = os.environ.get(env_var)
     if url:
-        return url, lambda: None
+        yield url
+        return
     attempts = [f"{env_var} is not set"]
     for label, way in (("local binary", local), ("testcontainers", container)):
         if way is None:
             continue
         try:
-            return way()
+            url, stop = way()
         except ServiceUnavailableError as exc:
             attempts.append(f"{label}: {exc}")
+            continue
+        try:
+            yield url
+        finally:
+            stop()
+        return
     pytest.fail(
         f"no {name} server for the tests ({'; '.join(attempts)}). To fix: {how_to}", pytrace=False
     )
 
 
-def docker_container(
-    factory: Callable[[], Any], url_of: Callable[[Any], str]
-) -> tuple[str, Callable[[], None]]:
-    try:
-        container = factory()
-        container.start()
-    except ImportError as exc:
-        raise ServiceUnavailableError("testcontainers is not installed") from exc
-    except Exception as exc:  # docker.errors.DockerException and friends: no engine here
-        raise ServiceUnavailableError(f"no Docker engine ({type(exc).__name__})") from exc
-    return url_of(container), container.stop
+def docker_container(make: Callable[[], Any], url_of: Callable[[Any], str]) -> Provider:
+    """The way to a service in a testcontainers container.
+
+    ``make()`` builds the container (importing testcontainers inside it), ``url_of(container)``
+    says where the service answers once started.
+    """
+
+    def run() -> tuple[str, Callable[[], None]]:
+        try:
+            container = make()
+            container.start()
+        except ImportError as exc:
+            raise ServiceUnavailableError("testcontainers is not installed") from exc
+        except Exception as exc:  # docker.errors.DockerException and friends: no engine here
+            raise ServiceUnavailableError(f"no Docker engine ({type(exc).__name__})") from exc
+        return url_of(container), container.stop
+
+    return run
 
 
-def local(
-    start: Callable[[], LocalServer], url_of: Callable[[LocalServer], str]
-) -> Callable[[], tuple[str, Callable[[], None]]]:
+def local(start: Callable[[], LocalServer], url_of: Callable[[LocalServer], str]) -> Provider:
+    """The way to a service started here: ``start()`` launches it, ``url_of(server)`` says where."""
+
     def run() -> tuple[str, Callable[[], None]]:
         server = start()
         return url_of(server), server.cleanup

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,16 +118,10 @@ def start_azurite() -> LocalServer:
     return LocalServer("azurite-table", command, azurite_ready).start()
 
 
-def _azurite_container() -> tuple[str, Callable[[], None]]:
-    def factory() -> Any:
-        from testcontainers.azurite import AzuriteContainer
+def _azurite_image() -> Any:
+    from testcontainers.azurite import AzuriteContainer
 
-        return AzuriteContainer()
-
-    def url_of(c: Any) -> str:
-        return azurite_endpoint(int(c.get_exposed_port(10002)), c.get_container_host_ip())
-
-    return docker_container(factory, url_of)
+    return AzuriteContainer()
 
 
 @pytest.fixture(scope="session")
@@ -137,10 +131,13 @@ def azurite_table_endpoint() -> Iterator[str]:
     Use :data:`AZURITE_ACCOUNT` / :data:`AZURITE_KEY` or
     :func:`azurite_connection_string` to authenticate.
     """
-    url, stop = provide(
+    with provide(
         "Azurite", "CHAT_STORE_TEST_AZURITE_URL",
         local(start_azurite, lambda s: azurite_endpoint(s.port)),
-        _azurite_container, HOW_TO,
-    )  # fmt: skip
-    yield url.rstrip("/")
-    stop()
+        docker_container(
+            _azurite_image,
+            lambda c: azurite_endpoint(int(c.get_exposed_port(10002)), c.get_container_host_ip()),
+        ),
+        HOW_TO,
+    ) as url:  # fmt: skip
+        yield url.rstrip("/")

@@ -25,7 +25,7 @@ import http.server
 import importlib.util
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,28 +77,24 @@ def start_moto() -> LocalServer:
     return start_python_server("moto-server", __package__, ready=moto_ping)
 
 
-def _moto_container() -> tuple[str, Callable[[], None]]:
-    def factory() -> Any:
-        from testcontainers.core.container import DockerContainer
+def _moto_image() -> Any:
+    from testcontainers.core.container import DockerContainer
 
-        return DockerContainer("motoserver/moto:latest").with_exposed_ports(5000)
-
-    def url_of(c: Any) -> str:
-        return f"http://{c.get_container_host_ip()}:{c.get_exposed_port(5000)}"
-
-    return docker_container(factory, url_of)
+    return DockerContainer("motoserver/moto:latest").with_exposed_ports(5000)
 
 
 @pytest.fixture(scope="session")
 def dynamodb_url() -> Iterator[str]:
     """The endpoint URL of a real moto server for this test session (disposable)."""
-    url, stop = provide(
+    with provide(
         "DynamoDB (moto)", "CHAT_STORE_TEST_DYNAMODB_URL",
         local(start_moto, lambda s: f"http://127.0.0.1:{s.port}"),
-        _moto_container, HOW_TO,
-    )  # fmt: skip
-    yield url
-    stop()
+        docker_container(
+            _moto_image, lambda c: f"http://{c.get_container_host_ip()}:{c.get_exposed_port(5000)}"
+        ),
+        HOW_TO,
+    ) as url:  # fmt: skip
+        yield url
 
 
 _THROTTLED = (

@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,25 +102,19 @@ def server_url(server: LocalServer, database: str = "postgres") -> str:
     return f"postgresql://{USER}@127.0.0.1:{server.port}/{database}"
 
 
-def _postgres_container() -> tuple[str, Callable[[], None]]:
-    def factory() -> Any:
-        from testcontainers.postgres import PostgresContainer
+def _postgres_image() -> Any:
+    from testcontainers.postgres import PostgresContainer
 
-        return PostgresContainer("postgres:15", driver=None)
-
-    def url_of(c: Any) -> str:
-        return str(c.get_connection_url())
-
-    return docker_container(factory, url_of)
+    return PostgresContainer("postgres:15", driver=None)
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """The URL (``postgresql://...``) of a real PostgreSQL database for this test session."""
-    url, stop = provide(
+    with provide(
         "PostgreSQL", "CHAT_STORE_TEST_POSTGRES_URL",
         local(start_postgres, server_url),
-        _postgres_container, HOW_TO,
-    )  # fmt: skip
-    yield url
-    stop()
+        docker_container(_postgres_image, lambda c: str(c.get_connection_url())),
+        HOW_TO,
+    ) as url:  # fmt: skip
+        yield url

@@ -91,8 +91,7 @@ def _local_cluster() -> tuple[str, Callable[[], None]]:
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """The URL of one node of a real three-node Redis Cluster for this test session."""
-    url, stop = provide(
+    with provide(
         "Redis Cluster", "CHAT_STORE_TEST_REDIS_CLUSTER_URL", _local_cluster, None, HOW_TO
-    )
-    yield url
-    stop()
+    ) as url:
+        yield url

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,25 +52,21 @@ def start_redis(*extra_args: str) -> LocalServer:
     return LocalServer("redis-server", command, redis_ping).start()
 
 
-def _redis_container() -> tuple[str, Callable[[], None]]:
-    def factory() -> Any:
-        from testcontainers.redis import RedisContainer
+def _redis_image() -> Any:
+    from testcontainers.redis import RedisContainer
 
-        return RedisContainer("redis:7")
-
-    def url_of(c: Any) -> str:
-        return f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
-
-    return docker_container(factory, url_of)
+    return RedisContainer("redis:7")
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """The URL of a real Redis server for this test session (database 0, disposable)."""
-    url, stop = provide(
+    with provide(
         "Redis", "CHAT_STORE_TEST_REDIS_URL",
         local(start_redis, lambda s: f"redis://127.0.0.1:{s.port}/0"),
-        _redis_container, HOW_TO,
-    )  # fmt: skip
-    yield url
-    stop()
+        docker_container(
+            _redis_image, lambda c: f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
+        ),
+        HOW_TO,
+    ) as url:  # fmt: skip
+        yield url

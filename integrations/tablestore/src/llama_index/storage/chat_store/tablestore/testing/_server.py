@@ -166,9 +166,8 @@ def _local() -> tuple[str, Callable[[], None]]:
 @pytest.fixture(scope="session")
 def tablestore_url() -> Iterator[str]:
     """``http(s)://KEY_ID:KEY_SECRET@HOST[:PORT]/INSTANCE`` of a Tablestore for this session."""
-    url, stop = provide("Tablestore", "CHAT_STORE_TEST_TABLESTORE_URL", _local, None, HOW_TO)
-    yield url
-    stop()
+    with provide("Tablestore", "CHAT_STORE_TEST_TABLESTORE_URL", _local, None, HOW_TO) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
