@@ -172,3 +172,28 @@ def test_adopt_stays_inside_the_namespace(redis_url: str, raw: redis.Redis) -> N
 )  # fmt: skip
 def test_hash_tag_detection(namespace: str, tagged: bool) -> None:
     assert has_hash_tag(namespace) is tagged
+
+
+def test_a_change_to_a_listed_conversation_makes_no_zadd(
+    store: RedisChatStore, raw: redis.Redis
+) -> None:
+    """The common append skips the registry: its catalog stamp shows the member is listed."""
+    store.add_message("k", ChatMessage(content="a"))
+    raw.config_resetstat()
+    store.add_message("k", ChatMessage(content="b"))
+    store.delete_message("k", 0)
+    assert "cmdstat_zadd" not in raw.info("commandstats")
+    assert store.get_keys() == ["k"]
+
+
+def test_a_conversation_without_a_catalog_entry_is_listed_again_by_a_change(
+    store: RedisChatStore, raw: redis.Redis, namespace: str
+) -> None:
+    """Data from before the catalog (registered, no entry) or adopted lists keeps listing."""
+    index = store._layout.registry[0]
+    store.add_message("k", ChatMessage(content="a"))
+    raw.delete(namespace + "k\0info")
+    raw.zrem(index, "k")
+    store.add_message("k", ChatMessage(content="b"))
+    assert store.get_keys() == ["k"]
+    assert store.get_conversation("k") is not None

@@ -101,9 +101,11 @@ end
 
 -- List the member; with an expiry, the registry lives as long as its longest-lived entry.
 -- (Each redis.call costs about a microsecond: the common paths make as few as they can.)
--- `was_expiring`: a permanent member that had an expiry until now.
-local function register(ms, was_expiring)
-  local added = redis.call('ZADD', idx, 0, member)
+-- `was_expiring`: a permanent member that had an expiry until now. `listed`: the member is
+-- known to be in the index already (its catalog entry was stamped before), so no ZADD.
+local function register(ms, was_expiring, listed)
+  local added = 0
+  if not listed then added = redis.call('ZADD', idx, 0, member) end
   if ms > 0 then
     local now = now_ms()
     redis.call('ZADD', exp, string.format('%d', now + ms), member)
@@ -131,11 +133,14 @@ end
 -- After a change that left `n` messages: an emptied conversation leaves the registry;
 -- otherwise its expiry slides (or is removed, for a store without ttl). A change (`created`
 -- given: whether it began the conversation) also stamps its catalog entry, which expires
--- with it: a new conversation's entry starts over (times, no metadata).
+-- with it: a new conversation's entry starts over (times, no metadata). An entry that had
+-- its 'u' already was stamped by an earlier touch, which registered the member; the index
+-- loses a member only with its entry (unregister, clear, or an expiry they share), so the
+-- member is still listed and the change skips the ZADD.
 local function touch(n, created)
   if ttl < 0 then return end
   if n == 0 then return unregister() end
-  local was_expiring = false
+  local was_expiring, listed = false, false
   if ttl > 0 then
     redis.call('PEXPIRE', conv, ttl)
   elseif redis.call('PERSIST', conv) == 1 then
@@ -146,14 +151,14 @@ local function touch(n, created)
     redis.call('DEL', info)
     redis.call('HSET', info, 'c', now_ms(), 'u', now_ms())
   elseif created ~= nil then
-    redis.call('HSET', info, 'u', now_ms())
+    listed = redis.call('HSET', info, 'u', now_ms()) == 0
   end
   if ttl > 0 then
     redis.call('PEXPIRE', info, ttl)
   elseif was_expiring then
     redis.call('PERSIST', info)
   end
-  register(ttl, was_expiring)
+  register(ttl, was_expiring, listed)
 end
 
 -- RPUSH ARGV[first..] in chunks (unpack() of thousands of values overflows Lua's C stack);
