@@ -133,7 +133,7 @@ def page(t: Tables, prefix: str, after: str | None, limit: int) -> Plan[Conversa
         return ConversationPage([], None)
     high = [("session_id", ts.INF_MAX if end is None else end)]
     listed: list[ConversationInfo] = []
-    next_pk: Any = [("session_id", start)]
+    next_pk: Any = [("session_id", start or ts.INF_MIN)]  # no empty key to start from
     last: str | None = None  # the last key read (``after`` aside)
     at_after = start == after  # the range starts at ``after`` itself: one more row to read
     for request in itertools.count(1):  # next_pk moves on with every request
