@@ -3,8 +3,9 @@
 Messages table, primary key ``(session_id STRING, gen INTEGER, seq INTEGER)``: a message row
 holds ``message`` (the message JSON), ``w`` (the id of the write that put it there) and ``c``
 (the conversation version that committed it). Meta table ``<table>_meta``, primary key
-``session_id``: ``gen``, ``head``, ``tail``, ``ver``. A conversation is exactly the rows
-``(key, gen, head <= seq < tail)``; rows outside that window are invisible leftovers.
+``session_id``: ``gen``, ``head``, ``tail``, ``ver``, and the conversation's catalog entry
+(:mod:`._entry`). A conversation is exactly the rows ``(key, gen, head <= seq < tail)``; rows
+outside that window are invisible leftovers.
 
 Tablestore has no multi-row transactions (without local transactions), so the meta row is
 the commit point: a writer puts its message rows where no reader looks yet (``seq >= tail``

@@ -16,6 +16,7 @@ from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, Cor
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, removal_error
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.tablestore import _record as record
+from llama_index.storage.chat_store.tablestore._entry import stamp
 from llama_index.storage.chat_store.tablestore._native import (
     _META_COLUMNS,
     _STORAGE,
@@ -151,23 +152,33 @@ def _commit(
     new: Meta,
     change: Change | None = None,
     removed: Sequence[Any] | None = None,
+    entry: dict[str, Any] | None = None,
 ) -> Plan[bool]:
     """Replace the meta row if it is still ``old``; False when another writer moved it.
 
     ``change``: the change this commit applies, recorded in the same write (with the cells
-    it ``removed``, for a removal); a failed commit makes it check the record next.
+    it ``removed``, for a removal) and stamped in the catalog entry (:mod:`._entry`; with
+    ``entry``'s columns over the stamp, ``None`` removing one); a failed commit makes it
+    check the record next. A commit without a change (a fence) changes no entry.
     """
     pk = [("session_id", key)]
     values = [(name, getattr(new, name)) for name in _META_COLUMNS]
+    dropped: list[str] = []
     if change is not None:
         values.append((record.column(new.ver), record.entry(change.id, removed)))
+        began = not isinstance(old, Meta) or old.size == 0
+        stamped, dropped = stamp(began, new.size == 0)
+        stamped.update(entry or {})
+        values += [(name, value) for name, value in stamped.items() if value is not None]
+        dropped = [n for n in sorted({*dropped, *stamped}) if stamped.get(n) is None]
     try:
         if old is None:
             absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
             yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
         else:
             unchanged = _if_unchanged(old) if isinstance(old, _Damaged) else _if_current(old)
-            yield Call("update_row", (t.meta, ts.Row(pk, {"put": values}), unchanged))
+            columns = {"put": values, "delete_all": dropped} if dropped else {"put": values}
+            yield Call("update_row", (t.meta, ts.Row(pk, columns), unchanged))
     except ConflictError:
         if change is not None:
             change.check = True

@@ -31,6 +31,7 @@ from llama_index.storage.chat_store.core.tools import safe_trim_count
 from llama_index.storage.chat_store.tablestore import _llama_index_layout as legacy
 from llama_index.storage.chat_store.tablestore import _native as native
 from llama_index.storage.chat_store.tablestore import _native_writes as writes
+from llama_index.storage.chat_store.tablestore._catalog import CatalogPlans
 from llama_index.storage.chat_store.tablestore._sdk import (
     CONDITION_FAILED,
     SDK_LOGGER,
@@ -71,7 +72,7 @@ _CLIENT_OPTIONS = (
 _SECRET_WORDS = ("secret", "token", "password", "credential")
 
 
-class TablestoreChatStore(PlannedChatStore):
+class TablestoreChatStore(CatalogPlans, PlannedChatStore):
     """Chat histories in an Alibaba Cloud Tablestore table.
 
     ``layout="native"`` (ours) keeps one row per message in ``table_name`` (primary key
@@ -211,8 +212,14 @@ class TablestoreChatStore(PlannedChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """PERSISTENT, SHARED, NATIVE_ASYNC (``AsyncOTSClient``); EXACTLY_ONCE when retrying."""
+        """PERSISTENT, SHARED, NATIVE_ASYNC (``AsyncOTSClient``); EXACTLY_ONCE when retrying.
+
+        CATALOG on our layout: ``layout="native"``, or ``"auto"`` once a call has found the
+        table to be ours (LlamaIndex's layout keeps no catalog).
+        """
         found = {Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC}
+        if "native" in (self.layout, self._resolved):
+            found.add(Capability.CATALOG)
         if self.retries > 0:
             found.add(Capability.EXACTLY_ONCE)
         return frozenset(found)
