@@ -23,7 +23,6 @@ from llama_index.storage.chat_store.cli._transfer import (
 )
 from llama_index.storage.chat_store.core import (
     BaseChatStore,
-    Capability,
     CapabilityNotSupportedError,
     ChatMessage,
     ChatStoreError,
@@ -99,8 +98,12 @@ def _long(key: str, info: ConversationInfo) -> str:
 def _listing(
     store: BaseChatStore, prefix: str | None, after: str | None, limit: int | None
 ) -> ConversationPage:
-    """A page from the store's catalog, or, without one, from its keys and counts (sorted here)."""
-    if Capability.CATALOG in store.capabilities:
+    """A page from the store's catalog, or, without one, from its keys and counts (sorted here).
+
+    The catalog is asked, not its capability looked up: a store that finds its layout on
+    its first call (``layout="auto"``) knows whether it keeps one only then.
+    """
+    try:
         if limit is not None:
             return store.list_conversations(prefix, after, limit)
         found: list[ConversationInfo] = []
@@ -110,6 +113,8 @@ def _listing(
             page = store.list_conversations(prefix, page.next_after, _BATCH)
             found += page.conversations
         return ConversationPage(found, None)
+    except CapabilityNotSupportedError:
+        pass
     keys = sorted(k for k in store.iter_keys() if k.startswith(prefix or ""))
     keys = [k for k in keys if after is None or k > after]
     shown = keys if limit is None else keys[:limit]
