@@ -91,6 +91,10 @@ def test_an_old_table_is_migrated_on_first_use(
     assert again.created_at is not None
     for each in stores:
         each.close()
+    with PostgresChatStore.from_uri(database_url_for_module, schema_name=schema_name) as later:
+        later.init_table()
+        assert later._resolved is not None
+        assert later._resolved.ddl == []  # migrated once: nothing left to run
 
 
 def test_a_role_that_may_not_migrate_is_told_what_to_run(
