@@ -186,13 +186,23 @@ class _Config(PlannedChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """PERSISTENT, SHARED, NATIVE_ASYNC; TTL when ``ttl`` is set; EXACTLY_ONCE when retrying."""
+        """PERSISTENT, SHARED, NATIVE_ASYNC; TTL when ``ttl`` is set; EXACTLY_ONCE when retrying.
+
+        CATALOG on the native layout (``auto`` counts as what it found on first use, before
+        it as the layout it would create): the other layouts keep no row per conversation.
+        """
         found = {Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC}
         if self.ttl is not None:
             found.add(Capability.TTL)
         if self.retries > 0:
             found.add(Capability.EXACTLY_ONCE)
+        if self._layout_in_use() == "native":
+            found.add(Capability.CATALOG)
         return frozenset(found)
+
+    def _layout_in_use(self) -> LayoutName:
+        """The layout configured (``auto``: the one it would create)."""
+        return self._default_layout if self.layout == "auto" else self.layout
 
     def _record_seconds(self) -> float:
         """How long a change's record is kept: longer than any retry of it may come."""

@@ -30,11 +30,13 @@ row, but message rows a writer committed during the wait stay invisible to that 
   (``lock_for_replace`` for these writers, which create the conversation), then the change.
 
 Three layouts: ``native`` (ours: one row per message in ``<table>`` plus one row per
-conversation in ``<table>_conversations`` with count and expiry, so counts, ``get_keys`` and
-sliding expiry never scan messages); ``google`` (Google's ``llama-index-alloydb-pg`` /
-``llama-index-cloud-sql-pg`` table: one row per message, nothing else; Google's writers share
-it); ``llama_index`` (LlamaIndex's ``PostgresChatStore`` table: one row per conversation, an
-array of JSON messages: each operation is one statement on it, and the row lock orders them).
+conversation in ``<table>_conversations`` with count, expiry and catalog (``created_at``,
+``updated_at``, ``metadata``: every writer of the row stamps them, see ``_stamped``), so
+counts, ``get_keys``, the catalog and sliding expiry never scan messages); ``google``
+(Google's ``llama-index-alloydb-pg`` / ``llama-index-cloud-sql-pg`` table: one row per
+message, nothing else; Google's writers share it); ``llama_index`` (LlamaIndex's
+``PostgresChatStore`` table: one row per conversation, an array of JSON messages: each
+operation is one statement on it, and the row lock orders them).
 
 Exactly once: every change records its operation id (``:op``) in ``<table>_ops`` in the same
 statement, in every layout (a ``rec`` CTE; removals record the rows they return, as ``reply``),
@@ -56,7 +58,13 @@ from typing import Literal
 
 from sqlalchemy import TextClause, text
 
+from llama_index.storage.chat_store.postgres._ops import (
+    ops_statements,
+    record,
+    record_removed,
+)
 from llama_index.storage.chat_store.postgres._schema import (
+    EXPIRES,
     LayoutName,
     conversations_table,
     ops_table,
@@ -71,27 +79,19 @@ a stale snapshot), ``pipelined`` twice in one transaction (``held`` false, then 
 ``locked`` after ``lock`` in a transaction."""
 
 
-# Bound once; NULL when the writer has no ttl (the conversation never expires).
-_EXPIRES = (
-    "CASE WHEN CAST(:ttl AS double precision) IS NULL THEN NULL "
-    "ELSE now() + CAST(:ttl AS double precision) * interval '1 second' END"
-)
+def _stamped(c: str = "") -> str:
+    """``SET`` items stamping the catalog of a conversation row a writer adds to.
 
-
-def _record(o: str, source: str = "") -> str:
-    """The ``rec`` CTE recording ``:op`` (with no reply): always, or once per row of ``source``."""
-    if source:
-        return f"rec AS (INSERT INTO {o} (op_id) SELECT CAST(:op AS text) FROM {source})"
-    return f"rec AS (INSERT INTO {o} (op_id) VALUES (CAST(:op AS text)))"
-
-
-def _record_removed(o: str, fresh: str = "") -> str:
-    """The ``rec`` CTE recording ``:op`` with the rows of ``out (p, message)`` as its reply.
-
-    ``fresh``: a ``FROM ... WHERE`` clause limiting it to a run that acts (row layouts).
+    ``c``: the row's alias and a dot, if any. Its old values decide: an emptied or expired
+    conversation begins again (now, without metadata). ``clock_timestamp()``, not ``now()``:
+    taken once the row is locked, so times follow the order of the changes.
     """
-    reply = "(SELECT CAST(json_agg(json_build_array(p, message) ORDER BY p) AS text) FROM out)"
-    return f"rec AS (INSERT INTO {o} (op_id, reply) SELECT CAST(:op AS text), {reply}{fresh})"
+    new = f"({c}message_count <= 0 OR {c}expires_at <= now())"
+    return (
+        f"created_at = CASE WHEN {new} THEN clock_timestamp() ELSE {c}created_at END, "
+        f"metadata = CASE WHEN {new} THEN NULL ELSE {c}metadata END, "
+        "updated_at = clock_timestamp()"
+    )
 
 
 @dataclass(frozen=True)
@@ -162,17 +162,6 @@ def statements_for(
     if layout == "google":
         return _google(qualified(schema, table), ops)
     return _llama_index(qualified(schema, table), ops, element_type)
-
-
-def _ops_statements(o: str) -> dict[str, TextClause]:
-    """Looking an operation up, and forgetting old ones (every layout)."""
-    return {
-        "recorded": text(f"SELECT reply FROM {o} WHERE op_id = CAST(:op AS text)"),
-        "prune": text(
-            f"DELETE FROM {o} WHERE created_at < "
-            "now() - CAST(:keep AS double precision) * interval '1 second'"
-        ),
-    }
 
 
 def _rows_common(m: str, live: str, refresh: str = "") -> dict[str, TextClause]:
@@ -302,7 +291,7 @@ def _removals(
     after = f", {touch}" if touch else ""
     conv = f"{drop}, " if drop else ""
     kept = " WHERE NOT EXISTS (SELECT 1 FROM conv WHERE expires_at <= now())" if drop else ""
-    rec = _record_removed(o, " FROM lk WHERE lk.fresh")
+    rec = record_removed(o, " FROM lk WHERE lk.fresh")
 
     def removal(which: str, positions: str, head: str = "", tail: str = after) -> TextClause:
         return text(
@@ -330,7 +319,7 @@ def _refresh(c: str) -> str:
     must be live, so a read never revives an expired conversation.
     """
     return (
-        f"WITH touched AS (UPDATE {c} SET expires_at = {_EXPIRES} "
+        f"WITH touched AS (UPDATE {c} SET expires_at = {EXPIRES} "
         "WHERE key = CAST(:key AS text) AND (expires_at IS NULL OR expires_at > now())) "
     )
 
@@ -339,9 +328,12 @@ def _native(m: str, c: str, o: str, refresh_on_read: bool, row_versions: bool) -
     refresh = _refresh(c) if refresh_on_read else ""
     expired = f"EXISTS (SELECT 1 FROM {c} WHERE key = CAST(:key AS text) AND expires_at <= now())"
     live = f" AND NOT {expired}"
-    touch = (
-        f"conv AS (UPDATE {c} SET message_count = message_count - (SELECT count(*) FROM gone), "
-        f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) AND EXISTS (SELECT 1 FROM gone))"
+    gone = "(SELECT count(*) FROM gone)"
+    touch = (  # metadata lives as long as the conversation's messages
+        f"conv AS (UPDATE {c} SET message_count = message_count - {gone}, "
+        f"expires_at = {EXPIRES}, updated_at = clock_timestamp(), metadata = CASE WHEN "
+        f"message_count <= {gone} THEN NULL ELSE metadata END WHERE key = CAST(:key AS text) "
+        "AND EXISTS (SELECT 1 FROM gone))"
     )
     return Statements(
         layout="native",
@@ -370,7 +362,7 @@ def _native(m: str, c: str, o: str, refresh_on_read: bool, row_versions: bool) -
         ),
         clear=text(f"WITH conv AS (DELETE FROM {c}) DELETE FROM {m}"),
         **_native_locks(m, c),
-        **_ops_statements(o),
+        **ops_statements(o),
     )
 
 
@@ -380,24 +372,25 @@ def _native_writes(m: str, c: str, o: str, expired: str) -> dict[str, TextClause
     # is held: concurrent appends to one key get ids in commit order.
     upsert = (
         f"stale AS (DELETE FROM {m} WHERE key = CAST(:key AS text) AND {expired}), "
-        f"conv AS (INSERT INTO {c} AS c (key, message_count, expires_at) "
-        f"VALUES (CAST(:key AS text), CAST(:n AS bigint), {_EXPIRES}) "
-        "ON CONFLICT (key) DO UPDATE SET message_count = CASE WHEN c.expires_at <= now() "
-        "THEN excluded.message_count ELSE c.message_count + excluded.message_count END, "
-        "expires_at = excluded.expires_at RETURNING 1)"
+        f"conv AS (INSERT INTO {c} AS c (key, message_count, expires_at, created_at, "
+        f"updated_at) VALUES (CAST(:key AS text), CAST(:n AS bigint), {EXPIRES}, "
+        "clock_timestamp(), clock_timestamp()) ON CONFLICT (key) DO UPDATE SET message_count = "
+        "CASE WHEN c.expires_at <= now() THEN excluded.message_count "
+        "ELSE c.message_count + excluded.message_count END, "
+        f"expires_at = excluded.expires_at, {_stamped('c.')} RETURNING 1)"
     )
     return {
         "append": text(
-            f"WITH {upsert}, {_record(o)} INSERT INTO {m} (key, message) "
+            f"WITH {upsert}, {record(o)} INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM conv, {_NEW_ROWS}"
         ),
         # The common case, a live conversation: a plain UPDATE of its row is cheaper than the
         # upsert. No row back means "missing or expired": the caller runs ``append``.
         "append_one": text(
             f"WITH conv AS (UPDATE {c} SET message_count = message_count + 1, "
-            f"expires_at = {_EXPIRES} WHERE key = CAST(:key AS text) "
+            f"expires_at = {EXPIRES}, {_stamped()} WHERE key = CAST(:key AS text) "
             "AND (expires_at IS NULL OR expires_at > now()) RETURNING 1), "
-            f"{_record(o, 'conv')} INSERT INTO {m} (key, message) "
+            f"{record(o, 'conv')} INSERT INTO {m} (key, message) "
             "SELECT CAST(:key AS text), CAST(:message AS json) FROM conv RETURNING id"
         ),
         **_rewrites(m, o, c),
@@ -413,7 +406,10 @@ def _rewrites(m: str, o: str, c: str = "") -> dict[str, TextClause]:
     key = "key = CAST(:key AS text)"
 
     def conv(count: str) -> str:
-        update = f"UPDATE {c} SET message_count = {count}, expires_at = {_EXPIRES} WHERE {key}"
+        update = (
+            f"UPDATE {c} SET message_count = {count}, expires_at = {EXPIRES}, {_stamped()} "
+            f"WHERE {key}"
+        )
         return f"conv AS ({update} RETURNING 1), " if c else ""
 
     source = "conv, " if c else ""
@@ -421,7 +417,7 @@ def _rewrites(m: str, o: str, c: str = "") -> dict[str, TextClause]:
         "insert_at": text(
             f"WITH tail AS (DELETE FROM {m} WHERE {key} AND id >= (SELECT id FROM {m} "
             f"WHERE {key} ORDER BY id OFFSET CAST(:idx AS bigint) LIMIT 1) RETURNING id, "
-            f"message), {conv('message_count + 1')}{_record(o)} INSERT INTO {m} (key, message) "
+            f"message), {conv('message_count + 1')}{record(o)} INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), s.message FROM {source}"
             "(SELECT 0 AS g, CAST(0 AS bigint) AS id, CAST(u.message AS json) AS message "
             "FROM unnest(CAST(:messages AS text[])) AS u(message) "
@@ -429,7 +425,7 @@ def _rewrites(m: str, o: str, c: str = "") -> dict[str, TextClause]:
         ),
         "replace": text(
             f"WITH gone AS (DELETE FROM {m} WHERE {key}), {conv('CAST(:n AS bigint)')}"
-            f"{_record(o)} INSERT INTO {m} (key, message) "
+            f"{record(o)} INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM {source}{_NEW_ROWS}"
         ),
     }
@@ -474,11 +470,11 @@ def _google(m: str, o: str) -> Statements:
         **_rows_common(m, ""),
         count=text(f"SELECT count(*) FROM {m} WHERE key = CAST(:key AS text)"),
         append=text(
-            f"WITH lk AS ({lock}), {_record(o)} INSERT INTO {m} (key, message) "
+            f"WITH lk AS ({lock}), {record(o)} INSERT INTO {m} (key, message) "
             f"SELECT CAST(:key AS text), CAST(u.message AS json) FROM lk, {_NEW_ROWS}"
         ),
         append_one=text(
-            f"WITH lk AS ({lock}), {_record(o)} INSERT INTO {m} (key, message) "
+            f"WITH lk AS ({lock}), {record(o)} INSERT INTO {m} (key, message) "
             "SELECT CAST(:key AS text), CAST(:message AS json) FROM lk RETURNING id"
         ),
         **_rewrites(m, o),
@@ -493,7 +489,7 @@ def _google(m: str, o: str) -> Statements:
         lock_for_replace=text(lock),
         # Waits for every writer's transaction and holds off new ones (plain reads go on).
         lock_all=text(f"LOCK TABLE {m} IN EXCLUSIVE MODE"),
-        **_ops_statements(o),
+        **ops_statements(o),
     )
 
 
@@ -522,7 +518,7 @@ def _llama_index(t: str, o: str, element: str) -> Statements:
         delete_all=text(
             f"WITH t AS (DELETE FROM {t} WHERE key = CAST(:key AS text) RETURNING value), "
             f"out (p, message) AS (SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest}), "
-            f"{_record_removed(o)} SELECT p, message FROM out ORDER BY p"
+            f"{record_removed(o)} SELECT p, message FROM out ORDER BY p"
         ),
         delete_from_start=_llama_index_delete(t, o, "CAST(:offset AS bigint)"),
         delete_from_end=_llama_index_delete(t, o, f"{size} - 1 - CAST(:offset AS bigint)"),
@@ -533,7 +529,7 @@ def _llama_index(t: str, o: str, element: str) -> Statements:
             "d.value[LEAST(CAST(:n AS bigint), COALESCE(cardinality(d.value), 0)) + 1:] FROM t "
             "WHERE d.key = t.key AND CAST(:n AS bigint) > 0), "
             f"out (p, message) AS (SELECT u.n - 1, CAST(u.message AS text) FROM t, {unnest} "
-            f"WHERE u.n <= CAST(:n AS bigint)), {_record_removed(o)} "
+            f"WHERE u.n <= CAST(:n AS bigint)), {record_removed(o)} "
             "SELECT p, message FROM out ORDER BY p"
         ),
         removal="single",  # one row holds the conversation: its lock is the statement's
@@ -543,7 +539,7 @@ def _llama_index(t: str, o: str, element: str) -> Statements:
             "AND key > CAST(:after AS text) ORDER BY key LIMIT CAST(:page AS bigint)"
         ),
         clear=text(f"DELETE FROM {t}"),
-        **_ops_statements(o),
+        **ops_statements(o),
     )
 
 
@@ -556,7 +552,7 @@ def _llama_index_writes(t: str, o: str, element: str) -> dict[str, TextClause]:
         f"CASE WHEN CAST(:idx AS bigint) < 0 THEN GREATEST({size} + CAST(:idx AS bigint), 0) "
         f"ELSE LEAST(CAST(:idx AS bigint), {size}) END"
     )
-    rec = f"WITH {_record(o)} "
+    rec = f"WITH {record(o)} "
     return {
         "append": text(
             f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
@@ -594,6 +590,6 @@ def _llama_index_delete(t: str, o: str, position: str) -> TextClause:
         "WHERE p >= 0 AND p < COALESCE(cardinality(value), 0)), "
         f"upd AS (UPDATE {t} AS t SET value = t.value[1:hit.p] || t.value[hit.p + 2:] "
         "FROM hit WHERE t.key = hit.key), "
-        f"out (p, message) AS (SELECT p, CAST(message AS text) FROM hit), {_record_removed(o)} "
+        f"out (p, message) AS (SELECT p, CAST(message AS text) FROM hit), {record_removed(o)} "
         "SELECT p, message FROM out"
     )

@@ -4,7 +4,8 @@
 
 Every layout also has ``<table>_ops`` (the operation ids of changes, see ``_layouts``);
 the native layout adds ``<table>_conversations``. Creation is idempotent (``IF NOT
-EXISTS``) and, where the server has it, serialised by an advisory lock.
+EXISTS``) and, where the server has it, serialised by an advisory lock. A conversations
+table made before the catalog gains its columns and index the same way (``catalog_ddl``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from sqlalchemy import TextClause, text
 
 __all__ = [
     "ADVISORY_LOCK",
+    "CATALOG_COLUMNS",
     "DETECT",
+    "EXPIRES",
     "SCHEMA_EXISTS",
     "LayoutName",
+    "catalog_ddl",
+    "catalog_index",
     "conversations_table",
     "create_statements",
     "drop_statements",
@@ -28,6 +33,20 @@ __all__ = [
 ]
 
 LayoutName = Literal["native", "google", "llama_index"]
+
+# Bound once; NULL when the writer has no ttl (the conversation never expires).
+EXPIRES = (
+    "CASE WHEN CAST(:ttl AS double precision) IS NULL THEN NULL "
+    "ELSE now() + CAST(:ttl AS double precision) * interval '1 second' END"
+)
+
+CATALOG_COLUMNS = {
+    "created_at": "TIMESTAMPTZ",
+    "updated_at": "TIMESTAMPTZ",
+    # JSON, not JSONB: kept as written (JSONB rejects \u0000 and respells numbers).
+    "metadata": "JSON",
+}
+"""The conversations table's catalog columns (NULL in rows written before they existed)."""
 
 
 def quote(identifier: str) -> str:
@@ -45,6 +64,11 @@ def conversations_table(table: str) -> str:
     return f"{table}_conversations"
 
 
+def catalog_index(table: str) -> str:
+    """Return the name of the index listing ``table``'s conversations in byte order."""
+    return f"{table}_conversations_catalog"
+
+
 def ops_table(table: str) -> str:
     """Return the name of the table recording the operation ids of ``table``'s changes."""
     return f"{table}_ops"
@@ -56,15 +80,17 @@ def qualified(schema: str, table: str) -> str:
 
 
 DETECT = text(
-    "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "
+    "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), "
+    "pg_catalog.pg_has_role(c.relowner, 'USAGE') "
     "FROM pg_catalog.pg_class AS c "
     "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
     "JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid "
     "AND a.attnum > 0 AND NOT a.attisdropped "
-    "WHERE n.nspname = CAST(:schema AS text) AND c.relkind IN ('r', 'p') "
+    "WHERE n.nspname = CAST(:schema AS text) AND c.relkind IN ('r', 'p', 'i') "
     "AND c.relname = ANY(CAST(:names AS text[]))"
 )
-"""Columns ``(table, column, type)`` of the tables named ``names`` in ``schema``."""
+"""Columns ``(table, column, type, owned)`` of the tables (and indexes) named ``names`` in
+``schema``; ``owned``: this role may alter the table."""
 
 SCHEMA_EXISTS = text(
     "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = CAST(:schema AS text)"
@@ -97,9 +123,12 @@ def create_statements(
             # that filters a small conversation out of a big table.
             "PRIMARY KEY (key, id))",
             f"CREATE TABLE IF NOT EXISTS {qualified(schema, conv)} (key TEXT PRIMARY KEY, "
-            "message_count BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ)",
+            "message_count BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ, "
+            + ", ".join(f"{column} {type_}" for column, type_ in CATALOG_COLUMNS.items())
+            + ")",
             f"CREATE INDEX IF NOT EXISTS {quote(conv + '_expires_at')} "
             f"ON {qualified(schema, conv)} (expires_at) WHERE expires_at IS NOT NULL",
+            catalog_ddl(schema, table)[-1],
         ]
     elif layout == "google":
         ddl += [
@@ -115,6 +144,23 @@ def create_statements(
             f"CREATE INDEX IF NOT EXISTS {quote(table + ':idx_key')} ON {name} (key)",
         ]
     return [text(statement) for statement in ddl]
+
+
+def catalog_ddl(schema: str, table: str) -> list[str]:
+    """Return the DDL giving a native conversations table its catalog (each idempotent).
+
+    The index orders keys by their bytes (``COLLATE "C"``: code point order for UTF-8),
+    whatever the database's collation, so a page of the catalog is a range of it. ``ASC``
+    makes it a range index on YugabyteDB too (its first column is hashed by default).
+    """
+    conv = qualified(schema, conversations_table(table))
+    return [
+        *(
+            f"ALTER TABLE {conv} ADD COLUMN IF NOT EXISTS {column} {type_}"
+            for column, type_ in CATALOG_COLUMNS.items()
+        ),
+        f'CREATE INDEX IF NOT EXISTS {quote(catalog_index(table))} ON {conv} (key COLLATE "C" ASC)',
+    ]
 
 
 def ops_statement(schema: str, table: str) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy import TextClause, text
 from llama_index.storage.chat_store.core import ConfigurationError
 from llama_index.storage.chat_store.core.backend import Plan
 from llama_index.storage.chat_store.postgres import _layouts, _schema
+from llama_index.storage.chat_store.postgres._catalog import CatalogStatements, catalog_statements
 from llama_index.storage.chat_store.postgres._config import _Config
 from llama_index.storage.chat_store.postgres._drivers import RefusedError, Row
 from llama_index.storage.chat_store.postgres._layouts import LayoutName, Statements
@@ -48,6 +49,7 @@ class _Resolved:
 
     statements: Statements
     ddl: list[TextClause]
+    catalog: CatalogStatements | None  # the native layout's
     pruning: _PruneClock = field(default_factory=_PruneClock)
 
 
@@ -62,6 +64,7 @@ class _Tables(_Config):
             table,
             f"data_{table}",
             _schema.conversations_table(table),
+            _schema.catalog_index(table),
             _schema.ops_table(table),
             _schema.ops_table(f"data_{table}"),
         ]
@@ -69,8 +72,11 @@ class _Tables(_Config):
     def _resolve(self, columns: list[Row], schema_exists: bool) -> _Resolved:
         """Pick the layout from the existing tables' columns; list the DDL still needed."""
         tables: dict[str, dict[str, str]] = {}
-        for table, column, type_ in columns:
+        owned: set[str] = set()
+        for table, column, type_, may_alter in columns:
             tables.setdefault(table, {})[column] = type_
+            if may_alter:
+                owned.add(table)
         wanted = self.layout
         table = self.table_name
         found = tables.get(table)
@@ -97,7 +103,38 @@ class _Tables(_Config):
             )
         # A table made by LlamaIndex, Google or an older version of this store gets its ops table.
         ddl = [] if _schema.ops_table(table) in tables else [text(ops_statement)]
+        if detected == "native":
+            ddl += self._catalog_migration(table, tables, owned)
         return self._resolved_for(detected, table, element, ddl)
+
+    def _catalog_migration(
+        self, table: str, tables: dict[str, dict[str, str]], owned: set[str]
+    ) -> list[TextClause]:
+        """The DDL giving a native table made before the catalog its columns and index.
+
+        Adding a NULL column changes no row, so it is quick whatever the table holds; the
+        index is built once. Run at first use, under the advisory lock where the server has
+        it, like creation.
+
+        Raises:
+            ConfigurationError: The table needs it and this role may not alter the table
+                (the message holds the statements for its owner to run).
+        """
+        conv = _schema.conversations_table(table)
+        if _schema.CATALOG_COLUMNS.keys() <= tables[conv].keys() and (
+            _schema.catalog_index(table) in tables
+        ):
+            return []
+        statements = _schema.catalog_ddl(self.schema_name, table)
+        if conv not in owned:
+            raise ConfigurationError(
+                f"table {self.schema_name}.{conv} was made by an earlier version of this store "
+                "and lacks the conversation catalog's columns, which this role may not add; "
+                "run as the table's owner (once, any time; the store then uses them):\n"
+                + ";\n".join(statements)
+                + ";"
+            )
+        return [text(statement) for statement in statements]
 
     def _detect(
         self, table: str, columns: dict[str, str], tables: dict[str, dict[str, str]]
@@ -129,7 +166,13 @@ class _Tables(_Config):
             refresh_on_read=self.refresh_on_read,
             row_versions=self._row_versions,
         )
-        return _Resolved(statements=statements, ddl=ddl)
+        catalog = catalog_statements(self.schema_name, table) if layout == "native" else None
+        return _Resolved(statements=statements, ddl=ddl, catalog=catalog)
+
+    def _layout_in_use(self) -> LayoutName:
+        """The layout of the table found on first use; before it, the one configured."""
+        resolved = self._resolved
+        return super()._layout_in_use() if resolved is None else resolved.statements.layout
 
     def _lock_id(self) -> int:
         digest = hashlib.sha256(f"{self.schema_name}.{self.table_name}".encode()).digest()

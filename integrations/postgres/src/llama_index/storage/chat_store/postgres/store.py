@@ -19,8 +19,19 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy.engine import Engine, make_url
 
-from llama_index.storage.chat_store.core import ChatMessage, ConfigurationError, message_from_json
+from llama_index.storage.chat_store.core import (
+    Capability,
+    ChatMessage,
+    ConfigurationError,
+    message_from_json,
+)
 from llama_index.storage.chat_store.core.backend import Change, Plan
+from llama_index.storage.chat_store.core.catalog import (
+    ConversationInfo,
+    ConversationPage,
+    merged_metadata,
+)
+from llama_index.storage.chat_store.postgres import _catalog
 from llama_index.storage.chat_store.postgres._calls import _FAR, _Calls, _NeedsPosition
 from llama_index.storage.chat_store.postgres._config import (
     _STORE_OPTIONS,
@@ -30,7 +41,7 @@ from llama_index.storage.chat_store.postgres._config import (
 )
 from llama_index.storage.chat_store.postgres._drivers import Row
 from llama_index.storage.chat_store.postgres._layouts import Statements
-from llama_index.storage.chat_store.postgres._steps import Fetch, run
+from llama_index.storage.chat_store.postgres._steps import Fetch, Transaction, run
 from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
 
 if TYPE_CHECKING:
@@ -383,3 +394,44 @@ class PostgresChatStore(_Calls):
         else:
             remove = self._remover(key, operator.attrgetter("delete_oldest"))
         return self._removed(key, (yield from self._once(change, params, remove)))
+
+    # -- the catalog (native layout; see ``_catalog``) ----------------------------------------
+
+    def _catalog(self) -> Plan[_catalog.CatalogStatements]:
+        if Capability.CATALOG not in self.capabilities:
+            raise self._no_catalog()
+        catalog = (self._resolved or (yield from self._table_plan())).catalog
+        if catalog is None:  # ``auto`` found another layout
+            raise self._no_catalog()
+        return catalog
+
+    def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
+        # One statement reading a range of the byte-ordered key index: O(page).
+        catalog = yield from self._catalog()
+        rows = yield from run(Fetch(*_catalog.page_params(catalog, prefix, after, limit)))
+        return _catalog.page_of(rows, limit)
+
+    def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
+        catalog = yield from self._catalog()
+        rows = yield from run(Fetch(catalog.entry, {"key": key}))
+        return _catalog.entry_of(rows[0]) if rows else None
+
+    def _metadata_plan(
+        self, key: str, changes: dict[str, str | None], change: Change
+    ) -> Plan[ConversationInfo | None]:
+        # One transaction holding the conversation's row lock, as every writer takes it: the
+        # merge sees the metadata as the last writer left it, and a merge too large raises
+        # before anything is written (the transaction rolls back).
+        catalog = yield from self._catalog()
+        params = {"key": key, "ttl": self._ttl()}
+
+        def body() -> Plan[ConversationInfo | None]:
+            held = yield Fetch(catalog.hold, params)
+            if not held or int(held[0][0]) <= 0:
+                return None
+            merged = merged_metadata(_catalog.stored_metadata(held[0][1]), changes)
+            stored = {**params, "metadata": _catalog.metadata_text(merged)}
+            rows = yield Fetch(catalog.set_metadata, stored)
+            return _catalog.entry_of(rows[0])
+
+        return (yield from run(Transaction(body)))
