@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
 import botocore.session
@@ -25,6 +26,7 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     UPDATED,
     native_table_definition,
 )
+from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy, address_of
 
 _CATALOG_FIELDS = (CREATED, UPDATED, METADATA, LISTED, ORDER)
 
@@ -241,3 +243,31 @@ def test_capability_follows_the_layout(moto: Any) -> None:
         auto["llama_index"].list_conversations()
     with pytest.raises(CapabilityNotSupportedError, match="catalog"):
         auto["llama_index"].set_metadata("k", {"title": "x"})
+
+
+@pytest.mark.parametrize("kind", [FaultKind.DROP_REQUEST, FaultKind.DROP_REPLY])
+def test_set_metadata_cut_anywhere_applies_once(moto: Any, kind: FaultKind) -> None:
+    direct = moto.store("native")
+    with FaultProxy(*address_of(moto.url, 80)) as proxy:
+        proxied = DynamoDBChatStore(
+            **{**moto.factory(direct).keywords, "endpoint_url": f"http://{proxy.host}:{proxy.port}"}
+        )
+        for nth in range(1, 10):
+            key = f"cut-{uuid.uuid4().hex}"
+            direct.add_messages(key, [ChatMessage(content="a"), ChatMessage(content="b")])
+            direct.set_metadata(key, {"gone": 1, "kept": 2})
+            fault = proxy.inject(kind, nth=nth)
+            try:
+                info = proxied.set_metadata(key, {"gone": None, "title": "t"})
+            finally:
+                proxy.clear()
+            if not fault.fired:
+                break
+            held = direct.get_conversation(key)
+            assert held is not None
+            assert held.metadata == info.metadata == {"kept": 2, "title": "t"}, nth
+            assert (held.message_count, info.message_count) == (2, 2)
+            assert held.updated_at == info.updated_at, nth  # one commit, whatever was cut
+        assert nth > 1
+        proxied.close()
+    direct.close()
