@@ -11,10 +11,11 @@ Table: partition key ``SessionId`` (S), numeric sort key. In a conversation's pa
   key of the sparse index ``get_keys`` scans), the TTL attribute (the conversation's expiry),
   ``Floor`` (no message item expires before it), ``Chunked`` (the generation has held a
   chunked message), ``Op0`` .. ``Op15`` (the operation tags of the last 16 changes, the
-  change to version ``V`` in ``Op{V mod 16}``: see :class:`Op`) and, during a large append,
-  a lease. Removing the last message keeps the meta item without ``Gen``, ``First``,
-  ``End`` and ``ChatStoreKey`` (so the tags outlive the conversation), expiring with the
-  ttl or after a day;
+  change to version ``V`` in ``Op{V mod 16}``: see :class:`Op`), the catalog entry (times,
+  metadata, catalog index keys: :mod:`._native_catalog`) and, during a large append, a
+  lease. Removing the last message keeps the meta item without ``Gen``, ``First``, ``End``,
+  ``ChatStoreKey`` and the catalog entry (so the tags outlive the conversation), expiring
+  with the ttl or after a day;
 * message items at sort key ``Gen * 10**13 + seq``, attribute ``Message`` = the message JSON
   and ``Written`` = the ``Ver`` of the meta that made this content visible;
 * chunk items at negative sort keys holding the rest of messages over one item (``_chunks``).
@@ -66,6 +67,7 @@ from llama_index.storage.chat_store.core.backend import Change, ConflictError, P
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.dynamodb._chunks import Fresh, Head
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
+from llama_index.storage.chat_store.dynamodb._native_catalog import NativeCatalog
 from llama_index.storage.chat_store.dynamodb._native_meta import (
     GEN_SPAN,
     LEASE,
@@ -81,7 +83,6 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     Meta,
     fits,
 )
-from llama_index.storage.chat_store.dynamodb._native_reads import NativeReads
 from llama_index.storage.chat_store.dynamodb._sdk import LostRaceError, Op, backoff, unreadable
 
 __all__ = ["NativeLayout"]
@@ -92,13 +93,14 @@ Step = Callable[[Meta, float], Plan[tuple[Edit | None, R]]]
 what the call returns once that edit is committed."""
 
 
-class NativeLayout(NativeReads):
+class NativeLayout(NativeCatalog):
     """Reads and writes conversations in the recommended item-per-message layout.
 
     Args:
         table: The table and its settings.
         sk: The sort key attribute.
         keys_index: Whether the table has the :data:`KEYS_INDEX` index.
+        catalog_index: Whether the table has the :data:`CATALOG_INDEX` index.
     """
 
     def _write_chunks(self, key: str, fresh: Fresh, now: float, what: str) -> Plan[None]:

@@ -30,6 +30,13 @@ from llama_index.storage.chat_store.dynamodb._sdk import (
 KEYS_INDEX = "ChatStoreKeys"
 """The sparse global secondary index over meta items that ``get_keys`` scans."""
 KEY_COPY = "ChatStoreKey"
+CATALOG_INDEX = "ChatStoreCatalog"
+"""The sparse global secondary index over meta items that ``list_conversations`` queries:
+partition key :data:`LISTED` (one value), sort key :data:`ORDER` (the key, in key order)."""
+LISTED, LISTED_VALUE, ORDER = "ChatStoreListed", "1", "ChatStoreOrder"
+CREATED, UPDATED, METADATA = "Created", "Updated", "Metadata"
+MAX_ORDER_BYTES = 1024
+"""DynamoDB's limit on a sort key value, of an index too: :data:`ORDER` holds the key cut to it."""
 MESSAGE = "Message"
 GEN, FIRST, END, VER, NEXT = "Gen", "First", "End", "Ver", "NextGen"
 FLOOR, LEASE, LEASE_ID, CHUNKED = "Floor", "Lease", "LeaseId", "Chunked"
@@ -52,6 +59,34 @@ CACHED_CONVERSATIONS = 4096
 READ_BY_KEY = 25
 
 
+def order_of(key: str) -> str:
+    """Return the :data:`ORDER` value of ``key``: its first 1,024 UTF-8 bytes (whole characters).
+
+    A prefix of the key, so the index orders keys as their UTF-8 bytes do, except that keys
+    sharing their first 1,024 bytes tie (the listing orders those itself).
+    """
+    data = key.encode()
+    return key if len(data) <= MAX_ORDER_BYTES else data[:MAX_ORDER_BYTES].decode(errors="ignore")
+
+
+def catalog_index_definition() -> dict[str, Any]:
+    """Return the :data:`CATALOG_INDEX` definition (keys only: the rest is read by key)."""
+    return {
+        "IndexName": CATALOG_INDEX,
+        "KeySchema": [
+            {"AttributeName": LISTED, "KeyType": "HASH"},
+            {"AttributeName": ORDER, "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "KEYS_ONLY"},
+    }
+
+
+CATALOG_ATTRIBUTES = [
+    {"AttributeName": LISTED, "AttributeType": "S"},
+    {"AttributeName": ORDER, "AttributeType": "S"},
+]
+
+
 def native_table_definition(table: str, pk: str, sk: str, ttl_attribute: str) -> dict[str, Any]:
     """Return CreateTable parameters for the recommended table (on-demand billing)."""
     return {
@@ -60,6 +95,7 @@ def native_table_definition(table: str, pk: str, sk: str, ttl_attribute: str) ->
             {"AttributeName": pk, "AttributeType": "S"},
             {"AttributeName": sk, "AttributeType": "N"},
             {"AttributeName": KEY_COPY, "AttributeType": "S"},
+            *CATALOG_ATTRIBUTES,
         ],
         "KeySchema": [
             {"AttributeName": pk, "KeyType": "HASH"},
@@ -70,7 +106,8 @@ def native_table_definition(table: str, pk: str, sk: str, ttl_attribute: str) ->
                 "IndexName": KEYS_INDEX,
                 "KeySchema": [{"AttributeName": KEY_COPY, "KeyType": "HASH"}],
                 "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": [ttl_attribute]},
-            }
+            },
+            catalog_index_definition(),
         ],
         "BillingMode": "PAY_PER_REQUEST",
     }
@@ -91,6 +128,12 @@ class Meta:
     chunked: bool = False
     epoch: str | None = None
     ops: tuple[str, ...] = ()
+    created: int | None = None
+    """When the conversation began, epoch ms (None: begun before meta items kept it)."""
+    updated: int | None = None
+    """Its last change of messages or metadata, epoch ms (None: none since then)."""
+    metadata: tuple[tuple[str, str], ...] = ()
+    """Its metadata as ``(name, compact JSON)`` pairs, sorted by name."""
 
     def live(self, now: float) -> bool:
         """Whether the conversation has a generation and has not expired."""
@@ -140,6 +183,8 @@ class Edit:
     appends_only: bool = False
     dropped: list[Head] = field(default_factory=list)
     chunked: bool = False
+    metadata: dict[str, str] | None = None
+    """The conversation's new metadata ``{name: JSON}`` (None: unchanged)."""
 
 
 def fits(puts: list[dict[str, Any]], deletes: list[dict[str, Any]]) -> bool:
@@ -151,10 +196,11 @@ def fits(puts: list[dict[str, Any]], deletes: list[dict[str, Any]]) -> bool:
 class MetaItems:
     """Reads a conversation's meta item and builds the actions that commit on it."""
 
-    def __init__(self, table: Table, sk: str, *, keys_index: bool) -> None:
+    def __init__(self, table: Table, sk: str, *, keys_index: bool, catalog_index: bool) -> None:
         self.t = table
         self.sk = sk
         self.keys_index = keys_index
+        self.catalog_index = catalog_index
         # The last meta item seen (read or committed) of each conversation: a hint for
         # planning writes and batching reads, never trusted without a condition or a check.
         self.seen: LruCache[str, Meta] = LruCache(CACHED_CONVERSATIONS)
@@ -194,6 +240,13 @@ class MetaItems:
                 chunked=CHUNKED in item,
                 epoch=item[EPOCH]["S"] if EPOCH in item else None,
                 ops=tuple(item.get(slot, {}).get("S", "") for slot in OPS),
+                created=opt(CREATED),
+                updated=opt(UPDATED),
+                metadata=tuple(
+                    sorted((name, value["S"]) for name, value in item[METADATA]["M"].items())
+                )
+                if METADATA in item
+                else (),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptDataError(
@@ -309,6 +362,7 @@ class MetaItems:
         expires = math.ceil(now + seconds)
         values.update({EPOCH: text(str(base.epoch)), self.t.ttl_attribute: num(expires)})
         gone = [GEN, FIRST, END, KEY_COPY, CHUNKED, FLOOR, LEASE, LEASE_ID]
+        gone += [LISTED, ORDER, CREATED, UPDATED, METADATA]  # the catalog entry goes too
         return gone, replace(base, expires=expires)
 
     def _committed(
@@ -319,6 +373,7 @@ class MetaItems:
             {GEN: num(plan.gen), FIRST: num(plan.first), END: num(plan.end), KEY_COPY: text(key)}
         )
         removes = [LEASE, LEASE_ID]
+        stamped = self._stamp(key, meta, plan, now, values, removes)
         if plan.new_gen:
             values[NEXT] = num(plan.gen)
         # Sticky for a generation: replaces and expiry extensions then look for chunks.
@@ -342,9 +397,34 @@ class MetaItems:
                 values[FLOOR] = num(floor)
         after = replace(
             base, gen=plan.gen, first=plan.first, end=plan.end, expires=expires, floor=floor,
-            next_gen=plan.gen if plan.new_gen else meta.next_gen, chunked=chunked,
+            next_gen=plan.gen if plan.new_gen else meta.next_gen, chunked=chunked, **stamped,
         )  # fmt: skip
         return removes, after
+
+    def _stamp(
+        self, key: str, meta: Meta, plan: Edit, now: float, values: dict[str, Any],
+        removes: list[str],
+    ) -> dict[str, Any]:  # fmt: skip
+        """Add the catalog entry's changes to a commit of ``plan``; return its new fields.
+
+        Every commit lists the key in :data:`CATALOG_INDEX` and stamps ``Updated`` (this
+        client's clock, epoch ms); one that begins the conversation (none live before) also
+        stamps ``Created`` and drops the metadata of the conversation that was there.
+        """
+        stamp = int(now * 1000)
+        values.update({LISTED: text(LISTED_VALUE), ORDER: text(order_of(key)), UPDATED: num(stamp)})
+        created, metadata = meta.created, meta.metadata
+        if meta.count(now) == 0:
+            values[CREATED] = num(stamp)
+            created, metadata = stamp, ()
+        if plan.metadata is not None:
+            metadata = tuple(sorted(plan.metadata.items()))
+        if metadata != meta.metadata or meta.count(now) == 0:  # else left as it is
+            if metadata:
+                values[METADATA] = {"M": {name: text(value) for name, value in metadata}}
+            else:
+                removes.append(METADATA)
+        return {"created": created, "updated": stamp, "metadata": metadata}
 
     def _fresh_floor(self, now: float) -> int:
         # Items written from now on expire at now + 2 ttl; the margin covers writers that

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_serializ
 
 from llama_index.storage.chat_store.core import (
     Capability,
+    CapabilityNotSupportedError,
     ChatMessage,
     ConfigurationError,
     CorruptDataError,
@@ -28,12 +29,15 @@ from llama_index.storage.chat_store.core.backend import (
     PlannedChatStore,
     messages_removed,
 )
+from llama_index.storage.chat_store.core.catalog import ConversationInfo, ConversationPage
 from llama_index.storage.chat_store.dynamodb._llama_index_layout import (
     LlamaIndexLayout,
     llama_index_table_definition,
 )
 from llama_index.storage.chat_store.dynamodb._native import NativeLayout
+from llama_index.storage.chat_store.dynamodb._native_catalog import add_catalog_index
 from llama_index.storage.chat_store.dynamodb._native_meta import (
+    CATALOG_INDEX,
     KEYS_INDEX,
     native_table_definition,
 )
@@ -268,9 +272,16 @@ class DynamoDBChatStore(PlannedChatStore):
     def capabilities(self) -> frozenset[Capability]:
         """PERSISTENT and SHARED; TTL when ``ttl`` is set; EXACTLY_ONCE when ``retries`` > 0.
 
-        Async runs in worker threads.
+        CATALOG on the recommended layout (LlamaIndex's keeps no record to list). With
+        ``layout="auto"`` that takes the table's description: the first call asks DynamoDB
+        (DescribeTable, as the first operation would). Async runs in worker threads.
         """
         found = {Capability.PERSISTENT, Capability.SHARED}
+        native = self.layout == "native" or (
+            self.layout == "auto" and isinstance(self._read(self._storage), NativeLayout)
+        )
+        if native:
+            found.add(Capability.CATALOG)
         if self.ttl is not None:
             found.add(Capability.TTL)
         if self.retries > 0:
@@ -360,17 +371,23 @@ class DynamoDBChatStore(PlannedChatStore):
                 f"DynamoDB table {self.table_name!r} has no sort key, so it cannot hold the "
                 "native layout; use layout='llama_index' or create the recommended table"
             )
-        indexes = described.get("GlobalSecondaryIndexes") or []
-        has_index = any(i.get("IndexName") == KEYS_INDEX for i in indexes)
-        return NativeLayout(self._table(), range_key, keys_index=has_index)
+        indexes = {i.get("IndexName"): i for i in described.get("GlobalSecondaryIndexes") or []}
+        catalog = indexes.get(CATALOG_INDEX, {}).get("IndexStatus") == "ACTIVE"
+        return NativeLayout(
+            self._table(), range_key, keys_index=KEYS_INDEX in indexes, catalog_index=catalog
+        )
 
     def create_table(self, *, layout: Literal["native", "llama_index"] = "native") -> None:
         """Create the table if it does not exist, and enable DynamoDB's TTL on ``ttl_attribute``.
 
         ``layout="native"`` (default) creates the recommended table: partition key
-        ``primary_key`` (S), sort key ``sort_key`` (N), the sparse index ``get_keys`` reads,
-        on-demand billing. ``layout="llama_index"`` creates LlamaIndex's hash-key-only table.
-        An existing table is left as it is.
+        ``primary_key`` (S), sort key ``sort_key`` (N), the sparse indexes ``get_keys`` and
+        ``list_conversations`` read, on-demand billing. ``layout="llama_index"`` creates
+        LlamaIndex's hash-key-only table. An existing table is left as it is, except that a
+        recommended table created by an earlier version gains the catalog index: this waits
+        until DynamoDB has built it, then lists the conversations already there in it
+        (idempotent, safe beside running stores; conversations that stores of earlier
+        versions begin afterwards are listed on their next change by this version).
         """
         if layout == "native":
             definition = native_table_definition(
@@ -396,7 +413,14 @@ class DynamoDBChatStore(PlannedChatStore):
             except ClientError as exc:  # already enabled: fine
                 if exc.response.get("Error", {}).get("Code") != "ValidationException":
                     raise
+            described = client.describe_table(TableName=self.table_name)["Table"]
         self._layout = None
+        with self._errors.errors("add the catalog index"):
+            added = layout == "native" and add_catalog_index(client, self.table_name, described)
+        if added:
+            native = self._read(self._storage)
+            assert isinstance(native, NativeLayout)
+            self._read(native.backfill)
 
     def close(self) -> None:
         """Close the boto3 client; the store makes a new one if used again."""
@@ -477,3 +501,39 @@ class DynamoDBChatStore(PlannedChatStore):
     def _clear_plan(self) -> Plan[None]:
         layout = yield from self._storage()
         yield from layout.clear()
+
+    # -- the conversation catalog (recommended layout) ---------------------------------------
+
+    def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
+        # The catalog index from the cursor (O(page)), then the page's meta items by key.
+        layout = _catalog_of((yield from self._storage()), self.table_name)
+        if not layout.catalog_index:  # added since the table was described?
+            self._layout = None
+            layout = _catalog_of((yield from self._storage()), self.table_name)
+        return (yield from layout.catalog_page(prefix, after, limit))
+
+    def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
+        layout = _catalog_of((yield from self._storage()), self.table_name)
+        return (yield from layout.info(key))
+
+    def _metadata_plan(
+        self, key: str, changes: dict[str, str | None], change: Change
+    ) -> Plan[ConversationInfo | None]:
+        layout = _catalog_of((yield from self._storage()), self.table_name)
+        return (yield from layout.set_metadata(key, changes, change))
+
+
+def _catalog_of(layout: NativeLayout | LlamaIndexLayout, table: str) -> NativeLayout:
+    """Return ``layout`` if it keeps the catalog (the recommended one).
+
+    Raises:
+        CapabilityNotSupportedError: It is LlamaIndex's layout.
+    """
+    if isinstance(layout, NativeLayout):
+        return layout
+    raise CapabilityNotSupportedError(
+        f"DynamoDBChatStore on LlamaIndex's layout (table {table!r}) keeps no conversation "
+        "catalog (Capability.CATALOG): its one item per conversation holds no times or "
+        "metadata, and listing it in key order would scan the table. Use the recommended "
+        "table (create_table()), or list keys with iter_keys() and count with count_messages()"
+    )
