@@ -24,7 +24,7 @@ from llama_index.storage.chat_store.azure.testing import (
     AZURITE_KEY,
     azurite_connection_string,
 )
-from llama_index.storage.chat_store.core import MAX_KEY_BYTES, ChatMessage
+from llama_index.storage.chat_store.core import MAX_KEY_BYTES, ChatMessage, CorruptDataError
 from llama_index.storage.chat_store.core.catalog import MAX_METADATA_BYTES
 
 
@@ -183,6 +183,22 @@ def test_metadata_whose_json_outgrows_a_string_property(
         assert store.set_metadata("k", dict.fromkeys(names)).metadata == {}
         assert "Metadata" not in raw.get_entity(encode_key("k"), "meta")
         assert sum(len(n) + 1 for n in names) <= MAX_METADATA_BYTES
+
+
+@pytest.mark.parametrize(("name", "value"), [("Metadata", "[1, 2]"), ("Created", "yesterday")])
+def test_unreadable_catalog_properties_are_corrupt_data(
+    new_store: Callable[[], AzureChatStore], raw: TableClient, name: str, value: str
+) -> None:
+    """A meta entity whose catalog properties are not what we write: CorruptDataError, named."""
+    with new_store() as store:
+        store.add_message("bad", _message("x"))
+        raw.update_entity({"PartitionKey": encode_key("bad"), "RowKey": "meta", name: value})
+        with pytest.raises(CorruptDataError, match="bad"):
+            store.get_conversation("bad")
+        with pytest.raises(CorruptDataError, match="bad"):
+            store.list_conversations()
+        store.set_messages("bad", [])  # the remedy the error names
+        assert store.list_conversations().conversations == []
 
 
 def test_set_metadata_races_appends_from_several_stores(

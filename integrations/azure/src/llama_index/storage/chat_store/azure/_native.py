@@ -130,6 +130,20 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _stamps(props: dict[str, Any]) -> tuple[int | None, int | None, str | None] | None:
+    """A meta entity's ``Created``, ``Updated`` and ``Metadata`` (None: mistyped)."""
+    created, updated, metadata = (props.get(n) for n in ("Created", "Updated", "Metadata"))
+    if isinstance(metadata, bytes):  # too long for a string property (see _meta_action)
+        try:
+            metadata = metadata.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    times = all(t is None or isinstance(t, int) for t in (created, updated))
+    if not times or not (metadata is None or isinstance(metadata, str)):
+        return None
+    return created, updated, metadata
+
+
 @dataclass(frozen=True)
 class Meta:
     """The state of one conversation (``etag`` None: no meta entity)."""
@@ -215,30 +229,15 @@ class NativeTable:
                 key=key,
                 data=repr(props),
             )
-        created, updated, metadata = (
-            props.get("Created"),
-            props.get("Updated"),
-            props.get("Metadata"),
-        )
-        if isinstance(metadata, bytes):  # too long for a string property (see _meta_action)
-            metadata = metadata.decode("utf-8", "replace")
-        if (
-            nxt < head
-            or props.get("Key", key) != key
-            or not (
-                isinstance(created, (int, type(None)))
-                and isinstance(updated, (int, type(None)))
-                and isinstance(metadata, (str, type(None)))
-            )
-        ):
+        stamps = _stamps(props)
+        if nxt < head or props.get("Key", key) != key or stamps is None:
             raise CorruptDataError(
                 f"the meta entity of key {key!r} is inconsistent: {props!r} "
                 f"({corrupt_data_remedy(key)})",
                 key=key,
                 data=repr(props),
             )
-        ops_ = tuple(ops.split())
-        return Meta(key, pk, gen, head, nxt, seq, ops_, row.etag, created, updated, metadata)
+        return Meta(key, pk, gen, head, nxt, seq, tuple(ops.split()), row.etag, *stamps)
 
     def _learn(self, meta: Meta) -> Meta:
         """Remember ``meta`` as the latest state seen of its conversation; return it.

@@ -446,27 +446,28 @@ class AzureChatStore(PlannedChatStore):
                 pass
 
     def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
-        return self._catalog.list_page(prefix, after, limit)
+        return _catalog(self).list_page(prefix, after, limit)
 
     def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
-        return self._catalog.conversation(key)
+        return _catalog(self).conversation(key)
 
     def _metadata_plan(
         self, key: str, changes: dict[str, str | None], change: Change
     ) -> Plan[ConversationInfo | None]:
-        return self._catalog.set_metadata(key, changes, change)
+        return _catalog(self).set_metadata(key, changes, change)
 
-    @property
-    def _catalog(self) -> NativeCatalog:
-        if self._native is None:
-            raise CapabilityNotSupportedError(
-                "AzureChatStore keeps no conversation catalog (Capability.CATALOG) in "
-                "layout='llama_index': LlamaIndex's tables hold no record per conversation "
-                "(times, metadata) and no index in key order. Use layout='native' (chat-store "
-                "copy moves the data), or list keys with iter_keys() and count with "
-                "count_messages()"
-            )
-        return self._native
+
+def _catalog(store: AzureChatStore) -> NativeCatalog:
+    """The store's catalog, or the error saying that its layout keeps none."""
+    if store._native is None:
+        raise CapabilityNotSupportedError(
+            "AzureChatStore keeps no conversation catalog (Capability.CATALOG) in "
+            "layout='llama_index': LlamaIndex's tables hold no record per conversation "
+            "(times, metadata) and no index in key order. Use layout='native' (chat-store "
+            "copy moves the data), or list keys with iter_keys() and count with "
+            "count_messages()"
+        )
+    return store._native
 
 
 def _tables(
