@@ -14,7 +14,7 @@ import pytest
 from azure.data.tables import TableClient
 
 from llama_index.storage.chat_store.azure import AzureChatStore
-from llama_index.storage.chat_store.azure._codec import HASHED_PREFIX, encode_key
+from llama_index.storage.chat_store.azure._codec import HASHED_PREFIX, encode_key, order_key
 from llama_index.storage.chat_store.azure.testing import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -160,18 +160,24 @@ def test_batches_beyond_one_transaction(store: AzureChatStore) -> None:
 def test_native_layout_on_the_wire(
     store: AzureChatStore, azurite_table_endpoint: str, table: str
 ) -> None:
-    """One partition per conversation (meta entity inside), a keys partition, readable JSON."""
+    """One partition per conversation (meta entity inside), keys and order partitions, JSON."""
     key = "user/1#?"
     store.add_messages(key, numbered(2))
+    store.set_metadata(key, {"title": "Trip"})
     rows = _raw_rows(azurite_table_endpoint, table)
     by_partition: dict[object, list[dict[str, object]]] = {}
     for row in rows:
         by_partition.setdefault(row["PartitionKey"], []).append(row)
-    assert set(by_partition) == {"user%2F1%23%3F", "%keys"}
+    assert set(by_partition) == {"user%2F1%23%3F", "%keys", "%order"}
     conversation = by_partition["user%2F1%23%3F"]
     assert [r["RowKey"] for r in conversation][-1] == "meta"
     assert [r["Message"] for r in conversation[:-1]] == [message_to_json(m) for m in numbered(2)]
+    meta = conversation[-1]
+    assert meta["Metadata"] == '{"title":"Trip"}'
+    created, updated = (getattr(meta[n], "value", meta[n]) for n in ("Created", "Updated"))
+    assert 0 < created <= updated  # epoch ms (Edm.Int64)
     assert by_partition["%keys"][0]["Key"] == key
+    assert [(r["RowKey"], r["Key"]) for r in by_partition["%order"]] == [(order_key(key), key)]
 
 
 def test_keys_too_long_once_escaped_are_hashed(store: AzureChatStore) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "HASHED_PREFIX",
     "LLAMA_INDEX_RECORD",
     "LLAMA_INDEX_RECORD_MAX",
+    "ORDER_GROUP_UNITS",
     "PAYLOAD_PROPERTIES",
     "Found",
     "account_from_endpoint",
@@ -51,6 +52,10 @@ __all__ = [
     "found",
     "is_llama_index_tool_result",
     "is_tool_result_payload",
+    "order_bounds",
+    "order_group",
+    "order_group_end",
+    "order_key",
     "parse_connection_string",
     "sanitize_table_name",
     "taken",
@@ -112,6 +117,76 @@ def decode_key(encoded: str, stored_key: Any = None) -> str:
     if isinstance(stored_key, str):
         return stored_key
     return _ESCAPE_RE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), encoded)
+
+
+# -- keys in key order ------------------------------------------------------------------
+#
+# The service compares PartitionKeys and RowKeys by UTF-16 code unit (Azurite too: "\U0001F600"
+# sorts before "\uE000"), and encode_key's %XX escapes sort apart from the characters they
+# stand for ("a/" after "a-"): RowKeys made by encode_key do not sort as the keys do. An order
+# key does: the key's UTF-8 bytes as one bit string, cut into 15-bit units, each stored as the
+# character U+4000 + unit (U+4000-U+BFFF: no surrogates, nothing Azure forbids, so unit order
+# is code unit order), the last one padded with zero bits. Comparing two of them compares the
+# keys' bytes: at the first differing bit, or, for a key that is a prefix of another, by
+# length (no UTF-8 byte of a key is 0, so the longer one has a 1 bit past the shorter's end).
+# A key's prefixes map to one range of order keys (order_bounds).
+#
+# 1,024 bytes need 547 units and a RowKey holds 512, so keys whose order key would be longer
+# than ORDER_GROUP_UNITS (over 825 bytes) share a group: its first ORDER_GROUP_UNITS units,
+# U+C000 (above every unit), then a SHA-256 of the key. A group sorts where its keys do; a
+# reader sorts a group's few members itself (by their Key property).
+
+_ORDER_BASE = 0x4000
+_ORDER_BITS = 15
+_GROUP_MARK = "\uc000"
+ORDER_GROUP_UNITS = 440
+"""Order keys longer than this many units are grouped (see :func:`order_key`)."""
+
+
+def _pack(data: bytes) -> str:
+    bits = 8 * len(data)
+    units = -(-bits // _ORDER_BITS)
+    number = int.from_bytes(data, "big") << (units * _ORDER_BITS - bits)
+    mask = (1 << _ORDER_BITS) - 1
+    return "".join(
+        chr(_ORDER_BASE + (number >> (_ORDER_BITS * (units - 1 - i)) & mask)) for i in range(units)
+    )
+
+
+def order_key(key: str) -> str:
+    """Return the RowKey that sorts as ``key``'s UTF-8 bytes do (within a group: see above)."""
+    data = key.encode("utf-8")
+    packed = _pack(data)
+    if len(packed) <= ORDER_GROUP_UNITS:
+        return packed
+    return packed[:ORDER_GROUP_UNITS] + _GROUP_MARK + hashlib.sha256(data).hexdigest()
+
+
+def order_group(row_key: str) -> str | None:
+    """The group an order key belongs to (its first units and the mark), or None."""
+    if len(row_key) > ORDER_GROUP_UNITS and row_key[ORDER_GROUP_UNITS] == _GROUP_MARK:
+        return row_key[: ORDER_GROUP_UNITS + 1]
+    return None
+
+
+def order_bounds(prefix: str) -> tuple[str, str]:
+    """The order keys of keys starting with ``prefix``: ``lo <= RowKey < hi``."""
+    data = prefix.encode("utf-8")
+    packed = _pack(data)
+    full, rest = divmod(8 * len(data), _ORDER_BITS)
+    if full >= ORDER_GROUP_UNITS:  # every such key is in one group
+        group = packed[:ORDER_GROUP_UNITS] + _GROUP_MARK
+        return group, order_group_end(group)
+    if rest == 0:  # the units of the keys' next bits, or the mark, follow
+        return packed, packed + chr(ord(_GROUP_MARK) + 1)
+    # The last unit holds `rest` bits of the prefix: the keys' units run through every
+    # value of its remaining bits.
+    return packed, packed[:-1] + chr(ord(packed[-1]) + (1 << (_ORDER_BITS - rest)))
+
+
+def order_group_end(group: str) -> str:
+    """The first RowKey after every order key of ``group``."""
+    return group[:-1] + chr(ord(group[-1]) + 1)
 
 
 def validate_table_name(name: str, what: str) -> str:

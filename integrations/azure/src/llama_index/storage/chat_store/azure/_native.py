@@ -17,13 +17,21 @@ In the store's table:
   tell: then the call raises ``BackendUnavailableError`` saying the outcome is unknown,
   rather than apply the change twice). An emptied conversation keeps its meta entity (and
   with it the record); ``clear()`` removes it.
+* The meta entity also holds the conversation's catalog entry (``Capability.CATALOG``):
+  ``Created`` and ``Updated`` (epoch milliseconds, this client's clock) and ``Metadata``
+  (a JSON object), kept by the same conditional write as every change (see
+  :meth:`Meta.change`). Meta entities written before the catalog lack them: times are
+  None and metadata empty until a change stamps ``Updated`` (``Created`` stays unknown).
 * Changes larger than one transaction (100 operations, 4 MiB) write the new messages
   under a fresh generation first, then flip ``Gen`` with one conditional write, then
   delete the old generation: readers see the old or the new conversation, never a mix.
 * The keys partition ``%keys`` (never produced by :func:`encode_key`) lists the
   conversations with messages; one entity per key, written before the first message
   commits (and again after a commit that created the meta entity), removed after the
-  last one goes, then fenced by a conditional touch of the meta entity.
+  last one goes, then fenced by a conditional touch of the meta entity. The order
+  partition ``%order`` lists them again, under RowKeys that sort as the keys do
+  (:func:`order_key`), written and removed with the ``%keys`` entity: the catalog's
+  index (:mod:`._catalog`).
 * Each store remembers the last meta entity it saw of each conversation (its own commits
   and reads; at most :data:`CACHED_CONVERSATIONS`). Appends and replaces plan on it
   without reading first: one transaction. A stale one only fails the If-Match (an ETag
@@ -39,6 +47,7 @@ In the store's table:
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -51,6 +60,7 @@ from llama_index.storage.chat_store.azure._codec import (
     decode_payload,
     encode_key,
     found,
+    order_key,
 )
 from llama_index.storage.chat_store.azure._record import (
     OP_RECORD,
@@ -83,6 +93,7 @@ __all__ = [
     "KEYS_PARTITION",
     "META",
     "OP_RECORD",
+    "ORDER_PARTITION",
     "PAGE",
     "Meta",
     "NativeTable",
@@ -93,12 +104,14 @@ __all__ = [
 
 META = "meta"
 KEYS_PARTITION = "%keys"
+ORDER_PARTITION = "%order"
 _SEQ_OFFSET = 10**18
 _MAX_ATTEMPTS = 200
 PAGE = 1000
 # What a message read asks for: the row's key and its message. Leaving out Timestamp
 # spares the SDK a strptime per row, about a quarter of a 1,000-row query's time.
 _ROW_PROPERTIES = ("RowKey", *PAYLOAD_PROPERTIES)
+_STRING_MAX_UNITS = 32_768
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta entities a store remembers."""
 
@@ -113,6 +126,24 @@ def _int64(value: int) -> EntityProperty:
     return EntityProperty(value, EdmType.INT64)
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _stamps(props: dict[str, Any]) -> tuple[int | None, int | None, str | None] | None:
+    """A meta entity's ``Created``, ``Updated`` and ``Metadata`` (None: mistyped)."""
+    created, updated, metadata = (props.get(n) for n in ("Created", "Updated", "Metadata"))
+    if isinstance(metadata, bytes):  # too long for a string property (see _meta_action)
+        try:
+            metadata = metadata.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    times = all(t is None or isinstance(t, int) for t in (created, updated))
+    if not times or not (metadata is None or isinstance(metadata, str)):
+        return None
+    return created, updated, metadata
+
+
 @dataclass(frozen=True)
 class Meta:
     """The state of one conversation (``etag`` None: no meta entity)."""
@@ -125,14 +156,31 @@ class Meta:
     seq: int
     ops: tuple[str, ...]
     etag: str | None
+    created: int | None = None
+    """Epoch ms of the first message (None: not known, or no messages)."""
+    updated: int | None = None
+    """Epoch ms of the last change of messages or metadata (None: not known)."""
+    metadata: str | None = None
+    """The metadata as a JSON object (None: none)."""
 
     @property
     def count(self) -> int:
         return self.next - self.head
 
     def change(self, op: str, **fields: Any) -> Meta:
-        """The meta after change ``op`` (counted and recorded) sets ``fields``."""
-        return replace(self, seq=self.seq + 1, ops=recorded(self.ops, op), **fields)
+        """The meta after change ``op`` (counted, recorded, stamped) sets ``fields``.
+
+        The catalog entry lives with the messages: a change that empties the conversation
+        drops it, one that begins it starts a new one (created now, no metadata). Times
+        come from this client's clock; ``Updated`` never goes back.
+        """
+        new = replace(self, seq=self.seq + 1, ops=recorded(self.ops, op), **fields)
+        now = _now_ms()
+        if new.count == 0:
+            return replace(new, created=None, updated=None, metadata=None)
+        if self.count == 0:
+            return replace(new, created=now, updated=now, metadata=None)
+        return replace(new, updated=max(now, self.updated or 0))
 
     def knows_since(self, planned: Meta) -> bool:
         """Whether this meta's record names every change committed after ``planned``."""
@@ -181,14 +229,15 @@ class NativeTable:
                 key=key,
                 data=repr(props),
             )
-        if nxt < head or props.get("Key", key) != key:
+        stamps = _stamps(props)
+        if nxt < head or props.get("Key", key) != key or stamps is None:
             raise CorruptDataError(
                 f"the meta entity of key {key!r} is inconsistent: {props!r} "
                 f"({corrupt_data_remedy(key)})",
                 key=key,
                 data=repr(props),
             )
-        return Meta(key, pk, gen, head, nxt, seq, tuple(ops.split()), row.etag)
+        return Meta(key, pk, gen, head, nxt, seq, tuple(ops.split()), row.etag, *stamps)
 
     def _learn(self, meta: Meta) -> Meta:
         """Remember ``meta`` as the latest state seen of its conversation; return it.
@@ -339,6 +388,14 @@ class NativeTable:
             "Seq": _int64(new.seq),
             "Ops": " ".join(new.ops),
         }
+        for name, stamp in (("Created", new.created), ("Updated", new.updated)):
+            if stamp is not None:
+                entity[name] = _int64(stamp)
+        if new.metadata is not None:
+            # Names escaped in JSON can outgrow a string property (32,768 UTF-16 units)
+            # within the 8 KiB limit; a binary one holds 64 KiB of UTF-8.
+            fits = len(new.metadata.encode("utf-16-le")) // 2 <= _STRING_MAX_UNITS
+            entity["Metadata"] = new.metadata if fits else new.metadata.encode("utf-8")
         return ("create", entity, None) if old.etag is None else ("update", entity, old.etag)
 
     def _commit(self, old: Meta, new: Meta, actions: list[Action], change: Change) -> Plan[Meta]:
@@ -417,6 +474,12 @@ class NativeTable:
 
     def _list_key(self, meta: Meta) -> Plan[None]:
         yield Put(self.table, {"PartitionKey": KEYS_PARTITION, "RowKey": meta.pk, "Key": meta.key})
+        order = {"PartitionKey": ORDER_PARTITION, "RowKey": order_key(meta.key), "Key": meta.key}
+        yield Put(self.table, order)
+
+    def _drop_listing(self, key: str, pk: str) -> Plan[None]:
+        yield Remove(self.table, KEYS_PARTITION, pk)
+        yield Remove(self.table, ORDER_PARTITION, order_key(key))
 
     def _finish_removal(self, after: Meta) -> Plan[None]:
         """Unlist the conversation if it is empty at ``after``.
@@ -437,7 +500,7 @@ class NativeTable:
         the key is listed again. A writer that read the empty meta before us fails its
         own conditional commit on the touched meta and lists the key again when it retries.
         """
-        yield Remove(self.table, KEYS_PARTITION, emptied.pk)
+        yield from self._drop_listing(emptied.key, emptied.pk)
         if emptied.etag is None:  # no ETag to fence by (the reply was lost): read instead
             again = yield from self.read_meta(emptied.key)
             if again.count > 0:

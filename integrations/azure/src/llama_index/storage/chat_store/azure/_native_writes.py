@@ -20,6 +20,7 @@ from llama_index.storage.chat_store.azure._codec import (
 from llama_index.storage.chat_store.azure._native import (
     KEYS_PARTITION,
     META,
+    ORDER_PARTITION,
     PAGE,
     Meta,
     NativeTable,
@@ -265,7 +266,7 @@ class NativeLayout(NativeTable):
             for row in rows:
                 yield Remove(self.table, pk, row.props["RowKey"])
         self._seen.discard(key)
-        yield Remove(self.table, KEYS_PARTITION, pk)
+        yield from self._drop_listing(key, pk)
 
     def delete_at(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
         """Remove and return the message at ``idx``, shifting the shorter side by one.
@@ -493,7 +494,9 @@ class NativeLayout(NativeTable):
         # The meta entity goes first: a reader never finds it naming rows already gone
         # (which would read as corrupt data rather than as a change).
         metas = {r.props["PartitionKey"] for r in rows if r.props["RowKey"] == META}
-        for pk in {r.props["PartitionKey"] for r in rows} - metas - {KEYS_PARTITION}:
+        for pk in (
+            {r.props["PartitionKey"] for r in rows} - metas - {KEYS_PARTITION, ORDER_PARTITION}
+        ):
             yield Remove(self.table, pk, META)  # on a later page
         yield from delete_rows(self.table, sorted(rows, key=lambda r: r.props["RowKey"] != META))
         return bool(rows)

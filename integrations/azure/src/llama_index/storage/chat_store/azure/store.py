@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr, SecretStr
 
 from azure.data.tables import TableServiceClient
 from azure.data.tables.aio import TableServiceClient as AsyncTableServiceClient
+from llama_index.storage.chat_store.azure._catalog import Gets, NativeCatalog, aread_all, read_all
 from llama_index.storage.chat_store.azure._codec import (
     LLAMA_INDEX_RECORD,
     LLAMA_INDEX_RECORD_MAX,
@@ -23,10 +24,15 @@ from llama_index.storage.chat_store.azure._codec import (
     validate_table_name,
 )
 from llama_index.storage.chat_store.azure._llama_index_writes import LlamaIndexLayout
-from llama_index.storage.chat_store.azure._native_writes import NativeLayout
 from llama_index.storage.chat_store.azure._sdk import Clients, Request
-from llama_index.storage.chat_store.core import Capability, ChatMessage, ConfigurationError
+from llama_index.storage.chat_store.core import (
+    Capability,
+    CapabilityNotSupportedError,
+    ChatMessage,
+    ConfigurationError,
+)
 from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
+from llama_index.storage.chat_store.core.catalog import ConversationInfo, ConversationPage
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -59,7 +65,9 @@ class AzureChatStore(PlannedChatStore):
     ``layout="native"`` (default) keeps each conversation in its own partition with a
     meta entity, so appends, pops and replaces are atomic entity-group transactions,
     windows and counts never read the whole conversation, and ``get_keys`` reads a
-    keys partition. ``layout="llama_index"`` reads and writes LlamaIndex's
+    keys partition. It keeps the conversation catalog (``Capability.CATALOG``) on each
+    conversation's meta entity, listed in key order by an order partition (see the
+    README). ``layout="llama_index"`` reads and writes LlamaIndex's
     ``AzureChatStore`` tables (chat table + ``ChatMetadata``), sanitizing table names
     by LlamaIndex's rules.
 
@@ -98,7 +106,7 @@ class AzureChatStore(PlannedChatStore):
 
     _clients: Clients = PrivateAttr()
     _tables_ready: bool = PrivateAttr(default=False)
-    _native: NativeLayout | None = PrivateAttr(default=None)
+    _native: NativeCatalog | None = PrivateAttr(default=None)
     _legacy: LlamaIndexLayout | None = PrivateAttr(default=None)
     # Every write is idempotent or conditional, so a request is resent on its own; a
     # conditional one that then conflicts checks the record (see _sdk's docstring).
@@ -176,7 +184,7 @@ class AzureChatStore(PlannedChatStore):
             )
         else:
             validate_table_name(self.chat_table_name, "chat_table_name")
-            self._native = NativeLayout(self.chat_table_name)
+            self._native = NativeCatalog(self.chat_table_name)
         if self.connection_string is None and self.endpoint is None and self.account_name is None:
             raise ConfigurationError(
                 "AzureChatStore needs a connection string, an endpoint or an account name"
@@ -196,13 +204,16 @@ class AzureChatStore(PlannedChatStore):
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        """Persistent, shared, natively async; EXACTLY_ONCE when ``retries`` > 0.
+        """Persistent, shared, natively async; EXACTLY_ONCE when ``retries`` > 0; CATALOG natively.
 
-        Azure Tables has no TTL.
+        Azure Tables has no TTL. LlamaIndex's layout keeps no record per conversation to
+        hold a catalog.
         """
         found = {Capability.PERSISTENT, Capability.SHARED, Capability.NATIVE_ASYNC}
         if self.retries > 0:
             found.add(Capability.EXACTLY_ONCE)
+        if self._native is not None:
+            found.add(Capability.CATALOG)
         return frozenset(found)
 
     # -- constructors (LlamaIndex's names) ------------------------------------------------
@@ -351,10 +362,14 @@ class AzureChatStore(PlannedChatStore):
         """The service endpoint, for error messages (never a secret)."""
         return self._clients.where
 
-    def _execute(self, step: Request) -> Any:
+    def _execute(self, step: Request | Gets) -> Any:
+        if isinstance(step, Gets):
+            return read_all(step, self._clients.send)
         return self._clients.send(step)
 
-    async def _aexecute(self, step: Request) -> Any:
+    async def _aexecute(self, step: Request | Gets) -> Any:
+        if isinstance(step, Gets):
+            return await aread_all(step, self._clients.asend)
         return await self._clients.asend(step)
 
     def close(self) -> None:
@@ -368,7 +383,7 @@ class AzureChatStore(PlannedChatStore):
     # -- plans, once for both drivers ---------------------------------------------------
 
     @property
-    def _layout(self) -> NativeLayout | LlamaIndexLayout:
+    def _layout(self) -> NativeCatalog | LlamaIndexLayout:
         layout = self._native or self._legacy
         assert layout is not None
         return layout
@@ -429,6 +444,30 @@ class AzureChatStore(PlannedChatStore):
         for page in self._layout.clear_plans():
             while (yield from page()):
                 pass
+
+    def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
+        return _catalog(self).list_page(prefix, after, limit)
+
+    def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
+        return _catalog(self).conversation(key)
+
+    def _metadata_plan(
+        self, key: str, changes: dict[str, str | None], change: Change
+    ) -> Plan[ConversationInfo | None]:
+        return _catalog(self).set_metadata(key, changes, change)
+
+
+def _catalog(store: AzureChatStore) -> NativeCatalog:
+    """The store's catalog, or the error saying that its layout keeps none."""
+    if store._native is None:
+        raise CapabilityNotSupportedError(
+            "AzureChatStore keeps no conversation catalog (Capability.CATALOG) in "
+            "layout='llama_index': LlamaIndex's tables hold no record per conversation "
+            "(times, metadata) and no index in key order. Use layout='native' (chat-store "
+            "copy moves the data), or list keys with iter_keys() and count with "
+            "count_messages()"
+        )
+    return store._native
 
 
 def _tables(

@@ -1,0 +1,279 @@
+"""The native layout's conversation catalog (``Capability.CATALOG``): listing in key order.
+
+Each conversation's entry (message count, ``Created``, ``Updated``, ``Metadata``) is its
+meta entity, kept by the conditional write of every change (:mod:`._native`). The index
+is the order partition ``%order``: one entity per conversation with messages, under a
+RowKey that sorts as the key's UTF-8 bytes do (:func:`order_key`), written before the
+first message commits and removed after the last one goes, like the ``%keys`` entity
+beside it. (``%keys`` RowKeys are :func:`encode_key`'s, which sort neither by code point
+nor as the escaped characters would, and the service compares RowKeys by UTF-16 code unit.)
+
+A page is one range query over ``%order`` (``limit + 1`` entities, from ``after``, within
+``prefix``'s range) and one point read of the meta entity of each key in it (concurrent on
+the async path, one after another on the sync one): O(page), whatever the number of
+conversations. An index entity whose meta entity says empty or absent (a conversation
+emptied meanwhile, or left behind by a crash between the last commit and the unlisting)
+is skipped and the query goes on. Paging is by key, and a conversation with messages is
+listed in ``%order`` for as long as it has them, so one present for the whole walk is in
+exactly one page. ``next_after`` is the last key listed when more index entities follow,
+else None (a page may then be followed by an empty last one, when those were stale).
+
+Data written before the catalog has no ``%order`` entities: the first listing of a store
+finds no ``%order`` marker entity, indexes every key of ``%keys`` (100 per transaction:
+idempotent, so concurrent stores may do it at once), then writes the marker. Keys listed
+meanwhile by this version are indexed by their writers; writers of earlier versions do not
+index, so upgrade every writer first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llama_index.storage.chat_store.azure._codec import (
+    BATCH_MAX_OPS,
+    decode_key,
+    encode_key,
+    order_bounds,
+    order_group,
+    order_group_end,
+    order_key,
+)
+from llama_index.storage.chat_store.azure._native import (
+    KEYS_PARTITION,
+    META,
+    ORDER_PARTITION,
+    PAGE,
+    Meta,
+)
+from llama_index.storage.chat_store.azure._native_writes import NativeLayout
+from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row, backoff
+from llama_index.storage.chat_store.core import ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    ConflictError,
+    Plan,
+    corrupt_data_remedy,
+)
+from llama_index.storage.chat_store.core.catalog import (
+    ConversationInfo,
+    ConversationPage,
+    encode_value,
+    from_epoch_ms,
+    merged_metadata,
+)
+
+__all__ = ["INDEXED", "Gets", "NativeCatalog", "aread_all", "read_all"]
+
+INDEXED = "\uc001indexed"
+"""The RowKey of ``%order``'s marker: every key of ``%keys`` was indexed (sorts after all)."""
+_MAX_ATTEMPTS = 200
+_KEY_PROPERTIES = ("RowKey", "Key")
+
+
+@dataclass(frozen=True)
+class Gets:
+    """Point reads of entities ``(pk, rk)``; result: a :class:`Row` or ``None`` for each."""
+
+    table: str
+    keys: tuple[tuple[str, str], ...]
+
+    def each(self) -> list[Get]:
+        return [Get(self.table, pk, rk) for pk, rk in self.keys]
+
+
+def read_all(gets: Gets, send: Callable[[Get], Any]) -> list[Row | None]:
+    """Run ``gets`` one after another (the sync client)."""
+    return [send(get) for get in gets.each()]
+
+
+async def aread_all(gets: Gets, send: Callable[[Get], Awaitable[Any]]) -> list[Row | None]:
+    """Run ``gets`` concurrently (the async client)."""
+    return list(await asyncio.gather(*(send(get) for get in gets.each())))
+
+
+def _encoded(meta: Meta) -> dict[str, str]:
+    """The metadata of ``meta`` as ``{name: JSON text}``."""
+    return {name: encode_value(value) for name, value in _values(meta).items()}
+
+
+def _values(meta: Meta) -> dict[str, Any]:
+    if not meta.metadata:
+        return {}
+    try:
+        values = json.loads(meta.metadata)
+    except ValueError:
+        values = None
+    if not isinstance(values, dict):
+        raise CorruptDataError(
+            f"the metadata of key {meta.key!r} is not a JSON object: {meta.metadata[:200]!r} "
+            f"({corrupt_data_remedy(meta.key)})",
+            key=meta.key,
+            data=meta.metadata,
+        )
+    return values
+
+
+def _as_json(encoded: Mapping[str, str]) -> str | None:
+    """``{name: JSON text}`` as the text of one JSON object (None: no metadata)."""
+    if not encoded:
+        return None
+    return "{" + ",".join(f"{encode_value(name)}:{text}" for name, text in encoded.items()) + "}"
+
+
+def info(meta: Meta) -> ConversationInfo:
+    """The catalog entry a meta entity holds."""
+    return ConversationInfo(
+        key=meta.key,
+        message_count=meta.count,
+        created_at=from_epoch_ms(meta.created),
+        updated_at=from_epoch_ms(meta.updated),
+        metadata=_values(meta),
+    )
+
+
+def _wanted(key: Any, prefix: str, after: str | None) -> bool:
+    return isinstance(key, str) and key.startswith(prefix) and (after is None or key > after)
+
+
+class NativeCatalog(NativeLayout):
+    """The native layout with its conversation catalog."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(table)
+        self._indexed = False
+
+    def conversation(self, key: str) -> Plan[ConversationInfo | None]:
+        meta = yield from self.read_meta(key)
+        return info(meta) if meta.count > 0 else None
+
+    def set_metadata(
+        self, key: str, changes: Mapping[str, str | None], change: Change
+    ) -> Plan[ConversationInfo | None]:
+        """Merge ``changes`` into the metadata by one conditional write of the meta entity.
+
+        Read first (not planned on the remembered meta): the size check needs the current
+        metadata. Returns None when the conversation has no messages.
+
+        Raises:
+            PayloadTooLargeError: The merged metadata is over the limit; nothing changes.
+        """
+        for attempt in range(_MAX_ATTEMPTS):
+            meta = yield from self.read_meta(key)
+            if meta.count == 0:
+                return None
+            merged = _as_json(merged_metadata(_encoded(meta), changes))
+            try:
+                done = yield from self._put_meta(
+                    meta, meta.change(change.id, metadata=merged), change
+                )
+            except ConflictError:
+                yield backoff(attempt)
+                continue
+            return info(done) if done.count > 0 else None
+        raise ChatStoreError(f"too much contention setting the metadata of key {key!r}")
+
+    # -- listing ----------------------------------------------------------------------------
+
+    def list_page(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
+        """Return the conversations after ``after`` whose key starts with ``prefix``."""
+        yield from self._index_old_keys()
+        lo, hi = order_bounds(prefix)
+        bound = (lo, "ge")
+        if after is not None:
+            group = order_group(order_key(after))
+            start = (group, "ge") if group else (order_key(after), "gt")
+            bound = max(bound, start, key=lambda b: (b[0], b[1] == "gt"))
+        listed: list[ConversationInfo] = []
+        pending: list[str] = []
+        more = True
+        while len(listed) < limit and (pending or more):
+            if not pending:
+                want = limit - len(listed) + 1
+                pending, bound, more = yield from self._scan(bound, hi, want, prefix, after)
+                continue
+            batch, pending = pending[: limit - len(listed)], pending[limit - len(listed) :]
+            listed += yield from self._live(batch)
+        next_after = listed[-1].key if listed and (pending or more) else None
+        return ConversationPage(listed, next_after)
+
+    def _scan(
+        self, bound: tuple[str, str], hi: str, want: int, prefix: str, after: str | None
+    ) -> Plan[tuple[list[str], tuple[str, str], bool]]:
+        """Read up to ``want`` index entities from ``bound``.
+
+        Returns the wanted keys in order, the bound after them, and whether more may follow.
+        A group (keys too long for their own order key) is read whole and sorted here.
+        """
+        params = {"pk": ORDER_PARTITION, "lo": bound[0], "hi": hi}
+        where = "PartitionKey eq @pk and RowKey {} @lo and RowKey lt @hi"
+        token = None
+        while True:
+            query = where.format(bound[1])  # ge or gt: never user text
+            rows, token = yield Query(self.table, query, params, select=_KEY_PROPERTIES,
+                                      page_size=want, token=token)  # fmt: skip
+            if rows or token is None:
+                break  # (an empty page with a continuation: the service asks to go on)
+        keys: list[str] = []
+        for row in rows:
+            row_key = row.props["RowKey"]
+            group = order_group(row_key)
+            if group is not None:
+                keys += yield from self._group(group, prefix, after)
+                return keys, (order_group_end(group), "ge"), True
+            if _wanted(row.props.get("Key"), prefix, after):
+                keys.append(row.props["Key"])
+            bound = (row_key, "gt")
+        return keys, bound, token is not None
+
+    def _group(self, group: str, prefix: str, after: str | None) -> Plan[list[str]]:
+        """The wanted keys of a group, sorted."""
+        params = {"pk": ORDER_PARTITION, "lo": group, "hi": order_group_end(group)}
+        keys: list[str] = []
+        token = None
+        while True:
+            rows, token = yield Query(
+                self.table,
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                params,
+                select=_KEY_PROPERTIES,
+                page_size=PAGE,
+                token=token,
+            )
+            keys += [r.props["Key"] for r in rows if _wanted(r.props.get("Key"), prefix, after)]
+            if token is None:
+                return sorted(keys)
+
+    def _live(self, keys: list[str]) -> Plan[list[ConversationInfo]]:
+        """The entries of the conversations among ``keys`` that hold messages."""
+        pks = [encode_key(key) for key in keys]
+        rows = yield Gets(self.table, tuple((pk, META) for pk in pks))
+        metas = [
+            self._learn(self._parse_meta(key, pk, row))
+            for key, pk, row in zip(keys, pks, rows, strict=True)
+            if row is not None
+        ]
+        return [info(meta) for meta in metas if meta.count > 0]
+
+    def _index_old_keys(self) -> Plan[None]:
+        """Index the keys listed before the catalog, once per table (see the docstring)."""
+        if self._indexed:
+            return
+        if (yield Get(self.table, ORDER_PARTITION, INDEXED)) is None:
+            token = None
+            while True:
+                rows, token = yield Query(self.table, "PartitionKey eq @pk", {"pk": KEYS_PARTITION},
+                                          select=_KEY_PROPERTIES, page_size=BATCH_MAX_OPS,
+                                          token=token)  # fmt: skip
+                keys = {decode_key(r.props["RowKey"], r.props.get("Key")) for r in rows}
+                actions = [("upsert", {"PartitionKey": ORDER_PARTITION, "RowKey": order_key(key),
+                            "Key": key}, None) for key in sorted(keys)]  # fmt: skip
+                if actions:
+                    yield Batch(self.table, actions)
+                if token is None:
+                    break
+            yield Put(self.table, {"PartitionKey": ORDER_PARTITION, "RowKey": INDEXED})
+        self._indexed = True
