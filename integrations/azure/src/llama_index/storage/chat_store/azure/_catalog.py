@@ -9,9 +9,9 @@ beside it. (``%keys`` RowKeys are :func:`encode_key`'s, which sort neither by co
 nor as the escaped characters would, and the service compares RowKeys by UTF-16 code unit.)
 
 A page is one range query over ``%order`` (``limit + 1`` entities, from ``after``, within
-``prefix``'s range) and one point read of the meta entity of each key in it (concurrent on
-the async path, one after another on the sync one): O(page), whatever the number of
-conversations. An index entity whose meta entity says empty or absent (a conversation
+``prefix``'s range) and one point read of the meta entity of each key in it (concurrent:
+gathered on the async path, on :data:`READERS` threads on the sync one): O(page), whatever
+the number of conversations. An index entity whose meta entity says empty or absent (a conversation
 emptied meanwhile, or left behind by a crash between the last commit and the unlisting)
 is skipped and the query goes on. Paging is by key, and a conversation with messages is
 listed in ``%order`` for as long as it has them, so one present for the whole walk is in
@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +69,7 @@ from llama_index.storage.chat_store.core.catalog import (
     merged_metadata,
 )
 
-__all__ = ["INDEXED", "Gets", "NativeCatalog", "aread_all", "read_all"]
+__all__ = ["INDEXED", "READERS", "Gets", "NativeCatalog", "aread_all", "read_all"]
 
 INDEXED = "\uc001indexed"
 """The RowKey of ``%order``'s marker: every key of ``%keys`` was indexed (sorts after all)."""
@@ -85,9 +88,28 @@ class Gets:
         return [Get(self.table, pk, rk) for pk, rk in self.keys]
 
 
+READERS = 8
+"""Threads the sync client reads a page's meta entities on (Azure's clients are thread-safe)."""
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _readers() -> ThreadPoolExecutor:
+    """This process's reader threads (a forked child makes its own: it has no threads)."""
+    global _pool  # one pool per process, shared by every store
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(READERS, "chat-store-azure-reader"))
+        return _pool[1]
+
+
 def read_all(gets: Gets, send: Callable[[Get], Any]) -> list[Row | None]:
-    """Run ``gets`` one after another (the sync client)."""
-    return [send(get) for get in gets.each()]
+    """Run ``gets`` on the reader threads (the sync client); results in ``gets``' order."""
+    each = gets.each()
+    if len(each) < 2:
+        return [send(get) for get in each]
+    return list(_readers().map(send, each))
 
 
 async def aread_all(gets: Gets, send: Callable[[Get], Awaitable[Any]]) -> list[Row | None]:
