@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from llama_index.storage.chat_store.bench._declare import is_quick
 from llama_index.storage.chat_store.bench._ops import (
     CATALOG,
     OPERATIONS,
@@ -106,8 +107,13 @@ def _conditions(results: Results, measured: set[str]) -> str:
             if "persist" in measured or "load" in measured
             else ""
         )
-        + ", each timed call right after an untimed one of the same operation (none after a"
-        " call of 0.5 s or more)"
+        + (
+            ", without warm-up, a call of 0.5 s or more made once (a quick run checks the"
+            " harness: its numbers are not for reading)"
+            if is_quick(plan.scale)
+            else ", after a warm-up round, each timed call right after an untimed one of the same"
+            " operation (none after a call of 0.5 s or more)"
+        )
         + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
         " store inside the reference interpreter, so no IPC is counted), against the same server"
         " in the same run. In brackets: a 90 % bootstrap interval of each ratio; where it holds"
