@@ -200,4 +200,6 @@ BENCH = Backend(
         "writers.",
     ],
     long_conversation=2_000,
+    # The catalog (once the store keeps one) on an emulator: 10,000 conversations, not 100,000.
+    largest_catalog=10_000,
 )

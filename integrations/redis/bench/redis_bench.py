@@ -3,20 +3,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from uuid import uuid4
 
 import redis
 
 from llama_index.storage.chat_store.bench import Backend, Reference, service
+from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
+from llama_index.storage.chat_store.core.backend import Change
 from llama_index.storage.chat_store.redis import RedisChatStore
 from llama_index.storage.chat_store.testing.services import LocalServer
+
+PIPELINE = 1_000
+"""Calls per pipeline when filling a catalog (untimed)."""
+CATALOG = b"raw-catalog:"
+CATALOG_INDEX = b"raw-catalog\0keys"
 
 
 class RawRedis:
     """The floor: one RPUSH / LRANGE / LLEN / RPOP per call on message JSON strings."""
 
-    label = "redis-py, one command per call (RPUSH, LRANGE, LLEN, RPOP), no registry, no TTL"
+    label = (
+        "redis-py, one command per call (RPUSH, LRANGE, LLEN, RPOP), no registry, no TTL; a "
+        "catalog page is ZRANGE BYLEX LIMIT 100 on a sorted set of the keys, then one pipeline "
+        "of LLEN + HGETALL (a hash of times per conversation) for those 100: two round trips, "
+        "where ours is one script doing the same on the server"
+    )
 
     def __init__(self, url: str) -> None:
         self.client = redis.Redis.from_url(url)
@@ -45,6 +58,53 @@ class RawRedis:
     def close(self) -> None:
         self.client.close()
 
+    def catalog_fill(self, keys: Sequence[str], message: str) -> None:
+        now = time.time_ns() // 1_000_000
+        for chunk in _chunks(keys):
+            pipe = self.client.pipeline(transaction=False)
+            for key in chunk:
+                name = CATALOG + key.encode()
+                pipe.rpush(name, message)
+                pipe.hset(name + b"\0info", mapping={"c": now, "u": now})
+            pipe.zadd(CATALOG_INDEX, dict.fromkeys(chunk, 0))
+            pipe.execute()
+
+    def catalog_page(self, limit: int) -> list[tuple[bytes, int, dict[bytes, bytes]]]:
+        keys: list[bytes] = self.client.zrange(  # type: ignore[assignment]
+            CATALOG_INDEX, b"-", b"+", bylex=True, offset=0, num=limit
+        )
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.llen(CATALOG + key)
+            pipe.hgetall(CATALOG + key + b"\0info")
+        replies = pipe.execute()
+        return list(zip(keys, replies[::2], replies[1::2], strict=True))
+
+    def catalog_drop(self, keys: Sequence[str]) -> None:
+        for chunk in _chunks(keys):
+            names = [CATALOG + key.encode() for key in chunk]
+            self.client.delete(*names, *(name + b"\0info" for name in names))
+        self.client.delete(CATALOG_INDEX)
+
+
+def fill_catalog(store: BaseChatStore, keys: Sequence[str], message: ChatMessage) -> None:
+    """Untimed: the store's own append script for every key, 1,000 calls per pipeline."""
+    assert isinstance(store, RedisChatStore)
+    # The store's own layout, script and client (the bench fills through its write path).
+    layout, client = store._layout, store._sync_client()
+    for chunk in _chunks(keys):
+        pipe = client.pipeline(transaction=False)
+        for key in chunk:
+            op = layout.append(key, [message], Change())
+            assert op.script is not None
+            pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+        client.script_load(op.script.source)
+        pipe.execute()
+
+
+def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
+    return (keys[i : i + PIPELINE] for i in range(0, len(keys), PIPELINE))
+
 
 def _start_redis() -> LocalServer:
     # Imported when the harness starts a server, not when a worker loads this file to build a
@@ -59,6 +119,18 @@ from llama_index.storage.chat_store.redis import RedisChatStore
 
 def make_store(url):
     return RedisChatStore(redis_url=url)
+
+def fill_catalog(store, keys, message):  # its add_message is one RPUSH: pipelined here
+    data = message.model_dump_json()
+    for start in range(0, len(keys), 1000):
+        pipe = store._redis_client.pipeline(transaction=False)
+        for key in keys[start:start + 1000]:
+            pipe.rpush(key, data)
+        pipe.execute()
+
+def drop_catalog(store, keys):
+    for start in range(0, len(keys), 1000):
+        store._redis_client.delete(*keys[start:start + 1000])
 """
 
 BENCH = Backend(
@@ -68,6 +140,7 @@ BENCH = Backend(
     ),
     ours=lambda url: RedisChatStore.from_url(url, namespace=f"bench-{uuid4().hex[:8]}:"),
     raw=RawRedis,
+    fill_catalog=fill_catalog,
     reference=Reference(
         requirements=["llama-index-storage-chat-store-redis==0.8.0"],
         source=LLAMA_INDEX_REDIS,

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from llama_index.storage.chat_store.core import BaseChatStore
+from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.testing.services import LocalServer
 
 __all__ = ["QUICK_SCALE", "Backend", "RawDriver", "Reference", "Task", "is_quick", "service"]
@@ -32,7 +32,10 @@ class RawDriver(Protocol):
     """The floor: the same work done with the bare client over message JSON strings.
 
     No validation, no parsing, no bookkeeping: what the backend's driver costs at the least.
-    A driver that also has ``persist(path)`` and ``load(path)`` gets persist/load rows.
+    A driver that also has ``persist(path)`` and ``load(path)`` gets persist/load rows; one
+    that also has ``catalog_fill(keys, message)`` (untimed: a conversation of one message under
+    each key), ``catalog_page(limit)`` (the first ``limit`` conversations in key order, each
+    with what the bare storage can say about it) and ``catalog_drop(keys)`` gets the catalog's.
     """
 
     label: str
@@ -57,6 +60,11 @@ class Reference:
             ``["llama-index-storage-chat-store-redis==0.8.0"]``).
         source: Python source defining ``make_store(url: str)`` that returns LlamaIndex's
             store on the server at ``url``. It runs in the reference interpreter, never here.
+            Where our store keeps a catalog, LlamaIndex's ``get_keys()`` is measured beside it
+            on a store of its own holding N conversations, filled with ``add_message`` and
+            emptied with ``delete_messages``, one key at a time; the source may define
+            ``fill_catalog(store, keys, message)`` and ``drop_catalog(store, keys)`` to do it
+            faster (untimed) in LlamaIndex's own layout.
         label: Shown in the report.
     """
 
@@ -82,6 +90,12 @@ class Backend:
             implementation's layout, or serves them too slowly for a run of minutes.
         reference_holds: The longest conversation LlamaIndex's store can hold (e.g. under an
             item size limit); a run with longer conversations leaves LlamaIndex out and says so.
+        fill_catalog: Where our store keeps a catalog (``Capability.CATALOG``), how to put one
+            message under each of many keys fast (untimed set-up: a page of 100 is measured on
+            stores of 1,000 to ``largest_catalog`` conversations). Default: ``aadd_messages``,
+            many at once on one event loop. A backend with a bulk path (pipelined script calls)
+            uses it here, through the store's own write path.
+        largest_catalog: The largest catalog at ``BENCH_SCALE=1`` (scaled like every volume).
     """
 
     title: str
@@ -92,6 +106,8 @@ class Backend:
     notes: Sequence[str] = field(default_factory=tuple)
     long_conversation: int = 10_000
     reference_holds: int | None = None
+    fill_catalog: Callable[[BaseChatStore, Sequence[str], ChatMessage], None] | None = None
+    largest_catalog: int = 100_000
 
 
 @runtime_checkable

@@ -21,10 +21,15 @@ OPERATIONS = (
     ("add_many", "add_messages(20)"),
     ("get_all", "get_messages (all)"),
     ("get_last", "get_messages (last 20)"),
+    ("get_last_safe", "get_messages (last 20, tool_safe)"),
     ("count", "count_messages"),
     ("delete_last", "delete_last_message"),
 )
 VOLUME_OPERATIONS = (("persist", "persist"), ("load", "load (from_persist_path)"))
+# The conversation catalog: the first page of a store holding N conversations (CATALOG_SIZES).
+CATALOG = ("list_page", "first page of 100 conversations")
+CATALOG_SIZES = (1_000, 10_000, 100_000)
+PAGE = 100
 # A user's chat turn through LlamaIndex's ChatMemoryBuffer, at its own conversation lengths.
 TURN = ("turn", "chat turn (ChatMemoryBuffer)")
 TURN_LENGTHS = (10, 1_000, 10_000)
@@ -32,6 +37,9 @@ TURN_LENGTHS = (10, 1_000, 10_000)
 # message and the turn costs what the store costs, not what truncation saves.
 TURN_TOKEN_LIMIT = 1_000_000_000
 BATCH = 20
+CYCLE = 5
+_TURN = ("user", "calls", "tool", "tool", "assistant")
+_WINDOW_START = 3  # the second tool result
 MESSAGES_PER_CONVERSATION = 100  # volume stores hold conversations of this length
 
 _WORDS = (
@@ -42,28 +50,44 @@ _WORDS = (
 
 
 def sample_messages(count: int = 200) -> list[str]:
-    """Return ``count`` varied messages as LlamaIndex wire JSON (deterministic)."""
+    """Return ``count`` varied messages as LlamaIndex wire JSON (deterministic).
+
+    They repeat a chat with tool exchanges, :data:`CYCLE` messages long: a user's message, an
+    assistant's calling two tools (OpenAI-style ``tool_calls``), the two tool results
+    (``tool_call_id``), the assistant's answer.
+    """
     out = []
     for i in range(count):
         words = [_WORDS[(i * 7 + j * 3) % len(_WORDS)] for j in range(8 + (i * 13) % 40)]
+        call = i - i % CYCLE + 1  # this turn's calling message
+        role = _TURN[i % CYCLE]
         kwargs: dict[str, Any] = {}
-        if i % 5 == 4:
-            kwargs = {
-                "tool_calls": [
-                    {
-                        "id": f"call_{i}",
-                        "type": "function",
-                        "function": {"name": "lookup", "arguments": '{"q": 1}'},
-                    }
-                ]
-            }
+        if role == "calls":
+            role = "assistant"
+            kwargs = {"tool_calls": [_tool_call(f"call_{i}_{n}") for n in "ab"]}
+        elif role == "tool":
+            kwargs = {"tool_call_id": f"call_{call}_{'ab'[i % CYCLE - 2]}"}
         message = {
-            "role": "user" if i % 2 == 0 else "assistant",
+            "role": role,
             "additional_kwargs": kwargs,
             "blocks": [{"block_type": "text", "text": " ".join(words)}],
         }
         out.append(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
     return out
+
+
+def _tool_call(call_id: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+
+
+def conversation(n: int) -> range:
+    """Sample indices of a conversation of ``n`` messages, as every implementation fills it.
+
+    Shifted along the chat's cycle so that the last-20 window starts on the second tool result
+    of an exchange: a tool-safe read must widen it back over the other result to the call.
+    """
+    shift = (_WINDOW_START - (n - BATCH)) % CYCLE
+    return range(shift, shift + n)
 
 
 def chat_memory(store: Any, key: str) -> Any:
@@ -94,16 +118,20 @@ class Adapter:
     ``persist``/``load``/``new_volume`` are optional: an adapter whose ``supports_volume`` is
     False gets no volume rows. An adapter whose ``supports_turn`` is True gets the chat-turn
     rows: it hands its store to LlamaIndex's ``ChatMemoryBuffer`` (``chat_store``) and its
-    messages to the turn (``message``).
+    messages to the turn (``message``). ``supports_tool_safe``: it has ``get_last_safe``;
+    ``supports_catalog``: it keeps a catalog of its own conversations (``grow_catalog``,
+    ``list_page``, ``drop_catalog``), apart from the conversations of the other operations.
     """
 
     supports_volume = False
     supports_turn = False
+    supports_tool_safe = False
+    supports_catalog = False
 
     def chat_store(self) -> Any:  # what ChatMemoryBuffer is given as chat_store
         raise NotImplementedError
 
-    def message(self, i: int) -> Any:  # sample message i (even: user, odd: assistant)
+    def message(self, i: int) -> Any:  # sample message i (see sample_messages)
         raise NotImplementedError
 
     def fill(self, key: str, n: int) -> None:  # untimed set-up: the fastest way to hold n
@@ -119,6 +147,9 @@ class Adapter:
         raise NotImplementedError
 
     def get_last(self, key: str, n: int) -> object:
+        raise NotImplementedError
+
+    def get_last_safe(self, key: str, n: int) -> object:
         raise NotImplementedError
 
     def count(self, key: str) -> int:
@@ -146,6 +177,15 @@ class Adapter:
     def load(self, path: str) -> None:
         raise NotImplementedError
 
+    def grow_catalog(self, keys: list[str]) -> None:  # untimed: one message under each new key
+        raise NotImplementedError
+
+    def list_page(self) -> object:
+        raise NotImplementedError
+
+    def drop_catalog(self) -> None:  # remove every conversation grow_catalog added
+        raise NotImplementedError
+
 
 class StoreAdapter(Adapter):
     """The verbs over a chat store that ours and LlamaIndex's share (and the chat turn).
@@ -162,6 +202,7 @@ class StoreAdapter(Adapter):
         self.messages = messages
         self.store = make_store(url)
         self.volume: Any = None
+        self.catalog: Any = None  # a store of its own, built by the first grow_catalog
 
     def _m(self, i: int) -> Any:
         return self.messages[i % len(self.messages)]
@@ -173,7 +214,7 @@ class StoreAdapter(Adapter):
         return self._m(i)
 
     def fill(self, key: str, n: int) -> None:
-        self.store.set_messages(key, [self._m(i) for i in range(n)])
+        self.store.set_messages(key, [self._m(i) for i in conversation(n)])
 
     def add(self, key: str, i: int) -> None:
         self.store.add_message(key, self._m(i))
@@ -193,6 +234,11 @@ class StoreAdapter(Adapter):
             size = min(MESSAGES_PER_CONVERSATION, n - c)
             self.volume.set_messages(f"v{c}", [self._m(c + i) for i in range(size)])
 
+    def catalog_store(self) -> Any:
+        if self.catalog is None:
+            self.catalog = self.make_store(self.url)
+        return self.catalog
+
 
 class Sampler:
     """Take timed samples of one adapter; each operation leaves the conversation's length as is."""
@@ -203,10 +249,17 @@ class Sampler:
         self._next = 0
         self._volume = -1
         self._persisted = -1
+        self._catalog = 0
         self._memories: dict[str, Any] = {}
 
     def fill(self, key: str, n: int) -> None:
         self.adapter.fill(key, n)
+
+    def drop_catalog(self) -> None:
+        """Remove the catalog's conversations (the next ``list_page`` sample grows a new one)."""
+        if self._catalog:
+            self.adapter.drop_catalog()
+            self._catalog = 0
 
     def _message(self) -> int:
         self._next += 1
@@ -236,6 +289,10 @@ class Sampler:
             t0 = clock()
             a.get_last(key, BATCH)
             took = clock() - t0
+        elif op == "get_last_safe":
+            t0 = clock()
+            a.get_last_safe(key, BATCH)
+            took = clock() - t0
         elif op == "count":
             t0 = clock()
             a.count(key)
@@ -250,14 +307,16 @@ class Sampler:
             memory = self._memories.get(key)
             if memory is None:
                 memory = self._memories[key] = chat_memory(a.chat_store(), key)
-            user = 2 * self._message()
-            question, answer = a.message(user), a.message(user + 1)
+            user = CYCLE * self._message()  # a user's message; its turn ends with the answer
+            question, answer = a.message(user), a.message(user + CYCLE - 1)
             t0 = clock()
             chat_turn(memory, question, answer)
             took = clock() - t0
             a.drop_last(key, 2)
         elif op in ("persist", "load"):
             took = self._volume_sample(op, length)
+        elif op == CATALOG[0]:
+            took = self._catalog_sample(length)
         else:
             raise ValueError(f"unknown operation {op!r}")
         return took
@@ -282,3 +341,19 @@ class Sampler:
         t0 = clock()
         a.load(path)
         return clock() - t0
+
+    def _catalog_sample(self, n: int) -> float:
+        a = self.adapter
+        if self._catalog > n:  # sizes come in increasing order; anything else starts again
+            self.drop_catalog()
+        if self._catalog < n:
+            a.grow_catalog([catalog_key(i) for i in range(self._catalog, n)])
+            self._catalog = n
+        t0 = time.perf_counter()
+        a.list_page()
+        return time.perf_counter() - t0
+
+
+def catalog_key(i: int) -> str:
+    """The key of the catalog's ``i``-th conversation (keys sort as their numbers do)."""
+    return f"conversation-{i:07d}"

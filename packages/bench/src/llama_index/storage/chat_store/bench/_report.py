@@ -10,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+from llama_index.storage.chat_store.bench._declare import is_quick
 from llama_index.storage.chat_store.bench._ops import (
+    CATALOG,
     OPERATIONS,
+    PAGE,
     TURN,
     TURN_TOKEN_LIMIT,
     VOLUME_OPERATIONS,
@@ -33,9 +36,12 @@ def _time(seconds: float | None) -> str:
     return f"{seconds:.3g} s"
 
 
-def _ratio(results: Results, a: str, b: str, op: str, n: int) -> str:
-    """``a``'s median over ``b``'s, with a 90 % bootstrap interval when both have repeats."""
-    top, bottom = results.samples.get((a, op, n)), results.samples.get((b, op, n))
+def _ratio(results: Results, a: str, b: str, op: str, n: int, op_b: str | None = None) -> str:
+    """``a``'s median over ``b``'s (of ``op_b``, default ``op``), with a 90 % bootstrap interval.
+
+    The interval only where both have five repeats or more.
+    """
+    top, bottom = results.samples.get((a, op, n)), results.samples.get((b, op_b or op, n))
     if not top or not bottom or statistics.median(bottom) <= 0:
         return "—"
     ratio = f"{statistics.median(top) / statistics.median(bottom):.2f}x"
@@ -71,10 +77,15 @@ def _rows(results: Results) -> list[tuple[str, str, int]]:
     return [row for row in rows if results.median("ours", row[0], row[2]) is not None]
 
 
+def _catalog_rows(results: Results) -> list[tuple[str, str, int]]:
+    rows = [(CATALOG[0], CATALOG[1], n) for n in results.plan.catalogs]
+    return [row for row in rows if results.median("ours", row[0], row[2]) is not None]
+
+
 def _conditions(results: Results, measured: set[str]) -> str:
     """Return the paragraph saying what was measured, and how."""
     plan = results.plan
-    store_ops = measured - {TURN[0], "persist", "load"}
+    store_ops = measured - {TURN[0], "persist", "load", CATALOG[0]}
     scope = []
     if store_ops:
         scope.append(f"conversations of {' and '.join(f'{n:,}' for n in plan.lengths)} messages")
@@ -85,6 +96,9 @@ def _conditions(results: Results, measured: set[str]) -> str:
         )
     if "persist" in measured or "load" in measured:
         scope.append(f"persist/load of {' and '.join(f'{n:,}' for n in plan.volumes)} messages")
+    if CATALOG[0] in measured:
+        sizes = ", ".join(f"{n:,}" for n in plan.catalogs)
+        scope.append(f"the first page of catalogs of {sizes} conversations")
     return (
         f"BENCH_SCALE={plan.scale:g}: {'; '.join(scope)}"
         + f". Median of {plan.repeats} interleaved repeats"
@@ -93,8 +107,13 @@ def _conditions(results: Results, measured: set[str]) -> str:
             if "persist" in measured or "load" in measured
             else ""
         )
-        + ", each timed call right after an untimed one of the same operation (none after a"
-        " call of 0.5 s or more)"
+        + (
+            ", without warm-up, a call of 0.5 s or more made once (a quick run checks the"
+            " harness: its numbers are not for reading)"
+            if is_quick(plan.scale)
+            else ", after a warm-up round, each timed call right after an untimed one of the same"
+            " operation (none after a call of 0.5 s or more)"
+        )
         + ". Each implementation is timed in its own process around the call alone (LlamaIndex's"
         " store inside the reference interpreter, so no IPC is counted), against the same server"
         " in the same run. In brackets: a 90 % bootstrap interval of each ratio; where it holds"
@@ -102,17 +121,23 @@ def _conditions(results: Results, measured: set[str]) -> str:
     )
 
 
-def _table(results: Results, impls: list[str]) -> list[str]:
+def _table(
+    results: Results,
+    impls: list[str],
+    rows: list[tuple[str, str, int]],
+    what: str = "messages",
+    short: dict[str, str] = SHORT,
+) -> list[str]:
     """Return the table's lines: each operation's medians, then ours over each other."""
     lines = [
-        "| operation | messages | "
-        + " | ".join(SHORT[impl] for impl in impls)
+        f"| operation | {what} | "
+        + " | ".join(short[impl] for impl in impls)
         + " | "
         + " | ".join(f"ours/{SHORT[impl]}" for impl in impls[1:])
         + " |",
         "|---|---:|" + "---:|" * (2 * len(impls) - 1),
     ]
-    for op, shown, n in _rows(results):
+    for op, shown, n in rows:
         medians = [_time(results.median(impl, op, n)) for impl in impls]
         ratios = [_ratio(results, "ours", impl, op, n) for impl in impls[1:]]
         lines.append(f"| {shown} | {n:,} | {' | '.join([*medians, *ratios])} |")
@@ -132,9 +157,62 @@ def _turn_note() -> str:
     )
 
 
+def _steps(results: Results, op: str, n: int) -> str:
+    steps = results.round_trips.get((op, n))
+    return "" if steps is None else f"{steps} step{'s' * (steps != 1)}"
+
+
+_STEPS = (
+    "Steps are counted on one untimed call of ours at the store's transport: a script call or "
+    "request on Redis and Upstash, a statement or statement group elsewhere; none in memory."
+)
+
+
+def _tool_safe_note(results: Results) -> str:
+    """Tool-safe over plain on the same conversation, and the steps each call sent."""
+    per_length = []
+    for n in results.plan.lengths:
+        if results.median("ours", "get_last_safe", n) is None:
+            continue
+        ratio = _ratio(results, "ours", "ours", "get_last_safe", n, "get_last")
+        safe, plain = _steps(results, "get_last_safe", n), _steps(results, "get_last", n)
+        steps = f" ({safe} against {plain})" if safe and plain else ""
+        per_length.append(f"{ratio} at {n:,} messages{steps}")
+    return (
+        "The tool-safe read is `get_messages(key, offset=-20, tool_safe=True)` on the same "
+        "conversations, which repeat a chat with tool exchanges (a user's message, an "
+        "assistant's calling two tools, the two results, the answer) laid out so that the last "
+        "20 start on the second tool result: the safe window widens back over the other result "
+        f"to the call. Ours tool-safe over ours plain: {'; '.join(per_length)}. {_STEPS} "
+        "The raw floor has no tool-exchange rule: its row is the plain read of the last 20, "
+        "the least a tool-safe read can cost. LlamaIndex's stores have no tool-safe read."
+    )
+
+
+def _catalog_section(results: Results, impls: list[str]) -> list[str]:
+    """The catalog's table: the first page on stores of each size, and what was measured."""
+    rows = _catalog_rows(results)
+    short = {**SHORT, "llama_index": "LlamaIndex get_keys()"}
+    counted = [(n, _steps(results, CATALOG[0], n)) for _, _, n in rows]
+    steps = ", ".join(f"{steps} at {n:,}" for n, steps in counted if steps)
+    return [
+        "Conversation catalog: ours is `list_conversations(limit=100)`, the first page of "
+        f"{PAGE} conversations in key order with their message counts, times and metadata, on "
+        "a store of its own holding that many conversations of one message each (filled "
+        "untimed; the kindest catalog for a store that reads messages to list keys). LlamaIndex's "
+        "stores have no page: its nearest operation, `get_keys()`, returns EVERY key of the "
+        "store at once, with nothing about them. Measured one implementation after the other, "
+        "so that each is alone on the server (LlamaIndex's Redis `get_keys` is `KEYS *`, which "
+        "would list the others' keys too), with the same repeats and untimed calls as above."
+        + (f" Ours sent {steps} per call. {_STEPS}" if steps else ""),
+        "",
+        *_table(results, impls, rows, "conversations", short),
+    ]
+
+
 def markdown(results: Results, chart_name: str | None) -> str:
     """Return the report: heading, conditions, the table, the implementations and the chart."""
-    measured = {op for op, _, _ in _rows(results)}
+    measured = {op for op, _, _ in _rows(results) + _catalog_rows(results)}
     # The baseline's columns only in a run that has one: other tables keep their shape.
     impls = [impl for impl in IMPLS if impl != "baseline" or impl in results.labels]
     lines = [
@@ -148,10 +226,14 @@ def markdown(results: Results, chart_name: str | None) -> str:
         f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d %H:%M')} "
         f"in {results.seconds:.0f} s.",
         "",
-        *_table(results, impls),
+        *_table(results, impls, _rows(results)),
     ]
     if TURN[0] in measured:
         lines += ["", _turn_note()]
+    if "get_last_safe" in measured:
+        lines += ["", _tool_safe_note(results)]
+    if _catalog_rows(results):
+        lines += ["", *_catalog_section(results, impls)]
     lines += ["", "Implementations:", ""]
     lines += [
         f"- {SHORT[impl]}: {results.labels[impl]}" for impl in impls if impl in results.labels
@@ -170,7 +252,7 @@ def chart(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
-    rows = _rows(results)
+    rows = _rows(results) + _catalog_rows(results)
     ops = list(dict.fromkeys((op, shown) for op, shown, _ in rows))
     columns = 4
     nrows = (len(ops) + columns - 1) // columns
@@ -194,7 +276,11 @@ def chart(results: Results, path: Path) -> None:
             ax.set_ylim(middle / 10, middle * 10)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _time(v / 1e3)))
         ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("messages" if op in ("persist", "load") else "conversation length")
+        ax.set_xlabel(
+            {"persist": "messages", "load": "messages", CATALOG[0]: "conversations"}.get(
+                op, "conversation length"
+            )
+        )
         ax.set_ylabel("median latency")
         ax.grid(True, which="major", alpha=0.3)
     for ax in list(axes.flat)[len(ops) :]:

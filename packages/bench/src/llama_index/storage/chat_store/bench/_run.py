@@ -18,6 +18,8 @@ from llama_index.storage.chat_store.bench._adapters import OursAdapter, RawAdapt
 from llama_index.storage.chat_store.bench._baseline import Checkout
 from llama_index.storage.chat_store.bench._declare import Backend, Reference, is_quick
 from llama_index.storage.chat_store.bench._ops import (
+    CATALOG,
+    CATALOG_SIZES,
     OPERATIONS,
     TURN,
     TURN_LENGTHS,
@@ -30,7 +32,9 @@ WORKER = Path(__file__).with_name("_worker.py")
 FULL_REPEATS = 15
 QUICK_REPEATS = 3
 SELF_WARMING = 0.5  # seconds: a call this long needs no untimed call before it
-OPERATION_NAMES = tuple(op for op, _ in (*OPERATIONS, TURN, *VOLUME_OPERATIONS))
+OPERATION_NAMES = tuple(op for op, _ in (*OPERATIONS, TURN, *VOLUME_OPERATIONS, CATALOG))
+ROUND_TRIPS = ("get_last", "get_last_safe", CATALOG[0])
+"""Operations whose steps per call the report counts (our store, in this process)."""
 
 
 def default_repeats(scale: float) -> int:
@@ -49,6 +53,7 @@ class Plan:
     volume_repeats: int
     turn_lengths: tuple[int, ...] = ()
     ops: tuple[str, ...] = OPERATION_NAMES
+    catalogs: tuple[int, ...] = ()
 
     @classmethod
     def from_scale(
@@ -57,8 +62,9 @@ class Plan:
         repeats: int,
         long_conversation: int = 10_000,
         ops: tuple[str, ...] = OPERATION_NAMES,
+        largest_catalog: int = CATALOG_SIZES[-1],
     ) -> Plan:
-        """Scale every volume (never below 10 messages); ``ops`` selects the operations.
+        """Scale every volume (never below 10 messages or conversations); ``ops`` selects.
 
         Raises:
             ValueError: ``ops`` names an operation that does not exist.
@@ -80,6 +86,7 @@ class Plan:
             volume_repeats=max(3, min(repeats, 7)),
             turn_lengths=tuple(sorted({scaled(n) for n in TURN_LENGTHS})),
             ops=tuple(op for op in OPERATION_NAMES if op in ops),
+            catalogs=tuple(sorted({scaled(min(n, largest_catalog)) for n in CATALOG_SIZES})),
         )
 
     def operations_at(self, length: int) -> list[str]:
@@ -103,6 +110,8 @@ class Results:
     plan: Plan
     labels: dict[str, str]
     samples: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)
+    round_trips: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Steps one call of our store sent, by (operation, length): see ``count_steps``."""
     seconds: float = 0.0
 
     def median(self, impl: str, op: str, length: int) -> float | None:
@@ -113,10 +122,13 @@ class Results:
 class _Implementation(Protocol):
     volume: bool
     turn: bool
+    tool_safe: bool
+    catalog: bool
 
     def fill(self, key: str, n: int) -> None: ...
     def sample(self, op: str, key: str, length: int) -> float: ...
     def delete(self, key: str) -> None: ...
+    def drop_catalog(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -126,9 +138,19 @@ class _InProcess:
         self.sampler = Sampler(adapter, workdir)
         self.volume = bool(adapter.supports_volume)
         self.turn = bool(adapter.supports_turn)
+        self.tool_safe = bool(adapter.supports_tool_safe)
+        self.catalog = bool(adapter.supports_catalog)
 
     def fill(self, key: str, n: int) -> None:
         self.sampler.fill(key, n)
+
+    def drop_catalog(self) -> None:
+        self.sampler.drop_catalog()
+
+    def round_trips(self, op: str, key: str) -> int | None:
+        if not isinstance(self.adapter, OursAdapter):
+            return None
+        return self.adapter.round_trips(op, key)
 
     def sample(self, op: str, key: str, length: int) -> float:
         return self.sampler.sample(op, key, length)
@@ -160,7 +182,7 @@ class _Worker:
         self.role = role
         self.checkout = checkout
         self.hello: dict[str, Any] = {}
-        self.volume = self.turn = False
+        self.volume = self.turn = self.tool_safe = self.catalog = False
         self._closed = False
         self._stderr = (Path(workdir) / f"{role}.log").open("w+", encoding="utf-8")
         self._proc = subprocess.Popen(  # noqa: S603 (our worker, in an interpreter we chose)
@@ -206,6 +228,8 @@ class _Worker:
         self.hello = self._reply()
         self.volume = bool(self.hello["volume"])
         self.turn = bool(self.hello.get("turn"))
+        self.tool_safe = bool(self.hello.get("tool_safe"))
+        self.catalog = bool(self.hello.get("catalog"))
         if self.checkout is not None:
             self.checkout.imported_here(self.hello["modules"])
         return self
@@ -237,6 +261,9 @@ class _Worker:
 
     def delete(self, key: str) -> None:
         self._call("delete", key=key)
+
+    def drop_catalog(self) -> None:
+        self._call("drop_catalog")
 
     def close(self) -> None:
         if self._closed:
@@ -287,7 +314,9 @@ def run_backend(
         raise ValueError("a baseline run needs the declaration file of the backend")
     started = time.monotonic()
     say = _Progress(name, log, started)
-    plan = Plan.from_scale(plan.scale, plan.repeats, backend.long_conversation, plan.ops)
+    plan = Plan.from_scale(
+        plan.scale, plan.repeats, backend.long_conversation, plan.ops, backend.largest_catalog
+    )
     labels = {"ours": f"{backend.title}, from this repository"}
     lengths = plan.conversation_lengths()
     holds = backend.reference_holds
@@ -308,7 +337,8 @@ def run_backend(
                 impls["ours"] = workers["ours"].connect(url)
                 impls["baseline"] = workers["baseline"].connect(url)
             else:
-                impls["ours"] = _InProcess(OursAdapter(backend.ours, url), workdir)
+                ours = OursAdapter(backend.ours, url, backend.fill_catalog)
+                impls["ours"] = _InProcess(ours, workdir)
             if backend.raw is not None:
                 raw = RawAdapter(backend.raw, url)
                 impls["raw"] = _InProcess(raw, workdir)
@@ -376,7 +406,9 @@ def _key(name: str, impl: str, length: int) -> str:
 
 
 def _takes(implementation: _Implementation, op: str) -> bool:
-    return op != TURN[0] or implementation.turn
+    if op == TURN[0]:
+        return implementation.turn
+    return op != "get_last_safe" or implementation.tool_safe
 
 
 def _measure(
@@ -405,9 +437,22 @@ def _measure(
     for impl, length in filled:
         impls[impl].fill(_key(name, impl, length), length)
     _measure_conversations(name, impls, plan, set(filled), results, say)
+    for length in plan.lengths:
+        for op in set(ROUND_TRIPS) & set(plan.operations_at(length)):
+            _count_round_trips(impls["ours"], op, _key(name, "ours", length), length, results)
     for impl, length in filled:
         impls[impl].delete(_key(name, impl, length))
     _measure_volumes(impls, plan, results, say)
+    _measure_catalogs(impls, plan, results, say)
+
+
+def _count_round_trips(
+    ours: _Implementation, op: str, key: str, length: int, results: Results
+) -> None:
+    if isinstance(ours, _InProcess):
+        steps = ours.round_trips(op, key)
+        if steps is not None:
+            results.round_trips[(op, length)] = steps
 
 
 def _measure_conversations(
@@ -421,8 +466,12 @@ def _measure_conversations(
     """Time every operation on every filled conversation, the implementations in turn."""
     order, lengths = list(impls), plan.conversation_lengths()
     last: dict[tuple[str, str, int], float] = {}
-    # Repeat 0 warms up (imports, caches, connections) and is thrown away.
-    for repeat in range(plan.repeats + 1):
+    # Repeat 0 warms up (imports, caches, connections) and is thrown away. A quick run checks
+    # the harness, its numbers are not for reading: no warm-up round, no untimed calls, and a
+    # call of SELF_WARMING seconds or more is made once (LlamaIndex's 20 rewrites of a whole
+    # conversation take seconds on an emulator).
+    warm = not is_quick(plan.scale)
+    for repeat in range(0 if warm else 1, plan.repeats + 1):
         say(f"repeat {repeat}/{plan.repeats}")
         turn = order[repeat % len(order) :] + order[: repeat % len(order)]
         for length in lengths:
@@ -437,7 +486,9 @@ def _measure_conversations(
                     # that took SELF_WARMING seconds last time skips it (waking costs
                     # milliseconds, under 1 % of such a call), and so does round 0, untimed.
                     key, sample = _key(name, impl, length), (impl, op, length)
-                    if repeat and last.get(sample, 0.0) < SELF_WARMING:
+                    if not warm and last.get(sample, 0.0) >= SELF_WARMING:
+                        continue
+                    if warm and repeat and last.get(sample, 0.0) < SELF_WARMING:
                         impls[impl].sample(op, key, length)
                     took = last[sample] = impls[impl].sample(op, key, length)
                     if repeat:
@@ -462,3 +513,36 @@ def _measure_volumes(
                 for impl in turn:
                     took = impls[impl].sample(op, "", n)
                     results.samples.setdefault((impl, op, n), []).append(took)
+
+
+def _measure_catalogs(
+    impls: dict[str, _Implementation], plan: Plan, results: Results, say: _Progress
+) -> None:
+    """Time the first page of a catalog of each size, one implementation after the other.
+
+    Not interleaved: each implementation's conversations are alone on the server while it is
+    measured (LlamaIndex's ``get_keys`` lists every key of a Redis database, so another
+    implementation's 100,000 conversations would count as its own), and a catalog grows from
+    one size to the next instead of being filled again. Round 0 grows it and warms up.
+    LlamaIndex's goes first: what our stores leave behind for a while (Redis keeps a record
+    of a conversation's latest changes for minutes after it is removed) must not be listed.
+    """
+    op, warm = CATALOG[0], not is_quick(plan.scale)
+    if op not in plan.ops or not impls["ours"].catalog:
+        return
+    for impl in reversed([i for i in impls if impls[i].catalog]):
+        implementation = impls[impl]
+        try:
+            for n in plan.catalogs:
+                started = time.monotonic()
+                last = implementation.sample(op, "", n)
+                say(f"{impl}: {n:,} conversations, ready in {time.monotonic() - started:.0f} s")
+                for _ in range(plan.repeats):
+                    if warm and last < SELF_WARMING:  # the untimed call (see above)
+                        implementation.sample(op, "", n)
+                    last = implementation.sample(op, "", n)
+                    results.samples.setdefault((impl, op, n), []).append(last)
+                if impl == "ours":
+                    _count_round_trips(implementation, op, "", n, results)
+        finally:
+            implementation.drop_catalog()

@@ -38,15 +38,23 @@ class LlamaIndexAdapter(StoreAdapter):
 
     LlamaIndex's store has no batch append, no window and no count: ``add_many`` appends one
     by one, ``get_last`` slices ``get_messages``, ``count`` is ``len(get_messages(key))``.
-    The chat turn hands the store to LlamaIndex's ``ChatMemoryBuffer``, as ours is.
+    The chat turn hands the store to LlamaIndex's ``ChatMemoryBuffer``, as ours is. It has no
+    tool-safe window, and no catalog: its nearest operation, ``get_keys()``, returns every key
+    of the store at once (``list_page``). ``hooks`` are the reference source's optional
+    ``fill_catalog(store, keys, message)`` and ``drop_catalog(store, keys)``.
     """
 
-    def __init__(self, make_store: Callable[[str], Any], url: str) -> None:
+    def __init__(
+        self, make_store: Callable[[str], Any], url: str, hooks: dict[str, Any] | None = None
+    ) -> None:
         chat_message = importlib.import_module("llama_index.core.llms").ChatMessage
         super().__init__(
             make_store, url, [chat_message.model_validate_json(m) for m in sample_messages()]
         )
         self.supports_volume = hasattr(self.store, "persist")
+        self.supports_catalog = hasattr(self.store, "get_keys")
+        self.hooks = hooks or {}
+        self.catalog_keys: list[str] = []
 
     def add_many(self, key: str, start: int, n: int) -> None:
         for j in range(n):
@@ -62,6 +70,31 @@ class LlamaIndexAdapter(StoreAdapter):
         # Each of its removals reads and rewrites the whole conversation where it keeps one
         # value (DynamoDB, PostgreSQL): one read and one write instead of n of each.
         self.store.set_messages(key, self.store.get_messages(key)[:-n])
+
+    def grow_catalog(self, keys: list[str]) -> None:
+        store, message = self.catalog_store(), self._m(0)
+        self.catalog_keys += keys
+        if "fill_catalog" in self.hooks:
+            self.hooks["fill_catalog"](store, keys, message)
+            return
+        for key in keys:
+            store.add_message(key, message)
+
+    def list_page(self) -> object:
+        return self.catalog.get_keys()
+
+    def drop_catalog(self) -> None:
+        keys, self.catalog_keys = self.catalog_keys, []
+        if "drop_catalog" in self.hooks:
+            self.hooks["drop_catalog"](self.catalog, keys)
+        else:
+            for key in keys:
+                self.catalog.delete_messages(key)
+        self.catalog = None
+
+    def close(self) -> None:
+        if self.catalog_keys:
+            self.drop_catalog()
 
     def persist(self, path: str) -> None:
         self.volume.persist(persist_path=path)
@@ -79,8 +112,11 @@ def _llama_index(source_file: str) -> Build:
         exec(compile(f.read(), source_file, "exec"), namespace)  # noqa: S102 (the backend's own reference code)
 
     def build(url: str) -> tuple[Adapter, dict[str, Any]]:
-        adapter = LlamaIndexAdapter(namespace["make_store"], url)
-        return adapter, {"volume": adapter.supports_volume, "turn": adapter.supports_turn}
+        hooks: dict[str, Any] = {
+            h: namespace[h] for h in ("fill_catalog", "drop_catalog") if h in namespace
+        }
+        adapter = LlamaIndexAdapter(namespace["make_store"], url, hooks)
+        return adapter, _hello(adapter)
 
     return build
 
@@ -98,19 +134,25 @@ def _ours(name: str, declaration: str) -> Build:
         raise TypeError(f"{declaration} declares a Task, not a Backend: it has no store")
 
     def build(url: str) -> tuple[Adapter, dict[str, Any]]:
-        adapter = OursAdapter(bench.ours, url)
+        adapter = OursAdapter(bench.ours, url, bench.fill_catalog)
         store_module = type(adapter.store).__module__
         modules = {
             module: sys.modules[module].__file__ or ""
             for module in ("llama_index.storage.chat_store.core", store_module)
         }
-        return adapter, {
-            "volume": adapter.supports_volume,
-            "turn": adapter.supports_turn,
-            "modules": modules,
-        }
+        return adapter, {**_hello(adapter), "modules": modules}
 
     return build
+
+
+def _hello(adapter: Adapter) -> dict[str, Any]:
+    """What the harness learns of the worker's implementation: the operations it takes."""
+    return {
+        "volume": adapter.supports_volume,
+        "turn": adapter.supports_turn,
+        "tool_safe": adapter.supports_tool_safe,
+        "catalog": adapter.supports_catalog,
+    }
 
 
 def main() -> None:
@@ -136,7 +178,8 @@ def main() -> None:
             verb = command.pop("verb")
             if verb == "exit":
                 break
-            result = getattr(sampler if verb in ("sample", "fill") else adapter, verb)(**command)
+            on_sampler = verb in ("sample", "fill", "drop_catalog")
+            result = getattr(sampler if on_sampler else adapter, verb)(**command)
             replies.write(json.dumps({"result": result}) + "\n")
         except Exception:
             replies.write(json.dumps({"error": traceback.format_exc()}) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -14,10 +15,14 @@ from llama_index.storage.chat_store.core import chat_store_from_url
 class DictOfJsonStrings:
     """The floor: a dict of lists of message JSON strings, no lock, no copies, no checks."""
 
-    label = "dict of lists of JSON strings; persist writes the same file bytes, load is json.loads"
+    label = (
+        "dict of lists of JSON strings; persist writes the same file bytes, load is json.loads; "
+        "a catalog page is the 100 smallest keys of a dict (heapq.nsmallest) with their lengths"
+    )
 
     def __init__(self) -> None:
         self.store: dict[str, list[str]] = {}
+        self.catalog: dict[str, list[str]] = {}
 
     def add(self, key: str, message: str) -> None:
         self.store.setdefault(key, []).append(message)
@@ -43,6 +48,16 @@ class DictOfJsonStrings:
 
     def close(self) -> None:
         pass
+
+    def catalog_fill(self, keys: Sequence[str], message: str) -> None:
+        self.catalog.update((key, [message]) for key in keys)
+
+    def catalog_page(self, limit: int) -> list[tuple[str, int]]:
+        return [(key, len(self.catalog[key])) for key in heapq.nsmallest(limit, self.catalog)]
+
+    def catalog_drop(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.catalog.pop(key, None)
 
     def persist(self, path: str) -> None:
         body = ",".join(
