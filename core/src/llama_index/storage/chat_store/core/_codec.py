@@ -14,6 +14,7 @@ in ``test_core_codec.py`` hold both paths to the same results.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -64,9 +65,22 @@ def legacy_content(value: Any) -> Any:
 # lone surrogates (an error), tuples (LlamaIndex leaves bytes in them unencoded), and nesting
 # deeper than its recursion limit (about 250): all of those take the validating path.
 _encode_str = json.encoder.encode_basestring
-_encode_kwargs = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
-).encode
+
+
+def _kwargs_encoder() -> Callable[[dict[str, Any]], str]:
+    """Return a compact encoder; the C one built once (JSONEncoder.encode builds one a call)."""
+    encoder = json.JSONEncoder(
+        ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    try:
+        chunks = make(None, encoder.default, _encode_str, None, ":", ",", False, False, False)  # type: ignore[misc]
+    except TypeError:  # no C encoder, or another signature
+        return encoder.encode
+    return lambda value: "".join(chunks(value, 0))
+
+
+_encode_kwargs = _kwargs_encoder()
 _ROLE_JSON = {role: f'{{"role":"{role.value}","additional_kwargs":' for role in MessageRole}
 _TEXT_JSON = '{"block_type":"text","text":'
 _ATOMS = frozenset({str, int, bool, type(None)})
