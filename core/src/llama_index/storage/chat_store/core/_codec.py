@@ -14,6 +14,7 @@ in ``test_core_codec.py`` hold both paths to the same results.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -214,9 +215,12 @@ _COMMON_SHAPE = _validator(
     ),
     (ChatMessage, TextBlock),
 )
-_MARKS = {
-    str: ('"content"', '"block_type"', '"block_type":"text"'),
-    bytes: (b'"content"', b'"block_type"', b'"block_type":"text"'),
+_LEGACY = {str: '"content"', bytes: b'"content"'}
+# The first '"content"' (a legacy message) or block that is not text; None for the common shape.
+_MARKS = '"(?:(content")|block_type":"(?!text"))'
+_MARK: dict[type, Callable[[Any], re.Match[Any] | None]] = {
+    str: re.compile(_MARKS).search,
+    bytes: re.compile(_MARKS.encode()).search,
 }
 
 
@@ -225,7 +229,7 @@ def legacy_shape(data: str | bytes | bytearray) -> bool:
 
     json.dumps and pydantic write keys as they are, so data without it is of the current shape.
     """
-    return _MARKS[str if type(data) is str else bytes][0] in data  # type: ignore[operator]
+    return _LEGACY[str if type(data) is str else bytes] in data  # type: ignore[operator]
 
 
 def fast_message(data: str | bytes | bytearray) -> ChatMessage | None:
@@ -235,17 +239,17 @@ def fast_message(data: str | bytes | bytearray) -> ChatMessage | None:
     set (the keys given), defaults for fields not given. The legacy ``content`` shape is
     read too.
     """
-    legacy, block, text_block = _MARKS[str if type(data) is str else bytes]
     # A block of another type fails the validator only after it has parsed everything, and
-    # its error costs as much as the parse: look for one first (text may fool this either
-    # way, which costs time, never correctness).
-    if data.count(block) != data.count(text_block):  # type: ignore[arg-type]
-        return None
+    # its error costs as much as the parse: look for one first, in the same pass as for the
+    # legacy shape (text may fool this either way, which costs time, never correctness).
+    mark = _MARK[str if type(data) is str else bytes](data)
     try:
-        if legacy not in data:  # type: ignore[operator]
+        if mark is None:
             message: ChatMessage = _COMMON_SHAPE.validate_json(data)
-        else:
+        elif mark[1]:
             message = _COMMON_SHAPE.validate_python(legacy_content(from_json(data)))
+        else:
+            return None
     except ValueError:  # ValidationError too; legacy_content's own error
         return None
     # LlamaIndex's model validator turns "images" into image blocks.
