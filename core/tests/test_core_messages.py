@@ -209,6 +209,27 @@ def test_payloads_are_kept() -> None:
     assert data["blocks"][0]["image"] == "AAFyYXc="
 
 
+@pytest.mark.skipif(not LLAMA_INDEX_INSTALLED, reason="LlamaIndex's validators only")
+@pytest.mark.parametrize("images", ["[1]", '"x"', '[{"a": 1}]'])
+def test_data_llama_index_validators_trip_on_is_corrupt_data_not_their_error(images: str) -> None:
+    data = '{"role":"user","additional_kwargs":{"images":' + images + '},"blocks":[]}'
+    with pytest.raises(CorruptDataError, match="at key 'k' position 3"):
+        message_from_json(data, key="k", position=3)
+
+
+def test_a_message_nested_past_what_reads_back_is_refused_on_write() -> None:
+    def nested(depth: int) -> dict[str, Any]:
+        value: dict[str, Any] = {}
+        for _ in range(depth):
+            value = {"a": value}
+        return value
+
+    fine = ChatMessage(content="x", additional_kwargs=nested(150))
+    assert message_from_json(message_to_json(fine)) == fine
+    with pytest.raises(SerializationError, match="would not read back"):
+        message_to_json(ChatMessage(content="x", additional_kwargs=nested(230)))
+
+
 def test_unserializable_kwargs_raise_serialization_error() -> None:
     with pytest.raises(SerializationError):
         message_to_json(ChatMessage(content="x", additional_kwargs={"o": object()}))

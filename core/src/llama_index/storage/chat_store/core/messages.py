@@ -109,11 +109,27 @@ def message_to_json(message: ChatMessage) -> str:
 
 
 def _dumped_json(message: ChatMessage) -> str:
-    """:func:`message_to_json` through pydantic's serializer (any message)."""
+    """:func:`message_to_json` through pydantic's serializer (any message).
+
+    JSON of many objects and arrays may nest deeper than the reader's limit (about 200
+    levels), which would store a message no read can return: such JSON is read back first.
+    """
     try:
-        return message.model_dump_json()
+        data = message.model_dump_json()
     except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
         raise SerializationError(f"cannot serialize message: {str(exc)[:300]}") from exc
+    if data.count("{") + data.count("[") >= _READ_BACK_FROM:
+        try:
+            _validated_message(data, None, None)
+        except (CorruptDataError, SerializationError) as exc:
+            raise SerializationError(
+                "cannot store this message: it would not read back (nested too deeply?): "
+                f"{str(exc)[:200]}"
+            ) from exc
+    return data
+
+
+_READ_BACK_FROM = 128  # fewer objects and arrays than this cannot nest past the reader's limit
 
 
 def message_from_json(
@@ -148,10 +164,12 @@ def _validated_message(
     if not legacy_shape(data):
         try:
             return _DECODE_CURRENT(data)
-        except ValidationError:
+        except (ValidationError, AttributeError, TypeError):
             pass
     try:
         return _DECODE.validate_json(data)
+    except (AttributeError, TypeError) as exc:  # LlamaIndex's own validators on odd data
+        raise _not_a_message(data, key, position, f"{type(exc).__name__}: {exc}") from exc
     except ValidationError as exc:
         where = "" if key is None else f" at key {key!r}"
         if position is not None:
@@ -167,15 +185,24 @@ def _validated_message(
                 position=position,
                 data=stored,
             ) from exc
-        preview = bytes(data[:80]) if isinstance(data, (bytes, bytearray)) else data[:80]
-        remedy = "" if key is None else f" ({corrupt_data_remedy(key)})"
-        raise CorruptDataError(
-            f"stored data{where} is not a chat message ({exc.error_count()} errors; "
-            f"starts with {preview!r}){remedy}",
-            key=key,
-            position=position,
-            data=stored,
-        ) from exc
+        raise _not_a_message(data, key, position, f"{exc.error_count()} errors") from exc
+
+
+def _not_a_message(
+    data: str | bytes | bytearray, key: str | None, position: int | None, problem: str
+) -> CorruptDataError:
+    where = "" if key is None else f" at key {key!r}"
+    if position is not None:
+        where += f" position {position}"
+    preview = bytes(data[:80]) if isinstance(data, (bytes, bytearray)) else data[:80]
+    remedy = "" if key is None else f" ({corrupt_data_remedy(key)})"
+    return CorruptDataError(
+        f"stored data{where} is not a chat message ({problem[:200]}; starts with "
+        f"{preview!r}){remedy}",
+        key=key,
+        position=position,
+        data=bytes(data) if isinstance(data, bytearray) else data,
+    )
 
 
 def messages_from_json(

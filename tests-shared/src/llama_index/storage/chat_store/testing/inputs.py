@@ -112,8 +112,8 @@ class InputTests:
 
     @pytest.mark.parametrize(
         "kwargs",
-        [{"o": object()}, {"s": "lone \ud800"}, _nested(300), _nested(5000)],
-        ids=["object", "lone-surrogate", "nested-300", "nested-5000"],
+        [{"o": object()}, {"s": "lone \ud800"}, _nested(230), _nested(300), _nested(5000)],
+        ids=["object", "lone-surrogate", "nested-230", "nested-300", "nested-5000"],
     )
     def test_unsaveable_messages_are_rejected(
         self, store: BaseChatStore, kwargs: dict[str, Any]
@@ -121,7 +121,8 @@ class InputTests:
         """A message JSON cannot carry raises SerializationError, writes nothing, harms nothing.
 
         If this fails: the store accepts what it can never write back (so a later save of
-        the whole store fails), or a deep value escapes as a raw RecursionError.
+        the whole store fails) or read back (nesting JSON can carry past the reader's limit
+        of about 200 levels), or a deep value escapes as a raw RecursionError.
         """
         store.add_message("k", ChatMessage(content="kept"))
         bad = ChatMessage(content="x", additional_kwargs=kwargs)
