@@ -126,7 +126,7 @@ class _Implementation(Protocol):
     catalog: bool
 
     def fill(self, key: str, n: int) -> None: ...
-    def sample(self, op: str, key: str, length: int) -> float: ...
+    def sample(self, op: str, key: str, length: int, warm: bool = False) -> float: ...
     def delete(self, key: str) -> None: ...
     def drop_catalog(self) -> None: ...
     def close(self) -> None: ...
@@ -152,8 +152,8 @@ class _InProcess:
             return None
         return self.adapter.round_trips(op, key)
 
-    def sample(self, op: str, key: str, length: int) -> float:
-        return self.sampler.sample(op, key, length)
+    def sample(self, op: str, key: str, length: int, warm: bool = False) -> float:
+        return self.sampler.sample(op, key, length, warm)
 
     def delete(self, key: str) -> None:
         self.adapter.delete(key)
@@ -256,8 +256,8 @@ class _Worker:
     def fill(self, key: str, n: int) -> None:
         self._call("fill", key=key, n=n)
 
-    def sample(self, op: str, key: str, length: int) -> float:
-        return float(self._call("sample", op=op, key=key, length=length))
+    def sample(self, op: str, key: str, length: int, warm: bool = False) -> float:
+        return float(self._call("sample", op=op, key=key, length=length, warm=warm))
 
     def delete(self, key: str) -> None:
         self._call("delete", key=key)
@@ -479,7 +479,8 @@ def _measure_conversations(
                 for impl in turn:
                     if (impl, length) not in filled or not _takes(impls[impl], op):
                         continue
-                    # An untimed call first: the timed one must not pay for waking up after
+                    # An untimed call first, in the implementation's own process (see
+                    # Sampler.sample): the timed one must not pay for waking up after
                     # another implementation's long call (an idle client and server backend
                     # measured 3-5x slower on their next statement), and rotation alone
                     # always puts the same implementation right after the slowest one. A call
@@ -488,9 +489,8 @@ def _measure_conversations(
                     key, sample = _key(name, impl, length), (impl, op, length)
                     if not warm and last.get(sample, 0.0) >= SELF_WARMING:
                         continue
-                    if warm and repeat and last.get(sample, 0.0) < SELF_WARMING:
-                        impls[impl].sample(op, key, length)
-                    took = last[sample] = impls[impl].sample(op, key, length)
+                    first = bool(warm and repeat and last.get(sample, 0.0) < SELF_WARMING)
+                    took = last[sample] = impls[impl].sample(op, key, length, first)
                     if repeat:
                         results.samples.setdefault((impl, op, length), []).append(took)
 
@@ -538,9 +538,8 @@ def _measure_catalogs(
                 last = implementation.sample(op, "", n)
                 say(f"{impl}: {n:,} conversations, ready in {time.monotonic() - started:.0f} s")
                 for _ in range(plan.repeats):
-                    if warm and last < SELF_WARMING:  # the untimed call (see above)
-                        implementation.sample(op, "", n)
-                    last = implementation.sample(op, "", n)
+                    # With the untimed call first (see above).
+                    last = implementation.sample(op, "", n, warm and last < SELF_WARMING)
                     results.samples.setdefault((impl, op, n), []).append(last)
                 if impl == "ours":
                     _count_round_trips(implementation, op, "", n, results)
