@@ -1,14 +1,13 @@
 """The native layout's conversation catalog beyond the suite, on a real Azurite.
 
 Old meta entities (written before the catalog), stale index entities, key order where
-Azure's own RowKey order differs from code point order, the long keys sorted in groups,
-and set_metadata racing appends from several store instances.
+Azure's own RowKey order differs from code point order, and the long keys sorted in groups
+(set_metadata racing appends from several stores is the suite's).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -26,6 +25,7 @@ from llama_index.storage.chat_store.azure.testing import (
 )
 from llama_index.storage.chat_store.core import MAX_KEY_BYTES, ChatMessage, CorruptDataError
 from llama_index.storage.chat_store.core.catalog import MAX_METADATA_BYTES
+from llama_index.storage.chat_store.testing.catalog import walk_catalog
 
 
 @pytest.fixture
@@ -61,17 +61,6 @@ def _message(text: str) -> ChatMessage:
     return ChatMessage(role="user", content=text)
 
 
-def _walk(store: AzureChatStore, prefix: str | None = None, limit: int = 3) -> list[str]:
-    keys: list[str] = []
-    after = None
-    while True:
-        page = store.list_conversations(prefix=prefix, after=after, limit=limit)
-        keys += [c.key for c in page.conversations]
-        if page.next_after is None:
-            return keys
-        after = page.next_after
-
-
 def _make_pre_catalog(raw: TableClient, keys: list[str]) -> None:
     """Turn the table into what the native layout wrote before the catalog."""
     for key in keys:
@@ -97,7 +86,10 @@ def test_old_meta_entities_read_as_unknown_until_a_change(
         assert (info.message_count, info.created_at, info.updated_at, info.metadata) == (
             2, None, None, {},
         )  # fmt: skip
-        assert _walk(store, "old/", limit=1) == ["old/a", "old/b"]  # indexed by the first listing
+        assert walk_catalog(store, "old/", limit=1) == [
+            "old/a",
+            "old/b",
+        ]  # indexed by the first listing
         assert raw.get_entity(ORDER_PARTITION, INDEXED) is not None
         store.add_message("old/a", _message("3"))
         changed = store.get_conversation("old/a")
@@ -126,13 +118,13 @@ def test_stale_index_entities_are_skipped(
             for pk, rk in ((ORDER_PARTITION, order_key(key)), (KEYS_PARTITION, encode_key(key))):
                 raw.upsert_entity({"PartitionKey": pk, "RowKey": rk, "Key": key})
         for limit in (1, 2, 3, 100):
-            assert _walk(store, "s", limit=limit) == ["s1", "s3", "s5"]
+            assert walk_catalog(store, "s", limit=limit) == ["s1", "s3", "s5"]
         page = store.list_conversations(prefix="s", limit=3)
         assert [c.key for c in page.conversations] == ["s1", "s3", "s5"]
         assert page.next_after == "s5"  # an index entity follows: the next page tells
         assert store.list_conversations(prefix="s", after="s5").next_after is None
         store.add_message("s2", _message("back"))  # a stale entity's key comes back
-        assert _walk(store, "s", limit=2) == ["s1", "s2", "s3", "s5"]
+        assert walk_catalog(store, "s", limit=2) == ["s1", "s2", "s3", "s5"]
 
 
 def test_listing_follows_code_points_where_azure_order_differs(
@@ -149,16 +141,18 @@ def test_listing_follows_code_points_where_azure_order_differs(
     with new_store() as store:
         for key in keys:
             store.add_message(key, _message(key[:10]))
-        assert _walk(store) == sorted(keys)
-        assert _walk(store, limit=100) == sorted(keys)
-        assert _walk(store, "a") == sorted(k for k in keys if k.startswith("a"))
-        assert _walk(store, long) == sorted(k for k in keys if k.startswith(long))
-        assert _walk(store, long + "a", limit=1) == [long + "a", long + "a" * 100]
+        assert walk_catalog(store, limit=3) == sorted(keys)
+        assert walk_catalog(store, limit=100) == sorted(keys)
+        assert walk_catalog(store, "a", 3) == sorted(k for k in keys if k.startswith("a"))
+        assert walk_catalog(store, long, 3) == sorted(k for k in keys if k.startswith(long))
+        assert walk_catalog(store, long + "a", limit=1) == [long + "a", long + "a" * 100]
         at = sorted(keys).index(long + "a")
         after = store.list_conversations(after=long + "a", limit=2)
         assert [c.key for c in after.conversations] == sorted(keys)[at + 1 : at + 3]
         store.delete_messages(long + "a")
-        assert _walk(store, "L") == sorted(k for k in keys if k.startswith("L") and k != long + "a")
+        assert walk_catalog(store, "L", 3) == sorted(
+            k for k in keys if k.startswith("L") and k != long + "a"
+        )
 
         async def walk_async() -> list[str]:
             page = await store.alist_conversations(limit=100)
@@ -199,53 +193,3 @@ def test_unreadable_catalog_properties_are_corrupt_data(
             store.list_conversations()
         store.set_messages("bad", [])  # the remedy the error names
         assert store.list_conversations().conversations == []
-
-
-def test_set_metadata_races_appends_from_several_stores(
-    new_store: Callable[[], AzureChatStore],
-) -> None:
-    """Every append and every metadata name lands, whichever commit wins each round."""
-    with new_store() as first:
-        first.add_message("race", _message("start"))
-    rounds, writers = 8, 3
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2 * writers)
-
-    def append(n: int) -> None:
-        with new_store() as store:
-            barrier.wait()
-            for i in range(rounds):
-                store.add_message("race", _message(f"{n}-{i}"))
-
-    def tag(n: int) -> None:
-        with new_store() as store:
-            barrier.wait()
-            for i in range(rounds):
-                store.set_metadata("race", {f"w{n}-{i}": i, f"w{n}-{i - 1}": None})
-
-    def run(target: Callable[[int], None], n: int) -> None:
-        try:
-            target(n)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(t, n)) for n in range(writers)
-               for t in (append, tag)]  # fmt: skip
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    with new_store() as store:
-        info = store.get_conversation("race")
-        assert info is not None
-        assert info.message_count == 1 + rounds * writers
-        assert info.metadata == {f"w{n}-{rounds - 1}": rounds - 1 for n in range(writers)}
-        assert info.created_at is not None
-        assert info.updated_at is not None
-        assert info.updated_at >= info.created_at
-        texts = [m.content for m in store.get_messages("race")]
-        for n in range(writers):  # each writer's own order kept
-            assert [t for t in texts if t and t.startswith(f"{n}-")] == [
-                f"{n}-{i}" for i in range(rounds)
-            ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from typing import Any
@@ -26,20 +25,10 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     UPDATED,
     native_table_definition,
 )
+from llama_index.storage.chat_store.testing.catalog import walk_catalog
 from llama_index.storage.chat_store.testing.faults import FaultKind, FaultProxy, address_of
 
 _CATALOG_FIELDS = (CREATED, UPDATED, METADATA, LISTED, ORDER)
-
-
-def _walk(store: DynamoDBChatStore, prefix: str | None = None, limit: int = 2) -> list[str]:
-    keys: list[str] = []
-    after = None
-    while True:
-        page = store.list_conversations(prefix=prefix, after=after, limit=limit)
-        keys += [c.key for c in page.conversations]
-        if page.next_after is None:
-            return keys
-        after = page.next_after
 
 
 def _age(moto: Any, store: DynamoDBChatStore, key: str) -> None:
@@ -116,59 +105,10 @@ def test_a_table_without_the_catalog_index_is_migrated_by_create_table(moto: Any
     store.create_table()
     store.create_table()  # idempotent
     expected = [k for k in keys if k != "u3"]
-    assert _walk(store) == expected
-    assert _walk(other, limit=100) == expected
+    assert walk_catalog(store, limit=2) == expected
+    assert walk_catalog(other, limit=100) == expected
     page = other.list_conversations(prefix="u1")
     assert [(c.key, c.message_count, c.updated_at) for c in page.conversations] == [("u1", 1, None)]
-
-
-def test_set_metadata_races_appends_from_several_stores(
-    native_store: DynamoDBChatStore, moto: Any
-) -> None:
-    factory = moto.factory(native_store)
-    native_store.add_message("k", ChatMessage(content="first"))
-    appenders, setters, rounds = 3, 3, 12
-    errors: list[BaseException] = []
-    start = threading.Barrier(appenders + setters)
-
-    def append(n: int) -> None:
-        store = factory()
-        try:
-            start.wait()
-            for i in range(rounds):
-                store.add_message("k", ChatMessage(content=f"{n}.{i}"))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            store.close()
-
-    def annotate(n: int) -> None:
-        store = factory()
-        try:
-            start.wait()
-            for i in range(rounds):
-                info = store.set_metadata("k", {f"s{n}": i, "last": n})
-                assert info.metadata[f"s{n}"] == i
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            store.close()
-
-    threads = [threading.Thread(target=append, args=(n,)) for n in range(appenders)]
-    threads += [threading.Thread(target=annotate, args=(n,)) for n in range(setters)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    info = factory().get_conversation("k")
-    assert info is not None
-    assert info.message_count == 1 + appenders * rounds
-    assert native_store.count_messages("k") == info.message_count
-    assert {k: v for k, v in info.metadata.items() if k != "last"} == {
-        f"s{n}": rounds - 1 for n in range(setters)
-    }
-    assert info.metadata["last"] in range(setters)
 
 
 def test_keys_sharing_their_first_kilobyte_list_in_key_order(
@@ -180,11 +120,11 @@ def test_keys_sharing_their_first_kilobyte_list_in_key_order(
     keys += ["k" * 1020 + "😀" * 3, "k" * 1022, "j", "l"]
     for key in keys:
         native_store.add_message(key, ChatMessage(content="x"))
-    assert _walk(native_store) == sorted(keys)
-    assert _walk(native_store, limit=3) == sorted(keys)
-    assert _walk(native_store, prefix=base + "b", limit=1) == [base + "b", base + "bb"]
+    assert walk_catalog(native_store, limit=2) == sorted(keys)
+    assert walk_catalog(native_store, limit=3) == sorted(keys)
+    assert walk_catalog(native_store, prefix=base + "b", limit=1) == [base + "b", base + "bb"]
     long = sorted(k for k in keys if k.startswith("k" * 1021))
-    assert _walk(native_store, prefix="k" * 1021) == long
+    assert walk_catalog(native_store, prefix="k" * 1021, limit=2) == long
 
 
 def test_entries_no_longer_live_are_skipped_and_the_page_filled(moto: Any) -> None:
@@ -204,19 +144,19 @@ def test_entries_no_longer_live_are_skipped_and_the_page_filled(moto: Any) -> No
     page = store.list_conversations(limit=3)
     assert [c.key for c in page.conversations] == ["c00", "c09", "c10"]
     assert page.next_after == "c10"
-    assert _walk(store) == ["c00", "c09", "c10", "c11"]
+    assert walk_catalog(store, limit=2) == ["c00", "c09", "c10", "c11"]
     assert store.get_conversation("c01") is None
 
 
 def test_a_page_costs_two_requests_whatever_the_table_holds(moto: Any) -> None:
-    seed = moto.store("native")
+    writer = moto.store("native")
     for i in range(60):
-        seed.add_message(f"u{i:02d}", ChatMessage(content="x"))
+        writer.add_message(f"u{i:02d}", ChatMessage(content="x"))
     calls: list[str] = []
     session = botocore.session.Session()
     session.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
     store = DynamoDBChatStore(
-        table_name=seed.table_name, layout="native", botocore_session=session,
+        table_name=writer.table_name, layout="native", botocore_session=session,
         endpoint_url=moto.url, **moto.credentials,
     )  # fmt: skip
     store.count_messages("warm-up")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from llama_index.storage.chat_store.core.catalog import check_metadata
 from llama_index.storage.chat_store.tablestore import TablestoreChatStore
 from llama_index.storage.chat_store.tablestore import _catalog as catalog
 from llama_index.storage.chat_store.tablestore._sdk import ts
+from llama_index.storage.chat_store.testing.catalog import walk_catalog
 from llama_index.storage.chat_store.testing.samples import numbered
 
 _ENTRY = ["created_at", "updated_at", "metadata"]
@@ -41,17 +41,6 @@ def _as_old_version(raw_client: Any, store: TablestoreChatStore, key: str) -> No
     """Make ``key``'s meta row what versions before the catalog wrote: no entry columns."""
     row = ts.Row([("session_id", key)], {"delete_all": _ENTRY})
     raw_client.update_row(f"{store.table_name}_meta", row, ts.Condition("EXPECT_EXIST"))
-
-
-def _walk(store: TablestoreChatStore, limit: int, prefix: str | None = None) -> list[str]:
-    keys: list[str] = []
-    after = None
-    while True:
-        page = store.list_conversations(prefix=prefix, after=after, limit=limit)
-        keys += [c.key for c in page.conversations]
-        if page.next_after is None:
-            return keys
-        after = page.next_after
 
 
 def test_old_meta_rows_read_without_times_until_written(
@@ -96,41 +85,6 @@ def test_emptying_removes_the_entry_columns(
     assert not set(_ENTRY) & set(columns)
     with pytest.raises(ConversationNotFoundError):
         store.set_metadata("k", {"title": "t"})
-
-
-def test_set_metadata_races_appends_from_several_instances(
-    make_store: Callable[[], TablestoreChatStore],
-) -> None:
-    """Concurrent merges and appends from several instances lose neither a name nor a message."""
-    make_store().add_message("k", ChatMessage(content="first"))
-    stores = [make_store() for _ in range(6)]
-    start = threading.Barrier(len(stores))
-    errors: list[BaseException] = []
-
-    def work(i: int, store: TablestoreChatStore) -> None:
-        try:
-            start.wait()
-            for j in range(8):
-                if i % 2:
-                    store.add_message("k", ChatMessage(content=f"{i}-{j}"))
-                else:
-                    store.set_metadata("k", {f"w{i}-{j}": j, "last": i})
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=pair) for pair in enumerate(stores)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    info = make_store().get_conversation("k")
-    assert info is not None
-    assert info.message_count == 1 + 3 * 8
-    assert set(info.metadata) == {"last"} | {f"w{i}-{j}" for i in (0, 2, 4) for j in range(8)}
-    assert info.updated_at is not None
-    assert info.created_at is not None
-    assert info.updated_at >= info.created_at
 
 
 _OTHERS: dict[str, Callable[[TablestoreChatStore], object]] = {
@@ -184,7 +138,7 @@ def test_listing_steps_over_emptied_conversations(
     for key in keys[:25] + keys[26::2]:
         store.delete_messages(key)
     present = [k for k in keys if k == "k25" or (k > "k25" and int(k[1:]) % 2)]
-    assert _walk(store, limit=2) == present
+    assert walk_catalog(store, limit=2) == present
     page = store.list_conversations(after="k25", limit=2)
     assert [c.key for c in page.conversations] == present[1:3]
     # 25 emptied rows ahead of the first present one: a page gives up after a few requests
@@ -193,7 +147,7 @@ def test_listing_steps_over_emptied_conversations(
     assert page.conversations == []
     assert page.next_after is not None
     assert page.next_after < "k25"
-    assert _walk(store, limit=1) == present
+    assert walk_catalog(store, limit=1) == present
 
 
 def test_a_page_is_one_request(make_store: Callable[[], TablestoreChatStore]) -> None:
@@ -221,10 +175,10 @@ def test_prefixes_end_at_the_last_code_points(
     keys = ["a\U0010ffff", "a\U0010ffffz", "b", "\ud7ffx", "\ue000", "\U0010ffff"]
     for key in keys:
         store.add_message(key, ChatMessage(content="x"))
-    assert _walk(store, 2, "a\U0010ffff") == ["a\U0010ffff", "a\U0010ffffz"]
-    assert _walk(store, 2, "\ud7ff") == ["\ud7ffx"]
-    assert _walk(store, 2, "\U0010ffff") == ["\U0010ffff"]
-    assert _walk(store, 1) == sorted(keys)
+    assert walk_catalog(store, "a\U0010ffff", 2) == ["a\U0010ffff", "a\U0010ffffz"]
+    assert walk_catalog(store, "\ud7ff", 2) == ["\ud7ffx"]
+    assert walk_catalog(store, "\U0010ffff", 2) == ["\U0010ffff"]
+    assert walk_catalog(store, limit=1) == sorted(keys)
     assert store.list_conversations(prefix="a", after="z").conversations == []
 
 

@@ -82,7 +82,7 @@ def _every_interleaving(
     table = factory().table_name
     return every_interleaving(
         lambda: _gated(raw_client, table, layout), factory(), a, bs,
-        initial=_INITIAL, seed_with_a=a_saw_it, final_too=final_too,
+        initial=_INITIAL, a_writes_initial=a_saw_it, final_too=final_too,
     )  # fmt: skip
 
 
@@ -130,7 +130,7 @@ def test_delete_at_the_end_while_appending_removes_the_planned_message(
     a_store, gate = _gated(raw_client, factory().table_name, layout_name)
     got, _ = run_round(
         a_store, gate, factory(), delete_at(2), [insert("A0", idx)], 1,
-        initial=_INITIAL, seed_with_a=True,
+        initial=_INITIAL, a_writes_initial=True,
     )  # fmt: skip
     assert got == ("i2", [None], ["i0", "i1", "A0"])
 

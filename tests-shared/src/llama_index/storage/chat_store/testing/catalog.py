@@ -6,7 +6,9 @@ a store without the capability skips them, and must raise ``CapabilityNotSupport
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -22,7 +24,7 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.core.catalog import MAX_METADATA_BYTES, ConversationInfo
 from llama_index.storage.chat_store.testing.gates import requires
 
-__all__ = ["CatalogTests"]
+__all__ = ["CatalogTests", "walk_catalog"]
 
 _SKEW = timedelta(minutes=5)
 """How far a server's clock may be from this machine's for the times to count as "now"."""
@@ -32,7 +34,8 @@ def _message(text: str) -> ChatMessage:
     return ChatMessage(role="user", content=text)
 
 
-def _walk(store: BaseChatStore, prefix: str | None = None, limit: int = 7) -> list[str]:
+def walk_catalog(store: BaseChatStore, prefix: str | None = None, limit: int = 7) -> list[str]:
+    """Every key ``list_conversations`` lists, page by page until ``next_after`` is None."""
     keys: list[str] = []
     after = None
     for _ in range(10_000):
@@ -158,10 +161,10 @@ class CatalogTests:
         keys += ["u1", "u10/x", "ü/1", "z"]
         for n, key in enumerate(keys):
             store.add_messages(key, [_message(str(i)) for i in range(n % 3 + 1)])
-        assert _walk(store) == sorted(keys)
-        assert _walk(store, "u1/") == sorted(k for k in keys if k.startswith("u1/"))
-        assert _walk(store, "u1", limit=100) == sorted(k for k in keys if k.startswith("u1"))
-        assert _walk(store, "nothing") == []
+        assert walk_catalog(store) == sorted(keys)
+        assert walk_catalog(store, "u1/") == sorted(k for k in keys if k.startswith("u1/"))
+        assert walk_catalog(store, "u1", limit=100) == sorted(k for k in keys if k.startswith("u1"))
+        assert walk_catalog(store, "nothing") == []
         page = store.list_conversations(prefix="u2/", limit=100)
         assert page.next_after is None
         counts = {c.key: c.message_count for c in page.conversations}
@@ -175,6 +178,67 @@ class CatalogTests:
                            ({"prefix": 1}, TypeError), ({"after": b"u"}, TypeError)):  # fmt: skip
             with pytest.raises(error):
                 store.list_conversations(**bad)
+
+    @requires(Capability.CATALOG)
+    def test_metadata_and_appends_from_several_stores_lose_nothing(
+        self, store: BaseChatStore, store_factory: Callable[[], BaseChatStore]
+    ) -> None:
+        """Writers appending and others merging metadata at once, each on a store of its own.
+
+        Every message lands in each writer's order, the count agrees, and the metadata holds
+        exactly each tagger's last name (each merge adds one and removes its previous one);
+        every other tagger goes through ``aset_metadata``.
+        Stores that are not SHARED run the writers as threads on ``store``.
+
+        If this fails: a merge rewrote the conversation's entry from a stale read (losing a
+        count or another tagger's name), an append reset the metadata, or a conflict between
+        the two was not retried.
+        """
+        shared = Capability.SHARED in store.capabilities
+        store.add_message("k", _message("first"))
+        writers, rounds = 3, 8
+        barrier = threading.Barrier(2 * writers)
+        errors: list[BaseException] = []
+
+        def append(own: BaseChatStore, n: int, i: int) -> None:
+            own.add_message("k", _message(f"{n}.{i}"))
+
+        def tag(own: BaseChatStore, n: int, i: int) -> None:
+            change = {f"w{n}.{i}": i, f"w{n}.{i - 1}": None}
+            if n % 2:  # odd taggers through the async twin
+                info = asyncio.run(own.aset_metadata("k", change))
+            else:
+                info = own.set_metadata("k", change)
+            assert info is not None
+            assert info.metadata[f"w{n}.{i}"] == i
+
+        def run(work: Callable[[BaseChatStore, int, int], None], n: int) -> None:
+            own = store_factory() if shared else store
+            try:
+                barrier.wait(timeout=120)
+                for i in range(rounds):
+                    work(own, n, i)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            finally:
+                if own is not store:
+                    own.close()
+
+        threads = [threading.Thread(target=run, args=(work, n))
+                   for n in range(writers) for work in (append, tag)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, f"{len(errors)} writers failed, the first with {errors[0]!r}"
+        info = store.get_conversation("k")
+        assert info is not None
+        assert info.message_count == 1 + writers * rounds
+        assert info.metadata == {f"w{n}.{rounds - 1}": rounds - 1 for n in range(writers)}
+        contents = [m.content or "" for m in store.get_messages("k")]
+        for n in range(writers):
+            mine = [c for c in contents if c.startswith(f"{n}.")]
+            assert mine == [f"{n}.{i}" for i in range(rounds)]
 
     @requires(Capability.CATALOG)
     def test_listing_is_stable_under_concurrent_writes(self, store: BaseChatStore) -> None:
@@ -205,7 +269,7 @@ class CatalogTests:
         worker = threading.Thread(target=churn)
         worker.start()
         try:
-            walks = [_walk(store, "s", limit=5) for _ in range(3)]
+            walks = [walk_catalog(store, "s", limit=5) for _ in range(3)]
         finally:
             stop.set()
             worker.join()

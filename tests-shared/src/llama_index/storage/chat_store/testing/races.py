@@ -215,19 +215,19 @@ def run_round(
     at: int,
     *,
     initial: Texts = INITIAL,
-    seed_with_a: bool = False,
+    a_writes_initial: bool = False,
     a_reads_first: bool = False,
 ) -> tuple[Outcome, int]:
     """Run A with all of B's operations, in another thread, before A's request ``at``.
 
     The conversation (a fresh key) starts as ``initial``, written by B's store, or by A's
-    with ``seed_with_a`` (so A starts with what it remembers of its own write); with
+    with ``a_writes_initial`` (so A starts with what it remembers of its own write); with
     ``a_reads_first`` A reads it before the round (a store that remembers what it read then
     plans on a state B may make stale). Returns the outcome and how many requests A sent;
     when A sent fewer than ``at``, B ran after it.
     """
     key = f"k-{uuid.uuid4().hex[:8]}"
-    (a_store if seed_with_a else b_store).set_messages(
+    (a_store if a_writes_initial else b_store).set_messages(
         key, [ChatMessage(content=t) for t in initial]
     )
     if a_reads_first:
@@ -272,7 +272,7 @@ def every_interleaving(
     *,
     final_too: bool = True,
     initial: Texts = INITIAL,
-    seed_with_a: bool = False,
+    a_writes_initial: bool = False,
     a_reads_first: bool = False,
 ) -> list[str]:
     """Run A against each of ``bs`` landing before every request of A; return the failures.
@@ -286,7 +286,7 @@ def every_interleaving(
         final_too: Also compare the final conversation (for A's that change it); reads
             compare only the results.
         initial: The conversation each round starts from.
-        seed_with_a: A's store writes the initial conversation (see :func:`run_round`).
+        a_writes_initial: A's store writes the initial conversation (see :func:`run_round`).
         a_reads_first: A reads the conversation before each round (see :func:`run_round`).
 
     Returns:
@@ -298,8 +298,8 @@ def every_interleaving(
         while True:
             a_store, gate = make_a()
             got, calls = run_round(
-                a_store, gate, b_store, a, b, at, initial=initial, seed_with_a=seed_with_a,
-                a_reads_first=a_reads_first,
+                a_store, gate, b_store, a, b, at, initial=initial,
+                a_writes_initial=a_writes_initial, a_reads_first=a_reads_first,
             )  # fmt: skip
             want = allowed(a, b, initial)
             if (got if final_too else got[:2]) not in [o if final_too else o[:2] for o in want]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from llama_index.storage.chat_store.core import ConfigurationError, CorruptDataError
+from llama_index.storage.chat_store.core import CorruptDataError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
 from llama_index.storage.chat_store.core.catalog import (
     ConversationInfo,
@@ -50,7 +50,7 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     catalog_index_definition,
     order_of,
 )
-from llama_index.storage.chat_store.dynamodb._native_reads import NativeReads
+from llama_index.storage.chat_store.dynamodb._native_reads import NativeReads, missing_index
 
 __all__ = ["NativeCatalog", "add_catalog_index"]
 
@@ -123,12 +123,12 @@ class NativeCatalog(NativeReads):
             ConfigurationError: The table has no catalog index.
         """
         if not self.catalog_index:
-            raise ConfigurationError(
-                f"DynamoDB table {self.t.name!r} has no global secondary index "
-                f"{CATALOG_INDEX!r}, which list_conversations() queries (tables created by "
-                "earlier versions): call DynamoDBChatStore(...).create_table() once, which "
-                "adds it to the existing table and lists the conversations already there"
-            )
+            raise missing_index(
+                self.t.name, CATALOG_INDEX,
+                "list_conversations() queries (tables created by earlier versions lack it)",
+                "call DynamoDBChatStore(...).create_table() once, which adds it to the "
+                "existing table and lists the conversations already there",
+            )  # fmt: skip
         found: list[ConversationInfo] = []
         while True:
             keys, more = yield from self._listed(prefix, after, limit - len(found))

@@ -41,7 +41,15 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
 )
 from llama_index.storage.chat_store.dynamodb._sdk import MAX_ITEM_BYTES, backoff, item_size
 
-__all__ = ["NativeReads"]
+__all__ = ["NativeReads", "missing_index"]
+
+
+def missing_index(table: str, index: str, needed_by: str, remedy: str) -> ConfigurationError:
+    """The error of an operation that queries ``index``, which ``table`` lacks."""
+    return ConfigurationError(
+        f"DynamoDB table {table!r} has no global secondary index {index!r}, which "
+        f"{needed_by}: {remedy}"
+    )
 
 
 class NativeReads(MetaItems):
@@ -325,11 +333,10 @@ class NativeReads(MetaItems):
             ConfigurationError: The table has no keys index.
         """
         if not self.keys_index:
-            raise ConfigurationError(
-                f"DynamoDB table {self.t.name!r} has no global secondary index {KEYS_INDEX!r} "
-                f"(hash key {KEY_COPY!r}), which get_keys() reads; create the table with "
-                "DynamoDBChatStore.create_table() or add the index"
-            )
+            raise missing_index(
+                self.t.name, KEYS_INDEX, f"get_keys() reads (hash key {KEY_COPY!r})",
+                "create the table with DynamoDBChatStore.create_table() or add the index",
+            )  # fmt: skip
         e = Expr()
         items, start = yield from self.t.scan_page(
             "list keys", start, IndexName=KEYS_INDEX,
