@@ -33,6 +33,7 @@ from llama_index.storage.chat_store.testing.services._provide import (
     docker_container,
     local,
     provide,
+    service_fixture,
 )
 from llama_index.storage.chat_store.testing.services._reference import (
     LLAMA_INDEX_CORE,
@@ -55,6 +56,7 @@ __all__ = [
     "provide",
     "reference_python",
     "running_as_root",
+    "service_fixture",
     "start_python_server",
 ]
 

@@ -14,7 +14,7 @@ from llama_index.storage.chat_store.testing.services._process import (
     ServiceUnavailableError,
 )
 
-__all__ = ["docker_container", "local", "provide"]
+__all__ = ["docker_container", "local", "provide", "service_fixture"]
 
 Provider = Callable[[], tuple[str, Callable[[], None]]]
 
@@ -55,6 +55,32 @@ def provide(
     pytest.fail(
         f"no {name} server for the tests ({'; '.join(attempts)}). To fix: {how_to}", pytrace=False
     )
+
+
+def service_fixture(
+    fixture_name: str,
+    name: str,
+    env_var: str,
+    local: Provider | None,
+    container: Provider | None,
+    how_to: str,
+    *,
+    doc: str,
+    tidy: Callable[[str], str] = str,
+) -> Any:
+    """A session fixture ``fixture_name`` giving the URL :func:`provide` finds (``tidy``-ed).
+
+    A backend's plugin module declares its server in one statement:
+    ``redis_url = service_fixture("redis_url", "Redis", "CHAT_STORE_TEST_REDIS_URL", ...)``.
+    """
+
+    def fixture() -> Iterator[str]:
+        with provide(name, env_var, local, container, how_to) as url:
+            yield tidy(url)
+
+    fixture.__name__ = fixture.__qualname__ = fixture_name
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session", name=fixture_name)(fixture)
 
 
 def docker_container(make: Callable[[], Any], url_of: Callable[[Any], str]) -> Provider:

@@ -10,18 +10,15 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     ServiceUnavailableError,
     docker_container,
     local,
-    provide,
+    service_fixture,
 )
 
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -124,20 +121,15 @@ def _azurite_image() -> Any:
     return AzuriteContainer()
 
 
-@pytest.fixture(scope="session")
-def azurite_table_endpoint() -> Iterator[str]:
-    """The table endpoint (``http://127.0.0.1:P/devstoreaccount1``) of a real Azurite.
-
-    Use :data:`AZURITE_ACCOUNT` / :data:`AZURITE_KEY` or
-    :func:`azurite_connection_string` to authenticate.
-    """
-    with provide(
-        "Azurite", "CHAT_STORE_TEST_AZURITE_URL",
-        local(start_azurite, lambda s: azurite_endpoint(s.port)),
-        docker_container(
-            _azurite_image,
-            lambda c: azurite_endpoint(int(c.get_exposed_port(10002)), c.get_container_host_ip()),
-        ),
-        HOW_TO,
-    ) as url:  # fmt: skip
-        yield url.rstrip("/")
+azurite_table_endpoint = service_fixture(
+    "azurite_table_endpoint", "Azurite", "CHAT_STORE_TEST_AZURITE_URL",
+    local(start_azurite, lambda s: azurite_endpoint(s.port)),
+    docker_container(
+        _azurite_image,
+        lambda c: azurite_endpoint(int(c.get_exposed_port(10002)), c.get_container_host_ip()),
+    ),
+    HOW_TO,
+    tidy=lambda url: url.rstrip("/"),
+    doc="The table endpoint (``http://127.0.0.1:P/devstoreaccount1``) of a real Azurite "
+    "(authenticate with AZURITE_ACCOUNT / AZURITE_KEY or azurite_connection_string).",
+)  # fmt: skip

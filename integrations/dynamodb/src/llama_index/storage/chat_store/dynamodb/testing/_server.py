@@ -25,18 +25,15 @@ import http.server
 import importlib.util
 import threading
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
-
-import pytest
 
 from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     ServiceUnavailableError,
     docker_container,
     local,
-    provide,
+    service_fixture,
     start_python_server,
 )
 
@@ -83,18 +80,15 @@ def _moto_image() -> Any:
     return DockerContainer("motoserver/moto:latest").with_exposed_ports(5000)
 
 
-@pytest.fixture(scope="session")
-def dynamodb_url() -> Iterator[str]:
-    """The endpoint URL of a real moto server for this test session (disposable)."""
-    with provide(
-        "DynamoDB (moto)", "CHAT_STORE_TEST_DYNAMODB_URL",
-        local(start_moto, lambda s: f"http://127.0.0.1:{s.port}"),
-        docker_container(
-            _moto_image, lambda c: f"http://{c.get_container_host_ip()}:{c.get_exposed_port(5000)}"
-        ),
-        HOW_TO,
-    ) as url:  # fmt: skip
-        yield url
+dynamodb_url = service_fixture(
+    "dynamodb_url", "DynamoDB (moto)", "CHAT_STORE_TEST_DYNAMODB_URL",
+    local(start_moto, lambda s: f"http://127.0.0.1:{s.port}"),
+    docker_container(
+        _moto_image, lambda c: f"http://{c.get_container_host_ip()}:{c.get_exposed_port(5000)}"
+    ),
+    HOW_TO,
+    doc="The endpoint URL of a real moto server for this test session (disposable).",
+)  # fmt: skip
 
 
 _THROTTLED = (

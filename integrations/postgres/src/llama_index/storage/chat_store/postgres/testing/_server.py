@@ -8,19 +8,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     ServiceUnavailableError,
     docker_container,
     local,
-    provide,
     running_as_root,
+    service_fixture,
 )
 
 HOW_TO = (
@@ -108,13 +105,10 @@ def _postgres_image() -> Any:
     return PostgresContainer("postgres:15", driver=None)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """The URL (``postgresql://...``) of a real PostgreSQL database for this test session."""
-    with provide(
-        "PostgreSQL", "CHAT_STORE_TEST_POSTGRES_URL",
-        local(start_postgres, server_url),
-        docker_container(_postgres_image, lambda c: str(c.get_connection_url())),
-        HOW_TO,
-    ) as url:  # fmt: skip
-        yield url
+postgres_url = service_fixture(
+    "postgres_url", "PostgreSQL", "CHAT_STORE_TEST_POSTGRES_URL",
+    local(start_postgres, server_url),
+    docker_container(_postgres_image, lambda c: str(c.get_connection_url())),
+    HOW_TO,
+    doc="The URL (``postgresql://...``) of a real PostgreSQL database for this test session.",
+)  # fmt: skip

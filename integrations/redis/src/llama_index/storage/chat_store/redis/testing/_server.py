@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     ServiceUnavailableError,
     docker_container,
     local,
-    provide,
+    service_fixture,
 )
 
 HOW_TO = (
@@ -58,15 +55,12 @@ def _redis_image() -> Any:
     return RedisContainer("redis:7")
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The URL of a real Redis server for this test session (database 0, disposable)."""
-    with provide(
-        "Redis", "CHAT_STORE_TEST_REDIS_URL",
-        local(start_redis, lambda s: f"redis://127.0.0.1:{s.port}/0"),
-        docker_container(
-            _redis_image, lambda c: f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
-        ),
-        HOW_TO,
-    ) as url:  # fmt: skip
-        yield url
+redis_url = service_fixture(
+    "redis_url", "Redis", "CHAT_STORE_TEST_REDIS_URL",
+    local(start_redis, lambda s: f"redis://127.0.0.1:{s.port}/0"),
+    docker_container(
+        _redis_image, lambda c: f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
+    ),
+    HOW_TO,
+    doc="The URL of a real Redis server for this test session (database 0, disposable).",
+)  # fmt: skip

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import atexit
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
@@ -29,7 +29,7 @@ from llama_index.storage.chat_store.tablestore.testing._http import EmulatorServ
 from llama_index.storage.chat_store.testing.services import (
     LocalServer,
     free_port,
-    provide,
+    service_fixture,
     start_python_server,
 )
 
@@ -163,11 +163,10 @@ def _local() -> tuple[str, Callable[[], None]]:
     return emulator.url, emulator.cleanup
 
 
-@pytest.fixture(scope="session")
-def tablestore_url() -> Iterator[str]:
-    """``http(s)://KEY_ID:KEY_SECRET@HOST[:PORT]/INSTANCE`` of a Tablestore for this session."""
-    with provide("Tablestore", "CHAT_STORE_TEST_TABLESTORE_URL", _local, None, HOW_TO) as url:
-        yield url
+tablestore_url = service_fixture(
+    "tablestore_url", "Tablestore", "CHAT_STORE_TEST_TABLESTORE_URL", _local, None, HOW_TO,
+    doc="``http(s)://KEY_ID:KEY_SECRET@HOST[:PORT]/INSTANCE`` of a Tablestore for this session.",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
