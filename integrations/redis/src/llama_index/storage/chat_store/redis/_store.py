@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisChatStore"]
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 SyncClient = Union[redis.Redis, redis.RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 AsyncClient = Union[redis.asyncio.Redis, redis.asyncio.RedisCluster]  # noqa: UP007
@@ -318,24 +319,27 @@ class RedisChatStore(ListChatStore):
         # Asking is the first request of the call: its change was not sent.
         return NotSentError(str(error)) if type(error) is BackendUnavailableError else error
 
-    async def _aknow_cluster(self, *, mutates: bool) -> None:
-        """Ask the server whether it is a cluster, before a plan needs to know (async).
+    # Not coroutines themselves: once the store knows, a call costs no extra await.
+    def _aread(self, make: Callable[[], Plan[T]]) -> Coroutine[Any, Any, T]:
+        if "_clustered" in self.__dict__:
+            return super()._aread(make)
+        return self._asking(super()._aread, make, mutates=False)
+
+    def _achange(self, make: Callable[[Change], Plan[T]]) -> Coroutine[Any, Any, T]:
+        if "_clustered" in self.__dict__:
+            return super()._achange(make)
+        return self._asking(super()._achange, make, mutates=True)
+
+    async def _asking(self, run: Callable[[M], Awaitable[T]], make: M, *, mutates: bool) -> T:
+        """Learn whether the server is a cluster without blocking the loop, then ``run(make)``.
 
         ``mutates``: the call is a change (its error then says that nothing was applied).
         """
-        if "_clustered" not in self.__dict__:
-            given = self._given_cluster()
-            if given is None:
-                given = await acall_with_retries(self._aprobe, self._retry_policy, mutates=mutates)
-            self.__dict__["_clustered"] = given
-
-    async def _aread(self, make: Callable[[], Plan[T]]) -> T:
-        await self._aknow_cluster(mutates=False)
-        return await super()._aread(make)
-
-    async def _achange(self, make: Callable[[Change], Plan[T]]) -> T:
-        await self._aknow_cluster(mutates=True)
-        return await super()._achange(make)
+        given = self._given_cluster()
+        if given is None:
+            given = await acall_with_retries(self._aprobe, self._retry_policy, mutates=mutates)
+        self.__dict__["_clustered"] = given
+        return await run(make)
 
     @property
     def _client_resends(self) -> bool:
