@@ -144,8 +144,10 @@ class FaultProxy:
         """
         self.upstream = (host, port)
         self.requests = 0
-        self._faults: list[Fault] = [] if sharing is None else sharing._faults
-        self._state = threading.Lock() if sharing is None else sharing._state
+        self._faults: list[Fault] = []
+        self._state = threading.Lock()
+        if sharing is not None:
+            self._faults, self._state = sharing._faults, sharing._state
         self._links: set[_Link] = set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.host, self.port = "127.0.0.1", self._listener.getsockname()[1]
