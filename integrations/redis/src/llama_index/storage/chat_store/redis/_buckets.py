@@ -10,9 +10,9 @@ one node. A namespace without a hash tag in cluster mode is *bucketed* instead:
   (``"000"`` to ``"999"``) whose Redis Cluster slot (CRC16/XMODEM of the text, modulo 16384)
   lies in ``[i * 128, (i + 1) * 128)``, the i-th of 128 equal slot ranges. A cluster splits
   its slots into contiguous ranges per node, so each node serves its share of the buckets
-  (on three nodes 43, 43 and 42);
+  (42, 44 and 42 on three nodes as ``redis-cli --cluster create`` splits them);
 * every key of a conversation starts with its bucket's *home* ``namespace + "{" + tag + "}"``
-  (e.g. ``"app:{042}user1"``, ``"app:{042}user1\0info"``, ``"app:{042}user1\0ops"``) and the
+  (e.g. ``"app:{041}user1"``, ``"app:{041}user1\0info"``, ``"app:{041}user1\0ops"``) and the
   bucket keeps its own registry at ``home + "\0keys"`` and ``home + "\0expiry"``: a bucket is
   laid out exactly like a namespace of its own, and every script runs unchanged on it.
 
