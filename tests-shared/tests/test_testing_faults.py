@@ -152,3 +152,24 @@ def test_a_fault_with_a_probability_hits_a_seeded_share_of_requests(server: Line
     assert 25 <= hits[0] <= 75
     with FaultProxy("127.0.0.1", server.port) as proxy, pytest.raises(ValueError, match="prob"):
         proxy.inject(FaultKind.STALL, probability=0)
+
+
+def test_proxies_sharing_a_schedule_count_requests_to_all(
+    server: LineServer, proxy: FaultProxy
+) -> None:
+    """Proxies in front of a cluster's nodes share faults: nth counts requests through any."""
+    other = LineServer()
+    with FaultProxy("127.0.0.1", other.port, sharing=proxy) as second:
+        fault = proxy.inject(FaultKind.DROP_REQUEST, nth=2)
+        with _connect(proxy) as first_sock, _connect(second) as second_sock:
+            assert _ask(first_sock, "a") == "OK a"
+            with pytest.raises(ConnectionError):
+                _ask(second_sock, "b")
+            assert _ask(first_sock, "c") == "OK c"
+        assert fault.fired == 1
+        assert (server.applied, other.applied) == (["a", "c"], [])
+        proxy.inject(FaultKind.DROP_REQUEST)
+        second.clear()  # clears the shared schedule
+        with _connect(proxy) as sock:
+            assert _ask(sock, "d") == "OK d"
+    other.close()

@@ -216,7 +216,7 @@ def test_corrupt_element_names_key_and_position(url: str) -> None:
 
 def test_configuration_errors_come_before_any_connection() -> None:
     with pytest.raises(ConfigurationError, match="hash tag"):
-        RedisChatStore(redis_url="redis://127.0.0.1:1", cluster=True, namespace="app:")
+        RedisChatStore(redis_url="redis://127.0.0.1:1", cluster=True, namespace="app{:")
     with pytest.raises(ConfigurationError, match="redis://"):
         RedisChatStore(redis_url="http://127.0.0.1:1")
     store = RedisChatStore.from_url("rediss://user:pw@example.invalid:6380/2?ttl=5&cluster=true"

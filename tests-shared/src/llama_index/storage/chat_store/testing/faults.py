@@ -136,11 +136,18 @@ class FaultProxy:
     relayed or cut, for tests that need to know how many a call made.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, sharing: FaultProxy | None = None) -> None:
+        """Relay to ``(host, port)``, sharing the faults of proxy ``sharing`` if given.
+
+        One schedule for the proxies in front of the nodes of one cluster: ``nth`` counts
+        the requests to all of them.
+        """
         self.upstream = (host, port)
         self.requests = 0
         self._faults: list[Fault] = []
         self._state = threading.Lock()
+        if sharing is not None:
+            self._faults, self._state = sharing._faults, sharing._state
         self._links: set[_Link] = set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.host, self.port = "127.0.0.1", self._listener.getsockname()[1]

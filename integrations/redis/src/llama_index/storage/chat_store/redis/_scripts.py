@@ -31,6 +31,14 @@ new), which saves the scan on the common path. The record remembers the last
 A member is listed only while its conversation exists, which Redis's own key expiry
 decides exactly; the index and the expiry set themselves expire with their longest-lived
 conversation.
+
+In Redis Cluster every key a script names must share one hash slot. A hash-tagged namespace
+(``"{app1}:"``) puts all of them there. A namespace without one is spread over buckets
+(:mod:`._buckets`, the format): the scripts run unchanged with the bucket's home
+``namespace + "{tag}"`` as their namespace, where ``tag`` (three digits) names one of 128
+buckets chosen by ``crc32(member) % 128``; the conversation, its catalog entry, its record and
+its bucket's index and expiry set then share the tag's slot, and listings call a script per
+bucket.
 """
 
 from __future__ import annotations

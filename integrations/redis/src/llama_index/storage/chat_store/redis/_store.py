@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
-import os
-from collections.abc import Callable, Iterable, Iterator
-from functools import cache, cached_property
-from time import monotonic
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_serializer, model_validator
@@ -22,23 +19,37 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
     NotSentError,
 )
-from llama_index.storage.chat_store.core.backend import Lazy, PerLoop, mask_url, split_password
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    Lazy,
+    PerLoop,
+    Plan,
+    mask_url,
+    split_password,
+)
+from llama_index.storage.chat_store.core.retries import acall_with_retries
+from llama_index.storage.chat_store.redis import _batches
+from llama_index.storage.chat_store.redis._buckets import Batch
+from llama_index.storage.chat_store.redis._detect import (
+    PLAIN_OPTIONS,
+    ais_cluster,
+    check_namespace,
+    is_cluster,
+)
+from llama_index.storage.chat_store.redis._direct import AsyncDirect, Direct, NotSent
 from llama_index.storage.chat_store.redis.layout import (
     ListChatStore,
     Op,
     has_hash_tag,
     reply_error,
 )
-from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.backoff import NoBackoff
-from redis.connection import AbstractConnection
 from redis.exceptions import (
     AskError,
     MovedError,
     NoScriptError,
     RedisClusterException,
     RedisError,
-    ResponseError,
 )
 from redis.retry import Retry
 
@@ -47,11 +58,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisChatStore"]
 
+T = TypeVar("T")
+M = TypeVar("M")
+
 SyncClient = Union[redis.Redis, redis.RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 AsyncClient = Union[redis.asyncio.Redis, redis.asyncio.RedisCluster]  # noqa: UP007
-
-_CHECK_AFTER = 0.5
-"""Seconds idle after which a connection is polled before use (see :class:`_Direct`)."""
 
 # Options of ours carried in a URL's query; everything else in the query goes to redis-py.
 _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -73,9 +84,7 @@ _STORE_MANAGED = frozenset(
     {"connection_pool", "single_connection_client", "decode_responses", "encoding",
      "encoding_errors"}
 )  # fmt: skip
-_CLIENT_OPTIONS = frozenset(inspect.signature(redis.Redis.__init__).parameters) - {
-    "self", *_STORE_MANAGED,
-}  # fmt: skip
+_CLIENT_OPTIONS = PLAIN_OPTIONS - _STORE_MANAGED
 _SECRET_WORDS = ("password", "secret", "token", "credential")
 
 
@@ -104,177 +113,9 @@ def _client_options_out(field_names: frozenset[str], data: dict[str, Any]) -> di
     return data
 
 
-def _pack(head: bytes, words: int, *groups: Iterable[str]) -> bytes:
-    """Return one command in the Redis wire protocol (RESP).
-
-    Args:
-        head: Its first words, already packed (see :func:`_bulk`).
-        words: How many words the command has in all (``head``'s and the groups').
-        groups: The other words, sent UTF-8 encoded.
-    """
-    parts = [b"*%d\r\n" % words, head]
-    add = parts.append
-    for group in groups:
-        for word in group:
-            data = word.encode()
-            add(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-@cache
-def _bulk(*words: str) -> bytes:
-    """Pack ``words`` as RESP bulk strings (the fixed head of a command; cached)."""
-    return b"".join(b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words)
-
-
 def _join(scheme: str, netloc: str, path: str, query: str) -> str:
     # urlunsplit drops the '//' of schemes it does not know (unix:///path -> unix:/path).
     return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
-
-
-class _NotSent(Exception):  # noqa: N818 (a signal inside the transport, never raised out)
-    """Raised from a connection error that happened before the request was sent."""
-
-
-class _Direct:
-    """Script calls over a single server's pooled connections, without redis-py's layers.
-
-    redis-py 8's pool records metrics and polls the socket on every checkout, and its command
-    layer handles retries (we allow none) and reply callbacks (scripts have none): together
-    more time than the client's share of the round trip. Here idle connections wait in a list
-    (``pop``/``append`` are atomic, so threads share it without a lock). A connection idle
-    longer than :data:`_CHECK_AFTER` seconds is polled first, as the pool would, so one the
-    server closed meanwhile (a restart, its ``timeout``) is reopened instead of failing the
-    call; one whose exchange did not finish is disconnected, never reused half-read.
-    """
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
-        self._idle: list[tuple[float, AbstractConnection]] = []
-        self._pid = os.getpid()
-
-    def _connection(self) -> AbstractConnection:
-        if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
-            self._idle, self._pid = [], os.getpid()
-        try:
-            used, conn = self._idle.pop()
-        except IndexError:
-            return self._pool.connection_class(**self._pool.connection_kwargs)  # type: ignore[no-any-return]
-        if monotonic() - used > _CHECK_AFTER:
-            try:
-                stale = conn.can_read()  # data nobody asked for: never expected
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                stale = True  # closed by the server
-            if stale:
-                conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
-        return conn
-
-    def call(self, op: Op[Any]) -> Any:
-        """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it).
-
-        Raises:
-            _NotSent: Connecting failed; the request never left.
-        """
-        conn = self._connection()
-        if conn._sock is None:
-            try:
-                conn.connect()  # type: ignore[no-untyped-call,unused-ignore]
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self._idle.append((monotonic(), conn))
-                raise _NotSent from exc
-        try:
-            conn.send_packed_command((_packed(op),), False)  # type: ignore[no-untyped-call,unused-ignore]
-            try:
-                return conn.read_response()
-            except NoScriptError:
-                if op.script is None:
-                    raise
-            conn.send_packed_command((_packed(op, load=True),), False)  # type: ignore[no-untyped-call,unused-ignore]
-            return conn.read_response()
-        except ResponseError:
-            raise  # a whole error reply was read: the connection is fine
-        except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
-            raise
-        finally:
-            self._idle.append((monotonic(), conn))
-
-    def close(self) -> None:
-        """Close the idle connections."""
-        idle, self._idle = self._idle, []
-        for _, conn in idle:
-            conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
-
-
-class _AsyncDirect:
-    """:class:`_Direct` for one event loop's ``redis.asyncio`` client.
-
-    Used from one loop only, so its idle list needs no lock (nothing awaits between a
-    ``pop`` and its use). A connection whose exchange was interrupted (cancelled, timed out,
-    cut) is dropped: redis-py has already begun to close it.
-    """
-
-    def __init__(self, pool: redis.asyncio.ConnectionPool) -> None:
-        self._pool = pool
-        self._idle: list[tuple[float, AsyncConnection]] = []
-
-    async def _connection(self) -> AsyncConnection:
-        try:
-            used, conn = self._idle.pop()
-        except IndexError:
-            return self._pool.connection_class(**self._pool.connection_kwargs)  # type: ignore[no-any-return,unused-ignore]
-        if monotonic() - used > _CHECK_AFTER:
-            try:
-                stale = await conn.can_read()
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                stale = True
-            if stale:
-                await conn.disconnect(nowait=True)
-        return conn
-
-    async def call(self, op: Op[Any]) -> Any:
-        """Run ``op`` in one exchange on an idle connection (EVAL if the server lacks it).
-
-        Raises:
-            _NotSent: Connecting failed; the request never left.
-        """
-        conn = await self._connection()
-        if not conn.is_connected:
-            try:
-                await conn.connect()  # type: ignore[no-untyped-call,unused-ignore]
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self._idle.append((monotonic(), conn))
-                raise _NotSent from exc
-        try:
-            await conn.send_packed_command((_packed(op),), False)
-            try:
-                reply = await conn.read_response()
-            except NoScriptError:
-                if op.script is None:
-                    raise
-                await conn.send_packed_command((_packed(op, load=True),), False)
-                reply = await conn.read_response()
-        except ResponseError:
-            self._idle.append((monotonic(), conn))  # a whole error reply was read
-            raise
-        self._idle.append((monotonic(), conn))
-        return reply
-
-    async def aclose(self) -> None:
-        """Close the idle connections."""
-        idle, self._idle = self._idle, []
-        for _, conn in idle:
-            await conn.disconnect()
-
-
-def _packed(op: Op[Any], *, load: bool = False) -> bytes:
-    """``op`` in RESP: its command, or EVALSHA of its script (EVAL with the source: ``load``)."""
-    script = op.script
-    if script is None:
-        return _pack(b"", len(op.args), op.args)
-    keys = str(len(op.keys))
-    head = _bulk("EVAL", script.source, keys) if load else _bulk("EVALSHA", script.sha, keys)
-    return _pack(head, 3 + len(op.keys) + len(op.args), op.keys, op.args)
 
 
 class _Own:
@@ -282,7 +123,7 @@ class _Own:
 
     def __init__(self, client: SyncClient) -> None:
         self.client = client
-        self.direct = _Direct(client.connection_pool) if isinstance(client, redis.Redis) else None
+        self.direct = Direct(client.connection_pool) if isinstance(client, redis.Redis) else None
 
     def close(self) -> None:
         if self.direct is not None:
@@ -296,9 +137,7 @@ class _AsyncOwn:
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self.direct = (
-            _AsyncDirect(client.connection_pool)
-            if isinstance(client, redis.asyncio.Redis)
-            else None
+            AsyncDirect(client.connection_pool) if isinstance(client, redis.asyncio.Redis) else None
         )
 
     async def aclose(self) -> None:
@@ -318,9 +157,10 @@ class RedisChatStore(ListChatStore):
     LlamaIndex's ``RedisChatStore`` reads as is and LlamaIndex reads what this store writes;
     :meth:`adopt` makes ``get_keys`` list conversations LlamaIndex wrote. A registry (a
     sorted set next to the conversations) lists this store's keys without scanning the
-    database. In Redis Cluster pass ``cluster=True`` and a namespace with a hash tag
-    (``namespace="{app1}:"``): each script touches a conversation and the registry, which
-    must share a slot.
+    database. Redis Cluster is detected (or say ``cluster=True``): a namespace without a
+    hash tag (``"app1:"``, or none) spreads its conversations over 128 buckets, each with
+    its own registry in its own slot, so the nodes share them and every script stays in one
+    slot; a hash-tagged namespace (``"{app1}:"``) keeps all of them in its one slot.
 
     Constructing the store never connects; the first operation does. Clients are created
     lazily, the async one per event loop. Redis errors become core errors:
@@ -339,7 +179,8 @@ class RedisChatStore(ListChatStore):
         namespace: Prefix of every key; "" (default) uses the raw keys, as LlamaIndex does.
         ttl: Seconds a conversation lives after its last change (alias ``ttl_seconds``).
         refresh_on_read: Reads also push the expiry forward.
-        cluster: The server is a Redis Cluster.
+        cluster: Whether the server is a Redis Cluster; ``None`` (default) asks it on first
+            use (one ``CLUSTER INFO``) unless a client is passed in.
         connect_timeout: Seconds to wait for a connection.
         redis_client: A sync client to use instead of one built from the URL (not closed by
             the store).
@@ -353,7 +194,7 @@ class RedisChatStore(ListChatStore):
 
     redis_url: str = "redis://localhost:6379"
     password: SecretStr | None = Field(default=None, exclude=True)
-    cluster: bool = False
+    cluster: bool | None = None
     connect_timeout: float | None = 5.0
     redis_client: SyncClient | None = Field(default=None, exclude=True, repr=False)
     aredis_client: AsyncClient | None = Field(default=None, exclude=True, repr=False)
@@ -402,7 +243,7 @@ class RedisChatStore(ListChatStore):
         Raises:
             TypeError: An argument that is neither a field nor a redis-py client option.
             ConfigurationError: Not a Redis URL, a port that is not a number from 0 to
-                65535, or Redis Cluster without a hash-tagged namespace.
+                65535, or Redis Cluster with a namespace holding ``{`` but no hash tag.
         """
         given = {"redis_url": redis_url, "redis_client": redis_client,
                  "aredis_client": aredis_client, "ttl": ttl}  # fmt: skip
@@ -429,19 +270,82 @@ class RedisChatStore(ListChatStore):
                 raise ConfigurationError(
                     f"redis_url has an invalid port ({exc}): {self._where()}"
                 ) from exc
-        clustered = self.cluster or isinstance(self.redis_client, redis.RedisCluster)
-        if clustered and not has_hash_tag(self.namespace):
-            raise ConfigurationError(
-                "Redis Cluster needs a namespace with a hash tag, e.g. namespace='{app1}:', so "
-                "every script's keys (a conversation and the registry) share one slot; got "
-                f"namespace={self.namespace!r}"
-            )
+        if self._given_cluster():
+            check_namespace(self.namespace)
+
+    def _given_cluster(self) -> bool | None:
+        """Whether the configuration says the server is a cluster (``None``: ask it)."""
+        if self.cluster is not None:
+            return self.cluster
+        if isinstance(self.redis_client, redis.RedisCluster) or isinstance(
+            self.aredis_client, redis.asyncio.RedisCluster
+        ):
+            return True
+        if self.redis_client is not None or self.aredis_client is not None:
+            return False
+        return None
+
+    @cached_property
+    def _clustered(self) -> bool:
+        """Whether the server is a Redis Cluster (asked once when not configured)."""
+        given = self._given_cluster()
+        return self._probe() if given is None else given
+
+    @property
+    def _bucketed(self) -> bool:
+        """Redis Cluster and no hash tag: conversations spread over buckets."""
+        return self._clustered and not has_hash_tag(self.namespace)
+
+    def _probe(self) -> bool:
+        try:
+            found = is_cluster(self.redis_url, self._options(clustered=False))
+        except (RedisError, RedisClusterException) as exc:
+            raise self._not_asked(exc) from exc
+        if found:
+            check_namespace(self.namespace)
+        return found
+
+    async def _aprobe(self) -> bool:
+        try:
+            found = await ais_cluster(self.redis_url, self._options(clustered=False))
+        except (RedisError, RedisClusterException) as exc:
+            raise self._not_asked(exc) from exc
+        if found:
+            check_namespace(self.namespace)
+        return found
+
+    def _not_asked(self, exc: Exception) -> ChatStoreError:
+        error = self._error(exc)
+        # Asking is the first request of the call: its change was not sent.
+        return NotSentError(str(error)) if type(error) is BackendUnavailableError else error
+
+    # Not coroutines themselves: once the store knows, a call costs no extra await.
+    def _aread(self, make: Callable[[], Plan[T]]) -> Coroutine[Any, Any, T]:
+        if "_clustered" in self.__dict__:
+            return super()._aread(make)
+        return self._asking(super()._aread, make, mutates=False)
+
+    def _achange(self, make: Callable[[Change], Plan[T]]) -> Coroutine[Any, Any, T]:
+        if "_clustered" in self.__dict__:
+            return super()._achange(make)
+        return self._asking(super()._achange, make, mutates=True)
+
+    async def _asking(self, run: Callable[[M], Awaitable[T]], make: M, *, mutates: bool) -> T:
+        """Learn whether the server is a cluster without blocking the loop, then ``run(make)``.
+
+        ``mutates``: the call is a change (its error then says that nothing was applied).
+        """
+        given = self._given_cluster()
+        if given is None:
+            given = await acall_with_retries(self._aprobe, self._retry_policy, mutates=mutates)
+        self.__dict__["_clustered"] = given
+        return await run(make)
 
     @property
     def _client_resends(self) -> bool:
         """A cluster client, a client passed in or a retry policy of the caller's may resend."""
         return (
-            self.cluster
+            self._clustered
             or self.redis_client is not None
             or self.aredis_client is not None
             or "retry" in self.client_options
@@ -481,24 +385,26 @@ class RedisChatStore(ListChatStore):
         netloc = f"{user}:password@{host}"
         return f"Redis at {mask_url(_join(parts.scheme, netloc, parts.path, parts.query))}"
 
-    def _options(self) -> dict[str, Any]:
+    def _options(self, *, clustered: bool) -> dict[str, Any]:
         options: dict[str, Any] = {"socket_connect_timeout": self.connect_timeout}
         if self.password is not None:
             options["password"] = self.password.get_secret_value()
-        if not self.cluster:
+        if not clustered:
             # The store retries itself, with backoff and a deadline: no retries underneath.
             options["retry"] = Retry(NoBackoff(), 0)
         return {**options, **self.client_options}
 
     def _new_sync_client(self) -> _Own:
-        if self.cluster:
-            return _Own(redis.RedisCluster.from_url(self.redis_url, **self._options()))
-        return _Own(redis.Redis.from_url(self.redis_url, **self._options()))
+        options = self._options(clustered=self._clustered)
+        if self._clustered:
+            return _Own(redis.RedisCluster.from_url(self.redis_url, **options))
+        return _Own(redis.Redis.from_url(self.redis_url, **options))
 
     def _new_async_client(self) -> _AsyncOwn:
-        if self.cluster:
-            return _AsyncOwn(redis.asyncio.RedisCluster.from_url(self.redis_url, **self._options()))
-        return _AsyncOwn(redis.asyncio.Redis.from_url(self.redis_url, **self._options()))
+        options = self._options(clustered=self._clustered)
+        if self._clustered:
+            return _AsyncOwn(redis.asyncio.RedisCluster.from_url(self.redis_url, **options))
+        return _AsyncOwn(redis.asyncio.Redis.from_url(self.redis_url, **options))
 
     def _sync_client(self) -> SyncClient:
         if self.redis_client is not None:
@@ -506,7 +412,7 @@ class RedisChatStore(ListChatStore):
         return self._own_sync.get().client
 
     def _error(self, exc: Exception, op: Op[Any] | None = None) -> ChatStoreError:
-        if isinstance(exc, _NotSent) and isinstance(exc.__cause__, Exception):
+        if isinstance(exc, NotSent) and isinstance(exc.__cause__, Exception):
             error = self._error(exc.__cause__, op)
             if type(error) is BackendUnavailableError:
                 return NotSentError(str(error))
@@ -527,7 +433,12 @@ class RedisChatStore(ListChatStore):
 
     # -- transport ---------------------------------------------------------------------------
 
-    def _execute(self, op: Op[Any]) -> Any:
+    def _execute(self, op: Op[Any] | Batch) -> Any:
+        if isinstance(op, Batch):
+            try:
+                return _batches.run(self._sync_client(), op.steps, self._error)
+            except (RedisError, RedisClusterException) as exc:
+                raise self._error(exc) from exc
         try:
             if self.redis_client is None:
                 own = self._own_sync.get()
@@ -542,28 +453,30 @@ class RedisChatStore(ListChatStore):
                 return client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
             except NoScriptError:
                 return client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
-        except (RedisError, RedisClusterException, _NotSent) as exc:
+        except (RedisError, RedisClusterException, NotSent) as exc:
             raise self._error(exc, op) from exc
 
-    async def _aexecute(self, op: Op[Any]) -> Any:
+    async def _aexecute(self, op: Op[Any] | Batch) -> Any:
         if self.redis_client is not None and self.aredis_client is None:
             return await asyncio.to_thread(self._execute, op)
         try:
             if self.aredis_client is None:
                 own = self._own_async.get()
-                if own.direct is not None:
+                if own.direct is not None and not isinstance(op, Batch):
                     return await own.direct.call(op)
                 client: AsyncClient = own.client
             else:
                 client = self.aredis_client
+            if isinstance(op, Batch):
+                return await _batches.arun(client, op.steps, self._error)
             if op.script is None:
                 return await client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
             try:
                 return await client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
             except NoScriptError:
                 return await client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
-        except (RedisError, RedisClusterException, _NotSent) as exc:
-            raise self._error(exc, op) from exc
+        except (RedisError, RedisClusterException, NotSent) as exc:
+            raise self._error(exc, None if isinstance(op, Batch) else op) from exc
 
     def _scan_lists(self, pattern: str) -> Iterator[str]:
         try:

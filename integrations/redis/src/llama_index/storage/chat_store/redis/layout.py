@@ -15,6 +15,9 @@ for ``UpstashChatStore``) and how to scan for existing lists.
 * A conversation's record, a short LIST at ``namespace + key + "\0ops"``, remembers its
   latest changes by operation id so that a change resent after a lost reply is applied
   once (see :mod:`._scripts`); it expires a few minutes after the last change.
+* In Redis Cluster a namespace without a hash tag is *bucketed* (see :mod:`._buckets`): each
+  key above starts with the home of the conversation's bucket, ``namespace + "{tag}"``
+  instead of ``namespace``, and each bucket has a registry of its own.
 """
 
 from __future__ import annotations
@@ -23,37 +26,33 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import AliasChoices, Field
 
 from llama_index.storage.chat_store.core import (
-    AuthenticationError,
-    BackendUnavailableError,
     Capability,
     ChatMessage,
-    ChatStoreError,
-    ConfigurationError,
     CorruptDataError,
     InvalidKeyError,
     message_to_json,
 )
-from llama_index.storage.chat_store.core.backend import (
-    Change,
-    Plan,
-    PlannedChatStore,
-    messages_removed,
-)
+from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
 from llama_index.storage.chat_store.core.catalog import (
     MAX_METADATA_BYTES,
     ConversationInfo,
     ConversationPage,
-    decode_metadata,
-    from_epoch_ms,
-    metadata_too_large,
 )
-from llama_index.storage.chat_store.core.messages import messages_from_json
-from llama_index.storage.chat_store.redis import _scripts
+from llama_index.storage.chat_store.redis import _replies, _scripts
+from llama_index.storage.chat_store.redis._buckets import (
+    BUCKETS,
+    TAGS,
+    Batch,
+    bucket_of,
+    merged_page,
+    walk_rounds,
+)
+from llama_index.storage.chat_store.redis._replies import KeysPage, Op, reply_error
 from llama_index.storage.chat_store.redis._scripts import Script
 
 __all__ = [
@@ -77,34 +76,6 @@ _RESEND = "?"
 """Before an op id: the change may have been applied already (see :mod:`._scripts`)."""
 
 
-@dataclass(slots=True)  # not frozen: built on every call, and frozen __init__ is slower
-class Op(Generic[T]):
-    """One round trip and how to read its reply.
-
-    A script call, or with ``script=None`` the single command ``args`` (e.g. a plain LRANGE).
-    """
-
-    script: Script | None
-    keys: tuple[str, ...]
-    args: tuple[str, ...]
-    decode: Callable[[Any], T]
-    key: str | None = None
-    """The conversation key, named in errors."""
-
-
-@dataclass(frozen=True)
-class KeysPage:
-    """Live keys of one registry page and the cursor to the next (``None``: the last page)."""
-
-    keys: list[str]
-    cursor: str | None
-
-
-def _text(value: Any) -> str:
-    # redis-py returns bytes; upstash-redis returns str (already decoded from base64).
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def has_hash_tag(namespace: str) -> bool:
     """Return whether every key under ``namespace`` hashes to one Redis Cluster slot."""
     opening = namespace.find("{")
@@ -125,6 +96,8 @@ class ListLayout:
         client_resends: The client may resend a call by itself (a client passed in, whose
             retry settings are not ours, or a cluster client, which retries across
             failovers): every change then looks for its op id from its first send.
+        bucketed: Spread the conversations over :data:`~._buckets.BUCKETS` buckets, each
+            with its own registry (Redis Cluster without a hash-tagged namespace).
     """
 
     namespace: str = ""
@@ -132,6 +105,7 @@ class ListLayout:
     refresh_on_read: bool = False
     record_ms: int = 300_000
     client_resends: bool = False
+    bucketed: bool = False
 
     @cached_property
     def _ttl_arg(self) -> str:
@@ -142,18 +116,45 @@ class ListLayout:
         return str(self.record_ms)
 
     @cached_property
+    def homes(self) -> tuple[str, ...]:
+        """Each bucket's key prefix; unbucketed, the namespace alone (bucket 0)."""
+        if not self.bucketed:
+            return (self.namespace,)
+        return tuple(f"{self.namespace}{{{tag}}}" for tag in TAGS)
+
+    @cached_property
+    def _registries(self) -> tuple[tuple[str, str], ...]:
+        return tuple((home + _INDEX, home + _EXPIRY) for home in self.homes)
+
+    @cached_property
     def registry(self) -> tuple[str, str]:
-        """The registry's keys: the index (every member) and the expiry set."""
-        return self.namespace + _INDEX, self.namespace + _EXPIRY
+        """The registry's keys (bucket 0's when bucketed): the index and the expiry set."""
+        return self._registries[0]
+
+    def bucket(self, key: str) -> int:
+        """The bucket of conversation ``key`` (0 when not bucketed)."""
+        return bucket_of(key) if self.bucketed else 0
 
     def conversation(self, key: str) -> str:
         """The LIST key holding conversation ``key``."""
-        return self.namespace + key
+        return self.homes[self.bucket(key)] + key
+
+    def key_of(self, name: str) -> str | None:
+        """The conversation held at LIST key ``name``, if this layout would put it there."""
+        if not name.startswith(self.namespace):
+            return None
+        key = name[len(self.namespace) :]
+        if not self.bucketed:
+            return key
+        tag, key = key[1:4], key[5:]
+        return key if name == self.conversation(key) and tag in TAGS else None
 
     def _call(
         self, script: Script, key: str, args: Sequence[str], decode: Callable[[Any], T]
     ) -> Op[T]:
-        return Op(script, (self.conversation(key), *self.registry), (key, *args), decode, key)
+        bucket = bucket_of(key) if self.bucketed else 0
+        keys = (self.homes[bucket] + key, *self._registries[bucket])
+        return Op(script, keys, (key, *args), decode, key)
 
     def _change(
         self,
@@ -169,8 +170,9 @@ class ListLayout:
         send failed, or the client may resend by itself): then the script looks for it in
         the record first; a first send skips the search, its op id being new.
         """
-        conv = self.conversation(key)
-        keys = (conv, *self.registry, conv + _RECORD)
+        bucket = bucket_of(key) if self.bucketed else 0
+        conv = self.homes[bucket] + key
+        keys = (conv, *self._registries[bucket], conv + _RECORD)
         op_id = _RESEND + change.id if change.check or self.client_resends else change.id
         head = (key, self._ttl_arg, op_id, self._record_arg)
         return Op(script, keys, (*head, *args), decode, key)
@@ -183,30 +185,30 @@ class ListLayout:
     def append(self, key: str, messages: Sequence[ChatMessage], change: Change) -> Op[None]:
         """Append ``messages`` (at least one)."""
         jsons = [*map(message_to_json, messages)]
-        return self._change(_scripts.APPEND, key, jsons, _none, change)
+        return self._change(_scripts.APPEND, key, jsons, _replies.nothing, change)
 
     def insert(self, key: str, idx: int, message: ChatMessage, change: Change) -> Op[None]:
         """Insert ``message`` before position ``idx`` (``list.insert`` semantics)."""
         args = [str(idx), message_to_json(message)]
-        return self._change(_scripts.INSERT, key, args, _none, change)
+        return self._change(_scripts.INSERT, key, args, _replies.nothing, change)
 
     def replace(self, key: str, messages: Sequence[ChatMessage], change: Change) -> Op[None]:
         """Replace the conversation (no messages: remove it)."""
         jsons = [*map(message_to_json, messages)]
-        return self._change(_scripts.REPLACE, key, jsons, _none, change)
+        return self._change(_scripts.REPLACE, key, jsons, _replies.nothing, change)
 
     def delete_all(self, key: str, change: Change) -> Op[list[ChatMessage]]:
         """Remove the conversation; the reply is its messages."""
-        decode = _messages(key, 0, removed=True)
+        decode = _replies.messages(key, 0, removed=True)
         return self._change(_scripts.DELETE_ALL, key, [], decode, change)
 
     def delete_at(self, key: str, idx: int, change: Change) -> Op[ChatMessage | None]:
         """Remove the message at ``idx``; the reply is that message or ``None``."""
-        return self._change(_scripts.DELETE_AT, key, [str(idx)], _positioned(key), change)
+        return self._change(_scripts.DELETE_AT, key, [str(idx)], _replies.positioned(key), change)
 
     def pop_last(self, key: str, change: Change) -> Op[ChatMessage | None]:
         """Remove the last message; the reply is that message or ``None``."""
-        return self._change(_scripts.POP_LAST, key, [], _positioned(key), change)
+        return self._change(_scripts.POP_LAST, key, [], _replies.positioned(key), change)
 
     def pop_first(
         self, key: str, n: int, change: Change, tool_safe: bool = False
@@ -215,7 +217,7 @@ class ListLayout:
 
         ``tool_safe``: also the tool results that would lead what is left.
         """
-        decode = _messages(key, 0, removed=True)
+        decode = _replies.messages(key, 0, removed=True)
         args = [str(n), "1" if tool_safe else "0"]
         return self._change(_scripts.POP_FIRST, key, args, decode, change)
 
@@ -236,14 +238,14 @@ class ListLayout:
             if offset >= 0:
                 stop = -1 if limit is None else offset + limit - 1
                 return Op(None, (), ("LRANGE", conv, str(offset), str(stop)),
-                          _messages(key, offset), key)  # fmt: skip
+                          _replies.messages(key, offset), key)  # fmt: skip
             if limit is None or limit >= -offset:
-                return Op(None, (), ("LRANGE", conv, str(offset), "-1"), _tail(key), key)
+                return Op(None, (), ("LRANGE", conv, str(offset), "-1"), _replies.tail(key), key)
         args = [self._read(), str(offset), str(-1 if limit is None else limit)]
 
         def decode(reply: Any) -> list[ChatMessage]:
             start, items = reply
-            return _messages(key, int(start))(items)
+            return _replies.messages(key, int(start))(items)
 
         return self._call(_scripts.WINDOW, key, args, decode)
 
@@ -255,7 +257,7 @@ class ListLayout:
 
     def info(self, key: str) -> Op[ConversationInfo | None]:
         """Read the conversation's catalog entry (``None``: no messages)."""
-        return self._call(_scripts.INFO, key, [_KEEP_EXPIRY], _info(key))
+        return self._call(_scripts.INFO, key, [_KEEP_EXPIRY], _replies.info(key))
 
     def set_metadata(
         self, key: str, changes: dict[str, str | None], change: Change
@@ -263,131 +265,64 @@ class ListLayout:
         """Merge ``changes`` (``{name: JSON text or None}``) into the entry's metadata."""
         pairs = [part for name, text in changes.items() for part in (name, text or "")]
         args = [str(MAX_METADATA_BYTES), *pairs]
-        return self._change(_scripts.METADATA, key, args, _info(key), change)
+        return self._change(_scripts.METADATA, key, args, _replies.info(key), change)
 
-    def catalog_page(self, prefix: str, after: str | None, limit: int) -> Op[ConversationPage]:
+    def catalog_page(
+        self, prefix: str, after: str | None, limit: int, bucket: int = 0
+    ) -> Op[ConversationPage]:
         """Read one page of catalog entries: keys starting with ``prefix``, after ``after``."""
         if after is not None and after.encode() >= prefix.encode():
             low = "(" + after
         else:
             low = "[" + prefix if prefix else "-"
-        args = (self.namespace, low, prefix, str(limit))
-        return Op(_scripts.CATALOG_PAGE, self.registry, args, _catalog_page)
+        args = (self.homes[bucket], low, prefix, str(limit))
+        return Op(_scripts.CATALOG_PAGE, self._registries[bucket], args, _replies.catalog_page)
 
-    def keys_page(self, cursor: str | None) -> Op[KeysPage]:
+    def keys_page(self, cursor: str | None, bucket: int = 0) -> Op[KeysPage]:
         """Read one registry page after ``cursor`` (``None``: from the start)."""
-        args = (self.namespace, cursor or "", str(KEYS_PAGE_SIZE))
-        return Op(_scripts.KEYS_PAGE, self.registry, args, _keys_page)
+        args = (self.homes[bucket], cursor or "", str(KEYS_PAGE_SIZE))
+        return Op(_scripts.KEYS_PAGE, self._registries[bucket], args, _replies.keys_page)
 
-    def clear_page(self) -> Op[int]:
+    def clear_page(self, bucket: int = 0) -> Op[int]:
         """Remove one page of conversations; the reply is how many remain registered."""
-        args = (self.namespace, str(KEYS_PAGE_SIZE))
-        return Op(_scripts.CLEAR_PAGE, self.registry, args, int)
+        args = (self.homes[bucket], str(KEYS_PAGE_SIZE))
+        return Op(_scripts.CLEAR_PAGE, self._registries[bucket], args, int)
+
+    # -- every bucket (a bucketed layout) --------------------------------------------------
+
+    def merged_catalog(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
+        """Read one catalog page of every bucket together (see :func:`._buckets.merged_page`).
+
+        Entries are decoded once the page is known: the buckets return more than it holds.
+        """
+
+        def ask(bucket: int, cursor: str | None, size: int) -> Op[_RawPage]:
+            op = self.catalog_page(prefix, cursor, size, bucket)
+            return Op(op.script, op.keys, op.args, _replies.catalog_raw)
+
+        found, cursor = yield from merged_page(ask, _replies.raw_key, after, limit)
+        return ConversationPage([_replies.entry(*raw) for raw in found], cursor)
+
+    def keys_round(self, cursors: Any) -> Plan[tuple[Sequence[str], Any]]:
+        """Read a registry page of every bucket not done; the reply is the keys and cursors."""
+
+        def ask(bucket: int, cursor: str | None) -> Op[tuple[list[str], str | None]]:
+            op = self.keys_page(cursor, bucket)
+            return Op(op.script, op.keys, op.args, _replies.keys_pair)
+
+        found, following = yield from walk_rounds(ask, cursors)
+        return sorted(found), following
+
+    def clear_buckets(self) -> Plan[None]:
+        """Remove every conversation, a page of each bucket per round."""
+        left = list(range(BUCKETS))
+        while left:
+            ops = [self.clear_page(bucket) for bucket in left]
+            counts = yield Batch(tuple(ops))
+            left = [b for b, n in zip(left, counts, strict=True) if int(n)]
 
 
-def _none(reply: Any) -> None:
-    return None
-
-
-def _messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any], list[ChatMessage]]:
-    def decode(items: Any) -> list[ChatMessage]:
-        if removed:
-            # The removal is done (it is atomic, and refusing it would leave corrupt data that
-            # no delete can remove): core's error says so and keeps what was removed.
-            stored = [(start + i, item) for i, item in enumerate(items or [])]
-            return messages_removed(key, stored, storage=_STORAGE)
-        return messages_from_json(items or [], key=key, start=start)
-
-    return decode
-
-
-_STORAGE = "Redis"
-
-
-def _tail(key: str) -> Callable[[Any], list[ChatMessage]]:
-    # The last len(items) messages: positions counted from the end (-len(items) .. -1).
-    def decode(items: Any) -> list[ChatMessage]:
-        return _messages(key, -len(items or []))(items)
-
-    return decode
-
-
-def _positioned(key: str) -> Callable[[Any], ChatMessage | None]:
-    def decode(reply: Any) -> ChatMessage | None:
-        if not reply:
-            return None
-        item, position = reply
-        [message] = messages_removed(key, [(int(position), item)], storage=_STORAGE)
-        return message
-
-    return decode
-
-
-def _entry(key: str, count: Any, fields: Any) -> ConversationInfo:
-    values = dict(zip(*[iter(_text(v) for v in fields)] * 2, strict=True))
-    metadata = {name[2:]: text for name, text in values.items() if name.startswith("m:")}
-    return ConversationInfo(
-        key,
-        int(count),
-        from_epoch_ms(values.get("c")),
-        from_epoch_ms(values.get("u")),
-        decode_metadata(metadata),
-    )
-
-
-def _info(key: str) -> Callable[[Any], ConversationInfo | None]:
-    def decode(reply: Any) -> ConversationInfo | None:
-        if not reply:
-            return None
-        count, fields = reply
-        if int(count) < 0:
-            raise metadata_too_large(int(fields))
-        return _entry(key, count, fields)
-
-    return decode
-
-
-def _catalog_page(reply: Any) -> ConversationPage:
-    cursor, *entries = reply
-    found = [_entry(_text(member), count, fields) for member, count, fields in entries]
-    return ConversationPage(found, _text(cursor) or None)
-
-
-def _keys_page(reply: Any) -> KeysPage:
-    cursor, *keys = (_text(v) for v in reply)
-    return KeysPage(keys, cursor or None)
-
-
-_UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "READONLY")
-
-
-def reply_error(message: str, op: Op[Any] | None, where: str) -> ChatStoreError:
-    """Return the core error for an error reply from Redis (or Upstash) to ``op``.
-
-    Args:
-        message: The server's error text (e.g. ``WRONGTYPE Operation against ...``).
-        op: The call that failed (its conversation key is named), if any.
-        where: The server, password masked.
-    """
-    words = message.split()
-    code = words[0] if words else ""
-    if "WRONGTYPE" in message:
-        return CorruptDataError(
-            f"the value at key {op and op.key!r} on {where} is not a list of chat messages "
-            f"({message})"
-        )
-    if code in {"WRONGPASS", "NOAUTH", "NOPERM"} or "invalid password" in message:
-        return AuthenticationError(f"{where} rejected the credentials: {message}")
-    if code in {"MOVED", "ASK", "CROSSSLOT"} or "same slot" in message or "non local" in message:
-        return ConfigurationError(
-            f"{where} is a Redis Cluster: use cluster=True and a namespace with a hash tag "
-            f"such as '{{app}}:' so a conversation and its registry share a slot ({message})"
-        )
-    if code in _UNAVAILABLE:
-        return BackendUnavailableError(f"{where} cannot serve requests now: {message}")
-    what = "" if op is None else f" running {op.script.name if op.script else op.args[0]}"
-    return ChatStoreError(f"{where} failed{what}: {message}")
-
+_RawPage = tuple[list[_replies.RawEntry], str | None]
 
 _RECORD_MS = 300_000
 """Least time a conversation's record of changes outlives its last change."""
@@ -434,7 +369,12 @@ class ListChatStore(PlannedChatStore):
         # The record of changes must outlive every retry of a call.
         record_ms = max(_RECORD_MS, int(self.retry_deadline * 2000))
         return ListLayout(
-            self.namespace, ttl_ms, self.refresh_on_read, record_ms, self._client_resends
+            self.namespace,
+            ttl_ms,
+            self.refresh_on_read,
+            record_ms,
+            self._client_resends,
+            self._bucketed,
         )
 
     @property
@@ -470,6 +410,15 @@ class ListChatStore(PlannedChatStore):
         """Whether the client may resend a call by itself (see :class:`ListLayout`)."""
         return False
 
+    @property
+    def _bucketed(self) -> bool:
+        """Whether the namespace is spread over buckets (see :class:`ListLayout`).
+
+        A transport that says yes runs :class:`._buckets.Batch` steps too: their ops at
+        once, the reply being their raw replies in order.
+        """
+        return False
+
     # -- the plans: one script call each -------------------------------------------------------
 
     def _get_plan(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
@@ -503,10 +452,14 @@ class ListChatStore(PlannedChatStore):
         return _one(self._layout.pop_first(key, n, change, tool_safe))
 
     def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
+        if self._layout.bucketed:
+            return (yield from self._layout.keys_round(cursor))
         page = yield from _one(self._layout.keys_page(cursor))
         return page.keys, page.cursor
 
     def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
+        if self._layout.bucketed:
+            return self._layout.merged_catalog(prefix, after, limit)
         return _one(self._layout.catalog_page(prefix, after, limit))
 
     def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
@@ -519,6 +472,8 @@ class ListChatStore(PlannedChatStore):
 
     def _clear_plan(self) -> Plan[None]:
         """Remove the registered conversations a page at a time, then the registry."""
+        if self._layout.bucketed:
+            return (yield from self._layout.clear_buckets())
         page = self._layout.clear_page()
         while (yield from _one(page)):
             pass
@@ -534,10 +489,14 @@ class ListChatStore(PlannedChatStore):
         Returns:
             The keys adopted.
         """
-        plain = ListLayout(self.namespace)
+        plain = ListLayout(self.namespace, bucketed=self._layout.bucketed)
+        # A bucket's tag is three characters: the glob matches exactly the key after it.
+        between = "{???}" if plain.bucketed else ""
         adopted: list[str] = []
-        for name in dict.fromkeys(self._scan_lists(_glob_escape(self.namespace) + match)):
-            key = name[len(self.namespace) :]
+        for name in dict.fromkeys(self._scan_lists(_glob_escape(self.namespace) + between + match)):
+            key = plain.key_of(name)
+            if key is None:
+                continue  # a list in a bucket its key does not hash to: not this layout's
             try:
                 self._check_key(key)
                 self._read(lambda: _one(plain.window(key, 0, 1)))  # noqa: B023 (run at once)
