@@ -236,17 +236,27 @@ class PostgresChatStore(_Calls):
                     "connection_string and async_connection_string name different databases"
                 )
             return cls.from_uri(uri, table_name, schema_name, debug, use_jsonb, **options)
-        netloc = quote(user or "", safe="")
-        netloc = f"{netloc}@" if netloc else ""
-        netloc += host or "localhost"
-        if port is not None:
-            netloc += f":{port}"
-        url = urlunsplit(
-            (cls._canonical_scheme(), netloc, f"/{quote(database or '', safe='')}", "", "")
-        )
+        url = cls._params_url(host, port, database, user)
         return cls.from_uri(
             url, table_name, schema_name, debug, use_jsonb, password=password, **options
         )
+
+    @classmethod
+    def _params_url(
+        cls,
+        host: str | None,
+        port: str | int | None,
+        database: str | None,
+        user: str | None,
+        query: str = "",
+    ) -> str:
+        """This class's URL for ``from_params``' connection parameters (no password)."""
+        netloc = f"{quote(user, safe='')}@" if user else ""
+        netloc += host or "localhost"
+        if port is not None:
+            netloc += f":{port}"
+        path = f"/{quote(database or '', safe='')}"
+        return urlunsplit((cls._canonical_scheme(), netloc, path, query, ""))
 
     @classmethod
     def from_engine(
