@@ -296,7 +296,7 @@ class _Config(PlannedChatStore):
 
     async def _aexecute(self, step: Step) -> Any:
         """Run one step of a plan on this event loop's async connections."""
-        return await step.arun(self._aconnections())
+        return await step.run(self._aconnections())
 
     def _release_sync(self) -> AsyncConnections | None:
         """Close the sync connections; hand over the async ones (the store reconnects later)."""
