@@ -65,17 +65,15 @@ class AlloyDBEngine(GoogleConnectorEngine):
     ) -> AlloyDBEngine:
         """Connect to an AlloyDB instance through Google's connector (never connects here).
 
-        Without ``user`` and ``password``, IAM database authentication is used as
-        ``iam_account_email``.
-
         Args:
             project_id: Google Cloud project.
             region: The cluster's region.
             cluster: AlloyDB cluster name.
             instance: AlloyDB instance name.
             database: Database name.
-            user: Database user (with ``password``).
-            password: Database password (with ``user``).
+            user: Database user; see :meth:`GoogleConnectorEngine.from_parts` for it and
+                ``password``, ``ip_type``, ``iam_account_email`` and ``engine_options``.
+            password: Database password (with ``user``; neither: IAM authentication).
             ip_type: ``public``, ``private`` or ``psc``.
             iam_account_email: The IAM principal for IAM database authentication.
             connector: A sync connector (``connect(instance_uri, "pg8000", **kwargs)``);
@@ -85,8 +83,7 @@ class AlloyDBEngine(GoogleConnectorEngine):
             engine_options: Extra ``create_engine`` arguments for the sync pool.
 
         Raises:
-            ConfigurationError: Only one of ``user`` / ``password``, or neither and no
-                ``iam_account_email``.
+            ConfigurationError: The credentials do not say how to log in (see ``from_parts``).
         """
         return cls.from_parts(
             (project_id, region, cluster, instance), database,

@@ -70,16 +70,14 @@ class PostgresEngine(GoogleConnectorEngine):
     ) -> PostgresEngine:
         """Connect to a Cloud SQL instance through Google's connector (never connects here).
 
-        Without ``user`` and ``password``, IAM database authentication is used as
-        ``iam_account_email``.
-
         Args:
             project_id: Google Cloud project.
             region: The instance's region.
             instance: Cloud SQL instance name.
             database: Database name.
-            user: Database user (with ``password``).
-            password: Database password (with ``user``).
+            user: Database user; see :meth:`GoogleConnectorEngine.from_parts` for it and
+                the other arguments but ``quota_project``.
+            password: Database password (with ``user``; neither: IAM authentication).
             ip_type: ``public``, ``private`` or ``psc``.
             quota_project: Project billed for the connector's API calls.
             iam_account_email: The IAM principal for IAM database authentication.
@@ -88,8 +86,7 @@ class PostgresEngine(GoogleConnectorEngine):
             engine_options: Extra ``create_engine`` arguments for the sync pool.
 
         Raises:
-            ConfigurationError: Only one of ``user`` / ``password``, or neither and no
-                ``iam_account_email``.
+            ConfigurationError: The credentials do not say how to log in (see ``from_parts``).
         """
         return cls.from_parts(
             (project_id, region, instance), database,

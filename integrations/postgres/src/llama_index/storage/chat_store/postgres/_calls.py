@@ -68,10 +68,13 @@ class _Calls(_Tables):
         return float(self.ttl) if self.ttl is not None else None
 
     def _key_params(self, key: str) -> dict[str, Any]:
-        """``key``, its advisory lock id (Google's layout) and ``ttl``: every change binds them."""
+        """``key`` and ``ttl``: every change binds them (``_once`` adds ``op`` and ``lock``)."""
+        return {"key": key, "ttl": self._ttl()}
+
+    def _key_lock(self, key: str) -> int:
+        """The advisory lock id of conversation ``key`` on Google's table (see ``_layouts``)."""
         name = "\x00".join((self.schema_name, self.table_name, key)).encode("utf-8")
-        lock = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
-        return {"key": key, "lock": lock, "ttl": self._ttl()}
+        return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
 
     def _window(
         self, st: Statements, key: str, offset: int, limit: int | None
@@ -158,6 +161,8 @@ class _Calls(_Tables):
         table = self._resolved or (yield from self._table_plan())  # no generator once known
         st = table.statements
         params = {**params, "op": change.id}
+        if st.layout == "google":  # the only layout whose statements take the advisory lock
+            params["lock"] = self._key_lock(params["key"])
         if change.check:
             found = yield from run(Fetch(st.recorded, {"op": change.id}))
             if found:
@@ -175,15 +180,11 @@ class _Calls(_Tables):
                 raise
             return _replayed(found)
 
+    @staticmethod
     def _locked(
-        self,
-        st: Statements,
-        key: str,
-        clause: TextClause,
-        params: dict[str, Any],
-        lock: TextClause | None = None,
+        st: Statements, clause: TextClause, params: dict[str, Any], lock: TextClause | None = None
     ) -> Plan[list[Row]]:
-        """Run a change of conversation ``key``: after its lock (row layouts), in one transaction.
+        """Run a change of a conversation: after its lock (row layouts), in one transaction.
 
         Native layout: when ``lock`` finds no conversation row it locks nothing, so the
         change is not run: the conversation was empty when the lock ran (every message row
@@ -194,25 +195,23 @@ class _Calls(_Tables):
 
         Args:
             st: The layout's statements.
-            key: The conversation.
             clause: The change; its snapshot is taken once the lock is held.
-            params: The change's parameters.
+            params: The change's parameters (``_once``'s, which the lock takes too).
             lock: The lock statement, if not the layout's ``lock``.
         """
         held = lock if lock is not None else st.lock
         if held is None:
             return (yield from run(Fetch(clause, params)))
-        key_params = self._key_params(key)
 
         def body() -> Plan[list[Row]]:
-            if not (yield Fetch(held, key_params)) and st.layout == "native":
+            if not (yield Fetch(held, params)) and st.layout == "native":
                 return []  # no conversation when the lock ran: nothing to change
             rows: list[Row] = yield Fetch(clause, params)
             return rows
 
         return (yield from run(Transaction(body)))
 
-    def _remover(self, key: str, clause_of: Callable[[Statements], TextClause]) -> Body:
+    def _remover(self, clause_of: Callable[[Statements], TextClause]) -> Body:
         """The body removing by ``clause_of(statements)``, as the layout runs removals.
 
         ``single``: one statement, and again after the lock in a transaction if its snapshot
@@ -230,7 +229,7 @@ class _Calls(_Tables):
                 rows = yield from run(Fetch(clause, params))
                 if not _stale(rows):
                     return rows
-            return _acted((yield from self._locked(st, key, clause, params)))
+            return _acted((yield from self._locked(st, clause, params)))
 
         return remove
 
@@ -244,7 +243,6 @@ class _Calls(_Tables):
         """
 
         def remove(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
-            key_params = self._key_params(key)
             lock = st.lock if st.lock is not None else st.row_lock
 
             def stored(lo: int, hi: int) -> Plan[list[str]]:
@@ -252,7 +250,7 @@ class _Calls(_Tables):
                 return [data for _, data in rows]
 
             def body() -> Plan[list[Row]]:
-                held = [] if lock is None else (yield Fetch(lock, key_params))
+                held = [] if lock is None else (yield Fetch(lock, params))
                 if lock is not None and not held:
                     return []  # no conversation when the lock ran: nothing to remove
                 if st.layout != "native":  # the native lock already returned the live count

@@ -296,24 +296,25 @@ class _Config(PlannedChatStore):
 
     async def _aexecute(self, step: Step) -> Any:
         """Run one step of a plan on this event loop's async connections."""
-        return await step.arun(self._aconnections())
+        return await step.run(self._aconnections())
 
-    def close(self) -> None:
-        """Release held connections; the store reconnects if used again."""
+    def _release_sync(self) -> AsyncConnections | None:
+        """Close the sync connections; hand over the async ones (the store reconnects later)."""
         with self._lock:
             sync, self._sync = self._sync, None
             async_, self._async = self._async, None
         if sync is not None:
             sync.close()
+        return async_
+
+    def close(self) -> None:
+        """Release held connections; the store reconnects if used again."""
+        async_ = self._release_sync()
         if async_ is not None:
             async_.close()
 
     async def aclose(self) -> None:
         """Close this loop's connections and the sync ones; reconnects if used again."""
-        with self._lock:
-            sync, self._sync = self._sync, None
-            async_, self._async = self._async, None
-        if sync is not None:
-            sync.close()
+        async_ = self._release_sync()
         if async_ is not None:
             await async_.aclose()

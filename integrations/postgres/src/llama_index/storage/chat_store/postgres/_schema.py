@@ -19,7 +19,6 @@ __all__ = [
     "CATALOG_COLUMNS",
     "DETECT",
     "EXPIRES",
-    "SCHEMA_EXISTS",
     "LayoutName",
     "catalog_ddl",
     "catalog_index",
@@ -81,20 +80,15 @@ def qualified(schema: str, table: str) -> str:
 
 DETECT = text(
     "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), "
-    "pg_catalog.pg_has_role(c.relowner, 'USAGE') "
-    "FROM pg_catalog.pg_class AS c "
-    "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
-    "JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid "
-    "AND a.attnum > 0 AND NOT a.attisdropped "
-    "WHERE n.nspname = CAST(:schema AS text) AND c.relkind IN ('r', 'p', 'i') "
-    "AND c.relname = ANY(CAST(:names AS text[]))"
+    "pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_namespace AS n "
+    "LEFT JOIN (pg_catalog.pg_class AS c JOIN pg_catalog.pg_attribute AS a "
+    "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) "
+    "ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'i') "
+    "AND c.relname = ANY(CAST(:names AS text[])) WHERE n.nspname = CAST(:schema AS text)"
 )
 """Columns ``(table, column, type, owned)`` of the tables (and indexes) named ``names`` in
-``schema``; ``owned``: this role may alter the table."""
-
-SCHEMA_EXISTS = text(
-    "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = CAST(:schema AS text)"
-)
+``schema``; ``owned``: this role may alter the table. One round trip also says whether the
+schema exists: no row if not, one row of NULLs if it holds none of the tables."""
 
 ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(CAST(:lock AS bigint))")
 """Serialises concurrent first use on PostgreSQL (``IF NOT EXISTS`` alone can still race)."""

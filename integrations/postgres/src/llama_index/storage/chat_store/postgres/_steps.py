@@ -3,14 +3,15 @@
 A plan (see the kit, ``core.backend``) yields three kinds of steps: :class:`Fetch` (one
 statement), :class:`FetchMany` (one statement per parameter set, in one transaction and
 round trip) and :class:`Transaction` (a plan of :class:`Fetch` steps, run on one connection
-in one transaction). The store's executors send a step to the sync connections
-(``step.run``) or to the async ones (``step.arun``); nothing else differs between them.
+in one transaction). The store's executors send a step to the sync connections or to the
+async ones with ``step.run(connections)`` (awaiting what the async ones return); nothing
+else differs between them.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 from sqlalchemy import TextClause
@@ -41,10 +42,6 @@ class Fetch(NamedTuple):
         """Send it on ``connections`` (a driver's connections, or a transaction's runner)."""
         return connections.fetch(self.clause, self.params)
 
-    def arun(self, connections: AsyncConnections) -> Awaitable[list[Row]]:
-        """Send it on this event loop's async connections."""
-        return connections.fetch(self.clause, self.params)
-
 
 class FetchMany(NamedTuple):
     """A step: run ``clause`` once per parameter set in ``runs``, in one transaction."""
@@ -52,12 +49,8 @@ class FetchMany(NamedTuple):
     clause: TextClause
     runs: Sequence[Params]
 
-    def run(self, connections: SyncConnections) -> list[Row]:
-        """Send it on the sync connections."""
-        return connections.fetch_many(self.clause, self.runs)
-
-    def arun(self, connections: AsyncConnections) -> Awaitable[list[Row]]:
-        """Send it on this event loop's async connections."""
+    def run(self, connections: SyncConnections | AsyncConnections) -> Any:
+        """Send it on the sync connections (rows) or the async ones (an awaitable)."""
         return connections.fetch_many(self.clause, self.runs)
 
 
@@ -72,13 +65,11 @@ class Transaction(Generic[T]):
     def __init__(self, body: Callable[[], Plan[T]]) -> None:
         self.body = body
 
-    def run(self, connections: SyncConnections) -> T:
-        """Run the body on a sync connection."""
-        return connections.transaction(lambda tx: drive(self.body(), lambda step: step.run(tx)))
-
-    def arun(self, connections: AsyncConnections) -> Awaitable[T]:
-        """Run the body on an async connection."""
-        return connections.transaction(lambda tx: adrive(self.body(), lambda step: step.run(tx)))
+    def run(self, connections: SyncConnections | AsyncConnections) -> Any:
+        """Run the body on a sync connection (its answer) or an async one (an awaitable)."""
+        if isinstance(connections, AsyncConnections):
+            return connections.transaction(lambda tx: adrive(self.body(), lambda s: s.run(tx)))
+        return connections.transaction(lambda tx: drive(self.body(), lambda s: s.run(tx)))
 
 
 Step = Fetch | FetchMany | Transaction[Any]

@@ -69,11 +69,13 @@ class _Tables(_Config):
             _schema.ops_table(f"data_{table}"),
         ]
 
-    def _resolve(self, columns: list[Row], schema_exists: bool) -> _Resolved:
-        """Pick the layout from the existing tables' columns; list the DDL still needed."""
+    def _resolve(self, columns: list[Row]) -> _Resolved:
+        """Pick the layout from :data:`_schema.DETECT`'s rows; list the DDL still needed."""
         tables: dict[str, dict[str, str]] = {}
         owned: set[str] = set()
         for table, column, type_, may_alter in columns:
+            if table is None:  # the schema holds none of the tables
+                continue
             tables.setdefault(table, {})[column] = type_
             if may_alter:
                 owned.add(table)
@@ -91,7 +93,7 @@ class _Tables(_Config):
                 *_schema.create_statements(
                     layout, self.schema_name, table,
                     element_type="jsonb" if self.use_jsonb else "json",
-                    create_schema=not schema_exists,
+                    create_schema=not columns,
                 )
             ])  # fmt: skip
         detected, element = self._detect(table, found, tables)
@@ -185,9 +187,7 @@ class _Tables(_Config):
             return resolved
         names = {"schema": self.schema_name, "names": self._candidates()}
         for attempt in range(2):
-            columns = yield from run(Fetch(_schema.DETECT, names))
-            exists = yield from run(Fetch(_schema.SCHEMA_EXISTS, {"schema": self.schema_name}))
-            resolved = self._resolve(columns, bool(exists[0][0]))
+            resolved = self._resolve((yield from run(Fetch(_schema.DETECT, names))))
             if not resolved.ddl:
                 break
             try:
@@ -209,9 +209,7 @@ class _Tables(_Config):
         """
         if self._ddl_advisory_lock:
             yield Fetch(_schema.ADVISORY_LOCK, {"lock": self._lock_id()})
-        columns = yield Fetch(_schema.DETECT, names)
-        exists = yield Fetch(_schema.SCHEMA_EXISTS, {"schema": self.schema_name})
-        found = self._resolve(columns, bool(exists[0][0]))
+        found = self._resolve((yield Fetch(_schema.DETECT, names)))
         yield from _each(found.ddl)
         return found
 

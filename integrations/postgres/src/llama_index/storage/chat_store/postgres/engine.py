@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine, create_engine
 
 from llama_index.storage.chat_store.core import ConfigurationError
-from llama_index.storage.chat_store.core.backend import Lazy, PerLoop, split_password
+from llama_index.storage.chat_store.core.backend import split_password
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -73,53 +73,6 @@ class ConnectorEngine:
     def from_engine(cls, engine: AsyncEngine | Engine, **_: Any) -> Self:
         """Connect to the database of a SQLAlchemy engine (its URL and credentials)."""
         return cls.from_connection_string(engine.url.render_as_string(hide_password=False))
-
-    @classmethod
-    def from_connectors(
-        cls,
-        url: str,
-        *,
-        password: str | None,
-        open_sync: Callable[[Any], Any],
-        open_async: Callable[[Any], Awaitable[Any]],
-        make_connector: Callable[[], Any],
-        make_async_connector: Callable[[], Any],
-        connector: Any = None,
-        async_connector: Any = None,
-        engine_options: dict[str, Any] | None = None,
-    ) -> Self:
-        """Build an engine whose connections come from cloud connectors (never connects here).
-
-        Args:
-            url: Names the database in errors and dumps (no secret).
-            password: The database password, if any.
-            open_sync: ``open_sync(connector)`` opens one pg8000 connection.
-            open_async: ``await open_async(connector)`` opens one asyncpg connection.
-            make_connector: Makes the sync connector on first use, when none is given.
-            make_async_connector: Makes one async connector per event loop (Google's are
-                bound to the loop that made them), when none is given.
-            connector: A sync connector to use instead.
-            async_connector: An async connector to use instead (on every loop).
-            engine_options: Extra ``create_engine`` arguments.
-        """
-        sync_connector = Lazy(make_connector)
-        async_connectors = PerLoop(make_async_connector)
-
-        def connect() -> Any:
-            return open_sync(connector if connector is not None else sync_connector.get())
-
-        async def aconnect() -> Any:
-            chosen = async_connector if async_connector is not None else async_connectors.get()
-            return await open_async(chosen)
-
-        return cls(
-            url,
-            password=password,
-            connect=connect,
-            aconnect=aconnect,
-            sync_driver="postgresql+pg8000",
-            engine_options=engine_options,
-        )
 
     @property
     def uses_connector(self) -> bool:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from llama_index.storage.chat_store.core import BackendImportError, ConfigurationError
+from llama_index.storage.chat_store.core.backend import Lazy, PerLoop
 from llama_index.storage.chat_store.postgres._config import LayoutOption
 from llama_index.storage.chat_store.postgres.engine import ConnectorEngine
 from llama_index.storage.chat_store.postgres.store import PostgresChatStore
@@ -153,16 +154,24 @@ class GoogleConnectorEngine(ConnectorEngine):
         query = {"user": db_user, "ip_type": ip_type}
         query.update({k: v for k, v in connector_options.items() if v})
         path = "/".join(quote(part, safe="") for part in (*parts, database))
-        method = cls.async_method
-        return cls.from_connectors(
+        # Made on first use, when none is given; async ones per event loop (Google's are
+        # bound to the loop that made them).
+        sync_connector = Lazy(lambda: cls.connector_factory(**connector_options))
+        async_connectors = PerLoop(lambda: cls.async_connector_factory(**connector_options))
+
+        def connect() -> Any:
+            chosen = connector if connector is not None else sync_connector.get()
+            return chosen.connect(name, "pg8000", **kwargs)
+
+        async def aconnect() -> Any:
+            chosen = async_connector if async_connector is not None else async_connectors.get()
+            return await getattr(chosen, cls.async_method)(name, "asyncpg", **kwargs)
+
+        return cls(
             f"{cls.scheme}://{path}?{urlencode(query)}",
             password=password,
-            open_sync=lambda c: c.connect(name, "pg8000", **kwargs),
-            open_async=lambda c: getattr(c, method)(name, "asyncpg", **kwargs),
-            make_connector=lambda: cls.connector_factory(**connector_options),
-            make_async_connector=lambda: cls.async_connector_factory(**connector_options),
-            connector=connector,
-            async_connector=async_connector,
+            connect=connect,
+            aconnect=aconnect,
             engine_options=engine_options,
         )
 

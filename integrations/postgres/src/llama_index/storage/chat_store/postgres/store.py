@@ -236,17 +236,27 @@ class PostgresChatStore(_Calls):
                     "connection_string and async_connection_string name different databases"
                 )
             return cls.from_uri(uri, table_name, schema_name, debug, use_jsonb, **options)
-        netloc = quote(user or "", safe="")
-        netloc = f"{netloc}@" if netloc else ""
-        netloc += host or "localhost"
-        if port is not None:
-            netloc += f":{port}"
-        url = urlunsplit(
-            (cls._canonical_scheme(), netloc, f"/{quote(database or '', safe='')}", "", "")
-        )
+        url = cls._params_url(host, port, database, user)
         return cls.from_uri(
             url, table_name, schema_name, debug, use_jsonb, password=password, **options
         )
+
+    @classmethod
+    def _params_url(
+        cls,
+        host: str | None,
+        port: str | int | None,
+        database: str | None,
+        user: str | None,
+        query: str = "",
+    ) -> str:
+        """This class's URL for ``from_params``' connection parameters (no password)."""
+        netloc = f"{quote(user, safe='')}@" if user else ""
+        netloc += host or "localhost"
+        if port is not None:
+            netloc += f":{port}"
+        path = f"/{quote(database or '', safe='')}"
+        return urlunsplit((cls._canonical_scheme(), netloc, path, query, ""))
 
     @classmethod
     def from_engine(
@@ -357,12 +367,12 @@ class PostgresChatStore(_Calls):
 
     def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
         if not messages:
-            remove = self._remover(key, operator.attrgetter("delete_all"))
+            remove = self._remover(operator.attrgetter("delete_all"))
             yield from self._once(change, self._key_params(key), remove)
             return
 
         def replace(st: Statements, params: dict[str, Any]) -> Plan[list[Row]]:
-            return self._locked(st, key, st.replace, params, st.lock_for_replace)
+            return self._locked(st, st.replace, params, st.lock_for_replace)
 
         yield from self._once(change, self._append_params(key, messages), replace)
 
@@ -370,7 +380,7 @@ class PostgresChatStore(_Calls):
         # Holds the conversation's lock: a message appended at the same time is either
         # returned (and removed) or stays, never left behind uncounted. An unreadable
         # removed message raises CorruptDataError; the conversation is removed all the same.
-        remove = self._remover(key, operator.attrgetter("delete_all"))
+        remove = self._remover(operator.attrgetter("delete_all"))
         return self._removed(key, (yield from self._once(change, self._key_params(key), remove)))
 
     def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
@@ -381,7 +391,7 @@ class PostgresChatStore(_Calls):
             return None
         clause_of, params = found
         removed = self._removed(
-            key, (yield from self._once(change, params, self._remover(key, clause_of)))
+            key, (yield from self._once(change, params, self._remover(clause_of)))
         )
         return removed[0] if removed else None
 
@@ -392,7 +402,7 @@ class PostgresChatStore(_Calls):
         if tool_safe:
             remove = self._safe_trimmer(key, min(n, _FAR))
         else:
-            remove = self._remover(key, operator.attrgetter("delete_oldest"))
+            remove = self._remover(operator.attrgetter("delete_oldest"))
         return self._removed(key, (yield from self._once(change, params, remove)))
 
     # -- the catalog (native layout; see ``_catalog``) ----------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, urlencode, urlunsplit
+from urllib.parse import urlencode
 
 from llama_index.storage.chat_store.postgres import PostgresChatStore
 
@@ -123,13 +123,7 @@ class YugabyteDBChatStore(PostgresChatStore):
         if fallback_to_topology_keys_only:
             query["fallback_to_topology_keys_only"] = "true"
         query["failed_host_ttl_seconds"] = str(failed_host_ttl_seconds)
-        netloc = f"{quote(user, safe='')}@" if user else ""
-        netloc += host or "localhost"
-        if port is not None:
-            netloc += f":{port}"
-        url = urlunsplit(
-            ("yugabytedb", netloc, f"/{quote(database or '', safe='')}", urlencode(query), "")
-        )
+        url = cls._params_url(host, port, database, user, urlencode(query))
         return cls.from_uri(
             url, table_name, schema_name, debug, use_jsonb, password=password, **options
         )
