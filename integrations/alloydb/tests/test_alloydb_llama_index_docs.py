@@ -26,8 +26,10 @@ pytestmark = pytest.mark.skipif(
     "llama-index test environment runs this)",
 )
 
-PROJECT_ID, REGION, CLUSTER, INSTANCE = "my-project", "us-central1", "my-cluster", "my-instance"
-USER, PASSWORD = "test", "alloy-not-a-real-password-8T"
+INSTANCE = {  # from_instance's keywords as the page writes them (values: placeholders)
+    "project_id": "my-project", "region": "us-central1", "cluster": "my-cluster",
+    "instance": "my-instance", "user": "test", "password": "alloy-not-a-real-password-8T",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -55,11 +57,6 @@ def test_docs_alloydb_chat_store_in_simple_chat_engine(
         AlloyDBChatStore,
         capsys,
         table_name=google_cloud_table,
-        project_id=PROJECT_ID,
-        region=REGION,
-        cluster=CLUSTER,
-        instance=INSTANCE,
         database=database,
-        user=USER,
-        password=PASSWORD,
+        **INSTANCE,
     )

@@ -22,8 +22,10 @@ pytestmark = pytest.mark.skipif(
     "llama-index test environment runs this)",
 )
 
-PROJECT_ID, REGION, INSTANCE = "my-project", "us-central1", "my-instance"
-USER, PASSWORD = "test", "cloudsql-not-a-real-password-4W"
+INSTANCE = {  # from_instance's keywords as the page writes them (values: placeholders)
+    "project_id": "my-project", "region": "us-central1", "instance": "my-instance",
+    "user": "test", "password": "cloudsql-not-a-real-password-4W",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -51,10 +53,6 @@ def test_docs_cloud_sql_chat_store_in_simple_chat_engine(
         PostgresChatStore,
         capsys,
         table_name=google_cloud_table,
-        project_id=PROJECT_ID,
-        region=REGION,
-        instance=INSTANCE,
         database=database,
-        user=USER,
-        password=PASSWORD,
+        **INSTANCE,
     )

@@ -11,12 +11,20 @@ import pytest
 
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.postgres import PostgresChatStore
+from llama_index.storage.chat_store.postgres.testing import NOT_A_MESSAGE, damage_second_message
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
 
 PASSWORD = "not-a-real-password-7Q"  # trust auth ignores it; it must still never leak
-NOT_A_MESSAGE = '{"role": "user", "blocks": 42}'
+
+
+def _executor(url: str) -> Callable[[str, tuple[Any, ...]], None]:
+    def execute(sql: str, params: tuple[Any, ...]) -> None:
+        with psycopg.connect(url, autocommit=True) as raw:
+            raw.execute(sql, params)
+
+    return execute
 
 
 class _PostgresFixtures(ChatStoreConformance):
@@ -66,15 +74,9 @@ class TestPostgresConformance(_PostgresFixtures):
         self, store: PostgresChatStore, database_url_for_module: str
     ) -> Callable[[str], BaseChatStore]:
         def corrupt(key: str) -> BaseChatStore:
-            store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
-            table = f'"{store.schema_name}".chatstore'
-            with psycopg.connect(database_url_for_module, autocommit=True) as raw:
-                raw.execute(
-                    f"UPDATE {table} SET message = %s::json "
-                    f"WHERE id = (SELECT max(id) FROM {table} WHERE key = %s)",
-                    (NOT_A_MESSAGE, key),
-                )
-            return store
+            return damage_second_message(
+                store, key, _executor(database_url_for_module), table="chatstore"
+            )
 
         return corrupt
 
@@ -111,13 +113,7 @@ class TestPostgresLlamaIndexLayoutConformance(_PostgresFixtures):
         self, store: PostgresChatStore, database_url_for_module: str
     ) -> Callable[[str], BaseChatStore]:
         def corrupt(key: str) -> BaseChatStore:
-            store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
-            with psycopg.connect(database_url_for_module, autocommit=True) as raw:
-                raw.execute(
-                    f'UPDATE "{store.schema_name}".chatstore SET value[2] = %s::json '
-                    "WHERE key = %s",
-                    (NOT_A_MESSAGE, key),
-                )
-            return store
+            execute = _executor(database_url_for_module)
+            return damage_second_message(store, key, execute, table="chatstore", array=True)
 
         return corrupt

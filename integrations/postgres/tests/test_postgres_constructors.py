@@ -9,7 +9,6 @@ a message and reads it back (sync and async); an argument no store knows raises,
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -19,29 +18,15 @@ from sqlalchemy.orm import sessionmaker
 
 from llama_index.storage.chat_store.core import (
     Capability,
-    ChatMessage,
     ConfigurationError,
     chat_store_from_dict,
 )
 from llama_index.storage.chat_store.postgres import PostgresChatStore
+from llama_index.storage.chat_store.postgres.testing import round_trip_sync_and_async
 
 
 def _driver(url: str, driver: str) -> str:
     return make_url(url).set(drivername=driver).render_as_string(hide_password=False)
-
-
-def _round_trip(store: PostgresChatStore) -> None:
-    store.add_message("user1", ChatMessage(role="user", content="sync"))
-
-    async def more() -> list[str | None]:
-        await store.aadd_message("user1", ChatMessage(role="assistant", content="async"))
-        contents = [m.content for m in await store.aget_messages("user1")]
-        await store.aclose()
-        return contents
-
-    assert asyncio.run(more()) == ["sync", "async"]
-    assert [m.content for m in store.get_messages("user1")] == ["sync", "async"]
-    store.close()
 
 
 @pytest.mark.parametrize(
@@ -69,7 +54,7 @@ def test_sessionmakers_positionally(
     assert (store.table_name, store.schema_name, store.use_jsonb) == (
         "chatstore", schema_name, True,
     )  # fmt: skip
-    _round_trip(store)
+    round_trip_sync_and_async(store)
     assert engine.pool.checkedin() >= 1  # the store used (and returned) the caller's pool
     with engine.connect() as still_open:  # close() left the caller's engine alone
         assert still_open.exec_driver_sql("SELECT 1").scalar() == 1
@@ -85,7 +70,7 @@ def test_from_uri_positionally(database_url_for_module: str, schema_name: str) -
     store = PostgresChatStore.from_uri(uri, "chats", schema_name, True, False)
     assert (store.table_name, store.schema_name) == ("chats", schema_name)
     assert store.engine_options == {"echo": True}
-    _round_trip(store)
+    round_trip_sync_and_async(store)
 
 
 def test_from_params_positionally(database_url_for_module: str, schema_name: str) -> None:
@@ -99,7 +84,7 @@ def test_from_params_positionally(database_url_for_module: str, schema_name: str
         schema_name,
     )  # fmt: skip
     assert store.password is not None
-    _round_trip(store)
+    round_trip_sync_and_async(store)
 
 
 def test_from_params_connection_strings(database_url_for_module: str, schema_name: str) -> None:
@@ -112,7 +97,7 @@ def test_from_params_connection_strings(database_url_for_module: str, schema_nam
         async_connection_string=_driver(database_url_for_module, "postgresql+asyncpg"),
         schema_name=schema_name,
     )
-    _round_trip(store)
+    round_trip_sync_and_async(store)
 
 
 def test_two_databases_are_refused(database_url_for_module: str) -> None:

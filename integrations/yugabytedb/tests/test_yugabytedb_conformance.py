@@ -15,14 +15,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
+from llama_index.storage.chat_store.core import BaseChatStore
+from llama_index.storage.chat_store.postgres.testing import damage_second_message
 from llama_index.storage.chat_store.testing import ChatStoreConformance
 from llama_index.storage.chat_store.testing.faults import address_of, url_at
 from llama_index.storage.chat_store.testing.services import free_port
 from llama_index.storage.chat_store.yugabytedb import YugabyteDBChatStore
 
 PASSWORD = "yb-not-a-real-password-3K"
-NOT_A_MESSAGE = '{"role": "user", "blocks": 42}'
 SMART = "&topology_keys=cloud1.datacenter1.rack1&yb_servers_refresh_interval=60"
 
 
@@ -88,9 +88,13 @@ class _YugabyteFixtures(ChatStoreConformance):
     def secrets(self) -> dict[str, str]:
         return {"password": PASSWORD}
 
-    def _corrupt(self, yugabytedb_url: str, sql: str, params: tuple[Any, ...]) -> None:
-        with psycopg2.connect(libpq_url(yugabytedb_url)) as raw, raw.cursor() as cursor:
-            cursor.execute(sql, params)
+    @staticmethod
+    def _executor(yugabytedb_url: str) -> Callable[[str, tuple[Any, ...]], None]:
+        def execute(sql: str, params: tuple[Any, ...]) -> None:
+            with psycopg2.connect(libpq_url(yugabytedb_url)) as raw, raw.cursor() as cursor:
+                cursor.execute(sql, params)
+
+        return execute
 
 
 class TestYugabyteDBConformance(_YugabyteFixtures):
@@ -101,15 +105,9 @@ class TestYugabyteDBConformance(_YugabyteFixtures):
         self, store: YugabyteDBChatStore, yugabytedb_url: str
     ) -> Callable[[str], BaseChatStore]:
         def corrupt(key: str) -> BaseChatStore:
-            store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
-            table = f'"{store.schema_name}".chatstore'
-            self._corrupt(
-                yugabytedb_url,
-                f"UPDATE {table} SET message = %s::json "
-                f"WHERE id = (SELECT max(id) FROM {table} WHERE key = %s)",
-                (NOT_A_MESSAGE, key),
+            return damage_second_message(
+                store, key, self._executor(yugabytedb_url), table="chatstore"
             )
-            return store
 
         return corrupt
 
@@ -124,13 +122,7 @@ class TestYugabyteDBLlamaIndexLayoutConformance(_YugabyteFixtures):
         self, store: YugabyteDBChatStore, yugabytedb_url: str
     ) -> Callable[[str], BaseChatStore]:
         def corrupt(key: str) -> BaseChatStore:
-            store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
-            self._corrupt(
-                yugabytedb_url,
-                f'UPDATE "{store.schema_name}".data_chatstore SET value[2] = %s::json '
-                "WHERE key = %s",
-                (NOT_A_MESSAGE, key),
-            )
-            return store
+            execute = self._executor(yugabytedb_url)
+            return damage_second_message(store, key, execute, table="data_chatstore", array=True)
 
         return corrupt

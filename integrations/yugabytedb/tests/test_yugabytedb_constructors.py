@@ -10,7 +10,6 @@ and reads it back (sync and async); an argument no store knows raises, naming it
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -19,26 +18,12 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
-from llama_index.storage.chat_store.core import ChatMessage
+from llama_index.storage.chat_store.postgres.testing import round_trip_sync_and_async
 from llama_index.storage.chat_store.yugabytedb import YugabyteDBChatStore
 
 
 def _schema() -> str:
     return f"s_{uuid.uuid4().hex[:12]}"
-
-
-def _round_trip(store: YugabyteDBChatStore) -> None:
-    store.add_message("user1", ChatMessage(role="user", content="sync"))
-
-    async def more() -> list[str | None]:
-        await store.aadd_message("user1", ChatMessage(role="assistant", content="async"))
-        contents = [m.content for m in await store.aget_messages("user1")]
-        await store.aclose()
-        return contents
-
-    assert asyncio.run(more()) == ["sync", "async"]
-    assert [m.content for m in store.get_messages("user1")] == ["sync", "async"]
-    store.close()
 
 
 def test_sessionmaker_positionally(yugabytedb_url: str) -> None:
@@ -51,7 +36,7 @@ def test_sessionmaker_positionally(yugabytedb_url: str) -> None:
     schema = _schema()
     store = YugabyteDBChatStore(sessionmaker(engine), "chatstore", schema, True)
     assert (store.table_name, store.schema_name, store.use_jsonb) == ("chatstore", schema, True)
-    _round_trip(store)
+    round_trip_sync_and_async(store)
     assert engine.pool.checkedin() >= 1  # the store used (and returned) the caller's pool
     engine.dispose()
 
@@ -64,7 +49,7 @@ def test_from_uri_positionally(yugabytedb_url: str) -> None:
     schema = _schema()
     store = YugabyteDBChatStore.from_uri(yugabytedb_url, "chats", schema, False, False)
     assert (store.table_name, store.schema_name) == ("chats", schema)
-    _round_trip(store)
+    round_trip_sync_and_async(store)
 
 
 def test_from_params_positionally(yugabytedb_url: str) -> None:
@@ -81,7 +66,7 @@ def test_from_params_positionally(yugabytedb_url: str) -> None:
     assert "load_balance=true" in store.connection_string
     assert "yb_servers_refresh_interval=60" in store.connection_string
     assert (store.table_name, store.schema_name) == ("chats", schema)
-    _round_trip(store)
+    round_trip_sync_and_async(store)
 
 
 def test_from_params_connection_string(yugabytedb_url: str) -> None:
@@ -90,7 +75,7 @@ def test_from_params_connection_string(yugabytedb_url: str) -> None:
     If this fails: connection_string is ignored or rejected.
     """
     store = YugabyteDBChatStore.from_params(connection_string=yugabytedb_url, schema_name=_schema())
-    _round_trip(store)
+    round_trip_sync_and_async(store)
 
 
 def test_base_module_exports_the_store() -> None:

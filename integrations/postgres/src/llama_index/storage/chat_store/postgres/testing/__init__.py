@@ -10,6 +10,11 @@ Google's connectors would open a tunnel to an instance; :class:`GoogleStoreConfo
 suite for a store built on them.
 """
 
+from llama_index.storage.chat_store.postgres.testing._checks import (
+    NOT_A_MESSAGE,
+    damage_second_message,
+    round_trip_sync_and_async,
+)
 from llama_index.storage.chat_store.postgres.testing._google_cloud import (
     LocalAsyncConnector,
     LocalConnector,
@@ -28,14 +33,17 @@ from llama_index.storage.chat_store.postgres.testing.google import (
 )
 
 __all__ = [
+    "NOT_A_MESSAGE",
     "GoogleStoreConformance",
     "LocalAsyncConnector",
     "LocalConnector",
+    "damage_second_message",
     "google_cloud_table",
     "local_instance",
     "open_google_store",
     "postgres_bindir",
     "postgres_url",
+    "round_trip_sync_and_async",
     "start_postgres",
     "use_local_connectors",
 ]
