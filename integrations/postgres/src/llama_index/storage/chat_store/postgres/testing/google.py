@@ -7,6 +7,7 @@ sync and an async one, as the suite's local connectors do) open plain connection
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from psycopg import sql
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.postgres.google import GoogleChatStore, GoogleConnectorEngine
 from llama_index.storage.chat_store.testing import ChatStoreConformance
+from llama_index.storage.chat_store.testing.samples import LLAMA_INDEX_INSTALLED
 
 __all__ = ["GoogleStoreConformance", "open_google_store", "use_local_connectors"]
 
@@ -150,3 +152,32 @@ class GoogleStoreConformance(ChatStoreConformance):
     def secrets(self) -> dict[str, str]:
         """The password a dump leaves out."""
         return {"password": self.password}
+
+    @pytest.mark.skipif(
+        not LLAMA_INDEX_INSTALLED,
+        reason="runs LlamaIndex's documented code: llama-index-core is not installed here (the "
+        "llama-index test environment runs this)",
+    )
+    def test_docs_google_cloud_block_in_simple_chat_engine(
+        self, postgres_url: str, google_cloud_table: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The page's block as written: from_instance by keywords, the table, create_sync, a turn.
+
+        Google's module names become ours; the default connectors reach the session's
+        PostgreSQL. If this fails: the engine or store does not take the page's keywords, the
+        table is not created, or the store is not LlamaIndex's BaseChatStore.
+        """
+        from llama_index.storage.chat_store.testing.llama_index_docs import (
+            check_google_cloud_block,
+        )
+
+        cls = type(self)
+        engine_class = cls.store_class.engine_class
+        assert engine_class is not None
+        _, _, database, user = _server(postgres_url)
+        names = list(inspect.signature(engine_class.from_instance).parameters)
+        given = dict(zip(names[: len(cls.instance)], cls.instance, strict=True))
+        check_google_cloud_block(
+            engine_class, cls.store_class, capsys, table_name=google_cloud_table,
+            **given, database=database, user=user, password=cls.password,
+        )  # fmt: skip
