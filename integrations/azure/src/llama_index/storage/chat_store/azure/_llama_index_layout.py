@@ -53,7 +53,7 @@ from llama_index.storage.chat_store.azure._codec import (
     encode_key,
     found,
 )
-from llama_index.storage.chat_store.azure._record import Record, resent, unknown_outcome
+from llama_index.storage.chat_store.azure._record import Record, resent
 from llama_index.storage.chat_store.azure._sdk import (
     Action,
     Batch,
@@ -62,7 +62,6 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
-    backoff,
     chunks,
     delete_rows,
     fits,
@@ -74,6 +73,7 @@ from llama_index.storage.chat_store.core.backend import (
     Plan,
     corrupt_data_remedy,
 )
+from llama_index.storage.chat_store.core.meta import backoff, unknown_outcome
 
 __all__ = ["PAGE", "PENDING", "RECORD", "LlamaIndexTable"]
 

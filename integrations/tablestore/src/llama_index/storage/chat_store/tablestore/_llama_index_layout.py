@@ -23,14 +23,12 @@ never blocks either: a removal that removed something it could not read raises
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
-    ChatStoreError,
     CorruptDataError,
     PayloadTooLargeError,
     SerializationError,
@@ -40,10 +38,10 @@ from llama_index.storage.chat_store.core.backend import (
     Change,
     ConflictError,
     Plan,
-    Sleep,
     corrupt_data_remedy,
     removal_error,
 )
+from llama_index.storage.chat_store.core.meta import backoff, contention_error
 from llama_index.storage.chat_store.core.tools import is_tool_result_json
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
@@ -94,19 +92,6 @@ def _read_row(table: str, key: str) -> Plan[_Row]:
 def _history(table: str, key: str) -> Plan[Any]:
     """Return the row's ``history`` as stored (any type), or ``None`` when there is none."""
     return (yield from _read_row(table, key)).history
-
-
-def _replayed(table: str, key: str, change: Change) -> Plan[record.Replay | None]:
-    """When ``change`` may have been committed already, what its record says (else ``None``)."""
-    if not change.check:
-        return None
-    change.check = False
-    _, row, _ = yield Call(
-        "get_row", (table, [("session_id", key)]),
-        {"columns_to_get": record.COLUMNS, "max_version": 1},
-    )  # fmt: skip
-    columns = {c[0]: c[1] for c in row.attribute_columns or ()} if row is not None else {}
-    return record.find(columns, change.id)
 
 
 def _items(key: str, history: Any) -> list[Any]:
@@ -202,10 +187,6 @@ def _write(
     return True
 
 
-def _backoff(attempt: int) -> Sleep:
-    return Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
-
-
 def read(table: str, key: str) -> Plan[list[ChatMessage]]:
     """Return the conversation's messages (``[]`` when the row is missing)."""
     history = yield from _history(table, key)
@@ -243,30 +224,30 @@ def mutate(
     retry instead of being overwritten.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(table, key, change)) is not None:
+        if (yield from record.replayed(table, key, change)) is not None:
             return
         row = yield from _read_row(table, key)
         new = edit(_parse(key, row.history))
         text = _encode(key, [to_json(m) for m in new])
         if (yield from _write(table, key, row, text, change)):
             return
-        yield _backoff(attempt)
-    raise _contention(table, key)
+        yield backoff(attempt)
+    raise contention_error(key, f"table {table!r}", _WRITE_ATTEMPTS)
 
 
 def replace(table: str, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
     """Replace the conversation with ``jsons`` (``[]``: remove it), whatever it held."""
     text = _encode(key, jsons) if jsons else None
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(table, key, change)) is not None:
+        if (yield from record.replayed(table, key, change)) is not None:
             return
         row = yield from _read_row(table, key)
         if row.history == text or (not row.exists and text is None):
             return
         if (yield from _write(table, key, row, text, change)):
             return
-        yield _backoff(attempt)
-    raise _contention(table, key)
+        yield backoff(attempt)
+    raise contention_error(key, f"table {table!r}", _WRITE_ATTEMPTS)
 
 
 def _decode(
@@ -305,7 +286,7 @@ def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | Non
             all the same; the error holds what was stored.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(table, key, change)
+        replay = yield from record.replayed(table, key, change)
         if replay is not None:
             return replay.messages(key, _STORAGE) or None
         row = yield from _read_row(table, key)
@@ -325,8 +306,8 @@ def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | Non
             if error is not None:
                 raise removal_error(error, _STORAGE) from error
             return messages
-        yield _backoff(attempt)
-    raise _contention(table, key)
+        yield backoff(attempt)
+    raise contention_error(key, f"table {table!r}", _WRITE_ATTEMPTS)
 
 
 def take(
@@ -347,7 +328,7 @@ def take(
             history is not a JSON array (no position means anything in it).
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(table, key, change)
+        replay = yield from record.replayed(table, key, change)
         if replay is not None:
             return replay.messages(key, _STORAGE)
         row = yield from _read_row(table, key)
@@ -367,15 +348,8 @@ def take(
             if error is not None:
                 raise removal_error(error, _STORAGE) from error
             return messages
-        yield _backoff(attempt)
-    raise _contention(table, key)
-
-
-def _contention(table: str, key: str) -> ChatStoreError:
-    return ChatStoreError(
-        f"conversation {key!r} in table {table!r}: too much contention, gave up after "
-        f"{_WRITE_ATTEMPTS} attempts"
-    )
+        yield backoff(attempt)
+    raise contention_error(key, f"table {table!r}", _WRITE_ATTEMPTS)
 
 
 def keys_page(table: str, start: Any) -> Plan[tuple[list[str], Any]]:

@@ -72,8 +72,9 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
 )
-from llama_index.storage.chat_store.core.backend import Plan, Sleep, corrupt_data_remedy
+from llama_index.storage.chat_store.core.backend import Plan, corrupt_data_remedy
 from llama_index.storage.chat_store.core.cache import LruCache
+from llama_index.storage.chat_store.core.meta import backoff, span
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 
 __all__ = [
@@ -184,10 +185,6 @@ class _Held:
     writer: str | None
 
 
-def _backoff(attempt: int) -> Sleep:
-    return Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
-
-
 def _new_gen() -> int:
     return random.getrandbits(62) + 1
 
@@ -230,13 +227,6 @@ def _if_writer(writer: str) -> Any:
         ts.RowExistenceExpectation.IGNORE,
         ts.SingleColumnCondition("w", writer, ts.ComparatorType.EQUAL, pass_if_missing=False),
     )
-
-
-def _slice(size: int, offset: int, limit: int | None) -> tuple[int, int]:
-    start = offset if offset >= 0 else max(0, size + offset)
-    start = min(start, size)
-    stop = size if limit is None else min(size, start + limit)
-    return start, max(start, stop)
 
 
 # -- reads ---------------------------------------------------------------------------------
@@ -532,7 +522,7 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
     for attempt in range(_READ_ATTEMPTS):
         if known is None and not fresh:
             known, fresh = (yield from _read_meta(t, key)), True
-        start, stop = _slice(known.size if known else 0, offset, limit)
+        start, stop = span(known.size if known else 0, offset, limit)
         if known is None or start >= stop:
             if fresh:
                 return []
@@ -548,7 +538,7 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
                 raise rows
             return _parse(key, meta, rows)
         if fresh:  # the conversation changed while being read: let the writer finish
-            yield _backoff(attempt)
+            yield backoff(attempt)
         known, fresh = meta, True
     raise ChatStoreError(
         f"conversation {key!r} in table {t.messages!r} changed during each of "

@@ -14,6 +14,7 @@ from typing import Any
 
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, removal_error
+from llama_index.storage.chat_store.core.meta import backoff, contention_error
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._entry import stamp
@@ -28,7 +29,6 @@ from llama_index.storage.chat_store.tablestore._native import (
     META_PRIMARY_KEY,
     Meta,
     Tables,
-    _backoff,
     _columns,
     _Damaged,
     _decode,
@@ -195,18 +195,6 @@ def _emptied(old: Meta | _Damaged) -> Meta:
     return Meta(gen=_new_gen(), head=0, tail=0, ver=old.ver + 1 if isinstance(old, Meta) else 1)
 
 
-def _replayed(t: Tables, key: str, change: Change) -> Plan[record.Replay | None]:
-    """When ``change`` may have been committed already, what its record says (else ``None``)."""
-    if not change.check:
-        return None
-    change.check = False
-    _, row, _ = yield Call(
-        "get_row", (t.meta, [("session_id", key)]),
-        {"columns_to_get": record.COLUMNS, "max_version": 1},
-    )  # fmt: skip
-    return record.find(_columns(row) if row is not None else {}, change.id)
-
-
 class _Writer:
     """One logical write's attempts: a fresh writer id each time, stuck-slot detection.
 
@@ -256,10 +244,7 @@ class _Writer:
 
 
 def _gave_up(t: Tables, key: str) -> ChatStoreError:
-    return ChatStoreError(
-        f"conversation {key!r} in table {t.messages!r}: too much contention, gave up after "
-        f"{_WRITE_ATTEMPTS} attempts"
-    )
+    return contention_error(key, f"table {t.messages!r}", _WRITE_ATTEMPTS)
 
 
 def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Plan[bool]:
@@ -277,13 +262,13 @@ def add(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]
     w = _Writer(t, key, change)
     known = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, change)) is not None:
+        if (yield from record.replayed(t.meta, key, change)) is not None:
             return
         meta = known if known is not None else (yield from _read_meta(t, key))
         if (yield from _append_once(w, meta, jsons)):
             return
         if known is None:
-            yield _backoff(attempt)
+            yield backoff(attempt)
         known = None
     raise _gave_up(t, key)
 
@@ -328,12 +313,12 @@ def set_all(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[N
     read but the meta row.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, change)) is not None:
+        if (yield from record.replayed(t.meta, key, change)) is not None:
             return
         meta = yield from _read_meta_any(t, key)
         if (yield from _rewrite_once(t, key, meta, jsons, change)):
             return
-        yield _backoff(attempt)
+        yield backoff(attempt)
     raise _gave_up(t, key)
 
 
@@ -341,7 +326,7 @@ def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[Non
     """Insert like ``list.insert``: O(1) at either end, a generation rewrite in the middle."""
     w = _Writer(t, key, change)
     for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, change)) is not None:
+        if (yield from record.replayed(t.meta, key, change)) is not None:
             return
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
@@ -358,7 +343,7 @@ def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[Non
             done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons, change))
         if done:
             return
-        yield _backoff(attempt)
+        yield backoff(attempt)
     raise _gave_up(t, key)
 
 
@@ -446,7 +431,7 @@ def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
     """
     seen = t.seen.get(key)
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, change)
+        replay = yield from record.replayed(t.meta, key, change)
         if replay is not None:
             return _first(replay, key)
         row: _Held | None = None
@@ -462,7 +447,7 @@ def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
             raise removal_error(error, _STORAGE) from error
         if done:
             return messages[0]
-        yield _backoff(attempt)
+        yield backoff(attempt)
     raise _gave_up(t, key)
 
 
@@ -478,7 +463,7 @@ def delete_oldest(
         CorruptDataError: One of them could not be read; they are removed all the same.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, change)
+        replay = yield from record.replayed(t.meta, key, change)
         if replay is not None:
             return replay.messages(key, _STORAGE)
         meta = yield from _read_meta(t, key)
@@ -492,7 +477,7 @@ def delete_oldest(
             raise removal_error(error, _STORAGE) from error
         if done:
             return messages
-        yield _backoff(attempt)
+        yield backoff(attempt)
     raise _gave_up(t, key)
 
 
@@ -508,7 +493,7 @@ def delete_at(t: Tables, key: str, idx: int, change: Change) -> Plan[ChatMessage
             text and the message is neither first nor last: the rewrite could not keep it.)
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, change)
+        replay = yield from record.replayed(t.meta, key, change)
         if replay is not None:
             return _first(replay, key)
         meta = yield from _read_meta(t, key)
@@ -526,7 +511,7 @@ def delete_at(t: Tables, key: str, idx: int, change: Change) -> Plan[ChatMessage
             raise removal_error(error, _STORAGE) from error
         if done:
             return messages[0]
-        yield _backoff(attempt)
+        yield backoff(attempt)
     raise _gave_up(t, key)
 
 
@@ -542,7 +527,7 @@ def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | 
             conversation is removed all the same.
     """
     for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, change)
+        replay = yield from record.replayed(t.meta, key, change)
         if replay is not None:
             return replay.messages(key, _STORAGE) or None
         meta = yield from _read_meta_any(t, key)
@@ -563,7 +548,7 @@ def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | 
             if error is not None:
                 raise removal_error(error, _STORAGE) from error
             return messages or None
-        yield _backoff(attempt)
+        yield backoff(attempt)
     raise _gave_up(t, key)
 
 

@@ -21,9 +21,10 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
 )
-from llama_index.storage.chat_store.core.backend import removal_error
+from llama_index.storage.chat_store.core.backend import Change, Plan, removal_error
+from llama_index.storage.chat_store.tablestore._sdk import Call
 
-__all__ = ["COLUMNS", "REPLY_BYTES", "SLOTS", "Replay", "column", "entry", "find"]
+__all__ = ["COLUMNS", "REPLY_BYTES", "SLOTS", "Replay", "column", "entry", "replayed"]
 
 SLOTS = 32
 """How many of a conversation's latest changes its record keeps."""
@@ -83,8 +84,21 @@ class Replay:
         return messages
 
 
-def find(columns: dict[str, Any], op_id: str) -> Replay | None:
-    """The record of ``op_id`` among a row's columns; ``None`` when it is not there."""
+def replayed(table: str, key: str, change: Change) -> Plan[Replay | None]:
+    """When ``change`` may have been committed already, what its record says (else ``None``).
+
+    Reads the record columns of the conversation's commit row in ``table``.
+    """
+    if not change.check:
+        return None
+    change.check = False
+    _, row, _ = yield Call(
+        "get_row", (table, [("session_id", key)]), {"columns_to_get": COLUMNS, "max_version": 1}
+    )
+    return _find({c[0]: c[1] for c in row.attribute_columns or ()} if row else {}, change.id)
+
+
+def _find(columns: dict[str, Any], op_id: str) -> Replay | None:
     for name in COLUMNS:
         value = columns.get(name)
         if not isinstance(value, str):
