@@ -441,9 +441,7 @@ class AzureChatStore(PlannedChatStore):
         return self._layout.keys_page(cursor)
 
     def _clear_plan(self) -> Plan[None]:
-        for page in self._layout.clear_plans():
-            while (yield from page()):
-                pass
+        return self._layout.clear()
 
     def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
         return _catalog(self).list_page(prefix, after, limit)

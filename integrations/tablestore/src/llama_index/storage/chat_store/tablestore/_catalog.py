@@ -30,7 +30,6 @@ from llama_index.storage.chat_store.tablestore import _entry as entry
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._native import (
     _META_COLUMNS,
-    _WRITE_ATTEMPTS,
     PAGE_ROWS,
     Meta,
     Tables,
@@ -84,7 +83,7 @@ def set_metadata(
         PayloadTooLargeError: The merged metadata would be too large (nothing changes).
         CorruptDataError: Its meta row or entry is damaged.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
+    for attempt in range(record.ATTEMPTS):
         if (yield from record.replayed(t.meta, key, change)) is not None:
             return (yield from conversation(t, key))  # applied by an attempt whose reply was lost
         meta, values = yield from _read(t, key)

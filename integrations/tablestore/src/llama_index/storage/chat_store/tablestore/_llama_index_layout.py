@@ -39,9 +39,7 @@ from llama_index.storage.chat_store.core.backend import (
     ConflictError,
     Plan,
     corrupt_data_remedy,
-    removal_error,
 )
-from llama_index.storage.chat_store.core.meta import backoff, contention_error
 from llama_index.storage.chat_store.core.tools import is_tool_result_json
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
@@ -52,8 +50,6 @@ __all__ = [
 
 PRIMARY_KEY = [("session_id", "STRING")]
 MAX_VALUE_BYTES = 2 * 1024 * 1024
-_WRITE_ATTEMPTS = 200
-_STORAGE = "Tablestore"
 _PAGE_ROWS = 1000
 
 R = TypeVar("R")
@@ -223,31 +219,26 @@ def mutate(
     conditional on the row read, so a concurrent change (ours or LlamaIndex's) makes it
     retry instead of being overwritten.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from record.replayed(table, key, change)) is not None:
-            return
+
+    def attempt() -> Plan[record.Outcome]:
         row = yield from _read_row(table, key)
-        new = edit(_parse(key, row.history))
-        text = _encode(key, [to_json(m) for m in new])
-        if (yield from _write(table, key, row, text, change)):
-            return
-        yield backoff(attempt)
-    raise contention_error(key, f"table {table!r}", _WRITE_ATTEMPTS)
+        text = _encode(key, [to_json(m) for m in edit(_parse(key, row.history))])
+        return (yield from _write(table, key, row, text, change)), [], None
+
+    yield from record.until_done(table, key, change, attempt)
 
 
 def replace(table: str, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
     """Replace the conversation with ``jsons`` (``[]``: remove it), whatever it held."""
     text = _encode(key, jsons) if jsons else None
-    for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from record.replayed(table, key, change)) is not None:
-            return
+
+    def attempt() -> Plan[record.Outcome | None]:
         row = yield from _read_row(table, key)
         if row.history == text or (not row.exists and text is None):
-            return
-        if (yield from _write(table, key, row, text, change)):
-            return
-        yield backoff(attempt)
-    raise contention_error(key, f"table {table!r}", _WRITE_ATTEMPTS)
+            return None
+        return (yield from _write(table, key, row, text, change)), [], None
+
+    yield from record.until_done(table, key, change, attempt)
 
 
 def _decode(
@@ -285,29 +276,23 @@ def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | Non
             position; or a message, naming the first such position). The row is removed
             all the same; the error holds what was stored.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from record.replayed(table, key, change)
-        if replay is not None:
-            return replay.messages(key, _STORAGE) or None
+
+    def attempt() -> Plan[record.Outcome | None]:
         row = yield from _read_row(table, key)
-        history = row.history
-        if history is None:
+        if row.history is None:
             return None
         messages: list[ChatMessage] = []
         removed: list[Any] = [None]  # a history that is no array: a replay raises too
         try:
-            items = _items(key, history)
+            items = _items(key, row.history)
         except CorruptDataError as exc:
             error: CorruptDataError | None = exc
         else:
             removed = [_item_json(item) for item in items]
             messages, error = _decode(key, items, range(len(items)))
-        if (yield from _write(table, key, row, None, change, removed)):
-            if error is not None:
-                raise removal_error(error, _STORAGE) from error
-            return messages
-        yield backoff(attempt)
-    raise contention_error(key, f"table {table!r}", _WRITE_ATTEMPTS)
+        return (yield from _write(table, key, row, None, change, removed)), messages, error
+
+    return (yield from record.until_done(table, key, change, attempt)) or None
 
 
 def take(
@@ -327,29 +312,22 @@ def take(
             and the error names its position and holds it. Or, removing nothing, the
             history is not a JSON array (no position means anything in it).
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from record.replayed(table, key, change)
-        if replay is not None:
-            return replay.messages(key, _STORAGE)
+
+    def attempt() -> Plan[record.Outcome | None]:
         row = yield from _read_row(table, key)
-        if row.history is None:
-            return []
-        items = _items(key, row.history)
+        items = [] if row.history is None else _items(key, row.history)
         chosen = select(items)
         if not chosen:
-            return []
+            return None
         messages, error = _decode(key, items, chosen)
         kept = [
             _kept_json(key, i, item, to_json) for i, item in enumerate(items) if i not in chosen
         ]
         removed = [_item_json(items[i]) for i in chosen]
         new = _encode(key, kept) if kept else None
-        if (yield from _write(table, key, row, new, change, removed)):
-            if error is not None:
-                raise removal_error(error, _STORAGE) from error
-            return messages
-        yield backoff(attempt)
-    raise contention_error(key, f"table {table!r}", _WRITE_ATTEMPTS)
+        return (yield from _write(table, key, row, new, change, removed)), messages, error
+
+    return (yield from record.until_done(table, key, change, attempt))
 
 
 def keys_page(table: str, start: Any) -> Plan[tuple[list[str], Any]]:

@@ -96,8 +96,6 @@ BATCH_BYTES = 3 * 1024 * 1024
 """BatchWriteRow takes at most 4 MB; keep a margin for keys and names."""
 PAGE_ROWS = 1000
 _READ_ATTEMPTS = 30
-_WRITE_ATTEMPTS = 200
-_STORAGE = "Tablestore"
 _STUCK_LOOKS = 3
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta rows a store remembers."""

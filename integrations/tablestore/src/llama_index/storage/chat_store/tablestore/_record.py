@@ -11,7 +11,7 @@ that finds its id there applies nothing and returns the recorded reply.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,13 @@ from llama_index.storage.chat_store.core import (
     message_from_json,
 )
 from llama_index.storage.chat_store.core.backend import Change, Plan, removal_error
+from llama_index.storage.chat_store.core.meta import backoff, contention_error
 from llama_index.storage.chat_store.tablestore._sdk import Call
 
-__all__ = ["COLUMNS", "REPLY_BYTES", "SLOTS", "Replay", "column", "entry", "replayed"]
+__all__ = [
+    "ATTEMPTS", "COLUMNS", "REPLY_BYTES", "SLOTS", "STORAGE", "Outcome", "Replay", "column",
+    "entry", "replayed", "until_done",
+]  # fmt: skip
 
 SLOTS = 32
 """How many of a conversation's latest changes its record keeps."""
@@ -32,6 +36,7 @@ REPLY_BYTES = 64 * 1024
 """The largest reply (the removed messages' text) a record keeps; larger ones are not kept."""
 COLUMNS = [f"o{slot}" for slot in range(SLOTS)]
 _TOO_LARGE = "!"
+STORAGE = "Tablestore"
 
 
 def column(version: int) -> str:
@@ -59,7 +64,7 @@ class Replay:
 
     reply: str | None
 
-    def messages(self, key: str, storage: str) -> list[ChatMessage]:
+    def messages(self, key: str) -> list[ChatMessage]:
         """The messages the first application removed, in order.
 
         Raises:
@@ -79,7 +84,7 @@ class Replay:
                 problem = CorruptDataError(
                     f"conversation {key!r}: a message removed was not text", key=key
                 )
-                raise removal_error(problem, storage) from problem
+                raise removal_error(problem, STORAGE) from problem
             messages.append(message_from_json(text, key=key, position=position))
         return messages
 
@@ -107,3 +112,38 @@ def _find(columns: dict[str, Any], op_id: str) -> Replay | None:
         if found == op_id:
             return Replay(reply if newline else None)
     return None
+
+
+Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
+"""One attempt of a change: (committed, what it removed, the first message it removed but
+could not read: raised once the change is done)."""
+ATTEMPTS = 200
+"""How many times a change loses the race to other writers before it gives up."""
+
+
+def until_done(
+    table: str, key: str, change: Change, attempt: Callable[[], Plan[Outcome | None]]
+) -> Plan[list[ChatMessage]]:
+    """Run ``attempt`` until it commits (``None``: nothing to do); return what it removed.
+
+    ``table`` holds the conversation's commit row, with its record: an earlier attempt of
+    ``change`` found committed there returns what it recorded. A removed message that could
+    not be read raises core's :func:`removal_error` once the removal is done.
+
+    Raises:
+        ChatStoreError: Every attempt lost the race to other writers.
+    """
+    for n in range(ATTEMPTS):
+        replay = yield from replayed(table, key, change)
+        if replay is not None:
+            return replay.messages(key)
+        outcome = yield from attempt()
+        if outcome is None:
+            return []
+        done, messages, error = outcome
+        if done and error is not None:
+            raise removal_error(error, STORAGE) from error
+        if done:
+            return messages
+        yield backoff(n)
+    raise contention_error(key, f"table {table!r}", ATTEMPTS)
