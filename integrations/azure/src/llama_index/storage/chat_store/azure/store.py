@@ -350,10 +350,7 @@ class AzureChatStore(PlannedChatStore):
                 )
             elif env.get("AZURE_STORAGE_SAS_TOKEN"):
                 config["sas_token"] = env["AZURE_STORAGE_SAS_TOKEN"]
-        for name, kind in (("retries", int), ("retry_backoff", float), ("retry_deadline", float)):
-            if isinstance(config.get(name), str):
-                config[name] = kind(config[name])
-        return cls(**config)
+        return cls(**config)  # numbers from the query are converted by the fields' types
 
     # -- the service ---------------------------------------------------------------------
 
