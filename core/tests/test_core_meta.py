@@ -102,6 +102,7 @@ def test_entry_metadata_round_trips_and_reads_as_the_catalog() -> None:
     assert (info.key, info.message_count, info.metadata) == ("k", 5, {"title": "Hi", "n": [1, 2]})
     assert info.created_at == datetime.fromtimestamp(1, tz=timezone.utc)
     assert entry.with_metadata({}).metadata is None
+    assert entry.with_metadata({}, now=1500).updated == 2000  # never back
     assert Entry().info("t", "k", 1).metadata == {}
 
 

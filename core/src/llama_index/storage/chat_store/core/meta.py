@@ -170,9 +170,9 @@ class Entry:
         return {name: encode_value(value, name) for name, value in values.items()}
 
     def with_metadata(self, encoded: Mapping[str, str], now: int | None = None) -> Entry:
-        """The entry after metadata ``{name: JSON text}`` was set (and ``updated`` stamped)."""
+        """The entry after metadata ``{name: JSON text}`` was set (``updated`` as ``changed``)."""
         text = "{" + ",".join(f"{encode_value(n)}:{t}" for n, t in encoded.items()) + "}"
-        stamp = now_ms() if now is None else now
+        stamp = max(now_ms() if now is None else now, self.updated or 0)
         return replace(self, metadata=text if encoded else None, updated=stamp)
 
     def info(self, where: str, key: str, count: int) -> ConversationInfo:
