@@ -133,10 +133,10 @@ class Entry:
         Raises:
             CorruptDataError: A time is not an int or the metadata not text (naming the key).
         """
-        for name, value in (("created", created), ("updated", updated)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise _corrupt(where, key, f"{name} time is not epoch milliseconds", value)
-        if metadata is not None and not isinstance(metadata, str):
+        if not (_epoch_ms(created) and _epoch_ms(updated)):
+            bad, value = ("created", created) if not _epoch_ms(created) else ("updated", updated)
+            raise _corrupt(where, key, f"{bad} time is not epoch milliseconds", value)
+        if metadata is not None and type(metadata) is not str:
             raise _corrupt(where, key, "metadata is not text", metadata)
         return cls(created, updated, metadata)
 
@@ -181,13 +181,13 @@ class Entry:
         Raises:
             CorruptDataError: The metadata is not a JSON object.
         """
-        return ConversationInfo(
-            key=key,
-            message_count=count,
-            created_at=from_epoch_ms(self.created),
-            updated_at=from_epoch_ms(self.updated),
-            metadata=decode_metadata(self.encoded(where, key)),
-        )
+        metadata = {} if self.metadata is None else decode_metadata(self.encoded(where, key))
+        created, updated = from_epoch_ms(self.created), from_epoch_ms(self.updated)
+        return ConversationInfo(key, count, created, updated, metadata)
+
+
+def _epoch_ms(value: Any) -> bool:
+    return value is None or type(value) is int
 
 
 def _corrupt(where: str, key: str, what: str, value: Any) -> CorruptDataError:

@@ -69,7 +69,7 @@ def conversation(t: Tables, key: str) -> Plan[ConversationInfo | None]:
     meta, values = yield from _read(t, key)
     if meta is None or meta.size == 0:
         return None
-    return entry.read(t.meta, key, values).info(f"table {t.meta!r}", key, meta.size)
+    return entry.info(t.meta, key, meta.size, values)
 
 
 def set_metadata(
@@ -83,18 +83,19 @@ def set_metadata(
         PayloadTooLargeError: The merged metadata would be too large (nothing changes).
         CorruptDataError: Its meta row or entry is damaged.
     """
+    where = f"table {t.meta!r}"
     for attempt in range(record.ATTEMPTS):
         if (yield from record.replayed(t.meta, key, change)) is not None:
             return (yield from conversation(t, key))  # applied by an attempt whose reply was lost
         meta, values = yield from _read(t, key)
         if meta is None or meta.size == 0:
             return None
-        old = entry.read(t.meta, key, values)
-        merged = old.with_metadata(merged_metadata(old.encoded(f"table {t.meta!r}", key), changes))
+        old = entry.read(where, key, values)
+        merged = old.with_metadata(merged_metadata(old.encoded(where, key), changes))
         new = replace(meta, ver=meta.ver + 1)
         columns = {entry.METADATA: merged.metadata, entry.UPDATED: merged.updated}
         if (yield from _commit(t, key, meta, new, change, entry=columns)):
-            return merged.info(f"table {t.meta!r}", key, new.size)
+            return merged.info(where, key, new.size)
         yield backoff(attempt)
     raise _gave_up(t, key)
 
@@ -147,7 +148,7 @@ def _listed(t: Tables, key: str, row: Any) -> ConversationInfo | None:
         raise meta.problem
     if meta is None or meta.size == 0:
         return None
-    return entry.read(t.meta, key, _columns(row)).info(f"table {t.meta!r}", key, meta.size)
+    return entry.info(t.meta, key, meta.size, _columns(row))
 
 
 class CatalogPlans:

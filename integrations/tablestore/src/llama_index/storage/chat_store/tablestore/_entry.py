@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from llama_index.storage.chat_store.core.catalog import ConversationInfo
 from llama_index.storage.chat_store.core.meta import Entry
 
-__all__ = ["COLUMNS", "CREATED", "METADATA", "UPDATED", "read", "stamp"]
+__all__ = ["COLUMNS", "CREATED", "METADATA", "UPDATED", "info", "read", "stamp"]
 
 CREATED, UPDATED, METADATA = "created_at", "updated_at", "metadata"
 COLUMNS = [CREATED, UPDATED, METADATA]
@@ -35,11 +36,21 @@ def stamp(began: bool, emptied: bool) -> tuple[dict[str, Any], list[str]]:
     return {UPDATED: new.updated}, []
 
 
-def read(table: str, key: str, values: dict[str, Any]) -> Entry:
-    """The entry a meta row's ``values`` hold.
+def read(where: str, key: str, values: dict[str, Any]) -> Entry:
+    """The entry a meta row's ``values`` hold (``where``: the meta table, for errors).
 
     Raises:
         CorruptDataError: A time or the metadata is not what this layout writes.
     """
-    columns = (values.get(name) for name in COLUMNS)
-    return Entry.read(f"table {table!r}", key, *columns)
+    get = values.get
+    return Entry.read(where, key, get(CREATED), get(UPDATED), get(METADATA))
+
+
+def info(table: str, key: str, size: int, values: dict[str, Any]) -> ConversationInfo:
+    """The catalog entry of a conversation of ``size`` messages whose meta row holds ``values``.
+
+    Raises:
+        CorruptDataError: A time or the metadata is not what this layout writes.
+    """
+    where = f"table {table!r}"
+    return read(where, key, values).info(where, key, size)
