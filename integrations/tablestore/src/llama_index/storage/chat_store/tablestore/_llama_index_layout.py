@@ -241,24 +241,6 @@ def replace(table: str, key: str, jsons: Sequence[str], change: Change) -> Plan[
     yield from record.until_done(table, key, change, attempt)
 
 
-def _decode(
-    key: str, items: Sequence[Any], positions: Sequence[int]
-) -> tuple[list[ChatMessage], CorruptDataError | None]:
-    """Parse the items a removal is about to remove; the first unreadable one is returned.
-
-    A :class:`SerializationError` (a message this mode cannot represent) propagates before
-    the write: that data is valid and is left intact.
-    """
-    messages: list[ChatMessage] = []
-    error: CorruptDataError | None = None
-    for i in positions:
-        try:
-            messages.append(message_from_json(_item_json(items[i]), key=key, position=i))
-        except CorruptDataError as exc:
-            error = error or exc
-    return messages, error
-
-
 def _kept_json(key: str, position: int, item: Any, to_json: Callable[[ChatMessage], str]) -> str:
     """An item a removal keeps: re-serialized when it is a message, else as it was."""
     text = _item_json(item)
@@ -289,7 +271,7 @@ def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | Non
             error: CorruptDataError | None = exc
         else:
             removed = [_item_json(item) for item in items]
-            messages, error = _decode(key, items, range(len(items)))
+            messages, error = record.decode(key, enumerate(removed))
         return (yield from _write(table, key, row, None, change, removed)), messages, error
 
     return (yield from record.until_done(table, key, change, attempt)) or None
@@ -319,7 +301,7 @@ def take(
         chosen = select(items)
         if not chosen:
             return None
-        messages, error = _decode(key, items, chosen)
+        messages, error = record.decode(key, [(i, _item_json(items[i])) for i in chosen])
         kept = [
             _kept_json(key, i, item, to_json) for i, item in enumerate(items) if i not in chosen
         ]

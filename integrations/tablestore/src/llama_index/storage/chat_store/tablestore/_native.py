@@ -75,6 +75,7 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.core.backend import Plan, corrupt_data_remedy
 from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.core.meta import backoff, span
+from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 
 __all__ = [
@@ -440,22 +441,9 @@ def _unreadable(t: Tables, key: str, meta: Meta, held: _Held) -> CorruptDataErro
 def _decode(
     t: Tables, key: str, meta: Meta, rows: Sequence[_Held]
 ) -> tuple[list[ChatMessage], CorruptDataError | None]:
-    """Parse what a removal is about to remove; the first unreadable one is returned, not raised.
-
-    A :class:`SerializationError` (a message this mode cannot represent) propagates before
-    the removal commits: that data is valid and is left intact.
-    """
-    messages: list[ChatMessage] = []
-    error: CorruptDataError | None = None
-    for held in rows:
-        try:
-            problem = _unreadable(t, key, meta, held)
-            if problem is not None:
-                raise problem
-            messages.append(message_from_json(held.value, key=key, position=held.seq - meta.head))
-        except CorruptDataError as exc:
-            error = error or exc
-    return messages, error
+    """Parse what a removal is about to remove (:func:`._record.decode`)."""
+    found = [(h.seq - meta.head, _unreadable(t, key, meta, h) or h.value) for h in rows]
+    return record.decode(key, found)
 
 
 def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:

@@ -11,7 +11,7 @@ that finds its id there applies nothing and returns the recorded reply.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from llama_index.storage.chat_store.tablestore._sdk import Call
 
 __all__ = [
     "ATTEMPTS", "COLUMNS", "REPLY_BYTES", "SLOTS", "STORAGE", "Outcome", "Replay", "column",
-    "entry", "replayed", "until_done",
+    "decode", "entry", "replayed", "until_done",
 ]  # fmt: skip
 
 SLOTS = 32
@@ -78,15 +78,37 @@ class Replay:
                 f"conversation {key!r}: the removal was applied, but its reply was lost and "
                 f"what it removed (over {REPLY_BYTES} bytes) was not kept to be returned again"
             )
-        messages = []
-        for position, text in enumerate(json.loads(self.reply)):
-            if not isinstance(text, str):
-                problem = CorruptDataError(
-                    f"conversation {key!r}: a message removed was not text", key=key
-                )
-                raise removal_error(problem, STORAGE) from problem
-            messages.append(message_from_json(text, key=key, position=position))
+        not_text = CorruptDataError(
+            f"conversation {key!r}: a message removed was not text", key=key
+        )
+        texts = enumerate(json.loads(self.reply))
+        messages, error = decode(
+            key, [(p, t if isinstance(t, str) else not_text) for p, t in texts]
+        )
+        if error is not None:
+            raise removal_error(error, STORAGE) from error
         return messages
+
+
+def decode(
+    key: str, found: Iterable[tuple[int, Any]]
+) -> tuple[list[ChatMessage], CorruptDataError | None]:
+    """Parse what a removal removes: its messages, and the first that is none (not raised).
+
+    ``found``: ``(position, the message text, or the CorruptDataError that it is not one)``.
+    A :class:`SerializationError` (a message this mode cannot represent) propagates: a
+    removal raises it before it commits, so that valid data stays intact.
+    """
+    messages: list[ChatMessage] = []
+    error: CorruptDataError | None = None
+    for position, text in found:
+        try:
+            if isinstance(text, CorruptDataError):
+                raise text
+            messages.append(message_from_json(text, key=key, position=position))
+        except CorruptDataError as exc:
+            error = error or exc
+    return messages, error
 
 
 def replayed(table: str, key: str, change: Change) -> Plan[Replay | None]:
