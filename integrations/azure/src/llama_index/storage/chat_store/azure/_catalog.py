@@ -28,7 +28,6 @@ index, so upgrade every writer first.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,21 +52,18 @@ from llama_index.storage.chat_store.azure._native import (
     Meta,
 )
 from llama_index.storage.chat_store.azure._native_writes import NativeLayout
-from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row, backoff
-from llama_index.storage.chat_store.core import ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row
 from llama_index.storage.chat_store.core.backend import (
     Change,
     ConflictError,
     Plan,
-    corrupt_data_remedy,
 )
 from llama_index.storage.chat_store.core.catalog import (
     ConversationInfo,
     ConversationPage,
-    encode_value,
-    from_epoch_ms,
     merged_metadata,
 )
+from llama_index.storage.chat_store.core.meta import backoff, contention_error
 
 __all__ = ["INDEXED", "READERS", "Gets", "NativeCatalog", "aread_all", "read_all"]
 
@@ -117,44 +113,9 @@ async def aread_all(gets: Gets, send: Callable[[Get], Awaitable[Any]]) -> list[R
     return list(await asyncio.gather(*(send(get) for get in gets.each())))
 
 
-def _encoded(meta: Meta) -> dict[str, str]:
-    """The metadata of ``meta`` as ``{name: JSON text}``."""
-    return {name: encode_value(value) for name, value in _values(meta).items()}
-
-
-def _values(meta: Meta) -> dict[str, Any]:
-    if not meta.metadata:
-        return {}
-    try:
-        values = json.loads(meta.metadata)
-    except ValueError:
-        values = None
-    if not isinstance(values, dict):
-        raise CorruptDataError(
-            f"the metadata of key {meta.key!r} is not a JSON object: {meta.metadata[:200]!r} "
-            f"({corrupt_data_remedy(meta.key)})",
-            key=meta.key,
-            data=meta.metadata,
-        )
-    return values
-
-
-def _as_json(encoded: Mapping[str, str]) -> str | None:
-    """``{name: JSON text}`` as the text of one JSON object (None: no metadata)."""
-    if not encoded:
-        return None
-    return "{" + ",".join(f"{encode_value(name)}:{text}" for name, text in encoded.items()) + "}"
-
-
-def info(meta: Meta) -> ConversationInfo:
+def info(meta: Meta, where: str) -> ConversationInfo:
     """The catalog entry a meta entity holds."""
-    return ConversationInfo(
-        key=meta.key,
-        message_count=meta.count,
-        created_at=from_epoch_ms(meta.created),
-        updated_at=from_epoch_ms(meta.updated),
-        metadata=_values(meta),
-    )
+    return meta.entry.info(where, meta.key, meta.count)
 
 
 def _wanted(key: Any, prefix: str, after: str | None) -> bool:
@@ -170,7 +131,7 @@ class NativeCatalog(NativeLayout):
 
     def conversation(self, key: str) -> Plan[ConversationInfo | None]:
         meta = yield from self.read_meta(key)
-        return info(meta) if meta.count > 0 else None
+        return info(meta, self._storage) if meta.count > 0 else None
 
     def set_metadata(
         self, key: str, changes: Mapping[str, str | None], change: Change
@@ -187,16 +148,15 @@ class NativeCatalog(NativeLayout):
             meta = yield from self.read_meta(key)
             if meta.count == 0:
                 return None
-            merged = _as_json(merged_metadata(_encoded(meta), changes))
+            merged = merged_metadata(meta.entry.encoded(self._storage, key), changes)
+            new = meta.change(change.id, entry=meta.entry.with_metadata(merged))
             try:
-                done = yield from self._put_meta(
-                    meta, meta.change(change.id, metadata=merged), change
-                )
+                done = yield from self._put_meta(meta, new, change)
             except ConflictError:
                 yield backoff(attempt)
                 continue
-            return info(done) if done.count > 0 else None
-        raise ChatStoreError(f"too much contention setting the metadata of key {key!r}")
+            return info(done, self._storage) if done.count > 0 else None
+        raise contention_error(key, self._storage, _MAX_ATTEMPTS)
 
     # -- listing ----------------------------------------------------------------------------
 
@@ -278,7 +238,7 @@ class NativeCatalog(NativeLayout):
             for key, pk, row in zip(keys, pks, rows, strict=True)
             if row is not None
         ]
-        return [info(meta) for meta in metas if meta.count > 0]
+        return [info(meta, self._storage) for meta in metas if meta.count > 0]
 
     def _index_old_keys(self) -> Plan[None]:
         """Index the keys listed before the catalog, once per table (see the docstring)."""

@@ -42,7 +42,7 @@ a resend can defeat the record (it rewrites rows and metadata without it).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.storage.chat_store.azure._codec import (
@@ -53,7 +53,7 @@ from llama_index.storage.chat_store.azure._codec import (
     encode_key,
     found,
 )
-from llama_index.storage.chat_store.azure._record import Record, resent, unknown_outcome
+from llama_index.storage.chat_store.azure._record import Record, resent
 from llama_index.storage.chat_store.azure._sdk import (
     Action,
     Batch,
@@ -62,7 +62,6 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
-    backoff,
     chunks,
     delete_rows,
     fits,
@@ -74,6 +73,7 @@ from llama_index.storage.chat_store.core.backend import (
     Plan,
     corrupt_data_remedy,
 )
+from llama_index.storage.chat_store.core.meta import backoff, unknown_outcome
 
 __all__ = ["PAGE", "PENDING", "RECORD", "LlamaIndexTable"]
 
@@ -434,18 +434,11 @@ class LlamaIndexTable:
 
     # -- clearing -----------------------------------------------------------------------
 
-    def clear_plans(self) -> list[Callable[[], Plan[bool]]]:
-        """Plans to repeat until they return False: the chat table, then our metadata."""
-        return [self._clear_chat_page, self._clear_meta_page]
-
-    def _clear_chat_page(self) -> Plan[bool]:
-        rows, _ = yield Query(self.table, "PartitionKey ne @none", {"none": ""},
-                              select=("PartitionKey", "RowKey"), page_size=PAGE)  # fmt: skip
-        yield from delete_rows(self.table, rows)
-        return bool(rows)
-
-    def _clear_meta_page(self) -> Plan[bool]:
-        rows, _ = yield Query(self.meta_table, "PartitionKey eq @pk", {"pk": self.partition},
-                              select=("PartitionKey", "RowKey"), page_size=PAGE)  # fmt: skip
-        yield from delete_rows(self.meta_table, rows)
-        return bool(rows)
+    def clear(self) -> Plan[None]:
+        """Delete every entity of the chat table, then of our metadata partition."""
+        for table, where, params in ((self.table, "PartitionKey ne @pk", {"pk": ""}),
+                                     (self.meta_table, "PartitionKey eq @pk",
+                                      {"pk": self.partition})):  # fmt: skip
+            while rows := (yield Query(table, where, params, select=("PartitionKey", "RowKey"),
+                                       page_size=PAGE))[0]:  # fmt: skip
+                yield from delete_rows(table, rows)

@@ -37,12 +37,12 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
-    backoff,
     chunks,
     fits,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.meta import backoff
 from llama_index.storage.chat_store.core.tools import safe_trim_count
 
 __all__ = ["LlamaIndexLayout"]
@@ -127,7 +127,7 @@ class LlamaIndexLayout(LlamaIndexTable):
 
     def replace(self, key: str, payloads: Sequence[dict[str, Any]], change: Change) -> Plan[None]:
         if not payloads:
-            yield from self.empty(key, change)
+            yield from self.delete_all(key, change, read=False)
             return
         op = change.id
         pk = encode_key(key)
@@ -171,8 +171,12 @@ class LlamaIndexLayout(LlamaIndexTable):
                 else:
                     yield Put(self.table, entity)
 
-    def delete_all(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+    def delete_all(
+        self, key: str, change: Change, *, read: bool = True
+    ) -> Plan[list[ChatMessage] | None]:
         """Remove the conversation; return its messages (None if there were none).
+
+        ``read=False``: without reading the messages (works on corrupt data; returns None).
 
         Raises:
             CorruptDataError: A row is not a message: the rows are removed all the same
@@ -180,23 +184,15 @@ class LlamaIndexLayout(LlamaIndexTable):
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
         for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key)
+            rows = yield from self._rows(key, keys_only=not read)
             if not rows:
-                yield from self._refresh_meta(key)
+                if read:
+                    yield from self._refresh_meta(key)
                 return None
-            items = _found(key, rows, 0)  # before removing anything
+            items = _found(key, rows, 0) if read else []  # before removing anything
             removed = yield from self._empty_rows(key, rows, change)
             if removed is not None:
-                return taken(_kept(rows, items, removed), self.table) or None
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting key {key!r}")
-
-    def empty(self, key: str, change: Change) -> Plan[None]:
-        """Remove the conversation without reading its messages (works on corrupt data)."""
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key, keys_only=True)
-            if not rows or (yield from self._empty_rows(key, rows, change)) is not None:
-                return
+                return (taken(_kept(rows, items, removed), self.table) or None) if read else None
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
 

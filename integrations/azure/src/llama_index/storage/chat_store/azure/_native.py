@@ -46,10 +46,10 @@ In the store's table:
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from azure.data.tables import EdmType, EntityProperty
@@ -62,13 +62,7 @@ from llama_index.storage.chat_store.azure._codec import (
     found,
     order_key,
 )
-from llama_index.storage.chat_store.azure._record import (
-    OP_RECORD,
-    covers,
-    recorded,
-    resent,
-    unknown_outcome,
-)
+from llama_index.storage.chat_store.azure._record import OP_RECORD, covers, resent
 from llama_index.storage.chat_store.azure._sdk import (
     Action,
     Batch,
@@ -77,7 +71,6 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
-    backoff,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import (
@@ -87,6 +80,7 @@ from llama_index.storage.chat_store.core.backend import (
     corrupt_data_remedy,
 )
 from llama_index.storage.chat_store.core.cache import LruCache
+from llama_index.storage.chat_store.core.meta import Entry, backoff, recorded, unknown_outcome
 
 __all__ = [
     "CACHED_CONVERSATIONS",
@@ -126,22 +120,13 @@ def _int64(value: int) -> EntityProperty:
     return EntityProperty(value, EdmType.INT64)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _stamps(props: dict[str, Any]) -> tuple[int | None, int | None, str | None] | None:
-    """A meta entity's ``Created``, ``Updated`` and ``Metadata`` (None: mistyped)."""
-    created, updated, metadata = (props.get(n) for n in ("Created", "Updated", "Metadata"))
+def _entry(where: str, key: str, props: dict[str, Any]) -> Entry:
+    """A meta entity's catalog entry (``Created``, ``Updated``, ``Metadata``), checked."""
+    metadata = props.get("Metadata")
     if isinstance(metadata, bytes):  # too long for a string property (see _meta_action)
-        try:
+        with contextlib.suppress(UnicodeDecodeError):
             metadata = metadata.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    times = all(t is None or isinstance(t, int) for t in (created, updated))
-    if not times or not (metadata is None or isinstance(metadata, str)):
-        return None
-    return created, updated, metadata
+    return Entry.read(where, key, props.get("Created"), props.get("Updated"), metadata)
 
 
 @dataclass(frozen=True)
@@ -156,12 +141,8 @@ class Meta:
     seq: int
     ops: tuple[str, ...]
     etag: str | None
-    created: int | None = None
-    """Epoch ms of the first message (None: not known, or no messages)."""
-    updated: int | None = None
-    """Epoch ms of the last change of messages or metadata (None: not known)."""
-    metadata: str | None = None
-    """The metadata as a JSON object (None: none)."""
+    entry: Entry = field(default_factory=Entry)
+    """The catalog entry (``Created``, ``Updated``, ``Metadata``)."""
 
     @property
     def count(self) -> int:
@@ -170,17 +151,10 @@ class Meta:
     def change(self, op: str, **fields: Any) -> Meta:
         """The meta after change ``op`` (counted, recorded, stamped) sets ``fields``.
 
-        The catalog entry lives with the messages: a change that empties the conversation
-        drops it, one that begins it starts a new one (created now, no metadata). Times
-        come from this client's clock; ``Updated`` never goes back.
+        The catalog entry lives with the messages (core's :meth:`Entry.changed`).
         """
-        new = replace(self, seq=self.seq + 1, ops=recorded(self.ops, op), **fields)
-        now = _now_ms()
-        if new.count == 0:
-            return replace(new, created=None, updated=None, metadata=None)
-        if self.count == 0:
-            return replace(new, created=now, updated=now, metadata=None)
-        return replace(new, updated=max(now, self.updated or 0))
+        new = replace(self, seq=self.seq + 1, ops=recorded(self.ops, op, OP_RECORD), **fields)
+        return replace(new, entry=new.entry.changed(self.count, new.count))
 
     def knows_since(self, planned: Meta) -> bool:
         """Whether this meta's record names every change committed after ``planned``."""
@@ -229,15 +203,15 @@ class NativeTable:
                 key=key,
                 data=repr(props),
             )
-        stamps = _stamps(props)
-        if nxt < head or props.get("Key", key) != key or stamps is None:
+        if nxt < head or props.get("Key", key) != key:
             raise CorruptDataError(
                 f"the meta entity of key {key!r} is inconsistent: {props!r} "
                 f"({corrupt_data_remedy(key)})",
                 key=key,
                 data=repr(props),
             )
-        return Meta(key, pk, gen, head, nxt, seq, tuple(ops.split()), row.etag, *stamps)
+        entry = _entry(self._storage, key, props)
+        return Meta(key, pk, gen, head, nxt, seq, tuple(ops.split()), row.etag, entry)
 
     def _learn(self, meta: Meta) -> Meta:
         """Remember ``meta`` as the latest state seen of its conversation; return it.
@@ -388,14 +362,15 @@ class NativeTable:
             "Seq": _int64(new.seq),
             "Ops": " ".join(new.ops),
         }
-        for name, stamp in (("Created", new.created), ("Updated", new.updated)):
+        created, updated, metadata = new.entry.created, new.entry.updated, new.entry.metadata
+        for name, stamp in (("Created", created), ("Updated", updated)):
             if stamp is not None:
                 entity[name] = _int64(stamp)
-        if new.metadata is not None:
+        if metadata is not None:
             # Names escaped in JSON can outgrow a string property (32,768 UTF-16 units)
             # within the 8 KiB limit; a binary one holds 64 KiB of UTF-8.
-            fits = len(new.metadata.encode("utf-16-le")) // 2 <= _STRING_MAX_UNITS
-            entity["Metadata"] = new.metadata if fits else new.metadata.encode("utf-8")
+            fits = len(metadata.encode("utf-16-le")) // 2 <= _STRING_MAX_UNITS
+            entity["Metadata"] = metadata if fits else metadata.encode("utf-8")
         return ("create", entity, None) if old.etag is None else ("update", entity, old.etag)
 
     def _commit(self, old: Meta, new: Meta, actions: list[Action], change: Change) -> Plan[Meta]:

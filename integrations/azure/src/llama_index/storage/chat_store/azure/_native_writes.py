@@ -34,13 +34,13 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
-    backoff,
     chunks,
     delete_rows,
     fits,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, removal_error
+from llama_index.storage.chat_store.core.meta import backoff
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 
 __all__ = ["NativeLayout"]
@@ -170,7 +170,7 @@ class NativeLayout(NativeTable):
 
     def replace(self, key: str, payloads: Sequence[dict[str, Any]], change: Change) -> Plan[None]:
         if not payloads:
-            yield from self.empty(key, change)
+            yield from self.delete_all(key, change, read=False)
             return
         op = change.id
         meta, unread = yield from self._meta_to_write(key)
@@ -198,8 +198,14 @@ class NativeLayout(NativeTable):
             meta = yield from self.read_meta(key)
         raise ChatStoreError(f"too much contention replacing key {key!r}")
 
-    def delete_all(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
+    def delete_all(
+        self, key: str, change: Change, *, read: bool = True
+    ) -> Plan[list[ChatMessage] | None]:
         """Remove the conversation; return its messages (None if there were none).
+
+        ``read=False``: without reading the messages (works on corrupt data; returns None).
+        A meta entity that cannot be read is deleted with every entity of its partition;
+        rows a readable meta entity names but that are missing are skipped.
 
         Raises:
             CorruptDataError: A message is missing or unreadable, or the meta entity is:
@@ -212,41 +218,19 @@ class NativeLayout(NativeTable):
                 meta = yield from self.read_meta(key)
             except CorruptDataError as exc:
                 yield from self._purge(key)
-                raise removal_error(exc, self._storage) from exc
+                if read:
+                    raise removal_error(exc, self._storage) from exc
+                return None
             if meta.count == 0:
                 return None
             span = yield from self._span(meta, 0, meta.count)
             if span is not None:
-                items = self._found(meta, span, 0)  # before removing anything
+                items = self._found(meta, span, 0) if read else []  # before removing anything
                 rows = [row for row in span if row is not None]
                 emptied = yield from self._empty(meta, rows, change)
                 if emptied is not None:
                     yield from self._finish_removal(emptied)
-                    return taken(items, self.table)
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting key {key!r}")
-
-    def empty(self, key: str, change: Change) -> Plan[None]:
-        """Remove the conversation without reading its messages (works on corrupt data).
-
-        A meta entity that cannot be read is deleted with every entity of its partition;
-        rows a readable meta entity names but that are missing are skipped.
-        """
-        for attempt in range(_MAX_ATTEMPTS):
-            try:
-                meta = yield from self.read_meta(key)
-            except CorruptDataError:
-                yield from self._purge(key)
-                return
-            if meta.count == 0:
-                return
-            span = yield from self._span(meta, 0, meta.count)
-            if span is not None:
-                rows = [row for row in span if row is not None]
-                emptied = yield from self._empty(meta, rows, change)
-                if emptied is not None:
-                    yield from self._finish_removal(emptied)
-                    return
+                    return taken(items, self.table) if read else None
             yield backoff(attempt)
         raise ChatStoreError(f"too much contention deleting key {key!r}")
 
@@ -482,21 +466,19 @@ class NativeLayout(NativeTable):
                     with contextlib.suppress(ConflictError):
                         yield Remove(self.table, pk, entity["RowKey"], etag=etag)
 
-    def clear_plans(self) -> list[Callable[[], Plan[bool]]]:
-        """Plans to repeat until they return False, emptying the store's table."""
+    def clear(self) -> Plan[None]:
+        """Delete every entity of the store's table, a page at a time."""
         self._seen.clear()
-        return [self.clear_page]
-
-    def clear_page(self) -> Plan[bool]:
-        """Delete up to one page of the table's entities; return whether any were left."""
-        rows, _ = yield Query(self.table, "PartitionKey ne @none", {"none": ""},
-                              select=("PartitionKey", "RowKey"), page_size=PAGE)  # fmt: skip
-        # The meta entity goes first: a reader never finds it naming rows already gone
-        # (which would read as corrupt data rather than as a change).
-        metas = {r.props["PartitionKey"] for r in rows if r.props["RowKey"] == META}
-        for pk in (
-            {r.props["PartitionKey"] for r in rows} - metas - {KEYS_PARTITION, ORDER_PARTITION}
-        ):
-            yield Remove(self.table, pk, META)  # on a later page
-        yield from delete_rows(self.table, sorted(rows, key=lambda r: r.props["RowKey"] != META))
-        return bool(rows)
+        while True:
+            rows, _ = yield Query(self.table, "PartitionKey ne @none", {"none": ""},
+                                  select=("PartitionKey", "RowKey"), page_size=PAGE)  # fmt: skip
+            if not rows:
+                return
+            # The meta entity goes first: a reader never finds it naming rows already gone
+            # (which would read as corrupt data rather than as a change).
+            metas = {r.props["PartitionKey"] for r in rows if r.props["RowKey"] == META}
+            partitions = {r.props["PartitionKey"] for r in rows}
+            for pk in partitions - metas - {KEYS_PARTITION, ORDER_PARTITION}:
+                yield Remove(self.table, pk, META)  # on a later page
+            rows.sort(key=lambda r: r.props["RowKey"] != META)
+            yield from delete_rows(self.table, rows)

@@ -15,18 +15,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from llama_index.storage.chat_store.core import BackendUnavailableError
 from llama_index.storage.chat_store.core.backend import Change
+from llama_index.storage.chat_store.core.meta import recorded
 
-__all__ = ["OP_RECORD", "Record", "covers", "recorded", "resent", "unknown_outcome"]
+__all__ = ["OP_RECORD", "Record", "covers", "resent"]
 
 OP_RECORD = 16
 """How many of a conversation's last changes its record names by operation id."""
-
-
-def recorded(ops: tuple[str, ...], op: str) -> tuple[str, ...]:
-    """The ids after change ``op`` committed: the last :data:`OP_RECORD` of them."""
-    return (*ops, op)[-OP_RECORD:]
 
 
 def covers(seq: int, ops: tuple[str, ...], planned_seq: int) -> bool:
@@ -42,15 +37,6 @@ def resent(change: Change) -> bool:
     """
     was, change.check = change.check, False
     return was
-
-
-def unknown_outcome(key: str, why: str) -> BackendUnavailableError:
-    """The error of a resent change whose record cannot tell whether it was applied."""
-    return BackendUnavailableError(
-        f"a change of key {key!r} was resent after its reply was lost and failed its "
-        f"condition, and {why}: the outcome is unknown (the change was applied once or not "
-        "at all, read the conversation to know)"
-    )
 
 
 @dataclass(frozen=True)
@@ -87,7 +73,7 @@ class Record:
 
     def add(self, op: str) -> Record:
         """The record after change ``op`` committed on this one."""
-        return Record(self.epoch, self.seq + 1, recorded(self.ops, op))
+        return Record(self.epoch, self.seq + 1, recorded(self.ops, op, OP_RECORD))
 
     def knows_since(self, planned: Record) -> bool:
         """Whether this record names every change committed after ``planned``."""

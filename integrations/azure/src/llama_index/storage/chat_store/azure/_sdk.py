@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,7 +58,7 @@ from llama_index.storage.chat_store.core import (
     NotSentError,
     PayloadTooLargeError,
 )
-from llama_index.storage.chat_store.core.backend import ConflictError, PerLoop, Plan, Sleep
+from llama_index.storage.chat_store.core.backend import ConflictError, PerLoop, Plan
 
 if TYPE_CHECKING:
     from llama_index.storage.chat_store.azure.store import AzureChatStore
@@ -76,7 +75,6 @@ __all__ = [
     "Request",
     "Row",
     "TableMissingError",
-    "backoff",
     "chunks",
     "delete_rows",
     "fits",
@@ -154,11 +152,6 @@ Action = tuple[str, dict[str, Any], str | None]
 Verbs: ``create``, ``update`` and ``upsert`` (replacing the entity), ``delete``, and
 ``touch`` (the entity stays as it is, its ETag changes: a condition other writers see).
 """
-
-
-def backoff(attempt: int) -> Sleep:
-    """Return a jittered, growing pause before retrying after a conflict."""
-    return Sleep(min(0.5, 0.002 * (2 ** min(attempt, 8))) * random.uniform(0.5, 1.5))
 
 
 def fits(actions: Sequence[Action]) -> bool:

@@ -350,10 +350,7 @@ class AzureChatStore(PlannedChatStore):
                 )
             elif env.get("AZURE_STORAGE_SAS_TOKEN"):
                 config["sas_token"] = env["AZURE_STORAGE_SAS_TOKEN"]
-        for name, kind in (("retries", int), ("retry_backoff", float), ("retry_deadline", float)):
-            if isinstance(config.get(name), str):
-                config[name] = kind(config[name])
-        return cls(**config)
+        return cls(**config)  # numbers from the query are converted by the fields' types
 
     # -- the service ---------------------------------------------------------------------
 
@@ -441,9 +438,7 @@ class AzureChatStore(PlannedChatStore):
         return self._layout.keys_page(cursor)
 
     def _clear_plan(self) -> Plan[None]:
-        for page in self._layout.clear_plans():
-            while (yield from page()):
-                pass
+        return self._layout.clear()
 
     def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
         return _catalog(self).list_page(prefix, after, limit)

@@ -51,15 +51,15 @@ from llama_index.storage.chat_store.core.backend import (
     Plan,
     corrupt_data_remedy,
 )
+from llama_index.storage.chat_store.core.meta import backoff, recorded, span
 from llama_index.storage.chat_store.core.tools import is_tool_result_json, safe_trim_count
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 from llama_index.storage.chat_store.dynamodb._sdk import (
     MAX_ITEM_BYTES,
+    RECENT_OPS,
     Op,
     Table,
-    backoff,
     item_size,
-    recent,
     unreadable,
 )
 
@@ -290,9 +290,7 @@ class LlamaIndexLayout:
     def get(self, key: str, offset: int, limit: int | None) -> Plan[list[tuple[int, str]]]:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
         item = yield from self._read(key)
-        history = self._live(item, time.time())
-        lo, _, _ = slice(offset, None).indices(len(history))
-        hi = len(history) if limit is None else min(len(history), lo + limit)
+        lo, hi = span(len(self._live(item, time.time())), offset, limit)
         found = self._texts(key, item, lo, hi) if lo < hi else []
         yield from self._refresh(key, item)
         return found
@@ -398,7 +396,7 @@ class LlamaIndexLayout:
             _HISTORY: {"L": history},
             _VERSION: num((item.version or 0) + 1),
             _EPOCH: text(item.epoch or uuid.uuid4().hex),
-            _OPS: {"L": [text(t) for t in recent(item.ops, tag)]},
+            _OPS: {"L": [text(t) for t in recorded(item.ops, tag, RECENT_OPS)]},
         }
         if any("S" in x for x in exact):
             record[_EXACT] = {"L": exact}
@@ -434,7 +432,7 @@ class LlamaIndexLayout:
         sets = [
             f"{h} = list_append({h}, {e.v({'L': maps})})",
             f"{e.n(_VERSION)} = {e.v(num((item.version or 0) + 1))}",
-            f"{e.n(_OPS)} = {e.v({'L': [text(t) for t in recent(item.ops, tag)]})}",
+            f"{e.n(_OPS)} = {e.v({'L': [text(t) for t in recorded(item.ops, tag, RECENT_OPS)]})}",
         ]
         if item.epoch is None:  # written by LlamaIndex or before items had an epoch
             sets.append(f"{e.n(_EPOCH)} = {e.v(text(uuid.uuid4().hex))}")
@@ -471,7 +469,7 @@ class LlamaIndexLayout:
             try:
                 return (yield from attempt(op, item))
             except ConflictError:
-                yield backoff(n)
+                yield backoff(n, 0.005, 0.2)
         raise BackendUnavailableError(
             f"could not {what} for key {key!r}: {self.t.attempts} attempts lost races with "
             "concurrent writers"

@@ -64,6 +64,7 @@ from typing import Any, TypeVar, cast
 
 from llama_index.storage.chat_store.core import BackendUnavailableError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.meta import backoff
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.dynamodb._chunks import Fresh, Head
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
@@ -83,7 +84,7 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     Meta,
     fits,
 )
-from llama_index.storage.chat_store.dynamodb._sdk import LostRaceError, Op, backoff, unreadable
+from llama_index.storage.chat_store.dynamodb._sdk import LostRaceError, Op, unreadable
 
 __all__ = ["NativeLayout"]
 
@@ -266,7 +267,7 @@ class NativeLayout(NativeCatalog):
                 if hinted:
                     known = winner
                 else:
-                    yield backoff(attempt)
+                    yield backoff(attempt, 0.005, 0.2)
             except _NothingToDoError:
                 continue  # nothing to do on the remembered state: read the real one
         raise BackendUnavailableError(

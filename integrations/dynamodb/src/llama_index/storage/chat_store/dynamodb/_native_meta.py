@@ -156,12 +156,6 @@ class Meta:
         theirs = (other.epoch, other.ver, other.gen, other.first, other.end)
         return self.epoch is not None and mine == theirs
 
-    def window(self, now: float, offset: int, limit: int | None) -> tuple[int, int]:
-        """Return the positions ``[lo, hi)`` of ``messages[offset:][:limit]``."""
-        count = self.count(now)
-        lo, _, _ = slice(offset, None).indices(count)
-        return lo, count if limit is None else min(count, lo + limit)
-
 
 @dataclass(frozen=True)
 class Edit:

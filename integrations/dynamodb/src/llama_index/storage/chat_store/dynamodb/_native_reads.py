@@ -14,6 +14,7 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
 )
 from llama_index.storage.chat_store.core.backend import ConflictError, Plan, corrupt_data_remedy
+from llama_index.storage.chat_store.core.meta import backoff, span
 from llama_index.storage.chat_store.dynamodb._chunks import (
     PARTS,
     PARTS_ID,
@@ -39,7 +40,7 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     Meta,
     MetaItems,
 )
-from llama_index.storage.chat_store.dynamodb._sdk import MAX_ITEM_BYTES, backoff, item_size
+from llama_index.storage.chat_store.dynamodb._sdk import MAX_ITEM_BYTES, item_size
 
 __all__ = ["NativeReads", "missing_index"]
 
@@ -214,7 +215,7 @@ class NativeReads(MetaItems):
         Returns the meta and, when it is still ``seen``'s version, the window ``(lo, hi)``
         with its items as :meth:`_query` returns them (None otherwise).
         """
-        lo, hi = seen.window(time.time(), offset, limit)
+        lo, hi = span(seen.count(time.time()), offset, limit)
         if seen.gen is None or seen.epoch is None or not 0 < hi - lo <= READ_BY_KEY:
             return (yield from self._read_meta(key)), None
         base = seen.gen * GEN_SPAN
@@ -250,7 +251,7 @@ class NativeReads(MetaItems):
                 meta, ahead = yield from self._read_meta_and_window(key, seen, offset, limit)
             meta = meta or (yield from self._read_meta(key))
             seen = None
-            lo, hi = meta.window(time.time(), offset, limit)
+            lo, hi = span(meta.count(time.time()), offset, limit)
             if lo >= hi:
                 return meta, lo, [], []
             assert meta.gen is not None
@@ -270,7 +271,7 @@ class NativeReads(MetaItems):
             again = yield from self._read_meta(key)
             if again.same(meta) and later:
                 # Items of a change whose meta update is not visible yet: wait for it.
-                yield backoff(attempt)
+                yield backoff(attempt, 0.005, 0.2)
                 continue
             if again.same(meta):
                 seqs = {seq: head for seq, head, _ in got}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,12 +31,13 @@ from llama_index.storage.chat_store.core import (
     NotSentError,
     PayloadTooLargeError,
 )
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, Sleep
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.meta import backoff
 
 __all__ = [
     "MAX_BATCH_GET", "MAX_BATCH_WRITE", "MAX_ITEM_BYTES", "MAX_TRANSACTION_BYTES",
     "MAX_TRANSACTION_ITEMS", "RECENT_OPS", "Call", "LostRaceError", "Op", "Table", "Translator",
-    "backoff", "cancellation_codes", "item_size", "recent", "unreadable",
+    "cancellation_codes", "item_size", "unreadable",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -190,11 +190,6 @@ class Op:
         return self._results[plan]
 
 
-def recent(ops: Iterable[str], tag: str) -> list[str]:
-    """Return the recent operation ids after ``tag`` (the last :data:`RECENT_OPS` of them)."""
-    return [*ops, tag][-RECENT_OPS:]
-
-
 def item_size(value: dict[str, Any]) -> int:
     """Return an upper bound of the stored size of an item given as typed attribute values."""
     return sum(len(name.encode()) + _value_size(v) for name, v in value.items())
@@ -228,11 +223,6 @@ def _failed_item(exc: ClientError) -> dict[str, Any] | None:
             item = reason.get("Item")
             return item if isinstance(item, dict) else None
     return None
-
-
-def backoff(attempt: int, cap: float = 0.2) -> Sleep:
-    """Return a jittered, exponentially growing pause before retrying a lost race."""
-    return Sleep(random.uniform(0, min(cap, 0.005 * 2**attempt)))
 
 
 class Translator:
@@ -405,7 +395,7 @@ class Table:
             if not request:
                 return replies
             if attempt <= self.attempts:
-                yield backoff(attempt, cap=1.0)
+                yield backoff(attempt, 0.005, 1.0)
         left = len(request["Keys"] if isinstance(request, dict) else request)
         raise BackendUnavailableError(
             f"DynamoDB table {self.name!r} at {self.endpoint} kept leaving {left} "

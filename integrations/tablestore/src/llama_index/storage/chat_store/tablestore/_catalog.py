@@ -25,23 +25,19 @@ from llama_index.storage.chat_store.core.catalog import (
     ConversationPage,
     merged_metadata,
 )
+from llama_index.storage.chat_store.core.meta import backoff, prefix_end
 from llama_index.storage.chat_store.tablestore import _entry as entry
+from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._native import (
     _META_COLUMNS,
-    _WRITE_ATTEMPTS,
     PAGE_ROWS,
     Meta,
     Tables,
-    _backoff,
     _columns,
     _Damaged,
     _parse_meta,
 )
-from llama_index.storage.chat_store.tablestore._native_writes import (
-    _commit,
-    _gave_up,
-    _replayed,
-)
+from llama_index.storage.chat_store.tablestore._native_writes import _commit, _gave_up
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 
 __all__ = ["CatalogPlans", "conversation", "page", "set_metadata"]
@@ -49,21 +45,6 @@ __all__ = ["CatalogPlans", "conversation", "page", "set_metadata"]
 _COLUMNS = [*_META_COLUMNS, *entry.COLUMNS]
 _PAGE_REQUESTS = 8
 """GetRange requests a page may take before it returns fewer (emptied conversations between)."""
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The least string above every key starting with ``prefix`` (``None``: no bound).
-
-    Keys starting with ``prefix`` sort before ``prefix`` with its last character incremented,
-    and every other key after ``prefix`` sorts at or after it (code point order).
-    """
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            following = 0xE000 if 0xD800 <= last + 1 <= 0xDFFF else last + 1  # no surrogates
-            return "".join(chars) + chr(following)
-    return None
 
 
 def _read(t: Tables, key: str) -> Plan[tuple[Meta | None, dict[str, Any]]]:
@@ -102,18 +83,20 @@ def set_metadata(
         PayloadTooLargeError: The merged metadata would be too large (nothing changes).
         CorruptDataError: Its meta row or entry is damaged.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, change)) is not None:
+    where = f"table {t.meta!r}"
+    for attempt in range(record.ATTEMPTS):
+        if (yield from record.replayed(t.meta, key, change)) is not None:
             return (yield from conversation(t, key))  # applied by an attempt whose reply was lost
         meta, values = yield from _read(t, key)
         if meta is None or meta.size == 0:
             return None
-        merged = merged_metadata(entry.stored_metadata(t.meta, key, values), changes)
+        old = entry.read(where, key, values)
+        merged = old.with_metadata(merged_metadata(old.encoded(where, key), changes))
         new = replace(meta, ver=meta.ver + 1)
-        columns = {entry.METADATA: entry.metadata_text(merged), entry.UPDATED: entry.now_ms()}
+        columns = {entry.METADATA: merged.metadata, entry.UPDATED: merged.updated}
         if (yield from _commit(t, key, meta, new, change, entry=columns)):
-            return entry.info(t.meta, key, new.size, {**values, **columns})
-        yield _backoff(attempt)
+            return merged.info(where, key, new.size)
+        yield backoff(attempt)
     raise _gave_up(t, key)
 
 
@@ -128,7 +111,7 @@ def page(t: Tables, prefix: str, after: str | None, limit: int) -> Plan[Conversa
         CorruptDataError: A meta row or entry in the page is damaged.
     """
     start = prefix if after is None or after < prefix else after
-    end = _prefix_end(prefix)
+    end = prefix_end(prefix)
     if end is not None and start >= end:
         return ConversationPage([], None)
     high = [("session_id", ts.INF_MAX if end is None else end)]

@@ -23,14 +23,12 @@ never blocks either: a removal that removed something it could not read raises
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
-    ChatStoreError,
     CorruptDataError,
     PayloadTooLargeError,
     SerializationError,
@@ -40,9 +38,7 @@ from llama_index.storage.chat_store.core.backend import (
     Change,
     ConflictError,
     Plan,
-    Sleep,
     corrupt_data_remedy,
-    removal_error,
 )
 from llama_index.storage.chat_store.core.tools import is_tool_result_json
 from llama_index.storage.chat_store.tablestore import _record as record
@@ -54,8 +50,6 @@ __all__ = [
 
 PRIMARY_KEY = [("session_id", "STRING")]
 MAX_VALUE_BYTES = 2 * 1024 * 1024
-_WRITE_ATTEMPTS = 200
-_STORAGE = "Tablestore"
 _PAGE_ROWS = 1000
 
 R = TypeVar("R")
@@ -94,19 +88,6 @@ def _read_row(table: str, key: str) -> Plan[_Row]:
 def _history(table: str, key: str) -> Plan[Any]:
     """Return the row's ``history`` as stored (any type), or ``None`` when there is none."""
     return (yield from _read_row(table, key)).history
-
-
-def _replayed(table: str, key: str, change: Change) -> Plan[record.Replay | None]:
-    """When ``change`` may have been committed already, what its record says (else ``None``)."""
-    if not change.check:
-        return None
-    change.check = False
-    _, row, _ = yield Call(
-        "get_row", (table, [("session_id", key)]),
-        {"columns_to_get": record.COLUMNS, "max_version": 1},
-    )  # fmt: skip
-    columns = {c[0]: c[1] for c in row.attribute_columns or ()} if row is not None else {}
-    return record.find(columns, change.id)
 
 
 def _items(key: str, history: Any) -> list[Any]:
@@ -202,10 +183,6 @@ def _write(
     return True
 
 
-def _backoff(attempt: int) -> Sleep:
-    return Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
-
-
 def read(table: str, key: str) -> Plan[list[ChatMessage]]:
     """Return the conversation's messages (``[]`` when the row is missing)."""
     history = yield from _history(table, key)
@@ -242,49 +219,26 @@ def mutate(
     conditional on the row read, so a concurrent change (ours or LlamaIndex's) makes it
     retry instead of being overwritten.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(table, key, change)) is not None:
-            return
+
+    def attempt() -> Plan[record.Outcome]:
         row = yield from _read_row(table, key)
-        new = edit(_parse(key, row.history))
-        text = _encode(key, [to_json(m) for m in new])
-        if (yield from _write(table, key, row, text, change)):
-            return
-        yield _backoff(attempt)
-    raise _contention(table, key)
+        text = _encode(key, [to_json(m) for m in edit(_parse(key, row.history))])
+        return (yield from _write(table, key, row, text, change)), [], None
+
+    yield from record.until_done(table, key, change, attempt)
 
 
 def replace(table: str, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
     """Replace the conversation with ``jsons`` (``[]``: remove it), whatever it held."""
     text = _encode(key, jsons) if jsons else None
-    for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(table, key, change)) is not None:
-            return
+
+    def attempt() -> Plan[record.Outcome | None]:
         row = yield from _read_row(table, key)
         if row.history == text or (not row.exists and text is None):
-            return
-        if (yield from _write(table, key, row, text, change)):
-            return
-        yield _backoff(attempt)
-    raise _contention(table, key)
+            return None
+        return (yield from _write(table, key, row, text, change)), [], None
 
-
-def _decode(
-    key: str, items: Sequence[Any], positions: Sequence[int]
-) -> tuple[list[ChatMessage], CorruptDataError | None]:
-    """Parse the items a removal is about to remove; the first unreadable one is returned.
-
-    A :class:`SerializationError` (a message this mode cannot represent) propagates before
-    the write: that data is valid and is left intact.
-    """
-    messages: list[ChatMessage] = []
-    error: CorruptDataError | None = None
-    for i in positions:
-        try:
-            messages.append(message_from_json(_item_json(items[i]), key=key, position=i))
-        except CorruptDataError as exc:
-            error = error or exc
-    return messages, error
+    yield from record.until_done(table, key, change, attempt)
 
 
 def _kept_json(key: str, position: int, item: Any, to_json: Callable[[ChatMessage], str]) -> str:
@@ -304,29 +258,23 @@ def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | Non
             position; or a message, naming the first such position). The row is removed
             all the same; the error holds what was stored.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(table, key, change)
-        if replay is not None:
-            return replay.messages(key, _STORAGE) or None
+
+    def attempt() -> Plan[record.Outcome | None]:
         row = yield from _read_row(table, key)
-        history = row.history
-        if history is None:
+        if row.history is None:
             return None
         messages: list[ChatMessage] = []
         removed: list[Any] = [None]  # a history that is no array: a replay raises too
         try:
-            items = _items(key, history)
+            items = _items(key, row.history)
         except CorruptDataError as exc:
             error: CorruptDataError | None = exc
         else:
             removed = [_item_json(item) for item in items]
-            messages, error = _decode(key, items, range(len(items)))
-        if (yield from _write(table, key, row, None, change, removed)):
-            if error is not None:
-                raise removal_error(error, _STORAGE) from error
-            return messages
-        yield _backoff(attempt)
-    raise _contention(table, key)
+            messages, error = record.decode(key, enumerate(removed))
+        return (yield from _write(table, key, row, None, change, removed)), messages, error
+
+    return (yield from record.until_done(table, key, change, attempt)) or None
 
 
 def take(
@@ -346,36 +294,22 @@ def take(
             and the error names its position and holds it. Or, removing nothing, the
             history is not a JSON array (no position means anything in it).
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(table, key, change)
-        if replay is not None:
-            return replay.messages(key, _STORAGE)
+
+    def attempt() -> Plan[record.Outcome | None]:
         row = yield from _read_row(table, key)
-        if row.history is None:
-            return []
-        items = _items(key, row.history)
+        items = [] if row.history is None else _items(key, row.history)
         chosen = select(items)
         if not chosen:
-            return []
-        messages, error = _decode(key, items, chosen)
+            return None
+        messages, error = record.decode(key, [(i, _item_json(items[i])) for i in chosen])
         kept = [
             _kept_json(key, i, item, to_json) for i, item in enumerate(items) if i not in chosen
         ]
         removed = [_item_json(items[i]) for i in chosen]
         new = _encode(key, kept) if kept else None
-        if (yield from _write(table, key, row, new, change, removed)):
-            if error is not None:
-                raise removal_error(error, _STORAGE) from error
-            return messages
-        yield _backoff(attempt)
-    raise _contention(table, key)
+        return (yield from _write(table, key, row, new, change, removed)), messages, error
 
-
-def _contention(table: str, key: str) -> ChatStoreError:
-    return ChatStoreError(
-        f"conversation {key!r} in table {table!r}: too much contention, gave up after "
-        f"{_WRITE_ATTEMPTS} attempts"
-    )
+    return (yield from record.until_done(table, key, change, attempt))
 
 
 def keys_page(table: str, start: Any) -> Plan[tuple[list[str], Any]]:

@@ -72,8 +72,10 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
 )
-from llama_index.storage.chat_store.core.backend import Plan, Sleep, corrupt_data_remedy
+from llama_index.storage.chat_store.core.backend import Plan, corrupt_data_remedy
 from llama_index.storage.chat_store.core.cache import LruCache
+from llama_index.storage.chat_store.core.meta import backoff, span
+from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 
 __all__ = [
@@ -95,8 +97,6 @@ BATCH_BYTES = 3 * 1024 * 1024
 """BatchWriteRow takes at most 4 MB; keep a margin for keys and names."""
 PAGE_ROWS = 1000
 _READ_ATTEMPTS = 30
-_WRITE_ATTEMPTS = 200
-_STORAGE = "Tablestore"
 _STUCK_LOOKS = 3
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta rows a store remembers."""
@@ -184,10 +184,6 @@ class _Held:
     writer: str | None
 
 
-def _backoff(attempt: int) -> Sleep:
-    return Sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 6))))
-
-
 def _new_gen() -> int:
     return random.getrandbits(62) + 1
 
@@ -230,13 +226,6 @@ def _if_writer(writer: str) -> Any:
         ts.RowExistenceExpectation.IGNORE,
         ts.SingleColumnCondition("w", writer, ts.ComparatorType.EQUAL, pass_if_missing=False),
     )
-
-
-def _slice(size: int, offset: int, limit: int | None) -> tuple[int, int]:
-    start = offset if offset >= 0 else max(0, size + offset)
-    start = min(start, size)
-    stop = size if limit is None else min(size, start + limit)
-    return start, max(start, stop)
 
 
 # -- reads ---------------------------------------------------------------------------------
@@ -452,22 +441,9 @@ def _unreadable(t: Tables, key: str, meta: Meta, held: _Held) -> CorruptDataErro
 def _decode(
     t: Tables, key: str, meta: Meta, rows: Sequence[_Held]
 ) -> tuple[list[ChatMessage], CorruptDataError | None]:
-    """Parse what a removal is about to remove; the first unreadable one is returned, not raised.
-
-    A :class:`SerializationError` (a message this mode cannot represent) propagates before
-    the removal commits: that data is valid and is left intact.
-    """
-    messages: list[ChatMessage] = []
-    error: CorruptDataError | None = None
-    for held in rows:
-        try:
-            problem = _unreadable(t, key, meta, held)
-            if problem is not None:
-                raise problem
-            messages.append(message_from_json(held.value, key=key, position=held.seq - meta.head))
-        except CorruptDataError as exc:
-            error = error or exc
-    return messages, error
+    """Parse what a removal is about to remove (:func:`._record.decode`)."""
+    found = [(h.seq - meta.head, _unreadable(t, key, meta, h) or h.value) for h in rows]
+    return record.decode(key, found)
 
 
 def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
@@ -532,7 +508,7 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
     for attempt in range(_READ_ATTEMPTS):
         if known is None and not fresh:
             known, fresh = (yield from _read_meta(t, key)), True
-        start, stop = _slice(known.size if known else 0, offset, limit)
+        start, stop = span(known.size if known else 0, offset, limit)
         if known is None or start >= stop:
             if fresh:
                 return []
@@ -548,7 +524,7 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
                 raise rows
             return _parse(key, meta, rows)
         if fresh:  # the conversation changed while being read: let the writer finish
-            yield _backoff(attempt)
+            yield backoff(attempt)
         known, fresh = meta, True
     raise ChatStoreError(
         f"conversation {key!r} in table {t.messages!r} changed during each of "

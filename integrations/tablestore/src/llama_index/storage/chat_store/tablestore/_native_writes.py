@@ -12,23 +12,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, removal_error
+from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError
+from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.meta import backoff, contention_error
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._entry import stamp
 from llama_index.storage.chat_store.tablestore._native import (
     _META_COLUMNS,
-    _STORAGE,
     _STUCK_LOOKS,
-    _WRITE_ATTEMPTS,
     BATCH_BYTES,
     BATCH_ROWS,
     MESSAGE_PRIMARY_KEY,
     META_PRIMARY_KEY,
     Meta,
     Tables,
-    _backoff,
     _columns,
     _Damaged,
     _decode,
@@ -45,6 +43,7 @@ from llama_index.storage.chat_store.tablestore._native import (
     _rows,
     _unreadable,
 )
+from llama_index.storage.chat_store.tablestore._record import Outcome as _Outcome
 from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, Call, ts
 
 __all__ = [
@@ -195,18 +194,6 @@ def _emptied(old: Meta | _Damaged) -> Meta:
     return Meta(gen=_new_gen(), head=0, tail=0, ver=old.ver + 1 if isinstance(old, Meta) else 1)
 
 
-def _replayed(t: Tables, key: str, change: Change) -> Plan[record.Replay | None]:
-    """When ``change`` may have been committed already, what its record says (else ``None``)."""
-    if not change.check:
-        return None
-    change.check = False
-    _, row, _ = yield Call(
-        "get_row", (t.meta, [("session_id", key)]),
-        {"columns_to_get": record.COLUMNS, "max_version": 1},
-    )  # fmt: skip
-    return record.find(_columns(row) if row is not None else {}, change.id)
-
-
 class _Writer:
     """One logical write's attempts: a fresh writer id each time, stuck-slot detection.
 
@@ -256,10 +243,7 @@ class _Writer:
 
 
 def _gave_up(t: Tables, key: str) -> ChatStoreError:
-    return ChatStoreError(
-        f"conversation {key!r} in table {t.messages!r}: too much contention, gave up after "
-        f"{_WRITE_ATTEMPTS} attempts"
-    )
+    return contention_error(key, f"table {t.messages!r}", record.ATTEMPTS)
 
 
 def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Plan[bool]:
@@ -276,14 +260,14 @@ def add(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]
     """
     w = _Writer(t, key, change)
     known = t.seen.get(key)
-    for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, change)) is not None:
+    for attempt in range(record.ATTEMPTS):
+        if (yield from record.replayed(t.meta, key, change)) is not None:
             return
         meta = known if known is not None else (yield from _read_meta(t, key))
         if (yield from _append_once(w, meta, jsons)):
             return
         if known is None:
-            yield _backoff(attempt)
+            yield backoff(attempt)
         known = None
     raise _gave_up(t, key)
 
@@ -327,22 +311,19 @@ def set_all(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[N
     Works on a damaged conversation too (unreadable meta row or messages): nothing old is
     read but the meta row.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, change)) is not None:
-            return
+
+    def attempt() -> Plan[_Outcome]:
         meta = yield from _read_meta_any(t, key)
-        if (yield from _rewrite_once(t, key, meta, jsons, change)):
-            return
-        yield _backoff(attempt)
-    raise _gave_up(t, key)
+        return (yield from _rewrite_once(t, key, meta, jsons, change)), [], None
+
+    yield from record.until_done(t.meta, key, change, attempt)
 
 
 def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[None]:
     """Insert like ``list.insert``: O(1) at either end, a generation rewrite in the middle."""
     w = _Writer(t, key, change)
-    for attempt in range(_WRITE_ATTEMPTS):
-        if (yield from _replayed(t, key, change)) is not None:
-            return
+
+    def attempt() -> Plan[_Outcome]:
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx if idx >= 0 else max(0, size + idx)
@@ -356,18 +337,13 @@ def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[Non
             jsons = [r.json for r in rows or ()]
             jsons.insert(position, text)
             done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons, change))
-        if done:
-            return
-        yield _backoff(attempt)
-    raise _gave_up(t, key)
+        return done, [], None
+
+    yield from record.until_done(t.meta, key, change, attempt)
 
 
 # Each removal below plans on one meta row and commits conditionally on exactly that row, so
-# what it returns is what it removed. ``_*_once`` is one attempt: (committed, what it removed,
-# the first message it removed but could not read). The callers raise that error (core's
-# ``removal_error``) once the removal is done.
-
-_Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
+# what it returns is what it removed.
 
 
 def _pop_once(
@@ -432,11 +408,6 @@ def _inside_once(t: Tables, key: str, meta: Meta, position: int, change: Change)
     return True, messages, error
 
 
-def _first(replay: record.Replay, key: str) -> ChatMessage | None:
-    messages = replay.messages(key, _STORAGE)
-    return messages[0] if messages else None
-
-
 def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
     """Remove and return the last message; concurrent pops never share one.
 
@@ -445,10 +416,9 @@ def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
     meta read and the right row is read after it.
     """
     seen = t.seen.get(key)
-    for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, change)
-        if replay is not None:
-            return _first(replay, key)
+
+    def attempt() -> Plan[_Outcome | None]:
+        nonlocal seen
         row: _Held | None = None
         if seen is not None:
             meta, row = yield from _meta_and_last_row(t, key, seen)
@@ -457,13 +427,9 @@ def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
             meta = yield from _read_meta(t, key)
         if meta is None or meta.size == 0:
             return None
-        done, messages, error = yield from _pop_once(t, key, meta, row, change)
-        if done and error is not None:
-            raise removal_error(error, _STORAGE) from error
-        if done:
-            return messages[0]
-        yield _backoff(attempt)
-    raise _gave_up(t, key)
+        return (yield from _pop_once(t, key, meta, row, change))
+
+    return next(iter((yield from record.until_done(t.meta, key, change, attempt))), None)
 
 
 def delete_oldest(
@@ -477,23 +443,17 @@ def delete_oldest(
     Raises:
         CorruptDataError: One of them could not be read; they are removed all the same.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, change)
-        if replay is not None:
-            return replay.messages(key, _STORAGE)
+
+    def attempt() -> Plan[_Outcome | None]:
         meta = yield from _read_meta(t, key)
         if meta is None or n <= 0 or meta.size == 0:
-            return []
+            return None
         take = min(n, meta.size)
         if tool_safe:
             take = yield from safe_trim_plan(_stored(t, key, meta), take, meta.size)
-        done, messages, error = yield from _oldest_once(t, key, meta, take, change)
-        if done and error is not None:
-            raise removal_error(error, _STORAGE) from error
-        if done:
-            return messages
-        yield _backoff(attempt)
-    raise _gave_up(t, key)
+        return (yield from _oldest_once(t, key, meta, take, change))
+
+    return (yield from record.until_done(t.meta, key, change, attempt))
 
 
 def delete_at(t: Tables, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
@@ -507,27 +467,20 @@ def delete_at(t: Tables, key: str, idx: int, change: Change) -> Plan[ChatMessage
             removing nothing, when another message of the conversation is missing or not
             text and the message is neither first nor last: the rewrite could not keep it.)
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, change)
-        if replay is not None:
-            return _first(replay, key)
+
+    def attempt() -> Plan[_Outcome | None]:
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx + size if idx < 0 else idx
         if meta is None or not 0 <= position < size:
             return None
         if position == size - 1:
-            done, messages, error = yield from _pop_once(t, key, meta, None, change)
-        elif position == 0:
-            done, messages, error = yield from _oldest_once(t, key, meta, 1, change)
-        else:
-            done, messages, error = yield from _inside_once(t, key, meta, position, change)
-        if done and error is not None:
-            raise removal_error(error, _STORAGE) from error
-        if done:
-            return messages[0]
-        yield _backoff(attempt)
-    raise _gave_up(t, key)
+            return (yield from _pop_once(t, key, meta, None, change))
+        if position == 0:
+            return (yield from _oldest_once(t, key, meta, 1, change))
+        return (yield from _inside_once(t, key, meta, position, change))
+
+    return next(iter((yield from record.until_done(t.meta, key, change, attempt))), None)
 
 
 def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
@@ -541,30 +494,25 @@ def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | 
             such position and holding its data; or the meta row, naming no position). The
             conversation is removed all the same.
     """
-    for attempt in range(_WRITE_ATTEMPTS):
-        replay = yield from _replayed(t, key, change)
-        if replay is not None:
-            return replay.messages(key, _STORAGE) or None
+
+    def attempt() -> Plan[_Outcome | None]:
         meta = yield from _read_meta_any(t, key)
         if meta is None or (isinstance(meta, Meta) and meta.size == 0):
             return None
         messages: list[ChatMessage] = []
-        error: CorruptDataError | None = None
         rows: list[_Held] = []
+        error = meta.problem if isinstance(meta, _Damaged) else None
         if isinstance(meta, Meta):
             rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
             messages, error = _decode(t, key, meta, rows)
         removed = [r.value for r in rows]
-        if (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
-            if meta.gen is not None:
-                yield from _delete_generation(t, key, meta.gen)
-            if isinstance(meta, _Damaged):
-                raise removal_error(meta.problem, _STORAGE) from meta.problem
-            if error is not None:
-                raise removal_error(error, _STORAGE) from error
-            return messages or None
-        yield _backoff(attempt)
-    raise _gave_up(t, key)
+        if not (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
+            return False, [], None
+        if meta.gen is not None:
+            yield from _delete_generation(t, key, meta.gen)
+        return True, messages, error
+
+    return (yield from record.until_done(t.meta, key, change, attempt)) or None
 
 
 def clear(t: Tables) -> Plan[None]:

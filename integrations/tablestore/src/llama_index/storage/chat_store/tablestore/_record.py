@@ -11,7 +11,7 @@ that finds its id there applies nothing and returns the recorded reply.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +21,14 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
 )
-from llama_index.storage.chat_store.core.backend import removal_error
+from llama_index.storage.chat_store.core.backend import Change, Plan, removal_error
+from llama_index.storage.chat_store.core.meta import backoff, contention_error
+from llama_index.storage.chat_store.tablestore._sdk import Call
 
-__all__ = ["COLUMNS", "REPLY_BYTES", "SLOTS", "Replay", "column", "entry", "find"]
+__all__ = [
+    "ATTEMPTS", "COLUMNS", "REPLY_BYTES", "SLOTS", "STORAGE", "Outcome", "Replay", "column",
+    "decode", "entry", "replayed", "until_done",
+]  # fmt: skip
 
 SLOTS = 32
 """How many of a conversation's latest changes its record keeps."""
@@ -31,6 +36,7 @@ REPLY_BYTES = 64 * 1024
 """The largest reply (the removed messages' text) a record keeps; larger ones are not kept."""
 COLUMNS = [f"o{slot}" for slot in range(SLOTS)]
 _TOO_LARGE = "!"
+STORAGE = "Tablestore"
 
 
 def column(version: int) -> str:
@@ -58,7 +64,7 @@ class Replay:
 
     reply: str | None
 
-    def messages(self, key: str, storage: str) -> list[ChatMessage]:
+    def messages(self, key: str) -> list[ChatMessage]:
         """The messages the first application removed, in order.
 
         Raises:
@@ -72,19 +78,54 @@ class Replay:
                 f"conversation {key!r}: the removal was applied, but its reply was lost and "
                 f"what it removed (over {REPLY_BYTES} bytes) was not kept to be returned again"
             )
-        messages = []
-        for position, text in enumerate(json.loads(self.reply)):
-            if not isinstance(text, str):
-                problem = CorruptDataError(
-                    f"conversation {key!r}: a message removed was not text", key=key
-                )
-                raise removal_error(problem, storage) from problem
-            messages.append(message_from_json(text, key=key, position=position))
+        not_text = CorruptDataError(
+            f"conversation {key!r}: a message removed was not text", key=key
+        )
+        texts = enumerate(json.loads(self.reply))
+        messages, error = decode(
+            key, [(p, t if isinstance(t, str) else not_text) for p, t in texts]
+        )
+        if error is not None:
+            raise removal_error(error, STORAGE) from error
         return messages
 
 
-def find(columns: dict[str, Any], op_id: str) -> Replay | None:
-    """The record of ``op_id`` among a row's columns; ``None`` when it is not there."""
+def decode(
+    key: str, found: Iterable[tuple[int, Any]]
+) -> tuple[list[ChatMessage], CorruptDataError | None]:
+    """Parse what a removal removes: its messages, and the first that is none (not raised).
+
+    ``found``: ``(position, the message text, or the CorruptDataError that it is not one)``.
+    A :class:`SerializationError` (a message this mode cannot represent) propagates: a
+    removal raises it before it commits, so that valid data stays intact.
+    """
+    messages: list[ChatMessage] = []
+    error: CorruptDataError | None = None
+    for position, text in found:
+        try:
+            if isinstance(text, CorruptDataError):
+                raise text
+            messages.append(message_from_json(text, key=key, position=position))
+        except CorruptDataError as exc:
+            error = error or exc
+    return messages, error
+
+
+def replayed(table: str, key: str, change: Change) -> Plan[Replay | None]:
+    """When ``change`` may have been committed already, what its record says (else ``None``).
+
+    Reads the record columns of the conversation's commit row in ``table``.
+    """
+    if not change.check:
+        return None
+    change.check = False
+    _, row, _ = yield Call(
+        "get_row", (table, [("session_id", key)]), {"columns_to_get": COLUMNS, "max_version": 1}
+    )
+    return _find({c[0]: c[1] for c in row.attribute_columns or ()} if row else {}, change.id)
+
+
+def _find(columns: dict[str, Any], op_id: str) -> Replay | None:
     for name in COLUMNS:
         value = columns.get(name)
         if not isinstance(value, str):
@@ -93,3 +134,38 @@ def find(columns: dict[str, Any], op_id: str) -> Replay | None:
         if found == op_id:
             return Replay(reply if newline else None)
     return None
+
+
+Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
+"""One attempt of a change: (committed, what it removed, the first message it removed but
+could not read: raised once the change is done)."""
+ATTEMPTS = 200
+"""How many times a change loses the race to other writers before it gives up."""
+
+
+def until_done(
+    table: str, key: str, change: Change, attempt: Callable[[], Plan[Outcome | None]]
+) -> Plan[list[ChatMessage]]:
+    """Run ``attempt`` until it commits (``None``: nothing to do); return what it removed.
+
+    ``table`` holds the conversation's commit row, with its record: an earlier attempt of
+    ``change`` found committed there returns what it recorded. A removed message that could
+    not be read raises core's :func:`removal_error` once the removal is done.
+
+    Raises:
+        ChatStoreError: Every attempt lost the race to other writers.
+    """
+    for n in range(ATTEMPTS):
+        replay = yield from replayed(table, key, change)
+        if replay is not None:
+            return replay.messages(key)
+        outcome = yield from attempt()
+        if outcome is None:
+            return []
+        done, messages, error = outcome
+        if done and error is not None:
+            raise removal_error(error, STORAGE) from error
+        if done:
+            return messages
+        yield backoff(n)
+    raise contention_error(key, f"table {table!r}", ATTEMPTS)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -286,28 +287,25 @@ class TablestoreChatStore(CatalogPlans, PlannedChatStore):
 
     def _send(self, client: Any, step: Call) -> Any:
         """Make one call on a sync client (the store's own, or a test's)."""
-        try:
+        with self._translated():
             return getattr(client, step.method)(*step.args, **step.kwargs)
-        except Exception as exc:
-            failure = self._failure(exc)
-            if failure is exc:
-                raise
-            raise failure from exc
 
     async def _aexecute(self, step: Call) -> Any:
-        try:
+        with self._translated():
             return await getattr(self._own_async.get(), step.method)(*step.args, **step.kwargs)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Raise a failed condition as :class:`ConflictError`, anything else in our hierarchy."""
+        try:
+            yield
         except Exception as exc:
-            failure = self._failure(exc)
-            if failure is exc:
+            if isinstance(exc, ts.OTSServiceError) and exc.get_error_code() == CONDITION_FAILED:
+                raise ConflictError(str(exc)) from exc
+            failure = translate(exc, self._where, self.table_name)
+            if failure is None:
                 raise
             raise failure from exc
-
-    def _failure(self, exc: Exception) -> Exception:
-        """A failed condition as :class:`ConflictError`, anything else in our hierarchy."""
-        if isinstance(exc, ts.OTSServiceError) and exc.get_error_code() == CONDITION_FAILED:
-            return ConflictError(str(exc))
-        return translate(exc, self._where, self.table_name) or exc
 
     def close(self) -> None:
         """Release the sync client's connections; the store reconnects if used again."""
