@@ -52,7 +52,7 @@ from llama_index.storage.chat_store.azure._native import (
     Meta,
 )
 from llama_index.storage.chat_store.azure._native_writes import NativeLayout
-from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row
+from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row, backoff
 from llama_index.storage.chat_store.core.backend import (
     Change,
     ConflictError,
@@ -63,7 +63,7 @@ from llama_index.storage.chat_store.core.catalog import (
     ConversationPage,
     merged_metadata,
 )
-from llama_index.storage.chat_store.core.meta import backoff, contention_error
+from llama_index.storage.chat_store.core.meta import contention_error
 
 __all__ = ["INDEXED", "READERS", "Gets", "NativeCatalog", "aread_all", "read_all"]
 

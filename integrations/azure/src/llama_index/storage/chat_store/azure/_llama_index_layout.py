@@ -62,6 +62,7 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
+    backoff,
     chunks,
     delete_rows,
     fits,
@@ -73,7 +74,7 @@ from llama_index.storage.chat_store.core.backend import (
     Plan,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.meta import backoff, unknown_outcome
+from llama_index.storage.chat_store.core.meta import unknown_outcome
 
 __all__ = ["PAGE", "PENDING", "RECORD", "LlamaIndexTable"]
 

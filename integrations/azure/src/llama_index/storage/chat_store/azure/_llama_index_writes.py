@@ -37,12 +37,12 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
+    backoff,
     chunks,
     fits,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
-from llama_index.storage.chat_store.core.meta import backoff
 from llama_index.storage.chat_store.core.tools import safe_trim_count
 
 __all__ = ["LlamaIndexLayout"]

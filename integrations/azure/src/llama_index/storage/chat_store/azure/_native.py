@@ -71,6 +71,7 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
+    backoff,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import (
@@ -80,7 +81,7 @@ from llama_index.storage.chat_store.core.backend import (
     corrupt_data_remedy,
 )
 from llama_index.storage.chat_store.core.cache import LruCache
-from llama_index.storage.chat_store.core.meta import Entry, backoff, recorded, unknown_outcome
+from llama_index.storage.chat_store.core.meta import Entry, recorded, unknown_outcome
 
 __all__ = [
     "CACHED_CONVERSATIONS",

@@ -34,13 +34,13 @@ from llama_index.storage.chat_store.azure._sdk import (
     Query,
     Remove,
     Row,
+    backoff,
     chunks,
     delete_rows,
     fits,
 )
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan, removal_error
-from llama_index.storage.chat_store.core.meta import backoff
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 
 __all__ = ["NativeLayout"]

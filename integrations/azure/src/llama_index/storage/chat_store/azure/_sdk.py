@@ -58,7 +58,8 @@ from llama_index.storage.chat_store.core import (
     NotSentError,
     PayloadTooLargeError,
 )
-from llama_index.storage.chat_store.core.backend import ConflictError, PerLoop, Plan
+from llama_index.storage.chat_store.core.backend import ConflictError, PerLoop, Plan, Sleep
+from llama_index.storage.chat_store.core.meta import backoff as _meta_backoff
 
 if TYPE_CHECKING:
     from llama_index.storage.chat_store.azure.store import AzureChatStore
@@ -75,6 +76,7 @@ __all__ = [
     "Request",
     "Row",
     "TableMissingError",
+    "backoff",
     "chunks",
     "delete_rows",
     "fits",
@@ -152,6 +154,15 @@ Action = tuple[str, dict[str, Any], str | None]
 Verbs: ``create``, ``update`` and ``upsert`` (replacing the entity), ``delete``, and
 ``touch`` (the entity stays as it is, its ETag changes: a condition other writers see).
 """
+
+
+def backoff(attempt: int) -> Sleep:
+    """The pause before retrying a conditional write that lost a race (up to 0.5 s).
+
+    Azure's requests take tens of milliseconds and its partitions throttle a burst of retries:
+    racing writers spread over half a second, as they did before the shared rule existed.
+    """
+    return _meta_backoff(attempt, cap=0.5)
 
 
 def fits(actions: Sequence[Action]) -> bool:
