@@ -12,6 +12,7 @@ import pytest
 from llama_index.storage.chat_store.core import (
     ChatMessage,
     CorruptDataError,
+    InvalidKeyError,
     SerializationError,
     SimpleChatStore,
     message_to_json,
@@ -149,3 +150,11 @@ def test_concurrent_persists_never_write_an_older_snapshot_last(tmp_path: Path) 
             thread.join()
         saved = SimpleChatStore.from_persist_path(path).get_messages("k")
         assert sorted(m.content or "" for m in saved) == [f"m{i}" for i in range(8)], round_
+
+
+def test_a_key_given_to_the_constructor_is_checked_by_every_read() -> None:
+    """A key no write would accept, held since construction, is refused by reads alike."""
+    store = SimpleChatStore(store={"a\x00b": [ChatMessage(content="x")]})
+    for read in (store.count_messages, store.get_messages):
+        with pytest.raises(InvalidKeyError, match="NUL"):
+            read("a\x00b")

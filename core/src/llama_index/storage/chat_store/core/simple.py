@@ -156,13 +156,9 @@ class SimpleChatStore(CatalogInMemory, BaseChatStore):
 
     def count_messages(self, key: str) -> int:
         """Return the number of messages under ``key``."""
-        # No lock: one dict lookup and one len() are atomic, and a key held was checked when
-        # it was stored (a memory's every turn counts, so this is as cheap as a dict's own).
-        held = self.store.get(key) if type(key) is str else None
-        if held is not None:
-            return len(held)
-        self._check_key(key)
-        return 0
+        # No lock: one dict lookup and one len() are atomic (a memory counts every turn). The
+        # key is checked all the same: the constructor and a loaded file may hold any key.
+        return len(self.store.get(self._check_key(key), ()))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the keys in first-insertion order (a snapshot taken at the first step)."""

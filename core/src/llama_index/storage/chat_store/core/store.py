@@ -243,7 +243,8 @@ class BaseChatStore(LlamaIndexBaseChatStore, ABC):
         if "\x00" in key:
             raise InvalidKeyError(f"key must not contain NUL: {key!r}")
         try:
-            size = len(key.encode("utf-8"))
+            # ASCII (almost every key) is one byte a character and holds no surrogate.
+            size = len(key) if key.isascii() else len(key.encode("utf-8"))
         except UnicodeEncodeError:
             # A lone surrogate is not text: no backend can store it as the key it is.
             raise InvalidKeyError(

@@ -32,6 +32,7 @@ def damage_second_message(
     (one row per key holding a JSON array), else a row per message.
     """
     store.add_messages(key, [ChatMessage(content="fine"), ChatMessage(content="bad")])
+    # Quoted for a raw driver's %s statements (_schema.quote also escapes ':' for text()).
     target = ".".join('"' + name.replace('"', '""') + '"' for name in (store.schema_name, table))
     # Identifiers quoted, values bound.
     if array:
