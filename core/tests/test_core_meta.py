@@ -8,10 +8,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from llama_index.storage.chat_store.core import BackendUnavailableError, CorruptDataError
-from llama_index.storage.chat_store.core.backend import Sleep
+from llama_index.storage.chat_store.core import (
+    BackendUnavailableError,
+    ChatStoreError,
+    CorruptDataError,
+)
+from llama_index.storage.chat_store.core.backend import ConflictError, Plan, Sleep, drive
 from llama_index.storage.chat_store.core.meta import (
     Entry,
+    Race,
     backoff,
     contention_error,
     now_ms,
@@ -50,6 +55,33 @@ def test_backoff_grows_within_its_cap() -> None:
         pause = backoff(attempt, 0.001, 0.03)
         assert isinstance(pause, Sleep)
         assert 0 <= pause.seconds <= min(0.03, 0.001 * 2**attempt)
+
+
+def test_race_retries_lost_attempts_then_gives_up() -> None:
+    """Race.run starts a lost attempt over after a backoff, and gives up after ``attempts``."""
+    seen: list[str] = []
+
+    def attempt(wins_at: int) -> Plan[str]:
+        n = len(seen)
+        seen.append((yield f"read {n}"))
+        if n < wins_at:
+            raise ConflictError
+        return f"won at {n}"
+
+    race = Race(attempts=4, first=0.0, cap=0.0)
+    steps: list[object] = []
+
+    def execute(step: object) -> object:
+        steps.append(step)
+        return step
+
+    assert drive(race.run("k", "here", lambda: attempt(2)), execute) == "won at 2"
+    assert seen == ["read 0", "read 1", "read 2"]
+    assert steps == ["read 0", "read 1", "read 2"]  # the driver sleeps between them
+    seen.clear()
+    with pytest.raises(ChatStoreError, match=r"'k' in here.*gave up after 4 attempts"):
+        drive(race.run("k", "here", lambda: attempt(10)), execute)
+    assert len(seen) == 4
 
 
 def test_errors_name_the_key_and_say_what_happened() -> None:

@@ -11,8 +11,9 @@ are these, the same for every backend:
 * a window ``messages[offset:][:limit]`` is the positions :func:`span` gives;
 * the record of changes keeps the last ids (:func:`recorded`);
 * a conditional write that lost a race waits (:func:`backoff`), reads again and retries,
-  until :func:`contention_error`; a resent one whose record cannot tell whether it was
-  applied raises :func:`unknown_outcome`;
+  until :func:`contention_error`: one loop, :meth:`Race.run`, for every change of every
+  backend; a resent one whose record cannot tell whether it was applied raises
+  :func:`unknown_outcome`;
 * the catalog entry (:class:`Entry`) lives and dies with the messages: a change that
   begins the conversation stamps both times and drops old metadata, one that empties it
   drops all three, any other stamps ``updated``; times are epoch milliseconds from the
@@ -25,11 +26,11 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
-from llama_index.storage.chat_store.core._plans import Sleep
+from llama_index.storage.chat_store.core._plans import ConflictError, Plan, Sleep
 from llama_index.storage.chat_store.core.catalog import (
     ConversationInfo,
     decode_metadata,
@@ -45,6 +46,7 @@ from llama_index.storage.chat_store.core.errors import (
 
 __all__ = [
     "Entry",
+    "Race",
     "backoff",
     "contention_error",
     "now_ms",
@@ -97,6 +99,41 @@ def unknown_outcome(key: str, why: str) -> BackendUnavailableError:
         f"condition, and {why}: the outcome is unknown (the change was applied once or not "
         "at all, read the conversation to know)"
     )
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Race:
+    """How a backend's conditional changes retry after losing a race to another writer.
+
+    ``attempts`` before :func:`contention_error`; between them a :func:`backoff` drawn from
+    ``first`` doubling up to ``cap`` seconds (a backend whose requests take tens of
+    milliseconds waits longer than one answering in a millisecond).
+    """
+
+    attempts: int = 200
+    first: float = 0.002
+    cap: float = 0.05
+
+    def run(self, key: str, where: str, attempt: Callable[[], Plan[T]]) -> Plan[T]:
+        """Run the plan ``attempt()`` until it ends without :class:`ConflictError`.
+
+        Each attempt reads what it needs afresh: one that loses (a conditional step of it,
+        or the attempt itself, raised :class:`ConflictError`) waits and starts over.
+
+        Raises:
+            ChatStoreError: Every attempt lost (:func:`contention_error` naming ``key`` in
+                ``where``).
+        """
+        for n in range(self.attempts):
+            try:
+                return (yield from attempt())
+            except ConflictError:
+                pass
+            yield backoff(n, self.first, self.cap)
+        raise contention_error(key, where, self.attempts)
 
 
 def prefix_end(prefix: str) -> str | None:
