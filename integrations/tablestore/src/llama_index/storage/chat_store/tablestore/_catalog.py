@@ -25,7 +25,7 @@ from llama_index.storage.chat_store.core.catalog import (
     ConversationPage,
     merged_metadata,
 )
-from llama_index.storage.chat_store.core.meta import backoff, prefix_end
+from llama_index.storage.chat_store.core.meta import prefix_end
 from llama_index.storage.chat_store.tablestore import _entry as entry
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._native import (
@@ -37,7 +37,7 @@ from llama_index.storage.chat_store.tablestore._native import (
     _Damaged,
     _parse_meta,
 )
-from llama_index.storage.chat_store.tablestore._native_writes import _commit, _gave_up
+from llama_index.storage.chat_store.tablestore._native_writes import _commit
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 
 __all__ = ["CatalogPlans", "conversation", "page", "set_metadata"]
@@ -84,7 +84,8 @@ def set_metadata(
         CorruptDataError: Its meta row or entry is damaged.
     """
     where = f"table {t.meta!r}"
-    for attempt in range(record.ATTEMPTS):
+
+    def attempt() -> Plan[ConversationInfo | None]:
         if (yield from record.replayed(t.meta, key, change)) is not None:
             return (yield from conversation(t, key))  # applied by an attempt whose reply was lost
         meta, values = yield from _read(t, key)
@@ -94,10 +95,10 @@ def set_metadata(
         merged = old.with_metadata(merged_metadata(old.encoded(where, key), changes))
         new = replace(meta, ver=meta.ver + 1)
         columns = {entry.METADATA: merged.metadata, entry.UPDATED: merged.updated}
-        if (yield from _commit(t, key, meta, new, change, entry=columns)):
-            return merged.info(where, key, new.size)
-        yield backoff(attempt)
-    raise _gave_up(t, key)
+        yield from _commit(t, key, meta, new, change, entry=columns)
+        return merged.info(where, key, new.size)
+
+    return (yield from record.RACE.run(key, where, attempt))
 
 
 def page(t: Tables, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:

@@ -156,11 +156,14 @@ def _write(
     new: str | None,
     change: Change,
     removed: Sequence[Any] | None = None,
-) -> Plan[bool]:
+) -> Plan[None]:
     """Write ``new`` (``None``: no history) if the row is still ``row``, recording ``change``.
 
     An emptied conversation keeps its row, without ``history`` (LlamaIndex reads it as
     empty), for its record of changes.
+
+    Raises:
+        ConflictError: The row changed since it was read (``change`` checks its record next).
     """
     pk = [("session_id", key)]
     changes = (row.changes or 0) + 1
@@ -179,8 +182,7 @@ def _write(
             yield Call("update_row", (table, ts.Row(pk, update), _unchanged(row)))
     except ConflictError:
         change.check = True
-        return False
-    return True
+        raise
 
 
 def read(table: str, key: str) -> Plan[list[ChatMessage]]:
@@ -220,10 +222,10 @@ def mutate(
     retry instead of being overwritten.
     """
 
-    def attempt() -> Plan[record.Outcome]:
+    def attempt() -> Plan[None]:
         row = yield from _read_row(table, key)
         text = _encode(key, [to_json(m) for m in edit(_parse(key, row.history))])
-        return (yield from _write(table, key, row, text, change)), [], None
+        yield from _write(table, key, row, text, change)
 
     yield from record.until_done(table, key, change, attempt)
 
@@ -232,11 +234,10 @@ def replace(table: str, key: str, jsons: Sequence[str], change: Change) -> Plan[
     """Replace the conversation with ``jsons`` (``[]``: remove it), whatever it held."""
     text = _encode(key, jsons) if jsons else None
 
-    def attempt() -> Plan[record.Outcome | None]:
+    def attempt() -> Plan[None]:
         row = yield from _read_row(table, key)
-        if row.history == text or (not row.exists and text is None):
-            return None
-        return (yield from _write(table, key, row, text, change)), [], None
+        if row.history != text and (row.exists or text is not None):
+            yield from _write(table, key, row, text, change)
 
     yield from record.until_done(table, key, change, attempt)
 
@@ -272,7 +273,8 @@ def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | Non
         else:
             removed = [_item_json(item) for item in items]
             messages, error = record.decode(key, enumerate(removed))
-        return (yield from _write(table, key, row, None, change, removed)), messages, error
+        yield from _write(table, key, row, None, change, removed)
+        return messages, error
 
     return (yield from record.until_done(table, key, change, attempt)) or None
 
@@ -307,7 +309,8 @@ def take(
         ]
         removed = [_item_json(items[i]) for i in chosen]
         new = _encode(key, kept) if kept else None
-        return (yield from _write(table, key, row, new, change, removed)), messages, error
+        yield from _write(table, key, row, new, change, removed)
+        return messages, error
 
     return (yield from record.until_done(table, key, change, attempt))
 

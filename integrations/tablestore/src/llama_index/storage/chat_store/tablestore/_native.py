@@ -64,7 +64,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
@@ -72,9 +72,9 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
 )
-from llama_index.storage.chat_store.core.backend import Plan, corrupt_data_remedy
+from llama_index.storage.chat_store.core.backend import ConflictError, Plan, corrupt_data_remedy
 from llama_index.storage.chat_store.core.cache import LruCache
-from llama_index.storage.chat_store.core.meta import backoff, span
+from llama_index.storage.chat_store.core.meta import Race, RetryAtOnceError, span
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._sdk import Call, ts
 
@@ -96,7 +96,8 @@ BATCH_ROWS = 200
 BATCH_BYTES = 3 * 1024 * 1024
 """BatchWriteRow takes at most 4 MB; keep a margin for keys and names."""
 PAGE_ROWS = 1000
-_READ_ATTEMPTS = 30
+_READ_RACE = Race(attempts=30)
+"""How a read retries while writers keep changing the conversation under it."""
 _STUCK_LOOKS = 3
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta rows a store remembers."""
@@ -320,23 +321,32 @@ def _read_window(
     return found
 
 
-def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[list[_Stored] | None]:
-    """Read a window named by ``meta``; ``None`` when the meta row has moved since.
+def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[list[_Stored]]:
+    """Read a window named by ``meta``.
 
     A row missing from the window while the meta row stays unchanged is not a race (every
     writer moves the meta row before it deletes rows in the window, and puts new rows
     outside it): the conversation is damaged, and waiting would not help.
 
     Raises:
+        ConflictError: A row is missing and the meta row has moved since ``meta``.
         CorruptDataError: A row the unchanged meta row names is missing (or newer than it).
     """
     rows = yield from _read_window(t, key, meta, start, stop)
     if not isinstance(rows, _Gap):
         return rows
+    return (yield from _unless_moved(t, key, meta, _missing(t, key, rows.seq - meta.head)))
+
+
+def _unless_moved(t: Tables, key: str, meta: Meta, problem: CorruptDataError) -> Plan[NoReturn]:
+    """Raise ``problem`` if the meta row still is ``meta``, else :class:`ConflictError`.
+
+    Damage found in rows read while the conversation changed may be the change's doing:
+    the attempt reads again.
+    """
     if (yield from _read_meta(t, key)) != meta:
-        return None
-    position = rows.seq - meta.head
-    raise _missing(t, key, position)
+        raise ConflictError(f"conversation {key!r} changed while being read")
+    raise problem
 
 
 _Window = Union[list[_Stored], _Gap, CorruptDataError]  # noqa: UP007 (a runtime alias on 3.10)
@@ -503,17 +513,20 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
 
     Raises:
         CorruptDataError: A row the unchanged meta row names is missing or not text.
+        ChatStoreError: The conversation changed during each of :data:`_READ_RACE`'s reads.
     """
     known, fresh = t.seen.get(key), False
-    for attempt in range(_READ_ATTEMPTS):
+
+    def attempt() -> Plan[list[ChatMessage]]:
+        nonlocal known, fresh
         if known is None and not fresh:
             known, fresh = (yield from _read_meta(t, key)), True
         start, stop = span(known.size if known else 0, offset, limit)
         if known is None or start >= stop:
             if fresh:
                 return []
-            known = None  # remembered as empty there: ask the meta row
-            continue
+            known = None  # remembered as empty there: ask the meta row, at once
+            raise RetryAtOnceError(f"conversation {key!r} was remembered as empty")
         meta, rows = yield from _window_then_meta(
             t, key, known, known.head + start, known.head + stop
         )
@@ -523,13 +536,12 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
             if isinstance(rows, CorruptDataError):
                 raise rows
             return _parse(key, meta, rows)
-        if fresh:  # the conversation changed while being read: let the writer finish
-            yield backoff(attempt)
+        # Changed while being read: let the writer finish (at once after a remembered row).
+        lost = ConflictError if fresh else RetryAtOnceError
         known, fresh = meta, True
-    raise ChatStoreError(
-        f"conversation {key!r} in table {t.messages!r} changed during each of "
-        f"{_READ_ATTEMPTS} reads; try again"
-    )
+        raise lost(f"conversation {key!r} changed while being read")
+
+    return (yield from _READ_RACE.run(key, f"table {t.messages!r}", attempt))
 
 
 def count(t: Tables, key: str) -> Plan[int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
-from llama_index.storage.chat_store.core.meta import backoff, contention_error
+from llama_index.storage.chat_store.core.meta import RetryAtOnceError
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._entry import stamp
@@ -41,6 +41,7 @@ from llama_index.storage.chat_store.tablestore._native import (
     _read_meta_any,
     _removal_window,
     _rows,
+    _unless_moved,
     _unreadable,
 )
 from llama_index.storage.chat_store.tablestore._record import Outcome as _Outcome
@@ -152,13 +153,16 @@ def _commit(
     change: Change | None = None,
     removed: Sequence[Any] | None = None,
     entry: dict[str, Any] | None = None,
-) -> Plan[bool]:
-    """Replace the meta row if it is still ``old``; False when another writer moved it.
+) -> Plan[None]:
+    """Replace the meta row if it is still ``old``.
 
     ``change``: the change this commit applies, recorded in the same write (with the cells
     it ``removed``, for a removal) and stamped in the catalog entry (:mod:`._entry`; with
     ``entry``'s columns over the stamp, ``None`` removing one); a failed commit makes it
     check the record next. A commit without a change (a fence) changes no entry.
+
+    Raises:
+        ConflictError: Another writer moved the meta row.
     """
     pk = [("session_id", key)]
     values = [(name, getattr(new, name)) for name in _META_COLUMNS]
@@ -181,12 +185,11 @@ def _commit(
     except ConflictError:
         if change is not None:
             change.check = True
-        return False
+        raise
     t.learn(key, new)
-    return True
 
 
-def _emptied(old: Meta | _Damaged) -> Meta:
+def _emptied(old: Meta | _Damaged | None) -> Meta:
     """The meta row of an emptied conversation: kept (with its record), on a new generation.
 
     A new generation, so that deleting the old one never meets rows appended afterwards.
@@ -210,18 +213,25 @@ class _Writer:
 
     def place(
         self, meta: Meta | None, base: Meta, first: int, jsons: Sequence[str], new: Meta
-    ) -> Plan[bool]:
-        """Put rows at ``first...`` of ``base.gen`` and commit ``new`` over ``meta``."""
+    ) -> Plan[None]:
+        """Put rows at ``first...`` of ``base.gen`` and commit ``new`` over ``meta``.
+
+        Raises:
+            ConflictError: A slot was taken or the meta row moved (the rows put are deleted).
+        """
         writer = uuid.uuid4().hex
-        placed = yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)
-        if placed and (yield from _commit(self.t, self.key, meta, new, self.change)):
-            return True
-        if placed or len(jsons) > 1:
-            own = [(first + i, writer) for i in range(len(jsons))]
+        own = [(first + i, writer) for i in range(len(jsons))]
+        if (yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)):
+            try:
+                return (yield from _commit(self.t, self.key, meta, new, self.change))
+            except ConflictError:
+                yield from _delete_rows(self.t, self.key, base.gen, own)
+                raise
+        if len(jsons) > 1:  # some rows of the batch may have been put
             yield from _delete_rows(self.t, self.key, base.gen, own)
-        if not placed and meta is not None:
+        if meta is not None:
             yield from self._unblock(meta, first, len(jsons))
-        return False
+        raise ConflictError(f"a slot of conversation {self.key!r} was taken")
 
     def _unblock(self, meta: Meta, first: int, n: int) -> Plan[None]:
         spot = (meta.ver, first)
@@ -230,7 +240,9 @@ class _Writer:
             return
         # The meta row has not moved across several conflicts: the rows in the way belong to
         # a writer that died before committing. Fence it off, then remove its rows.
-        if not (yield from _commit(self.t, self.key, meta, replace(meta, ver=meta.ver + 1))):
+        try:
+            yield from _commit(self.t, self.key, meta, replace(meta, ver=meta.ver + 1))
+        except ConflictError:
             return
         _, _, rows, _ = yield Call(
             "get_range",
@@ -242,34 +254,32 @@ class _Writer:
         yield from _delete_rows(self.t, self.key, meta.gen, blocking)
 
 
-def _gave_up(t: Tables, key: str) -> ChatStoreError:
-    return contention_error(key, f"table {t.messages!r}", record.ATTEMPTS)
-
-
-def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Plan[bool]:
+def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Plan[None]:
     base = meta or Meta(gen=_new_gen(), head=0, tail=0, ver=0)
     new = replace(base, tail=base.tail + len(jsons), ver=base.ver + 1)
-    return (yield from w.place(meta, base, base.tail, jsons, new))
+    yield from w.place(meta, base, base.tail, jsons, new)
 
 
 def add(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
     """Append messages atomically (one commit for the whole batch).
 
     The first attempt plans on the remembered meta row, if any (its commit is conditional
-    on it); the others read the meta row first.
+    on it; losing there, the next attempt starts at once); the others read the meta row.
     """
     w = _Writer(t, key, change)
     known = t.seen.get(key)
-    for attempt in range(record.ATTEMPTS):
-        if (yield from record.replayed(t.meta, key, change)) is not None:
-            return
-        meta = known if known is not None else (yield from _read_meta(t, key))
-        if (yield from _append_once(w, meta, jsons)):
-            return
-        if known is None:
-            yield backoff(attempt)
-        known = None
-    raise _gave_up(t, key)
+
+    def attempt() -> Plan[None]:
+        nonlocal known
+        hint, known = known, None
+        try:
+            yield from _append_once(w, hint or (yield from _read_meta(t, key)), jsons)
+        except ConflictError as exc:
+            if hint is None:
+                raise
+            raise RetryAtOnceError(f"conversation {key!r} moved since last seen") from exc
+
+    yield from record.until_done(t.meta, key, change, attempt)
 
 
 def _rewrite_once(
@@ -279,30 +289,27 @@ def _rewrite_once(
     jsons: Sequence[str],
     change: Change,
     removed: Sequence[Any] | None = None,
-) -> Plan[bool]:
-    """Write ``jsons`` as a new generation and flip to it; False if ``meta`` moved.
+) -> Plan[None]:
+    """Write ``jsons`` as a new generation and flip to it, then delete the old one.
 
     A damaged meta row is replaced too (conditional on its columns as read).
+
+    Raises:
+        ConflictError: ``meta`` moved (the new generation is deleted again).
     """
-    old_gen = meta.gen if meta is not None else None
-    if not jsons:
-        if meta is None or (isinstance(meta, Meta) and meta.size == 0):
-            return True
-        if not (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
-            return False
-        if old_gen is not None:
-            yield from _delete_generation(t, key, old_gen)
-        return True
-    ver = meta.ver + 1 if isinstance(meta, Meta) else 1
-    new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=ver)
-    writer = uuid.uuid4().hex
-    placed = yield from _put_rows(t, key, new.gen, 0, jsons, writer, new.ver)
-    if placed and (yield from _commit(t, key, meta, new, change, removed)):
-        if old_gen is not None:
-            yield from _delete_generation(t, key, old_gen)
-        return True
-    yield from _delete_generation(t, key, new.gen)
-    return False
+    if not jsons and (meta is None or (isinstance(meta, Meta) and meta.size == 0)):
+        return
+    new = replace(_emptied(meta), tail=len(jsons))
+    try:
+        if not (yield from _put_rows(t, key, new.gen, 0, jsons, uuid.uuid4().hex, new.ver)):
+            raise ConflictError(f"a slot of conversation {key!r} was taken")
+        yield from _commit(t, key, meta, new, change, removed)
+    except ConflictError:
+        if jsons:
+            yield from _delete_generation(t, key, new.gen)
+        raise
+    if meta is not None and meta.gen is not None:
+        yield from _delete_generation(t, key, meta.gen)
 
 
 def set_all(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
@@ -312,9 +319,8 @@ def set_all(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[N
     read but the meta row.
     """
 
-    def attempt() -> Plan[_Outcome]:
-        meta = yield from _read_meta_any(t, key)
-        return (yield from _rewrite_once(t, key, meta, jsons, change)), [], None
+    def attempt() -> Plan[None]:
+        yield from _rewrite_once(t, key, (yield from _read_meta_any(t, key)), jsons, change)
 
     yield from record.until_done(t.meta, key, change, attempt)
 
@@ -323,21 +329,19 @@ def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[Non
     """Insert like ``list.insert``: O(1) at either end, a generation rewrite in the middle."""
     w = _Writer(t, key, change)
 
-    def attempt() -> Plan[_Outcome]:
+    def attempt() -> Plan[None]:
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx if idx >= 0 else max(0, size + idx)
         if meta is None or position >= size:
-            done = yield from _append_once(w, meta, [text])
+            yield from _append_once(w, meta, [text])
         elif position == 0:
             new = replace(meta, head=meta.head - 1, ver=meta.ver + 1)
-            done = yield from w.place(meta, meta, meta.head - 1, [text], new)
+            yield from w.place(meta, meta, meta.head - 1, [text], new)
         else:
-            rows = yield from _rows(t, key, meta, meta.head, meta.tail)
-            jsons = [r.json for r in rows or ()]
+            jsons = [r.json for r in (yield from _rows(t, key, meta, meta.head, meta.tail))]
             jsons.insert(position, text)
-            done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons, change))
-        return done, [], None
+            yield from _rewrite_once(t, key, meta, jsons, change)
 
     yield from record.until_done(t.meta, key, change, attempt)
 
@@ -354,11 +358,10 @@ def _pop_once(
         [held] = yield from _removal_window(t, key, meta, meta.tail - 1, meta.tail)
     messages, error = _decode(t, key, meta, [held])
     new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1)
-    if not (yield from _commit(t, key, meta, new, change, [held.value])):
-        return False, [], None
+    yield from _commit(t, key, meta, new, change, [held.value])
     if held.writer is not None:
         yield from _delete_rows(t, key, meta.gen, [(held.seq, held.writer)])
-    return True, messages, error
+    return messages, error
 
 
 def _stored(t: Tables, key: str, meta: Meta) -> Callable[[int, int], Plan[list[Any]]]:
@@ -375,16 +378,15 @@ def _oldest_once(t: Tables, key: str, meta: Meta, take: int, change: Change) -> 
     """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
     rows = yield from _removal_window(t, key, meta, meta.head, meta.head + take)
     messages, error = _decode(t, key, meta, rows)
-    everything = take >= meta.size
-    new = _emptied(meta) if everything else replace(meta, head=meta.head + take, ver=meta.ver + 1)
-    if not (yield from _commit(t, key, meta, new, change, [r.value for r in rows])):
-        return False, [], None
-    if everything:
-        yield from _delete_generation(t, key, meta.gen)
+    removed = [r.value for r in rows]
+    if take >= meta.size:
+        yield from _rewrite_once(t, key, meta, [], change, removed)
     else:
+        new = replace(meta, head=meta.head + take, ver=meta.ver + 1)
+        yield from _commit(t, key, meta, new, change, removed)
         present = [(r.seq, r.writer) for r in rows if r.writer is not None]
         yield from _delete_rows(t, key, meta.gen, present)
-    return True, messages, error
+    return messages, error
 
 
 def _inside_once(t: Tables, key: str, meta: Meta, position: int, change: Change) -> Plan[_Outcome]:
@@ -398,14 +400,11 @@ def _inside_once(t: Tables, key: str, meta: Meta, position: int, change: Change)
     kept = [r for i, r in enumerate(rows) if i != position]
     problem = next(filter(None, (_unreadable(t, key, meta, r) for r in kept)), None)
     if problem is not None:
-        if (yield from _read_meta(t, key)) != meta:
-            return False, [], None  # read while the conversation changed: read it again
-        raise problem
+        yield from _unless_moved(t, key, meta, problem)
     messages, error = _decode(t, key, meta, rows[position : position + 1])
     removed = [rows[position].value]
-    if not (yield from _rewrite_once(t, key, meta, [r.value for r in kept], change, removed)):
-        return False, [], None
-    return True, messages, error
+    yield from _rewrite_once(t, key, meta, [r.value for r in kept], change, removed)
+    return messages, error
 
 
 def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
@@ -505,12 +504,8 @@ def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | 
         if isinstance(meta, Meta):
             rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
             messages, error = _decode(t, key, meta, rows)
-        removed = [r.value for r in rows]
-        if not (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
-            return False, [], None
-        if meta.gen is not None:
-            yield from _delete_generation(t, key, meta.gen)
-        return True, messages, error
+        yield from _rewrite_once(t, key, meta, [], change, [r.value for r in rows])
+        return messages, error
 
     return (yield from record.until_done(t.meta, key, change, attempt)) or None
 
