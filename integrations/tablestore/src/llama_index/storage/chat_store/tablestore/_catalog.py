@@ -34,7 +34,8 @@ from llama_index.storage.chat_store.tablestore._native import (
     Meta,
     Tables,
     _columns,
-    _Damaged,
+    _intact,
+    _meta_row,
     _parse_meta,
 )
 from llama_index.storage.chat_store.tablestore._native_writes import _commit
@@ -49,15 +50,8 @@ _PAGE_REQUESTS = 8
 
 def _read(t: Tables, key: str) -> Plan[tuple[Meta | None, dict[str, Any]]]:
     """Read the meta row with its entry; raise :class:`CorruptDataError` if it is damaged."""
-    _, row, _ = yield Call(
-        "get_row", (t.meta, [("session_id", key)]), {"columns_to_get": _COLUMNS, "max_version": 1}
-    )
-    meta = _parse_meta(t, key, row)
-    if isinstance(meta, _Damaged):
-        t.learn(key, None)
-        raise meta.problem
-    t.learn(key, meta)
-    return meta, _columns(row) if row is not None else {}
+    meta, values = yield from _meta_row(t, key, _COLUMNS)
+    return _intact(meta), values
 
 
 def conversation(t: Tables, key: str) -> Plan[ConversationInfo | None]:
@@ -144,9 +138,7 @@ def page(t: Tables, prefix: str, after: str | None, limit: int) -> Plan[Conversa
 
 
 def _listed(t: Tables, key: str, row: Any) -> ConversationInfo | None:
-    meta = _parse_meta(t, key, row)
-    if isinstance(meta, _Damaged):
-        raise meta.problem
+    meta = _intact(_parse_meta(t, key, row))
     if meta is None or meta.size == 0:
         return None
     return entry.info(t.meta, key, meta.size, _columns(row))

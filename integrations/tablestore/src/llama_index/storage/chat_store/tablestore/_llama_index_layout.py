@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
@@ -51,9 +51,6 @@ __all__ = [
 PRIMARY_KEY = [("session_id", "STRING")]
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 _PAGE_ROWS = 1000
-
-R = TypeVar("R")
-
 
 _COUNTER = "opn"
 """How many of our changes the row has seen: the next one records in slot ``opn + 1``."""
@@ -83,11 +80,6 @@ def _read_row(table: str, key: str) -> Plan[_Row]:
     if not isinstance(changes, int) or isinstance(changes, bool):
         changes = None
     return _Row(True, columns.get("history"), changes)
-
-
-def _history(table: str, key: str) -> Plan[Any]:
-    """Return the row's ``history`` as stored (any type), or ``None`` when there is none."""
-    return (yield from _read_row(table, key)).history
 
 
 def _items(key: str, history: Any) -> list[Any]:
@@ -187,13 +179,12 @@ def _write(
 
 def read(table: str, key: str) -> Plan[list[ChatMessage]]:
     """Return the conversation's messages (``[]`` when the row is missing)."""
-    history = yield from _history(table, key)
-    return _parse(key, history)
+    return _parse(key, (yield from _read_row(table, key)).history)
 
 
 def count(table: str, key: str) -> Plan[int]:
     """Return the number of messages (the array's length; no message is parsed)."""
-    history = yield from _history(table, key)
+    history = (yield from _read_row(table, key)).history
     return 0 if history is None else len(_items(key, history))
 
 

@@ -157,19 +157,21 @@ class Tables:
         default_factory=lambda: LruCache(CACHED_CONVERSATIONS), compare=False, repr=False
     )
 
-    def learn(self, key: str, meta: Meta | None) -> Meta | None:
-        """Remember ``meta`` (None: no meta row) as the latest state seen of ``key``."""
-        if meta is None:
-            self.seen.discard(key)
-        else:
+    def learn(self, key: str, meta: Meta | _Damaged | None) -> None:
+        """Remember ``meta`` as the latest state seen of ``key`` (none, or damaged: forget)."""
+        if isinstance(meta, Meta):
             self.seen.put(key, meta)
-        return meta
+        else:
+            self.seen.discard(key)
 
 
 @dataclass(frozen=True)
 class _Stored:
     seq: int
     json: str
+
+
+_Window = Union[list[_Stored], _Gap, CorruptDataError]  # noqa: UP007 (a runtime alias on 3.10)
 
 
 @dataclass(frozen=True)
@@ -197,22 +199,15 @@ def _columns(row: Any) -> dict[str, Any]:
     return {column[0]: column[1] for column in row.attribute_columns or ()}
 
 
-def _if_current(meta: Meta) -> Any:
+def _if_still(old: Meta | _Damaged) -> Any:
+    """The condition that the meta row is still ``old``."""
     # Generation and version: ``ver`` starts again at 1 when a deleted conversation is
     # recreated, but under a new random generation, so an old state never matches again.
-    both = ts.CompositeColumnCondition(ts.LogicalOperator.AND)
-    for name in ("gen", "ver"):
-        both.add_sub_condition(ts.SingleColumnCondition(
-            name, getattr(meta, name), ts.ComparatorType.EQUAL, pass_if_missing=False
-        ))  # fmt: skip
-    return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, both)
-
-
-def _if_unchanged(damaged: _Damaged) -> Any:
-    # Every column as read: a damaged row repaired by someone else in between stays theirs.
+    # A damaged row, every column as read: one repaired by someone else in between stays theirs.
+    values = old.values if isinstance(old, _Damaged) else {"gen": old.gen, "ver": old.ver}
     columns = [
         ts.SingleColumnCondition(name, value, ts.ComparatorType.EQUAL, pass_if_missing=False)
-        for name, value in damaged.values.items()
+        for name, value in values.items()
     ]
     if len(columns) == 1:
         return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, columns[0])
@@ -232,20 +227,30 @@ def _if_writer(writer: str) -> Any:
 # -- reads ---------------------------------------------------------------------------------
 
 
+def _meta_row(
+    t: Tables, key: str, columns: list[str] = _META_COLUMNS
+) -> Plan[tuple[Meta | _Damaged | None, dict[str, Any]]]:
+    """Read ``columns`` of the meta row: parsed (and remembered), and as read."""
+    _, row, _ = yield Call(
+        "get_row", (t.meta, [("session_id", key)]), {"columns_to_get": columns, "max_version": 1}
+    )
+    meta = _parse_meta(t, key, row)
+    t.learn(key, meta)
+    return meta, _columns(row) if row is not None else {}
+
+
 def _read_meta_any(t: Tables, key: str) -> Plan[Meta | _Damaged | None]:
     """Read the meta row; a damaged one is returned, for the operations that can remove it."""
-    _, row, _ = yield Call(
-        "get_row", (t.meta, [("session_id", key)]),
-        {"columns_to_get": _META_COLUMNS, "max_version": 1},
-    )  # fmt: skip
-    meta = _parse_meta(t, key, row)
-    t.learn(key, meta if isinstance(meta, Meta) else None)
-    return meta
+    return (yield from _meta_row(t, key))[0]
 
 
 def _read_meta(t: Tables, key: str) -> Plan[Meta | None]:
     """Read the meta row; raise :class:`CorruptDataError` (naming the key) if it is damaged."""
-    meta = yield from _read_meta_any(t, key)
+    return _intact((yield from _read_meta_any(t, key)))
+
+
+def _intact(meta: Meta | _Damaged | None) -> Meta | None:
+    """Return ``meta``; raise its :class:`CorruptDataError` (naming the key) if it is damaged."""
     if isinstance(meta, _Damaged):
         raise meta.problem
     return meta
@@ -265,11 +270,8 @@ def _learn_meta(t: Tables, key: str, meta_item: Any, items: tuple[Any, ...]) -> 
                 f"{item.table_name!r} ({item.error_code}: {item.error_message})"
             )
     meta = _parse_meta(t, key, meta_item.row)
-    if isinstance(meta, _Damaged):
-        t.learn(key, None)
-        raise meta.problem
     t.learn(key, meta)
-    return meta
+    return _intact(meta)
 
 
 def _parse_meta(t: Tables, key: str, row: Any) -> Meta | _Damaged | None:
@@ -303,21 +305,32 @@ def _scan(t: Tables, key: str, gen: int, start: int, stop: int, columns: list[st
     return found
 
 
-def _read_window(
-    t: Tables, key: str, meta: Meta, start: int, stop: int
-) -> Plan[list[_Stored] | _Gap]:
-    """Read rows ``start <= seq < stop`` of the meta's generation, or where they stop making sense.
+def _read_window(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[_Window]:
+    """Read rows ``start <= seq < stop`` of the meta's generation (:func:`_in_order`).
 
     Writer ids are not read (the SDK decodes cells in pure Python, so every column costs).
     """
+    scanned = yield from _scan(t, key, meta.gen, start, stop, ["message", "c"])
+    return _in_order(t, key, meta, start, stop, {row.primary_key[2][1]: row for row in scanned})
+
+
+def _in_order(
+    t: Tables, key: str, meta: Meta, start: int, stop: int, rows: dict[int, Any]
+) -> _Window:
+    """Rows ``start <= seq < stop`` of ``rows`` (by seq), or where they stop making sense.
+
+    That is the first one missing or written after ``meta`` (a :class:`_Gap`), or the error
+    of the first that is not text.
+    """
     found: list[_Stored] = []
-    for row in (yield from _scan(t, key, meta.gen, start, stop, ["message", "c"])):
-        stored = _stored(t, key, meta, row)
-        if stored is None or stored.seq != start + len(found):
-            return _Gap(start + len(found))
+    for seq in range(start, stop):
+        try:
+            stored = _stored(t, key, meta, rows[seq]) if seq in rows else None
+        except CorruptDataError as exc:
+            return exc
+        if stored is None:
+            return _Gap(seq)
         found.append(stored)
-    if len(found) < stop - start:
-        return _Gap(start + len(found))
     return found
 
 
@@ -333,6 +346,8 @@ def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[list[_
         CorruptDataError: A row the unchanged meta row names is missing (or newer than it).
     """
     rows = yield from _read_window(t, key, meta, start, stop)
+    if isinstance(rows, CorruptDataError):
+        raise rows
     if not isinstance(rows, _Gap):
         return rows
     return (yield from _unless_moved(t, key, meta, _missing(t, key, rows.seq - meta.head)))
@@ -347,9 +362,6 @@ def _unless_moved(t: Tables, key: str, meta: Meta, problem: CorruptDataError) ->
     if (yield from _read_meta(t, key)) != meta:
         raise ConflictError(f"conversation {key!r} changed while being read")
     raise problem
-
-
-_Window = Union[list[_Stored], _Gap, CorruptDataError]  # noqa: UP007 (a runtime alias on 3.10)
 
 
 def _window_then_meta(
@@ -367,11 +379,7 @@ def _window_then_meta(
         CorruptDataError: The meta row is damaged.
     """
     if stop - start >= BATCH_GET_ROWS:
-        window: _Window
-        try:
-            window = yield from _read_window(t, key, before, start, stop)
-        except CorruptDataError as exc:
-            window = exc
+        window = yield from _read_window(t, key, before, start, stop)
         return (yield from _read_meta(t, key)), window
     request = ts.BatchGetRowRequest()
     request.add(ts.TableInBatchGetRowItem(
@@ -385,19 +393,12 @@ def _window_then_meta(
     row_items = response.get_result_by_table(t.messages)
     [meta_item] = response.get_result_by_table(t.meta)
     meta = _learn_meta(t, key, meta_item, (*row_items, meta_item))
-    found: list[_Stored] = []
-    for seq, item in zip(range(start, stop), row_items, strict=True):
-        row = item.row
-        try:
-            stored = (
-                None if row is None or not row.attribute_columns else _stored(t, key, before, row)
-            )
-        except CorruptDataError as exc:
-            return meta, exc
-        if stored is None:
-            return meta, _Gap(seq)
-        found.append(stored)
-    return meta, found
+    rows = {
+        seq: item.row
+        for seq, item in zip(range(start, stop), row_items, strict=True)
+        if item.row is not None and item.row.attribute_columns
+    }
+    return meta, _in_order(t, key, before, start, stop, rows)
 
 
 def _missing(t: Tables, key: str, position: int) -> CorruptDataError:
@@ -428,14 +429,18 @@ def _removal_window(t: Tables, key: str, meta: Meta, start: int, stop: int) -> P
     commit fails and the removal starts over; if it commits, the meta row did not move
     since it was read, and the row is really missing (damage, not a race).
     """
-    found: dict[int, _Held] = {}
-    for row in (yield from _scan(t, key, meta.gen, start, stop, ["message", "c", "w"])):
-        values = _columns(row)
-        version = values.get("c", 0)
-        if isinstance(version, int) and version <= meta.ver:
-            seq = row.primary_key[2][1]
-            found[seq] = _Held(seq, values.get("message"), str(values.get("w", "")))
-    return [found.get(seq, _Held(seq, None, None)) for seq in range(start, stop)]
+    scanned = yield from _scan(t, key, meta.gen, start, stop, ["message", "c", "w"])
+    rows = {row.primary_key[2][1]: row for row in scanned}
+    return [_held(meta, seq, rows.get(seq)) for seq in range(start, stop)]
+
+
+def _held(meta: Meta, seq: int, row: Any) -> _Held:
+    """Row ``seq`` of a removal's window as read (``row``: ``None`` when missing)."""
+    values = _columns(row) if row is not None else {}
+    version = values.get("c", 0)
+    if row is None or not isinstance(version, int) or version > meta.ver:
+        return _Held(seq, None, None)
+    return _Held(seq, values.get("message"), str(values.get("w", "")))
 
 
 def _unreadable(t: Tables, key: str, meta: Meta, held: _Held) -> CorruptDataError | None:
@@ -490,14 +495,8 @@ def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Plan[tuple[Meta | Non
     meta = _learn_meta(t, key, meta_item, (meta_item, row_item))
     if meta != seen:
         return meta, None
-    seq = seen.tail - 1
-    if row_item.row is None or not row_item.row.attribute_columns:
-        return meta, _Held(seq, None, None)
-    values = _columns(row_item.row)
-    version = values.get("c", 0)
-    if not isinstance(version, int) or version > meta.ver:
-        return meta, _Held(seq, None, None)
-    return meta, _Held(seq, values.get("message"), str(values.get("w", "")))
+    row = row_item.row if row_item.row is not None and row_item.row.attribute_columns else None
+    return meta, _held(meta, seen.tail - 1, row)
 
 
 def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:

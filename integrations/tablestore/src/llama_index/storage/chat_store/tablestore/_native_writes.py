@@ -8,7 +8,7 @@ reader never sees a half-made change.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -31,8 +31,7 @@ from llama_index.storage.chat_store.tablestore._native import (
     _Damaged,
     _decode,
     _Held,
-    _if_current,
-    _if_unchanged,
+    _if_still,
     _if_writer,
     _meta_and_last_row,
     _new_gen,
@@ -132,17 +131,27 @@ def _delete_rows(
         yield from _batch(t.messages, chunk)
 
 
-def _delete_generation(t: Tables, key: str, gen: int) -> Plan[None]:
-    """Delete every row of a retired generation (reading primary keys only)."""
+def _delete_range(table: str, low: Any, high: Any, column: str) -> Plan[None]:
+    """Delete every row of ``table`` from primary key ``low`` to ``high``, page by page.
+
+    Reads one primary key ``column`` only.
+    """
     while True:
-        low, high = _pk(key, gen, ts.INF_MIN), _pk(key, gen, ts.INF_MAX)
         _, _, rows, _ = yield Call(
-            "get_range", (t.messages, ts.Direction.FORWARD, low, high),
-            {"columns_to_get": ["seq"], "limit": BATCH_ROWS, "max_version": 1},
+            "get_range", (table, ts.Direction.FORWARD, low, high),
+            {"columns_to_get": [column], "limit": BATCH_ROWS, "max_version": 1},
         )  # fmt: skip
         if not rows:
             return
-        yield from _delete_rows(t, key, gen, [(row.primary_key[2][1], None) for row in rows])
+        ignore = ts.Condition(ts.RowExistenceExpectation.IGNORE)
+        yield from _batch(table, [ts.DeleteRowItem(ts.Row(r.primary_key), ignore) for r in rows])
+
+
+def _delete_generation(t: Tables, key: str, gen: int) -> Plan[None]:
+    """Delete every row of a retired generation."""
+    yield from _delete_range(
+        t.messages, _pk(key, gen, ts.INF_MIN), _pk(key, gen, ts.INF_MAX), "seq"
+    )
 
 
 def _commit(
@@ -179,22 +188,13 @@ def _commit(
             absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
             yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
         else:
-            unchanged = _if_unchanged(old) if isinstance(old, _Damaged) else _if_current(old)
             columns = {"put": values, "delete_all": dropped} if dropped else {"put": values}
-            yield Call("update_row", (t.meta, ts.Row(pk, columns), unchanged))
+            yield Call("update_row", (t.meta, ts.Row(pk, columns), _if_still(old)))
     except ConflictError:
         if change is not None:
             change.check = True
         raise
     t.learn(key, new)
-
-
-def _emptied(old: Meta | _Damaged | None) -> Meta:
-    """The meta row of an emptied conversation: kept (with its record), on a new generation.
-
-    A new generation, so that deleting the old one never meets rows appended afterwards.
-    """
-    return Meta(gen=_new_gen(), head=0, tail=0, ver=old.ver + 1 if isinstance(old, Meta) else 1)
 
 
 class _Writer:
@@ -299,7 +299,10 @@ def _rewrite_once(
     """
     if not jsons and (meta is None or (isinstance(meta, Meta) and meta.size == 0)):
         return
-    new = replace(_emptied(meta), tail=len(jsons))
+    # Emptying too keeps the meta row (with its record), on a new generation: deleting the
+    # old one then never meets rows appended afterwards.
+    ver = meta.ver + 1 if isinstance(meta, Meta) else 1
+    new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=ver)
     try:
         if not (yield from _put_rows(t, key, new.gen, 0, jsons, uuid.uuid4().hex, new.ver)):
             raise ConflictError(f"a slot of conversation {key!r} was taken")
@@ -362,16 +365,6 @@ def _pop_once(
     if held.writer is not None:
         yield from _delete_rows(t, key, meta.gen, [(held.seq, held.writer)])
     return messages, error
-
-
-def _stored(t: Tables, key: str, meta: Meta) -> Callable[[int, int], Plan[list[Any]]]:
-    """Read positions ``[lo, hi)`` of the conversation ``meta`` names, as stored."""
-
-    def read(lo: int, hi: int) -> Plan[list[Any]]:
-        rows = yield from _removal_window(t, key, meta, meta.head + lo, meta.head + hi)
-        return [r.value for r in rows]
-
-    return read
 
 
 def _oldest_once(t: Tables, key: str, meta: Meta, take: int, change: Change) -> Plan[_Outcome]:
@@ -448,8 +441,13 @@ def delete_oldest(
         if meta is None or n <= 0 or meta.size == 0:
             return None
         take = min(n, meta.size)
+
+        def stored(lo: int, hi: int) -> Plan[list[Any]]:  # positions [lo, hi), as stored
+            rows = yield from _removal_window(t, key, meta, meta.head + lo, meta.head + hi)
+            return [r.value for r in rows]
+
         if tool_safe:
-            take = yield from safe_trim_plan(_stored(t, key, meta), take, meta.size)
+            take = yield from safe_trim_plan(stored, take, meta.size)
         return (yield from _oldest_once(t, key, meta, take, change))
 
     return (yield from record.until_done(t.meta, key, change, attempt))
@@ -516,14 +514,4 @@ def clear(t: Tables) -> Plan[None]:
     for table, pk in ((t.meta, META_PRIMARY_KEY), (t.messages, MESSAGE_PRIMARY_KEY)):
         low = [(name, ts.INF_MIN) for name, _ in pk]
         high = [(name, ts.INF_MAX) for name, _ in pk]
-        while True:
-            _, _, rows, _ = yield Call(
-                "get_range", (table, ts.Direction.FORWARD, low, high),
-                {"columns_to_get": [pk[0][0]], "limit": BATCH_ROWS, "max_version": 1},
-            )  # fmt: skip
-            if not rows:
-                break
-            items = [
-                ts.DeleteRowItem(ts.Row(row.primary_key), ts.Condition("IGNORE")) for row in rows
-            ]
-            yield from _batch(table, items)
+        yield from _delete_range(table, low, high, pk[0][0])

@@ -122,16 +122,9 @@ def replayed(table: str, key: str, change: Change) -> Plan[Replay | None]:
     _, row, _ = yield Call(
         "get_row", (table, [("session_id", key)]), {"columns_to_get": COLUMNS, "max_version": 1}
     )
-    return _find({c[0]: c[1] for c in row.attribute_columns or ()} if row else {}, change.id)
-
-
-def _find(columns: dict[str, Any], op_id: str) -> Replay | None:
-    for name in COLUMNS:
-        value = columns.get(name)
-        if not isinstance(value, str):
-            continue
-        found, newline, reply = value.partition("\n")
-        if found == op_id:
+    for _, value, *_ in row.attribute_columns or () if row else ():
+        found, newline, reply = value.partition("\n") if isinstance(value, str) else ("", "", "")
+        if found == change.id:
             return Replay(reply if newline else None)
     return None
 

@@ -14,6 +14,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+import urllib3.exceptions
+
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendImportError,
@@ -161,16 +164,7 @@ _UNAVAILABLE_CODES = {
 }  # fmt: skip
 
 
-def _retry_classes() -> tuple[Any, Any, Any]:
-    from tablestore import retry
-
-    return retry.RetryPolicy, retry.DefaultRetryPolicy, retry.RetryUtil
-
-
-_RetryPolicy, _DefaultRetryPolicy, _RetryUtil = _retry_classes()
-
-
-class WritesResentOnlyIfRefused(_RetryPolicy):  # type: ignore[misc, valid-type]
+class WritesResentOnlyIfRefused(ts.retry.RetryPolicy):  # type: ignore[misc]
     """The SDK retry policy of a store's clients: resend a change only if it was refused.
 
     ``policy`` (the SDK's default if ``None``) decides, except that a change is resent only
@@ -182,11 +176,12 @@ class WritesResentOnlyIfRefused(_RetryPolicy):  # type: ignore[misc, valid-type]
     def __init__(self, policy: Any = None) -> None:
         if isinstance(policy, WritesResentOnlyIfRefused):
             policy = policy.inner
-        self.inner: Any = policy if policy is not None else _DefaultRetryPolicy()
+        self.inner: Any = policy if policy is not None else ts.retry.DefaultRetryPolicy()
 
     def should_retry(self, retry_times: int, exception: Any, api_name: str) -> bool:
-        if not _RetryUtil.is_repeatable_api(api_name) and not (
-            _RetryUtil.should_retry_no_matter_which_api(exception)
+        util = ts.retry.RetryUtil
+        if not util.is_repeatable_api(api_name) and not util.should_retry_no_matter_which_api(
+            exception
         ):
             return False
         return bool(self.inner.should_retry(retry_times, exception, api_name))
@@ -195,41 +190,15 @@ class WritesResentOnlyIfRefused(_RetryPolicy):  # type: ignore[misc, valid-type]
         return float(self.inner.get_retry_delay(retry_times, exception, api_name))
 
 
-def _not_sent_errors() -> tuple[type[BaseException], ...]:
-    import aiohttp
-    import urllib3.exceptions
-
-    return (
-        urllib3.exceptions.NewConnectionError,
-        urllib3.exceptions.ConnectTimeoutError,
-        aiohttp.ClientConnectorError,
-        ConnectionRefusedError,
-    )
+_NOT_SENT_ERRORS = (
+    urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+    aiohttp.ClientConnectorError, ConnectionRefusedError,
+)  # fmt: skip
 
 
-_NOT_SENT_ERRORS = _not_sent_errors()
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """Whether the transport failed before the request left (nothing can have applied)."""
-    reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the last failure
-    return isinstance(exc, _NOT_SENT_ERRORS) or isinstance(reason, _NOT_SENT_ERRORS)
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    import aiohttp
-    import urllib3.exceptions
-
-    return (
-        urllib3.exceptions.HTTPError,
-        aiohttp.ClientError,
-        asyncio.TimeoutError,
-        TimeoutError,
-        OSError,
-    )
-
-
-_NETWORK_ERRORS = _network_errors()
+_NETWORK_ERRORS = (
+    urllib3.exceptions.HTTPError, aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError,
+)  # fmt: skip
 
 
 def translate(exc: BaseException, where: str, table: str) -> ChatStoreError | None:
@@ -264,12 +233,10 @@ def translate(exc: BaseException, where: str, table: str) -> ChatStoreError | No
         if status >= 500:
             return BackendUnavailableError(f"Tablestore at {where} is unavailable ({exc})")
         return ChatStoreError(f"Tablestore client error talking to {where}: {exc}")
-    if isinstance(exc, _NETWORK_ERRORS) and _never_sent(exc):
-        return NotSentError(
-            f"cannot connect to Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"
-        )
-    if isinstance(exc, _NETWORK_ERRORS):
-        return BackendUnavailableError(
-            f"cannot reach Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"
-        )
-    return None
+    if not isinstance(exc, _NETWORK_ERRORS):
+        return None
+    failed = f"Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"
+    reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the last failure
+    if isinstance(exc, _NOT_SENT_ERRORS) or isinstance(reason, _NOT_SENT_ERRORS):
+        return NotSentError(f"cannot connect to {failed}")  # never sent: nothing applied
+    return BackendUnavailableError(f"cannot reach {failed}")

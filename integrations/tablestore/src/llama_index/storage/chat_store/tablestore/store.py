@@ -7,7 +7,7 @@ import inspect
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_serializer
@@ -53,7 +53,6 @@ DEFAULT_TABLE_NAME = "llama_index_chat_store_v1"
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 """Tablestore's limit for one attribute value (a message in our layout)."""
 
-R = TypeVar("R")
 Layout = Literal["auto", "native", "llama_index"]
 _RETRY_OPTIONS = {"retries": int, "retry_backoff": float, "retry_deadline": float}
 _URL_OPTIONS = {"access_key_id", "access_key_secret", "sts_token", "layout", "scheme",
