@@ -33,13 +33,12 @@ from llama_index.storage.chat_store.tablestore._native import (
     PAGE_ROWS,
     Meta,
     Tables,
-    _columns,
     _intact,
     _meta_row,
     _parse_meta,
 )
 from llama_index.storage.chat_store.tablestore._native_writes import _commit
-from llama_index.storage.chat_store.tablestore._sdk import Call, ts
+from llama_index.storage.chat_store.tablestore._sdk import cells, get_range, ts
 
 __all__ = ["CatalogPlans", "conversation", "page", "set_metadata"]
 
@@ -116,10 +115,7 @@ def page(t: Tables, prefix: str, after: str | None, limit: int) -> Plan[Conversa
     at_after = start == after  # the range starts at ``after`` itself: one more row to read
     for request in itertools.count(1):  # next_pk moves on with every request
         wanted = min(PAGE_ROWS, limit + 1 - len(listed) + at_after)
-        _, next_pk, rows, _ = yield Call(
-            "get_range", (t.meta, ts.Direction.FORWARD, next_pk, high),
-            {"columns_to_get": _COLUMNS, "limit": wanted, "max_version": 1},
-        )  # fmt: skip
+        _, next_pk, rows, _ = yield get_range(t.meta, next_pk, high, _COLUMNS, wanted)
         for row in rows:
             key = row.primary_key[0][1]
             if key == after:
@@ -141,7 +137,7 @@ def _listed(t: Tables, key: str, row: Any) -> ConversationInfo | None:
     meta = _intact(_parse_meta(t, key, row))
     if meta is None or meta.size == 0:
         return None
-    return entry.info(t.meta, key, meta.size, _columns(row))
+    return entry.info(t.meta, key, meta.size, cells(row))
 
 
 class CatalogPlans:

@@ -61,7 +61,6 @@ see core's :func:`removal_error`. ``set_all`` replaces a damaged conversation si
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Union
@@ -76,29 +75,28 @@ from llama_index.storage.chat_store.core.backend import ConflictError, Plan, cor
 from llama_index.storage.chat_store.core.cache import LruCache
 from llama_index.storage.chat_store.core.meta import Race, RetryAtOnceError, span
 from llama_index.storage.chat_store.tablestore import _record as record
-from llama_index.storage.chat_store.tablestore._sdk import Call, ts
+from llama_index.storage.chat_store.tablestore._sdk import (
+    Call,
+    cells,
+    get_range,
+    get_row,
+    key_page,
+    ts,
+)
 
 __all__ = [
-    "CACHED_CONVERSATIONS",
-    "MESSAGE_PRIMARY_KEY",
-    "META_PRIMARY_KEY",
-    "Tables",
-    "count",
-    "get",
+    "CACHED_CONVERSATIONS", "MESSAGE_PRIMARY_KEY", "META_PRIMARY_KEY", "Tables", "count", "get",
     "keys_page",
-]
+]  # fmt: skip
 
 MESSAGE_PRIMARY_KEY = [("session_id", "STRING"), ("gen", "INTEGER"), ("seq", "INTEGER")]
 META_PRIMARY_KEY = [("session_id", "STRING")]
 _META_COLUMNS = ["gen", "head", "tail", "ver"]
-BATCH_ROWS = 200
-"""BatchWriteRow takes at most 200 rows."""
-BATCH_BYTES = 3 * 1024 * 1024
-"""BatchWriteRow takes at most 4 MB; keep a margin for keys and names."""
 PAGE_ROWS = 1000
 _READ_RACE = Race(attempts=30)
 """How a read retries while writers keep changing the conversation under it."""
-_STUCK_LOOKS = 3
+_HELD = ["message", "c", "w"]
+"""The columns a removal reads of a row: its message, version and writer."""
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta rows a store remembers."""
 BATCH_GET_ROWS = 100
@@ -187,16 +185,8 @@ class _Held:
     writer: str | None
 
 
-def _new_gen() -> int:
-    return random.getrandbits(62) + 1
-
-
 def _pk(key: str, gen: Any, seq: Any) -> list[tuple[str, Any]]:
     return [("session_id", key), ("gen", gen), ("seq", seq)]
-
-
-def _columns(row: Any) -> dict[str, Any]:
-    return {column[0]: column[1] for column in row.attribute_columns or ()}
 
 
 def _if_still(old: Meta | _Damaged) -> Any:
@@ -217,13 +207,6 @@ def _if_still(old: Meta | _Damaged) -> Any:
     return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, every)
 
 
-def _if_writer(writer: str) -> Any:
-    return ts.Condition(
-        ts.RowExistenceExpectation.IGNORE,
-        ts.SingleColumnCondition("w", writer, ts.ComparatorType.EQUAL, pass_if_missing=False),
-    )
-
-
 # -- reads ---------------------------------------------------------------------------------
 
 
@@ -231,12 +214,10 @@ def _meta_row(
     t: Tables, key: str, columns: list[str] = _META_COLUMNS
 ) -> Plan[tuple[Meta | _Damaged | None, dict[str, Any]]]:
     """Read ``columns`` of the meta row: parsed (and remembered), and as read."""
-    _, row, _ = yield Call(
-        "get_row", (t.meta, [("session_id", key)]), {"columns_to_get": columns, "max_version": 1}
-    )
+    _, row, _ = yield get_row(t.meta, key, columns)
     meta = _parse_meta(t, key, row)
     t.learn(key, meta)
-    return meta, _columns(row) if row is not None else {}
+    return meta, cells(row)
 
 
 def _read_meta_any(t: Tables, key: str) -> Plan[Meta | _Damaged | None]:
@@ -256,28 +237,49 @@ def _intact(meta: Meta | _Damaged | None) -> Meta | None:
     return meta
 
 
-def _learn_meta(t: Tables, key: str, meta_item: Any, items: tuple[Any, ...]) -> Meta | None:
-    """Return the meta row of a batch read (and cache it), once every item of it was read.
+def _with_meta(
+    t: Tables, key: str, gen: int, seqs: range, columns: list[str], meta_first: bool
+) -> Plan[tuple[Meta | None, dict[int, Any]]]:
+    """Read rows ``seqs`` of generation ``gen`` and the meta row in one BatchGetRow.
+
+    The meta row is listed first or last (its callers say why). Returns it (remembered) and
+    the rows found, by seq.
 
     Raises:
-        ChatStoreError: Tablestore could not read one of ``items``.
+        ChatStoreError: Tablestore could not read one of the rows.
         CorruptDataError: The meta row is damaged (the cache forgets the key).
     """
-    for item in items:
+    pks = [_pk(key, gen, seq) for seq in seqs]
+    rows_read = ts.TableInBatchGetRowItem(t.messages, pks, columns, max_version=1)
+    meta_read = ts.TableInBatchGetRowItem(
+        t.meta, [[("session_id", key)]], _META_COLUMNS, max_version=1
+    )
+    request = ts.BatchGetRowRequest()
+    for table in (meta_read, rows_read) if meta_first else (rows_read, meta_read):
+        request.add(table)
+    response = yield Call("batch_get_row", (request,))
+    row_items = response.get_result_by_table(t.messages)
+    [meta_item] = response.get_result_by_table(t.meta)
+    for item in [meta_item, *row_items] if meta_first else [*row_items, meta_item]:
         if not item.is_ok:
             raise ChatStoreError(
                 f"Tablestore could not read conversation {key!r} from table "
                 f"{item.table_name!r} ({item.error_code}: {item.error_message})"
             )
-    meta = _parse_meta(t, key, meta_item.row)
-    t.learn(key, meta)
-    return _intact(meta)
+    parsed = _parse_meta(t, key, meta_item.row)
+    t.learn(key, parsed)
+    found = {
+        seq: item.row
+        for seq, item in zip(seqs, row_items, strict=True)
+        if item.row is not None and item.row.attribute_columns
+    }
+    return _intact(parsed), found
 
 
 def _parse_meta(t: Tables, key: str, row: Any) -> Meta | _Damaged | None:
     if row is None or not row.attribute_columns:
         return None
-    values = _columns(row)
+    values = cells(row)
     fields = [values.get(name) for name in _META_COLUMNS]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in fields):
         problem = "is unreadable"
@@ -297,10 +299,8 @@ def _scan(t: Tables, key: str, gen: int, start: int, stop: int, columns: list[st
     found: list[Any] = []
     next_pk: Any = _pk(key, gen, start)
     while next_pk and len(found) < stop - start:
-        _, next_pk, rows, _ = yield Call(
-            "get_range", (t.messages, ts.Direction.FORWARD, next_pk, _pk(key, gen, stop)),
-            {"columns_to_get": columns, "limit": stop - start - len(found), "max_version": 1},
-        )  # fmt: skip
+        high, limit = _pk(key, gen, stop), stop - start - len(found)
+        _, next_pk, rows, _ = yield get_range(t.messages, next_pk, high, columns, limit)
         found.extend(rows)
     return found
 
@@ -381,23 +381,8 @@ def _window_then_meta(
     if stop - start >= BATCH_GET_ROWS:
         window = yield from _read_window(t, key, before, start, stop)
         return (yield from _read_meta(t, key)), window
-    request = ts.BatchGetRowRequest()
-    request.add(ts.TableInBatchGetRowItem(
-        t.messages, [_pk(key, before.gen, seq) for seq in range(start, stop)],
-        ["message", "c"], max_version=1,
-    ))  # fmt: skip
-    request.add(ts.TableInBatchGetRowItem(
-        t.meta, [[("session_id", key)]], _META_COLUMNS, max_version=1
-    ))  # fmt: skip
-    response = yield Call("batch_get_row", (request,))
-    row_items = response.get_result_by_table(t.messages)
-    [meta_item] = response.get_result_by_table(t.meta)
-    meta = _learn_meta(t, key, meta_item, (*row_items, meta_item))
-    rows = {
-        seq: item.row
-        for seq, item in zip(range(start, stop), row_items, strict=True)
-        if item.row is not None and item.row.attribute_columns
-    }
+    seqs = range(start, stop)
+    meta, rows = yield from _with_meta(t, key, before.gen, seqs, ["message", "c"], False)
     return meta, _in_order(t, key, before, start, stop, rows)
 
 
@@ -429,14 +414,14 @@ def _removal_window(t: Tables, key: str, meta: Meta, start: int, stop: int) -> P
     commit fails and the removal starts over; if it commits, the meta row did not move
     since it was read, and the row is really missing (damage, not a race).
     """
-    scanned = yield from _scan(t, key, meta.gen, start, stop, ["message", "c", "w"])
+    scanned = yield from _scan(t, key, meta.gen, start, stop, _HELD)
     rows = {row.primary_key[2][1]: row for row in scanned}
     return [_held(meta, seq, rows.get(seq)) for seq in range(start, stop)]
 
 
 def _held(meta: Meta, seq: int, row: Any) -> _Held:
     """Row ``seq`` of a removal's window as read (``row``: ``None`` when missing)."""
-    values = _columns(row) if row is not None else {}
+    values = cells(row)
     version = values.get("c", 0)
     if row is None or not isinstance(version, int) or version > meta.ver:
         return _Held(seq, None, None)
@@ -463,7 +448,7 @@ def _decode(
 
 def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
     """Decode a message row read under ``meta``; ``None`` if a later write put it there."""
-    values = _columns(row)
+    values = cells(row)
     seq = row.primary_key[2][1]
     version = values.get("c", 0)
     if not isinstance(version, int) or version > meta.ver:
@@ -482,25 +467,9 @@ def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Plan[tuple[Meta | Non
     that commit, so the row (read in between) is the one that meta names, even though the
     batch is not a snapshot (a missing row then is missing, not a race).
     """
-    request = ts.BatchGetRowRequest()
-    request.add(ts.TableInBatchGetRowItem(
-        t.meta, [[("session_id", key)]], _META_COLUMNS, max_version=1
-    ))  # fmt: skip
-    request.add(ts.TableInBatchGetRowItem(
-        t.messages, [_pk(key, seen.gen, seen.tail - 1)], ["message", "c", "w"], max_version=1
-    ))  # fmt: skip
-    response = yield Call("batch_get_row", (request,))
-    [meta_item] = response.get_result_by_table(t.meta)
-    [row_item] = response.get_result_by_table(t.messages)
-    meta = _learn_meta(t, key, meta_item, (meta_item, row_item))
-    if meta != seen:
-        return meta, None
-    row = row_item.row if row_item.row is not None and row_item.row.attribute_columns else None
-    return meta, _held(meta, seen.tail - 1, row)
-
-
-def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:
-    return [message_from_json(r.json, key=key, position=r.seq - meta.head) for r in rows]
+    last = seen.tail - 1
+    meta, rows = yield from _with_meta(t, key, seen.gen, range(last, seen.tail), _HELD, True)
+    return meta, _held(meta, last, rows.get(last)) if meta == seen else None
 
 
 def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
@@ -534,7 +503,7 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
                 raise _missing(t, key, rows.seq - meta.head)
             if isinstance(rows, CorruptDataError):
                 raise rows
-            return _parse(key, meta, rows)
+            return [message_from_json(r.json, key=key, position=r.seq - meta.head) for r in rows]
         # Changed while being read: let the writer finish (at once after a remembered row).
         lost = ConflictError if fresh else RetryAtOnceError
         known, fresh = meta, True
@@ -551,14 +520,6 @@ def count(t: Tables, key: str) -> Plan[int]:
 
 def keys_page(t: Tables, start: Any) -> Plan[tuple[list[str], Any]]:
     """Return one page of keys from the meta table and where the next page starts."""
-    first = start or [("session_id", ts.INF_MIN)]
-    _, next_pk, rows, _ = yield Call(
-        "get_range", (t.meta, ts.Direction.FORWARD, first, [("session_id", ts.INF_MAX)]),
-        {"columns_to_get": ["head", "tail"], "limit": PAGE_ROWS, "max_version": 1},
-    )  # fmt: skip
-    keys = []
-    for row in rows:
-        values = _columns(row)
-        if values.get("tail", 0) != values.get("head", 0):
-            keys.append(row.primary_key[0][1])
-    return keys, next_pk
+    _, next_pk, rows, _ = yield key_page(t.meta, start, ["head", "tail"], PAGE_ROWS)
+    counts = [(row.primary_key[0][1], cells(row)) for row in rows]
+    return [key for key, c in counts if c.get("tail", 0) != c.get("head", 0)], next_pk

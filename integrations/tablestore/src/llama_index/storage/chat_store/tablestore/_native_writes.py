@@ -7,6 +7,7 @@ reader never sees a half-made change.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,21 +21,15 @@ from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._entry import stamp
 from llama_index.storage.chat_store.tablestore._native import (
     _META_COLUMNS,
-    _STUCK_LOOKS,
-    BATCH_BYTES,
-    BATCH_ROWS,
     MESSAGE_PRIMARY_KEY,
     META_PRIMARY_KEY,
     Meta,
     Tables,
-    _columns,
     _Damaged,
     _decode,
     _Held,
     _if_still,
-    _if_writer,
     _meta_and_last_row,
-    _new_gen,
     _pk,
     _read_meta,
     _read_meta_any,
@@ -43,22 +38,30 @@ from llama_index.storage.chat_store.tablestore._native import (
     _unless_moved,
     _unreadable,
 )
-from llama_index.storage.chat_store.tablestore._record import Outcome as _Outcome
-from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, Call, ts
+from llama_index.storage.chat_store.tablestore._sdk import (
+    CONDITION_FAILED,
+    Call,
+    cells,
+    get_range,
+    ts,
+)
 
 __all__ = [
-    "add",
-    "clear",
-    "delete_all",
-    "delete_at",
-    "delete_oldest",
-    "insert",
-    "pop_last",
-    "set_all",
-]
+    "add", "clear", "delete_all", "delete_at", "delete_oldest", "insert", "pop_last", "set_all",
+]  # fmt: skip
+
+BATCH_ROWS = 200
+"""BatchWriteRow takes at most 200 rows."""
+BATCH_BYTES = 3 * 1024 * 1024
+"""BatchWriteRow takes at most 4 MB; keep a margin for keys and names."""
+_STUCK_LOOKS = 3
 
 
 # -- writes --------------------------------------------------------------------------------
+
+
+def _new_gen() -> int:
+    return random.getrandbits(62) + 1
 
 
 def _chunks(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
@@ -95,38 +98,35 @@ def _batch(table: str, items: list[Any]) -> Plan[list[Any]]:
 
 def _put_rows(
     t: Tables, key: str, gen: int, first: int, jsons: Sequence[str], writer: str, ver: int
-) -> Plan[bool]:
-    """Put message rows at ``first...`` where none exist; False if a slot was taken."""
+) -> Plan[None]:
+    """Put message rows at ``first...`` where none exist.
+
+    Raises:
+        ConflictError: A slot was taken (rows of a batch may have been put all the same).
+    """
     rows = [
         ts.Row(_pk(key, gen, first + i), [("message", text), ("w", writer), ("c", ver)])
         for i, text in enumerate(jsons)
     ]
     absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
     if len(rows) == 1:
-        try:
-            yield Call("put_row", (t.messages, rows[0], absent))
-        except ConflictError:
-            return False
-        return True
+        yield Call("put_row", (t.messages, rows[0], absent))
+        return
     items = [ts.PutRowItem(row, absent) for row in rows]
     for chunk in _chunks(items, [len(text.encode("utf-8")) for text in jsons]):
-        results = yield from _batch(t.messages, chunk)
-        if not all(item.is_ok for item in results):
-            return False
-    return True
+        if not all(item.is_ok for item in (yield from _batch(t.messages, chunk))):
+            raise ConflictError(f"a slot of conversation {key!r} was taken")
 
 
 def _delete_rows(
     t: Tables, key: str, gen: int, rows: Sequence[tuple[int, str | None]]
 ) -> Plan[None]:
     """Delete rows by seq, each only if still written by the given writer (None: any)."""
-    items = [
-        ts.DeleteRowItem(
-            ts.Row(_pk(key, gen, seq)),
-            _if_writer(writer) if writer else ts.Condition(ts.RowExistenceExpectation.IGNORE),
-        )
-        for seq, writer in rows
-    ]
+    items = []
+    for seq, writer in rows:
+        same = ts.SingleColumnCondition("w", writer, ts.ComparatorType.EQUAL, pass_if_missing=False)
+        condition = ts.Condition(ts.RowExistenceExpectation.IGNORE, same if writer else None)
+        items.append(ts.DeleteRowItem(ts.Row(_pk(key, gen, seq)), condition))
     for chunk in _chunks(items, [0] * len(items)):
         yield from _batch(t.messages, chunk)
 
@@ -137,10 +137,7 @@ def _delete_range(table: str, low: Any, high: Any, column: str) -> Plan[None]:
     Reads one primary key ``column`` only.
     """
     while True:
-        _, _, rows, _ = yield Call(
-            "get_range", (table, ts.Direction.FORWARD, low, high),
-            {"columns_to_get": [column], "limit": BATCH_ROWS, "max_version": 1},
-        )  # fmt: skip
+        _, _, rows, _ = yield get_range(table, low, high, [column], BATCH_ROWS)
         if not rows:
             return
         ignore = ts.Condition(ts.RowExistenceExpectation.IGNORE)
@@ -221,17 +218,19 @@ class _Writer:
         """
         writer = uuid.uuid4().hex
         own = [(first + i, writer) for i in range(len(jsons))]
-        if (yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)):
-            try:
-                return (yield from _commit(self.t, self.key, meta, new, self.change))
-            except ConflictError:
+        try:
+            yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)
+        except ConflictError:
+            if len(jsons) > 1:  # some rows of the batch may have been put
                 yield from _delete_rows(self.t, self.key, base.gen, own)
-                raise
-        if len(jsons) > 1:  # some rows of the batch may have been put
+            if meta is not None:
+                yield from self._unblock(meta, first, len(jsons))
+            raise
+        try:
+            yield from _commit(self.t, self.key, meta, new, self.change)
+        except ConflictError:
             yield from _delete_rows(self.t, self.key, base.gen, own)
-        if meta is not None:
-            yield from self._unblock(meta, first, len(jsons))
-        raise ConflictError(f"a slot of conversation {self.key!r} was taken")
+            raise
 
     def _unblock(self, meta: Meta, first: int, n: int) -> Plan[None]:
         spot = (meta.ver, first)
@@ -244,13 +243,9 @@ class _Writer:
             yield from _commit(self.t, self.key, meta, replace(meta, ver=meta.ver + 1))
         except ConflictError:
             return
-        _, _, rows, _ = yield Call(
-            "get_range",
-            (self.t.messages, ts.Direction.FORWARD, _pk(self.key, meta.gen, first),
-             _pk(self.key, meta.gen, first + n)),
-            {"columns_to_get": ["w"], "max_version": 1},
-        )  # fmt: skip
-        blocking = [(row.primary_key[2][1], str(_columns(row).get("w", ""))) for row in rows]
+        low, high = _pk(self.key, meta.gen, first), _pk(self.key, meta.gen, first + n)
+        _, _, rows, _ = yield get_range(self.t.messages, low, high, ["w"])
+        blocking = [(row.primary_key[2][1], str(cells(row).get("w", ""))) for row in rows]
         yield from _delete_rows(self.t, self.key, meta.gen, blocking)
 
 
@@ -304,8 +299,7 @@ def _rewrite_once(
     ver = meta.ver + 1 if isinstance(meta, Meta) else 1
     new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=ver)
     try:
-        if not (yield from _put_rows(t, key, new.gen, 0, jsons, uuid.uuid4().hex, new.ver)):
-            raise ConflictError(f"a slot of conversation {key!r} was taken")
+        yield from _put_rows(t, key, new.gen, 0, jsons, uuid.uuid4().hex, new.ver)
         yield from _commit(t, key, meta, new, change, removed)
     except ConflictError:
         if jsons:
@@ -355,7 +349,7 @@ def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[Non
 
 def _pop_once(
     t: Tables, key: str, meta: Meta, held: _Held | None, change: Change
-) -> Plan[_Outcome]:
+) -> Plan[record.Outcome]:
     """Remove the last message ``meta`` names (``held``: that row, when already read)."""
     if held is None:
         [held] = yield from _removal_window(t, key, meta, meta.tail - 1, meta.tail)
@@ -367,7 +361,9 @@ def _pop_once(
     return messages, error
 
 
-def _oldest_once(t: Tables, key: str, meta: Meta, take: int, change: Change) -> Plan[_Outcome]:
+def _oldest_once(
+    t: Tables, key: str, meta: Meta, take: int, change: Change
+) -> Plan[record.Outcome]:
     """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
     rows = yield from _removal_window(t, key, meta, meta.head, meta.head + take)
     messages, error = _decode(t, key, meta, rows)
@@ -382,7 +378,9 @@ def _oldest_once(t: Tables, key: str, meta: Meta, take: int, change: Change) -> 
     return messages, error
 
 
-def _inside_once(t: Tables, key: str, meta: Meta, position: int, change: Change) -> Plan[_Outcome]:
+def _inside_once(
+    t: Tables, key: str, meta: Meta, position: int, change: Change
+) -> Plan[record.Outcome]:
     """Remove the message at ``position`` (not at either end): a generation rewrite.
 
     The other messages are copied as stored (text that is not a message included); a
@@ -409,7 +407,7 @@ def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
     """
     seen = t.seen.get(key)
 
-    def attempt() -> Plan[_Outcome | None]:
+    def attempt() -> Plan[record.Outcome | None]:
         nonlocal seen
         row: _Held | None = None
         if seen is not None:
@@ -436,7 +434,7 @@ def delete_oldest(
         CorruptDataError: One of them could not be read; they are removed all the same.
     """
 
-    def attempt() -> Plan[_Outcome | None]:
+    def attempt() -> Plan[record.Outcome | None]:
         meta = yield from _read_meta(t, key)
         if meta is None or n <= 0 or meta.size == 0:
             return None
@@ -465,7 +463,7 @@ def delete_at(t: Tables, key: str, idx: int, change: Change) -> Plan[ChatMessage
             text and the message is neither first nor last: the rewrite could not keep it.)
     """
 
-    def attempt() -> Plan[_Outcome | None]:
+    def attempt() -> Plan[record.Outcome | None]:
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx + size if idx < 0 else idx
@@ -492,18 +490,17 @@ def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | 
             conversation is removed all the same.
     """
 
-    def attempt() -> Plan[_Outcome | None]:
+    def attempt() -> Plan[record.Outcome | None]:
         meta = yield from _read_meta_any(t, key)
         if meta is None or (isinstance(meta, Meta) and meta.size == 0):
             return None
-        messages: list[ChatMessage] = []
-        rows: list[_Held] = []
-        error = meta.problem if isinstance(meta, _Damaged) else None
-        if isinstance(meta, Meta):
-            rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
-            messages, error = _decode(t, key, meta, rows)
+        if isinstance(meta, _Damaged):
+            yield from _rewrite_once(t, key, meta, [], change, [])
+            return [], meta.problem
+        rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
+        removing = _decode(t, key, meta, rows)
         yield from _rewrite_once(t, key, meta, [], change, [r.value for r in rows])
-        return messages, error
+        return removing
 
     return (yield from record.until_done(t.meta, key, change, attempt)) or None
 

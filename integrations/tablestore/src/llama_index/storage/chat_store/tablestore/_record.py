@@ -23,7 +23,7 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.core.backend import Change, Plan, removal_error
 from llama_index.storage.chat_store.core.meta import Race
-from llama_index.storage.chat_store.tablestore._sdk import Call
+from llama_index.storage.chat_store.tablestore._sdk import get_row
 
 __all__ = [
     "COLUMNS", "RACE", "REPLY_BYTES", "SLOTS", "STORAGE", "Outcome", "Replay", "column",
@@ -119,9 +119,7 @@ def replayed(table: str, key: str, change: Change) -> Plan[Replay | None]:
     if not change.check:
         return None
     change.check = False
-    _, row, _ = yield Call(
-        "get_row", (table, [("session_id", key)]), {"columns_to_get": COLUMNS, "max_version": 1}
-    )
+    _, row, _ = yield get_row(table, key, COLUMNS)
     for _, value, *_ in row.attribute_columns or () if row else ():
         found, newline, reply = value.partition("\n") if isinstance(value, str) else ("", "", "")
         if found == change.id:

@@ -1,4 +1,4 @@
-"""The ``tablestore`` SDK, imported quietly, and its errors in our hierarchy.
+"""The ``tablestore`` SDK imported quietly, the reads our plans make, our errors for its own.
 
 ``import tablestore`` logs two WARNING lines on Python < 3.12 (its C++ codec is built for
 3.12 only) and emits ImportWarnings; users of this package should not see that. Only those
@@ -27,15 +27,10 @@ from llama_index.storage.chat_store.core import (
 )
 
 __all__ = [
-    "CONDITION_FAILED",
-    "SDK_LOGGER",
-    "Call",
-    "WritesResentOnlyIfRefused",
-    "format_traces_only_when_enabled",
-    "redact_logger",
-    "translate",
-    "ts",
-]
+    "CONDITION_FAILED", "SDK_LOGGER", "Call", "WritesResentOnlyIfRefused", "cells",
+    "format_traces_only_when_enabled", "get_range", "get_row", "key_page", "redact_logger",
+    "translate", "ts",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,6 +44,34 @@ class Call:
     method: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def cells(row: Any) -> dict[str, Any]:
+    """A row's attribute columns by name (none for a missing row)."""
+    return {c[0]: c[1] for c in (row.attribute_columns or () if row is not None else ())}
+
+
+def get_row(table: str, key: str, columns: list[str]) -> Call:
+    """The GetRow of ``columns`` of ``key``'s row in a table keyed by ``session_id``."""
+    return Call(
+        "get_row", (table, [("session_id", key)]), {"columns_to_get": columns, "max_version": 1}
+    )
+
+
+def get_range(
+    table: str, low: Any, high: Any, columns: list[str], limit: int | None = None
+) -> Call:
+    """The GetRange of ``columns`` of (at most ``limit``) rows from key ``low`` to ``high``."""
+    return Call(
+        "get_range", (table, ts.Direction.FORWARD, low, high),
+        {"columns_to_get": columns, "limit": limit, "max_version": 1},
+    )  # fmt: skip
+
+
+def key_page(table: str, start: Any, columns: list[str], limit: int) -> Call:
+    """The GetRange of a page of a table keyed by ``session_id``, from ``start`` (or the first)."""
+    low, high = start or [("session_id", ts.INF_MIN)], [("session_id", ts.INF_MAX)]
+    return get_range(table, low, high, columns, limit)
 
 
 class _DropCodecNotices(logging.Filter):
@@ -180,11 +203,9 @@ class WritesResentOnlyIfRefused(ts.retry.RetryPolicy):  # type: ignore[misc]
 
     def should_retry(self, retry_times: int, exception: Any, api_name: str) -> bool:
         util = ts.retry.RetryUtil
-        if not util.is_repeatable_api(api_name) and not util.should_retry_no_matter_which_api(
-            exception
-        ):
-            return False
-        return bool(self.inner.should_retry(retry_times, exception, api_name))
+        if util.is_repeatable_api(api_name) or util.should_retry_no_matter_which_api(exception):
+            return bool(self.inner.should_retry(retry_times, exception, api_name))
+        return False
 
     def get_retry_delay(self, retry_times: int, exception: Any, api_name: str) -> float:
         return float(self.inner.get_retry_delay(retry_times, exception, api_name))
