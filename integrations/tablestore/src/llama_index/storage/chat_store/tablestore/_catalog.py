@@ -25,7 +25,7 @@ from llama_index.storage.chat_store.core.catalog import (
     ConversationPage,
     merged_metadata,
 )
-from llama_index.storage.chat_store.core.meta import backoff, prefix_end
+from llama_index.storage.chat_store.core.meta import prefix_end
 from llama_index.storage.chat_store.tablestore import _entry as entry
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._native import (
@@ -33,12 +33,12 @@ from llama_index.storage.chat_store.tablestore._native import (
     PAGE_ROWS,
     Meta,
     Tables,
-    _columns,
-    _Damaged,
+    _intact,
+    _meta_row,
     _parse_meta,
 )
-from llama_index.storage.chat_store.tablestore._native_writes import _commit, _gave_up
-from llama_index.storage.chat_store.tablestore._sdk import Call, ts
+from llama_index.storage.chat_store.tablestore._native_writes import _commit
+from llama_index.storage.chat_store.tablestore._sdk import cells, get_range, ts
 
 __all__ = ["CatalogPlans", "conversation", "page", "set_metadata"]
 
@@ -49,15 +49,8 @@ _PAGE_REQUESTS = 8
 
 def _read(t: Tables, key: str) -> Plan[tuple[Meta | None, dict[str, Any]]]:
     """Read the meta row with its entry; raise :class:`CorruptDataError` if it is damaged."""
-    _, row, _ = yield Call(
-        "get_row", (t.meta, [("session_id", key)]), {"columns_to_get": _COLUMNS, "max_version": 1}
-    )
-    meta = _parse_meta(t, key, row)
-    if isinstance(meta, _Damaged):
-        t.learn(key, None)
-        raise meta.problem
-    t.learn(key, meta)
-    return meta, _columns(row) if row is not None else {}
+    meta, values = yield from _meta_row(t, key, _COLUMNS)
+    return _intact(meta), values
 
 
 def conversation(t: Tables, key: str) -> Plan[ConversationInfo | None]:
@@ -84,7 +77,8 @@ def set_metadata(
         CorruptDataError: Its meta row or entry is damaged.
     """
     where = f"table {t.meta!r}"
-    for attempt in range(record.ATTEMPTS):
+
+    def attempt() -> Plan[ConversationInfo | None]:
         if (yield from record.replayed(t.meta, key, change)) is not None:
             return (yield from conversation(t, key))  # applied by an attempt whose reply was lost
         meta, values = yield from _read(t, key)
@@ -94,10 +88,10 @@ def set_metadata(
         merged = old.with_metadata(merged_metadata(old.encoded(where, key), changes))
         new = replace(meta, ver=meta.ver + 1)
         columns = {entry.METADATA: merged.metadata, entry.UPDATED: merged.updated}
-        if (yield from _commit(t, key, meta, new, change, entry=columns)):
-            return merged.info(where, key, new.size)
-        yield backoff(attempt)
-    raise _gave_up(t, key)
+        yield from _commit(t, key, meta, new, change, entry=columns)
+        return merged.info(where, key, new.size)
+
+    return (yield from record.RACE.run(key, where, attempt))
 
 
 def page(t: Tables, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
@@ -121,10 +115,7 @@ def page(t: Tables, prefix: str, after: str | None, limit: int) -> Plan[Conversa
     at_after = start == after  # the range starts at ``after`` itself: one more row to read
     for request in itertools.count(1):  # next_pk moves on with every request
         wanted = min(PAGE_ROWS, limit + 1 - len(listed) + at_after)
-        _, next_pk, rows, _ = yield Call(
-            "get_range", (t.meta, ts.Direction.FORWARD, next_pk, high),
-            {"columns_to_get": _COLUMNS, "limit": wanted, "max_version": 1},
-        )  # fmt: skip
+        _, next_pk, rows, _ = yield get_range(t.meta, next_pk, high, _COLUMNS, wanted)
         for row in rows:
             key = row.primary_key[0][1]
             if key == after:
@@ -143,12 +134,10 @@ def page(t: Tables, prefix: str, after: str | None, limit: int) -> Plan[Conversa
 
 
 def _listed(t: Tables, key: str, row: Any) -> ConversationInfo | None:
-    meta = _parse_meta(t, key, row)
-    if isinstance(meta, _Damaged):
-        raise meta.problem
+    meta = _intact(_parse_meta(t, key, row))
     if meta is None or meta.size == 0:
         return None
-    return entry.info(t.meta, key, meta.size, _columns(row))
+    return entry.info(t.meta, key, meta.size, cells(row))
 
 
 class CatalogPlans:

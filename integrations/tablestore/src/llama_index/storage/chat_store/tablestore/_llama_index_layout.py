@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
@@ -33,6 +33,7 @@ from llama_index.storage.chat_store.core import (
     PayloadTooLargeError,
     SerializationError,
     message_from_json,
+    message_to_json,
 )
 from llama_index.storage.chat_store.core.backend import (
     Change,
@@ -42,18 +43,15 @@ from llama_index.storage.chat_store.core.backend import (
 )
 from llama_index.storage.chat_store.core.tools import is_tool_result_json
 from llama_index.storage.chat_store.tablestore import _record as record
-from llama_index.storage.chat_store.tablestore._sdk import Call, ts
+from llama_index.storage.chat_store.tablestore._sdk import Call, cells, get_row, key_page, ts
 
 __all__ = [
-    "PRIMARY_KEY", "clear", "count", "keys_page", "mutate", "read", "remove", "replace", "take",
+    "PRIMARY_KEY", "add", "clear", "count", "keys_page", "read", "remove", "replace", "take",
 ]  # fmt: skip
 
 PRIMARY_KEY = [("session_id", "STRING")]
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 _PAGE_ROWS = 1000
-
-R = TypeVar("R")
-
 
 _COUNTER = "opn"
 """How many of our changes the row has seen: the next one records in slot ``opn + 1``."""
@@ -72,22 +70,14 @@ class _Row:
 
 
 def _read_row(table: str, key: str) -> Plan[_Row]:
-    _, row, _ = yield Call(
-        "get_row", (table, [("session_id", key)]),
-        {"columns_to_get": ["history", _COUNTER], "max_version": 1},
-    )  # fmt: skip
+    _, row, _ = yield get_row(table, key, ["history", _COUNTER])
     if row is None:
         return _Row(False)
-    columns = {c[0]: c[1] for c in row.attribute_columns or ()}
+    columns = cells(row)
     changes = columns.get(_COUNTER)
     if not isinstance(changes, int) or isinstance(changes, bool):
         changes = None
     return _Row(True, columns.get("history"), changes)
-
-
-def _history(table: str, key: str) -> Plan[Any]:
-    """Return the row's ``history`` as stored (any type), or ``None`` when there is none."""
-    return (yield from _read_row(table, key)).history
 
 
 def _items(key: str, history: Any) -> list[Any]:
@@ -156,42 +146,38 @@ def _write(
     new: str | None,
     change: Change,
     removed: Sequence[Any] | None = None,
-) -> Plan[bool]:
+) -> Plan[None]:
     """Write ``new`` (``None``: no history) if the row is still ``row``, recording ``change``.
 
     An emptied conversation keeps its row, without ``history`` (LlamaIndex reads it as
     empty), for its record of changes.
+
+    Raises:
+        ConflictError: The row changed since it was read (``change`` checks its record next).
     """
     pk = [("session_id", key)]
     changes = (row.changes or 0) + 1
-    values = [(_COUNTER, changes), (record.column(changes), record.entry(change.id, removed))]
+    values: list[tuple[str, Any]] = [("history", new)] if new is not None else []
+    values += [(_COUNTER, changes), (record.column(changes), record.entry(change.id, removed))]
     try:
-        if not row.exists:
-            assert new is not None
-            put = ts.Row(pk, [("history", new), *values])
-            yield Call("put_row", (table, put, _unchanged(row)))
+        if not row.exists:  # a new row has a history: changes that leave none skip it
+            yield Call("put_row", (table, ts.Row(pk, values), _unchanged(row)))
         else:
-            update: dict[str, Any] = {"put": values}
-            if new is None:
-                update["delete_all"] = ["history"]
-            else:
-                update["put"] = [("history", new), *values]
+            update = {"put": values, "delete_all": ["history"]} if new is None else {"put": values}
             yield Call("update_row", (table, ts.Row(pk, update), _unchanged(row)))
     except ConflictError:
         change.check = True
-        return False
-    return True
+        raise
 
 
 def read(table: str, key: str) -> Plan[list[ChatMessage]]:
     """Return the conversation's messages (``[]`` when the row is missing)."""
-    history = yield from _history(table, key)
-    return _parse(key, history)
+    return _parse(key, (yield from _read_row(table, key)).history)
 
 
 def count(table: str, key: str) -> Plan[int]:
     """Return the number of messages (the array's length; no message is parsed)."""
-    history = yield from _history(table, key)
+    history = (yield from _read_row(table, key)).history
     return 0 if history is None else len(_items(key, history))
 
 
@@ -206,24 +192,22 @@ def _encode(key: str, jsons: Sequence[str]) -> str:
     return text
 
 
-def mutate(
-    table: str,
-    key: str,
-    edit: Callable[[list[ChatMessage]], list[ChatMessage]],
-    to_json: Callable[[ChatMessage], str],
-    change: Change,
-) -> Plan[None]:
-    """Apply ``edit`` (an addition) to the conversation atomically, once.
+def add(table: str, key: str, jsons: Sequence[str], idx: int | None, change: Change) -> Plan[None]:
+    """Append messages (``idx``: insert the one message there, like ``list.insert``), once.
 
-    ``edit`` gets the current messages and returns the new list. The write is
-    conditional on the row read, so a concurrent change (ours or LlamaIndex's) makes it
-    retry instead of being overwritten.
+    The messages held are written back re-serialized. The write is conditional on the row
+    read, so a concurrent change (ours or LlamaIndex's) makes it retry instead of being
+    overwritten.
     """
 
-    def attempt() -> Plan[record.Outcome]:
+    def attempt() -> Plan[None]:
         row = yield from _read_row(table, key)
-        text = _encode(key, [to_json(m) for m in edit(_parse(key, row.history))])
-        return (yield from _write(table, key, row, text, change)), [], None
+        stored = [message_to_json(m) for m in _parse(key, row.history)]
+        if idx is None:
+            stored += jsons
+        else:
+            stored.insert(idx, jsons[0])
+        yield from _write(table, key, row, _encode(key, stored), change)
 
     yield from record.until_done(table, key, change, attempt)
 
@@ -232,20 +216,19 @@ def replace(table: str, key: str, jsons: Sequence[str], change: Change) -> Plan[
     """Replace the conversation with ``jsons`` (``[]``: remove it), whatever it held."""
     text = _encode(key, jsons) if jsons else None
 
-    def attempt() -> Plan[record.Outcome | None]:
+    def attempt() -> Plan[None]:
         row = yield from _read_row(table, key)
-        if row.history == text or (not row.exists and text is None):
-            return None
-        return (yield from _write(table, key, row, text, change)), [], None
+        if row.history != text and (row.exists or text is not None):
+            yield from _write(table, key, row, text, change)
 
     yield from record.until_done(table, key, change, attempt)
 
 
-def _kept_json(key: str, position: int, item: Any, to_json: Callable[[ChatMessage], str]) -> str:
+def _kept_json(key: str, position: int, item: Any) -> str:
     """An item a removal keeps: re-serialized when it is a message, else as it was."""
     text = _item_json(item)
     try:
-        return to_json(message_from_json(text, key=key, position=position))
+        return message_to_json(message_from_json(text, key=key, position=position))
     except (CorruptDataError, SerializationError):
         return text
 
@@ -272,7 +255,8 @@ def remove(table: str, key: str, change: Change) -> Plan[list[ChatMessage] | Non
         else:
             removed = [_item_json(item) for item in items]
             messages, error = record.decode(key, enumerate(removed))
-        return (yield from _write(table, key, row, None, change, removed)), messages, error
+        yield from _write(table, key, row, None, change, removed)
+        return messages, error
 
     return (yield from record.until_done(table, key, change, attempt)) or None
 
@@ -281,12 +265,11 @@ def take(
     table: str,
     key: str,
     select: Callable[[list[Any]], Sequence[int]],
-    to_json: Callable[[ChatMessage], str],
     change: Change,
 ) -> Plan[list[ChatMessage]]:
     """Remove the messages at ``select(items)`` (the stored messages) atomically; return them.
 
-    The write is conditional on the value read (like :func:`mutate`); the messages kept
+    The write is conditional on the value read (like :func:`add`); the messages kept
     are written back as they were when they cannot be read.
 
     Raises:
@@ -302,39 +285,26 @@ def take(
         if not chosen:
             return None
         messages, error = record.decode(key, [(i, _item_json(items[i])) for i in chosen])
-        kept = [
-            _kept_json(key, i, item, to_json) for i, item in enumerate(items) if i not in chosen
-        ]
+        kept = [_kept_json(key, i, item) for i, item in enumerate(items) if i not in chosen]
         removed = [_item_json(items[i]) for i in chosen]
         new = _encode(key, kept) if kept else None
-        return (yield from _write(table, key, row, new, change, removed)), messages, error
+        yield from _write(table, key, row, new, change, removed)
+        return messages, error
 
     return (yield from record.until_done(table, key, change, attempt))
 
 
 def keys_page(table: str, start: Any) -> Plan[tuple[list[str], Any]]:
     """Return one page of non-empty conversation keys and where the next page starts."""
-    first = start or [("session_id", ts.INF_MIN)]
-    _, next_pk, rows, _ = yield Call(
-        "get_range", (table, ts.Direction.FORWARD, first, [("session_id", ts.INF_MAX)]),
-        {"columns_to_get": ["history"], "limit": _PAGE_ROWS, "max_version": 1},
-    )  # fmt: skip
-    keys = []
-    for row in rows:
-        history = next((c[1] for c in row.attribute_columns or () if c[0] == "history"), "")
-        if isinstance(history, str) and history.strip() not in ("", "[]"):
-            keys.append(row.primary_key[0][1])
-    return keys, next_pk
+    _, next_pk, rows, _ = yield key_page(table, start, ["history"], _PAGE_ROWS)
+    histories = [(row.primary_key[0][1], cells(row).get("history", "")) for row in rows]
+    return [k for k, h in histories if isinstance(h, str) and h.strip() not in ("", "[]")], next_pk
 
 
 def clear(table: str) -> Plan[None]:
     """Delete every row of the table, page by page."""
-    low, high = [("session_id", ts.INF_MIN)], [("session_id", ts.INF_MAX)]
     while True:
-        _, _, rows, _ = yield Call(
-            "get_range", (table, ts.Direction.FORWARD, low, high),
-            {"columns_to_get": ["session_id"], "limit": 200, "max_version": 1},
-        )  # fmt: skip
+        _, _, rows, _ = yield key_page(table, None, ["session_id"], 200)
         if not rows:
             return
         request = ts.BatchWriteRowRequest()

@@ -61,10 +61,9 @@ see core's :func:`removal_error`. ``set_all`` replaces a damaged conversation si
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 from llama_index.storage.chat_store.core import (
     ChatMessage,
@@ -72,32 +71,32 @@ from llama_index.storage.chat_store.core import (
     CorruptDataError,
     message_from_json,
 )
-from llama_index.storage.chat_store.core.backend import Plan, corrupt_data_remedy
+from llama_index.storage.chat_store.core.backend import ConflictError, Plan, corrupt_data_remedy
 from llama_index.storage.chat_store.core.cache import LruCache
-from llama_index.storage.chat_store.core.meta import backoff, span
+from llama_index.storage.chat_store.core.meta import Race, RetryAtOnceError, span
 from llama_index.storage.chat_store.tablestore import _record as record
-from llama_index.storage.chat_store.tablestore._sdk import Call, ts
+from llama_index.storage.chat_store.tablestore._sdk import (
+    Call,
+    cells,
+    get_range,
+    get_row,
+    key_page,
+    ts,
+)
 
 __all__ = [
-    "CACHED_CONVERSATIONS",
-    "MESSAGE_PRIMARY_KEY",
-    "META_PRIMARY_KEY",
-    "Tables",
-    "count",
-    "get",
+    "CACHED_CONVERSATIONS", "MESSAGE_PRIMARY_KEY", "META_PRIMARY_KEY", "Tables", "count", "get",
     "keys_page",
-]
+]  # fmt: skip
 
 MESSAGE_PRIMARY_KEY = [("session_id", "STRING"), ("gen", "INTEGER"), ("seq", "INTEGER")]
 META_PRIMARY_KEY = [("session_id", "STRING")]
 _META_COLUMNS = ["gen", "head", "tail", "ver"]
-BATCH_ROWS = 200
-"""BatchWriteRow takes at most 200 rows."""
-BATCH_BYTES = 3 * 1024 * 1024
-"""BatchWriteRow takes at most 4 MB; keep a margin for keys and names."""
 PAGE_ROWS = 1000
-_READ_ATTEMPTS = 30
-_STUCK_LOOKS = 3
+_READ_RACE = Race(attempts=30)
+"""How a read retries while writers keep changing the conversation under it."""
+_HELD = ["message", "c", "w"]
+"""The columns a removal reads of a row: its message, version and writer."""
 CACHED_CONVERSATIONS = 4096
 """How many conversations' last-seen meta rows a store remembers."""
 BATCH_GET_ROWS = 100
@@ -156,19 +155,21 @@ class Tables:
         default_factory=lambda: LruCache(CACHED_CONVERSATIONS), compare=False, repr=False
     )
 
-    def learn(self, key: str, meta: Meta | None) -> Meta | None:
-        """Remember ``meta`` (None: no meta row) as the latest state seen of ``key``."""
-        if meta is None:
-            self.seen.discard(key)
-        else:
+    def learn(self, key: str, meta: Meta | _Damaged | None) -> None:
+        """Remember ``meta`` as the latest state seen of ``key`` (none, or damaged: forget)."""
+        if isinstance(meta, Meta):
             self.seen.put(key, meta)
-        return meta
+        else:
+            self.seen.discard(key)
 
 
 @dataclass(frozen=True)
 class _Stored:
     seq: int
     json: str
+
+
+_Window = Union[list[_Stored], _Gap, CorruptDataError]  # noqa: UP007 (a runtime alias on 3.10)
 
 
 @dataclass(frozen=True)
@@ -184,34 +185,19 @@ class _Held:
     writer: str | None
 
 
-def _new_gen() -> int:
-    return random.getrandbits(62) + 1
-
-
 def _pk(key: str, gen: Any, seq: Any) -> list[tuple[str, Any]]:
     return [("session_id", key), ("gen", gen), ("seq", seq)]
 
 
-def _columns(row: Any) -> dict[str, Any]:
-    return {column[0]: column[1] for column in row.attribute_columns or ()}
-
-
-def _if_current(meta: Meta) -> Any:
+def _if_still(old: Meta | _Damaged) -> Any:
+    """The condition that the meta row is still ``old``."""
     # Generation and version: ``ver`` starts again at 1 when a deleted conversation is
     # recreated, but under a new random generation, so an old state never matches again.
-    both = ts.CompositeColumnCondition(ts.LogicalOperator.AND)
-    for name in ("gen", "ver"):
-        both.add_sub_condition(ts.SingleColumnCondition(
-            name, getattr(meta, name), ts.ComparatorType.EQUAL, pass_if_missing=False
-        ))  # fmt: skip
-    return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, both)
-
-
-def _if_unchanged(damaged: _Damaged) -> Any:
-    # Every column as read: a damaged row repaired by someone else in between stays theirs.
+    # A damaged row, every column as read: one repaired by someone else in between stays theirs.
+    values = old.values if isinstance(old, _Damaged) else {"gen": old.gen, "ver": old.ver}
     columns = [
         ts.SingleColumnCondition(name, value, ts.ComparatorType.EQUAL, pass_if_missing=False)
-        for name, value in damaged.values.items()
+        for name, value in values.items()
     ]
     if len(columns) == 1:
         return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, columns[0])
@@ -221,60 +207,79 @@ def _if_unchanged(damaged: _Damaged) -> Any:
     return ts.Condition(ts.RowExistenceExpectation.EXPECT_EXIST, every)
 
 
-def _if_writer(writer: str) -> Any:
-    return ts.Condition(
-        ts.RowExistenceExpectation.IGNORE,
-        ts.SingleColumnCondition("w", writer, ts.ComparatorType.EQUAL, pass_if_missing=False),
-    )
-
-
 # -- reads ---------------------------------------------------------------------------------
+
+
+def _meta_row(
+    t: Tables, key: str, columns: list[str] = _META_COLUMNS
+) -> Plan[tuple[Meta | _Damaged | None, dict[str, Any]]]:
+    """Read ``columns`` of the meta row: parsed (and remembered), and as read."""
+    _, row, _ = yield get_row(t.meta, key, columns)
+    meta = _parse_meta(t, key, row)
+    t.learn(key, meta)
+    return meta, cells(row)
 
 
 def _read_meta_any(t: Tables, key: str) -> Plan[Meta | _Damaged | None]:
     """Read the meta row; a damaged one is returned, for the operations that can remove it."""
-    _, row, _ = yield Call(
-        "get_row", (t.meta, [("session_id", key)]),
-        {"columns_to_get": _META_COLUMNS, "max_version": 1},
-    )  # fmt: skip
-    meta = _parse_meta(t, key, row)
-    t.learn(key, meta if isinstance(meta, Meta) else None)
-    return meta
+    return (yield from _meta_row(t, key))[0]
 
 
 def _read_meta(t: Tables, key: str) -> Plan[Meta | None]:
     """Read the meta row; raise :class:`CorruptDataError` (naming the key) if it is damaged."""
-    meta = yield from _read_meta_any(t, key)
+    return _intact((yield from _read_meta_any(t, key)))
+
+
+def _intact(meta: Meta | _Damaged | None) -> Meta | None:
+    """Return ``meta``; raise its :class:`CorruptDataError` (naming the key) if it is damaged."""
     if isinstance(meta, _Damaged):
         raise meta.problem
     return meta
 
 
-def _learn_meta(t: Tables, key: str, meta_item: Any, items: tuple[Any, ...]) -> Meta | None:
-    """Return the meta row of a batch read (and cache it), once every item of it was read.
+def _with_meta(
+    t: Tables, key: str, gen: int, seqs: range, columns: list[str], meta_first: bool
+) -> Plan[tuple[Meta | None, dict[int, Any]]]:
+    """Read rows ``seqs`` of generation ``gen`` and the meta row in one BatchGetRow.
+
+    The meta row is listed first or last (its callers say why). Returns it (remembered) and
+    the rows found, by seq.
 
     Raises:
-        ChatStoreError: Tablestore could not read one of ``items``.
+        ChatStoreError: Tablestore could not read one of the rows.
         CorruptDataError: The meta row is damaged (the cache forgets the key).
     """
-    for item in items:
+    pks = [_pk(key, gen, seq) for seq in seqs]
+    rows_read = ts.TableInBatchGetRowItem(t.messages, pks, columns, max_version=1)
+    meta_read = ts.TableInBatchGetRowItem(
+        t.meta, [[("session_id", key)]], _META_COLUMNS, max_version=1
+    )
+    request = ts.BatchGetRowRequest()
+    for table in (meta_read, rows_read) if meta_first else (rows_read, meta_read):
+        request.add(table)
+    response = yield Call("batch_get_row", (request,))
+    row_items = response.get_result_by_table(t.messages)
+    [meta_item] = response.get_result_by_table(t.meta)
+    for item in [meta_item, *row_items] if meta_first else [*row_items, meta_item]:
         if not item.is_ok:
             raise ChatStoreError(
                 f"Tablestore could not read conversation {key!r} from table "
                 f"{item.table_name!r} ({item.error_code}: {item.error_message})"
             )
-    meta = _parse_meta(t, key, meta_item.row)
-    if isinstance(meta, _Damaged):
-        t.learn(key, None)
-        raise meta.problem
-    t.learn(key, meta)
-    return meta
+    parsed = _parse_meta(t, key, meta_item.row)
+    t.learn(key, parsed)
+    found = {
+        seq: item.row
+        for seq, item in zip(seqs, row_items, strict=True)
+        if item.row is not None and item.row.attribute_columns
+    }
+    return _intact(parsed), found
 
 
 def _parse_meta(t: Tables, key: str, row: Any) -> Meta | _Damaged | None:
     if row is None or not row.attribute_columns:
         return None
-    values = _columns(row)
+    values = cells(row)
     fields = [values.get(name) for name in _META_COLUMNS]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in fields):
         problem = "is unreadable"
@@ -294,52 +299,69 @@ def _scan(t: Tables, key: str, gen: int, start: int, stop: int, columns: list[st
     found: list[Any] = []
     next_pk: Any = _pk(key, gen, start)
     while next_pk and len(found) < stop - start:
-        _, next_pk, rows, _ = yield Call(
-            "get_range", (t.messages, ts.Direction.FORWARD, next_pk, _pk(key, gen, stop)),
-            {"columns_to_get": columns, "limit": stop - start - len(found), "max_version": 1},
-        )  # fmt: skip
+        high, limit = _pk(key, gen, stop), stop - start - len(found)
+        _, next_pk, rows, _ = yield get_range(t.messages, next_pk, high, columns, limit)
         found.extend(rows)
     return found
 
 
-def _read_window(
-    t: Tables, key: str, meta: Meta, start: int, stop: int
-) -> Plan[list[_Stored] | _Gap]:
-    """Read rows ``start <= seq < stop`` of the meta's generation, or where they stop making sense.
+def _read_window(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[_Window]:
+    """Read rows ``start <= seq < stop`` of the meta's generation (:func:`_in_order`).
 
     Writer ids are not read (the SDK decodes cells in pure Python, so every column costs).
     """
+    scanned = yield from _scan(t, key, meta.gen, start, stop, ["message", "c"])
+    return _in_order(t, key, meta, start, stop, {row.primary_key[2][1]: row for row in scanned})
+
+
+def _in_order(
+    t: Tables, key: str, meta: Meta, start: int, stop: int, rows: dict[int, Any]
+) -> _Window:
+    """Rows ``start <= seq < stop`` of ``rows`` (by seq), or where they stop making sense.
+
+    That is the first one missing or written after ``meta`` (a :class:`_Gap`), or the error
+    of the first that is not text.
+    """
     found: list[_Stored] = []
-    for row in (yield from _scan(t, key, meta.gen, start, stop, ["message", "c"])):
-        stored = _stored(t, key, meta, row)
-        if stored is None or stored.seq != start + len(found):
-            return _Gap(start + len(found))
+    for seq in range(start, stop):
+        try:
+            stored = _stored(t, key, meta, rows[seq]) if seq in rows else None
+        except CorruptDataError as exc:
+            return exc
+        if stored is None:
+            return _Gap(seq)
         found.append(stored)
-    if len(found) < stop - start:
-        return _Gap(start + len(found))
     return found
 
 
-def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[list[_Stored] | None]:
-    """Read a window named by ``meta``; ``None`` when the meta row has moved since.
+def _rows(t: Tables, key: str, meta: Meta, start: int, stop: int) -> Plan[list[_Stored]]:
+    """Read a window named by ``meta``.
 
     A row missing from the window while the meta row stays unchanged is not a race (every
     writer moves the meta row before it deletes rows in the window, and puts new rows
     outside it): the conversation is damaged, and waiting would not help.
 
     Raises:
+        ConflictError: A row is missing and the meta row has moved since ``meta``.
         CorruptDataError: A row the unchanged meta row names is missing (or newer than it).
     """
     rows = yield from _read_window(t, key, meta, start, stop)
+    if isinstance(rows, CorruptDataError):
+        raise rows
     if not isinstance(rows, _Gap):
         return rows
+    return (yield from _unless_moved(t, key, meta, _missing(t, key, rows.seq - meta.head)))
+
+
+def _unless_moved(t: Tables, key: str, meta: Meta, problem: CorruptDataError) -> Plan[NoReturn]:
+    """Raise ``problem`` if the meta row still is ``meta``, else :class:`ConflictError`.
+
+    Damage found in rows read while the conversation changed may be the change's doing:
+    the attempt reads again.
+    """
     if (yield from _read_meta(t, key)) != meta:
-        return None
-    position = rows.seq - meta.head
-    raise _missing(t, key, position)
-
-
-_Window = Union[list[_Stored], _Gap, CorruptDataError]  # noqa: UP007 (a runtime alias on 3.10)
+        raise ConflictError(f"conversation {key!r} changed while being read")
+    raise problem
 
 
 def _window_then_meta(
@@ -357,37 +379,11 @@ def _window_then_meta(
         CorruptDataError: The meta row is damaged.
     """
     if stop - start >= BATCH_GET_ROWS:
-        window: _Window
-        try:
-            window = yield from _read_window(t, key, before, start, stop)
-        except CorruptDataError as exc:
-            window = exc
+        window = yield from _read_window(t, key, before, start, stop)
         return (yield from _read_meta(t, key)), window
-    request = ts.BatchGetRowRequest()
-    request.add(ts.TableInBatchGetRowItem(
-        t.messages, [_pk(key, before.gen, seq) for seq in range(start, stop)],
-        ["message", "c"], max_version=1,
-    ))  # fmt: skip
-    request.add(ts.TableInBatchGetRowItem(
-        t.meta, [[("session_id", key)]], _META_COLUMNS, max_version=1
-    ))  # fmt: skip
-    response = yield Call("batch_get_row", (request,))
-    row_items = response.get_result_by_table(t.messages)
-    [meta_item] = response.get_result_by_table(t.meta)
-    meta = _learn_meta(t, key, meta_item, (*row_items, meta_item))
-    found: list[_Stored] = []
-    for seq, item in zip(range(start, stop), row_items, strict=True):
-        row = item.row
-        try:
-            stored = (
-                None if row is None or not row.attribute_columns else _stored(t, key, before, row)
-            )
-        except CorruptDataError as exc:
-            return meta, exc
-        if stored is None:
-            return meta, _Gap(seq)
-        found.append(stored)
-    return meta, found
+    seqs = range(start, stop)
+    meta, rows = yield from _with_meta(t, key, before.gen, seqs, ["message", "c"], False)
+    return meta, _in_order(t, key, before, start, stop, rows)
 
 
 def _missing(t: Tables, key: str, position: int) -> CorruptDataError:
@@ -418,14 +414,18 @@ def _removal_window(t: Tables, key: str, meta: Meta, start: int, stop: int) -> P
     commit fails and the removal starts over; if it commits, the meta row did not move
     since it was read, and the row is really missing (damage, not a race).
     """
-    found: dict[int, _Held] = {}
-    for row in (yield from _scan(t, key, meta.gen, start, stop, ["message", "c", "w"])):
-        values = _columns(row)
-        version = values.get("c", 0)
-        if isinstance(version, int) and version <= meta.ver:
-            seq = row.primary_key[2][1]
-            found[seq] = _Held(seq, values.get("message"), str(values.get("w", "")))
-    return [found.get(seq, _Held(seq, None, None)) for seq in range(start, stop)]
+    scanned = yield from _scan(t, key, meta.gen, start, stop, _HELD)
+    rows = {row.primary_key[2][1]: row for row in scanned}
+    return [_held(meta, seq, rows.get(seq)) for seq in range(start, stop)]
+
+
+def _held(meta: Meta, seq: int, row: Any) -> _Held:
+    """Row ``seq`` of a removal's window as read (``row``: ``None`` when missing)."""
+    values = cells(row)
+    version = values.get("c", 0)
+    if row is None or not isinstance(version, int) or version > meta.ver:
+        return _Held(seq, None, None)
+    return _Held(seq, values.get("message"), str(values.get("w", "")))
 
 
 def _unreadable(t: Tables, key: str, meta: Meta, held: _Held) -> CorruptDataError | None:
@@ -448,7 +448,7 @@ def _decode(
 
 def _stored(t: Tables, key: str, meta: Meta, row: Any) -> _Stored | None:
     """Decode a message row read under ``meta``; ``None`` if a later write put it there."""
-    values = _columns(row)
+    values = cells(row)
     seq = row.primary_key[2][1]
     version = values.get("c", 0)
     if not isinstance(version, int) or version > meta.ver:
@@ -467,31 +467,9 @@ def _meta_and_last_row(t: Tables, key: str, seen: Meta) -> Plan[tuple[Meta | Non
     that commit, so the row (read in between) is the one that meta names, even though the
     batch is not a snapshot (a missing row then is missing, not a race).
     """
-    request = ts.BatchGetRowRequest()
-    request.add(ts.TableInBatchGetRowItem(
-        t.meta, [[("session_id", key)]], _META_COLUMNS, max_version=1
-    ))  # fmt: skip
-    request.add(ts.TableInBatchGetRowItem(
-        t.messages, [_pk(key, seen.gen, seen.tail - 1)], ["message", "c", "w"], max_version=1
-    ))  # fmt: skip
-    response = yield Call("batch_get_row", (request,))
-    [meta_item] = response.get_result_by_table(t.meta)
-    [row_item] = response.get_result_by_table(t.messages)
-    meta = _learn_meta(t, key, meta_item, (meta_item, row_item))
-    if meta != seen:
-        return meta, None
-    seq = seen.tail - 1
-    if row_item.row is None or not row_item.row.attribute_columns:
-        return meta, _Held(seq, None, None)
-    values = _columns(row_item.row)
-    version = values.get("c", 0)
-    if not isinstance(version, int) or version > meta.ver:
-        return meta, _Held(seq, None, None)
-    return meta, _Held(seq, values.get("message"), str(values.get("w", "")))
-
-
-def _parse(key: str, meta: Meta, rows: Sequence[_Stored]) -> list[ChatMessage]:
-    return [message_from_json(r.json, key=key, position=r.seq - meta.head) for r in rows]
+    last = seen.tail - 1
+    meta, rows = yield from _with_meta(t, key, seen.gen, range(last, seen.tail), _HELD, True)
+    return meta, _held(meta, last, rows.get(last)) if meta == seen else None
 
 
 def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
@@ -503,17 +481,20 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
 
     Raises:
         CorruptDataError: A row the unchanged meta row names is missing or not text.
+        ChatStoreError: The conversation changed during each of :data:`_READ_RACE`'s reads.
     """
     known, fresh = t.seen.get(key), False
-    for attempt in range(_READ_ATTEMPTS):
+
+    def attempt() -> Plan[list[ChatMessage]]:
+        nonlocal known, fresh
         if known is None and not fresh:
             known, fresh = (yield from _read_meta(t, key)), True
         start, stop = span(known.size if known else 0, offset, limit)
         if known is None or start >= stop:
             if fresh:
                 return []
-            known = None  # remembered as empty there: ask the meta row
-            continue
+            known = None  # remembered as empty there: ask the meta row, at once
+            raise RetryAtOnceError(f"conversation {key!r} was remembered as empty")
         meta, rows = yield from _window_then_meta(
             t, key, known, known.head + start, known.head + stop
         )
@@ -522,14 +503,13 @@ def get(t: Tables, key: str, offset: int, limit: int | None) -> Plan[list[ChatMe
                 raise _missing(t, key, rows.seq - meta.head)
             if isinstance(rows, CorruptDataError):
                 raise rows
-            return _parse(key, meta, rows)
-        if fresh:  # the conversation changed while being read: let the writer finish
-            yield backoff(attempt)
+            return [message_from_json(r.json, key=key, position=r.seq - meta.head) for r in rows]
+        # Changed while being read: let the writer finish (at once after a remembered row).
+        lost = ConflictError if fresh else RetryAtOnceError
         known, fresh = meta, True
-    raise ChatStoreError(
-        f"conversation {key!r} in table {t.messages!r} changed during each of "
-        f"{_READ_ATTEMPTS} reads; try again"
-    )
+        raise lost(f"conversation {key!r} changed while being read")
+
+    return (yield from _READ_RACE.run(key, f"table {t.messages!r}", attempt))
 
 
 def count(t: Tables, key: str) -> Plan[int]:
@@ -540,14 +520,6 @@ def count(t: Tables, key: str) -> Plan[int]:
 
 def keys_page(t: Tables, start: Any) -> Plan[tuple[list[str], Any]]:
     """Return one page of keys from the meta table and where the next page starts."""
-    first = start or [("session_id", ts.INF_MIN)]
-    _, next_pk, rows, _ = yield Call(
-        "get_range", (t.meta, ts.Direction.FORWARD, first, [("session_id", ts.INF_MAX)]),
-        {"columns_to_get": ["head", "tail"], "limit": PAGE_ROWS, "max_version": 1},
-    )  # fmt: skip
-    keys = []
-    for row in rows:
-        values = _columns(row)
-        if values.get("tail", 0) != values.get("head", 0):
-            keys.append(row.primary_key[0][1])
-    return keys, next_pk
+    _, next_pk, rows, _ = yield key_page(t.meta, start, ["head", "tail"], PAGE_ROWS)
+    counts = [(row.primary_key[0][1], cells(row)) for row in rows]
+    return [key for key, c in counts if c.get("tail", 0) != c.get("head", 0)], next_pk

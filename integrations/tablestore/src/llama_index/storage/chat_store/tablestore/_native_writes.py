@@ -7,58 +7,61 @@ reader never sees a half-made change.
 
 from __future__ import annotations
 
+import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
-from llama_index.storage.chat_store.core.meta import backoff, contention_error
+from llama_index.storage.chat_store.core.meta import RetryAtOnceError
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.tablestore import _record as record
 from llama_index.storage.chat_store.tablestore._entry import stamp
 from llama_index.storage.chat_store.tablestore._native import (
     _META_COLUMNS,
-    _STUCK_LOOKS,
-    BATCH_BYTES,
-    BATCH_ROWS,
     MESSAGE_PRIMARY_KEY,
     META_PRIMARY_KEY,
     Meta,
     Tables,
-    _columns,
     _Damaged,
     _decode,
     _Held,
-    _if_current,
-    _if_unchanged,
-    _if_writer,
+    _if_still,
     _meta_and_last_row,
-    _new_gen,
     _pk,
     _read_meta,
     _read_meta_any,
     _removal_window,
     _rows,
+    _unless_moved,
     _unreadable,
 )
-from llama_index.storage.chat_store.tablestore._record import Outcome as _Outcome
-from llama_index.storage.chat_store.tablestore._sdk import CONDITION_FAILED, Call, ts
+from llama_index.storage.chat_store.tablestore._sdk import (
+    CONDITION_FAILED,
+    Call,
+    cells,
+    get_range,
+    ts,
+)
 
 __all__ = [
-    "add",
-    "clear",
-    "delete_all",
-    "delete_at",
-    "delete_oldest",
-    "insert",
-    "pop_last",
-    "set_all",
-]
+    "add", "clear", "delete_all", "delete_at", "delete_oldest", "insert", "pop_last", "set_all",
+]  # fmt: skip
+
+BATCH_ROWS = 200
+"""BatchWriteRow takes at most 200 rows."""
+BATCH_BYTES = 3 * 1024 * 1024
+"""BatchWriteRow takes at most 4 MB; keep a margin for keys and names."""
+_STUCK_LOOKS = 3
 
 
 # -- writes --------------------------------------------------------------------------------
+
+
+def _new_gen() -> int:
+    return random.getrandbits(62) + 1
 
 
 def _chunks(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
@@ -95,53 +98,57 @@ def _batch(table: str, items: list[Any]) -> Plan[list[Any]]:
 
 def _put_rows(
     t: Tables, key: str, gen: int, first: int, jsons: Sequence[str], writer: str, ver: int
-) -> Plan[bool]:
-    """Put message rows at ``first...`` where none exist; False if a slot was taken."""
+) -> Plan[None]:
+    """Put message rows at ``first...`` where none exist.
+
+    Raises:
+        ConflictError: A slot was taken (rows of a batch may have been put all the same).
+    """
     rows = [
         ts.Row(_pk(key, gen, first + i), [("message", text), ("w", writer), ("c", ver)])
         for i, text in enumerate(jsons)
     ]
     absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
     if len(rows) == 1:
-        try:
-            yield Call("put_row", (t.messages, rows[0], absent))
-        except ConflictError:
-            return False
-        return True
+        yield Call("put_row", (t.messages, rows[0], absent))
+        return
     items = [ts.PutRowItem(row, absent) for row in rows]
     for chunk in _chunks(items, [len(text.encode("utf-8")) for text in jsons]):
-        results = yield from _batch(t.messages, chunk)
-        if not all(item.is_ok for item in results):
-            return False
-    return True
+        if not all(item.is_ok for item in (yield from _batch(t.messages, chunk))):
+            raise ConflictError(f"a slot of conversation {key!r} was taken")
 
 
 def _delete_rows(
     t: Tables, key: str, gen: int, rows: Sequence[tuple[int, str | None]]
 ) -> Plan[None]:
     """Delete rows by seq, each only if still written by the given writer (None: any)."""
-    items = [
-        ts.DeleteRowItem(
-            ts.Row(_pk(key, gen, seq)),
-            _if_writer(writer) if writer else ts.Condition(ts.RowExistenceExpectation.IGNORE),
-        )
-        for seq, writer in rows
-    ]
+    items = []
+    for seq, writer in rows:
+        same = ts.SingleColumnCondition("w", writer, ts.ComparatorType.EQUAL, pass_if_missing=False)
+        condition = ts.Condition(ts.RowExistenceExpectation.IGNORE, same if writer else None)
+        items.append(ts.DeleteRowItem(ts.Row(_pk(key, gen, seq)), condition))
     for chunk in _chunks(items, [0] * len(items)):
         yield from _batch(t.messages, chunk)
 
 
-def _delete_generation(t: Tables, key: str, gen: int) -> Plan[None]:
-    """Delete every row of a retired generation (reading primary keys only)."""
+def _delete_range(table: str, low: Any, high: Any, column: str) -> Plan[None]:
+    """Delete every row of ``table`` from primary key ``low`` to ``high``, page by page.
+
+    Reads one primary key ``column`` only.
+    """
     while True:
-        low, high = _pk(key, gen, ts.INF_MIN), _pk(key, gen, ts.INF_MAX)
-        _, _, rows, _ = yield Call(
-            "get_range", (t.messages, ts.Direction.FORWARD, low, high),
-            {"columns_to_get": ["seq"], "limit": BATCH_ROWS, "max_version": 1},
-        )  # fmt: skip
+        _, _, rows, _ = yield get_range(table, low, high, [column], BATCH_ROWS)
         if not rows:
             return
-        yield from _delete_rows(t, key, gen, [(row.primary_key[2][1], None) for row in rows])
+        ignore = ts.Condition(ts.RowExistenceExpectation.IGNORE)
+        yield from _batch(table, [ts.DeleteRowItem(ts.Row(r.primary_key), ignore) for r in rows])
+
+
+def _delete_generation(t: Tables, key: str, gen: int) -> Plan[None]:
+    """Delete every row of a retired generation."""
+    yield from _delete_range(
+        t.messages, _pk(key, gen, ts.INF_MIN), _pk(key, gen, ts.INF_MAX), "seq"
+    )
 
 
 def _commit(
@@ -152,13 +159,16 @@ def _commit(
     change: Change | None = None,
     removed: Sequence[Any] | None = None,
     entry: dict[str, Any] | None = None,
-) -> Plan[bool]:
-    """Replace the meta row if it is still ``old``; False when another writer moved it.
+) -> Plan[None]:
+    """Replace the meta row if it is still ``old``.
 
     ``change``: the change this commit applies, recorded in the same write (with the cells
     it ``removed``, for a removal) and stamped in the catalog entry (:mod:`._entry`; with
     ``entry``'s columns over the stamp, ``None`` removing one); a failed commit makes it
     check the record next. A commit without a change (a fence) changes no entry.
+
+    Raises:
+        ConflictError: Another writer moved the meta row.
     """
     pk = [("session_id", key)]
     values = [(name, getattr(new, name)) for name in _META_COLUMNS]
@@ -175,23 +185,13 @@ def _commit(
             absent = ts.Condition(ts.RowExistenceExpectation.EXPECT_NOT_EXIST)
             yield Call("put_row", (t.meta, ts.Row(pk, values), absent))
         else:
-            unchanged = _if_unchanged(old) if isinstance(old, _Damaged) else _if_current(old)
             columns = {"put": values, "delete_all": dropped} if dropped else {"put": values}
-            yield Call("update_row", (t.meta, ts.Row(pk, columns), unchanged))
+            yield Call("update_row", (t.meta, ts.Row(pk, columns), _if_still(old)))
     except ConflictError:
         if change is not None:
             change.check = True
-        return False
+        raise
     t.learn(key, new)
-    return True
-
-
-def _emptied(old: Meta | _Damaged) -> Meta:
-    """The meta row of an emptied conversation: kept (with its record), on a new generation.
-
-    A new generation, so that deleting the old one never meets rows appended afterwards.
-    """
-    return Meta(gen=_new_gen(), head=0, tail=0, ver=old.ver + 1 if isinstance(old, Meta) else 1)
 
 
 class _Writer:
@@ -210,18 +210,27 @@ class _Writer:
 
     def place(
         self, meta: Meta | None, base: Meta, first: int, jsons: Sequence[str], new: Meta
-    ) -> Plan[bool]:
-        """Put rows at ``first...`` of ``base.gen`` and commit ``new`` over ``meta``."""
+    ) -> Plan[None]:
+        """Put rows at ``first...`` of ``base.gen`` and commit ``new`` over ``meta``.
+
+        Raises:
+            ConflictError: A slot was taken or the meta row moved (the rows put are deleted).
+        """
         writer = uuid.uuid4().hex
-        placed = yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)
-        if placed and (yield from _commit(self.t, self.key, meta, new, self.change)):
-            return True
-        if placed or len(jsons) > 1:
-            own = [(first + i, writer) for i in range(len(jsons))]
+        own = [(first + i, writer) for i in range(len(jsons))]
+        try:
+            yield from _put_rows(self.t, self.key, base.gen, first, jsons, writer, new.ver)
+        except ConflictError:
+            if len(jsons) > 1:  # some rows of the batch may have been put
+                yield from _delete_rows(self.t, self.key, base.gen, own)
+            if meta is not None:
+                yield from self._unblock(meta, first, len(jsons))
+            raise
+        try:
+            yield from _commit(self.t, self.key, meta, new, self.change)
+        except ConflictError:
             yield from _delete_rows(self.t, self.key, base.gen, own)
-        if not placed and meta is not None:
-            yield from self._unblock(meta, first, len(jsons))
-        return False
+            raise
 
     def _unblock(self, meta: Meta, first: int, n: int) -> Plan[None]:
         spot = (meta.ver, first)
@@ -230,46 +239,42 @@ class _Writer:
             return
         # The meta row has not moved across several conflicts: the rows in the way belong to
         # a writer that died before committing. Fence it off, then remove its rows.
-        if not (yield from _commit(self.t, self.key, meta, replace(meta, ver=meta.ver + 1))):
+        try:
+            yield from _commit(self.t, self.key, meta, replace(meta, ver=meta.ver + 1))
+        except ConflictError:
             return
-        _, _, rows, _ = yield Call(
-            "get_range",
-            (self.t.messages, ts.Direction.FORWARD, _pk(self.key, meta.gen, first),
-             _pk(self.key, meta.gen, first + n)),
-            {"columns_to_get": ["w"], "max_version": 1},
-        )  # fmt: skip
-        blocking = [(row.primary_key[2][1], str(_columns(row).get("w", ""))) for row in rows]
+        low, high = _pk(self.key, meta.gen, first), _pk(self.key, meta.gen, first + n)
+        _, _, rows, _ = yield get_range(self.t.messages, low, high, ["w"])
+        blocking = [(row.primary_key[2][1], str(cells(row).get("w", ""))) for row in rows]
         yield from _delete_rows(self.t, self.key, meta.gen, blocking)
 
 
-def _gave_up(t: Tables, key: str) -> ChatStoreError:
-    return contention_error(key, f"table {t.messages!r}", record.ATTEMPTS)
-
-
-def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Plan[bool]:
+def _append_once(w: _Writer, meta: Meta | None, jsons: Sequence[str]) -> Plan[None]:
     base = meta or Meta(gen=_new_gen(), head=0, tail=0, ver=0)
     new = replace(base, tail=base.tail + len(jsons), ver=base.ver + 1)
-    return (yield from w.place(meta, base, base.tail, jsons, new))
+    yield from w.place(meta, base, base.tail, jsons, new)
 
 
 def add(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
     """Append messages atomically (one commit for the whole batch).
 
     The first attempt plans on the remembered meta row, if any (its commit is conditional
-    on it); the others read the meta row first.
+    on it; losing there, the next attempt starts at once); the others read the meta row.
     """
     w = _Writer(t, key, change)
     known = t.seen.get(key)
-    for attempt in range(record.ATTEMPTS):
-        if (yield from record.replayed(t.meta, key, change)) is not None:
-            return
-        meta = known if known is not None else (yield from _read_meta(t, key))
-        if (yield from _append_once(w, meta, jsons)):
-            return
-        if known is None:
-            yield backoff(attempt)
-        known = None
-    raise _gave_up(t, key)
+
+    def attempt() -> Plan[None]:
+        nonlocal known
+        hint, known = known, None
+        try:
+            yield from _append_once(w, hint or (yield from _read_meta(t, key)), jsons)
+        except ConflictError as exc:
+            if hint is None:
+                raise
+            raise RetryAtOnceError(f"conversation {key!r} moved since last seen") from exc
+
+    yield from record.until_done(t.meta, key, change, attempt)
 
 
 def _rewrite_once(
@@ -279,30 +284,29 @@ def _rewrite_once(
     jsons: Sequence[str],
     change: Change,
     removed: Sequence[Any] | None = None,
-) -> Plan[bool]:
-    """Write ``jsons`` as a new generation and flip to it; False if ``meta`` moved.
+) -> Plan[None]:
+    """Write ``jsons`` as a new generation and flip to it, then delete the old one.
 
     A damaged meta row is replaced too (conditional on its columns as read).
+
+    Raises:
+        ConflictError: ``meta`` moved (the new generation is deleted again).
     """
-    old_gen = meta.gen if meta is not None else None
-    if not jsons:
-        if meta is None or (isinstance(meta, Meta) and meta.size == 0):
-            return True
-        if not (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
-            return False
-        if old_gen is not None:
-            yield from _delete_generation(t, key, old_gen)
-        return True
+    if not jsons and (meta is None or (isinstance(meta, Meta) and meta.size == 0)):
+        return
+    # Emptying too keeps the meta row (with its record), on a new generation: deleting the
+    # old one then never meets rows appended afterwards.
     ver = meta.ver + 1 if isinstance(meta, Meta) else 1
     new = Meta(gen=_new_gen(), head=0, tail=len(jsons), ver=ver)
-    writer = uuid.uuid4().hex
-    placed = yield from _put_rows(t, key, new.gen, 0, jsons, writer, new.ver)
-    if placed and (yield from _commit(t, key, meta, new, change, removed)):
-        if old_gen is not None:
-            yield from _delete_generation(t, key, old_gen)
-        return True
-    yield from _delete_generation(t, key, new.gen)
-    return False
+    try:
+        yield from _put_rows(t, key, new.gen, 0, jsons, uuid.uuid4().hex, new.ver)
+        yield from _commit(t, key, meta, new, change, removed)
+    except ConflictError:
+        if jsons:
+            yield from _delete_generation(t, key, new.gen)
+        raise
+    if meta is not None and meta.gen is not None:
+        yield from _delete_generation(t, key, meta.gen)
 
 
 def set_all(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[None]:
@@ -312,9 +316,8 @@ def set_all(t: Tables, key: str, jsons: Sequence[str], change: Change) -> Plan[N
     read but the meta row.
     """
 
-    def attempt() -> Plan[_Outcome]:
-        meta = yield from _read_meta_any(t, key)
-        return (yield from _rewrite_once(t, key, meta, jsons, change)), [], None
+    def attempt() -> Plan[None]:
+        yield from _rewrite_once(t, key, (yield from _read_meta_any(t, key)), jsons, change)
 
     yield from record.until_done(t.meta, key, change, attempt)
 
@@ -323,21 +326,19 @@ def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[Non
     """Insert like ``list.insert``: O(1) at either end, a generation rewrite in the middle."""
     w = _Writer(t, key, change)
 
-    def attempt() -> Plan[_Outcome]:
+    def attempt() -> Plan[None]:
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx if idx >= 0 else max(0, size + idx)
         if meta is None or position >= size:
-            done = yield from _append_once(w, meta, [text])
+            yield from _append_once(w, meta, [text])
         elif position == 0:
             new = replace(meta, head=meta.head - 1, ver=meta.ver + 1)
-            done = yield from w.place(meta, meta, meta.head - 1, [text], new)
+            yield from w.place(meta, meta, meta.head - 1, [text], new)
         else:
-            rows = yield from _rows(t, key, meta, meta.head, meta.tail)
-            jsons = [r.json for r in rows or ()]
+            jsons = [r.json for r in (yield from _rows(t, key, meta, meta.head, meta.tail))]
             jsons.insert(position, text)
-            done = rows is not None and (yield from _rewrite_once(t, key, meta, jsons, change))
-        return done, [], None
+            yield from _rewrite_once(t, key, meta, jsons, change)
 
     yield from record.until_done(t.meta, key, change, attempt)
 
@@ -348,46 +349,38 @@ def insert(t: Tables, key: str, idx: int, text: str, change: Change) -> Plan[Non
 
 def _pop_once(
     t: Tables, key: str, meta: Meta, held: _Held | None, change: Change
-) -> Plan[_Outcome]:
+) -> Plan[record.Outcome]:
     """Remove the last message ``meta`` names (``held``: that row, when already read)."""
     if held is None:
         [held] = yield from _removal_window(t, key, meta, meta.tail - 1, meta.tail)
     messages, error = _decode(t, key, meta, [held])
     new = replace(meta, tail=meta.tail - 1, ver=meta.ver + 1)
-    if not (yield from _commit(t, key, meta, new, change, [held.value])):
-        return False, [], None
+    yield from _commit(t, key, meta, new, change, [held.value])
     if held.writer is not None:
         yield from _delete_rows(t, key, meta.gen, [(held.seq, held.writer)])
-    return True, messages, error
+    return messages, error
 
 
-def _stored(t: Tables, key: str, meta: Meta) -> Callable[[int, int], Plan[list[Any]]]:
-    """Read positions ``[lo, hi)`` of the conversation ``meta`` names, as stored."""
-
-    def read(lo: int, hi: int) -> Plan[list[Any]]:
-        rows = yield from _removal_window(t, key, meta, meta.head + lo, meta.head + hi)
-        return [r.value for r in rows]
-
-    return read
-
-
-def _oldest_once(t: Tables, key: str, meta: Meta, take: int, change: Change) -> Plan[_Outcome]:
+def _oldest_once(
+    t: Tables, key: str, meta: Meta, take: int, change: Change
+) -> Plan[record.Outcome]:
     """Remove the first ``take`` messages ``meta`` names (moves ``head``; no renumbering)."""
     rows = yield from _removal_window(t, key, meta, meta.head, meta.head + take)
     messages, error = _decode(t, key, meta, rows)
-    everything = take >= meta.size
-    new = _emptied(meta) if everything else replace(meta, head=meta.head + take, ver=meta.ver + 1)
-    if not (yield from _commit(t, key, meta, new, change, [r.value for r in rows])):
-        return False, [], None
-    if everything:
-        yield from _delete_generation(t, key, meta.gen)
+    removed = [r.value for r in rows]
+    if take >= meta.size:
+        yield from _rewrite_once(t, key, meta, [], change, removed)
     else:
+        new = replace(meta, head=meta.head + take, ver=meta.ver + 1)
+        yield from _commit(t, key, meta, new, change, removed)
         present = [(r.seq, r.writer) for r in rows if r.writer is not None]
         yield from _delete_rows(t, key, meta.gen, present)
-    return True, messages, error
+    return messages, error
 
 
-def _inside_once(t: Tables, key: str, meta: Meta, position: int, change: Change) -> Plan[_Outcome]:
+def _inside_once(
+    t: Tables, key: str, meta: Meta, position: int, change: Change
+) -> Plan[record.Outcome]:
     """Remove the message at ``position`` (not at either end): a generation rewrite.
 
     The other messages are copied as stored (text that is not a message included); a
@@ -398,14 +391,11 @@ def _inside_once(t: Tables, key: str, meta: Meta, position: int, change: Change)
     kept = [r for i, r in enumerate(rows) if i != position]
     problem = next(filter(None, (_unreadable(t, key, meta, r) for r in kept)), None)
     if problem is not None:
-        if (yield from _read_meta(t, key)) != meta:
-            return False, [], None  # read while the conversation changed: read it again
-        raise problem
+        yield from _unless_moved(t, key, meta, problem)
     messages, error = _decode(t, key, meta, rows[position : position + 1])
     removed = [rows[position].value]
-    if not (yield from _rewrite_once(t, key, meta, [r.value for r in kept], change, removed)):
-        return False, [], None
-    return True, messages, error
+    yield from _rewrite_once(t, key, meta, [r.value for r in kept], change, removed)
+    return messages, error
 
 
 def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
@@ -417,7 +407,7 @@ def pop_last(t: Tables, key: str, change: Change) -> Plan[ChatMessage | None]:
     """
     seen = t.seen.get(key)
 
-    def attempt() -> Plan[_Outcome | None]:
+    def attempt() -> Plan[record.Outcome | None]:
         nonlocal seen
         row: _Held | None = None
         if seen is not None:
@@ -444,13 +434,18 @@ def delete_oldest(
         CorruptDataError: One of them could not be read; they are removed all the same.
     """
 
-    def attempt() -> Plan[_Outcome | None]:
+    def attempt() -> Plan[record.Outcome | None]:
         meta = yield from _read_meta(t, key)
         if meta is None or n <= 0 or meta.size == 0:
             return None
         take = min(n, meta.size)
+
+        def stored(lo: int, hi: int) -> Plan[list[Any]]:  # positions [lo, hi), as stored
+            rows = yield from _removal_window(t, key, meta, meta.head + lo, meta.head + hi)
+            return [r.value for r in rows]
+
         if tool_safe:
-            take = yield from safe_trim_plan(_stored(t, key, meta), take, meta.size)
+            take = yield from safe_trim_plan(stored, take, meta.size)
         return (yield from _oldest_once(t, key, meta, take, change))
 
     return (yield from record.until_done(t.meta, key, change, attempt))
@@ -468,7 +463,7 @@ def delete_at(t: Tables, key: str, idx: int, change: Change) -> Plan[ChatMessage
             text and the message is neither first nor last: the rewrite could not keep it.)
     """
 
-    def attempt() -> Plan[_Outcome | None]:
+    def attempt() -> Plan[record.Outcome | None]:
         meta = yield from _read_meta(t, key)
         size = meta.size if meta else 0
         position = idx + size if idx < 0 else idx
@@ -495,22 +490,17 @@ def delete_all(t: Tables, key: str, change: Change) -> Plan[list[ChatMessage] | 
             conversation is removed all the same.
     """
 
-    def attempt() -> Plan[_Outcome | None]:
+    def attempt() -> Plan[record.Outcome | None]:
         meta = yield from _read_meta_any(t, key)
         if meta is None or (isinstance(meta, Meta) and meta.size == 0):
             return None
-        messages: list[ChatMessage] = []
-        rows: list[_Held] = []
-        error = meta.problem if isinstance(meta, _Damaged) else None
-        if isinstance(meta, Meta):
-            rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
-            messages, error = _decode(t, key, meta, rows)
-        removed = [r.value for r in rows]
-        if not (yield from _commit(t, key, meta, _emptied(meta), change, removed)):
-            return False, [], None
-        if meta.gen is not None:
-            yield from _delete_generation(t, key, meta.gen)
-        return True, messages, error
+        if isinstance(meta, _Damaged):
+            yield from _rewrite_once(t, key, meta, [], change, [])
+            return [], meta.problem
+        rows = yield from _removal_window(t, key, meta, meta.head, meta.tail)
+        removing = _decode(t, key, meta, rows)
+        yield from _rewrite_once(t, key, meta, [], change, [r.value for r in rows])
+        return removing
 
     return (yield from record.until_done(t.meta, key, change, attempt)) or None
 
@@ -521,14 +511,4 @@ def clear(t: Tables) -> Plan[None]:
     for table, pk in ((t.meta, META_PRIMARY_KEY), (t.messages, MESSAGE_PRIMARY_KEY)):
         low = [(name, ts.INF_MIN) for name, _ in pk]
         high = [(name, ts.INF_MAX) for name, _ in pk]
-        while True:
-            _, _, rows, _ = yield Call(
-                "get_range", (table, ts.Direction.FORWARD, low, high),
-                {"columns_to_get": [pk[0][0]], "limit": BATCH_ROWS, "max_version": 1},
-            )  # fmt: skip
-            if not rows:
-                break
-            items = [
-                ts.DeleteRowItem(ts.Row(row.primary_key), ts.Condition("IGNORE")) for row in rows
-            ]
-            yield from _batch(table, items)
+        yield from _delete_range(table, low, high, pk[0][0])

@@ -22,11 +22,11 @@ from llama_index.storage.chat_store.core import (
     message_from_json,
 )
 from llama_index.storage.chat_store.core.backend import Change, Plan, removal_error
-from llama_index.storage.chat_store.core.meta import backoff, contention_error
-from llama_index.storage.chat_store.tablestore._sdk import Call
+from llama_index.storage.chat_store.core.meta import Race
+from llama_index.storage.chat_store.tablestore._sdk import get_row
 
 __all__ = [
-    "ATTEMPTS", "COLUMNS", "REPLY_BYTES", "SLOTS", "STORAGE", "Outcome", "Replay", "column",
+    "COLUMNS", "RACE", "REPLY_BYTES", "SLOTS", "STORAGE", "Outcome", "Replay", "column",
     "decode", "entry", "replayed", "until_done",
 ]  # fmt: skip
 
@@ -119,53 +119,43 @@ def replayed(table: str, key: str, change: Change) -> Plan[Replay | None]:
     if not change.check:
         return None
     change.check = False
-    _, row, _ = yield Call(
-        "get_row", (table, [("session_id", key)]), {"columns_to_get": COLUMNS, "max_version": 1}
-    )
-    return _find({c[0]: c[1] for c in row.attribute_columns or ()} if row else {}, change.id)
-
-
-def _find(columns: dict[str, Any], op_id: str) -> Replay | None:
-    for name in COLUMNS:
-        value = columns.get(name)
-        if not isinstance(value, str):
-            continue
-        found, newline, reply = value.partition("\n")
-        if found == op_id:
+    _, row, _ = yield get_row(table, key, COLUMNS)
+    for _, value, *_ in row.attribute_columns or () if row else ():
+        found, newline, reply = value.partition("\n") if isinstance(value, str) else ("", "", "")
+        if found == change.id:
             return Replay(reply if newline else None)
     return None
 
 
-Outcome = tuple[bool, list[ChatMessage], CorruptDataError | None]
-"""One attempt of a change: (committed, what it removed, the first message it removed but
-could not read: raised once the change is done)."""
-ATTEMPTS = 200
-"""How many times a change loses the race to other writers before it gives up."""
+Outcome = tuple[list[ChatMessage], CorruptDataError | None]
+"""What a removal's attempt removed, and the first message it removed but could not read
+(raised once the removal is done)."""
+RACE = Race(attempts=200)
+"""How a change retries after losing the race to other writers: 200 attempts, core's pauses."""
 
 
 def until_done(
     table: str, key: str, change: Change, attempt: Callable[[], Plan[Outcome | None]]
 ) -> Plan[list[ChatMessage]]:
-    """Run ``attempt`` until it commits (``None``: nothing to do); return what it removed.
+    """Run ``attempt`` until it wins the race (:data:`RACE`); return what it removed.
 
-    ``table`` holds the conversation's commit row, with its record: an earlier attempt of
-    ``change`` found committed there returns what it recorded. A removed message that could
-    not be read raises core's :func:`removal_error` once the removal is done.
+    ``attempt`` returns what it removed (``None``: nothing), or raises
+    :class:`ConflictError` when it lost. ``table`` holds the conversation's commit row, with
+    its record: an earlier attempt of ``change`` found committed there returns what it
+    recorded. A removed message that could not be read raises core's :func:`removal_error`
+    once the removal is done.
 
     Raises:
         ChatStoreError: Every attempt lost the race to other writers.
     """
-    for n in range(ATTEMPTS):
+
+    def once() -> Plan[list[ChatMessage]]:
         replay = yield from replayed(table, key, change)
         if replay is not None:
             return replay.messages(key)
-        outcome = yield from attempt()
-        if outcome is None:
-            return []
-        done, messages, error = outcome
-        if done and error is not None:
+        messages, error = (yield from attempt()) or ([], None)
+        if error is not None:
             raise removal_error(error, STORAGE) from error
-        if done:
-            return messages
-        yield backoff(n)
-    raise contention_error(key, f"table {table!r}", ATTEMPTS)
+        return messages
+
+    return (yield from RACE.run(key, f"table {table!r}", once))

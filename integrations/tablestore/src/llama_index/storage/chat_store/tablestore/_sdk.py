@@ -1,4 +1,4 @@
-"""The ``tablestore`` SDK, imported quietly, and its errors in our hierarchy.
+"""The ``tablestore`` SDK imported quietly, the reads our plans make, our errors for its own.
 
 ``import tablestore`` logs two WARNING lines on Python < 3.12 (its C++ codec is built for
 3.12 only) and emits ImportWarnings; users of this package should not see that. Only those
@@ -14,6 +14,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+import urllib3.exceptions
+
 from llama_index.storage.chat_store.core import (
     AuthenticationError,
     BackendImportError,
@@ -24,15 +27,10 @@ from llama_index.storage.chat_store.core import (
 )
 
 __all__ = [
-    "CONDITION_FAILED",
-    "SDK_LOGGER",
-    "Call",
-    "WritesResentOnlyIfRefused",
-    "format_traces_only_when_enabled",
-    "redact_logger",
-    "translate",
-    "ts",
-]
+    "CONDITION_FAILED", "SDK_LOGGER", "Call", "WritesResentOnlyIfRefused", "cells",
+    "format_traces_only_when_enabled", "get_range", "get_row", "key_page", "redact_logger",
+    "translate", "ts",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,34 @@ class Call:
     method: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def cells(row: Any) -> dict[str, Any]:
+    """A row's attribute columns by name (none for a missing row)."""
+    return {c[0]: c[1] for c in (row.attribute_columns or () if row is not None else ())}
+
+
+def get_row(table: str, key: str, columns: list[str]) -> Call:
+    """The GetRow of ``columns`` of ``key``'s row in a table keyed by ``session_id``."""
+    return Call(
+        "get_row", (table, [("session_id", key)]), {"columns_to_get": columns, "max_version": 1}
+    )
+
+
+def get_range(
+    table: str, low: Any, high: Any, columns: list[str], limit: int | None = None
+) -> Call:
+    """The GetRange of ``columns`` of (at most ``limit``) rows from key ``low`` to ``high``."""
+    return Call(
+        "get_range", (table, ts.Direction.FORWARD, low, high),
+        {"columns_to_get": columns, "limit": limit, "max_version": 1},
+    )  # fmt: skip
+
+
+def key_page(table: str, start: Any, columns: list[str], limit: int) -> Call:
+    """The GetRange of a page of a table keyed by ``session_id``, from ``start`` (or the first)."""
+    low, high = start or [("session_id", ts.INF_MIN)], [("session_id", ts.INF_MAX)]
+    return get_range(table, low, high, columns, limit)
 
 
 class _DropCodecNotices(logging.Filter):
@@ -161,16 +187,7 @@ _UNAVAILABLE_CODES = {
 }  # fmt: skip
 
 
-def _retry_classes() -> tuple[Any, Any, Any]:
-    from tablestore import retry
-
-    return retry.RetryPolicy, retry.DefaultRetryPolicy, retry.RetryUtil
-
-
-_RetryPolicy, _DefaultRetryPolicy, _RetryUtil = _retry_classes()
-
-
-class WritesResentOnlyIfRefused(_RetryPolicy):  # type: ignore[misc, valid-type]
+class WritesResentOnlyIfRefused(ts.retry.RetryPolicy):  # type: ignore[misc]
     """The SDK retry policy of a store's clients: resend a change only if it was refused.
 
     ``policy`` (the SDK's default if ``None``) decides, except that a change is resent only
@@ -182,54 +199,27 @@ class WritesResentOnlyIfRefused(_RetryPolicy):  # type: ignore[misc, valid-type]
     def __init__(self, policy: Any = None) -> None:
         if isinstance(policy, WritesResentOnlyIfRefused):
             policy = policy.inner
-        self.inner: Any = policy if policy is not None else _DefaultRetryPolicy()
+        self.inner: Any = policy if policy is not None else ts.retry.DefaultRetryPolicy()
 
     def should_retry(self, retry_times: int, exception: Any, api_name: str) -> bool:
-        if not _RetryUtil.is_repeatable_api(api_name) and not (
-            _RetryUtil.should_retry_no_matter_which_api(exception)
-        ):
-            return False
-        return bool(self.inner.should_retry(retry_times, exception, api_name))
+        util = ts.retry.RetryUtil
+        if util.is_repeatable_api(api_name) or util.should_retry_no_matter_which_api(exception):
+            return bool(self.inner.should_retry(retry_times, exception, api_name))
+        return False
 
     def get_retry_delay(self, retry_times: int, exception: Any, api_name: str) -> float:
         return float(self.inner.get_retry_delay(retry_times, exception, api_name))
 
 
-def _not_sent_errors() -> tuple[type[BaseException], ...]:
-    import aiohttp
-    import urllib3.exceptions
-
-    return (
-        urllib3.exceptions.NewConnectionError,
-        urllib3.exceptions.ConnectTimeoutError,
-        aiohttp.ClientConnectorError,
-        ConnectionRefusedError,
-    )
+_NOT_SENT_ERRORS = (
+    urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+    aiohttp.ClientConnectorError, ConnectionRefusedError,
+)  # fmt: skip
 
 
-_NOT_SENT_ERRORS = _not_sent_errors()
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """Whether the transport failed before the request left (nothing can have applied)."""
-    reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the last failure
-    return isinstance(exc, _NOT_SENT_ERRORS) or isinstance(reason, _NOT_SENT_ERRORS)
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    import aiohttp
-    import urllib3.exceptions
-
-    return (
-        urllib3.exceptions.HTTPError,
-        aiohttp.ClientError,
-        asyncio.TimeoutError,
-        TimeoutError,
-        OSError,
-    )
-
-
-_NETWORK_ERRORS = _network_errors()
+_NETWORK_ERRORS = (
+    urllib3.exceptions.HTTPError, aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError,
+)  # fmt: skip
 
 
 def translate(exc: BaseException, where: str, table: str) -> ChatStoreError | None:
@@ -264,12 +254,10 @@ def translate(exc: BaseException, where: str, table: str) -> ChatStoreError | No
         if status >= 500:
             return BackendUnavailableError(f"Tablestore at {where} is unavailable ({exc})")
         return ChatStoreError(f"Tablestore client error talking to {where}: {exc}")
-    if isinstance(exc, _NETWORK_ERRORS) and _never_sent(exc):
-        return NotSentError(
-            f"cannot connect to Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"
-        )
-    if isinstance(exc, _NETWORK_ERRORS):
-        return BackendUnavailableError(
-            f"cannot reach Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"
-        )
-    return None
+    if not isinstance(exc, _NETWORK_ERRORS):
+        return None
+    failed = f"Tablestore at {where} ({type(exc).__name__}: {str(exc)[:200]})"
+    reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError wraps the last failure
+    if isinstance(exc, _NOT_SENT_ERRORS) or isinstance(reason, _NOT_SENT_ERRORS):
+        return NotSentError(f"cannot connect to {failed}")  # never sent: nothing applied
+    return BackendUnavailableError(f"cannot reach {failed}")

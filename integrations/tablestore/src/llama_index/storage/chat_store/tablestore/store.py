@@ -7,7 +7,7 @@ import inspect
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_serializer
@@ -53,7 +53,6 @@ DEFAULT_TABLE_NAME = "llama_index_chat_store_v1"
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 """Tablestore's limit for one attribute value (a message in our layout)."""
 
-R = TypeVar("R")
 Layout = Literal["auto", "native", "llama_index"]
 _RETRY_OPTIONS = {"retries": int, "retry_backoff": float, "retry_deadline": float}
 _URL_OPTIONS = {"access_key_id", "access_key_secret", "sts_token", "layout", "scheme",
@@ -390,20 +389,12 @@ class TablestoreChatStore(CatalogPlans, PlannedChatStore):
         self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
     ) -> Plan[None]:
         jsons = _encode(messages)
-        if (yield from self._layout_plan()) == "native":
-            if idx is None:
-                yield from writes.add(self._tables, key, jsons, change)
-            else:
-                yield from writes.insert(self._tables, key, idx, jsons[0], change)
-            return
-
-        def edit(current: list[ChatMessage]) -> list[ChatMessage]:
-            if idx is None:
-                return current + messages
-            current.insert(idx, messages[0])
-            return current
-
-        yield from legacy.mutate(self.table_name, key, edit, message_to_json, change)
+        if (yield from self._layout_plan()) != "native":
+            yield from legacy.add(self.table_name, key, jsons, idx, change)
+        elif idx is None:
+            yield from writes.add(self._tables, key, jsons, change)
+        else:
+            yield from writes.insert(self._tables, key, idx, jsons[0], change)
 
     def _set_plan(self, key: str, messages: list[ChatMessage], change: Change) -> Plan[None]:
         jsons = _encode(messages)
@@ -425,7 +416,7 @@ class TablestoreChatStore(CatalogPlans, PlannedChatStore):
             size = len(items)
             return [idx % size] if -size <= idx < size else []
 
-        taken = yield from legacy.take(self.table_name, key, at, message_to_json, change)
+        taken = yield from legacy.take(self.table_name, key, at, change)
         return taken[0] if taken else None
 
     def _pop_plan(self, key: str, change: Change) -> Plan[ChatMessage | None]:
@@ -446,7 +437,7 @@ class TablestoreChatStore(CatalogPlans, PlannedChatStore):
                 return range(safe_trim_count(items, n, legacy.stored_result))
             return range(min(n, len(items)))
 
-        return (yield from legacy.take(self.table_name, key, first, message_to_json, change))
+        return (yield from legacy.take(self.table_name, key, first, change))
 
     def _keys_plan(self, start: Any) -> Plan[tuple[list[str], Any]]:
         if (yield from self._layout_plan()) == "native":
