@@ -24,7 +24,7 @@ from llama_index.storage.chat_store.core import (
     chat_store_from_url,
     registered_schemes,
 )
-from llama_index.storage.chat_store.core.registry import INSTALL_HINTS, mask_url
+from llama_index.storage.chat_store.core.registry import INSTALL_HINTS, mask_url, without_secrets
 
 FAKE_SITE = Path(__file__).parent / "data" / "fake_site"
 FAKE_MODULES = ("chat_store_fake_plugin", "chat_store_fake_tls", "chat_store_fake_broken")
@@ -234,3 +234,12 @@ def test_entry_point_naming_a_non_store_is_rejected() -> None:
 )
 def test_mask_url_hides_the_password(url: str, shown: str) -> None:
     assert mask_url(url) == shown
+
+
+def test_without_secrets_leaves_out_every_option_naming_one() -> None:
+    """Client options whose name holds a secret word, in any case, are left out of dumps."""
+    options = {
+        "socket_timeout": 1.0, "ssl_password": "a", "aws_secret_access_key": "b",
+        "aws_session_token": "c", "Credential": "d", "PASSWORD": "e", "region_name": "x",
+    }  # fmt: skip
+    assert without_secrets(options) == {"socket_timeout": 1.0, "region_name": "x"}

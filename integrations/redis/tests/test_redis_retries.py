@@ -76,6 +76,8 @@ def test_without_retries_a_lost_reply_says_the_outcome_is_unknown(
     """
     with RedisChatStore(redis_url=_proxied_url(redis_url, proxy), retries=0) as store:
         key = f"conv-{uuid.uuid4().hex}"
+        store.add_message(key, ChatMessage(content="w"))  # the script is loaded now
+        store.delete_messages(key)
         proxy.inject(FaultKind.DROP_REPLY, match=rb"EVALSHA")
         with pytest.raises(BackendUnavailableError, match="outcome is unknown"):
             store.add_message(key, ChatMessage(content="x"))
@@ -130,6 +132,23 @@ def test_retry_options_from_arguments_and_urls_and_unknown_ones_refused() -> Non
     assert RedisChatStore(retries=0).retries == 0
     with pytest.raises(TypeError, match="retrys"):
         RedisChatStore(retrys=1)
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [("ttl=abc", "ttl"), ("retries=x", "retries"), ("cluster=maybe", "cluster"),
+     ("refresh_on_read=sometimes", "refresh_on_read"), ("connect_timeout=", "connect_timeout")],
+)  # fmt: skip
+def test_a_url_option_with_a_bad_value_is_an_error_naming_it(query: str, named: str) -> None:
+    """A URL option of ours whose value its field cannot take raises, naming the option.
+
+    If this fails: a value no option takes is read as some default (``cluster=maybe`` was
+    ``False``) or fails with a bare conversion error that names no option.
+    """
+    with pytest.raises(ValueError, match=named):
+        RedisChatStore.from_url(f"redis://127.0.0.1:1/0?{query}")
+    flags = RedisChatStore.from_url("redis://127.0.0.1:1/0?cluster=off&refresh_on_read=yes&ttl=9")
+    assert (flags.cluster, flags.refresh_on_read, flags.ttl) == (False, True, 9)
 
 
 def test_a_client_that_resends_by_itself_still_stores_a_change_once(

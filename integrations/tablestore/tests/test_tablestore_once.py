@@ -152,3 +152,6 @@ def test_retry_options_from_the_url_and_the_capability(
     assert Capability.EXACTLY_ONCE not in store.capabilities
     assert Capability.EXACTLY_ONCE in store.model_copy(update={"retries": 1}).capabilities
     assert TablestoreChatStore.from_dict(store.to_dict(), access_key_secret="b").retries == 0
+    for bad in ("retries=x", "retry_backoff=soon", "layout=flat"):  # refused, naming the option
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            TablestoreChatStore.from_url(f"{url}&{bad}", access_key_id="a", access_key_secret="b")

@@ -67,3 +67,16 @@ def test_unknown_url_option_is_an_error_naming_it(upstash_rest: UpstashEndpoint)
     url = upstash_rest.url.replace("http", "upstash+http", 1)
     with pytest.raises((TypeError, ValueError), match="session_id"):
         UpstashChatStore.from_url(url, redis_token=upstash_rest.token, session_id="x")
+
+
+@pytest.mark.parametrize("option", ["ttl", "rest_retries", "refresh_on_read", "retry_backoff"])
+def test_a_url_option_with_a_bad_value_is_an_error_naming_it(option: str) -> None:
+    """A URL option whose value its field cannot take raises, naming the option.
+
+    If this fails: a value no option takes is read as some default (``refresh_on_read=maybe``
+    was ``False``) or fails with a bare conversion error that names no option.
+    """
+    with pytest.raises(ValueError, match=option):
+        UpstashChatStore.from_url(f"upstash+http://127.0.0.1:1?token=t&{option}=maybe")
+    store = UpstashChatStore.from_url("upstash+http://127.0.0.1:1?token=t&ttl=5&refresh_on_read=on")
+    assert (store.ttl, store.refresh_on_read) == (5, True)

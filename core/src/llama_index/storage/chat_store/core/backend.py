@@ -24,7 +24,8 @@ and, when it is a transport failure, the whole plan runs again per the store's r
 as a new plan made by the same factory.
 
 Also here: lazy and per-event-loop clients (:class:`Lazy`, :class:`PerLoop`), moving a
-password out of a URL (:func:`split_password`) and masking one (:func:`mask_url`), and the
+password out of a URL (:func:`split_password`), masking one (:func:`mask_url`), leaving
+secrets out of dumped client options (:func:`without_secrets`), and the
 argument checks every backend shares (:func:`check_window`, :func:`check_index`,
 :func:`window`).
 """
@@ -75,7 +76,7 @@ from llama_index.storage.chat_store.core.messages import (
     copy_messages,
     messages_removed,
 )
-from llama_index.storage.chat_store.core.registry import mask_url, split_password
+from llama_index.storage.chat_store.core.registry import mask_url, split_password, without_secrets
 from llama_index.storage.chat_store.core.retries import (
     RetryPolicy,
     StepRetries,
@@ -114,6 +115,7 @@ __all__ = [
     "removal_error",
     "split_password",
     "window",
+    "without_secrets",
 ]
 T = TypeVar("T")
 

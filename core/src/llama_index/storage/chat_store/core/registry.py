@@ -39,6 +39,7 @@ __all__ = [
     "mask_url",
     "registered_schemes",
     "split_password",
+    "without_secrets",
 ]
 
 SCHEME_GROUP = "llama_index.storage.chat_store"
@@ -150,6 +151,22 @@ def mask_url(url: str) -> str:
     userinfo, _, host = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+_SECRET_WORDS = ("password", "secret", "token", "credential")
+
+
+def without_secrets(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Return client ``options`` without those whose name holds a secret, for dumps.
+
+    A name containing ``password``, ``secret``, ``token`` or ``credential`` (any case) is
+    left out: such a value must be passed again, never written out with the configuration.
+    """
+    return {
+        name: value
+        for name, value in options.items()
+        if not any(word in name.lower() for word in _SECRET_WORDS)
+    }
 
 
 def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:

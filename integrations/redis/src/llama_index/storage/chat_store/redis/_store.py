@@ -26,6 +26,7 @@ from llama_index.storage.chat_store.core.backend import (
     Plan,
     mask_url,
     split_password,
+    without_secrets,
 )
 from llama_index.storage.chat_store.core.retries import acall_with_retries
 from llama_index.storage.chat_store.redis import _batches
@@ -64,18 +65,12 @@ M = TypeVar("M")
 SyncClient = Union[redis.Redis, redis.RedisCluster]  # noqa: UP007 (a runtime alias on 3.10)
 AsyncClient = Union[redis.asyncio.Redis, redis.asyncio.RedisCluster]  # noqa: UP007
 
-# Options of ours carried in a URL's query; everything else in the query goes to redis-py.
-_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "namespace": str,
-    "ttl": int,
-    "ttl_seconds": int,
-    "retries": int,
-    "retry_backoff": float,
-    "retry_deadline": float,
-    "cluster": lambda v: v.lower() in {"1", "true", "yes", "on"},
-    "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
-    "connect_timeout": float,
-}
+# Options of ours carried in a URL's query (as text: the fields' types convert and check them,
+# an error names the option); everything else in the query goes to redis-py.
+_URL_OPTIONS = frozenset(
+    {"namespace", "ttl", "ttl_seconds", "retries", "retry_backoff", "retry_deadline", "cluster",
+     "refresh_on_read", "connect_timeout"}
+)  # fmt: skip
 
 
 # redis-py client options LlamaIndex's ``**kwargs`` may carry, minus those the store sets
@@ -85,7 +80,6 @@ _STORE_MANAGED = frozenset(
      "encoding_errors"}
 )  # fmt: skip
 _CLIENT_OPTIONS = PLAIN_OPTIONS - _STORE_MANAGED
-_SECRET_WORDS = ("password", "secret", "token", "credential")
 
 
 def _client_options_out(field_names: frozenset[str], data: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +247,7 @@ class RedisChatStore(ListChatStore):
 
     @field_serializer("client_options")
     def _without_secrets(self, value: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in value.items() if not any(w in k for w in _SECRET_WORDS)}
+        return without_secrets(value)
 
     def _check_configuration(self) -> None:
         # Outside pydantic validation, which would turn ConfigurationError into ValidationError.
@@ -364,11 +358,10 @@ class RedisChatStore(ListChatStore):
         ours: dict[str, Any] = {}
         theirs = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            convert = _URL_OPTIONS.get(name)
-            if convert is None:
-                theirs.append((name, value))
+            if name in _URL_OPTIONS:
+                ours[name] = value
             else:
-                ours[name] = convert(value)
+                theirs.append((name, value))
         redis_url = _join(parts.scheme, parts.netloc, parts.path, urlencode(theirs))
         return cls(redis_url=redis_url, **{**ours, **options})
 

@@ -26,6 +26,7 @@ from llama_index.storage.chat_store.core.backend import (
     PerLoop,
     Plan,
     PlannedChatStore,
+    without_secrets,
 )
 from llama_index.storage.chat_store.core.store import window
 from llama_index.storage.chat_store.core.tools import safe_trim_count
@@ -54,9 +55,10 @@ MAX_VALUE_BYTES = 2 * 1024 * 1024
 """Tablestore's limit for one attribute value (a message in our layout)."""
 
 Layout = Literal["auto", "native", "llama_index"]
-_RETRY_OPTIONS = {"retries": int, "retry_backoff": float, "retry_deadline": float}
+_RETRY_OPTIONS = {"retries", "retry_backoff", "retry_deadline"}
 _URL_OPTIONS = {"access_key_id", "access_key_secret", "sts_token", "layout", "scheme",
                 *_RETRY_OPTIONS}  # fmt: skip
+"""A URL's query options, as text: the fields' types convert and check them."""
 _FIELDS = {"layout", "sts_token", *_RETRY_OPTIONS}
 """Keyword arguments that are store fields; LlamaIndex's ``**kwargs`` are client options."""
 _CLIENT_OPTIONS = (
@@ -69,7 +71,6 @@ _CLIENT_OPTIONS = (
     "ssl_version", "enable_native", "native_fallback", "extra_headers", "force_close",
     "keepalive_timeout",
 }  # fmt: skip
-_SECRET_WORDS = ("secret", "token", "password", "credential")
 
 
 class TablestoreChatStore(CatalogPlans, PlannedChatStore):
@@ -163,7 +164,7 @@ class TablestoreChatStore(CatalogPlans, PlannedChatStore):
 
     @field_serializer("client_options")
     def _without_secrets(self, value: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in value.items() if not any(w in k for w in _SECRET_WORDS)}
+        return without_secrets(value)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
@@ -190,22 +191,13 @@ class TablestoreChatStore(CatalogPlans, PlannedChatStore):
                 f"unknown tablestore URL options: {', '.join(sorted(unknown))}"
             )
         scheme = query.pop("scheme", "https")
-        converted: dict[str, Any] = dict(query)
-        for name, kind in _RETRY_OPTIONS.items():
-            if name in query:
-                try:
-                    converted[name] = kind(query[name])
-                except ValueError:
-                    raise ConfigurationError(
-                        f"tablestore URL option {name} must be a number, not {query[name]!r}"
-                    ) from None
         host = parts.hostname + (f":{parts.port}" if parts.port else "")
         table = unquote(parts.path.strip("/")) or DEFAULT_TABLE_NAME
         settings: dict[str, Any] = {
             "endpoint": f"{scheme}://{host}",
             "instance_name": unquote(parts.username),
             "table_name": table,
-            **converted,
+            **query,
             **options,
         }
         return cls(**settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import binascii
 import os
 from base64 import b64decode
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -37,16 +37,11 @@ _UNAVAILABLE_WORDS = ("unavailable", "connection refused", "timed out", "timeout
 
 _URL_ENV = "UPSTASH_REDIS_REST_URL"
 _TOKEN_ENV = "UPSTASH_REDIS_REST_TOKEN"  # noqa: S105 (the variable's name, not a token)
-_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "namespace": str,
-    "ttl": int,
-    "ttl_seconds": int,
-    "retries": int,
-    "retry_backoff": float,
-    "retry_deadline": float,
-    "rest_retries": int,
-    "refresh_on_read": lambda v: v.lower() in {"1", "true", "yes", "on"},
-}
+# Options of ours a URL's query may carry, as text: the fields' types convert and check them.
+_URL_OPTIONS = frozenset(
+    {"namespace", "ttl", "ttl_seconds", "retries", "retry_backoff", "retry_deadline",
+     "rest_retries", "refresh_on_read"}
+)  # fmt: skip
 
 
 class UpstashChatStore(ListChatStore):
@@ -147,7 +142,7 @@ class UpstashChatStore(ListChatStore):
             if name == "token":
                 ours["redis_token"] = value
             elif name in _URL_OPTIONS:
-                ours[name] = _URL_OPTIONS[name](value)
+                ours[name] = value
             else:
                 raise ConfigurationError(f"unknown option {name!r} in an upstash URL")
         if parts.password:
