@@ -44,32 +44,21 @@ from llama_index.storage.chat_store.azure._codec import (
     order_group_end,
     order_key,
 )
-from llama_index.storage.chat_store.azure._native import (
-    KEYS_PARTITION,
-    META,
-    ORDER_PARTITION,
-    PAGE,
-    Meta,
-)
+from llama_index.storage.chat_store.azure._native import KEYS_PARTITION, META, ORDER_PARTITION, Meta
 from llama_index.storage.chat_store.azure._native_writes import NativeLayout
-from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row, backoff
-from llama_index.storage.chat_store.core.backend import (
-    Change,
-    ConflictError,
-    Plan,
-)
+from llama_index.storage.chat_store.azure._record import raced
+from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row
+from llama_index.storage.chat_store.core.backend import Change, Plan
 from llama_index.storage.chat_store.core.catalog import (
     ConversationInfo,
     ConversationPage,
     merged_metadata,
 )
-from llama_index.storage.chat_store.core.meta import contention_error
 
 __all__ = ["INDEXED", "READERS", "Gets", "NativeCatalog", "aread_all", "read_all"]
 
 INDEXED = "\uc001indexed"
 """The RowKey of ``%order``'s marker: every key of ``%keys`` was indexed (sorts after all)."""
-_MAX_ATTEMPTS = 200
 _KEY_PROPERTIES = ("RowKey", "Key")
 
 
@@ -133,6 +122,7 @@ class NativeCatalog(NativeLayout):
         meta = yield from self.read_meta(key)
         return info(meta, self._storage) if meta.count > 0 else None
 
+    @raced
     def set_metadata(
         self, key: str, changes: Mapping[str, str | None], change: Change
     ) -> Plan[ConversationInfo | None]:
@@ -144,19 +134,14 @@ class NativeCatalog(NativeLayout):
         Raises:
             PayloadTooLargeError: The merged metadata is over the limit; nothing changes.
         """
-        for attempt in range(_MAX_ATTEMPTS):
-            meta = yield from self.read_meta(key)
-            if meta.count == 0:
-                return None
-            merged = merged_metadata(meta.entry.encoded(self._storage, key), changes)
-            new = meta.change(change.id, entry=meta.entry.with_metadata(merged))
-            try:
-                done = yield from self._put_meta(meta, new, change)
-            except ConflictError:
-                yield backoff(attempt)
-                continue
-            return info(done, self._storage) if done.count > 0 else None
-        raise contention_error(key, self._storage, _MAX_ATTEMPTS)
+        meta = yield from self.read_meta(key)
+        if meta.count == 0:
+            return None
+        merged = merged_metadata(meta.entry.encoded(self._storage, key), changes)
+        new = meta.change(change.id, entry=meta.entry.with_metadata(merged))
+        done = yield from self._commit(meta, new, [self._meta_action(meta, new)], change,
+                                       alone=True)  # fmt: skip
+        return info(done, self._storage) if done.count > 0 else None
 
     # -- listing ----------------------------------------------------------------------------
 
@@ -213,21 +198,10 @@ class NativeCatalog(NativeLayout):
 
     def _group(self, group: str, prefix: str, after: str | None) -> Plan[list[str]]:
         """The wanted keys of a group, sorted."""
-        params = {"pk": ORDER_PARTITION, "lo": group, "hi": order_group_end(group)}
-        keys: list[str] = []
-        token = None
-        while True:
-            rows, token = yield Query(
-                self.table,
-                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                params,
-                select=_KEY_PROPERTIES,
-                page_size=PAGE,
-                token=token,
-            )
-            keys += [r.props["Key"] for r in rows if _wanted(r.props.get("Key"), prefix, after)]
-            if token is None:
-                return sorted(keys)
+        rows = yield from self._range(
+            ORDER_PARTITION, group, order_group_end(group), _KEY_PROPERTIES
+        )
+        return sorted(r.props["Key"] for r in rows if _wanted(r.props.get("Key"), prefix, after))
 
     def _live(self, keys: list[str]) -> Plan[list[ConversationInfo]]:
         """The entries of the conversations among ``keys`` that hold messages."""

@@ -33,22 +33,23 @@ from llama_index.storage.chat_store.core.tools import is_tool_result, is_tool_re
 
 __all__ = [
     "BATCH_MAX_OPS",
-    "BATCH_MAX_WIRE_BYTES",
     "HASHED_PREFIX",
     "LLAMA_INDEX_RECORD",
     "LLAMA_INDEX_RECORD_MAX",
     "ORDER_GROUP_UNITS",
     "PAYLOAD_PROPERTIES",
+    "Action",
     "Found",
     "account_from_endpoint",
     "check_entity_size",
+    "chunks",
     "decode_key",
     "decode_llama_index_message",
     "decode_payload",
     "encode_key",
     "encode_llama_index_message",
     "encode_payload",
-    "entity_wire_size",
+    "fits",
     "found",
     "is_llama_index_tool_result",
     "is_tool_result_payload",
@@ -218,6 +219,38 @@ def sanitize_table_name(name: str) -> str:
     if len(cleaned) < 3:
         cleaned += "A" * (3 - len(cleaned))
     return cleaned[:63]
+
+
+Action = tuple[str, dict[str, Any], str | None]
+"""A transaction operation: ``(verb, entity, etag or None)``.
+
+Verbs: ``create``, ``update`` and ``upsert`` (replacing the entity), ``delete``, and
+``touch`` (the entity stays as it is, its ETag changes: a condition other writers see).
+"""
+
+
+def fits(actions: Sequence[Action]) -> bool:
+    """Return whether the actions fit one transaction (100 operations, 4 MiB)."""
+    if len(actions) > BATCH_MAX_OPS:
+        return False
+    return sum(entity_wire_size(e) for _, e, _ in actions) <= BATCH_MAX_WIRE_BYTES
+
+
+def chunks(actions: Sequence[Action]) -> list[list[Action]]:
+    """Cut actions into transactions within the operation and payload limits."""
+    out: list[list[Action]] = []
+    current: list[Action] = []
+    size = 0
+    for action in actions:
+        wire = entity_wire_size(action[1])
+        if current and (len(current) >= BATCH_MAX_OPS or size + wire > BATCH_MAX_WIRE_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(action)
+        size += wire
+    if current:
+        out.append(current)
+    return out
 
 
 # -- native message payloads ------------------------------------------------------------------
