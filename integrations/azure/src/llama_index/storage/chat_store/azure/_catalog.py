@@ -32,19 +32,18 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llama_index.storage.chat_store.azure._codec import (
     BATCH_MAX_OPS,
-    decode_key,
     encode_key,
     order_bounds,
     order_group,
     order_group_end,
     order_key,
 )
-from llama_index.storage.chat_store.azure._native import KEYS_PARTITION, META, ORDER_PARTITION, Meta
+from llama_index.storage.chat_store.azure._native import META, ORDER_PARTITION, Meta
 from llama_index.storage.chat_store.azure._native_writes import NativeLayout
 from llama_index.storage.chat_store.azure._record import raced
 from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row
@@ -176,14 +175,12 @@ class NativeCatalog(NativeLayout):
         A group (keys too long for their own order key) is read whole and sorted here.
         """
         params = {"pk": ORDER_PARTITION, "lo": bound[0], "hi": hi}
-        where = "PartitionKey eq @pk and RowKey {} @lo and RowKey lt @hi"
-        token = None
-        while True:
-            query = where.format(bound[1])  # ge or gt: never user text
-            rows, token = yield Query(self.table, query, params, select=_KEY_PROPERTIES,
-                                      page_size=want, token=token)  # fmt: skip
-            if rows or token is None:
-                break  # (an empty page with a continuation: the service asks to go on)
+        # bound[1] is "ge" or "gt": never user text.
+        where = f"PartitionKey eq @pk and RowKey {bound[1]} @lo and RowKey lt @hi"
+        query = Query(self.table, where, params, _KEY_PROPERTIES, want)
+        rows, token = yield query
+        while not rows and token is not None:  # an empty page: the service asks to go on
+            rows, token = yield replace(query, token=token)
         keys: list[str] = []
         for row in rows:
             row_key = row.props["RowKey"]
@@ -221,12 +218,9 @@ class NativeCatalog(NativeLayout):
         if (yield Get(self.table, ORDER_PARTITION, INDEXED)) is None:
             token = None
             while True:
-                rows, token = yield Query(self.table, "PartitionKey eq @pk", {"pk": KEYS_PARTITION},
-                                          select=_KEY_PROPERTIES, page_size=BATCH_MAX_OPS,
-                                          token=token)  # fmt: skip
-                keys = {decode_key(r.props["RowKey"], r.props.get("Key")) for r in rows}
+                keys, token = yield from self.keys_page(token, BATCH_MAX_OPS)
                 actions = [("upsert", {"PartitionKey": ORDER_PARTITION, "RowKey": order_key(key),
-                            "Key": key}, None) for key in sorted(keys)]  # fmt: skip
+                            "Key": key}, None) for key in sorted(set(keys))]  # fmt: skip
                 if actions:
                     yield Batch(self.table, actions)
                 if token is None:

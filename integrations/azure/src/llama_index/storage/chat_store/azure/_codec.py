@@ -294,26 +294,24 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
     parts = [props.get(f"Chunk{i}") for i in range(count)] if isinstance(count, int) else []
     codec = props.get("Codec")
     if not parts or not all(isinstance(p, bytes) for p in parts) or codec not in (None, "zlib"):
-        raise CorruptDataError(
-            f"stored entity at key {key!r} position {position} holds no message "
-            f"(properties: {sorted(props)[:10]}) ({corrupt_data_remedy(key)})",
-            key=key,
-            position=position,
-            data=repr(dict(props)),
-        )
+        what = f"holds no message (properties: {sorted(props)[:10]})"
+        raise _unreadable(key, position, what, repr(dict(props)))
     data = b"".join(parts)  # type: ignore[arg-type]
     if codec == "zlib":
         try:
             data = zlib.decompress(data)
         except zlib.error as exc:
-            raise CorruptDataError(
-                f"stored entity at key {key!r} position {position} is not valid zlib data "
-                f"({corrupt_data_remedy(key)})",
-                key=key,
-                position=position,
-                data=data,
-            ) from exc
+            raise _unreadable(key, position, "is not valid zlib data", data) from exc
     return message_from_json(data, key=key, position=position)
+
+
+def _unreadable(key: str, position: int, what: str, data: str | bytes) -> CorruptDataError:
+    return CorruptDataError(
+        f"stored entity at key {key!r} position {position} {what} ({corrupt_data_remedy(key)})",
+        key=key,
+        position=position,
+        data=data,
+    )
 
 
 def is_tool_result_payload(props: Mapping[str, Any]) -> bool:
@@ -483,13 +481,8 @@ def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: 
     try:
         document = {name: json.loads(text) for name, text in fields.items()}
     except ValueError as exc:
-        raise CorruptDataError(
-            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc} "
-            f"({corrupt_data_remedy(key)})",
-            key=key,
-            position=position,
-            data=json.dumps(fields, ensure_ascii=False),
-        ) from exc
+        data = json.dumps(fields, ensure_ascii=False)
+        raise _unreadable(key, position, f"is not LlamaIndex JSON: {exc}", data) from exc
     return message_from_json(json.dumps(document), key=key, position=position)
 
 

@@ -198,14 +198,9 @@ class LlamaIndexTable:
         return len(rows)
 
     def keys_page(self, token: Any) -> Plan[tuple[list[str], Any]]:
-        rows, token = yield Query(
-            self.meta_table,
-            "PartitionKey eq @pk and MessageCount gt @zero",
-            {"pk": self.partition, "zero": 0},
-            select=("RowKey", "Key"),
-            page_size=PAGE,
-            token=token,
-        )
+        where = "PartitionKey eq @pk and MessageCount gt @zero"
+        params = {"pk": self.partition, "zero": 0}
+        rows, token = yield Query(self.meta_table, where, params, ("RowKey", "Key"), PAGE, token)
         return [decode_key(r.props["RowKey"], r.props.get("Key")) for r in rows], token
 
     # -- metadata -----------------------------------------------------------------------
@@ -245,14 +240,12 @@ class LlamaIndexTable:
         entity meanwhile, the write fails and the metadata is recomputed from the rows.
         """
         entity = self._meta_entity(key, _index(last, key), meta)
-        try:
+        with contextlib.suppress(ConflictError):
             if meta is not None:
                 yield Put(self.meta_table, entity, "update", meta.etag)
                 return
             if (yield from self._created(key, entity)):
                 return
-        except ConflictError:
-            pass
         yield from self._refresh_meta(key)
 
     def _refresh_meta(self, key: str, *, done: str | None = None) -> Plan[None]:
@@ -368,32 +361,31 @@ class LlamaIndexTable:
         op = change.id
         entity[RECORD] = planned.add(op).encode()
         entity[PENDING] = f"{op} {last.props['RowKey']} {last.etag}"
+        verb, etag = ("create", None) if meta is None else ("update", meta.etag)
         change.check = False
         try:
-            if meta is None:
-                yield Put(self.meta_table, entity, "create")
-            else:
-                yield Put(self.meta_table, entity, "update", meta.etag)
+            yield Put(self.meta_table, entity, verb, etag)
         except ConflictError:
             if not resent(change):
                 raise
             again = yield Get(self.meta_table, self.partition, pk)
             if again is None or again.props.get(PENDING) != entity[PENDING]:
                 raise
-        deletes = _deletes(pk, rows)
-        if fits(deletes):
-            yield from self._commit(key, deletes, planned, change)
-            removed = list(rows)
-        else:
-            removed = yield from self._remove_in_parts(key, rows, change)
+        removed = yield from self._remove(key, rows, _deletes(pk, rows), planned, change)
         yield from self._refresh_meta(key, done=op)
         return removed
 
-    def _remove_in_parts(self, key: str, rows: Sequence[Row], change: Change) -> Plan[list[Row]]:
-        """Delete rows too many for one transaction If-Match their ETags; return those removed.
+    def _remove(
+        self, key: str, rows: Sequence[Row], actions: list[Action], planned: Record, change: Change
+    ) -> Plan[list[Row]]:
+        """Remove ``rows`` by ``actions`` (their deletes, first) in one recorded transaction.
 
-        Not atomic: transaction by transaction, and row by row where one fails.
+        Returns the rows removed. Rows too many for one transaction are only deleted, If-Match
+        their ETags: not atomic, transaction by transaction, and row by row where one fails.
         """
+        if fits(actions):
+            yield from self._commit(key, actions, planned, change)
+            return list(rows)
         change.check = False
         pk = encode_key(key)
         actions = _deletes(pk, rows)

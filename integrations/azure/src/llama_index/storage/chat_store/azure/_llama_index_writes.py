@@ -49,10 +49,6 @@ from llama_index.storage.chat_store.core.tools import safe_trim_count
 __all__ = ["LlamaIndexLayout"]
 
 
-def _tool_result(row: Row) -> bool:
-    return is_llama_index_tool_result(row.props)
-
-
 class LlamaIndexLayout(LlamaIndexTable):
     """Plans for every store operation in LlamaIndex's two-table layout."""
 
@@ -190,13 +186,9 @@ class LlamaIndexLayout(LlamaIndexTable):
         # insert that added a row after it also changed it, in one transaction (see
         # _after), so either this range read sees the new row, or the delete If-Match
         # the ETag read here fails.
-        rows, _ = yield Query(
-            self.table,
-            "PartitionKey eq @pk and RowKey ge @lo",
-            {"pk": pk, "lo": keys[-1].props["RowKey"]},
-            page_size=2,
-        )
-        if len(rows) != 1 or rows[0].props["RowKey"] != keys[-1].props["RowKey"]:
+        where, last = "PartitionKey eq @pk and RowKey ge @lo", keys[-1].props["RowKey"]
+        rows, _ = yield Query(self.table, where, {"pk": pk, "lo": last}, page_size=2)
+        if len(rows) != 1 or rows[0].props["RowKey"] != last:
             raise ConflictError(f"the last row of key {key!r} changed")
         items = _found(key, rows, len(keys) - 1)
         if len(keys) == 1:
@@ -225,7 +217,8 @@ class LlamaIndexLayout(LlamaIndexTable):
         """
         pk = encode_key(key)
         rows = yield from self._rows(key)
-        m = safe_trim_count(rows, n, _tool_result) if tool_safe else n
+        is_result = lambda row: is_llama_index_tool_result(row.props)  # noqa: E731
+        m = safe_trim_count(rows, n, is_result) if tool_safe else n
         first = rows[: max(m, 0)]
         if not first:
             return []
@@ -235,11 +228,7 @@ class LlamaIndexLayout(LlamaIndexTable):
         else:  # the last row takes the record, If-Match: no append slips in between
             planned, last = _record_on(rows[-1]), rows[-1]
             actions = [*_deletes(pk, first), _taking(pk, last, planned.add(change.id))]
-            if fits(actions):
-                yield from self._commit(key, actions, planned, change)
-                removed = first
-            else:
-                removed = yield from self._remove_in_parts(key, first, change)
+            removed = yield from self._remove(key, first, actions, planned, change)
             yield from self._refresh_meta(key)
         return taken(_kept(first, items, removed), self.table)
 

@@ -121,15 +121,6 @@ def _int64(value: int) -> EntityProperty:
     return EntityProperty(value, EdmType.INT64)
 
 
-def _entry(where: str, key: str, props: dict[str, Any]) -> Entry:
-    """A meta entity's catalog entry (``Created``, ``Updated``, ``Metadata``), checked."""
-    metadata = props.get("Metadata")
-    if isinstance(metadata, bytes):  # too long for a string property (see _meta_action)
-        with contextlib.suppress(UnicodeDecodeError):
-            metadata = metadata.decode("utf-8")
-    return Entry.read(where, key, props.get("Created"), props.get("Updated"), metadata)
-
-
 @dataclass(frozen=True)
 class Meta:
     """The state of one conversation (``etag`` None: no meta entity)."""
@@ -201,7 +192,11 @@ class NativeTable:
             raise _bad_meta(key, "unreadable", props)
         if nxt < head or props.get("Key", key) != key:
             raise _bad_meta(key, "inconsistent", props)
-        entry = _entry(self._storage, key, props)
+        metadata = props.get("Metadata")
+        if isinstance(metadata, bytes):  # too long for a string property (see _meta_action)
+            with contextlib.suppress(UnicodeDecodeError):
+                metadata = metadata.decode("utf-8")
+        entry = Entry.read(self._storage, key, props.get("Created"), props.get("Updated"), metadata)
         return Meta(key, pk, gen, head, nxt, seq, tuple(ops.split()), row.etag, entry)
 
     def _learn(self, meta: Meta) -> Meta:
@@ -270,12 +265,9 @@ class NativeTable:
         row is the one that meta names even if the query is not a snapshot.
         """
         last = seen.row_key(seen.next - 1)
-        rows, _ = yield Query(
-            self.table,
-            "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi",
-            {"pk": seen.pk, "lo": last, "hi": META},
-            page_size=2,
-        )
+        params = {"pk": seen.pk, "lo": last, "hi": META}
+        where = "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi"
+        rows, _ = yield Query(self.table, where, params, page_size=2)
         found = {row.props.get("RowKey"): row for row in rows}
         if META not in found:
             return None, None
@@ -317,15 +309,9 @@ class NativeTable:
         meta = yield from self.read_meta(key)
         return meta.count
 
-    def keys_page(self, token: Any) -> Plan[tuple[list[str], Any]]:
-        rows, token = yield Query(
-            self.table,
-            "PartitionKey eq @pk",
-            {"pk": KEYS_PARTITION},
-            select=("RowKey", "Key"),
-            page_size=PAGE,
-            token=token,
-        )
+    def keys_page(self, token: Any, page_size: int = PAGE) -> Plan[tuple[list[str], Any]]:
+        where, params = "PartitionKey eq @pk", {"pk": KEYS_PARTITION}
+        rows, token = yield Query(self.table, where, params, ("RowKey", "Key"), page_size, token)
         return [decode_key(r.props["RowKey"], r.props.get("Key")) for r in rows], token
 
     # -- building blocks ----------------------------------------------------------------

@@ -48,10 +48,6 @@ from llama_index.storage.chat_store.core.tools import safe_trim_plan
 __all__ = ["NativeLayout"]
 
 
-def _tool_result(row: Row | None) -> bool:
-    return row is not None and is_tool_result_payload(row.props)
-
-
 class NativeLayout(NativeTable):
     """Plans for every store operation in the native layout."""
 
@@ -373,7 +369,8 @@ class NativeLayout(NativeTable):
             return []
         if tool_safe:
             read = lambda lo, hi: self._span(meta, lo, hi)  # noqa: E731
-            m = yield from safe_trim_plan(read, m, meta.count, _tool_result)
+            is_result = lambda row: row is not None and is_tool_result_payload(row.props)  # noqa: E731
+            m = yield from safe_trim_plan(read, m, meta.count, is_result)
         span = yield from self._span(meta, 0, m)
         items = self._found(meta, span, 0)  # before removing anything
         new = meta.change(change.id, head=meta.head + m)

@@ -5,7 +5,6 @@ the race to another writer (:class:`ConflictError`) starts over from a fresh rea
 :data:`RACE` (core's one loop for it): :func:`raced` makes a layout's method one attempt.
 
 The record of a conversation's last changes is how a resent change finds its own commit.
-
 Every change carries an operation id (the kit's ``Change.id``, one per call). The write that
 commits it also counts it (``seq``) and appends its id to the last :data:`OP_RECORD` ids
 (``ops``). A conditional write resent after a lost reply that fails its condition may

@@ -303,13 +303,6 @@ def _condition(etag: str | None) -> dict[str, Any]:
     return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
-def _conditional_delete(op: Remove) -> list[Any]:
-    # delete_entity() treats "not found" as success even with an ETag; a one-operation
-    # transaction reports it, so two callers never both believe they removed the entity.
-    entity = {"PartitionKey": op.pk, "RowKey": op.rk}
-    return _batch_actions(Batch(op.table, [("delete", entity, op.etag)]))
-
-
 # On every request: azure-core's RetryPolicy would resend a write with no check of what its
 # lost attempt did. The kit resends instead (see the module docstring).
 NO_SDK_RETRIES: dict[str, Any] = {"retry_total": 0}
@@ -335,7 +328,10 @@ def _call(op: Request) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
         return "update_entity", (op.entity,), {**whole, **_condition(op.etag)}
     if op.etag is None:
         return "delete_entity", (op.pk, op.rk), NO_SDK_RETRIES
-    return "submit_transaction", (_conditional_delete(op),), NO_SDK_RETRIES
+    # delete_entity() treats "not found" as success even with an ETag; a one-operation
+    # transaction reports it, so two callers never both believe they removed the entity.
+    batch = Batch(op.table, [("delete", {"PartitionKey": op.pk, "RowKey": op.rk}, op.etag)])
+    return "submit_transaction", (_batch_actions(batch),), NO_SDK_RETRIES
 
 
 def _reply(op: Request, reply: Any) -> Any:
