@@ -286,6 +286,27 @@ def test_delete_oldest_of_every_message_racing_an_append(
         checker.delete_messages(KEY)
 
 
+def test_a_tool_safe_trim_whose_rows_go_meanwhile_starts_over(
+    make_store: Callable[..., AzureChatStore],
+) -> None:
+    """delete_oldest_messages(tool_safe) finding the messages after the cut gone starts over.
+
+    The conversation is emptied between the meta read and the read past the cut. If this
+    fails: that read took the changed meta entity for an empty page and read again, forever.
+    """
+    trimmer, other = make_store(), make_store()
+    other.set_messages(KEY, numbered(4))
+    returned = run(
+        trimmer,
+        trimmer._oldest_plan(KEY, 1, Change(), True),
+        pause_before=2,
+        meanwhile=lambda: other.delete_messages(KEY),
+        max_requests=10,
+    )
+    assert returned == []
+    assert other.get_messages(KEY) == []
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_insert_at_the_front_of_an_empty_conversation_racing_an_append(
     make_store: Callable[..., AzureChatStore], layout: str

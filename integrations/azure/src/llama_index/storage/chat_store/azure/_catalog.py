@@ -32,44 +32,32 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llama_index.storage.chat_store.azure._codec import (
     BATCH_MAX_OPS,
-    decode_key,
     encode_key,
     order_bounds,
     order_group,
     order_group_end,
     order_key,
 )
-from llama_index.storage.chat_store.azure._native import (
-    KEYS_PARTITION,
-    META,
-    ORDER_PARTITION,
-    PAGE,
-    Meta,
-)
+from llama_index.storage.chat_store.azure._native import META, ORDER_PARTITION, Meta
 from llama_index.storage.chat_store.azure._native_writes import NativeLayout
-from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row, backoff
-from llama_index.storage.chat_store.core.backend import (
-    Change,
-    ConflictError,
-    Plan,
-)
+from llama_index.storage.chat_store.azure._record import raced
+from llama_index.storage.chat_store.azure._sdk import Batch, Get, Put, Query, Row
+from llama_index.storage.chat_store.core.backend import Change, Plan
 from llama_index.storage.chat_store.core.catalog import (
     ConversationInfo,
     ConversationPage,
     merged_metadata,
 )
-from llama_index.storage.chat_store.core.meta import contention_error
 
 __all__ = ["INDEXED", "READERS", "Gets", "NativeCatalog", "aread_all", "read_all"]
 
 INDEXED = "\uc001indexed"
 """The RowKey of ``%order``'s marker: every key of ``%keys`` was indexed (sorts after all)."""
-_MAX_ATTEMPTS = 200
 _KEY_PROPERTIES = ("RowKey", "Key")
 
 
@@ -133,6 +121,7 @@ class NativeCatalog(NativeLayout):
         meta = yield from self.read_meta(key)
         return info(meta, self._storage) if meta.count > 0 else None
 
+    @raced
     def set_metadata(
         self, key: str, changes: Mapping[str, str | None], change: Change
     ) -> Plan[ConversationInfo | None]:
@@ -144,19 +133,14 @@ class NativeCatalog(NativeLayout):
         Raises:
             PayloadTooLargeError: The merged metadata is over the limit; nothing changes.
         """
-        for attempt in range(_MAX_ATTEMPTS):
-            meta = yield from self.read_meta(key)
-            if meta.count == 0:
-                return None
-            merged = merged_metadata(meta.entry.encoded(self._storage, key), changes)
-            new = meta.change(change.id, entry=meta.entry.with_metadata(merged))
-            try:
-                done = yield from self._put_meta(meta, new, change)
-            except ConflictError:
-                yield backoff(attempt)
-                continue
-            return info(done, self._storage) if done.count > 0 else None
-        raise contention_error(key, self._storage, _MAX_ATTEMPTS)
+        meta = yield from self.read_meta(key)
+        if meta.count == 0:
+            return None
+        merged = merged_metadata(meta.entry.encoded(self._storage, key), changes)
+        new = meta.change(change.id, entry=meta.entry.with_metadata(merged))
+        done = yield from self._commit(meta, new, [self._meta_action(meta, new)], change,
+                                       alone=True)  # fmt: skip
+        return info(done, self._storage) if done.count > 0 else None
 
     # -- listing ----------------------------------------------------------------------------
 
@@ -191,14 +175,12 @@ class NativeCatalog(NativeLayout):
         A group (keys too long for their own order key) is read whole and sorted here.
         """
         params = {"pk": ORDER_PARTITION, "lo": bound[0], "hi": hi}
-        where = "PartitionKey eq @pk and RowKey {} @lo and RowKey lt @hi"
-        token = None
-        while True:
-            query = where.format(bound[1])  # ge or gt: never user text
-            rows, token = yield Query(self.table, query, params, select=_KEY_PROPERTIES,
-                                      page_size=want, token=token)  # fmt: skip
-            if rows or token is None:
-                break  # (an empty page with a continuation: the service asks to go on)
+        # bound[1] is "ge" or "gt": never user text.
+        where = f"PartitionKey eq @pk and RowKey {bound[1]} @lo and RowKey lt @hi"
+        query = Query(self.table, where, params, _KEY_PROPERTIES, want)
+        rows, token = yield query
+        while not rows and token is not None:  # an empty page: the service asks to go on
+            rows, token = yield replace(query, token=token)
         keys: list[str] = []
         for row in rows:
             row_key = row.props["RowKey"]
@@ -213,21 +195,10 @@ class NativeCatalog(NativeLayout):
 
     def _group(self, group: str, prefix: str, after: str | None) -> Plan[list[str]]:
         """The wanted keys of a group, sorted."""
-        params = {"pk": ORDER_PARTITION, "lo": group, "hi": order_group_end(group)}
-        keys: list[str] = []
-        token = None
-        while True:
-            rows, token = yield Query(
-                self.table,
-                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                params,
-                select=_KEY_PROPERTIES,
-                page_size=PAGE,
-                token=token,
-            )
-            keys += [r.props["Key"] for r in rows if _wanted(r.props.get("Key"), prefix, after)]
-            if token is None:
-                return sorted(keys)
+        rows = yield from self._range(
+            ORDER_PARTITION, group, order_group_end(group), _KEY_PROPERTIES
+        )
+        return sorted(r.props["Key"] for r in rows if _wanted(r.props.get("Key"), prefix, after))
 
     def _live(self, keys: list[str]) -> Plan[list[ConversationInfo]]:
         """The entries of the conversations among ``keys`` that hold messages."""
@@ -247,12 +218,9 @@ class NativeCatalog(NativeLayout):
         if (yield Get(self.table, ORDER_PARTITION, INDEXED)) is None:
             token = None
             while True:
-                rows, token = yield Query(self.table, "PartitionKey eq @pk", {"pk": KEYS_PARTITION},
-                                          select=_KEY_PROPERTIES, page_size=BATCH_MAX_OPS,
-                                          token=token)  # fmt: skip
-                keys = {decode_key(r.props["RowKey"], r.props.get("Key")) for r in rows}
+                keys, token = yield from self.keys_page(token, BATCH_MAX_OPS)
                 actions = [("upsert", {"PartitionKey": ORDER_PARTITION, "RowKey": order_key(key),
-                            "Key": key}, None) for key in sorted(keys)]  # fmt: skip
+                            "Key": key}, None) for key in sorted(set(keys))]  # fmt: skip
                 if actions:
                     yield Batch(self.table, actions)
                 if token is None:

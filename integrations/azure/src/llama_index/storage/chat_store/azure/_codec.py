@@ -33,22 +33,23 @@ from llama_index.storage.chat_store.core.tools import is_tool_result, is_tool_re
 
 __all__ = [
     "BATCH_MAX_OPS",
-    "BATCH_MAX_WIRE_BYTES",
     "HASHED_PREFIX",
     "LLAMA_INDEX_RECORD",
     "LLAMA_INDEX_RECORD_MAX",
     "ORDER_GROUP_UNITS",
     "PAYLOAD_PROPERTIES",
+    "Action",
     "Found",
     "account_from_endpoint",
     "check_entity_size",
+    "chunks",
     "decode_key",
     "decode_llama_index_message",
     "decode_payload",
     "encode_key",
     "encode_llama_index_message",
     "encode_payload",
-    "entity_wire_size",
+    "fits",
     "found",
     "is_llama_index_tool_result",
     "is_tool_result_payload",
@@ -220,6 +221,38 @@ def sanitize_table_name(name: str) -> str:
     return cleaned[:63]
 
 
+Action = tuple[str, dict[str, Any], str | None]
+"""A transaction operation: ``(verb, entity, etag or None)``.
+
+Verbs: ``create``, ``update`` and ``upsert`` (replacing the entity), ``delete``, and
+``touch`` (the entity stays as it is, its ETag changes: a condition other writers see).
+"""
+
+
+def fits(actions: Sequence[Action]) -> bool:
+    """Return whether the actions fit one transaction (100 operations, 4 MiB)."""
+    if len(actions) > BATCH_MAX_OPS:
+        return False
+    return sum(entity_wire_size(e) for _, e, _ in actions) <= BATCH_MAX_WIRE_BYTES
+
+
+def chunks(actions: Sequence[Action]) -> list[list[Action]]:
+    """Cut actions into transactions within the operation and payload limits."""
+    out: list[list[Action]] = []
+    current: list[Action] = []
+    size = 0
+    for action in actions:
+        wire = entity_wire_size(action[1])
+        if current and (len(current) >= BATCH_MAX_OPS or size + wire > BATCH_MAX_WIRE_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(action)
+        size += wire
+    if current:
+        out.append(current)
+    return out
+
+
 # -- native message payloads ------------------------------------------------------------------
 
 
@@ -261,26 +294,24 @@ def decode_payload(props: Mapping[str, Any], *, key: str, position: int) -> Chat
     parts = [props.get(f"Chunk{i}") for i in range(count)] if isinstance(count, int) else []
     codec = props.get("Codec")
     if not parts or not all(isinstance(p, bytes) for p in parts) or codec not in (None, "zlib"):
-        raise CorruptDataError(
-            f"stored entity at key {key!r} position {position} holds no message "
-            f"(properties: {sorted(props)[:10]}) ({corrupt_data_remedy(key)})",
-            key=key,
-            position=position,
-            data=repr(dict(props)),
-        )
+        what = f"holds no message (properties: {sorted(props)[:10]})"
+        raise _unreadable(key, position, what, repr(dict(props)))
     data = b"".join(parts)  # type: ignore[arg-type]
     if codec == "zlib":
         try:
             data = zlib.decompress(data)
         except zlib.error as exc:
-            raise CorruptDataError(
-                f"stored entity at key {key!r} position {position} is not valid zlib data "
-                f"({corrupt_data_remedy(key)})",
-                key=key,
-                position=position,
-                data=data,
-            ) from exc
+            raise _unreadable(key, position, "is not valid zlib data", data) from exc
     return message_from_json(data, key=key, position=position)
+
+
+def _unreadable(key: str, position: int, what: str, data: str | bytes) -> CorruptDataError:
+    return CorruptDataError(
+        f"stored entity at key {key!r} position {position} {what} ({corrupt_data_remedy(key)})",
+        key=key,
+        position=position,
+        data=data,
+    )
 
 
 def is_tool_result_payload(props: Mapping[str, Any]) -> bool:
@@ -450,13 +481,8 @@ def decode_llama_index_message(props: Mapping[str, Any], *, key: str, position: 
     try:
         document = {name: json.loads(text) for name, text in fields.items()}
     except ValueError as exc:
-        raise CorruptDataError(
-            f"stored entity at key {key!r} position {position} is not LlamaIndex JSON: {exc} "
-            f"({corrupt_data_remedy(key)})",
-            key=key,
-            position=position,
-            data=json.dumps(fields, ensure_ascii=False),
-        ) from exc
+        data = json.dumps(fields, ensure_ascii=False)
+        raise _unreadable(key, position, f"is not LlamaIndex JSON: {exc}", data) from exc
     return message_from_json(json.dumps(document), key=key, position=position)
 
 

@@ -47,27 +47,28 @@ from typing import Any
 
 from llama_index.storage.chat_store.azure._codec import (
     LLAMA_INDEX_RECORD,
+    Action,
     Found,
+    chunks,
     decode_key,
     decode_llama_index_message,
     encode_key,
+    fits,
     found,
 )
-from llama_index.storage.chat_store.azure._record import Record, resent
+from llama_index.storage.chat_store.azure._record import RACE, Record, resent
 from llama_index.storage.chat_store.azure._sdk import (
-    Action,
+    PAGE,
     Batch,
     Get,
     Put,
     Query,
     Remove,
     Row,
-    backoff,
-    chunks,
     delete_rows,
-    fits,
+    query_all,
 )
-from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core import ChatMessage, CorruptDataError
 from llama_index.storage.chat_store.core.backend import (
     Change,
     ConflictError,
@@ -76,10 +77,8 @@ from llama_index.storage.chat_store.core.backend import (
 )
 from llama_index.storage.chat_store.core.meta import unknown_outcome
 
-__all__ = ["PAGE", "PENDING", "RECORD", "LlamaIndexTable"]
+__all__ = ["PENDING", "RECORD", "LlamaIndexTable"]
 
-_MAX_ATTEMPTS = 200
-PAGE = 1000
 _KEY_PROPS = frozenset({"PartitionKey", "RowKey", "Timestamp"})
 RECORD = LLAMA_INDEX_RECORD
 """On the last chat row (and the metadata entity): the record of the last changes."""
@@ -127,6 +126,11 @@ def _taking(pk: str, row: Row, record: Record) -> Action:
     return ("touch", {**_address(pk, row), RECORD: record.encode()}, row.etag)
 
 
+def _moving(pk: str, row: Row, payload: dict[str, Any]) -> Action:
+    """Write ``payload`` over ``row`` (If-Match the ETag read): a message moving there."""
+    return ("update", {**_address(pk, row), **payload}, row.etag)
+
+
 def _stored(row: Row) -> dict[str, Any]:
     return {k: v for k, v in row.props.items() if k != "Timestamp"}
 
@@ -136,19 +140,6 @@ def _pending(meta: Row | None) -> list[str] | None:
     text = meta.props.get(PENDING) if meta is not None else None
     parts = text.split(" ", 2) if isinstance(text, str) else []
     return parts if len(parts) == 3 else None
-
-
-def _decode(key: str, rows: Sequence[Row], start: int) -> list[ChatMessage]:
-    """Parse rows read from position ``start``.
-
-    Raises:
-        CorruptDataError: A row is not a message (names key, position, how to remove it).
-        SerializationError: Valid data this mode cannot represent.
-    """
-    return [
-        decode_llama_index_message(row.props, key=key, position=start + i)
-        for i, row in enumerate(rows)
-    ]
 
 
 def _found(key: str, rows: Sequence[Row], start: int) -> list[Found]:
@@ -191,42 +182,25 @@ class LlamaIndexTable:
         self, key: str, *, keys_only: bool = False, start: str | None = None
     ) -> Plan[list[Row]]:
         """Read the conversation's chat rows in RowKey order (from RowKey ``start`` on)."""
-        rows: list[Row] = []
-        token = None
-        bound = "" if start is None else " and RowKey ge @lo"
+        where = "PartitionKey eq @pk" + ("" if start is None else " and RowKey ge @lo")
         params = {"pk": encode_key(key)} if start is None else {"pk": encode_key(key), "lo": start}
-        while True:
-            page, token = yield Query(
-                self.table,
-                "PartitionKey eq @pk" + bound,
-                params,
-                select=("RowKey", RECORD) if keys_only else None,
-                page_size=PAGE,
-                token=token,
-            )
-            rows.extend(page)
-            if token is None:
-                return rows
+        select = ("RowKey", RECORD) if keys_only else None
+        return (yield from query_all(Query(self.table, where, params, select, PAGE)))
 
     def get_messages(self, key: str, offset: int, limit: int | None) -> Plan[list[ChatMessage]]:
         rows = yield from self._rows(key)
         span = range(len(rows))[offset:]
         span = span if limit is None else span[:limit]
-        return _decode(key, rows[span.start : span.stop], span.start)
+        return [decode_llama_index_message(rows[p].props, key=key, position=p) for p in span]
 
     def count_messages(self, key: str) -> Plan[int]:
         rows = yield from self._rows(key, keys_only=True)
         return len(rows)
 
     def keys_page(self, token: Any) -> Plan[tuple[list[str], Any]]:
-        rows, token = yield Query(
-            self.meta_table,
-            "PartitionKey eq @pk and MessageCount gt @zero",
-            {"pk": self.partition, "zero": 0},
-            select=("RowKey", "Key"),
-            page_size=PAGE,
-            token=token,
-        )
+        where = "PartitionKey eq @pk and MessageCount gt @zero"
+        params = {"pk": self.partition, "zero": 0}
+        rows, token = yield Query(self.meta_table, where, params, ("RowKey", "Key"), PAGE, token)
         return [decode_key(r.props["RowKey"], r.props.get("Key")) for r in rows], token
 
     # -- metadata -----------------------------------------------------------------------
@@ -266,14 +240,12 @@ class LlamaIndexTable:
         entity meanwhile, the write fails and the metadata is recomputed from the rows.
         """
         entity = self._meta_entity(key, _index(last, key), meta)
-        try:
+        with contextlib.suppress(ConflictError):
             if meta is not None:
                 yield Put(self.meta_table, entity, "update", meta.etag)
                 return
             if (yield from self._created(key, entity)):
                 return
-        except ConflictError:
-            pass
         yield from self._refresh_meta(key)
 
     def _refresh_meta(self, key: str, *, done: str | None = None) -> Plan[None]:
@@ -285,11 +257,12 @@ class LlamaIndexTable:
         emptied conversation's entity goes too, unless another removal's mark is on it
         (its resend may need the record there).
         """
-        for attempt in range(_MAX_ATTEMPTS):
-            row = yield Get(self.meta_table, self.partition, encode_key(key))
-            rows = yield from self._rows(key, keys_only=True)
-            held = _pending(row)
-            try:
+
+        def attempt() -> Plan[None]:
+            while True:  # (again at once after creating an entity naming a row gone since)
+                row = yield Get(self.meta_table, self.partition, encode_key(key))
+                rows = yield from self._rows(key, keys_only=True)
+                held = _pending(row)
                 if not rows and row is not None and (held is None or held[0] == done):
                     yield Remove(self.meta_table, self.partition, encode_key(key), row.etag)
                     return
@@ -306,9 +279,8 @@ class LlamaIndexTable:
                 if entity != _stored(row):
                     yield Put(self.meta_table, entity, "update", row.etag)
                 return
-            except ConflictError:
-                yield backoff(attempt)
-        raise ChatStoreError(f"too much contention on the metadata of key {key!r}")
+
+        yield from RACE.run(key, f"Azure table {self.meta_table!r}", attempt)
 
     # -- the record of changes ----------------------------------------------------------
 
@@ -336,11 +308,13 @@ class LlamaIndexTable:
 
     def _commit(
         self, key: str, actions: list[Action], planned: Record, change: Change, op: str = ""
-    ) -> Plan[list[str] | None]:
+    ) -> Plan[list[str]]:
         """Run one transaction that records ``op`` (default: the change's id) on ``planned``.
 
-        Returns its ETags ([] when a resend found its own lost commit), or None when a
-        condition failed and nothing was committed.
+        Returns its ETags ([] when a resend found its own lost commit).
+
+        Raises:
+            ConflictError: A condition failed and nothing was committed.
         """
         change.check = False
         try:
@@ -348,7 +322,7 @@ class LlamaIndexTable:
         except ConflictError:
             if resent(change) and (yield from self._won(key, planned, op or change.id)):
                 return []
-            return None
+            raise
         return etags
 
     @staticmethod
@@ -357,11 +331,15 @@ class LlamaIndexTable:
         verb, entity, etag = action
         return verb, {**entity, RECORD: record.encode()}, etag
 
-    def _empty_rows(self, key: str, rows: Sequence[Row], change: Change) -> Plan[list[Row] | None]:
+    def _empty_rows(self, key: str, rows: Sequence[Row], change: Change) -> Plan[list[Row]]:
         """Delete every row (``rows``: all of them, in order); return those removed.
 
-        None when one changed meanwhile (nothing removed). In two phases (see the module
-        docstring): the metadata takes the record and the pending mark, then the rows go.
+        In two phases (see the module docstring): the metadata takes the record and the
+        pending mark, then the rows go.
+
+        Raises:
+            ConflictError: One changed meanwhile, or another removal is pending (nothing
+                removed).
         """
         pk = encode_key(key)
         last = rows[-1]
@@ -373,7 +351,7 @@ class LlamaIndexTable:
             with contextlib.suppress(ConflictError):
                 yield Batch(self.table, [("touch", {"PartitionKey": pk, "RowKey": held[1]},
                                           held[2])])  # fmt: skip
-            return None
+            raise ConflictError(f"another removal of key {key!r} is pending")
         planned = _record_on(last)
         if meta is None:  # (a RowKey that is not LlamaIndex's must not stop the removal)
             rk = last.props["RowKey"]
@@ -383,36 +361,31 @@ class LlamaIndexTable:
         op = change.id
         entity[RECORD] = planned.add(op).encode()
         entity[PENDING] = f"{op} {last.props['RowKey']} {last.etag}"
+        verb, etag = ("create", None) if meta is None else ("update", meta.etag)
         change.check = False
         try:
-            if meta is None:
-                yield Put(self.meta_table, entity, "create")
-            else:
-                yield Put(self.meta_table, entity, "update", meta.etag)
+            yield Put(self.meta_table, entity, verb, etag)
         except ConflictError:
             if not resent(change):
-                return None
+                raise
             again = yield Get(self.meta_table, self.partition, pk)
             if again is None or again.props.get(PENDING) != entity[PENDING]:
-                return None
-        deletes = _deletes(pk, rows)
-        if fits(deletes):
-            removed = (
-                list(rows)
-                if (yield from self._commit(key, deletes, planned, change)) is not None
-                else None
-            )
-        else:
-            removed = yield from self._remove_in_parts(key, rows, change)
-        if removed is not None:
-            yield from self._refresh_meta(key, done=op)
+                raise
+        removed = yield from self._remove(key, rows, _deletes(pk, rows), planned, change)
+        yield from self._refresh_meta(key, done=op)
         return removed
 
-    def _remove_in_parts(self, key: str, rows: Sequence[Row], change: Change) -> Plan[list[Row]]:
-        """Delete rows too many for one transaction If-Match their ETags; return those removed.
+    def _remove(
+        self, key: str, rows: Sequence[Row], actions: list[Action], planned: Record, change: Change
+    ) -> Plan[list[Row]]:
+        """Remove ``rows`` by ``actions`` (their deletes, first) in one recorded transaction.
 
-        Not atomic: transaction by transaction, and row by row where one fails.
+        Returns the rows removed. Rows too many for one transaction are only deleted, If-Match
+        their ETags: not atomic, transaction by transaction, and row by row where one fails.
         """
+        if fits(actions):
+            yield from self._commit(key, actions, planned, change)
+            return list(rows)
         change.check = False
         pk = encode_key(key)
         actions = _deletes(pk, rows)
@@ -432,6 +405,10 @@ class LlamaIndexTable:
                         _settle(key, change, lost)
             removed += [r for r in rows if r.props["RowKey"] in done]
         return removed
+
+    @property
+    def _storage(self) -> str:
+        return f"Azure table {self.table!r}"
 
     # -- clearing -----------------------------------------------------------------------
 

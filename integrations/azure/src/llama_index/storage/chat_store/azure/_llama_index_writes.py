@@ -3,6 +3,8 @@
 The layout, the record of changes on the last chat row and the two-phase emptying are
 described in :mod:`._llama_index_layout`, which also holds the reads and the building
 blocks (the recorded commit, the emptying, the metadata refresh) these plans are made of.
+Changes are planned on the rows as read; one that loses a race to another writer
+starts over (:mod:`._record`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from llama_index.storage.chat_store.azure._codec import (
+    Action,
+    chunks,
     encode_key,
+    fits,
     is_llama_index_tool_result,
     taken,
 )
@@ -22,36 +27,26 @@ from llama_index.storage.chat_store.azure._llama_index_layout import (
     _found,
     _index,
     _kept,
+    _moving,
     _payload,
     _record_on,
     _row_key,
     _settle,
     _taking,
 )
-from llama_index.storage.chat_store.azure._record import Record
+from llama_index.storage.chat_store.azure._record import RACE, Record, raced
 from llama_index.storage.chat_store.azure._sdk import (
-    Action,
     Batch,
     Get,
-    Put,
     Query,
-    Remove,
     Row,
-    backoff,
-    chunks,
-    fits,
+    write_all,
 )
-from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError
+from llama_index.storage.chat_store.core import ChatMessage
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
 from llama_index.storage.chat_store.core.tools import safe_trim_count
 
 __all__ = ["LlamaIndexLayout"]
-
-_MAX_ATTEMPTS = 200
-
-
-def _tool_result(row: Row) -> bool:
-    return is_llama_index_tool_result(row.props)
 
 
 class LlamaIndexLayout(LlamaIndexTable):
@@ -97,80 +92,62 @@ class LlamaIndexLayout(LlamaIndexTable):
         return actions
 
     def append(self, key: str, payloads: Sequence[dict[str, Any]], change: Change) -> Plan[None]:
-        op = change.id
         done, part = 0, 0
-        meta, last = yield from self._last_row(key)
-        for attempt in range(_MAX_ATTEMPTS):
+
+        def attempt() -> Plan[None]:
+            nonlocal done, part
+            meta, last = yield from self._last_row(key)
             # Over one transaction an append is not atomic: each further transaction
             # continues after (and touches) the last row the previous one created, and
             # records a part id of its own.
             while done < len(payloads):
-                planned, step = _record_on(last), op if part == 0 else f"{op}.{part}"
+                planned, step = _record_on(last), f"{change.id}.{part}" if part else change.id
                 actions = self._after(key, last, payloads[done:])
                 if not fits(actions):
                     actions = chunks(actions)[0]
                 actions[-1] = self._carry(actions[-1], planned.add(step))
                 etags = yield from self._commit(key, actions, planned, change, step)
-                if etags is None:
-                    break
                 done, part = done + sum(1 for a in actions if a[0] == "create"), part + 1
                 last = Row(actions[-1][1], etags[-1] if etags else "")
                 if not etags and done < len(payloads):  # committed, its ETag lost with the reply
                     _, last = yield from self._last_row(key)
-            else:
-                assert last is not None
-                yield from self._raise_meta(key, meta, last)
-                return
-            yield backoff(attempt)
-            meta, last = yield from self._last_row(key)
-        raise ChatStoreError(f"too much contention appending to key {key!r}")
+            assert last is not None
+            yield from self._raise_meta(key, meta, last)
 
+        yield from RACE.run(key, self._storage, attempt)
+
+    @raced
     def replace(self, key: str, payloads: Sequence[dict[str, Any]], change: Change) -> Plan[None]:
         if not payloads:
             yield from self.delete_all(key, change, read=False)
             return
-        op = change.id
         pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key, keys_only=True)
-            etags = {r.props["RowKey"]: r.etag for r in rows}
-            keep = [_row_key(i) for i in range(len(payloads))]
-            # Conditional on every row read (rows kept are replaced If-Match, new ones
-            # created), so a change made meanwhile, an append included, is never overwritten.
-            actions: list[Action] = [
-                ("update", {"PartitionKey": pk, "RowKey": rk, **p}, etags[rk])
-                if rk in etags else ("create", {"PartitionKey": pk, "RowKey": rk, **p}, None)
-                for rk, p in zip(keep, payloads, strict=True)
-            ]  # fmt: skip
-            planned = _record_on(rows[-1] if rows else None)
-            actions[-1] = self._carry(actions[-1], planned.add(op))
-            actions += [("delete", {"PartitionKey": pk, "RowKey": rk}, etag)
-                        for rk, etag in etags.items() if rk not in set(keep)]  # fmt: skip
-            if fits(actions):
-                if (yield from self._commit(key, actions, planned, change)) is None:
-                    yield backoff(attempt)
-                    continue
-            else:  # several transactions: not atomic, last writer wins, a new chain
-                actions[len(payloads) - 1] = self._carry(actions[len(payloads) - 1],
-                                                         Record.new().add(op))  # fmt: skip
-                for chunk in chunks([(v if v != "update" else "upsert", e, None)
-                                     for v, e, _ in actions]):  # fmt: skip
-                    yield from self._write_anyway(chunk)
-            yield from self._refresh_meta(key)
-            return
-        raise ChatStoreError(f"too much contention replacing key {key!r}")
+        rows = yield from self._rows(key, keys_only=True)
+        etags = {r.props["RowKey"]: r.etag for r in rows}
+        keep = [_row_key(i) for i in range(len(payloads))]
+        # Conditional on every row read (rows kept are replaced If-Match, new ones
+        # created), so a change made meanwhile, an append included, is never overwritten.
+        actions: list[Action] = [
+            ("update", {"PartitionKey": pk, "RowKey": rk, **p}, etags[rk])
+            if rk in etags else ("create", {"PartitionKey": pk, "RowKey": rk, **p}, None)
+            for rk, p in zip(keep, payloads, strict=True)
+        ]  # fmt: skip
+        planned = _record_on(rows[-1] if rows else None)
+        actions[-1] = self._carry(actions[-1], planned.add(change.id))
+        actions += [("delete", {"PartitionKey": pk, "RowKey": rk}, etag)
+                    for rk, etag in etags.items() if rk not in set(keep)]  # fmt: skip
+        if fits(actions):
+            yield from self._commit(key, actions, planned, change)
+        else:  # several transactions: not atomic, last writer wins, a new chain
+            actions[len(payloads) - 1] = self._carry(actions[len(payloads) - 1],
+                                                     Record.new().add(change.id))  # fmt: skip
+            # One by one where a transaction fails: a row to delete is gone already (a
+            # resend, or another writer).
+            yield from write_all(self.table, [(v if v != "update" else "upsert", e, None)
+                                              for v, e, _ in actions])  # fmt: skip
+        yield from self._refresh_meta(key)
 
-    def _write_anyway(self, chunk: list[Action]) -> Plan[None]:
-        """Run unconditional upserts and deletes; one by one when a delete finds no row."""
-        try:
-            yield Batch(self.table, chunk)
-        except ConflictError:  # a row to delete is gone already (a resend, or another writer)
-            for verb, entity, _ in chunk:
-                if verb == "delete":
-                    yield Remove(self.table, entity["PartitionKey"], entity["RowKey"])
-                else:
-                    yield Put(self.table, entity)
-
+    @raced
     def delete_all(
         self, key: str, change: Change, *, read: bool = True
     ) -> Plan[list[ChatMessage] | None]:
@@ -183,19 +160,16 @@ class LlamaIndexLayout(LlamaIndexTable):
                 (in one transaction when they fit), then core's ``removal_error`` of it.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key, keys_only=not read)
-            if not rows:
-                if read:
-                    yield from self._refresh_meta(key)
-                return None
-            items = _found(key, rows, 0) if read else []  # before removing anything
-            removed = yield from self._empty_rows(key, rows, change)
-            if removed is not None:
-                return (taken(_kept(rows, items, removed), self.table) or None) if read else None
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting key {key!r}")
+        rows = yield from self._rows(key, keys_only=not read)
+        if not rows:
+            if read:
+                yield from self._refresh_meta(key)
+            return None
+        items = _found(key, rows, 0) if read else []  # before removing anything
+        removed = yield from self._empty_rows(key, rows, change)
+        return (taken(_kept(rows, items, removed), self.table) or None) if read else None
 
+    @raced
     def pop_last(self, key: str, change: Change) -> Plan[ChatMessage | None]:
         """Remove and return the last message.
 
@@ -204,38 +178,30 @@ class LlamaIndexLayout(LlamaIndexTable):
                 ``removal_error`` of it.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
-        op = change.id
         pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            keys = yield from self._rows(key, keys_only=True)
-            if not keys:
-                return None
-            # The row with its ETag, and proof that it is still the last: an append or an
-            # insert that added a row after it also changed it, in one transaction (see
-            # _after), so either this range read sees the new row, or the delete If-Match
-            # the ETag read here fails.
-            rows, _ = yield Query(
-                self.table,
-                "PartitionKey eq @pk and RowKey ge @lo",
-                {"pk": pk, "lo": keys[-1].props["RowKey"]},
-                page_size=2,
-            )
-            if len(rows) == 1 and rows[0].props["RowKey"] == keys[-1].props["RowKey"]:
-                items = _found(key, rows, len(keys) - 1)
-                if len(keys) == 1:
-                    popped = (yield from self._empty_rows(key, rows, change)) is not None
-                else:  # the row before takes the record, If-Match: it becomes the last
-                    planned, before = _record_on(rows[0]), keys[-2]
-                    actions = [*_deletes(pk, rows), _taking(pk, before, planned.add(op))]
-                    popped = (yield from self._commit(key, actions, planned, change)) is not None
-                    if popped:
-                        yield from self._refresh_meta(key)
-                if popped:
-                    [message] = taken(items, self.table)
-                    return message
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention popping from key {key!r}")
+        keys = yield from self._rows(key, keys_only=True)
+        if not keys:
+            return None
+        # The row with its ETag, and proof that it is still the last: an append or an
+        # insert that added a row after it also changed it, in one transaction (see
+        # _after), so either this range read sees the new row, or the delete If-Match
+        # the ETag read here fails.
+        where, last = "PartitionKey eq @pk and RowKey ge @lo", keys[-1].props["RowKey"]
+        rows, _ = yield Query(self.table, where, {"pk": pk, "lo": last}, page_size=2)
+        if len(rows) != 1 or rows[0].props["RowKey"] != last:
+            raise ConflictError(f"the last row of key {key!r} changed")
+        items = _found(key, rows, len(keys) - 1)
+        if len(keys) == 1:
+            yield from self._empty_rows(key, rows, change)
+        else:  # the row before takes the record, If-Match: it becomes the last
+            planned, before = _record_on(rows[0]), keys[-2]
+            actions = [*_deletes(pk, rows), _taking(pk, before, planned.add(change.id))]
+            yield from self._commit(key, actions, planned, change)
+            yield from self._refresh_meta(key)
+        [message] = taken(items, self.table)
+        return message
 
+    @raced
     def delete_oldest(
         self, key: str, n: int, change: Change, tool_safe: bool = False
     ) -> Plan[list[ChatMessage]]:
@@ -249,38 +215,31 @@ class LlamaIndexLayout(LlamaIndexTable):
                 core's ``removal_error`` of the first such position.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
-        op = change.id
         pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key)
-            m = safe_trim_count(rows, n, _tool_result) if tool_safe else n
-            first = rows[: max(m, 0)]
-            if not first:
-                return []
-            items = _found(key, first, 0)  # before removing anything
-            removed: list[Row] | None
-            if len(first) == len(rows):
-                removed = yield from self._empty_rows(key, rows, change)
-            else:  # the last row takes the record, If-Match: no append slips in between
-                planned, last = _record_on(rows[-1]), rows[-1]
-                actions = [*_deletes(pk, first), _taking(pk, last, planned.add(op))]
-                if fits(actions):
-                    committed = yield from self._commit(key, actions, planned, change)
-                    removed = first if committed is not None else None
-                else:
-                    removed = yield from self._remove_in_parts(key, first, change)
-                if removed is not None:
-                    yield from self._refresh_meta(key)
-            if removed is not None:
-                return taken(_kept(first, items, removed), self.table)
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting from key {key!r}")
+        rows = yield from self._rows(key)
+        is_result = lambda row: is_llama_index_tool_result(row.props)  # noqa: E731
+        m = safe_trim_count(rows, n, is_result) if tool_safe else n
+        first = rows[: max(m, 0)]
+        if not first:
+            return []
+        items = _found(key, first, 0)  # before removing anything
+        if len(first) == len(rows):
+            removed = yield from self._empty_rows(key, rows, change)
+        else:  # the last row takes the record, If-Match: no append slips in between
+            planned, last = _record_on(rows[-1]), rows[-1]
+            actions = [*_deletes(pk, first), _taking(pk, last, planned.add(change.id))]
+            removed = yield from self._remove(key, first, actions, planned, change)
+            yield from self._refresh_meta(key)
+        return taken(_kept(first, items, removed), self.table)
 
-    def _shift(self, key: str, moves: list[Action], planned: Record, change: Change) -> Plan[bool]:
-        """Run shifting writes (conditional on the rows' ETags); False on a conflict."""
+    def _shift(self, key: str, moves: list[Action], planned: Record, change: Change) -> Plan[None]:
+        """Run shifting writes (conditional on the rows' ETags), then refresh the metadata.
+
+        Raises:
+            ConflictError: A row changed meanwhile.
+        """
         if fits(moves):
-            if (yield from self._commit(key, moves, planned, change)) is None:
-                return False
+            yield from self._commit(key, moves, planned, change)
         else:
             change.check = False
             try:
@@ -288,10 +247,10 @@ class LlamaIndexLayout(LlamaIndexTable):
                     yield Batch(self.table, chunk)
             except ConflictError as conflict:
                 _settle(key, change, conflict)
-                return False
+                raise
         yield from self._refresh_meta(key)
-        return True
 
+    @raced
     def delete_at(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
         """Remove and return the message at ``idx``; the later rows move down one.
 
@@ -300,66 +259,44 @@ class LlamaIndexLayout(LlamaIndexTable):
                 moves, in one transaction when they fit), then core's ``removal_error``.
             SerializationError: A message this mode cannot represent; nothing is removed.
         """
-        op = change.id
         pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key)
-            n = len(rows)
-            i = idx + n if idx < 0 else idx
-            if not 0 <= i < n:
-                return None
-            items = _found(key, [rows[i]], i)
-            if n == 1:
-                done = (yield from self._empty_rows(key, rows, change)) is not None
-            else:
-                # Keep RowKeys contiguous (LlamaIndex appends at MessageCount): move each
-                # later message one row down, then drop the last row; all conditional on
-                # ETags. The row before the last takes the record.
-                planned = _record_on(rows[-1])
-                moves: list[Action] = [
-                    ("update", {"PartitionKey": pk, "RowKey": rows[j].props["RowKey"],
-                                **_payload(rows[j + 1])}, rows[j].etag)
-                    for j in range(i, n - 1)
-                ]  # fmt: skip
-                if moves:
-                    moves[-1] = self._carry(moves[-1], planned.add(op))
-                else:  # the last one itself: the row before only takes the record
-                    moves.append(_taking(pk, rows[-2], planned.add(op)))
-                moves += _deletes(pk, rows[-1:])
-                done = yield from self._shift(key, moves, planned, change)
-            if done:
-                [message] = taken(items, self.table)
-                return message
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention deleting from key {key!r}")
+        rows = yield from self._rows(key)
+        n = len(rows)
+        i = idx + n if idx < 0 else idx
+        if not 0 <= i < n:
+            return None
+        items = _found(key, [rows[i]], i)
+        if n == 1:
+            yield from self._empty_rows(key, rows, change)
+        else:
+            # Keep RowKeys contiguous (LlamaIndex appends at MessageCount): move each
+            # later message one row down, then drop the last row; all conditional on
+            # ETags. The row before the last takes the record.
+            planned = _record_on(rows[-1])
+            moves = [_moving(pk, rows[j], _payload(rows[j + 1])) for j in range(i, n - 1)]
+            if moves:
+                moves[-1] = self._carry(moves[-1], planned.add(change.id))
+            else:  # the last one itself: the row before only takes the record
+                moves.append(_taking(pk, rows[-2], planned.add(change.id)))
+            moves += _deletes(pk, rows[-1:])
+            yield from self._shift(key, moves, planned, change)
+        [message] = taken(items, self.table)
+        return message
 
+    @raced
     def insert_at(self, key: str, idx: int, payload: dict[str, Any], change: Change) -> Plan[None]:
-        op = change.id
         pk = encode_key(key)
-        for attempt in range(_MAX_ATTEMPTS):
-            rows = yield from self._rows(key)
-            n = len(rows)
-            p = max(0, n + idx) if idx < 0 else min(idx, n)
-            planned = _record_on(rows[-1] if rows else None)
-            if p == n:  # on the rows read: handed to append, it would miss an append meanwhile
-                moves = self._after(key, rows[-1] if rows else None, [payload])
-                moves[-1] = self._carry(moves[-1], planned.add(op))
-                if (yield from self._shift(key, moves, planned, change)):
-                    return
-                yield backoff(attempt)
-                continue
+        rows = yield from self._rows(key)
+        n = len(rows)
+        p = max(0, n + idx) if idx < 0 else min(idx, n)
+        planned = _record_on(rows[-1] if rows else None)
+        if p == n:  # on the rows read: handed to append, it would miss an append meanwhile
+            moves = self._after(key, rows[-1] if rows else None, [payload])
+            moves[-1] = self._carry(moves[-1], planned.add(change.id))
+        else:
             tail = _row_key(_index(rows[-1], key) + 1)
             moved = {"PartitionKey": pk, "RowKey": tail, **_payload(rows[-1])}
-            moves = [self._carry(("create", moved, None), planned.add(op))]
-            moves += [
-                ("update", {"PartitionKey": pk, "RowKey": rows[j].props["RowKey"],
-                            **_payload(rows[j - 1])}, rows[j].etag)
-                for j in range(p + 1, n)
-            ]  # fmt: skip
-            target = rows[p]
-            moves.append(("update", {"PartitionKey": pk, "RowKey": target.props["RowKey"],
-                                     **payload}, target.etag))  # fmt: skip
-            if (yield from self._shift(key, moves, planned, change)):
-                return
-            yield backoff(attempt)
-        raise ChatStoreError(f"too much contention inserting into key {key!r}")
+            moves = [self._carry(("create", moved, None), planned.add(change.id))]
+            moves += [_moving(pk, rows[j], _payload(rows[j - 1])) for j in range(p + 1, n)]
+            moves.append(_moving(pk, rows[p], payload))
+        yield from self._shift(key, moves, planned, change)

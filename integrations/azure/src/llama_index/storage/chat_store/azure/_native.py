@@ -55,25 +55,28 @@ from typing import Any
 from azure.data.tables import EdmType, EntityProperty
 from llama_index.storage.chat_store.azure._codec import (
     PAYLOAD_PROPERTIES,
+    Action,
     Found,
     decode_key,
     decode_payload,
     encode_key,
     found,
     order_key,
+    taken,
 )
-from llama_index.storage.chat_store.azure._record import OP_RECORD, covers, resent
+from llama_index.storage.chat_store.azure._record import OP_RECORD, RACE, covers, resent
 from llama_index.storage.chat_store.azure._sdk import (
-    Action,
+    IN_RANGE,
+    PAGE,
     Batch,
     Get,
     Put,
     Query,
     Remove,
     Row,
-    backoff,
+    query_all,
 )
-from llama_index.storage.chat_store.core import ChatMessage, ChatStoreError, CorruptDataError
+from llama_index.storage.chat_store.core import ChatMessage, CorruptDataError
 from llama_index.storage.chat_store.core.backend import (
     Change,
     ConflictError,
@@ -89,7 +92,6 @@ __all__ = [
     "META",
     "OP_RECORD",
     "ORDER_PARTITION",
-    "PAGE",
     "Meta",
     "NativeTable",
     "missing",
@@ -101,8 +103,6 @@ META = "meta"
 KEYS_PARTITION = "%keys"
 ORDER_PARTITION = "%order"
 _SEQ_OFFSET = 10**18
-_MAX_ATTEMPTS = 200
-PAGE = 1000
 # What a message read asks for: the row's key and its message. Leaving out Timestamp
 # spares the SDK a strptime per row, about a quarter of a 1,000-row query's time.
 _ROW_PROPERTIES = ("RowKey", *PAYLOAD_PROPERTIES)
@@ -119,15 +119,6 @@ def new_gen() -> str:
 
 def _int64(value: int) -> EntityProperty:
     return EntityProperty(value, EdmType.INT64)
-
-
-def _entry(where: str, key: str, props: dict[str, Any]) -> Entry:
-    """A meta entity's catalog entry (``Created``, ``Updated``, ``Metadata``), checked."""
-    metadata = props.get("Metadata")
-    if isinstance(metadata, bytes):  # too long for a string property (see _meta_action)
-        with contextlib.suppress(UnicodeDecodeError):
-            metadata = metadata.decode("utf-8")
-    return Entry.read(where, key, props.get("Created"), props.get("Updated"), metadata)
 
 
 @dataclass(frozen=True)
@@ -198,20 +189,14 @@ class NativeTable:
             and isinstance(seq, int)
             and isinstance(ops, str)
         ):
-            raise CorruptDataError(
-                f"the meta entity of key {key!r} is unreadable: {props!r} "
-                f"({corrupt_data_remedy(key)})",
-                key=key,
-                data=repr(props),
-            )
+            raise _bad_meta(key, "unreadable", props)
         if nxt < head or props.get("Key", key) != key:
-            raise CorruptDataError(
-                f"the meta entity of key {key!r} is inconsistent: {props!r} "
-                f"({corrupt_data_remedy(key)})",
-                key=key,
-                data=repr(props),
-            )
-        entry = _entry(self._storage, key, props)
+            raise _bad_meta(key, "inconsistent", props)
+        metadata = props.get("Metadata")
+        if isinstance(metadata, bytes):  # too long for a string property (see _meta_action)
+            with contextlib.suppress(UnicodeDecodeError):
+                metadata = metadata.decode("utf-8")
+        entry = Entry.read(self._storage, key, props.get("Created"), props.get("Updated"), metadata)
         return Meta(key, pk, gen, head, nxt, seq, tuple(ops.split()), row.etag, entry)
 
     def _learn(self, meta: Meta) -> Meta:
@@ -226,45 +211,28 @@ class NativeTable:
             self._seen.discard(meta.key)
         return meta
 
-    def _meta_to_write(self, key: str) -> Plan[tuple[Meta, bool]]:
-        """Return the meta to plan a write on and whether it is the remembered one (unread)."""
-        seen = self._seen.get(key)
-        if seen is not None:
-            return seen, True
-        return (yield from self.read_meta(key)), False
-
     # -- reading ------------------------------------------------------------------------
+
+    def _range(self, pk: str, lo: str, hi: str, select: tuple[str, ...]) -> Plan[list[Row]]:
+        """Read the entities of partition ``pk`` from RowKey ``lo`` up to ``hi``."""
+        params = {"pk": pk, "lo": lo, "hi": hi}
+        return query_all(Query(self.table, IN_RANGE, params, select, PAGE))
 
     def _rows(self, meta: Meta, lo: int, hi: int) -> Plan[list[Row]]:
         """Read the rows of positions ``[lo, hi)`` (fewer if they changed meanwhile)."""
         if hi <= lo:
             return []
-        params = {
-            "pk": meta.pk,
-            "lo": meta.row_key(meta.head + lo),
-            "hi": meta.row_key(meta.head + hi),
-        }
-        rows: list[Row] = []
-        token = None
-        while True:
-            page, token = yield Query(
-                self.table,
-                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                params,
-                select=_ROW_PROPERTIES,
-                page_size=PAGE,
-                token=token,
-            )
-            rows.extend(page)
-            if token is None:
-                return rows
+        first, end = meta.row_key(meta.head + lo), meta.row_key(meta.head + hi)
+        return (yield from self._range(meta.pk, first, end, _ROW_PROPERTIES))
 
-    def _span(self, meta: Meta, lo: int, hi: int) -> Plan[list[Row | None] | None]:
+    def _span(self, meta: Meta, lo: int, hi: int) -> Plan[list[Row | None]]:
         """Read the rows of positions ``[lo, hi)`` as ``meta`` names them.
 
         Returns one entry per position, None where the row is missing while the meta
-        entity still has ``meta``'s ETag (the conversation is corrupt at that version);
-        returns None when the meta entity changed meanwhile (the caller re-reads).
+        entity still has ``meta``'s ETag (the conversation is corrupt at that version).
+
+        Raises:
+            ConflictError: The meta entity changed meanwhile (the attempt starts over).
         """
         span = _named(meta, lo, hi, (yield from self._rows(meta, lo, hi)))
         if all(row is not None for row in span):
@@ -273,16 +241,18 @@ class NativeTable:
         # conditional transaction, or a flip before the deletes): if it still has the ETag
         # we planned on, no writer is mid-way, and the rows are simply not there.
         again = yield from self.read_meta(meta.key)
-        return span if again.etag == meta.etag else None
+        if again.etag != meta.etag:
+            raise ConflictError(f"key {meta.key!r} changed while its rows were read")
+        return span
 
-    def _rows_at(self, meta: Meta, lo: int, hi: int) -> Plan[list[Row] | None]:
-        """Read rows ``[lo, hi)`` of ``meta``; None when the meta entity changed meanwhile.
+    def _rows_at(self, meta: Meta, lo: int, hi: int) -> Plan[list[Row]]:
+        """Read rows ``[lo, hi)`` of ``meta``.
 
         Raises:
             CorruptDataError: A row the meta entity names is missing (key and position).
+            ConflictError: The meta entity changed meanwhile.
         """
-        span = yield from self._span(meta, lo, hi)
-        return None if span is None else _present(meta, lo, span)
+        return _present(meta, lo, (yield from self._span(meta, lo, hi)))
 
     def _last_row(self, seen: Meta) -> Plan[tuple[Meta | None, Row | None]]:
         """Read the meta entity and, if ``seen`` is still current, its last row: one query.
@@ -295,12 +265,9 @@ class NativeTable:
         row is the one that meta names even if the query is not a snapshot.
         """
         last = seen.row_key(seen.next - 1)
-        rows, _ = yield Query(
-            self.table,
-            "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi",
-            {"pk": seen.pk, "lo": last, "hi": META},
-            page_size=2,
-        )
+        params = {"pk": seen.pk, "lo": last, "hi": META}
+        where = "PartitionKey eq @pk and RowKey ge @lo and RowKey le @hi"
+        rows, _ = yield Query(self.table, where, params, page_size=2)
         found = {row.props.get("RowKey"): row for row in rows}
         if META not in found:
             return None, None
@@ -313,40 +280,38 @@ class NativeTable:
         # until after. The remembered meta serves as the read before: it was current when
         # this store saw it, and an ETag never comes back, so the same ETag after the rows
         # proves that nothing changed in between. A stale one costs one retry at once.
-        meta, fresh = self._seen.get(key), False
-        for attempt in range(_MAX_ATTEMPTS):
-            if meta is None:
-                meta, fresh = (yield from self.read_meta(key)), True
-            span = range(meta.count)[offset:]
-            span = span if limit is None else span[:limit]
-            if not span and fresh:
-                return []
-            rows = (yield from self._rows(meta, span.start, span.stop)) if span else []
-            after = yield from self.read_meta(key)
-            if after.etag == meta.etag:
-                # Unchanged throughout, so a row it names that is missing is not there.
-                named = _named(meta, span.start, span.stop, rows)
-                return _decode(meta, _present(meta, span.start, named), span.start)
-            if fresh:  # changed while we read: back off, then read the meta entity again
-                yield backoff(attempt)
-                meta, fresh = None, False
-            else:  # the remembered meta was stale: retry at once on the one just read
-                meta, fresh = after, True
-        raise ChatStoreError(f"key {key!r} changed during every read attempt")
+        seen = self._seen.get(key)
+
+        def attempt() -> Plan[list[ChatMessage]]:
+            nonlocal seen
+            meta, fresh, seen = seen, False, None
+            while True:
+                if meta is None:
+                    meta, fresh = (yield from self.read_meta(key)), True
+                span = range(meta.count)[offset:]
+                span = span if limit is None else span[:limit]
+                if not span and fresh:
+                    return []
+                rows = yield from self._rows(meta, span.start, span.stop)
+                after = yield from self.read_meta(key)
+                if after.etag == meta.etag:
+                    # Unchanged throughout, so a row it names that is missing is not there.
+                    named = _named(meta, span.start, span.stop, rows)
+                    pairs = zip(span, _present(meta, span.start, named), strict=True)
+                    return [decode_payload(r.props, key=key, position=p) for p, r in pairs]
+                if fresh:  # changed while we read: back off, then read the meta entity again
+                    raise ConflictError(f"key {key!r} changed while read")
+                meta, fresh = after, True  # the remembered meta was stale: retry at once
+
+        return (yield from RACE.run(key, self._storage, attempt))
 
     def count_messages(self, key: str) -> Plan[int]:
         meta = yield from self.read_meta(key)
         return meta.count
 
-    def keys_page(self, token: Any) -> Plan[tuple[list[str], Any]]:
-        rows, token = yield Query(
-            self.table,
-            "PartitionKey eq @pk",
-            {"pk": KEYS_PARTITION},
-            select=("RowKey", "Key"),
-            page_size=PAGE,
-            token=token,
-        )
+    def keys_page(self, token: Any, page_size: int = PAGE) -> Plan[tuple[list[str], Any]]:
+        where, params = "PartitionKey eq @pk", {"pk": KEYS_PARTITION}
+        rows, token = yield Query(self.table, where, params, ("RowKey", "Key"), page_size, token)
         return [decode_key(r.props["RowKey"], r.props.get("Key")) for r in rows], token
 
     # -- building blocks ----------------------------------------------------------------
@@ -374,9 +339,12 @@ class NativeTable:
             entity["Metadata"] = metadata if fits else metadata.encode("utf-8")
         return ("create", entity, None) if old.etag is None else ("update", entity, old.etag)
 
-    def _commit(self, old: Meta, new: Meta, actions: list[Action], change: Change) -> Plan[Meta]:
+    def _commit(
+        self, old: Meta, new: Meta, actions: list[Action], change: Change, *, alone: bool = False
+    ) -> Plan[Meta]:
         """Run one transaction whose first action turns meta ``old`` into ``new``.
 
+        ``alone``: write only that first action, the meta entity (If-Match ``old``'s ETag).
         Returns the meta committed (with its ETag), or the meta read after a resent
         transaction failed its condition on its own commit.
 
@@ -385,22 +353,13 @@ class NativeTable:
             BackendUnavailableError: A resent transaction failed its condition and the
                 record cannot tell whether its first attempt had committed.
         """
+        verb, entity, etag = actions[0]
         change.check = False
         try:
-            etags = yield Batch(self.table, actions)
-        except ConflictError as conflict:
-            return (yield from self._settle(old, new, change, conflict))
-        committed = self._learn(replace(new, etag=str(etags[0]) or None))
-        if actions[0][0] == "create":
-            yield from self._relist(committed)
-        return committed
-
-    def _put_meta(self, old: Meta, new: Meta, change: Change) -> Plan[Meta]:
-        """Write meta ``new`` alone, If-Match ``old``'s ETag (raises as :meth:`_commit`)."""
-        verb, entity, etag = self._meta_action(old, new)
-        change.check = False
-        try:
-            written = yield Put(self.table, entity, verb, etag)
+            if alone:
+                written = yield Put(self.table, entity, verb, etag)
+            else:
+                written = (yield Batch(self.table, actions))[0]
         except ConflictError as conflict:
             return (yield from self._settle(old, new, change, conflict))
         committed = self._learn(replace(new, etag=str(written) or None))
@@ -441,9 +400,10 @@ class NativeTable:
         if created.count > 0:
             yield from self._list_key(created)
 
-    def _row(self, meta: Meta, gen: str, seq: int, payload: dict[str, Any]) -> dict[str, Any]:
-        row_key = f"{gen}:{seq + _SEQ_OFFSET:019d}"
-        return {"PartitionKey": meta.pk, "RowKey": row_key, **payload}
+    def _upsert(self, meta: Meta, seq: int, payload: dict[str, Any], gen: str = "") -> Action:
+        """Write ``payload`` as row ``seq`` of generation ``gen`` (default: ``meta``'s)."""
+        row_key = f"{gen or meta.gen}:{seq + _SEQ_OFFSET:019d}"
+        return ("upsert", {"PartitionKey": meta.pk, "RowKey": row_key, **payload}, None)
 
     def _delete(self, meta: Meta, seq: int) -> Action:
         return ("delete", {"PartitionKey": meta.pk, "RowKey": meta.row_key(seq)}, None)
@@ -457,15 +417,19 @@ class NativeTable:
         yield Remove(self.table, KEYS_PARTITION, pk)
         yield Remove(self.table, ORDER_PARTITION, order_key(key))
 
-    def _finish_removal(self, after: Meta) -> Plan[None]:
-        """Unlist the conversation if it is empty at ``after``.
+    def _removed(self, after: Meta, items: Sequence[Found]) -> Plan[list[ChatMessage]]:
+        """Unlist the conversation if it is empty at ``after``; return the messages removed.
 
         ``after`` is the meta the removal committed, or, when a resent commit found its own
         in the record, the meta read then: writers may have refilled the conversation
         since, and their listing must stay.
+
+        Raises:
+            CorruptDataError: An item was unreadable (core's ``removal_error`` of the first).
         """
         if after.count == 0:
             yield from self._unlist(after)
+        return taken(items, self.table)
 
     def _unlist(self, emptied: Meta) -> Plan[None]:
         """Drop an emptied conversation from the keys partition, then fence the meta entity.
@@ -477,18 +441,15 @@ class NativeTable:
         own conditional commit on the touched meta and lists the key again when it retries.
         """
         yield from self._drop_listing(emptied.key, emptied.pk)
-        if emptied.etag is None:  # no ETag to fence by (the reply was lost): read instead
-            again = yield from self.read_meta(emptied.key)
-            if again.count > 0:
-                yield from self._list_key(again)
-            return
-        try:
-            touch = {"PartitionKey": emptied.pk, "RowKey": META}
-            yield Batch(self.table, [("touch", touch, emptied.etag)])
-        except ConflictError:
-            again = yield from self.read_meta(emptied.key)
-            if again.count > 0:
-                yield from self._list_key(again)
+        if emptied.etag is not None:
+            with contextlib.suppress(ConflictError):
+                touch = {"PartitionKey": emptied.pk, "RowKey": META}
+                yield Batch(self.table, [("touch", touch, emptied.etag)])
+                return
+        # Refilled meanwhile, or no ETag to fence by (the reply was lost): read instead.
+        again = yield from self.read_meta(emptied.key)
+        if again.count > 0:
+            yield from self._list_key(again)
 
     @property
     def _storage(self) -> str:
@@ -529,6 +490,14 @@ def _present(meta: Meta, lo: int, span: list[Row | None]) -> list[Row]:
     return rows
 
 
+def _bad_meta(key: str, what: str, props: dict[str, Any]) -> CorruptDataError:
+    return CorruptDataError(
+        f"the meta entity of key {key!r} is {what}: {props!r} ({corrupt_data_remedy(key)})",
+        key=key,
+        data=repr(props),
+    )
+
+
 def missing(meta: Meta, position: int) -> CorruptDataError:
     return CorruptDataError(
         f"the message at key {meta.key!r} position {position} is missing: the meta entity "
@@ -537,15 +506,3 @@ def missing(meta: Meta, position: int) -> CorruptDataError:
         key=meta.key,
         position=position,
     )
-
-
-def _decode(meta: Meta, rows: Sequence[Row], start: int) -> list[ChatMessage]:
-    """Parse rows read from position ``start``.
-
-    Raises:
-        CorruptDataError: A row holds no message (names key, position, how to remove it).
-        SerializationError: Valid data this mode cannot represent.
-    """
-    return [
-        decode_payload(row.props, key=meta.key, position=start + i) for i, row in enumerate(rows)
-    ]

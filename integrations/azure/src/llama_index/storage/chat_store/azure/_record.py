@@ -1,5 +1,10 @@
-"""The record of a conversation's last changes, by which a resent change finds its own commit.
+"""How a change meets other writers: the race it retries, and the record of changes.
 
+A change is planned on the state it read and commits by a conditional write; one that loses
+the race to another writer (:class:`ConflictError`) starts over from a fresh read, by
+:data:`RACE` (core's one loop for it): :func:`raced` makes a layout's method one attempt.
+
+The record of a conversation's last changes is how a resent change finds its own commit.
 Every change carries an operation id (the kit's ``Change.id``, one per call). The write that
 commits it also counts it (``seq``) and appends its id to the last :data:`OP_RECORD` ids
 (``ops``). A conditional write resent after a lost reply that fails its condition may
@@ -12,13 +17,49 @@ conversation's last chat row (see :mod:`._llama_index_layout`).
 
 from __future__ import annotations
 
+import functools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
-from llama_index.storage.chat_store.core.backend import Change
-from llama_index.storage.chat_store.core.meta import recorded
+from llama_index.storage.chat_store.core.backend import Change, Plan
+from llama_index.storage.chat_store.core.meta import Race, recorded
 
-__all__ = ["OP_RECORD", "Record", "covers", "resent"]
+__all__ = ["OP_RECORD", "RACE", "Record", "covers", "raced", "resent"]
+
+RACE = Race(cap=0.5)
+"""How every change retries after losing a race (core's rule), with pauses up to 0.5 s.
+
+Azure's requests take tens of milliseconds and its partitions throttle a burst of retries:
+racing writers spread over half a second, as they did before the shared rule existed.
+"""
+
+
+class _Layout(Protocol):
+    @property
+    def _storage(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Layout)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def raced(
+    attempt: Callable[Concatenate[L, str, P], Plan[T]],
+) -> Callable[Concatenate[L, str, P], Plan[T]]:
+    """Make a layout's plan of one attempt at a change of a key the whole change.
+
+    A call runs the plan by :data:`RACE`: afresh, after a pause, while it loses.
+    """
+
+    @functools.wraps(attempt)
+    def run(layout: L, key: str, /, *args: P.args, **kwargs: P.kwargs) -> Plan[T]:
+        return RACE.run(key, layout._storage, lambda: attempt(layout, key, *args, **kwargs))
+
+    return run
+
 
 OP_RECORD = 16
 """How many of a conversation's last changes its record names by operation id."""

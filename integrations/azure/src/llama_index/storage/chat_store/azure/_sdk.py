@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
@@ -44,10 +44,9 @@ from azure.core.exceptions import (
 from azure.data.tables import EntityProperty, TableClient, UpdateMode
 from azure.data.tables.aio import TableClient as AsyncTableClient
 from llama_index.storage.chat_store.azure._codec import (
-    BATCH_MAX_OPS,
-    BATCH_MAX_WIRE_BYTES,
+    Action,
     account_from_endpoint,
-    entity_wire_size,
+    chunks,
     parse_connection_string,
 )
 from llama_index.storage.chat_store.core import (
@@ -58,15 +57,14 @@ from llama_index.storage.chat_store.core import (
     NotSentError,
     PayloadTooLargeError,
 )
-from llama_index.storage.chat_store.core.backend import ConflictError, PerLoop, Plan, Sleep
-from llama_index.storage.chat_store.core.meta import backoff as _meta_backoff
+from llama_index.storage.chat_store.core.backend import ConflictError, PerLoop, Plan
 
 if TYPE_CHECKING:
     from llama_index.storage.chat_store.azure.store import AzureChatStore
 
 __all__ = [
-    "NO_SDK_RETRIES",
-    "Action",
+    "IN_RANGE",
+    "PAGE",
     "Batch",
     "Clients",
     "Get",
@@ -75,14 +73,9 @@ __all__ = [
     "Remove",
     "Request",
     "Row",
-    "TableMissingError",
-    "backoff",
-    "chunks",
     "delete_rows",
-    "fits",
-    "send_async",
-    "send_sync",
-    "translate",
+    "query_all",
+    "write_all",
 ]
 
 
@@ -148,63 +141,50 @@ class Remove:
 
 
 Request = Get | Query | Batch | Put | Remove
-Action = tuple[str, dict[str, Any], str | None]
-"""A transaction operation: ``(verb, entity, etag or None)``.
-
-Verbs: ``create``, ``update`` and ``upsert`` (replacing the entity), ``delete``, and
-``touch`` (the entity stays as it is, its ETag changes: a condition other writers see).
-"""
 
 
-def backoff(attempt: int) -> Sleep:
-    """The pause before retrying a conditional write that lost a race (up to 0.5 s).
+PAGE = 1000
+"""The rows a query asks for per page."""
+IN_RANGE = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+"""A query's filter: the RowKeys from ``lo`` up to ``hi`` (excluded) of partition ``pk``."""
 
-    Azure's requests take tens of milliseconds and its partitions throttle a burst of retries:
-    racing writers spread over half a second, as they did before the shared rule existed.
+
+def query_all(query: Query) -> Plan[list[Row]]:
+    """Read every row ``query`` matches, a page per request."""
+    rows: list[Row] = []
+    while True:
+        page, token = yield query
+        rows.extend(page)
+        if token is None:
+            return rows
+        query = replace(query, token=token)
+
+
+def write_all(table: str, actions: Sequence[Action]) -> Plan[None]:
+    """Run deletes and unconditional writes: a transaction per partition and chunk.
+
+    Where a transaction fails, action by action: deleting a missing entity unconditionally
+    is fine, a conditional delete that fails alone is skipped, a write becomes an upsert.
     """
-    return _meta_backoff(attempt, cap=0.5)
-
-
-def fits(actions: Sequence[Action]) -> bool:
-    """Return whether the actions fit one transaction (100 operations, 4 MiB)."""
-    if len(actions) > BATCH_MAX_OPS:
-        return False
-    return sum(entity_wire_size(e) for _, e, _ in actions) <= BATCH_MAX_WIRE_BYTES
-
-
-def chunks(actions: Sequence[Action]) -> list[list[Action]]:
-    """Cut actions into transactions within the operation and payload limits."""
-    out: list[list[Action]] = []
-    current: list[Action] = []
-    size = 0
+    by_partition: dict[str, list[Action]] = {}
     for action in actions:
-        wire = entity_wire_size(action[1])
-        if current and (len(current) >= BATCH_MAX_OPS or size + wire > BATCH_MAX_WIRE_BYTES):
-            out.append(current)
-            current, size = [], 0
-        current.append(action)
-        size += wire
-    if current:
-        out.append(current)
-    return out
+        by_partition.setdefault(action[1]["PartitionKey"], []).append(action)
+    for chunk in (c for group in by_partition.values() for c in chunks(group)):
+        try:
+            yield Batch(table, chunk)
+        except ConflictError:
+            for verb, entity, etag in chunk:
+                with contextlib.suppress(ConflictError):
+                    if verb == "delete":
+                        yield Remove(table, entity["PartitionKey"], entity["RowKey"], etag)
+                    else:
+                        yield Put(table, entity)
 
 
 def delete_rows(table: str, rows: Sequence[Row]) -> Plan[None]:
-    """Delete entities read with their keys: a transaction per partition and chunk.
-
-    Where a transaction fails (one is gone already), one by one: missing is fine.
-    """
-    by_partition: dict[str, list[Action]] = {}
-    for row in rows:
-        entity = {"PartitionKey": row.props["PartitionKey"], "RowKey": row.props["RowKey"]}
-        by_partition.setdefault(entity["PartitionKey"], []).append(("delete", entity, None))
-    for actions in by_partition.values():
-        for chunk in chunks(actions):
-            try:
-                yield Batch(table, chunk)
-            except ConflictError:
-                for _, entity, _ in chunk:
-                    yield Remove(table, entity["PartitionKey"], entity["RowKey"])
+    """Delete entities read with their keys (:func:`write_all`)."""
+    keys = [{"PartitionKey": r.props["PartitionKey"], "RowKey": r.props["RowKey"]} for r in rows]
+    return write_all(table, [("delete", key, None) for key in keys])
 
 
 class TableMissingError(Exception):
@@ -323,13 +303,6 @@ def _condition(etag: str | None) -> dict[str, Any]:
     return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
-def _conditional_delete(op: Remove) -> list[Any]:
-    # delete_entity() treats "not found" as success even with an ETag; a one-operation
-    # transaction reports it, so two callers never both believe they removed the entity.
-    entity = {"PartitionKey": op.pk, "RowKey": op.rk}
-    return _batch_actions(Batch(op.table, [("delete", entity, op.etag)]))
-
-
 # On every request: azure-core's RetryPolicy would resend a write with no check of what its
 # lost attempt did. The kit resends instead (see the module docstring).
 NO_SDK_RETRIES: dict[str, Any] = {"retry_total": 0}
@@ -349,13 +322,16 @@ def _call(op: Request) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     if isinstance(op, Put):
         if op.verb == "create":
             return "create_entity", (op.entity,), NO_SDK_RETRIES
-        replace = {"mode": UpdateMode.REPLACE, **NO_SDK_RETRIES}
+        whole = {"mode": UpdateMode.REPLACE, **NO_SDK_RETRIES}
         if op.verb == "upsert":
-            return "upsert_entity", (op.entity,), replace
-        return "update_entity", (op.entity,), {**replace, **_condition(op.etag)}
+            return "upsert_entity", (op.entity,), whole
+        return "update_entity", (op.entity,), {**whole, **_condition(op.etag)}
     if op.etag is None:
         return "delete_entity", (op.pk, op.rk), NO_SDK_RETRIES
-    return "submit_transaction", (_conditional_delete(op),), NO_SDK_RETRIES
+    # delete_entity() treats "not found" as success even with an ETag; a one-operation
+    # transaction reports it, so two callers never both believe they removed the entity.
+    batch = Batch(op.table, [("delete", {"PartitionKey": op.pk, "RowKey": op.rk}, op.etag)])
+    return "submit_transaction", (_batch_actions(batch),), NO_SDK_RETRIES
 
 
 def _reply(op: Request, reply: Any) -> Any:
@@ -530,9 +506,8 @@ class Clients:
     def _ensure(self) -> None:
         for table in self._tables():
             try:
-                self.sync_client(table).create_table(**NO_SDK_RETRIES)
-            except ResourceExistsError:
-                pass
+                with contextlib.suppress(ResourceExistsError):
+                    self.sync_client(table).create_table(**NO_SDK_RETRIES)
             except Exception as exc:
                 raise translate(exc, self.where) from exc
         self.store._tables_ready = True
@@ -540,9 +515,8 @@ class Clients:
     async def _aensure(self) -> None:
         for table in self._tables():
             try:
-                await self._async_client(table).create_table(**NO_SDK_RETRIES)
-            except ResourceExistsError:
-                pass
+                with contextlib.suppress(ResourceExistsError):
+                    await self._async_client(table).create_table(**NO_SDK_RETRIES)
             except Exception as exc:
                 raise translate(exc, self.where) from exc
         self.store._tables_ready = True

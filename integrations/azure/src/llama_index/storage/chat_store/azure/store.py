@@ -178,9 +178,7 @@ class AzureChatStore(PlannedChatStore):
             if self.metadata_partition_key is None:
                 self.metadata_partition_key = self.chat_table_name
             self._legacy = LlamaIndexLayout(
-                self.chat_table_name,
-                self.metadata_table_name,
-                self.metadata_partition_key,
+                self.chat_table_name, self.metadata_table_name, self.metadata_partition_key
             )
         else:
             validate_table_name(self.chat_table_name, "chat_table_name")
@@ -342,12 +340,11 @@ class AzureChatStore(PlannedChatStore):
         secret_names = ("connection_string", "account_key", "sas_token", "credential")
         if not any(config.get(name) for name in secret_names):
             env = os.environ
+            key = env.get("AZURE_STORAGE_KEY") or env.get("AZURE_STORAGE_ACCOUNT_KEY")
             if env.get("AZURE_STORAGE_CONNECTION_STRING"):
                 config["connection_string"] = env["AZURE_STORAGE_CONNECTION_STRING"]
-            elif env.get("AZURE_STORAGE_KEY") or env.get("AZURE_STORAGE_ACCOUNT_KEY"):
-                config["account_key"] = env.get("AZURE_STORAGE_KEY") or env.get(
-                    "AZURE_STORAGE_ACCOUNT_KEY"
-                )
+            elif key:
+                config["account_key"] = key
             elif env.get("AZURE_STORAGE_SAS_TOKEN"):
                 config["sas_token"] = env["AZURE_STORAGE_SAS_TOKEN"]
         return cls(**config)  # numbers from the query are converted by the fields' types
