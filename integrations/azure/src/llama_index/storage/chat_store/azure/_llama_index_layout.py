@@ -75,7 +75,7 @@ from llama_index.storage.chat_store.core.backend import (
     Plan,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.meta import unknown_outcome
+from llama_index.storage.chat_store.core.meta import RetryAtOnceError, unknown_outcome
 
 __all__ = ["PENDING", "RECORD", "LlamaIndexTable"]
 
@@ -259,26 +259,24 @@ class LlamaIndexTable:
         """
 
         def attempt() -> Plan[None]:
-            while True:  # (again at once after creating an entity naming a row gone since)
-                row = yield Get(self.meta_table, self.partition, encode_key(key))
-                rows = yield from self._rows(key, keys_only=True)
-                held = _pending(row)
-                if not rows and row is not None and (held is None or held[0] == done):
-                    yield Remove(self.meta_table, self.partition, encode_key(key), row.etag)
-                    return
-                if row is None:
-                    if not rows:
-                        return
-                    entity = self._meta_entity(key, _index(rows[-1], key), None)
-                    if (yield from self._created(key, entity)):
-                        return
-                    continue
-                entity = self._meta_entity(key, _index(rows[-1], key) if rows else None, row)
-                if held is not None and held[0] == done:
-                    del entity[PENDING]
-                if entity != _stored(row):
-                    yield Put(self.meta_table, entity, "update", row.etag)
+            row = yield Get(self.meta_table, self.partition, encode_key(key))
+            rows = yield from self._rows(key, keys_only=True)
+            held = _pending(row)
+            if not rows and row is not None and (held is None or held[0] == done):
+                yield Remove(self.meta_table, self.partition, encode_key(key), row.etag)
                 return
+            if row is None:
+                if not rows:
+                    return
+                entity = self._meta_entity(key, _index(rows[-1], key), None)
+                if not (yield from self._created(key, entity)):
+                    raise RetryAtOnceError  # it names a row gone since: again at once
+                return
+            entity = self._meta_entity(key, _index(rows[-1], key) if rows else None, row)
+            if held is not None and held[0] == done:
+                del entity[PENDING]
+            if entity != _stored(row):
+                yield Put(self.meta_table, entity, "update", row.etag)
 
         yield from RACE.run(key, f"Azure table {self.meta_table!r}", attempt)
 
