@@ -17,6 +17,7 @@ from llama_index.storage.chat_store.core.backend import ConflictError, Plan, Sle
 from llama_index.storage.chat_store.core.meta import (
     Entry,
     Race,
+    RetryAtOnceError,
     backoff,
     contention_error,
     now_ms,
@@ -82,6 +83,37 @@ def test_race_retries_lost_attempts_then_gives_up() -> None:
     with pytest.raises(ChatStoreError, match=r"'k' in here.*gave up after 4 attempts"):
         drive(race.run("k", "here", lambda: attempt(10)), execute)
     assert len(seen) == 4
+
+
+def test_race_retries_at_once_without_a_pause_but_counts_the_attempt() -> None:
+    """An attempt raising RetryAtOnceError starts over with no Sleep, and counts as an attempt.
+
+    If this fails: Race.run backs off after RetryAtOnceError, or does not count it.
+    """
+    raised = [RetryAtOnceError(), ConflictError(), RetryAtOnceError()]
+
+    def attempt() -> Plan[str]:
+        yield "try"
+        if raised:
+            raise raised.pop(0)
+        return "won"
+
+    steps: list[object] = []
+    plan = Race(attempts=4, first=1.0, cap=100.0).run("k", "here", attempt)
+    step = next(plan)
+    while step != "won":
+        steps.append(step)
+        try:
+            step = plan.send(None)
+        except StopIteration as done:
+            step = done.value
+    pauses = [s for s in steps if isinstance(s, Sleep)]
+    assert [s for s in steps if not isinstance(s, Sleep)] == ["try"] * 4
+    assert len(pauses) == 1
+    assert steps.index(pauses[0]) == 2  # after the plain loss only
+    raised[:] = [RetryAtOnceError()] * 4
+    with pytest.raises(ChatStoreError, match="gave up after 4 attempts"):
+        drive(Race(attempts=4).run("k", "here", attempt), lambda step: step)
 
 
 def test_errors_name_the_key_and_say_what_happened() -> None:

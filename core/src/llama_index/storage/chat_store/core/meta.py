@@ -12,8 +12,9 @@ are these, the same for every backend:
 * the record of changes keeps the last ids (:func:`recorded`);
 * a conditional write that lost a race waits (:func:`backoff`), reads again and retries,
   until :func:`contention_error`: one loop, :meth:`Race.run`, for every change of every
-  backend; a resent one whose record cannot tell whether it was applied raises
-  :func:`unknown_outcome`;
+  backend (an attempt that already holds what it lost to retries at once,
+  :class:`RetryAtOnceError`); a resent one whose record cannot tell whether it was
+  applied raises :func:`unknown_outcome`;
 * the catalog entry (:class:`Entry`) lives and dies with the messages: a change that
   begins the conversation stamps both times and drops old metadata, one that empties it
   drops all three, any other stamps ``updated``; times are epoch milliseconds from the
@@ -47,6 +48,7 @@ from llama_index.storage.chat_store.core.errors import (
 __all__ = [
     "Entry",
     "Race",
+    "RetryAtOnceError",
     "backoff",
     "contention_error",
     "now_ms",
@@ -104,6 +106,15 @@ def unknown_outcome(key: str, why: str) -> BackendUnavailableError:
 T = TypeVar("T")
 
 
+class RetryAtOnceError(ConflictError):
+    """An attempt lost and already holds the state it lost to: the next starts at once.
+
+    E.g. it planned on a remembered state and the failed condition returned the current
+    one, or it read the state again and found it moved: waiting would not make the next
+    attempt likelier to win. It still counts as one of :attr:`Race.attempts`.
+    """
+
+
 @dataclass(frozen=True)
 class Race:
     """How a backend's conditional changes retry after losing a race to another writer.
@@ -121,7 +132,8 @@ class Race:
         """Run the plan ``attempt()`` until it ends without :class:`ConflictError`.
 
         Each attempt reads what it needs afresh: one that loses (a conditional step of it,
-        or the attempt itself, raised :class:`ConflictError`) waits and starts over.
+        or the attempt itself, raised :class:`ConflictError`) waits and starts over, at once
+        when it raised :class:`RetryAtOnceError`.
 
         Raises:
             ChatStoreError: Every attempt lost (:func:`contention_error` naming ``key`` in
@@ -130,6 +142,8 @@ class Race:
         for n in range(self.attempts):
             try:
                 return (yield from attempt())
+            except RetryAtOnceError:
+                continue
             except ConflictError:
                 pass
             yield backoff(n, self.first, self.cap)
