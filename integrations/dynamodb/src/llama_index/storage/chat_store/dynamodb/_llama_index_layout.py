@@ -38,20 +38,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from llama_index.storage.chat_store.core import (
-    BackendUnavailableError,
-    CorruptDataError,
-    PayloadTooLargeError,
-)
+from llama_index.storage.chat_store.core import CorruptDataError, PayloadTooLargeError
 from llama_index.storage.chat_store.core.backend import (
     Change,
     ConflictError,
     Plan,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.meta import backoff, recorded, span
+from llama_index.storage.chat_store.core.meta import recorded, span
 from llama_index.storage.chat_store.core.tools import is_tool_result_json, safe_trim_count
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 from llama_index.storage.chat_store.dynamodb._sdk import (
@@ -71,6 +67,7 @@ _VERSION = "ChatStoreVersion"
 _EPOCH = "ChatStoreEpoch"
 _OPS = "ChatStoreOps"
 _TOMBSTONE_SECONDS = 86_400
+T = TypeVar("T")
 
 
 def llama_index_table_definition(table: str, pk: str) -> dict[str, Any]:
@@ -450,32 +447,25 @@ class LlamaIndexLayout:
         )  # fmt: skip
 
     def _retried(
-        self, key: str, what: str, change: Change, attempt: Callable[[Op, _Item], Plan[Any]]
-    ) -> Plan[Any]:
-        """Run the plan ``attempt(op, item read)`` until it wins the race.
+        self, key: str, change: Change, attempt: Callable[[Op, _Item], Plan[T]]
+    ) -> Plan[T]:
+        """Run the plan ``attempt(op, item read)`` until it wins the race (:meth:`Table.race`).
 
         Every attempt reads the item first; one that finds a tag of this call's
         :class:`Op` there knows an earlier attempt committed (its reply was lost, or
         botocore resent the write after it landed) and returns that attempt's result.
-
-        Raises:
-            BackendUnavailableError: Every attempt lost a race with other writers.
         """
         op = Op.of(change)
-        for n in range(self.t.attempts):
+
+        def read_first() -> Plan[T]:
             item = yield from self._read(key)
             if (won := op.committed(item.ops)) is not None:
-                return (yield from op.finish(won))
-            try:
-                return (yield from attempt(op, item))
-            except ConflictError:
-                yield backoff(n, 0.005, 0.2)
-        raise BackendUnavailableError(
-            f"could not {what} for key {key!r}: {self.t.attempts} attempts lost races with "
-            "concurrent writers"
-        )
+                return cast("T", (yield from op.finish(won)))
+            return (yield from attempt(op, item))
 
-    def _change(self, key: str, what: str, change: Change, step: Any) -> Plan[Any]:
+        return (yield from self.t.race(key, read_first))
+
+    def _change(self, key: str, change: Change, step: Any) -> Plan[Any]:
         """Run ``step(item, current texts, now) -> (new list | None, result)`` until it wins."""
 
         def attempt(op: Op, item: _Item) -> Plan[Any]:
@@ -486,7 +476,7 @@ class LlamaIndexLayout:
                 yield from self._write(key, item, new, now, op.tag(result))
             return result
 
-        return (yield from self._retried(key, what, change, attempt))
+        return (yield from self._retried(key, change, attempt))
 
     def append(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Append messages atomically."""
@@ -494,7 +484,7 @@ class LlamaIndexLayout:
         def attempt(op: Op, item: _Item) -> Plan[None]:
             yield from self._append(key, item, messages, time.time(), op.tag(None))
 
-        yield from self._retried(key, "append messages", change, attempt)
+        yield from self._retried(key, change, attempt)
 
     def insert(self, key: str, idx: int, message: str, change: Change) -> Plan[None]:
         """Insert like ``list.insert``."""
@@ -503,16 +493,14 @@ class LlamaIndexLayout:
             current.insert(idx, message)
             return current, None
 
-        yield from self._change(key, "insert a message", change, step)
+        yield from self._change(key, change, step)
 
     def replace(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Replace the conversation (``[]`` removes it)."""
-        yield from self._change(
-            key, "replace a conversation", change, lambda item, cur, now: (list(messages), None)
-        )
+        yield from self._change(key, change, lambda item, cur, now: (list(messages), None))
 
     def _remove(
-        self, key: str, what: str, change: Change, pick: Callable[[int, _Item], range]
+        self, key: str, change: Change, pick: Callable[[int, _Item], range]
     ) -> Plan[tuple[range, list[str | CorruptDataError]]]:
         """Remove the positions ``pick(count, item)`` and return what they held.
 
@@ -538,10 +526,7 @@ class LlamaIndexLayout:
             yield from self._write_raw(key, item, kept, now, op.tag((chosen, removed)))
             return chosen, removed
 
-        result: tuple[range, list[str | CorruptDataError]] = yield from self._retried(
-            key, what, change, attempt
-        )
-        return result
+        return (yield from self._retried(key, change, attempt))
 
     def _write_raw(
         self, key: str, item: _Item, kept: list[int], now: float, tag: str
@@ -553,9 +538,7 @@ class LlamaIndexLayout:
 
     def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
         """Remove the conversation; return its messages (corrupt ones too), or None."""
-        _, removed = yield from self._remove(
-            key, "delete a conversation", change, lambda count, _: range(count)
-        )
+        _, removed = yield from self._remove(key, change, lambda count, _: range(count))
         return removed or None
 
     def delete_at(
@@ -568,7 +551,7 @@ class LlamaIndexLayout:
                 return range(0)
             return range(idx % count, idx % count + 1)
 
-        chosen, removed = yield from self._remove(key, "delete a message", change, pick)
+        chosen, removed = yield from self._remove(key, change, pick)
         return (chosen[0], removed[0]) if removed else None
 
     def delete_oldest(
@@ -584,7 +567,7 @@ class LlamaIndexLayout:
                 return range(safe_trim_count(item.history[:count], n, _stored_result))
             return range(min(max(n, 0), count))
 
-        _, removed = yield from self._remove(key, "delete the oldest messages", change, pick)
+        _, removed = yield from self._remove(key, change, pick)
         return removed
 
     def clear(self) -> Plan[None]:

@@ -62,9 +62,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, cast
 
-from llama_index.storage.chat_store.core import BackendUnavailableError, CorruptDataError
+from llama_index.storage.chat_store.core import CorruptDataError
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
-from llama_index.storage.chat_store.core.meta import backoff
+from llama_index.storage.chat_store.core.meta import RetryAtOnceError
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.dynamodb._chunks import Fresh, Head
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
@@ -242,13 +242,15 @@ class NativeLayout(NativeCatalog):
         returns that attempt's result instead of changing anything again.
 
         Raises:
-            BackendUnavailableError: Every attempt lost a race with other writers.
+            ChatStoreError: Every attempt lost a race with other writers (:meth:`Table.race`).
         """
         op = Op.of(change)
         yield from op.settle()
         fresh = op.adding[1] if op.adding is not None else Fresh()
         known = self.seen.get(key)
-        for attempt in range(self.t.attempts):
+
+        def attempt() -> Plan[R]:
+            nonlocal known
             now = time.time()
             if known is not None and self._plannable(known, now):
                 meta, hinted = known, True
@@ -264,16 +266,12 @@ class NativeLayout(NativeCatalog):
                 winner = self._winner(key, lost)
                 if winner is not None and (won := op.committed(winner.ops)) is not None:
                     return cast("R", (yield from op.finish(won)))
-                if hinted:
-                    known = winner
-                else:
-                    yield backoff(attempt, 0.005, 0.2)
-            except _NothingToDoError:
-                continue  # nothing to do on the remembered state: read the real one
-        raise BackendUnavailableError(
-            f"could not {what} for key {key!r}: {self.t.attempts} attempts lost races with "
-            "concurrent writers"
-        )
+                if not hinted:
+                    raise
+                known = winner
+                raise RetryAtOnceError from lost
+
+        return (yield from self.t.race(key, attempt))
 
     def _attempt(
         self, key: str, what: str, op: Op, step: Step[R], meta: Meta, now: float, hinted: bool,
@@ -283,10 +281,11 @@ class NativeLayout(NativeCatalog):
 
         Raises:
             LostRaceError: The meta changed since it was read (or while the step read items).
+            RetryAtOnceError: Nothing to do on a remembered ``meta``: read the real one.
         """
         plan, result = yield from step(meta, now)
         if plan is None and hinted:
-            raise _NothingToDoError
+            raise RetryAtOnceError
         if plan is None:
             return result
         tag = op.tag(result)
@@ -588,7 +587,3 @@ class NativeLayout(NativeCatalog):
         """Delete every item of the table (and forget what was seen)."""
         self.seen.clear()
         yield from self.t.clear([self.t.pk, self.sk])
-
-
-class _NothingToDoError(Exception):
-    """A step found nothing to do on a remembered meta state: read the real one."""

@@ -8,13 +8,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from llama_index.storage.chat_store.core import (
-    BackendUnavailableError,
-    ConfigurationError,
-    CorruptDataError,
-)
+from llama_index.storage.chat_store.core import ConfigurationError, CorruptDataError
 from llama_index.storage.chat_store.core.backend import ConflictError, Plan, corrupt_data_remedy
-from llama_index.storage.chat_store.core.meta import backoff, span
+from llama_index.storage.chat_store.core.meta import RetryAtOnceError, span
 from llama_index.storage.chat_store.dynamodb._chunks import (
     PARTS,
     PARTS_ID,
@@ -243,9 +239,11 @@ class NativeReads(MetaItems):
         Raises:
             CorruptDataError: A message item or chunk is missing or unreadable while the meta
                 is unchanged.
-            BackendUnavailableError: The conversation changed during every attempt.
+            ChatStoreError: The conversation changed during every attempt (:meth:`Table.race`).
         """
-        for attempt in range(self.t.attempts):
+
+        def attempt() -> Plan[tuple[Meta, int, list[Head], list[str]]]:
+            nonlocal meta, seen
             ahead = None
             if meta is None and seen is not None:
                 meta, ahead = yield from self._read_meta_and_window(key, seen, offset, limit)
@@ -269,23 +267,23 @@ class NativeReads(MetaItems):
                 if all(t is not None for t in texts):
                     return meta, lo, heads, [t for t in texts if t is not None]
             again = yield from self._read_meta(key)
-            if again.same(meta) and later:
-                # Items of a change whose meta update is not visible yet: wait for it.
-                yield backoff(attempt, 0.005, 0.2)
-                continue
-            if again.same(meta):
-                seqs = {seq: head for seq, head, _ in got}
-                missing = [s - meta.first for s in expected if seqs.get(s) is None]
-                bad = missing[0] if missing else lo + texts.index(None)
-                raise CorruptDataError(
-                    f"message at key {key!r} position {bad} is missing, has no "
-                    f"string {MESSAGE!r} attribute or lost a chunk in DynamoDB table "
-                    f"{self.t.name!r} ({corrupt_data_remedy(key)})",
-                    key=key,
-                    position=bad,
-                )
-            meta = again
-        raise BackendUnavailableError(f"key {key!r} kept changing while being read")
+            if not again.same(meta):
+                meta = again
+                raise RetryAtOnceError
+            if later:  # items of a change whose meta update is not visible yet: wait for it
+                raise ConflictError
+            seqs = {seq: head for seq, head, _ in got}
+            missing = [s - meta.first for s in expected if seqs.get(s) is None]
+            bad = missing[0] if missing else lo + texts.index(None)
+            raise CorruptDataError(
+                f"message at key {key!r} position {bad} is missing, has no "
+                f"string {MESSAGE!r} attribute or lost a chunk in DynamoDB table "
+                f"{self.t.name!r} ({corrupt_data_remedy(key)})",
+                key=key,
+                position=bad,
+            )
+
+        return (yield from self.t.race(key, attempt))
 
     def get(self, key: str, offset: int, limit: int | None) -> Plan[list[tuple[int, str]]]:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""

@@ -32,7 +32,7 @@ from llama_index.storage.chat_store.core import (
     PayloadTooLargeError,
 )
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
-from llama_index.storage.chat_store.core.meta import backoff
+from llama_index.storage.chat_store.core.meta import Race, backoff
 
 __all__ = [
     "MAX_BATCH_GET", "MAX_BATCH_WRITE", "MAX_ITEM_BYTES", "MAX_TRANSACTION_BYTES",
@@ -327,7 +327,7 @@ class Table:
         ttl_attribute: The attribute DynamoDB's TTL feature reads (epoch seconds).
         endpoint: The endpoint URL, or a description of the AWS endpoint (for errors).
         refresh_on_read: Reads of a live conversation also slide its expiry.
-        attempts: How many times an operation that lost a race is retried.
+        attempts: How many times an operation that lost a race is tried (:meth:`race`).
     """
 
     name: str
@@ -342,6 +342,18 @@ class Table:
         """Return the epoch second ``factor * ttl`` after ``now`` (rounded up)."""
         assert self.ttl is not None
         return math.ceil(now + factor * self.ttl)
+
+    def race(self, key: str, attempt: Callable[[], Plan[T]]) -> Plan[T]:
+        """Run the plan ``attempt()`` of a change or read of ``key`` until it wins the race.
+
+        Core's :class:`Race`, paused from 5 ms doubling up to 200 ms: DynamoDB's requests
+        take milliseconds, and racing writers must spread out beyond that.
+
+        Raises:
+            ChatStoreError: Every one of :attr:`attempts` lost (core's contention error).
+        """
+        race = Race(self.attempts, first=0.005, cap=0.2)
+        return race.run(key, f"DynamoDB table {self.name!r}", attempt)
 
     def call(self, what: str, operation: str, **params: Any) -> Call:
         """Return the step that calls a client operation on this table.
