@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import math
 import time
@@ -43,7 +42,6 @@ from typing import Any, TypeVar, cast
 from llama_index.storage.chat_store.core import CorruptDataError, PayloadTooLargeError
 from llama_index.storage.chat_store.core.backend import (
     Change,
-    ConflictError,
     Plan,
     corrupt_data_remedy,
 )
@@ -313,15 +311,11 @@ class LlamaIndexLayout:
             return
         e = Expr()
         ttl, new = e.n(self.t.ttl_attribute), e.v(num(self.t.expiry(now)))
-        with contextlib.suppress(ConflictError):  # changed, expired or deleted meanwhile
-            yield self.t.call(
-                "refresh the expiry", "update_item", Key=self._key(key),
-                UpdateExpression=f"SET {ttl} = {new}",
-                ConditionExpression=(
-                    f"{ttl} > {e.v({'N': f'{time.time():.6f}'})} AND {ttl} < {new}"
-                ),
-                **e.params(),
-            )  # fmt: skip
+        # A lost condition: changed, expired or deleted meanwhile, and left so.
+        yield from self.t.update_if(
+            "refresh the expiry", self._key(key), e, f"SET {ttl} = {new}",
+            f"{ttl} > {e.v({'N': f'{time.time():.6f}'})} AND {ttl} < {new}",
+        )  # fmt: skip
 
     def keys_page(self, start: Any) -> Plan[tuple[list[str], Any]]:
         """Read the page of keys with a non-empty, unexpired ``History`` at ``start`` (a scan)."""
@@ -440,11 +434,9 @@ class LlamaIndexLayout:
             sets.append(f"{e.n(_EXACT)} = {e.v({'L': padding + exact})}")
         if self.t.ttl is not None:
             sets.append(f"{e.n(self.t.ttl_attribute)} = {e.v(num(self.t.expiry(now)))}")
-        yield self.t.call(
-            "append messages", "update_item", Key=self._key(key),
-            UpdateExpression=f"SET {', '.join(sets)}",
-            ConditionExpression=condition, **e.params(),
-        )  # fmt: skip
+        yield self.t.update(
+            "append messages", self._key(key), e, f"SET {', '.join(sets)}", condition
+        )
 
     def _retried(
         self, key: str, change: Change, attempt: Callable[[Op, _Item], Plan[T]]
@@ -522,19 +514,15 @@ class LlamaIndexLayout:
                     stored = repr(item.history[position])
                     why = "not a message map"
                     removed.append(unreadable(self.t.name, key, position, stored, why))
+            # The messages kept, as stored (never rewritten), with their exact texts.
             kept = [i for i in range(count) if i not in chosen]
-            yield from self._write_raw(key, item, kept, now, op.tag((chosen, removed)))
+            exact = [item.exact[i] if i < len(item.exact) else {"NULL": True} for i in kept]
+            history = [item.history[i] for i in kept]
+            tag = op.tag((chosen, removed))
+            yield from self._put(key, item, history, exact, now, tag, checked=False)
             return chosen, removed
 
         return (yield from self._retried(key, change, attempt))
-
-    def _write_raw(
-        self, key: str, item: _Item, kept: list[int], now: float, tag: str
-    ) -> Plan[None]:
-        """Keep only the stored messages at positions ``kept``, as stored, conditionally."""
-        exact = [item.exact[i] if i < len(item.exact) else {"NULL": True} for i in kept]
-        history = [item.history[i] for i in kept]
-        yield from self._put(key, item, history, exact, now, tag, checked=False)
 
     def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
         """Remove the conversation; return its messages (corrupt ones too), or None."""

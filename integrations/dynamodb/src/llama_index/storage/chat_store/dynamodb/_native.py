@@ -54,7 +54,6 @@ the conversation's expiry when there is a ttl.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 import uuid
@@ -63,7 +62,8 @@ from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 from llama_index.storage.chat_store.core import CorruptDataError
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.backend import Change, Plan
+from llama_index.storage.chat_store.core.catalog import ConversationInfo, merged_metadata
 from llama_index.storage.chat_store.core.meta import RetryAtOnceError
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.dynamodb._chunks import Fresh, Head
@@ -104,26 +104,16 @@ class NativeLayout(NativeCatalog):
         catalog_index: Whether the table has the :data:`CATALOG_INDEX` index.
     """
 
-    def _write_chunks(self, key: str, fresh: Fresh, now: float, what: str) -> Plan[None]:
-        """Store new chunk items outside the transaction, once (unreferenced until committed).
-
-        They expire a ttl later than the message items of this attempt would, so retries
-        within that time reuse them; a commit later than that writes them again.
-        """
-        if not fresh.rest:
-            return
-        if fresh.written and (fresh.expires is None or fresh.expires >= self.t.expiry(now, 2)):
-            return
-        fresh.expires = None if self.t.ttl is None else self.t.expiry(now, 3)
-        requests = [{"PutRequest": {"Item": i}} for i in self._chunk_items(key, fresh)]
-        yield from self.t.batch_write(what, requests)
-        fresh.written = True
-
     def _apply(
         self, key: str, meta: Meta, plan: Edit, now: float, what: str, fresh: Fresh,
         op: Op, tag: str,
     ) -> Plan[None]:  # fmt: skip
         """Commit a plan tagged ``tag``: one transaction when it fits, else the large paths.
+
+        New chunk items that do not fit the transaction are stored before it, once
+        (unreferenced until committed). They expire a ttl later than the message items of
+        this attempt would, so retries within that time reuse them; a commit later than that
+        writes them again.
 
         Raises:
             LostRaceError: The meta changed since it was read.
@@ -144,7 +134,12 @@ class NativeLayout(NativeCatalog):
             if fits(puts + chunks, deletes):
                 yield from self._commit(key, what, meta_action, [*puts, *chunks, *deletes])
                 return
-        yield from self._write_chunks(key, fresh, now, what)
+        reusable = fresh.expires is None or fresh.expires >= self.t.expiry(now, 2)
+        if fresh.rest and not (fresh.written and reusable):
+            fresh.expires = None if self.t.ttl is None else self.t.expiry(now, 3)
+            requests = [{"PutRequest": {"Item": i}} for i in self._chunk_items(key, fresh)]
+            yield from self.t.batch_write(what, requests)
+            fresh.written = True
         if fits(puts, deletes):
             yield from self._commit(key, what, meta_action, [*puts, *deletes])
         elif plan.appends_only:
@@ -180,11 +175,9 @@ class NativeLayout(NativeCatalog):
             f"{e.n(VER)} = {e.v(num((meta.ver or 0) + 1))}",
         ]
         try:
-            yield self.t.call(
-                what, "update_item", Key=self._key(key, META_SK),
-                UpdateExpression=f"SET {', '.join(sets)}",
-                ConditionExpression=self._guard(e, meta, now),
-                ReturnValuesOnConditionCheckFailure="ALL_OLD", **e.params(),
+            yield self.t.update(
+                what, self._key(key, META_SK), e, f"SET {', '.join(sets)}",
+                self._guard(e, meta, now), ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )  # fmt: skip
         except LostRaceError as lost:
             # botocore resent the update after it took the lease: the lease is ours.
@@ -203,13 +196,10 @@ class NativeLayout(NativeCatalog):
     def _release_lease(self, key: str, lease_id: str) -> Plan[None]:
         e = Expr()
         # Best effort: the lease expires on its own (a no-op once the commit took it).
-        with contextlib.suppress(ConflictError):
-            yield self.t.call(
-                "release a lease", "update_item", Key=self._key(key, META_SK),
-                UpdateExpression=f"REMOVE {e.n(LEASE)}, {e.n(LEASE_ID)}",
-                ConditionExpression=f"{e.n(LEASE_ID)} = {e.v(text(lease_id))}",
-                **e.params(),
-            )  # fmt: skip
+        yield from self.t.update_if(
+            "release a lease", self._key(key, META_SK), e,
+            f"REMOVE {e.n(LEASE)}, {e.n(LEASE_ID)}", f"{e.n(LEASE_ID)} = {e.v(text(lease_id))}",
+        )  # fmt: skip
 
     def _delete_seqs(self, key: str, gen: int, seqs: Sequence[int], what: str) -> Plan[None]:
         requests = [{"DeleteRequest": {"Key": self._key(key, gen * GEN_SPAN + s)}} for s in seqs]
@@ -295,19 +285,6 @@ class NativeLayout(NativeCatalog):
         return cast("R", (yield from op.finish()))
 
     # -- writes ----------------------------------------------------------------------------
-
-    def _encoded(self, key: str, messages: Sequence[str], change: Change) -> list[Head]:
-        """Return the heads of the messages a change adds, encoded once per call.
-
-        Raises:
-            PayloadTooLargeError: A message is over the size the layout stores (nothing is
-                written).
-        """
-        op = Op.of(change)
-        if op.adding is None:
-            op.adding = self._encode(key, messages)
-        heads: list[Head] = op.adding[0]
-        return heads
 
     def append(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Append messages atomically (one transaction, or a leased batch when large).
@@ -447,16 +424,17 @@ class NativeLayout(NativeCatalog):
         return (yield from self._change(key, "delete a message", change, step))
 
     def delete_oldest(
-        self, key: str, n: int, change: Change, tool_safe: bool = False
-    ) -> Plan[list[str | CorruptDataError]]:
-        """Remove and return the first ``n`` messages (fewer if shorter; corrupt ones too).
+        self, key: str, n: int | None, change: Change, tool_safe: bool = False,
+        what: str = "delete the oldest messages",
+    ) -> Plan[list[str | CorruptDataError]]:  # fmt: skip
+        """Remove and return the first ``n`` messages (None: all; fewer if shorter; corrupt too).
 
         ``tool_safe``: also the tool results that would lead what is left (read after the
         first ``n`` from the same meta, so the removal stays one conditional commit).
         """
 
         def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, list[str | CorruptDataError]]]:
-            k = min(n, meta.count(now))
+            k = meta.count(now) if n is None else min(n, meta.count(now))
             if k <= 0:
                 return None, []
             assert meta.gen is not None
@@ -471,23 +449,12 @@ class NativeLayout(NativeCatalog):
             first = meta.first + k if k < meta.count(now) else meta.end
             return Edit(meta.gen, first, meta.end, {}, deletes, dropped=dropped), removed
 
-        return (yield from self._change(key, "delete the oldest messages", change, step))
+        return (yield from self._change(key, what, change, step))
 
     def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
         """Remove the conversation; return its messages (corrupt ones too), or None."""
-
-        def step(
-            meta: Meta, now: float
-        ) -> Plan[tuple[Edit | None, list[str | CorruptDataError] | None]]:
-            count = meta.count(now)
-            if count == 0:
-                return None, None
-            assert meta.gen is not None
-            dropped, removed = yield from self._read_removed(key, meta, 0, count)
-            deletes = list(range(meta.first, meta.end))
-            return Edit(meta.gen, meta.end, meta.end, {}, deletes, dropped=dropped), removed
-
-        return (yield from self._change(key, "delete a conversation", change, step))
+        removed = yield from self.delete_oldest(key, None, change, what="delete a conversation")
+        return removed or None
 
     def replace(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Replace the conversation atomically (``[]`` removes it).
@@ -510,6 +477,29 @@ class NativeLayout(NativeCatalog):
             return plan, None
 
         yield from self._change(key, "replace a conversation", change, step)
+
+    def set_metadata(
+        self, key: str, changes: dict[str, str | None], change: Change
+    ) -> Plan[ConversationInfo | None]:
+        """Merge ``changes`` into the metadata in one commit on the meta item (None: no messages).
+
+        Raises:
+            PayloadTooLargeError: The merged metadata is too large (nothing is written).
+        """
+
+        def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, ConversationInfo | None]]:
+            yield from ()
+            if meta.count(now) == 0:
+                return None, None
+            assert meta.gen is not None
+            merged = merged_metadata(dict(meta.metadata), changes)
+            plan = Edit(meta.gen, meta.first, meta.end, {}, [], metadata=merged)
+            after = Meta(created=meta.created, updated=int(now * 1000),
+                         metadata=tuple(sorted(merged.items())), gen=meta.gen,
+                         first=meta.first, end=meta.end)  # fmt: skip
+            return plan, self._entry(key, after, now)
+
+        return (yield from self._change(key, "set metadata", change, step))
 
     def _rewrite(
         self, key: str, meta: Meta, plan: Edit, now: float, what: str, op: Op, tag: str
@@ -575,11 +565,9 @@ class NativeLayout(NativeCatalog):
             f"{e.v(num(1))}",
             f"{e.n(VER)} = {e.v(num((meta.ver or 0) + 1))}",
         ]
-        reply = yield self.t.call(
-            what, "update_item", Key=self._key(key, META_SK),
-            UpdateExpression=f"SET {', '.join(sets)}",
-            ConditionExpression=self._guard(e, meta, now),
-            ReturnValues="ALL_NEW", **e.params(),
+        reply = yield self.t.update(
+            what, self._key(key, META_SK), e, f"SET {', '.join(sets)}", self._guard(e, meta, now),
+            ReturnValues="ALL_NEW",
         )  # fmt: skip
         return int(reply["Attributes"][NEXT]["N"])
 

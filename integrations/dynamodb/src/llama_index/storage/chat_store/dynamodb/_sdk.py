@@ -33,6 +33,7 @@ from llama_index.storage.chat_store.core import (
 )
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
 from llama_index.storage.chat_store.core.meta import Race, backoff
+from llama_index.storage.chat_store.dynamodb._expr import Expr
 
 __all__ = [
     "MAX_BATCH_GET", "MAX_BATCH_WRITE", "MAX_ITEM_BYTES", "MAX_TRANSACTION_BYTES",
@@ -361,6 +362,29 @@ class Table:
         A conditional write whose condition fails raises :class:`LostRaceError` in the plan.
         """
         return Call(operation, {"TableName": self.name, **params}, what)
+
+    def update(
+        self, what: str, key: dict[str, Any], e: Expr, update: str, condition: str, **params: Any
+    ) -> Call:
+        """Return the UpdateItem step of ``update`` on ``key`` if ``condition`` holds.
+
+        ``e`` holds the expressions' placeholders. A failed condition raises
+        :class:`LostRaceError` in the plan.
+        """
+        return self.call(
+            what, "update_item", Key=key, UpdateExpression=update, ConditionExpression=condition,
+            **params, **e.params(),
+        )  # fmt: skip
+
+    def update_if(
+        self, what: str, key: dict[str, Any], e: Expr, update: str, condition: str
+    ) -> Plan[bool]:
+        """Run :meth:`update`, where a failed condition is no error: return whether it held."""
+        try:
+            yield self.update(what, key, e, update, condition)
+        except ConflictError:
+            return False
+        return True
 
     def transact(self, what: str, actions: list[dict[str, Any]]) -> Call:
         """Return the TransactWriteItems step (a failed condition: :class:`LostRaceError`)."""
