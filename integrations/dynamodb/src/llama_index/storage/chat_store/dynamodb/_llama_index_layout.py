@@ -457,18 +457,17 @@ class LlamaIndexLayout:
 
         return (yield from self.t.race(key, read_first))
 
-    def _change(self, key: str, change: Change, step: Any) -> Plan[Any]:
-        """Run ``step(item, current texts, now) -> (new list | None, result)`` until it wins."""
+    def _change(
+        self, key: str, change: Change, edit: Callable[[list[str]], list[str]]
+    ) -> Plan[None]:
+        """Write the conversation as ``edit(its messages as read)`` until that wins the race."""
 
-        def attempt(op: Op, item: _Item) -> Plan[Any]:
+        def attempt(op: Op, item: _Item) -> Plan[None]:
             now = time.time()
             current = [t for _, t in self._texts(key, item, 0, len(self._live(item, now)))]
-            new, result = step(item, current, now)
-            if new is not None:
-                yield from self._write(key, item, new, now, op.tag(result))
-            return result
+            yield from self._write(key, item, edit(current), now, op.tag(None))
 
-        return (yield from self._retried(key, change, attempt))
+        yield from self._retried(key, change, attempt)
 
     def append(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Append messages atomically."""
@@ -481,15 +480,15 @@ class LlamaIndexLayout:
     def insert(self, key: str, idx: int, message: str, change: Change) -> Plan[None]:
         """Insert like ``list.insert``."""
 
-        def step(item: _Item, current: list[str], now: float) -> tuple[list[str], None]:
+        def edit(current: list[str]) -> list[str]:
             current.insert(idx, message)
-            return current, None
+            return current
 
-        yield from self._change(key, change, step)
+        yield from self._change(key, change, edit)
 
     def replace(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Replace the conversation (``[]`` removes it)."""
-        yield from self._change(key, change, lambda item, cur, now: (list(messages), None))
+        yield from self._change(key, change, lambda _: list(messages))
 
     def _remove(
         self, key: str, change: Change, pick: Callable[[int, _Item], range]
@@ -524,10 +523,9 @@ class LlamaIndexLayout:
 
         return (yield from self._retried(key, change, attempt))
 
-    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
-        """Remove the conversation; return its messages (corrupt ones too), or None."""
-        _, removed = yield from self._remove(key, change, lambda count, _: range(count))
-        return removed or None
+    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError]]:
+        """Remove the conversation; return its messages (corrupt ones too)."""
+        return (yield from self._remove(key, change, lambda count, _: range(count)))[1]
 
     def delete_at(
         self, key: str, idx: int, change: Change

@@ -57,7 +57,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, cast
 
@@ -146,7 +146,8 @@ class NativeLayout(NativeCatalog):
             yield from self._leased_append(key, meta, plan, puts, now, what, op, tag)
         elif not puts:
             # Only removals: once the meta no longer covers them they are invisible.
-            op.after(functools.partial(self._delete_seqs, key, meta.gen or 0, plan.deletes, what))
+            gone = [(meta.gen or 0) * GEN_SPAN + seq for seq in plan.deletes]
+            op.after(functools.partial(self._delete, key, gone, what))
             yield from self._commit(key, what, meta_action)
         else:
             yield from self._rewrite(key, meta, plan, now, what, op, tag)
@@ -201,16 +202,8 @@ class NativeLayout(NativeCatalog):
             f"REMOVE {e.n(LEASE)}, {e.n(LEASE_ID)}", f"{e.n(LEASE_ID)} = {e.v(text(lease_id))}",
         )  # fmt: skip
 
-    def _delete_seqs(self, key: str, gen: int, seqs: Sequence[int], what: str) -> Plan[None]:
-        requests = [{"DeleteRequest": {"Key": self._key(key, gen * GEN_SPAN + s)}} for s in seqs]
-        yield from self.t.batch_write(what, requests)
-
-    def _delete_chunks(self, key: str, heads: Sequence[Head], what: str) -> Plan[None]:
-        requests = [
-            {"DeleteRequest": {"Key": self._key(key, sort_key)}}
-            for head in heads
-            for sort_key in head.chunk_sort_keys()
-        ]
+    def _delete(self, key: str, sort_keys: Iterable[int], what: str) -> Plan[None]:
+        requests = [{"DeleteRequest": {"Key": self._key(key, k)}} for k in sort_keys]
         yield from self.t.batch_write(what, requests)
 
     def _change(self, key: str, what: str, change: Change, step: Step[R]) -> Plan[R]:
@@ -279,8 +272,9 @@ class NativeLayout(NativeCatalog):
         if plan is None:
             return result
         tag = op.tag(result)
-        if plan.dropped:
-            op.after(functools.partial(self._delete_chunks, key, plan.dropped, what))
+        if plan.dropped:  # their chunks go once the change is committed
+            chunks = [k for head in plan.dropped for k in head.chunk_sort_keys()]
+            op.after(functools.partial(self._delete, key, chunks, what))
         yield from self._apply(key, meta, plan, now, what, fresh, op, tag)
         return cast("R", (yield from op.finish()))
 
@@ -451,10 +445,9 @@ class NativeLayout(NativeCatalog):
 
         return (yield from self._change(key, what, change, step))
 
-    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
-        """Remove the conversation; return its messages (corrupt ones too), or None."""
-        removed = yield from self.delete_oldest(key, None, change, what="delete a conversation")
-        return removed or None
+    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError]]:
+        """Remove the conversation; return its messages (corrupt ones too)."""
+        return self.delete_oldest(key, None, change, what="delete a conversation")
 
     def replace(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Replace the conversation atomically (``[]`` removes it).
@@ -531,16 +524,13 @@ class NativeLayout(NativeCatalog):
             {"PutRequest": {"Item": self._message_item(key, gen, SEQ0 + i, h, now, flip_ver)}}
             for i, h in enumerate(final)
         ]
-        drop_new = functools.partial(
-            self._delete_seqs, key, gen, range(SEQ0, SEQ0 + len(final)), "clean up"
-        )
+        new = gen * GEN_SPAN + SEQ0
+        drop_new = functools.partial(self._delete, key, range(new, new + len(final)), "clean up")
         yield from op.undoing([self.t.batch_write(what, requests)], drop_new)
         if meta.gen is not None:
-            op.after(
-                functools.partial(
-                    self._delete_seqs, key, meta.gen, range(meta.first, meta.end), what
-                )
-            )
+            base = meta.gen * GEN_SPAN
+            old = range(base + meta.first, base + meta.end)
+            op.after(functools.partial(self._delete, key, old, what))
         flip = Edit(gen, SEQ0, SEQ0 + len(final), {}, [], new_gen=False, fresh=True,
                     chunked=any(h.chunked for h in final))  # fmt: skip
         try:

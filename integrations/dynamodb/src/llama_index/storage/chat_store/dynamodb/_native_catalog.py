@@ -99,21 +99,18 @@ class NativeCatalog(NativeReads):
         while True:
             keys, more = yield from self._listed(prefix, after, limit - len(found))
             now = time.time()
-            metas = yield from self._metas(keys)
+            # The page's meta items by key (one BatchGetItem per 100); absent ones are empty.
+            items = yield from self.t.batch_get(
+                "list conversations", [self._key(k, META_SK) for k in keys]
+            )
+            by_key = {item[self.t.pk]["S"]: item for item in items}
+            metas = {k: self._parse_meta(k, by_key.get(k)) for k in keys}
             found += [e for k in keys if (e := self._entry(k, metas[k], now)) is not None]
             if not more:
                 return ConversationPage(found, None)
             after = keys[-1]
             if len(found) == limit:
                 return ConversationPage(found, after)
-
-    def _metas(self, keys: list[str]) -> Plan[dict[str, Meta]]:
-        """Read the meta items of ``keys`` (one BatchGetItem per 100); absent ones are empty."""
-        items = yield from self.t.batch_get(
-            "list conversations", [self._key(k, META_SK) for k in keys]
-        )
-        by_key = {item[self.t.pk]["S"]: item for item in items}
-        return {k: self._parse_meta(k, by_key.get(k)) for k in keys}
 
     def _listed(
         self, prefix: str, after: str | None, want: int

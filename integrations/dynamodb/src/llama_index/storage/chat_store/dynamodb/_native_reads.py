@@ -20,6 +20,7 @@ from llama_index.storage.chat_store.dynamodb._chunks import (
     PARTS_ID,
     Fresh,
     Head,
+    chunk_sort_key,
     encode,
     part_of,
     valid,
@@ -73,13 +74,12 @@ class NativeReads(MetaItems):
         return item
 
     def _chunk_items(self, key: str, fresh: Fresh) -> list[dict[str, Any]]:
-        items = []
-        for sort_key, part in fresh.sort_keys_and_texts():
-            item = {**self._key(key, sort_key), MESSAGE: text(part)}
-            if fresh.expires is not None:
-                item[self.t.ttl_attribute] = num(fresh.expires)
-            items.append(item)
-        return items
+        ttl = {} if fresh.expires is None else {self.t.ttl_attribute: num(fresh.expires)}
+        return [
+            {**self._key(key, chunk_sort_key(token, n)), MESSAGE: text(part), **ttl}
+            for token, parts in fresh.rest
+            for n, part in enumerate(parts, start=1)
+        ]
 
     def _encoded(self, key: str, messages: Sequence[str], change: Change) -> list[Head]:
         """Return the heads of the messages a change adds, encoded once per call.

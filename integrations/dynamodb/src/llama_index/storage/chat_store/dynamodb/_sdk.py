@@ -111,9 +111,9 @@ class LostRaceError(ConflictError):
             exists: the state that won the race, as strongly consistent as a read.
     """
 
-    def __init__(self, message: str, current: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, current: Any = None) -> None:
         super().__init__(message)
-        self.current = current
+        self.current: dict[str, Any] | None = current if isinstance(current, dict) else None
 
 
 class Op:
@@ -217,15 +217,6 @@ def cancellation_codes(exc: ClientError) -> list[str]:
     return [str(r.get("Code") or "None") for r in reasons]
 
 
-def _failed_item(exc: ClientError) -> dict[str, Any] | None:
-    """Return the item of the first action whose condition failed, if it was returned."""
-    for reason in exc.response.get("CancellationReasons") or []:
-        if reason.get("Code") == "ConditionalCheckFailed":
-            item = reason.get("Item")
-            return item if isinstance(item, dict) else None
-    return None
-
-
 class Translator:
     """Turns driver errors into core errors naming the table and endpoint.
 
@@ -280,13 +271,15 @@ class Translator:
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 if code == "ConditionalCheckFailedException":
-                    item = exc.response.get("Item")
-                    item = item if isinstance(item, dict) else None
-                    raise LostRaceError(step.what, item) from exc
+                    raise LostRaceError(step.what, exc.response.get("Item")) from exc
                 if code == "TransactionCanceledException":
                     codes = cancellation_codes(exc)
                     if {"ConditionalCheckFailed", "TransactionConflict"} & set(codes):
-                        raise LostRaceError(str(codes), _failed_item(exc)) from exc
+                        # The item of the first action whose condition failed, if returned.
+                        reasons = exc.response.get("CancellationReasons") or []
+                        failed = [r for r in reasons if r.get("Code") == "ConditionalCheckFailed"]
+                        item = failed[0].get("Item") if failed else None
+                        raise LostRaceError(str(codes), item) from exc
                 raise
 
     def client_error(self, exc: ClientError, what: str) -> ChatStoreError:
