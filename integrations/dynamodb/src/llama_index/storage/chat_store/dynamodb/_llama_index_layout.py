@@ -136,7 +136,13 @@ def _from_attribute(value: Any) -> Any:
         # exponent was a float.
         return float(inner) if any(c in inner for c in ".eE") else int(inner)
     if kind == "B":
-        return _binary_text(bytes(inner))
+        # LlamaIndex writes image/audio/document payloads as bytes holding base64 text; in
+        # JSON those fields carry that text. Other binary is base64-encoded, as bytes in JSON.
+        try:
+            base64.b64decode(bytes(inner), validate=True)
+            return bytes(inner).decode("ascii")
+        except (binascii.Error, ValueError):
+            return base64.b64encode(bytes(inner)).decode("ascii")
     if kind == "L":
         return [_from_attribute(v) for v in inner]
     if kind == "M":
@@ -144,16 +150,6 @@ def _from_attribute(value: Any) -> Any:
     if kind in ("SS", "NS", "BS"):
         return [_from_attribute({kind[0]: v}) for v in inner]
     raise TypeError(f"unknown DynamoDB type {kind!r}")
-
-
-def _binary_text(raw: bytes) -> str:
-    # LlamaIndex writes image/audio/document payloads as bytes holding base64 text; in JSON
-    # those fields carry that text. Any other binary is base64-encoded like bytes in JSON.
-    try:
-        base64.b64decode(raw, validate=True)
-        return raw.decode("ascii")
-    except (binascii.Error, ValueError):
-        return base64.b64encode(raw).decode("ascii")
 
 
 def map_to_json(value: Any) -> str:
@@ -258,27 +254,22 @@ class LlamaIndexLayout:
             return []
         return item.history
 
-    def _texts(self, key: str, item: _Item, lo: int, hi: int) -> list[tuple[int, str]]:
-        out = []
-        for position in range(lo, hi):
-            value = item.history[position]
-            exact = item.exact[position] if position < len(item.exact) else None
-            try:
-                if exact is not None and "S" in exact:
-                    as_map, _ = message_to_map(exact["S"])
-                    if _plain(as_map) == _plain(value):
-                        out.append((position, exact["S"]))
-                        continue
-                out.append((position, map_to_json(value)))
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise CorruptDataError(
-                    f"message at key {key!r} position {position} in DynamoDB table "
-                    f"{self.t.name!r} is not a LlamaIndex message map: {value!r:.200} "
-                    f"({corrupt_data_remedy(key)})",
-                    key=key,
-                    position=position,
-                ) from exc
-        return out
+    def _text(self, key: str, item: _Item, position: int) -> str:
+        """Return the message JSON at ``position``: its exact text while that matches the map."""
+        value = item.history[position]
+        exact = item.exact[position] if position < len(item.exact) else {}
+        try:
+            if "S" in exact and _plain(message_to_map(exact["S"])[0]) == _plain(value):
+                return str(exact["S"])
+            return map_to_json(value)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CorruptDataError(
+                f"message at key {key!r} position {position} in DynamoDB table "
+                f"{self.t.name!r} is not a LlamaIndex message map: {value!r:.200} "
+                f"({corrupt_data_remedy(key)})",
+                key=key,
+                position=position,
+            ) from exc
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -286,7 +277,7 @@ class LlamaIndexLayout:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
         item = yield from self._read(key)
         lo, hi = span(len(self._live(item, time.time())), offset, limit)
-        found = self._texts(key, item, lo, hi) if lo < hi else []
+        found = [(p, self._text(key, item, p)) for p in range(lo, hi)]
         yield from self._refresh(key, item)
         return found
 
@@ -464,7 +455,7 @@ class LlamaIndexLayout:
 
         def attempt(op: Op, item: _Item) -> Plan[None]:
             now = time.time()
-            current = [t for _, t in self._texts(key, item, 0, len(self._live(item, now)))]
+            current = [self._text(key, item, p) for p in range(len(self._live(item, now)))]
             yield from self._write(key, item, edit(current), now, op.tag(None))
 
         yield from self._retried(key, change, attempt)
@@ -508,7 +499,7 @@ class LlamaIndexLayout:
             removed: list[str | CorruptDataError] = []
             for position in chosen:
                 try:
-                    removed.append(self._texts(key, item, position, position + 1)[0][1])
+                    removed.append(self._text(key, item, position))
                 except CorruptDataError:
                     stored = repr(item.history[position])
                     why = "not a message map"
