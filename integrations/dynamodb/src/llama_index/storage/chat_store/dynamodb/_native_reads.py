@@ -240,7 +240,9 @@ class NativeReads(MetaItems):
 
         An item written after the meta's version (an insert or delete inside moved it, or
         a pop and an append reused its position) or missing makes the read start over from
-        the meta: only when the meta is unchanged is a missing item corrupt data.
+        the meta read again: at once when it moved, after a pause when it did not (a change
+        whose meta update is not visible yet). Only when the meta is unchanged is a missing
+        item corrupt data.
 
         Raises:
             CorruptDataError: A message item or chunk is missing or unreadable while the meta
