@@ -97,14 +97,6 @@ class Fresh:
     expires: int | None = None
     written: bool = False
 
-    def sort_keys_and_texts(self) -> list[tuple[int, str]]:
-        """Return ``(sort key, text)`` of every chunk item."""
-        return [
-            (chunk_sort_key(token, part), text)
-            for token, parts in self.rest
-            for part, text in enumerate(parts, start=1)
-        ]
-
 
 def _split(data: bytes, budget: int) -> list[str]:
     """Cut UTF-8 ``data`` into texts of at most ``budget`` bytes, never inside a character."""

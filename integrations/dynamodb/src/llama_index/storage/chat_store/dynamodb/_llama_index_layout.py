@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import math
 import time
@@ -38,20 +37,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from llama_index.storage.chat_store.core import (
-    BackendUnavailableError,
-    CorruptDataError,
-    PayloadTooLargeError,
-)
+from llama_index.storage.chat_store.core import CorruptDataError, PayloadTooLargeError
 from llama_index.storage.chat_store.core.backend import (
     Change,
-    ConflictError,
     Plan,
     corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.meta import backoff, recorded, span
+from llama_index.storage.chat_store.core.meta import recorded, span
 from llama_index.storage.chat_store.core.tools import is_tool_result_json, safe_trim_count
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
 from llama_index.storage.chat_store.dynamodb._sdk import (
@@ -71,6 +65,7 @@ _VERSION = "ChatStoreVersion"
 _EPOCH = "ChatStoreEpoch"
 _OPS = "ChatStoreOps"
 _TOMBSTONE_SECONDS = 86_400
+T = TypeVar("T")
 
 
 def llama_index_table_definition(table: str, pk: str) -> dict[str, Any]:
@@ -141,7 +136,13 @@ def _from_attribute(value: Any) -> Any:
         # exponent was a float.
         return float(inner) if any(c in inner for c in ".eE") else int(inner)
     if kind == "B":
-        return _binary_text(bytes(inner))
+        # LlamaIndex writes image/audio/document payloads as bytes holding base64 text; in
+        # JSON those fields carry that text. Other binary is base64-encoded, as bytes in JSON.
+        try:
+            base64.b64decode(bytes(inner), validate=True)
+            return bytes(inner).decode("ascii")
+        except (binascii.Error, ValueError):
+            return base64.b64encode(bytes(inner)).decode("ascii")
     if kind == "L":
         return [_from_attribute(v) for v in inner]
     if kind == "M":
@@ -149,16 +150,6 @@ def _from_attribute(value: Any) -> Any:
     if kind in ("SS", "NS", "BS"):
         return [_from_attribute({kind[0]: v}) for v in inner]
     raise TypeError(f"unknown DynamoDB type {kind!r}")
-
-
-def _binary_text(raw: bytes) -> str:
-    # LlamaIndex writes image/audio/document payloads as bytes holding base64 text; in JSON
-    # those fields carry that text. Any other binary is base64-encoded like bytes in JSON.
-    try:
-        base64.b64decode(raw, validate=True)
-        return raw.decode("ascii")
-    except (binascii.Error, ValueError):
-        return base64.b64encode(raw).decode("ascii")
 
 
 def map_to_json(value: Any) -> str:
@@ -263,27 +254,22 @@ class LlamaIndexLayout:
             return []
         return item.history
 
-    def _texts(self, key: str, item: _Item, lo: int, hi: int) -> list[tuple[int, str]]:
-        out = []
-        for position in range(lo, hi):
-            value = item.history[position]
-            exact = item.exact[position] if position < len(item.exact) else None
-            try:
-                if exact is not None and "S" in exact:
-                    as_map, _ = message_to_map(exact["S"])
-                    if _plain(as_map) == _plain(value):
-                        out.append((position, exact["S"]))
-                        continue
-                out.append((position, map_to_json(value)))
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise CorruptDataError(
-                    f"message at key {key!r} position {position} in DynamoDB table "
-                    f"{self.t.name!r} is not a LlamaIndex message map: {value!r:.200} "
-                    f"({corrupt_data_remedy(key)})",
-                    key=key,
-                    position=position,
-                ) from exc
-        return out
+    def _text(self, key: str, item: _Item, position: int) -> str:
+        """Return the message JSON at ``position``: its exact text while that matches the map."""
+        value = item.history[position]
+        exact = item.exact[position] if position < len(item.exact) else {}
+        try:
+            if "S" in exact and _plain(message_to_map(exact["S"])[0]) == _plain(value):
+                return str(exact["S"])
+            return map_to_json(value)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CorruptDataError(
+                f"message at key {key!r} position {position} in DynamoDB table "
+                f"{self.t.name!r} is not a LlamaIndex message map: {value!r:.200} "
+                f"({corrupt_data_remedy(key)})",
+                key=key,
+                position=position,
+            ) from exc
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -291,7 +277,7 @@ class LlamaIndexLayout:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
         item = yield from self._read(key)
         lo, hi = span(len(self._live(item, time.time())), offset, limit)
-        found = self._texts(key, item, lo, hi) if lo < hi else []
+        found = [(p, self._text(key, item, p)) for p in range(lo, hi)]
         yield from self._refresh(key, item)
         return found
 
@@ -316,15 +302,11 @@ class LlamaIndexLayout:
             return
         e = Expr()
         ttl, new = e.n(self.t.ttl_attribute), e.v(num(self.t.expiry(now)))
-        with contextlib.suppress(ConflictError):  # changed, expired or deleted meanwhile
-            yield self.t.call(
-                "refresh the expiry", "update_item", Key=self._key(key),
-                UpdateExpression=f"SET {ttl} = {new}",
-                ConditionExpression=(
-                    f"{ttl} > {e.v({'N': f'{time.time():.6f}'})} AND {ttl} < {new}"
-                ),
-                **e.params(),
-            )  # fmt: skip
+        # A lost condition: changed, expired or deleted meanwhile, and left so.
+        yield from self.t.update_if(
+            "refresh the expiry", self._key(key), e, f"SET {ttl} = {new}",
+            f"{ttl} > {e.v({'N': f'{time.time():.6f}'})} AND {ttl} < {new}",
+        )  # fmt: skip
 
     def keys_page(self, start: Any) -> Plan[tuple[list[str], Any]]:
         """Read the page of keys with a non-empty, unexpired ``History`` at ``start`` (a scan)."""
@@ -443,50 +425,40 @@ class LlamaIndexLayout:
             sets.append(f"{e.n(_EXACT)} = {e.v({'L': padding + exact})}")
         if self.t.ttl is not None:
             sets.append(f"{e.n(self.t.ttl_attribute)} = {e.v(num(self.t.expiry(now)))}")
-        yield self.t.call(
-            "append messages", "update_item", Key=self._key(key),
-            UpdateExpression=f"SET {', '.join(sets)}",
-            ConditionExpression=condition, **e.params(),
-        )  # fmt: skip
+        yield self.t.update(
+            "append messages", self._key(key), e, f"SET {', '.join(sets)}", condition
+        )
 
     def _retried(
-        self, key: str, what: str, change: Change, attempt: Callable[[Op, _Item], Plan[Any]]
-    ) -> Plan[Any]:
-        """Run the plan ``attempt(op, item read)`` until it wins the race.
+        self, key: str, change: Change, attempt: Callable[[Op, _Item], Plan[T]]
+    ) -> Plan[T]:
+        """Run the plan ``attempt(op, item read)`` until it wins the race (:meth:`Table.race`).
 
         Every attempt reads the item first; one that finds a tag of this call's
         :class:`Op` there knows an earlier attempt committed (its reply was lost, or
         botocore resent the write after it landed) and returns that attempt's result.
-
-        Raises:
-            BackendUnavailableError: Every attempt lost a race with other writers.
         """
         op = Op.of(change)
-        for n in range(self.t.attempts):
+
+        def read_first() -> Plan[T]:
             item = yield from self._read(key)
             if (won := op.committed(item.ops)) is not None:
-                return (yield from op.finish(won))
-            try:
-                return (yield from attempt(op, item))
-            except ConflictError:
-                yield backoff(n, 0.005, 0.2)
-        raise BackendUnavailableError(
-            f"could not {what} for key {key!r}: {self.t.attempts} attempts lost races with "
-            "concurrent writers"
-        )
+                return cast("T", (yield from op.finish(won)))
+            return (yield from attempt(op, item))
 
-    def _change(self, key: str, what: str, change: Change, step: Any) -> Plan[Any]:
-        """Run ``step(item, current texts, now) -> (new list | None, result)`` until it wins."""
+        return (yield from self.t.race(key, read_first))
 
-        def attempt(op: Op, item: _Item) -> Plan[Any]:
+    def _change(
+        self, key: str, change: Change, edit: Callable[[list[str]], list[str]]
+    ) -> Plan[None]:
+        """Write the conversation as ``edit(its messages as read)`` until that wins the race."""
+
+        def attempt(op: Op, item: _Item) -> Plan[None]:
             now = time.time()
-            current = [t for _, t in self._texts(key, item, 0, len(self._live(item, now)))]
-            new, result = step(item, current, now)
-            if new is not None:
-                yield from self._write(key, item, new, now, op.tag(result))
-            return result
+            current = [self._text(key, item, p) for p in range(len(self._live(item, now)))]
+            yield from self._write(key, item, edit(current), now, op.tag(None))
 
-        return (yield from self._retried(key, what, change, attempt))
+        yield from self._retried(key, change, attempt)
 
     def append(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Append messages atomically."""
@@ -494,25 +466,23 @@ class LlamaIndexLayout:
         def attempt(op: Op, item: _Item) -> Plan[None]:
             yield from self._append(key, item, messages, time.time(), op.tag(None))
 
-        yield from self._retried(key, "append messages", change, attempt)
+        yield from self._retried(key, change, attempt)
 
     def insert(self, key: str, idx: int, message: str, change: Change) -> Plan[None]:
         """Insert like ``list.insert``."""
 
-        def step(item: _Item, current: list[str], now: float) -> tuple[list[str], None]:
+        def edit(current: list[str]) -> list[str]:
             current.insert(idx, message)
-            return current, None
+            return current
 
-        yield from self._change(key, "insert a message", change, step)
+        yield from self._change(key, change, edit)
 
     def replace(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Replace the conversation (``[]`` removes it)."""
-        yield from self._change(
-            key, "replace a conversation", change, lambda item, cur, now: (list(messages), None)
-        )
+        yield from self._change(key, change, lambda _: list(messages))
 
     def _remove(
-        self, key: str, what: str, change: Change, pick: Callable[[int, _Item], range]
+        self, key: str, change: Change, pick: Callable[[int, _Item], range]
     ) -> Plan[tuple[range, list[str | CorruptDataError]]]:
         """Remove the positions ``pick(count, item)`` and return what they held.
 
@@ -529,34 +499,24 @@ class LlamaIndexLayout:
             removed: list[str | CorruptDataError] = []
             for position in chosen:
                 try:
-                    removed.append(self._texts(key, item, position, position + 1)[0][1])
+                    removed.append(self._text(key, item, position))
                 except CorruptDataError:
                     stored = repr(item.history[position])
                     why = "not a message map"
                     removed.append(unreadable(self.t.name, key, position, stored, why))
+            # The messages kept, as stored (never rewritten), with their exact texts.
             kept = [i for i in range(count) if i not in chosen]
-            yield from self._write_raw(key, item, kept, now, op.tag((chosen, removed)))
+            exact = [item.exact[i] if i < len(item.exact) else {"NULL": True} for i in kept]
+            history = [item.history[i] for i in kept]
+            tag = op.tag((chosen, removed))
+            yield from self._put(key, item, history, exact, now, tag, checked=False)
             return chosen, removed
 
-        result: tuple[range, list[str | CorruptDataError]] = yield from self._retried(
-            key, what, change, attempt
-        )
-        return result
+        return (yield from self._retried(key, change, attempt))
 
-    def _write_raw(
-        self, key: str, item: _Item, kept: list[int], now: float, tag: str
-    ) -> Plan[None]:
-        """Keep only the stored messages at positions ``kept``, as stored, conditionally."""
-        exact = [item.exact[i] if i < len(item.exact) else {"NULL": True} for i in kept]
-        history = [item.history[i] for i in kept]
-        yield from self._put(key, item, history, exact, now, tag, checked=False)
-
-    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
-        """Remove the conversation; return its messages (corrupt ones too), or None."""
-        _, removed = yield from self._remove(
-            key, "delete a conversation", change, lambda count, _: range(count)
-        )
-        return removed or None
+    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError]]:
+        """Remove the conversation; return its messages (corrupt ones too)."""
+        return (yield from self._remove(key, change, lambda count, _: range(count)))[1]
 
     def delete_at(
         self, key: str, idx: int, change: Change
@@ -568,7 +528,7 @@ class LlamaIndexLayout:
                 return range(0)
             return range(idx % count, idx % count + 1)
 
-        chosen, removed = yield from self._remove(key, "delete a message", change, pick)
+        chosen, removed = yield from self._remove(key, change, pick)
         return (chosen[0], removed[0]) if removed else None
 
     def delete_oldest(
@@ -584,7 +544,7 @@ class LlamaIndexLayout:
                 return range(safe_trim_count(item.history[:count], n, _stored_result))
             return range(min(max(n, 0), count))
 
-        _, removed = yield from self._remove(key, "delete the oldest messages", change, pick)
+        _, removed = yield from self._remove(key, change, pick)
         return removed
 
     def clear(self) -> Plan[None]:

@@ -54,17 +54,17 @@ the conversation's expiry when there is a ttl.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, cast
 
-from llama_index.storage.chat_store.core import BackendUnavailableError, CorruptDataError
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
-from llama_index.storage.chat_store.core.meta import backoff
+from llama_index.storage.chat_store.core import CorruptDataError
+from llama_index.storage.chat_store.core.backend import Change, Plan
+from llama_index.storage.chat_store.core.catalog import ConversationInfo, merged_metadata
+from llama_index.storage.chat_store.core.meta import RetryAtOnceError
 from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.dynamodb._chunks import Fresh, Head
 from llama_index.storage.chat_store.dynamodb._expr import Expr, num, text
@@ -104,26 +104,16 @@ class NativeLayout(NativeCatalog):
         catalog_index: Whether the table has the :data:`CATALOG_INDEX` index.
     """
 
-    def _write_chunks(self, key: str, fresh: Fresh, now: float, what: str) -> Plan[None]:
-        """Store new chunk items outside the transaction, once (unreferenced until committed).
-
-        They expire a ttl later than the message items of this attempt would, so retries
-        within that time reuse them; a commit later than that writes them again.
-        """
-        if not fresh.rest:
-            return
-        if fresh.written and (fresh.expires is None or fresh.expires >= self.t.expiry(now, 2)):
-            return
-        fresh.expires = None if self.t.ttl is None else self.t.expiry(now, 3)
-        requests = [{"PutRequest": {"Item": i}} for i in self._chunk_items(key, fresh)]
-        yield from self.t.batch_write(what, requests)
-        fresh.written = True
-
     def _apply(
         self, key: str, meta: Meta, plan: Edit, now: float, what: str, fresh: Fresh,
         op: Op, tag: str,
     ) -> Plan[None]:  # fmt: skip
         """Commit a plan tagged ``tag``: one transaction when it fits, else the large paths.
+
+        New chunk items that do not fit the transaction are stored before it, once
+        (unreferenced until committed). They expire a ttl later than the message items of
+        this attempt would, so retries within that time reuse them; a commit later than that
+        writes them again.
 
         Raises:
             LostRaceError: The meta changed since it was read.
@@ -144,14 +134,20 @@ class NativeLayout(NativeCatalog):
             if fits(puts + chunks, deletes):
                 yield from self._commit(key, what, meta_action, [*puts, *chunks, *deletes])
                 return
-        yield from self._write_chunks(key, fresh, now, what)
+        reusable = fresh.expires is None or fresh.expires >= self.t.expiry(now, 2)
+        if fresh.rest and not (fresh.written and reusable):
+            fresh.expires = None if self.t.ttl is None else self.t.expiry(now, 3)
+            requests = [{"PutRequest": {"Item": i}} for i in self._chunk_items(key, fresh)]
+            yield from self.t.batch_write(what, requests)
+            fresh.written = True
         if fits(puts, deletes):
             yield from self._commit(key, what, meta_action, [*puts, *deletes])
         elif plan.appends_only:
             yield from self._leased_append(key, meta, plan, puts, now, what, op, tag)
         elif not puts:
             # Only removals: once the meta no longer covers them they are invisible.
-            op.after(functools.partial(self._delete_seqs, key, meta.gen or 0, plan.deletes, what))
+            gone = [(meta.gen or 0) * GEN_SPAN + seq for seq in plan.deletes]
+            op.after(functools.partial(self._delete, key, gone, what))
             yield from self._commit(key, what, meta_action)
         else:
             yield from self._rewrite(key, meta, plan, now, what, op, tag)
@@ -180,11 +176,9 @@ class NativeLayout(NativeCatalog):
             f"{e.n(VER)} = {e.v(num((meta.ver or 0) + 1))}",
         ]
         try:
-            yield self.t.call(
-                what, "update_item", Key=self._key(key, META_SK),
-                UpdateExpression=f"SET {', '.join(sets)}",
-                ConditionExpression=self._guard(e, meta, now),
-                ReturnValuesOnConditionCheckFailure="ALL_OLD", **e.params(),
+            yield self.t.update(
+                what, self._key(key, META_SK), e, f"SET {', '.join(sets)}",
+                self._guard(e, meta, now), ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )  # fmt: skip
         except LostRaceError as lost:
             # botocore resent the update after it took the lease: the lease is ours.
@@ -203,24 +197,13 @@ class NativeLayout(NativeCatalog):
     def _release_lease(self, key: str, lease_id: str) -> Plan[None]:
         e = Expr()
         # Best effort: the lease expires on its own (a no-op once the commit took it).
-        with contextlib.suppress(ConflictError):
-            yield self.t.call(
-                "release a lease", "update_item", Key=self._key(key, META_SK),
-                UpdateExpression=f"REMOVE {e.n(LEASE)}, {e.n(LEASE_ID)}",
-                ConditionExpression=f"{e.n(LEASE_ID)} = {e.v(text(lease_id))}",
-                **e.params(),
-            )  # fmt: skip
+        yield from self.t.update_if(
+            "release a lease", self._key(key, META_SK), e,
+            f"REMOVE {e.n(LEASE)}, {e.n(LEASE_ID)}", f"{e.n(LEASE_ID)} = {e.v(text(lease_id))}",
+        )  # fmt: skip
 
-    def _delete_seqs(self, key: str, gen: int, seqs: Sequence[int], what: str) -> Plan[None]:
-        requests = [{"DeleteRequest": {"Key": self._key(key, gen * GEN_SPAN + s)}} for s in seqs]
-        yield from self.t.batch_write(what, requests)
-
-    def _delete_chunks(self, key: str, heads: Sequence[Head], what: str) -> Plan[None]:
-        requests = [
-            {"DeleteRequest": {"Key": self._key(key, sort_key)}}
-            for head in heads
-            for sort_key in head.chunk_sort_keys()
-        ]
+    def _delete(self, key: str, sort_keys: Iterable[int], what: str) -> Plan[None]:
+        requests = [{"DeleteRequest": {"Key": self._key(key, k)}} for k in sort_keys]
         yield from self.t.batch_write(what, requests)
 
     def _change(self, key: str, what: str, change: Change, step: Step[R]) -> Plan[R]:
@@ -242,13 +225,15 @@ class NativeLayout(NativeCatalog):
         returns that attempt's result instead of changing anything again.
 
         Raises:
-            BackendUnavailableError: Every attempt lost a race with other writers.
+            ChatStoreError: Every attempt lost a race with other writers (:meth:`Table.race`).
         """
         op = Op.of(change)
         yield from op.settle()
         fresh = op.adding[1] if op.adding is not None else Fresh()
         known = self.seen.get(key)
-        for attempt in range(self.t.attempts):
+
+        def attempt() -> Plan[R]:
+            nonlocal known
             now = time.time()
             if known is not None and self._plannable(known, now):
                 meta, hinted = known, True
@@ -264,16 +249,12 @@ class NativeLayout(NativeCatalog):
                 winner = self._winner(key, lost)
                 if winner is not None and (won := op.committed(winner.ops)) is not None:
                     return cast("R", (yield from op.finish(won)))
-                if hinted:
-                    known = winner
-                else:
-                    yield backoff(attempt, 0.005, 0.2)
-            except _NothingToDoError:
-                continue  # nothing to do on the remembered state: read the real one
-        raise BackendUnavailableError(
-            f"could not {what} for key {key!r}: {self.t.attempts} attempts lost races with "
-            "concurrent writers"
-        )
+                if not hinted:
+                    raise
+                known = winner
+                raise RetryAtOnceError from lost
+
+        return (yield from self.t.race(key, attempt))
 
     def _attempt(
         self, key: str, what: str, op: Op, step: Step[R], meta: Meta, now: float, hinted: bool,
@@ -283,32 +264,21 @@ class NativeLayout(NativeCatalog):
 
         Raises:
             LostRaceError: The meta changed since it was read (or while the step read items).
+            RetryAtOnceError: Nothing to do on a remembered ``meta``: read the real one.
         """
         plan, result = yield from step(meta, now)
         if plan is None and hinted:
-            raise _NothingToDoError
+            raise RetryAtOnceError
         if plan is None:
             return result
         tag = op.tag(result)
-        if plan.dropped:
-            op.after(functools.partial(self._delete_chunks, key, plan.dropped, what))
+        if plan.dropped:  # their chunks go once the change is committed
+            chunks = [k for head in plan.dropped for k in head.chunk_sort_keys()]
+            op.after(functools.partial(self._delete, key, chunks, what))
         yield from self._apply(key, meta, plan, now, what, fresh, op, tag)
         return cast("R", (yield from op.finish()))
 
     # -- writes ----------------------------------------------------------------------------
-
-    def _encoded(self, key: str, messages: Sequence[str], change: Change) -> list[Head]:
-        """Return the heads of the messages a change adds, encoded once per call.
-
-        Raises:
-            PayloadTooLargeError: A message is over the size the layout stores (nothing is
-                written).
-        """
-        op = Op.of(change)
-        if op.adding is None:
-            op.adding = self._encode(key, messages)
-        heads: list[Head] = op.adding[0]
-        return heads
 
     def append(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Append messages atomically (one transaction, or a leased batch when large).
@@ -448,16 +418,17 @@ class NativeLayout(NativeCatalog):
         return (yield from self._change(key, "delete a message", change, step))
 
     def delete_oldest(
-        self, key: str, n: int, change: Change, tool_safe: bool = False
-    ) -> Plan[list[str | CorruptDataError]]:
-        """Remove and return the first ``n`` messages (fewer if shorter; corrupt ones too).
+        self, key: str, n: int | None, change: Change, tool_safe: bool = False,
+        what: str = "delete the oldest messages",
+    ) -> Plan[list[str | CorruptDataError]]:  # fmt: skip
+        """Remove and return the first ``n`` messages (None: all; fewer if shorter; corrupt too).
 
         ``tool_safe``: also the tool results that would lead what is left (read after the
         first ``n`` from the same meta, so the removal stays one conditional commit).
         """
 
         def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, list[str | CorruptDataError]]]:
-            k = min(n, meta.count(now))
+            k = meta.count(now) if n is None else min(n, meta.count(now))
             if k <= 0:
                 return None, []
             assert meta.gen is not None
@@ -472,23 +443,11 @@ class NativeLayout(NativeCatalog):
             first = meta.first + k if k < meta.count(now) else meta.end
             return Edit(meta.gen, first, meta.end, {}, deletes, dropped=dropped), removed
 
-        return (yield from self._change(key, "delete the oldest messages", change, step))
+        return (yield from self._change(key, what, change, step))
 
-    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError] | None]:
-        """Remove the conversation; return its messages (corrupt ones too), or None."""
-
-        def step(
-            meta: Meta, now: float
-        ) -> Plan[tuple[Edit | None, list[str | CorruptDataError] | None]]:
-            count = meta.count(now)
-            if count == 0:
-                return None, None
-            assert meta.gen is not None
-            dropped, removed = yield from self._read_removed(key, meta, 0, count)
-            deletes = list(range(meta.first, meta.end))
-            return Edit(meta.gen, meta.end, meta.end, {}, deletes, dropped=dropped), removed
-
-        return (yield from self._change(key, "delete a conversation", change, step))
+    def delete_all(self, key: str, change: Change) -> Plan[list[str | CorruptDataError]]:
+        """Remove the conversation; return its messages (corrupt ones too)."""
+        return self.delete_oldest(key, None, change, what="delete a conversation")
 
     def replace(self, key: str, messages: Sequence[str], change: Change) -> Plan[None]:
         """Replace the conversation atomically (``[]`` removes it).
@@ -511,6 +470,29 @@ class NativeLayout(NativeCatalog):
             return plan, None
 
         yield from self._change(key, "replace a conversation", change, step)
+
+    def set_metadata(
+        self, key: str, changes: dict[str, str | None], change: Change
+    ) -> Plan[ConversationInfo | None]:
+        """Merge ``changes`` into the metadata in one commit on the meta item (None: no messages).
+
+        Raises:
+            PayloadTooLargeError: The merged metadata is too large (nothing is written).
+        """
+
+        def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, ConversationInfo | None]]:
+            yield from ()
+            if meta.count(now) == 0:
+                return None, None
+            assert meta.gen is not None
+            merged = merged_metadata(dict(meta.metadata), changes)
+            plan = Edit(meta.gen, meta.first, meta.end, {}, [], metadata=merged)
+            after = Meta(created=meta.created, updated=int(now * 1000),
+                         metadata=tuple(sorted(merged.items())), gen=meta.gen,
+                         first=meta.first, end=meta.end)  # fmt: skip
+            return plan, self._entry(key, after, now)
+
+        return (yield from self._change(key, "set metadata", change, step))
 
     def _rewrite(
         self, key: str, meta: Meta, plan: Edit, now: float, what: str, op: Op, tag: str
@@ -542,16 +524,13 @@ class NativeLayout(NativeCatalog):
             {"PutRequest": {"Item": self._message_item(key, gen, SEQ0 + i, h, now, flip_ver)}}
             for i, h in enumerate(final)
         ]
-        drop_new = functools.partial(
-            self._delete_seqs, key, gen, range(SEQ0, SEQ0 + len(final)), "clean up"
-        )
+        new = gen * GEN_SPAN + SEQ0
+        drop_new = functools.partial(self._delete, key, range(new, new + len(final)), "clean up")
         yield from op.undoing([self.t.batch_write(what, requests)], drop_new)
         if meta.gen is not None:
-            op.after(
-                functools.partial(
-                    self._delete_seqs, key, meta.gen, range(meta.first, meta.end), what
-                )
-            )
+            base = meta.gen * GEN_SPAN
+            old = range(base + meta.first, base + meta.end)
+            op.after(functools.partial(self._delete, key, old, what))
         flip = Edit(gen, SEQ0, SEQ0 + len(final), {}, [], new_gen=False, fresh=True,
                     chunked=any(h.chunked for h in final))  # fmt: skip
         try:
@@ -576,11 +555,9 @@ class NativeLayout(NativeCatalog):
             f"{e.v(num(1))}",
             f"{e.n(VER)} = {e.v(num((meta.ver or 0) + 1))}",
         ]
-        reply = yield self.t.call(
-            what, "update_item", Key=self._key(key, META_SK),
-            UpdateExpression=f"SET {', '.join(sets)}",
-            ConditionExpression=self._guard(e, meta, now),
-            ReturnValues="ALL_NEW", **e.params(),
+        reply = yield self.t.update(
+            what, self._key(key, META_SK), e, f"SET {', '.join(sets)}", self._guard(e, meta, now),
+            ReturnValues="ALL_NEW",
         )  # fmt: skip
         return int(reply["Attributes"][NEXT]["N"])
 
@@ -588,7 +565,3 @@ class NativeLayout(NativeCatalog):
         """Delete every item of the table (and forget what was seen)."""
         self.seen.clear()
         yield from self.t.clear([self.t.pk, self.sk])
-
-
-class _NothingToDoError(Exception):
-    """A step found nothing to do on a remembered meta state: read the real one."""

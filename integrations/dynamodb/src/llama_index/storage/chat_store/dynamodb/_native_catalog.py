@@ -22,19 +22,17 @@ emptied and begun again. Tables created by earlier versions have no catalog inde
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from llama_index.storage.chat_store.core import CorruptDataError
-from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
+from llama_index.storage.chat_store.core.backend import Plan
 from llama_index.storage.chat_store.core.catalog import (
     ConversationInfo,
     ConversationPage,
     decode_metadata,
     from_epoch_ms,
-    merged_metadata,
 )
 from llama_index.storage.chat_store.dynamodb._expr import Expr, text
 from llama_index.storage.chat_store.dynamodb._native_meta import (
@@ -45,7 +43,6 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     LISTED_VALUE,
     META_SK,
     ORDER,
-    Edit,
     Meta,
     catalog_index_definition,
     order_of,
@@ -54,20 +51,12 @@ from llama_index.storage.chat_store.dynamodb._native_reads import NativeReads, m
 
 __all__ = ["NativeCatalog", "add_catalog_index"]
 
-R = TypeVar("R")
 # UpdateTable's refusals while another store adds the same index.
 _INDEX_BUSY = {"ResourceInUseException", "LimitExceededException", "ValidationException"}
 
 
 class NativeCatalog(NativeReads):
-    """The catalog reads and the metadata change of the native layout."""
-
-    if TYPE_CHECKING:  # the layout's own (:class:`NativeLayout`), named for the type checker
-
-        def _change(
-            self, key: str, what: str, change: Change,
-            step: Callable[[Meta, float], Plan[tuple[Edit | None, R]]],
-        ) -> Plan[R]: ...  # fmt: skip
+    """The catalog reads of the native layout (its metadata change is :class:`NativeLayout`'s)."""
 
     def _entry(self, key: str, meta: Meta, now: float) -> ConversationInfo | None:
         """Return the catalog entry ``meta`` describes (None: no messages at ``now``)."""
@@ -90,29 +79,6 @@ class NativeCatalog(NativeReads):
         meta = yield from self._read_meta(key)
         return self._entry(key, meta, time.time())
 
-    def set_metadata(
-        self, key: str, changes: dict[str, str | None], change: Change
-    ) -> Plan[ConversationInfo | None]:
-        """Merge ``changes`` into the metadata in one commit on the meta item (None: no messages).
-
-        Raises:
-            PayloadTooLargeError: The merged metadata is too large (nothing is written).
-        """
-
-        def step(meta: Meta, now: float) -> Plan[tuple[Edit | None, ConversationInfo | None]]:
-            yield from ()
-            if meta.count(now) == 0:
-                return None, None
-            assert meta.gen is not None
-            merged = merged_metadata(dict(meta.metadata), changes)
-            plan = Edit(meta.gen, meta.first, meta.end, {}, [], metadata=merged)
-            after = Meta(created=meta.created, updated=int(now * 1000),
-                         metadata=tuple(sorted(merged.items())), gen=meta.gen,
-                         first=meta.first, end=meta.end)  # fmt: skip
-            return plan, self._entry(key, after, now)
-
-        return (yield from self._change(key, "set metadata", change, step))
-
     def catalog_page(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
         """Read the page of live conversations after ``after`` whose key starts with ``prefix``.
 
@@ -133,21 +99,18 @@ class NativeCatalog(NativeReads):
         while True:
             keys, more = yield from self._listed(prefix, after, limit - len(found))
             now = time.time()
-            metas = yield from self._metas(keys)
+            # The page's meta items by key (one BatchGetItem per 100); absent ones are empty.
+            items = yield from self.t.batch_get(
+                "list conversations", [self._key(k, META_SK) for k in keys]
+            )
+            by_key = {item[self.t.pk]["S"]: item for item in items}
+            metas = {k: self._parse_meta(k, by_key.get(k)) for k in keys}
             found += [e for k in keys if (e := self._entry(k, metas[k], now)) is not None]
             if not more:
                 return ConversationPage(found, None)
             after = keys[-1]
             if len(found) == limit:
                 return ConversationPage(found, after)
-
-    def _metas(self, keys: list[str]) -> Plan[dict[str, Meta]]:
-        """Read the meta items of ``keys`` (one BatchGetItem per 100); absent ones are empty."""
-        items = yield from self.t.batch_get(
-            "list conversations", [self._key(k, META_SK) for k in keys]
-        )
-        by_key = {item[self.t.pk]["S"]: item for item in items}
-        return {k: self._parse_meta(k, by_key.get(k)) for k in keys}
 
     def _listed(
         self, prefix: str, after: str | None, want: int
@@ -198,19 +161,12 @@ class NativeCatalog(NativeReads):
             keys, start = yield from self.keys_page(start)
             for key in keys:
                 e = Expr()
-                try:
-                    yield self.t.call(
-                        "list a conversation in the catalog", "update_item",
-                        Key=self._key(key, META_SK),
-                        UpdateExpression=f"SET {e.n(LISTED)} = {e.v(text(LISTED_VALUE))}, "
-                        f"{e.n(ORDER)} = {e.v(text(order_of(key)))}",
-                        ConditionExpression=f"attribute_exists({e.n(KEY_COPY)}) AND "
-                        f"attribute_not_exists({e.n(ORDER)})",
-                        **e.params(),
-                    )  # fmt: skip
-                    updated += 1
-                except ConflictError:
-                    pass  # removed meanwhile, or already listed
+                updated += yield from self.t.update_if(  # lost: removed, or already listed
+                    "list a conversation in the catalog", self._key(key, META_SK), e,
+                    f"SET {e.n(LISTED)} = {e.v(text(LISTED_VALUE))}, "
+                    f"{e.n(ORDER)} = {e.v(text(order_of(key)))}",
+                    f"attribute_exists({e.n(KEY_COPY)}) AND attribute_not_exists({e.n(ORDER)})",
+                )  # fmt: skip
             if start is None:
                 return updated
 

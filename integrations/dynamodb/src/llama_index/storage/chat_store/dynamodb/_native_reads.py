@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from llama_index.storage.chat_store.core import (
-    BackendUnavailableError,
-    ConfigurationError,
-    CorruptDataError,
+from llama_index.storage.chat_store.core import ConfigurationError, CorruptDataError
+from llama_index.storage.chat_store.core.backend import (
+    Change,
+    ConflictError,
+    Plan,
+    corrupt_data_remedy,
 )
-from llama_index.storage.chat_store.core.backend import ConflictError, Plan, corrupt_data_remedy
-from llama_index.storage.chat_store.core.meta import backoff, span
+from llama_index.storage.chat_store.core.meta import RetryAtOnceError, span
 from llama_index.storage.chat_store.dynamodb._chunks import (
     PARTS,
     PARTS_ID,
     Fresh,
     Head,
+    chunk_sort_key,
     encode,
     part_of,
     valid,
@@ -40,7 +41,7 @@ from llama_index.storage.chat_store.dynamodb._native_meta import (
     Meta,
     MetaItems,
 )
-from llama_index.storage.chat_store.dynamodb._sdk import MAX_ITEM_BYTES, item_size
+from llama_index.storage.chat_store.dynamodb._sdk import MAX_ITEM_BYTES, Op, item_size
 
 __all__ = ["NativeReads", "missing_index"]
 
@@ -73,27 +74,33 @@ class NativeReads(MetaItems):
         return item
 
     def _chunk_items(self, key: str, fresh: Fresh) -> list[dict[str, Any]]:
-        items = []
-        for sort_key, part in fresh.sort_keys_and_texts():
-            item = {**self._key(key, sort_key), MESSAGE: text(part)}
-            if fresh.expires is not None:
-                item[self.t.ttl_attribute] = num(fresh.expires)
-            items.append(item)
-        return items
+        ttl = {} if fresh.expires is None else {self.t.ttl_attribute: num(fresh.expires)}
+        return [
+            {**self._key(key, chunk_sort_key(token, n)), MESSAGE: text(part), **ttl}
+            for token, parts in fresh.rest
+            for n, part in enumerate(parts, start=1)
+        ]
 
-    def _encode(self, key: str, messages: Sequence[str]) -> tuple[list[Head], Fresh]:
-        """Return the heads and chunks of new messages, sized for this key's items.
+    def _encoded(self, key: str, messages: Sequence[str], change: Change) -> list[Head]:
+        """Return the heads of the messages a change adds, encoded once per call.
+
+        The heads and chunks are sized for this key's items, and kept in the call's
+        :attr:`Op.adding` for every attempt.
 
         Raises:
             PayloadTooLargeError: A message is over the size the layout stores (nothing is
                 written).
         """
-        # The largest item beside its text: a chunked head (or a chunk) with an expiry.
-        widest = Head("", 999, 1 << 101)
-        template = self._message_item(key, 10**21, SEQ0, widest, 0.0, 10**20)
-        template[self.sk] = num(-(10**40))
-        template[self.t.ttl_attribute] = num(10**12)
-        return encode(key, messages, MAX_ITEM_BYTES - item_size(template))
+        op = Op.of(change)
+        if op.adding is None:
+            # The largest item beside its text: a chunked head (or a chunk) with an expiry.
+            widest = Head("", 999, 1 << 101)
+            template = self._message_item(key, 10**21, SEQ0, widest, 0.0, 10**20)
+            template[self.sk] = num(-(10**40))
+            template[self.t.ttl_attribute] = num(10**12)
+            op.adding = encode(key, messages, MAX_ITEM_BYTES - item_size(template))
+        heads: list[Head] = op.adding[0]
+        return heads
 
     def _parse_head(self, item: dict[str, Any], *, with_text: bool = True) -> Head | None:
         """Return the head an item holds, or None if it is not a readable message item."""
@@ -189,21 +196,16 @@ class NativeReads(MetaItems):
         )
         return self._rows(items, base, with_text=with_text)
 
-    def _read_chunks(self, key: str, head: Head) -> Plan[list[str] | None]:
-        """Return parts ``1 ..`` of a chunked message, or None if any is missing."""
-        keys = head.chunk_sort_keys()
-        found: dict[int, str | None] = {}
-        for item in (yield from self._query_range(key, keys[-1], keys[0], limit=len(keys))):
-            found[part_of(int(item[self.sk]["N"]), head.token)] = item.get(MESSAGE, {}).get("S")
-        texts = [found.get(part) for part in range(1, head.parts)]
-        return None if any(t is None for t in texts) else [t for t in texts if t is not None]
-
     def _join(self, key: str, head: Head) -> Plan[str | None]:
         """Return the whole message JSON of a head, or None if a chunk is missing."""
         if not head.chunked:
             return head.text
-        rest = yield from self._read_chunks(key, head)
-        return None if rest is None else head.text + "".join(rest)
+        keys = head.chunk_sort_keys()
+        found: dict[int, str | None] = {}
+        for item in (yield from self._query_range(key, keys[-1], keys[0], limit=len(keys))):
+            found[part_of(int(item[self.sk]["N"]), head.token)] = item.get(MESSAGE, {}).get("S")
+        parts = [found.get(part) for part in range(1, head.parts)]
+        return None if None in parts else head.text + "".join(p for p in parts if p is not None)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -238,14 +240,18 @@ class NativeReads(MetaItems):
 
         An item written after the meta's version (an insert or delete inside moved it, or
         a pop and an append reused its position) or missing makes the read start over from
-        the meta: only when the meta is unchanged is a missing item corrupt data.
+        the meta read again: at once when it moved, after a pause when it did not (a change
+        whose meta update is not visible yet). Only when the meta is unchanged is a missing
+        item corrupt data.
 
         Raises:
             CorruptDataError: A message item or chunk is missing or unreadable while the meta
                 is unchanged.
-            BackendUnavailableError: The conversation changed during every attempt.
+            ChatStoreError: The conversation changed during every attempt (:meth:`Table.race`).
         """
-        for attempt in range(self.t.attempts):
+
+        def attempt() -> Plan[tuple[Meta, int, list[Head], list[str]]]:
+            nonlocal meta, seen
             ahead = None
             if meta is None and seen is not None:
                 meta, ahead = yield from self._read_meta_and_window(key, seen, offset, limit)
@@ -269,23 +275,23 @@ class NativeReads(MetaItems):
                 if all(t is not None for t in texts):
                     return meta, lo, heads, [t for t in texts if t is not None]
             again = yield from self._read_meta(key)
-            if again.same(meta) and later:
-                # Items of a change whose meta update is not visible yet: wait for it.
-                yield backoff(attempt, 0.005, 0.2)
-                continue
-            if again.same(meta):
-                seqs = {seq: head for seq, head, _ in got}
-                missing = [s - meta.first for s in expected if seqs.get(s) is None]
-                bad = missing[0] if missing else lo + texts.index(None)
-                raise CorruptDataError(
-                    f"message at key {key!r} position {bad} is missing, has no "
-                    f"string {MESSAGE!r} attribute or lost a chunk in DynamoDB table "
-                    f"{self.t.name!r} ({corrupt_data_remedy(key)})",
-                    key=key,
-                    position=bad,
-                )
-            meta = again
-        raise BackendUnavailableError(f"key {key!r} kept changing while being read")
+            if not again.same(meta):
+                meta = again
+                raise RetryAtOnceError
+            if later:  # items of a change whose meta update is not visible yet: wait for it
+                raise ConflictError
+            seqs = {seq: head for seq, head, _ in got}
+            missing = [s - meta.first for s in expected if seqs.get(s) is None]
+            bad = missing[0] if missing else lo + texts.index(None)
+            raise CorruptDataError(
+                f"message at key {key!r} position {bad} is missing, has no "
+                f"string {MESSAGE!r} attribute or lost a chunk in DynamoDB table "
+                f"{self.t.name!r} ({corrupt_data_remedy(key)})",
+                key=key,
+                position=bad,
+            )
+
+        return (yield from self.t.race(key, attempt))
 
     def get(self, key: str, offset: int, limit: int | None) -> Plan[list[tuple[int, str]]]:
         """Return ``(position, JSON)`` of ``messages[offset:][:limit]``."""
@@ -316,16 +322,11 @@ class NativeReads(MetaItems):
         yield from self._prepare(key, meta, now)  # message items must outlive the new expiry
         e = Expr()
         ttl, floor, new = e.n(self.t.ttl_attribute), e.n(FLOOR), e.v(num(self.t.expiry(now)))
-        with contextlib.suppress(ConflictError):
-            yield self.t.call(
-                "refresh the expiry", "update_item", Key=self._key(key, META_SK),
-                UpdateExpression=f"SET {ttl} = {new}",
-                ConditionExpression=(
-                    f"attribute_exists({e.n(GEN)}) AND {ttl} > {e.v({'N': f'{time.time():.6f}'})}"
-                    f" AND {ttl} < {new} AND {floor} >= {new}"
-                ),
-                **e.params(),
-            )  # fmt: skip
+        yield from self.t.update_if(
+            "refresh the expiry", self._key(key, META_SK), e, f"SET {ttl} = {new}",
+            f"attribute_exists({e.n(GEN)}) AND {ttl} > {e.v({'N': f'{time.time():.6f}'})}"
+            f" AND {ttl} < {new} AND {floor} >= {new}",
+        )  # fmt: skip
 
     def keys_page(self, start: Any) -> Plan[tuple[list[str], Any]]:
         """Read the page of live keys at ``start`` from the sparse keys index (no messages).
@@ -372,27 +373,16 @@ class NativeReads(MetaItems):
             sort_keys.extend(head.chunk_sort_keys())
         for sort_key in sort_keys:
             e = Expr()
-            ttl = e.n(self.t.ttl_attribute)
-            mark = e.v(num(target))
-            with contextlib.suppress(ConflictError):  # gone, or already later
-                yield self.t.call(
-                    "extend message expiry", "update_item",
-                    Key=self._key(key, sort_key),
-                    UpdateExpression=f"SET {ttl} = {mark}",
-                    ConditionExpression=(
-                        f"attribute_exists({e.n(self.t.pk)}) AND "
-                        f"(attribute_not_exists({ttl}) OR {ttl} < {mark})"
-                    ),
-                    **e.params(),
-                )  # fmt: skip
+            ttl, mark = e.n(self.t.ttl_attribute), e.v(num(target))
+            yield from self.t.update_if(  # a lost condition: gone, or already later
+                "extend message expiry", self._key(key, sort_key), e, f"SET {ttl} = {mark}",
+                f"attribute_exists({e.n(self.t.pk)}) AND "
+                f"(attribute_not_exists({ttl}) OR {ttl} < {mark})",
+            )  # fmt: skip
         floor = self._fresh_floor(now)
         e = Expr()
-        with contextlib.suppress(ConflictError):  # the conversation is gone
-            yield self.t.call(
-                "record message expiry", "update_item",
-                Key=self._key(key, META_SK),
-                UpdateExpression=f"SET {e.n(FLOOR)} = {e.v(num(floor))}",
-                ConditionExpression=f"attribute_exists({e.n(VER)})",
-                **e.params(),
-            )  # fmt: skip
+        yield from self.t.update_if(  # a lost condition: the conversation is gone
+            "record message expiry", self._key(key, META_SK), e,
+            f"SET {e.n(FLOOR)} = {e.v(num(floor))}", f"attribute_exists({e.n(VER)})",
+        )  # fmt: skip
         return replace(meta, floor=floor)

@@ -32,7 +32,8 @@ from llama_index.storage.chat_store.core import (
     PayloadTooLargeError,
 )
 from llama_index.storage.chat_store.core.backend import Change, ConflictError, Plan
-from llama_index.storage.chat_store.core.meta import backoff
+from llama_index.storage.chat_store.core.meta import Race, backoff
+from llama_index.storage.chat_store.dynamodb._expr import Expr
 
 __all__ = [
     "MAX_BATCH_GET", "MAX_BATCH_WRITE", "MAX_ITEM_BYTES", "MAX_TRANSACTION_BYTES",
@@ -110,9 +111,9 @@ class LostRaceError(ConflictError):
             exists: the state that won the race, as strongly consistent as a read.
     """
 
-    def __init__(self, message: str, current: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, current: Any = None) -> None:
         super().__init__(message)
-        self.current = current
+        self.current: dict[str, Any] | None = current if isinstance(current, dict) else None
 
 
 class Op:
@@ -216,15 +217,6 @@ def cancellation_codes(exc: ClientError) -> list[str]:
     return [str(r.get("Code") or "None") for r in reasons]
 
 
-def _failed_item(exc: ClientError) -> dict[str, Any] | None:
-    """Return the item of the first action whose condition failed, if it was returned."""
-    for reason in exc.response.get("CancellationReasons") or []:
-        if reason.get("Code") == "ConditionalCheckFailed":
-            item = reason.get("Item")
-            return item if isinstance(item, dict) else None
-    return None
-
-
 class Translator:
     """Turns driver errors into core errors naming the table and endpoint.
 
@@ -279,13 +271,15 @@ class Translator:
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
                 if code == "ConditionalCheckFailedException":
-                    item = exc.response.get("Item")
-                    item = item if isinstance(item, dict) else None
-                    raise LostRaceError(step.what, item) from exc
+                    raise LostRaceError(step.what, exc.response.get("Item")) from exc
                 if code == "TransactionCanceledException":
                     codes = cancellation_codes(exc)
                     if {"ConditionalCheckFailed", "TransactionConflict"} & set(codes):
-                        raise LostRaceError(str(codes), _failed_item(exc)) from exc
+                        # The item of the first action whose condition failed, if returned.
+                        reasons = exc.response.get("CancellationReasons") or []
+                        failed = [r for r in reasons if r.get("Code") == "ConditionalCheckFailed"]
+                        item = failed[0].get("Item") if failed else None
+                        raise LostRaceError(str(codes), item) from exc
                 raise
 
     def client_error(self, exc: ClientError, what: str) -> ChatStoreError:
@@ -327,7 +321,7 @@ class Table:
         ttl_attribute: The attribute DynamoDB's TTL feature reads (epoch seconds).
         endpoint: The endpoint URL, or a description of the AWS endpoint (for errors).
         refresh_on_read: Reads of a live conversation also slide its expiry.
-        attempts: How many times an operation that lost a race is retried.
+        attempts: How many times an operation that lost a race is tried (:meth:`race`).
     """
 
     name: str
@@ -343,12 +337,47 @@ class Table:
         assert self.ttl is not None
         return math.ceil(now + factor * self.ttl)
 
+    def race(self, key: str, attempt: Callable[[], Plan[T]]) -> Plan[T]:
+        """Run the plan ``attempt()`` of a change or read of ``key`` until it wins the race.
+
+        Core's :class:`Race`, paused from 5 ms doubling up to 200 ms: DynamoDB's requests
+        take milliseconds, and racing writers must spread out beyond that.
+
+        Raises:
+            ChatStoreError: Every one of :attr:`attempts` lost (core's contention error).
+        """
+        race = Race(self.attempts, first=0.005, cap=0.2)
+        return race.run(key, f"DynamoDB table {self.name!r}", attempt)
+
     def call(self, what: str, operation: str, **params: Any) -> Call:
         """Return the step that calls a client operation on this table.
 
         A conditional write whose condition fails raises :class:`LostRaceError` in the plan.
         """
         return Call(operation, {"TableName": self.name, **params}, what)
+
+    def update(
+        self, what: str, key: dict[str, Any], e: Expr, update: str, condition: str, **params: Any
+    ) -> Call:
+        """Return the UpdateItem step of ``update`` on ``key`` if ``condition`` holds.
+
+        ``e`` holds the expressions' placeholders. A failed condition raises
+        :class:`LostRaceError` in the plan.
+        """
+        return self.call(
+            what, "update_item", Key=key, UpdateExpression=update, ConditionExpression=condition,
+            **params, **e.params(),
+        )  # fmt: skip
+
+    def update_if(
+        self, what: str, key: dict[str, Any], e: Expr, update: str, condition: str
+    ) -> Plan[bool]:
+        """Run :meth:`update`, where a failed condition is no error: return whether it held."""
+        try:
+            yield self.update(what, key, e, update, condition)
+        except ConflictError:
+            return False
+        return True
 
     def transact(self, what: str, actions: list[dict[str, Any]]) -> Call:
         """Return the TransactWriteItems step (a failed condition: :class:`LostRaceError`)."""

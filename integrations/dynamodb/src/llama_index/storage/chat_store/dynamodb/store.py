@@ -430,9 +430,6 @@ class DynamoDBChatStore(PlannedChatStore):
 
     # -- what was stored -------------------------------------------------------------------
 
-    def _parse(self, key: str, pairs: Sequence[tuple[int, str]]) -> list[ChatMessage]:
-        return [message_from_json(data, key=key, position=p) for p, data in pairs]
-
     def _parse_removed(
         self, key: str, pairs: Sequence[tuple[int, str | CorruptDataError]]
     ) -> list[ChatMessage]:
@@ -452,7 +449,8 @@ class DynamoDBChatStore(PlannedChatStore):
         # Native: the meta item, then only the requested items (and the chunks of split
         # messages); with refresh_on_read a live conversation's expiry moves to now + ttl.
         layout = yield from self._storage()
-        return self._parse(key, (yield from layout.get(key, offset, limit)))
+        pairs = yield from layout.get(key, offset, limit)
+        return [message_from_json(data, key=key, position=p) for p, data in pairs]
 
     def _count_plan(self, key: str) -> Plan[int]:
         layout = yield from self._storage()
@@ -477,8 +475,8 @@ class DynamoDBChatStore(PlannedChatStore):
 
     def _delete_all_plan(self, key: str, change: Change) -> Plan[list[ChatMessage] | None]:
         layout = yield from self._storage()
-        removed = yield from layout.delete_all(key, change)
-        return None if removed is None else self._parse_removed(key, list(enumerate(removed)))
+        removed = yield from layout.delete_all(key, change)  # [] (no messages): None to the caller
+        return self._parse_removed(key, list(enumerate(removed)))
 
     def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
         layout = yield from self._storage()
