@@ -28,6 +28,7 @@ from llama_index.storage.chat_store.core.backend import (
     Plan,
     PlannedChatStore,
     messages_removed,
+    without_secrets,
 )
 from llama_index.storage.chat_store.core.catalog import ConversationInfo, ConversationPage
 from llama_index.storage.chat_store.dynamodb._llama_index_layout import (
@@ -51,7 +52,6 @@ __all__ = ["DynamoDBChatStore"]
 T = TypeVar("T")
 
 Layout = Literal["auto", "native", "llama_index"]
-_SECRET_WORDS = ("secret", "token", "password")
 _URL_OPTIONS = {
     "region": "region_name", "region_name": "region_name", "endpoint_url": "endpoint_url",
     "profile": "profile_name", "profile_name": "profile_name", "primary_key": "primary_key",
@@ -231,7 +231,7 @@ class DynamoDBChatStore(PlannedChatStore):
 
     @field_serializer("session_kwargs", "resource_kwargs")
     def _without_secrets(self, value: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in value.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
+        return without_secrets(value)
 
     @classmethod
     def class_name(cls) -> str:
