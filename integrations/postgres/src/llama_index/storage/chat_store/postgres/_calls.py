@@ -6,9 +6,7 @@ and the async driver run the same statements in the same order.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,12 +24,10 @@ from llama_index.storage.chat_store.core.tools import safe_trim_plan
 from llama_index.storage.chat_store.postgres._drivers import RefusedError, Row
 from llama_index.storage.chat_store.postgres._layouts import Statements
 from llama_index.storage.chat_store.postgres._steps import Fetch, FetchMany, Transaction, run
-from llama_index.storage.chat_store.postgres._tables import _Tables
+from llama_index.storage.chat_store.postgres._tables import _Tables, lock_id
 
 # Positions beyond any conversation's length that still fit a bigint parameter.
 _FAR = 2**62
-_FROM_END: Callable[[Statements], TextClause] = operator.attrgetter("delete_from_end")
-_FROM_START: Callable[[Statements], TextClause] = operator.attrgetter("delete_from_start")
 _DUPLICATE = "23505"  # unique violation: the operation id is recorded already
 Body = Callable[[Statements, dict[str, Any]], Plan[list[Row]]]
 """A change's statements: ``body(statements, params)``, ``params`` holding its ``op``."""
@@ -51,11 +47,6 @@ def _replayed(found: list[Row]) -> list[Row]:
     return [] if reply is None else [(int(p), m) for p, m in json.loads(reply)]
 
 
-def _stale(rows: list[Row]) -> bool:
-    """Whether a removal reported a stale snapshot (and changed nothing): one NULL row."""
-    return len(rows) == 1 and rows[0][0] is None
-
-
 def _acted(rows: list[Row]) -> list[Row]:
     """The removed rows, without a stale run's report (a lock-only run's, when pipelined)."""
     return [row for row in rows if row[0] is not None]
@@ -73,8 +64,7 @@ class _Calls(_Tables):
 
     def _key_lock(self, key: str) -> int:
         """The advisory lock id of conversation ``key`` on Google's table (see ``_layouts``)."""
-        name = "\x00".join((self.schema_name, self.table_name, key)).encode("utf-8")
-        return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+        return lock_id("\x00".join((self.schema_name, self.table_name, key)))
 
     def _window(
         self, st: Statements, key: str, offset: int, limit: int | None
@@ -84,35 +74,9 @@ class _Calls(_Tables):
             return st.get_tail, {"key": key, "tail": -offset, "limit": limit, "ttl": ttl}
         return st.get_head, {"key": key, "offset": offset, "limit": limit, "ttl": ttl}
 
-    def _count_params(self, key: str) -> dict[str, Any]:
-        return {"key": key, "ttl": self._ttl()}  # ttl: used only by refresh_on_read
-
-    def _delete_at(
-        self, key: str, idx: int
-    ) -> tuple[Callable[[Statements], TextClause], dict[str, Any]] | None:
-        """The statement removing position ``idx``; ``None`` when no conversation has it."""
-        if not -_FAR <= idx < _FAR:
-            return None
-        if idx < 0:
-            return _FROM_END, {**self._key_params(key), "offset": -1 - idx}
-        return _FROM_START, {**self._key_params(key), "offset": idx}
-
     def _append_params(self, key: str, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         texts = [message_to_json(m) for m in messages]
         return {**self._key_params(key), "messages": texts, "n": len(texts)}
-
-    def _append_one_params(self, key: str, message: ChatMessage) -> dict[str, Any]:
-        return {**self._key_params(key), "message": message_to_json(message)}
-
-    @staticmethod
-    def _insert(
-        st: Statements, params: dict[str, Any], idx: int, count: int
-    ) -> tuple[TextClause, dict[str, Any]]:
-        """The statement inserting at ``idx`` (``list.insert`` rules) into ``count`` messages."""
-        position = max(count + idx, 0) if idx < 0 else min(idx, count)
-        if position >= count:
-            return st.append, params
-        return st.insert_at, {**params, "idx": position}
 
     @staticmethod
     def _count(rows: list[Row]) -> int:
@@ -227,7 +191,7 @@ class _Calls(_Tables):
                 return _acted((yield from run(FetchMany(clause, runs))))
             if st.removal == "single":
                 rows = yield from run(Fetch(clause, params))
-                if not _stale(rows):
+                if not (len(rows) == 1 and rows[0][0] is None):  # not a stale run's report
                     return rows
             return _acted((yield from self._locked(st, clause, params)))
 
@@ -254,7 +218,7 @@ class _Calls(_Tables):
                 if lock is not None and not held:
                     return []  # no conversation when the lock ran: nothing to remove
                 if st.layout != "native":  # the native lock already returned the live count
-                    held = yield Fetch(st.count, self._count_params(key))
+                    held = yield Fetch(st.count, self._key_params(key))
                 count = self._count(held)
                 take = yield from safe_trim_plan(stored, n, count)
                 if take <= 0:
@@ -295,7 +259,10 @@ class _Calls(_Tables):
                 rows = yield Fetch(lock, params)
                 if st.layout == "google":  # the advisory lock counts nothing
                     rows = yield Fetch(st.count, params)
-                done: list[Row] = yield Fetch(*self._insert(st, params, idx, self._count(rows)))
+                count = self._count(rows)
+                position = max(count + idx, 0) if idx < 0 else min(idx, count)  # list.insert's
+                clause = st.insert_at if position < count else st.append  # at the end: append
+                done: list[Row] = yield Fetch(clause, {**params, "idx": position})
                 return done
 
             return (yield from run(Transaction(body)))

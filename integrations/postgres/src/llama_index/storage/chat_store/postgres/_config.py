@@ -228,17 +228,13 @@ class _Config(PlannedChatStore):
             self._connector = engine_class.from_url(self.connection_string, password=password)
         return self._connector
 
-    def _sync_url(self) -> URL:
-        url = make_url(self.connection_string).set(drivername=self._sync_driver)
-        if self.password is not None:
-            url = url.set(password=self.password.get_secret_value())
-        return url
-
     def _make_sync_engine(self) -> Engine:
         connector = self._connector_engine()
         if connector is not None:
             return connector.sync_engine()
-        return create_engine(self._sync_url(), **self.engine_options)
+        password = self.password.get_secret_value() if self.password is not None else None
+        url = make_url(self.connection_string).set(drivername=self._sync_driver, password=password)
+        return create_engine(url, **self.engine_options)
 
     def _async_connect(self) -> Callable[[], Awaitable[Any]]:
         """Return the coroutine function opening one asyncpg connection."""
@@ -249,12 +245,10 @@ class _Config(PlannedChatStore):
 
         parts = urlsplit(self.connection_string)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        options: dict[str, Any] = {}
-        for name, value in query:
-            # libpq's connect_timeout is asyncpg's timeout argument; asyncpg would send it to
-            # the server as a setting, which the server rejects.
-            if name == "connect_timeout":
-                options["timeout"] = float(value)
+        # libpq's connect_timeout is asyncpg's timeout argument; asyncpg would send it to
+        # the server as a setting, which the server rejects.
+        timeout = dict(query).get("connect_timeout")
+        options: dict[str, Any] = {} if timeout is None else {"timeout": float(timeout)}
         dropped = {"connect_timeout", *self._sync_only_options}
         kept = urlencode([(k, v) for k, v in query if k not in dropped])
         dsn = urlunsplit(parts._replace(scheme="postgresql", query=kept))

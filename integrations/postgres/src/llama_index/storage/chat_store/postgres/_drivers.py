@@ -35,7 +35,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import TextClause
 from sqlalchemy.engine import Dialect, Engine
@@ -183,13 +183,11 @@ def _not_sent(exc: Exception, where: str) -> ChatStoreError:
 
 
 class _Compiling:
-    """Statements compiled once per connections object (its dialect: ``_dialect()``)."""
+    """Statements compiled once per connections object, for the dialect ``dialect()`` gives."""
 
-    def __init__(self) -> None:
+    def __init__(self, dialect: Callable[[], Dialect]) -> None:
+        self._dialect = dialect
         self._compiled: dict[int, tuple[TextClause, Compiled]] = {}
-
-    def _dialect(self) -> Dialect:
-        raise NotImplementedError
 
     def compiled(self, clause: TextClause) -> Compiled:
         """Return ``clause`` compiled for this dialect (cached)."""
@@ -219,20 +217,15 @@ def _discard(connection: PoolProxiedConnection) -> None:
         _log.debug("closing a connection cut by the network failed", exc_info=True)
 
 
-class Runner(Protocol):
-    """Runs statements on one connection (inside or outside a transaction)."""
+class Runner(NamedTuple):
+    """Runs statements on one held sync connection (inside or outside a transaction)."""
 
-    def fetch(self, clause: TextClause, params: Params) -> list[Row]: ...
-
-
-class _SyncRunner:
-    def __init__(self, owner: SyncConnections, connection: PoolProxiedConnection) -> None:
-        self._owner = owner
-        self._connection = connection
+    owner: SyncConnections
+    connection: PoolProxiedConnection
 
     def fetch(self, clause: TextClause, params: Params) -> list[Row]:
-        compiled = self._owner.compiled(clause)
-        cursor = self._connection.cursor()
+        compiled = self.owner.compiled(clause)
+        cursor = self.connection.cursor()
         try:
             cursor.execute(
                 compiled.sql, params if compiled.names is None else compiled.args(params)
@@ -280,7 +273,7 @@ class SyncConnections(_Compiling):
     def __init__(
         self, engine_factory: Callable[[], Engine], where: str, *, owns_engine: bool = True
     ) -> None:
-        super().__init__()
+        super().__init__(lambda: self._get_engine().dialect)
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
         self._owns_engine = owns_engine
@@ -294,27 +287,14 @@ class SyncConnections(_Compiling):
                 self._engine = self._engine_factory()
             return self._engine
 
-    def _dialect(self) -> Dialect:
-        return self._get_engine().dialect
-
-    def _acquire(self) -> PoolProxiedConnection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        connection = self._get_engine().raw_connection()
-        connection.driver_connection.autocommit = True  # type: ignore[union-attr]
-        return connection
-
-    def _drop_idle(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for connection in idle:
-            _discard(connection)
-
     @contextlib.contextmanager
     def _connection(self) -> Iterator[PoolProxiedConnection]:
         try:
-            connection = self._acquire()
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                connection = self._get_engine().raw_connection()
+                connection.driver_connection.autocommit = True  # type: ignore[union-attr]
         except ChatStoreError:
             raise
         except Exception as exc:
@@ -325,14 +305,16 @@ class SyncConnections(_Compiling):
             self._release(connection)
             raise
         except Exception as exc:
-            error = translate_error(exc, self._where)
+            error = translate_error(exc, self._where) or ChatStoreError(f"{self._where}: {exc}")
             if isinstance(error, BackendUnavailableError):
                 # The server went away: every held connection is likely dead too.
-                _discard(connection)
-                self._drop_idle()
-                raise error from exc
-            self._release(connection)
-            raise (error or ChatStoreError(f"{self._where}: {exc}")) from exc
+                with self._lock:
+                    idle, self._idle = self._idle, []
+                for held in [connection, *idle]:
+                    _discard(held)
+            else:
+                self._release(connection)
+            raise error from exc
         except BaseException:
             # Interrupted mid-call (KeyboardInterrupt): the connection's state is unknown.
             with contextlib.suppress(Exception):
@@ -348,14 +330,14 @@ class SyncConnections(_Compiling):
     def fetch(self, clause: TextClause, params: Params) -> list[Row]:
         """Run one autocommit statement; return its rows."""
         with self._connection() as connection:
-            return _SyncRunner(self, connection).fetch(clause, params)
+            return Runner(self, connection).fetch(clause, params)
 
     def fetch_many(self, clause: TextClause, params_list: Sequence[Params]) -> list[Row]:
         """Run ``clause`` once per parameter set, in order, in one transaction; return all rows.
 
         One round trip with psycopg 3 (a pipeline); other drivers run a transaction.
         """
-        if not _psycopg_pipelines(self._get_engine().dialect):
+        if not _psycopg_pipelines(self._dialect()):
             return self.transaction(
                 lambda tx: [row for params in params_list for row in tx.fetch(clause, params)]
             )
@@ -372,7 +354,7 @@ class SyncConnections(_Compiling):
             driver = connection.driver_connection
             driver.autocommit = False  # type: ignore[union-attr]
             try:
-                result = body(_SyncRunner(self, connection))
+                result = body(Runner(self, connection))
                 connection.commit()
                 return result
             except BaseException:
@@ -393,8 +375,6 @@ class SyncConnections(_Compiling):
                 connection.close()
         if engine is not None and self._owns_engine:
             engine.dispose()
-        elif engine is not None:
-            self._engine = engine
 
 
 AsyncConnect = Callable[[], Awaitable[Any]]
@@ -407,14 +387,15 @@ class _LoopConnections:
         self.slots = asyncio.Semaphore(limit)
 
 
-class AsyncRunner:
-    def __init__(self, owner: AsyncConnections, connection: Any) -> None:
-        self._owner = owner
-        self._connection = connection
+class AsyncRunner(NamedTuple):
+    """Runs statements on one held asyncpg connection (inside or outside a transaction)."""
+
+    owner: AsyncConnections
+    connection: Any
 
     async def fetch(self, clause: TextClause, params: Params) -> list[Row]:
-        compiled = self._owner.compiled(clause)
-        rows: list[Row] = await self._connection.fetch(compiled.sql, *compiled.args(params))
+        compiled = self.owner.compiled(clause)
+        rows: list[Row] = await self.connection.fetch(compiled.sql, *compiled.args(params))
         return rows
 
 
@@ -424,17 +405,14 @@ class AsyncConnections(_Compiling):
     def __init__(self, connect: AsyncConnect, where: str, *, limit: int = 10) -> None:
         from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
-        super().__init__()
+        asyncpg = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+        super().__init__(lambda: asyncpg)
         self._connect = connect
         self._where = where
-        self._asyncpg = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
         # A closed loop's connections cannot be closed politely: terminate them.
         self._loops = PerLoop(
             lambda: _LoopConnections(limit), on_drop=lambda stale: _abandon(stale.idle)
         )
-
-    def _dialect(self) -> Dialect:
-        return self._asyncpg
 
     async def _open(self) -> Any:
         """Open one connection; cancelling the caller never cancels the connect itself.
@@ -468,13 +446,13 @@ class AsyncConnections(_Compiling):
                 state.idle.append(connection)
                 raise
             except Exception as exc:
-                error = translate_error(exc, self._where)
+                error = translate_error(exc, self._where) or ChatStoreError(f"{self._where}: {exc}")
                 if isinstance(error, BackendUnavailableError):
                     _abandon([connection, *state.idle])
                     state.idle.clear()
-                    raise error from exc
-                state.idle.append(connection)
-                raise (error or ChatStoreError(f"{self._where}: {exc}")) from exc
+                else:
+                    state.idle.append(connection)
+                raise error from exc
             except BaseException:
                 # Cancelled mid-call: asyncpg asks the server to cancel the statement and
                 # makes the connection's next user wait for that, so it can be reused;

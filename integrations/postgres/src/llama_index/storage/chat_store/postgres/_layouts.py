@@ -500,19 +500,18 @@ def _llama_index(t: str, o: str, element: str) -> Statements:
         f"THEN GREATEST({size} + CAST(:offset AS bigint), 0) ELSE CAST(:offset AS bigint) END"
     )
     unnest = "unnest(t.value) WITH ORDINALITY AS u(message, n)"
+
+    def window(first: str) -> TextClause:  # the messages from 0-based position ``first`` on
+        return text(
+            f"SELECT u.n - 1, CAST(u.message AS text) FROM {t} AS t, {unnest} WHERE t.key = "
+            f"CAST(:key AS text) AND u.n > {first} ORDER BY u.n LIMIT CAST(:limit AS bigint)"
+        )
+
     return Statements(
         layout="llama_index",
         positions=True,
-        get_head=text(
-            f"SELECT u.n - 1, CAST(u.message AS text) FROM {t} AS t, {unnest} "
-            f"WHERE t.key = CAST(:key AS text) AND u.n > {start} "
-            "ORDER BY u.n LIMIT CAST(:limit AS bigint)"
-        ),
-        get_tail=text(
-            f"SELECT u.n - 1, CAST(u.message AS text) FROM {t} AS t, {unnest} "
-            f"WHERE t.key = CAST(:key AS text) AND u.n > {size} - CAST(:tail AS bigint) "
-            "ORDER BY u.n LIMIT CAST(:limit AS bigint)"
-        ),
+        get_head=window(start),
+        get_tail=window(f"{size} - CAST(:tail AS bigint)"),
         count=text(f"SELECT {size} FROM {t} AS t WHERE t.key = CAST(:key AS text)"),
         **_llama_index_writes(t, o, element),
         delete_all=text(
@@ -552,28 +551,23 @@ def _llama_index_writes(t: str, o: str, element: str) -> dict[str, TextClause]:
         f"CASE WHEN CAST(:idx AS bigint) < 0 THEN GREATEST({size} + CAST(:idx AS bigint), 0) "
         f"ELSE LEAST(CAST(:idx AS bigint), {size}) END"
     )
-    rec = f"WITH {record(o)} "
+
+    def upsert(value: str, values: str = f"CAST(:messages AS {array})") -> TextClause:
+        """The row of ``:key`` created holding ``values``, or its ``value`` set to ``value``."""
+        return text(
+            f"WITH {record(o)} INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
+            f"{values}) ON CONFLICT (key) DO UPDATE SET value = {value}"
+        )
+
+    appended = "COALESCE(t.value, excluded.value[0:0]) || excluded.value"
     return {
-        "append": text(
-            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
-            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
-            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value"
-        ),
-        "append_one": text(
-            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
-            f"ARRAY[CAST(:message AS {element})]) ON CONFLICT (key) DO UPDATE "
-            "SET value = COALESCE(t.value, excluded.value[0:0]) || excluded.value RETURNING 1"
-        ),
-        "insert_at": text(
-            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
-            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE "
-            f"SET value = COALESCE(t.value[1:{insert_pos}], excluded.value[0:0]) || excluded.value "
+        "append": upsert(appended),
+        "append_one": upsert(f"{appended} RETURNING 1", f"ARRAY[CAST(:message AS {element})]"),
+        "insert_at": upsert(
+            f"COALESCE(t.value[1:{insert_pos}], excluded.value[0:0]) || excluded.value "
             f"|| COALESCE(t.value[{insert_pos} + 1:], excluded.value[0:0])"
         ),
-        "replace": text(
-            f"{rec}INSERT INTO {t} AS t (key, value) VALUES (CAST(:key AS text), "
-            f"CAST(:messages AS {array})) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-        ),
+        "replace": upsert("excluded.value"),
     }
 
 

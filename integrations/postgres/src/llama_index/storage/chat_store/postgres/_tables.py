@@ -27,6 +27,11 @@ _DDL_RACE_STATES = {"23505", "42P07", "42710", "40P01"}
 _PRUNE_EVERY = 60.0
 
 
+def lock_id(name: str) -> int:
+    """An advisory lock's id: the first 64 bits of ``name``'s SHA-256."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class _PruneClock:
     """When a store next forgets old change records: at most once a minute per table."""
 
@@ -89,22 +94,20 @@ class _Tables(_Config):
             layout: LayoutName = self._default_layout if wanted == "auto" else wanted
             if layout == "llama_index":
                 table = f"{self._llama_index_prefix}{table}"
-            return self._resolved_for(layout, table, "jsonb" if self.use_jsonb else "json", [
-                *_schema.create_statements(
-                    layout, self.schema_name, table,
-                    element_type="jsonb" if self.use_jsonb else "json",
-                    create_schema=not columns,
-                )
-            ])  # fmt: skip
+            element = "jsonb" if self.use_jsonb else "json"
+            ddl = _schema.create_statements(
+                layout, self.schema_name, table, element_type=element, create_schema=not columns
+            )
+            return self._resolved_for(layout, table, element, ddl)
         detected, element = self._detect(table, found, tables)
-        ops_statement = _schema.ops_statement(self.schema_name, table)
         if wanted not in ("auto", detected):
             raise ConfigurationError(
                 f"table {self.schema_name}.{table} already holds the {detected!r} layout, not "
                 f"{wanted!r}: pass layout={detected!r} (or 'auto'), or choose another table_name"
             )
         # A table made by LlamaIndex, Google or an older version of this store gets its ops table.
-        ddl = [] if _schema.ops_table(table) in tables else [text(ops_statement)]
+        ops_statement = text(_schema.ops_statement(self.schema_name, table))
+        ddl = [] if _schema.ops_table(table) in tables else [ops_statement]
         if detected == "native":
             ddl += self._catalog_migration(table, tables, owned)
         return self._resolved_for(detected, table, element, ddl)
@@ -176,10 +179,6 @@ class _Tables(_Config):
         resolved = self._resolved
         return super()._layout_in_use() if resolved is None else resolved.statements.layout
 
-    def _lock_id(self) -> int:
-        digest = hashlib.sha256(f"{self.schema_name}.{self.table_name}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
-
     def _table_plan(self) -> Plan[_Resolved]:
         """The resolved table: found, or created if missing, on first use."""
         resolved = self._resolved
@@ -208,7 +207,9 @@ class _Tables(_Config):
         with their appends).
         """
         if self._ddl_advisory_lock:
-            yield Fetch(_schema.ADVISORY_LOCK, {"lock": self._lock_id()})
+            yield Fetch(
+                _schema.ADVISORY_LOCK, {"lock": lock_id(f"{self.schema_name}.{self.table_name}")}
+            )
         found = self._resolve((yield Fetch(_schema.DETECT, names)))
         yield from _each(found.ddl)
         return found

@@ -24,6 +24,7 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     ConfigurationError,
     message_from_json,
+    message_to_json,
 )
 from llama_index.storage.chat_store.core.backend import Change, Plan
 from llama_index.storage.chat_store.core.catalog import (
@@ -222,19 +223,16 @@ class PostgresChatStore(_Calls):
         Raises:
             ConfigurationError: The two connection strings name different databases.
         """
-        if connection_string is not None or async_connection_string is not None:
-            uri = connection_string or async_connection_string
-            assert uri is not None
-            if (
-                connection_string is not None
-                and async_connection_string is not None
-                and not _same_database(
-                    make_url(connection_string), make_url(async_connection_string)
-                )
-            ):
-                raise ConfigurationError(
-                    "connection_string and async_connection_string name different databases"
-                )
+        if (
+            connection_string is not None
+            and async_connection_string is not None
+            and not _same_database(make_url(connection_string), make_url(async_connection_string))
+        ):
+            raise ConfigurationError(
+                "connection_string and async_connection_string name different databases"
+            )
+        uri = connection_string or async_connection_string
+        if uri is not None:
             return cls.from_uri(uri, table_name, schema_name, debug, use_jsonb, **options)
         url = cls._params_url(host, port, database, user)
         return cls.from_uri(
@@ -350,7 +348,7 @@ class PostgresChatStore(_Calls):
     def _count_plan(self, key: str) -> Plan[int]:
         # With refresh_on_read the same statement pushes a live conversation's expiry.
         st = (self._resolved or (yield from self._table_plan())).statements
-        return self._count((yield from run(Fetch(st.count, self._count_params(key)))))
+        return self._count((yield from run(Fetch(st.count, self._key_params(key)))))
 
     def _add_plan(
         self, key: str, messages: list[ChatMessage], idx: int | None, change: Change
@@ -359,9 +357,8 @@ class PostgresChatStore(_Calls):
             params = {**self._append_params(key, messages), "idx": max(min(idx, _FAR), -_FAR)}
             yield from self._once(change, params, self._inserter(idx))
         elif len(messages) == 1:
-            yield from self._once(
-                change, self._append_one_params(key, messages[0]), self._append_one
-            )
+            one = {**self._key_params(key), "message": message_to_json(messages[0])}
+            yield from self._once(change, one, self._append_one)
         else:
             yield from self._once(change, self._append_params(key, messages), self._append)
 
@@ -386,13 +383,13 @@ class PostgresChatStore(_Calls):
     def _delete_at_plan(self, key: str, idx: int, change: Change) -> Plan[ChatMessage | None]:
         # Holds the conversation's lock, so the position is that of the conversation as
         # every write committed before left it; two callers never receive the same message.
-        found = self._delete_at(key, idx)
-        if found is None:
+        if not -_FAR <= idx < _FAR:  # no conversation has that position
             return None
-        clause_of, params = found
-        removed = self._removed(
-            key, (yield from self._once(change, params, self._remover(clause_of)))
-        )
+        end = idx < 0
+        params = {**self._key_params(key), "offset": -1 - idx if end else idx}
+        which = "delete_from_end" if end else "delete_from_start"
+        remove = self._remover(operator.attrgetter(which))
+        removed = self._removed(key, (yield from self._once(change, params, remove)))
         return removed[0] if removed else None
 
     def _oldest_plan(
