@@ -1,4 +1,4 @@
-"""Script calls over a single server's connections, without redis-py's command layers."""
+"""Sending ops over a server's connections without redis-py's layers, or through a client."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
-__all__ = ["AsyncDirect", "Direct", "NotSent", "packed"]
+__all__ = ["AsyncDirect", "Direct", "NotSent", "acall", "call", "packed"]
 
 _CHECK_AFTER = 0.5
 """Seconds idle after which a connection is polled before use (see :class:`Direct`)."""
@@ -99,10 +99,8 @@ class Direct:
             try:
                 return conn.read_response()
             except NoScriptError:
-                if op.script is None:
-                    raise
-            conn.send_packed_command((packed(op, load=True),), False)  # type: ignore[no-untyped-call,unused-ignore]
-            return conn.read_response()
+                conn.send_packed_command((packed(op, load=True),), False)  # type: ignore[no-untyped-call,unused-ignore]
+                return conn.read_response()
         except ResponseError:
             raise  # a whole error reply was read: the connection is fine
         except BaseException:
@@ -162,8 +160,6 @@ class AsyncDirect:
             try:
                 reply = await conn.read_response()
             except NoScriptError:
-                if op.script is None:
-                    raise
                 await conn.send_packed_command((packed(op, load=True),), False)
                 reply = await conn.read_response()
         except ResponseError:
@@ -187,3 +183,19 @@ def packed(op: Op[Any], *, load: bool = False) -> bytes:
     keys = str(len(op.keys))
     head = _bulk("EVAL", script.source, keys) if load else _bulk("EVALSHA", script.sha, keys)
     return _pack(head, 3 + len(op.keys) + len(op.args), op.keys, op.args)
+
+
+def call(client: Any, op: Op[Any]) -> Any:
+    """Run ``op`` through a redis-py client (EVAL if the server lacks the script)."""
+    try:
+        return client.execute_command(*op.command())
+    except NoScriptError:
+        return client.execute_command(*op.command(load=True))
+
+
+async def acall(client: Any, op: Op[Any]) -> Any:
+    """Async :func:`call`."""
+    try:
+        return await client.execute_command(*op.command())
+    except NoScriptError:
+        return await client.execute_command(*op.command(load=True))

@@ -44,6 +44,13 @@ class Op(Generic[T]):
     key: str | None = None
     """The conversation key, named in errors."""
 
+    def command(self, *, load: bool = False) -> list[Any]:
+        """Its words: ``args``, or EVALSHA of the script (EVAL with the source: ``load``)."""
+        if self.script is None:
+            return [*self.args]
+        head = ("EVAL", self.script.source) if load else ("EVALSHA", self.script.sha)
+        return [*head, len(self.keys), *self.keys, *self.args]
+
 
 @dataclass(frozen=True)
 class KeysPage:

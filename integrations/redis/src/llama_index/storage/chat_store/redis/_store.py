@@ -37,7 +37,7 @@ from llama_index.storage.chat_store.redis._detect import (
     check_namespace,
     is_cluster,
 )
-from llama_index.storage.chat_store.redis._direct import AsyncDirect, Direct, NotSent
+from llama_index.storage.chat_store.redis._direct import AsyncDirect, Direct, NotSent, acall, call
 from llama_index.storage.chat_store.redis.layout import (
     ListChatStore,
     Op,
@@ -45,13 +45,7 @@ from llama_index.storage.chat_store.redis.layout import (
     reply_error,
 )
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    AskError,
-    MovedError,
-    NoScriptError,
-    RedisClusterException,
-    RedisError,
-)
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 if TYPE_CHECKING:
@@ -440,12 +434,7 @@ class RedisChatStore(ListChatStore):
                 client: SyncClient = own.client
             else:
                 client = self.redis_client
-            if op.script is None:
-                return client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
-            try:
-                return client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
-            except NoScriptError:
-                return client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+            return call(client, op)
         except (RedisError, RedisClusterException, NotSent) as exc:
             raise self._error(exc, op) from exc
 
@@ -462,12 +451,7 @@ class RedisChatStore(ListChatStore):
                 client = self.aredis_client
             if isinstance(op, Batch):
                 return await _batches.arun(client, op.steps, self._error)
-            if op.script is None:
-                return await client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
-            try:
-                return await client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
-            except NoScriptError:
-                return await client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+            return await acall(client, op)
         except (RedisError, RedisClusterException, NotSent) as exc:
             raise self._error(exc, None if isinstance(op, Batch) else op) from exc
 
