@@ -17,7 +17,6 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.core.backend import messages_removed
 from llama_index.storage.chat_store.core.catalog import (
     ConversationInfo,
-    ConversationPage,
     decode_metadata,
     from_epoch_ms,
     metadata_too_large,
@@ -25,7 +24,7 @@ from llama_index.storage.chat_store.core.catalog import (
 from llama_index.storage.chat_store.core.messages import messages_from_json
 from llama_index.storage.chat_store.redis._scripts import Script
 
-__all__ = ["KeysPage", "Op", "reply_error"]
+__all__ = ["Op", "reply_error"]
 
 T = TypeVar("T")
 
@@ -52,14 +51,6 @@ class Op(Generic[T]):
         return [*head, len(self.keys), *self.keys, *self.args]
 
 
-@dataclass(frozen=True)
-class KeysPage:
-    """Live keys of one registry page and the cursor to the next (``None``: the last page)."""
-
-    keys: list[str]
-    cursor: str | None
-
-
 def text(value: Any) -> str:
     # redis-py returns bytes; upstash-redis returns str (already decoded from base64).
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -69,8 +60,14 @@ def nothing(reply: Any) -> None:
     return None
 
 
-def messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any], list[ChatMessage]]:
+def messages(
+    key: str, start: int | None, *, removed: bool = False
+) -> Callable[[Any], list[ChatMessage]]:
+    """Decode a list of message JSON; ``start=None``: the list's last messages (from ``-len``)."""
+
     def decode(items: Any) -> list[ChatMessage]:
+        if start is None:
+            return messages(key, -len(items or []))(items)
         if removed:
             # The removal is done (it is atomic, and refusing it would leave corrupt data that
             # no delete can remove): core's error says so and keeps what was removed.
@@ -82,14 +79,6 @@ def messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any], 
 
 
 _STORAGE = "Redis"
-
-
-def tail(key: str) -> Callable[[Any], list[ChatMessage]]:
-    # The last len(items) messages: positions counted from the end (-len(items) .. -1).
-    def decode(items: Any) -> list[ChatMessage]:
-        return messages(key, -len(items or []))(items)
-
-    return decode
 
 
 def positioned(key: str) -> Callable[[Any], ChatMessage | None]:
@@ -139,25 +128,10 @@ def catalog_raw(reply: Any) -> tuple[list[RawEntry], str | None]:
     ) or None
 
 
-def catalog_page(reply: Any) -> ConversationPage:
-    found, cursor = catalog_raw(reply)
-    return ConversationPage([entry(*raw) for raw in found], cursor)
-
-
-def raw_key(raw: RawEntry) -> str:
-    """The key of an undecoded catalog entry."""
-    return raw[0]
-
-
-def keys_page(reply: Any) -> KeysPage:
+def keys_page(reply: Any) -> tuple[list[str], str | None]:
+    """A registry page's live keys and the cursor to the next (``None``: the last page)."""
     cursor, *keys = (text(v) for v in reply)
-    return KeysPage(keys, cursor or None)
-
-
-def keys_pair(reply: Any) -> tuple[list[str], str | None]:
-    """A registry page's keys and cursor (one bucket's share of a round)."""
-    page = keys_page(reply)
-    return page.keys, page.cursor
+    return keys, cursor or None
 
 
 _UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "READONLY")
