@@ -245,15 +245,14 @@ class RedisChatStore(ListChatStore):
 
     def _check_configuration(self) -> None:
         # Outside pydantic validation, which would turn ConfigurationError into ValidationError.
-        if self.redis_client is None and urlsplit(self.redis_url).scheme not in {
-            "redis", "rediss", "unix",
-        }:  # fmt: skip
-            raise ConfigurationError(
-                f"redis_url must be a redis://, rediss:// or unix:// URL, got {self._where()}"
-            )
         if self.redis_client is None:
+            parts = urlsplit(self.redis_url)
+            if parts.scheme not in {"redis", "rediss", "unix"}:
+                raise ConfigurationError(
+                    f"redis_url must be a redis://, rediss:// or unix:// URL, got {self._where()}"
+                )
             try:
-                urlsplit(self.redis_url).port  # noqa: B018 (parsing it is the check)
+                parts.port  # noqa: B018 (parsing it is the check)
             except ValueError as exc:  # redis-py would raise a bare ValueError on first use
                 raise ConfigurationError(
                     f"redis_url has an invalid port ({exc}): {self._where()}"
@@ -265,13 +264,11 @@ class RedisChatStore(ListChatStore):
         """Whether the configuration says the server is a cluster (``None``: ask it)."""
         if self.cluster is not None:
             return self.cluster
-        if isinstance(self.redis_client, redis.RedisCluster) or isinstance(
+        if self.redis_client is None and self.aredis_client is None:
+            return None
+        return isinstance(self.redis_client, redis.RedisCluster) or isinstance(
             self.aredis_client, redis.asyncio.RedisCluster
-        ):
-            return True
-        if self.redis_client is not None or self.aredis_client is not None:
-            return False
-        return None
+        )
 
     @cached_property
     def _clustered(self) -> bool:
@@ -286,21 +283,15 @@ class RedisChatStore(ListChatStore):
 
     def _probe(self) -> bool:
         try:
-            found = is_cluster(self.redis_url, self._options(clustered=False))
+            return is_cluster(self.redis_url, self._options(clustered=False), self.namespace)
         except (RedisError, RedisClusterException) as exc:
             raise self._not_asked(exc) from exc
-        if found:
-            check_namespace(self.namespace)
-        return found
 
     async def _aprobe(self) -> bool:
         try:
-            found = await ais_cluster(self.redis_url, self._options(clustered=False))
+            return await ais_cluster(self.redis_url, self._options(clustered=False), self.namespace)
         except (RedisError, RedisClusterException) as exc:
             raise self._not_asked(exc) from exc
-        if found:
-            check_namespace(self.namespace)
-        return found
 
     def _not_asked(self, exc: Exception) -> ChatStoreError:
         error = self._error(exc)
@@ -382,16 +373,12 @@ class RedisChatStore(ListChatStore):
         return {**options, **self.client_options}
 
     def _new_sync_client(self) -> _Own:
-        options = self._options(clustered=self._clustered)
-        if self._clustered:
-            return _Own(redis.RedisCluster.from_url(self.redis_url, **options))
-        return _Own(redis.Redis.from_url(self.redis_url, **options))
+        kind = redis.RedisCluster if self._clustered else redis.Redis
+        return _Own(kind.from_url(self.redis_url, **self._options(clustered=self._clustered)))
 
     def _new_async_client(self) -> _AsyncOwn:
-        options = self._options(clustered=self._clustered)
-        if self._clustered:
-            return _AsyncOwn(redis.asyncio.RedisCluster.from_url(self.redis_url, **options))
-        return _AsyncOwn(redis.asyncio.Redis.from_url(self.redis_url, **options))
+        kind = redis.asyncio.RedisCluster if self._clustered else redis.asyncio.Redis
+        return _AsyncOwn(kind.from_url(self.redis_url, **self._options(clustered=self._clustered)))
 
     def _sync_client(self) -> SyncClient:
         if self.redis_client is not None:
@@ -479,6 +466,4 @@ class RedisChatStore(ListChatStore):
         self.close()
 
 
-_FIELD_NAMES = frozenset(
-    {*RedisChatStore.model_fields, "ttl_seconds"}  # ttl_seconds: the alias of ttl
-)
+_FIELD_NAMES = frozenset({*RedisChatStore.model_fields, "ttl_seconds"})  # ttl_seconds: ttl's alias
