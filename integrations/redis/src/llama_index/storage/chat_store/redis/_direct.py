@@ -49,7 +49,10 @@ class NotSent(Exception):  # noqa: N818 (a signal inside the transport, never ra
 
 
 class Direct:
-    """Script calls over a single server's pooled connections, without redis-py's layers.
+    """Script calls over a single server's connections, without redis-py's layers.
+
+    It holds the client a store built (``client``), closed with it, and opens connections
+    as that client's pool would.
 
     redis-py 8's pool records metrics and polls the socket on every checkout, and its command
     layer handles retries (we allow none) and reply callbacks (scripts have none): together
@@ -60,8 +63,9 @@ class Direct:
     call; one whose exchange did not finish is disconnected, never reused half-read.
     """
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._pool = client.connection_pool
         self._idle: list[tuple[float, AbstractConnection]] = []
         self._pid = os.getpid()
 
@@ -110,10 +114,11 @@ class Direct:
             self._idle.append((monotonic(), conn))
 
     def close(self) -> None:
-        """Close the idle connections."""
+        """Close the idle connections and the client."""
         idle, self._idle = self._idle, []
         for _, conn in idle:
             conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
+        self.client.close()
 
 
 class AsyncDirect:
@@ -124,8 +129,9 @@ class AsyncDirect:
     cut) is dropped: redis-py has already begun to close it.
     """
 
-    def __init__(self, pool: redis.asyncio.ConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._pool = client.connection_pool
         self._idle: list[tuple[float, AsyncConnection]] = []
 
     async def _connection(self) -> AsyncConnection:
@@ -169,10 +175,11 @@ class AsyncDirect:
         return reply
 
     async def aclose(self) -> None:
-        """Close the idle connections."""
+        """Close the idle connections and the client."""
         idle, self._idle = self._idle, []
         for _, conn in idle:
             await conn.disconnect()
+        await self.client.aclose()
 
 
 def packed(op: Op[Any], *, load: bool = False) -> bytes:
