@@ -123,9 +123,8 @@ RawEntry = tuple[str, Any, Any]
 def catalog_raw(reply: Any) -> tuple[list[RawEntry], str | None]:
     """A catalog page's entries, undecoded but for their keys, and its cursor."""
     cursor, *entries = reply
-    return [(text(member), count, fields) for member, count, fields in entries], text(
-        cursor
-    ) or None
+    found = [(text(member), count, fields) for member, count, fields in entries]
+    return found, text(cursor) or None
 
 
 def keys_page(reply: Any) -> tuple[list[str], str | None]:

@@ -130,13 +130,9 @@ class ListLayout:
         """The registry's keys (bucket 0's when bucketed): the index and the expiry set."""
         return self._registries[0]
 
-    def bucket(self, key: str) -> int:
-        """The bucket of conversation ``key`` (0 when not bucketed)."""
-        return bucket_of(key) if self.bucketed else 0
-
     def conversation(self, key: str) -> str:
-        """The LIST key holding conversation ``key``."""
-        return self.homes[self.bucket(key)] + key
+        """The LIST key holding conversation ``key`` (in its bucket, bucket 0 when unbucketed)."""
+        return self.homes[bucket_of(key) if self.bucketed else 0] + key
 
     def key_of(self, name: str) -> str | None:
         """The conversation held at LIST key ``name``, if this layout would put it there."""

@@ -209,21 +209,17 @@ class UpstashChatStore(ListChatStore):
             raise self._error(exc, op) from exc
 
     def _scan_lists(self, pattern: str) -> Iterator[str]:
-        client, cursor = self._own_sync.get(), 0
-        while True:
+        client, cursor = self._own_sync.get(), None
+        while cursor != 0:
             try:
                 # Lowercase: upstash-redis reformats the reply of a command it knows by
                 # name (SCAN's cursor to an int), which would fail on the raw base64 reply.
-                reply = client.execute(
-                    ["scan", cursor, "MATCH", pattern, "COUNT", 1000, "TYPE", "list"]
-                )
-                raw_cursor, raw_names = _bytes(reply)
+                command = ["scan", cursor or 0, "MATCH", pattern, "COUNT", 1000, "TYPE", "list"]
+                raw_cursor, raw_names = _bytes(client.execute(command))
                 cursor, names = int(raw_cursor), [n.decode("utf-8") for n in raw_names]
             except _FAILURES as exc:
                 raise self._error(exc, None) from exc
             yield from names
-            if int(cursor) == 0:
-                return
 
     def close(self) -> None:
         """Close the sync client's HTTP connections."""
