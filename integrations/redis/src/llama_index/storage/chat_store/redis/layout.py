@@ -263,10 +263,10 @@ class ListLayout:
 
     def catalog_page(
         self, prefix: str, after: str | None, limit: int, bucket: int = 0
-    ) -> Op[RawPage]:
+    ) -> Op[_RawPage]:
         """Read one page of catalog entries: keys starting with ``prefix``, after ``after``.
 
-        The entries are left undecoded (see :func:`decoded`): merging buckets reads more of
+        The entries are left undecoded (see :func:`_decoded`): merging buckets reads more of
         them than the page holds.
         """
         if after is not None and after.encode() >= prefix.encode():
@@ -291,10 +291,10 @@ class ListLayout:
 
     # -- every bucket (a bucketed layout) --------------------------------------------------
 
-    def merged_catalog(self, prefix: str, after: str | None, limit: int) -> Plan[RawPage]:
+    def merged_catalog(self, prefix: str, after: str | None, limit: int) -> Plan[_RawPage]:
         """Read one catalog page of every bucket together (see :func:`._buckets.merged_page`)."""
 
-        def ask(bucket: int, cursor: str | None, size: int) -> Op[RawPage]:
+        def ask(bucket: int, cursor: str | None, size: int) -> Op[_RawPage]:
             return self.catalog_page(prefix, cursor, size, bucket)
 
         return (yield from merged_page(ask, lambda raw: raw[0], after, limit))
@@ -313,11 +313,11 @@ class ListLayout:
             left = [b for b, n in zip(left, counts, strict=True) if int(n)]
 
 
-RawPage = tuple[list[_replies.RawEntry], str | None]
+_RawPage = tuple[list[_replies.RawEntry], str | None]
 """A catalog page as read: its undecoded entries and its cursor."""
 
 
-def decoded(page: RawPage) -> ConversationPage:
+def _decoded(page: _RawPage) -> ConversationPage:
     """Decode the entries of a catalog page."""
     found, cursor = page
     return ConversationPage([_replies.entry(*raw) for raw in found], cursor)
@@ -457,8 +457,8 @@ class ListChatStore(PlannedChatStore):
 
     def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
         if self._layout.bucketed:
-            return decoded((yield from self._layout.merged_catalog(prefix, after, limit)))
-        return decoded((yield from _one(self._layout.catalog_page(prefix, after, limit))))
+            return _decoded((yield from self._layout.merged_catalog(prefix, after, limit)))
+        return _decoded((yield from _one(self._layout.catalog_page(prefix, after, limit))))
 
     def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
         return _one(self._layout.info(key))
