@@ -18,7 +18,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from llama_index.storage.chat_store.core import ChatStoreError, ConfigurationError
-from llama_index.storage.chat_store.redis._direct import packed
+from llama_index.storage.chat_store.redis._direct import acall, call, packed
 from llama_index.storage.chat_store.redis._replies import Op
 from redis.exceptions import (
     AskError,
@@ -59,13 +59,6 @@ def _checked(ops: Sequence[Op[Any]], replies: list[Any], error: ErrorOf) -> list
         if isinstance(reply, Exception):
             raise error(reply, op) from reply
     return replies
-
-
-def _words(op: Op[Any], *, load: bool = False) -> tuple[Any, ...]:
-    if op.script is None:
-        return op.args
-    head = ("EVAL", op.script.source) if load else ("EVALSHA", op.script.sha)
-    return (*head, len(op.keys), *op.keys, *op.args)
 
 
 def _by_node(nodes: Sequence[Any]) -> dict[str, tuple[Any, list[int]]]:
@@ -111,18 +104,11 @@ def run(client: Any, ops: Sequence[Op[Any]], error: ErrorOf) -> list[Any]:
             pool.release(conn)
     for i, reply in enumerate(replies):
         if isinstance(reply, _AGAIN):
-            replies[i] = _one(client, ops[i])
+            try:
+                replies[i] = call(client, ops[i])
+            except ResponseError as exc:
+                replies[i] = exc
     return _checked(ops, replies, error)
-
-
-def _one(client: redis.RedisCluster, op: Op[Any]) -> Any:
-    try:
-        try:
-            return client.execute_command(*_words(op))  # type: ignore[no-untyped-call,unused-ignore]
-        except NoScriptError:
-            return client.execute_command(*_words(op, load=True))  # type: ignore[no-untyped-call,unused-ignore]
-    except ResponseError as exc:
-        return exc
 
 
 async def arun(client: Any, ops: Sequence[Op[Any]], error: ErrorOf) -> list[Any]:
@@ -140,7 +126,10 @@ async def arun(client: Any, ops: Sequence[Op[Any]], error: ErrorOf) -> list[Any]
             replies[i] = reply
     for i, reply in enumerate(replies):
         if isinstance(reply, _AGAIN):
-            replies[i] = await _aone(client, ops[i])
+            try:
+                replies[i] = await acall(client, ops[i])
+            except ResponseError as exc:
+                replies[i] = exc
     return _checked(ops, replies, error)
 
 
@@ -160,13 +149,3 @@ async def _anode(node: Any, ops: list[Op[Any]]) -> list[Any]:
     finally:
         node.release(conn)
     return replies
-
-
-async def _aone(client: redis.asyncio.RedisCluster, op: Op[Any]) -> Any:
-    try:
-        try:
-            return await client.execute_command(*_words(op))
-        except NoScriptError:
-            return await client.execute_command(*_words(op, load=True))
-    except ResponseError as exc:
-        return exc

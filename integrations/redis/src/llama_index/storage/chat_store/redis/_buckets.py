@@ -30,40 +30,24 @@ import binascii
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from llama_index.storage.chat_store.core.backend import Plan
+from llama_index.storage.chat_store.redis._replies import Op
 
-__all__ = [
-    "BUCKETS",
-    "SLOTS",
-    "TAGS",
-    "Batch",
-    "bucket_of",
-    "merged_page",
-    "slot_of",
-    "walk_rounds",
-]
+__all__ = ["BUCKETS", "TAGS", "Batch", "bucket_of", "merged_page", "walk_rounds"]
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 
 BUCKETS = 128
 """How many buckets a bucketed namespace has (part of the format: never changes)."""
-SLOTS = 16384
-"""Redis Cluster's hash slots."""
-
-
-def slot_of(tag: str) -> int:
-    """Return the Redis Cluster slot of every key whose hash tag is ``tag``."""
-    return binascii.crc_hqx(tag.encode("utf-8"), 0) % SLOTS
 
 
 def _tags() -> tuple[str, ...]:
-    width = SLOTS // BUCKETS
     found: dict[int, str] = {}
-    for number in range(1000):
-        found.setdefault(slot_of(f"{number:03d}") // width, f"{number:03d}")
+    for tag in (f"{number:03d}" for number in range(1000)):
+        slot = binascii.crc_hqx(tag.encode("utf-8"), 0) % 16384  # Redis Cluster's hash slot
+        found.setdefault(slot // (16384 // BUCKETS), tag)
     return tuple(found[bucket] for bucket in range(BUCKETS))
 
 
@@ -83,12 +67,7 @@ class Batch:
     steps: tuple[Any, ...]
 
 
-class _Step(Protocol[T_co]):
-    @property
-    def decode(self) -> Callable[[Any], T_co]: ...
-
-
-def _ask(steps: list[_Step[T]]) -> Plan[list[T]]:
+def _ask(steps: list[Op[T]]) -> Plan[list[T]]:
     replies = yield Batch(tuple(steps))
     return [step.decode(reply) for step, reply in zip(steps, replies, strict=True)]
 
@@ -102,7 +81,7 @@ def _share(limit: int) -> int:
 
 
 def merged_page(
-    ask: Callable[[int, str | None, int], _Step[tuple[list[T], str | None]]],
+    ask: Callable[[int, str | None, int], Op[tuple[list[T], str | None]]],
     name: Callable[[T], str],
     after: str | None,
     limit: int,
@@ -136,19 +115,15 @@ def merged_page(
                 cursors[bucket] = cursor
         found.sort(key=name)
         edge = name(found[limit - 1]) if len(found) >= limit else None
-        asked = [b for b, cursor in cursors.items() if edge is None or _text(cursor) < edge]
+        asked = [b for b, cursor in cursors.items() if edge is None or (cursor or "") < edge]
         size *= 2
     page = found[:limit]
     more = bool(cursors) or len(found) > limit
     return page, name(page[-1]) if more and page else None
 
 
-def _text(cursor: str | None) -> str:
-    return cursor or ""
-
-
 def walk_rounds(
-    ask: Callable[[int, Any], _Step[tuple[list[T], Any]]], cursors: dict[int, Any] | None
+    ask: Callable[[int, Any], Op[tuple[list[T], Any]]], cursors: dict[int, Any] | None
 ) -> Plan[tuple[list[T], dict[int, Any] | None]]:
     """Read one round of every bucket not done: a page of each, from its own cursor.
 

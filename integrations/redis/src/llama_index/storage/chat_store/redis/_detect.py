@@ -35,13 +35,15 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in options.items() if name in PLAIN_OPTIONS}
 
 
-def is_cluster(url: str, options: dict[str, Any]) -> bool:
+def is_cluster(url: str, options: dict[str, Any], namespace: str) -> bool:
     """Ask the server at ``url`` whether it is a Redis Cluster node (one ``CLUSTER INFO``).
 
     A server that refuses the question (cluster support disabled, or an ACL) is not one.
 
     Raises:
         redis.RedisError: It could not be asked (unreachable, bad credentials).
+        ConfigurationError: It is one, and ``namespace`` does not suit it (see
+            :func:`check_namespace`).
     """
     client = redis.Redis.from_url(url, **_plain(options))
     try:
@@ -50,10 +52,11 @@ def is_cluster(url: str, options: dict[str, Any]) -> bool:
         return False
     finally:
         client.close()
+    check_namespace(namespace)
     return True
 
 
-async def ais_cluster(url: str, options: dict[str, Any]) -> bool:
+async def ais_cluster(url: str, options: dict[str, Any], namespace: str) -> bool:
     """Async :func:`is_cluster`."""
     client = redis.asyncio.Redis.from_url(url, **_plain(options))
     try:
@@ -62,4 +65,5 @@ async def ais_cluster(url: str, options: dict[str, Any]) -> bool:
         return False
     finally:
         await client.aclose()
+    check_namespace(namespace)
     return True

@@ -1,4 +1,4 @@
-"""Script calls over a single server's connections, without redis-py's command layers."""
+"""Sending ops over a server's connections without redis-py's layers, or through a client."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from redis.asyncio.connection import AbstractConnection as AsyncConnection
 from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
-__all__ = ["AsyncDirect", "Direct", "NotSent", "packed"]
+__all__ = ["AsyncDirect", "Direct", "NotSent", "acall", "call", "packed"]
 
 _CHECK_AFTER = 0.5
 """Seconds idle after which a connection is polled before use (see :class:`Direct`)."""
@@ -49,7 +49,10 @@ class NotSent(Exception):  # noqa: N818 (a signal inside the transport, never ra
 
 
 class Direct:
-    """Script calls over a single server's pooled connections, without redis-py's layers.
+    """Script calls over a single server's connections, without redis-py's layers.
+
+    It holds the client a store built (``client``), closed with it, and opens connections
+    as that client's pool would.
 
     redis-py 8's pool records metrics and polls the socket on every checkout, and its command
     layer handles retries (we allow none) and reply callbacks (scripts have none): together
@@ -60,8 +63,9 @@ class Direct:
     call; one whose exchange did not finish is disconnected, never reused half-read.
     """
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._pool = client.connection_pool
         self._idle: list[tuple[float, AbstractConnection]] = []
         self._pid = os.getpid()
 
@@ -99,10 +103,8 @@ class Direct:
             try:
                 return conn.read_response()
             except NoScriptError:
-                if op.script is None:
-                    raise
-            conn.send_packed_command((packed(op, load=True),), False)  # type: ignore[no-untyped-call,unused-ignore]
-            return conn.read_response()
+                conn.send_packed_command((packed(op, load=True),), False)  # type: ignore[no-untyped-call,unused-ignore]
+                return conn.read_response()
         except ResponseError:
             raise  # a whole error reply was read: the connection is fine
         except BaseException:
@@ -112,10 +114,11 @@ class Direct:
             self._idle.append((monotonic(), conn))
 
     def close(self) -> None:
-        """Close the idle connections."""
+        """Close the idle connections and the client."""
         idle, self._idle = self._idle, []
         for _, conn in idle:
             conn.disconnect()  # type: ignore[no-untyped-call,unused-ignore]
+        self.client.close()
 
 
 class AsyncDirect:
@@ -126,8 +129,9 @@ class AsyncDirect:
     cut) is dropped: redis-py has already begun to close it.
     """
 
-    def __init__(self, pool: redis.asyncio.ConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self._pool = client.connection_pool
         self._idle: list[tuple[float, AsyncConnection]] = []
 
     async def _connection(self) -> AsyncConnection:
@@ -162,8 +166,6 @@ class AsyncDirect:
             try:
                 reply = await conn.read_response()
             except NoScriptError:
-                if op.script is None:
-                    raise
                 await conn.send_packed_command((packed(op, load=True),), False)
                 reply = await conn.read_response()
         except ResponseError:
@@ -173,10 +175,11 @@ class AsyncDirect:
         return reply
 
     async def aclose(self) -> None:
-        """Close the idle connections."""
+        """Close the idle connections and the client."""
         idle, self._idle = self._idle, []
         for _, conn in idle:
             await conn.disconnect()
+        await self.client.aclose()
 
 
 def packed(op: Op[Any], *, load: bool = False) -> bytes:
@@ -187,3 +190,19 @@ def packed(op: Op[Any], *, load: bool = False) -> bytes:
     keys = str(len(op.keys))
     head = _bulk("EVAL", script.source, keys) if load else _bulk("EVALSHA", script.sha, keys)
     return _pack(head, 3 + len(op.keys) + len(op.args), op.keys, op.args)
+
+
+def call(client: Any, op: Op[Any]) -> Any:
+    """Run ``op`` through a redis-py client (EVAL if the server lacks the script)."""
+    try:
+        return client.execute_command(*op.command())
+    except NoScriptError:
+        return client.execute_command(*op.command(load=True))
+
+
+async def acall(client: Any, op: Op[Any]) -> Any:
+    """Async :func:`call`."""
+    try:
+        return await client.execute_command(*op.command())
+    except NoScriptError:
+        return await client.execute_command(*op.command(load=True))

@@ -17,7 +17,6 @@ from llama_index.storage.chat_store.core import (
 from llama_index.storage.chat_store.core.backend import messages_removed
 from llama_index.storage.chat_store.core.catalog import (
     ConversationInfo,
-    ConversationPage,
     decode_metadata,
     from_epoch_ms,
     metadata_too_large,
@@ -25,7 +24,7 @@ from llama_index.storage.chat_store.core.catalog import (
 from llama_index.storage.chat_store.core.messages import messages_from_json
 from llama_index.storage.chat_store.redis._scripts import Script
 
-__all__ = ["KeysPage", "Op", "reply_error"]
+__all__ = ["Op", "reply_error"]
 
 T = TypeVar("T")
 
@@ -44,13 +43,12 @@ class Op(Generic[T]):
     key: str | None = None
     """The conversation key, named in errors."""
 
-
-@dataclass(frozen=True)
-class KeysPage:
-    """Live keys of one registry page and the cursor to the next (``None``: the last page)."""
-
-    keys: list[str]
-    cursor: str | None
+    def command(self, *, load: bool = False) -> list[Any]:
+        """Its words: ``args``, or EVALSHA of the script (EVAL with the source: ``load``)."""
+        if self.script is None:
+            return [*self.args]
+        head = ("EVAL", self.script.source) if load else ("EVALSHA", self.script.sha)
+        return [*head, len(self.keys), *self.keys, *self.args]
 
 
 def text(value: Any) -> str:
@@ -62,8 +60,14 @@ def nothing(reply: Any) -> None:
     return None
 
 
-def messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any], list[ChatMessage]]:
+def messages(
+    key: str, start: int | None, *, removed: bool = False
+) -> Callable[[Any], list[ChatMessage]]:
+    """Decode a list of message JSON; ``start=None``: the list's last messages (from ``-len``)."""
+
     def decode(items: Any) -> list[ChatMessage]:
+        if start is None:
+            return messages(key, -len(items or []))(items)
         if removed:
             # The removal is done (it is atomic, and refusing it would leave corrupt data that
             # no delete can remove): core's error says so and keeps what was removed.
@@ -75,14 +79,6 @@ def messages(key: str, start: int, *, removed: bool = False) -> Callable[[Any], 
 
 
 _STORAGE = "Redis"
-
-
-def tail(key: str) -> Callable[[Any], list[ChatMessage]]:
-    # The last len(items) messages: positions counted from the end (-len(items) .. -1).
-    def decode(items: Any) -> list[ChatMessage]:
-        return messages(key, -len(items or []))(items)
-
-    return decode
 
 
 def positioned(key: str) -> Callable[[Any], ChatMessage | None]:
@@ -127,30 +123,14 @@ RawEntry = tuple[str, Any, Any]
 def catalog_raw(reply: Any) -> tuple[list[RawEntry], str | None]:
     """A catalog page's entries, undecoded but for their keys, and its cursor."""
     cursor, *entries = reply
-    return [(text(member), count, fields) for member, count, fields in entries], text(
-        cursor
-    ) or None
+    found = [(text(member), count, fields) for member, count, fields in entries]
+    return found, text(cursor) or None
 
 
-def catalog_page(reply: Any) -> ConversationPage:
-    found, cursor = catalog_raw(reply)
-    return ConversationPage([entry(*raw) for raw in found], cursor)
-
-
-def raw_key(raw: RawEntry) -> str:
-    """The key of an undecoded catalog entry."""
-    return raw[0]
-
-
-def keys_page(reply: Any) -> KeysPage:
+def keys_page(reply: Any) -> tuple[list[str], str | None]:
+    """A registry page's live keys and the cursor to the next (``None``: the last page)."""
     cursor, *keys = (text(v) for v in reply)
-    return KeysPage(keys, cursor or None)
-
-
-def keys_pair(reply: Any) -> tuple[list[str], str | None]:
-    """A registry page's keys and cursor (one bucket's share of a round)."""
-    page = keys_page(reply)
-    return page.keys, page.cursor
+    return keys, cursor or None
 
 
 _UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM", "READONLY")

@@ -60,7 +60,6 @@ __all__ = [
     "METADATA",
     "POP_FIRST",
     "POP_LAST",
-    "RECORD_SIZE",
     "REPLACE",
     "WINDOW",
     "Script",

@@ -37,7 +37,7 @@ from llama_index.storage.chat_store.redis._detect import (
     check_namespace,
     is_cluster,
 )
-from llama_index.storage.chat_store.redis._direct import AsyncDirect, Direct, NotSent
+from llama_index.storage.chat_store.redis._direct import AsyncDirect, Direct, NotSent, acall, call
 from llama_index.storage.chat_store.redis.layout import (
     ListChatStore,
     Op,
@@ -45,13 +45,7 @@ from llama_index.storage.chat_store.redis.layout import (
     reply_error,
 )
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    AskError,
-    MovedError,
-    NoScriptError,
-    RedisClusterException,
-    RedisError,
-)
+from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 if TYPE_CHECKING:
@@ -112,34 +106,6 @@ def _join(scheme: str, netloc: str, path: str, query: str) -> str:
     return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
 
 
-class _Own:
-    """The sync client a store built itself (closed with the store), and its direct path."""
-
-    def __init__(self, client: SyncClient) -> None:
-        self.client = client
-        self.direct = Direct(client.connection_pool) if isinstance(client, redis.Redis) else None
-
-    def close(self) -> None:
-        if self.direct is not None:
-            self.direct.close()
-        self.client.close()
-
-
-class _AsyncOwn:
-    """One event loop's async client a store built itself, and its direct path."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-        self.direct = (
-            AsyncDirect(client.connection_pool) if isinstance(client, redis.asyncio.Redis) else None
-        )
-
-    async def aclose(self) -> None:
-        if self.direct is not None:
-            await self.direct.aclose()
-        await self.client.aclose()
-
-
 class RedisChatStore(ListChatStore):
     """Chat histories in Redis: one LIST per conversation, every operation one atomic script.
 
@@ -194,14 +160,15 @@ class RedisChatStore(ListChatStore):
     aredis_client: AsyncClient | None = Field(default=None, exclude=True, repr=False)
     client_options: dict[str, Any] = Field(default_factory=dict, repr=False)
 
-    # cached_property, not PrivateAttr: a pydantic private attribute costs about a
+    # The clients the store builds (closed with it): a single server's inside its direct
+    # path. cached_property, not PrivateAttr: a pydantic private attribute costs about a
     # microsecond on every access, and these are read on every call.
     @cached_property
-    def _own_sync(self) -> Lazy[_Own]:
+    def _own_sync(self) -> Lazy[Direct | redis.RedisCluster]:
         return Lazy(self._new_sync_client)
 
     @cached_property
-    def _own_async(self) -> PerLoop[_AsyncOwn]:
+    def _own_async(self) -> PerLoop[AsyncDirect | redis.asyncio.RedisCluster]:
         return PerLoop(self._new_async_client)
 
     @model_validator(mode="before")
@@ -251,15 +218,14 @@ class RedisChatStore(ListChatStore):
 
     def _check_configuration(self) -> None:
         # Outside pydantic validation, which would turn ConfigurationError into ValidationError.
-        if self.redis_client is None and urlsplit(self.redis_url).scheme not in {
-            "redis", "rediss", "unix",
-        }:  # fmt: skip
-            raise ConfigurationError(
-                f"redis_url must be a redis://, rediss:// or unix:// URL, got {self._where()}"
-            )
         if self.redis_client is None:
+            parts = urlsplit(self.redis_url)
+            if parts.scheme not in {"redis", "rediss", "unix"}:
+                raise ConfigurationError(
+                    f"redis_url must be a redis://, rediss:// or unix:// URL, got {self._where()}"
+                )
             try:
-                urlsplit(self.redis_url).port  # noqa: B018 (parsing it is the check)
+                parts.port  # noqa: B018 (parsing it is the check)
             except ValueError as exc:  # redis-py would raise a bare ValueError on first use
                 raise ConfigurationError(
                     f"redis_url has an invalid port ({exc}): {self._where()}"
@@ -271,13 +237,11 @@ class RedisChatStore(ListChatStore):
         """Whether the configuration says the server is a cluster (``None``: ask it)."""
         if self.cluster is not None:
             return self.cluster
-        if isinstance(self.redis_client, redis.RedisCluster) or isinstance(
+        if self.redis_client is None and self.aredis_client is None:
+            return None
+        return isinstance(self.redis_client, redis.RedisCluster) or isinstance(
             self.aredis_client, redis.asyncio.RedisCluster
-        ):
-            return True
-        if self.redis_client is not None or self.aredis_client is not None:
-            return False
-        return None
+        )
 
     @cached_property
     def _clustered(self) -> bool:
@@ -292,25 +256,20 @@ class RedisChatStore(ListChatStore):
 
     def _probe(self) -> bool:
         try:
-            found = is_cluster(self.redis_url, self._options(clustered=False))
+            return is_cluster(self.redis_url, self._options(clustered=False), self.namespace)
         except (RedisError, RedisClusterException) as exc:
-            raise self._not_asked(exc) from exc
-        if found:
-            check_namespace(self.namespace)
-        return found
+            raise self._not_sent(exc) from exc
 
     async def _aprobe(self) -> bool:
         try:
-            found = await ais_cluster(self.redis_url, self._options(clustered=False))
+            return await ais_cluster(self.redis_url, self._options(clustered=False), self.namespace)
         except (RedisError, RedisClusterException) as exc:
-            raise self._not_asked(exc) from exc
-        if found:
-            check_namespace(self.namespace)
-        return found
+            raise self._not_sent(exc) from exc
 
-    def _not_asked(self, exc: Exception) -> ChatStoreError:
-        error = self._error(exc)
-        # Asking is the first request of the call: its change was not sent.
+    def _not_sent(self, exc: Exception, op: Op[Any] | None = None) -> ChatStoreError:
+        # Raised before the change left (asking the server first, or connecting failed):
+        # unreachable is then NotSentError.
+        error = self._error(exc, op)
         return NotSentError(str(error)) if type(error) is BackendUnavailableError else error
 
     # Not coroutines themselves: once the store knows, a call costs no extra await.
@@ -355,13 +314,9 @@ class RedisChatStore(ListChatStore):
         options go to redis-py. Keyword ``options`` win.
         """
         parts = urlsplit(url)
-        ours: dict[str, Any] = {}
-        theirs = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in _URL_OPTIONS:
-                ours[name] = value
-            else:
-                theirs.append((name, value))
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = {name: value for name, value in query if name in _URL_OPTIONS}
+        theirs = [(name, value) for name, value in query if name not in _URL_OPTIONS]
         redis_url = _join(parts.scheme, parts.netloc, parts.path, urlencode(theirs))
         return cls(redis_url=redis_url, **{**ours, **options})
 
@@ -387,29 +342,21 @@ class RedisChatStore(ListChatStore):
             options["retry"] = Retry(NoBackoff(), 0)
         return {**options, **self.client_options}
 
-    def _new_sync_client(self) -> _Own:
+    def _new_sync_client(self) -> Direct | redis.RedisCluster:
         options = self._options(clustered=self._clustered)
         if self._clustered:
-            return _Own(redis.RedisCluster.from_url(self.redis_url, **options))
-        return _Own(redis.Redis.from_url(self.redis_url, **options))
+            return redis.RedisCluster.from_url(self.redis_url, **options)
+        return Direct(redis.Redis.from_url(self.redis_url, **options))
 
-    def _new_async_client(self) -> _AsyncOwn:
+    def _new_async_client(self) -> AsyncDirect | redis.asyncio.RedisCluster:
         options = self._options(clustered=self._clustered)
         if self._clustered:
-            return _AsyncOwn(redis.asyncio.RedisCluster.from_url(self.redis_url, **options))
-        return _AsyncOwn(redis.asyncio.Redis.from_url(self.redis_url, **options))
-
-    def _sync_client(self) -> SyncClient:
-        if self.redis_client is not None:
-            return self.redis_client
-        return self._own_sync.get().client
+            return redis.asyncio.RedisCluster.from_url(self.redis_url, **options)
+        return AsyncDirect(redis.asyncio.Redis.from_url(self.redis_url, **options))
 
     def _error(self, exc: Exception, op: Op[Any] | None = None) -> ChatStoreError:
         if isinstance(exc, NotSent) and isinstance(exc.__cause__, Exception):
-            error = self._error(exc.__cause__, op)
-            if type(error) is BackendUnavailableError:
-                return NotSentError(str(error))
-            return error
+            return self._not_sent(exc.__cause__, op)
         where = self._where()
         if isinstance(exc, redis.AuthenticationError):
             return AuthenticationError(f"{where} rejected the credentials: {exc}")
@@ -426,54 +373,36 @@ class RedisChatStore(ListChatStore):
 
     # -- transport ---------------------------------------------------------------------------
 
+    # A batch goes to a cluster client (one of ours or injected); _batches refuses any other.
     def _execute(self, op: Op[Any] | Batch) -> Any:
-        if isinstance(op, Batch):
-            try:
-                return _batches.run(self._sync_client(), op.steps, self._error)
-            except (RedisError, RedisClusterException) as exc:
-                raise self._error(exc) from exc
         try:
-            if self.redis_client is None:
-                own = self._own_sync.get()
-                if own.direct is not None:
-                    return own.direct.call(op)
-                client: SyncClient = own.client
-            else:
-                client = self.redis_client
-            if op.script is None:
-                return client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
-            try:
-                return client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
-            except NoScriptError:
-                return client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+            client = self._own_sync.get() if self.redis_client is None else self.redis_client
+            if isinstance(op, Batch):
+                return _batches.run(client, op.steps, self._error)
+            if isinstance(client, Direct):
+                return client.call(op)
+            return call(client, op)
         except (RedisError, RedisClusterException, NotSent) as exc:
-            raise self._error(exc, op) from exc
+            raise self._error(exc, None if isinstance(op, Batch) else op) from exc
 
     async def _aexecute(self, op: Op[Any] | Batch) -> Any:
         if self.redis_client is not None and self.aredis_client is None:
             return await asyncio.to_thread(self._execute, op)
         try:
-            if self.aredis_client is None:
-                own = self._own_async.get()
-                if own.direct is not None and not isinstance(op, Batch):
-                    return await own.direct.call(op)
-                client: AsyncClient = own.client
-            else:
-                client = self.aredis_client
+            client = self._own_async.get() if self.aredis_client is None else self.aredis_client
             if isinstance(op, Batch):
                 return await _batches.arun(client, op.steps, self._error)
-            if op.script is None:
-                return await client.execute_command(*op.args)  # type: ignore[no-untyped-call,unused-ignore]
-            try:
-                return await client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
-            except NoScriptError:
-                return await client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+            if isinstance(client, AsyncDirect):
+                return await client.call(op)
+            return await acall(client, op)
         except (RedisError, RedisClusterException, NotSent) as exc:
             raise self._error(exc, None if isinstance(op, Batch) else op) from exc
 
     def _scan_lists(self, pattern: str) -> Iterator[str]:
         try:
-            for name in self._sync_client().scan_iter(match=pattern, count=1000, _type="list"):
+            client = self._own_sync.get() if self.redis_client is None else self.redis_client
+            client = client.client if isinstance(client, Direct) else client
+            for name in client.scan_iter(match=pattern, count=1000, _type="list"):
                 try:
                     yield name.decode("utf-8") if isinstance(name, bytes) else name
                 except UnicodeDecodeError:
@@ -495,6 +424,4 @@ class RedisChatStore(ListChatStore):
         self.close()
 
 
-_FIELD_NAMES = frozenset(
-    {*RedisChatStore.model_fields, "ttl_seconds"}  # ttl_seconds: the alias of ttl
-)
+_FIELD_NAMES = frozenset({*RedisChatStore.model_fields, "ttl_seconds"})  # ttl_seconds: ttl's alias

@@ -52,12 +52,11 @@ from llama_index.storage.chat_store.redis._buckets import (
     merged_page,
     walk_rounds,
 )
-from llama_index.storage.chat_store.redis._replies import KeysPage, Op, reply_error
+from llama_index.storage.chat_store.redis._replies import Op, reply_error
 from llama_index.storage.chat_store.redis._scripts import Script
 
 __all__ = [
     "KEYS_PAGE_SIZE",
-    "KeysPage",
     "ListChatStore",
     "ListLayout",
     "Op",
@@ -131,13 +130,9 @@ class ListLayout:
         """The registry's keys (bucket 0's when bucketed): the index and the expiry set."""
         return self._registries[0]
 
-    def bucket(self, key: str) -> int:
-        """The bucket of conversation ``key`` (0 when not bucketed)."""
-        return bucket_of(key) if self.bucketed else 0
-
     def conversation(self, key: str) -> str:
-        """The LIST key holding conversation ``key``."""
-        return self.homes[self.bucket(key)] + key
+        """The LIST key holding conversation ``key`` (in its bucket, bucket 0 when unbucketed)."""
+        return self.homes[bucket_of(key) if self.bucketed else 0] + key
 
     def key_of(self, name: str) -> str | None:
         """The conversation held at LIST key ``name``, if this layout would put it there."""
@@ -233,21 +228,20 @@ class ListLayout:
         A plain LRANGE where the window's ends are known without the length; a script (LLEN
         then LRANGE) otherwise, or when reads refresh the expiry.
         """
-        conv = self.conversation(key)
-        if self._read() == _KEEP_EXPIRY and limit != 0:
-            if offset >= 0:
-                stop = -1 if limit is None else offset + limit - 1
-                return Op(None, (), ("LRANGE", conv, str(offset), str(stop)),
-                          _replies.messages(key, offset), key)  # fmt: skip
-            if limit is None or limit >= -offset:
-                return Op(None, (), ("LRANGE", conv, str(offset), "-1"), _replies.tail(key), key)
+        plain = offset >= 0 or limit is None or limit >= -offset
+        if self._read() == _KEEP_EXPIRY and limit != 0 and plain:
+            stop = -1 if limit is None or offset < 0 else offset + limit - 1
+            command = ("LRANGE", self.conversation(key), str(offset), str(stop))
+            # From the end the window reaches the last message: positions count from there.
+            decode = _replies.messages(key, offset if offset >= 0 else None)
+            return Op(None, (), command, decode, key)
         args = [self._read(), str(offset), str(-1 if limit is None else limit)]
 
-        def decode(reply: Any) -> list[ChatMessage]:
+        def from_start(reply: Any) -> list[ChatMessage]:
             start, items = reply
             return _replies.messages(key, int(start))(items)
 
-        return self._call(_scripts.WINDOW, key, args, decode)
+        return self._call(_scripts.WINDOW, key, args, from_start)
 
     def count(self, key: str) -> Op[int]:
         """Count the messages."""
@@ -269,17 +263,24 @@ class ListLayout:
 
     def catalog_page(
         self, prefix: str, after: str | None, limit: int, bucket: int = 0
-    ) -> Op[ConversationPage]:
-        """Read one page of catalog entries: keys starting with ``prefix``, after ``after``."""
+    ) -> Op[_RawPage]:
+        """Read one page of catalog entries: keys starting with ``prefix``, after ``after``.
+
+        The entries are left undecoded (see :func:`_decoded`): merging buckets reads more of
+        them than the page holds.
+        """
         if after is not None and after.encode() >= prefix.encode():
             low = "(" + after
         else:
             low = "[" + prefix if prefix else "-"
         args = (self.homes[bucket], low, prefix, str(limit))
-        return Op(_scripts.CATALOG_PAGE, self._registries[bucket], args, _replies.catalog_page)
+        return Op(_scripts.CATALOG_PAGE, self._registries[bucket], args, _replies.catalog_raw)
 
-    def keys_page(self, cursor: str | None, bucket: int = 0) -> Op[KeysPage]:
-        """Read one registry page after ``cursor`` (``None``: from the start)."""
+    def keys_page(self, cursor: str | None, bucket: int = 0) -> Op[tuple[list[str], str | None]]:
+        """Read one registry page after ``cursor`` (``None``: from the start).
+
+        The reply is its live keys and the cursor to the next (``None``: the last page).
+        """
         args = (self.homes[bucket], cursor or "", str(KEYS_PAGE_SIZE))
         return Op(_scripts.KEYS_PAGE, self._registries[bucket], args, _replies.keys_page)
 
@@ -290,27 +291,17 @@ class ListLayout:
 
     # -- every bucket (a bucketed layout) --------------------------------------------------
 
-    def merged_catalog(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
-        """Read one catalog page of every bucket together (see :func:`._buckets.merged_page`).
-
-        Entries are decoded once the page is known: the buckets return more than it holds.
-        """
+    def merged_catalog(self, prefix: str, after: str | None, limit: int) -> Plan[_RawPage]:
+        """Read one catalog page of every bucket together (see :func:`._buckets.merged_page`)."""
 
         def ask(bucket: int, cursor: str | None, size: int) -> Op[_RawPage]:
-            op = self.catalog_page(prefix, cursor, size, bucket)
-            return Op(op.script, op.keys, op.args, _replies.catalog_raw)
+            return self.catalog_page(prefix, cursor, size, bucket)
 
-        found, cursor = yield from merged_page(ask, _replies.raw_key, after, limit)
-        return ConversationPage([_replies.entry(*raw) for raw in found], cursor)
+        return (yield from merged_page(ask, lambda raw: raw[0], after, limit))
 
     def keys_round(self, cursors: Any) -> Plan[tuple[Sequence[str], Any]]:
         """Read a registry page of every bucket not done; the reply is the keys and cursors."""
-
-        def ask(bucket: int, cursor: str | None) -> Op[tuple[list[str], str | None]]:
-            op = self.keys_page(cursor, bucket)
-            return Op(op.script, op.keys, op.args, _replies.keys_pair)
-
-        found, following = yield from walk_rounds(ask, cursors)
+        found, following = yield from walk_rounds(lambda b, c: self.keys_page(c, b), cursors)
         return sorted(found), following
 
     def clear_buckets(self) -> Plan[None]:
@@ -323,6 +314,14 @@ class ListLayout:
 
 
 _RawPage = tuple[list[_replies.RawEntry], str | None]
+"""A catalog page as read: its undecoded entries and its cursor."""
+
+
+def _decoded(page: _RawPage) -> ConversationPage:
+    """Decode the entries of a catalog page."""
+    found, cursor = page
+    return ConversationPage([_replies.entry(*raw) for raw in found], cursor)
+
 
 _RECORD_MS = 300_000
 """Least time a conversation's record of changes outlives its last change."""
@@ -454,13 +453,12 @@ class ListChatStore(PlannedChatStore):
     def _keys_plan(self, cursor: Any) -> Plan[tuple[Sequence[str], Any]]:
         if self._layout.bucketed:
             return (yield from self._layout.keys_round(cursor))
-        page = yield from _one(self._layout.keys_page(cursor))
-        return page.keys, page.cursor
+        return (yield from _one(self._layout.keys_page(cursor)))
 
     def _catalog_plan(self, prefix: str, after: str | None, limit: int) -> Plan[ConversationPage]:
         if self._layout.bucketed:
-            return self._layout.merged_catalog(prefix, after, limit)
-        return _one(self._layout.catalog_page(prefix, after, limit))
+            return _decoded((yield from self._layout.merged_catalog(prefix, after, limit)))
+        return _decoded((yield from _one(self._layout.catalog_page(prefix, after, limit))))
 
     def _conversation_plan(self, key: str) -> Plan[ConversationInfo | None]:
         return _one(self._layout.info(key))

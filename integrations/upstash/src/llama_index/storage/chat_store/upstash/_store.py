@@ -35,6 +35,9 @@ _ENCODING_HEADER = "Upstash-Encoding"
 # as opposed to a refused command: worth retrying later, so BackendUnavailableError.
 _UNAVAILABLE_WORDS = ("unavailable", "connection refused", "timed out", "timeout", "try again")
 
+# How a request fails: an error reply, the network, or a reply that is not Upstash's (ValueError).
+_FAILURES = (UpstashError, httpx.HTTPError, OSError, ValueError)
+
 _URL_ENV = "UPSTASH_REDIS_REST_URL"
 _TOKEN_ENV = "UPSTASH_REDIS_REST_TOKEN"  # noqa: S105 (the variable's name, not a token)
 # Options of ours a URL's query may carry, as text: the fields' types convert and check them.
@@ -180,52 +183,43 @@ class UpstashChatStore(ListChatStore):
 
     # -- transport ---------------------------------------------------------------------------
 
+    # op.command() is the very request upstash-redis's evalsha (then eval) would build.
     def _execute(self, op: Op[Any]) -> Any:
         client = self._own_sync.get()
-        keys, args = list(op.keys), list(op.args)
         try:
-            if op.script is None:
-                return _bytes(client.execute(args))
             try:
-                return _bytes(client.evalsha(op.script.sha, keys=keys, args=args))
+                return _bytes(client.execute(op.command()))
             except UpstashError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                return _bytes(client.eval(op.script.source, keys=keys, args=args))
-        except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
+                return _bytes(client.execute(op.command(load=True)))
+        except _FAILURES as exc:
             raise self._error(exc, op) from exc
 
     async def _aexecute(self, op: Op[Any]) -> Any:
         client = self._own_async.get()
-        keys, args = list(op.keys), list(op.args)
         try:
-            if op.script is None:
-                return _bytes(await client.execute(args))
             try:
-                return _bytes(await client.evalsha(op.script.sha, keys=keys, args=args))
+                return _bytes(await client.execute(op.command()))
             except UpstashError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-                return _bytes(await client.eval(op.script.source, keys=keys, args=args))
-        except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
+                return _bytes(await client.execute(op.command(load=True)))
+        except _FAILURES as exc:
             raise self._error(exc, op) from exc
 
     def _scan_lists(self, pattern: str) -> Iterator[str]:
-        client, cursor = self._own_sync.get(), 0
-        while True:
+        client, cursor = self._own_sync.get(), None
+        while cursor != 0:
             try:
                 # Lowercase: upstash-redis reformats the reply of a command it knows by
                 # name (SCAN's cursor to an int), which would fail on the raw base64 reply.
-                reply = client.execute(
-                    ["scan", cursor, "MATCH", pattern, "COUNT", 1000, "TYPE", "list"]
-                )
-                raw_cursor, raw_names = _bytes(reply)
+                command = ["scan", cursor or 0, "MATCH", pattern, "COUNT", 1000, "TYPE", "list"]
+                raw_cursor, raw_names = _bytes(client.execute(command))
                 cursor, names = int(raw_cursor), [n.decode("utf-8") for n in raw_names]
-            except (UpstashError, httpx.HTTPError, OSError, ValueError) as exc:
+            except _FAILURES as exc:
                 raise self._error(exc, None) from exc
             yield from names
-            if int(cursor) == 0:
-                return
 
     def close(self) -> None:
         """Close the sync client's HTTP connections."""
