@@ -13,6 +13,7 @@ from llama_index.storage.chat_store.bench import Backend, Reference, service
 from llama_index.storage.chat_store.core import BaseChatStore, ChatMessage
 from llama_index.storage.chat_store.core.backend import Change
 from llama_index.storage.chat_store.redis import RedisChatStore
+from llama_index.storage.chat_store.redis._direct import Direct
 from llama_index.storage.chat_store.testing.services import LocalServer
 
 PIPELINE = 1_000
@@ -91,7 +92,8 @@ def fill_catalog(store: BaseChatStore, keys: Sequence[str], message: ChatMessage
     """Untimed: the store's own append script for every key, 1,000 calls per pipeline."""
     assert isinstance(store, RedisChatStore)
     # The store's own layout, script and client (the bench fills through its write path).
-    layout, client = store._layout, store._sync_client()
+    own = store._own_sync.get()
+    layout, client = store._layout, own.client if isinstance(own, Direct) else own
     for chunk in _chunks(keys):
         pipe = client.pipeline(transaction=False)
         for key in chunk:
