@@ -325,6 +325,31 @@ def test_resend_steps_resends_the_step_and_marks_its_conflict() -> None:
     assert store.count_messages("k") == 2  # a read step resent alone, too
 
 
+class UnresentDictChatStore(ResendingDictChatStore):
+    """Resending each step, but for writes: the kind of step a resend could apply twice."""
+
+    def _resendable(self, step: Any) -> bool:
+        return not isinstance(step, Write)
+
+
+def test_a_step_not_resendable_is_looked_for_instead() -> None:
+    """A write that may have reached the server is never sent again: the plan looks instead.
+
+    Sent once, its reply lost: the plan gets a conflict with ``check`` set and finds its op
+    id. One refused (provably never sent) is sent again. If this fails: the kit resends a
+    step the backend said it must not, or the plan is not told to look.
+    """
+    store = UnresentDictChatStore(name=f"unit-{next(_names)}", retry_backoff=0)
+    server = store.server
+    server.lose_reply = {2}  # the Write after the Read
+    store.add_message("k", ChatMessage(content="a"))
+    assert server.steps == 3  # Read, Write (applied, reply lost), Read (finds its op id)
+    server.refuse = {5}
+    asyncio.run(store.aadd_message("k", ChatMessage(content="b")))
+    assert server.steps == 6  # Read, Write (refused), Write
+    assert [m.content for m in store.get_messages("k")] == ["a", "b"]
+
+
 def test_resend_steps_says_what_became_of_the_change() -> None:
     store = ResendingDictChatStore(name=f"unit-{next(_names)}", retries=0)
     server = store.server

@@ -346,3 +346,47 @@ def test_llama_index_layout_a_removal_left_pending_is_fenced_not_waited_for(
     )
     with metadata:
         assert list(metadata.list_entities()) == []
+
+
+@pytest.mark.parametrize("removal", ["trim", "empty"])
+def test_llama_index_layout_first_rows_whose_reply_is_lost_never_come_back(
+    make_proxied: Callable[..., tuple[AzureChatStore, AzureChatStore, FaultProxy]],
+    removal: str,
+) -> None:
+    """LlamaIndex's layout: an empty conversation's first append, its reply lost, lands once.
+
+    Its rows are created with no row to be conditional on. Another store removes the new
+    message before the first store learns the outcome (trims it with a later message left,
+    or empties the conversation): a resend of the creation would succeed again and bring it
+    back (CI's history check under faults saw a trimmed message return). The check that
+    replaces the resend is held up here until the removal is done. If this fails: the
+    creation is resent, or a lost reply is taken for "not applied" without proof.
+    """
+    store, direct, proxy = make_proxied(layout="llama_index", retry_backoff=4.0)
+    lost = proxy.inject(FaultKind.DROP_REPLY, match=TRANSACTION)
+    # The chat rows' query after the lost reply (the first read them before the claim).
+    proxy.inject(FaultKind.STALL, match=rb"^GET [^\r\n]*\$select=RowKey", nth=2, seconds=2)
+    outcome: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(
+            _outcome(lambda: store.add_message(KEY, ChatMessage(content="mine")))
+        )
+    )
+    worker.start()
+    while not lost.fired and worker.is_alive():
+        time.sleep(0.01)
+    assert [m.content for m in direct.get_messages(KEY)] == ["mine"]
+    if removal == "trim":
+        direct.add_message(KEY, ChatMessage(content="later"))
+        assert [m.content for m in direct.delete_oldest_messages(KEY, 1)] == ["mine"]
+    else:
+        assert [m.content for m in direct.delete_messages(KEY) or []] == ["mine"]
+    worker.join()
+    assert lost.seen == 1, "the creation was sent again"
+    left = [m.content for m in direct.get_messages(KEY)]
+    assert left == (["later"] if removal == "trim" else []), left
+    if removal == "trim":  # the record's chain on the rows left proves it landed
+        assert outcome == [None]
+    else:  # nothing left to prove it: the store says so rather than guess
+        assert isinstance(outcome[0], BackendUnavailableError)
+        assert "outcome is unknown" in str(outcome[0])

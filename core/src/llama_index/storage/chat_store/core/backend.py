@@ -64,6 +64,7 @@ from llama_index.storage.chat_store.core.catalog import (
     conversation_not_found,
 )
 from llama_index.storage.chat_store.core.errors import (
+    BackendUnavailableError,
     NotSentError,
     corrupt_data_remedy,
     removal_error,
@@ -127,6 +128,12 @@ def _policy(retries: int, backoff: float, deadline: float) -> RetryPolicy:
     return RetryPolicy(retries, backoff, deadline)
 
 
+def _looks(change: Change, error: BackendUnavailableError) -> ConflictError:
+    """What a plan gets for a step not resent that failed after it may have reached the server."""
+    change.check = True
+    return ConflictError(f"{error} (not sent again: the plan looks whether it was applied)")
+
+
 class PlannedChatStore(BaseChatStore):
     """The chat store protocol over plans: a backend supplies plans and a step executor.
 
@@ -149,6 +156,7 @@ class PlannedChatStore(BaseChatStore):
 
     A conditional step that conflicts after a resend sets ``change.check`` (its own lost
     attempt may be what it conflicted with): the plan looks for ``change.id``, then clears it.
+    A step :meth:`_resendable` refuses is never sent twice (the plan looks the same way).
     """
 
     retries: int = Field(default=3, ge=0)
@@ -264,17 +272,33 @@ class PlannedChatStore(BaseChatStore):
         """Async :meth:`_drive`."""
         return await adrive(plan, self._aexecute)
 
+    def _resendable(self, step: Any) -> bool:
+        """Whether a store with ``_resend_steps`` may send ``step`` again after it failed.
+
+        A write whose resend could apply it twice is not: a creation of entities that another
+        writer may have removed meanwhile, which leaves the resend nothing to fail on. When
+        such a step fails after it may have reached the server, the plan gets a
+        :class:`ConflictError` with ``change.check`` set, and looks whether it landed. By
+        default: the step's ``resend`` attribute, when it has one.
+        """
+        return bool(getattr(step, "resend", True))
+
     def _resending(self, change: Change | None) -> Callable[[Any], Any]:
         """The executor of a store with ``_resend_steps``: each step tried again on its own."""
         steps = StepRetries(self._retry_policy, mutates=change is not None)
 
         def execute(step: Any) -> Any:
+            resend = change is None or self._resendable(step)
             try:
-                return steps.call(functools.partial(self._execute, step))
+                return steps.call(functools.partial(self._execute, step), resend=resend)
             except ConflictError:
                 if change is not None and steps.resent:
                     change.check = True  # it may have conflicted with its own lost attempt
                 raise
+            except BackendUnavailableError as exc:
+                if resend or change is None or not steps.resent:
+                    raise
+                raise _looks(change, exc) from exc
 
         return execute
 
@@ -283,12 +307,17 @@ class PlannedChatStore(BaseChatStore):
         steps = StepRetries(self._retry_policy, mutates=change is not None)
 
         async def execute(step: Any) -> Any:
+            resend = change is None or self._resendable(step)
             try:
-                return await steps.acall(functools.partial(self._aexecute, step))
+                return await steps.acall(functools.partial(self._aexecute, step), resend=resend)
             except ConflictError:
                 if change is not None and steps.resent:
                     change.check = True
                 raise
+            except BackendUnavailableError as exc:
+                if resend or change is None or not steps.resent:
+                    raise
+                raise _looks(change, exc) from exc
 
         return execute
 

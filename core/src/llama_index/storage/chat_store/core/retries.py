@@ -135,6 +135,14 @@ async def acall_with_retries(
     raise gave_up(failures, time.monotonic() - start, mutates=mutates) from failures[-1]
 
 
+class _ReachedError(Exception):
+    """A request not to be resent failed after it may have reached the server."""
+
+    def __init__(self, error: BackendUnavailableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class StepRetries:
     """The requests of one call, each tried again on its own per ``policy``.
 
@@ -143,7 +151,9 @@ class StepRetries:
     sent again after a failure that may have reached the server: a conditional write that
     then failed its condition may have failed on its own first attempt. A request never sent
     after an earlier request of a change reached the server leaves the change's outcome
-    unknown, and its error says so.
+    unknown, and its error says so. A request sent with ``resend=False`` (a write whose
+    resend could apply it twice) is tried again only while it provably never left; a
+    failure that may have reached the server raises at once, with ``resent`` set.
     """
 
     __slots__ = ("mutates", "policy", "reached", "resent")
@@ -167,8 +177,11 @@ class StepRetries:
         self.reached = self.reached or not isinstance(exc, NotSentError)
         raise exc
 
-    def call(self, request: Callable[[], T]) -> T:
-        """Run ``request()``, again after each :class:`BackendUnavailableError`."""
+    def call(self, request: Callable[[], T], *, resend: bool = True) -> T:
+        """Run ``request()``, again after each :class:`BackendUnavailableError` (``resend``).
+
+        ``resend=False``: again only after :class:`NotSentError`.
+        """
         self.resent = False
 
         def attempt() -> T:
@@ -176,16 +189,20 @@ class StepRetries:
                 return request()
             except BackendUnavailableError as exc:
                 self._note(exc)
+                if not resend and self.resent:
+                    raise _ReachedError(exc) from exc
                 raise
 
         try:
             result = call_with_retries(attempt, self.policy, mutates=self.mutates)
+        except _ReachedError as reached:
+            self._failed(reached.error)
         except BaseException as exc:
             self._failed(exc)
         self.reached = True
         return result
 
-    async def acall(self, request: Callable[[], Awaitable[T]]) -> T:
+    async def acall(self, request: Callable[[], Awaitable[T]], *, resend: bool = True) -> T:
         """Async :meth:`call`: ``request()`` is awaited."""
         self.resent = False
 
@@ -194,10 +211,14 @@ class StepRetries:
                 return await request()
             except BackendUnavailableError as exc:
                 self._note(exc)
+                if not resend and self.resent:
+                    raise _ReachedError(exc) from exc
                 raise
 
         try:
             result = await acall_with_retries(attempt, self.policy, mutates=self.mutates)
+        except _ReachedError as reached:
+            self._failed(reached.error)
         except BaseException as exc:
             self._failed(exc)
         self.reached = True

@@ -15,8 +15,12 @@ last row never both commit), removals and replaces are conditional on each row's
 and retried from a fresh read when one changed, and the metadata entity (only a hint of
 where the last row is) is brought up to date afterwards. What this layout cannot make
 atomic: a change spanning more than one transaction (over 100 rows or 4 MiB) is written
-in several, an append to a conversation with no rows has no row to touch, and the
-metadata entity trails the rows briefly.
+in several, and the metadata entity trails the rows briefly. The first rows of an empty
+conversation have no row to touch: their creation is never resent (a resend would create
+them again after another writer removed them); the change writes the metadata entity
+first (a claim), and when the creation's reply is lost it looks: rows of the record's
+chain it started mean it landed, a claim no one changed since means it did not (a
+removal that empties writes the entity first), anything else is an unknown outcome.
 
 Each change is applied exactly once, also when the store resends it after a lost reply
 (see :mod:`._record`). The record of a conversation's last changes lives on its last chat
@@ -305,23 +309,76 @@ class LlamaIndexTable:
         return False
 
     def _commit(
-        self, key: str, actions: list[Action], planned: Record, change: Change, op: str = ""
+        self,
+        key: str,
+        actions: list[Action],
+        planned: Record,
+        change: Change,
+        op: str = "",
+        claim: Row | None = None,
     ) -> Plan[list[str]]:
         """Run one transaction that records ``op`` (default: the change's id) on ``planned``.
 
-        Returns its ETags ([] when a resend found its own lost commit).
+        Returns its ETags ([] when a resend found its own lost commit). ``claim``: the
+        transaction creates an empty conversation's first rows, on that claim
+        (:meth:`_claim`); it is never resent.
 
         Raises:
             ConflictError: A condition failed and nothing was committed.
         """
         change.check = False
         try:
-            etags: list[str] = yield Batch(self.table, actions)
+            etags: list[str] = yield Batch(self.table, actions, resend=claim is None)
         except ConflictError:
-            if resent(change) and (yield from self._won(key, planned, op or change.id)):
+            if not resent(change):
+                raise
+            if claim is not None:
+                return (yield from self._first_landed(key, planned, claim))
+            if (yield from self._won(key, planned, op or change.id)):
                 return []
             raise
         return etags
+
+    def _claim(self, key: str, meta: Row | None) -> Plan[Row]:
+        """Write the metadata entity (``meta``: as read) before an empty conversation's first rows.
+
+        Creating them has no row to be conditional on: resent after another writer removed
+        them, the creation would succeed again. So it is never resent; when its reply is
+        lost, :meth:`_first_landed` looks, and this claim's ETag tells it whether rows can
+        have been removed since (every removal that empties writes the entity first).
+
+        Raises:
+            ConflictError: The entity changed since it was read.
+        """
+        entity = self._meta_entity(key, None, meta)
+        verb, etag = ("create", None) if meta is None else ("update", meta.etag)
+        return Row(entity, (yield Put(self.meta_table, entity, verb, etag)))
+
+    def _claim_empty(self, key: str) -> Plan[Row]:
+        """:meth:`_claim` on the metadata entity read now."""
+        meta = yield Get(self.meta_table, self.partition, encode_key(key))
+        return (yield from self._claim(key, meta))
+
+    def _first_landed(self, key: str, planned: Record, claim: Row) -> Plan[list[str]]:
+        """[] when the first rows (records on ``planned``, a new chain) were created.
+
+        Any later change that keeps rows carries the record's chain on, so rows of that chain
+        mean the creation landed; without them, it did not if the claim still stands.
+
+        Raises:
+            RetryAtOnceError: It did not land: the attempt starts over.
+            BackendUnavailableError: The rows went and the claim with them: unknown.
+        """
+        rows = yield from self._rows(key, keys_only=True)
+        now = Record.parse(rows[-1].props.get(RECORD)) if rows else None
+        if now is not None and now.epoch == planned.epoch:
+            return []
+        meta = yield Get(self.meta_table, self.partition, encode_key(key))
+        if meta is not None and meta.etag == claim.etag:
+            raise RetryAtOnceError
+        raise unknown_outcome(
+            key, "the conversation's first messages may have been removed by another writer"
+        )
 
     @staticmethod
     def _carry(action: Action, record: Record) -> Action:

@@ -97,6 +97,8 @@ class LlamaIndexLayout(LlamaIndexTable):
         def attempt() -> Plan[None]:
             nonlocal done, part
             meta, last = yield from self._last_row(key)
+            if last is None:  # nothing to be conditional on: the metadata entity first
+                meta = yield from self._claim(key, meta)
             # Over one transaction an append is not atomic: each further transaction
             # continues after (and touches) the last row the previous one created, and
             # records a part id of its own.
@@ -106,7 +108,8 @@ class LlamaIndexLayout(LlamaIndexTable):
                 if not fits(actions):
                     actions = chunks(actions)[0]
                 actions[-1] = self._carry(actions[-1], planned.add(step))
-                etags = yield from self._commit(key, actions, planned, change, step)
+                claim = meta if last is None else None
+                etags = yield from self._commit(key, actions, planned, change, step, claim)
                 done, part = done + sum(1 for a in actions if a[0] == "create"), part + 1
                 last = Row(actions[-1][1], etags[-1] if etags else "")
                 if not etags and done < len(payloads):  # committed, its ETag lost with the reply
@@ -124,6 +127,7 @@ class LlamaIndexLayout(LlamaIndexTable):
         pk = encode_key(key)
         rows = yield from self._rows(key, keys_only=True)
         etags = {r.props["RowKey"]: r.etag for r in rows}
+        claim = None if rows else (yield from self._claim_empty(key))
         keep = [_row_key(i) for i in range(len(payloads))]
         # Conditional on every row read (rows kept are replaced If-Match, new ones
         # created), so a change made meanwhile, an append included, is never overwritten.
@@ -137,7 +141,7 @@ class LlamaIndexLayout(LlamaIndexTable):
         actions += [("delete", {"PartitionKey": pk, "RowKey": rk}, etag)
                     for rk, etag in etags.items() if rk not in set(keep)]  # fmt: skip
         if fits(actions):
-            yield from self._commit(key, actions, planned, change)
+            yield from self._commit(key, actions, planned, change, claim=claim)
         else:  # several transactions: not atomic, last writer wins, a new chain
             actions[len(payloads) - 1] = self._carry(actions[len(payloads) - 1],
                                                      Record.new().add(change.id))  # fmt: skip
@@ -232,14 +236,18 @@ class LlamaIndexLayout(LlamaIndexTable):
             yield from self._refresh_meta(key)
         return taken(_kept(first, items, removed), self.table)
 
-    def _shift(self, key: str, moves: list[Action], planned: Record, change: Change) -> Plan[None]:
+    def _shift(
+        self, key: str, moves: list[Action], planned: Record, change: Change, claim: Row | None
+    ) -> Plan[None]:
         """Run shifting writes (conditional on the rows' ETags), then refresh the metadata.
+
+        ``claim``: the conversation was empty (see :meth:`_commit`).
 
         Raises:
             ConflictError: A row changed meanwhile.
         """
         if fits(moves):
-            yield from self._commit(key, moves, planned, change)
+            yield from self._commit(key, moves, planned, change, claim=claim)
         else:
             change.check = False
             try:
@@ -279,7 +287,7 @@ class LlamaIndexLayout(LlamaIndexTable):
             else:  # the last one itself: the row before only takes the record
                 moves.append(_taking(pk, rows[-2], planned.add(change.id)))
             moves += _deletes(pk, rows[-1:])
-            yield from self._shift(key, moves, planned, change)
+            yield from self._shift(key, moves, planned, change, None)
         [message] = taken(items, self.table)
         return message
 
@@ -290,6 +298,7 @@ class LlamaIndexLayout(LlamaIndexTable):
         n = len(rows)
         p = max(0, n + idx) if idx < 0 else min(idx, n)
         planned = _record_on(rows[-1] if rows else None)
+        claim = None if rows else (yield from self._claim_empty(key))
         if p == n:  # on the rows read: handed to append, it would miss an append meanwhile
             moves = self._after(key, rows[-1] if rows else None, [payload])
             moves[-1] = self._carry(moves[-1], planned.add(change.id))
@@ -299,4 +308,4 @@ class LlamaIndexLayout(LlamaIndexTable):
             moves = [self._carry(("create", moved, None), planned.add(change.id))]
             moves += [_moving(pk, rows[j], _payload(rows[j - 1])) for j in range(p + 1, n)]
             moves.append(_moving(pk, rows[p], payload))
-        yield from self._shift(key, moves, planned, change)
+        yield from self._shift(key, moves, planned, change, claim)

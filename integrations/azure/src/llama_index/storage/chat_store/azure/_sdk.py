@@ -113,11 +113,13 @@ class Batch:
 
     ``actions`` are ``(verb, entity, etag or None)`` with verb ``create``, ``upsert``,
     ``update`` (replace) or ``delete``; an etag makes the operation conditional.
-    Result: the ETags in order.
+    Result: the ETags in order. ``resend=False``: never sent twice (core's
+    ``PlannedChatStore._resendable``).
     """
 
     table: str
     actions: Sequence[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
+    resend: bool = True
 
 
 @dataclass(frozen=True)

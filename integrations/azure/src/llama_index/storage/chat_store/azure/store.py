@@ -109,7 +109,9 @@ class AzureChatStore(PlannedChatStore):
     _native: NativeCatalog | None = PrivateAttr(default=None)
     _legacy: LlamaIndexLayout | None = PrivateAttr(default=None)
     # Every write is idempotent or conditional, so a request is resent on its own; a
-    # conditional one that then conflicts checks the record (see _sdk's docstring).
+    # conditional one that then conflicts checks the record (see _sdk's docstring). A
+    # Batch with resend=False (an empty conversation's first rows in LlamaIndex's layout)
+    # is never resent.
     _resend_steps: ClassVar[bool] = True
 
     def __init__(
