@@ -422,3 +422,11 @@ def test_split_password(url: str, plain: str, password: str | None) -> None:
 def test_split_password_where_the_user_info_wins() -> None:
     assert split_password("redis://u:a@h/0?password=b", query_wins=False) == ("redis://u@h/0", "a")
     assert split_password("redis://h/0?password=b", query_wins=False) == ("redis://h/0", "b")
+
+
+@pytest.mark.parametrize("option", ["retries", "retry_backoff", "retry_deadline"])
+def test_a_bool_for_a_number_option_is_an_error(option: str) -> None:
+    """``retries=True`` is refused (pydantic's lax mode would take it for 1), naming the option."""
+    with pytest.raises(ValueError, match=option):
+        DictChatStore(name=f"unit-{next(_names)}", **{option: True})
+    assert getattr(DictChatStore(**{option: "2"}), option) == 2  # URL text still converts

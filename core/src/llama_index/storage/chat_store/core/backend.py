@@ -43,7 +43,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import Field
 
@@ -77,7 +77,12 @@ from llama_index.storage.chat_store.core.messages import (
     copy_messages,
     messages_removed,
 )
-from llama_index.storage.chat_store.core.registry import mask_url, split_password, without_secrets
+from llama_index.storage.chat_store.core.registry import (
+    NOT_BOOL,
+    mask_url,
+    split_password,
+    without_secrets,
+)
 from llama_index.storage.chat_store.core.retries import (
     RetryPolicy,
     StepRetries,
@@ -94,6 +99,7 @@ from llama_index.storage.chat_store.core.store import (
 from llama_index.storage.chat_store.core.tools import safe_read
 
 __all__ = [
+    "NOT_BOOL",
     "Change",
     "ConflictError",
     "Lazy",
@@ -159,11 +165,11 @@ class PlannedChatStore(BaseChatStore):
     A step :meth:`_resendable` refuses is never sent twice (the plan looks the same way).
     """
 
-    retries: int = Field(default=3, ge=0)
+    retries: Annotated[int, NOT_BOOL] = Field(default=3, ge=0)
     """Times a call that failed for want of the server is tried again (0: never)."""
-    retry_backoff: float = Field(default=0.05, ge=0)
+    retry_backoff: Annotated[float, NOT_BOOL] = Field(default=0.05, ge=0)
     """Seconds before the first retry, doubling for each next one (jittered)."""
-    retry_deadline: float = Field(default=10.0, gt=0)
+    retry_deadline: Annotated[float, NOT_BOOL] = Field(default=10.0, gt=0)
     """Seconds after which a failing call stops retrying."""
 
     def __init__(self, /, **data: Any) -> None:

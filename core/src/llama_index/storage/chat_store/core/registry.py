@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from pydantic import BeforeValidator
+
 from llama_index.storage.chat_store.core.errors import (
     BackendImportError,
     ConfigurationError,
@@ -33,6 +35,7 @@ from llama_index.storage.chat_store.core.store import BaseChatStore
 __all__ = [
     "CLASS_GROUP",
     "INSTALL_HINTS",
+    "NOT_BOOL",
     "SCHEME_GROUP",
     "chat_store_from_dict",
     "chat_store_from_url",
@@ -154,6 +157,20 @@ def mask_url(url: str) -> str:
 
 
 _SECRET_WORDS = ("password", "secret", "token", "credential")
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+NOT_BOOL = BeforeValidator(_not_bool)
+"""A numeric option's guard (``Annotated[int, NOT_BOOL]``): ``True`` and ``False`` are refused.
+
+Pydantic's lax mode, which URL options need for their text, takes a bool for 1 or 0:
+``ttl=True`` would expire every conversation a second after its last change.
+"""
 
 
 def without_secrets(options: Mapping[str, Any]) -> dict[str, Any]:

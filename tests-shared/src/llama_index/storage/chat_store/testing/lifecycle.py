@@ -234,6 +234,20 @@ class LifecycleTests:
         assert store.get_keys() == []
 
     @requires(Capability.TTL)
+    @pytest.mark.parametrize("flag", [True, False])
+    def test_a_bool_ttl_is_an_error(
+        self, ttl_store_factory: Callable[..., BaseChatStore], flag: bool
+    ) -> None:
+        """``ttl=True`` (meaning "expire", or a typo) is refused, not read as one second.
+
+        If this fails: pydantic's lax mode took the bool for 1 (every conversation would
+        expire a second after its last change) or 0; guard the field with core's
+        ``NOT_BOOL``.
+        """
+        with pytest.raises(ValueError, match="ttl"):  # pydantic's ValidationError, or ours
+            ttl_store_factory(flag)
+
+    @requires(Capability.TTL)
     def test_ttl_slides_on_every_change(
         self, ttl_store_factory: Callable[[int], BaseChatStore]
     ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr
@@ -31,7 +31,7 @@ from llama_index.storage.chat_store.core import (
     ChatMessage,
     ConfigurationError,
 )
-from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
+from llama_index.storage.chat_store.core.backend import NOT_BOOL, Change, Plan, PlannedChatStore
 from llama_index.storage.chat_store.core.catalog import ConversationInfo, ConversationPage
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class AzureChatStore(PlannedChatStore):
     layout: Literal["native", "llama_index"] = "native"
     account_name: str | None = None
     endpoint: str | None = None
-    timeout: float = 30.0
+    timeout: Annotated[float, NOT_BOOL] = 30.0
     account_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
     connection_string: SecretStr | None = Field(default=None, exclude=True, repr=False)
     sas_token: SecretStr | None = Field(default=None, exclude=True, repr=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import boto3
@@ -23,6 +23,7 @@ from llama_index.storage.chat_store.core import (
     message_to_json,
 )
 from llama_index.storage.chat_store.core.backend import (
+    NOT_BOOL,
     Change,
     Lazy,
     Plan,
@@ -167,11 +168,13 @@ class DynamoDBChatStore(PlannedChatStore):
     aws_session_token: SecretStr | None = Field(default=None, exclude=True)
     botocore_session: Any = Field(default=None, exclude=True, repr=False)
     botocore_config: Any = Field(default=None, exclude=True, repr=False)
-    max_retries: int = 10
-    timeout: float = 60.0
+    max_retries: Annotated[int, NOT_BOOL] = 10
+    timeout: Annotated[float, NOT_BOOL] = 60.0
     session_kwargs: dict[str, Any] = Field(default_factory=dict, repr=False)
     resource_kwargs: dict[str, Any] = Field(default_factory=dict, repr=False)
-    ttl: int | None = Field(default=None, validation_alias=AliasChoices("ttl", "ttl_seconds"))
+    ttl: Annotated[int | None, NOT_BOOL] = Field(
+        default=None, validation_alias=AliasChoices("ttl", "ttl_seconds")
+    )
     refresh_on_read: bool = False
     ttl_attribute: str = "TTL"
     endpoint_url: str | None = None

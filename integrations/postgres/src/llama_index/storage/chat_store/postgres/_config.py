@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from sqlalchemy.engine import URL, Engine, create_engine, make_url
 
 from llama_index.storage.chat_store.core import Capability, ConfigurationError
-from llama_index.storage.chat_store.core.backend import PlannedChatStore
+from llama_index.storage.chat_store.core.backend import NOT_BOOL, PlannedChatStore
 from llama_index.storage.chat_store.postgres._drivers import AsyncConnections, SyncConnections
 from llama_index.storage.chat_store.postgres._layouts import LayoutName
 from llama_index.storage.chat_store.postgres.engine import ConnectorEngine, split_password
@@ -75,12 +75,12 @@ class _Config(PlannedChatStore):
     table_name: str = "chatstore"
     schema_name: str = "public"
     layout: LayoutOption = "auto"
-    ttl: float | None = Field(default=None, gt=0)
+    ttl: Annotated[float | None, NOT_BOOL] = Field(default=None, gt=0)
     refresh_on_read: bool = False
     use_jsonb: bool = False
     engine_options: dict[str, Any] = Field(default_factory=dict)
     async_connect_options: dict[str, Any] = Field(default_factory=dict)
-    max_async_connections: int = Field(default=10, ge=1)
+    max_async_connections: Annotated[int, NOT_BOOL] = Field(default=10, ge=1)
 
     # What a subclass changes.
     _sync_driver: ClassVar[str] = "postgresql+psycopg"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_serializer, model_validator
@@ -20,6 +20,7 @@ from llama_index.storage.chat_store.core import (
     NotSentError,
 )
 from llama_index.storage.chat_store.core.backend import (
+    NOT_BOOL,
     Change,
     Lazy,
     PerLoop,
@@ -155,7 +156,7 @@ class RedisChatStore(ListChatStore):
     redis_url: str = "redis://localhost:6379"
     password: SecretStr | None = Field(default=None, exclude=True)
     cluster: bool | None = None
-    connect_timeout: float | None = 5.0
+    connect_timeout: Annotated[float | None, NOT_BOOL] = 5.0
     redis_client: SyncClient | None = Field(default=None, exclude=True, repr=False)
     aredis_client: AsyncClient | None = Field(default=None, exclude=True, repr=False)
     client_options: dict[str, Any] = Field(default_factory=dict, repr=False)

@@ -26,7 +26,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AliasChoices, Field
 
@@ -37,7 +37,7 @@ from llama_index.storage.chat_store.core import (
     InvalidKeyError,
     message_to_json,
 )
-from llama_index.storage.chat_store.core.backend import Change, Plan, PlannedChatStore
+from llama_index.storage.chat_store.core.backend import NOT_BOOL, Change, Plan, PlannedChatStore
 from llama_index.storage.chat_store.core.catalog import (
     MAX_METADATA_BYTES,
     ConversationInfo,
@@ -357,7 +357,9 @@ class ListChatStore(PlannedChatStore):
 
     namespace: str = ""
     """Prefix of every key. Empty (the default) reads and writes LlamaIndex's raw keys."""
-    ttl: int | None = Field(default=None, gt=0, validation_alias=AliasChoices("ttl", "ttl_seconds"))
+    ttl: Annotated[int | None, NOT_BOOL] = Field(
+        default=None, gt=0, validation_alias=AliasChoices("ttl", "ttl_seconds")
+    )
     """Seconds a conversation lives after its last change (``None``: forever)."""
     refresh_on_read: bool = False
     """Reads also push the expiry to now + ttl."""

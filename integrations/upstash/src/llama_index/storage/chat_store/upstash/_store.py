@@ -7,7 +7,7 @@ import os
 from base64 import b64decode
 from collections.abc import Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
@@ -22,7 +22,7 @@ from llama_index.storage.chat_store.core import (
     ConfigurationError,
     NotSentError,
 )
-from llama_index.storage.chat_store.core.backend import Lazy, PerLoop
+from llama_index.storage.chat_store.core.backend import NOT_BOOL, Lazy, PerLoop
 from llama_index.storage.chat_store.redis.layout import ListChatStore, Op, reply_error
 
 if TYPE_CHECKING:
@@ -82,8 +82,8 @@ class UpstashChatStore(ListChatStore):
 
     redis_url: str = ""
     redis_token: SecretStr | None = Field(default=None, exclude=True)
-    rest_retries: int = Field(default=0, ge=0)
-    rest_retry_interval: float = Field(default=3.0, ge=0)
+    rest_retries: Annotated[int, NOT_BOOL] = Field(default=0, ge=0)
+    rest_retry_interval: Annotated[float, NOT_BOOL] = Field(default=3.0, ge=0)
 
     @property
     def _client_resends(self) -> bool:
