@@ -7,7 +7,7 @@ writers lose messages. Here every change is a read-modify-write made conditional
 against LlamaIndex's own writers. The whole conversation must fit the 2 MB value limit;
 larger writes raise :class:`PayloadTooLargeError` before any call.
 
-Every change is applied change, however often it is resent (see :mod:`._record`): the write
+Every change is applied once, however often it is resent (see :mod:`._record`): the write
 also bumps the row's ``opn`` counter and records the change's operation id (and what a
 removal removed) in a record column, and its condition covers the counter too. An
 emptied conversation keeps its row without ``history`` (LlamaIndex reads it as empty, and
