@@ -359,13 +359,13 @@ def test_llama_index_layout_first_rows_whose_reply_is_lost_never_come_back(
     message before the first store learns the outcome (trims it with a later message left,
     or empties the conversation): a resend of the creation would succeed again and bring it
     back (CI's history check under faults saw a trimmed message return). The check that
-    replaces the resend is held up here until the removal is done. If this fails: the
+    replaces the resend is held up here (5 s) until the removal is done. If this fails: the
     creation is resent, or a lost reply is taken for "not applied" without proof.
     """
     store, direct, proxy = make_proxied(layout="llama_index", retry_backoff=4.0)
     lost = proxy.inject(FaultKind.DROP_REPLY, match=TRANSACTION)
     # The chat rows' query after the lost reply (the first read them before the claim).
-    proxy.inject(FaultKind.STALL, match=rb"^GET [^\r\n]*\$select=RowKey", nth=2, seconds=2)
+    proxy.inject(FaultKind.STALL, match=rb"^GET [^\r\n]*\$select=RowKey", nth=2, seconds=5)
     outcome: list[Any] = []
     worker = threading.Thread(
         target=lambda: outcome.append(
