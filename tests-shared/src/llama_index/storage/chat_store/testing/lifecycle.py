@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import pickle
 import time
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -133,6 +135,25 @@ class AsyncTests:
             seen = pool.submit(in_thread).result(timeout=60)
         assert seen == ["loop1", "loop2", "sync", "thread"]
         assert texts(store.get_messages("k")) == seen
+
+    def test_a_finished_event_loop_leaves_no_connection_open(self, store: BaseChatStore) -> None:
+        """What a store opened for an ``asyncio.run`` loop is closed when that loop ends.
+
+        The loop shuts down, then the store is closed and garbage collected: no
+        ``ResourceWarning`` about an unclosed connection, transport, socket or client. If this
+        fails: the store keeps a dead loop's connections until they are collected (their
+        sockets stay open meanwhile and can no longer be closed politely); close them when
+        the loop shuts down (core's ``PerLoop(..., aclose=...)``).
+        """
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            asyncio.run(store.aadd_message("k", ChatMessage(content="x")))
+            asyncio.run(store.acount_messages("k"))
+            store.close()
+            gc.collect()
+        unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert unclosed == []
+        assert store.count_messages("k") == 1
 
 
 class LifecycleTests:

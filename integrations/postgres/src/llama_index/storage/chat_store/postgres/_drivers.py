@@ -409,9 +409,12 @@ class AsyncConnections(_Compiling):
         super().__init__(lambda: asyncpg)
         self._connect = connect
         self._where = where
-        # A closed loop's connections cannot be closed politely: terminate them.
+        # Closed inside their loop when it shuts down (asyncio.run does); a closed loop's
+        # connections cannot be closed politely: terminate them.
         self._loops = PerLoop(
-            lambda: _LoopConnections(limit), on_drop=lambda stale: _abandon(stale.idle)
+            lambda: _LoopConnections(limit),
+            on_drop=lambda stale: _abandon(stale.idle),
+            aclose=lambda state: _close_all(state.idle),
         )
 
     async def _open(self) -> Any:
@@ -494,9 +497,7 @@ class AsyncConnections(_Compiling):
         loop = asyncio.get_running_loop()
         for owner, state in self._loops.take_all():
             if owner is loop:
-                for connection in state.idle:
-                    with contextlib.suppress(Exception):
-                        await connection.close(timeout=2)
+                await _close_all(state.idle)
             else:
                 _abandon(state.idle)
 
@@ -515,6 +516,13 @@ def _close_unwanted(opening: asyncio.Future[Any]) -> None:
         return
     if opening.exception() is None:
         _abandon([opening.result()])
+
+
+async def _close_all(connections: list[Any]) -> None:
+    """Close connections of the running loop politely."""
+    for connection in connections:
+        with contextlib.suppress(Exception):
+            await connection.close(timeout=2)
 
 
 def _abandon(connections: list[Any]) -> None:

@@ -170,7 +170,7 @@ class RedisChatStore(ListChatStore):
 
     @cached_property
     def _own_async(self) -> PerLoop[AsyncDirect | redis.asyncio.RedisCluster]:
-        return PerLoop(self._new_async_client)
+        return PerLoop(self._new_async_client, aclose=lambda client: client.aclose())
 
     @model_validator(mode="before")
     @classmethod

@@ -98,7 +98,10 @@ class UpstashChatStore(ListChatStore):
 
     @cached_property
     def _own_async(self) -> PerLoop[upstash_redis.asyncio.Redis]:
-        return PerLoop(lambda: _raw_replies(upstash_redis.asyncio.Redis(**self._options())))
+        return PerLoop(
+            lambda: _raw_replies(upstash_redis.asyncio.Redis(**self._options())),
+            aclose=lambda client: client.close(),
+        )
 
     def __init__(
         self,
