@@ -57,6 +57,7 @@ def test_bearer_token_is_required_everywhere(bridge: UpstashBridge) -> None:
 
 
 def test_single_commands_and_error_shape(bridge: UpstashBridge) -> None:
+    _post(bridge, ["DEL", "u:list", "u:s"])  # what another test of this server left
     assert _post(bridge, ["DEL", "u:list", "u:s"]) == (200, {"result": 0})
     assert _post(bridge, ["RPUSH", "u:list", "a", 2, 1.5]) == (200, {"result": 3})
     assert _post(bridge, ["LRANGE", "u:list", 0, -1]) == (200, {"result": ["a", "2", "1.5"]})

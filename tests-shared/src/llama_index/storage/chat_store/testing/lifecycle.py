@@ -145,6 +145,7 @@ class AsyncTests:
         sockets stay open meanwhile and can no longer be closed politely); close them when
         the loop shuts down (core's ``PerLoop(..., aclose=...)``).
         """
+        gc.collect()  # what earlier tests left for the collector is not this store's
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
             asyncio.run(store.aadd_message("k", ChatMessage(content="x")))
